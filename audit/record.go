@@ -1,0 +1,119 @@
+// Package audit defines the audit record every decision becomes and the
+// writers that carry records to their destinations.
+package audit
+
+import "time"
+
+// SchemaVersion is bumped whenever a member is renamed or its meaning changes.
+// Adding members does not bump it.
+const SchemaVersion = "1"
+
+// Kinds of record.
+const (
+	KindConnect = "connect"
+	KindSendmsg = "sendmsg"
+	KindExec    = "exec"
+	KindSession = "session"
+	KindDNS     = "dns"
+	KindGap     = "gap"
+)
+
+// Verdicts.
+const (
+	VerdictAllowed   = "allowed"
+	VerdictDenied    = "denied"
+	VerdictWouldDeny = "would_deny"
+)
+
+// Record is one audit record. Nested objects answer the five attribution
+// questions (agent, session, origin, scope via outcome.rule, outcome) plus the
+// process and the destination. Pointers are nil when the record kind does not
+// carry that part.
+type Record struct {
+	Schema      string       `json:"schema"`
+	Seq         uint64       `json:"seq,omitempty"`
+	PrevHash    string       `json:"prev_hash,omitempty"`
+	Time        time.Time    `json:"time"`
+	Kind        string       `json:"kind"`
+	Host        string       `json:"host,omitempty"`
+	Session     *Session     `json:"session,omitempty"`
+	Agent       *Agent       `json:"agent,omitempty"`
+	Origin      *Origin      `json:"origin,omitempty"`
+	Process     *Process     `json:"process,omitempty"`
+	Destination *Destination `json:"destination,omitempty"`
+	Outcome     *Outcome     `json:"outcome,omitempty"`
+	Gap         *Gap         `json:"gap,omitempty"`
+	// Event names the lifecycle step for kind=session records
+	// (opened, bound, narrowed, quarantined, revoked, expired, closed).
+	Event string `json:"event,omitempty"`
+	// Actor is who caused a lifecycle step (the authenticated API caller).
+	Actor string `json:"actor,omitempty"`
+}
+
+// Session is the intent session the acting process belonged to.
+type Session struct {
+	ID     string `json:"id"`
+	Intent string `json:"intent"`
+	Mode   string `json:"mode,omitempty"`
+	Parent string `json:"parent,omitempty"`
+}
+
+// Agent is the agent instance that runs the session.
+type Agent struct {
+	ID      string `json:"id,omitempty"` // SPIFFE ID
+	Name    string `json:"name,omitempty"`
+	Version string `json:"version,omitempty"`
+	Owner   string `json:"owner,omitempty"`
+}
+
+// Origin is what triggered the session.
+type Origin struct {
+	Kind      string `json:"kind"` // human, schedule, agent
+	Principal string `json:"principal,omitempty"`
+}
+
+// Process is the process that acted, as the kernel saw it.
+type Process struct {
+	PID         uint32   `json:"pid"`
+	TID         uint32   `json:"tid,omitempty"`
+	PPID        uint32   `json:"ppid,omitempty"`
+	UID         uint32   `json:"uid"`
+	GID         uint32   `json:"gid"`
+	Comm        string   `json:"comm"`
+	Exe         string   `json:"exe,omitempty"`
+	SHA256      string   `json:"sha256,omitempty"`
+	Argv        []string `json:"argv,omitempty"`
+	CgroupID    uint64   `json:"cgroup_id,omitempty"`
+	Cgroup      string   `json:"cgroup,omitempty"`
+	ContainerID string   `json:"container_id,omitempty"`
+	PodUID      string   `json:"pod_uid,omitempty"`
+	Ancestry    []string `json:"ancestry,omitempty"`
+	ExitCode    *int     `json:"exit_code,omitempty"`
+}
+
+// Destination is where the process tried to send traffic.
+type Destination struct {
+	IP       string `json:"ip"`
+	Port     uint16 `json:"port"`
+	Protocol string `json:"protocol"` // tcp, udp
+	Hostname string `json:"hostname,omitempty"`
+}
+
+// Outcome is what the kernel decided and why.
+type Outcome struct {
+	Verdict string `json:"verdict"`
+	// Rule is the scope rule text that matched; empty when none did.
+	Rule string `json:"rule,omitempty"`
+	// Reason explains a denial that is not simply "no rule matched"
+	// (expired, quarantined, socket_type, sni_mismatch, ...).
+	Reason string `json:"reason,omitempty"`
+	Errno  string `json:"errno,omitempty"`
+}
+
+// Gap says that records were lost and where.
+type Gap struct {
+	Source   string `json:"source"` // kernel_ringbuf, spool:<sink>, ...
+	Count    uint64 `json:"count"`
+	FirstSeq uint64 `json:"first_seq,omitempty"`
+	LastSeq  uint64 `json:"last_seq,omitempty"`
+}

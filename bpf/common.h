@@ -1,0 +1,41 @@
+// Shared by every agentfence BPF program: the layouts of the maps that more
+// than one object uses. Go sees these through bpf2go -type; a test checks the
+// sizes so a mismatch fails the build instead of an enforcement decision.
+#pragma once
+
+#define AF_MAX_SESSIONS 16384
+
+// A binding names a session slot and the generation that slot had when the
+// binding was made; a binding whose generation no longer matches the slot is
+// stale and ignored.
+struct binding {
+	__u32 slot;
+	__u32 _pad;
+	__u64 gen;
+};
+
+// Identity of an executable captured at exec time. dev is the kernel's
+// internal encoding (major << 20 | minor).
+struct exe_id {
+	__u64 ino;
+	__u32 dev;
+	__u32 _pad;
+};
+
+// Map shapes shared between objects. The enforcer owns the maps; other
+// objects declare the same shape and are loaded with MapReplacements.
+#define AF_PID_SESSIONS_MAP                                   \
+	struct {                                              \
+		__uint(type, BPF_MAP_TYPE_HASH);              \
+		__uint(max_entries, 65536);                   \
+		__type(key, __u32); /* tgid */                \
+		__type(value, struct binding);                \
+	} pid_sessions SEC(".maps")
+
+#define AF_PROC_EXE_MAP                                       \
+	struct {                                              \
+		__uint(type, BPF_MAP_TYPE_HASH);              \
+		__uint(max_entries, 65536);                   \
+		__type(key, __u32); /* tgid */                \
+		__type(value, struct exe_id);                 \
+	} proc_exe SEC(".maps")

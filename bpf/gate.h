@@ -1,0 +1,127 @@
+// Layouts of the egress gate's maps and events. Go gets them from bpf2go
+// -type; enforcer/layout_test.go pins their sizes.
+#pragma once
+
+#include "common.h"
+
+// Port rules carried by one scope trie entry. The trie returns only the
+// longest prefix, so userspace copies the port rules of every shorter prefix
+// that covers it into each entry; 16 is the most rules one address may need.
+#define AF_MAX_PORT_RULES 16
+#define AF_RULE_NONE 0xffff
+#define AF_MAX_CGROUP_DEPTH 16
+
+enum af_mode {
+	AF_MODE_ENFORCE = 0,
+	AF_MODE_AUDIT = 1,
+};
+
+enum af_state {
+	AF_STATE_FREE = 0,
+	AF_STATE_ACTIVE = 1,
+	AF_STATE_QUARANTINED = 2, // only essential rules match
+	AF_STATE_REVOKED = 3,     // nothing matches
+};
+
+// Session flags.
+#define AF_SESSION_QUARANTINE_ON_BUDGET 1
+
+enum af_verdict {
+	AF_VERDICT_ALLOWED = 1,
+	AF_VERDICT_DENIED = 2,
+	AF_VERDICT_WOULD_DENY = 3,
+};
+
+enum af_reason {
+	AF_REASON_RULE = 0,        // a rule matched
+	AF_REASON_NO_RULE = 1,     // no rule matched
+	AF_REASON_EXPIRED = 2,     // the session's expiry has passed
+	AF_REASON_REVOKED = 3,     // the session was revoked
+	AF_REASON_QUARANTINED = 4, // only essential rules match
+	AF_REASON_SOCKET_TYPE = 5, // raw or non-TCP/UDP socket
+};
+
+enum af_hook {
+	AF_HOOK_CONNECT4 = 1,
+	AF_HOOK_CONNECT6 = 2,
+	AF_HOOK_SENDMSG4 = 3,
+	AF_HOOK_SENDMSG6 = 4,
+	AF_HOOK_SOCK_CREATE = 5,
+};
+
+enum af_stat {
+	AF_STAT_LOST = 0, // ring buffer reserve failures
+	AF_STAT_ALLOWED = 1,
+	AF_STAT_DENIED = 2,
+	AF_STAT_WOULD_DENY = 3,
+	AF_STAT_MAX = 4,
+};
+
+// One slot of the session array. A slot is reused with a higher gen, so a
+// binding, scope entry or event from an earlier session never matches it.
+struct session {
+	__u64 gen;
+	__u64 expires_ns; // CLOCK_BOOTTIME; 0 = never
+	__u32 state;
+	__u32 mode;
+	__u32 violations; // denials (or would-denials) so far
+	__u32 budget;     // violations allowed before quarantine; 0 = unlimited
+	__u32 flags;
+	__u32 _pad;
+};
+
+#define AF_PROTO_TCP 1
+#define AF_PROTO_UDP 2
+
+#define AF_RULE_ESSENTIAL 1 // still matches in quarantine
+#define AF_RULE_EXE 2       // only for processes whose executable is exe
+
+struct port_rule {
+	struct exe_id exe;
+	__u16 lo; // host byte order, inclusive
+	__u16 hi;
+	__u16 rule; // index into the session's scope, reported in events
+	__u8 protos;
+	__u8 flags;
+};
+
+struct scope_val {
+	__u64 gen;
+	__u32 n;
+	__u32 _pad;
+	struct port_rule rules[AF_MAX_PORT_RULES];
+};
+
+struct scope4_key {
+	__u32 prefixlen; // 32 (slot) + address prefix
+	__u32 slot;
+	__u8 addr[4];
+};
+
+struct scope6_key {
+	__u32 prefixlen; // 32 (slot) + address prefix
+	__u32 slot;
+	__u8 addr[16];
+};
+
+struct gate_event {
+	__u64 ts_ns; // CLOCK_BOOTTIME
+	__u64 cgroup_id;
+	__u64 session_gen;
+	__u32 session_slot;
+	__u32 pid; // thread group id
+	__u32 tid;
+	__u32 uid;
+	__u32 gid;
+	__u16 port; // host byte order
+	__u16 rule; // AF_RULE_NONE when no rule matched
+	__u8 addr[16]; // IPv4 in the first 4 bytes; v4-mapped IPv6 is unmapped
+	char comm[16];
+	__u8 family; // 4 or 6; 0 for sock_create
+	__u8 protocol; // IPPROTO_*
+	__u8 hook;
+	__u8 verdict;
+	__u8 reason;
+	__u8 quarantined_now; // this decision used up the budget
+	__u8 _pad[2];
+};

@@ -1,0 +1,107 @@
+package enforcer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"unsafe"
+)
+
+// Hook is the program that made a decision.
+type Hook uint8
+
+const (
+	HookConnect4   Hook = 1
+	HookConnect6   Hook = 2
+	HookSendmsg4   Hook = 3
+	HookSendmsg6   Hook = 4
+	HookSockCreate Hook = 5
+)
+
+// Verdict is the kernel's decision.
+type Verdict uint8
+
+const (
+	VerdictAllowed   Verdict = 1
+	VerdictDenied    Verdict = 2
+	VerdictWouldDeny Verdict = 3
+)
+
+// Reason says why the kernel decided as it did.
+type Reason uint8
+
+const (
+	ReasonRule        Reason = 0
+	ReasonNoRule      Reason = 1
+	ReasonExpired     Reason = 2
+	ReasonRevoked     Reason = 3
+	ReasonQuarantined Reason = 4
+	ReasonSocketType  Reason = 5
+)
+
+// NoRule is Event.Rule when no rule matched.
+const NoRule = -1
+
+// Event is one gate decision, decoded: byte orders converted, v4 addresses
+// as IPv4, the rule index as an int.
+type Event struct {
+	BootNS         uint64 // CLOCK_BOOTTIME
+	CgroupID       uint64
+	Slot           uint32
+	Gen            uint64
+	PID, TID       uint32
+	UID, GID       uint32
+	Comm           string
+	Hook           Hook
+	Verdict        Verdict
+	Reason         Reason
+	Protocol       uint8 // IPPROTO_TCP, IPPROTO_UDP, ...
+	Dest           netip.AddrPort
+	Rule           int
+	QuarantinedNow bool
+}
+
+// EventSize is the size of a raw gate event.
+const EventSize = int(unsafe.Sizeof(gateGateEvent{}))
+
+// DecodeEvent decodes one raw ring buffer record.
+func DecodeEvent(raw []byte) (Event, error) {
+	if len(raw) < EventSize {
+		return Event{}, fmt.Errorf("enforcer: event is %d bytes, want %d", len(raw), EventSize)
+	}
+	var e gateGateEvent
+	if err := binary.Read(bytes.NewReader(raw[:EventSize]), binary.NativeEndian, &e); err != nil {
+		return Event{}, fmt.Errorf("enforcer: decode event: %w", err)
+	}
+	ev := Event{
+		BootNS: e.TsNs, CgroupID: e.CgroupId, Slot: e.SessionSlot, Gen: e.SessionGen,
+		PID: e.Pid, TID: e.Tid, UID: e.Uid, GID: e.Gid,
+		Comm:    cString(e.Comm[:]),
+		Hook:    Hook(e.Hook),
+		Verdict: Verdict(e.Verdict), Reason: Reason(e.Reason), Protocol: e.Protocol,
+		Rule:           int(e.Rule),
+		QuarantinedNow: e.QuarantinedNow != 0,
+	}
+	if e.Rule == 0xffff {
+		ev.Rule = NoRule
+	}
+	switch e.Family {
+	case 4:
+		ev.Dest = netip.AddrPortFrom(netip.AddrFrom4([4]byte(e.Addr[:4])), e.Port)
+	case 6:
+		ev.Dest = netip.AddrPortFrom(netip.AddrFrom16(e.Addr), e.Port)
+	}
+	return ev, nil
+}
+
+func cString(b []int8) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
+}

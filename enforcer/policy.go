@@ -1,0 +1,206 @@
+package enforcer
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/scope"
+)
+
+// Mode is how a session's scope is applied.
+type Mode uint32
+
+const (
+	ModeEnforce Mode = 0 // deny with EPERM
+	ModeAudit   Mode = 1 // allow, record would_deny
+)
+
+// State is a session slot's state as the kernel sees it.
+type State uint32
+
+const (
+	StateFree        State = 0
+	StateActive      State = 1
+	StateQuarantined State = 2
+	StateRevoked     State = 3
+)
+
+// SessionState is what the kernel keeps per session slot.
+type SessionState struct {
+	Gen        uint64
+	ExpiresNS  uint64 // CLOCK_BOOTTIME; 0 = never
+	State      State
+	Mode       Mode
+	Violations uint32
+	Budget     uint32 // 0 = unlimited
+	// QuarantineOnBudget makes the kernel switch the session to
+	// StateQuarantined once Violations exceeds Budget.
+	QuarantineOnBudget bool
+}
+
+const sessionQuarantineOnBudget = 1
+
+// PutSession writes a session slot. Writing an active state is what makes a
+// session's bindings live, so callers write scopes first.
+func (g *Gate) PutSession(slot uint32, s SessionState) error {
+	v := gateSession{Gen: s.Gen, ExpiresNs: s.ExpiresNS, State: uint32(s.State), Mode: uint32(s.Mode), Violations: s.Violations, Budget: s.Budget}
+	if s.QuarantineOnBudget {
+		v.Flags |= sessionQuarantineOnBudget
+	}
+	if err := g.objs.Sessions.Update(slot, &v, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("enforcer: write session slot %d: %w", slot, err)
+	}
+	return nil
+}
+
+// Session reads a session slot.
+func (g *Gate) Session(slot uint32) (SessionState, error) {
+	var v gateSession
+	if err := g.objs.Sessions.Lookup(slot, &v); err != nil {
+		return SessionState{}, fmt.Errorf("enforcer: read session slot %d: %w", slot, err)
+	}
+	return SessionState{Gen: v.Gen, ExpiresNS: v.ExpiresNs, State: State(v.State), Mode: Mode(v.Mode),
+		Violations: v.Violations, Budget: v.Budget, QuarantineOnBudget: v.Flags&sessionQuarantineOnBudget != 0}, nil
+}
+
+// SetState changes only the state of a slot, if it still holds generation gen,
+// leaving the kernel's violation count alone.
+func (g *Gate) SetState(slot uint32, gen uint64, st State) error {
+	s, err := g.Session(slot)
+	if err != nil {
+		return err
+	}
+	if s.Gen != gen {
+		return fmt.Errorf("enforcer: slot %d holds generation %d, not %d", slot, s.Gen, gen)
+	}
+	s.State = st
+	return g.PutSession(slot, s)
+}
+
+// BindCgroup makes every task in the cgroup (and below it, unless a deeper
+// cgroup is bound) a member of the session in slot/gen.
+func (g *Gate) BindCgroup(cgroupID uint64, slot uint32, gen uint64) error {
+	if err := g.objs.CgroupSessions.Update(cgroupID, gateBinding{Slot: slot, Gen: gen}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("enforcer: bind cgroup %d: %w", cgroupID, err)
+	}
+	return nil
+}
+
+// UnbindCgroup removes a cgroup binding; a missing one is not an error.
+func (g *Gate) UnbindCgroup(cgroupID uint64) error {
+	if err := g.objs.CgroupSessions.Delete(cgroupID); err != nil && !isNotExist(err) {
+		return fmt.Errorf("enforcer: unbind cgroup %d: %w", cgroupID, err)
+	}
+	return nil
+}
+
+// BindPid makes the process tgid (and, through the process programs, its
+// future descendants) a member of the session in slot/gen.
+func (g *Gate) BindPid(tgid uint32, slot uint32, gen uint64) error {
+	if err := g.objs.PidSessions.Update(tgid, gateBinding{Slot: slot, Gen: gen}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("enforcer: bind pid %d: %w", tgid, err)
+	}
+	return nil
+}
+
+// UnbindPid removes a pid binding; a missing one is not an error.
+func (g *Gate) UnbindPid(tgid uint32) error {
+	if err := g.objs.PidSessions.Delete(tgid); err != nil && !isNotExist(err) {
+		return fmt.Errorf("enforcer: unbind pid %d: %w", tgid, err)
+	}
+	return nil
+}
+
+// WriteScope writes the compiled scope of the session in slot/gen. On error
+// nothing of it is left in the maps.
+func (g *Gate) WriteScope(slot uint32, gen uint64, entries []scope.Entry) error {
+	vals := make([]gateScopeVal, len(entries))
+	for i, e := range entries {
+		v, err := scopeValue(gen, e)
+		if err != nil {
+			return err
+		}
+		vals[i] = v
+	}
+	for i, e := range entries {
+		if err := g.putEntry(slot, e.Prefix, &vals[i]); err != nil {
+			g.DeleteScope(slot, entries[:i])
+			return err
+		}
+	}
+	return nil
+}
+
+// DeleteScope removes the trie entries of a compiled scope. Entries already
+// gone are not an error.
+func (g *Gate) DeleteScope(slot uint32, entries []scope.Entry) error {
+	var errs []error
+	for _, e := range entries {
+		m, key := g.scopeKey(slot, e.Prefix)
+		if err := m.Delete(key); err != nil && !isNotExist(err) {
+			errs = append(errs, fmt.Errorf("enforcer: delete scope entry %s: %w", e.Prefix, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (g *Gate) putEntry(slot uint32, p netip.Prefix, v *gateScopeVal) error {
+	m, key := g.scopeKey(slot, p)
+	if err := m.Update(key, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("enforcer: write scope entry %s: %w", p, err)
+	}
+	return nil
+}
+
+func (g *Gate) scopeKey(slot uint32, p netip.Prefix) (*ebpf.Map, any) {
+	if p.Addr().Is4() {
+		return g.objs.Scope4, &gateScope4Key{Prefixlen: 32 + uint32(p.Bits()), Slot: slot, Addr: p.Addr().As4()}
+	}
+	return g.objs.Scope6, &gateScope6Key{Prefixlen: 32 + uint32(p.Bits()), Slot: slot, Addr: p.Addr().As16()}
+}
+
+const (
+	ruleEssential = 1
+	ruleExe       = 2
+)
+
+func scopeValue(gen uint64, e scope.Entry) (gateScopeVal, error) {
+	v := gateScopeVal{Gen: gen, N: uint32(len(e.Rules))}
+	if len(e.Rules) > len(v.Rules) {
+		return v, fmt.Errorf("enforcer: %d rules cover %s; at most %d", len(e.Rules), e.Prefix, len(v.Rules))
+	}
+	for i, r := range e.Rules {
+		pr := gatePortRule{Lo: r.Lo, Hi: r.Hi, Rule: r.Index, Protos: r.Protos}
+		if r.Essential {
+			pr.Flags |= ruleEssential
+		}
+		if r.Exe != "" {
+			id, err := ExeIdentity(r.Exe)
+			if err != nil {
+				return v, err
+			}
+			pr.Exe = id
+			pr.Flags |= ruleExe
+		}
+		v.Rules[i] = pr
+	}
+	return v, nil
+}
+
+// ExeIdentity is the (inode, device) of an executable in the kernel's own
+// device encoding (major<<20 | minor), as the process programs capture it at
+// exec time.
+func ExeIdentity(path string) (gateExeId, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return gateExeId{}, fmt.Errorf("enforcer: exe %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return gateExeId{}, fmt.Errorf("enforcer: exe %s is not a regular file", path)
+	}
+	return gateExeId{Ino: st.Ino, Dev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev)}, nil
+}

@@ -1,0 +1,181 @@
+// Package cgroupv2 finds the cgroup v2 hierarchy and manages the session
+// cgroups agentfence creates in it.
+package cgroupv2
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrNoCgroup2 means no cgroup2 file system is mounted.
+var ErrNoCgroup2 = errors.New("no cgroup v2 file system is mounted (agentfence needs cgroup v2: mount -t cgroup2 none /sys/fs/cgroup)")
+
+// Root returns the mount point of the cgroup v2 hierarchy from
+// /proc/self/mountinfo. Hybrid layouts mount it at /sys/fs/cgroup/unified.
+func Root() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return parseMountinfo(f)
+}
+
+func parseMountinfo(r io.Reader) (string, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		// id parent major:minor root mountpoint opts [optional...] - fstype source superopts
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		fields, postFields := strings.Fields(pre), strings.Fields(post)
+		if len(fields) < 5 || len(postFields) < 1 || postFields[0] != "cgroup2" {
+			continue
+		}
+		return unescapeMount(fields[4]), nil
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	return "", ErrNoCgroup2
+}
+
+// unescapeMount undoes the octal escapes (\040 and friends) mountinfo uses
+// for space, tab, newline and backslash.
+func unescapeMount(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
+			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
+			i += 3
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isOctal(c byte) bool { return c >= '0' && c <= '7' }
+
+// ID returns the cgroup id of the cgroup directory at path: the kernfs inode
+// number, which is what bpf_get_current_cgroup_id reports.
+func ID(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("cgroup id of %s: %w", path, err)
+	}
+	return st.Ino, nil
+}
+
+// Create makes the cgroup at path (and its parents).
+func Create(path string) error {
+	return os.MkdirAll(path, 0o755)
+}
+
+// Populated reports whether any process lives in the cgroup or below it.
+func Populated(path string) (bool, error) {
+	b, err := os.ReadFile(filepath.Join(path, "cgroup.events"))
+	if err != nil {
+		return false, err
+	}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if v, ok := bytes.CutPrefix(line, []byte("populated ")); ok {
+			return string(v) == "1", nil
+		}
+	}
+	return false, fmt.Errorf("%s/cgroup.events has no populated line", path)
+}
+
+// WaitEmpty blocks until the cgroup has no processes or timeout passes
+// (timeout < 0 waits for ever). It sleeps in poll(2) on cgroup.events, which
+// the kernel signals on every change of the populated state.
+func WaitEmpty(path string, timeout time.Duration) error {
+	f, err := os.Open(filepath.Join(path, "cgroup.events"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var deadline time.Time
+	if timeout >= 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	for {
+		pop, err := Populated(path)
+		if err != nil {
+			return err
+		}
+		if !pop {
+			return nil
+		}
+		wait := -1
+		if !deadline.IsZero() {
+			left := time.Until(deadline)
+			if left <= 0 {
+				return fmt.Errorf("cgroup %s still has processes after %s", path, timeout)
+			}
+			wait = int(left.Milliseconds()) + 1
+		}
+		fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLPRI}}
+		if _, err := unix.Poll(fds, wait); err != nil && !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+// Kill kills every process in the cgroup (cgroup.kill, kernel 5.14+), falling
+// back to SIGKILL for each listed pid on older kernels.
+func Kill(path string) error {
+	err := os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0)
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(path, "cgroup.procs"))
+	if err != nil {
+		return err
+	}
+	for _, f := range strings.Fields(string(b)) {
+		var pid int
+		if _, err := fmt.Sscan(f, &pid); err == nil {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+	}
+	return nil
+}
+
+// Remove removes an empty cgroup. A missing cgroup is not an error.
+func Remove(path string) error {
+	if err := unix.Rmdir(path); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove cgroup %s: %w", path, err)
+	}
+	return nil
+}
+
+// Move writes pid into the cgroup's cgroup.procs.
+func Move(path string, pid int) error {
+	return os.WriteFile(filepath.Join(path, "cgroup.procs"), []byte(fmt.Sprint(pid)), 0)
+}
+
+// Of returns the cgroup v2 path (relative to the hierarchy root) of pid.
+func Of(pid int) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("pid %d has no cgroup v2 entry", pid)
+}

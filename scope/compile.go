@@ -1,0 +1,58 @@
+package scope
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// MaxPortRules is how many rules may cover one address: the kernel keeps the
+// rules of every covering prefix in the longest prefix's trie entry.
+const MaxPortRules = 16
+
+// PortRule is a port/protocol condition attached to a trie entry; Index is
+// the rule's position in the scope, reported back in kernel events.
+type PortRule struct {
+	Index     uint16
+	Lo, Hi    uint16
+	Protos    uint8
+	Essential bool
+	Exe       string
+}
+
+// Entry is one LPM trie entry: a prefix and the rules of every scope rule
+// whose prefix contains it.
+type Entry struct {
+	Prefix netip.Prefix
+	Rules  []PortRule
+}
+
+// Compile turns a scope into trie entries. Because an LPM lookup returns only
+// the longest matching prefix, each entry carries the port rules of all the
+// shorter prefixes that contain it as well as its own.
+func Compile(rules []Rule) ([]Entry, error) {
+	if len(rules) >= 0xffff {
+		return nil, fmt.Errorf("scope has %d rules; at most %d", len(rules), 0xfffe)
+	}
+	var prefixes []netip.Prefix
+	for _, r := range rules {
+		if !slices.Contains(prefixes, r.Prefix) {
+			prefixes = append(prefixes, r.Prefix)
+		}
+	}
+	entries := make([]Entry, 0, len(prefixes))
+	for _, p := range prefixes {
+		e := Entry{Prefix: p}
+		for i, r := range rules {
+			if r.Prefix.Addr().Is4() != p.Addr().Is4() || r.Prefix.Bits() > p.Bits() || !r.Prefix.Contains(p.Addr()) {
+				continue
+			}
+			e.Rules = append(e.Rules, PortRule{Index: uint16(i), Lo: r.PortLo, Hi: r.PortHi, Protos: r.Protos, Essential: r.Essential, Exe: r.Exe})
+		}
+		if len(e.Rules) > MaxPortRules {
+			return nil, fmt.Errorf("%d rules cover %s; at most %d may cover one address", len(e.Rules), p, MaxPortRules)
+		}
+		entries = append(entries, e)
+	}
+	return entries, nil
+}
