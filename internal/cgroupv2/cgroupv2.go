@@ -179,3 +179,50 @@ func Of(pid int) (string, error) {
 	}
 	return "", fmt.Errorf("pid %d has no cgroup v2 entry", pid)
 }
+
+// Manager creates and destroys session cgroups below Base.
+type Manager struct {
+	Base string // e.g. <cgroup2 root>/agentfence
+}
+
+// Create makes the cgroup Base/name. It fails if it already exists, so two
+// sessions can never share one.
+func (m Manager) Create(name string) (string, uint64, error) {
+	if name == "" || strings.ContainsAny(name, "/.") {
+		return "", 0, fmt.Errorf("bad cgroup name %q", name)
+	}
+	if err := os.MkdirAll(m.Base, 0o755); err != nil {
+		return "", 0, err
+	}
+	path := filepath.Join(m.Base, name)
+	if err := os.Mkdir(path, 0o755); err != nil {
+		return "", 0, fmt.Errorf("create cgroup: %w", err)
+	}
+	id, err := ID(path)
+	if err != nil {
+		_ = Remove(path)
+		return "", 0, err
+	}
+	return path, id, nil
+}
+
+// Destroy kills whatever still runs in the cgroup, waits for it to empty and
+// removes it.
+func (m Manager) Destroy(path string) error {
+	pop, err := Populated(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if pop {
+		if err := Kill(path); err != nil {
+			return err
+		}
+		if err := WaitEmpty(path, 10*time.Second); err != nil {
+			return err
+		}
+	}
+	return Remove(path)
+}

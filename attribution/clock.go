@@ -1,0 +1,49 @@
+package attribution
+
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// BootNS is now on CLOCK_BOOTTIME, the clock the kernel stamps events and
+// session expiries with (it keeps counting through suspend and is never
+// stepped, unlike the wall clock).
+func BootNS() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	return uint64(ts.Nano())
+}
+
+// Clock converts kernel boot-clock stamps to wall-clock time. It is the one
+// place that conversion happens.
+type Clock struct {
+	offset int64 // realtime - boottime, ns
+}
+
+// NewClock measures the offset between the wall clock and the boot clock.
+// Call Sync again after the wall clock may have been stepped.
+func NewClock() *Clock {
+	c := &Clock{}
+	c.Sync()
+	return c
+}
+
+// Sync re-measures the offset, reading the boot clock on both sides of the
+// wall clock so the error is at most half the bracket.
+func (c *Clock) Sync() {
+	b1 := BootNS()
+	wall := time.Now().UnixNano()
+	b2 := BootNS()
+	c.offset = wall - int64(b1+(b2-b1)/2)
+}
+
+// Wall returns the wall-clock time of a boot-clock stamp.
+func (c *Clock) Wall(bootNS uint64) time.Time {
+	return time.Unix(0, int64(bootNS)+c.offset).UTC()
+}
+
+// Boot returns the boot-clock stamp of a wall-clock time.
+func (c *Clock) Boot(t time.Time) uint64 {
+	return uint64(t.UnixNano() - c.offset)
+}
