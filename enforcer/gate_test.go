@@ -1,0 +1,382 @@
+package enforcer
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentfence/agentfence/internal/cgroupv2"
+	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/privtest"
+	"github.com/agentfence/agentfence/internal/ringreader"
+	"github.com/agentfence/agentfence/scope"
+)
+
+func TestMain(m *testing.M) {
+	gatetest.MaybeRunProbe()
+	os.Exit(m.Run())
+}
+
+type fixture struct {
+	g    *Gate
+	base string
+
+	mu     sync.Mutex
+	events []Event
+	cond   *sync.Cond
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	privtest.RequireRoot(t)
+	root, err := cgroupv2.Root()
+	if err != nil {
+		privtest.Unavailable(t, err.Error())
+	}
+	g, err := Load(Options{CgroupRoot: root})
+	if err != nil {
+		t.Fatalf("load gate: %+v", err)
+	}
+	t.Cleanup(func() { g.Close() })
+	f := &fixture{g: g, base: filepath.Join(root, "agentfence-test", fmt.Sprintf("%d-%s", os.Getpid(), sanitize(t.Name())))}
+	f.cond = sync.NewCond(&f.mu)
+	rd, err := ringreader.New(g.Events(), 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rd.Run(ctx, func(raw []byte) {
+			ev, err := DecodeEvent(raw)
+			if err != nil {
+				t.Errorf("decode: %v", err)
+				return
+			}
+			f.mu.Lock()
+			f.events = append(f.events, ev)
+			f.cond.Broadcast()
+			f.mu.Unlock()
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done; os.Remove(f.base); os.Remove(filepath.Dir(f.base)) })
+	return f
+}
+
+func sanitize(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c == '/' || c == ' ' {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
+type sessionSpec struct {
+	slot    uint32
+	gen     uint64
+	rules   []string
+	mode    Mode
+	expires uint64
+	parent  string // cgroup path to create the session cgroup under; "" = fixture base
+	name    string
+}
+
+// session creates a cgroup, writes the scope and session and binds them, as
+// the registry does, and undoes it all when the test ends.
+func (f *fixture) session(t *testing.T, s sessionSpec) string {
+	t.Helper()
+	if s.gen == 0 {
+		s.gen = 1
+	}
+	if s.name == "" {
+		s.name = fmt.Sprintf("slot%d", s.slot)
+	}
+	dir := s.parent
+	if dir == "" {
+		dir = f.base
+	}
+	path := filepath.Join(dir, s.name)
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	id, err := cgroupv2.ID(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules []scope.Rule
+	for _, text := range s.rules {
+		r, err := scope.Parse(text)
+		if err != nil {
+			t.Fatalf("parse %q: %v", text, err)
+		}
+		rules = append(rules, r)
+	}
+	entries, err := scope.Compile(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.g.WriteScope(s.slot, s.gen, entries); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.g.PutSession(s.slot, SessionState{Gen: s.gen, State: StateActive, Mode: s.mode, ExpiresNS: s.expires}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.g.BindCgroup(id, s.slot, s.gen); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		f.g.UnbindCgroup(id)
+		f.g.DeleteScope(s.slot, entries)
+		f.g.PutSession(s.slot, SessionState{Gen: s.gen})
+		cgroupv2.Manager{}.Destroy(path)
+	})
+	return path
+}
+
+// waitEvent waits for an event from pid matching match.
+func (f *fixture) waitEvent(t *testing.T, pid int, match func(Event) bool) Event {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	timer := time.AfterFunc(10*time.Second, func() { f.mu.Lock(); f.cond.Broadcast(); f.mu.Unlock() })
+	defer timer.Stop()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for {
+		for _, ev := range f.events {
+			if int(ev.PID) == pid && match(ev) {
+				return ev
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no matching event from pid %d; have %d events: %+v", pid, len(f.events), f.events)
+		}
+		f.cond.Wait()
+	}
+}
+
+func expect(t *testing.T, got []gatetest.Result, want ...string) {
+	t.Helper()
+	for i, w := range want {
+		if got[i].Result != w {
+			t.Errorf("probe %d: got %s, want %s", i, got[i].Result, w)
+		}
+	}
+}
+
+func TestConnectAllowedAndDenied(t *testing.T) {
+	f := setup(t)
+	allowed := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	cg := f.session(t, sessionSpec{slot: 3, gen: 7, rules: []string{"tcp://" + allowed.String()}})
+
+	res := gatetest.Run(t, cg, gatetest.Options{}, "tcp "+allowed.String(), "tcp "+other.String())
+	expect(t, res, "ok", "EPERM")
+
+	ev := f.waitEvent(t, res[0].PID, func(e Event) bool { return e.Dest == allowed })
+	if ev.Verdict != VerdictAllowed || ev.Rule != 0 || ev.Slot != 3 || ev.Gen != 7 || ev.Hook != HookConnect4 || ev.Protocol != 6 {
+		t.Errorf("allowed event: %+v", ev)
+	}
+	ev = f.waitEvent(t, res[1].PID, func(e Event) bool { return e.Dest == other })
+	if ev.Verdict != VerdictDenied || ev.Rule != NoRule || ev.Reason != ReasonNoRule || ev.TID != uint32(res[1].PID) {
+		t.Errorf("denied event: %+v", ev)
+	}
+	if ev.UID != 0 || ev.Comm == "" || ev.CgroupID == 0 || ev.BootNS == 0 {
+		t.Errorf("denied event lacks identity: %+v", ev)
+	}
+
+	// The test process is in no session: the same destination is fine.
+	expect(t, gatetest.Run(t, "", gatetest.Options{}, "tcp "+other.String()), "ok")
+	st, err := f.g.Stats()
+	if err != nil || st.Allowed < 1 || st.Denied < 1 || st.Lost != 0 {
+		t.Errorf("stats %+v, %v", st, err)
+	}
+}
+
+func TestUDPSendmsg(t *testing.T) {
+	f := setup(t)
+	cg := f.session(t, sessionSpec{slot: 4, rules: []string{"udp://127.0.0.53:53"}})
+	res := gatetest.Run(t, cg, gatetest.Options{},
+		"udp 127.0.0.53:53", "udp 127.0.0.53:54", "udp 127.0.0.9:53", "tcp 127.0.0.53:53", "udpconnect 127.0.0.9:53")
+	expect(t, res, "ok", "EPERM", "EPERM", "EPERM", "EPERM")
+	ev := f.waitEvent(t, res[1].PID, func(e Event) bool { return e.Dest.Port() == 54 })
+	if ev.Hook != HookSendmsg4 || ev.Protocol != 17 || ev.Verdict != VerdictDenied {
+		t.Errorf("sendmsg event: %+v", ev)
+	}
+}
+
+func TestIPv6AndMapped(t *testing.T) {
+	f := setup(t)
+	v6 := gatetest.Listen(t, "tcp6", "[::1]:0")
+	v4 := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	v4other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	cg := f.session(t, sessionSpec{slot: 5, rules: []string{
+		fmt.Sprintf("[::1]:%d", v6.Port()),
+		fmt.Sprintf("127.0.0.1:%d", v4.Port()),
+	}})
+	mapped := func(ap netip.AddrPort) string {
+		return netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port()).String()
+	}
+	res := gatetest.Run(t, cg, gatetest.Options{},
+		"tcp "+v6.String(),
+		fmt.Sprintf("tcp [::1]:%d", v4.Port()), // right port, wrong family's address
+		"tcp6 "+mapped(v4),                     // ::ffff:127.0.0.1 judged as 127.0.0.1
+		"tcp6 "+mapped(v4other),                // and denied as the IPv4 address would be
+		"udp6 [::2]:53",
+	)
+	expect(t, res, "ok", "EPERM", "ok", "EPERM", "EPERM")
+	ev := f.waitEvent(t, res[3].PID, func(e Event) bool { return e.Dest.Port() == v4other.Port() })
+	if ev.Hook != HookConnect6 || !ev.Dest.Addr().Is4() || ev.Dest.Addr() != v4other.Addr() {
+		t.Errorf("mapped connect event should carry the IPv4 address: %+v", ev)
+	}
+}
+
+func TestRuleShapes(t *testing.T) {
+	f := setup(t)
+	cases := []struct {
+		rule  string
+		probe string
+		want  string
+	}{
+		{"127.0.0.0/8", "tcp 127.1.2.3:1", "ECONNREFUSED"}, // allowed: nothing listens there
+		{"127.0.0.0/8", "udp 127.1.2.3:9", "ok"},
+		{"127.0.0.0/8", "tcp 10.255.255.1:1", "EPERM"},
+		{"127.0.0.1:1000-2000", "tcp 127.0.0.1:1000", "ECONNREFUSED"},
+		{"127.0.0.1:1000-2000", "tcp 127.0.0.1:2000", "ECONNREFUSED"},
+		{"127.0.0.1:1000-2000", "tcp 127.0.0.1:2001", "EPERM"},
+		{"127.0.0.1:1000-2000", "tcp 127.0.0.1:999", "EPERM"},
+		{"tcp://127.0.0.1", "udp 127.0.0.1:5", "EPERM"},
+		{"udp://127.0.0.1", "udp 127.0.0.1:5", "ok"},
+		{"udp://127.0.0.1", "tcp 127.0.0.1:5", "EPERM"},
+		{"[::1]/128:7", "tcp [::1]:7", "ECONNREFUSED"},
+		{"[::]/0", "udp [::2]:7", "ok"},
+		{"0.0.0.0/0:443", "udp 127.9.9.9:443", "ok"},
+		{"0.0.0.0/0:443", "udp 127.9.9.9:444", "EPERM"},
+	}
+	for i, c := range cases {
+		t.Run(fmt.Sprintf("%d", i), func(t *testing.T) {
+			cg := f.session(t, sessionSpec{slot: uint32(100 + i), rules: []string{c.rule}})
+			if got := gatetest.Run(t, cg, gatetest.Options{}, c.probe)[0].Result; got != c.want {
+				t.Errorf("rule %q, %s: got %s, want %s", c.rule, c.probe, got, c.want)
+			}
+		})
+	}
+}
+
+// Covering rules: the longest prefix carries the port rules of the shorter
+// ones that contain it.
+func TestOverlappingPrefixes(t *testing.T) {
+	f := setup(t)
+	cg := f.session(t, sessionSpec{slot: 6, rules: []string{"udp://127.0.0.0/8:53", "udp://127.0.0.0/24:80", "udp://127.0.0.7:9"}})
+	res := gatetest.Run(t, cg, gatetest.Options{}, "udp 127.0.0.7:53", "udp 127.0.0.7:80", "udp 127.0.0.7:9", "udp 127.0.0.7:10", "udp 127.0.1.1:80", "udp 127.0.1.1:53")
+	expect(t, res, "ok", "ok", "ok", "EPERM", "EPERM", "ok")
+	ev := f.waitEvent(t, res[1].PID, func(e Event) bool { return e.Dest.Port() == 80 })
+	if ev.Rule != 1 {
+		t.Errorf("port 80 should be attributed to rule 1, got %d", ev.Rule)
+	}
+}
+
+func TestDescendantsStayInSession(t *testing.T) {
+	f := setup(t)
+	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	cg := f.session(t, sessionSpec{slot: 8, rules: []string{"udp://127.0.0.53:53"}})
+	for _, o := range []gatetest.Options{{Depth: 1}, {Depth: 2}, {Depth: 2, Detach: true}} {
+		res := gatetest.Run(t, cg, o, "tcp "+other.String())
+		expect(t, res, "EPERM")
+		ev := f.waitEvent(t, res[0].PID, func(Event) bool { return true })
+		if ev.Slot != 8 {
+			t.Errorf("%+v: event slot %d", o, ev.Slot)
+		}
+	}
+	// A child cgroup of the session cgroup is still in the session: moving
+	// into a sub-cgroup is no way out.
+	sub := filepath.Join(cg, "escape")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(sub)
+	expect(t, gatetest.Run(t, sub, gatetest.Options{}, "tcp "+other.String(), "udp 127.0.0.53:53"), "EPERM", "ok")
+}
+
+func TestDeepestSessionWins(t *testing.T) {
+	f := setup(t)
+	outer := f.session(t, sessionSpec{slot: 9, rules: []string{"udp://127.0.0.1:1"}})
+	inner := f.session(t, sessionSpec{slot: 10, rules: []string{"udp://127.0.0.1:2"}, parent: outer, name: "inner"})
+	expect(t, gatetest.Run(t, inner, gatetest.Options{}, "udp 127.0.0.1:1", "udp 127.0.0.1:2"), "EPERM", "ok")
+	expect(t, gatetest.Run(t, outer, gatetest.Options{}, "udp 127.0.0.1:1", "udp 127.0.0.1:2"), "ok", "EPERM")
+}
+
+func TestExpiry(t *testing.T) {
+	f := setup(t)
+	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	now := bootNS()
+	expired := f.session(t, sessionSpec{slot: 11, rules: []string{ln.String()}, expires: now - 1})
+	res := gatetest.Run(t, expired, gatetest.Options{}, "tcp "+ln.String())
+	expect(t, res, "EPERM")
+	if ev := f.waitEvent(t, res[0].PID, func(Event) bool { return true }); ev.Reason != ReasonExpired {
+		t.Errorf("reason %d, want expired", ev.Reason)
+	}
+
+	// A session that expires while it runs: allowed before, denied after,
+	// with nobody in userspace doing anything at the expiry.
+	deadline := bootNS() + uint64(300*time.Millisecond)
+	live := f.session(t, sessionSpec{slot: 12, rules: []string{ln.String()}, expires: deadline})
+	expect(t, gatetest.Run(t, live, gatetest.Options{}, "tcp "+ln.String()), "ok")
+	for bootNS() <= deadline {
+		time.Sleep(time.Duration(deadline-bootNS()) + time.Millisecond)
+	}
+	expect(t, gatetest.Run(t, live, gatetest.Options{}, "tcp "+ln.String()), "EPERM")
+}
+
+func TestAuditMode(t *testing.T) {
+	f := setup(t)
+	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	cg := f.session(t, sessionSpec{slot: 13, rules: []string{"udp://127.0.0.53:53"}, mode: ModeAudit})
+	res := gatetest.Run(t, cg, gatetest.Options{}, "tcp "+ln.String())
+	expect(t, res, "ok")
+	ev := f.waitEvent(t, res[0].PID, func(Event) bool { return true })
+	if ev.Verdict != VerdictWouldDeny || ev.Reason != ReasonNoRule {
+		t.Errorf("audit event: %+v", ev)
+	}
+}
+
+func TestRawSocketsAndFastOpen(t *testing.T) {
+	f := setup(t)
+	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	cg := f.session(t, sessionSpec{slot: 14, rules: []string{ln.String()}})
+	res := gatetest.Run(t, cg, gatetest.Options{}, "raw", "tfo "+other.String())
+	expect(t, res, "EPERM", "EPERM")
+	if ev := f.waitEvent(t, res[0].PID, func(e Event) bool { return e.Hook == HookSockCreate }); ev.Reason != ReasonSocketType {
+		t.Errorf("raw socket event: %+v", ev)
+	}
+	// Outside a session, raw sockets still work (the test runs as root).
+	expect(t, gatetest.Run(t, "", gatetest.Options{}, "raw"), "ok")
+}
+
+// A binding that names an older generation of a slot is ignored, and scope
+// entries of an older generation do not match a reused slot.
+func TestStaleGeneration(t *testing.T) {
+	f := setup(t)
+	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	cg := f.session(t, sessionSpec{slot: 15, gen: 1, rules: []string{ln.String()}})
+	id, _ := cgroupv2.ID(cg)
+	// Slot 15 is reused by generation 2 with an empty scope; the old scope
+	// entries are still in the trie.
+	if err := f.g.PutSession(15, SessionState{Gen: 2, State: StateActive}); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, gatetest.Run(t, cg, gatetest.Options{}, "tcp "+ln.String()), "ok") // stale binding: unmanaged
+	if err := f.g.BindCgroup(id, 15, 2); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, gatetest.Run(t, cg, gatetest.Options{}, "tcp "+ln.String()), "EPERM") // gen 1 scope does not apply
+}
+

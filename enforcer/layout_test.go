@@ -1,0 +1,45 @@
+package enforcer
+
+import (
+	"testing"
+	"unsafe"
+
+	"github.com/agentfence/agentfence/scope"
+)
+
+// The Go types come from the object's BTF, so they match the C layout by
+// construction; this pins that the maps were declared with those types, so
+// a key or value that does not marshal can never reach a session open.
+func TestMapLayouts(t *testing.T) {
+	spec, err := loadGate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		mapName    string
+		key, value uintptr
+	}{
+		{"sessions", 4, unsafe.Sizeof(gateSession{})},
+		{"cgroup_sessions", 8, unsafe.Sizeof(gateBinding{})},
+		{"pid_sessions", 4, unsafe.Sizeof(gateBinding{})},
+		{"proc_exe", 4, unsafe.Sizeof(gateExeId{})},
+		{"scope4", unsafe.Sizeof(gateScope4Key{}), unsafe.Sizeof(gateScopeVal{})},
+		{"scope6", unsafe.Sizeof(gateScope6Key{}), unsafe.Sizeof(gateScopeVal{})},
+	}
+	for _, c := range cases {
+		m := spec.Maps[c.mapName]
+		if m == nil {
+			t.Errorf("map %s missing", c.mapName)
+			continue
+		}
+		if uintptr(m.KeySize) != c.key || uintptr(m.ValueSize) != c.value {
+			t.Errorf("map %s: key/value %d/%d bytes, Go types %d/%d", c.mapName, m.KeySize, m.ValueSize, c.key, c.value)
+		}
+	}
+	if got, want := len(gateScopeVal{}.Rules), scope.MaxPortRules; got != want {
+		t.Errorf("scope_val holds %d rules, scope.MaxPortRules assumes %d", got, want)
+	}
+	if EventSize != int(unsafe.Sizeof(gateGateEvent{})) || EventSize%8 != 0 {
+		t.Errorf("event size %d", EventSize)
+	}
+}

@@ -1,0 +1,208 @@
+// Package gatetest runs network probes from child processes placed in a
+// given cgroup, for kernel tests of the egress gate. The test binary re-runs
+// itself as the probe: call MaybeRunProbe first thing in TestMain.
+package gatetest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	envAction = "AGENTFENCE_PROBE"
+	envDepth  = "AGENTFENCE_PROBE_DEPTH"
+	envDetach = "AGENTFENCE_PROBE_DETACH"
+)
+
+// MaybeRunProbe runs the probe and exits if this process was started as
+// one; otherwise it returns.
+func MaybeRunProbe() {
+	action := os.Getenv(envAction)
+	if action == "" {
+		return
+	}
+	out := os.NewFile(3, "result")
+	depth := 0
+	fmt.Sscan(os.Getenv(envDepth), &depth)
+	if depth > 0 {
+		// Start the next generation and, for a detached probe, exit at once
+		// so the descendant is reparented like a daemon.
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", envDepth, depth-1))
+		cmd.ExtraFiles = []*os.File{out}
+		if os.Getenv(envDetach) != "" {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		}
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintf(out, "spawn: %v\n", err)
+			os.Exit(1)
+		}
+		if os.Getenv(envDetach) == "" {
+			cmd.Wait()
+		}
+		os.Exit(0)
+	}
+	for _, a := range strings.Split(action, ";") {
+		fmt.Fprintf(out, "%d %s\n", os.Getpid(), Probe(a))
+	}
+	os.Exit(0)
+}
+
+// Probe performs one network action in this process and returns "ok" or
+// the errno name. Actions:
+//
+//	tcp ADDR:PORT      connect a TCP socket of ADDR's family
+//	tcp6 ADDR:PORT     connect from an AF_INET6 socket (v4 addresses are sent v4-mapped)
+//	udp ADDR:PORT      sendto from an unconnected UDP socket of ADDR's family
+//	udp6 ADDR:PORT     sendto from an AF_INET6 UDP socket
+//	udpconnect ADDR:PORT  connect a UDP socket
+//	tfo ADDR:PORT      TCP fast open: sendto with MSG_FASTOPEN, no connect
+//	raw                create a raw ICMP socket
+func Probe(action string) string {
+	verb, arg, _ := strings.Cut(action, " ")
+	if verb == "raw" {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
+		if err != nil {
+			return errName(err)
+		}
+		unix.Close(fd)
+		return "ok"
+	}
+	ap, err := netip.ParseAddrPort(arg)
+	if err != nil {
+		return "badaddr"
+	}
+	v6 := verb == "tcp6" || verb == "udp6" || (ap.Addr().Is6() && !ap.Addr().Is4In6())
+	typ := unix.SOCK_STREAM
+	if strings.HasPrefix(verb, "udp") {
+		typ = unix.SOCK_DGRAM
+	}
+	family := unix.AF_INET6
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	if !v6 {
+		family = unix.AF_INET
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "socket:" + errName(err)
+	}
+	defer unix.Close(fd)
+	switch verb {
+	case "tcp", "tcp6", "udpconnect":
+		err = unix.Connect(fd, sa)
+	case "udp", "udp6":
+		err = unix.Sendto(fd, []byte("probe"), 0, sa)
+	case "tfo":
+		err = unix.Sendto(fd, []byte("probe"), unix.MSG_FASTOPEN, sa)
+	default:
+		return "badverb"
+	}
+	if err != nil {
+		return errName(err)
+	}
+	return "ok"
+}
+
+func errName(err error) string {
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		if n := unix.ErrnoName(errno); n != "" {
+			return n
+		}
+	}
+	return err.Error()
+}
+
+// Options shape a probe run.
+type Options struct {
+	// Depth > 0 runs the probe in a descendant that many generations down.
+	Depth int
+	// Detach makes each intermediate generation exit without waiting, so
+	// the probe runs in a reparented, setsid'd daemon.
+	Detach bool
+	// Credential runs the probe as another user.
+	Credential *syscall.Credential
+}
+
+// Result is one probe outcome.
+type Result struct {
+	PID    int
+	Result string
+}
+
+// Run starts the test binary as a probe inside the cgroup at cgroupPath
+// (clone3 CLONE_INTO_CGROUP) and returns each action's result, in order.
+// It returns when every process holding the result pipe has exited.
+func Run(tb testing.TB, cgroupPath string, opts Options, actions ...string) []Result {
+	tb.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer r.Close()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), envAction+"="+strings.Join(actions, ";"), fmt.Sprintf("%s=%d", envDepth, opts.Depth))
+	if opts.Detach {
+		cmd.Env = append(cmd.Env, envDetach+"=1")
+	}
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: opts.Credential}
+	if cgroupPath != "" {
+		cg, err := os.Open(cgroupPath)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer cg.Close()
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(cg.Fd())
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		tb.Fatalf("start probe: %v", err)
+	}
+	w.Close()
+	r.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(r); err != nil {
+		tb.Fatalf("read probe results: %v (stderr: %s)", err, stderr.String())
+	}
+	cmd.Wait()
+	var out []Result
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var res Result
+		if _, err := fmt.Sscan(line, &res.PID, &res.Result); err != nil {
+			tb.Fatalf("bad probe output %q (stderr: %s)", buf.String(), stderr.String())
+		}
+		out = append(out, res)
+	}
+	if len(out) != len(actions) {
+		tb.Fatalf("probe gave %d results for %d actions: %q", len(out), len(actions), buf.String())
+	}
+	return out
+}
+
+// Listen opens a TCP listener on a loopback address for allowed connects to
+// land on; it is closed when the test ends.
+func Listen(tb testing.TB, network, addr string) netip.AddrPort {
+	tb.Helper()
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { l.Close() })
+	return l.Addr().(*net.TCPAddr).AddrPort()
+}
