@@ -379,4 +379,3 @@ func TestStaleGeneration(t *testing.T) {
 	}
 	expect(t, gatetest.Run(t, cg, gatetest.Options{}, "tcp "+ln.String()), "EPERM") // gen 1 scope does not apply
 }
-
