@@ -77,6 +77,7 @@ type Registry struct {
 	cgroups Cgroups
 	clock   *Clock
 	emit    func(audit.Record)
+	sync    func()
 
 	mu     sync.Mutex
 	byID   map[string]*Session
@@ -165,14 +166,31 @@ func (r *Registry) Open(req OpenRequest, caller string) (Session, error) {
 	return s.public(), nil
 }
 
+// SetEventSync registers a function that returns once every kernel event
+// submitted so far has been handled. Close calls it before writing the
+// closed record, so that record is the session's last.
+func (r *Registry) SetEventSync(f func()) { r.sync = f }
+
 // Close ends a session: its members are denied everything at once, killed,
 // and its cgroup, binding, scope and slot are released.
 func (r *Registry) Close(id, caller string) error {
+	s, err := r.teardown(id)
+	if err != nil {
+		return err
+	}
+	if r.sync != nil {
+		r.sync()
+	}
+	r.lifecycle(s, "closed", caller)
+	return nil
+}
+
+func (r *Registry) teardown(id string) (*Session, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s, ok := r.byID[id]
 	if !ok {
-		return &Error{Code: CodeNotFound, Field: "id", Message: fmt.Sprintf("no session %q", id)}
+		return nil, &Error{Code: CodeNotFound, Field: "id", Message: fmt.Sprintf("no session %q", id)}
 	}
 	// Revoke before anything else so a member racing the close is denied,
 	// never unmanaged.
@@ -183,7 +201,7 @@ func (r *Registry) Close(id, caller string) error {
 	errs = append(errs, r.kernel.DeleteScope(s.slot, s.entries))
 	errs = append(errs, r.kernel.PutSession(s.slot, enforcer.SessionState{Gen: s.gen, State: enforcer.StateFree}))
 	if err := errors.Join(errs...); err != nil {
-		return &Error{Code: CodeKernel, Message: err.Error()}
+		return nil, &Error{Code: CodeKernel, Message: err.Error()}
 	}
 	delete(r.byID, id)
 	delete(r.bySlot, s.slot)
@@ -193,8 +211,7 @@ func (r *Registry) Close(id, caller string) error {
 	if len(r.recent) > recentClosed {
 		r.recent = slices.Delete(r.recent, 0, len(r.recent)-recentClosed)
 	}
-	r.lifecycle(s, "closed", caller)
-	return nil
+	return s, nil
 }
 
 // CloseAll closes every session, for shutdown.

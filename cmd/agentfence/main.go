@@ -37,6 +37,7 @@ const usage = `usage: agentfence COMMAND [ARGS]
 commands:
   run       run a command inside a new intent session
   session   list, show or close sessions
+  audit     show audit records
   help      show this help
 `
 
@@ -64,6 +65,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runCmd(ctx, args[1:], stderr)
 	case "session":
 		return sessionCmd(ctx, args[1:], stdout, stderr)
+	case "audit":
+		return auditCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -140,6 +140,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("ring buffer reader: %w", err)
 	}
+	reg.SetEventSync(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		rd.Sync(ctx)
+	})
 	joiner := &attribution.Joiner{Registry: reg, Clock: clock}
 	evCtx, stopEvents := context.WithCancel(context.Background())
 	wg.Go(func() {

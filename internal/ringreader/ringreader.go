@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -17,6 +18,10 @@ import (
 type Reader struct {
 	rd       *ringbuf.Reader
 	interval time.Duration
+
+	mu      sync.Mutex
+	waiters []chan struct{}
+	stopped bool
 }
 
 // New opens a reader. interval bounds how long a record submitted without a
@@ -34,22 +39,65 @@ func New(m *ebpf.Map, interval time.Duration) (*Reader, error) {
 func (r *Reader) Run(ctx context.Context, handle func([]byte)) error {
 	stop := context.AfterFunc(ctx, func() { r.rd.Close() })
 	defer stop()
+	defer func() {
+		r.mu.Lock()
+		r.stopped = true
+		r.mu.Unlock()
+		r.release(r.take())
+	}()
 	var rec ringbuf.Record
 	for {
+		// Whoever waits in Sync before this read starts is answered when it
+		// returns empty-handed: by then it has drained the ring.
+		waiting := r.take()
 		r.rd.SetDeadline(time.Now().Add(r.interval))
-		err := r.rd.ReadInto(&rec)
-		switch {
-		case err == nil:
-			handle(rec.RawSample)
-		case errors.Is(err, os.ErrDeadlineExceeded):
-		case errors.Is(err, ringbuf.ErrClosed):
-			if ctx.Err() != nil {
+		for {
+			err := r.rd.ReadInto(&rec)
+			if err == nil {
+				handle(rec.RawSample)
+				continue
+			}
+			r.release(waiting)
+			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, ringbuf.ErrFlushed) {
+				break
+			}
+			if errors.Is(err, ringbuf.ErrClosed) && ctx.Err() != nil {
 				return nil
 			}
 			return err
-		default:
-			return err
 		}
+	}
+}
+
+// Sync returns once every record submitted before the call has been handled
+// (or ctx is done).
+func (r *Reader) Sync(ctx context.Context) {
+	done := make(chan struct{})
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		return
+	}
+	r.waiters = append(r.waiters, done)
+	r.mu.Unlock()
+	r.rd.Flush()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+func (r *Reader) take() []chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := r.waiters
+	r.waiters = nil
+	return w
+}
+
+func (r *Reader) release(w []chan struct{}) {
+	for _, c := range w {
+		close(c)
 	}
 }
 

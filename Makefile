@@ -1,0 +1,45 @@
+# agentfence — eBPF egress gate and kernel-attributed audit for AI agents.
+GO      ?= go
+BIN     ?= bin
+PKGS    := ./...
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## show the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## build agentfenced, agentfence and the demo programs into bin/
+	$(GO) build -trimpath -o $(BIN)/ ./cmd/agentfenced ./cmd/agentfence
+	$(GO) build -trimpath -o $(BIN)/standin ./demo/standin
+	$(GO) build -trimpath -o $(BIN)/demo-agent ./demo/agent
+
+.PHONY: generate
+generate: ## regenerate the BPF objects and their Go bindings (clang, llvm-strip, libbpf-dev)
+	$(GO) generate ./enforcer/ ./sensor/
+
+.PHONY: check-generate
+check-generate: generate ## fail if the committed BPF objects differ from a fresh generate
+	git diff --exit-code -- enforcer sensor
+
+.PHONY: test
+test: ## run the whole test suite (as root: kernel tests load the real programs)
+	$(GO) test -count=1 -timeout 30m $(PKGS)
+
+.PHONY: bench
+bench: ## run the benchmarks (as root); numbers go to docs/benchmarks.md
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m $(PKGS)
+
+.PHONY: demo
+demo: build ## run the demo on this host (as root)
+	BIN=$(BIN) ./demo/demo.sh
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet $(PKGS)
+
+.PHONY: clean
+clean: ## remove bin/
+	rm -rf $(BIN)

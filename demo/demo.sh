@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The agentfence demo: start the daemon, run an "agent" in an intent session
+# that may reach only its MCP server, and show the allowed call, the blocked
+# direct-API bypass and their audit records. Needs root. Loopback only.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+if [[ $EUID -ne 0 ]]; then
+	echo "demo: needs root (it loads BPF programs): sudo make demo" >&2
+	exit 1
+fi
+BIN=${BIN:-bin}
+work=$(mktemp -d /tmp/agentfence-demo.XXXXXX)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+sock=$work/api.sock
+audit=$work/audit.jsonl
+
+"$BIN/standin" --listen 127.0.0.1:18080 --name "ticket MCP server" 2>"$work/mcp.log" & pids+=($!)
+"$BIN/standin" --listen 127.0.0.2:18443 --name "SaaS tickets API" 2>"$work/api.log" & pids+=($!)
+"$BIN/agentfenced" --api-socket "$sock" --audit-file "$audit" 2>"$work/daemon.log" & pids+=($!)
+
+# Wait for the daemon's socket and the stand-ins (bounded).
+for _ in $(seq 1 100); do
+	[[ -S $sock ]] && grep -q listening "$work/mcp.log" && grep -q listening "$work/api.log" && break
+	sleep 0.1
+done
+[[ -S $sock ]] || { echo "demo: agentfenced did not start:"; cat "$work/daemon.log"; exit 1; } >&2
+
+echo "== agentfence run: the agent may reach only its MCP server (tcp://127.0.0.1:18080)"
+set +e
+"$BIN/agentfence" run --socket "$sock" \
+	--intent "summarise open tickets for alice@example.com" \
+	--allow tcp://127.0.0.1:18080 \
+	-- "$BIN/demo-agent" --mcp http://127.0.0.1:18080/tools/tickets --api http://127.0.0.2:18443/v1/tickets
+status=$?
+set -e
+echo "   (agent exit status $status: its direct API call was refused)"
+echo
+echo "== audit records (kernel-attributed, from $audit)"
+"$BIN/agentfence" audit show "$audit"
