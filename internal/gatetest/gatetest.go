@@ -5,9 +5,11 @@ package gatetest
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -23,7 +25,14 @@ const (
 	envAction = "AGENTFENCE_PROBE"
 	envDepth  = "AGENTFENCE_PROBE_DEPTH"
 	envDetach = "AGENTFENCE_PROBE_DETACH"
+	envStdout = "AGENTFENCE_PROBE_STDOUT"
 )
+
+// Env returns the environment that makes the test binary, started by some
+// other program (agentfence run), run actions and print results on stdout.
+func Env(actions ...string) []string {
+	return []string{envAction + "=" + strings.Join(actions, ";"), envStdout + "=1"}
+}
 
 // MaybeRunProbe runs the probe and exits if this process was started as
 // one; otherwise it returns.
@@ -33,6 +42,9 @@ func MaybeRunProbe() {
 		return
 	}
 	out := os.NewFile(3, "result")
+	if os.Getenv(envStdout) != "" {
+		out = os.Stdout
+	}
 	depth := 0
 	fmt.Sscan(os.Getenv(envDepth), &depth)
 	if depth > 0 {
@@ -41,6 +53,7 @@ func MaybeRunProbe() {
 		cmd := exec.Command(os.Args[0])
 		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", envDepth, depth-1))
 		cmd.ExtraFiles = []*os.File{out}
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if os.Getenv(envDetach) != "" {
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		}
@@ -69,8 +82,14 @@ func MaybeRunProbe() {
 //	udpconnect ADDR:PORT  connect a UDP socket
 //	tfo ADDR:PORT      TCP fast open: sendto with MSG_FASTOPEN, no connect
 //	raw                create a raw ICMP socket
+//	api-list SOCKET    list sessions through the daemon's API: the HTTP status
+//	api-open SOCKET    try to open a session with scope 0.0.0.0/0
 func Probe(action string) string {
 	verb, arg, _ := strings.Cut(action, " ")
+	switch verb {
+	case "api-list", "api-open":
+		return apiProbe(verb, arg)
+	}
 	if verb == "raw" {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
 		if err != nil {
@@ -115,6 +134,27 @@ func Probe(action string) string {
 	return "ok"
 }
 
+// apiProbe calls the daemon's API on the unix socket arg and returns the
+// HTTP status code, or the errno of a failed connect.
+func apiProbe(verb, socket string) string {
+	c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}, Timeout: 10 * time.Second}
+	var resp *http.Response
+	var err error
+	if verb == "api-list" {
+		resp, err = c.Get("http://agentfenced/v1/sessions")
+	} else {
+		resp, err = c.Post("http://agentfenced/v1/sessions", "application/json",
+			strings.NewReader(`{"intent":"widen","allow":["0.0.0.0/0"]}`))
+	}
+	if err != nil {
+		return errName(err)
+	}
+	resp.Body.Close()
+	return fmt.Sprint(resp.StatusCode)
+}
+
 func errName(err error) string {
 	var errno unix.Errno
 	if errors.As(err, &errno) {
@@ -134,6 +174,9 @@ type Options struct {
 	Detach bool
 	// Credential runs the probe as another user.
 	Credential *syscall.Credential
+	// Binary is the probe executable (default: this test binary). A probe
+	// run as another user needs a copy it may execute.
+	Binary string
 }
 
 // Result is one probe outcome.
@@ -152,7 +195,11 @@ func Run(tb testing.TB, cgroupPath string, opts Options, actions ...string) []Re
 		tb.Fatal(err)
 	}
 	defer r.Close()
-	cmd := exec.Command(os.Args[0])
+	bin := os.Args[0]
+	if opts.Binary != "" {
+		bin = opts.Binary
+	}
+	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), envAction+"="+strings.Join(actions, ";"), fmt.Sprintf("%s=%d", envDepth, opts.Depth))
 	if opts.Detach {
 		cmd.Env = append(cmd.Env, envDetach+"=1")
@@ -193,6 +240,29 @@ func Run(tb testing.TB, cgroupPath string, opts Options, actions ...string) []Re
 		tb.Fatalf("probe gave %d results for %d actions: %q", len(out), len(actions), buf.String())
 	}
 	return out
+}
+
+// ExecutableCopy copies the test binary to a directory every user may read
+// and returns its path, for probes run with another Credential.
+func ExecutableCopy(tb testing.TB) string {
+	tb.Helper()
+	dir, err := os.MkdirTemp("", "agentfence-probe")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	b, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	path := dir + "/probe"
+	if err := os.WriteFile(path, b, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	return path
 }
 
 // Listen opens a TCP listener on a loopback address for allowed connects to

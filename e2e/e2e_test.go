@@ -1,0 +1,327 @@
+// Package e2e runs the built daemon and CLI as a user would: agentfenced
+// with a private socket and audit file, agentfence run around real
+// processes, on the real kernel.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/internal/cgroupv2"
+	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/privtest"
+)
+
+func TestMain(m *testing.M) {
+	gatetest.MaybeRunProbe()
+	os.Exit(m.Run())
+}
+
+var binDir string
+
+// build compiles the binaries once per test binary run.
+func build(t *testing.T) string {
+	t.Helper()
+	if binDir != "" {
+		return binDir
+	}
+	dir, err := os.MkdirTemp("", "agentfence-e2e-bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("go", "build", "-o", dir+"/", "../cmd/agentfenced", "../cmd/agentfence").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	binDir = dir
+	return dir
+}
+
+type daemon struct {
+	bin, socket, audit string
+	cmd                *exec.Cmd
+	stderr             *bytes.Buffer
+}
+
+func startDaemon(t *testing.T, extra ...string) *daemon {
+	t.Helper()
+	privtest.RequireRoot(t)
+	bin := build(t)
+	dir := t.TempDir()
+	d := &daemon{bin: bin, socket: filepath.Join(dir, "api.sock"), audit: filepath.Join(dir, "audit.jsonl"), stderr: &bytes.Buffer{}}
+	d.cmd = exec.Command(filepath.Join(bin, "agentfenced"), append([]string{"--api-socket", d.socket, "--audit-file", d.audit}, extra...)...)
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.stop(t) })
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(d.stderr.String(), "api listening") {
+		if time.Now().After(deadline) || d.cmd.ProcessState != nil {
+			t.Fatalf("daemon did not start: %s", d.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return d
+}
+
+func (d *daemon) stop(t *testing.T) {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := d.cmd.Wait(); err != nil {
+		t.Errorf("daemon exit: %v\n%s", err, d.stderr.String())
+	}
+}
+
+// cli runs agentfence and returns stdout, stderr and the exit code.
+func (d *daemon) cli(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	if len(args) > 0 && (args[0] == "run" || args[0] == "session") {
+		args = append([]string{args[0], "--socket", d.socket}, args[1:]...)
+		if args[0] == "session" {
+			args = append([]string{"session", args[3]}, append([]string{"--socket", d.socket}, args[4:]...)...)
+		}
+	}
+	cmd := exec.Command(filepath.Join(d.bin, "agentfence"), args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func (d *daemon) records(t *testing.T) []audit.Record {
+	t.Helper()
+	f, err := os.Open(d.audit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []audit.Record
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r audit.Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("audit line %q: %v", sc.Text(), err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func TestRunAllowsScopeAndRecordsDecisions(t *testing.T) {
+	d := startDaemon(t)
+	allowed := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+
+	stdout, stderr, code := d.cli(t, gatetest.Env("tcp "+allowed.String(), "tcp "+other.String(), "udp 127.0.0.53:53"),
+		"run", "--intent", "read tickets", "--allow", "tcp://"+allowed.String(), "--", os.Args[0])
+	if code != 0 {
+		t.Fatalf("run exit %d: %s", code, stderr)
+	}
+	var pid int
+	var r1, r2, r3 string
+	fmt.Sscanf(stdout, "%d %s\n%d %s\n%d %s", &pid, &r1, &pid, &r2, &pid, &r3)
+	if r1 != "ok" || r2 != "EPERM" || r3 != "EPERM" {
+		t.Fatalf("results %q", stdout)
+	}
+
+	recs := d.records(t)
+	var opened, closed, allowedRec, deniedRec *audit.Record
+	for i := range recs {
+		r := &recs[i]
+		switch {
+		case r.Kind == "session" && r.Event == "opened":
+			opened = r
+		case r.Kind == "session" && r.Event == "closed":
+			closed = r
+		case r.Kind == "connect" && r.Outcome.Verdict == "allowed":
+			allowedRec = r
+		case r.Kind == "connect" && r.Outcome.Verdict == "denied":
+			deniedRec = r
+		}
+	}
+	if opened == nil || closed == nil || allowedRec == nil || deniedRec == nil {
+		t.Fatalf("missing records: %+v", recs)
+	}
+	if &recs[len(recs)-1] != closed {
+		t.Errorf("closed is not the last record of the session")
+	}
+	for _, r := range []*audit.Record{allowedRec, deniedRec} {
+		if r.Session.ID != opened.Session.ID || r.Session.Intent != "read tickets" || int(r.Process.PID) != pid ||
+			r.Process.Comm == "" || r.Destination.Protocol != "tcp" || time.Since(r.Time) > time.Minute || time.Since(r.Time) < 0 {
+			t.Errorf("record not attributed: %+v %+v %+v", r.Session, r.Process, r.Destination)
+		}
+	}
+	if allowedRec.Destination.IP != "127.0.0.1" || allowedRec.Destination.Port != allowed.Port() || allowedRec.Outcome.Rule != "tcp://"+allowed.String() {
+		t.Errorf("allowed record: %+v %+v", allowedRec.Destination, allowedRec.Outcome)
+	}
+	if deniedRec.Destination.Port != other.Port() || deniedRec.Outcome.Rule != "" || deniedRec.Outcome.Errno != "EPERM" {
+		t.Errorf("denied record: %+v %+v", deniedRec.Destination, deniedRec.Outcome)
+	}
+	var sendmsg bool
+	for _, r := range recs {
+		sendmsg = sendmsg || (r.Kind == "sendmsg" && r.Destination.Protocol == "udp" && r.Destination.Port == 53 && r.Outcome.Verdict == "denied")
+	}
+	if !sendmsg {
+		t.Errorf("no denied sendmsg record")
+	}
+	d.expectClean(t)
+}
+
+// expectClean checks that no session, session cgroup or scope is left.
+func (d *daemon) expectClean(t *testing.T) {
+	t.Helper()
+	out, stderr, code := d.cli(t, nil, "session", "list", "--json")
+	if code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Errorf("sessions left: %s %s", out, stderr)
+	}
+	root, _ := cgroupv2.Root()
+	entries, _ := os.ReadDir(filepath.Join(root, "agentfence"))
+	for _, e := range entries {
+		if e.IsDir() {
+			t.Errorf("session cgroup left behind: %s", e.Name())
+		}
+	}
+}
+
+func TestRunExitStatusAndDaemonizedDescendants(t *testing.T) {
+	d := startDaemon(t)
+	if _, _, code := d.cli(t, nil, "run", "--intent", "x", "--", "sh", "-c", "exit 7"); code != 7 {
+		t.Errorf("exit status %d, want 7", code)
+	}
+	if _, _, code := d.cli(t, nil, "run", "--intent", "x", "--", "sh", "-c", "kill -TERM $$"); code != 128+15 {
+		t.Errorf("killed command: exit status %d, want 143", code)
+	}
+	// The command exits at once; its double-forked descendant probes later
+	// and must still be in the session, and run must wait for it.
+	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	env := append(gatetest.Env("tcp "+ln.String()), "AGENTFENCE_PROBE_DEPTH=2", "AGENTFENCE_PROBE_DETACH=1")
+	stdout, stderr, code := d.cli(t, env, "run", "--intent", "daemon", "--allow", "udp://127.0.0.53:53", "--", os.Args[0])
+	if code != 0 || !strings.HasSuffix(strings.TrimSpace(stdout), "EPERM") {
+		t.Fatalf("daemonized probe: exit %d, out %q, err %q", code, stdout, stderr)
+	}
+	d.expectClean(t)
+}
+
+func TestRunRejectsBadInputAndChangesNothing(t *testing.T) {
+	d := startDaemon(t)
+	cases := []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"run", "--intent", "x", "--allow", "127.0.0.1:99999", "--", "true"}, "out of range"},
+		{[]string{"run", "--intent", "x", "--allow", "10.0.0.1/8", "--", "true"}, "host bits"},
+		{[]string{"run", "--intent", "x", "--allow", "api.example.com:443", "--", "true"}, "hostname rules are not supported yet"},
+		{[]string{"run", "--intent", "  ", "--", "true"}, "--intent is required"},
+		{[]string{"run", "--intent", "x", "--mode", "yolo", "--", "true"}, `--mode "yolo"`},
+		{[]string{"run", "--intent", "x", "--ttl", "-5m", "--", "true"}, "must be positive"},
+		{[]string{"run", "--intent", "x", "--ttl", "forever", "--", "true"}, "invalid value"},
+		{[]string{"run", "--intent", "x"}, "no command"},
+		{[]string{"bogus"}, "unknown command"},
+	}
+	for _, c := range cases {
+		_, stderr, code := d.cli(t, nil, c.args...)
+		if code != 2 || !strings.Contains(stderr, c.msg) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", c.args, code, stderr, c.msg)
+		}
+	}
+	// Checked only by the daemon: TTL above its maximum.
+	_, stderr, code := d.cli(t, nil, "run", "--intent", "x", "--ttl", "1000h", "--", "true")
+	if code != 125 || !strings.Contains(stderr, "ttl: 1000h0m0s is above the maximum") {
+		t.Errorf("ttl above max: exit %d, %q", code, stderr)
+	}
+	d.expectClean(t)
+
+	_, stderr, code = d.cli(t, nil, "run", "--socket", "/nonexistent/api.sock", "--intent", "x", "--", "true")
+	if code != 125 || !strings.Contains(stderr, "agentfenced is not running") {
+		t.Errorf("no daemon: exit %d, %q", code, stderr)
+	}
+}
+
+func TestAPIRefusesUntrustedCallers(t *testing.T) {
+	d := startDaemon(t)
+	nobody := gatetest.Options{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, Binary: gatetest.ExecutableCopy(t)}
+	// The socket is 0600: nobody cannot even connect.
+	if res := gatetest.Run(t, "", nobody, "api-list "+d.socket); res[0].Result != "EACCES" {
+		t.Errorf("nobody on a 0600 socket: %s", res[0].Result)
+	}
+	// Even with the socket opened up, the peer credential check refuses.
+	if err := os.Chmod(d.socket, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	for dir := filepath.Dir(d.socket); dir != os.TempDir(); dir = filepath.Dir(dir) {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if res := gatetest.Run(t, "", nobody, "api-list "+d.socket); res[0].Result != "403" {
+		t.Errorf("nobody through a 0666 socket: %s", res[0].Result)
+	}
+	if res := gatetest.Run(t, "", gatetest.Options{}, "api-list "+d.socket); res[0].Result != "200" {
+		t.Errorf("root: %s", res[0].Result)
+	}
+	// A process inside a session, even root, cannot open another session
+	// to widen its own scope.
+	stdout, _, _ := d.cli(t, gatetest.Env("api-open "+d.socket), "run", "--intent", "agent", "--", os.Args[0])
+	if !strings.HasSuffix(strings.TrimSpace(stdout), " 403") {
+		t.Errorf("session member opening a session: %q", stdout)
+	}
+	d.expectClean(t)
+}
+
+// SIGTERM detaches every program the daemon attached.
+func TestDaemonDetachesOnSIGTERM(t *testing.T) {
+	privtest.RequireRoot(t)
+	root, err := cgroupv2.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := attached(t, root)
+	d := startDaemon(t)
+	if got := attached(t, root); got != before+1 {
+		t.Fatalf("connect4 programs at the root: %d with the daemon, %d before", got, before)
+	}
+	d.stop(t)
+	if got := attached(t, root); got != before {
+		t.Errorf("connect4 programs after SIGTERM: %d, want %d", got, before)
+	}
+	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+func attached(t *testing.T, cgroup string) int {
+	t.Helper()
+	f, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(res.Programs)
+}
