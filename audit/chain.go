@@ -1,0 +1,179 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// Canonical returns the canonical bytes of r: its native JSON encoding as
+// emitted on a line, without the trailing newline. The encoding is
+// encoding/json with HTML escaping off, members in Record's declaration
+// order. PrevHash of the next record is the hex SHA-256 of exactly these
+// bytes, so a receiver verifies the chain over the lines it received
+// without re-encoding anything.
+func Canonical(r *Record) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := AppendCanonical(&buf, r); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// AppendCanonical writes the canonical bytes of r to buf.
+func AppendCanonical(buf *bytes.Buffer, r *Record) error {
+	enc := json.NewEncoder(buf)
+	enc.SetEscapeHTML(false)
+	start := buf.Len()
+	if err := enc.Encode(r); err != nil {
+		return err
+	}
+	// Encoder always terminates with '\n'; the canonical form has none.
+	if n := buf.Len(); n > start && buf.Bytes()[n-1] == '\n' {
+		buf.Truncate(n - 1)
+	}
+	return nil
+}
+
+// HashLine returns the hex SHA-256 of one canonical line.
+func HashLine(line []byte) string {
+	sum := sha256.Sum256(line)
+	return hex.EncodeToString(sum[:])
+}
+
+// ChainState is what survives a restart: the last stamped sequence number
+// and the hash of that record's canonical bytes.
+type ChainState struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+// Chain stamps records with a per-host monotonically increasing Seq and the
+// hash of the previous record. It is safe for concurrent use.
+type Chain struct {
+	mu        sync.Mutex
+	state     ChainState
+	statePath string
+	saved     ChainState
+	buf       bytes.Buffer
+}
+
+// OpenChain loads the chain state from statePath (empty path: in memory
+// only). A missing file starts a new chain at seq 1.
+func OpenChain(statePath string) (*Chain, error) {
+	c := &Chain{statePath: statePath}
+	if statePath == "" {
+		return c, nil
+	}
+	b, err := os.ReadFile(statePath)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return c, nil
+	case err != nil:
+		return nil, fmt.Errorf("audit chain state: %w", err)
+	}
+	if err := json.Unmarshal(b, &c.state); err != nil {
+		return nil, fmt.Errorf("audit chain state %s: %w", statePath, err)
+	}
+	if c.state.Seq > 0 && len(c.state.Hash) != sha256.Size*2 {
+		return nil, fmt.Errorf("audit chain state %s: bad hash", statePath)
+	}
+	c.saved = c.state
+	return c, nil
+}
+
+// State returns the last stamped position.
+func (c *Chain) State() ChainState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// Advance moves the chain forward to st if st is ahead of it. The pipeline
+// uses it after a crash: records that reached a spool are further along
+// than the last checkpoint, and their seqs must never be reused.
+func (c *Chain) Advance(st ChainState) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.Seq > c.state.Seq {
+		c.state = st
+	}
+}
+
+// Stamp sets r.Seq, r.PrevHash (and r.Schema when empty) and returns the
+// canonical bytes of the stamped record. The returned slice is fresh.
+func (c *Chain) Stamp(r *Record) ([]byte, error) {
+	if r.Schema == "" {
+		r.Schema = SchemaVersion
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r.Seq = c.state.Seq + 1
+	r.PrevHash = c.state.Hash
+	c.buf.Reset()
+	if err := AppendCanonical(&c.buf, r); err != nil {
+		r.Seq, r.PrevHash = 0, ""
+		return nil, err
+	}
+	line := bytes.Clone(c.buf.Bytes())
+	c.state = ChainState{Seq: r.Seq, Hash: HashLine(line)}
+	return line, nil
+}
+
+// Checkpoint writes the state file atomically (temp file, fsync, rename)
+// if it changed since the last checkpoint.
+func (c *Chain) Checkpoint() error {
+	c.mu.Lock()
+	st := c.state
+	c.mu.Unlock()
+	if c.statePath == "" || st == c.saved {
+		return nil
+	}
+	b, _ := json.Marshal(st)
+	if err := WriteFileAtomic(c.statePath, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("audit chain checkpoint: %w", err)
+	}
+	c.saved = st
+	return nil
+}
+
+// WriteFileAtomic replaces path with data so that a crash leaves either the
+// old or the new content, never a mix.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync() // make the rename durable; best effort on odd filesystems
+		d.Close()
+	}
+	return nil
+}

@@ -1,0 +1,241 @@
+package ocsf
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/agentfence/agentfence/audit"
+)
+
+// Required attributes in OCSF 1.3.0, resolved from the schema repository
+// (github.com/ocsf/ocsf-schema, tag 1.3.0): the class file, its category
+// parent and base_event.json with their includes, plus the profiles the
+// event declares (security_control makes action_id required). Keep this
+// list in step with SchemaVersion.
+var requiredByClass = map[int][]string{
+	// events/network/network_activity.json + network.json + base_event.json
+	ClassNetworkActivity: {"activity_id", "category_uid", "class_uid", "dst_endpoint", "metadata", "severity_id", "time", "type_uid", "action_id"},
+	// events/network/dns.json (dns_activity)
+	ClassDNSActivity: {"activity_id", "category_uid", "class_uid", "metadata", "severity_id", "time", "type_uid", "action_id"},
+	// events/system/process.json + system.json
+	ClassProcessActivity: {"activity_id", "actor", "category_uid", "class_uid", "device", "metadata", "process", "severity_id", "time", "type_uid"},
+	// events/iam/entity_management.json
+	ClassEntityManagement: {"activity_id", "category_uid", "class_uid", "entity", "metadata", "severity_id", "time", "type_uid"},
+	// events/system/event_log.json
+	ClassEventLogActivity: {"activity_id", "category_uid", "class_uid", "metadata", "severity_id", "time", "type_uid"},
+}
+
+// Required attributes of objects we emit, and their "at least one of"
+// constraints (objects/*.json at 1.3.0).
+var requiredByObject = map[string][]string{
+	"metadata":               {"product", "version"},
+	"metadata.product":       {"vendor_name"},
+	"device":                 {"type_id"},
+	"query":                  {"hostname"},
+	"connection_info":        {"direction_id"},
+	"process.file":           {"name", "type_id"},
+	"actor.process.file":     {"name", "type_id"},
+	"process.file.hashes[0]": {"algorithm_id", "value"},
+}
+
+var atLeastOne = map[string][]string{
+	"dst_endpoint":  {"ip", "uid", "name", "hostname", "svc_name", "instance_uid", "interface_uid", "interface_name"},
+	"process":       {"pid", "uid"},
+	"actor.process": {"pid", "uid"},
+	"actor":         {"process", "user", "invoked_by", "session", "app_name", "app_uid"},
+	"entity":        {"name", "uid", "device", "group", "org", "policy", "user"},
+}
+
+var categoryOf = map[int]int{
+	ClassNetworkActivity: 4, ClassDNSActivity: 4, ClassProcessActivity: 1,
+	ClassEntityManagement: 3, ClassEventLogActivity: 1,
+}
+
+func records() []audit.Record {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 123_000_000, time.UTC)
+	exit := 0
+	base := func(kind string) audit.Record {
+		return audit.Record{
+			Schema: "1", Seq: 42, PrevHash: "ab", Time: t0, Kind: kind, Host: "node-1",
+			Session: &audit.Session{ID: "ses_1", Intent: "triage issue 12", Mode: "enforce"},
+			Agent:   &audit.Agent{ID: "spiffe://corp/agent/coder", Name: "coder"},
+			Origin:  &audit.Origin{Kind: "human", Principal: "alice"},
+			Process: &audit.Process{PID: 10, PPID: 9, UID: 1000, Comm: "curl", Exe: "/usr/bin/curl", SHA256: "00ff", ContainerID: "c1"},
+		}
+	}
+	var out []audit.Record
+	for _, v := range []string{audit.VerdictAllowed, audit.VerdictDenied, audit.VerdictWouldDeny} {
+		for _, k := range []string{audit.KindConnect, audit.KindSendmsg, audit.KindDNS} {
+			r := base(k)
+			r.Destination = &audit.Destination{IP: "1.2.3.4", Port: 443, Protocol: "tcp", Hostname: "example.com"}
+			r.Outcome = &audit.Outcome{Verdict: v, Rule: "allow example.com:443"}
+			out = append(out, r)
+		}
+	}
+	ex := base(audit.KindExec)
+	out = append(out, ex)
+	ex.Process.ExitCode = &exit
+	out = append(out, ex)
+	bare := audit.Record{Schema: "1", Time: t0, Kind: audit.KindExec, Process: &audit.Process{PID: 1}}
+	out = append(out, bare)
+	for ev := range sessionActivities {
+		r := base(audit.KindSession)
+		r.Process, r.Event, r.Actor = nil, ev, "ops@example.com"
+		out = append(out, r)
+	}
+	out = append(out, audit.Record{Schema: "1", Time: t0, Kind: audit.KindGap, Host: "node-1",
+		Gap: &audit.Gap{Source: "spool:siem", Count: 5, FirstSeq: 3, LastSeq: 7}})
+	// A connect without a destination must still carry dst_endpoint.
+	nd := base(audit.KindConnect)
+	nd.Outcome = &audit.Outcome{Verdict: audit.VerdictDenied}
+	nd.Destination = &audit.Destination{IP: "::1"}
+	out = append(out, nd)
+	return out
+}
+
+func lookup(m map[string]any, path string) (any, bool) {
+	var cur any = m
+	for _, part := range splitPath(path) {
+		obj, ok := cur.(map[string]any)
+		if !ok {
+			if arr, ok := cur.([]any); ok && part == "[0]" && len(arr) > 0 {
+				cur = arr[0]
+				continue
+			}
+			return nil, false
+		}
+		if cur, ok = obj[part]; !ok {
+			return nil, false
+		}
+	}
+	return cur, true
+}
+
+func splitPath(p string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(p); i++ {
+		if i == len(p) || p[i] == '.' || p[i] == '[' {
+			if i > start {
+				out = append(out, p[start:i])
+			}
+			if i < len(p) && p[i] == '[' {
+				out = append(out, p[i:i+3])
+				i += 3
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+func TestRequiredAttributes(t *testing.T) {
+	enc := Encoder{ProductVersion: "0.1.0-test"}
+	seen := map[int]bool{}
+	for i, r := range records() {
+		b, err := enc.Append(nil, &r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("%d:%s/%s", i, r.Kind, r.Event)
+		class := int(m["class_uid"].(float64))
+		seen[class] = true
+		req, ok := requiredByClass[class]
+		if !ok {
+			t.Fatalf("%s: class %d has no required-attribute list", name, class)
+		}
+		for _, a := range req {
+			if _, ok := m[a]; !ok {
+				t.Errorf("%s: class %d lacks required %q: %s", name, class, a, b)
+			}
+		}
+		for obj, attrs := range requiredByObject {
+			if _, present := lookup(m, obj); !present {
+				continue
+			}
+			for _, a := range attrs {
+				if _, ok := lookup(m, obj+"."+a); !ok {
+					t.Errorf("%s: %s lacks required %q", name, obj, a)
+				}
+			}
+		}
+		for obj, any1 := range atLeastOne {
+			if _, present := lookup(m, obj); !present {
+				continue
+			}
+			found := false
+			for _, a := range any1 {
+				if _, ok := lookup(m, obj+"."+a); ok {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("%s: %s has none of %v", name, obj, any1)
+			}
+		}
+		act := int(m["activity_id"].(float64))
+		if got := int(m["type_uid"].(float64)); got != class*100+act {
+			t.Errorf("%s: type_uid %d != %d*100+%d", name, got, class, act)
+		}
+		if got := int(m["category_uid"].(float64)); got != categoryOf[class] {
+			t.Errorf("%s: category_uid %d", name, got)
+		}
+		if got, _ := lookup(m, "metadata.version"); got != SchemaVersion {
+			t.Errorf("%s: metadata.version %v", name, got)
+		}
+		if got, _ := lookup(m, "metadata.product.name"); got != "agentfence" {
+			t.Errorf("%s: metadata.product.name %v", name, got)
+		}
+		if got := m["time"].(float64); got != float64(r.Time.UnixMilli()) {
+			t.Errorf("%s: time %v", name, got)
+		}
+	}
+	for class := range requiredByClass {
+		if !seen[class] {
+			t.Errorf("no test record maps to class %d", class)
+		}
+	}
+}
+
+func TestVerdictMapping(t *testing.T) {
+	enc := Encoder{}
+	for _, c := range []struct {
+		verdict                  string
+		action, disposition, sev int
+	}{
+		{audit.VerdictAllowed, 1, 1, 1},
+		{audit.VerdictDenied, 2, 2, 3},
+		{audit.VerdictWouldDeny, 1, 15, 2},
+	} {
+		r := audit.Record{Kind: audit.KindConnect, Outcome: &audit.Outcome{Verdict: c.verdict}, Destination: &audit.Destination{IP: "1.1.1.1"},
+			Session: &audit.Session{ID: "s1", Intent: "x"}}
+		ev := enc.Event(&r)
+		if *ev.ActionID != c.action || *ev.DispositionID != c.disposition || ev.SeverityID != c.sev {
+			t.Errorf("%s: action %d disposition %d severity %d", c.verdict, *ev.ActionID, *ev.DispositionID, ev.SeverityID)
+		}
+		if ev.Actor == nil || ev.Actor.Session == nil || ev.Actor.Session.UID != "s1" || ev.Unmapped.Agentfence.Intent != "x" {
+			t.Errorf("%s: session not mapped: %+v", c.verdict, ev.Actor)
+		}
+	}
+}
+
+func BenchmarkEncodeOCSF(b *testing.B) {
+	enc := Encoder{ProductVersion: "0.1.0"}
+	r := records()[1]
+	r.Process.Argv = []string{"curl", "https://example.com/"}
+	var buf []byte
+	b.ReportAllocs()
+	for b.Loop() {
+		var err error
+		if buf, err = enc.Append(buf[:0], &r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+}

@@ -1,0 +1,282 @@
+package sink
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/agentfence/agentfence/audit"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configures a Pipeline. Only StateDir is required.
+type Options struct {
+	// StateDir holds the chain state (chain.json) and, unless a sink sets
+	// spool.dir, the spools (spool/<sink name>/).
+	StateDir string
+	// Host is stamped into records that have none.
+	Host string
+	// ProductVersion is the agentfence version reported in OCSF metadata.
+	ProductVersion string
+	// Registerer receives the sink metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+	// QueueSize bounds the in-memory hand-off between Emit and the spools
+	// (default 65536). Overflow is counted and reported as a gap record.
+	QueueSize int
+	// Stdout is where stdout sinks write (default os.Stdout).
+	Stdout io.Writer
+	// CheckpointInterval is how often the chain state and spools are
+	// synced to disk (default 100ms).
+	CheckpointInterval time.Duration
+}
+
+type item struct {
+	rec  audit.Record
+	line []byte
+}
+
+// Pipeline stamps records into the hash chain and fans them out to sinks.
+type Pipeline struct {
+	opts    Options
+	log     *slog.Logger
+	chain   *audit.Chain
+	sinks   []*sink
+	in      chan item
+	mu      sync.RWMutex // guards closed against Emit racing Close
+	closed  bool
+	lost    atomic.Uint64 // records stamped but dropped at the queue
+	lostLo  atomic.Uint64
+	lostHi  atomic.Uint64
+	writerD chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// New opens the chain state and every sink's spool and starts delivery.
+// sinks must have passed audit.ValidateSinks.
+func New(opts Options, sinks []audit.SinkConfig) (*Pipeline, error) {
+	if opts.StateDir == "" {
+		return nil, errors.New("audit pipeline: StateDir is required")
+	}
+	if err := audit.ValidateSinks(sinks); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 1 << 16
+	}
+	if opts.Stdout == nil {
+		opts.Stdout = os.Stdout
+	}
+	if opts.CheckpointInterval <= 0 {
+		opts.CheckpointInterval = 100 * time.Millisecond
+	}
+	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+		return nil, err
+	}
+	chain, err := audit.OpenChain(filepath.Join(opts.StateDir, "chain.json"))
+	if err != nil {
+		return nil, err
+	}
+	m := newMetrics(opts.Registerer)
+	p := &Pipeline{
+		opts: opts, log: opts.Logger, chain: chain,
+		in: make(chan item, opts.QueueSize), writerD: make(chan struct{}),
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	for i, sc := range sinks {
+		s, err := newSink(opts, sc, m)
+		if err != nil {
+			p.closeSinks()
+			return nil, fmt.Errorf("sinks[%d] (%s): %w", i, sc.Name, err)
+		}
+		p.sinks = append(p.sinks, s)
+		// After a crash the spools may hold records newer than the last
+		// checkpoint; their seqs must never be handed out again.
+		if last, ok := s.spool.Last(); ok {
+			var h struct {
+				Seq uint64 `json:"seq"`
+			}
+			if json.Unmarshal(last, &h) == nil && h.Seq > 0 {
+				chain.Advance(audit.ChainState{Seq: h.Seq, Hash: audit.HashLine(last)})
+			}
+		}
+	}
+	go p.writer()
+	for _, s := range p.sinks {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			s.deliver(p.ctx)
+		}()
+	}
+	return p, nil
+}
+
+// Chain exposes the chain position (for the CLI and health checks).
+func (p *Pipeline) Chain() audit.ChainState { return p.chain.State() }
+
+// Emit stamps r with the next seq and prev_hash and queues it for every
+// sink whose filter matches. It never blocks on I/O: when the in-memory
+// queue is full the record is dropped, counted, and reported to every sink
+// in a gap record.
+func (p *Pipeline) Emit(r audit.Record) {
+	if r.Host == "" {
+		r.Host = p.opts.Host
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return
+	}
+	line, err := p.chain.Stamp(&r)
+	if err != nil {
+		p.log.Error("audit record not encodable", "kind", r.Kind, "err", err)
+		return
+	}
+	select {
+	case p.in <- item{rec: r, line: line}:
+	default:
+		if p.lost.Add(1) == 1 {
+			p.lostLo.Store(r.Seq)
+		}
+		p.lostHi.Store(r.Seq)
+	}
+}
+
+func (p *Pipeline) writer() {
+	defer close(p.writerD)
+	tick := time.NewTicker(p.opts.CheckpointInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case it, ok := <-p.in:
+			if !ok {
+				p.checkpoint()
+				return
+			}
+			p.reportQueueLoss()
+			p.fanout(it)
+		case <-tick.C:
+			p.reportQueueLoss()
+			p.checkpoint()
+		}
+	}
+}
+
+func (p *Pipeline) fanout(it item) {
+	for _, s := range p.sinks {
+		if s.filter.Match(&it.rec) {
+			s.enqueue(it.line, it.rec.Seq)
+		}
+	}
+}
+
+// reportQueueLoss turns queue overflow into a gap record for every sink.
+// The counters are read without a lock; a record lost concurrently is
+// reported by the next call.
+func (p *Pipeline) reportQueueLoss() {
+	n := p.lost.Swap(0)
+	if n == 0 {
+		return
+	}
+	lo, hi := p.lostLo.Load(), p.lostHi.Load()
+	for _, s := range p.sinks {
+		s.m.dropped.Add(float64(n))
+	}
+	line := gapLine(p.opts.Host, "queue", n, lo, hi)
+	for _, s := range p.sinks {
+		s.enqueueGap(line)
+	}
+}
+
+func (p *Pipeline) checkpoint() {
+	for _, s := range p.sinks {
+		s.flushGap()
+		if err := s.spool.Sync(); err != nil {
+			p.log.Warn("audit spool sync", "sink", s.name, "err", err)
+		}
+	}
+	// The chain state is written after the spools so that it never runs
+	// ahead of what a restart can find on disk.
+	if err := p.chain.Checkpoint(); err != nil {
+		p.log.Error("audit chain checkpoint", "err", err)
+	}
+}
+
+// Close stops accepting records, drains the queue into the spools and
+// waits up to 5 seconds for the sinks to deliver them. See Shutdown.
+func (p *Pipeline) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return p.Shutdown(ctx)
+}
+
+// Shutdown stops accepting records and delivers what is spooled until ctx
+// is done; whatever is left stays in the spools for the next start.
+func (p *Pipeline) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	close(p.in)
+	p.mu.Unlock()
+	<-p.writerD
+	for _, s := range p.sinks {
+		s.drain(ctx)
+	}
+	p.cancel()
+	p.wg.Wait()
+	return p.closeSinks()
+}
+
+func (p *Pipeline) closeSinks() error {
+	var errs []error
+	for _, s := range p.sinks {
+		errs = append(errs, s.close())
+	}
+	return errors.Join(errs...)
+}
+
+// gapLine encodes an unchained (seq 0) gap record: it describes records
+// that were stamped but never reached this sink, so it cannot be part of
+// the chain other sinks see.
+func gapLine(host, source string, count, first, last uint64) []byte {
+	r := audit.Record{
+		Schema: audit.SchemaVersion, Time: time.Now().UTC(), Kind: audit.KindGap, Host: host,
+		Gap: &audit.Gap{Source: source, Count: count, FirstSeq: first, LastSeq: last},
+	}
+	line, _ := audit.Canonical(&r) // a Record of plain fields always encodes
+	return line
+}
+
+// backoff returns the wait before retry attempt n (0-based): exponential
+// from initial, capped at maxWait, with ±20% jitter so many hosts do not
+// retry in lockstep.
+func backoff(n int, initial, maxWait time.Duration) time.Duration {
+	d := initial
+	for i := 0; i < n && d < maxWait; i++ {
+		d *= 2
+	}
+	d = min(d, maxWait)
+	j := time.Duration(rand.Int64N(int64(d)/5 + 1))
+	if rand.IntN(2) == 0 {
+		return d - j
+	}
+	return min(d+j, maxWait)
+}

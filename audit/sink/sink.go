@@ -1,0 +1,294 @@
+package sink
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/audit/ocsf"
+	"github.com/agentfence/agentfence/audit/spool"
+)
+
+// maxBatchBytes caps one delivery so a single request stays well under
+// common HEC and webhook body limits.
+const maxBatchBytes = 1 << 20
+
+type sink struct {
+	name      string
+	typ       string
+	format    string
+	filter    audit.Filter
+	spool     *spool.Spool
+	t         transport
+	enc       ocsf.Encoder
+	log       *slog.Logger
+	m         sinkMetrics
+	host      string
+	batchSize int
+	flush     time.Duration
+	initial   time.Duration
+	maxWait   time.Duration
+	draining  atomic.Bool
+	acked     chan struct{}
+
+	// Spool overflow being accumulated into one gap record; owned by the
+	// pipeline's writer goroutine.
+	gapCount, gapFirst, gapLast uint64
+}
+
+func newSink(opts Options, c audit.SinkConfig, m *metrics) (*sink, error) {
+	s := &sink{
+		name: c.Name, typ: c.Type, format: c.EffectiveFormat(),
+		filter: audit.NewFilter(c.Filter),
+		enc:    ocsf.Encoder{ProductVersion: opts.ProductVersion},
+		log:    opts.Logger.With("sink", c.Name),
+		m:      m.forSink(c.Name), host: opts.Host,
+		batchSize: 1, initial: audit.DefaultInitialBackoff, maxWait: audit.DefaultMaxBackoff,
+		acked: make(chan struct{}, 1),
+	}
+	if c.Retry != nil {
+		s.initial = audit.DurationOr(c.Retry.InitialBackoff, s.initial)
+		s.maxWait = max(audit.DurationOr(c.Retry.MaxBackoff, s.maxWait), s.initial)
+	}
+	var err error
+	switch c.Type {
+	case audit.SinkStdout:
+		s.t, s.batchSize = &writerTransport{w: opts.Stdout}, 512
+	case audit.SinkFile:
+		size := int64(c.File.MaxSizeMB)
+		if size == 0 {
+			size = audit.DefaultFileMaxSizeMB
+		}
+		files := c.File.MaxFiles
+		if files == 0 {
+			files = audit.DefaultFileMaxFiles
+		}
+		s.t, err = newFileTransport(c.File.Path, size<<20, files)
+		s.batchSize = 512
+	case audit.SinkSyslog:
+		s.t, err = newSyslogTransport(c.Syslog)
+		s.batchSize = 256
+	case audit.SinkHEC:
+		s.t, err = newHECTransport(c.HEC)
+		s.batchSize = orDefault(c.HEC.BatchSize, audit.DefaultBatchSize)
+		s.flush = audit.DurationOr(c.HEC.FlushInterval, audit.DefaultFlushInterval)
+	case audit.SinkWebhook:
+		s.t, err = newWebhookTransport(c.Webhook)
+		s.batchSize = orDefault(c.Webhook.BatchSize, audit.DefaultBatchSize)
+		s.flush = audit.DurationOr(c.Webhook.FlushInterval, audit.DefaultFlushInterval)
+	default:
+		err = fmt.Errorf("type: unknown %q", c.Type)
+	}
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(opts.StateDir, "spool", c.Name)
+	maxBytes := int64(audit.DefaultSpoolMaxBytes)
+	if c.Spool != nil {
+		if c.Spool.Dir != "" {
+			dir = c.Spool.Dir
+		}
+		if c.Spool.MaxBytes > 0 {
+			maxBytes = c.Spool.MaxBytes
+		}
+	}
+	if s.spool, err = spool.Open(dir, maxBytes); err != nil {
+		s.t.Close()
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	s.m.queued.Set(float64(s.spool.Pending()))
+	return s, nil
+}
+
+func orDefault(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+// enqueue spools one stamped record. If the spool is full the record is
+// dropped and folded into a pending gap record, written ahead of the next
+// record that fits so the receiver learns of the loss in order.
+func (s *sink) enqueue(line []byte, seq uint64) {
+	if s.gapCount > 0 {
+		gap := s.gapRecord()
+		// Leave room for the gap record itself and the record behind it.
+		if s.spool.Used()+int64(len(gap)+len(line)+32) > s.maxBytes() {
+			s.dropped(seq)
+			return
+		}
+		if s.spool.AppendForce(gap) == nil {
+			s.gapCount = 0
+		}
+	}
+	switch err := s.spool.Append(line); err {
+	case nil:
+		s.m.queued.Inc()
+	case spool.ErrFull:
+		s.dropped(seq)
+	default:
+		s.log.Error("audit spool append", "err", err)
+		s.dropped(seq)
+	}
+}
+
+func (s *sink) maxBytes() int64 { return s.spool.MaxBytes() }
+
+func (s *sink) dropped(seq uint64) {
+	if s.gapCount == 0 {
+		s.gapFirst = seq
+		s.log.Warn("audit spool full, dropping records", "first_seq", seq)
+	}
+	s.gapCount++
+	s.gapLast = seq
+	s.m.dropped.Inc()
+}
+
+func (s *sink) gapRecord() []byte {
+	return gapLine(s.host, "spool:"+s.name, s.gapCount, s.gapFirst, s.gapLast)
+}
+
+// flushGap writes a pending gap record once the spool has room again, so a
+// loss is reported even if no further records arrive.
+func (s *sink) flushGap() {
+	if s.gapCount == 0 {
+		return
+	}
+	gap := s.gapRecord()
+	if s.spool.Used()+int64(len(gap)+16) > s.maxBytes() {
+		return
+	}
+	if s.spool.AppendForce(gap) == nil {
+		s.gapCount = 0
+		s.m.queued.Inc()
+	}
+}
+
+// enqueueGap spools a gap record that is not this sink's own overflow
+// (queue loss). It is forced past the bound: losing the loss report would
+// make the loss silent.
+func (s *sink) enqueueGap(line []byte) {
+	if err := s.spool.AppendForce(line); err != nil {
+		s.log.Error("audit spool append gap", "err", err)
+		return
+	}
+	s.m.queued.Inc()
+}
+
+// deliver drains the spool through the transport until ctx is done.
+func (s *sink) deliver(ctx context.Context) {
+	for ctx.Err() == nil {
+		batch, err := s.spool.Next(s.batchSize, maxBatchBytes)
+		if err != nil {
+			s.log.Error("audit spool read", "err", err)
+			if !s.wait(ctx, s.maxWait) {
+				return
+			}
+			continue
+		}
+		if len(batch) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.spool.Notify():
+			}
+			continue
+		}
+		if len(batch) < s.batchSize && s.flush > 0 && !s.draining.Load() {
+			// Let a batch fill up for at most the flush interval.
+			if !s.wait(ctx, s.flush) {
+				return
+			}
+			more, _ := s.spool.Next(s.batchSize-len(batch), maxBatchBytes)
+			batch = append(batch, more...)
+		}
+		msgs := s.messages(batch)
+		for attempt := 0; ; attempt++ {
+			err := s.t.Send(ctx, msgs)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			s.m.retried.Add(float64(len(msgs)))
+			if attempt == 0 || attempt%10 == 0 {
+				s.log.Warn("audit sink delivery failed, retrying", "attempt", attempt+1, "records", len(msgs), "err", err)
+			}
+			if !s.wait(ctx, backoff(attempt, s.initial, s.maxWait)) {
+				return
+			}
+		}
+		if err := s.spool.Ack(batch[len(batch)-1].Index + 1); err != nil {
+			s.log.Error("audit spool ack", "err", err)
+		}
+		s.m.delivered.Add(float64(len(msgs)))
+		s.m.queued.Set(float64(s.spool.Pending()))
+		select {
+		case s.acked <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (s *sink) wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// messages turns spooled canonical lines into transport messages. An entry
+// that no longer decodes (disk corruption the CRC missed) is sent raw in
+// json format rather than dropped.
+func (s *sink) messages(batch []spool.Entry) []message {
+	out := make([]message, 0, len(batch))
+	for _, e := range batch {
+		r := new(audit.Record)
+		if err := json.Unmarshal(e.Data, r); err != nil {
+			s.log.Error("audit spool entry undecodable", "index", e.Index, "err", err)
+			r = &audit.Record{Kind: "unknown", Host: s.host}
+			out = append(out, message{rec: r, payload: e.Data})
+			continue
+		}
+		m := message{rec: r, payload: e.Data}
+		if s.format == audit.FormatOCSF {
+			p, err := s.enc.Append(nil, r)
+			if err == nil {
+				m.payload = p
+			}
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// drain waits until everything spooled was delivered or ctx is done.
+func (s *sink) drain(ctx context.Context) {
+	s.draining.Store(true)
+	for s.spool.Pending() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.acked:
+		}
+	}
+}
+
+func (s *sink) close() error {
+	err := s.t.Close()
+	if serr := s.spool.Close(); err == nil {
+		err = serr
+	}
+	return err
+}

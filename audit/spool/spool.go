@@ -1,0 +1,423 @@
+// Package spool is a bounded, append-only on-disk queue: a directory of
+// segment files plus an acknowledged-index file. One writer appends, one
+// reader delivers and acknowledges; entries survive restarts until acked.
+package spool
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// ErrFull is returned by Append when the entry would exceed the size bound.
+var ErrFull = errors.New("spool full")
+
+// ErrClosed is returned after Close.
+var ErrClosed = errors.New("spool closed")
+
+const (
+	headerLen  = 8 // uint32 length, uint32 CRC-32C, big endian
+	segSuffix  = ".seg"
+	ackFile    = "ack"
+	maxEntry   = 16 << 20
+	minSegment = 4 << 10
+	maxSegment = 8 << 20
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+type segment struct {
+	first uint64 // index of the first entry
+	size  int64
+}
+
+// Entry is one queued payload and its spool-local index.
+type Entry struct {
+	Index uint64
+	Data  []byte
+}
+
+// Spool is safe for one appending goroutine and one reading goroutine.
+type Spool struct {
+	dir      string
+	maxBytes int64
+	segBytes int64
+
+	mu       sync.Mutex
+	closed   bool
+	segs     []segment // ascending; the last is the active one
+	w        *os.File
+	next     uint64 // index the next Append gets
+	lastOff  int64  // offset of the newest entry in the active segment, -1 if none
+	ack      uint64 // entries below this index are acknowledged
+	used     int64
+	notify   chan struct{}
+	rIdx     uint64 // next index the reader returns
+	rSeg     uint64 // first index of the segment rf reads
+	rf       *bufio.Reader
+	rFile    *os.File
+	rOff     int64
+	ackDirty bool
+}
+
+// Open opens or creates the spool in dir. maxBytes bounds the total size
+// of segment files.
+func Open(dir string, maxBytes int64) (*Spool, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	// Space is reclaimed a whole segment at a time, so segments must be
+	// a small fraction of the bound or a full spool could never drain.
+	seg := min(max(maxBytes/8, minSegment), maxSegment)
+	s := &Spool{dir: dir, maxBytes: maxBytes, segBytes: seg, notify: make(chan struct{}, 1), lastOff: -1}
+	if err := s.load(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Spool) segPath(first uint64) string {
+	return filepath.Join(s.dir, fmt.Sprintf("%020d%s", first, segSuffix))
+}
+
+func (s *Spool) load() error {
+	names, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, de := range names {
+		n := de.Name()
+		if !strings.HasSuffix(n, segSuffix) {
+			continue
+		}
+		first, err := strconv.ParseUint(strings.TrimSuffix(n, segSuffix), 10, 64)
+		if err != nil {
+			continue
+		}
+		info, err := de.Info()
+		if err != nil {
+			return err
+		}
+		s.segs = append(s.segs, segment{first: first, size: info.Size()})
+	}
+	slices.SortFunc(s.segs, func(a, b segment) int { return cmpU64(a.first, b.first) })
+
+	if b, err := os.ReadFile(filepath.Join(s.dir, ackFile)); err == nil {
+		// A torn ack file only causes redelivery, which is allowed.
+		s.ack, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	}
+	if len(s.segs) == 0 {
+		s.next = s.ack
+		return s.newSegment(s.next)
+	}
+	// Scan the active segment to find its end and cut a torn tail left by
+	// a crash mid-write.
+	act := &s.segs[len(s.segs)-1]
+	n, end, lastOff, err := scan(s.segPath(act.first))
+	if err != nil {
+		return err
+	}
+	if end != act.size {
+		if err := os.Truncate(s.segPath(act.first), end); err != nil {
+			return err
+		}
+		act.size = end
+	}
+	s.next = act.first + n
+	s.lastOff = lastOff
+	if s.ack > s.next {
+		s.ack = s.next
+	}
+	if s.ack < s.segs[0].first {
+		s.ack = s.segs[0].first
+	}
+	for _, sg := range s.segs {
+		s.used += sg.size
+	}
+	w, err := os.OpenFile(s.segPath(act.first), os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	s.w = w
+	s.rIdx = s.ack
+	return nil
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// scan counts the intact entries of a segment file.
+func scan(path string) (n uint64, end, lastOff int64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0, -1, err
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 64<<10)
+	lastOff = -1
+	for {
+		data, rerr := readEntry(br)
+		if rerr != nil {
+			return n, end, lastOff, nil
+		}
+		lastOff = end
+		end += int64(headerLen + len(data))
+		n++
+	}
+}
+
+func readEntry(br *bufio.Reader) ([]byte, error) {
+	var h [headerLen]byte
+	if _, err := io.ReadFull(br, h[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(h[:4])
+	if n > maxEntry {
+		return nil, errors.New("corrupt entry length")
+	}
+	data := make([]byte, n)
+	if _, err := io.ReadFull(br, data); err != nil {
+		return nil, err
+	}
+	if crc32.Checksum(data, castagnoli) != binary.BigEndian.Uint32(h[4:]) {
+		return nil, errors.New("corrupt entry checksum")
+	}
+	return data, nil
+}
+
+func (s *Spool) newSegment(first uint64) error {
+	f, err := os.OpenFile(s.segPath(first), os.O_WRONLY|os.O_CREATE|os.O_APPEND|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if s.w != nil {
+		s.w.Close()
+	}
+	s.w = f
+	s.segs = append(s.segs, segment{first: first})
+	s.lastOff = -1
+	if len(s.segs) == 1 {
+		s.rIdx = max(s.rIdx, s.ack)
+	}
+	return nil
+}
+
+// Append queues p, or returns ErrFull when it does not fit.
+func (s *Spool) Append(p []byte) error { return s.append(p, false) }
+
+// AppendForce queues p even past the size bound. It exists for the small
+// gap record that reports what the bound made the spool drop.
+func (s *Spool) AppendForce(p []byte) error { return s.append(p, true) }
+
+func (s *Spool) append(p []byte, force bool) error {
+	if len(p) > maxEntry {
+		return fmt.Errorf("spool entry of %d bytes exceeds %d", len(p), maxEntry)
+	}
+	size := int64(headerLen + len(p))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if !force && s.used+size > s.maxBytes {
+		return ErrFull
+	}
+	if act := s.segs[len(s.segs)-1]; act.size > 0 && act.size+size > s.segBytes {
+		if err := s.newSegment(s.next); err != nil {
+			return err
+		}
+	}
+	buf := make([]byte, headerLen, size)
+	binary.BigEndian.PutUint32(buf[:4], uint32(len(p)))
+	binary.BigEndian.PutUint32(buf[4:], crc32.Checksum(p, castagnoli))
+	buf = append(buf, p...)
+	if _, err := s.w.Write(buf); err != nil {
+		// A short write leaves a torn tail; the next Open truncates it.
+		return err
+	}
+	act := &s.segs[len(s.segs)-1]
+	s.lastOff = act.size
+	act.size += size
+	s.used += size
+	s.next++
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Notify is signalled (coalesced) after every Append.
+func (s *Spool) Notify() <-chan struct{} { return s.notify }
+
+// Pending is the number of appended entries not yet acknowledged.
+func (s *Spool) Pending() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.next - s.ack
+}
+
+// Used is the bytes held in segment files.
+func (s *Spool) Used() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.used
+}
+
+// Last returns the newest entry (acknowledged or not), if any.
+func (s *Spool) Last() ([]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lastOff < 0 {
+		return nil, false
+	}
+	f, err := os.Open(s.segPath(s.segs[len(s.segs)-1].first))
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	if _, err := f.Seek(s.lastOff, io.SeekStart); err != nil {
+		return nil, false
+	}
+	data, err := readEntry(bufio.NewReader(f))
+	return data, err == nil
+}
+
+// Next returns up to maxN entries (and about maxBytes of payload, at least
+// one entry) after the last one it returned. It does not acknowledge them;
+// after a restart, unacknowledged entries are returned again.
+func (s *Spool) Next(maxN int, maxBytes int) ([]Entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	var out []Entry
+	total := 0
+	for len(out) < maxN && s.rIdx < s.next && (total < maxBytes || len(out) == 0) {
+		if err := s.positionReader(); err != nil {
+			return out, err
+		}
+		data, err := readEntry(s.rf)
+		if err != nil {
+			return out, fmt.Errorf("spool %s: entry %d: %w", s.dir, s.rIdx, err)
+		}
+		out = append(out, Entry{Index: s.rIdx, Data: data})
+		s.rOff += int64(headerLen + len(data))
+		s.rIdx++
+		total += len(data)
+	}
+	return out, nil
+}
+
+// positionReader makes rf read entry rIdx.
+func (s *Spool) positionReader() error {
+	i, _ := slices.BinarySearchFunc(s.segs, s.rIdx, func(sg segment, idx uint64) int {
+		if sg.first <= idx {
+			return -1
+		}
+		return 1
+	})
+	i-- // segment with the largest first <= rIdx
+	if i < 0 {
+		return fmt.Errorf("spool %s: entry %d no longer on disk", s.dir, s.rIdx)
+	}
+	sg := s.segs[i]
+	if s.rFile != nil && s.rSeg == sg.first {
+		return nil
+	}
+	if s.rFile != nil {
+		s.rFile.Close()
+	}
+	f, err := os.Open(s.segPath(sg.first))
+	if err != nil {
+		return err
+	}
+	s.rFile, s.rSeg, s.rOff = f, sg.first, 0
+	s.rf = bufio.NewReaderSize(f, 64<<10)
+	for idx := sg.first; idx < s.rIdx; idx++ { // only after a restart
+		data, err := readEntry(s.rf)
+		if err != nil {
+			return err
+		}
+		s.rOff += int64(headerLen + len(data))
+	}
+	return nil
+}
+
+// Ack acknowledges every entry with index < upTo, persisting the position
+// and deleting fully acknowledged segments.
+func (s *Spool) Ack(upTo uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if upTo <= s.ack {
+		return nil
+	}
+	s.ack = min(upTo, s.next)
+	for len(s.segs) > 1 && s.segs[1].first <= s.ack {
+		sg := s.segs[0]
+		if s.rFile != nil && s.rSeg == sg.first {
+			s.rFile.Close()
+			s.rFile, s.rf = nil, nil
+		}
+		if err := os.Remove(s.segPath(sg.first)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		s.used -= sg.size
+		s.segs = s.segs[1:]
+	}
+	// No fsync: losing the newest ack only redelivers, which
+	// at-least-once allows, and keeps acks cheap.
+	tmp := filepath.Join(s.dir, ackFile+".tmp")
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(s.ack, 10)+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(s.dir, ackFile))
+}
+
+// Sync flushes the active segment to stable storage.
+func (s *Spool) Sync() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	return s.w.Sync()
+}
+
+// Close syncs and closes the files; unacknowledged entries stay queued.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.rFile != nil {
+		s.rFile.Close()
+	}
+	err := s.w.Sync()
+	if cerr := s.w.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// MaxBytes is the configured bound.
+func (s *Spool) MaxBytes() int64 { return s.maxBytes }

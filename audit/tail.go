@@ -1,0 +1,165 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// tailPoll is how often a followed file is checked for growth. Polling
+// keeps Tail portable and free of inotify limits; audit files grow slowly
+// enough that a quarter second is invisible to a human reader.
+const tailPoll = 250 * time.Millisecond
+
+// Tail prints the records in the native JSON file at path human-readably,
+// one line per record. With follow it keeps printing appended records,
+// reopening the file when it is rotated or truncated, until ctx is done.
+func Tail(ctx context.Context, path string, w io.Writer, follow bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer func() { f.Close() }()
+	bw := bufio.NewWriter(w)
+	defer bw.Flush()
+	var (
+		partial []byte
+		offset  int64
+		buf     = make([]byte, 64<<10)
+		ticker  *time.Ticker
+	)
+	for {
+		n, rerr := f.Read(buf)
+		if n > 0 {
+			offset += int64(n)
+			partial = append(partial, buf[:n]...)
+			for {
+				i := bytes.IndexByte(partial, '\n')
+				if i < 0 {
+					break
+				}
+				writeHuman(bw, partial[:i])
+				partial = partial[i+1:]
+			}
+			if len(partial) > MaxLineBytes {
+				partial = partial[:0] // never grow without bound on garbage
+			}
+			continue
+		}
+		if rerr != nil && !errors.Is(rerr, io.EOF) {
+			return rerr
+		}
+		if !follow {
+			if len(bytes.TrimSpace(partial)) > 0 {
+				writeHuman(bw, partial)
+			}
+			return bw.Flush()
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		if ticker == nil {
+			ticker = time.NewTicker(tailPoll)
+			defer ticker.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+		if rotated(f, path, offset) {
+			nf, err := os.Open(path)
+			if err != nil {
+				continue // the writer has not recreated it yet
+			}
+			f.Close()
+			f, offset, partial = nf, 0, partial[:0]
+		}
+	}
+}
+
+// rotated reports whether path now names a different or shorter file than
+// the one being read.
+func rotated(f *os.File, path string, offset int64) bool {
+	cur, err := f.Stat()
+	if err != nil {
+		return true
+	}
+	now, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	return !os.SameFile(cur, now) || now.Size() < offset
+}
+
+func writeHuman(w *bufio.Writer, line []byte) {
+	line = bytes.TrimRight(line, "\r")
+	if len(bytes.TrimSpace(line)) == 0 {
+		return
+	}
+	var r Record
+	if err := json.Unmarshal(line, &r); err != nil {
+		fmt.Fprintf(w, "?? unparsable line: %v\n", err)
+		return
+	}
+	w.WriteString(FormatHuman(&r))
+	w.WriteByte('\n')
+}
+
+// FormatHuman renders r on one line: time, kind, verdict, session,
+// process, destination.
+func FormatHuman(r *Record) string {
+	var b strings.Builder
+	b.WriteString(r.Time.UTC().Format("2006-01-02T15:04:05.000Z"))
+	fmt.Fprintf(&b, " #%d %-7s", r.Seq, r.Kind)
+	verdict := "-"
+	if r.Outcome != nil {
+		verdict = r.Outcome.Verdict
+	}
+	fmt.Fprintf(&b, " %-10s", verdict)
+	if r.Session != nil {
+		fmt.Fprintf(&b, " session=%s intent=%q", r.Session.ID, r.Session.Intent)
+	}
+	if r.Event != "" {
+		fmt.Fprintf(&b, " event=%s", r.Event)
+	}
+	if r.Actor != "" {
+		fmt.Fprintf(&b, " actor=%s", r.Actor)
+	}
+	if p := r.Process; p != nil {
+		fmt.Fprintf(&b, " pid=%d comm=%s", p.PID, p.Comm)
+	}
+	if d := r.Destination; d != nil {
+		b.WriteString(" -> ")
+		if d.Hostname != "" {
+			b.WriteString(d.Hostname)
+			b.WriteByte('/')
+		}
+		b.WriteString(net.JoinHostPort(d.IP, strconv.Itoa(int(d.Port))))
+		if d.Protocol != "" {
+			b.WriteByte('/')
+			b.WriteString(d.Protocol)
+		}
+	}
+	if o := r.Outcome; o != nil {
+		if o.Rule != "" {
+			fmt.Fprintf(&b, " rule=%q", o.Rule)
+		}
+		if o.Reason != "" {
+			fmt.Fprintf(&b, " reason=%s", o.Reason)
+		}
+	}
+	if g := r.Gap; g != nil {
+		fmt.Fprintf(&b, " source=%s lost=%d seq=%d..%d", g.Source, g.Count, g.FirstSeq, g.LastSeq)
+	}
+	return b.String()
+}

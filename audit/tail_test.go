@@ -1,0 +1,75 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer lets the test read what a following Tail has written so far.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestTail(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	c, _ := OpenChain("")
+	if err := os.WriteFile(path, join(chainLines(t, c, 2)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := Tail(context.Background(), path, &out, false); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("got %q", out.String())
+	}
+	for _, want := range []string{"2026-03-01T12:00:00.000Z", "#1", "connect", "allowed", "session=ses_000000", `intent="fix flaky test in repo foo"`, "pid=1000 comm=curl", "-> api.github.com/140.82.112.6:443/tcp"} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("line %q lacks %q", lines[0], want)
+		}
+	}
+
+	// Follow: records appended later show up; cancel ends Tail.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var fo syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- Tail(ctx, path, &fo, true) }()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(join(chainLines(t, c, 1)))
+	f.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(fo.String(), "#3 ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("followed output never showed seq 3: %q", fo.String())
+		}
+		time.Sleep(20 * time.Millisecond) // polling a bounded deadline
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
