@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -18,6 +19,12 @@ import (
 type Options struct {
 	// CgroupRoot is the cgroup v2 mount point the programs attach to.
 	CgroupRoot string
+	// PinPath is a directory on bpffs (e.g. /sys/fs/bpf/agentfence). When
+	// set, maps and links are pinned there: the gate keeps enforcing after
+	// the daemon exits or dies, and the next Load adopts the pins, swapping
+	// in its programs atomically. Empty means nothing is pinned and Close
+	// detaches everything.
+	PinPath string
 	// MaxCgroupDepth bounds the ancestor walk (default 16, the most the
 	// program supports).
 	MaxCgroupDepth uint32
@@ -25,8 +32,27 @@ type Options struct {
 
 // Gate is the loaded and attached egress gate.
 type Gate struct {
-	objs  gateObjects
-	links []link.Link
+	objs    gateObjects
+	links   []link.Link
+	pinPath string
+	adopted bool
+}
+
+// attachment is one program and where it hooks in.
+type attachment struct {
+	name string
+	prog *ebpf.Program
+	typ  ebpf.AttachType
+}
+
+func (g *Gate) attachments() []attachment {
+	return []attachment{
+		{"connect4", g.objs.GateConnect4, ebpf.AttachCGroupInet4Connect},
+		{"connect6", g.objs.GateConnect6, ebpf.AttachCGroupInet6Connect},
+		{"sendmsg4", g.objs.GateSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
+		{"sendmsg6", g.objs.GateSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
+		{"sock_create", g.objs.GateSockCreate, ebpf.AttachCGroupInetSockCreate},
+	}
 }
 
 // Load loads the gate programs and attaches them to opts.CgroupRoot with BPF
@@ -47,43 +73,115 @@ func Load(opts Options) (*Gate, error) {
 			return nil, fmt.Errorf("enforcer: set max_cgroup_depth: %w", err)
 		}
 	}
-	g := &Gate{}
-	if err := spec.LoadAndAssign(&g.objs, nil); err != nil {
+	g := &Gate{pinPath: opts.PinPath}
+	var collOpts ebpf.CollectionOptions
+	if opts.PinPath != "" {
+		if err := os.MkdirAll(g.mapDir(), 0o700); err != nil {
+			return nil, fmt.Errorf("enforcer: pin directory (is bpffs mounted at %s?): %w", filepath.Dir(opts.PinPath), err)
+		}
+		if err := os.MkdirAll(g.linkDir(), 0o700); err != nil {
+			return nil, fmt.Errorf("enforcer: pin directory: %w", err)
+		}
+		_, err := os.Stat(filepath.Join(g.mapDir(), "sessions"))
+		g.adopted = err == nil
+		for _, m := range spec.Maps {
+			if m.Type != ebpf.Array || m.Name == "sessions" {
+				m.Pinning = ebpf.PinByName
+			}
+		}
+		collOpts.Maps.PinPath = g.mapDir()
+	}
+	if err := spec.LoadAndAssign(&g.objs, &collOpts); err != nil {
 		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
+		switch {
+		case errors.As(err, &ve):
 			return nil, fmt.Errorf("enforcer: verifier rejected the gate: %+v", ve)
+		case errors.Is(err, ebpf.ErrMapIncompatible):
+			return nil, fmt.Errorf("enforcer: the maps pinned in %s come from an incompatible version: %w "+
+				"(`agentfenced --uninstall` removes them and ends enforcement of running sessions)", g.mapDir(), err)
 		}
 		return nil, fmt.Errorf("enforcer: load gate: %w", err)
 	}
-	attach := []struct {
-		prog *ebpf.Program
-		typ  ebpf.AttachType
-	}{
-		{g.objs.GateConnect4, ebpf.AttachCGroupInet4Connect},
-		{g.objs.GateConnect6, ebpf.AttachCGroupInet6Connect},
-		{g.objs.GateSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
-		{g.objs.GateSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
-		{g.objs.GateSockCreate, ebpf.AttachCGroupInetSockCreate},
-	}
-	for _, a := range attach {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: opts.CgroupRoot, Attach: a.typ, Program: a.prog})
-		if err != nil {
-			g.Close()
-			return nil, fmt.Errorf("enforcer: attach %s to %s: %w", a.typ, opts.CgroupRoot, err)
-		}
-		g.links = append(g.links, l)
+	if err := g.attach(opts.CgroupRoot); err != nil {
+		g.Close()
+		return nil, err
 	}
 	return g, nil
 }
 
-// Close detaches the programs and releases the maps.
-func (g *Gate) Close() error {
-	var errs []error
+func (g *Gate) mapDir() string  { return filepath.Join(g.pinPath, "maps") }
+func (g *Gate) linkDir() string { return filepath.Join(g.pinPath, "links") }
+
+// attach attaches every program. A pinned link from an earlier daemon is
+// kept and its program swapped for ours in one bpf_link_update, so the hook
+// is never empty and never doubled.
+func (g *Gate) attach(root string) error {
+	for _, a := range g.attachments() {
+		var l link.Link
+		path := filepath.Join(g.linkDir(), a.name)
+		if g.pinPath != "" {
+			if old, err := link.LoadPinnedLink(path, nil); err == nil {
+				if err := old.Update(a.prog); err != nil {
+					old.Close()
+					return fmt.Errorf("enforcer: replace program of pinned link %s: %w", path, err)
+				}
+				l = old
+			} else if !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("enforcer: load pinned link %s: %w", path, err)
+			}
+		}
+		if l == nil {
+			var err error
+			l, err = link.AttachCgroup(link.CgroupOptions{Path: root, Attach: a.typ, Program: a.prog})
+			if err != nil {
+				return fmt.Errorf("enforcer: attach %s to %s: %w", a.typ, root, err)
+			}
+			if g.pinPath != "" {
+				if err := l.Pin(path); err != nil {
+					l.Close()
+					return fmt.Errorf("enforcer: pin link %s: %w", path, err)
+				}
+			}
+		}
+		g.links = append(g.links, l)
+	}
+	return nil
+}
+
+// detach closes this process's links (unpinned ones detach).
+func (g *Gate) detach() {
 	for _, l := range g.links {
-		errs = append(errs, l.Close())
+		l.Close()
 	}
 	g.links = nil
-	errs = append(errs, g.objs.Close())
+}
+
+// Adopted reports whether Load found pins of an earlier daemon and took
+// them over.
+func (g *Gate) Adopted() bool { return g.adopted }
+
+// Close releases this process's handles. Pinned links stay attached and
+// pinned maps stay in place, so enforcement goes on; without pinning this
+// detaches the gate.
+func (g *Gate) Close() error {
+	g.detach()
+	return g.objs.Close()
+}
+
+// Uninstall removes every pin and detaches the gate: enforcement of all
+// sessions ends.
+func Uninstall(pinPath string) error {
+	var errs []error
+	links, _ := filepath.Glob(filepath.Join(pinPath, "links", "*"))
+	for _, p := range links {
+		l, err := link.LoadPinnedLink(p, nil)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, l.Unpin(), l.Close())
+	}
+	errs = append(errs, os.RemoveAll(pinPath))
 	return errors.Join(errs...)
 }
 
