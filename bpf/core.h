@@ -1,0 +1,56 @@
+// Minimal CO-RE views of the kernel structures process.c reads. Only the
+// fields we touch are declared; preserve_access_index makes every access a
+// relocation that the loader resolves against the running kernel's BTF, so
+// offsets here are irrelevant and the same object works on amd64 and arm64.
+// We deliberately avoid a generated vmlinux.h: it is per-arch, per-kernel and
+// megabytes of noise in review.
+#pragma once
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+typedef struct {
+	int counter;
+} atomic_t;
+
+struct super_block {
+	__u32 s_dev; // dev_t, kernel encoding (major << 20 | minor)
+};
+
+struct inode {
+	unsigned long i_ino;
+	struct super_block *i_sb;
+};
+
+struct file {
+	struct inode *f_inode;
+};
+
+struct mm_struct {
+	unsigned long arg_start;
+	unsigned long arg_end;
+	struct file *exe_file;
+};
+
+struct signal_struct {
+	atomic_t live;
+};
+
+struct task_struct {
+	int pid;
+	int tgid;
+	int exit_code;
+	struct task_struct *real_parent;
+	struct task_struct *group_leader;
+	struct mm_struct *mm;
+	struct signal_struct *signal;
+	__u64 start_boottime; // 5.5+
+	__u64 real_start_time; // before 5.5; same clock under the old name
+};
+
+struct linux_binprm {
+	struct file *file;
+	const char *filename;
+	const char *interp;
+};
+
+#pragma clang attribute pop

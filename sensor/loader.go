@@ -1,0 +1,178 @@
+//go:build linux
+
+package sensor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+)
+
+// ErrClosed is returned by ReadEvent after Close.
+var ErrClosed = os.ErrClosed
+
+// EventSource is what the process cache consumes; ProcessPrograms implements
+// it against the kernel and tests implement it with canned events.
+type EventSource interface {
+	// ReadEvent blocks until the next event; after Close it returns an error
+	// wrapping ErrClosed.
+	ReadEvent() (Event, error)
+	// Lost is the number of events the kernel dropped because the ring
+	// buffer was full.
+	Lost() (uint64, error)
+	Close() error
+}
+
+// ProcessOptions configures LoadProcessPrograms. The zero value loads
+// standalone with private maps.
+type ProcessOptions struct {
+	// PidSessions and ProcExe, when set, replace the object's maps of the
+	// same name so the gate and these programs share state. They must have
+	// the shapes declared in bpf/common.h.
+	PidSessions *ebpf.Map
+	ProcExe     *ebpf.Map
+	// RingBufferSize overrides the size of proc_events in bytes; it must be
+	// a power of two and a multiple of the page size.
+	RingBufferSize uint32
+	// PollInterval bounds how long an event may wait in the ring buffer
+	// before ReadEvent returns it (default 10ms). The programs only wake the
+	// reader once a batch has accumulated, so this is the delivery latency
+	// when the host is quiet.
+	PollInterval time.Duration
+	// KernelTypes supplies BTF for CO-RE on kernels that lack
+	// /sys/kernel/btf/vmlinux.
+	KernelTypes *btf.Spec
+}
+
+// ProcessPrograms holds the loaded and attached process programs.
+type ProcessPrograms struct {
+	objs  processObjects
+	links []link.Link
+	rd    *ringbuf.Reader
+	rec   ringbuf.Record
+	poll  time.Duration
+}
+
+var _ EventSource = (*ProcessPrograms)(nil)
+
+// LoadProcessPrograms loads bpf/process.c, attaches it to the sched
+// tracepoints and opens the event reader. Close releases everything.
+func LoadProcessPrograms(opts ProcessOptions) (_ *ProcessPrograms, err error) {
+	spec, err := loadProcess()
+	if err != nil {
+		return nil, fmt.Errorf("load process spec: %w", err)
+	}
+	if opts.RingBufferSize != 0 {
+		spec.Maps["proc_events"].MaxEntries = opts.RingBufferSize
+	}
+	repl := map[string]*ebpf.Map{}
+	if opts.PidSessions != nil {
+		repl["pid_sessions"] = opts.PidSessions
+	}
+	if opts.ProcExe != nil {
+		repl["proc_exe"] = opts.ProcExe
+	}
+
+	p := &ProcessPrograms{poll: opts.PollInterval}
+	if p.poll <= 0 {
+		p.poll = 10 * time.Millisecond
+	}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	err = spec.LoadAndAssign(&p.objs, &ebpf.CollectionOptions{
+		MapReplacements: repl,
+		Programs:        ebpf.ProgramOptions{KernelTypes: opts.KernelTypes},
+	})
+	if err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load process objects: %+v", verr)
+		}
+		return nil, fmt.Errorf("load process objects: %w", err)
+	}
+
+	// Reader first: events produced between attach and NewReader would be
+	// buffered anyway, but an error here should not leave programs attached.
+	if p.rd, err = ringbuf.NewReader(p.objs.ProcEvents); err != nil {
+		return nil, fmt.Errorf("open proc_events reader: %w", err)
+	}
+	// Exit before fork before exec: a process forked between two attaches is
+	// then never seen exiting without its fork, only the reverse.
+	for _, a := range []struct {
+		name string
+		prog *ebpf.Program
+	}{
+		{"sched_process_exit", p.objs.AfSchedExit},
+		{"sched_process_fork", p.objs.AfSchedFork},
+		{"sched_process_exec", p.objs.AfSchedExec},
+	} {
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: a.name, Program: a.prog})
+		if err != nil {
+			return nil, fmt.Errorf("attach raw_tp/%s: %w", a.name, err)
+		}
+		p.links = append(p.links, l)
+	}
+	return p, nil
+}
+
+// ReadEvent blocks for the next event. It must not be called concurrently
+// with itself; Close unblocks it with ErrClosed.
+func (p *ProcessPrograms) ReadEvent() (Event, error) {
+	for {
+		p.rd.SetDeadline(time.Now().Add(p.poll))
+		if err := p.rd.ReadInto(&p.rec); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue // records submitted without wakeup are read on the next pass
+			}
+			return nil, err
+		}
+		ev, err := Decode(p.rec.RawSample)
+		if err != nil {
+			// A layout mismatch is a build bug; surface it, do not spin.
+			return nil, err
+		}
+		return ev, nil
+	}
+}
+
+// Lost sums the per-CPU count of events dropped on a full ring buffer.
+func (p *ProcessPrograms) Lost() (uint64, error) {
+	var perCPU []uint64
+	if err := p.objs.ProcLost.Lookup(uint32(0), &perCPU); err != nil {
+		return 0, fmt.Errorf("read proc_lost: %w", err)
+	}
+	var n uint64
+	for _, v := range perCPU {
+		n += v
+	}
+	return n, nil
+}
+
+// PidSessions and ProcExe return the maps in use (the replacements if given).
+func (p *ProcessPrograms) PidSessions() *ebpf.Map { return p.objs.PidSessions }
+func (p *ProcessPrograms) ProcExe() *ebpf.Map     { return p.objs.ProcExe }
+
+// Close detaches the programs, stops ReadEvent and releases the objects.
+// Replacement maps passed in ProcessOptions stay open; they belong to the
+// caller.
+func (p *ProcessPrograms) Close() error {
+	var errs []error
+	for _, l := range p.links {
+		errs = append(errs, l.Close())
+	}
+	p.links = nil
+	if p.rd != nil {
+		errs = append(errs, p.rd.Close())
+	}
+	errs = append(errs, p.objs.Close())
+	return errors.Join(errs...)
+}
