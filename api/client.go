@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"syscall"
 
@@ -40,21 +41,44 @@ func (c *Client) Open(ctx context.Context, req attribution.OpenRequest) (attribu
 	return s, c.do(ctx, http.MethodPost, "/v1/sessions", req, &s)
 }
 
-// List lists the open sessions.
-func (c *Client) List(ctx context.Context) ([]attribution.Session, error) {
+// List lists the open sessions matching the query filters (state, origin,
+// agent, parent, label=key=value).
+func (c *Client) List(ctx context.Context, filters url.Values) ([]attribution.Session, error) {
 	var s []attribution.Session
-	return s, c.do(ctx, http.MethodGet, "/v1/sessions", nil, &s)
+	path := "/v1/sessions"
+	if len(filters) > 0 {
+		path += "?" + filters.Encode()
+	}
+	return s, c.do(ctx, http.MethodGet, path, nil, &s)
+}
+
+// Bind binds a process or a container to a session.
+func (c *Client) Bind(ctx context.Context, id string, req attribution.BindRequest) (attribution.Session, error) {
+	var s attribution.Session
+	return s, c.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(id)+"/bind", req, &s)
+}
+
+// Narrow narrows a session's scope.
+func (c *Client) Narrow(ctx context.Context, id string, req attribution.NarrowRequest) (attribution.Session, error) {
+	var s attribution.Session
+	return s, c.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(id)+"/narrow", req, &s)
+}
+
+// Revoke revokes a session.
+func (c *Client) Revoke(ctx context.Context, id string) (attribution.Session, error) {
+	var s attribution.Session
+	return s, c.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(id)+"/revoke", struct{}{}, &s)
 }
 
 // Get returns one session.
 func (c *Client) Get(ctx context.Context, id string) (attribution.Session, error) {
 	var s attribution.Session
-	return s, c.do(ctx, http.MethodGet, "/v1/sessions/"+id, nil, &s)
+	return s, c.do(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(id), nil, &s)
 }
 
 // Close closes a session.
 func (c *Client) Close(ctx context.Context, id string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/sessions/"+id, nil, nil)
+	return c.do(ctx, http.MethodDelete, "/v1/sessions/"+url.PathEscape(id), nil, nil)
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {

@@ -13,15 +13,15 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
+	"slices"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/attribution"
-	"github.com/agentfence/agentfence/internal/cgroupv2"
 )
 
-// Peer is the process on the other end of an API connection.
+// Peer is the process on the other end of a unix socket connection.
 type Peer struct {
 	PID      int32
 	UID, GID uint32
@@ -29,44 +29,40 @@ type Peer struct {
 
 func (p Peer) String() string { return fmt.Sprintf("uid=%d gid=%d pid=%d", p.UID, p.GID, p.PID) }
 
-// Policy decides which peers may use the API.
+// Policy decides which local peers may use the API. Remote callers are
+// authorised by the mTLS configuration (SPIFFE IDs).
 type Policy struct {
-	// UIDs and GIDs allowed to call the API; a peer matching either is allowed.
+	// UIDs, GIDs and Exes admit callers; a peer matching any one is allowed.
 	UIDs []uint32
 	GIDs []uint32
-	// SessionCgroupBase is where session cgroups live. A peer inside a
-	// session may not open or close sessions: it could otherwise give
-	// itself a wider scope.
-	SessionCgroupBase string
-	// CgroupRoot is the cgroup v2 mount point.
-	CgroupRoot string
+	Exes []string
+	// MemberOf reports the session a process belongs to. Session members
+	// are admitted whatever their credentials, because the registry lets
+	// them do only what narrows: open child sessions, narrow or revoke
+	// their own.
+	MemberOf func(pid int) (string, bool)
 }
 
-func (p Policy) authorize(peer Peer) error {
-	allowed := false
-	for _, u := range p.UIDs {
-		allowed = allowed || u == peer.UID
+func (p Policy) authorize(peer Peer) (attribution.Caller, error) {
+	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", peer.PID))
+	c := attribution.Caller{ID: peer.String(), PID: int(peer.PID), UID: int(peer.UID)}
+	if exe != "" {
+		c.ID += " exe=" + exe
 	}
-	for _, g := range p.GIDs {
-		allowed = allowed || g == peer.GID
+	if slices.Contains(p.UIDs, peer.UID) || slices.Contains(p.GIDs, peer.GID) || (exe != "" && slices.Contains(p.Exes, exe)) {
+		return c, nil
 	}
-	if !allowed {
-		return fmt.Errorf("caller %s is not allowed to use the agentfence API", peer)
-	}
-	if p.SessionCgroupBase != "" {
-		cg, err := cgroupv2.Of(int(peer.PID))
-		if err != nil {
-			return fmt.Errorf("caller %s: cannot read its cgroup: %v", peer, err)
-		}
-		full := filepath.Join(p.CgroupRoot, cg)
-		if strings.HasPrefix(full+"/", p.SessionCgroupBase+"/") {
-			return fmt.Errorf("caller %s runs inside a session; session members cannot open or close sessions", peer)
+	if p.MemberOf != nil {
+		if id, ok := p.MemberOf(int(peer.PID)); ok {
+			c.ID += " session=" + id
+			return c, nil
 		}
 	}
-	return nil
+	return c, fmt.Errorf("caller %s is not allowed to use the agentfence API", c.ID)
 }
 
 type peerKey struct{}
+type callerKey struct{}
 
 // Server serves the API.
 type Server struct {
@@ -83,9 +79,13 @@ func NewServer(reg *attribution.Registry, policy Policy, log *slog.Logger) *Serv
 	mux.HandleFunc("POST /v1/sessions", s.open)
 	mux.HandleFunc("GET /v1/sessions", s.list)
 	mux.HandleFunc("GET /v1/sessions/{id}", s.get)
+	mux.HandleFunc("POST /v1/sessions/{id}/bind", s.bind)
+	mux.HandleFunc("POST /v1/sessions/{id}/narrow", s.narrow)
+	mux.HandleFunc("POST /v1/sessions/{id}/revoke", s.revoke)
 	mux.HandleFunc("DELETE /v1/sessions/{id}", s.close)
 	s.srv = &http.Server{
-		Handler: s.authz(mux),
+		Handler:           s.authz(mux),
+		ReadHeaderTimeout: 10 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if p, err := peerOf(c); err == nil {
 				return context.WithValue(ctx, peerKey{}, p)
@@ -123,7 +123,8 @@ func Listen(path string) (net.Listener, error) {
 	return l, os.Chmod(path, 0o600)
 }
 
-// Serve serves on l until Shutdown.
+// Serve serves on l until Shutdown. l is a unix socket listener or an mTLS
+// listener (ListenMTLS).
 func (s *Server) Serve(l net.Listener) error {
 	err := s.srv.Serve(l)
 	if errors.Is(err, http.ErrServerClosed) {
@@ -157,39 +158,55 @@ func peerOf(c net.Conn) (Peer, error) {
 	return Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}, nil
 }
 
+// authz identifies the caller: by SPIFFE ID on an mTLS connection (the TLS
+// handshake already checked it against the allowed IDs), else by the
+// kernel's peer credentials.
 func (s *Server) authz(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, ok := r.Context().Value(peerKey{}).(Peer)
-		if !ok {
-			writeError(w, &attribution.Error{Code: attribution.CodeUnauthorized, Message: "caller has no peer credentials"})
+		var c attribution.Caller
+		if id, ok := SPIFFEID(r); ok {
+			c = attribution.Caller{ID: id.String(), UID: -1}
+		} else if p, ok := r.Context().Value(peerKey{}).(Peer); ok {
+			var err error
+			if c, err = s.policy.authorize(p); err != nil {
+				s.log.Warn("api: refused caller", "caller", c.ID, "path", r.URL.Path, "err", err)
+				writeError(w, &attribution.Error{Code: attribution.CodeUnauthorized, Message: err.Error()})
+				return
+			}
+		} else {
+			writeError(w, &attribution.Error{Code: attribution.CodeUnauthorized, Message: "caller has no identity"})
 			return
 		}
-		if err := s.policy.authorize(p); err != nil {
-			s.log.Warn("api: refused caller", "peer", p.String(), "path", r.URL.Path, "err", err)
-			writeError(w, &attribution.Error{Code: attribution.CodeUnauthorized, Message: err.Error()})
-			return
-		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
 	})
 }
 
-func caller(r *http.Request) string {
-	p, _ := r.Context().Value(peerKey{}).(Peer)
-	return p.String()
+func caller(r *http.Request) attribution.Caller {
+	c, _ := r.Context().Value(callerKey{}).(attribution.Caller)
+	return c
 }
 
 const maxBody = 1 << 20
 
-func (s *Server) open(w http.ResponseWriter, r *http.Request) {
-	var req attribution.OpenRequest
+// decode reads a JSON body strictly: unknown fields and trailing data are
+// errors naming the problem.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, &attribution.Error{Code: attribution.CodeInvalid, Message: "bad JSON body: " + err.Error()})
-		return
+	err := dec.Decode(v)
+	if err == nil && dec.More() {
+		err = errors.New("trailing data after the JSON object")
 	}
-	if dec.More() {
-		writeError(w, &attribution.Error{Code: attribution.CodeInvalid, Message: "bad JSON body: trailing data"})
+	if err != nil {
+		writeError(w, &attribution.Error{Code: attribution.CodeInvalid, Message: "bad JSON body: " + err.Error()})
+		return false
+	}
+	return true
+}
+
+func (s *Server) open(w http.ResponseWriter, r *http.Request) {
+	var req attribution.OpenRequest
+	if !decode(w, r, &req) {
 		return
 	}
 	sess, err := s.reg.Open(req, caller(r))
@@ -197,21 +214,46 @@ func (s *Server) open(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	s.log.Info("session opened", "id", sess.ID, "mode", sess.Mode, "rules", len(sess.Allow), "caller", caller(r))
+	s.log.Info("session opened", "id", sess.ID, "mode", sess.Mode, "rules", len(sess.Scope), "parent", sess.Parent, "caller", caller(r).ID)
 	writeJSON(w, http.StatusCreated, sess)
 }
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.reg.List())
+	q := r.URL.Query()
+	c := caller(r)
+	writeJSON(w, http.StatusOK, s.reg.List(attribution.Filter{State: q.Get("state"), Origin: q.Get("origin"),
+		Agent: q.Get("agent"), Parent: q.Get("parent"), Label: q.Get("label"), Caller: &c}))
 }
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request) {
-	sess, err := s.reg.Get(r.PathValue("id"))
-	if err != nil {
-		writeError(w, err)
+	sess, err := s.reg.Get(r.PathValue("id"), caller(r))
+	respond(w, http.StatusOK, sess, err)
+}
+
+func (s *Server) bind(w http.ResponseWriter, r *http.Request) {
+	var req attribution.BindRequest
+	if !decode(w, r, &req) {
 		return
 	}
-	writeJSON(w, http.StatusOK, sess)
+	sess, err := s.reg.Bind(r.PathValue("id"), req, caller(r))
+	respond(w, http.StatusOK, sess, err)
+}
+
+func (s *Server) narrow(w http.ResponseWriter, r *http.Request) {
+	var req attribution.NarrowRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	sess, err := s.reg.Narrow(r.PathValue("id"), req, caller(r))
+	respond(w, http.StatusOK, sess, err)
+}
+
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
+	sess, err := s.reg.Revoke(r.PathValue("id"), caller(r))
+	if err == nil {
+		s.log.Info("session revoked", "id", sess.ID, "caller", caller(r).ID)
+	}
+	respond(w, http.StatusOK, sess, err)
 }
 
 func (s *Server) close(w http.ResponseWriter, r *http.Request) {
@@ -219,8 +261,16 @@ func (s *Server) close(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	s.log.Info("session closed", "id", r.PathValue("id"), "caller", caller(r))
+	s.log.Info("session closed", "id", r.PathValue("id"), "caller", caller(r).ID)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+func respond(w http.ResponseWriter, status int, v any, err error) {
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, status, v)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -229,21 +279,23 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+var statusOf = map[string]int{
+	attribution.CodeInvalid:      http.StatusBadRequest,
+	attribution.CodeNotFound:     http.StatusNotFound,
+	attribution.CodeConflict:     http.StatusConflict,
+	attribution.CodeForbidden:    http.StatusForbidden,
+	attribution.CodeUnauthorized: http.StatusForbidden,
+	attribution.CodeCapacity:     http.StatusServiceUnavailable,
+}
+
 func writeError(w http.ResponseWriter, err error) {
 	var e *attribution.Error
 	if !errors.As(err, &e) {
 		e = &attribution.Error{Code: "internal", Message: err.Error()}
 	}
-	status := http.StatusInternalServerError
-	switch e.Code {
-	case attribution.CodeInvalid:
-		status = http.StatusBadRequest
-	case attribution.CodeNotFound:
-		status = http.StatusNotFound
-	case attribution.CodeUnauthorized:
-		status = http.StatusForbidden
-	case attribution.CodeCapacity:
-		status = http.StatusServiceUnavailable
+	status, ok := statusOf[e.Code]
+	if !ok {
+		status = http.StatusInternalServerError
 	}
 	writeJSON(w, status, map[string]*attribution.Error{"error": e})
 }

@@ -1,16 +1,31 @@
 package attribution
 
 import (
+	"context"
+	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/sensor"
+	"github.com/agentfence/agentfence/sensor/proccache"
 )
 
-// Joiner turns kernel decisions into audit records.
+// Processes resolves a process as it was at a boot-clock time.
+type Processes interface {
+	LookupWait(ctx context.Context, tgid uint32, at uint64) (proccache.Process, bool)
+}
+
+// Joiner turns kernel events into audit records: the event, the process
+// that caused it and the session it ran in.
 type Joiner struct {
-	Registry *Registry
-	Clock    *Clock
+	Registry  *Registry
+	Clock     *Clock
+	Processes Processes // nil: records carry only what the event has
+	// Wait bounds how long a record waits for the process cache to catch up
+	// with the exec of a process it has not seen yet.
+	Wait time.Duration
 }
 
 var reasons = map[enforcer.Reason]string{
@@ -21,7 +36,7 @@ var reasons = map[enforcer.Reason]string{
 	enforcer.ReasonSocketType:  "socket_type",
 }
 
-// Record joins one gate event with its session.
+// Record joins one gate event with its process and session.
 func (j *Joiner) Record(ev enforcer.Event) audit.Record {
 	rec := audit.Record{
 		Schema: audit.SchemaVersion,
@@ -39,18 +54,60 @@ func (j *Joiner) Record(ev enforcer.Event) audit.Record {
 	} else if ev.Hook == enforcer.HookSockCreate {
 		rec.Destination = &audit.Destination{Protocol: protoName(ev.Protocol)}
 	}
+	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
 	s, ok := j.Registry.resolve(ev.Slot, ev.Gen)
 	if !ok {
-		// The kernel attributed it to a session this daemon does not know
-		// (e.g. opened by an earlier daemon): keep the kernel's identity.
+		// A session this daemon does not know (its state was lost): say
+		// so rather than guess.
 		rec.Session = &audit.Session{ID: "unknown"}
 		return rec
 	}
-	rec.Session = &audit.Session{ID: s.id, Intent: s.intent, Mode: s.mode}
+	rec.Session, rec.Agent, rec.Origin = &s.session, s.agent, s.origin
 	if ev.Rule >= 0 && ev.Rule < len(s.rules) {
 		rec.Outcome.Rule = s.rules[ev.Rule].String()
 	}
 	return rec
+}
+
+// ExecRecord returns the exec record of a session member, or false when the
+// process is in no session.
+func (j *Joiner) ExecRecord(ev *sensor.ExecEvent) (audit.Record, bool) {
+	p := &audit.Process{PID: ev.TGID, TID: ev.PID, PPID: ev.PPID, UID: ev.UID, GID: ev.GID, CgroupID: ev.CgroupID,
+		Exe: ev.Filename, Argv: ev.Args}
+	j.fillProcess(p, ev.TGID, ev.Ktime)
+	p.Comm = filepath.Base(p.Exe)
+	s, ok := j.Registry.sessionOf(ev.TGID, p.Cgroup)
+	if !ok {
+		return audit.Record{}, false
+	}
+	return audit.Record{Schema: audit.SchemaVersion, Time: j.Clock.Wall(ev.Ktime), Kind: audit.KindExec,
+		Session: &s.session, Agent: s.agent, Origin: s.origin, Process: p}, true
+}
+
+func (j *Joiner) fillProcess(p *audit.Process, tgid uint32, at uint64) {
+	if j.Processes == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), j.Wait)
+	defer cancel()
+	pr, ok := j.Processes.LookupWait(ctx, tgid, at)
+	if !ok {
+		return
+	}
+	p.PPID = pr.PPID
+	if pr.ExePath != "" {
+		p.Exe = pr.ExePath
+	}
+	if pr.HashState == proccache.HashOK {
+		p.SHA256 = pr.ExeSHA256
+	}
+	if len(pr.Args) > 0 {
+		p.Argv = pr.Args
+	}
+	p.Cgroup = pr.CgroupPath
+	p.ContainerID = pr.Container.ContainerID
+	p.PodUID = pr.Container.PodUID
+	p.Ancestry = pr.Ancestry
 }
 
 func kindOf(h enforcer.Hook) string {
@@ -60,7 +117,7 @@ func kindOf(h enforcer.Hook) string {
 	case enforcer.HookSendmsg4, enforcer.HookSendmsg6:
 		return audit.KindSendmsg
 	default:
-		return "socket"
+		return audit.KindSocket
 	}
 }
 

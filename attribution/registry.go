@@ -1,5 +1,6 @@
-// Package attribution keeps the intent sessions and joins kernel events with
-// them into audit records.
+// Package attribution keeps the intent sessions, keeps the kernel's policy
+// maps in step with them, and joins kernel events with them into audit
+// records.
 package attribution
 
 import (
@@ -7,7 +8,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,19 +26,47 @@ import (
 // Kernel is the part of the enforcer the registry writes policy to.
 type Kernel interface {
 	PutSession(slot uint32, s enforcer.SessionState) error
+	Session(slot uint32) (enforcer.SessionState, error)
 	SetState(slot uint32, gen uint64, st enforcer.State) error
 	WriteScope(slot uint32, gen uint64, entries []scope.Entry) error
 	DeleteScope(slot uint32, entries []scope.Entry) error
 	BindCgroup(cgroupID uint64, slot uint32, gen uint64) error
 	UnbindCgroup(cgroupID uint64) error
+	BindPid(tgid uint32, slot uint32, gen uint64) error
+	UnbindPid(tgid uint32) error
+	PidBinding(tgid uint32) (slot uint32, gen uint64, ok bool)
+	PidsOf(slot uint32, gen uint64) []uint32
 }
 
-// Cgroups creates and destroys the cgroups sessions are bound to.
+// Cgroups creates, finds and empties the cgroups sessions are bound to.
 type Cgroups interface {
-	// Create makes the cgroup for session id and returns its path and id.
-	Create(id string) (path string, cgroupID uint64, err error)
+	// Create makes cgroup name below parent ("" = the sessions' base); a
+	// non-negative owner uid is given the cgroup, so that a non-root session
+	// member can start processes in its child sessions.
+	Create(parent, name string, owner int) (path string, cgroupID uint64, err error)
 	// Destroy kills whatever still runs in the cgroup and removes it.
 	Destroy(path string) error
+	// Kill kills every process in the cgroup and below.
+	Kill(path string) error
+	// Procs lists the processes in the cgroup and below.
+	Procs(path string) ([]int, error)
+	// Of returns the cgroup directory of pid.
+	Of(pid int) (string, error)
+	// FindContainer returns the cgroup of a container by (a prefix of at
+	// least 12 characters of) its id.
+	FindContainer(id string) (path string, cgroupID uint64, err error)
+}
+
+// Conn is a connection of a member process, for Sockets.
+type Conn struct {
+	PID    int
+	Proto  string
+	Remote netip.AddrPort
+}
+
+// Sockets destroys connections of member processes.
+type Sockets interface {
+	Destroy(pids []int, match func(Conn) bool) ([]Conn, error)
 }
 
 // Config bounds what sessions may ask for.
@@ -41,129 +76,105 @@ type Config struct {
 	MaxTTL      time.Duration
 	MaxRules    int
 	// ViolationBudget is how many denials a session may have before the
-	// kernel quarantines it; 0 disables quarantine.
+	// drift action applies.
 	ViolationBudget uint32
+	// DriftAction is quarantine, kill or none.
+	DriftAction string
+	// StateFile is where sessions are kept across daemon restarts ("" = not
+	// kept).
+	StateFile string
+	// CgroupRoot is the cgroup v2 mount point.
+	CgroupRoot string
 }
 
 // DefaultConfig is what the daemon uses unless configured otherwise.
 func DefaultConfig() Config {
-	return Config{MaxSessions: 16384, DefaultTTL: time.Hour, MaxTTL: 24 * time.Hour, MaxRules: 4096}
+	return Config{MaxSessions: 16384, DefaultTTL: time.Hour, MaxTTL: 24 * time.Hour, MaxRules: 4096,
+		ViolationBudget: 100, DriftAction: "quarantine"}
 }
 
-// Session is an intent session as the API shows it.
-type Session struct {
-	ID        string    `json:"id"`
-	Intent    string    `json:"intent"`
-	Mode      string    `json:"mode"`
-	Allow     []string  `json:"allow"`
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
-	Cgroup    string    `json:"cgroup"`
-	State     string    `json:"state"`
-	OpenedBy  string    `json:"opened_by,omitempty"`
-
-	slot     uint32
-	gen      uint64
-	cgroupID uint64
-	rules    []scope.Rule
-	entries  []scope.Entry
-	expired  bool
+// Caller is an authenticated API caller.
+type Caller struct {
+	// ID names the caller in opened_by and lifecycle records.
+	ID string
+	// PID is the caller's process for local callers, 0 for remote ones.
+	PID int
+	// UID is the local caller's uid, -1 for remote ones.
+	UID int
 }
 
-// Registry owns the sessions and keeps the kernel's maps in step with them.
+// entry is a session with what only the registry needs.
+type entry struct {
+	Session
+	slot             uint32
+	gen              uint64
+	cgroupID         uint64
+	containerCgroups uint64
+	rules            []scope.Rule
+	entries          []scope.Entry
+	closed           bool
+}
+
+// Registry owns the sessions.
 type Registry struct {
 	cfg     Config
 	kernel  Kernel
 	cgroups Cgroups
+	sockets Sockets
 	clock   *Clock
 	emit    func(audit.Record)
 	sync    func()
+	log     *slog.Logger
 
-	mu     sync.Mutex
-	byID   map[string]*Session
-	bySlot map[uint32]*Session
-	free   []uint32
-	gens   []uint64
-	// recent keeps closed sessions for a while so that events read after
-	// a close are still attributed.
-	recent []*Session
+	mu       sync.Mutex
+	byID     map[string]*entry
+	bySlot   map[uint32]*entry
+	byCgroup map[string]*entry
+	free     []uint32
+	gens     []uint64
+	recent   []*entry // closed sessions, for late events
 }
 
 const recentClosed = 1024
 
-// NewRegistry makes a registry. emit receives session lifecycle records.
-func NewRegistry(cfg Config, k Kernel, cg Cgroups, clock *Clock, emit func(audit.Record)) *Registry {
+// Deps are the registry's collaborators.
+type Deps struct {
+	Kernel  Kernel
+	Cgroups Cgroups
+	Sockets Sockets
+	Clock   *Clock
+	// Emit receives lifecycle and connection-destroyed records.
+	Emit func(audit.Record)
+	Log  *slog.Logger
+}
+
+// NewRegistry makes a registry with no sessions; call Restore to adopt the
+// ones a previous daemon left.
+func NewRegistry(cfg Config, d Deps) *Registry {
 	if cfg.MaxSessions <= 0 || cfg.MaxSessions > 16384 {
 		cfg.MaxSessions = 16384
 	}
-	r := &Registry{cfg: cfg, kernel: k, cgroups: cg, clock: clock, emit: emit,
-		byID: map[string]*Session{}, bySlot: map[uint32]*Session{}, gens: make([]uint64, cfg.MaxSessions)}
-	// Slot 0 is never used, so a zeroed binding can never name a session.
-	for s := cfg.MaxSessions - 1; s >= 1; s-- {
-		r.free = append(r.free, uint32(s))
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
 	}
+	if d.Emit == nil {
+		d.Emit = func(audit.Record) {}
+	}
+	r := &Registry{cfg: cfg, kernel: d.Kernel, cgroups: d.Cgroups, sockets: d.Sockets, clock: d.Clock, emit: d.Emit, log: d.Log,
+		byID: map[string]*entry{}, bySlot: map[uint32]*entry{}, byCgroup: map[string]*entry{}, gens: make([]uint64, cfg.MaxSessions)}
+	r.rebuildFree()
 	return r
 }
 
-func newID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return "s-" + hex.EncodeToString(b[:])
-}
-
-// Open validates req, writes the session to the kernel and returns it. The
-// kernel state is written scope first, then the session, then the binding,
-// so a member is never live without its scope; on any error everything
-// written is removed again and the session does not exist.
-func (r *Registry) Open(req OpenRequest, caller string) (Session, error) {
-	v, err := r.validate(req)
-	if err != nil {
-		return Session{}, err
+// rebuildFree lists the slots no session holds. Slot 0 is never used, so a
+// zeroed binding can never name a session.
+func (r *Registry) rebuildFree() {
+	r.free = r.free[:0]
+	for s := len(r.gens) - 1; s >= 1; s-- {
+		if _, used := r.bySlot[uint32(s)]; !used {
+			r.free = append(r.free, uint32(s))
+		}
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.free) == 0 {
-		return Session{}, &Error{Code: CodeCapacity, Message: fmt.Sprintf("all %d session slots are in use", r.cfg.MaxSessions-1)}
-	}
-	slot := r.free[len(r.free)-1]
-	gen := r.gens[slot] + 1
-	now := r.clock.Wall(BootNS())
-	s := &Session{ID: newID(), Intent: v.intent, Mode: modeName(v.mode), CreatedAt: now, ExpiresAt: now.Add(v.ttl),
-		State: "active", OpenedBy: caller, slot: slot, gen: gen, rules: v.rules, entries: v.entries}
-	for _, rule := range v.rules {
-		s.Allow = append(s.Allow, rule.String())
-	}
-
-	kernelErr := func(err error) error { return &Error{Code: CodeKernel, Message: err.Error()} }
-	if err := r.kernel.WriteScope(slot, gen, v.entries); err != nil {
-		return Session{}, kernelErr(err)
-	}
-	st := enforcer.SessionState{Gen: gen, ExpiresNS: r.clock.Boot(s.ExpiresAt), State: enforcer.StateActive, Mode: v.mode,
-		Budget: r.cfg.ViolationBudget, QuarantineOnBudget: r.cfg.ViolationBudget > 0}
-	if err := r.kernel.PutSession(slot, st); err != nil {
-		r.kernel.DeleteScope(slot, v.entries)
-		return Session{}, kernelErr(err)
-	}
-	undoSession := func() {
-		r.kernel.PutSession(slot, enforcer.SessionState{Gen: gen, State: enforcer.StateFree})
-		r.kernel.DeleteScope(slot, v.entries)
-	}
-	path, cgid, err := r.cgroups.Create(s.ID)
-	if err != nil {
-		undoSession()
-		return Session{}, kernelErr(err)
-	}
-	if err := r.kernel.BindCgroup(cgid, slot, gen); err != nil {
-		r.cgroups.Destroy(path)
-		undoSession()
-		return Session{}, kernelErr(err)
-	}
-	s.Cgroup, s.cgroupID = path, cgid
-	r.free = r.free[:len(r.free)-1]
-	r.gens[slot] = gen
-	r.byID[s.ID], r.bySlot[slot] = s, s
-	r.lifecycle(s, "opened", caller)
-	return s.public(), nil
 }
 
 // SetEventSync registers a function that returns once every kernel event
@@ -171,100 +182,621 @@ func (r *Registry) Open(req OpenRequest, caller string) (Session, error) {
 // closed record, so that record is the session's last.
 func (r *Registry) SetEventSync(f func()) { r.sync = f }
 
-// Close ends a session: its members are denied everything at once, killed,
-// and its cgroup, binding, scope and slot are released.
-func (r *Registry) Close(id, caller string) error {
-	s, err := r.teardown(id)
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return "s-" + hex.EncodeToString(b[:])
+}
+
+func kernelError(err error) error {
+	return &Error{Code: CodeKernel, Message: err.Error()}
+}
+
+// Open validates req, writes the session to the kernel and returns it. The
+// kernel state is written scope first, then the session, then the binding,
+// so a member is never live without its scope; on any error everything
+// written is removed again and the session does not exist.
+//
+// A caller that is itself a session member may only open a child of its
+// own session: scope within its own, expiry no later, enforce mode if its
+// own is enforced.
+func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
+	o, err := r.check(req, caller)
 	if err != nil {
-		return err
+		return Session{}, err
 	}
-	if r.sync != nil {
-		r.sync()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.clock.Wall(BootNS())
+	expires := now.Add(o.ttl)
+	member := r.memberOf(caller)
+	parentID := req.Parent
+	if member != nil {
+		if parentID == "" {
+			parentID = member.ID
+		}
+		if parentID != member.ID && !r.descendantOf(parentID, member.ID) {
+			return Session{}, forbidden("parent", "a session member may only open children of its own session %s", member.ID)
+		}
 	}
-	r.lifecycle(s, "closed", caller)
+	var parent *entry
+	if parentID != "" {
+		parent = r.byID[parentID]
+		switch {
+		case parent == nil:
+			return Session{}, invalid("parent", "no session %q", parentID)
+		case parent.State != StateActive || !now.Before(parent.ExpiresAt):
+			return Session{}, invalid("parent", "session %s is %s", parentID, r.stateAt(parent, now))
+		}
+		if i := within(o.rules, parent.rules); i >= 0 {
+			return Session{}, invalid(fmt.Sprintf("scope[%d]", i), "%s is not within the parent's scope", o.rules[i])
+		}
+		if expires.After(parent.ExpiresAt) {
+			expires = parent.ExpiresAt
+		}
+		if parent.Mode == "enforce" && o.mode == enforcer.ModeAudit {
+			return Session{}, invalid("mode", "audit mode would widen an enforced parent")
+		}
+		if o.origin.Kind == "agent" && o.origin.Principal != parent.ID {
+			return Session{}, invalid("origin.principal", "an agent-originated child names its parent %s", parent.ID)
+		}
+	}
+	if len(r.free) == 0 {
+		return Session{}, &Error{Code: CodeCapacity, Message: fmt.Sprintf("all %d session slots are in use", len(r.gens)-1)}
+	}
+	slot := r.free[len(r.free)-1]
+	e := &entry{Session: Session{Version: ModelVersion, ID: newID(), Intent: o.intent, Origin: o.origin, Agent: req.Agent,
+		Scope: texts(o.rules), Mode: modeName(o.mode), TTL: expires.Sub(now).String(), CreatedAt: now, ExpiresAt: expires,
+		Parent: parentID, Labels: maps.Clone(req.Labels), OpenedBy: caller.ID, State: StateActive},
+		slot: slot, gen: r.gens[slot] + 1, rules: o.rules, entries: o.entries}
+
+	if err := r.kernel.WriteScope(slot, e.gen, e.entries); err != nil {
+		return Session{}, kernelError(err)
+	}
+	if err := r.kernel.PutSession(slot, r.kernelState(e, o.mode)); err != nil {
+		r.kernel.DeleteScope(slot, e.entries)
+		return Session{}, kernelError(err)
+	}
+	undo := func() {
+		r.kernel.PutSession(slot, enforcer.SessionState{Gen: e.gen, State: enforcer.StateFree})
+		r.kernel.DeleteScope(slot, e.entries)
+	}
+	parentCgroup := ""
+	if parent != nil {
+		parentCgroup = parent.Binding.Cgroup
+	}
+	owner := -1
+	if member != nil && caller.UID > 0 {
+		owner = caller.UID
+	}
+	path, cgid, err := r.cgroups.Create(parentCgroup, e.ID, owner)
+	if err != nil {
+		undo()
+		return Session{}, kernelError(err)
+	}
+	if err := r.kernel.BindCgroup(cgid, slot, e.gen); err != nil {
+		r.cgroups.Destroy(path)
+		undo()
+		return Session{}, kernelError(err)
+	}
+	e.Binding.Cgroup, e.cgroupID = path, cgid
+	r.free = r.free[:len(r.free)-1]
+	r.gens[slot] = e.gen
+	r.add(e)
+	r.persist()
+	r.lifecycle(e, "opened", caller.ID, "")
+	return e.public(), nil
+}
+
+func (r *Registry) kernelState(e *entry, mode enforcer.Mode) enforcer.SessionState {
+	return enforcer.SessionState{Gen: e.gen, ExpiresNS: r.clock.Boot(e.ExpiresAt), State: enforcer.StateActive, Mode: mode,
+		Budget: r.cfg.ViolationBudget, QuarantineOnBudget: r.cfg.DriftAction != "none"}
+}
+
+func (r *Registry) add(e *entry) {
+	r.byID[e.ID], r.bySlot[e.slot], r.byCgroup[e.Binding.Cgroup] = e, e, e
+	if e.Binding.ContainerCgroup != "" {
+		r.byCgroup[e.Binding.ContainerCgroup] = e
+	}
+}
+
+// memberOf returns the session the caller's process belongs to, if any:
+// a pid binding first, then the deepest session cgroup, as the kernel
+// decides.
+func (r *Registry) memberOf(c Caller) *entry {
+	if c.PID <= 0 {
+		return nil
+	}
+	if slot, gen, ok := r.kernel.PidBinding(uint32(c.PID)); ok {
+		if e := r.bySlot[slot]; e != nil && e.gen == gen {
+			return e
+		}
+	}
+	path, err := r.cgroups.Of(c.PID)
+	if err != nil {
+		return nil
+	}
+	for p := path; p != "/" && p != "."; p = filepath.Dir(p) {
+		if e := r.byCgroup[p]; e != nil {
+			return e
+		}
+	}
 	return nil
 }
 
-func (r *Registry) teardown(id string) (*Session, error) {
+// MemberOf returns the id of the session pid belongs to.
+func (r *Registry) MemberOf(pid int) (string, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s, ok := r.byID[id]
-	if !ok {
-		return nil, &Error{Code: CodeNotFound, Field: "id", Message: fmt.Sprintf("no session %q", id)}
+	if e := r.memberOf(Caller{PID: pid}); e != nil {
+		return e.ID, true
+	}
+	return "", false
+}
+
+func (r *Registry) descendantOf(id, ancestor string) bool {
+	for range len(r.byID) + 1 {
+		e := r.byID[id]
+		if e == nil || e.Parent == "" {
+			return false
+		}
+		if e.Parent == ancestor {
+			return true
+		}
+		id = e.Parent
+	}
+	return false
+}
+
+// authorize finds session id and checks that caller may act on it: callers
+// outside sessions may act on any session, members only on their own
+// session and its descendants.
+func (r *Registry) authorize(id string, caller Caller) (*entry, error) {
+	e := r.byID[id]
+	if e == nil {
+		return nil, notFound(id)
+	}
+	if m := r.memberOf(caller); m != nil && m.ID != id && !r.descendantOf(id, m.ID) {
+		return nil, forbidden("id", "a member of session %s may not act on session %s", m.ID, id)
+	}
+	return e, nil
+}
+
+func (r *Registry) children(id string) []*entry {
+	var out []*entry
+	for _, e := range r.byID {
+		if e.Parent == id {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b *entry) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Bind makes more processes members of session id: a process (and what it
+// forks afterwards) or a container's cgroup.
+func (r *Registry) Bind(id string, req BindRequest, caller Caller) (Session, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, err := r.authorize(id, caller)
+	if err != nil {
+		return Session{}, err
+	}
+	if e.State != StateActive && e.State != StateQuarantined {
+		return Session{}, invalid("id", "session %s is %s", id, e.State)
+	}
+	switch {
+	case (req.PID == 0) == (req.ContainerID == ""):
+		return Session{}, invalid("pid", "give exactly one of pid and container_id")
+	case req.PID != 0:
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", req.PID)); err != nil {
+			return Session{}, invalid("pid", "no process %d", req.PID)
+		}
+		if m := r.memberOf(Caller{PID: int(req.PID)}); m != nil && m != e {
+			return Session{}, &Error{Code: CodeConflict, Field: "pid", Message: fmt.Sprintf("process %d belongs to session %s", req.PID, m.ID)}
+		}
+		// A member may only move its own processes into a narrower session.
+		if cm := r.memberOf(caller); cm != nil && r.memberOf(Caller{PID: int(req.PID)}) != cm {
+			return Session{}, forbidden("pid", "process %d is not a member of the caller's session %s", req.PID, cm.ID)
+		}
+		if err := r.kernel.BindPid(req.PID, e.slot, e.gen); err != nil {
+			return Session{}, kernelError(err)
+		}
+		if !slices.Contains(e.Binding.PIDs, req.PID) {
+			e.Binding.PIDs = append(e.Binding.PIDs, req.PID)
+		}
+	default:
+		if r.memberOf(caller) != nil {
+			return Session{}, forbidden("container_id", "session members may not bind containers")
+		}
+		if e.Binding.ContainerID != "" {
+			return Session{}, &Error{Code: CodeConflict, Field: "container_id", Message: "session already has a container"}
+		}
+		if len(req.ContainerID) < 12 || strings.Trim(req.ContainerID, "0123456789abcdef") != "" {
+			return Session{}, invalid("container_id", "%q is not a container id (at least 12 lowercase hex digits)", req.ContainerID)
+		}
+		path, cgid, err := r.cgroups.FindContainer(req.ContainerID)
+		if err != nil {
+			return Session{}, invalid("container_id", "%v", err)
+		}
+		if other := r.byCgroup[path]; other != nil {
+			return Session{}, &Error{Code: CodeConflict, Field: "container_id", Message: fmt.Sprintf("container belongs to session %s", other.ID)}
+		}
+		if err := r.kernel.BindCgroup(cgid, e.slot, e.gen); err != nil {
+			return Session{}, kernelError(err)
+		}
+		e.Binding.ContainerID, e.Binding.ContainerCgroup, e.containerCgroups = req.ContainerID, path, cgid
+		r.byCgroup[path] = e
+	}
+	r.persist()
+	r.lifecycle(e, "bound", caller.ID, "")
+	return e.public(), nil
+}
+
+// Narrow replaces the scope of session id with a narrower one. Every new
+// rule must lie within one current rule. Child sessions are clipped to the
+// new scope, and connections the new scope no longer allows are destroyed.
+func (r *Registry) Narrow(id string, req NarrowRequest, caller Caller) (Session, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, err := r.authorize(id, caller)
+	if err != nil {
+		return Session{}, err
+	}
+	rules, entries, err := parseScope("scope", req.Scope, r.cfg.MaxRules)
+	if err != nil {
+		return Session{}, err
+	}
+	if i := within(rules, e.rules); i >= 0 {
+		return Session{}, invalid(fmt.Sprintf("scope[%d]", i), "%s is not within the current scope: a scope can only be narrowed", rules[i])
+	}
+	if err := r.narrow(e, rules, entries, caller.ID); err != nil {
+		return Session{}, err
+	}
+	r.persist()
+	return e.public(), nil
+}
+
+func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, actor string) error {
+	// Overwrite in place first, then delete what is gone: every state in
+	// between is narrower than the old scope and wider than the new one.
+	if err := r.kernel.WriteScope(e.slot, e.gen, entries); err != nil {
+		return kernelError(err)
+	}
+	var gone []scope.Entry
+	for _, old := range e.entries {
+		if !slices.ContainsFunc(entries, func(n scope.Entry) bool { return n.Prefix == old.Prefix }) {
+			gone = append(gone, old)
+		}
+	}
+	if err := r.kernel.DeleteScope(e.slot, gone); err != nil {
+		return kernelError(err)
+	}
+	e.rules, e.entries, e.Scope = rules, entries, texts(rules)
+	r.lifecycle(e, "narrowed", actor, "")
+	for _, c := range r.children(e.ID) {
+		clipped := intersect(c.rules, rules)
+		ce, err := scope.Compile(clipped)
+		if err == nil {
+			err = r.narrow(c, clipped, ce, actor)
+		}
+		if err != nil {
+			r.log.Error("clip child session", "session", c.ID, "err", err)
+			r.revoke(c, actor, "parent narrowed")
+		}
+	}
+	r.destroy(e, "narrowed", func(c Conn) bool { return !allows(rules, c) })
+	return nil
+}
+
+// allows reports whether an address rule of rules admits the connection.
+// Connections admitted through learned hostnames are kept: their names are
+// checked again by the kernel on the next connect.
+func allows(rules []scope.Rule, c Conn) bool {
+	proto := scope.ProtoTCP
+	if c.Proto == "udp" {
+		proto = scope.ProtoUDP
+	}
+	for _, r := range rules {
+		if !r.Prefix.IsValid() {
+			return true
+		}
+		if r.Protos&proto != 0 && r.Prefix.Contains(c.Remote.Addr()) && r.PortLo <= c.Remote.Port() && c.Remote.Port() <= r.PortHi {
+			if r.Exe == "" || exeOf(c.PID) == r.Exe {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func exeOf(pid int) string {
+	p, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return p
+}
+
+// Revoke ends a session's network access at once: the kernel denies its
+// members everything and their open connections are destroyed; child
+// sessions are revoked too. The members keep running.
+func (r *Registry) Revoke(id string, caller Caller) (Session, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, err := r.authorize(id, caller)
+	if err != nil {
+		return Session{}, err
+	}
+	if err := r.revoke(e, caller.ID, "revoked"); err != nil {
+		return Session{}, err
+	}
+	r.persist()
+	return e.public(), nil
+}
+
+func (r *Registry) revoke(e *entry, actor, reason string) error {
+	for _, c := range r.children(e.ID) {
+		r.revoke(c, actor, "parent revoked")
+	}
+	if e.State == StateRevoked {
+		return nil
+	}
+	if err := r.kernel.SetState(e.slot, e.gen, enforcer.StateRevoked); err != nil {
+		return kernelError(err)
+	}
+	e.State = StateRevoked
+	r.lifecycle(e, "revoked", actor, reason)
+	r.destroy(e, "revoked", func(Conn) bool { return true })
+	return nil
+}
+
+// members lists the processes of a session: its cgroups and its pid tree.
+func (r *Registry) members(e *entry) []int {
+	var pids []int
+	for _, cg := range []string{e.Binding.Cgroup, e.Binding.ContainerCgroup} {
+		if cg == "" {
+			continue
+		}
+		if p, err := r.cgroups.Procs(cg); err == nil {
+			pids = append(pids, p...)
+		}
+	}
+	for _, p := range r.kernel.PidsOf(e.slot, e.gen) {
+		pids = append(pids, int(p))
+	}
+	slices.Sort(pids)
+	return slices.Compact(pids)
+}
+
+// destroy destroys the member connections match selects and records each.
+func (r *Registry) destroy(e *entry, reason string, match func(Conn) bool) {
+	if r.sockets == nil {
+		return
+	}
+	conns, err := r.sockets.Destroy(r.members(e), match)
+	if err != nil {
+		r.log.Error("destroy connections", "session", e.ID, "err", err)
+	}
+	now := r.clock.Wall(BootNS())
+	for _, c := range conns {
+		rec := r.baseRecord(e, now, audit.KindDestroy)
+		rec.Process = &audit.Process{PID: uint32(c.PID)}
+		rec.Destination = &audit.Destination{IP: c.Remote.Addr().String(), Port: c.Remote.Port(), Protocol: c.Proto}
+		rec.Outcome = &audit.Outcome{Verdict: audit.VerdictDestroyed, Reason: reason}
+		r.emit(rec)
+	}
+}
+
+// Close ends a session: its members are denied everything at once, killed,
+// and its cgroups, bindings, scope and slot are released. Child sessions
+// are closed first.
+func (r *Registry) Close(id string, caller Caller) error {
+	r.mu.Lock()
+	e, err := r.authorize(id, caller)
+	if err != nil {
+		r.mu.Unlock()
+		return err
+	}
+	var closed []*entry
+	err = r.teardown(e, &closed)
+	r.persist()
+	r.mu.Unlock()
+	if r.sync != nil {
+		r.sync()
+	}
+	for _, c := range closed {
+		r.lifecycle(c, "closed", caller.ID, "")
+	}
+	return err
+}
+
+func (r *Registry) teardown(e *entry, closed *[]*entry) error {
+	var errs []error
+	for _, c := range r.children(e.ID) {
+		errs = append(errs, r.teardown(c, closed))
 	}
 	// Revoke before anything else so a member racing the close is denied,
 	// never unmanaged.
-	var errs []error
-	errs = append(errs, r.kernel.SetState(s.slot, s.gen, enforcer.StateRevoked))
-	errs = append(errs, r.cgroups.Destroy(s.Cgroup))
-	errs = append(errs, r.kernel.UnbindCgroup(s.cgroupID))
-	errs = append(errs, r.kernel.DeleteScope(s.slot, s.entries))
-	errs = append(errs, r.kernel.PutSession(s.slot, enforcer.SessionState{Gen: s.gen, State: enforcer.StateFree}))
-	if err := errors.Join(errs...); err != nil {
-		return nil, &Error{Code: CodeKernel, Message: err.Error()}
+	errs = append(errs, r.kernel.SetState(e.slot, e.gen, enforcer.StateRevoked))
+	errs = append(errs, r.cgroups.Destroy(e.Binding.Cgroup))
+	for _, pid := range r.kernel.PidsOf(e.slot, e.gen) {
+		errs = append(errs, r.kernel.UnbindPid(pid))
 	}
-	delete(r.byID, id)
-	delete(r.bySlot, s.slot)
-	r.free = append(r.free, s.slot)
-	s.State = "closed"
-	r.recent = append(r.recent, s)
+	errs = append(errs, r.kernel.UnbindCgroup(e.cgroupID))
+	if e.containerCgroups != 0 {
+		errs = append(errs, r.kernel.UnbindCgroup(e.containerCgroups))
+	}
+	errs = append(errs, r.kernel.DeleteScope(e.slot, e.entries))
+	errs = append(errs, r.kernel.PutSession(e.slot, enforcer.SessionState{Gen: e.gen, State: enforcer.StateFree}))
+	if err := errors.Join(errs...); err != nil {
+		return kernelError(err)
+	}
+	delete(r.byID, e.ID)
+	delete(r.bySlot, e.slot)
+	delete(r.byCgroup, e.Binding.Cgroup)
+	delete(r.byCgroup, e.Binding.ContainerCgroup)
+	r.free = append(r.free, e.slot)
+	e.closed = true
+	r.recent = append(r.recent, e)
 	if len(r.recent) > recentClosed {
 		r.recent = slices.Delete(r.recent, 0, len(r.recent)-recentClosed)
 	}
-	return s, nil
+	*closed = append(*closed, e)
+	return nil
 }
 
-// CloseAll closes every session, for shutdown.
-func (r *Registry) CloseAll(caller string) error {
+// CloseAll closes every session.
+func (r *Registry) CloseAll(caller Caller) error {
 	var errs []error
-	for _, s := range r.List() {
-		errs = append(errs, r.Close(s.ID, caller))
+	for _, s := range r.List(Filter{}) {
+		if s.Parent == "" {
+			errs = append(errs, r.Close(s.ID, caller))
+		}
 	}
 	return errors.Join(errs...)
 }
 
 // Get returns one session.
-func (r *Registry) Get(id string) (Session, error) {
+func (r *Registry) Get(id string, caller Caller) (Session, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s, ok := r.byID[id]
-	if !ok {
-		return Session{}, &Error{Code: CodeNotFound, Field: "id", Message: fmt.Sprintf("no session %q", id)}
+	e, err := r.authorize(id, caller)
+	if err != nil {
+		return Session{}, err
 	}
-	return s.public(), nil
+	return r.view(e), nil
 }
 
-// List returns the open sessions, oldest first.
-func (r *Registry) List() []Session {
+// Filter selects sessions in List; empty fields match everything.
+type Filter struct {
+	State  string
+	Origin string // origin kind
+	Agent  string // agent id or name
+	Parent string
+	Label  string // key=value
+	Caller *Caller
+}
+
+// List returns the open sessions that match f, oldest first. A caller
+// inside a session sees only its session and its descendants.
+func (r *Registry) List(f Filter) []Session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]Session, 0, len(r.byID))
-	for _, s := range r.byID {
-		out = append(out, s.public())
+	var member *entry
+	if f.Caller != nil {
+		member = r.memberOf(*f.Caller)
+	}
+	lk, lv, _ := strings.Cut(f.Label, "=")
+	out := []Session{}
+	for _, e := range r.byID {
+		s := r.view(e)
+		switch {
+		case member != nil && e != member && !r.descendantOf(e.ID, member.ID):
+		case f.State != "" && s.State != f.State:
+		case f.Origin != "" && s.Origin.Kind != f.Origin:
+		case f.Agent != "" && (s.Agent == nil || (s.Agent.ID != f.Agent && s.Agent.Name != f.Agent)):
+		case f.Parent != "" && s.Parent != f.Parent:
+		case f.Label != "" && s.Labels[lk] != lv:
+		default:
+			out = append(out, s)
+		}
 	}
 	slices.SortFunc(out, func(a, b Session) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	return out
 }
 
-// Reap records the expiry of sessions whose time has passed. The kernel
-// already denies their members; the session stays until it is closed so
-// that its members never become unmanaged.
-func (r *Registry) Reap(now time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, s := range r.byID {
-		if !s.expired && !now.Before(s.ExpiresAt) {
-			s.expired = true
-			s.State = "expired"
-			r.lifecycle(s, "expired", "kernel")
+// view is the public session with the kernel's live counters.
+func (r *Registry) view(e *entry) Session {
+	s := e.public()
+	if st, err := r.kernel.Session(e.slot); err == nil && st.Gen == e.gen {
+		s.Violations = st.Violations
+		if st.State == enforcer.StateQuarantined && s.State == StateActive {
+			s.State = StateQuarantined
 		}
 	}
+	if s.State == StateActive && !r.clock.Wall(BootNS()).Before(s.ExpiresAt) {
+		s.State = StateExpired
+	}
+	return s
+}
+
+func (r *Registry) stateAt(e *entry, now time.Time) string {
+	if e.State == StateActive && !now.Before(e.ExpiresAt) {
+		return StateExpired
+	}
+	return e.State
+}
+
+// Reap records the expiry of sessions whose time has passed and destroys
+// their connections (the kernel already denies their members new ones),
+// and closes expired or revoked sessions that have no members left.
+func (r *Registry) Reap(now time.Time) {
+	r.mu.Lock()
+	var closed []*entry
+	for _, e := range r.byID {
+		if (e.State == StateActive || e.State == StateQuarantined) && !now.Before(e.ExpiresAt) {
+			e.State = StateExpired
+			r.lifecycle(e, "expired", "kernel", "")
+			r.destroy(e, "expired", func(Conn) bool { return true })
+		}
+	}
+	for _, e := range r.byID {
+		if (e.State == StateExpired || e.State == StateRevoked) && e.Parent == "" && len(r.members(e)) == 0 && !e.closed {
+			if err := r.teardown(e, &closed); err != nil {
+				r.log.Error("reap session", "session", e.ID, "err", err)
+			}
+		}
+	}
+	if len(closed) > 0 {
+		r.persist()
+	}
+	r.mu.Unlock()
+	for _, c := range closed {
+		r.lifecycle(c, "closed", "agentfenced (no members left)", "")
+	}
+}
+
+// Quarantined handles the kernel's report that a session used up its
+// violation budget: it records the fact and, with the kill drift action,
+// kills the session's members.
+func (r *Registry) Quarantined(slot uint32, gen uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.bySlot[slot]
+	if e == nil || e.gen != gen || e.State != StateActive {
+		return
+	}
+	e.State = StateQuarantined
+	r.lifecycle(e, "quarantined", "kernel", fmt.Sprintf("more than %d violations", r.cfg.ViolationBudget))
+	switch r.cfg.DriftAction {
+	case "kill":
+		for _, cg := range []string{e.Binding.Cgroup, e.Binding.ContainerCgroup} {
+			if cg != "" {
+				r.cgroups.Kill(cg)
+			}
+		}
+		for _, pid := range r.kernel.PidsOf(e.slot, e.gen) {
+			if p, err := os.FindProcess(int(pid)); err == nil {
+				p.Kill()
+			}
+		}
+		r.lifecycle(e, "killed", "kernel", "drift action kill")
+	default:
+		var essential []scope.Rule
+		for _, rule := range e.rules {
+			if rule.Essential {
+				essential = append(essential, rule)
+			}
+		}
+		r.destroy(e, "quarantined", func(c Conn) bool { return !allows(essential, c) })
+	}
+	r.persist()
 }
 
 // attributed is what the joiner needs of a session.
 type attributed struct {
-	id, intent, mode string
-	rules            []scope.Rule
+	session audit.Session
+	agent   *audit.Agent
+	origin  *audit.Origin
+	rules   []scope.Rule
 }
 
 // resolve finds the session that held slot with generation gen, open or
@@ -272,29 +804,78 @@ type attributed struct {
 func (r *Registry) resolve(slot uint32, gen uint64) (attributed, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if s, ok := r.bySlot[slot]; ok && s.gen == gen {
-		return attributed{s.ID, s.Intent, s.Mode, s.rules}, true
-	}
-	for i := len(r.recent) - 1; i >= 0; i-- {
-		if s := r.recent[i]; s.slot == slot && s.gen == gen {
-			return attributed{s.ID, s.Intent, s.Mode, s.rules}, true
+	e := r.bySlot[slot]
+	if e == nil || e.gen != gen {
+		e = nil
+		for i := len(r.recent) - 1; i >= 0; i-- {
+			if c := r.recent[i]; c.slot == slot && c.gen == gen {
+				e = c
+				break
+			}
 		}
 	}
-	return attributed{}, false
-}
-
-func (r *Registry) lifecycle(s *Session, event, actor string) {
-	if r.emit == nil {
-		return
+	if e == nil {
+		return attributed{}, false
 	}
-	r.emit(audit.Record{Schema: audit.SchemaVersion, Time: r.clock.Wall(BootNS()), Kind: audit.KindSession,
-		Event: event, Actor: actor, Session: &audit.Session{ID: s.ID, Intent: s.Intent, Mode: s.Mode}})
+	a := attributed{session: audit.Session{ID: e.ID, Intent: e.Intent, Mode: e.Mode, Parent: e.Parent},
+		origin: &audit.Origin{Kind: e.Origin.Kind, Principal: e.Origin.Principal}, rules: e.rules}
+	if e.Agent != nil {
+		a.agent = &audit.Agent{ID: e.Agent.ID, Name: e.Agent.Name, Version: e.Agent.Version, Owner: e.Agent.Owner}
+	}
+	return a, true
 }
 
-func (s *Session) public() Session {
-	c := *s
-	c.Allow = slices.Clone(s.Allow)
-	return c
+// sessionOf finds the session of a process from its pid binding or its
+// cgroup path (relative to the cgroup root, as the process cache has it).
+func (r *Registry) sessionOf(tgid uint32, cgroupPath string) (attributed, bool) {
+	r.mu.Lock()
+	var e *entry
+	if slot, gen, ok := r.kernel.PidBinding(tgid); ok {
+		if c := r.bySlot[slot]; c != nil && c.gen == gen {
+			e = c
+		}
+	}
+	if e == nil && cgroupPath != "" {
+		for p := filepath.Join(r.cfg.CgroupRoot, cgroupPath); e == nil && p != "/" && p != "."; p = filepath.Dir(p) {
+			e = r.byCgroup[p]
+		}
+	}
+	r.mu.Unlock()
+	if e == nil {
+		return attributed{}, false
+	}
+	return r.resolve(e.slot, e.gen)
+}
+
+func (r *Registry) baseRecord(e *entry, t time.Time, kind string) audit.Record {
+	rec := audit.Record{Schema: audit.SchemaVersion, Time: t, Kind: kind,
+		Session: &audit.Session{ID: e.ID, Intent: e.Intent, Mode: e.Mode, Parent: e.Parent},
+		Origin:  &audit.Origin{Kind: e.Origin.Kind, Principal: e.Origin.Principal}}
+	if e.Agent != nil {
+		rec.Agent = &audit.Agent{ID: e.Agent.ID, Name: e.Agent.Name, Version: e.Agent.Version, Owner: e.Agent.Owner}
+	}
+	return rec
+}
+
+func (r *Registry) lifecycle(e *entry, event, actor, reason string) {
+	rec := r.baseRecord(e, r.clock.Wall(BootNS()), audit.KindSession)
+	rec.Event, rec.Actor = event, actor
+	if reason != "" {
+		rec.Outcome = &audit.Outcome{Reason: reason}
+	}
+	r.emit(rec)
+}
+
+func (e *entry) public() Session {
+	s := e.Session
+	s.Scope = slices.Clone(e.Scope)
+	s.Labels = maps.Clone(e.Labels)
+	s.Binding.PIDs = slices.Clone(e.Binding.PIDs)
+	if e.Agent != nil {
+		a := *e.Agent
+		s.Agent = &a
+	}
+	return s
 }
 
 func modeName(m enforcer.Mode) string {

@@ -16,6 +16,12 @@ const (
 	KindSession = "session"
 	KindDNS     = "dns"
 	KindGap     = "gap"
+	// KindDestroy is a connection of a session member destroyed because
+	// the session was revoked, expired, narrowed or quarantined.
+	KindDestroy = "destroy"
+	// KindSocket is a socket a session member may not create (raw, or an
+	// inet protocol other than TCP and UDP).
+	KindSocket = "socket"
 )
 
 // Verdicts.
@@ -23,6 +29,7 @@ const (
 	VerdictAllowed   = "allowed"
 	VerdictDenied    = "denied"
 	VerdictWouldDeny = "would_deny"
+	VerdictDestroyed = "destroyed"
 )
 
 // Record is one audit record. Nested objects answer the five attribution

@@ -24,7 +24,9 @@ audit=$work/audit.jsonl
 
 "$BIN/standin" --listen 127.0.0.1:18080 --name "ticket MCP server" 2>"$work/mcp.log" & pids+=($!)
 "$BIN/standin" --listen 127.0.0.2:18443 --name "SaaS tickets API" 2>"$work/api.log" & pids+=($!)
-"$BIN/agentfenced" --api-socket "$sock" --audit-file "$audit" 2>"$work/daemon.log" & pids+=($!)
+# No pinning for the demo: when it ends, the gate is detached.
+"$BIN/agentfenced" --api-socket "$sock" --audit-file "$audit" --state-dir "$work/state" \
+	--bpffs-path "" --metrics-addr "" 2>"$work/daemon.log" & pids+=($!)
 
 # Wait for the daemon's socket and the stand-ins (bounded).
 for _ in $(seq 1 100); do
@@ -37,6 +39,8 @@ echo "== agentfence run: the agent may reach only its MCP server (tcp://127.0.0.
 set +e
 "$BIN/agentfence" run --socket "$sock" \
 	--intent "summarise open tickets for alice@example.com" \
+	--origin human:alice@example.com \
+	--agent spiffe://example.org/agents/ticket-summariser --agent-name ticket-summariser --agent-version 1.4.2 \
 	--allow tcp://127.0.0.1:18080 \
 	-- "$BIN/demo-agent" --mcp http://127.0.0.1:18080/tools/tickets --api http://127.0.0.2:18443/v1/tickets
 status=$?

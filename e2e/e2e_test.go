@@ -62,7 +62,9 @@ func startDaemon(t *testing.T, extra ...string) *daemon {
 	bin := build(t)
 	dir := t.TempDir()
 	d := &daemon{bin: bin, socket: filepath.Join(dir, "api.sock"), audit: filepath.Join(dir, "audit.jsonl"), stderr: &bytes.Buffer{}}
-	d.cmd = exec.Command(filepath.Join(bin, "agentfenced"), append([]string{"--api-socket", d.socket, "--audit-file", d.audit}, extra...)...)
+	args := []string{"--api-socket", d.socket, "--audit-file", d.audit, "--state-dir", filepath.Join(dir, "state"),
+		"--bpffs-path", "", "--metrics-addr", "127.0.0.1:0"}
+	d.cmd = exec.Command(filepath.Join(bin, "agentfenced"), append(args, extra...)...)
 	d.cmd.Stderr = d.stderr
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -219,3 +219,41 @@ func (g *Gate) Stats() (Stats, error) {
 func isNotExist(err error) bool {
 	return errors.Is(err, ebpf.ErrKeyNotExist) || errors.Is(err, os.ErrNotExist)
 }
+
+// MapUsage is the number of entries and the capacity of one map.
+type MapUsage struct {
+	Name              string
+	Entries, Capacity int
+}
+
+// Usage counts the entries of the policy maps, for metrics. It walks the
+// maps, so call it at scrape intervals, not per event.
+func (g *Gate) Usage() []MapUsage {
+	count := func(m *ebpf.Map) int {
+		n := 0
+		it := m.Iterate()
+		var k, v []byte
+		for it.Next(&k, &v) {
+			n++
+		}
+		return n
+	}
+	active := 0
+	var s gateSession
+	var slot uint32
+	it := g.objs.Sessions.Iterate()
+	for it.Next(&slot, &s) {
+		if s.State != uint32(StateFree) {
+			active++
+		}
+	}
+	out := []MapUsage{{"sessions", active, int(g.objs.Sessions.MaxEntries())}}
+	for _, m := range []struct {
+		name string
+		m    *ebpf.Map
+	}{{"cgroup_sessions", g.objs.CgroupSessions}, {"pid_sessions", g.objs.PidSessions}, {"proc_exe", g.objs.ProcExe},
+		{"scope4", g.objs.Scope4}, {"scope6", g.objs.Scope6}} {
+		out = append(out, MapUsage{m.name, count(m.m), int(m.m.MaxEntries())})
+	}
+	return out
+}

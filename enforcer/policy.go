@@ -204,3 +204,27 @@ func ExeIdentity(path string) (gateExeId, error) {
 	}
 	return gateExeId{Ino: st.Ino, Dev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev)}, nil
 }
+
+// PidBinding returns the session binding of a process, if it has one.
+func (g *Gate) PidBinding(tgid uint32) (uint32, uint64, bool) {
+	var b gateBinding
+	if err := g.objs.PidSessions.Lookup(tgid, &b); err != nil {
+		return 0, 0, false
+	}
+	return b.Slot, b.Gen, true
+}
+
+// PidsOf lists the processes bound to the session in slot/gen, including
+// those that inherited the binding on fork.
+func (g *Gate) PidsOf(slot uint32, gen uint64) []uint32 {
+	var out []uint32
+	var tgid uint32
+	var b gateBinding
+	it := g.objs.PidSessions.Iterate()
+	for it.Next(&tgid, &b) {
+		if b.Slot == slot && b.Gen == gen {
+			out = append(out, tgid)
+		}
+	}
+	return out
+}

@@ -3,31 +3,58 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+
+	"github.com/agentfence/agentfence/audit"
 )
 
-func auditCmd(args []string, stdout, stderr io.Writer) error {
-	const auditUsage = "usage: agentfence audit show [--kind K,...] FILE"
+const auditUsage = `usage: agentfence audit COMMAND FILE
+  show   [--kind K,...] FILE   print records in full (default kinds: connect, sendmsg, socket)
+  tail   [-f] FILE             print records one per line; -f follows the file
+  verify FILE                  check seq and the hash chain; report the first gap, reorder or alteration`
+
+func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usageError{auditUsage}
 	}
+	fs := flag.NewFlagSet("agentfence audit "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kinds := fs.String("kind", "connect,sendmsg,socket", "record kinds to show (comma-separated; empty for all)")
+	follow := fs.Bool("f", false, "follow the file")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageError{err.Error()}
+	}
+	if fs.NArg() != 1 {
+		return usageError{auditUsage}
+	}
+	path := fs.Arg(0)
 	switch args[0] {
 	case "show":
-		fs := flag.NewFlagSet("agentfence audit show", flag.ContinueOnError)
-		fs.SetOutput(stderr)
-		kinds := fs.String("kind", "connect,sendmsg,socket", "record kinds to show (comma-separated; empty for all)")
-		if err := fs.Parse(args[1:]); err != nil {
-			return usageError{err.Error()}
+		return showRecords(path, *kinds, stdout)
+	case "tail":
+		return audit.Tail(ctx, path, stdout, *follow)
+	case "verify":
+		f, err := os.Open(path)
+		if err != nil {
+			return err
 		}
-		if fs.NArg() != 1 {
-			return usageError{auditUsage}
+		defer f.Close()
+		rep, err := audit.Verify(f)
+		if err != nil {
+			return err
 		}
-		return showRecords(fs.Arg(0), *kinds, stdout)
+		if !rep.OK() {
+			return fmt.Errorf("%s: %v", path, rep.Problem)
+		}
+		fmt.Fprintf(stdout, "%s: ok: %d records, seq %d..%d, %d duplicates, %d explained gaps\n",
+			path, rep.Records, rep.FirstSeq, rep.LastSeq, rep.Duplicates, len(rep.Gaps))
+		return nil
 	default:
 		return usageError{auditUsage}
 	}

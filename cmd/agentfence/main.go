@@ -36,8 +36,9 @@ const usage = `usage: agentfence COMMAND [ARGS]
 
 commands:
   run       run a command inside a new intent session
-  session   list, show or close sessions
-  audit     show audit records
+  session   open, list, show, bind, narrow, revoke or close sessions
+  audit     show, tail or verify audit records
+  doctor    check what this host offers and what a missing feature disables
   help      show this help
 `
 
@@ -66,7 +67,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "session":
 		return sessionCmd(ctx, args[1:], stdout, stderr)
 	case "audit":
-		return auditCmd(args[1:], stdout, stderr)
+		return auditCmd(ctx, args[1:], stdout, stderr)
+	case "doctor":
+		return doctorCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

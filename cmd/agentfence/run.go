@@ -25,51 +25,99 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
+// sessionFlags are the flags that describe a new session, shared by
+// `run` and `session open`.
+type sessionFlags struct {
+	req                        attribution.OpenRequest
+	allow, labels              listFlag
+	origin, agentID, agentName string
+	agentVersion, agentOwner   string
+	ttl                        time.Duration
+}
+
+func (f *sessionFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.req.Intent, "intent", "", "why this session exists (required)")
+	fs.Var(&f.allow, "allow", "scope rule (repeatable): [essential,][exe=PATH,][tcp://|udp://]ADDR[/PREFIX][:PORT[-PORT]]")
+	fs.StringVar(&f.req.Mode, "mode", "enforce", "enforce (deny with EPERM) or audit (allow, record would_deny)")
+	fs.DurationVar(&f.ttl, "ttl", 0, "session lifetime (default: the daemon's)")
+	fs.StringVar(&f.origin, "origin", "", "what triggered the session: human:PRINCIPAL, schedule:NAME or agent:SESSION")
+	fs.StringVar(&f.agentID, "agent", "", "the agent's SPIFFE ID")
+	fs.StringVar(&f.agentName, "agent-name", "", "the agent's name")
+	fs.StringVar(&f.agentVersion, "agent-version", "", "the agent's version")
+	fs.StringVar(&f.agentOwner, "agent-owner", "", "who owns the agent")
+	fs.StringVar(&f.req.Parent, "parent", "", "parent session (delegation); a session member always opens children of its own")
+	fs.Var(&f.labels, "label", "KEY=VALUE label (repeatable)")
+}
+
+// check validates locally what can be checked, so a mistake is reported
+// even when the daemon is not running; the daemon checks again.
+func (f *sessionFlags) check() error {
+	r := &f.req
+	switch {
+	case strings.TrimSpace(r.Intent) == "":
+		return usageError{"--intent is required: say why this session exists"}
+	case r.Mode != "enforce" && r.Mode != "audit":
+		return usageError{fmt.Sprintf("--mode %q: want enforce or audit", r.Mode)}
+	case f.ttl < 0:
+		return usageError{fmt.Sprintf("--ttl %s must be positive", f.ttl)}
+	}
+	if f.ttl > 0 {
+		r.TTL = f.ttl.String()
+	}
+	r.Scope = f.allow
+	for _, a := range f.allow {
+		if _, err := scope.Parse(a); err != nil {
+			return usageError{"--allow: " + err.Error()}
+		}
+	}
+	if f.origin != "" {
+		kind, principal, ok := strings.Cut(f.origin, ":")
+		if !ok || principal == "" {
+			return usageError{fmt.Sprintf("--origin %q: want KIND:PRINCIPAL, e.g. human:alice@example.com", f.origin)}
+		}
+		r.Origin = &attribution.Origin{Kind: kind, Principal: principal}
+	}
+	if f.agentID+f.agentName+f.agentVersion+f.agentOwner != "" {
+		r.Agent = &attribution.Agent{ID: f.agentID, Name: f.agentName, Version: f.agentVersion, Owner: f.agentOwner}
+	}
+	for _, l := range f.labels {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return usageError{fmt.Sprintf("--label %q: want KEY=VALUE", l)}
+		}
+		if r.Labels == nil {
+			r.Labels = map[string]string{}
+		}
+		r.Labels[k] = v
+	}
+	return nil
+}
+
 type runOptions struct {
 	socket string
-	req    attribution.OpenRequest
+	sess   sessionFlags
 	argv   []string
 }
 
 func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	var o runOptions
-	var allow listFlag
 	fs := flag.NewFlagSet("agentfence run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: agentfence run [--socket PATH] --intent TEXT --allow RULE ... [--mode enforce|audit] [--ttl DURATION] -- CMD [ARGS...]")
-		fmt.Fprintln(stderr, "RULE: [essential,][exe=PATH,][tcp://|udp://]ADDR[/PREFIX][:PORT[-PORT]], IPv6 in brackets")
+		fmt.Fprintln(stderr, "usage: agentfence run [--socket PATH] --intent TEXT --allow RULE ... [--mode enforce|audit] [--ttl DURATION] [--origin KIND:PRINCIPAL] [--agent SPIFFE_ID] [--parent ID] -- CMD [ARGS...]")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.socket, "socket", api.DefaultSocket, "agentfenced API socket")
-	fs.StringVar(&o.req.Intent, "intent", "", "why this session exists (required)")
-	fs.Var(&allow, "allow", "scope rule (repeatable)")
-	fs.StringVar(&o.req.Mode, "mode", "enforce", "enforce (deny with EPERM) or audit (allow, record would_deny)")
-	ttl := fs.Duration("ttl", 0, "session lifetime (default: the daemon's)")
+	o.sess.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, usageError{err.Error()}
 	}
 	o.argv = fs.Args()
-	o.req.Allow = allow
-	// Check locally what can be checked, so a mistake is reported even when
-	// the daemon is not running; the daemon checks again.
-	switch {
-	case strings.TrimSpace(o.req.Intent) == "":
-		return o, usageError{"--intent is required: say why this session exists"}
-	case o.req.Mode != "enforce" && o.req.Mode != "audit":
-		return o, usageError{fmt.Sprintf("--mode %q: want enforce or audit", o.req.Mode)}
-	case *ttl < 0:
-		return o, usageError{fmt.Sprintf("--ttl %s must be positive", *ttl)}
-	case len(o.argv) == 0:
+	if err := o.sess.check(); err != nil {
+		return o, err
+	}
+	if len(o.argv) == 0 {
 		return o, usageError{"no command given after --"}
-	}
-	if *ttl > 0 {
-		o.req.TTL = ttl.String()
-	}
-	for _, a := range allow {
-		if _, err := scope.Parse(a); err != nil {
-			return o, usageError{"--allow: " + err.Error()}
-		}
 	}
 	return o, nil
 }
@@ -88,7 +136,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	client := api.NewClient(o.socket)
-	sess, err := client.Open(ctx, o.req)
+	sess, err := client.Open(ctx, o.sess.req)
 	if err != nil {
 		return fmt.Errorf("open session: %w", err)
 	}
@@ -100,7 +148,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}()
 
-	cg, err := os.Open(sess.Cgroup)
+	cg, err := os.Open(sess.Binding.Cgroup)
 	if err != nil {
 		return fmt.Errorf("open session cgroup: %w", err)
 	}
@@ -138,7 +186,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		return werr
 	}
 	// The session lasts as long as anything the command started.
-	if err := cgroupv2.WaitEmpty(sess.Cgroup, -1); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := cgroupv2.WaitEmpty(sess.Binding.Cgroup, -1); err != nil && !errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(stderr, "agentfence: wait for session %s to empty: %v\n", sess.ID, err)
 	}
 	if code != 0 {

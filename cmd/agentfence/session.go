@@ -6,66 +6,134 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/agentfence/agentfence/api"
+	"github.com/agentfence/agentfence/attribution"
+	"github.com/agentfence/agentfence/scope"
 )
 
+const sessionUsage = `usage: agentfence session COMMAND [--socket PATH] ...
+  open   --intent TEXT --allow RULE ... [run's session flags]   open a session, print it
+  list   [--state S] [--origin KIND] [--agent ID|NAME] [--parent ID] [--label K=V] [--json]
+  show   ID
+  bind   ID (--pid PID | --container ID)
+  narrow ID --allow RULE ...                                      replace the scope with a narrower one
+  revoke ID                                                       deny everything at once, destroy connections
+  close  ID                                                       end the session, kill its members`
+
 func sessionCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const sessionUsage = "usage: agentfence session list|show ID|close ID [--socket PATH] [--json]"
 	if len(args) == 0 {
 		return usageError{sessionUsage}
 	}
-	fs := flag.NewFlagSet("agentfence session "+args[0], flag.ContinueOnError)
+	verb := args[0]
+	fs := flag.NewFlagSet("agentfence session "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	socket := fs.String("socket", api.DefaultSocket, "agentfenced API socket")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args[1:]); err != nil {
-		return usageError{err.Error()}
-	}
-	c := api.NewClient(*socket)
-	needID := func() (string, error) {
-		if fs.NArg() != 1 {
-			return "", usageError{sessionUsage}
-		}
-		return fs.Arg(0), nil
-	}
-	switch args[0] {
+	var sf sessionFlags
+	var allow listFlag
+	var pid uint
+	var container, state, origin, agent, parent, label string
+	var asJSON bool
+	switch verb {
+	case "open":
+		sf.register(fs)
 	case "list":
-		ss, err := c.List(ctx)
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			return json.NewEncoder(stdout).Encode(ss)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSTATE\tMODE\tEXPIRES\tINTENT\tALLOW")
-		for _, s := range ss {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.State, s.Mode, s.ExpiresAt.Format(time.RFC3339), s.Intent, strings.Join(s.Allow, " "))
-		}
-		return tw.Flush()
-	case "show":
-		id, err := needID()
-		if err != nil {
-			return err
-		}
-		s, err := c.Get(ctx, id)
-		if err != nil {
-			return err
-		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(s)
-	case "close":
-		id, err := needID()
-		if err != nil {
-			return err
-		}
-		return c.Close(ctx, id)
+		fs.StringVar(&state, "state", "", "only sessions in this state")
+		fs.StringVar(&origin, "origin", "", "only sessions with this origin kind")
+		fs.StringVar(&agent, "agent", "", "only sessions of this agent (id or name)")
+		fs.StringVar(&parent, "parent", "", "only children of this session")
+		fs.StringVar(&label, "label", "", "only sessions with this KEY=VALUE label")
+		fs.BoolVar(&asJSON, "json", false, "print JSON")
+	case "bind":
+		fs.UintVar(&pid, "pid", 0, "process to bind (it and what it forks afterwards)")
+		fs.StringVar(&container, "container", "", "container id whose cgroup to bind")
+	case "narrow":
+		fs.Var(&allow, "allow", "rule of the new, narrower scope (repeatable)")
+	case "show", "revoke", "close":
 	default:
 		return usageError{sessionUsage}
 	}
+	// Flags may come before or after the session id.
+	var pos []string
+	rest := args[1:]
+	for {
+		if err := fs.Parse(rest); err != nil {
+			return usageError{err.Error()}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	wantID := verb != "open" && verb != "list"
+	if (wantID && len(pos) != 1) || (!wantID && len(pos) != 0) {
+		return usageError{sessionUsage}
+	}
+	c := api.NewClient(*socket)
+	var s attribution.Session
+	var err error
+	switch verb {
+	case "open":
+		if err := sf.check(); err != nil {
+			return err
+		}
+		s, err = c.Open(ctx, sf.req)
+	case "list":
+		q := url.Values{}
+		for k, v := range map[string]string{"state": state, "origin": origin, "agent": agent, "parent": parent, "label": label} {
+			if v != "" {
+				q.Set(k, v)
+			}
+		}
+		ss, err := c.List(ctx, q)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return json.NewEncoder(stdout).Encode(ss)
+		}
+		return printSessions(stdout, ss)
+	case "show":
+		s, err = c.Get(ctx, pos[0])
+	case "bind":
+		if (pid == 0) == (container == "") {
+			return usageError{"bind: give exactly one of --pid and --container"}
+		}
+		s, err = c.Bind(ctx, pos[0], attribution.BindRequest{PID: uint32(pid), ContainerID: container})
+	case "narrow":
+		if len(allow) == 0 {
+			return usageError{"narrow: give the new scope with --allow (a session with no rules: use revoke)"}
+		}
+		for _, a := range allow {
+			if _, err := scope.Parse(a); err != nil {
+				return usageError{"--allow: " + err.Error()}
+			}
+		}
+		s, err = c.Narrow(ctx, pos[0], attribution.NarrowRequest{Scope: allow})
+	case "revoke":
+		s, err = c.Revoke(ctx, pos[0])
+	case "close":
+		return c.Close(ctx, pos[0])
+	}
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
+
+func printSessions(w io.Writer, ss []attribution.Session) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tMODE\tORIGIN\tEXPIRES\tINTENT\tSCOPE")
+	for _, s := range ss {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%s\t%s\t%s\t%s\n", s.ID, s.State, s.Mode, s.Origin.Kind, s.Origin.Principal,
+			s.ExpiresAt.Format(time.RFC3339), s.Intent, strings.Join(s.Scope, " "))
+	}
+	return tw.Flush()
 }

@@ -1,152 +1,197 @@
 // Command agentfenced is the agentfence node daemon: it loads the egress
-// gate, keeps the intent sessions, serves the local API and writes the
-// kernel-attributed audit trail.
+// gate and the process sensor, keeps the intent sessions, serves the local
+// API and streams the kernel-attributed audit trail to its sinks.
 package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agentfence/agentfence/api"
 	"github.com/agentfence/agentfence/attribution"
 	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/audit/sink"
+	"github.com/agentfence/agentfence/config"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/internal/bpffs"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/ringreader"
 )
 
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "agentfenced:", err)
 		os.Exit(1)
 	}
 }
 
 type options struct {
-	apiSocket  string
-	auditFile  string
-	cgroupRoot string
-	logLevel   string
-	defaultTTL time.Duration
-	maxTTL     time.Duration
+	cfg       config.Config
+	logLevel  slog.Level
+	uninstall bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("agentfenced", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.apiSocket, "api-socket", api.DefaultSocket, "unix socket for the local API (mode 0600)")
-	fs.StringVar(&o.auditFile, "audit-file", "-", "where to write JSON audit records, one per line (- is stdout)")
-	fs.StringVar(&o.cgroupRoot, "cgroup-root", "", "cgroup v2 mount point (default: found in /proc/self/mountinfo)")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.DurationVar(&o.defaultTTL, "default-ttl", time.Hour, "session lifetime when the opener gives none")
-	fs.DurationVar(&o.maxTTL, "max-ttl", 24*time.Hour, "longest session lifetime an opener may ask for")
+	flags := config.BindFlags(fs)
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&o.uninstall, "uninstall", false, "detach the gate, remove every pin and the session state, and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if !filepath.IsAbs(o.apiSocket) {
-		return o, fmt.Errorf("--api-socket %q must be an absolute path", o.apiSocket)
+	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return o, fmt.Errorf("--log-level: %w", err)
 	}
-	if o.defaultTTL <= 0 || o.maxTTL <= 0 || o.defaultTTL > o.maxTTL {
-		return o, fmt.Errorf("--default-ttl %s and --max-ttl %s must be positive with default ≤ max", o.defaultTTL, o.maxTTL)
-	}
-	return o, nil
+	var err error
+	o.cfg, err = flags.Load()
+	return o, err
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-
+	cfg := o.cfg
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root (it loads BPF programs and manages cgroups)")
 	}
-	if o.cgroupRoot == "" {
-		if o.cgroupRoot, err = cgroupv2.Root(); err != nil {
+	if cfg.CgroupRoot == "" {
+		if cfg.CgroupRoot, err = cgroupv2.Root(); err != nil {
 			return err
 		}
 	}
-
-	out, closeOut, err := openAudit(o.auditFile)
-	if err != nil {
-		return err
+	stateFile := filepath.Join(cfg.StateDir, "sessions.json")
+	if o.uninstall {
+		return uninstall(cfg, stateFile, log)
 	}
-	defer closeOut()
-	host, _ := os.Hostname()
-	sink := &jsonLines{w: out, host: host}
 
-	gate, err := enforcer.Load(enforcer.Options{CgroupRoot: o.cgroupRoot})
+	// Audit first: everything after this point is recorded.
+	reg := prometheus.NewRegistry()
+	host, _ := os.Hostname()
+	sinks := append([]audit.SinkConfig{primarySink(cfg.Audit)}, cfg.Audit.Sinks...)
+	pipe, err := sink.New(sink.Options{StateDir: filepath.Join(cfg.StateDir, "audit"), Host: host, ProductVersion: version,
+		Registerer: reg, Logger: log, Stdout: stdout}, sinks)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	defer pipe.Close()
+
+	if cfg.BPFFSPath != "" {
+		if err := bpffs.Ensure(filepath.Dir(cfg.BPFFSPath)); err != nil {
+			return err
+		}
+	}
+	gate, err := enforcer.Load(enforcer.Options{CgroupRoot: cfg.CgroupRoot, PinPath: cfg.BPFFSPath})
 	if err != nil {
 		if errors.Is(err, ebpf.ErrNotSupported) {
 			return fmt.Errorf("%w\nthe kernel lacks a BPF feature the gate needs; run `agentfence doctor` to see which", err)
 		}
 		return err
 	}
+	pinned := cfg.BPFFSPath != ""
 	defer func() {
-		if err := gate.Close(); err != nil {
-			log.Error("detach", "err", err)
+		gate.Close()
+		if pinned {
+			log.Info("exiting; the pinned gate keeps enforcing the sessions", "pins", cfg.BPFFSPath)
+		} else {
+			log.Info("programs detached")
 		}
-		log.Info("programs detached")
 	}()
-	log.Info("egress gate attached", "cgroup_root", o.cgroupRoot)
+	log.Info("egress gate attached", "cgroup_root", cfg.CgroupRoot, "pinned", pinned, "adopted", gate.Adopted())
 
 	clock := attribution.NewClock()
-	base := filepath.Join(o.cgroupRoot, "agentfence")
-	cfg := attribution.DefaultConfig()
-	cfg.DefaultTTL, cfg.MaxTTL = o.defaultTTL, o.maxTTL
-	reg := attribution.NewRegistry(cfg, gate, cgroupv2.Manager{Base: base}, clock, sink.Emit)
-	defer func() {
-		if err := reg.CloseAll("agentfenced shutdown"); err != nil {
-			log.Error("close sessions", "err", err)
-		}
-	}()
+	procs, err := startProcesses(ctx, gate, cfg, log)
+	if err != nil {
+		log.Warn("process identity unavailable: records carry only pid, uid and comm", "err", err)
+	}
+	defer procs.Close()
 
-	l, err := api.Listen(o.apiSocket)
+	rc := attribution.DefaultConfig()
+	rc.DefaultTTL, rc.MaxTTL = cfg.Sessions.DefaultTTL.Std(), cfg.Sessions.MaxTTL.Std()
+	rc.ViolationBudget, rc.DriftAction = uint32(cfg.Sessions.ViolationBudget), cfg.Sessions.DriftAction
+	rc.MaxSessions, rc.StateFile, rc.CgroupRoot = cfg.Sessions.MaxSessions+1, stateFile, cfg.CgroupRoot
+	sessions := attribution.NewRegistry(rc, attribution.Deps{Kernel: gate,
+		Cgroups: cgroupv2.Manager{Root: cfg.CgroupRoot, Base: filepath.Join(cfg.CgroupRoot, "agentfence")},
+		Sockets: sockets{}, Clock: clock, Emit: pipe.Emit, Log: log})
+	adopted, rewritten, err := sessions.Restore()
+	if err != nil {
+		return fmt.Errorf("restore sessions: %w", err)
+	}
+	log.Info("sessions restored", "adopted", adopted, "rewritten", rewritten)
+	if !pinned {
+		self := attribution.Caller{ID: "agentfenced shutdown", UID: 0}
+		defer func() {
+			if err := sessions.CloseAll(self); err != nil {
+				log.Error("close sessions", "err", err)
+			}
+		}()
+	}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	srv := api.NewServer(sessions, api.Policy{UIDs: cfg.Authz.UIDs, GIDs: cfg.Authz.GIDs, Exes: cfg.Authz.Exes,
+		MemberOf: sessions.MemberOf}, log)
+	l, err := api.Listen(cfg.APISocket)
 	if err != nil {
 		return fmt.Errorf("api socket: %w", err)
 	}
-	srv := api.NewServer(reg, api.Policy{UIDs: []uint32{0}, SessionCgroupBase: base, CgroupRoot: o.cgroupRoot}, log)
-	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	defer os.Remove(cfg.APISocket)
 	wg.Go(func() { errc <- srv.Serve(l) })
-	defer os.Remove(o.apiSocket)
-	log.Info("api listening", "socket", o.apiSocket)
+	if sp := cfg.Authz.SPIFFE; sp.ListenAddr != "" {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		tl, closer, err := api.ListenMTLS(sctx, sp)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("mTLS API: %w", err)
+		}
+		defer closer.Close()
+		wg.Go(func() { errc <- srv.Serve(tl) })
+		log.Info("mTLS api listening", "addr", tl.Addr().String(), "trust_domain", sp.TrustDomain)
+	}
+	log.Info("api listening", "socket", cfg.APISocket)
 
 	rd, err := ringreader.New(gate.Events(), 50*time.Millisecond)
 	if err != nil {
 		return fmt.Errorf("ring buffer reader: %w", err)
 	}
-	reg.SetEventSync(func() {
+	sessions.SetEventSync(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		rd.Sync(ctx)
 	})
-	joiner := &attribution.Joiner{Registry: reg, Clock: clock}
+	joiner := &attribution.Joiner{Registry: sessions, Clock: clock, Wait: 100 * time.Millisecond}
+	if procs.cache != nil {
+		joiner.Processes = procs.cache
+	}
 	evCtx, stopEvents := context.WithCancel(context.Background())
+	defer stopEvents()
 	wg.Go(func() {
 		errc <- rd.Run(evCtx, func(raw []byte) {
 			ev, err := enforcer.DecodeEvent(raw)
@@ -154,10 +199,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 				log.Error("bad gate event", "err", err)
 				return
 			}
-			sink.Emit(joiner.Record(ev))
+			pipe.Emit(joiner.Record(ev))
+			if ev.QuarantinedNow {
+				sessions.Quarantined(ev.Slot, ev.Gen)
+			}
 		})
 	})
-	wg.Go(func() { watchLoss(evCtx, gate, clock, sink, log) })
+	wg.Go(func() { procs.emitExecs(evCtx, joiner, pipe.Emit) })
+	wg.Go(func() { watchLoss(evCtx, gate, procs, clock, pipe.Emit, log) })
 	wg.Go(func() {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
@@ -166,10 +215,23 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			case <-evCtx.Done():
 				return
 			case now := <-t.C:
-				reg.Reap(now)
+				sessions.Reap(now)
 			}
 		}
 	})
+
+	var ready atomic.Bool
+	if cfg.MetricsAddr != "" {
+		ml, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		ms := metricsServer(reg, gate, sessions, procs, &ready)
+		wg.Go(func() { errc <- serveHTTP(ms, ml) })
+		defer ms.Close()
+		log.Info("metrics listening", "addr", ml.Addr().String())
+	}
+	ready.Store(true)
 
 	select {
 	case <-ctx.Done():
@@ -177,6 +239,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	case err = <-errc:
 		log.Error("component failed", "err", err)
 	}
+	ready.Store(false)
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(shutCtx)
@@ -185,58 +248,81 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
-// watchLoss turns increases of the kernel's lost-event counter into log lines
-// and gap records, so a reader that fell behind is visible in the trail.
-func watchLoss(ctx context.Context, gate *enforcer.Gate, clock *attribution.Clock, sink *jsonLines, log *slog.Logger) {
+// primarySink is the sink the --audit-file and --audit-format flags describe.
+func primarySink(a config.Audit) audit.SinkConfig {
+	s := audit.SinkConfig{Name: "primary", Type: "stdout", Format: a.Format}
+	if a.File != "-" {
+		s.Type, s.File = "file", &audit.FileConfig{Path: a.File}
+	}
+	return s
+}
+
+// watchLoss turns increases of the kernel's lost-event counters into log
+// lines and gap records, so a reader that fell behind is visible in the
+// trail.
+func watchLoss(ctx context.Context, gate *enforcer.Gate, procs *processes, clock *attribution.Clock, emit func(audit.Record), log *slog.Logger) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var seen uint64
+	seen := map[string]uint64{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		st, err := gate.Stats()
-		if err != nil {
-			log.Error("read gate stats", "err", err)
-			continue
+		counts := map[string]uint64{}
+		if st, err := gate.Stats(); err == nil {
+			counts["kernel_ringbuf:gate"] = st.Lost
 		}
-		if st.Lost > seen {
-			n := st.Lost - seen
-			log.Warn("kernel events lost: ring buffer full", "lost", n)
-			sink.Emit(audit.Record{Schema: audit.SchemaVersion, Time: clock.Wall(attribution.BootNS()), Kind: audit.KindGap,
-				Gap: &audit.Gap{Source: "kernel_ringbuf", Count: n}})
-			seen = st.Lost
+		if n, ok := procs.lost(); ok {
+			counts["kernel_ringbuf:process"] = n
+		}
+		counts["exec_queue"] = procs.dropped.Load()
+		for src, n := range counts {
+			if n > seen[src] {
+				log.Warn("kernel events lost: ring buffer full", "source", src, "lost", n-seen[src])
+				emit(audit.Record{Schema: audit.SchemaVersion, Time: clock.Wall(attribution.BootNS()), Kind: audit.KindGap,
+					Gap: &audit.Gap{Source: src, Count: n - seen[src]}})
+				seen[src] = n
+			}
 		}
 	}
 }
 
-func openAudit(path string) (io.Writer, func(), error) {
-	if path == "-" {
-		return os.Stdout, func() {}, nil
+// uninstall ends enforcement: detaches and unpins everything, removes the
+// session state and the empty session cgroups.
+func uninstall(cfg config.Config, stateFile string, log *slog.Logger) error {
+	var errs []error
+	if cfg.BPFFSPath != "" {
+		errs = append(errs, enforcer.Uninstall(cfg.BPFFSPath))
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, nil, fmt.Errorf("--audit-file: %w", err)
+	if err := os.Remove(stateFile); err != nil && !os.IsNotExist(err) {
+		errs = append(errs, err)
 	}
-	return f, func() { f.Close() }, nil
-}
-
-// jsonLines writes one JSON record per line.
-type jsonLines struct {
-	mu   sync.Mutex
-	w    io.Writer
-	host string
-}
-
-func (j *jsonLines) Emit(r audit.Record) {
-	r.Host = j.host
-	b, err := json.Marshal(r)
-	if err != nil {
-		return
+	base := filepath.Join(cfg.CgroupRoot, "agentfence")
+	left := 0
+	filepath.WalkDir(base, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() && p != base {
+			if pop, _ := cgroupv2.Populated(p); pop {
+				left++
+			}
+		}
+		return nil
+	})
+	// Deepest first, so parents are empty when their turn comes.
+	var dirs []string
+	filepath.WalkDir(base, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		cgroupv2.Remove(dirs[i])
 	}
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.w.Write(append(b, '\n'))
+	if left > 0 {
+		log.Warn("session cgroups with running processes were left in place, now unconfined", "count", left)
+	}
+	log.Info("agentfence uninstalled", "pins", cfg.BPFFSPath)
+	return errors.Join(errs...)
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -182,23 +183,36 @@ func Of(pid int) (string, error) {
 
 // Manager creates and destroys session cgroups below Base.
 type Manager struct {
-	Base string // e.g. <cgroup2 root>/agentfence
+	Root string // the cgroup v2 mount point
+	Base string // e.g. <Root>/agentfence
 }
 
-// Create makes the cgroup Base/name. It fails if it already exists, so two
-// sessions can never share one.
-func (m Manager) Create(name string) (string, uint64, error) {
+// Create makes the cgroup name below parent (Base when parent is ""). It
+// fails if it already exists, so two sessions can never share one. A
+// non-negative owner is given the directory and its cgroup.procs, so that
+// the owner may start processes in it.
+func (m Manager) Create(parent, name string, owner int) (string, uint64, error) {
 	if name == "" || strings.ContainsAny(name, "/.") {
 		return "", 0, fmt.Errorf("bad cgroup name %q", name)
 	}
-	if err := os.MkdirAll(m.Base, 0o755); err != nil {
-		return "", 0, err
+	if parent == "" {
+		parent = m.Base
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return "", 0, err
+		}
 	}
-	path := filepath.Join(m.Base, name)
+	path := filepath.Join(parent, name)
 	if err := os.Mkdir(path, 0o755); err != nil {
 		return "", 0, fmt.Errorf("create cgroup: %w", err)
 	}
 	id, err := ID(path)
+	if err == nil && owner >= 0 {
+		for _, p := range []string{path, filepath.Join(path, "cgroup.procs"), filepath.Join(path, "cgroup.threads")} {
+			if err = os.Chown(p, owner, -1); err != nil {
+				break
+			}
+		}
+	}
 	if err != nil {
 		_ = Remove(path)
 		return "", 0, err
@@ -225,4 +239,66 @@ func (m Manager) Destroy(path string) error {
 		}
 	}
 	return Remove(path)
+}
+
+// Kill kills every process in the cgroup and below.
+func (m Manager) Kill(path string) error { return Kill(path) }
+
+// Procs lists the processes in the cgroup and its descendants.
+func (m Manager) Procs(path string) ([]int, error) {
+	var pids []int
+	err := filepath.WalkDir(path, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+		if err != nil {
+			return nil // removed meanwhile
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+		return nil
+	})
+	return pids, err
+}
+
+// Of returns the cgroup directory of pid.
+func (m Manager) Of(pid int) (string, error) {
+	rel, err := Of(pid)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(m.Root, rel), nil
+}
+
+// FindContainer finds the cgroup of a container by id (or a prefix of it):
+// the deepest directory whose name contains it, as runtimes name them
+// (cri-containerd-<id>.scope, crio-<id>.scope, docker-<id>.scope, <id>).
+func (m Manager) FindContainer(id string) (string, uint64, error) {
+	var found string
+	const maxDirs = 100000
+	seen := 0
+	err := filepath.WalkDir(m.Root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if seen++; seen > maxDirs {
+			return filepath.SkipAll
+		}
+		if strings.Contains(d.Name(), id) && len(p) > len(found) {
+			found = p
+		}
+		return nil
+	})
+	if err != nil {
+		return "", 0, err
+	}
+	if found == "" {
+		return "", 0, fmt.Errorf("no cgroup for container %s", id)
+	}
+	cid, err := ID(found)
+	return found, cid, err
 }

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/agentfence/agentfence/attribution"
+	"github.com/agentfence/agentfence/enforcer"
+)
+
+// collector reads the kernel's counters and the daemon's state at scrape
+// time. Labels are bounded sets (verdict, source, map): never a pid or a
+// session id.
+type collector struct {
+	gate     *enforcer.Gate
+	sessions *attribution.Registry
+	procs    *processes
+
+	decisions, lost, active, cached, violations, entries, capacity, build *prometheus.Desc
+}
+
+func newCollector(gate *enforcer.Gate, sessions *attribution.Registry, procs *processes) *collector {
+	return &collector{gate: gate, sessions: sessions, procs: procs,
+		decisions:  prometheus.NewDesc("agentfence_decisions_total", "Gate decisions about session members, by verdict.", []string{"verdict"}, nil),
+		lost:       prometheus.NewDesc("agentfence_kernel_events_lost_total", "Kernel events dropped because a ring buffer was full.", []string{"source"}, nil),
+		active:     prometheus.NewDesc("agentfence_sessions", "Open sessions, by state.", []string{"state"}, nil),
+		cached:     prometheus.NewDesc("agentfence_processes_cached", "Processes in the process cache.", nil, nil),
+		violations: prometheus.NewDesc("agentfence_violations_total", "Out-of-scope attempts by session members (denied or would-deny).", nil, nil),
+		entries:    prometheus.NewDesc("agentfence_bpf_map_entries", "Entries in a BPF map.", []string{"map"}, nil),
+		capacity:   prometheus.NewDesc("agentfence_bpf_map_capacity", "Capacity of a BPF map.", []string{"map"}, nil),
+		build:      prometheus.NewDesc("agentfence_build_info", "Build information.", []string{"version", "goversion"}, nil),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.decisions, c.lost, c.active, c.cached, c.violations, c.entries, c.capacity, c.build} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v int, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
+	}
+	if st, err := c.gate.Stats(); err == nil {
+		counter(c.decisions, st.Allowed, "allowed")
+		counter(c.decisions, st.Denied, "denied")
+		counter(c.decisions, st.WouldDeny, "would_deny")
+		counter(c.violations, st.Denied+st.WouldDeny)
+		counter(c.lost, st.Lost, "gate")
+	}
+	if n, ok := c.procs.lost(); ok {
+		counter(c.lost, n, "process")
+	}
+	counter(c.lost, c.procs.dropped.Load(), "exec_queue")
+	states := map[string]int{attribution.StateActive: 0, attribution.StateQuarantined: 0, attribution.StateRevoked: 0, attribution.StateExpired: 0}
+	for _, s := range c.sessions.List(attribution.Filter{}) {
+		states[s.State]++
+	}
+	for st, n := range states {
+		gauge(c.active, n, st)
+	}
+	if c.procs.cache != nil {
+		gauge(c.cached, c.procs.cache.Len())
+	}
+	for _, u := range c.gate.Usage() {
+		gauge(c.entries, u.Entries, u.Name)
+		gauge(c.capacity, u.Capacity, u.Name)
+	}
+	gauge(c.build, 1, version, runtime.Version())
+}
+
+// metricsServer serves /metrics from the private registry, /healthz (the
+// process answers) and /readyz (programs attached and sessions adopted).
+func metricsServer(reg *prometheus.Registry, gate *enforcer.Gate, sessions *attribution.Registry, procs *processes, ready *atomic.Bool) *http.Server {
+	reg.MustRegister(newCollector(gate, sessions, procs), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+}
+
+func serveHTTP(s *http.Server, l net.Listener) error {
+	if err := s.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/agentfence/agentfence/attribution"
+	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/config"
+	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/sensor"
+	"github.com/agentfence/agentfence/sensor/cgroupmeta"
+	"github.com/agentfence/agentfence/sensor/proccache"
+)
+
+// processes is the process sensor: its programs, the cache they feed and
+// the exec events of session members on their way to the audit trail. The
+// zero value (sensor unavailable) is usable and does nothing.
+type processes struct {
+	progs    *sensor.ProcessPrograms
+	cache    *proccache.Cache
+	resolver *cgroupmeta.Resolver
+	execs    chan *sensor.ExecEvent
+	dropped  atomic.Uint64 // exec records the exec path had no room for
+}
+
+// startProcesses loads the process programs sharing the gate's pid-binding
+// and executable maps, so bindings are inherited on fork and exe-bound
+// rules see the identity captured at exec.
+func startProcesses(ctx context.Context, gate *enforcer.Gate, cfg config.Config, log *slog.Logger) (*processes, error) {
+	p := &processes{}
+	progs, err := sensor.LoadProcessPrograms(sensor.ProcessOptions{PidSessions: gate.PidSessions(), ProcExe: gate.ProcExe()})
+	if err != nil {
+		return p, fmt.Errorf("load process programs: %w", err)
+	}
+	resolver, err := cgroupmeta.NewResolver(cfg.CgroupRoot, 4096)
+	if err != nil {
+		progs.Close()
+		return p, err
+	}
+	p.progs, p.resolver = progs, resolver
+	p.cache = proccache.New(proccache.Config{MaxEntries: cfg.Process.CacheSize, ExitGrace: cfg.Process.ExitGrace.Std(),
+		AncestryDepth: cfg.Process.AncestryDepth, CgroupPath: resolver.Path})
+	n := p.cache.Seed()
+	p.execs = make(chan *sensor.ExecEvent, 4096)
+	go func() {
+		if err := p.cache.Run(ctx, tee{progs, p.execs, &p.dropped}); err != nil && ctx.Err() == nil {
+			log.Error("process sensor stopped", "err", err)
+		}
+	}()
+	log.Info("process sensor running", "seeded", n)
+	return p, nil
+}
+
+// tee hands exec events to the exec-record path as the cache reads them.
+type tee struct {
+	sensor.EventSource
+	execs   chan<- *sensor.ExecEvent
+	dropped *atomic.Uint64
+}
+
+func (t tee) ReadEvent() (sensor.Event, error) {
+	ev, err := t.EventSource.ReadEvent()
+	if e, ok := ev.(*sensor.ExecEvent); ok && err == nil {
+		select {
+		case t.execs <- e:
+		default: // counted and reported as a gap; connect records still carry identity
+			t.dropped.Add(1)
+		}
+	}
+	return ev, err
+}
+
+// emitExecs writes an exec record for every exec of a session member.
+func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, emit func(audit.Record)) {
+	if p.execs == nil {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-p.execs:
+			if rec, ok := j.ExecRecord(ev); ok {
+				emit(rec)
+			}
+		}
+	}
+}
+
+func (p *processes) lost() (uint64, bool) {
+	if p.progs == nil {
+		return 0, false
+	}
+	n, err := p.progs.Lost()
+	return n, err == nil
+}
+
+func (p *processes) Close() {
+	if p.cache != nil {
+		p.cache.Close()
+	}
+	if p.progs != nil {
+		p.progs.Close()
+	}
+	if p.resolver != nil {
+		p.resolver.Close()
+	}
+}

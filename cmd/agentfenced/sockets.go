@@ -1,0 +1,20 @@
+package main
+
+import (
+	"github.com/agentfence/agentfence/attribution"
+	"github.com/agentfence/agentfence/enforcer/sockdestroy"
+)
+
+// sockets destroys member connections with sock_diag.
+type sockets struct{}
+
+func (sockets) Destroy(pids []int, match func(attribution.Conn) bool) ([]attribution.Conn, error) {
+	conns, err := sockdestroy.Destroy(pids, func(c sockdestroy.Conn) bool {
+		return match(attribution.Conn{PID: c.PID, Proto: c.Proto, Remote: c.Remote})
+	})
+	out := make([]attribution.Conn, len(conns))
+	for i, c := range conns {
+		out[i] = attribution.Conn{PID: c.PID, Proto: c.Proto, Remote: c.Remote}
+	}
+	return out, err
+}

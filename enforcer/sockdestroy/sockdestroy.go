@@ -1,0 +1,522 @@
+// Package sockdestroy tears down the live TCP connections and connected UDP
+// sockets of an intent session's member processes.
+//
+// The eBPF gate only sees connect(2) and sendmsg(2): once a session is
+// revoked, expires or has its scope narrowed, new connects are denied at
+// once, but a connection established earlier keeps working until someone
+// kills it. Destroy does that from user space with the SOCK_DESTROY command of
+// NETLINK_SOCK_DIAG, the same mechanism as `ss -K`:
+//
+//   - it works on every kernel since 4.5 built with CONFIG_INET_DIAG_DESTROY
+//     (needs CAP_NET_ADMIN), for TCP and UDP, IPv4 and IPv6;
+//   - the in-kernel alternative, the bpf_sock_destroy kfunc, needs 6.5 and a
+//     BPF socket iterator program, which the gate cannot rely on.
+//
+// Sockets are attributed to processes by their inode: every /proc/<pid>/fd
+// entry of the given processes that links to "socket:[N]" (that table is
+// shared by all threads of a process). One dump per address family and
+// protocol lists the sockets of the caller's network namespace; those whose
+// inode belongs to a member and that have a peer (TCP in any state but
+// LISTEN, UDP only when connected) are offered to the match function and
+// destroyed by their exact inet_diag socket id, cookie included, so a
+// socket that was closed and replaced by another one with the same 4-tuple
+// is never hit. The owner sees ECONNABORTED on its next call; a TCP peer
+// receives a RST.
+//
+// Not covered:
+//   - a socket is found only through a process in the pid list: one passed
+//     with SCM_RIGHTS (or inherited) to a process outside the session stays
+//     alive, as does one held only in flight in a unix socket queue;
+//   - a thread that unshared its fd table (unshare(CLONE_FILES)) is covered
+//     only if its tid is passed as well;
+//   - only the network namespace of the caller is dumped; members in other
+//     network namespaces are not reached;
+//   - sockets connected after Destroy has scanned /proc are not destroyed, so
+//     the gate's maps must be updated before Destroy is called;
+//   - for UDP the kernel looks the socket up by 4-tuple, and with
+//     SO_REUSEPORT groups the cookie check may reject it (reported as
+//     vanished, not as an error).
+package sockdestroy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Conn is one socket of a member process.
+type Conn struct {
+	PID    int
+	Inode  uint64
+	Proto  string // "tcp" or "udp"
+	Local  netip.AddrPort
+	Remote netip.AddrPort // IPv4-mapped IPv6 remotes reported as IPv4
+}
+
+func (c Conn) String() string {
+	return fmt.Sprintf("%s %s->%s (pid %d, inode %d)", c.Proto, c.Local, c.Remote, c.PID, c.Inode)
+}
+
+// Destroy finds the TCP (any state with a remote peer, i.e. not LISTEN) and
+// connected UDP sockets, IPv4 and IPv6, owned by the given processes (by
+// scanning /proc/<pid>/fd socket inodes; processes that vanish meanwhile are
+// skipped), and destroys those for which match returns true (a nil match
+// selects all). It returns the destroyed ones and an error joining the
+// per-socket failures; a socket that disappeared in between is not an error.
+// Local addresses of IPv4-mapped sockets are reported as IPv4 too.
+//
+// Destroy needs CAP_NET_ADMIN (and read access to the processes' fd tables)
+// and sees only the caller's network namespace. Update the gate's maps first:
+// sockets connected after the /proc scan are not destroyed. Its cost is
+// dominated by the two TCP dumps, which walk the whole established hash
+// table of the namespace whatever the number of member sockets; a call with
+// no member sockets does no netlink work at all.
+func Destroy(pids []int, match func(Conn) bool) ([]Conn, error) {
+	owners, scanErr := scanSockets(pids)
+	if len(owners) == 0 {
+		return nil, scanErr
+	}
+	errs := []error{scanErr}
+
+	d, err := openDiag()
+	if err != nil {
+		return nil, errors.Join(scanErr, err)
+	}
+	defer d.close()
+
+	var targets []target
+	for _, q := range queries {
+		var found []target
+		var err error
+		for try := 0; try < dumpAttempts; try++ {
+			found = found[:0]
+			err = d.dump(q, func(m []byte) {
+				if len(m) < sizeofMsg {
+					return
+				}
+				pid, mine := owners[uint64(binary.NativeEndian.Uint32(m[msgInodeOff:]))]
+				if !mine {
+					return
+				}
+				if t, ok := parseMsg(m, q.proto); ok {
+					t.conn.PID = pid
+					found = append(found, t)
+				}
+			})
+			if err != errInterrupted {
+				break
+			}
+		}
+		if err != nil {
+			// An interrupted dump still yields what it saw.
+			errs = append(errs, fmt.Errorf("sock_diag dump %s: %w", q, err))
+		}
+		for _, t := range found {
+			if match == nil || match(t.conn) {
+				targets = append(targets, t)
+			}
+		}
+	}
+
+	destroyed, err := d.destroy(targets)
+	return destroyed, errors.Join(append(errs, err)...)
+}
+
+// scanSockets maps the socket inodes found in /proc/<pid>/fd of pids to the
+// first pid holding them.
+func scanSockets(pids []int) (map[uint64]int, error) {
+	owners := make(map[uint64]int)
+	var errs []error
+	dents := make([]byte, 8192)
+	link := make([]byte, 64)
+	var names []string
+	for _, pid := range pids {
+		if pid <= 0 {
+			continue
+		}
+		dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			if !gone(err) {
+				errs = append(errs, fmt.Errorf("open %s: %w", dir, err))
+			}
+			continue
+		}
+		for {
+			n, err := unix.Getdents(fd, dents)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				if !gone(err) {
+					errs = append(errs, fmt.Errorf("read %s: %w", dir, err))
+				}
+				break
+			}
+			if n <= 0 {
+				break
+			}
+			_, _, names = unix.ParseDirent(dents[:n], -1, names[:0])
+			for _, name := range names {
+				l, err := unix.Readlinkat(fd, name, link)
+				if err != nil {
+					if !gone(err) {
+						errs = append(errs, fmt.Errorf("readlink %s/%s: %w", dir, name, err))
+					}
+					continue
+				}
+				if ino, ok := socketInode(link[:l]); ok {
+					if _, seen := owners[ino]; !seen {
+						owners[ino] = pid
+					}
+				}
+			}
+		}
+		unix.Close(fd)
+	}
+	return owners, errors.Join(errs...)
+}
+
+// gone reports errors meaning the process or the fd went away meanwhile.
+func gone(err error) bool {
+	return err == unix.ENOENT || err == unix.ESRCH
+}
+
+// socketInode parses a /proc/<pid>/fd link target "socket:[N]".
+func socketInode(l []byte) (uint64, bool) {
+	const prefix = "socket:["
+	if len(l) <= len(prefix)+1 || string(l[:len(prefix)]) != prefix || l[len(l)-1] != ']' {
+		return 0, false
+	}
+	var ino uint64
+	for _, c := range l[len(prefix) : len(l)-1] {
+		if c < '0' || c > '9' || ino > (1<<64-1)/10-1 {
+			return 0, false
+		}
+		ino = ino*10 + uint64(c-'0')
+	}
+	return ino, true
+}
+
+// query is one sock_diag dump: an address family and protocol, and the
+// socket states (as a bit mask of 1<<TCP_*) to return.
+type query struct {
+	family uint8
+	proto  uint8
+	states uint32
+}
+
+func (q query) String() string {
+	s := "tcp"
+	if q.proto == unix.IPPROTO_UDP {
+		s = "udp"
+	}
+	if q.family == unix.AF_INET6 {
+		return s + "6"
+	}
+	return s + "4"
+}
+
+// Kernel TCP states (include/net/tcp_states.h).
+const (
+	tcpEstablished = 1
+	tcpSynSent     = 2
+	tcpSynRecv     = 3
+	tcpFinWait1    = 4
+	tcpFinWait2    = 5
+	tcpClose       = 7
+	tcpCloseWait   = 8
+	tcpLastAck     = 9
+	tcpClosing     = 11
+)
+
+// tcpStates selects every TCP state with a peer that a file can still own:
+// not LISTEN, and not TIME_WAIT or NEW_SYN_RECV (mini sockets, inode 0).
+const tcpStates = 1<<tcpEstablished | 1<<tcpSynSent | 1<<tcpSynRecv |
+	1<<tcpFinWait1 | 1<<tcpFinWait2 | 1<<tcpClose | 1<<tcpCloseWait |
+	1<<tcpLastAck | 1<<tcpClosing
+
+// udpStates selects connected UDP sockets (unconnected ones are TCP_CLOSE).
+const udpStates = 1 << tcpEstablished
+
+var queries = [...]query{
+	{unix.AF_INET, unix.IPPROTO_TCP, tcpStates},
+	{unix.AF_INET6, unix.IPPROTO_TCP, tcpStates},
+	{unix.AF_INET, unix.IPPROTO_UDP, udpStates},
+	{unix.AF_INET6, unix.IPPROTO_UDP, udpStates},
+}
+
+// Layout of struct inet_diag_req_v2 and struct inet_diag_msg
+// (include/uapi/linux/inet_diag.h).
+const (
+	sizeofNlmsghdr = unix.SizeofNlMsghdr // 16
+	sizeofSockID   = 48                  // struct inet_diag_sockid
+	sizeofReq      = 8 + sizeofSockID    // struct inet_diag_req_v2
+	sizeofMsg      = 4 + sizeofSockID + 20
+	msgIDOff       = 4 // offset of the sockid in inet_diag_msg
+	reqIDOff       = 8 // offset of the sockid in inet_diag_req_v2
+	msgInodeOff    = 68
+)
+
+// target is a socket selected for destruction.
+type target struct {
+	conn   Conn
+	family uint8
+	proto  uint8
+	id     [sizeofSockID]byte // exact inet_diag_sockid from the dump
+}
+
+// parseMsg decodes an inet_diag_msg. It returns false for sockets without a
+// peer or an owning file.
+func parseMsg(m []byte, proto uint8) (target, bool) {
+	if len(m) < sizeofMsg {
+		return target{}, false
+	}
+	t := target{family: m[0], proto: proto}
+	copy(t.id[:], m[msgIDOff:msgIDOff+sizeofSockID])
+	t.conn.Inode = uint64(binary.NativeEndian.Uint32(m[msgInodeOff:]))
+	if t.conn.Inode == 0 {
+		return target{}, false
+	}
+	sport := binary.BigEndian.Uint16(t.id[0:])
+	dport := binary.BigEndian.Uint16(t.id[2:])
+	ifindex := binary.NativeEndian.Uint32(t.id[36:])
+	var src, dst netip.Addr
+	switch t.family {
+	case unix.AF_INET:
+		src = netip.AddrFrom4([4]byte(t.id[4:8]))
+		dst = netip.AddrFrom4([4]byte(t.id[20:24]))
+	case unix.AF_INET6:
+		src = addr6([16]byte(t.id[4:20]), ifindex)
+		dst = addr6([16]byte(t.id[20:36]), ifindex)
+	default:
+		return target{}, false
+	}
+	if dport == 0 || !dst.IsValid() || dst.IsUnspecified() {
+		return target{}, false
+	}
+	if proto == unix.IPPROTO_UDP {
+		t.conn.Proto = "udp"
+	} else {
+		t.conn.Proto = "tcp"
+	}
+	t.conn.Local = netip.AddrPortFrom(src, sport)
+	t.conn.Remote = netip.AddrPortFrom(dst, dport)
+	return t, true
+}
+
+func addr6(b [16]byte, ifindex uint32) netip.Addr {
+	a := netip.AddrFrom16(b)
+	if a.Is4In6() {
+		return a.Unmap()
+	}
+	if ifindex != 0 && (a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast()) {
+		a = a.WithZone(strconv.FormatUint(uint64(ifindex), 10))
+	}
+	return a
+}
+
+// diag is a NETLINK_SOCK_DIAG socket.
+type diag struct {
+	fd  int
+	seq uint32
+	buf []byte
+}
+
+func openDiag() (*diag, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("netlink sock_diag socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netlink sock_diag bind: %w", err)
+	}
+	// Acks without the echoed request; a bounded wait should the kernel
+	// ever drop a reply.
+	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
+	tv := unix.Timeval{Sec: 10}
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	// Dumps are sized by the reader's buffer, up to 32 KiB per datagram.
+	return &diag{fd: fd, seq: 1, buf: make([]byte, 64<<10)}, nil
+}
+
+func (d *diag) close() { unix.Close(d.fd) }
+
+var kernel = &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
+
+// putReq appends a netlink message carrying an inet_diag_req_v2.
+func putReq(b []byte, typ, flags uint16, seq uint32, family, proto uint8, states uint32, id *[sizeofSockID]byte) []byte {
+	off := len(b)
+	b = append(b, make([]byte, sizeofNlmsghdr+sizeofReq)...)
+	h := b[off:]
+	binary.NativeEndian.PutUint32(h[0:], sizeofNlmsghdr+sizeofReq)
+	binary.NativeEndian.PutUint16(h[4:], typ)
+	binary.NativeEndian.PutUint16(h[6:], flags)
+	binary.NativeEndian.PutUint32(h[8:], seq)
+	r := h[sizeofNlmsghdr:]
+	r[0], r[1] = family, proto
+	binary.NativeEndian.PutUint32(r[4:], states)
+	if id != nil {
+		copy(r[reqIDOff:], id[:])
+	}
+	return b
+}
+
+// recv reads one datagram from the kernel and calls fn for each netlink
+// message in it.
+func (d *diag) recv(fn func(typ, flags uint16, seq uint32, payload []byte) error) error {
+	for {
+		n, _, rflags, from, err := unix.Recvmsg(d.fd, d.buf, nil, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("netlink recv: %w", err)
+		}
+		if rflags&unix.MSG_TRUNC != 0 {
+			return errors.New("netlink recv: message truncated")
+		}
+		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
+			continue // not from the kernel
+		}
+		b := d.buf[:n]
+		for len(b) >= sizeofNlmsghdr {
+			l := int(binary.NativeEndian.Uint32(b[0:]))
+			if l < sizeofNlmsghdr || l > len(b) {
+				return errors.New("netlink recv: malformed message")
+			}
+			err := fn(binary.NativeEndian.Uint16(b[4:]), binary.NativeEndian.Uint16(b[6:]),
+				binary.NativeEndian.Uint32(b[8:]), b[sizeofNlmsghdr:l])
+			if err != nil {
+				return err
+			}
+			b = b[min(nlmsgAlign(l), len(b)):]
+		}
+		return nil
+	}
+}
+
+func nlmsgAlign(l int) int { return (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
+
+var errDone = errors.New("done")
+
+// errInterrupted reports a dump the kernel flagged as inconsistent because
+// the socket tables changed during it.
+var errInterrupted = errors.New("dump interrupted, results may be incomplete")
+
+// dumpAttempts bounds the retries of a dump interrupted by concurrent changes
+// to the socket tables.
+const dumpAttempts = 3
+
+// dump runs one SOCK_DIAG_BY_FAMILY dump, calling fn for each inet_diag_msg
+// (valid only during the call). It returns errInterrupted if the kernel
+// flagged the dump as inconsistent.
+func (d *diag) dump(q query, fn func([]byte)) error {
+	d.seq++
+	seq := d.seq
+	req := putReq(nil, unix.SOCK_DIAG_BY_FAMILY, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, seq, q.family, q.proto, q.states, nil)
+	if err := unix.Sendto(d.fd, req, 0, kernel); err != nil {
+		return fmt.Errorf("netlink send: %w", err)
+	}
+	interrupted := false
+	var err error
+	for err == nil {
+		err = d.recv(func(typ, flags uint16, s uint32, p []byte) error {
+			if s != seq {
+				return nil // stale reply
+			}
+			if flags&unix.NLM_F_DUMP_INTR != 0 {
+				interrupted = true
+			}
+			switch typ {
+			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
+				if len(p) >= 4 {
+					if e := int32(binary.NativeEndian.Uint32(p)); e < 0 {
+						return unix.Errno(-e)
+					}
+				}
+				return errDone
+			case unix.SOCK_DIAG_BY_FAMILY:
+				fn(p)
+			}
+			return nil
+		})
+	}
+	if err != errDone {
+		return err
+	}
+	if interrupted {
+		return errInterrupted
+	}
+	return nil
+}
+
+// batch is the number of SOCK_DESTROY requests sent in one datagram; the
+// acks (about 1 KiB of receive buffer each) must fit the socket's buffer.
+const batch = 32
+
+// destroy sends SOCK_DESTROY for every target and returns those the kernel
+// acknowledged.
+func (d *diag) destroy(targets []target) ([]Conn, error) {
+	var done []Conn
+	var errs []error
+	req := make([]byte, 0, batch*(sizeofNlmsghdr+sizeofReq))
+	for len(targets) > 0 {
+		chunk := targets[:min(batch, len(targets))]
+		targets = targets[len(chunk):]
+		base := d.seq + 1
+		d.seq += uint32(len(chunk))
+		req = req[:0]
+		for i := range chunk {
+			t := &chunk[i]
+			req = putReq(req, unix.SOCK_DESTROY, unix.NLM_F_REQUEST|unix.NLM_F_ACK, base+uint32(i), t.family, t.proto, 0, &t.id)
+		}
+		if err := unix.Sendto(d.fd, req, 0, kernel); err != nil {
+			return done, errors.Join(append(errs, fmt.Errorf("netlink send: %w", err))...)
+		}
+		results := make([]error, len(chunk))
+		acked := 0
+		for acked < len(chunk) {
+			err := d.recv(func(typ, _ uint16, s uint32, p []byte) error {
+				i := s - base
+				if typ != unix.NLMSG_ERROR || s < base || i >= uint32(len(chunk)) || len(p) < 4 {
+					return nil
+				}
+				if e := int32(binary.NativeEndian.Uint32(p)); e < 0 {
+					results[i] = unix.Errno(-e)
+				}
+				acked++
+				return nil
+			})
+			if err != nil {
+				return done, errors.Join(append(errs, err)...)
+			}
+		}
+		fatal := false
+		for i, err := range results {
+			switch err {
+			case nil:
+				done = append(done, chunk[i].conn)
+			case unix.ENOENT:
+				// Closed, or replaced by a socket with another cookie.
+			case unix.EOPNOTSUPP, unix.EPERM, unix.EACCES:
+				fatal = true
+				errs = append(errs, fmt.Errorf("sock_diag destroy %s: %w", chunk[i].conn, err))
+			default:
+				errs = append(errs, fmt.Errorf("sock_diag destroy %s: %w", chunk[i].conn, err))
+			}
+		}
+		if fatal {
+			if len(targets) > 0 {
+				errs = append(errs, fmt.Errorf("sock_diag destroy: %d more sockets not attempted", len(targets)))
+			}
+			break
+		}
+	}
+	return done, errors.Join(errs...)
+}

@@ -1,0 +1,530 @@
+package sockdestroy
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/internal/privtest"
+)
+
+// childEnv makes the test binary run as a socket-holding helper process.
+const childEnv = "AGENTFENCE_SOCKDESTROY_CHILD"
+
+// wait bounds every blocking step of the tests; nothing sleeps.
+const wait = 10 * time.Second
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		runChild()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// runChild serves line commands on stdin, one reply line each on stdout:
+//
+//	dial <tcp|udp> <addr>  -> ok <id> <local> <remote>
+//	mapped <port>          -> AF_INET6 TCP socket to ::ffff:127.0.0.1:<port>
+//	listen | udplisten     -> ok <id> <local> -
+//	read <id>              -> data <n> | errno <n> | fail <msg>
+//	write <id>             -> ok | errno <n> | fail <msg>
+//
+// It exits when stdin closes.
+func runChild() {
+	var conns []any
+	in := bufio.NewScanner(os.Stdin)
+	out := bufio.NewWriter(os.Stdout)
+	reply := func(format string, a ...any) {
+		fmt.Fprintf(out, format+"\n", a...)
+		out.Flush()
+	}
+	result := func(prefix string, err error) {
+		var errno syscall.Errno
+		switch {
+		case err == nil:
+			reply("%s", prefix)
+		case errors.As(err, &errno):
+			reply("errno %d", int(errno))
+		default:
+			reply("fail %s", strings.ReplaceAll(err.Error(), "\n", " "))
+		}
+	}
+	added := func(c any, local, remote net.Addr) {
+		conns = append(conns, c)
+		r := "-"
+		if remote != nil {
+			r = remote.String()
+		}
+		reply("ok %d %s %s", len(conns)-1, local, r)
+	}
+	for in.Scan() {
+		f := strings.Fields(in.Text())
+		switch f[0] {
+		case "dial":
+			c, err := net.DialTimeout(f[1], f[2], wait)
+			if err != nil {
+				result("", err)
+				continue
+			}
+			added(c, c.LocalAddr(), c.RemoteAddr())
+		case "mapped":
+			port, _ := strconv.Atoi(f[1])
+			c, err := dialMapped(port)
+			if err != nil {
+				result("", err)
+				continue
+			}
+			added(c, c.LocalAddr(), c.RemoteAddr())
+		case "listen":
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				result("", err)
+				continue
+			}
+			added(l, l.Addr(), nil)
+		case "udplisten":
+			u, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				result("", err)
+				continue
+			}
+			added(u, u.LocalAddr(), nil)
+		case "read":
+			id, _ := strconv.Atoi(f[1])
+			buf := make([]byte, 64)
+			var n int
+			var err error
+			switch c := conns[id].(type) {
+			case net.Conn:
+				c.SetReadDeadline(time.Now().Add(wait))
+				n, err = c.Read(buf)
+			case net.PacketConn:
+				c.SetReadDeadline(time.Now().Add(wait))
+				n, _, err = c.ReadFrom(buf)
+			}
+			result("data "+strconv.Itoa(n), err)
+		case "write":
+			id, _ := strconv.Atoi(f[1])
+			_, err := conns[id].(net.Conn).Write([]byte("x"))
+			result("ok", err)
+		}
+	}
+}
+
+// dialMapped connects an AF_INET6 TCP socket to an IPv4-mapped loopback
+// address, as a dual-stack client would.
+func dialMapped(port int) (net.Conn, error) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	sa := &unix.SockaddrInet6{Port: port, Addr: netip.MustParseAddr("::ffff:127.0.0.1").As16()}
+	if err := unix.Connect(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "mapped")
+	defer f.Close()
+	return net.FileConn(f)
+}
+
+type child struct {
+	t   testing.TB
+	pid int
+	in  *os.File
+	out *os.File
+	rd  *bufio.Reader
+}
+
+func startChild(t testing.TB) *child {
+	t.Helper()
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	inR.Close()
+	outW.Close()
+	t.Cleanup(func() {
+		inW.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+		outR.Close()
+	})
+	return &child{t: t, pid: cmd.Process.Pid, in: inW, out: outR, rd: bufio.NewReader(outR)}
+}
+
+// do sends a command and returns the reply's fields, failing after wait.
+func (c *child) do(format string, a ...any) []string {
+	c.t.Helper()
+	if _, err := fmt.Fprintf(c.in, format+"\n", a...); err != nil {
+		c.t.Fatalf("child %q: %v", fmt.Sprintf(format, a...), err)
+	}
+	c.out.SetReadDeadline(time.Now().Add(wait))
+	line, err := c.rd.ReadString('\n')
+	if err != nil {
+		c.t.Fatalf("child %q: reading reply: %v", fmt.Sprintf(format, a...), err)
+	}
+	return strings.Fields(line)
+}
+
+// childConn is a socket the child created.
+type childConn struct {
+	id            int
+	local, remote netip.AddrPort
+}
+
+func (c *child) open(format string, a ...any) childConn {
+	c.t.Helper()
+	f := c.do(format, a...)
+	if len(f) != 4 || f[0] != "ok" {
+		c.t.Fatalf("child %q: %v", fmt.Sprintf(format, a...), f)
+	}
+	cc := childConn{local: netip.MustParseAddrPort(f[2])}
+	cc.id, _ = strconv.Atoi(f[1])
+	if f[3] != "-" {
+		cc.remote = netip.MustParseAddrPort(f[3])
+	}
+	return cc
+}
+
+// expectErrno asserts the child's read/write on conn id failed with errno.
+func (c *child) expectErrno(op string, id int, errno syscall.Errno) {
+	c.t.Helper()
+	f := c.do("%s %d", op, id)
+	if len(f) != 2 || f[0] != "errno" || f[1] != strconv.Itoa(int(errno)) {
+		c.t.Errorf("child %s %d: got %v, want errno %d (%v)", op, id, f, int(errno), errno)
+	}
+}
+
+func listen(t testing.TB, network, addr string) net.Listener {
+	t.Helper()
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func accept(t testing.TB, l net.Listener) net.Conn {
+	t.Helper()
+	l.(*net.TCPListener).SetDeadline(time.Now().Add(wait))
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func port(a net.Addr) uint16 { return netip.MustParseAddrPort(a.String()).Port() }
+
+func findConn(got []Conn, local, remote netip.AddrPort) (Conn, bool) {
+	for _, c := range got {
+		if c.Local == local && c.Remote == remote {
+			return c, true
+		}
+	}
+	return Conn{}, false
+}
+
+func TestDestroyTCP4Established(t *testing.T) {
+	privtest.RequireRoot(t)
+	ln := listen(t, "tcp", "127.0.0.1:0")
+	ch := startChild(t)
+	cc := ch.open("dial tcp %s", ln.Addr())
+	peer := accept(t, ln)
+
+	got, err := Destroy([]int{missingPID(t), ch.pid}, nil)
+	if err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("Destroy returned %v, want exactly the child's connection", got)
+	}
+	c := got[0]
+	if c.PID != ch.pid || c.Proto != "tcp" || c.Local != cc.local || c.Remote != cc.remote || c.Inode == 0 {
+		t.Errorf("Destroy returned %+v, want pid %d tcp %s->%s", c, ch.pid, cc.local, cc.remote)
+	}
+	if !c.Remote.Addr().Is4() || c.Remote.Port() != port(ln.Addr()) {
+		t.Errorf("remote %s, want the listener %s", c.Remote, ln.Addr())
+	}
+
+	// The owner's next call fails with ECONNABORTED (tcp_abort sets
+	// sk_err); the peer receives the RST tcp_abort sends.
+	ch.expectErrno("read", cc.id, unix.ECONNABORTED)
+	peer.SetReadDeadline(time.Now().Add(wait))
+	if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
+		t.Errorf("peer read after destroy: %v, want ECONNRESET", err)
+	}
+}
+
+func TestDestroyIPv6UDPAndLeavesOthersAlone(t *testing.T) {
+	privtest.RequireRoot(t)
+	ln4 := listen(t, "tcp", "127.0.0.1:0")
+	ln6 := listen(t, "tcp6", "[::1]:0")
+	srv, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+
+	ch := startChild(t)
+	tcp6 := ch.open("dial tcp %s", ln6.Addr())
+	accept(t, ln6)
+	udp := ch.open("dial udp %s", srv.LocalAddr())
+	mapped := ch.open("mapped %d", port(ln4.Addr()))
+	accept(t, ln4)
+	unconnected := ch.open("udplisten")
+	listening := ch.open("listen")
+
+	// The test process's own connection must survive.
+	self, err := net.DialTimeout("tcp", ln4.Addr().String(), wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer self.Close()
+	selfPeer := accept(t, ln4)
+
+	var offered []Conn
+	got, err := Destroy([]int{ch.pid}, func(c Conn) bool {
+		offered = append(offered, c)
+		return true
+	})
+	if err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	if len(got) != 3 || len(offered) != 3 {
+		t.Fatalf("Destroy offered %v and returned %v, want the child's tcp6, udp and mapped connections", offered, got)
+	}
+	for _, want := range []struct {
+		name  string
+		proto string
+		cc    childConn
+	}{{"tcp6", "tcp", tcp6}, {"udp", "udp", udp}, {"mapped", "tcp", mapped}} {
+		c, ok := findConn(got, want.cc.local, want.cc.remote)
+		if !ok {
+			t.Errorf("%s %s->%s not destroyed; got %v", want.name, want.cc.local, want.cc.remote, got)
+			continue
+		}
+		if c.PID != ch.pid || c.Proto != want.proto {
+			t.Errorf("%s: got %+v, want pid %d proto %s", want.name, c, ch.pid, want.proto)
+		}
+	}
+	if c, ok := findConn(got, mapped.local, mapped.remote); ok && (!c.Remote.Addr().Is4() || !c.Local.Addr().Is4()) {
+		t.Errorf("mapped connection reported as %s->%s, want IPv4", c.Local, c.Remote)
+	}
+	if !tcp6.remote.Addr().Is6() {
+		t.Errorf("tcp6 remote %s is not IPv6", tcp6.remote)
+	}
+
+	ch.expectErrno("read", tcp6.id, unix.ECONNABORTED)
+	ch.expectErrno("read", udp.id, unix.ECONNABORTED)
+	ch.expectErrno("read", mapped.id, unix.ECONNABORTED)
+
+	// The unconnected UDP socket still receives.
+	if _, err := srv.WriteTo([]byte("ping"), net.UDPAddrFromAddrPort(unconnected.local)); err != nil {
+		t.Fatal(err)
+	}
+	if f := ch.do("read %d", unconnected.id); len(f) != 2 || f[0] != "data" || f[1] != "4" {
+		t.Errorf("unconnected UDP read after Destroy: %v, want data 4", f)
+	}
+	// The listening socket still completes handshakes.
+	if c, err := net.DialTimeout("tcp", listening.local.String(), wait); err != nil {
+		t.Errorf("dial child's listener after Destroy: %v", err)
+	} else {
+		c.Close()
+	}
+	// The test's own connection still carries data.
+	if _, err := self.Write([]byte("y")); err != nil {
+		t.Errorf("own connection write: %v", err)
+	}
+	selfPeer.SetReadDeadline(time.Now().Add(wait))
+	if _, err := selfPeer.Read(make([]byte, 1)); err != nil {
+		t.Errorf("own connection read: %v", err)
+	}
+}
+
+func TestDestroyMatch(t *testing.T) {
+	privtest.RequireRoot(t)
+	lnA := listen(t, "tcp", "127.0.0.1:0")
+	lnB := listen(t, "tcp", "127.0.0.1:0")
+	ch := startChild(t)
+	a := ch.open("dial tcp %s", lnA.Addr())
+	peerA := accept(t, lnA)
+	b := ch.open("dial tcp %s", lnB.Addr())
+	accept(t, lnB)
+
+	offered := 0
+	got, err := Destroy([]int{ch.pid}, func(c Conn) bool {
+		offered++
+		return c.Remote.Port() == port(lnB.Addr())
+	})
+	if err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	if offered != 2 {
+		t.Errorf("match offered %d connections, want 2", offered)
+	}
+	if len(got) != 1 || got[0].Local != b.local || got[0].Remote != b.remote {
+		t.Fatalf("Destroy returned %v, want only %s->%s", got, b.local, b.remote)
+	}
+	ch.expectErrno("read", b.id, unix.ECONNABORTED)
+	if f := ch.do("write %d", a.id); len(f) != 1 || f[0] != "ok" {
+		t.Fatalf("write on the unmatched connection: %v", f)
+	}
+	peerA.SetReadDeadline(time.Now().Add(wait))
+	if _, err := peerA.Read(make([]byte, 1)); err != nil {
+		t.Errorf("unmatched connection's peer read: %v", err)
+	}
+}
+
+// missingPID returns a pid that cannot exist: pids are below pid_max.
+func missingPID(t testing.TB) int {
+	b, err := os.ReadFile("/proc/sys/kernel/pid_max")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestDestroyMissingPID(t *testing.T) {
+	// An exited, reaped process.
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Destroy([]int{missingPID(t), cmd.Process.Pid, 0, -1}, nil)
+	if err != nil || len(got) != 0 {
+		t.Errorf("Destroy of missing pids = %v, %v; want nothing, no error", got, err)
+	}
+}
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		ino  uint64
+		isOK bool
+	}{
+		{"socket:[12345]", 12345, true},
+		{"socket:[]", 0, false},
+		{"socket:[12a]", 0, false},
+		{"pipe:[12]", 0, false},
+		{"/dev/null", 0, false},
+		{"socket:[99999999999999999999999]", 0, false},
+	} {
+		ino, ok := socketInode([]byte(tc.in))
+		if ino != tc.ino || ok != tc.isOK {
+			t.Errorf("socketInode(%q) = %d, %v", tc.in, ino, ok)
+		}
+	}
+
+	// An AF_INET6 inet_diag_msg with IPv4-mapped addresses.
+	m := make([]byte, sizeofMsg+8)
+	m[0], m[1] = unix.AF_INET6, tcpEstablished
+	m[4], m[5], m[6], m[7] = 0x30, 0x39, 0x00, 0x50 // 12345 -> 80
+	copy(m[8:24], netip.MustParseAddr("::ffff:10.0.0.1").AsSlice())
+	copy(m[24:40], netip.MustParseAddr("::ffff:192.0.2.7").AsSlice())
+	binary.NativeEndian.PutUint32(m[68:], 7) // inode
+	tg, ok := parseMsg(m, unix.IPPROTO_TCP)
+	want := Conn{Inode: 7, Proto: "tcp",
+		Local: netip.MustParseAddrPort("10.0.0.1:12345"), Remote: netip.MustParseAddrPort("192.0.2.7:80")}
+	if !ok || tg.conn != want || tg.family != unix.AF_INET6 || [48]byte(m[4:52]) != tg.id {
+		t.Errorf("parseMsg = %+v, %v; want %+v", tg, ok, want)
+	}
+	m[6], m[7] = 0, 0 // no peer
+	if _, ok := parseMsg(m, unix.IPPROTO_TCP); ok {
+		t.Error("parseMsg accepted a socket without a peer")
+	}
+}
+
+// benchConns opens n connections of the test process to l and accepts them.
+func benchConns(b *testing.B, l net.Listener, n int) (clients, peers []net.Conn) {
+	for range n {
+		c, err := net.DialTimeout("tcp", l.Addr().String(), wait)
+		if err != nil {
+			b.Fatal(err)
+		}
+		clients = append(clients, c)
+		l.(*net.TCPListener).SetDeadline(time.Now().Add(wait))
+		p, err := l.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		peers = append(peers, p)
+	}
+	return clients, peers
+}
+
+func closeAll(cs ...[]net.Conn) {
+	for _, s := range cs {
+		for _, c := range s {
+			c.Close()
+		}
+	}
+}
+
+// BenchmarkDestroy100 destroys 100 established connections of one process
+// per call (setup excluded from the timing).
+func BenchmarkDestroy100(b *testing.B) {
+	privtest.RequireRoot(b)
+	l := listen(b, "tcp", "127.0.0.1:0")
+	lport := port(l.Addr())
+	pids := []int{os.Getpid()}
+	match := func(c Conn) bool { return c.Remote.Port() == lport }
+	b.StopTimer()
+	for range b.N {
+		clients, peers := benchConns(b, l, 100)
+		b.StartTimer()
+		got, err := Destroy(pids, match)
+		b.StopTimer()
+		if err != nil || len(got) != 100 {
+			b.Fatalf("Destroy = %d conns, %v; want 100", len(got), err)
+		}
+		closeAll(clients, peers)
+	}
+}
+
+// BenchmarkScan100 is the cost of a call that destroys nothing: scanning a
+// process with 200 sockets (100 connections, both ends) and the four dumps.
+func BenchmarkScan100(b *testing.B) {
+	privtest.RequireRoot(b)
+	l := listen(b, "tcp", "127.0.0.1:0")
+	clients, peers := benchConns(b, l, 100)
+	defer closeAll(clients, peers)
+	pids := []int{os.Getpid()}
+	b.ResetTimer()
+	for range b.N {
+		if _, err := Destroy(pids, func(Conn) bool { return false }); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
