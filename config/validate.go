@@ -48,7 +48,11 @@ func (c Config) Validate() error {
 	if c.MetricsAddr != "" {
 		v.hostPort("metrics_addr", c.MetricsAddr)
 	}
-	v.absPath("bpffs_path", c.BPFFSPath)
+	// An empty bpffs_path turns pinning off: the gate then lives only as
+	// long as the daemon.
+	if c.BPFFSPath != "" {
+		v.absPath("bpffs_path", c.BPFFSPath)
+	}
 	if c.BPFFSPath == "/" {
 		v.add("bpffs_path", c.BPFFSPath, "must be a directory below a bpffs mount, not /")
 	}
@@ -218,9 +222,9 @@ func (v *validator) hostPort(field, addr string) {
 		v.add(field, addr, `must be "host:port" (e.g. "127.0.0.1:9090" or ":9090")`)
 		return
 	}
-	n, err := strconv.ParseUint(port, 10, 16)
-	if err != nil || n == 0 {
-		v.add(field, addr, "port must be a number between 1 and 65535")
+	// Port 0 picks a free port (the daemon logs which): tests use it.
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		v.add(field, addr, "port must be a number between 0 and 65535")
 	}
 	if strings.ContainsAny(host, " /\\") {
 		v.add(field, addr, "host must be an IP address or a host name")
