@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -221,14 +222,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	})
 
 	var ready atomic.Bool
+	var ms *http.Server
 	if cfg.MetricsAddr != "" {
 		ml, err := net.Listen("tcp", cfg.MetricsAddr)
 		if err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
-		ms := metricsServer(reg, gate, sessions, procs, &ready)
+		ms = metricsServer(reg, gate, sessions, procs, &ready)
 		wg.Go(func() { errc <- serveHTTP(ms, ml) })
-		defer ms.Close()
 		log.Info("metrics listening", "addr", ml.Addr().String())
 	}
 	ready.Store(true)
@@ -243,6 +244,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(shutCtx)
+	if ms != nil {
+		ms.Shutdown(shutCtx)
+	}
 	stopEvents()
 	wg.Wait()
 	return err
