@@ -285,10 +285,10 @@ func TestAPIRefusesUntrustedCallers(t *testing.T) {
 		t.Errorf("root: %s", res[0].Result)
 	}
 	// A process inside a session, even root, cannot open another session
-	// to widen its own scope.
-	stdout, _, _ := d.cli(t, gatetest.Env("api-open "+d.socket), "run", "--intent", "agent", "--", os.Args[0])
-	if !strings.HasSuffix(strings.TrimSpace(stdout), " 403") {
-		t.Errorf("session member opening a session: %q", stdout)
+	// to widen its own scope: it may only open children within its own.
+	stdout, _, _ := d.cli(t, gatetest.Env("api-open "+d.socket), "run", "--intent", "agent", "--allow", "udp://127.0.0.53:53", "--", os.Args[0])
+	if !strings.HasSuffix(strings.TrimSpace(stdout), " 400:scope[0]") {
+		t.Errorf("session member widening its scope: %q", stdout)
 	}
 	d.expectClean(t)
 }

@@ -6,6 +6,7 @@ package gatetest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -83,7 +84,8 @@ func MaybeRunProbe() {
 //	tfo ADDR:PORT      TCP fast open: sendto with MSG_FASTOPEN, no connect
 //	raw                create a raw ICMP socket
 //	api-list SOCKET    list sessions through the daemon's API: the HTTP status
-//	api-open SOCKET    try to open a session with scope 0.0.0.0/0
+//	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
+//	                   status and the error's field, e.g. 400:scope[0]
 func Probe(action string) string {
 	verb, arg, _ := strings.Cut(action, " ")
 	switch verb {
@@ -146,12 +148,19 @@ func apiProbe(verb, socket string) string {
 		resp, err = c.Get("http://agentfenced/v1/sessions")
 	} else {
 		resp, err = c.Post("http://agentfenced/v1/sessions", "application/json",
-			strings.NewReader(`{"intent":"widen","allow":["0.0.0.0/0"]}`))
+			strings.NewReader(`{"intent":"widen","scope":["0.0.0.0/0"]}`))
 	}
 	if err != nil {
 		return errName(err)
 	}
-	resp.Body.Close()
+	defer resp.Body.Close()
+	var body struct {
+		Error struct{ Field string } `json:"error"`
+	}
+	json.NewDecoder(resp.Body).Decode(&body)
+	if body.Error.Field != "" {
+		return fmt.Sprintf("%d:%s", resp.StatusCode, body.Error.Field)
+	}
 	return fmt.Sprint(resp.StatusCode)
 }
 
