@@ -37,6 +37,9 @@ struct {
 
 AF_PID_SESSIONS_MAP;
 AF_PROC_EXE_MAP;
+AF_HOST_NAMES_MAP;
+AF_LEARNED_MAP;
+AF_SOCK_INFO_MAP;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -136,6 +139,13 @@ struct dest {
 	__u16 port;
 	__u8 family;
 	__u8 protocol;
+	// Filled in by decide for the hostname programs (dns.h).
+	__u8 via_name;   // allowed through a learned hostname
+	__u8 in_session; // the caller is a session member
+	__u16 rule;
+	__u64 name_hash;
+	__u64 cgid;
+	struct binding sess;
 };
 
 static __always_inline int proto_bit(__u8 protocol)
@@ -190,6 +200,59 @@ static __always_inline __u16 lookup_scope(struct session *s, __u32 slot, __u32 t
 	return match(bpf_map_lookup_elem(&scope6, &k), s, tgid, d);
 }
 
+// lookup_learned is the hostname fallback of lookup_scope: the address was
+// learned from a DNS answer for an allowed name (dns.c) and has not expired;
+// the port rules are those of that name's hostname rules.
+static __always_inline __u16 lookup_learned(struct session *s, __u32 slot, __u32 tgid, struct dest *d,
+					    __u64 now)
+{
+	struct learned_key k = {.slot = slot, .family = d->family};
+	__builtin_memcpy(k.addr, d->addr, 16);
+	struct learned_val *v = bpf_map_lookup_elem(&learned, &k);
+	if (!v || v->gen != s->gen)
+		return AF_RULE_NONE;
+	for (int i = 0; i < AF_MAX_LEARNED_NAMES; i++) {
+		struct learned_name *n = &v->names[i];
+		if (n->expires_ns <= now)
+			continue;
+		struct name_key nk = {.slot = slot, .kind = n->kind, .hash = n->rule_hash};
+		struct name_val *nv = bpf_map_lookup_elem(&host_names, &nk);
+		if (!nv)
+			continue;
+		__u16 rule = match(&nv->scope, s, tgid, d);
+		if (rule != AF_RULE_NONE) {
+			d->via_name = 1;
+			d->name_hash = n->name_hash;
+			return rule;
+		}
+	}
+	return AF_RULE_NONE;
+}
+
+// remember_sock records the session on a socket a member was allowed to use,
+// for the cgroup_skb programs, which run without the task (dns.c).
+static __always_inline void remember_sock(struct bpf_sock *sk, struct dest *d, int allowed)
+{
+	if (!sk || !d->in_session || !allowed)
+		return;
+	struct sock_info *info = bpf_sk_storage_get(&session_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!info)
+		return;
+	__u64 ugid = bpf_get_current_uid_gid();
+	info->b = d->sess;
+	info->cgroup_id = d->cgid;
+	info->name_hash = d->name_hash;
+	info->tgid = bpf_get_current_pid_tgid() >> 32;
+	info->uid = (__u32)ugid;
+	info->gid = ugid >> 32;
+	info->rule = d->rule;
+	bpf_get_current_comm(info->comm, sizeof(info->comm));
+	__u8 flags = 0;
+	if (d->via_name && d->protocol == IPPROTO_TCP)
+		flags = AF_SOCK_SNI;
+	info->flags = flags;
+}
+
 static __always_inline void emit(struct binding *b, __u32 tgid, __u32 tid, __u64 cgid, __u64 now,
 				 struct dest *d, __u8 hook, __u8 verdict, __u8 reason, __u16 rule,
 				 __u8 quarantined_now)
@@ -220,6 +283,8 @@ static __always_inline void emit(struct binding *b, __u32 tgid, __u32 tid, __u64
 	e->quarantined_now = quarantined_now;
 	e->_pad[0] = 0;
 	e->_pad[1] = 0;
+	e->name_flags = d->via_name;
+	e->name_hash = d->name_hash;
 
 	__u64 flags = BPF_RB_NO_WAKEUP;
 	if (verdict != AF_VERDICT_ALLOWED || quarantined_now ||
@@ -238,6 +303,9 @@ static __always_inline int decide(struct dest *d, __u8 hook)
 	struct session *s = find_session(tgid, cgid, &b);
 	if (!s)
 		return 1;
+	d->in_session = 1;
+	d->sess = b;
+	d->cgid = cgid;
 
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u16 rule = AF_RULE_NONE;
@@ -250,6 +318,9 @@ static __always_inline int decide(struct dest *d, __u8 hook)
 		reason = AF_REASON_SOCKET_TYPE;
 	} else {
 		rule = lookup_scope(s, b.slot, tgid, d);
+		if (rule == AF_RULE_NONE)
+			rule = lookup_learned(s, b.slot, tgid, d, now);
+		d->rule = rule;
 		if (rule != AF_RULE_NONE)
 			reason = AF_REASON_RULE;
 		else if (s->state == AF_STATE_QUARANTINED)
@@ -291,7 +362,9 @@ static __always_inline int gate4(struct bpf_sock_addr *ctx, __u8 hook)
 	__builtin_memcpy(d.addr, &ip, 4);
 	d.port = bpf_ntohs(ctx->user_port);
 	d.protocol = ctx->protocol;
-	return decide(&d, hook);
+	int ret = decide(&d, hook);
+	remember_sock(ctx->sk, &d, ret);
+	return ret;
 }
 
 static __always_inline int gate6(struct bpf_sock_addr *ctx, __u8 hook)
@@ -305,13 +378,17 @@ static __always_inline int gate6(struct bpf_sock_addr *ctx, __u8 hook)
 	if (w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff)) {
 		d.family = 4;
 		__builtin_memcpy(d.addr, &w3, 4);
-		return decide(&d, hook);
+		int ret = decide(&d, hook);
+		remember_sock(ctx->sk, &d, ret);
+		return ret;
 	}
 	__builtin_memcpy(d.addr, &w0, 4);
 	__builtin_memcpy(d.addr + 4, &w1, 4);
 	__builtin_memcpy(d.addr + 8, &w2, 4);
 	__builtin_memcpy(d.addr + 12, &w3, 4);
-	return decide(&d, hook);
+	int ret = decide(&d, hook);
+	remember_sock(ctx->sk, &d, ret);
+	return ret;
 }
 
 SEC("cgroup/connect4")

@@ -124,4 +124,8 @@ struct gate_event {
 	__u8 reason;
 	__u8 quarantined_now; // this decision used up the budget
 	__u8 _pad[2];
+	__u32 name_flags; // 1: allowed through a learned hostname (dns.h)
+	__u64 name_hash;  // that hostname's FNV-1a hash, 0 if none
 };
+
+#include "dns.h"

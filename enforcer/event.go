@@ -60,6 +60,11 @@ type Event struct {
 	Dest           netip.AddrPort
 	Rule           int
 	QuarantinedNow bool
+	// ViaName: the destination was allowed through an address learned from
+	// a DNS answer for a hostname rule; NameHash is that name's hash
+	// (Gate.Hostname names it).
+	ViaName  bool
+	NameHash uint64
 }
 
 // EventSize is the size of a raw gate event.
@@ -82,6 +87,8 @@ func DecodeEvent(raw []byte) (Event, error) {
 		Verdict: Verdict(e.Verdict), Reason: Reason(e.Reason), Protocol: e.Protocol,
 		Rule:           int(e.Rule),
 		QuarantinedNow: e.QuarantinedNow != 0,
+		ViaName:        e.NameFlags&1 != 0,
+		NameHash:       e.NameHash,
 	}
 	if e.Rule == 0xffff {
 		ev.Rule = NoRule

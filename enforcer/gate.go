@@ -28,6 +28,8 @@ type Options struct {
 	// MaxCgroupDepth bounds the ancestor walk (default 16, the most the
 	// program supports).
 	MaxCgroupDepth uint32
+	// Hostnames configures DNS learning and the SNI check (names.go).
+	Hostnames HostnameOptions
 }
 
 // Gate is the loaded and attached egress gate.
@@ -36,6 +38,7 @@ type Gate struct {
 	links   []link.Link
 	pinPath string
 	adopted bool
+	host    *hostnames // DNS learning and SNI programs (names.go)
 }
 
 // attachment is one program and where it hooks in.
@@ -52,6 +55,8 @@ func (g *Gate) attachments() []attachment {
 		{"sendmsg4", g.objs.GateSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
 		{"sendmsg6", g.objs.GateSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
 		{"sock_create", g.objs.GateSockCreate, ebpf.AttachCGroupInetSockCreate},
+		{"dns_ingress", g.host.objs.DnsIngress, ebpf.AttachCGroupInetIngress},
+		{"sni_egress", g.host.objs.SniEgress, ebpf.AttachCGroupInetEgress},
 	}
 }
 
@@ -101,6 +106,10 @@ func Load(opts Options) (*Gate, error) {
 				"(`agentfenced --uninstall` removes them and ends enforcement of running sessions)", g.mapDir(), err)
 		}
 		return nil, fmt.Errorf("enforcer: load gate: %w", err)
+	}
+	if g.host, err = loadHostnames(&g.objs, opts.Hostnames); err != nil {
+		g.objs.Close()
+		return nil, err
 	}
 	if err := g.attach(opts.CgroupRoot); err != nil {
 		g.Close()
@@ -165,7 +174,7 @@ func (g *Gate) Adopted() bool { return g.adopted }
 // detaches the gate.
 func (g *Gate) Close() error {
 	g.detach()
-	return g.objs.Close()
+	return errors.Join(g.host.close(), g.objs.Close())
 }
 
 // Uninstall removes every pin and detaches the gate: enforcement of all

@@ -48,6 +48,47 @@ type gateGateEvent struct {
 	Reason         uint8
 	QuarantinedNow uint8
 	Pad            [2]uint8
+	NameFlags      uint32
+	_              [4]byte
+	NameHash       uint64
+}
+
+type gateLearnedKey struct {
+	_      structs.HostLayout
+	Slot   uint32
+	Family uint8
+	Pad    [3]uint8
+	Addr   [16]uint8
+}
+
+type gateLearnedName struct {
+	_         structs.HostLayout
+	NameHash  uint64
+	RuleHash  uint64
+	ExpiresNs uint64
+	Kind      uint32
+	Pad       uint32
+}
+
+type gateLearnedVal struct {
+	_     structs.HostLayout
+	Gen   uint64
+	Names [4]gateLearnedName
+}
+
+type gateNameKey struct {
+	_    structs.HostLayout
+	Slot uint32
+	Kind uint32
+	Hash uint64
+}
+
+type gateNameVal struct {
+	_     structs.HostLayout
+	Scope gateScopeVal
+	Len   uint32
+	Pad   uint32
+	Name  [256]int8
 }
 
 type gatePortRule struct {
@@ -94,6 +135,20 @@ type gateSession struct {
 	Pad        uint32
 }
 
+type gateSockInfo struct {
+	_        structs.HostLayout
+	B        gateBinding
+	CgroupId uint64
+	NameHash uint64
+	Tgid     uint32
+	Uid      uint32
+	Gid      uint32
+	Rule     uint16
+	Flags    uint8
+	Pad      uint8
+	Comm     [16]int8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -101,10 +156,13 @@ const (
 	gateMapCgroupSessions  = "cgroup_sessions"
 	gateMapGateEvents      = "gate_events"
 	gateMapGateStats       = "gate_stats"
+	gateMapHostNames       = "host_names"
+	gateMapLearned         = "learned"
 	gateMapPidSessions     = "pid_sessions"
 	gateMapProcExe         = "proc_exe"
 	gateMapScope4          = "scope4"
 	gateMapScope6          = "scope6"
+	gateMapSessionSocks    = "session_socks"
 	gateMapSessions        = "sessions"
 	gateProgGateConnect4   = "gate_connect4"
 	gateProgGateConnect6   = "gate_connect6"
@@ -171,10 +229,13 @@ type gateMapSpecs struct {
 	CgroupSessions *ebpf.MapSpec `ebpf:"cgroup_sessions"`
 	GateEvents     *ebpf.MapSpec `ebpf:"gate_events"`
 	GateStats      *ebpf.MapSpec `ebpf:"gate_stats"`
+	HostNames      *ebpf.MapSpec `ebpf:"host_names"`
+	Learned        *ebpf.MapSpec `ebpf:"learned"`
 	PidSessions    *ebpf.MapSpec `ebpf:"pid_sessions"`
 	ProcExe        *ebpf.MapSpec `ebpf:"proc_exe"`
 	Scope4         *ebpf.MapSpec `ebpf:"scope4"`
 	Scope6         *ebpf.MapSpec `ebpf:"scope6"`
+	SessionSocks   *ebpf.MapSpec `ebpf:"session_socks"`
 	Sessions       *ebpf.MapSpec `ebpf:"sessions"`
 }
 
@@ -209,10 +270,13 @@ type gateMaps struct {
 	CgroupSessions *ebpf.Map `ebpf:"cgroup_sessions"`
 	GateEvents     *ebpf.Map `ebpf:"gate_events"`
 	GateStats      *ebpf.Map `ebpf:"gate_stats"`
+	HostNames      *ebpf.Map `ebpf:"host_names"`
+	Learned        *ebpf.Map `ebpf:"learned"`
 	PidSessions    *ebpf.Map `ebpf:"pid_sessions"`
 	ProcExe        *ebpf.Map `ebpf:"proc_exe"`
 	Scope4         *ebpf.Map `ebpf:"scope4"`
 	Scope6         *ebpf.Map `ebpf:"scope6"`
+	SessionSocks   *ebpf.Map `ebpf:"session_socks"`
 	Sessions       *ebpf.Map `ebpf:"sessions"`
 }
 
@@ -221,10 +285,13 @@ func (m *gateMaps) Close() error {
 		m.CgroupSessions,
 		m.GateEvents,
 		m.GateStats,
+		m.HostNames,
+		m.Learned,
 		m.PidSessions,
 		m.ProcExe,
 		m.Scope4,
 		m.Scope6,
+		m.SessionSocks,
 		m.Sessions,
 	)
 }

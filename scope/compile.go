@@ -27,7 +27,8 @@ type Entry struct {
 	Rules  []PortRule
 }
 
-// Compile turns a scope into trie entries. Because an LPM lookup returns only
+// Compile turns a scope into trie entries; hostname rules are skipped (they
+// are written with enforcer's WriteNames). Indexes stay positions in rules. Because an LPM lookup returns only
 // the longest matching prefix, each entry carries the port rules of all the
 // shorter prefixes that contain it as well as its own.
 func Compile(rules []Rule) ([]Entry, error) {
@@ -36,6 +37,9 @@ func Compile(rules []Rule) ([]Entry, error) {
 	}
 	var prefixes []netip.Prefix
 	for _, r := range rules {
+		if r.Host != "" {
+			continue // hostname rules are learned in the kernel, not compiled
+		}
 		if !slices.Contains(prefixes, r.Prefix) {
 			prefixes = append(prefixes, r.Prefix)
 		}
@@ -44,6 +48,9 @@ func Compile(rules []Rule) ([]Entry, error) {
 	for _, p := range prefixes {
 		e := Entry{Prefix: p}
 		for i, r := range rules {
+			if r.Host != "" {
+				continue
+			}
 			if r.Prefix.Addr().Is4() != p.Addr().Is4() || r.Prefix.Bits() > p.Bits() || !r.Prefix.Contains(p.Addr()) {
 				continue
 			}

@@ -21,15 +21,27 @@ const (
 // Rule is one scope rule:
 //
 //	[essential,][exe=/abs/path,][tcp://|udp://]ADDR[/PREFIX][:PORT[-PORT]]
+//	[essential,][exe=/abs/path,][tcp://|udp://][*.]HOSTNAME[:PORT[-PORT]]
 //
 // IPv6 addresses go in brackets: [::1]:9000, [fd00::]/8:443. No port means
 // any port; no scheme means TCP and UDP. Options come before the destination,
 // separated by commas, so the destination never needs quoting.
+//
+// A hostname rule (api.stripe.com:443) admits the addresses the kernel learns
+// from DNS answers for that name (see docs/hostnames.md). Names are
+// case-insensitive and a trailing dot is ignored; IDNA names are given in
+// their punycode form (xn--...). A wildcard *.slack.com matches exactly one
+// more label: a.slack.com, not slack.com and not a.b.slack.com.
 type Rule struct {
-	Prefix netip.Prefix // IPv4-mapped IPv6 is stored as IPv4
-	Protos uint8
-	PortLo uint16
-	PortHi uint16
+	Prefix netip.Prefix // IPv4-mapped IPv6 is stored as IPv4; invalid for hostname rules
+	// Host is the lowercased hostname without a trailing dot; for a wildcard
+	// rule it is the suffix after "*.". Empty for address rules.
+	Host string
+	// Wildcard makes Host match any name with exactly one more label.
+	Wildcard bool
+	Protos   uint8
+	PortLo   uint16
+	PortHi   uint16
 	// Essential rules still match when the session is quarantined.
 	Essential bool
 	// Exe restricts the rule to processes running this executable (an
@@ -37,8 +49,13 @@ type Rule struct {
 	Exe string
 }
 
-// ErrHostname is returned for rules that name a host instead of an address.
-var ErrHostname = errors.New("hostname rules are not supported yet: give an IP address or CIDR")
+// ErrHostname is wrapped by errors for destinations that look like a
+// hostname but are not a valid one.
+var ErrHostname = errors.New("invalid hostname")
+
+// MaxHostLen is the longest hostname a rule may name (presentation form,
+// without the trailing dot).
+const MaxHostLen = 253
 
 // Parse parses one rule. Errors name the offending part.
 func Parse(text string) (Rule, error) {
@@ -80,7 +97,11 @@ func Parse(text string) (Rule, error) {
 	if err != nil {
 		return Rule{}, fmt.Errorf("rule %q: %w", text, err)
 	}
-	if r.Prefix, err = parsePrefix(addr); err != nil {
+	if !strings.HasPrefix(s, "[") && isHostLike(addr) {
+		if r.Host, r.Wildcard, err = parseHost(addr); err != nil {
+			return Rule{}, fmt.Errorf("rule %q: %w", text, err)
+		}
+	} else if r.Prefix, err = parsePrefix(addr); err != nil {
 		return Rule{}, fmt.Errorf("rule %q: %w", text, err)
 	}
 	if port != "" {
@@ -223,15 +244,22 @@ func (r Rule) String() string {
 	case ProtoUDP:
 		b.WriteString("udp://")
 	}
-	a := r.Prefix.Addr()
-	full := r.Prefix.Bits() == a.BitLen()
-	if a.Is6() {
-		b.WriteString("[" + a.String() + "]")
+	if r.Host != "" {
+		if r.Wildcard {
+			b.WriteString("*.")
+		}
+		b.WriteString(r.Host)
 	} else {
-		b.WriteString(a.String())
-	}
-	if !full {
-		b.WriteString("/" + strconv.Itoa(r.Prefix.Bits()))
+		a := r.Prefix.Addr()
+		full := r.Prefix.Bits() == a.BitLen()
+		if a.Is6() {
+			b.WriteString("[" + a.String() + "]")
+		} else {
+			b.WriteString(a.String())
+		}
+		if !full {
+			b.WriteString("/" + strconv.Itoa(r.Prefix.Bits()))
+		}
 	}
 	if r.PortLo != 1 || r.PortHi != 65535 {
 		b.WriteString(":" + strconv.Itoa(int(r.PortLo)))
@@ -242,12 +270,106 @@ func (r Rule) String() string {
 	return b.String()
 }
 
-// Covers reports whether every destination r admits is also admitted by o,
+// Covers reports whether every destination o admits is also admitted by r,
 // ignoring the essential flag. It is how a child session's scope is checked
-// against its parent's.
+// against its parent's. Hostname rules cover only hostname rules (a name's
+// addresses change, so no address rule covers it, and it covers no address
+// rule): an exact name covers the same name, a wildcard covers the names one
+// label below its suffix and the same wildcard.
 func (r Rule) Covers(o Rule) bool {
-	return o.Protos&r.Protos == o.Protos &&
-		r.Prefix.Bits() <= o.Prefix.Bits() && r.Prefix.Contains(o.Prefix.Addr()) &&
+	if !(o.Protos&r.Protos == o.Protos &&
 		r.PortLo <= o.PortLo && o.PortHi <= r.PortHi &&
-		(r.Exe == "" || r.Exe == o.Exe)
+		(r.Exe == "" || r.Exe == o.Exe)) {
+		return false
+	}
+	if r.Host != "" || o.Host != "" {
+		if r.Host == "" || o.Host == "" {
+			return false
+		}
+		if !r.Wildcard {
+			return !o.Wildcard && o.Host == r.Host
+		}
+		if o.Wildcard {
+			return o.Host == r.Host
+		}
+		_, suffix, ok := strings.Cut(o.Host, ".")
+		return ok && suffix == r.Host
+	}
+	return r.Prefix.Bits() <= o.Prefix.Bits() && r.Prefix.Contains(o.Prefix.Addr())
+}
+
+// MatchesName reports whether the hostname rule r admits the name (any case,
+// trailing dot ignored). Address rules match no name.
+func (r Rule) MatchesName(name string) bool {
+	if r.Host == "" {
+		return false
+	}
+	name = strings.TrimSuffix(strings.ToLower(name), ".")
+	if !r.Wildcard {
+		return name == r.Host
+	}
+	first, suffix, ok := strings.Cut(name, ".")
+	return ok && first != "" && suffix == r.Host
+}
+
+// isHostLike tells a hostname destination from an address: it has a letter
+// or a '*' and nothing an address or CIDR would have.
+func isHostLike(s string) bool {
+	return !strings.Contains(s, "/") && looksLikeHostname(s) && !allDigitsLastLabel(s)
+}
+
+// allDigitsLastLabel: no top-level domain is all digits, so 999.1.1.1 is a
+// bad address rather than a hostname.
+func allDigitsLastLabel(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if i := strings.LastIndexByte(s, '.'); i >= 0 {
+		s = s[i+1:]
+	}
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// parseHost validates and canonicalises a hostname or a *.suffix wildcard.
+// Labels are 1-63 characters of letters, digits, '-' and '_', not starting or
+// ending with '-'; at least two labels (a wildcard's suffix too); at most
+// MaxHostLen characters in all.
+func parseHost(s string) (host string, wildcard bool, err error) {
+	s = strings.ToLower(strings.TrimSuffix(s, "."))
+	if rest, ok := strings.CutPrefix(s, "*."); ok {
+		wildcard, s = true, rest
+	}
+	if len(s) > MaxHostLen || wildcard && len(s)+2 > MaxHostLen {
+		return "", false, fmt.Errorf("hostname %q: longer than %d characters: %w", s, MaxHostLen, ErrHostname)
+	}
+	labels := strings.Split(s, ".")
+	if len(labels) < 2 {
+		return "", false, fmt.Errorf("hostname %q: needs at least two labels (a fully qualified name): %w", s, ErrHostname)
+	}
+	for _, l := range labels {
+		if l == "" || len(l) > 63 {
+			return "", false, fmt.Errorf("hostname %q: label %q must be 1-63 characters: %w", s, l, ErrHostname)
+		}
+		if l[0] == '-' || l[len(l)-1] == '-' {
+			return "", false, fmt.Errorf("hostname %q: label %q starts or ends with '-': %w", s, l, ErrHostname)
+		}
+		for _, c := range l {
+			if !(c == '-' || c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z') {
+				if c == '*' {
+					return "", false, fmt.Errorf("hostname %q: '*' is allowed only as the whole first label (*.example.com): %w", s, ErrHostname)
+				}
+				return "", false, fmt.Errorf("hostname %q: bad character %q: %w", s, c, ErrHostname)
+			}
+		}
+	}
+	if allDigitsLastLabel(s) {
+		return "", false, fmt.Errorf("hostname %q: the last label is all digits: %w", s, ErrHostname)
+	}
+	return s, wildcard, nil
 }
