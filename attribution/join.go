@@ -26,14 +26,18 @@ type Joiner struct {
 	// Wait bounds how long a record waits for the process cache to catch up
 	// with the exec of a process it has not seen yet.
 	Wait time.Duration
+	// Names turns the name hashes of hostname decisions into names (nil:
+	// records carry no destination.hostname).
+	Names interface {
+		Hostname(slot uint32, hash uint64) string
+	}
 }
 
-var reasons = map[enforcer.Reason]string{
-	enforcer.ReasonNoRule:      "no_rule",
-	enforcer.ReasonExpired:     "expired",
-	enforcer.ReasonRevoked:     "revoked",
-	enforcer.ReasonQuarantined: "quarantined",
-	enforcer.ReasonSocketType:  "socket_type",
+func reason(r enforcer.Reason) string {
+	if r == enforcer.ReasonRule {
+		return ""
+	}
+	return enforcer.ReasonString(r)
 }
 
 // Record joins one gate event with its process and session.
@@ -44,28 +48,65 @@ func (j *Joiner) Record(ev enforcer.Event) audit.Record {
 		Kind:   kindOf(ev.Hook),
 		Process: &audit.Process{PID: ev.PID, TID: ev.TID, UID: ev.UID, GID: ev.GID, Comm: ev.Comm,
 			CgroupID: ev.CgroupID},
-		Outcome: &audit.Outcome{Verdict: verdictName(ev.Verdict), Reason: reasons[ev.Reason]},
+		Outcome: &audit.Outcome{Verdict: verdictName(ev.Verdict), Reason: reason(ev.Reason)},
 	}
 	if ev.Verdict == enforcer.VerdictDenied {
 		rec.Outcome.Errno = "EPERM"
 	}
 	if ev.Dest.IsValid() {
 		rec.Destination = &audit.Destination{IP: ev.Dest.Addr().String(), Port: ev.Dest.Port(), Protocol: protoName(ev.Protocol)}
+		if ev.ViaName && j.Names != nil {
+			rec.Destination.Hostname = j.Names.Hostname(ev.Slot, ev.NameHash)
+		}
 	} else if ev.Hook == enforcer.HookSockCreate {
 		rec.Destination = &audit.Destination{Protocol: protoName(ev.Protocol)}
 	}
 	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
-	s, ok := j.Registry.resolve(ev.Slot, ev.Gen)
+	j.attribute(&rec, ev.Slot, ev.Gen, ev.Rule)
+	return rec
+}
+
+// attribute fills the session, agent, origin and matched rule.
+func (j *Joiner) attribute(rec *audit.Record, slot uint32, gen uint64, rule int) {
+	s, ok := j.Registry.resolve(slot, gen)
 	if !ok {
 		// A session this daemon does not know (its state was lost): say
 		// so rather than guess.
 		rec.Session = &audit.Session{ID: "unknown"}
-		return rec
+		return
 	}
 	rec.Session, rec.Agent, rec.Origin = &s.session, s.agent, s.origin
-	if ev.Rule >= 0 && ev.Rule < len(s.rules) {
-		rec.Outcome.Rule = s.rules[ev.Rule].String()
+	if rule >= 0 && rule < len(s.rules) && rec.Outcome != nil {
+		rec.Outcome.Rule = s.rules[rule].String()
 	}
+}
+
+// HostRecord turns a hostname event into a record: a DNS answer learned
+// for an allowed name or refused for a name outside the scope (kind dns),
+// or a TLS connection dropped by the SNI check (kind connect).
+func (j *Joiner) HostRecord(ev enforcer.HostEvent) audit.Record {
+	rec := audit.Record{Schema: audit.SchemaVersion, Time: j.Clock.Wall(ev.BootNS), Kind: audit.KindDNS,
+		Process: &audit.Process{PID: ev.PID, UID: ev.UID, GID: ev.GID, Comm: ev.Comm, CgroupID: ev.CgroupID},
+		Outcome: &audit.Outcome{Verdict: verdictName(ev.Verdict), Reason: reason(ev.Reason)}}
+	dst := &audit.Destination{Hostname: ev.Name, Protocol: "udp"}
+	if ev.Addr.IsValid() {
+		dst.IP = ev.Addr.Unmap().String()
+	}
+	switch ev.Kind {
+	case enforcer.HostDNSLearned:
+		// destination is the learned address; the answer itself passed.
+		rec.Outcome.Reason = "learned"
+	case enforcer.HostDNSUnscoped:
+		dst.Port = ev.Port // the resolver
+	case enforcer.HostSNI:
+		rec.Kind, dst.Protocol, dst.Port = audit.KindConnect, "tcp", ev.Port
+		if ev.Name == "" && j.Names != nil {
+			dst.Hostname = j.Names.Hostname(ev.Slot, ev.NameHash)
+		}
+	}
+	rec.Destination = dst
+	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
+	j.attribute(&rec, ev.Slot, ev.Gen, ev.Rule)
 	return rec
 }
 

@@ -30,6 +30,11 @@ type Kernel interface {
 	SetState(slot uint32, gen uint64, st enforcer.State) error
 	WriteScope(slot uint32, gen uint64, entries []scope.Entry) error
 	DeleteScope(slot uint32, entries []scope.Entry) error
+	// WriteNames and DeleteNames take a session's full rule list and act on
+	// its hostname rules; PurgeLearned drops the addresses learned for a slot.
+	WriteNames(slot uint32, gen uint64, rules []scope.Rule) error
+	DeleteNames(slot uint32, rules []scope.Rule) error
+	PurgeLearned(slot uint32) error
 	BindCgroup(cgroupID uint64, slot uint32, gen uint64) error
 	UnbindCgroup(cgroupID uint64) error
 	BindPid(tgid uint32, slot uint32, gen uint64) error
@@ -250,16 +255,16 @@ func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
 		Parent: parentID, Labels: maps.Clone(req.Labels), OpenedBy: caller.ID, State: StateActive},
 		slot: slot, gen: r.gens[slot] + 1, rules: o.rules, entries: o.entries}
 
-	if err := r.kernel.WriteScope(slot, e.gen, e.entries); err != nil {
-		return Session{}, kernelError(err)
+	if err := r.writePolicy(e); err != nil {
+		return Session{}, err
 	}
 	if err := r.kernel.PutSession(slot, r.kernelState(e, o.mode)); err != nil {
-		r.kernel.DeleteScope(slot, e.entries)
+		r.deletePolicy(e)
 		return Session{}, kernelError(err)
 	}
 	undo := func() {
 		r.kernel.PutSession(slot, enforcer.SessionState{Gen: e.gen, State: enforcer.StateFree})
-		r.kernel.DeleteScope(slot, e.entries)
+		r.deletePolicy(e)
 	}
 	parentCgroup := ""
 	if parent != nil {
@@ -286,6 +291,23 @@ func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
 	r.persist()
 	r.lifecycle(e, "opened", caller.ID, "")
 	return e.public(), nil
+}
+
+// writePolicy writes a session's address and hostname rules; on error
+// neither is left in the kernel.
+func (r *Registry) writePolicy(e *entry) error {
+	if err := r.kernel.WriteScope(e.slot, e.gen, e.entries); err != nil {
+		return kernelError(err)
+	}
+	if err := r.kernel.WriteNames(e.slot, e.gen, e.rules); err != nil {
+		r.kernel.DeleteScope(e.slot, e.entries)
+		return kernelError(err)
+	}
+	return nil
+}
+
+func (r *Registry) deletePolicy(e *entry) error {
+	return errors.Join(r.kernel.DeleteScope(e.slot, e.entries), r.kernel.DeleteNames(e.slot, e.rules), r.kernel.PurgeLearned(e.slot))
 }
 
 func (r *Registry) kernelState(e *entry, mode enforcer.Mode) enforcer.SessionState {
@@ -463,13 +485,22 @@ func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, a
 	if err := r.kernel.WriteScope(e.slot, e.gen, entries); err != nil {
 		return kernelError(err)
 	}
+	if err := r.kernel.WriteNames(e.slot, e.gen, rules); err != nil {
+		return kernelError(err)
+	}
 	var gone []scope.Entry
 	for _, old := range e.entries {
 		if !slices.ContainsFunc(entries, func(n scope.Entry) bool { return n.Prefix == old.Prefix }) {
 			gone = append(gone, old)
 		}
 	}
-	if err := r.kernel.DeleteScope(e.slot, gone); err != nil {
+	var goneNames []scope.Rule
+	for _, old := range e.rules {
+		if old.Host != "" && !slices.ContainsFunc(rules, func(n scope.Rule) bool { return n.Host == old.Host && n.Wildcard == old.Wildcard }) {
+			goneNames = append(goneNames, old)
+		}
+	}
+	if err := errors.Join(r.kernel.DeleteScope(e.slot, gone), r.kernel.DeleteNames(e.slot, goneNames)); err != nil {
 		return kernelError(err)
 	}
 	e.rules, e.entries, e.Scope = rules, entries, texts(rules)
@@ -624,7 +655,7 @@ func (r *Registry) teardown(e *entry, closed *[]*entry) error {
 	if e.containerCgroups != 0 {
 		errs = append(errs, r.kernel.UnbindCgroup(e.containerCgroups))
 	}
-	errs = append(errs, r.kernel.DeleteScope(e.slot, e.entries))
+	errs = append(errs, r.deletePolicy(e))
 	errs = append(errs, r.kernel.PutSession(e.slot, enforcer.SessionState{Gen: e.gen, State: enforcer.StateFree}))
 	if err := errors.Join(errs...); err != nil {
 		return kernelError(err)

@@ -149,7 +149,7 @@ func (r *Registry) rewrite(e *entry) error {
 	case StateQuarantined:
 		ks.State = enforcer.StateQuarantined
 	}
-	if err := r.kernel.WriteScope(e.slot, e.gen, e.entries); err != nil {
+	if err := r.writePolicy(e); err != nil {
 		return err
 	}
 	if err := r.kernel.PutSession(e.slot, ks); err != nil {

@@ -22,30 +22,41 @@ trap cleanup EXIT
 sock=$work/api.sock
 audit=$work/audit.jsonl
 
-"$BIN/standin" --listen 127.0.0.1:18080 --name "ticket MCP server" 2>"$work/mcp.log" & pids+=($!)
-"$BIN/standin" --listen 127.0.0.2:18443 --name "SaaS tickets API" 2>"$work/api.log" & pids+=($!)
+# Stand-ins on loopback: the agent's MCP server, the SaaS API it should only
+# reach through that server, and a DNS server that knows both names.
+"$BIN/standin" --listen 127.0.0.1:18080 --name "ticket MCP server" \
+	--tls-name tickets-mcp.demo.internal --cert-out "$work/mcp.pem" 2>"$work/mcp.log" & pids+=($!)
+"$BIN/standin" --listen 127.0.0.2:18443 --name "SaaS tickets API" \
+	--tls-name api.saas.demo.internal --cert-out "$work/api.pem" 2>"$work/api.log" & pids+=($!)
+"$BIN/standin" --listen 127.0.0.153:53 \
+	--dns tickets-mcp.demo.internal=127.0.0.1,api.saas.demo.internal=127.0.0.2 2>"$work/dns.log" & pids+=($!)
 # No pinning for the demo: when it ends, the gate is detached.
 "$BIN/agentfenced" --api-socket "$sock" --audit-file "$audit" --state-dir "$work/state" \
 	--bpffs-path "" --metrics-addr "" 2>"$work/daemon.log" & pids+=($!)
 
 # Wait for the daemon's socket and the stand-ins (bounded).
 for _ in $(seq 1 100); do
-	[[ -S $sock ]] && grep -q listening "$work/mcp.log" && grep -q listening "$work/api.log" && break
+	[[ -S $sock ]] && grep -q listening "$work/mcp.log" && grep -q listening "$work/api.log" &&
+		grep -q listening "$work/dns.log" && break
 	sleep 0.1
 done
 [[ -S $sock ]] || { echo "demo: agentfenced did not start:"; cat "$work/daemon.log"; exit 1; } >&2
 
-echo "== agentfence run: the agent may reach only its MCP server (tcp://127.0.0.1:18080)"
+echo "== agentfence run: the agent may reach only its MCP server, by name, and the DNS server"
 set +e
 "$BIN/agentfence" run --socket "$sock" \
 	--intent "summarise open tickets for alice@example.com" \
 	--origin human:alice@example.com \
 	--agent spiffe://example.org/agents/ticket-summariser --agent-name ticket-summariser --agent-version 1.4.2 \
-	--allow tcp://127.0.0.1:18080 \
-	-- "$BIN/demo-agent" --mcp http://127.0.0.1:18080/tools/tickets --api http://127.0.0.2:18443/v1/tickets
+	--allow udp://127.0.0.153:53 --allow tcp://tickets-mcp.demo.internal:18080 \
+	-- "$BIN/demo-agent" --dns 127.0.0.153:53 --ca "$work/mcp.pem" \
+	--mcp https://tickets-mcp.demo.internal:18080/tools/tickets --api https://api.saas.demo.internal:18443/v1/tickets
 status=$?
 set -e
 echo "   (agent exit status $status: its direct API call was refused)"
 echo
-echo "== audit records (kernel-attributed, from $audit)"
-"$BIN/agentfence" audit show "$audit"
+echo "== the two TCP connect records (kernel-attributed, from $audit)"
+"$BIN/agentfence" audit show --kind connect --proto tcp "$audit"
+echo "== the whole trail, one line per record"
+"$BIN/agentfence" audit tail "$audit"
+"$BIN/agentfence" audit verify "$audit"

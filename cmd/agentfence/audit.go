@@ -15,7 +15,7 @@ import (
 )
 
 const auditUsage = `usage: agentfence audit COMMAND FILE
-  show   [--kind K,...] FILE   print records in full (default kinds: connect, sendmsg, socket)
+  show   [--kind K,...] [--proto P] FILE   print records in full (default kinds: connect, sendmsg, socket)
   tail   [-f] FILE             print records one per line; -f follows the file
   verify FILE                  check seq and the hash chain; report the first gap, reorder or alteration`
 
@@ -27,6 +27,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.SetOutput(stderr)
 	kinds := fs.String("kind", "connect,sendmsg,socket", "record kinds to show (comma-separated; empty for all)")
 	follow := fs.Bool("f", false, "follow the file")
+	proto := fs.String("proto", "", "show: only records whose destination.protocol is this (tcp, udp)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return usageError{err.Error()}
 	}
@@ -36,7 +37,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	path := fs.Arg(0)
 	switch args[0] {
 	case "show":
-		return showRecords(path, *kinds, stdout)
+		return showRecords(path, *kinds, *proto, stdout)
 	case "tail":
 		return audit.Tail(ctx, path, stdout, *follow)
 	case "verify":
@@ -62,7 +63,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // showRecords pretty-prints the records of the given kinds from a JSON-lines
 // audit file.
-func showRecords(path, kinds string, w io.Writer) error {
+func showRecords(path, kinds, proto string, w io.Writer) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -78,12 +79,15 @@ func showRecords(path, kinds string, w io.Writer) error {
 	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
 	for n := 1; sc.Scan(); n++ {
 		var head struct {
-			Kind string `json:"kind"`
+			Kind        string `json:"kind"`
+			Destination struct {
+				Protocol string `json:"protocol"`
+			} `json:"destination"`
 		}
 		if err := json.Unmarshal(sc.Bytes(), &head); err != nil {
 			return fmt.Errorf("%s:%d: %v", path, n, err)
 		}
-		if len(want) > 0 && !want[head.Kind] {
+		if (len(want) > 0 && !want[head.Kind]) || (proto != "" && head.Destination.Protocol != proto) {
 			continue
 		}
 		var out bytes.Buffer

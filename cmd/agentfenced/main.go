@@ -109,7 +109,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	gate, err := enforcer.Load(enforcer.Options{CgroupRoot: cfg.CgroupRoot, PinPath: cfg.BPFFSPath})
+	gate, err := enforcer.Load(enforcer.Options{CgroupRoot: cfg.CgroupRoot, PinPath: cfg.BPFFSPath,
+		Hostnames: enforcer.HostnameOptions{TTLMin: cfg.DNS.MinTTL.Std(), TTLMax: cfg.DNS.MaxTTL.Std()}})
 	if err != nil {
 		if errors.Is(err, ebpf.ErrNotSupported) {
 			return fmt.Errorf("%w\nthe kernel lacks a BPF feature the gate needs; run `agentfence doctor` to see which", err)
@@ -182,12 +183,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("ring buffer reader: %w", err)
 	}
+	hostRd, err := ringreader.New(gate.HostEvents(), 50*time.Millisecond)
+	if err != nil {
+		return fmt.Errorf("ring buffer reader: %w", err)
+	}
 	sessions.SetEventSync(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		rd.Sync(ctx)
+		hostRd.Sync(ctx)
 	})
-	joiner := &attribution.Joiner{Registry: sessions, Clock: clock, Wait: 100 * time.Millisecond}
+	joiner := &attribution.Joiner{Registry: sessions, Clock: clock, Wait: 100 * time.Millisecond, Names: gate}
 	if procs.cache != nil {
 		joiner.Processes = procs.cache
 	}
@@ -204,6 +210,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if ev.QuarantinedNow {
 				sessions.Quarantined(ev.Slot, ev.Gen)
 			}
+		})
+	})
+	wg.Go(func() {
+		errc <- hostRd.Run(evCtx, func(raw []byte) {
+			ev, err := enforcer.DecodeHostEvent(raw)
+			if err != nil {
+				log.Error("bad hostname event", "err", err)
+				return
+			}
+			gate.NoteHostEvent(ev)
+			pipe.Emit(joiner.HostRecord(ev))
 		})
 	})
 	wg.Go(func() { procs.emitExecs(evCtx, joiner, pipe.Emit) })
@@ -280,6 +297,9 @@ func watchLoss(ctx context.Context, gate *enforcer.Gate, procs *processes, clock
 		}
 		if n, ok := procs.lost(); ok {
 			counts["kernel_ringbuf:process"] = n
+		}
+		if hs, err := gate.HostStats(); err == nil {
+			counts["kernel_ringbuf:hostname"] = hs.Lost
 		}
 		counts["exec_queue"] = procs.dropped.Load()
 		for src, n := range counts {

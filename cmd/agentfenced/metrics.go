@@ -63,6 +63,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if n, ok := c.procs.lost(); ok {
 		counter(c.lost, n, "process")
 	}
+	if hs, err := c.gate.HostStats(); err == nil {
+		counter(c.lost, hs.Lost, "hostname")
+	}
 	counter(c.lost, c.procs.dropped.Load(), "exec_queue")
 	states := map[string]int{attribution.StateActive: 0, attribution.StateQuarantined: 0, attribution.StateRevoked: 0, attribution.StateExpired: 0}
 	for _, s := range c.sessions.List(attribution.Filter{}) {

@@ -4,9 +4,13 @@
 package main
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -14,10 +18,26 @@ import (
 )
 
 func main() {
-	mcp := flag.String("mcp", "http://127.0.0.1:18080/tools/tickets", "MCP server URL")
-	api := flag.String("api", "http://127.0.0.2:18443/v1/tickets", "SaaS API URL")
+	mcp := flag.String("mcp", "https://tickets-mcp.demo.internal:18080/tools/tickets", "MCP server URL")
+	api := flag.String("api", "https://api.saas.demo.internal:18443/v1/tickets", "SaaS API URL")
+	resolver := flag.String("dns", "127.0.0.153:53", "DNS server (UDP) to resolve names with")
+	caFile := flag.String("ca", "", "PEM certificates to trust for HTTPS")
 	flag.Parse()
-	client := &http.Client{Timeout: 5 * time.Second}
+	roots := x509.NewCertPool()
+	if *caFile != "" {
+		pem, err := os.ReadFile(*caFile)
+		if err != nil || !roots.AppendCertsFromPEM(pem) {
+			fmt.Fprintln(os.Stderr, "agent: bad --ca", *caFile, err)
+			os.Exit(2)
+		}
+	}
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "udp", *resolver)
+	}}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext:     (&net.Dialer{Resolver: r}).DialContext,
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+	}}
 	ok := call(client, "via the MCP server", *mcp)
 	bypassed := call(client, "directly, bypassing the MCP server", *api)
 	if !ok || bypassed {
@@ -28,11 +48,11 @@ func main() {
 func call(c *http.Client, how, url string) bool {
 	resp, err := c.Get(url)
 	if err != nil {
-		fmt.Printf("agent: call %-36s %s → FAILED: %v\n", how, url, err)
+		fmt.Printf("agent: call %-36s %s\n       → FAILED: %v\n", how, url, err)
 		return false
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-	fmt.Printf("agent: call %-36s %s → %s (%s)\n", how, url, resp.Status, strings.TrimSpace(string(body)))
+	fmt.Printf("agent: call %-36s %s\n       → %s (%s)\n", how, url, resp.Status, strings.TrimSpace(string(body)))
 	return true
 }
