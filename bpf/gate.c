@@ -338,7 +338,7 @@ static __always_inline int decide(struct dest *d, __u8 hook)
 	// racy read is enough for a threshold check.
 	__sync_fetch_and_add(&s->violations, 1);
 	__u32 violations = s->violations;
-	if (s->budget && violations > s->budget && (s->flags & AF_SESSION_QUARANTINE_ON_BUDGET) &&
+	if (violations > s->budget && (s->flags & AF_SESSION_QUARANTINE_ON_BUDGET) &&
 	    s->state == AF_STATE_ACTIVE) {
 		s->state = AF_STATE_QUARANTINED;
 		quarantined_now = 1;

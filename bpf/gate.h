@@ -65,7 +65,7 @@ struct session {
 	__u32 state;
 	__u32 mode;
 	__u32 violations; // denials (or would-denials) so far
-	__u32 budget;     // violations allowed before quarantine; 0 = unlimited
+	__u32 budget;     // violations allowed before the drift action (flags)
 	__u32 flags;
 	__u32 _pad;
 };

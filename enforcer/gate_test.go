@@ -379,3 +379,36 @@ func TestStaleGeneration(t *testing.T) {
 	}
 	expect(t, gatetest.Run(t, cg, gatetest.Options{}, "tcp "+ln.String()), "EPERM") // gen 1 scope does not apply
 }
+
+// The kernel quarantines a session itself once its denials exceed the
+// budget: from then on only essential rules match.
+func TestQuarantineAfterBudget(t *testing.T) {
+	f := setup(t)
+	mcp := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	api := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	cg := f.session(t, sessionSpec{slot: 16, rules: []string{"essential,tcp://" + mcp.String(), "tcp://" + api.String()}})
+	if err := f.g.PutSession(16, SessionState{Gen: 1, State: StateActive, Budget: 2, QuarantineOnBudget: true}); err != nil {
+		t.Fatal(err)
+	}
+	// Two violations are within the budget; the third quarantines.
+	res := gatetest.Run(t, cg, gatetest.Options{}, "tcp "+api.String(), "tcp "+other.String(), "tcp "+other.String(),
+		"tcp "+api.String(), "tcp "+other.String(), "tcp "+api.String(), "tcp "+mcp.String())
+	expect(t, res, "ok", "EPERM", "EPERM", "ok", "EPERM", "EPERM", "ok")
+	st, err := f.g.Session(16)
+	if err != nil || st.State != StateQuarantined || st.Violations != 4 {
+		t.Errorf("session after the budget: %+v %v", st, err)
+	}
+	var quarantining int
+	f.waitEvent(t, res[0].PID, func(e Event) bool { return e.Reason == ReasonQuarantined })
+	f.mu.Lock()
+	for _, e := range f.events {
+		if e.QuarantinedNow {
+			quarantining++
+		}
+	}
+	f.mu.Unlock()
+	if quarantining != 1 {
+		t.Errorf("%d events reported the quarantine, want exactly 1", quarantining)
+	}
+}

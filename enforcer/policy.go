@@ -36,7 +36,7 @@ type SessionState struct {
 	State      State
 	Mode       Mode
 	Violations uint32
-	Budget     uint32 // 0 = unlimited
+	Budget     uint32 // violations allowed before QuarantineOnBudget applies
 	// QuarantineOnBudget makes the kernel switch the session to
 	// StateQuarantined once Violations exceeds Budget.
 	QuarantineOnBudget bool
