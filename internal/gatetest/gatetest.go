@@ -4,11 +4,13 @@
 package gatetest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -27,6 +29,7 @@ const (
 	envDepth  = "AGENTFENCE_PROBE_DEPTH"
 	envDetach = "AGENTFENCE_PROBE_DETACH"
 	envStdout = "AGENTFENCE_PROBE_STDOUT"
+	envGate   = "AGENTFENCE_PROBE_GATE"
 )
 
 // Env returns the environment that makes the test binary, started by some
@@ -48,6 +51,13 @@ func MaybeRunProbe() {
 	}
 	depth := 0
 	fmt.Sscan(os.Getenv(envDepth), &depth)
+	if os.Getenv(envGate) != "" {
+		// Wait for the test's go-ahead (a line on stdin) before going on,
+		// so it can act on this process first (e.g. bind its pid).
+		fmt.Fprintf(out, "%d ready\n", os.Getpid())
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		os.Unsetenv(envGate)
+	}
 	if depth > 0 {
 		// Start the next generation and, for a detached probe, exit at once
 		// so the descendant is reparented like a daemon.
@@ -68,10 +78,112 @@ func MaybeRunProbe() {
 		os.Exit(0)
 	}
 	for _, a := range strings.Split(action, ";") {
+		if verb, arg, _ := strings.Cut(a, " "); verb == "hold" {
+			hold(out, arg)
+			continue
+		}
 		fmt.Fprintf(out, "%d %s\n", os.Getpid(), Probe(a))
 	}
 	os.Exit(0)
 }
+
+// hold connects to addr and reports "connected", then blocks reading until
+// the connection breaks and reports how, then tries to connect again and
+// reports that: three result lines.
+func hold(out *os.File, addr string) {
+	pid := os.Getpid()
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		fmt.Fprintf(out, "%d badaddr\n%d badaddr\n%d badaddr\n", pid, pid, pid)
+		return
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		err = unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()})
+	}
+	if err != nil {
+		fmt.Fprintf(out, "%d %s\n%d -\n%d -\n", pid, errName(err), pid, pid)
+		return
+	}
+	fmt.Fprintf(out, "%d connected\n", pid)
+	buf := make([]byte, 64)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err != nil {
+			fmt.Fprintf(out, "%d %s\n", pid, errName(err))
+			break
+		}
+		if n == 0 {
+			fmt.Fprintf(out, "%d EOF\n", pid)
+			break
+		}
+	}
+	unix.Close(fd)
+	fmt.Fprintf(out, "%d %s\n", pid, Probe("tcp "+addr))
+}
+
+// Proc is a probe started with Start, reporting line by line.
+type Proc struct {
+	PID   int
+	cmd   *exec.Cmd
+	lines *bufio.Scanner
+	stdin io.WriteCloser
+	tb    testing.TB
+}
+
+// Start starts a probe like Run but returns at once. With gate set the
+// probe first reports "ready" and waits for Go before acting.
+func Start(tb testing.TB, cgroupPath string, opts Options, gate bool, actions ...string) *Proc {
+	tb.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), envAction+"="+strings.Join(actions, ";"), fmt.Sprintf("%s=%d", envDepth, opts.Depth))
+	if gate {
+		cmd.Env = append(cmd.Env, envGate+"=1")
+	}
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	if cgroupPath != "" {
+		cg, err := os.Open(cgroupPath)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer cg.Close()
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(cg.Fd())
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start probe: %v", err)
+	}
+	w.Close()
+	r.SetReadDeadline(time.Now().Add(60 * time.Second))
+	p := &Proc{PID: cmd.Process.Pid, cmd: cmd, lines: bufio.NewScanner(r), stdin: stdin, tb: tb}
+	tb.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); r.Close() })
+	return p
+}
+
+// Next returns the next result (without the pid) and the pid that
+// reported it; it fails the test after a minute without one.
+func (p *Proc) Next() (string, int) {
+	p.tb.Helper()
+	if !p.lines.Scan() {
+		p.tb.Fatalf("probe %d: no more results: %v", p.PID, p.lines.Err())
+	}
+	var pid int
+	var res string
+	fmt.Sscan(p.lines.Text(), &pid, &res)
+	return res, pid
+}
+
+// Go lets a gated probe go on.
+func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 
 // Probe performs one network action in this process and returns "ok" or
 // the errno name. Actions:
@@ -83,6 +195,8 @@ func MaybeRunProbe() {
 //	udpconnect ADDR:PORT  connect a UDP socket
 //	tfo ADDR:PORT      TCP fast open: sendto with MSG_FASTOPEN, no connect
 //	raw                create a raw ICMP socket
+//	loop A D STOPFILE  connect to A and D in turn until STOPFILE exists; counts
+//	hold ADDR          (MaybeRunProbe only) hold a connection, report how it ends
 //	api-list SOCKET    list sessions through the daemon's API: the HTTP status
 //	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
 //	                   status and the error's field, e.g. 400:scope[0]
@@ -91,6 +205,8 @@ func Probe(action string) string {
 	switch verb {
 	case "api-list", "api-open":
 		return apiProbe(verb, arg)
+	case "loop":
+		return loop(arg)
 	}
 	if verb == "raw" {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
@@ -134,6 +250,35 @@ func Probe(action string) string {
 		return errName(err)
 	}
 	return "ok"
+}
+
+// loop connects to an allowed and a denied TCP address in turn until the
+// stop file appears (at most 10 minutes) and counts the outcomes:
+// a=allowed connects that worked, af=that failed, d=denied connects that
+// worked, df=that failed (with EPERM).
+func loop(arg string) string {
+	var allowed, denied, stop string
+	fmt.Sscan(arg, &allowed, &denied, &stop)
+	var a, af, d, df int
+	deadline := time.Now().Add(10 * time.Minute)
+	for i := 0; time.Now().Before(deadline); i++ {
+		if i%50 == 0 {
+			if _, err := os.Stat(stop); err == nil {
+				break
+			}
+		}
+		if Probe("tcp "+allowed) == "ok" {
+			a++
+		} else {
+			af++
+		}
+		if Probe("tcp "+denied) == "EPERM" {
+			df++
+		} else {
+			d++
+		}
+	}
+	return fmt.Sprintf("a=%d,af=%d,d=%d,df=%d", a, af, d, df)
 }
 
 // apiProbe calls the daemon's API on the unix socket arg and returns the
@@ -283,5 +428,26 @@ func Listen(tb testing.TB, network, addr string) netip.AddrPort {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { l.Close() })
+	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// Serve opens a TCP listener on a loopback address that accepts and closes
+// every connection, for probes that connect many times.
+func Serve(tb testing.TB, addr string) netip.AddrPort {
+	tb.Helper()
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
 	return l.Addr().(*net.TCPAddr).AddrPort()
 }

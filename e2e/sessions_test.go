@@ -1,0 +1,225 @@
+package e2e
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/agentfence/agentfence/attribution"
+	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/internal/gatetest"
+)
+
+// openSession opens a session through the CLI and returns it.
+func (d *daemon) openSession(t *testing.T, args ...string) attribution.Session {
+	t.Helper()
+	out, stderr, code := d.cli(t, nil, append([]string{"session", "open", "--socket", d.socket}, args...)...)
+	if code != 0 {
+		t.Fatalf("session open: exit %d: %s", code, stderr)
+	}
+	var s attribution.Session
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("session open output %q: %v", out, err)
+	}
+	return s
+}
+
+// waitRecord polls the audit file until a record matching match appears.
+func (d *daemon) waitRecord(t *testing.T, what string, match func(audit.Record) bool) audit.Record {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		for _, r := range d.records(t) {
+			if match(r) {
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s record in the audit trail", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// accept returns the next connection accepted on l.
+func accept(t *testing.T, l net.Listener) net.Conn {
+	t.Helper()
+	l.(*net.TCPListener).SetDeadline(time.Now().Add(15 * time.Second))
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Revoking a session with an open connection to an allowed peer breaks the
+// connection at once (the peer sees a reset) and denies later connects.
+func TestRevokeDestroysConnections(t *testing.T) {
+	d := startDaemon(t)
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	addr := l.Addr().String()
+	s := d.openSession(t, "--intent", "hold a connection", "--allow", "tcp://"+addr)
+	p := gatetest.Start(t, s.Binding.Cgroup, gatetest.Options{}, false, "hold "+addr)
+	if res, _ := p.Next(); res != "connected" {
+		t.Fatalf("hold: %s", res)
+	}
+	peer := accept(t, l)
+
+	if _, stderr, code := d.cli(t, nil, "session", "revoke", "--socket", d.socket, s.ID); code != 0 {
+		t.Fatalf("revoke: %s", stderr)
+	}
+	if res, _ := p.Next(); res != "ECONNABORTED" {
+		t.Errorf("member's read after revoke: %s, want ECONNABORTED", res)
+	}
+	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("peer's read after revoke: %v, want a reset", err)
+	}
+	if res, _ := p.Next(); res != "EPERM" {
+		t.Errorf("connect after revoke: %s, want EPERM", res)
+	}
+	d.waitRecord(t, "destroy", func(r audit.Record) bool {
+		return r.Kind == audit.KindDestroy && r.Session.ID == s.ID && r.Destination.IP+":"+fmt.Sprint(r.Destination.Port) == addr &&
+			r.Outcome.Verdict == audit.VerdictDestroyed && r.Outcome.Reason == "revoked" && int(r.Process.PID) == p.PID
+	})
+	d.waitRecord(t, "revoked", func(r audit.Record) bool {
+		return r.Kind == audit.KindSession && r.Event == "revoked" && r.Session.ID == s.ID && strings.Contains(r.Actor, "uid=0")
+	})
+}
+
+// Expiry does the same as revocation, with nobody calling anything.
+func TestExpiryDestroysConnections(t *testing.T) {
+	d := startDaemon(t)
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	addr := l.Addr().String()
+	s := d.openSession(t, "--intent", "short-lived", "--allow", "tcp://"+addr, "--ttl", "2s")
+	p := gatetest.Start(t, s.Binding.Cgroup, gatetest.Options{}, false, "hold "+addr)
+	if res, _ := p.Next(); res != "connected" {
+		t.Fatalf("hold: %s", res)
+	}
+	accept(t, l)
+	if res, _ := p.Next(); res != "ECONNABORTED" {
+		t.Errorf("member's read after expiry: %s, want ECONNABORTED", res)
+	}
+	if res, _ := p.Next(); res != "EPERM" {
+		t.Errorf("connect after expiry: %s, want EPERM", res)
+	}
+	d.waitRecord(t, "expired", func(r audit.Record) bool {
+		return r.Kind == audit.KindSession && r.Event == "expired" && r.Session.ID == s.ID
+	})
+}
+
+// A member of a session opens a child through agentfence run: the child
+// gets exactly what it asked within the parent, and cannot ask for more.
+func TestChildSessionWithinParent(t *testing.T) {
+	d := startDaemon(t)
+	a := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	b := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	c := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	agentfence := filepath.Join(d.bin, "agentfence")
+	inner := fmt.Sprintf("%s run --socket %s --intent child --allow tcp://%s -- %s", agentfence, d.socket, a, os.Args[0])
+	stdout, stderr, code := d.cli(t, gatetest.Env("tcp "+a.String(), "tcp "+b.String()),
+		"run", "--intent", "parent", "--allow", "tcp://"+a.String(), "--allow", "tcp://"+b.String(), "--", "sh", "-c", inner)
+	if code != 0 || !strings.Contains(stdout, " ok\n") || !strings.Contains(stdout, " EPERM\n") {
+		t.Fatalf("child session: exit %d, out %q, err %q", code, stdout, stderr)
+	}
+	var child *audit.Record
+	for _, r := range d.records(t) {
+		if r.Kind == audit.KindSession && r.Event == "opened" && r.Session.Intent == "child" {
+			child = &r
+		}
+	}
+	if child == nil || child.Session.Parent == "" {
+		t.Fatalf("child session record: %+v", child)
+	}
+	// Asking for more than the parent has is refused.
+	wider := fmt.Sprintf("%s run --socket %s --intent wider --allow tcp://%s -- true", agentfence, d.socket, c)
+	_, stderr, code = d.cli(t, nil, "run", "--intent", "parent", "--allow", "tcp://"+a.String(), "--", "sh", "-c", wider)
+	if code != 125 || !strings.Contains(stderr, "not within the parent's scope") {
+		t.Errorf("wider child: exit %d, %q", code, stderr)
+	}
+	d.expectClean(t)
+}
+
+// The daemon quarantines a session that exceeds its violation budget: only
+// essential rules match afterwards, and the trail says so.
+func TestQuarantineRecorded(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
+	if err := os.WriteFile(cfg, []byte("sessions:\n  violation_budget: 1\n  drift_action: quarantine\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, "--config", cfg)
+	mcp := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	api := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	stdout, _, _ := d.cli(t, gatetest.Env("tcp "+other.String(), "tcp "+other.String(), "tcp "+api.String(), "tcp "+mcp.String()),
+		"run", "--intent", "drifter", "--allow", "essential,tcp://"+mcp.String(), "--allow", "tcp://"+api.String(), "--", os.Args[0])
+	var res [4]string
+	var pid int
+	fmt.Sscanf(stdout, "%d %s\n%d %s\n%d %s\n%d %s", &pid, &res[0], &pid, &res[1], &pid, &res[2], &pid, &res[3])
+	if res != [4]string{"EPERM", "EPERM", "EPERM", "ok"} {
+		t.Errorf("after the budget only essential rules match: %q", stdout)
+	}
+	d.waitRecord(t, "quarantined", func(r audit.Record) bool {
+		return r.Kind == audit.KindSession && r.Event == "quarantined" && r.Session.Intent == "drifter"
+	})
+}
+
+// A process bound by pid takes its future children into the session, even
+// though they share a cgroup with processes outside it.
+func TestPidBindingFollowsForkNotSiblings(t *testing.T) {
+	d := startDaemon(t)
+	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	s := d.openSession(t, "--intent", "pid tree", "--allow", "tcp://"+ln.String())
+	for _, depth := range []int{1, 2} {
+		p := gatetest.Start(t, "", gatetest.Options{Depth: depth}, true, "tcp "+other.String(), "tcp "+ln.String())
+		if res, _ := p.Next(); res != "ready" {
+			t.Fatalf("probe: %s", res)
+		}
+		if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
+			t.Fatalf("bind: %s", stderr)
+		}
+		p.Go()
+		r1, pid := p.Next()
+		r2, _ := p.Next()
+		if r1 != "EPERM" || r2 != "ok" || pid == p.PID {
+			t.Errorf("depth %d: descendant %d of bound %d: %s %s, want EPERM ok", depth, pid, p.PID, r1, r2)
+		}
+		// A sibling in the same cgroup, not descended from the bound pid.
+		expectResults(t, gatetest.Run(t, "", gatetest.Options{}, "tcp "+other.String()), "ok")
+	}
+	// Binding a pid of another session is refused.
+	s2 := d.openSession(t, "--intent", "other")
+	p := gatetest.Start(t, s.Binding.Cgroup, gatetest.Options{}, true)
+	p.Next()
+	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s2.ID, "--pid", fmt.Sprint(p.PID)); code != 125 || !strings.Contains(stderr, "belongs to session "+s.ID) {
+		t.Errorf("bind a member of another session: exit %d, %q", code, stderr)
+	}
+}
+
+func expectResults(t *testing.T, got []gatetest.Result, want ...string) {
+	t.Helper()
+	for i, w := range want {
+		if got[i].Result != w {
+			t.Errorf("probe %d: %s, want %s", i, got[i].Result, w)
+		}
+	}
+}
+
