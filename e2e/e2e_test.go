@@ -235,7 +235,8 @@ func TestRunRejectsBadInputAndChangesNothing(t *testing.T) {
 	}{
 		{[]string{"run", "--intent", "x", "--allow", "127.0.0.1:99999", "--", "true"}, "out of range"},
 		{[]string{"run", "--intent", "x", "--allow", "10.0.0.1/8", "--", "true"}, "host bits"},
-		{[]string{"run", "--intent", "x", "--allow", "api.example.com:443", "--", "true"}, "hostname rules are not supported yet"},
+		{[]string{"run", "--intent", "x", "--allow", "api..example.com:443", "--", "true"}, "api..example.com"},
+		{[]string{"run", "--intent", "x", "--allow", "*.com:443", "--", "true"}, "*.com"},
 		{[]string{"run", "--intent", "  ", "--", "true"}, "--intent is required"},
 		{[]string{"run", "--intent", "x", "--mode", "yolo", "--", "true"}, `--mode "yolo"`},
 		{[]string{"run", "--intent", "x", "--ttl", "-5m", "--", "true"}, "must be positive"},

@@ -207,8 +207,10 @@ func TestPidBindingFollowsForkNotSiblings(t *testing.T) {
 	}
 	// Binding a pid of another session is refused.
 	s2 := d.openSession(t, "--intent", "other")
-	p := gatetest.Start(t, s.Binding.Cgroup, gatetest.Options{}, true)
-	p.Next()
+	p := gatetest.Start(t, s.Binding.Cgroup, gatetest.Options{}, true, "tcp "+ln.String())
+	if res, _ := p.Next(); res != "ready" {
+		t.Fatalf("probe: %s", res)
+	}
 	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s2.ID, "--pid", fmt.Sprint(p.PID)); code != 125 || !strings.Contains(stderr, "belongs to session "+s.ID) {
 		t.Errorf("bind a member of another session: exit %d, %q", code, stderr)
 	}
@@ -222,4 +224,3 @@ func expectResults(t *testing.T, got []gatetest.Result, want ...string) {
 		}
 	}
 }
-
