@@ -8,10 +8,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -52,6 +54,7 @@ func build(t *testing.T) string {
 
 type daemon struct {
 	bin, socket, audit string
+	args               []string
 	cmd                *exec.Cmd
 	stderr             *bytes.Buffer
 }
@@ -62,22 +65,48 @@ func startDaemon(t *testing.T, extra ...string) *daemon {
 	bin := build(t)
 	dir := t.TempDir()
 	d := &daemon{bin: bin, socket: filepath.Join(dir, "api.sock"), audit: filepath.Join(dir, "audit.jsonl"), stderr: &bytes.Buffer{}}
-	args := []string{"--api-socket", d.socket, "--audit-file", d.audit, "--state-dir", filepath.Join(dir, "state"),
-		"--bpffs-path", "", "--metrics-addr", "127.0.0.1:0"}
-	d.cmd = exec.Command(filepath.Join(bin, "agentfenced"), append(args, extra...)...)
-	d.cmd.Stderr = d.stderr
+	d.args = append([]string{"--api-socket", d.socket, "--audit-file", d.audit, "--state-dir", filepath.Join(dir, "state"),
+		"--bpffs-path", "", "--metrics-addr", "127.0.0.1:0"}, extra...)
+	d.start(t)
+	t.Cleanup(func() { d.stop(t) })
+	return d
+}
+
+// start starts the daemon and waits until its API listens.
+func (d *daemon) start(t *testing.T) {
+	t.Helper()
+	d.stderr = &bytes.Buffer{}
+	d.cmd = exec.Command(filepath.Join(d.bin, "agentfenced"), d.args...)
+	d.cmd.Stderr = &lockedWriter{w: d.stderr}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.stop(t) })
 	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(d.stderr.String(), "api listening") {
-		if time.Now().After(deadline) || d.cmd.ProcessState != nil {
-			t.Fatalf("daemon did not start: %s", d.stderr.String())
+	for !strings.Contains(d.log(), "api listening") {
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon did not start: %s", d.log())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return d
+}
+
+// log is what the daemon has written to stderr so far.
+func (d *daemon) log() string {
+	w := d.cmd.Stderr.(*lockedWriter)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return d.stderr.String()
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func (d *daemon) stop(t *testing.T) {
@@ -86,7 +115,7 @@ func (d *daemon) stop(t *testing.T) {
 	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	if err := d.cmd.Wait(); err != nil {
-		t.Errorf("daemon exit: %v\n%s", err, d.stderr.String())
+		t.Errorf("daemon exit: %v\n%s", err, d.log())
 	}
 }
 

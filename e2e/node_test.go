@@ -1,0 +1,240 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/internal/bpffs"
+	"github.com/agentfence/agentfence/internal/cgroupv2"
+	"github.com/agentfence/agentfence/internal/gatetest"
+)
+
+// A kill -9 of the daemon while a member loops on allowed and denied
+// connects: the pinned gate keeps deciding, a new daemon adopts it, and not
+// one allowed connect fails nor one denied connect succeeds.
+func TestRestartWithoutEnforcementGap(t *testing.T) {
+	mnt := t.TempDir()
+	if err := bpffs.Ensure(mnt); err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	pins := filepath.Join(mnt, "agentfence")
+	root, _ := cgroupv2.Root()
+	before := attached(t, root)
+
+	d := startDaemon(t, "--bpffs-path", pins)
+	allowed := gatetest.Serve(t, "127.0.0.1:0")
+	denied := gatetest.Serve(t, "127.0.0.1:0")
+	s := d.openSession(t, "--intent", "loop through a restart", "--allow", "tcp://"+allowed.String())
+	stop := filepath.Join(t.TempDir(), "stop")
+	p := gatetest.Start(t, s.Binding.Cgroup, gatetest.Options{}, false, fmt.Sprintf("loop %s %s %s", allowed, denied, stop))
+	d.waitRecord(t, "connect", func(r audit.Record) bool { return r.Kind == audit.KindConnect && r.Session.ID == s.ID })
+
+	d.cmd.Process.Kill()
+	d.cmd.Wait()
+	// Nobody is in user space now; the loop goes on against the pins.
+	seen := len(d.records(t))
+	d.start(t)
+	if got := attached(t, root); got != before+1 {
+		t.Errorf("connect4 programs after the restart: %d, want %d (adopted, not doubled)", got, before+1)
+	}
+	out, _, _ := d.cli(t, nil, "session", "show", "--socket", d.socket, s.ID)
+	if !strings.Contains(out, s.ID) {
+		t.Errorf("session not adopted: %s", out)
+	}
+	d.waitRecord(t, "adopted", func(r audit.Record) bool { return r.Kind == audit.KindSession && r.Event == "adopted" })
+	// Events resume: connect records written by the new daemon.
+	deadline := time.Now().Add(15 * time.Second)
+	for n := 0; n == 0; {
+		for _, r := range d.records(t)[seen:] {
+			if r.Kind == audit.KindConnect && r.Session.ID == s.ID {
+				n++
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no connect records after the restart")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	os.WriteFile(stop, nil, 0o600)
+	res, _ := p.Next()
+	var a, af, dd, df int
+	fmt.Sscanf(res, "a=%d,af=%d,d=%d,df=%d", &a, &af, &dd, &df)
+	t.Logf("through the restart: %d allowed connects, %d denied", a, df)
+	if a == 0 || df == 0 || af != 0 || dd != 0 {
+		t.Errorf("allowed ok %d, allowed failed %d, denied succeeded %d, denied refused %d", a, af, dd, df)
+	}
+	if out, _, code := d.cli(t, nil, "audit", "verify", d.audit); code != 0 {
+		t.Errorf("audit trail across the restart: %s", out)
+	}
+
+	// SIGTERM with pins leaves the gate in place; --uninstall removes it.
+	d.stop(t)
+	if got := attached(t, root); got != before+1 {
+		t.Errorf("after SIGTERM with pins: %d connect4 programs, want %d", got, before+1)
+	}
+	un := exec.Command(filepath.Join(d.bin, "agentfenced"), append(d.args, "--uninstall")...)
+	if out, err := un.CombinedOutput(); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if got := attached(t, root); got != before {
+		t.Errorf("after --uninstall: %d connect4 programs, want %d", got, before)
+	}
+	if entries, _ := os.ReadDir(pins); len(entries) != 0 {
+		t.Errorf("pins left after --uninstall: %v", entries)
+	}
+}
+
+// Metrics after a known sequence of decisions, and the health endpoints.
+func TestMetricsAndHealth(t *testing.T) {
+	d := startDaemon(t)
+	m := regexp.MustCompile(`metrics listening addr=(\S+)`).FindStringSubmatch(d.log())
+	if m == nil {
+		t.Fatalf("no metrics address in the log: %s", d.log())
+	}
+	base := "http://" + m[1]
+	s := d.openSession(t, "--intent", "counted", "--allow", "udp://127.0.0.1:9")
+	expectResults(t, gatetest.Run(t, s.Binding.Cgroup, gatetest.Options{},
+		"udp 127.0.0.1:9", "udp 127.0.0.1:9", "udp 127.0.0.1:10", "udp 127.0.0.1:11", "udp 127.0.0.1:12"), "ok", "ok", "EPERM", "EPERM", "EPERM")
+	want := map[string]float64{
+		`agentfence_decisions_total{verdict="allowed"}`:      2,
+		`agentfence_decisions_total{verdict="denied"}`:       3,
+		`agentfence_decisions_total{verdict="would_deny"}`:   0,
+		`agentfence_violations_total`:                        3,
+		`agentfence_sessions{state="active"}`:                1,
+		`agentfence_bpf_map_entries{map="sessions"}`:         1,
+		`agentfence_bpf_map_entries{map="cgroup_sessions"}`:  1,
+		`agentfence_bpf_map_capacity{map="sessions"}`:        16384,
+		`agentfence_kernel_events_lost_total{source="gate"}`: 0,
+	}
+	got := scrape(t, base+"/metrics")
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+	for _, k := range []string{`agentfence_sink_records_delivered_total{sink="primary"}`, `agentfence_processes_cached`} {
+		if got[k] <= 0 {
+			t.Errorf("%s = %v, want > 0", k, got[k])
+		}
+	}
+	if !hasPrefix(got, "agentfence_build_info{") {
+		t.Error("no agentfence_build_info")
+	}
+	for k := range got {
+		if strings.Contains(k, "session=") || strings.Contains(k, "pid=") {
+			t.Errorf("per-session or per-pid label: %s", k)
+		}
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get(base + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Errorf("%s: %v %v", path, resp, err)
+		} else {
+			resp.Body.Close()
+		}
+	}
+}
+
+func scrape(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") || line == "" {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+func hasPrefix(m map[string]float64, p string) bool {
+	for k := range m {
+		if strings.HasPrefix(k, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// An exe-bound rule admits the named binary and refuses a copy of it under
+// another path, decided in the kernel from the identity captured at exec.
+func TestExeBoundRule(t *testing.T) {
+	d := startDaemon(t)
+	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	named, copied := gatetest.ExecutableCopy(t), gatetest.ExecutableCopy(t)
+	rule := fmt.Sprintf("exe=%s,tcp://%s", named, ln)
+	for _, c := range []struct{ bin, want string }{{named, "ok"}, {copied, "EPERM"}} {
+		stdout, stderr, _ := d.cli(t, gatetest.Env("tcp "+ln.String()), "run", "--intent", "mcp only", "--allow", rule, "--", c.bin)
+		if !strings.HasSuffix(strings.TrimSpace(stdout), " "+c.want) {
+			t.Errorf("%s: %q (%s), want %s", c.bin, stdout, stderr, c.want)
+		}
+	}
+}
+
+// Every one of 10,000 short-lived processes in a session is attributed
+// with its executable, arguments, parent and session, although each is
+// gone within a millisecond of its connect.
+func TestShortLivedProcessesAttributed(t *testing.T) {
+	d := startDaemon(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "blip.c")
+	bin := filepath.Join(dir, "blip")
+	os.WriteFile(src, []byte(`#include <arpa/inet.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
+	inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+	return sendto(fd, "x", 1, 0, (struct sockaddr *)&a, sizeof a) == 1 ? 0 : 1;
+}
+`), 0o644)
+	if out, err := exec.Command("cc", "-O2", "-o", bin, src).CombinedOutput(); err != nil {
+		t.Fatalf("cc: %v\n%s", err, out)
+	}
+	const n = 10000
+	loop := fmt.Sprintf(`i=0; while [ $i -lt %d ]; do %s 9 $i || exit 1; i=$((i+1)); done`, n, bin)
+	if _, stderr, code := d.cli(t, nil, "run", "--intent", "many helpers", "--allow", "udp://127.0.0.1:9", "--", "sh", "-c", loop); code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	seen := map[string]bool{}
+	var partial int
+	for _, r := range d.records(t) {
+		if r.Kind != audit.KindSendmsg || r.Process == nil || r.Process.Comm != "blip" {
+			continue
+		}
+		if r.Process.Exe != bin || len(r.Process.Argv) != 3 || r.Process.PPID == 0 || r.Session == nil || r.Session.Intent != "many helpers" ||
+			r.Outcome.Verdict != "allowed" {
+			partial++
+			continue
+		}
+		seen[r.Process.Argv[2]] = true
+	}
+	if len(seen) != n || partial != 0 {
+		t.Errorf("%d of %d processes fully attributed, %d records incomplete", len(seen), n, partial)
+	}
+}
