@@ -72,7 +72,7 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 	res, _ := p.Next()
 	var a, af, dd, df int
 	fmt.Sscanf(res, "a=%d,af=%d,d=%d,df=%d", &a, &af, &dd, &df)
-	t.Logf("through the restart: %d allowed connects, %d denied", a, df)
+	t.Logf("through the restart: %s", res)
 	if a == 0 || df == 0 || af != 0 || dd != 0 {
 		t.Errorf("allowed ok %d, allowed failed %d, denied succeeded %d, denied refused %d", a, af, dd, df)
 	}
@@ -100,7 +100,7 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 // Metrics after a known sequence of decisions, and the health endpoints.
 func TestMetricsAndHealth(t *testing.T) {
 	d := startDaemon(t)
-	m := regexp.MustCompile(`metrics listening addr=(\S+)`).FindStringSubmatch(d.log())
+	m := regexp.MustCompile(`metrics listening" addr=(\S+)`).FindStringSubmatch(d.log())
 	if m == nil {
 		t.Fatalf("no metrics address in the log: %s", d.log())
 	}
@@ -229,7 +229,9 @@ int main(int argc, char **argv) {
 		}
 		if r.Process.Exe != bin || len(r.Process.Argv) != 3 || r.Process.PPID == 0 || r.Session == nil || r.Session.Intent != "many helpers" ||
 			r.Outcome.Verdict != "allowed" {
-			partial++
+			if partial++; partial <= 3 {
+				t.Logf("incomplete: %+v %+v %+v", r.Process, r.Session, r.Outcome)
+			}
 			continue
 		}
 		seen[r.Process.Argv[2]] = true

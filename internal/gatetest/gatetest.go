@@ -255,11 +255,13 @@ func Probe(action string) string {
 // loop connects to an allowed and a denied TCP address in turn until the
 // stop file appears (at most 10 minutes) and counts the outcomes:
 // a=allowed connects that worked, af=that failed, d=denied connects that
-// worked, df=that failed (with EPERM).
+// worked, df=that failed (with EPERM), err=the first failure of an
+// allowed connect.
 func loop(arg string) string {
 	var allowed, denied, stop string
 	fmt.Sscan(arg, &allowed, &denied, &stop)
 	var a, af, d, df int
+	firstErr := "none"
 	deadline := time.Now().Add(10 * time.Minute)
 	for i := 0; time.Now().Before(deadline); i++ {
 		if i%50 == 0 {
@@ -267,9 +269,12 @@ func loop(arg string) string {
 				break
 			}
 		}
-		if Probe("tcp "+allowed) == "ok" {
+		if r := Probe("tcp " + allowed); r == "ok" {
 			a++
 		} else {
+			if af == 0 {
+				firstErr = r
+			}
 			af++
 		}
 		if Probe("tcp "+denied) == "EPERM" {
@@ -278,7 +283,7 @@ func loop(arg string) string {
 			d++
 		}
 	}
-	return fmt.Sprintf("a=%d,af=%d,d=%d,df=%d", a, af, d, df)
+	return fmt.Sprintf("a=%d,af=%d,d=%d,df=%d,err=%s", a, af, d, df, firstErr)
 }
 
 // apiProbe calls the daemon's API on the unix socket arg and returns the
