@@ -15,6 +15,7 @@ import (
 // Processes resolves a process as it was at a boot-clock time.
 type Processes interface {
 	LookupWait(ctx context.Context, tgid uint32, at uint64) (proccache.Process, bool)
+	WaitFor(ctx context.Context, at uint64) bool
 }
 
 // Joiner turns kernel events into audit records: the event, the process
@@ -132,6 +133,12 @@ func (j *Joiner) fillProcess(p *audit.Process, tgid uint32, at uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), j.Wait)
 	defer cancel()
 	pr, ok := j.Processes.LookupWait(ctx, tgid, at)
+	if ok && pr.Source == proccache.SourceFork && j.Processes.WaitFor(ctx, at) {
+		// Found as forked from its parent, but it may have exec'd since
+		// (a helper that execs, connects and exits within a millisecond):
+		// look again once the cache has every event up to this one.
+		pr, ok = j.Processes.LookupWait(ctx, tgid, at)
+	}
 	if !ok {
 		return
 	}

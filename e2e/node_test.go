@@ -34,7 +34,10 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 	root, _ := cgroupv2.Root()
 	before := attached(t, root)
 
-	d := startDaemon(t, "--bpffs-path", pins)
+	// The loop's thousands of denials would use up any violation budget.
+	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
+	os.WriteFile(cfg, []byte("sessions:\n  drift_action: none\n"), 0o600)
+	d := startDaemon(t, "--bpffs-path", pins, "--config", cfg)
 	allowed := gatetest.Serve(t, "127.0.0.1:0")
 	denied := gatetest.Serve(t, "127.0.0.1:0")
 	s := d.openSession(t, "--intent", "loop through a restart", "--allow", "tcp://"+allowed.String())

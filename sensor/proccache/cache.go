@@ -517,3 +517,22 @@ func (c *Cache) Run(ctx context.Context, src sensor.EventSource) error {
 		}
 	}
 }
+
+// WaitFor blocks until every event up to boot time at has been applied, or
+// ctx is done; it reports which. A process found in its forked form may have
+// exec'd before at: waiting for the watermark tells the two apart.
+func (c *Cache) WaitFor(ctx context.Context, at uint64) bool {
+	for {
+		c.mu.RLock()
+		mark, ch := c.mark, c.changed
+		c.mu.RUnlock()
+		if mark >= at {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
