@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 var binDir string
 
 // build compiles the binaries once per test binary run.
-func build(t *testing.T) string {
+func build(t testing.TB) string {
 	t.Helper()
 	if binDir != "" {
 		return binDir
@@ -59,7 +59,7 @@ type daemon struct {
 	stderr             *bytes.Buffer
 }
 
-func startDaemon(t *testing.T, extra ...string) *daemon {
+func startDaemon(t testing.TB, extra ...string) *daemon {
 	t.Helper()
 	privtest.RequireRoot(t)
 	bin := build(t)
@@ -73,7 +73,7 @@ func startDaemon(t *testing.T, extra ...string) *daemon {
 }
 
 // start starts the daemon and waits until its API listens.
-func (d *daemon) start(t *testing.T) {
+func (d *daemon) start(t testing.TB) {
 	t.Helper()
 	d.stderr = &bytes.Buffer{}
 	d.cmd = exec.Command(filepath.Join(d.bin, "agentfenced"), d.args...)
@@ -109,7 +109,7 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func (d *daemon) stop(t *testing.T) {
+func (d *daemon) stop(t testing.TB) {
 	if d.cmd.ProcessState != nil {
 		return
 	}

@@ -78,8 +78,12 @@ func MaybeRunProbe() {
 		os.Exit(0)
 	}
 	for _, a := range strings.Split(action, ";") {
-		if verb, arg, _ := strings.Cut(a, " "); verb == "hold" {
+		switch verb, arg, _ := strings.Cut(a, " "); verb {
+		case "hold":
 			hold(out, arg)
+			continue
+		case "holdmany":
+			holdMany(out, arg)
 			continue
 		}
 		fmt.Fprintf(out, "%d %s\n", os.Getpid(), Probe(a))
@@ -197,6 +201,8 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	raw                create a raw ICMP socket
 //	loop A D STOPFILE  connect to A and D in turn until STOPFILE exists; counts
 //	hold ADDR          (MaybeRunProbe only) hold a connection, report how it ends
+//	holdmany ADDR N    (MaybeRunProbe only) hold N connections until all break
+//	flood ADDR N       sendto N datagrams; the rate achieved per second
 //	api-list SOCKET    list sessions through the daemon's API: the HTTP status
 //	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
 //	                   status and the error's field, e.g. 400:scope[0]
@@ -207,6 +213,8 @@ func Probe(action string) string {
 		return apiProbe(verb, arg)
 	case "loop":
 		return loop(arg)
+	case "flood":
+		return flood(arg)
 	}
 	if verb == "raw" {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
@@ -284,6 +292,61 @@ func loop(arg string) string {
 		}
 	}
 	return fmt.Sprintf("a=%d,af=%d,d=%d,df=%d,err=%s", a, af, d, df, firstErr)
+}
+
+// flood sends N datagrams with sendto as fast as it can and returns the
+// rate it achieved per second.
+func flood(arg string) string {
+	var addr string
+	var n int
+	fmt.Sscan(arg, &addr, &n)
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return "badaddr"
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return errName(err)
+	}
+	defer unix.Close(fd)
+	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	start := time.Now()
+	for range n {
+		if err := unix.Sendto(fd, []byte("x"), 0, sa); err != nil {
+			return errName(err)
+		}
+	}
+	return fmt.Sprintf("%.0f", float64(n)/time.Since(start).Seconds())
+}
+
+// holdMany opens n connections to addr and reports "held", then blocks
+// until they are all broken and reports how many broke.
+func holdMany(out *os.File, arg string) {
+	var addr string
+	var n int
+	fmt.Sscan(arg, &addr, &n)
+	ap, _ := netip.ParseAddrPort(addr)
+	var fds []int
+	for range n {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err == nil {
+			err = unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()})
+		}
+		if err != nil {
+			fmt.Fprintf(out, "%d %s\n", os.Getpid(), errName(err))
+			return
+		}
+		fds = append(fds, fd)
+	}
+	fmt.Fprintf(out, "%d held\n", os.Getpid())
+	broken := 0
+	buf := make([]byte, 8)
+	for _, fd := range fds {
+		if _, err := unix.Read(fd, buf); err != nil {
+			broken++
+		}
+	}
+	fmt.Fprintf(out, "%d broken=%d\n", os.Getpid(), broken)
 }
 
 // apiProbe calls the daemon's API on the unix socket arg and returns the
