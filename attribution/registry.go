@@ -620,6 +620,11 @@ func (r *Registry) destroy(e *entry, reason string, match func(Conn) bool) {
 // and its cgroups, bindings, scope and slot are released. Child sessions
 // are closed first.
 func (r *Registry) Close(id string, caller Caller) error {
+	// Events already in the ring buffer (a quarantine, say) are handled
+	// while the session still exists.
+	if r.sync != nil {
+		r.sync()
+	}
 	r.mu.Lock()
 	e, err := r.authorize(id, caller)
 	if err != nil {
