@@ -78,6 +78,11 @@ func Parse(text string) (Rule, error) {
 				return Rule{}, fmt.Errorf("rule %q: exe=%q must be a clean absolute path", text, p)
 			}
 			r.Exe = p
+		case strings.HasPrefix(head, "sha256="):
+			// The kernel knows an executable by device and inode at exec
+			// time; its hash is only known later, in user space, so a hash
+			// rule could not decide the first connect after an exec.
+			return Rule{}, fmt.Errorf("rule %q: sha256= rules are not supported: name the executable with exe=PATH", text)
 		default:
 			return Rule{}, fmt.Errorf("rule %q: unknown option %q (want essential or exe=PATH)", text, head)
 		}

@@ -66,6 +66,7 @@ func TestParseErrors(t *testing.T) {
 		"999.1.1.1":              "bad address",
 		"bogus,127.0.0.1":        "unknown option",
 		"exe=relative,127.0.0.1": "absolute path",
+		"sha256=ab12,127.0.0.1":  "exe=PATH",
 		"[fe80::1%eth0]:80":      "zones",
 		"[::ffff:10.0.0.0]/64":   "shorter than /96",
 	}
