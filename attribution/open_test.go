@@ -1,0 +1,416 @@
+package attribution
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/scope"
+)
+
+func TestOpenValidation(t *testing.T) {
+	manyLabels := map[string]string{}
+	for i := range maxLabels + 1 {
+		manyLabels[fmt.Sprintf("k%d", i)] = "v"
+	}
+	tooManyRules := make([]string, 33) // testConfig: MaxRules 32
+	for i := range tooManyRules {
+		tooManyRules[i] = fmt.Sprintf("10.0.%d.0/24", i)
+	}
+	// 17 rules that all cover 10.0.0.1: more than one trie entry can hold.
+	crowded := []string{"10.0.0.1"}
+	for i := range scope.MaxPortRules {
+		crowded = append(crowded, fmt.Sprintf("10.0.0.0/%d", 16+i))
+	}
+	ok := func(mod func(*OpenRequest)) OpenRequest {
+		r := OpenRequest{Intent: "fetch the nightly report", Scope: []string{"10.0.0.0/8:443", "api.example.com:443"}}
+		mod(&r)
+		return r
+	}
+	cases := []struct {
+		name  string
+		req   OpenRequest
+		code  string
+		field string
+	}{
+		{"empty intent", ok(func(r *OpenRequest) { r.Intent = "" }), CodeInvalid, "intent"},
+		{"whitespace intent", ok(func(r *OpenRequest) { r.Intent = " \t\n " }), CodeInvalid, "intent"},
+		{"oversize intent", ok(func(r *OpenRequest) { r.Intent = strings.Repeat("x", maxIntentBytes+1) }), CodeInvalid, "intent"},
+		{"invalid utf-8 intent", ok(func(r *OpenRequest) { r.Intent = "report \xff\xfe" }), CodeInvalid, "intent"},
+		{"unknown mode", ok(func(r *OpenRequest) { r.Mode = "block" }), CodeInvalid, "mode"},
+		{"ttl not a duration", ok(func(r *OpenRequest) { r.TTL = "soon" }), CodeInvalid, "ttl"},
+		{"ttl without unit", ok(func(r *OpenRequest) { r.TTL = "30" }), CodeInvalid, "ttl"},
+		{"ttl zero", ok(func(r *OpenRequest) { r.TTL = "0s" }), CodeInvalid, "ttl"},
+		{"ttl negative", ok(func(r *OpenRequest) { r.TTL = "-5m" }), CodeInvalid, "ttl"},
+		{"ttl above max", ok(func(r *OpenRequest) { r.TTL = "24h0m1s" }), CodeInvalid, "ttl"},
+		{"bad rule", ok(func(r *OpenRequest) { r.Scope = []string{"10.0.0.0/8:443", "ftp://10.0.0.1"} }), CodeInvalid, "scope[1]"},
+		{"host bits set", ok(func(r *OpenRequest) { r.Scope = []string{"10.0.0.1/8"} }), CodeInvalid, "scope[0]"},
+		{"empty rule", ok(func(r *OpenRequest) { r.Scope = []string{"1.1.1.1", "  "} }), CodeInvalid, "scope[1]"},
+		{"too many rules", ok(func(r *OpenRequest) { r.Scope = tooManyRules }), CodeInvalid, "scope"},
+		{"too many rules cover one address", ok(func(r *OpenRequest) { r.Scope = crowded }), CodeInvalid, "scope"},
+		{"unknown origin kind", ok(func(r *OpenRequest) { r.Origin = &Origin{Kind: "robot", Principal: "x"} }), CodeInvalid, "origin.kind"},
+		{"empty origin kind", ok(func(r *OpenRequest) { r.Origin = &Origin{Principal: "x"} }), CodeInvalid, "origin.kind"},
+		{"empty principal", ok(func(r *OpenRequest) { r.Origin = &Origin{Kind: "human", Principal: " "} }), CodeInvalid, "origin.principal"},
+		{"control char principal", ok(func(r *OpenRequest) { r.Origin = &Origin{Kind: "schedule", Principal: "a\x1bb"} }), CodeInvalid, "origin.principal"},
+		{"invalid spiffe id", ok(func(r *OpenRequest) { r.Agent = &Agent{ID: "agent-7", Name: "x"} }), CodeInvalid, "agent.id"},
+		{"spiffe id wrong scheme", ok(func(r *OpenRequest) { r.Agent = &Agent{ID: "https://example.org/agent"} }), CodeInvalid, "agent.id"},
+		{"agent name control char", ok(func(r *OpenRequest) { r.Agent = &Agent{Name: "a\x00"} }), CodeInvalid, "agent.name"},
+		{"agent owner too long", ok(func(r *OpenRequest) { r.Agent = &Agent{Owner: strings.Repeat("o", maxTextBytes+1)} }), CodeInvalid, "agent.owner"},
+		{"too many labels", ok(func(r *OpenRequest) { r.Labels = manyLabels }), CodeInvalid, "labels"},
+		{"control char in label value", ok(func(r *OpenRequest) { r.Labels = map[string]string{"team": "a\nb"} }), CodeInvalid, "labels.team"},
+		{"DEL in label value", ok(func(r *OpenRequest) { r.Labels = map[string]string{"team": "a\x7f"} }), CodeInvalid, "labels.team"},
+		{"control char in label key", ok(func(r *OpenRequest) { r.Labels = map[string]string{"te\tam": "x"} }), CodeInvalid, "labels key"},
+		{"empty label key", ok(func(r *OpenRequest) { r.Labels = map[string]string{"": "x"} }), CodeInvalid, "labels key"},
+		{"unknown parent", ok(func(r *OpenRequest) { r.Parent = "s-nope" }), CodeInvalid, "parent"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, nil)
+			_, err := e.r.Open(tc.req, admin)
+			wantErr(t, err, tc.code, tc.field)
+			if w := writes(e.j.since(0)); len(w) != 0 {
+				t.Errorf("rejected Open wrote %v", opNames(w))
+			}
+			if live := e.cg.live(t); len(live) != 0 {
+				t.Errorf("rejected Open created cgroups %v", live)
+			}
+			if l := e.r.List(Filter{}); len(l) != 0 {
+				t.Errorf("rejected Open listed %v", ids(l))
+			}
+			if n := len(e.recs.all()); n != 0 {
+				t.Errorf("rejected Open emitted %d records", n)
+			}
+		})
+	}
+}
+
+func TestOpenDefaults(t *testing.T) {
+	e := newEnv(t, nil)
+	before := time.Now()
+	s := e.open(t, OpenRequest{Intent: "  summarise tickets  ", Scope: []string{"tcp://10.0.0.0/8:443", "udp://[fd00::]/8:53"},
+		Labels: map[string]string{"team": "support"}}, admin)
+	if s.Intent != "summarise tickets" {
+		t.Errorf("intent = %q, want trimmed", s.Intent)
+	}
+	if s.Origin != (Origin{Kind: "human", Principal: admin.ID}) {
+		t.Errorf("origin = %+v, want human/%s", s.Origin, admin.ID)
+	}
+	if s.Mode != "enforce" || s.State != StateActive || s.Version != ModelVersion || s.OpenedBy != admin.ID {
+		t.Errorf("session = %+v", s)
+	}
+	if !strings.HasPrefix(s.ID, "s-") || len(s.ID) != 2+32 {
+		t.Errorf("id = %q", s.ID)
+	}
+	if d := s.ExpiresAt.Sub(s.CreatedAt); d != time.Hour || s.TTL != "1h0m0s" {
+		t.Errorf("ttl = %s / %s, want the default 1h", d, s.TTL)
+	}
+	if !near(s.CreatedAt, before, time.Second) {
+		t.Errorf("created_at = %s, now is %s", s.CreatedAt, before)
+	}
+	if want := []string{"tcp://10.0.0.0/8:443", "udp://[fd00::]/8:53"}; !slices.Equal(s.Scope, want) {
+		t.Errorf("scope = %q, want %q", s.Scope, want)
+	}
+	if filepath.Dir(s.Binding.Cgroup) != e.cg.base {
+		t.Errorf("cgroup %s not under the base %s", s.Binding.Cgroup, e.cg.base)
+	}
+	en := e.entry(t, s.ID)
+	ks := e.k.session(en.slot)
+	want := enforcer.SessionState{Gen: en.gen, ExpiresNS: e.clock.Boot(s.ExpiresAt), State: enforcer.StateActive,
+		Mode: enforcer.ModeEnforce, Budget: 100, QuarantineOnBudget: true}
+	if ks != want {
+		t.Errorf("kernel session = %+v, want %+v", ks, want)
+	}
+	if got := e.k.scopeOf(en.slot); !slices.Equal(got, []string{"10.0.0.0/8", "fd00::/8"}) {
+		t.Errorf("kernel scope = %v", got)
+	}
+	if got := e.recs.lifecycle(s.ID); !slices.Equal(got, []string{"opened"}) {
+		t.Errorf("lifecycle = %v", got)
+	}
+	if rec := e.recs.find(t, s.ID, "opened"); rec.Actor != admin.ID || rec.Origin.Kind != "human" {
+		t.Errorf("opened record = %+v", rec)
+	}
+	// The returned session is a copy.
+	s.Scope[0], s.Labels["team"] = "changed", "changed"
+	if g := e.get(t, s.ID); g.Scope[0] != "tcp://10.0.0.0/8:443" || g.Labels["team"] != "support" {
+		t.Errorf("Open returned the registry's own slices: %+v", g)
+	}
+
+	a := e.open(t, OpenRequest{Intent: "x", Mode: "audit", TTL: "90s", Scope: []string{"1.1.1.1:53"},
+		Origin: &Origin{Kind: "schedule", Principal: "nightly"}, Agent: &Agent{ID: "spiffe://example.org/agent/7", Name: "bot"}}, admin)
+	if a.Mode != "audit" || a.TTL != "1m30s" || a.Origin.Kind != "schedule" || a.Agent.ID != "spiffe://example.org/agent/7" {
+		t.Errorf("audit session = %+v", a)
+	}
+	if ks := e.k.session(e.entry(t, a.ID).slot); ks.Mode != enforcer.ModeAudit {
+		t.Errorf("kernel mode = %d, want audit", ks.Mode)
+	}
+	if ttl := e.open(t, OpenRequest{Intent: "x", TTL: "24h"}, admin); ttl.ExpiresAt.Sub(ttl.CreatedAt) != 24*time.Hour {
+		t.Errorf("ttl at the maximum was not accepted as is: %s", ttl.TTL)
+	}
+}
+
+func TestOpenDriftActionNoneDisablesKernelQuarantine(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.DriftAction = "none"; c.ViolationBudget = 7 })
+	s := e.open(t, req("x", "1.1.1.1"), admin)
+	ks := e.k.session(e.entry(t, s.ID).slot)
+	if ks.QuarantineOnBudget || ks.Budget != 7 {
+		t.Errorf("kernel session = %+v, want budget 7 without quarantine", ks)
+	}
+}
+
+func TestOpenWriteOrder(t *testing.T) {
+	e := newEnv(t, nil)
+	s := e.open(t, req("x", "10.0.0.0/8:443", "api.example.com:443", "*.slack.com"), admin)
+	en := e.entry(t, s.ID)
+	w := writes(e.j.since(0))
+	if got, want := opNames(w), []string{"WriteScope", "WriteNames", "PutSession", "cgroups.Create", "BindCgroup"}; !slices.Equal(got, want) {
+		t.Fatalf("write order = %v, want %v", got, want)
+	}
+	for _, o := range []op{w[0], w[1], w[2], w[4]} {
+		if o.Slot != en.slot || o.Gen != en.gen {
+			t.Errorf("%s wrote slot %d gen %d, want %d/%d", o.Name, o.Slot, o.Gen, en.slot, en.gen)
+		}
+	}
+	if w[2].State != enforcer.StateActive {
+		t.Errorf("PutSession state = %d", w[2].State)
+	}
+	if !slices.Equal(w[0].Prefixes, []string{"10.0.0.0/8"}) || !slices.Equal(w[1].Hosts, []string{"api.example.com", "*.slack.com"}) {
+		t.Errorf("scope %v names %v", w[0].Prefixes, w[1].Hosts)
+	}
+	id, err := inode(s.Binding.Cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w[4].ID != id {
+		t.Errorf("bound cgroup id %d, the cgroup's id is %d", w[4].ID, id)
+	}
+	if en.slot != 1 || en.gen != 1 {
+		t.Errorf("first session got slot %d gen %d, want 1/1 (slot 0 is never used)", en.slot, en.gen)
+	}
+}
+
+func TestOpenRollback(t *testing.T) {
+	for _, step := range []string{"WriteScope", "WriteNames", "PutSession", "cgroups.Create", "BindCgroup"} {
+		t.Run(step, func(t *testing.T) {
+			e := newEnv(t, nil)
+			if m, ok := strings.CutPrefix(step, "cgroups."); ok {
+				e.cg.failNext(m)
+			} else {
+				e.k.failNext(step)
+			}
+			_, err := e.r.Open(req("x", "10.0.0.0/8:443", "192.168.0.0/16", "api.example.com:443"), admin)
+			wantErr(t, err, CodeKernel, "")
+			e.k.assertClean(t)
+			if live := e.cg.live(t); len(live) != 0 {
+				t.Errorf("cgroups left: %v", live)
+			}
+			if l := e.r.List(Filter{}); len(l) != 0 {
+				t.Errorf("listed after failed open: %v", ids(l))
+			}
+			if n := len(e.recs.all()); n != 0 {
+				t.Errorf("failed open emitted %d records", n)
+			}
+			// Nothing is undone before it was done, and the failing step
+			// is the last thing tried before the undo.
+			ops := writes(e.j.since(0))
+			failed := slices.IndexFunc(ops, func(o op) bool { return o.Failed })
+			if failed < 0 || ops[failed].Name != step {
+				t.Fatalf("ops = %v, want a failed %s", opNames(ops), step)
+			}
+			// The slot is free again: the next open takes slot 1.
+			s := e.open(t, req("x", "10.0.0.0/8:443"), admin)
+			if en := e.entry(t, s.ID); en.slot != 1 {
+				t.Errorf("slot %d after a failed open, want 1 again", en.slot)
+			}
+			if got := e.k.scopeOf(1); !slices.Equal(got, []string{"10.0.0.0/8"}) {
+				t.Errorf("kernel scope after reopen = %v", got)
+			}
+		})
+	}
+}
+
+func TestCapacity(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxSessions = 3 }) // slots 1 and 2
+	a := e.open(t, req("a"), admin)
+	e.open(t, req("b"), admin)
+	mark := e.j.len()
+	_, err := e.r.Open(req("c"), admin)
+	wantErr(t, err, CodeCapacity, "")
+	if w := writes(e.j.since(mark)); len(w) != 0 {
+		t.Errorf("capacity error wrote %v", opNames(w))
+	}
+	if err := e.r.Close(a.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+	e.open(t, req("c"), admin)
+}
+
+func TestGenerations(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.open(t, req("first", "10.0.0.0/8"), admin)
+	ea := e.entry(t, a.ID)
+	slot, gen := ea.slot, ea.gen
+	if err := e.r.Close(a.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.r.Get(a.ID, admin); !IsNotFound(err) {
+		t.Errorf("Get after close: %v, want not found", err)
+	}
+	e.k.assertClean(t)
+	if ks := e.k.session(slot); ks.Gen != gen || ks.State != enforcer.StateFree {
+		t.Errorf("closed slot = %+v, want free at gen %d", ks, gen)
+	}
+	b := e.open(t, req("second", "192.168.0.0/16"), admin)
+	eb := e.entry(t, b.ID)
+	if eb.slot != slot || eb.gen != gen+1 {
+		t.Fatalf("reopened slot %d gen %d, want %d/%d", eb.slot, eb.gen, slot, gen+1)
+	}
+	if got := opNames(writes(e.j.since(0))); !slices.Contains(got, "PurgeLearned") {
+		t.Errorf("close did not purge learned addresses: %v", got)
+	}
+
+	old, ok := e.r.resolve(slot, gen)
+	if !ok || old.session.ID != a.ID || old.session.Intent != "first" || old.rules[0].String() != "10.0.0.0/8" {
+		t.Errorf("resolve(old gen) = %+v %v, want the closed session %s", old, ok, a.ID)
+	}
+	cur, ok := e.r.resolve(slot, gen+1)
+	if !ok || cur.session.ID != b.ID || cur.rules[0].String() != "192.168.0.0/16" {
+		t.Errorf("resolve(new gen) = %+v %v, want %s", cur, ok, b.ID)
+	}
+	if _, ok := e.r.resolve(slot, gen+2); ok {
+		t.Error("resolve(future gen) found a session")
+	}
+	if _, ok := e.r.resolve(slot+1, 1); ok {
+		t.Error("resolve(unused slot) found a session")
+	}
+}
+
+func TestRecentClosedIsBounded(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxSessions = 2 })
+	var first Session
+	for i := range recentClosed + 1 {
+		s := e.open(t, req("x"), admin)
+		if i == 0 {
+			first = s
+		}
+		if err := e.r.Close(s.ID, admin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(e.r.recent) != recentClosed {
+		t.Errorf("recent holds %d, want %d", len(e.r.recent), recentClosed)
+	}
+	if _, ok := e.r.resolve(1, 1); ok {
+		t.Errorf("the oldest closed session %s is still resolvable", first.ID)
+	}
+	if a, ok := e.r.resolve(1, recentClosed+1); !ok || a.session.Intent != "x" {
+		t.Error("the newest closed session is not resolvable")
+	}
+}
+
+func TestCloseTeardown(t *testing.T) {
+	e := newEnv(t, nil)
+	p := e.open(t, req("parent", "10.0.0.0/8", "api.example.com:443"), admin)
+	c := e.open(t, OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16"}, Parent: p.ID}, admin)
+	if filepath.Dir(c.Binding.Cgroup) != p.Binding.Cgroup {
+		t.Fatalf("child cgroup %s not below %s", c.Binding.Cgroup, p.Binding.Cgroup)
+	}
+	mark := e.j.len()
+	if err := e.r.Close(p.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+	e.k.assertClean(t)
+	if live := e.cg.live(t); len(live) != 0 {
+		t.Errorf("cgroups left: %v", live)
+	}
+	if l := e.r.List(Filter{}); len(l) != 0 {
+		t.Errorf("listed after close: %v", ids(l))
+	}
+	// Each session is revoked before its cgroup goes, and freed last.
+	ops := writes(e.j.since(mark))
+	names := opNames(ops)
+	if names[0] != "SetState" || ops[0].State != enforcer.StateRevoked || names[len(names)-1] != "PutSession" {
+		t.Errorf("teardown order = %v", names)
+	}
+	for _, id := range []string{c.ID, p.ID} {
+		if got := e.recs.lifecycle(id); !slices.Equal(got, []string{"opened", "closed"}) {
+			t.Errorf("%s lifecycle = %v", id, got)
+		}
+		if rec := e.recs.find(t, id, "closed"); rec.Actor != admin.ID {
+			t.Errorf("closed actor = %q", rec.Actor)
+		}
+	}
+	// The child is closed (and recorded) before its parent.
+	all := e.recs.all()
+	ci := slices.IndexFunc(all, func(r0 audit.Record) bool { return r0.Event == "closed" && r0.Session.ID == c.ID })
+	pi := slices.IndexFunc(all, func(r0 audit.Record) bool { return r0.Event == "closed" && r0.Session.ID == p.ID })
+	if ci < 0 || pi < 0 || ci > pi {
+		t.Errorf("closed records: child at %d, parent at %d", ci, pi)
+	}
+	if err := e.r.Close(p.ID, admin); !IsNotFound(err) {
+		t.Errorf("second close: %v, want not found", err)
+	}
+}
+
+func TestCloseWaitsForEventSync(t *testing.T) {
+	e := newEnv(t, nil)
+	s := e.open(t, req("x"), admin)
+	synced := false
+	e.r.SetEventSync(func() {
+		synced = true
+		if got := e.recs.lifecycle(s.ID); slices.Contains(got, "closed") {
+			t.Error("closed record written before the event sync")
+		}
+	})
+	if err := e.r.Close(s.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+	if !synced {
+		t.Error("Close did not call the event sync")
+	}
+}
+
+func TestCloseAll(t *testing.T) {
+	e := newEnv(t, nil)
+	p := e.open(t, req("p", "10.0.0.0/8"), admin)
+	e.open(t, OpenRequest{Intent: "c", Scope: []string{"10.0.0.0/9"}, Parent: p.ID}, admin)
+	e.open(t, req("q"), admin)
+	if err := e.r.CloseAll(admin); err != nil {
+		t.Fatal(err)
+	}
+	if l := e.r.List(Filter{}); len(l) != 0 {
+		t.Errorf("left after CloseAll: %v", ids(l))
+	}
+	e.k.assertClean(t)
+}
+
+func TestListFilters(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.open(t, OpenRequest{Intent: "a", Labels: map[string]string{"team": "red"}, Agent: &Agent{Name: "bot"}}, admin)
+	time.Sleep(time.Millisecond)
+	b := e.open(t, OpenRequest{Intent: "b", Origin: &Origin{Kind: "schedule", Principal: "cron"}, Parent: a.ID}, admin)
+	if got := ids(e.r.List(Filter{})); !slices.Equal(got, sortedIDs(a.ID, b.ID)) {
+		t.Errorf("all = %v", got)
+	}
+	if l := e.r.List(Filter{}); l[0].ID != a.ID {
+		t.Errorf("List is not oldest first")
+	}
+	for name, tc := range map[string]struct {
+		f    Filter
+		want []string
+	}{
+		"origin": {Filter{Origin: "schedule"}, []string{b.ID}},
+		"agent":  {Filter{Agent: "bot"}, []string{a.ID}},
+		"parent": {Filter{Parent: a.ID}, []string{b.ID}},
+		"label":  {Filter{Label: "team=red"}, []string{a.ID}},
+		"state":  {Filter{State: StateRevoked}, []string{}},
+	} {
+		if got := ids(e.r.List(tc.f)); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", name, got, tc.want)
+		}
+	}
+}

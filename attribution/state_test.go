@@ -1,0 +1,308 @@
+package attribution
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/agentfence/agentfence/enforcer"
+)
+
+func stateEnv(t *testing.T) *env {
+	dir := t.TempDir()
+	return newEnv(t, func(c *Config) { c.StateFile = filepath.Join(dir, "state", "sessions.json") })
+}
+
+func readState(t *testing.T, path string) stateFile {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st stateFile
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// twoSessions opens a session with a bound pid and a container, and an
+// audit-mode session.
+func twoSessions(t *testing.T, e *env) (a, b Session) {
+	t.Helper()
+	a = e.open(t, OpenRequest{Intent: "a", Scope: []string{"10.0.0.0/8:443", "api.example.com:443"}, Labels: map[string]string{"k": "v"},
+		Agent: &Agent{ID: "spiffe://example.org/a", Name: "a"}}, admin)
+	ct := filepath.Join(e.cg.base, "ct.scope")
+	if err := os.Mkdir(ct, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctID, _ := inode(ct)
+	e.cg.containers["abcdefabcdef0000"] = container{path: ct, id: ctID}
+	if _, err := e.r.Bind(a.ID, BindRequest{ContainerID: "abcdefabcdef"}, admin); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.r.Bind(a.ID, BindRequest{PID: uint32(os.Getpid())}, admin); err != nil {
+		t.Fatal(err)
+	}
+	b = e.open(t, OpenRequest{Intent: "b", Mode: "audit", Scope: []string{"10.1.0.0/16:443"}}, admin)
+	return e.get(t, a.ID), b
+}
+
+func TestPersist(t *testing.T) {
+	e := stateEnv(t)
+	a, b := twoSessions(t, e)
+	st := readState(t, e.cfg.StateFile)
+	if st.Version != ModelVersion || len(st.Sessions) != 2 {
+		t.Fatalf("state = version %d, %d sessions", st.Version, len(st.Sessions))
+	}
+	for _, p := range st.Sessions {
+		en := e.entry(t, p.ID)
+		if p.Slot != en.slot || p.Gen != en.gen {
+			t.Errorf("%s persisted at %d/%d, is at %d/%d", p.ID, p.Slot, p.Gen, en.slot, en.gen)
+		}
+		if p.ID == a.ID && (p.Binding.ContainerID != "abcdefabcdef" || len(p.Binding.PIDs) != 1 || p.Labels["k"] != "v") {
+			t.Errorf("persisted a = %+v", p.Session)
+		}
+	}
+	if fi, err := os.Stat(e.cfg.StateFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("state file mode: %v %v", fi, err)
+	}
+	if _, err := os.Stat(e.cfg.StateFile + ".tmp"); !os.IsNotExist(err) {
+		t.Errorf("temporary state file left: %v", err)
+	}
+	if err := e.r.Close(a.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+	if st := readState(t, e.cfg.StateFile); len(st.Sessions) != 1 || st.Sessions[0].ID != b.ID {
+		t.Errorf("persisted after closing a: %+v", st.Sessions)
+	}
+}
+
+func TestRestoreAdopts(t *testing.T) {
+	e := stateEnv(t)
+	a, b := twoSessions(t, e)
+	ea, eb := *e.entry(t, a.ID), *e.entry(t, b.ID)
+
+	mark := e.j.len()
+	r2 := e.registry(e.k) // the kernel kept the sessions (pinned maps)
+	adopted, rewritten, err := r2.Restore()
+	if err != nil || adopted != 2 || rewritten != 0 {
+		t.Fatalf("Restore = %d, %d, %v; want 2, 0", adopted, rewritten, err)
+	}
+	if w := writes(e.j.since(mark)); len(w) != 0 {
+		t.Errorf("adopting wrote to the kernel: %v", opNames(w))
+	}
+	e.r = r2
+	for _, want := range []*entry{&ea, &eb} {
+		got := e.entry(t, want.ID)
+		if got.slot != want.slot || got.gen != want.gen || got.cgroupID != want.cgroupID || got.containerCgroups != want.containerCgroups {
+			t.Errorf("%s restored at %d/%d cg %d/%d, was %d/%d cg %d/%d", want.ID, got.slot, got.gen, got.cgroupID, got.containerCgroups,
+				want.slot, want.gen, want.cgroupID, want.containerCgroups)
+		}
+		if texts(got.rules)[0] != want.Scope[0] || len(got.entries) != len(want.entries) {
+			t.Errorf("%s rules not restored: %v", want.ID, got.rules)
+		}
+		if rec := e.recs.find(t, want.ID, "adopted"); rec.Actor != "agentfenced" {
+			t.Errorf("adopted actor = %q", rec.Actor)
+		}
+	}
+	ga := e.get(t, a.ID)
+	if !slices.Equal(ga.Binding.PIDs, []uint32{uint32(os.Getpid())}) || ga.Binding.ContainerID != "abcdefabcdef" {
+		t.Errorf("adopted bindings = %+v", ga.Binding)
+	}
+	// The restored registry works: membership, delegation, new slots.
+	if id, ok := r2.MemberOf(os.Getpid()); !ok || id != a.ID {
+		t.Errorf("MemberOf(bound pid) = %q %v", id, ok)
+	}
+	c := e.open(t, req("c"), admin)
+	if en := e.entry(t, c.ID); en.slot == ea.slot || en.slot == eb.slot {
+		t.Errorf("new session took a restored slot %d", en.slot)
+	}
+	if err := r2.Close(a.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRestoreRewrites(t *testing.T) {
+	e := stateEnv(t)
+	a, b := twoSessions(t, e)
+	if _, err := e.r.Revoke(b.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+	ea, eb := *e.entry(t, a.ID), *e.entry(t, b.ID)
+
+	j := &journal{}
+	k2 := newFakeKernel(j) // the kernel lost everything
+	r2 := e.registry(k2)
+	adopted, rewritten, err := r2.Restore()
+	if err != nil || adopted != 0 || rewritten != 2 {
+		t.Fatalf("Restore = %d, %d, %v; want 0, 2", adopted, rewritten, err)
+	}
+	e.r, e.k = r2, k2
+	for _, want := range []*entry{&ea, &eb} {
+		got := e.entry(t, want.ID)
+		if got.slot != want.slot {
+			t.Errorf("%s moved from slot %d to %d", want.ID, want.slot, got.slot)
+		}
+		// The kernel's slot was at generation 0: the rewrite takes the next.
+		if got.gen != 1 {
+			t.Errorf("%s rewritten at gen %d", want.ID, got.gen)
+		}
+		if bnd := k2.cgroups[want.cgroupID]; bnd != (binding{got.slot, got.gen}) {
+			t.Errorf("%s cgroup binding = %+v", want.ID, bnd)
+		}
+		if got := k2.scopeOf(want.slot); len(got) != 1 {
+			t.Errorf("%s scope rewritten as %v", want.ID, got)
+		}
+	}
+	if got := k2.namesOf(ea.slot); !slices.Equal(got, []string{"api.example.com"}) {
+		t.Errorf("names rewritten as %v", got)
+	}
+	if bnd := k2.cgroups[ea.containerCgroups]; bnd.slot != ea.slot {
+		t.Errorf("container binding not rewritten: %+v", bnd)
+	}
+	if len(k2.pids) != 0 {
+		t.Errorf("pid bindings restored: %v", k2.pids)
+	}
+	if g := e.get(t, a.ID); len(g.Binding.PIDs) != 0 {
+		t.Errorf("pid binding kept in the session: %v", g.Binding.PIDs)
+	}
+	ksa, ksb := k2.session(ea.slot), k2.session(eb.slot)
+	if ksa.State != enforcer.StateActive || ksa.Mode != enforcer.ModeEnforce || ksa.ExpiresNS != e.clock.Boot(a.ExpiresAt) {
+		t.Errorf("a rewritten as %+v", ksa)
+	}
+	if ksb.State != enforcer.StateRevoked || ksb.Mode != enforcer.ModeAudit {
+		t.Errorf("revoked audit b rewritten as %+v", ksb)
+	}
+	// Scope before session before binding, per session.
+	ops := writes(j.since(0))
+	for _, en := range []*entry{&ea, &eb} {
+		var seq []string
+		for _, o := range ops {
+			if o.Slot == en.slot && o.Name != "BindCgroup" || o.Name == "BindCgroup" && o.ID == en.cgroupID {
+				seq = append(seq, o.Name)
+			}
+		}
+		if !slices.Equal(seq, []string{"WriteScope", "WriteNames", "PutSession", "BindCgroup"}) {
+			t.Errorf("rewrite of slot %d: %v", en.slot, seq)
+		}
+	}
+	st := readState(t, e.cfg.StateFile)
+	for _, p := range st.Sessions {
+		if p.Gen != 1 || len(p.Binding.PIDs) != 0 {
+			t.Errorf("persisted after rewrite: gen %d pids %v", p.Gen, p.Binding.PIDs)
+		}
+	}
+}
+
+func TestRestoreStaleKernelGeneration(t *testing.T) {
+	e := stateEnv(t)
+	a := e.open(t, req("a", "10.0.0.0/8"), admin)
+	ea := *e.entry(t, a.ID)
+	// The kernel's slot has moved on (another daemon used it since).
+	e.k.sessions[ea.slot] = enforcer.SessionState{Gen: ea.gen + 5, State: enforcer.StateFree}
+	r2 := e.registry(e.k)
+	if adopted, rewritten, err := r2.Restore(); err != nil || adopted != 0 || rewritten != 1 {
+		t.Fatalf("Restore = %d, %d, %v", adopted, rewritten, err)
+	}
+	e.r = r2
+	if en := e.entry(t, a.ID); en.gen != ea.gen+6 {
+		t.Errorf("rewritten at gen %d, want %d", en.gen, ea.gen+6)
+	}
+}
+
+func TestRestoreDropsGoneCgroup(t *testing.T) {
+	e := stateEnv(t)
+	a := e.open(t, req("a", "10.0.0.0/8"), admin)
+	b := e.open(t, req("b", "10.0.0.0/8"), admin)
+	if err := os.Remove(b.Binding.Cgroup); err != nil {
+		t.Fatal(err)
+	}
+	r2 := e.registry(e.k)
+	adopted, rewritten, err := r2.Restore()
+	if err != nil || adopted != 1 || rewritten != 0 {
+		t.Fatalf("Restore = %d, %d, %v; want 1, 0", adopted, rewritten, err)
+	}
+	e.r = r2
+	if got := ids(r2.List(Filter{})); !slices.Equal(got, []string{a.ID}) {
+		t.Errorf("restored %v, want only %s", got, a.ID)
+	}
+	if st := readState(t, e.cfg.StateFile); len(st.Sessions) != 1 {
+		t.Errorf("state file keeps %d sessions", len(st.Sessions))
+	}
+	// b's slot is free again.
+	eb := e.open(t, req("c"), admin)
+	_ = eb
+}
+
+func TestRestoreErrors(t *testing.T) {
+	for name, content := range map[string]string{
+		"corrupt":          `{"version": 1, "sessions": [`,
+		"not json":         "\x00\x01garbage",
+		"version mismatch": `{"version": 2, "sessions": []}`,
+		"version missing":  `{"sessions": []}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := stateEnv(t)
+			if err := os.MkdirAll(filepath.Dir(e.cfg.StateFile), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(e.cfg.StateFile, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := e.r.Restore()
+			if err == nil || !strings.Contains(err.Error(), e.cfg.StateFile) {
+				t.Errorf("Restore = %v, want an error naming the file", err)
+			}
+			if w := writes(e.j.since(0)); len(w) != 0 {
+				t.Errorf("failed Restore wrote %v", opNames(w))
+			}
+			// The state file is left for the operator.
+			if b, _ := os.ReadFile(e.cfg.StateFile); string(b) != content {
+				t.Error("failed Restore changed the state file")
+			}
+		})
+	}
+}
+
+func TestRestoreNoFile(t *testing.T) {
+	e := stateEnv(t)
+	if a, r, err := e.r.Restore(); a != 0 || r != 0 || err != nil {
+		t.Errorf("Restore without a state file = %d %d %v", a, r, err)
+	}
+	e2 := newEnv(t, nil)
+	if a, r, err := e2.r.Restore(); a != 0 || r != 0 || err != nil {
+		t.Errorf("Restore without StateFile = %d %d %v", a, r, err)
+	}
+}
+
+func TestRestoreBadSlots(t *testing.T) {
+	e := stateEnv(t)
+	a := e.open(t, req("a", "10.0.0.0/8"), admin)
+	st := readState(t, e.cfg.StateFile)
+	good := st.Sessions[0]
+	dup := good
+	dup.ID = "s-dup"
+	zero := good
+	zero.ID, zero.Slot = "s-zero", 0
+	high := good
+	high.ID, high.Slot = "s-high", uint32(e.cfg.MaxSessions)
+	badScope := good
+	badScope.ID, badScope.Slot, badScope.Scope = "s-badscope", good.Slot+1, []string{"nonsense://x"}
+	st.Sessions = []persisted{good, dup, zero, high, badScope}
+	b, _ := json.Marshal(st)
+	if err := os.WriteFile(e.cfg.StateFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r2 := e.registry(e.k)
+	adopted, rewritten, err := r2.Restore()
+	if err != nil || adopted != 1 || rewritten != 0 {
+		t.Fatalf("Restore = %d, %d, %v; want 1, 0", adopted, rewritten, err)
+	}
+	if got := ids(r2.List(Filter{})); !slices.Equal(got, []string{a.ID}) {
+		t.Errorf("restored %v", got)
+	}
+}
