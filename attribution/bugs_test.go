@@ -1,8 +1,6 @@
 package attribution
 
-// Tests of known bugs. Each asserts the correct behaviour and is skipped
-// through knownBug until the bug is fixed; run them with
-// AGENTFENCE_KNOWN_BUGS=1 to see them fail.
+// Regression tests for bugs the first unit tests found in the registry.
 
 import (
 	"encoding/json"
@@ -15,7 +13,6 @@ import (
 // before the "a member may only move its own processes into a narrower
 // session" check, so the move it describes is always a conflict.
 func TestBugMemberMovesOwnProcessIntoChild(t *testing.T) {
-	knownBug(t, "Bind: a member cannot move its own process into its child session (conflict)")
 	e := newEnv(t, nil)
 	a := e.open(t, req("a", "10.0.0.0/8"), admin)
 	c := e.open(t, OpenRequest{Intent: "c", Scope: []string{"10.1.0.0/16"}, Parent: a.ID}, admin)
@@ -33,7 +30,6 @@ func TestBugMemberMovesOwnProcessIntoChild(t *testing.T) {
 // registry.go allows: an address-less (hostname) rule makes allows return
 // true for every connection, whatever its address, port or protocol.
 func TestBugNarrowKeepsEverythingWithAHostnameRule(t *testing.T) {
-	knownBug(t, "allows: a hostname rule in the new scope keeps every connection")
 	e := newEnv(t, nil)
 	s := e.open(t, req("x", "10.0.0.0/8", "api.example.com:443"), admin)
 	sk := e.sk.n()
@@ -49,7 +45,6 @@ func TestBugNarrowKeepsEverythingWithAHostnameRule(t *testing.T) {
 }
 
 func TestBugQuarantineKeepsEverythingWithAnEssentialHostname(t *testing.T) {
-	knownBug(t, "allows: an essential hostname rule keeps every connection of a quarantined session")
 	e := newEnv(t, nil)
 	s := e.open(t, req("x", "0.0.0.0/0", "essential,tcp://updates.example.com:443"), admin)
 	en := e.entry(t, s.ID)
@@ -63,7 +58,6 @@ func TestBugQuarantineKeepsEverythingWithAnEssentialHostname(t *testing.T) {
 // registry.go Reap: only sessions with no parent are closed, so an expired
 // or revoked child of a live parent keeps its slot until the parent closes.
 func TestBugReapNeverClosesChildren(t *testing.T) {
-	knownBug(t, "Reap: expired/revoked child sessions are never closed while the parent lives (slot leak)")
 	e := newEnv(t, nil)
 	p := e.open(t, req("p", "10.0.0.0/8"), admin)
 	c := e.open(t, OpenRequest{Intent: "c", TTL: "1m", Parent: p.ID}, admin)
@@ -82,7 +76,6 @@ func TestBugReapNeverClosesChildren(t *testing.T) {
 // registry.go Reap: members(e) counts only the root's own members, but
 // teardown closes the descendants too, removing their pid bindings.
 func TestBugReapClosesDescendantsThatHaveMembers(t *testing.T) {
-	knownBug(t, "Reap: a root without members is torn down with descendants that still have pid-bound members")
 	e := newEnv(t, nil)
 	p := e.open(t, req("p", "10.0.0.0/8"), admin)
 	c := e.open(t, OpenRequest{Intent: "c", Parent: p.ID}, admin)
@@ -105,7 +98,6 @@ func TestBugReapClosesDescendantsThatHaveMembers(t *testing.T) {
 // registry.go Reap: the state file is written only when something closed,
 // so an expiry is lost on restart (and recorded and acted on again).
 func TestBugReapDoesNotPersistExpiry(t *testing.T) {
-	knownBug(t, "Reap: an expiry alone is not persisted")
 	e := stateEnv(t)
 	s := e.open(t, OpenRequest{Intent: "x", TTL: "1m"}, admin)
 	e.cg.setProcs(s.Binding.Cgroup, 300)
@@ -119,7 +111,6 @@ func TestBugReapDoesNotPersistExpiry(t *testing.T) {
 // slot's generation + 1, which after the kernel lost its maps is 1, not a
 // generation newer than the one the session had.
 func TestBugRestoreRewriteReusesGeneration(t *testing.T) {
-	knownBug(t, "Restore: a rewritten session may get its old (or an older) generation")
 	e := stateEnv(t)
 	for range 2 {
 		s := e.open(t, req("churn"), admin)
@@ -142,7 +133,6 @@ func TestBugRestoreRewriteReusesGeneration(t *testing.T) {
 // clock.go Boot: a wall time before this boot underflows to a huge uint64;
 // Restore rewrites such an expiry as practically never.
 func TestBugRestoreExpiryBeforeBoot(t *testing.T) {
-	knownBug(t, "Clock.Boot underflows for times before boot: restored expiry becomes 'never'")
 	e := stateEnv(t)
 	a := e.open(t, req("a", "10.0.0.0/8"), admin)
 	st := readState(t, e.cfg.StateFile)
@@ -166,7 +156,6 @@ func TestBugRestoreExpiryBeforeBoot(t *testing.T) {
 // hostname rule that its parent's narrowed scope covers only in part is
 // dropped rather than clipped ("replaced by its overlaps", says intersect).
 func TestBugIntersectDropsPartlyCoveredHostnameRules(t *testing.T) {
-	knownBug(t, "intersect/overlap: a partly covered hostname rule is dropped instead of clipped")
 	for _, tc := range []struct{ rule, parent, want string }{
 		{"api.example.com:443-8443", "api.example.com:443", "api.example.com:443"},
 		{"*.slack.com", "tcp://*.slack.com:443", "tcp://*.slack.com:443"},
@@ -185,7 +174,6 @@ func TestBugIntersectDropsPartlyCoveredHostnameRules(t *testing.T) {
 // member that closes its own session is not killed (only the cgroup is):
 // its binding is removed and it runs unconfined.
 func TestBugMemberClosesOwnSession(t *testing.T) {
-	knownBug(t, "Close: a member may close its own session and so escape confinement")
 	e := newEnv(t, nil)
 	a := e.open(t, req("a", "10.0.0.0/8"), admin)
 	self := uint32(os.Getpid())

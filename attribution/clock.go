@@ -43,7 +43,12 @@ func (c *Clock) Wall(bootNS uint64) time.Time {
 	return time.Unix(0, int64(bootNS)+c.offset).UTC()
 }
 
-// Boot returns the boot-clock stamp of a wall-clock time.
+// Boot returns the boot-clock stamp of a wall-clock time. A time before
+// this boot is 1, the earliest stamp: 0 would mean "never" to the kernel.
 func (c *Clock) Boot(t time.Time) uint64 {
-	return uint64(t.UnixNano() - c.offset)
+	ns := t.UnixNano() - c.offset
+	if ns < 1 {
+		return 1
+	}
+	return uint64(ns)
 }

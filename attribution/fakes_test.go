@@ -101,6 +101,9 @@ type fakeKernel struct {
 	pids     map[uint32]binding
 	purged   []uint32
 	fail     map[string]error // the next call of the method fails
+	// learned and hostnames stand in for the hostname programs' state.
+	learned   map[uint32][]enforcer.LearnedAddr
+	hostnames map[uint64]string
 }
 
 func newFakeKernel(j *journal) *fakeKernel {
@@ -251,6 +254,18 @@ func (k *fakeKernel) PurgeLearned(slot uint32) error {
 	return nil
 }
 
+func (k *fakeKernel) Learned(slot uint32, gen uint64) ([]enforcer.LearnedAddr, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.learned[slot], nil
+}
+
+func (k *fakeKernel) Hostname(slot uint32, hash uint64) string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.hostnames[hash]
+}
+
 func (k *fakeKernel) BindCgroup(cgroupID uint64, slot uint32, gen uint64) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -385,6 +400,7 @@ type fakeCgroups struct {
 	base       string
 	owners     map[string]int // created path -> owner
 	destroyed  []string
+	killedPIDs []uint32
 	killed     []string
 	of         map[int]string
 	procs      map[string][]int
@@ -464,6 +480,13 @@ func (c *fakeCgroups) Kill(path string) error {
 	}
 	c.killed = append(c.killed, path)
 	return nil
+}
+
+func (c *fakeCgroups) KillPIDs(pids []uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.call(op{Name: "cgroups.KillPIDs"})
+	c.killedPIDs = append(c.killedPIDs, pids...)
 }
 
 func (c *fakeCgroups) Procs(path string) ([]int, error) {
@@ -742,14 +765,4 @@ func sortedIDs(v ...string) []string {
 func near(a, b time.Time, d time.Duration) bool {
 	x := a.Sub(b)
 	return -d <= x && x <= d
-}
-
-// knownBug skips a test that asserts the correct behaviour of a known bug,
-// unless AGENTFENCE_KNOWN_BUGS=1 (to see them fail). Remove the call once
-// the bug is fixed.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("AGENTFENCE_KNOWN_BUGS") == "" {
-		t.Skip("BUG: " + what)
-	}
 }

@@ -35,6 +35,10 @@ type Kernel interface {
 	WriteNames(slot uint32, gen uint64, rules []scope.Rule) error
 	DeleteNames(slot uint32, rules []scope.Rule) error
 	PurgeLearned(slot uint32) error
+	// Learned lists the addresses learned for a session's hostname rules,
+	// and Hostname names a learned name's hash.
+	Learned(slot uint32, gen uint64) ([]enforcer.LearnedAddr, error)
+	Hostname(slot uint32, hash uint64) string
 	BindCgroup(cgroupID uint64, slot uint32, gen uint64) error
 	UnbindCgroup(cgroupID uint64) error
 	BindPid(tgid uint32, slot uint32, gen uint64) error
@@ -53,6 +57,8 @@ type Cgroups interface {
 	Destroy(path string) error
 	// Kill kills every process in the cgroup and below.
 	Kill(path string) error
+	// KillPIDs kills the processes (members bound by pid).
+	KillPIDs(pids []uint32)
 	// Procs lists the processes in the cgroup and below.
 	Procs(path string) ([]int, error)
 	// Of returns the cgroup directory of pid.
@@ -222,6 +228,15 @@ func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
 		}
 		if parentID != member.ID && !r.descendantOf(parentID, member.ID) {
 			return Session{}, forbidden("parent", "a session member may only open children of its own session %s", member.ID)
+		}
+	}
+	if member != nil {
+		// What a member opens, the agent in it decided: the origin says
+		// so and cannot be claimed to be a person or a schedule.
+		if req.Origin == nil {
+			o.origin = Origin{Kind: "agent", Principal: parentID}
+		} else if o.origin.Kind != "agent" {
+			return Session{}, invalid("origin.kind", "a session opened from inside session %s has origin agent", member.ID)
 		}
 	}
 	var parent *entry
@@ -414,12 +429,15 @@ func (r *Registry) Bind(id string, req BindRequest, caller Caller) (Session, err
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", req.PID)); err != nil {
 			return Session{}, invalid("pid", "no process %d", req.PID)
 		}
-		if m := r.memberOf(Caller{PID: int(req.PID)}); m != nil && m != e {
-			return Session{}, &Error{Code: CodeConflict, Field: "pid", Message: fmt.Sprintf("process %d belongs to session %s", req.PID, m.ID)}
+		// A process may move only down its session tree (into a narrower
+		// session), never sideways or up.
+		pm := r.memberOf(Caller{PID: int(req.PID)})
+		if pm != nil && pm != e && !r.descendantOf(e.ID, pm.ID) {
+			return Session{}, &Error{Code: CodeConflict, Field: "pid", Message: fmt.Sprintf("process %d belongs to session %s", req.PID, pm.ID)}
 		}
-		// A member may only move its own processes into a narrower session.
-		if cm := r.memberOf(caller); cm != nil && r.memberOf(Caller{PID: int(req.PID)}) != cm {
-			return Session{}, forbidden("pid", "process %d is not a member of the caller's session %s", req.PID, cm.ID)
+		// A member may move only processes of its own session tree.
+		if cm := r.memberOf(caller); cm != nil && (pm == nil || (pm != cm && !r.descendantOf(pm.ID, cm.ID))) {
+			return Session{}, forbidden("pid", "process %d is not in the caller's session %s", req.PID, cm.ID)
 		}
 		if err := r.kernel.BindPid(req.PID, e.slot, e.gen); err != nil {
 			return Session{}, kernelError(err)
@@ -516,29 +534,65 @@ func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, a
 			r.revoke(c, actor, "parent narrowed")
 		}
 	}
-	r.destroy(e, "narrowed", func(c Conn) bool { return !allows(rules, c) })
+	learned := r.learned(e)
+	r.destroy(e, "narrowed", func(c Conn) bool { return !allows(rules, learned, c) })
 	return nil
 }
 
-// allows reports whether an address rule of rules admits the connection.
-// Connections admitted through learned hostnames are kept: their names are
-// checked again by the kernel on the next connect.
-func allows(rules []scope.Rule, c Conn) bool {
+// allows reports whether a rule admits the connection. A hostname rule
+// admits it when the peer is an address the kernel learned for that name.
+func allows(rules []scope.Rule, learned map[netip.Addr][]string, c Conn) bool {
 	proto := scope.ProtoTCP
 	if c.Proto == "udp" {
 		proto = scope.ProtoUDP
 	}
 	for _, r := range rules {
-		if !r.Prefix.IsValid() {
-			return true
+		if r.Protos&proto == 0 || c.Remote.Port() < r.PortLo || c.Remote.Port() > r.PortHi {
+			continue
 		}
-		if r.Protos&proto != 0 && r.Prefix.Contains(c.Remote.Addr()) && r.PortLo <= c.Remote.Port() && c.Remote.Port() <= r.PortHi {
-			if r.Exe == "" || exeOf(c.PID) == r.Exe {
+		if r.Exe != "" && exeOf(c.PID) != r.Exe {
+			continue
+		}
+		if r.Host != "" {
+			if slices.ContainsFunc(learned[c.Remote.Addr()], func(name string) bool { return hostMatches(r, name) }) {
 				return true
 			}
+			continue
+		}
+		if r.Prefix.Contains(c.Remote.Addr()) {
+			return true
 		}
 	}
 	return false
+}
+
+// hostMatches reports whether a hostname rule admits name: the name itself,
+// or for a wildcard exactly one more label.
+func hostMatches(r scope.Rule, name string) bool {
+	if !r.Wildcard {
+		return name == r.Host
+	}
+	label, ok := strings.CutSuffix(name, "."+r.Host)
+	return ok && label != "" && !strings.Contains(label, ".")
+}
+
+// learned maps the addresses learned for a session to the names they were
+// learned for. A name the daemon cannot name is left out, so its
+// connections count as not admitted.
+func (r *Registry) learned(e *entry) map[netip.Addr][]string {
+	addrs, err := r.kernel.Learned(e.slot, e.gen)
+	if err != nil {
+		r.log.Error("read learned addresses", "session", e.ID, "err", err)
+	}
+	out := map[netip.Addr][]string{}
+	for _, a := range addrs {
+		for _, h := range a.Names {
+			if name := r.kernel.Hostname(e.slot, h); name != "" {
+				out[a.Addr.Unmap()] = append(out[a.Addr.Unmap()], name)
+			}
+		}
+	}
+	return out
 }
 
 func exeOf(pid int) string {
@@ -597,6 +651,19 @@ func (r *Registry) members(e *entry) []int {
 	return slices.Compact(pids)
 }
 
+// treePopulated reports whether the session or any descendant has members.
+func (r *Registry) treePopulated(e *entry) bool {
+	if len(r.members(e)) > 0 {
+		return true
+	}
+	for _, c := range r.children(e.ID) {
+		if r.treePopulated(c) {
+			return true
+		}
+	}
+	return false
+}
+
 // destroy destroys the member connections match selects and records each.
 func (r *Registry) destroy(e *entry, reason string, match func(Conn) bool) {
 	if r.sockets == nil {
@@ -627,6 +694,10 @@ func (r *Registry) Close(id string, caller Caller) error {
 	}
 	r.mu.Lock()
 	e, err := r.authorize(id, caller)
+	if err == nil && r.memberOf(caller) == e {
+		// Closing its own session would take a member out of confinement.
+		err = forbidden("id", "a member may not close its own session %s; revoke narrows it to nothing", id)
+	}
 	if err != nil {
 		r.mu.Unlock()
 		return err
@@ -653,7 +724,11 @@ func (r *Registry) teardown(e *entry, closed *[]*entry) error {
 	// never unmanaged.
 	errs = append(errs, r.kernel.SetState(e.slot, e.gen, enforcer.StateRevoked))
 	errs = append(errs, r.cgroups.Destroy(e.Binding.Cgroup))
-	for _, pid := range r.kernel.PidsOf(e.slot, e.gen) {
+	// Members bound by pid live outside the cgroup: unbound they would be
+	// unconfined, so they end with the session.
+	pids := r.kernel.PidsOf(e.slot, e.gen)
+	r.cgroups.KillPIDs(pids)
+	for _, pid := range pids {
 		errs = append(errs, r.kernel.UnbindPid(pid))
 	}
 	errs = append(errs, r.kernel.UnbindCgroup(e.cgroupID))
@@ -767,21 +842,32 @@ func (r *Registry) stateAt(e *entry, now time.Time) string {
 func (r *Registry) Reap(now time.Time) {
 	r.mu.Lock()
 	var closed []*entry
+	changed := false
 	for _, e := range r.byID {
 		if (e.State == StateActive || e.State == StateQuarantined) && !now.Before(e.ExpiresAt) {
+			changed = true
 			e.State = StateExpired
 			r.lifecycle(e, "expired", "kernel", "")
 			r.destroy(e, "expired", func(Conn) bool { return true })
 		}
 	}
+	// Close ended sessions whose whole tree has no members left. Children
+	// of an ended session have ended too (revocation cascades, expiry is
+	// clamped to the parent's).
+	var done []*entry
 	for _, e := range r.byID {
-		if (e.State == StateExpired || e.State == StateRevoked) && e.Parent == "" && len(r.members(e)) == 0 && !e.closed {
-			if err := r.teardown(e, &closed); err != nil {
-				r.log.Error("reap session", "session", e.ID, "err", err)
+		if (e.State == StateExpired || e.State == StateRevoked) && !r.treePopulated(e) {
+			if p := r.byID[e.Parent]; p == nil || (p.State != StateExpired && p.State != StateRevoked) || r.treePopulated(p) {
+				done = append(done, e) // the topmost ended, empty session of its tree
 			}
 		}
 	}
-	if len(closed) > 0 {
+	for _, e := range done {
+		if err := r.teardown(e, &closed); err != nil {
+			r.log.Error("reap session", "session", e.ID, "err", err)
+		}
+	}
+	if changed || len(closed) > 0 {
 		r.persist()
 	}
 	r.mu.Unlock()
@@ -809,11 +895,7 @@ func (r *Registry) Quarantined(slot uint32, gen uint64) {
 				r.cgroups.Kill(cg)
 			}
 		}
-		for _, pid := range r.kernel.PidsOf(e.slot, e.gen) {
-			if p, err := os.FindProcess(int(pid)); err == nil {
-				p.Kill()
-			}
-		}
+		r.cgroups.KillPIDs(r.kernel.PidsOf(e.slot, e.gen))
 		r.lifecycle(e, "killed", "kernel", "drift action kill")
 	default:
 		var essential []scope.Rule
@@ -822,7 +904,8 @@ func (r *Registry) Quarantined(slot uint32, gen uint64) {
 				essential = append(essential, rule)
 			}
 		}
-		r.destroy(e, "quarantined", func(c Conn) bool { return !allows(essential, c) })
+		learned := r.learned(e)
+		r.destroy(e, "quarantined", func(c Conn) bool { return !allows(essential, learned, c) })
 	}
 	r.persist()
 }

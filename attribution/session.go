@@ -298,19 +298,29 @@ func intersect(rules, parent []scope.Rule) []scope.Rule {
 }
 
 func overlap(r, p scope.Rule) (scope.Rule, bool) {
-	if r.Prefix.Addr().Is4() != p.Prefix.Addr().Is4() || !r.Prefix.IsValid() || !p.Prefix.IsValid() {
-		return scope.Rule{}, false
-	}
 	x := r
-	x.Protos &= p.Protos
-	x.PortLo, x.PortHi = max(r.PortLo, p.PortLo), min(r.PortHi, p.PortHi)
 	switch {
+	case r.Host != "" || p.Host != "":
+		switch {
+		case r.Host == "" || p.Host == "":
+			return scope.Rule{}, false
+		case r.Host == p.Host && r.Wildcard == p.Wildcard:
+		case p.Wildcard && !r.Wildcard && hostMatches(p, r.Host):
+		case r.Wildcard && !p.Wildcard && hostMatches(r, p.Host):
+			x.Host, x.Wildcard = p.Host, false
+		default:
+			return scope.Rule{}, false
+		}
+	case r.Prefix.Addr().Is4() != p.Prefix.Addr().Is4():
+		return scope.Rule{}, false
 	case p.Prefix.Bits() <= r.Prefix.Bits() && p.Prefix.Contains(r.Prefix.Addr()):
 	case r.Prefix.Bits() <= p.Prefix.Bits() && r.Prefix.Contains(p.Prefix.Addr()):
 		x.Prefix = p.Prefix
 	default:
 		return scope.Rule{}, false
 	}
+	x.Protos &= p.Protos
+	x.PortLo, x.PortHi = max(r.PortLo, p.PortLo), min(r.PortHi, p.PortHi)
 	if p.Exe != "" {
 		if r.Exe != "" && r.Exe != p.Exe {
 			return scope.Rule{}, false

@@ -120,7 +120,7 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 			// The kernel lost it (maps were not pinned, or were removed):
 			// write it again under a new generation. Pid bindings are not
 			// restored: the pids may belong to other processes by now.
-			e.gen = r.gens[e.slot] + 1
+			e.gen = max(r.gens[e.slot], p.Gen) + 1
 			e.Binding.PIDs = nil
 			if err := r.rewrite(e); err != nil {
 				r.log.Error("state: rewrite session", "session", e.ID, "err", err)

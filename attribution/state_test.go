@@ -147,8 +147,9 @@ func TestRestoreRewrites(t *testing.T) {
 		if got.slot != want.slot {
 			t.Errorf("%s moved from slot %d to %d", want.ID, want.slot, got.slot)
 		}
-		// The kernel's slot was at generation 0: the rewrite takes the next.
-		if got.gen != 1 {
+		// A rewrite takes a generation newer than both the kernel's (0
+		// here) and the persisted one.
+		if got.gen != want.gen+1 {
 			t.Errorf("%s rewritten at gen %d", want.ID, got.gen)
 		}
 		if bnd := k2.cgroups[want.cgroupID]; bnd != (binding{got.slot, got.gen}) {
@@ -192,7 +193,7 @@ func TestRestoreRewrites(t *testing.T) {
 	}
 	st := readState(t, e.cfg.StateFile)
 	for _, p := range st.Sessions {
-		if p.Gen != 1 || len(p.Binding.PIDs) != 0 {
+		if p.Gen != 2 || len(p.Binding.PIDs) != 0 {
 			t.Errorf("persisted after rewrite: gen %d pids %v", p.Gen, p.Binding.PIDs)
 		}
 	}

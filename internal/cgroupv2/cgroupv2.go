@@ -244,6 +244,13 @@ func (m Manager) Destroy(path string) error {
 // Kill kills every process in the cgroup and below.
 func (m Manager) Kill(path string) error { return Kill(path) }
 
+// KillPIDs sends SIGKILL to each process.
+func (m Manager) KillPIDs(pids []uint32) {
+	for _, pid := range pids {
+		_ = unix.Kill(int(pid), unix.SIGKILL)
+	}
+}
+
 // Procs lists the processes in the cgroup and its descendants.
 func (m Manager) Procs(path string) ([]int, error) {
 	var pids []int
