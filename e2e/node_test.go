@@ -103,9 +103,13 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 // Metrics after a known sequence of decisions, and the health endpoints.
 func TestMetricsAndHealth(t *testing.T) {
 	d := startDaemon(t)
-	m := regexp.MustCompile(`metrics listening" addr=(\S+)`).FindStringSubmatch(d.log())
-	if m == nil {
-		t.Fatalf("no metrics address in the log: %s", d.log())
+	re := regexp.MustCompile(`metrics listening" addr=(\S+)`)
+	var m []string
+	for deadline := time.Now().Add(10 * time.Second); m == nil; m = re.FindStringSubmatch(d.log()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no metrics address in the log: %s", d.log())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	base := "http://" + m[1]
 	s := d.openSession(t, "--intent", "counted", "--allow", "udp://127.0.0.1:9")

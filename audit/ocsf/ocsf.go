@@ -1,14 +1,13 @@
 // Package ocsf maps audit records to OCSF events of one pinned schema
 // version. The mapping is documented in docs/audit.md; this file is its
-// only implementation.
+// only implementation. encode.go serializes the resulting Event to JSON.
 package ocsf
 
 import (
-	"bytes"
-	"encoding/json"
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/agentfence/agentfence/audit"
 )
@@ -265,40 +264,89 @@ type Encoder struct {
 	ProductVersion string
 }
 
-// Append appends the JSON encoding of r's OCSF event to dst.
+// Append appends the JSON encoding of r's OCSF event to dst. The bytes are
+// those encoding/json writes for Event with HTML escaping off, produced by
+// the hand-written appendEvent (encode.go) from an Event mapped into pooled
+// storage; the error is always nil and is kept for callers written against
+// the reflection encoder.
 func (e Encoder) Append(dst []byte, r *audit.Record) ([]byte, error) {
-	ev := e.Event(r)
-	buf := bytes.NewBuffer(dst)
-	enc := json.NewEncoder(buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(&ev); err != nil {
-		return dst, err
-	}
-	out := buf.Bytes()
-	return out[:len(out)-1], nil // drop Encoder's newline
+	sc := scratchPool.Get().(*scratch)
+	e.fill(sc, r)
+	dst = appendEvent(dst, &sc.ev)
+	*sc = scratch{} // drop references to r's strings before pooling
+	scratchPool.Put(sc)
+	return dst, nil
 }
 
 // Event maps r to its OCSF event.
 func (e Encoder) Event(r *audit.Record) Event {
-	ev := Event{
-		Time: r.Time.UnixMilli(),
-		Metadata: Metadata{
-			Version: SchemaVersion,
-			Product: Product{Name: ProductName, VendorName: VendorName, Version: e.ProductVersion},
-			LogName: "audit",
-		},
+	sc := new(scratch)
+	e.fill(sc, r)
+	return sc.ev
+}
+
+// scratch holds an Event and every object it can point to, so mapping a
+// record costs no allocation per object: Event takes a fresh one, Append
+// one from scratchPool. Each object is used at most once per event.
+type scratch struct {
+	ev           Event
+	unmapped     Unmapped
+	device       Device
+	actor        Actor
+	actorSession Session
+	actorUser    User
+	proc         Process // processOf
+	procUser     User
+	procFile     File
+	procHash     [1]Fingerprint
+	procParent   Process
+	procCtr      Container
+	execParent   Process // actor.process of an exec
+	endpoint     Endpoint
+	conn         ConnectionInfo
+	query        DNSQuery
+	entity       ManagedEntity
+	entityData   SessionData
+	rule         Rule
+	gap          audit.Gap
+	gid          uint32
+	act, disp    int
+	profiles     [3]string
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// addProfile appends to metadata.profiles, backed by sc.profiles.
+func addProfile(sc *scratch, p string) {
+	m := &sc.ev.Metadata
+	if m.Profiles == nil {
+		m.Profiles = sc.profiles[:0]
+	}
+	m.Profiles = append(m.Profiles, p)
+}
+
+// fill maps r into sc.ev; sc must be zero.
+func (e Encoder) fill(sc *scratch, r *audit.Record) {
+	ev := &sc.ev
+	ev.Time = r.Time.UnixMilli()
+	ev.Metadata = Metadata{
+		Version: SchemaVersion,
+		Product: Product{Name: ProductName, VendorName: VendorName, Version: e.ProductVersion},
+		LogName: "audit",
 	}
 	if r.Seq != 0 {
 		ev.Metadata.Sequence = r.Seq
-		ev.Metadata.UID = r.Host + ":" + strconv.FormatUint(r.Seq, 10)
+		ev.Metadata.UID = metadataUID(r.Host, r.Seq)
 	}
 	if r.Session != nil {
 		ev.Metadata.CorrelationUID = r.Session.ID
 	}
-	ev.Unmapped = &Unmapped{Agentfence: AgentfenceData{Schema: r.Schema, Kind: r.Kind, Seq: r.Seq, PrevHash: r.PrevHash, Event: r.Event}}
-	u := &ev.Unmapped.Agentfence
+	sc.unmapped.Agentfence = AgentfenceData{Schema: r.Schema, Kind: r.Kind, Seq: r.Seq, PrevHash: r.PrevHash, Event: r.Event}
+	ev.Unmapped = &sc.unmapped
+	u := &sc.unmapped.Agentfence
 	if r.Host != "" {
-		ev.Device = &Device{TypeID: 0, Type: "Unknown", Hostname: r.Host}
+		sc.device = Device{TypeID: 0, Type: "Unknown", Hostname: r.Host}
+		ev.Device = &sc.device
 	}
 	if s := r.Session; s != nil {
 		u.Intent, u.SessionMode, u.ParentSession = s.Intent, s.Mode, s.Parent
@@ -310,8 +358,8 @@ func (e Encoder) Event(r *audit.Record) Event {
 		u.AgentVersion, u.AgentOwner = a.Version, a.Owner
 	}
 	if p := r.Process; p != nil {
-		g := p.GID
-		u.GID, u.PPID, u.CgroupID, u.Cgroup = &g, p.PPID, p.CgroupID, p.Cgroup
+		sc.gid = p.GID
+		u.GID, u.PPID, u.CgroupID, u.Cgroup = &sc.gid, p.PPID, p.CgroupID, p.Cgroup
 	}
 	if o := r.Outcome; o != nil {
 		u.Verdict, u.Reason, u.Errno = o.Verdict, o.Reason, o.Errno
@@ -319,41 +367,76 @@ func (e Encoder) Event(r *audit.Record) Event {
 
 	switch r.Kind {
 	case audit.KindConnect, audit.KindSendmsg:
-		e.network(&ev, r)
+		network(sc, r)
 	case audit.KindDNS:
-		e.dns(&ev, r)
+		dns(sc, r)
 	case audit.KindExec:
-		e.exec(&ev, r)
+		exec(sc, r)
 	case audit.KindSession:
-		e.session(&ev, r)
+		session(sc, r)
 	case audit.KindGap:
-		e.gap(&ev, r)
+		gap(sc, r)
 	default:
 		// An unknown kind from a newer daemon still reaches the SIEM as
 		// an Event Log Activity "Other" rather than being dropped.
-		e.classify(&ev, catSystem, ClassEventLogActivity, activityOther, "Other", sevInformational)
-		ev.Actor = actor(r, processOf(r.Process))
+		classify(ev, catSystem, ClassEventLogActivity, activityOther, "Other", sevInformational)
+		ev.Actor = actor(sc, r, processOf(sc, r.Process))
 	}
 	if r.Process != nil && (r.Process.ContainerID != "" || r.Process.PodUID != "") {
 		// process.container is defined by the container profile.
-		ev.Metadata.Profiles = append(ev.Metadata.Profiles, "container")
+		addProfile(sc, "container")
 	}
-	return ev
 }
 
-func (e Encoder) classify(ev *Event, cat, class, activity int, activityName string, sev int) {
+// metadataUID is "<host>:<seq>".
+func metadataUID(host string, seq uint64) string {
+	var b [64]byte
+	return string(strconv.AppendUint(append(append(b[:0], host...), ':'), seq, 10))
+}
+
+func classify(ev *Event, cat, class, activity int, activityName string, sev int) {
 	ev.CategoryUID, ev.CategoryName = cat, categoryNames[cat]
 	ev.ClassUID, ev.ClassName = class, classNames[class]
 	ev.ActivityID, ev.ActivityName = activity, activityName
 	ev.TypeUID = class*100 + activity
-	ev.TypeName = classNames[class] + ": " + activityName
+	ev.TypeName = typeName(class, activityName)
 	ev.SeverityID, ev.Severity = sev, severityNames[sev]
+}
+
+// typeNames holds "<class name>: <activity name>" for the activities the
+// mapping uses, so the common types cost no concatenation.
+var typeNames = func() map[string]string {
+	m := map[string]string{}
+	add := func(class int, names ...string) {
+		for _, n := range names {
+			m[classNames[class]+": "+n] = classNames[class] + ": " + n
+		}
+	}
+	add(ClassNetworkActivity, "Open", "Traffic", "Refuse")
+	add(ClassDNSActivity, "Query")
+	add(ClassProcessActivity, "Launch", "Terminate")
+	add(ClassEventLogActivity, "Other", "Records Lost")
+	add(ClassEntityManagement, "Other")
+	for _, a := range sessionActivities {
+		add(ClassEntityManagement, a.name)
+	}
+	return m
+}()
+
+func typeName(class int, activityName string) string {
+	var b [96]byte
+	key := append(append(append(b[:0], classNames[class]...), ": "...), activityName...)
+	if s, ok := typeNames[string(key)]; ok { // no allocation for the lookup
+		return s
+	}
+	return string(key)
 }
 
 // verdict fills the security_control profile (action, disposition) and the
 // status from the outcome, and returns the severity it implies.
-func verdict(ev *Event, o *audit.Outcome) int {
-	ev.Metadata.Profiles = append(ev.Metadata.Profiles, "security_control")
+func verdict(sc *scratch, o *audit.Outcome) int {
+	ev := &sc.ev
+	addProfile(sc, "security_control")
 	act, disp, sev := 0, 0, sevInformational
 	actName, dispName := "Unknown", "Unknown"
 	if o != nil {
@@ -371,51 +454,58 @@ func verdict(ev *Event, o *audit.Outcome) int {
 		}
 		ev.StatusCode, ev.StatusDetail = o.Errno, o.Reason
 		if o.Rule != "" {
-			ev.FirewallRule = &Rule{Name: o.Rule}
+			sc.rule = Rule{Name: o.Rule}
+			ev.FirewallRule = &sc.rule
 		}
 	}
-	ev.ActionID, ev.Action = &act, actName
-	ev.DispositionID, ev.Disposition = &disp, dispName
+	sc.act, sc.disp = act, disp
+	ev.ActionID, ev.Action = &sc.act, actName
+	ev.DispositionID, ev.Disposition = &sc.disp, dispName
 	return sev
 }
 
-func (e Encoder) network(ev *Event, r *audit.Record) {
+func network(sc *scratch, r *audit.Record) {
+	ev := &sc.ev
 	activity, name := 1, "Open"
 	if r.Kind == audit.KindSendmsg {
 		activity, name = 6, "Traffic"
 	} else if r.Outcome != nil && r.Outcome.Verdict == audit.VerdictDenied {
 		activity, name = 5, "Refuse" // the connection never opened
 	}
-	sev := verdict(ev, r.Outcome)
-	e.classify(ev, catNetwork, ClassNetworkActivity, activity, name, sev)
-	ev.Metadata.Profiles = append(ev.Metadata.Profiles, "host")
-	ev.Actor = actor(r, processOf(r.Process))
-	ev.DstEndpoint = &Endpoint{}
+	sev := verdict(sc, r.Outcome)
+	classify(ev, catNetwork, ClassNetworkActivity, activity, name, sev)
+	addProfile(sc, "host")
+	ev.Actor = actor(sc, r, processOf(sc, r.Process))
+	ev.DstEndpoint = &sc.endpoint
 	if d := r.Destination; d != nil {
-		ev.DstEndpoint = &Endpoint{IP: d.IP, Port: d.Port, Hostname: d.Hostname}
-		ev.ConnectionInfo = connInfo(d.Protocol)
+		sc.endpoint = Endpoint{IP: d.IP, Port: d.Port, Hostname: d.Hostname}
+		ev.ConnectionInfo = connInfo(sc, d.Protocol)
 	}
 	ev.Message = message(r)
 }
 
-func (e Encoder) dns(ev *Event, r *audit.Record) {
-	sev := verdict(ev, r.Outcome)
-	e.classify(ev, catNetwork, ClassDNSActivity, 1, "Query", sev)
-	ev.Metadata.Profiles = append(ev.Metadata.Profiles, "host")
-	ev.Actor = actor(r, processOf(r.Process))
+func dns(sc *scratch, r *audit.Record) {
+	ev := &sc.ev
+	sev := verdict(sc, r.Outcome)
+	classify(ev, catNetwork, ClassDNSActivity, 1, "Query", sev)
+	addProfile(sc, "host")
+	ev.Actor = actor(sc, r, processOf(sc, r.Process))
 	if d := r.Destination; d != nil {
 		if d.Hostname != "" {
-			ev.Query = &DNSQuery{Hostname: d.Hostname}
+			sc.query = DNSQuery{Hostname: d.Hostname}
+			ev.Query = &sc.query
 		}
 		if d.IP != "" {
-			ev.DstEndpoint = &Endpoint{IP: d.IP, Port: d.Port}
+			sc.endpoint = Endpoint{IP: d.IP, Port: d.Port}
+			ev.DstEndpoint = &sc.endpoint
 		}
-		ev.ConnectionInfo = connInfo(d.Protocol)
+		ev.ConnectionInfo = connInfo(sc, d.Protocol)
 	}
 	ev.Message = message(r)
 }
 
-func (e Encoder) exec(ev *Event, r *audit.Record) {
+func exec(sc *scratch, r *audit.Record) {
+	ev := &sc.ev
 	activity, name := 1, "Launch"
 	if r.Process != nil && r.Process.ExitCode != nil {
 		activity, name = 2, "Terminate"
@@ -423,32 +513,36 @@ func (e Encoder) exec(ev *Event, r *audit.Record) {
 	}
 	sev := sevInformational
 	if r.Outcome != nil {
-		sev = verdict(ev, r.Outcome)
+		sev = verdict(sc, r.Outcome)
 	}
-	e.classify(ev, catSystem, ClassProcessActivity, activity, name, sev)
-	ev.Metadata.Profiles = append(ev.Metadata.Profiles, "host")
-	ev.Process = processOf(r.Process)
+	classify(ev, catSystem, ClassProcessActivity, activity, name, sev)
+	addProfile(sc, "host")
+	ev.Process = processOf(sc, r.Process)
 	if ev.Process == nil {
-		ev.Process = &Process{}
+		ev.Process = &sc.proc // empty
 	}
 	// The actor of a launch is the parent that called execve.
 	var parent *Process
 	if r.Process != nil && r.Process.PPID != 0 {
-		parent = &Process{PID: r.Process.PPID}
+		sc.execParent = Process{PID: r.Process.PPID}
+		parent = &sc.execParent
 	}
-	ev.Actor = actor(r, parent)
+	ev.Actor = actor(sc, r, parent)
 	if ev.Actor == nil {
 		// Actor is required; without a known parent the process itself
 		// is the best answer to "who acted".
-		ev.Actor = &Actor{Process: ev.Process}
+		sc.actor = Actor{Process: ev.Process}
+		ev.Actor = &sc.actor
 	}
 	if ev.Device == nil {
-		ev.Device = &Device{Type: "Unknown"}
+		sc.device = Device{Type: "Unknown"}
+		ev.Device = &sc.device
 	}
 	ev.Message = message(r)
 }
 
-func (e Encoder) session(ev *Event, r *audit.Record) {
+func session(sc *scratch, r *audit.Record) {
+	ev := &sc.ev
 	a, ok := sessionActivities[r.Event]
 	if !ok {
 		a.id, a.name = activityOther, r.Event
@@ -460,42 +554,49 @@ func (e Encoder) session(ev *Event, r *audit.Record) {
 	if r.Event == "quarantined" || r.Event == "revoked" {
 		sev = sevMedium
 	}
-	e.classify(ev, catIAM, ClassEntityManagement, a.id, a.name, sev)
-	ev.Entity = &ManagedEntity{Type: "Intent Session"}
+	classify(ev, catIAM, ClassEntityManagement, a.id, a.name, sev)
+	sc.entity = ManagedEntity{Type: "Intent Session"}
+	ev.Entity = &sc.entity
 	if s := r.Session; s != nil {
-		ev.Entity.UID, ev.Entity.Name = s.ID, s.Intent
+		sc.entity.UID, sc.entity.Name = s.ID, s.Intent
 		if s.Mode != "" || s.Parent != "" {
-			ev.Entity.Data = &SessionData{Mode: s.Mode, Parent: s.Parent}
+			sc.entityData = SessionData{Mode: s.Mode, Parent: s.Parent}
+			sc.entity.Data = &sc.entityData
 		}
 	}
-	ev.Actor = actor(r, processOf(r.Process))
+	ev.Actor = actor(sc, r, processOf(sc, r.Process))
 	if r.Actor != "" {
 		if ev.Actor == nil {
-			ev.Actor = &Actor{}
+			ev.Actor = &sc.actor // empty
 		}
-		ev.Actor.User = &User{Name: r.Actor}
+		sc.actorUser = User{Name: r.Actor}
+		ev.Actor.User = &sc.actorUser
 	}
 	ev.StatusID, ev.Status = statusSuccess, "Success"
 	ev.Message = message(r)
 }
 
-func (e Encoder) gap(ev *Event, r *audit.Record) {
-	e.classify(ev, catSystem, ClassEventLogActivity, activityOther, "Records Lost", sevHigh)
+func gap(sc *scratch, r *audit.Record) {
+	ev := &sc.ev
+	classify(ev, catSystem, ClassEventLogActivity, activityOther, "Records Lost", sevHigh)
 	ev.StatusID, ev.Status = statusFailure, "Failure"
 	ev.LogName = "audit"
 	if g := r.Gap; g != nil {
 		ev.LogProvider = g.Source
 		ev.StatusDetail = "lost " + strconv.FormatUint(g.Count, 10) + " records"
-		gg := *g
-		ev.Unmapped.Agentfence.Gap = &gg
+		sc.gap = *g
+		sc.unmapped.Agentfence.Gap = &sc.gap
 	}
 	ev.Message = message(r)
 }
 
-func actor(r *audit.Record, p *Process) *Actor {
-	a := &Actor{Process: p}
+// actor fills sc.actor; it returns nil when there is nothing to say.
+func actor(sc *scratch, r *audit.Record, p *Process) *Actor {
+	a := &sc.actor
+	a.Process = p
 	if s := r.Session; s != nil {
-		a.Session = &Session{UID: s.ID}
+		sc.actorSession = Session{UID: s.ID}
+		a.Session = &sc.actorSession
 		if r.Origin != nil {
 			a.Session.Issuer = r.Origin.Principal
 		}
@@ -509,35 +610,43 @@ func actor(r *audit.Record, p *Process) *Actor {
 	return a
 }
 
-func processOf(p *audit.Process) *Process {
+// processOf fills sc.proc and its objects from p, or returns nil.
+func processOf(sc *scratch, p *audit.Process) *Process {
 	if p == nil {
 		return nil
 	}
-	out := &Process{
+	sc.procUser = User{UID: strconv.FormatUint(uint64(p.UID), 10)}
+	sc.proc = Process{
 		PID: p.PID, TID: p.TID, Name: p.Comm,
-		User:    &User{UID: strconv.FormatUint(uint64(p.UID), 10)},
+		User:    &sc.procUser,
 		Lineage: p.Ancestry,
 	}
+	out := &sc.proc
 	if len(p.Argv) > 0 {
 		out.CmdLine = strings.Join(p.Argv, " ")
 	}
 	if p.Exe != "" {
-		out.File = &File{Name: path.Base(p.Exe), Path: p.Exe, TypeID: 1, Type: "Regular File"}
+		sc.procFile = File{Name: path.Base(p.Exe), Path: p.Exe, TypeID: 1, Type: "Regular File"}
+		out.File = &sc.procFile
 		if p.SHA256 != "" {
-			out.File.Hashes = []Fingerprint{{AlgorithmID: 3, Algorithm: "SHA-256", Value: p.SHA256}}
+			sc.procHash[0] = Fingerprint{AlgorithmID: 3, Algorithm: "SHA-256", Value: p.SHA256}
+			out.File.Hashes = sc.procHash[:]
 		}
 	}
 	if p.PPID != 0 {
-		out.ParentProcess = &Process{PID: p.PPID}
+		sc.procParent = Process{PID: p.PPID}
+		out.ParentProcess = &sc.procParent
 	}
 	if p.ContainerID != "" || p.PodUID != "" {
-		out.Container = &Container{UID: p.ContainerID, PodUUID: p.PodUID}
+		sc.procCtr = Container{UID: p.ContainerID, PodUUID: p.PodUID}
+		out.Container = &sc.procCtr
 	}
 	return out
 }
 
-func connInfo(proto string) *ConnectionInfo {
-	ci := &ConnectionInfo{DirectionID: 2, Direction: "Outbound", ProtocolName: proto}
+func connInfo(sc *scratch, proto string) *ConnectionInfo {
+	sc.conn = ConnectionInfo{DirectionID: 2, Direction: "Outbound", ProtocolName: proto}
+	ci := &sc.conn
 	switch proto {
 	case "tcp":
 		ci.ProtocolNum = 6

@@ -1,0 +1,414 @@
+package ocsf
+
+import (
+	"bytes"
+	"encoding/json"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentfence/agentfence/audit"
+)
+
+// awkward strings: escapes encoding/json writes (quote, backslash, short
+// and \u00XX control escapes, invalid UTF-8, U+2028/U+2029) and bytes it
+// must leave alone with HTML escaping off (<>&, DEL, valid multi-byte).
+var awkward = []string{
+	"",
+	"plain",
+	`q"uote\back/slash`,
+	"ctl\x00\x01\x07\b\t\n\v\f\r\x1b\x1f end",
+	"<script>&amp;</script>",
+	"del\x7f é 日本 🙂",
+	"ls\u2028ps\u2029x",
+	"bad\xff\xfe utf8 \xc3 \xe2\x80 \xed\xa0\x80 \xf4\x90\x80\x80",
+	"\xe2\x80\xa8\xe2\x80\xa9",
+	"trailing\xe2",
+}
+
+// fullRecord fills every member of r that the mapping reads, with s in
+// every string.
+func fullRecord(kind, verdict, event, s string) audit.Record {
+	exit := -3
+	return audit.Record{
+		Schema: "1" + s, Seq: 1 << 40, PrevHash: "ph" + s,
+		Time: time.Date(2026, 3, 1, 12, 0, 0, 987_654_321, time.UTC),
+		Kind: kind, Host: "host" + s,
+		Session: &audit.Session{ID: "ses" + s, Intent: "intent" + s, Mode: "mode" + s, Parent: "parent" + s},
+		Agent:   &audit.Agent{ID: "spiffe://x/" + s, Name: "name" + s, Version: "v" + s, Owner: "owner" + s},
+		Origin:  &audit.Origin{Kind: "okind" + s, Principal: "alice" + s},
+		Process: &audit.Process{
+			PID: 4294967295, TID: 7, PPID: 6, UID: 0, GID: 65534, Comm: "comm" + s,
+			Exe: "/usr/bin/" + s + "/exe", SHA256: "sha" + s, Argv: []string{"a" + s, "", s},
+			CgroupID: 1<<64 - 1, Cgroup: "/cg/" + s, ContainerID: "ctr" + s, PodUID: "pod" + s,
+			Ancestry: []string{"init", s, ""}, ExitCode: &exit,
+		},
+		Destination: &audit.Destination{IP: "10.0.0.1" + s, Port: 65535, Protocol: "udp", Hostname: "h" + s},
+		Outcome:     &audit.Outcome{Verdict: verdict, Rule: "rule" + s, Reason: "reason" + s, Errno: "EPERM" + s},
+		Gap:         &audit.Gap{Source: "src" + s, Count: 9, FirstSeq: 1, LastSeq: 1<<64 - 1},
+		Event:       event, Actor: "actor" + s,
+	}
+}
+
+var allKinds = []string{
+	audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy,
+	audit.KindExec, audit.KindSession, audit.KindDNS, audit.KindGap,
+}
+
+var allVerdicts = []string{audit.VerdictAllowed, audit.VerdictDenied, audit.VerdictWouldDeny, audit.VerdictDestroyed, "", "other"}
+
+func sessionEvents() []string {
+	evs := []string{"", "unknown-step"}
+	for k := range sessionActivities {
+		evs = append(evs, k)
+	}
+	slices.Sort(evs)
+	return evs
+}
+
+// encodeTable is every kind crossed with every verdict and session event,
+// full and with each optional part dropped, plus the records of
+// ocsf_test.go and awkward strings in every field.
+func encodeTable() []audit.Record {
+	var out []audit.Record
+	out = append(out, records()...)
+	kinds := append(slices.Clone(allKinds), "", "future_kind")
+	for _, k := range kinds {
+		for _, v := range allVerdicts {
+			for _, ev := range sessionEvents() {
+				out = append(out, fullRecord(k, v, ev, "-x"))
+			}
+		}
+		drops := []func(*audit.Record){
+			func(r *audit.Record) { r.Session = nil },
+			func(r *audit.Record) { r.Agent = nil },
+			func(r *audit.Record) { r.Origin = nil },
+			func(r *audit.Record) { r.Process = nil },
+			func(r *audit.Record) { r.Destination = nil },
+			func(r *audit.Record) { r.Outcome = nil },
+			func(r *audit.Record) { r.Gap = nil },
+			func(r *audit.Record) { r.Host, r.Seq, r.Event, r.Actor = "", 0, "", "" },
+			func(r *audit.Record) {
+				r.Process.ExitCode, r.Process.PPID, r.Process.Argv, r.Process.Ancestry = nil, 0, nil, []string{}
+			},
+			func(r *audit.Record) { r.Process.Exe, r.Process.SHA256 = "", "" },
+			func(r *audit.Record) { r.Process.SHA256, r.Process.ContainerID, r.Process.PodUID = "", "", "" },
+			func(r *audit.Record) { r.Process.ContainerID = "" },
+			func(r *audit.Record) { r.Process.PodUID, r.Process.PID = "", 0 },
+			func(r *audit.Record) { r.Destination.Hostname, r.Destination.Protocol = "", "tcp" },
+			func(r *audit.Record) { r.Destination.IP, r.Destination.Port, r.Destination.Protocol = "", 0, "" },
+			func(r *audit.Record) { r.Outcome.Rule, r.Outcome.Reason, r.Outcome.Errno = "", "", "" },
+			func(r *audit.Record) { r.Gap.FirstSeq, r.Gap.LastSeq, r.Gap.Count = 0, 0, 0 },
+			func(r *audit.Record) { r.Session.Mode, r.Session.Parent = "", "" },
+			func(r *audit.Record) { r.Session.Mode = "" },
+			func(r *audit.Record) { r.Agent.Name, r.Agent.ID = "", "" },
+			func(r *audit.Record) {
+				*r = audit.Record{Kind: r.Kind, Event: r.Event, Actor: r.Actor}
+			},
+			func(r *audit.Record) { *r = audit.Record{Kind: r.Kind, Process: &audit.Process{}} },
+		}
+		for i, drop := range drops {
+			r := fullRecord(k, allVerdicts[i%len(allVerdicts)], "opened", "")
+			drop(&r)
+			out = append(out, r)
+			r = fullRecord(k, allVerdicts[i%len(allVerdicts)], "revoked", "")
+			drop(&r)
+			r.Outcome = nil
+			out = append(out, r)
+		}
+		for i, s := range awkward {
+			out = append(out, fullRecord(k, allVerdicts[i%len(allVerdicts)], s, s))
+			r := fullRecord(k, s, "closed", s)
+			r.Schema, r.Host, r.Kind = s, s, k
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func TestAppendMatchesReference(t *testing.T) {
+	for _, pv := range []string{"", "0.1.0", "v<1>&\u2028\xff"} {
+		enc := Encoder{ProductVersion: pv}
+		for i, r := range encodeTable() {
+			want, err := referenceAppend(enc, []byte("prefix"), &r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := enc.Append([]byte("prefix"), &r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("record %d (%s/%s/%q):\n got %s\nwant %s", i, r.Kind, r.Event, pv, got, want)
+			}
+		}
+	}
+}
+
+// fullEvent sets every field of Event and of every object it reaches,
+// including ones the mapping never fills (Rule.Desc) and values it never
+// produces (negative numbers), so appendEvent is checked member by member.
+func fullEvent(s string) Event {
+	one, neg := 1, -2
+	gid := uint32(0)
+	proc := func(pid uint32) *Process {
+		return &Process{
+			PID: pid, TID: 2, Name: "n" + s, CmdLine: "c " + s,
+			File: &File{Name: "f" + s, TypeID: -1, Type: "t" + s, Path: "/p/" + s, Hashes: []Fingerprint{
+				{AlgorithmID: 3, Algorithm: "SHA-256", Value: "v" + s}, {AlgorithmID: -1, Algorithm: "a" + s, Value: "w" + s},
+			}},
+			User:          &User{UID: "u" + s, Name: "un" + s},
+			ParentProcess: &Process{PID: 1, TID: 9, Name: s, ParentProcess: &Process{}},
+			Lineage:       []string{s, "", "x"},
+			Container:     &Container{UID: "cu" + s, PodUUID: "pu" + s},
+		}
+	}
+	return Event{
+		ActivityID: -1, ActivityName: "an" + s, CategoryUID: 1 << 40, CategoryName: "cn" + s,
+		ClassUID: 3, ClassName: "cl" + s, TypeUID: 4, TypeName: "tn" + s, Time: -1 << 62,
+		SeverityID: 5, Severity: "sv" + s, Message: "m" + s, StatusID: -6, Status: "st" + s,
+		StatusCode: "sc" + s, StatusDetail: "sd" + s, ActionID: &one, Action: "ac" + s,
+		DispositionID: &neg, Disposition: "di" + s,
+		Metadata: Metadata{
+			Version: "1.3.0" + s, Product: Product{Name: "pn" + s, VendorName: "vn" + s, Version: "pv" + s},
+			Profiles: []string{"host", s}, UID: "uid" + s, Sequence: 1<<64 - 1, CorrelationUID: "cu" + s, LogName: "ln" + s,
+		},
+		Actor:          &Actor{AppName: "app" + s, AppUID: "appu" + s, Process: proc(7), Session: &Session{UID: "su" + s, Issuer: "is" + s}, User: &User{UID: "x", Name: "n" + s}},
+		Device:         &Device{TypeID: 9, Type: "dt" + s, Hostname: "dh" + s},
+		Process:        proc(8),
+		ExitCode:       &neg,
+		DstEndpoint:    &Endpoint{IP: "ip" + s, Port: 1, Hostname: "eh" + s},
+		ConnectionInfo: &ConnectionInfo{DirectionID: 2, Direction: "d" + s, ProtocolName: "pn" + s, ProtocolNum: 17},
+		Query:          &DNSQuery{Hostname: "qh" + s},
+		Entity:         &ManagedEntity{UID: "eu" + s, Name: "en" + s, Type: "et" + s, Data: &SessionData{Mode: "mo" + s, Parent: "pa" + s}},
+		FirewallRule:   &Rule{Name: "rn" + s, Desc: "rd" + s},
+		LogProvider:    "lp" + s,
+		LogName:        "log" + s,
+		Unmapped: &Unmapped{Agentfence: AgentfenceData{
+			Schema: "sch" + s, Kind: "k" + s, Seq: 3, PrevHash: "ph" + s, Verdict: "ve" + s, Reason: "re" + s,
+			Errno: "er" + s, Event: "ev" + s, Intent: "in" + s, SessionMode: "sm" + s, ParentSession: "ps" + s,
+			OriginKind: "ok" + s, OriginPrincipal: "op" + s, AgentVersion: "av" + s, AgentOwner: "ao" + s,
+			GID: &gid, PPID: 4, CgroupID: 5, Cgroup: "cg" + s,
+			Gap:         &audit.Gap{Source: "gs" + s, Count: 6, FirstSeq: 7, LastSeq: 8},
+			Destination: &Destination{Protocol: "pr" + s},
+		}},
+	}
+}
+
+// assertAllSet fails for any zero field reachable from v, so a field added
+// to Event or its objects without a test value (and likely without a line
+// in appendEvent) does not go unnoticed.
+func assertAllSet(t *testing.T, path string, v reflect.Value) {
+	t.Helper()
+	switch v.Kind() {
+	case reflect.Pointer:
+		if v.IsNil() {
+			t.Errorf("%s is nil", path)
+			return
+		}
+		assertAllSet(t, path, v.Elem())
+	case reflect.Struct:
+		for i := range v.NumField() {
+			assertAllSet(t, path+"."+v.Type().Field(i).Name, v.Field(i))
+		}
+	case reflect.Slice:
+		if v.Len() == 0 {
+			t.Errorf("%s is empty", path)
+		}
+		for i := range v.Len() {
+			if v.Index(i).Kind() != reflect.String { // "" elements are intended
+				assertAllSet(t, path, v.Index(i))
+			}
+		}
+	default:
+		if v.IsZero() && !strings.HasSuffix(path, "GID") {
+			t.Errorf("%s is zero", path)
+		}
+	}
+}
+
+// TestEventMatchesReference checks the pooled-storage mapping against the
+// allocating one value for value (Append's bytes are checked below).
+func TestEventMatchesReference(t *testing.T) {
+	for _, pv := range []string{"", "0.1.0"} {
+		enc := Encoder{ProductVersion: pv}
+		for i, r := range encodeTable() {
+			if got, want := enc.Event(&r), refEncoder(enc).Event(&r); !reflect.DeepEqual(got, want) {
+				t.Fatalf("record %d (%s/%s):\n got %+v\nwant %+v", i, r.Kind, r.Event, got, want)
+			}
+		}
+	}
+}
+
+func TestAppendEventMatchesReference(t *testing.T) {
+	ev := fullEvent("")
+	top := reflect.ValueOf(ev)
+	for i := range top.NumField() {
+		f := top.Field(i)
+		if f.Kind() == reflect.Pointer && !f.IsNil() && f.Elem().Kind() == reflect.Struct {
+			// Nested processes deliberately stop with an empty one.
+			if f.Type().Elem() == reflect.TypeFor[Process]() || f.Type().Elem() == reflect.TypeFor[Actor]() {
+				continue
+			}
+		}
+		assertAllSet(t, "Event."+top.Type().Field(i).Name, f)
+	}
+	assertAllSet(t, "Event.Process.File", reflect.ValueOf(ev.Process.File))
+	assertAllSet(t, "Event.Process.User", reflect.ValueOf(ev.Process.User))
+	assertAllSet(t, "Event.Process.Container", reflect.ValueOf(ev.Process.Container))
+	assertAllSet(t, "Event.Actor.Session", reflect.ValueOf(ev.Actor.Session))
+	assertAllSet(t, "Event.Actor.User", reflect.ValueOf(ev.Actor.User))
+
+	for _, s := range awkward {
+		variants := []Event{fullEvent(s), {}}
+		// Every optional object present but empty.
+		empty := fullEvent(s)
+		empty.Actor = &Actor{}
+		empty.Process = &Process{File: &File{Hashes: []Fingerprint{{}, {Algorithm: s}}}, User: &User{}, Container: &Container{}, ParentProcess: &Process{}, Lineage: []string{}}
+		empty.DstEndpoint, empty.ConnectionInfo, empty.Query = &Endpoint{}, &ConnectionInfo{}, &DNSQuery{}
+		empty.Entity, empty.FirewallRule, empty.Device = &ManagedEntity{Data: &SessionData{}}, &Rule{}, &Device{}
+		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}}}
+		empty.Metadata = Metadata{Profiles: []string{}}
+		variants = append(variants, empty)
+		for i, ev := range variants {
+			want, err := referenceAppendEvent(nil, &ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := appendEvent(nil, &ev); !bytes.Equal(got, want) {
+				t.Fatalf("variant %d, %q:\n got %s\nwant %s", i, s, got, want)
+			}
+		}
+	}
+}
+
+// TestAppendString checks the string escaper byte by byte against
+// encoding/json for every single byte and for a sweep of runes.
+func TestAppendString(t *testing.T) {
+	check := func(s string) {
+		t.Helper()
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(s); err != nil {
+			t.Fatal(err)
+		}
+		if got := appendString(nil, s); !bytes.Equal(got, bytes.TrimSuffix(want.Bytes(), []byte("\n"))) {
+			t.Fatalf("%q: got %s want %s", s, got, want.Bytes())
+		}
+	}
+	plain := []byte("0123456789abcdefghijklmnopqrstu") // crosses the 8-byte fast path
+	for b := range 256 {
+		check(string([]byte{byte(b)}))
+		check("a" + string([]byte{byte(b)}) + "z")
+		for pos := range plain {
+			s := slices.Clone(plain)
+			s[pos] = byte(b)
+			check(string(s))
+		}
+	}
+	for r := rune(0); r < 0x11000; r += 7 {
+		check("x" + string(r))
+	}
+	for _, s := range awkward {
+		check(s)
+	}
+}
+
+// FuzzOCSFMatchesReference builds records from fuzzed strings and numbers
+// and checks Append against the reflection encoder byte for byte (and
+// Event against the allocating mapping value for value). The
+// seed corpus is in testdata/fuzz/FuzzOCSFMatchesReference.
+func FuzzOCSFMatchesReference(f *testing.F) {
+	f.Add(uint8(0), uint32(0xffffffff), "a<b>&c", "\xff\u2028", "x\x00\n\"\\", "ok", uint64(42), uint32(10), int64(1772366400123), uint16(443))
+	f.Fuzz(func(t *testing.T, kind uint8, flags uint32, a, b, c, d string, n uint64, m uint32, ms int64, port uint16) {
+		r := fuzzRecord(kind, flags, a, b, c, d, n, m, ms, port)
+		enc := Encoder{ProductVersion: d}
+		want, err := referenceAppend(enc, nil, &r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := enc.Append(nil, &r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("mismatch for %+v:\n got %s\nwant %s", r, got, want)
+		}
+		if !reflect.DeepEqual(enc.Event(&r), refEncoder(enc).Event(&r)) {
+			t.Fatalf("Event differs from the reference mapping for %+v", r)
+		}
+	})
+}
+
+// fuzzRecord spreads the fuzzed values over a record: kind picks the kind
+// (or uses a), flags pick the verdict, the session event and which
+// optional parts are present, and the four strings rotate through every
+// string member.
+func fuzzRecord(kind uint8, flags uint32, a, b, c, d string, n uint64, m uint32, ms int64, port uint16) audit.Record {
+	strs := [4]string{a, b, c, d}
+	next := int(flags >> 28)
+	s := func() string { next++; return strs[next%4] }
+	bit := func(i uint) bool { return flags&(1<<i) != 0 }
+
+	r := audit.Record{Schema: s(), Time: time.UnixMilli(ms), Seq: n, PrevHash: s(), Host: s(), Actor: s()}
+	if k := int(kind) % (len(allKinds) + 1); k < len(allKinds) {
+		r.Kind = allKinds[k]
+	} else {
+		r.Kind = a
+	}
+	evs := sessionEvents()
+	if e := int(kind>>4) % (len(evs) + 1); e < len(evs) {
+		r.Event = evs[e]
+	} else {
+		r.Event = b
+	}
+	if bit(0) {
+		r.Session = &audit.Session{ID: s(), Intent: s(), Mode: s(), Parent: s()}
+	}
+	if bit(1) {
+		r.Agent = &audit.Agent{ID: s(), Name: s(), Version: s(), Owner: s()}
+	}
+	if bit(2) {
+		r.Origin = &audit.Origin{Kind: s(), Principal: s()}
+	}
+	if bit(3) {
+		p := &audit.Process{
+			PID: m, TID: m >> 3, UID: uint32(n), GID: uint32(n >> 32), Comm: s(),
+			Exe: s(), SHA256: s(), CgroupID: n >> 1, Cgroup: s(), ContainerID: s(), PodUID: s(),
+		}
+		if bit(4) {
+			p.PPID = m ^ 0x5555
+		}
+		if bit(5) {
+			p.Argv = strings.Split(s(), " ")
+		}
+		if bit(6) {
+			p.Ancestry = strings.Split(s(), "/")
+		}
+		if bit(7) {
+			x := int(int32(m))
+			p.ExitCode = &x
+		}
+		r.Process = p
+	}
+	if bit(8) {
+		protos := []string{"tcp", "udp", "", s()}
+		r.Destination = &audit.Destination{IP: s(), Port: port, Protocol: protos[(flags>>9)%4], Hostname: s()}
+	}
+	if bit(11) {
+		o := &audit.Outcome{Rule: s(), Reason: s(), Errno: s()}
+		if v := int(flags>>12) % (len(allVerdicts) + 1); v < len(allVerdicts) {
+			o.Verdict = allVerdicts[v]
+		} else {
+			o.Verdict = s()
+		}
+		r.Outcome = o
+	}
+	if bit(15) {
+		r.Gap = &audit.Gap{Source: s(), Count: n >> 2, FirstSeq: uint64(m), LastSeq: uint64(port)}
+	}
+	return r
+}
