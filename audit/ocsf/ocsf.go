@@ -366,7 +366,7 @@ func (e Encoder) fill(sc *scratch, r *audit.Record) {
 	}
 
 	switch r.Kind {
-	case audit.KindConnect, audit.KindSendmsg:
+	case audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy:
 		network(sc, r)
 	case audit.KindDNS:
 		dns(sc, r)
@@ -444,7 +444,7 @@ func verdict(sc *scratch, o *audit.Outcome) int {
 		case audit.VerdictAllowed:
 			act, actName, disp, dispName = actionAllowed, "Allowed", dispAllowed, "Allowed"
 			ev.StatusID, ev.Status = statusSuccess, "Success"
-		case audit.VerdictDenied:
+		case audit.VerdictDenied, audit.VerdictDestroyed:
 			act, actName, disp, dispName, sev = actionDenied, "Denied", dispBlocked, "Blocked", sevMedium
 			ev.StatusID, ev.Status = statusFailure, "Failure"
 		case audit.VerdictWouldDeny:
@@ -467,10 +467,13 @@ func verdict(sc *scratch, o *audit.Outcome) int {
 func network(sc *scratch, r *audit.Record) {
 	ev := &sc.ev
 	activity, name := 1, "Open"
-	if r.Kind == audit.KindSendmsg {
+	switch {
+	case r.Kind == audit.KindDestroy:
+		activity, name = 3, "Reset" // the daemon reset a live connection
+	case r.Kind == audit.KindSendmsg:
 		activity, name = 6, "Traffic"
-	} else if r.Outcome != nil && r.Outcome.Verdict == audit.VerdictDenied {
-		activity, name = 5, "Refuse" // the connection never opened
+	case r.Outcome != nil && r.Outcome.Verdict == audit.VerdictDenied:
+		activity, name = 5, "Refuse" // the connection (or socket) never opened
 	}
 	sev := verdict(sc, r.Outcome)
 	classify(ev, catNetwork, ClassNetworkActivity, activity, name, sev)

@@ -77,7 +77,7 @@ func (e refEncoder) Event(r *audit.Record) Event {
 	}
 
 	switch r.Kind {
-	case audit.KindConnect, audit.KindSendmsg:
+	case audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy:
 		e.network(&ev, r)
 	case audit.KindDNS:
 		e.dns(&ev, r)
@@ -120,7 +120,7 @@ func refVerdict(ev *Event, o *audit.Outcome) int {
 		case audit.VerdictAllowed:
 			act, actName, disp, dispName = actionAllowed, "Allowed", dispAllowed, "Allowed"
 			ev.StatusID, ev.Status = statusSuccess, "Success"
-		case audit.VerdictDenied:
+		case audit.VerdictDenied, audit.VerdictDestroyed:
 			act, actName, disp, dispName, sev = actionDenied, "Denied", dispBlocked, "Blocked", sevMedium
 			ev.StatusID, ev.Status = statusFailure, "Failure"
 		case audit.VerdictWouldDeny:
@@ -140,10 +140,13 @@ func refVerdict(ev *Event, o *audit.Outcome) int {
 
 func (e refEncoder) network(ev *Event, r *audit.Record) {
 	activity, name := 1, "Open"
-	if r.Kind == audit.KindSendmsg {
+	switch {
+	case r.Kind == audit.KindDestroy:
+		activity, name = 3, "Reset"
+	case r.Kind == audit.KindSendmsg:
 		activity, name = 6, "Traffic"
-	} else if r.Outcome != nil && r.Outcome.Verdict == audit.VerdictDenied {
-		activity, name = 5, "Refuse" // the connection never opened
+	case r.Outcome != nil && r.Outcome.Verdict == audit.VerdictDenied:
+		activity, name = 5, "Refuse"
 	}
 	sev := refVerdict(ev, r.Outcome)
 	e.classify(ev, catNetwork, ClassNetworkActivity, activity, name, sev)
