@@ -25,11 +25,13 @@ check-generate: generate ## fail if the committed BPF objects differ from a fres
 
 .PHONY: test
 test: ## run the whole test suite (as root: kernel tests load the real programs)
-	$(GO) test -count=1 -timeout 30m $(PKGS)
+	@# -p 1: kernel tests of different packages attach programs at the same
+	@# cgroup root and count them; run the packages one at a time.
+	$(GO) test -p 1 -count=1 -timeout 30m $(PKGS)
 
 .PHONY: bench
 bench: ## run the benchmarks (as root); numbers go to docs/benchmarks.md
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m $(PKGS)
+	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 60m $(PKGS)
 
 .PHONY: demo
 demo: build ## run the demo on this host (as root)

@@ -34,28 +34,11 @@
 char __license[] SEC("license") = "Dual MIT/GPL";
 
 // The gate's maps (same shapes as in gate.c; replaced at load).
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, AF_MAX_SESSIONS);
-	__type(key, __u32);
-	__type(value, struct session);
-} sessions SEC(".maps");
+AF_SESSIONS_MAP;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1 << 20);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct scope4_key);
-	__type(value, struct scope_val);
-} scope4 SEC(".maps");
+AF_SCOPE_MAP(scope4, struct scope4_key);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1 << 20);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct scope6_key);
-	__type(value, struct scope_val);
-} scope6 SEC(".maps");
+AF_SCOPE_MAP(scope6, struct scope6_key);
 
 AF_HOST_NAMES_MAP;
 AF_LEARNED_MAP;

@@ -129,3 +129,22 @@ struct gate_event {
 };
 
 #include "dns.h"
+
+// Maps of the gate that the hostname programs read too (loaded there with
+// MapReplacements, so both objects see the same maps).
+#define AF_SESSIONS_MAP                                       \
+	struct {                                              \
+		__uint(type, BPF_MAP_TYPE_ARRAY);             \
+		__uint(max_entries, AF_MAX_SESSIONS);         \
+		__type(key, __u32);                           \
+		__type(value, struct session);                \
+	} sessions SEC(".maps")
+
+#define AF_SCOPE_MAP(name, key_type)                          \
+	struct {                                              \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);          \
+		__uint(max_entries, 1 << 20);                 \
+		__uint(map_flags, BPF_F_NO_PREALLOC);         \
+		__type(key, key_type);                        \
+		__type(value, struct scope_val);              \
+	} name SEC(".maps")

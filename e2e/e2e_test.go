@@ -18,9 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/gatetest"
@@ -330,30 +327,16 @@ func TestDaemonDetachesOnSIGTERM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := attached(t, root)
+	before := gatetest.Attached(t, root)
 	d := startDaemon(t)
-	if got := attached(t, root); got != before+1 {
+	if got := gatetest.Attached(t, root); got != before+1 {
 		t.Fatalf("connect4 programs at the root: %d with the daemon, %d before", got, before)
 	}
 	d.stop(t)
-	if got := attached(t, root); got != before {
+	if got := gatetest.Attached(t, root); got != before {
 		t.Errorf("connect4 programs after SIGTERM: %d, want %d", got, before)
 	}
 	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {
 		t.Errorf("socket left behind: %v", err)
 	}
-}
-
-func attached(t *testing.T, cgroup string) int {
-	t.Helper()
-	f, err := os.Open(cgroup)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(res.Programs)
 }

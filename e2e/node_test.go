@@ -32,7 +32,7 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 	t.Cleanup(func() { unix.Unmount(mnt, 0) })
 	pins := filepath.Join(mnt, "agentfence")
 	root, _ := cgroupv2.Root()
-	before := attached(t, root)
+	before := gatetest.Attached(t, root)
 
 	// The loop's thousands of denials would use up any violation budget.
 	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
@@ -50,7 +50,7 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 	// Nobody is in user space now; the loop goes on against the pins.
 	seen := len(d.records(t))
 	d.start(t)
-	if got := attached(t, root); got != before+1 {
+	if got := gatetest.Attached(t, root); got != before+1 {
 		t.Errorf("connect4 programs after the restart: %d, want %d (adopted, not doubled)", got, before+1)
 	}
 	out, _, _ := d.cli(t, nil, "session", "show", "--socket", d.socket, s.ID)
@@ -85,14 +85,14 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 
 	// SIGTERM with pins leaves the gate in place; --uninstall removes it.
 	d.stop(t)
-	if got := attached(t, root); got != before+1 {
+	if got := gatetest.Attached(t, root); got != before+1 {
 		t.Errorf("after SIGTERM with pins: %d connect4 programs, want %d", got, before+1)
 	}
 	un := exec.Command(filepath.Join(d.bin, "agentfenced"), append(d.args, "--uninstall")...)
 	if out, err := un.CombinedOutput(); err != nil {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}
-	if got := attached(t, root); got != before {
+	if got := gatetest.Attached(t, root); got != before {
 		t.Errorf("after --uninstall: %d connect4 programs, want %d", got, before)
 	}
 	if entries, _ := os.ReadDir(pins); len(entries) != 0 {

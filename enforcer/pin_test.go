@@ -5,8 +5,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/internal/bpffs"
@@ -30,7 +28,7 @@ func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 	}
 	t.Cleanup(func() { unix.Unmount(mnt, 0) })
 	pins := filepath.Join(mnt, "agentfence")
-	before := attachedConnect4(t, root)
+	before := gatetest.Attached(t, root)
 
 	g, err := Load(Options{CgroupRoot: root, PinPath: pins})
 	if err != nil {
@@ -74,7 +72,7 @@ func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 	if !g2.Adopted() {
 		t.Error("second load did not adopt the pins")
 	}
-	if got := attachedConnect4(t, root); got != before+1 {
+	if got := gatetest.Attached(t, root); got != before+1 {
 		t.Errorf("connect4 programs: %d, want %d (no double attachment)", got, before+1)
 	}
 	if st, err := g2.Session(2); err != nil || st.Gen != 1 || st.State != StateActive {
@@ -86,25 +84,11 @@ func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 	if err := Uninstall(pins); err != nil {
 		t.Fatal(err)
 	}
-	if got := attachedConnect4(t, root); got != before {
+	if got := gatetest.Attached(t, root); got != before {
 		t.Errorf("connect4 programs after uninstall: %d, want %d", got, before)
 	}
 	expect(t, probe(), "ok", "ok")
 	if _, err := os.Stat(pins); !os.IsNotExist(err) {
 		t.Errorf("pins left: %v", err)
 	}
-}
-
-func attachedConnect4(t *testing.T, cgroup string) int {
-	t.Helper()
-	f, err := os.Open(cgroup)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(res.Programs)
 }

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -518,4 +520,20 @@ func Serve(tb testing.TB, addr string) netip.AddrPort {
 		}
 	}()
 	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// Attached counts the connect4 programs attached to a cgroup, to check
+// that the gate attaches once and detaches completely.
+func Attached(tb testing.TB, cgroup string) int {
+	tb.Helper()
+	f, err := os.Open(cgroup)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return len(res.Programs)
 }
