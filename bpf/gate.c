@@ -63,6 +63,9 @@ const struct gate_event *unused_gate_event __attribute__((unused));
 // Written by the loader before load: the tail of a bound cgroup walk.
 volatile const __u32 max_cgroup_depth = AF_MAX_CGROUP_DEPTH;
 
+// Written by the loader: the port DNS answers come from (dns.c has the same).
+volatile const __u16 dns_port = 53;
+
 static __always_inline void count(__u32 stat)
 {
 	__u64 *v = bpf_map_lookup_elem(&gate_stats, &stat);
@@ -217,6 +220,14 @@ static __always_inline __u16 lookup_learned(struct session *s, __u32 slot, __u32
 static __always_inline void remember_sock(struct bpf_sock *sk, struct dest *d, int allowed)
 {
 	if (!sk || !d->in_session || !allowed)
+		return;
+	// Only two kinds of socket are looked at there: TCP connections allowed
+	// through a learned name (the SNI check) and UDP sockets talking to a
+	// resolver (DNS learning). Storage on any other socket would cost an
+	// allocation per connect for nothing.
+	int sni = d->via_name && d->protocol == IPPROTO_TCP;
+	int dns = d->protocol == IPPROTO_UDP && d->port == dns_port;
+	if (!sni && !dns)
 		return;
 	struct sock_info *info = bpf_sk_storage_get(&session_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!info)

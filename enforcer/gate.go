@@ -78,6 +78,11 @@ func Load(opts Options) (*Gate, error) {
 			return nil, fmt.Errorf("enforcer: set max_cgroup_depth: %w", err)
 		}
 	}
+	if opts.Hostnames.DNSPort != 0 {
+		if err := spec.Variables["dns_port"].Set(opts.Hostnames.DNSPort); err != nil {
+			return nil, fmt.Errorf("enforcer: set dns_port: %w", err)
+		}
+	}
 	g := &Gate{pinPath: opts.PinPath}
 	var collOpts ebpf.CollectionOptions
 	if opts.PinPath != "" {

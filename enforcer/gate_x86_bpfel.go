@@ -169,6 +169,7 @@ const (
 	gateProgGateSendmsg4   = "gate_sendmsg4"
 	gateProgGateSendmsg6   = "gate_sendmsg6"
 	gateProgGateSockCreate = "gate_sock_create"
+	gateVarDnsPort         = "dns_port"
 	gateVarMaxCgroupDepth  = "max_cgroup_depth"
 	gateVarUnusedGateEvent = "unused_gate_event"
 )
@@ -243,6 +244,7 @@ type gateMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gateVariableSpecs struct {
+	DnsPort         *ebpf.VariableSpec `ebpf:"dns_port"`
 	MaxCgroupDepth  *ebpf.VariableSpec `ebpf:"max_cgroup_depth"`
 	UnusedGateEvent *ebpf.VariableSpec `ebpf:"unused_gate_event"`
 }
@@ -300,6 +302,7 @@ func (m *gateMaps) Close() error {
 //
 // It can be passed to loadGateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gateVariables struct {
+	DnsPort         *ebpf.Variable `ebpf:"dns_port"`
 	MaxCgroupDepth  *ebpf.Variable `ebpf:"max_cgroup_depth"`
 	UnusedGateEvent *ebpf.Variable `ebpf:"unused_gate_event"`
 }
