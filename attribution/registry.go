@@ -143,7 +143,8 @@ type Registry struct {
 	byCgroup map[string]*entry
 	free     []uint32
 	gens     []uint64
-	recent   []*entry // closed sessions, for late events
+	recent   []*entry          // closed sessions, for late events
+	enc      map[string][]byte // persisted JSON of each unchanged session
 }
 
 const recentClosed = 1024
@@ -172,7 +173,7 @@ func NewRegistry(cfg Config, d Deps) *Registry {
 		d.Emit = func(audit.Record) {}
 	}
 	r := &Registry{cfg: cfg, kernel: d.Kernel, cgroups: d.Cgroups, sockets: d.Sockets, clock: d.Clock, emit: d.Emit, log: d.Log,
-		byID: map[string]*entry{}, bySlot: map[uint32]*entry{}, byCgroup: map[string]*entry{}, gens: make([]uint64, cfg.MaxSessions)}
+		byID: map[string]*entry{}, bySlot: map[uint32]*entry{}, byCgroup: map[string]*entry{}, gens: make([]uint64, cfg.MaxSessions), enc: map[string][]byte{}}
 	r.rebuildFree()
 	return r
 }
@@ -468,6 +469,7 @@ func (r *Registry) Bind(id string, req BindRequest, caller Caller) (Session, err
 		e.Binding.ContainerID, e.Binding.ContainerCgroup, e.containerCgroups = req.ContainerID, path, cgid
 		r.byCgroup[path] = e
 	}
+	r.touch(e)
 	r.persist()
 	r.lifecycle(e, "bound", caller.ID, "")
 	return e.public(), nil
@@ -522,6 +524,7 @@ func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, a
 		return kernelError(err)
 	}
 	e.rules, e.entries, e.Scope = rules, entries, texts(rules)
+	r.touch(e)
 	r.lifecycle(e, "narrowed", actor, "")
 	for _, c := range r.children(e.ID) {
 		clipped := intersect(c.rules, rules)
@@ -628,6 +631,7 @@ func (r *Registry) revoke(e *entry, actor, reason string) error {
 		return kernelError(err)
 	}
 	e.State = StateRevoked
+	r.touch(e)
 	r.lifecycle(e, "revoked", actor, reason)
 	r.destroy(e, "revoked", func(Conn) bool { return true })
 	return nil
@@ -741,6 +745,7 @@ func (r *Registry) teardown(e *entry, closed *[]*entry) error {
 		return kernelError(err)
 	}
 	delete(r.byID, e.ID)
+	delete(r.enc, e.ID)
 	delete(r.bySlot, e.slot)
 	delete(r.byCgroup, e.Binding.Cgroup)
 	delete(r.byCgroup, e.Binding.ContainerCgroup)
@@ -847,6 +852,7 @@ func (r *Registry) Reap(now time.Time) {
 		if (e.State == StateActive || e.State == StateQuarantined) && !now.Before(e.ExpiresAt) {
 			changed = true
 			e.State = StateExpired
+			r.touch(e)
 			r.lifecycle(e, "expired", "kernel", "")
 			r.destroy(e, "expired", func(Conn) bool { return true })
 		}
@@ -887,6 +893,7 @@ func (r *Registry) Quarantined(slot uint32, gen uint64) {
 		return
 	}
 	e.State = StateQuarantined
+	r.touch(e)
 	r.lifecycle(e, "quarantined", "kernel", fmt.Sprintf("more than %d violations", r.cfg.ViolationBudget))
 	switch r.cfg.DriftAction {
 	case "kill":

@@ -1,10 +1,13 @@
 package attribution
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
@@ -23,23 +26,46 @@ type stateFile struct {
 }
 
 // persist writes the sessions to the state file, atomically. Called with
-// r.mu held after every change.
+// r.mu held after every change. Each session's JSON is kept from its last
+// change (touch drops it), so a change costs one session's encoding plus a
+// write, not an encoding of every session.
+//
+// The file is not fsync'd: the pinned maps it describes live in memory
+// too, so it only has to survive the daemon, not the machine.
 func (r *Registry) persist() {
 	if r.cfg.StateFile == "" {
 		return
 	}
-	st := stateFile{Version: ModelVersion}
+	es := make([]*entry, 0, len(r.byID))
 	for _, e := range r.byID {
-		st.Sessions = append(st.Sessions, persisted{Session: e.public(), Slot: e.slot, Gen: e.gen})
+		es = append(es, e)
 	}
-	b, err := json.MarshalIndent(st, "", " ")
-	if err == nil {
-		err = writeAtomic(r.cfg.StateFile, b)
+	slices.SortFunc(es, func(a, b *entry) int { return cmp.Compare(a.slot, b.slot) })
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, "{\"version\":%d,\"sessions\":[", ModelVersion)
+	for i, e := range es {
+		enc, ok := r.enc[e.ID]
+		if !ok {
+			var err error
+			if enc, err = json.Marshal(persisted{Session: e.public(), Slot: e.slot, Gen: e.gen}); err != nil {
+				r.log.Error("persist session", "session", e.ID, "err", err)
+				continue
+			}
+			r.enc[e.ID] = enc
+		}
+		if i > 0 {
+			buf.WriteString(",\n")
+		}
+		buf.Write(enc)
 	}
-	if err != nil {
+	buf.WriteString("]}\n")
+	if err := writeAtomic(r.cfg.StateFile, buf.Bytes()); err != nil {
 		r.log.Error("persist sessions", "file", r.cfg.StateFile, "err", err)
 	}
 }
+
+// touch marks a session changed, for persist.
+func (r *Registry) touch(e *entry) { delete(r.enc, e.ID) }
 
 func writeAtomic(path string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -51,10 +77,6 @@ func writeAtomic(path string, b []byte) error {
 		return err
 	}
 	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
 		f.Close()
 		return err
 	}

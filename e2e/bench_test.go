@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -66,7 +67,28 @@ func BenchmarkSessionOpen(b *testing.B) {
 func BenchmarkRevokeDestroy(b *testing.B) {
 	d := startDaemon(b)
 	c := api.NewClient(d.socket)
-	addr := gatetest.Serve(b, "127.0.0.1:0")
+	// A peer that keeps every connection open, so only the revoke breaks them.
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	addr := l.Addr().(*net.TCPAddr).AddrPort()
 	var lat []time.Duration
 	for b.Loop() {
 		b.StopTimer()
