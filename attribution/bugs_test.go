@@ -3,7 +3,6 @@ package attribution
 // Regression tests for bugs the first unit tests found in the registry.
 
 import (
-	"encoding/json"
 	"os"
 	"testing"
 	"time"
@@ -137,10 +136,7 @@ func TestBugRestoreExpiryBeforeBoot(t *testing.T) {
 	a := e.open(t, req("a", "10.0.0.0/8"), admin)
 	st := readState(t, e.cfg.StateFile)
 	st.Sessions[0].ExpiresAt = e.clock.Wall(0).Add(-time.Hour) // expired before this boot
-	b, _ := json.Marshal(st)
-	if err := os.WriteFile(e.cfg.StateFile, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeState(t, e.cfg.StateFile, st)
 	k2 := newFakeKernel(&journal{})
 	r2 := e.registry(k2)
 	if _, rewritten, err := r2.Restore(); err != nil || rewritten != 1 {

@@ -143,8 +143,13 @@ type Registry struct {
 	byCgroup map[string]*entry
 	free     []uint32
 	gens     []uint64
-	recent   []*entry          // closed sessions, for late events
-	enc      map[string][]byte // persisted JSON of each unchanged session
+	recent   []*entry // closed sessions, for late events
+
+	// Persistence (state.go): sessions changed or gone since the last write.
+	dirty       map[string]bool
+	gone        []string
+	snapshotted bool
+	journalSize int
 }
 
 const recentClosed = 1024
@@ -173,7 +178,7 @@ func NewRegistry(cfg Config, d Deps) *Registry {
 		d.Emit = func(audit.Record) {}
 	}
 	r := &Registry{cfg: cfg, kernel: d.Kernel, cgroups: d.Cgroups, sockets: d.Sockets, clock: d.Clock, emit: d.Emit, log: d.Log,
-		byID: map[string]*entry{}, bySlot: map[uint32]*entry{}, byCgroup: map[string]*entry{}, gens: make([]uint64, cfg.MaxSessions), enc: map[string][]byte{}}
+		byID: map[string]*entry{}, bySlot: map[uint32]*entry{}, byCgroup: map[string]*entry{}, gens: make([]uint64, cfg.MaxSessions), dirty: map[string]bool{}}
 	r.rebuildFree()
 	return r
 }
@@ -332,6 +337,7 @@ func (r *Registry) kernelState(e *entry, mode enforcer.Mode) enforcer.SessionSta
 }
 
 func (r *Registry) add(e *entry) {
+	r.touch(e)
 	r.byID[e.ID], r.bySlot[e.slot], r.byCgroup[e.Binding.Cgroup] = e, e, e
 	if e.Binding.ContainerCgroup != "" {
 		r.byCgroup[e.Binding.ContainerCgroup] = e
@@ -745,7 +751,8 @@ func (r *Registry) teardown(e *entry, closed *[]*entry) error {
 		return kernelError(err)
 	}
 	delete(r.byID, e.ID)
-	delete(r.enc, e.ID)
+	delete(r.dirty, e.ID)
+	r.gone = append(r.gone, e.ID)
 	delete(r.bySlot, e.slot)
 	delete(r.byCgroup, e.Binding.Cgroup)
 	delete(r.byCgroup, e.Binding.ContainerCgroup)

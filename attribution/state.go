@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -25,47 +26,143 @@ type stateFile struct {
 	Sessions []persisted `json:"sessions"`
 }
 
-// persist writes the sessions to the state file, atomically. Called with
-// r.mu held after every change. Each session's JSON is kept from its last
-// change (touch drops it), so a change costs one session's encoding plus a
-// write, not an encoding of every session.
+// The state is a snapshot (StateFile) plus a journal (StateFile + ".log")
+// of the sessions changed since, one JSON line each. A change appends one
+// line, so opening a session costs the same with 10 or 10,000 sessions; the
+// journal is folded into a new snapshot when it outgrows a bound.
 //
-// The file is not fsync'd: the pinned maps it describes live in memory
-// too, so it only has to survive the daemon, not the machine.
-func (r *Registry) persist() {
-	if r.cfg.StateFile == "" {
-		return
-	}
-	es := make([]*entry, 0, len(r.byID))
-	for _, e := range r.byID {
-		es = append(es, e)
-	}
-	slices.SortFunc(es, func(a, b *entry) int { return cmp.Compare(a.slot, b.slot) })
-	var buf bytes.Buffer
-	fmt.Fprintf(&buf, "{\"version\":%d,\"sessions\":[", ModelVersion)
-	for i, e := range es {
-		enc, ok := r.enc[e.ID]
-		if !ok {
-			var err error
-			if enc, err = json.Marshal(persisted{Session: e.public(), Slot: e.slot, Gen: e.gen}); err != nil {
-				r.log.Error("persist session", "session", e.ID, "err", err)
-				continue
-			}
-			r.enc[e.ID] = enc
-		}
-		if i > 0 {
-			buf.WriteString(",\n")
-		}
-		buf.Write(enc)
-	}
-	buf.WriteString("]}\n")
-	if err := writeAtomic(r.cfg.StateFile, buf.Bytes()); err != nil {
-		r.log.Error("persist sessions", "file", r.cfg.StateFile, "err", err)
-	}
+// Neither file is fsync'd: the pinned maps they describe live in memory
+// too, so the state only has to survive the daemon, not the machine.
+
+// journalLine is one journal entry: a session as it is now, or its id once
+// it is gone.
+type journalLine struct {
+	Put *persisted `json:"put,omitempty"`
+	Del string     `json:"del,omitempty"`
 }
 
+const journalMax = 1 << 20
+
 // touch marks a session changed, for persist.
-func (r *Registry) touch(e *entry) { delete(r.enc, e.ID) }
+func (r *Registry) touch(e *entry) { r.dirty[e.ID] = true }
+
+// persist writes what changed since the last call. Called with r.mu held.
+func (r *Registry) persist() {
+	if r.cfg.StateFile == "" {
+		clear(r.dirty)
+		r.gone = r.gone[:0]
+		return
+	}
+	if !r.snapshotted || r.journalSize > journalMax {
+		if err := r.snapshot(); err != nil {
+			r.log.Error("persist sessions", "file", r.cfg.StateFile, "err", err)
+		}
+		return
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for id := range r.dirty {
+		if e := r.byID[id]; e != nil {
+			enc.Encode(journalLine{Put: &persisted{Session: e.public(), Slot: e.slot, Gen: e.gen}})
+		}
+	}
+	for _, id := range r.gone {
+		enc.Encode(journalLine{Del: id})
+	}
+	clear(r.dirty)
+	r.gone = r.gone[:0]
+	if buf.Len() == 0 {
+		return
+	}
+	f, err := os.OpenFile(r.cfg.StateFile+".log", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err == nil {
+		_, err = f.Write(buf.Bytes())
+		err = errors.Join(err, f.Close())
+	}
+	if err != nil {
+		r.log.Error("persist sessions", "file", r.cfg.StateFile+".log", "err", err)
+		r.snapshotted = false // the next change writes everything
+		return
+	}
+	r.journalSize += buf.Len()
+}
+
+// snapshot writes every session to the snapshot and empties the journal.
+func (r *Registry) snapshot() error {
+	st := stateFile{Version: ModelVersion, Sessions: []persisted{}}
+	for _, e := range r.byID {
+		st.Sessions = append(st.Sessions, persisted{Session: e.public(), Slot: e.slot, Gen: e.gen})
+	}
+	slices.SortFunc(st.Sessions, func(a, b persisted) int { return cmp.Compare(a.Slot, b.Slot) })
+	b, err := json.MarshalIndent(st, "", " ")
+	if err == nil {
+		err = writeAtomic(r.cfg.StateFile, b)
+	}
+	if err == nil {
+		if err = os.Remove(r.cfg.StateFile + ".log"); os.IsNotExist(err) {
+			err = nil
+		}
+	}
+	clear(r.dirty)
+	r.gone = r.gone[:0]
+	r.snapshotted, r.journalSize = err == nil, 0
+	return err
+}
+
+// loadState reads the snapshot and replays the journal over it. A torn
+// last journal line (a daemon killed mid-write) is ignored.
+func loadState(path string) (stateFile, error) {
+	var st stateFile
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("state file %s: %w", path, err)
+	}
+	if st.Version != ModelVersion {
+		return st, fmt.Errorf("state file %s has version %d, this daemon reads %d", path, st.Version, ModelVersion)
+	}
+	j, err := os.ReadFile(path + ".log")
+	if os.IsNotExist(err) {
+		return st, nil
+	}
+	if err != nil {
+		return st, err
+	}
+	byID := map[string]int{}
+	for i, p := range st.Sessions {
+		byID[p.ID] = i
+	}
+	lines := bytes.Split(j, []byte("\n"))
+	for n, line := range lines {
+		if len(line) == 0 {
+			continue
+		}
+		var jl journalLine
+		if err := json.Unmarshal(line, &jl); err != nil {
+			if n == len(lines)-1 {
+				break // torn tail
+			}
+			return st, fmt.Errorf("state journal %s.log line %d: %w", path, n+1, err)
+		}
+		switch {
+		case jl.Put != nil:
+			if i, ok := byID[jl.Put.ID]; ok {
+				st.Sessions[i] = *jl.Put
+			} else {
+				byID[jl.Put.ID] = len(st.Sessions)
+				st.Sessions = append(st.Sessions, *jl.Put)
+			}
+		case jl.Del != "":
+			if i, ok := byID[jl.Del]; ok {
+				st.Sessions[i].ID = "" // dropped below
+			}
+		}
+	}
+	st.Sessions = slices.DeleteFunc(st.Sessions, func(p persisted) bool { return p.ID == "" })
+	return st, nil
+}
 
 func writeAtomic(path string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -102,19 +199,12 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 	if r.cfg.StateFile == "" {
 		return 0, 0, nil
 	}
-	b, err := os.ReadFile(r.cfg.StateFile)
+	st, err := loadState(r.cfg.StateFile)
 	if os.IsNotExist(err) {
 		return 0, 0, nil
 	}
 	if err != nil {
 		return 0, 0, err
-	}
-	var st stateFile
-	if err := json.Unmarshal(b, &st); err != nil {
-		return 0, 0, fmt.Errorf("state file %s: %w", r.cfg.StateFile, err)
-	}
-	if st.Version != ModelVersion {
-		return 0, 0, fmt.Errorf("state file %s has version %d, this daemon reads %d", r.cfg.StateFile, st.Version, ModelVersion)
 	}
 	for _, p := range st.Sessions {
 		if int(p.Slot) <= 0 || int(p.Slot) >= len(r.gens) || r.bySlot[p.Slot] != nil {

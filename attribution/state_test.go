@@ -2,6 +2,7 @@ package attribution
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,15 +19,21 @@ func stateEnv(t *testing.T) *env {
 
 func readState(t *testing.T, path string) stateFile {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	st, err := loadState(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st stateFile
-	if err := json.Unmarshal(b, &st); err != nil {
+	return st
+}
+
+// writeState replaces the state with st: a snapshot and no journal.
+func writeState(t *testing.T, path string, st stateFile) {
+	t.Helper()
+	b, _ := json.Marshal(st)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return st
+	os.Remove(path + ".log")
 }
 
 // twoSessions opens a session with a bound pid and a container, and an
@@ -294,10 +301,7 @@ func TestRestoreBadSlots(t *testing.T) {
 	badScope := good
 	badScope.ID, badScope.Slot, badScope.Scope = "s-badscope", good.Slot+1, []string{"nonsense://x"}
 	st.Sessions = []persisted{good, dup, zero, high, badScope}
-	b, _ := json.Marshal(st)
-	if err := os.WriteFile(e.cfg.StateFile, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeState(t, e.cfg.StateFile, st)
 	r2 := e.registry(e.k)
 	adopted, rewritten, err := r2.Restore()
 	if err != nil || adopted != 1 || rewritten != 0 {
@@ -305,5 +309,50 @@ func TestRestoreBadSlots(t *testing.T) {
 	}
 	if got := ids(r2.List(Filter{})); !slices.Equal(got, []string{a.ID}) {
 		t.Errorf("restored %v", got)
+	}
+}
+
+// The journal: every change is one appended line, replayed over the
+// snapshot; a torn last line (a daemon killed mid-write) is ignored.
+func TestStateJournal(t *testing.T) {
+	e := stateEnv(t)
+	var ids []string
+	for i := range 30 {
+		ids = append(ids, e.open(t, req(fmt.Sprint("s", i), "10.0.0.0/8"), admin).ID)
+	}
+	for _, id := range ids[:5] {
+		if _, err := e.r.Narrow(id, NarrowRequest{Scope: []string{"10.1.0.0/16"}}, admin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range ids[5:15] {
+		if err := e.r.Close(id, admin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(e.cfg.StateFile + ".log"); err != nil {
+		t.Fatalf("no journal after changes: %v", err)
+	}
+	f, _ := os.OpenFile(e.cfg.StateFile+".log", os.O_WRONLY|os.O_APPEND, 0)
+	f.WriteString(`{"put":{"id":"s-torn"`)
+	f.Close()
+
+	st := readState(t, e.cfg.StateFile)
+	got := map[string]persisted{}
+	for _, p := range st.Sessions {
+		got[p.ID] = p
+	}
+	live := e.r.List(Filter{})
+	if len(got) != len(live) || len(live) != 20 {
+		t.Fatalf("state has %d sessions, registry %d", len(got), len(live))
+	}
+	for _, s := range live {
+		p, ok := got[s.ID]
+		if !ok || strings.Join(p.Scope, ",") != strings.Join(s.Scope, ",") {
+			t.Errorf("%s: state %+v, registry scope %v", s.ID, p.Scope, s.Scope)
+		}
+	}
+	if got[ids[0]].Scope[0] != "10.1.0.0/16" {
+		t.Errorf("narrowing not journaled: %v", got[ids[0]].Scope)
 	}
 }
