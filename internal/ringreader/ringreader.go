@@ -45,25 +45,44 @@ func (r *Reader) Run(ctx context.Context, handle func([]byte)) error {
 		r.mu.Unlock()
 		r.release(r.take())
 	}()
-	var rec ringbuf.Record
 	for {
 		// Whoever waits in Sync before this read starts is answered when it
 		// returns empty-handed: by then it has drained the ring.
 		waiting := r.take()
-		r.rd.SetDeadline(time.Now().Add(r.interval))
-		for {
-			err := r.rd.ReadInto(&rec)
-			if err == nil {
-				handle(rec.RawSample)
-				continue
-			}
-			r.release(waiting)
-			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, ringbuf.ErrFlushed) {
+		err := r.drain(time.Now().Add(r.interval), handle)
+		r.release(waiting)
+		// Waiters that came during the read get a drain of their own that
+		// does not block, so Sync costs a drain, not a poll interval.
+		for err == nil {
+			late := r.take()
+			if len(late) == 0 {
 				break
 			}
+			err = r.drain(time.Now(), handle)
+			r.release(late)
+		}
+		if err != nil {
 			if errors.Is(err, ringbuf.ErrClosed) && ctx.Err() != nil {
 				return nil
 			}
+			return err
+		}
+	}
+}
+
+// drain handles records until the ring is empty at the deadline or a
+// flush. It returns nil then, and other errors as they are.
+func (r *Reader) drain(deadline time.Time, handle func([]byte)) error {
+	r.rd.SetDeadline(deadline)
+	var rec ringbuf.Record
+	for {
+		err := r.rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			handle(rec.RawSample)
+		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
+			return nil
+		default:
 			return err
 		}
 	}
