@@ -175,6 +175,8 @@ func TestRunAllowsScopeAndRecordsDecisions(t *testing.T) {
 		t.Fatalf("results %q", stdout)
 	}
 
+	// Records reach the file asynchronously; closed is the session's last.
+	d.waitRecord(t, "closed", func(r audit.Record) bool { return r.Kind == audit.KindSession && r.Event == "closed" })
 	recs := d.records(t)
 	var opened, closed, allowedRec, deniedRec *audit.Record
 	for i := range recs {

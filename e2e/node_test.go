@@ -79,8 +79,8 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 	if a == 0 || df == 0 || af != 0 || dd != 0 {
 		t.Errorf("allowed ok %d, allowed failed %d, denied succeeded %d, denied refused %d", a, af, dd, df)
 	}
-	if out, _, code := d.cli(t, nil, "audit", "verify", d.audit); code != 0 {
-		t.Errorf("audit trail across the restart: %s", out)
+	if out, stderr, code := d.cli(t, nil, "audit", "verify", d.audit); code != 0 {
+		t.Errorf("audit trail across the restart: %s%s", out, stderr)
 	}
 
 	// SIGTERM with pins leaves the gate in place; --uninstall removes it.
