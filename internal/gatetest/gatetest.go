@@ -204,7 +204,7 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	loop A D STOPFILE  connect to A and D in turn until STOPFILE exists; counts
 //	hold ADDR          (MaybeRunProbe only) hold a connection, report how it ends
 //	holdmany ADDR N    (MaybeRunProbe only) hold N connections until all break
-//	flood ADDR N       sendto N datagrams; the rate achieved per second
+//	flood ADDR N RATE  sendto N datagrams (paced to RATE/s, 0: flat out); the rate achieved
 //	api-list SOCKET    list sessions through the daemon's API: the HTTP status
 //	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
 //	                   status and the error's field, e.g. 400:scope[0]
@@ -296,12 +296,12 @@ func loop(arg string) string {
 	return fmt.Sprintf("a=%d,af=%d,d=%d,df=%d,err=%s", a, af, d, df, firstErr)
 }
 
-// flood sends N datagrams with sendto as fast as it can and returns the
-// rate it achieved per second.
+// flood sends N datagrams with sendto, as fast as it can or paced to RATE
+// per second, and returns the rate it achieved per second.
 func flood(arg string) string {
 	var addr string
-	var n int
-	fmt.Sscan(arg, &addr, &n)
+	var n, rate int
+	fmt.Sscan(arg, &addr, &n, &rate)
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return "badaddr"
@@ -313,7 +313,13 @@ func flood(arg string) string {
 	defer unix.Close(fd)
 	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	start := time.Now()
-	for range n {
+	for i := range n {
+		if rate > 0 && i%100 == 0 {
+			// Pace in steps of 100 datagrams: the load generator's clock.
+			if ahead := time.Duration(i)*time.Second/time.Duration(rate) - time.Since(start); ahead > 0 {
+				time.Sleep(ahead)
+			}
+		}
 		if err := unix.Sendto(fd, []byte("x"), 0, sa); err != nil {
 			return errName(err)
 		}
