@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -93,5 +92,3 @@ func tlsConfig(field, caFile, certFile, keyFile, serverName string, insecure boo
 	}
 	return c, nil
 }
-
-var errClosed = errors.New("sink closed")

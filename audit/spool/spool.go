@@ -52,21 +52,20 @@ type Spool struct {
 	maxBytes int64
 	segBytes int64
 
-	mu       sync.Mutex
-	closed   bool
-	segs     []segment // ascending; the last is the active one
-	w        *os.File
-	next     uint64 // index the next Append gets
-	lastOff  int64  // offset of the newest entry in the active segment, -1 if none
-	ack      uint64 // entries below this index are acknowledged
-	used     int64
-	notify   chan struct{}
-	rIdx     uint64 // next index the reader returns
-	rSeg     uint64 // first index of the segment rf reads
-	rf       *bufio.Reader
-	rFile    *os.File
-	rOff     int64
-	ackDirty bool
+	mu      sync.Mutex
+	closed  bool
+	segs    []segment // ascending; the last is the active one
+	w       *os.File
+	next    uint64 // index the next Append gets
+	lastOff int64  // offset of the newest entry in the active segment, -1 if none
+	ack     uint64 // entries below this index are acknowledged
+	used    int64
+	notify  chan struct{}
+	rIdx    uint64 // next index the reader returns
+	rSeg    uint64 // first index of the segment rf reads
+	rf      *bufio.Reader
+	rFile   *os.File
+	rOff    int64
 }
 
 // Open opens or creates the spool in dir. maxBytes bounds the total size

@@ -30,11 +30,6 @@ type fileKey struct {
 	size  int64
 }
 
-type hashResult struct {
-	sum   string
-	state string
-}
-
 // hasher computes executable digests off the event path, one file at a time:
 // exec storms repeat a handful of binaries, so the cache absorbs nearly all.
 type hasher struct {
