@@ -210,7 +210,7 @@ func hostGroups(slot uint32, gen uint64, rules []scope.Rule) ([]hostGroup, error
 			pr.Flags |= ruleEssential
 		}
 		if r.Exe != "" {
-			id, err := ExeIdentity(r.Exe)
+			id, err := exeIdentity(r.Exe)
 			if err != nil {
 				return nil, err
 			}

@@ -179,7 +179,7 @@ func scopeValue(gen uint64, e scope.Entry) (gateScopeVal, error) {
 			pr.Flags |= ruleEssential
 		}
 		if r.Exe != "" {
-			id, err := ExeIdentity(r.Exe)
+			id, err := exeIdentity(r.Exe)
 			if err != nil {
 				return v, err
 			}
@@ -191,10 +191,10 @@ func scopeValue(gen uint64, e scope.Entry) (gateScopeVal, error) {
 	return v, nil
 }
 
-// ExeIdentity is the (inode, device) of an executable in the kernel's own
+// exeIdentity is the (inode, device) of an executable in the kernel's own
 // device encoding (major<<20 | minor), as the process programs capture it at
 // exec time.
-func ExeIdentity(path string) (gateExeId, error) {
+func exeIdentity(path string) (gateExeId, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return gateExeId{}, fmt.Errorf("enforcer: exe %s: %w", path, err)

@@ -79,11 +79,6 @@ func ID(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
-// Create makes the cgroup at path (and its parents).
-func Create(path string) error {
-	return os.MkdirAll(path, 0o755)
-}
-
 // Populated reports whether any process lives in the cgroup or below it.
 func Populated(path string) (bool, error) {
 	b, err := os.ReadFile(filepath.Join(path, "cgroup.events"))
