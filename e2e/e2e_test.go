@@ -52,6 +52,9 @@ func build(t testing.TB) string {
 type daemon struct {
 	bin, socket, audit string
 	args               []string
+	// preexisting are session cgroups that were there before this daemon
+	// (another agentfenced on the host): not this test's to clean up.
+	preexisting map[string]bool
 	cmd                *exec.Cmd
 	stderr             *bytes.Buffer
 }
@@ -64,9 +67,26 @@ func startDaemon(t testing.TB, extra ...string) *daemon {
 	d := &daemon{bin: bin, socket: filepath.Join(dir, "api.sock"), audit: filepath.Join(dir, "audit.jsonl"), stderr: &bytes.Buffer{}}
 	d.args = append([]string{"--api-socket", d.socket, "--audit-file", d.audit, "--state-dir", filepath.Join(dir, "state"),
 		"--bpffs-path", "", "--metrics-addr", "127.0.0.1:0"}, extra...)
+	d.preexisting = map[string]bool{}
+	for _, name := range sessionCgroups() {
+		d.preexisting[name] = true
+	}
 	d.start(t)
 	t.Cleanup(func() { d.stop(t) })
 	return d
+}
+
+// sessionCgroups lists the session cgroups on the host.
+func sessionCgroups() []string {
+	root, _ := cgroupv2.Root()
+	entries, _ := os.ReadDir(filepath.Join(root, "agentfence"))
+	var out []string
+	for _, e := range entries {
+		if e.IsDir() {
+			out = append(out, e.Name())
+		}
+	}
+	return out
 }
 
 // start starts the daemon and waits until its API listens.
@@ -227,11 +247,9 @@ func (d *daemon) expectClean(t *testing.T) {
 	if code != 0 || strings.TrimSpace(out) != "[]" {
 		t.Errorf("sessions left: %s %s", out, stderr)
 	}
-	root, _ := cgroupv2.Root()
-	entries, _ := os.ReadDir(filepath.Join(root, "agentfence"))
-	for _, e := range entries {
-		if e.IsDir() {
-			t.Errorf("session cgroup left behind: %s", e.Name())
+	for _, name := range sessionCgroups() {
+		if !d.preexisting[name] {
+			t.Errorf("session cgroup left behind: %s", name)
 		}
 	}
 }
