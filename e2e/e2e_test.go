@@ -55,8 +55,8 @@ type daemon struct {
 	// preexisting are session cgroups that were there before this daemon
 	// (another agentfenced on the host): not this test's to clean up.
 	preexisting map[string]bool
-	cmd                *exec.Cmd
-	stderr             *bytes.Buffer
+	cmd         *exec.Cmd
+	stderr      *bytes.Buffer
 }
 
 func startDaemon(t testing.TB, extra ...string) *daemon {
