@@ -145,22 +145,12 @@ func Start(tb testing.TB, cgroupPath string, opts Options, gate bool, actions ..
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), envAction+"="+strings.Join(actions, ";"), fmt.Sprintf("%s=%d", envDepth, opts.Depth))
+	var env []string
 	if gate {
-		cmd.Env = append(cmd.Env, envGate+"=1")
+		env = append(env, envGate+"=1")
 	}
-	cmd.ExtraFiles = []*os.File{w}
-	cmd.SysProcAttr = &syscall.SysProcAttr{}
-	if cgroupPath != "" {
-		cg, err := os.Open(cgroupPath)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		defer cg.Close()
-		cmd.SysProcAttr.UseCgroupFD = true
-		cmd.SysProcAttr.CgroupFD = int(cg.Fd())
-	}
+	cmd, started := command(tb, cgroupPath, opts, w, actions, env...)
+	defer started()
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		tb.Fatal(err)
@@ -415,6 +405,35 @@ type Result struct {
 	Result string
 }
 
+// command builds a probe: the test binary (or opts.Binary) with the actions
+// in its environment and its results going to w, to be started directly in
+// the cgroup at cgroupPath. Call the returned func once it has started.
+func command(tb testing.TB, cgroupPath string, opts Options, w *os.File, actions []string, env ...string) (*exec.Cmd, func()) {
+	tb.Helper()
+	bin := os.Args[0]
+	if opts.Binary != "" {
+		bin = opts.Binary
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), envAction+"="+strings.Join(actions, ";"), fmt.Sprintf("%s=%d", envDepth, opts.Depth))
+	if opts.Detach {
+		cmd.Env = append(cmd.Env, envDetach+"=1")
+	}
+	cmd.Env = append(cmd.Env, env...)
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: opts.Credential}
+	if cgroupPath == "" {
+		return cmd, func() {}
+	}
+	cg, err := os.Open(cgroupPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd.SysProcAttr.UseCgroupFD = true
+	cmd.SysProcAttr.CgroupFD = int(cg.Fd())
+	return cmd, func() { cg.Close() }
+}
+
 // Run starts the test binary as a probe inside the cgroup at cgroupPath
 // (clone3 CLONE_INTO_CGROUP) and returns each action's result, in order.
 // It returns when every process holding the result pipe has exited.
@@ -425,26 +444,8 @@ func Run(tb testing.TB, cgroupPath string, opts Options, actions ...string) []Re
 		tb.Fatal(err)
 	}
 	defer r.Close()
-	bin := os.Args[0]
-	if opts.Binary != "" {
-		bin = opts.Binary
-	}
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), envAction+"="+strings.Join(actions, ";"), fmt.Sprintf("%s=%d", envDepth, opts.Depth))
-	if opts.Detach {
-		cmd.Env = append(cmd.Env, envDetach+"=1")
-	}
-	cmd.ExtraFiles = []*os.File{w}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: opts.Credential}
-	if cgroupPath != "" {
-		cg, err := os.Open(cgroupPath)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		defer cg.Close()
-		cmd.SysProcAttr.UseCgroupFD = true
-		cmd.SysProcAttr.CgroupFD = int(cg.Fd())
-	}
+	cmd, started := command(tb, cgroupPath, opts, w, actions)
+	defer started()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

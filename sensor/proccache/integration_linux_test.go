@@ -58,6 +58,11 @@ func TestWithKernel(t *testing.T) {
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
 	for {
+		// Take the change channel before looking, so an exit applied in
+		// between still wakes the wait below.
+		c.mu.RLock()
+		ch := c.changed
+		c.mu.RUnlock()
 		p, ok := c.LookupWait(wctx, pid, 0)
 		if !ok {
 			t.Fatalf("child %d never resolved", pid)
@@ -76,9 +81,6 @@ func TestWithKernel(t *testing.T) {
 			return
 		}
 		// Resolved before its exit event was applied: wait for more events.
-		c.mu.RLock()
-		ch := c.changed
-		c.mu.RUnlock()
 		select {
 		case <-ch:
 		case <-wctx.Done():
