@@ -235,8 +235,6 @@ func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
 		if parentID != member.ID && !r.descendantOf(parentID, member.ID) {
 			return Session{}, forbidden("parent", "a session member may only open children of its own session %s", member.ID)
 		}
-	}
-	if member != nil {
 		// What a member opens, the agent in it decided: the origin says
 		// so and cannot be claimed to be a person or a schedule.
 		if req.Origin == nil {
