@@ -57,11 +57,19 @@ type ChainState struct {
 // Chain stamps records with a per-host monotonically increasing Seq and the
 // hash of the previous record. It is safe for concurrent use.
 type Chain struct {
-	mu        sync.Mutex
+	mu sync.Mutex
+	// spooled is the newest seq known to be in the spools; checkpointed
+	// with the state, so a restart can tell which stamped records never
+	// reached a spool (lost with the process) and report them.
+	spooled   uint64
+	lostFirst uint64
+	lostLast  uint64
 	state     ChainState
 	statePath string
 	saved     ChainState
 	buf       bytes.Buffer
+
+	savedSpooled uint64
 }
 
 // OpenChain loads the chain state from statePath (empty path: in memory
@@ -78,13 +86,24 @@ func OpenChain(statePath string) (*Chain, error) {
 	case err != nil:
 		return nil, fmt.Errorf("audit chain state: %w", err)
 	}
-	if err := json.Unmarshal(b, &c.state); err != nil {
+	var file struct {
+		ChainState
+		Spooled *uint64 `json:"spooled"`
+	}
+	if err := json.Unmarshal(b, &file); err != nil {
 		return nil, fmt.Errorf("audit chain state %s: %w", statePath, err)
+	}
+	c.state = file.ChainState
+	if file.Spooled != nil && *file.Spooled < c.state.Seq {
+		c.lostFirst, c.lostLast = *file.Spooled+1, c.state.Seq
+	}
+	if file.Spooled != nil {
+		c.spooled = *file.Spooled
 	}
 	if c.state.Seq > 0 && len(c.state.Hash) != sha256.Size*2 {
 		return nil, fmt.Errorf("audit chain state %s: bad hash", statePath)
 	}
-	c.saved = c.state
+	c.saved, c.savedSpooled = c.state, c.spooled
 	return c, nil
 }
 
@@ -130,17 +149,38 @@ func (c *Chain) Stamp(r *Record) ([]byte, error) {
 // if it changed since the last checkpoint.
 func (c *Chain) Checkpoint() error {
 	c.mu.Lock()
-	st := c.state
+	st, spooled := c.state, c.spooled
 	c.mu.Unlock()
-	if c.statePath == "" || st == c.saved {
+	if c.statePath == "" || (st == c.saved && spooled == c.savedSpooled) {
 		return nil
 	}
-	b, _ := json.Marshal(st)
+	b, _ := json.Marshal(struct {
+		ChainState
+		Spooled uint64 `json:"spooled"`
+	}{st, spooled})
 	if err := WriteFileAtomic(c.statePath, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("audit chain checkpoint: %w", err)
 	}
-	c.saved = st
+	c.saved, c.savedSpooled = st, spooled
 	return nil
+}
+
+// MarkSpooled records that every record up to seq is in the spools.
+func (c *Chain) MarkSpooled(seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.spooled = max(c.spooled, seq)
+}
+
+// Lost returns the seqs that were stamped before the last checkpoint but
+// never reached a spool (the process died with them in memory), once;
+// newest is the newest seq found in the spools since.
+func (c *Chain) Lost(newest uint64) (first, last uint64, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	first, last = max(c.lostFirst, newest+1), c.lostLast
+	c.lostFirst, c.lostLast = 0, 0
+	return first, last, first != 0 && first <= last
 }
 
 // WriteFileAtomic replaces path with data so that a crash leaves either the

@@ -97,6 +97,7 @@ func New(opts Options, sinks []audit.SinkConfig) (*Pipeline, error) {
 		in: make(chan item, opts.QueueSize), writerD: make(chan struct{}),
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	var newest uint64
 	for i, sc := range sinks {
 		s, err := newSink(opts, sc, m)
 		if err != nil {
@@ -112,7 +113,18 @@ func New(opts Options, sinks []audit.SinkConfig) (*Pipeline, error) {
 			}
 			if json.Unmarshal(last, &h) == nil && h.Seq > 0 {
 				chain.Advance(audit.ChainState{Seq: h.Seq, Hash: audit.HashLine(last)})
+				newest = max(newest, h.Seq)
 			}
+		}
+	}
+	// Records stamped but still in memory when the last process died are
+	// gone; say so in every sink rather than leave a silent hole.
+	if first, last, ok := chain.Lost(newest); ok {
+		p.log.Warn("audit records lost with the previous process", "first_seq", first, "last_seq", last)
+		line := gapLine(opts.Host, "restart", last-first+1, first, last)
+		for _, s := range p.sinks {
+			s.m.dropped.Add(float64(last - first + 1))
+			s.enqueueGap(line)
 		}
 	}
 	go p.writer()
@@ -170,6 +182,7 @@ func (p *Pipeline) writer() {
 			}
 			p.reportQueueLoss()
 			p.fanout(it)
+			p.chain.MarkSpooled(it.rec.Seq)
 		case <-tick.C:
 			p.reportQueueLoss()
 			p.checkpoint()
