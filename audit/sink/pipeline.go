@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/agentfence/agentfence/audit"
@@ -31,7 +30,7 @@ type Options struct {
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 	// QueueSize bounds the in-memory hand-off between Emit and the spools
-	// (default 65536). Overflow is counted and reported as a gap record.
+	// (default 65536); when it is full, Emit waits.
 	QueueSize int
 	// Stdout is where stdout sinks write (default os.Stdout).
 	Stdout io.Writer
@@ -54,9 +53,7 @@ type Pipeline struct {
 	in      chan item
 	mu      sync.RWMutex // guards closed against Emit racing Close
 	closed  bool
-	lost    atomic.Uint64 // records stamped but dropped at the queue
-	lostLo  atomic.Uint64
-	lostHi  atomic.Uint64
+	emitMu  sync.Mutex
 	writerD chan struct{}
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -142,13 +139,16 @@ func New(opts Options, sinks []audit.SinkConfig) (*Pipeline, error) {
 func (p *Pipeline) Chain() audit.ChainState { return p.chain.State() }
 
 // Emit stamps r with the next seq and prev_hash and queues it for every
-// sink whose filter matches. It never blocks on I/O: when the in-memory
-// queue is full the record is dropped, counted, and reported to every sink
-// in a gap record.
+// sink whose filter matches. It does no I/O itself, but waits while the
+// in-memory queue is full.
 func (p *Pipeline) Emit(r audit.Record) {
 	if r.Host == "" {
 		r.Host = p.opts.Host
 	}
+	// Stamping and queueing happen in one order, so the spools see seqs in
+	// sequence whoever emits.
+	p.emitMu.Lock()
+	defer p.emitMu.Unlock()
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
@@ -159,14 +159,11 @@ func (p *Pipeline) Emit(r audit.Record) {
 		p.log.Error("audit record not encodable", "kind", r.Kind, "err", err)
 		return
 	}
-	select {
-	case p.in <- item{rec: r, line: line}:
-	default:
-		if p.lost.Add(1) == 1 {
-			p.lostLo.Store(r.Seq)
-		}
-		p.lostHi.Store(r.Seq)
-	}
+	// A full queue holds the caller back rather than dropping a stamped
+	// record (which would leave a hole in the chain): upstream, the kernel
+	// ring buffers absorb the burst, and what they cannot hold is counted
+	// there and reported as a gap record.
+	p.in <- item{rec: r, line: line}
 }
 
 func (p *Pipeline) writer() {
@@ -180,11 +177,9 @@ func (p *Pipeline) writer() {
 				p.checkpoint()
 				return
 			}
-			p.reportQueueLoss()
 			p.fanout(it)
 			p.chain.MarkSpooled(it.rec.Seq)
 		case <-tick.C:
-			p.reportQueueLoss()
 			p.checkpoint()
 		}
 	}
@@ -195,24 +190,6 @@ func (p *Pipeline) fanout(it item) {
 		if s.filter.Match(&it.rec) {
 			s.enqueue(it.line, it.rec.Seq)
 		}
-	}
-}
-
-// reportQueueLoss turns queue overflow into a gap record for every sink.
-// The counters are read without a lock; a record lost concurrently is
-// reported by the next call.
-func (p *Pipeline) reportQueueLoss() {
-	n := p.lost.Swap(0)
-	if n == 0 {
-		return
-	}
-	lo, hi := p.lostLo.Load(), p.lostHi.Load()
-	for _, s := range p.sinks {
-		s.m.dropped.Add(float64(n))
-	}
-	line := gapLine(p.opts.Host, "queue", n, lo, hi)
-	for _, s := range p.sinks {
-		s.enqueueGap(line)
 	}
 }
 
