@@ -833,8 +833,8 @@ func (r *Registry) view(e *entry) Session {
 			s.State = StateQuarantined
 		}
 	}
-	if s.State == StateActive && !r.clock.Wall(BootNS()).Before(s.ExpiresAt) {
-		s.State = StateExpired
+	if s.State == StateActive {
+		s.State = r.stateAt(e, r.clock.Wall(BootNS()))
 	}
 	return s
 }

@@ -3,11 +3,9 @@
 package cgroupv2
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,59 +13,19 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/sensor/cgroupmeta"
 )
 
-// ErrNoCgroup2 means no cgroup2 file system is mounted.
-var ErrNoCgroup2 = errors.New("no cgroup v2 file system is mounted (agentfence needs cgroup v2: mount -t cgroup2 none /sys/fs/cgroup)")
-
-// Root returns the mount point of the cgroup v2 hierarchy from
-// /proc/self/mountinfo. Hybrid layouts mount it at /sys/fs/cgroup/unified.
+// Root returns the mount point of the cgroup v2 hierarchy (hybrid layouts
+// mount it at /sys/fs/cgroup/unified).
 func Root() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
+	p, err := cgroupmeta.Cgroup2Mount()
+	if errors.Is(err, cgroupmeta.ErrNoCgroup2) {
+		return "", errors.New("no cgroup v2 file system is mounted (agentfence needs cgroup v2: mount -t cgroup2 none /sys/fs/cgroup)")
 	}
-	defer f.Close()
-	return parseMountinfo(f)
+	return p, err
 }
-
-func parseMountinfo(r io.Reader) (string, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint opts [optional...] - fstype source superopts
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		fields, postFields := strings.Fields(pre), strings.Fields(post)
-		if len(fields) < 5 || len(postFields) < 1 || postFields[0] != "cgroup2" {
-			continue
-		}
-		return unescapeMount(fields[4]), nil
-	}
-	if err := sc.Err(); err != nil {
-		return "", err
-	}
-	return "", ErrNoCgroup2
-}
-
-// unescapeMount undoes the octal escapes (\040 and friends) mountinfo uses
-// for space, tab, newline and backslash.
-func unescapeMount(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return c >= '0' && c <= '7' }
 
 // ID returns the cgroup id of the cgroup directory at path: the kernfs inode
 // number, which is what bpf_get_current_cgroup_id reports.
