@@ -582,6 +582,9 @@ type fakeSockets struct {
 func (s *fakeSockets) Destroy(pids []int, match func(Conn) bool) ([]Conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if match == nil { // selects all
+		match = func(Conn) bool { return true }
+	}
 	s.calls = append(s.calls, destroyCall{pids: slices.Clone(pids), match: match})
 	var out, kept []Conn
 	for _, c := range s.conns {

@@ -77,6 +77,9 @@ type Conn struct {
 
 // Sockets destroys connections of member processes.
 type Sockets interface {
+	// Destroy destroys the connections of pids that match selects; a nil
+	// match selects all, which lets the implementation skip listing them
+	// first.
 	Destroy(pids []int, match func(Conn) bool) ([]Conn, error)
 }
 
@@ -637,7 +640,7 @@ func (r *Registry) revoke(e *entry, actor, reason string) error {
 	e.State = StateRevoked
 	r.touch(e)
 	r.lifecycle(e, "revoked", actor, reason)
-	r.destroy(e, "revoked", func(Conn) bool { return true })
+	r.destroy(e, "revoked", nil)
 	return nil
 }
 
@@ -672,7 +675,8 @@ func (r *Registry) treePopulated(e *entry) bool {
 	return false
 }
 
-// destroy destroys the member connections match selects and records each.
+// destroy destroys the member connections match selects (nil: all) and
+// records each.
 func (r *Registry) destroy(e *entry, reason string, match func(Conn) bool) {
 	if r.sockets == nil {
 		return
@@ -859,7 +863,7 @@ func (r *Registry) Reap(now time.Time) {
 			e.State = StateExpired
 			r.touch(e)
 			r.lifecycle(e, "expired", "kernel", "")
-			r.destroy(e, "expired", func(Conn) bool { return true })
+			r.destroy(e, "expired", nil)
 		}
 	}
 	// Close ended sessions whose whole tree has no members left. Children

@@ -5,13 +5,17 @@ import (
 	"github.com/agentfence/agentfence/enforcer/sockdestroy"
 )
 
-// sockets destroys member connections with sock_diag.
+// sockets destroys member connections (enforcer/sockdestroy).
 type sockets struct{}
 
 func (sockets) Destroy(pids []int, match func(attribution.Conn) bool) ([]attribution.Conn, error) {
-	conns, err := sockdestroy.Destroy(pids, func(c sockdestroy.Conn) bool {
-		return match(attribution.Conn{PID: c.PID, Proto: c.Proto, Remote: c.Remote})
-	})
+	var m func(sockdestroy.Conn) bool
+	if match != nil {
+		m = func(c sockdestroy.Conn) bool {
+			return match(attribution.Conn{PID: c.PID, Proto: c.Proto, Remote: c.Remote})
+		}
+	}
+	conns, err := sockdestroy.Destroy(pids, m)
 	out := make([]attribution.Conn, len(conns))
 	for i, c := range conns {
 		out[i] = attribution.Conn{PID: c.PID, Proto: c.Proto, Remote: c.Remote}

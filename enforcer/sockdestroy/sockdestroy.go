@@ -12,16 +12,25 @@
 //   - the in-kernel alternative, the bpf_sock_destroy kfunc, needs 6.5 and a
 //     BPF socket iterator program, which the gate cannot rely on.
 //
-// Sockets are attributed to processes by their inode: every /proc/<pid>/fd
-// entry of the given processes that links to "socket:[N]" (that table is
-// shared by all threads of a process). One dump per address family and
-// protocol lists the sockets of the caller's network namespace; those whose
-// inode belongs to a member and that have a peer (TCP in any state but
-// LISTEN, UDP only when connected) are offered to the match function and
-// destroyed by their exact inet_diag socket id, cookie included, so a
-// socket that was closed and replaced by another one with the same 4-tuple
-// is never hit. The owner sees ECONNABORTED on its next call; a TCP peer
-// receives a RST.
+// Finding the sockets costs what the members hold, not what the host
+// holds. Each fd in /proc/<pid>/fd of the given processes is duplicated into
+// this process with pidfd_getfd (Linux 5.6+; the same ptrace access check as
+// reading that directory), and a socket's own addresses, protocol, bound
+// device and cookie are read from it: exactly the inet_diag socket id
+// SOCK_DESTROY looks a socket up by. Only what cannot be named that way (a
+// TCP connect still in SYN_SENT has no peer address to read; a process
+// whose fds a stricter ptrace policy withholds) is found with sock_diag
+// dumps, matched by inode. Dumps walk the whole established hash table once
+// per family, about 1.5 ms each on a host with 262,144 buckets, so they are
+// the fallback, not the path. (The bpf_sock_destroy kfunc, 6.5+, runs only
+// in socket iterators, which walk the same table; measured here it was
+// slower: docs/benchmarks.md.)
+//
+// Sockets with a peer (TCP in any state but LISTEN, UDP only when
+// connected) are offered to the match function and destroyed by their exact
+// socket id, cookie included, so a socket that was closed and replaced by
+// another one with the same 4-tuple is never hit. The owner sees
+// ECONNABORTED on its next call; a TCP peer receives a RST.
 //
 // Not covered:
 //   - a socket is found only through a process in the pid list: one passed
@@ -29,8 +38,8 @@
 //     alive, as does one held only in flight in a unix socket queue;
 //   - a thread that unshared its fd table (unshare(CLONE_FILES)) is covered
 //     only if its tid is passed as well;
-//   - only the network namespace of the caller is dumped; members in other
-//     network namespaces are not reached;
+//   - only sockets in the network namespace of the caller are destroyed;
+//     members in other network namespaces are not reached;
 //   - sockets connected after Destroy has scanned /proc are not destroyed, so
 //     the gate's maps must be updated before Destroy is called;
 //   - for UDP the kernel looks the socket up by 4-tuple, and with
@@ -62,33 +71,53 @@ func (c Conn) String() string {
 }
 
 // Destroy finds the TCP (any state with a remote peer, i.e. not LISTEN) and
-// connected UDP sockets, IPv4 and IPv6, owned by the given processes (by
-// scanning /proc/<pid>/fd socket inodes; processes that vanish meanwhile are
-// skipped), and destroys those for which match returns true (a nil match
-// selects all). It returns the destroyed ones and an error joining the
-// per-socket failures; a socket that disappeared in between is not an error.
-// Local addresses of IPv4-mapped sockets are reported as IPv4 too.
+// connected UDP sockets, IPv4 and IPv6, owned by the given processes
+// (processes that vanish meanwhile are skipped), and destroys those for
+// which match returns true (a nil match selects all). It returns the
+// destroyed ones and an error joining the per-socket failures; a socket that
+// disappeared in between is not an error. Local addresses of IPv4-mapped
+// sockets are reported as IPv4 too.
 //
-// Destroy needs CAP_NET_ADMIN (and read access to the processes' fd tables)
-// and sees only the caller's network namespace. Update the gate's maps first:
-// sockets connected after the /proc scan are not destroyed. Its cost is
-// dominated by the two TCP dumps, which walk the whole established hash
-// table of the namespace whatever the number of member sockets; a call with
-// no member sockets does no netlink work at all.
+// Destroy needs CAP_NET_ADMIN and CAP_SYS_PTRACE (the members' fd tables)
+// and reaches only the caller's network namespace. Update the gate's maps
+// first: sockets connected after the scan are not destroyed. A call with no
+// member sockets does no netlink work at all.
 func Destroy(pids []int, match func(Conn) bool) ([]Conn, error) {
-	owners, scanErr := scanSockets(pids)
-	if len(owners) == 0 {
-		return nil, scanErr
-	}
-	errs := []error{scanErr}
+	return destroy(pids, match, scan)
+}
 
+// destroy is Destroy with the scanner as a parameter, so that the tests can
+// also take the dump path for every socket.
+func destroy(pids []int, match func(Conn) bool, scan func([]int) ([]target, map[uint64]int, error)) ([]Conn, error) {
+	found, rest, err := scan(pids)
+	if len(found) == 0 && len(rest) == 0 {
+		return nil, err
+	}
+	errs := []error{err}
 	d, err := openDiag()
 	if err != nil {
-		return nil, errors.Join(scanErr, err)
+		return nil, errors.Join(append(errs, err)...)
 	}
 	defer d.close()
-
+	if len(rest) > 0 {
+		more, err := d.find(rest)
+		found = append(found, more...)
+		errs = append(errs, err)
+	}
 	var targets []target
+	for _, t := range found {
+		if match == nil || match(t.conn) {
+			targets = append(targets, t)
+		}
+	}
+	destroyed, err := d.destroy(targets)
+	return destroyed, errors.Join(append(errs, err)...)
+}
+
+// find dumps the socket tables for the sockets of owners.
+func (d *diag) find(owners map[uint64]int) ([]target, error) {
+	var targets []target
+	var errs []error
 	for _, q := range queries {
 		var found []target
 		var err error
@@ -115,91 +144,9 @@ func Destroy(pids []int, match func(Conn) bool) ([]Conn, error) {
 			// An interrupted dump still yields what it saw.
 			errs = append(errs, fmt.Errorf("sock_diag dump %s: %w", q, err))
 		}
-		for _, t := range found {
-			if match == nil || match(t.conn) {
-				targets = append(targets, t)
-			}
-		}
+		targets = append(targets, found...)
 	}
-
-	destroyed, err := d.destroy(targets)
-	return destroyed, errors.Join(append(errs, err)...)
-}
-
-// scanSockets maps the socket inodes found in /proc/<pid>/fd of pids to the
-// first pid holding them.
-func scanSockets(pids []int) (map[uint64]int, error) {
-	owners := make(map[uint64]int)
-	var errs []error
-	dents := make([]byte, 8192)
-	link := make([]byte, 64)
-	var names []string
-	for _, pid := range pids {
-		if pid <= 0 {
-			continue
-		}
-		dir := "/proc/" + strconv.Itoa(pid) + "/fd"
-		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			if !gone(err) {
-				errs = append(errs, fmt.Errorf("open %s: %w", dir, err))
-			}
-			continue
-		}
-		for {
-			n, err := unix.Getdents(fd, dents)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				if !gone(err) {
-					errs = append(errs, fmt.Errorf("read %s: %w", dir, err))
-				}
-				break
-			}
-			if n <= 0 {
-				break
-			}
-			_, _, names = unix.ParseDirent(dents[:n], -1, names[:0])
-			for _, name := range names {
-				l, err := unix.Readlinkat(fd, name, link)
-				if err != nil {
-					if !gone(err) {
-						errs = append(errs, fmt.Errorf("readlink %s/%s: %w", dir, name, err))
-					}
-					continue
-				}
-				if ino, ok := socketInode(link[:l]); ok {
-					if _, seen := owners[ino]; !seen {
-						owners[ino] = pid
-					}
-				}
-			}
-		}
-		unix.Close(fd)
-	}
-	return owners, errors.Join(errs...)
-}
-
-// gone reports errors meaning the process or the fd went away meanwhile.
-func gone(err error) bool {
-	return err == unix.ENOENT || err == unix.ESRCH
-}
-
-// socketInode parses a /proc/<pid>/fd link target "socket:[N]".
-func socketInode(l []byte) (uint64, bool) {
-	const prefix = "socket:["
-	if len(l) <= len(prefix)+1 || string(l[:len(prefix)]) != prefix || l[len(l)-1] != ']' {
-		return 0, false
-	}
-	var ino uint64
-	for _, c := range l[len(prefix) : len(l)-1] {
-		if c < '0' || c > '9' || ino > (1<<64-1)/10-1 {
-			return 0, false
-		}
-		ino = ino*10 + uint64(c-'0')
-	}
-	return ino, true
+	return targets, errors.Join(errs...)
 }
 
 // query is one sock_diag dump: an address family and protocol, and the

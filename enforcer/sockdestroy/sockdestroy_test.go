@@ -39,6 +39,9 @@ func TestMain(m *testing.M) {
 //	dial <tcp|udp> <addr>  -> ok <id> <local> <remote>
 //	mapped <port>          -> AF_INET6 TCP socket to ::ffff:127.0.0.1:<port>
 //	listen | udplisten     -> ok <id> <local> -
+//	connecting <port>      -> ok <id> <local> - (nonblocking TCP connect to
+//	                          127.0.0.1:<port>, left in flight)
+//	soerror <id>           -> errno <n> once the connect above has failed
 //	read <id>              -> data <n> | errno <n> | fail <msg>
 //	write <id>             -> ok | errno <n> | fail <msg>
 //
@@ -102,6 +105,32 @@ func runChild() {
 				continue
 			}
 			added(u, u.LocalAddr(), nil)
+		case "connecting":
+			port, _ := strconv.Atoi(f[1])
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				result("", err)
+				continue
+			}
+			if err := unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != unix.EINPROGRESS {
+				result("", fmt.Errorf("connect: %v, want EINPROGRESS", err))
+				continue
+			}
+			sa, _ := unix.Getsockname(fd)
+			added(fd, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*unix.SockaddrInet4).Port}, nil)
+		case "soerror":
+			id, _ := strconv.Atoi(f[1])
+			fd := conns[id].(int)
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			if n, err := unix.Poll(pfd, int(wait.Milliseconds())); n != 1 {
+				result("", fmt.Errorf("poll: %d, %v", n, err))
+				continue
+			}
+			e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+			if err == nil && e != 0 {
+				err = unix.Errno(e)
+			}
+			result("ok", err)
 		case "read":
 			id, _ := strconv.Atoi(f[1])
 			buf := make([]byte, 64)
@@ -251,155 +280,222 @@ func findConn(got []Conn, local, remote netip.AddrPort) (Conn, bool) {
 	return Conn{}, false
 }
 
-func TestDestroyTCP4Established(t *testing.T) {
+// backend is one way of finding the sockets to destroy; the tests run on
+// each.
+type backend struct {
+	name    string
+	destroy func(pids []int, match func(Conn) bool) ([]Conn, error)
+}
+
+// backends returns the default path (naming each socket through
+// pidfd_getfd) and the dump of the socket tables it falls back to.
+func backends(t testing.TB) []backend {
+	t.Helper()
 	privtest.RequireRoot(t)
-	ln := listen(t, "tcp", "127.0.0.1:0")
-	ch := startChild(t)
-	cc := ch.open("dial tcp %s", ln.Addr())
-	peer := accept(t, ln)
+	return []backend{
+		{"pidfd", Destroy},
+		{"dump", func(pids []int, match func(Conn) bool) ([]Conn, error) { return destroy(pids, match, scanOnlyLinks) }},
+	}
+}
 
-	got, err := Destroy([]int{missingPID(t), ch.pid}, nil)
-	if err != nil {
-		t.Fatalf("Destroy: %v", err)
+// eachBackend runs f as a subtest per backend.
+func eachBackend(t *testing.T, f func(t *testing.T, destroy func([]int, func(Conn) bool) ([]Conn, error))) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) { f(t, b.destroy) })
 	}
-	if len(got) != 1 {
-		t.Fatalf("Destroy returned %v, want exactly the child's connection", got)
-	}
-	c := got[0]
-	if c.PID != ch.pid || c.Proto != "tcp" || c.Local != cc.local || c.Remote != cc.remote || c.Inode == 0 {
-		t.Errorf("Destroy returned %+v, want pid %d tcp %s->%s", c, ch.pid, cc.local, cc.remote)
-	}
-	if !c.Remote.Addr().Is4() || c.Remote.Port() != port(ln.Addr()) {
-		t.Errorf("remote %s, want the listener %s", c.Remote, ln.Addr())
-	}
+}
 
-	// The owner's next call fails with ECONNABORTED (tcp_abort sets
-	// sk_err); the peer receives the RST tcp_abort sends.
-	ch.expectErrno("read", cc.id, unix.ECONNABORTED)
-	peer.SetReadDeadline(time.Now().Add(wait))
-	if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
-		t.Errorf("peer read after destroy: %v, want ECONNRESET", err)
-	}
+func TestDestroyTCP4Established(t *testing.T) {
+	eachBackend(t, func(t *testing.T, Destroy func([]int, func(Conn) bool) ([]Conn, error)) {
+		ln := listen(t, "tcp", "127.0.0.1:0")
+		ch := startChild(t)
+		cc := ch.open("dial tcp %s", ln.Addr())
+		peer := accept(t, ln)
+
+		got, err := Destroy([]int{missingPID(t), ch.pid}, nil)
+		if err != nil {
+			t.Fatalf("Destroy: %v", err)
+		}
+		if len(got) != 1 {
+			t.Fatalf("Destroy returned %v, want exactly the child's connection", got)
+		}
+		c := got[0]
+		if c.PID != ch.pid || c.Proto != "tcp" || c.Local != cc.local || c.Remote != cc.remote || c.Inode == 0 {
+			t.Errorf("Destroy returned %+v, want pid %d tcp %s->%s", c, ch.pid, cc.local, cc.remote)
+		}
+		if !c.Remote.Addr().Is4() || c.Remote.Port() != port(ln.Addr()) {
+			t.Errorf("remote %s, want the listener %s", c.Remote, ln.Addr())
+		}
+
+		// The owner's next call fails with ECONNABORTED (tcp_abort sets
+		// sk_err); the peer receives the RST tcp_abort sends.
+		ch.expectErrno("read", cc.id, unix.ECONNABORTED)
+		peer.SetReadDeadline(time.Now().Add(wait))
+		if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
+			t.Errorf("peer read after destroy: %v, want ECONNRESET", err)
+		}
+	})
 }
 
 func TestDestroyIPv6UDPAndLeavesOthersAlone(t *testing.T) {
-	privtest.RequireRoot(t)
-	ln4 := listen(t, "tcp", "127.0.0.1:0")
-	ln6 := listen(t, "tcp6", "[::1]:0")
-	srv, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	eachBackend(t, func(t *testing.T, Destroy func([]int, func(Conn) bool) ([]Conn, error)) {
+		ln4 := listen(t, "tcp", "127.0.0.1:0")
+		ln6 := listen(t, "tcp6", "[::1]:0")
+		srv, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
 
-	ch := startChild(t)
-	tcp6 := ch.open("dial tcp %s", ln6.Addr())
-	accept(t, ln6)
-	udp := ch.open("dial udp %s", srv.LocalAddr())
-	mapped := ch.open("mapped %d", port(ln4.Addr()))
-	accept(t, ln4)
-	unconnected := ch.open("udplisten")
-	listening := ch.open("listen")
+		ch := startChild(t)
+		tcp6 := ch.open("dial tcp %s", ln6.Addr())
+		accept(t, ln6)
+		udp := ch.open("dial udp %s", srv.LocalAddr())
+		mapped := ch.open("mapped %d", port(ln4.Addr()))
+		accept(t, ln4)
+		unconnected := ch.open("udplisten")
+		listening := ch.open("listen")
 
-	// The test process's own connection must survive.
-	self, err := net.DialTimeout("tcp", ln4.Addr().String(), wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer self.Close()
-	selfPeer := accept(t, ln4)
+		// The test process's own connection must survive.
+		self, err := net.DialTimeout("tcp", ln4.Addr().String(), wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer self.Close()
+		selfPeer := accept(t, ln4)
 
-	var offered []Conn
-	got, err := Destroy([]int{ch.pid}, func(c Conn) bool {
-		offered = append(offered, c)
-		return true
+		var offered []Conn
+		got, err := Destroy([]int{ch.pid}, func(c Conn) bool {
+			offered = append(offered, c)
+			return true
+		})
+		if err != nil {
+			t.Fatalf("Destroy: %v", err)
+		}
+		if len(got) != 3 || len(offered) != 3 {
+			t.Fatalf("Destroy offered %v and returned %v, want the child's tcp6, udp and mapped connections", offered, got)
+		}
+		for _, want := range []struct {
+			name  string
+			proto string
+			cc    childConn
+		}{{"tcp6", "tcp", tcp6}, {"udp", "udp", udp}, {"mapped", "tcp", mapped}} {
+			c, ok := findConn(got, want.cc.local, want.cc.remote)
+			if !ok {
+				t.Errorf("%s %s->%s not destroyed; got %v", want.name, want.cc.local, want.cc.remote, got)
+				continue
+			}
+			if c.PID != ch.pid || c.Proto != want.proto {
+				t.Errorf("%s: got %+v, want pid %d proto %s", want.name, c, ch.pid, want.proto)
+			}
+		}
+		if c, ok := findConn(got, mapped.local, mapped.remote); ok && (!c.Remote.Addr().Is4() || !c.Local.Addr().Is4()) {
+			t.Errorf("mapped connection reported as %s->%s, want IPv4", c.Local, c.Remote)
+		}
+		if !tcp6.remote.Addr().Is6() {
+			t.Errorf("tcp6 remote %s is not IPv6", tcp6.remote)
+		}
+
+		ch.expectErrno("read", tcp6.id, unix.ECONNABORTED)
+		ch.expectErrno("read", udp.id, unix.ECONNABORTED)
+		ch.expectErrno("read", mapped.id, unix.ECONNABORTED)
+
+		// The unconnected UDP socket still receives.
+		if _, err := srv.WriteTo([]byte("ping"), net.UDPAddrFromAddrPort(unconnected.local)); err != nil {
+			t.Fatal(err)
+		}
+		if f := ch.do("read %d", unconnected.id); len(f) != 2 || f[0] != "data" || f[1] != "4" {
+			t.Errorf("unconnected UDP read after Destroy: %v, want data 4", f)
+		}
+		// The listening socket still completes handshakes.
+		if c, err := net.DialTimeout("tcp", listening.local.String(), wait); err != nil {
+			t.Errorf("dial child's listener after Destroy: %v", err)
+		} else {
+			c.Close()
+		}
+		// The test's own connection still carries data.
+		if _, err := self.Write([]byte("y")); err != nil {
+			t.Errorf("own connection write: %v", err)
+		}
+		selfPeer.SetReadDeadline(time.Now().Add(wait))
+		if _, err := selfPeer.Read(make([]byte, 1)); err != nil {
+			t.Errorf("own connection read: %v", err)
+		}
 	})
-	if err != nil {
-		t.Fatalf("Destroy: %v", err)
-	}
-	if len(got) != 3 || len(offered) != 3 {
-		t.Fatalf("Destroy offered %v and returned %v, want the child's tcp6, udp and mapped connections", offered, got)
-	}
-	for _, want := range []struct {
-		name  string
-		proto string
-		cc    childConn
-	}{{"tcp6", "tcp", tcp6}, {"udp", "udp", udp}, {"mapped", "tcp", mapped}} {
-		c, ok := findConn(got, want.cc.local, want.cc.remote)
-		if !ok {
-			t.Errorf("%s %s->%s not destroyed; got %v", want.name, want.cc.local, want.cc.remote, got)
-			continue
-		}
-		if c.PID != ch.pid || c.Proto != want.proto {
-			t.Errorf("%s: got %+v, want pid %d proto %s", want.name, c, ch.pid, want.proto)
-		}
-	}
-	if c, ok := findConn(got, mapped.local, mapped.remote); ok && (!c.Remote.Addr().Is4() || !c.Local.Addr().Is4()) {
-		t.Errorf("mapped connection reported as %s->%s, want IPv4", c.Local, c.Remote)
-	}
-	if !tcp6.remote.Addr().Is6() {
-		t.Errorf("tcp6 remote %s is not IPv6", tcp6.remote)
-	}
-
-	ch.expectErrno("read", tcp6.id, unix.ECONNABORTED)
-	ch.expectErrno("read", udp.id, unix.ECONNABORTED)
-	ch.expectErrno("read", mapped.id, unix.ECONNABORTED)
-
-	// The unconnected UDP socket still receives.
-	if _, err := srv.WriteTo([]byte("ping"), net.UDPAddrFromAddrPort(unconnected.local)); err != nil {
-		t.Fatal(err)
-	}
-	if f := ch.do("read %d", unconnected.id); len(f) != 2 || f[0] != "data" || f[1] != "4" {
-		t.Errorf("unconnected UDP read after Destroy: %v, want data 4", f)
-	}
-	// The listening socket still completes handshakes.
-	if c, err := net.DialTimeout("tcp", listening.local.String(), wait); err != nil {
-		t.Errorf("dial child's listener after Destroy: %v", err)
-	} else {
-		c.Close()
-	}
-	// The test's own connection still carries data.
-	if _, err := self.Write([]byte("y")); err != nil {
-		t.Errorf("own connection write: %v", err)
-	}
-	selfPeer.SetReadDeadline(time.Now().Add(wait))
-	if _, err := selfPeer.Read(make([]byte, 1)); err != nil {
-		t.Errorf("own connection read: %v", err)
-	}
 }
 
 func TestDestroyMatch(t *testing.T) {
-	privtest.RequireRoot(t)
-	lnA := listen(t, "tcp", "127.0.0.1:0")
-	lnB := listen(t, "tcp", "127.0.0.1:0")
-	ch := startChild(t)
-	a := ch.open("dial tcp %s", lnA.Addr())
-	peerA := accept(t, lnA)
-	b := ch.open("dial tcp %s", lnB.Addr())
-	accept(t, lnB)
+	eachBackend(t, func(t *testing.T, Destroy func([]int, func(Conn) bool) ([]Conn, error)) {
+		lnA := listen(t, "tcp", "127.0.0.1:0")
+		lnB := listen(t, "tcp", "127.0.0.1:0")
+		ch := startChild(t)
+		a := ch.open("dial tcp %s", lnA.Addr())
+		peerA := accept(t, lnA)
+		b := ch.open("dial tcp %s", lnB.Addr())
+		accept(t, lnB)
 
-	offered := 0
-	got, err := Destroy([]int{ch.pid}, func(c Conn) bool {
-		offered++
-		return c.Remote.Port() == port(lnB.Addr())
+		offered := 0
+		got, err := Destroy([]int{ch.pid}, func(c Conn) bool {
+			offered++
+			return c.Remote.Port() == port(lnB.Addr())
+		})
+		if err != nil {
+			t.Fatalf("Destroy: %v", err)
+		}
+		if offered != 2 {
+			t.Errorf("match offered %d connections, want 2", offered)
+		}
+		if len(got) != 1 || got[0].Local != b.local || got[0].Remote != b.remote {
+			t.Fatalf("Destroy returned %v, want only %s->%s", got, b.local, b.remote)
+		}
+		ch.expectErrno("read", b.id, unix.ECONNABORTED)
+		if f := ch.do("write %d", a.id); len(f) != 1 || f[0] != "ok" {
+			t.Fatalf("write on the unmatched connection: %v", f)
+		}
+		peerA.SetReadDeadline(time.Now().Add(wait))
+		if _, err := peerA.Read(make([]byte, 1)); err != nil {
+			t.Errorf("unmatched connection's peer read: %v", err)
+		}
 	})
-	if err != nil {
-		t.Fatalf("Destroy: %v", err)
-	}
-	if offered != 2 {
-		t.Errorf("match offered %d connections, want 2", offered)
-	}
-	if len(got) != 1 || got[0].Local != b.local || got[0].Remote != b.remote {
-		t.Fatalf("Destroy returned %v, want only %s->%s", got, b.local, b.remote)
-	}
-	ch.expectErrno("read", b.id, unix.ECONNABORTED)
-	if f := ch.do("write %d", a.id); len(f) != 1 || f[0] != "ok" {
-		t.Fatalf("write on the unmatched connection: %v", f)
-	}
-	peerA.SetReadDeadline(time.Now().Add(wait))
-	if _, err := peerA.Read(make([]byte, 1)); err != nil {
-		t.Errorf("unmatched connection's peer read: %v", err)
-	}
+}
+
+// A TCP connect still in flight (SYN_SENT) has no peer address to read from
+// the socket; it is found by the dump and destroyed too, so it cannot
+// complete after a revoke.
+func TestDestroySynSent(t *testing.T) {
+	eachBackend(t, func(t *testing.T, Destroy func([]int, func(Conn) bool) ([]Conn, error)) {
+		// A listener whose accept queue is full drops further SYNs, so
+		// the child's connect stays in SYN_SENT, retransmitting.
+		lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(lfd)
+		if err := unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Listen(lfd, 0); err != nil {
+			t.Fatal(err)
+		}
+		sa, _ := unix.Getsockname(lfd)
+		lport := sa.(*unix.SockaddrInet4).Port
+		// With a backlog of 0 one established connection fills it.
+		filler, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", lport), wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer filler.Close()
+		ch := startChild(t)
+		cc := ch.open("connecting %d", lport)
+		got, err := Destroy([]int{ch.pid}, nil)
+		if err != nil {
+			t.Fatalf("Destroy: %v", err)
+		}
+		if len(got) != 1 || got[0].Local != cc.local || got[0].Remote.Port() != uint16(lport) {
+			t.Fatalf("Destroy returned %v, want the connect in flight from %s", got, cc.local)
+		}
+		ch.expectErrno("soerror", cc.id, unix.ECONNABORTED)
+	})
 }
 
 // missingPID returns a pid that cannot exist: pids are below pid_max.
@@ -493,38 +589,64 @@ func closeAll(cs ...[]net.Conn) {
 }
 
 // BenchmarkDestroy100 destroys 100 established connections of one process
-// per call (setup excluded from the timing).
+// per call (setup excluded from the timing), on each backend: "narrow"
+// selects them with a match function among the process's 200 sockets (both
+// ends), "revoke" destroys every socket of a process holding 100 client ends.
 func BenchmarkDestroy100(b *testing.B) {
-	privtest.RequireRoot(b)
 	l := listen(b, "tcp", "127.0.0.1:0")
 	lport := port(l.Addr())
-	pids := []int{os.Getpid()}
-	match := func(c Conn) bool { return c.Remote.Port() == lport }
-	b.StopTimer()
-	for range b.N {
-		clients, peers := benchConns(b, l, 100)
-		b.StartTimer()
-		got, err := Destroy(pids, match)
-		b.StopTimer()
-		if err != nil || len(got) != 100 {
-			b.Fatalf("Destroy = %d conns, %v; want 100", len(got), err)
-		}
-		closeAll(clients, peers)
+	for _, be := range backends(b) {
+		b.Run(be.name+"/narrow", func(b *testing.B) {
+			pids := []int{os.Getpid()}
+			match := func(c Conn) bool { return c.Remote.Port() == lport }
+			for b.Loop() {
+				b.StopTimer()
+				clients, peers := benchConns(b, l, 100)
+				b.StartTimer()
+				got, err := be.destroy(pids, match)
+				b.StopTimer()
+				if err != nil || len(got) != 100 {
+					b.Fatalf("Destroy = %d conns, %v; want 100", len(got), err)
+				}
+				closeAll(clients, peers)
+				b.StartTimer()
+			}
+		})
+		b.Run(be.name+"/revoke", func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				ch := startChild(b)
+				for range 100 {
+					ch.open("dial tcp %s", l.Addr())
+					accept(b, l).Close()
+				}
+				b.StartTimer()
+				got, err := be.destroy([]int{ch.pid}, nil)
+				b.StopTimer()
+				if err != nil || len(got) != 100 {
+					b.Fatalf("Destroy = %d conns, %v; want 100", len(got), err)
+				}
+				b.StartTimer()
+			}
+		})
 	}
 }
 
 // BenchmarkScan100 is the cost of a call that destroys nothing: scanning a
-// process with 200 sockets (100 connections, both ends) and the four dumps.
+// process with 200 sockets (100 connections, both ends) and walking the
+// socket tables.
 func BenchmarkScan100(b *testing.B) {
-	privtest.RequireRoot(b)
 	l := listen(b, "tcp", "127.0.0.1:0")
-	clients, peers := benchConns(b, l, 100)
-	defer closeAll(clients, peers)
-	pids := []int{os.Getpid()}
-	b.ResetTimer()
-	for range b.N {
-		if _, err := Destroy(pids, func(Conn) bool { return false }); err != nil {
-			b.Fatal(err)
-		}
+	for _, be := range backends(b) {
+		b.Run(be.name, func(b *testing.B) {
+			clients, peers := benchConns(b, l, 100)
+			defer closeAll(clients, peers)
+			pids := []int{os.Getpid()}
+			for b.Loop() {
+				if _, err := be.destroy(pids, func(Conn) bool { return false }); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -1,0 +1,257 @@
+package sockdestroy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// scan finds the sockets of pids by taking a copy of each of their fds
+// (pidfd_getfd) and reading the socket's identity from it. It returns the
+// sockets it named, each once, and those it could not, by inode with the
+// first pid holding them, for a dump to find.
+func scan(pids []int) ([]target, map[uint64]int, error) {
+	var found []target
+	rest := make(map[uint64]int)
+	seen := make(map[uint64]bool)
+	var errs []error
+	dents := make([]byte, 8192)
+	var names []string
+	for _, pid := range pids {
+		if pid <= 0 {
+			continue
+		}
+		pidfd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			if !gone(err) {
+				errs = append(errs, fmt.Errorf("pidfd_open %d: %w", pid, err))
+			}
+			continue
+		}
+		err = eachFD(pid, dents, &names, func(dir int, name string) bool {
+			fd, err := strconv.Atoi(name)
+			if err != nil {
+				return true
+			}
+			sock, err := unix.PidfdGetfd(pidfd, fd, 0)
+			if err == unix.EBADF || gone(err) {
+				return true // closed meanwhile
+			}
+			if err != nil {
+				// EPERM under a ptrace policy stricter than root's, EMFILE
+				// here: this process's sockets are found by the dump.
+				return false
+			}
+			defer unix.Close(sock)
+			var st unix.Stat_t
+			if unix.Fstat(sock, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK || seen[st.Ino] {
+				return true
+			}
+			seen[st.Ino] = true
+			switch t, n := describe(sock); n {
+			case named:
+				t.conn.PID, t.conn.Inode = pid, st.Ino
+				found = append(found, t)
+			case unnamed:
+				rest[st.Ino] = pid
+			}
+			return true
+		})
+		unix.Close(pidfd)
+		if err == errStopped {
+			err = scanLinks(pid, dents, &names, seen, rest)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return found, rest, errors.Join(errs...)
+}
+
+// scanOnlyLinks finds every socket of pids by inode, for the dump: the
+// path scan falls back to, on its own for the tests.
+func scanOnlyLinks(pids []int) ([]target, map[uint64]int, error) {
+	rest := make(map[uint64]int)
+	seen := make(map[uint64]bool)
+	var errs []error
+	dents := make([]byte, 8192)
+	var names []string
+	for _, pid := range pids {
+		if pid > 0 {
+			errs = append(errs, scanLinks(pid, dents, &names, seen, rest))
+		}
+	}
+	return nil, rest, errors.Join(errs...)
+}
+
+// scanLinks adds to rest the socket inodes /proc/<pid>/fd links to
+// ("socket:[N]") that are not yet seen.
+func scanLinks(pid int, dents []byte, names *[]string, seen map[uint64]bool, rest map[uint64]int) error {
+	link := make([]byte, 64)
+	var errs []error
+	err := eachFD(pid, dents, names, func(dir int, name string) bool {
+		l, err := unix.Readlinkat(dir, name, link)
+		if err != nil {
+			if !gone(err) {
+				errs = append(errs, fmt.Errorf("readlink /proc/%d/fd/%s: %w", pid, name, err))
+			}
+			return true
+		}
+		if ino, ok := socketInode(link[:l]); ok && !seen[ino] {
+			seen[ino] = true
+			rest[ino] = pid
+		}
+		return true
+	})
+	return errors.Join(append(errs, err)...)
+}
+
+var errStopped = errors.New("stopped")
+
+// eachFD calls fn for each entry of /proc/<pid>/fd until it returns false
+// (then errStopped). A process gone meanwhile is not an error.
+func eachFD(pid int, dents []byte, names *[]string, fn func(dir int, name string) bool) error {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if gone(err) {
+			return nil
+		}
+		return fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	for {
+		n, err := unix.Getdents(fd, dents)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			if gone(err) {
+				return nil
+			}
+			return fmt.Errorf("read %s: %w", dir, err)
+		}
+		if n <= 0 {
+			return nil
+		}
+		_, _, *names = unix.ParseDirent(dents[:n], -1, (*names)[:0])
+		for _, name := range *names {
+			if !fn(fd, name) {
+				return errStopped
+			}
+		}
+	}
+}
+
+// gone reports errors meaning the process or the fd went away meanwhile.
+func gone(err error) bool {
+	return err == unix.ENOENT || err == unix.ESRCH
+}
+
+// socketInode parses a /proc/<pid>/fd link target "socket:[N]".
+func socketInode(l []byte) (uint64, bool) {
+	const prefix = "socket:["
+	if len(l) <= len(prefix)+1 || string(l[:len(prefix)]) != prefix || l[len(l)-1] != ']' {
+		return 0, false
+	}
+	var ino uint64
+	for _, c := range l[len(prefix) : len(l)-1] {
+		if c < '0' || c > '9' || ino > (1<<64-1)/10-1 {
+			return 0, false
+		}
+		ino = ino*10 + uint64(c-'0')
+	}
+	return ino, true
+}
+
+type naming int
+
+const (
+	skip    naming = iota // not an inet socket with a peer
+	named                 // the target identifies the socket
+	unnamed               // a TCP socket with a peer we cannot read
+)
+
+// describe reads what SOCK_DESTROY needs from a socket fd of our own.
+func describe(fd int) (target, naming) {
+	var t target
+	local, err := unix.Getsockname(fd)
+	if err != nil {
+		return target{}, skip
+	}
+	switch local.(type) {
+	case *unix.SockaddrInet4:
+		t.family = unix.AF_INET
+	case *unix.SockaddrInet6:
+		t.family = unix.AF_INET6
+	default:
+		return target{}, skip
+	}
+	proto, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	if err != nil {
+		return target{}, skip
+	}
+	switch proto {
+	case unix.IPPROTO_TCP:
+		t.proto, t.conn.Proto = unix.IPPROTO_TCP, "tcp"
+	case unix.IPPROTO_UDP:
+		t.proto, t.conn.Proto = unix.IPPROTO_UDP, "udp"
+	default:
+		return target{}, skip
+	}
+	remote, err := unix.Getpeername(fd)
+	if err != nil {
+		// ENOTCONN: unconnected UDP, a listener, a closed socket, or a
+		// TCP connect in flight, which still needs destroying.
+		if t.proto == unix.IPPROTO_TCP {
+			if info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && info.State == tcpSynSent {
+				return target{}, unnamed
+			}
+		}
+		return target{}, skip
+	}
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+	if err != nil {
+		return target{}, unnamed
+	}
+	// The lookup matches the device a socket is bound to.
+	ifindex, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BINDTOIFINDEX)
+	if err != nil {
+		return target{}, unnamed
+	}
+	src, sport := sockaddr(local)
+	dst, dport := sockaddr(remote)
+	if dport == 0 {
+		return target{}, skip
+	}
+	binary.BigEndian.PutUint16(t.id[0:], sport)
+	binary.BigEndian.PutUint16(t.id[2:], dport)
+	if t.family == unix.AF_INET {
+		copy(t.id[4:8], src.AsSlice())
+		copy(t.id[20:24], dst.AsSlice())
+	} else {
+		a, b := src.As16(), dst.As16()
+		copy(t.id[4:20], a[:])
+		copy(t.id[20:36], b[:])
+	}
+	binary.NativeEndian.PutUint32(t.id[36:], uint32(ifindex))
+	binary.NativeEndian.PutUint32(t.id[40:], uint32(cookie))
+	binary.NativeEndian.PutUint32(t.id[44:], uint32(cookie>>32))
+	t.conn.Local = netip.AddrPortFrom(src.Unmap(), sport)
+	t.conn.Remote = netip.AddrPortFrom(dst.Unmap(), dport)
+	return t, named
+}
+
+func sockaddr(sa unix.Sockaddr) (netip.Addr, uint16) {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(sa.Addr), uint16(sa.Port)
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(sa.Addr), uint16(sa.Port)
+	}
+	return netip.Addr{}, 0
+}
