@@ -73,7 +73,7 @@ func TestDelegatedOpen(t *testing.T) {
 	if c.OpenedBy != d.agent.ID || c.ExpiresAt.Sub(c.CreatedAt) != 5*time.Minute {
 		t.Errorf("child = %+v", c)
 	}
-	if got := opNames(writes(d.j.since(mark))); !slices.Equal(got, []string{"WriteScope", "WriteNames", "PutSession", "cgroups.Create", "BindCgroup"}) {
+	if got := opNames(writes(d.j.since(mark))); !slices.Equal(got, []string{"WriteScope", "WriteNames", "PutSession", "cgroups.Create", "BindCgroup", "HookHostnames"}) {
 		t.Errorf("child writes = %v", got)
 	}
 

@@ -104,12 +104,13 @@ type fakeKernel struct {
 	// learned and hostnames stand in for the hostname programs' state.
 	learned   map[uint32][]enforcer.LearnedAddr
 	hostnames map[uint64]string
+	hooks     map[string]int // cgroup path -> HookHostnames count
 }
 
 func newFakeKernel(j *journal) *fakeKernel {
 	return &fakeKernel{j: j, sessions: map[uint32]enforcer.SessionState{}, scopes: map[uint32]map[netip.Prefix]uint64{},
 		entries: map[uint32]map[netip.Prefix]scope.Entry{}, names: map[uint32]map[string]uint64{},
-		cgroups: map[uint64]binding{}, pids: map[uint32]binding{}, fail: map[string]error{}}
+		cgroups: map[uint64]binding{}, pids: map[uint32]binding{}, fail: map[string]error{}, hooks: map[string]int{}}
 }
 
 var errInjected = errors.New("injected failure")
@@ -266,6 +267,34 @@ func (k *fakeKernel) Hostname(slot uint32, hash uint64) string {
 	return k.hostnames[hash]
 }
 
+func (k *fakeKernel) HookHostnames(path string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.call(op{Name: "HookHostnames", Path: path}); err != nil {
+		return err
+	}
+	k.hooks[path]++
+	return nil
+}
+
+func (k *fakeKernel) UnhookHostnames(path string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.call(op{Name: "UnhookHostnames", Path: path}); err != nil {
+		return err
+	}
+	if k.hooks[path]--; k.hooks[path] <= 0 {
+		delete(k.hooks, path)
+	}
+	return nil
+}
+
+func (k *fakeKernel) PruneHostnameHooks() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.call(op{Name: "PruneHostnameHooks"})
+}
+
 func (k *fakeKernel) BindCgroup(cgroupID uint64, slot uint32, gen uint64) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -378,6 +407,9 @@ func (k *fakeKernel) assertClean(t testing.TB) {
 	}
 	if len(k.pids) != 0 {
 		t.Errorf("kernel: pid bindings left: %v", k.pids)
+	}
+	if len(k.hooks) != 0 {
+		t.Errorf("kernel: hostname programs left on %v", k.hooks)
 	}
 	for slot, s := range k.sessions {
 		if s.State != enforcer.StateFree {

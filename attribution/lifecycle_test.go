@@ -1,6 +1,7 @@
 package attribution
 
 import (
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -122,10 +123,16 @@ func TestNarrow(t *testing.T) {
 
 	// Per session: write the new scope, then delete what is gone.
 	ops := writes(e.j.since(mark))
-	want := []string{"WriteScope", "WriteNames", "DeleteScope", "DeleteNames", "WriteScope", "WriteNames", "DeleteScope", "DeleteNames"}
+	// Without hostname rules left, neither cgroup needs the hostname
+	// programs any more.
+	want := []string{"WriteScope", "WriteNames", "DeleteScope", "DeleteNames", "UnhookHostnames", "WriteScope", "WriteNames", "DeleteScope", "DeleteNames", "UnhookHostnames"}
 	if got := opNames(ops); !slices.Equal(got, want) {
 		t.Fatalf("narrow ops = %v, want %v", got, want)
 	}
+	if ops[4].Path != p.Binding.Cgroup || ops[9].Path != c.Binding.Cgroup {
+		t.Errorf("unhooked %s and %s, want the parent's and the child's cgroups", ops[4].Path, ops[9].Path)
+	}
+	ops = slices.Delete(slices.Delete(ops, 9, 10), 4, 5)
 	for i, o := range ops {
 		slot, gen := ep.slot, ep.gen
 		if i >= 4 {
@@ -604,4 +611,65 @@ func TestCloseRetryAfterKernelError(t *testing.T) {
 	if live := e.cg.live(t); len(live) != 0 {
 		t.Errorf("cgroups left: %v", live)
 	}
+}
+
+// The hostname programs are hooked exactly where a session with hostname
+// rules has members, and nowhere once it is gone; a failed hook changes
+// nothing.
+func TestHostnameHooks(t *testing.T) {
+	const root = "/cgroup-root"
+	e := newEnv(t, func(c *Config) { c.CgroupRoot = root })
+	self := uint32(os.Getpid())
+	hooked := func() map[string]int {
+		e.k.mu.Lock()
+		defer e.k.mu.Unlock()
+		return maps.Clone(e.k.hooks)
+	}
+
+	addr := e.open(t, req("addresses only", "10.0.0.0/8:443"), admin)
+	if h := hooked(); len(h) != 0 {
+		t.Fatalf("a session without hostname rules hooked %v", h)
+	}
+	e.k.failNext("HookHostnames")
+	_, err := e.r.Open(req("names", "api.example.com:443"), admin)
+	wantErr(t, err, CodeKernel, "")
+	if h := hooked(); len(h) != 0 {
+		t.Fatalf("a failed open left hooks on %v", h)
+	}
+	if n := len(e.r.List(Filter{})); n != 1 {
+		t.Fatalf("%d sessions after a failed open, want 1", n)
+	}
+
+	s := e.open(t, req("names", "10.0.0.0/8:443", "api.example.com:443"), admin)
+	if h := hooked(); !maps.Equal(h, map[string]int{s.Binding.Cgroup: 1}) {
+		t.Fatalf("hooked %v, want the session cgroup once", h)
+	}
+	e.k.failNext("HookHostnames")
+	_, err = e.r.Bind(s.ID, BindRequest{PID: self}, admin)
+	wantErr(t, err, CodeKernel, "")
+	if _, ok := e.k.pids[self]; ok || len(e.get(t, s.ID).Binding.PIDs) != 0 {
+		t.Errorf("a failed hook left the pid bound")
+	}
+	// A process bound by pid may live in any cgroup: the root is hooked.
+	if _, err := e.r.Bind(s.ID, BindRequest{PID: self}, admin); err != nil {
+		t.Fatal(err)
+	}
+	if h := hooked(); !maps.Equal(h, map[string]int{s.Binding.Cgroup: 1, root: 1}) {
+		t.Fatalf("hooked %v, want the session cgroup and the root", h)
+	}
+	// Narrowed to addresses only, it needs no hooks.
+	if _, err := e.r.Narrow(s.ID, NarrowRequest{Scope: []string{"10.0.0.0/8:443"}}, admin); err != nil {
+		t.Fatal(err)
+	}
+	if h := hooked(); len(h) != 0 {
+		t.Fatalf("hooked %v after narrowing away the hostname rules", h)
+	}
+
+	n := e.open(t, req("names again", "*.example.com:443"), admin)
+	for _, id := range []string{addr.ID, s.ID, n.ID} {
+		if err := e.r.Close(id, admin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.k.assertClean(t)
 }

@@ -167,8 +167,13 @@ func TestOpenWriteOrder(t *testing.T) {
 	s := e.open(t, req("x", "10.0.0.0/8:443", "api.example.com:443", "*.slack.com"), admin)
 	en := e.entry(t, s.ID)
 	w := writes(e.j.since(0))
-	if got, want := opNames(w), []string{"WriteScope", "WriteNames", "PutSession", "cgroups.Create", "BindCgroup"}; !slices.Equal(got, want) {
+	// The hostname programs are hooked to the cgroup once it is bound,
+	// before the open returns and a member can start.
+	if got, want := opNames(w), []string{"WriteScope", "WriteNames", "PutSession", "cgroups.Create", "BindCgroup", "HookHostnames"}; !slices.Equal(got, want) {
 		t.Fatalf("write order = %v, want %v", got, want)
+	}
+	if w[5].Path != s.Binding.Cgroup {
+		t.Errorf("hostname programs hooked to %q, want the session cgroup %s", w[5].Path, s.Binding.Cgroup)
 	}
 	for _, o := range []op{w[0], w[1], w[2], w[4]} {
 		if o.Slot != en.slot || o.Gen != en.gen {

@@ -45,6 +45,13 @@ type Kernel interface {
 	UnbindPid(tgid uint32) error
 	PidBinding(tgid uint32) (slot uint32, gen uint64, ok bool)
 	PidsOf(slot uint32, gen uint64) []uint32
+	// HookHostnames and UnhookHostnames attach and detach (counted per
+	// cgroup) the programs hostname rules need on a cgroup's packets;
+	// PruneHostnameHooks drops what an earlier daemon attached and Restore
+	// did not claim.
+	HookHostnames(cgroupPath string) error
+	UnhookHostnames(cgroupPath string) error
+	PruneHostnameHooks() error
 }
 
 // Cgroups creates, finds and empties the cgroups sessions are bound to.
@@ -126,6 +133,7 @@ type entry struct {
 	containerCgroups uint64
 	rules            []scope.Rule
 	entries          []scope.Entry
+	hooks            []string // cgroups hooked for its hostname rules
 	closed           bool
 }
 
@@ -307,6 +315,13 @@ func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
 		return Session{}, kernelError(err)
 	}
 	e.Binding.Cgroup, e.cgroupID = path, cgid
+	if err := r.hook(e, r.hostnameHooks(e)); err != nil {
+		r.hook(e, nil)
+		r.kernel.UnbindCgroup(cgid)
+		r.cgroups.Destroy(path)
+		undo()
+		return Session{}, kernelError(err)
+	}
 	r.free = r.free[:len(r.free)-1]
 	r.gens[slot] = e.gen
 	r.add(e)
@@ -326,6 +341,52 @@ func (r *Registry) writePolicy(e *entry) error {
 		return kernelError(err)
 	}
 	return nil
+}
+
+// hostnameHooks lists the cgroups whose packets the hostname programs must
+// see for e: none without hostname rules; else its cgroup, its container's,
+// and the root while it has processes bound by pid, which may live in any
+// cgroup.
+func (r *Registry) hostnameHooks(e *entry) []string {
+	if !slices.ContainsFunc(e.rules, func(x scope.Rule) bool { return x.Host != "" }) {
+		return nil
+	}
+	var out []string
+	for _, cg := range []string{e.Binding.Cgroup, e.Binding.ContainerCgroup} {
+		if cg != "" {
+			out = append(out, cg)
+		}
+	}
+	if len(e.Binding.PIDs) > 0 {
+		out = append(out, r.cfg.CgroupRoot)
+	}
+	return out
+}
+
+// hook attaches and detaches the hostname programs until e's hooks are
+// exactly want.
+func (r *Registry) hook(e *entry, want []string) error {
+	var errs []error
+	kept := e.hooks[:0]
+	for _, p := range e.hooks {
+		if slices.Contains(want, p) {
+			kept = append(kept, p)
+		} else {
+			errs = append(errs, r.kernel.UnhookHostnames(p))
+		}
+	}
+	e.hooks = kept
+	for _, p := range want {
+		if slices.Contains(e.hooks, p) {
+			continue
+		}
+		if err := r.kernel.HookHostnames(p); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		e.hooks = append(e.hooks, p)
+	}
+	return errors.Join(errs...)
 }
 
 func (r *Registry) deletePolicy(e *entry) error {
@@ -450,8 +511,14 @@ func (r *Registry) Bind(id string, req BindRequest, caller Caller) (Session, err
 		if err := r.kernel.BindPid(req.PID, e.slot, e.gen); err != nil {
 			return Session{}, kernelError(err)
 		}
-		if !slices.Contains(e.Binding.PIDs, req.PID) {
-			e.Binding.PIDs = append(e.Binding.PIDs, req.PID)
+		pids := e.Binding.PIDs
+		if !slices.Contains(pids, req.PID) {
+			e.Binding.PIDs = append(slices.Clip(pids), req.PID)
+		}
+		if err := r.hook(e, r.hostnameHooks(e)); err != nil {
+			e.Binding.PIDs = pids
+			r.kernel.UnbindPid(req.PID)
+			return Session{}, kernelError(err)
 		}
 	default:
 		if r.memberOf(caller) != nil {
@@ -474,6 +541,12 @@ func (r *Registry) Bind(id string, req BindRequest, caller Caller) (Session, err
 			return Session{}, kernelError(err)
 		}
 		e.Binding.ContainerID, e.Binding.ContainerCgroup, e.containerCgroups = req.ContainerID, path, cgid
+		if err := r.hook(e, r.hostnameHooks(e)); err != nil {
+			e.Binding.ContainerID, e.Binding.ContainerCgroup, e.containerCgroups = "", "", 0
+			r.hook(e, r.hostnameHooks(e))
+			r.kernel.UnbindCgroup(cgid)
+			return Session{}, kernelError(err)
+		}
 		r.byCgroup[path] = e
 	}
 	r.touch(e)
@@ -531,6 +604,9 @@ func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, a
 		return kernelError(err)
 	}
 	e.rules, e.entries, e.Scope = rules, entries, texts(rules)
+	if err := r.hook(e, r.hostnameHooks(e)); err != nil {
+		r.log.Error("hostname programs after narrowing", "session", e.ID, "err", err)
+	}
 	r.touch(e)
 	r.lifecycle(e, "narrowed", actor, "")
 	for _, c := range r.children(e.ID) {
@@ -735,6 +811,7 @@ func (r *Registry) teardown(e *entry, closed *[]*entry) error {
 	// Revoke before anything else so a member racing the close is denied,
 	// never unmanaged.
 	errs = append(errs, r.kernel.SetState(e.slot, e.gen, enforcer.StateRevoked))
+	errs = append(errs, r.hook(e, nil))
 	errs = append(errs, r.cgroups.Destroy(e.Binding.Cgroup))
 	// Members bound by pid live outside the cgroup: unbound they would be
 	// unconfined, so they end with the session.

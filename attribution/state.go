@@ -191,6 +191,16 @@ func writeAtomic(path string, b []byte) error {
 func (r *Registry) Restore() (adopted, rewritten int, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer func() {
+		// What no restored session claimed belongs to sessions that are
+		// gone; after a failed restore nothing is touched.
+		if err != nil {
+			return
+		}
+		if err := r.kernel.PruneHostnameHooks(); err != nil {
+			r.log.Error("detach unclaimed hostname programs", "err", err)
+		}
+	}()
 	for slot := 1; slot < len(r.gens); slot++ {
 		if st, err := r.kernel.Session(uint32(slot)); err == nil {
 			r.gens[slot] = st.Gen
@@ -242,6 +252,9 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 		}
 		r.gens[e.slot] = e.gen
 		r.add(e)
+		if err := r.hook(e, r.hostnameHooks(e)); err != nil {
+			r.log.Error("state: hostname programs", "session", e.ID, "err", err)
+		}
 		r.lifecycle(e, "adopted", "agentfenced", "")
 	}
 	r.rebuildFree()

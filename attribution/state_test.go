@@ -95,12 +95,28 @@ func TestRestoreAdopts(t *testing.T) {
 
 	mark := e.j.len()
 	r2 := e.registry(e.k) // the kernel kept the sessions (pinned maps)
+	// A new daemon's gate holds the pinned hostname attachments unclaimed.
+	clear(e.k.hooks)
 	adopted, rewritten, err := r2.Restore()
 	if err != nil || adopted != 2 || rewritten != 0 {
 		t.Fatalf("Restore = %d, %d, %v; want 2, 0", adopted, rewritten, err)
 	}
-	if w := writes(e.j.since(mark)); len(w) != 0 {
-		t.Errorf("adopting wrote to the kernel: %v", opNames(w))
+	// Adopting changes no policy; it claims the hostname attachments a's
+	// hostname rule needs (its cgroup, its container's, and the root for
+	// its pid binding) and then lets the gate drop the unclaimed rest.
+	var hooks []string
+	w := writes(e.j.since(mark))
+	for i, o := range w {
+		switch {
+		case o.Name == "HookHostnames":
+			hooks = append(hooks, o.Path)
+		case o.Name == "PruneHostnameHooks" && i == len(w)-1:
+		default:
+			t.Errorf("adopting wrote to the kernel: %v", opNames(w))
+		}
+	}
+	if want := []string{ea.Binding.Cgroup, ea.Binding.ContainerCgroup, e.cfg.CgroupRoot}; !slices.Equal(hooks, want) {
+		t.Errorf("hooked %q, want %q", hooks, want)
 	}
 	e.r = r2
 	for _, want := range []*entry{&ea, &eb} {

@@ -1,7 +1,7 @@
 //go:build ignore
 
-// Hostname scopes (docs/hostnames.md): two cgroup_skb programs attached at
-// the cgroup v2 root next to the gate.
+// Hostname scopes (docs/hostnames.md): two cgroup_skb programs, attached
+// only to the cgroups of sessions with hostname rules (enforcer/hooks.go).
 //
 // dns_ingress parses DNS answers (UDP from port 53, from a resolver in the
 // session's scope) delivered to sockets the gate marked as session sockets,

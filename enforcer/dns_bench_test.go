@@ -60,6 +60,11 @@ func BenchmarkHostnames(b *testing.B) {
 	if err := g.BindPid(pid, slot, gen); err != nil {
 		b.Fatal(err)
 	}
+	// Bound by pid, the member may be in any cgroup: hooked at the root, as
+	// the registry does.
+	if err := g.HookHostnames(root); err != nil {
+		b.Fatal(err)
+	}
 	defer func() {
 		g.UnbindPid(pid)
 		g.PutSession(slot, SessionState{Gen: gen})

@@ -458,7 +458,12 @@ func (hf *hostFixture) hostSession(t *testing.T, s sessionSpec) string {
 		hf.g.DeleteNames(s.slot, rules)
 		hf.g.PurgeLearned(s.slot)
 	})
-	return hf.session(t, s)
+	cg := hf.session(t, s)
+	if err := hf.g.HookHostnames(cg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hf.g.UnhookHostnames(cg) })
+	return cg
 }
 
 // waitHost waits for a hostname event matching match.

@@ -39,6 +39,7 @@ type Gate struct {
 	pinPath string
 	adopted bool
 	host    *hostnames // DNS learning and SNI programs (names.go)
+	hooks   hooks      // where the hostname programs are attached (hooks.go)
 }
 
 // attachment is one program and where it hooks in.
@@ -55,8 +56,6 @@ func (g *Gate) attachments() []attachment {
 		{"sendmsg4", g.objs.GateSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
 		{"sendmsg6", g.objs.GateSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
 		{"sock_create", g.objs.GateSockCreate, ebpf.AttachCGroupInetSockCreate},
-		{"dns_ingress", g.host.objs.DnsIngress, ebpf.AttachCGroupInetIngress},
-		{"sni_egress", g.host.objs.SniEgress, ebpf.AttachCGroupInetEgress},
 	}
 }
 
@@ -83,7 +82,7 @@ func Load(opts Options) (*Gate, error) {
 			return nil, fmt.Errorf("enforcer: set dns_port: %w", err)
 		}
 	}
-	g := &Gate{pinPath: opts.PinPath}
+	g := &Gate{pinPath: opts.PinPath, hooks: hooks{byPath: map[string]*hook{}, adopted: map[uint64]*hook{}}}
 	var collOpts ebpf.CollectionOptions
 	if opts.PinPath != "" {
 		if err := os.MkdirAll(g.mapDir(), 0o700); err != nil {
@@ -120,13 +119,20 @@ func Load(opts Options) (*Gate, error) {
 		g.Close()
 		return nil, err
 	}
+	if opts.PinPath != "" {
+		if err := g.adoptHooks(opts.CgroupRoot); err != nil {
+			g.Close()
+			return nil, err
+		}
+	}
 	return g, nil
 }
 
 func (g *Gate) mapDir() string  { return filepath.Join(g.pinPath, "maps") }
 func (g *Gate) linkDir() string { return filepath.Join(g.pinPath, "links") }
 
-// attach attaches every program. A pinned link from an earlier daemon is
+// attach attaches every gate program (and the hostname programs where they
+// were detached by detach). A pinned link from an earlier daemon is
 // kept and its program swapped for ours in one bpf_link_update, so the hook
 // is never empty and never doubled.
 func (g *Gate) attach(root string) error {
@@ -159,7 +165,7 @@ func (g *Gate) attach(root string) error {
 		}
 		g.links = append(g.links, l)
 	}
-	return nil
+	return g.reattachHooks()
 }
 
 // detach closes this process's links (unpinned ones detach).
@@ -168,6 +174,7 @@ func (g *Gate) detach() {
 		l.Close()
 	}
 	g.links = nil
+	g.closeHooks()
 }
 
 // Adopted reports whether Load found pins of an earlier daemon and took
@@ -187,7 +194,11 @@ func (g *Gate) Close() error {
 func Uninstall(pinPath string) error {
 	var errs []error
 	links, _ := filepath.Glob(filepath.Join(pinPath, "links", "*"))
-	for _, p := range links {
+	hooks, _ := filepath.Glob(filepath.Join(pinPath, "links", "hostnames", "*"))
+	for _, p := range append(links, hooks...) {
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			continue
+		}
 		l, err := link.LoadPinnedLink(p, nil)
 		if err != nil {
 			errs = append(errs, err)

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/internal/bpffs"
@@ -90,5 +92,110 @@ func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 	expect(t, probe(), "ok", "ok")
 	if _, err := os.Stat(pins); !os.IsNotExist(err) {
 		t.Errorf("pins left: %v", err)
+	}
+}
+
+// The hostname programs are attached per cgroup, counted, pinned with the
+// gate, adopted by the next Load without a second attachment, and dropped
+// by PruneHostnameHooks when no session claims them again.
+func TestHostnameHooksPinnedAndAdopted(t *testing.T) {
+	privtest.RequireRoot(t)
+	root, err := cgroupv2.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := t.TempDir()
+	if err := bpffs.Ensure(mnt); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	pins := filepath.Join(mnt, "agentfence")
+	base := filepath.Join(root, "agentfence-test-hooks")
+	kept, dropped := filepath.Join(base, "kept"), filepath.Join(base, "dropped")
+	for _, cg := range []string{kept, dropped} {
+		if err := os.MkdirAll(cg, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { os.Remove(kept); os.Remove(dropped); os.Remove(base) })
+	rootIngress := gatetest.AttachedOf(t, root, ebpf.AttachCGroupInetIngress)
+	on := func(cg string) [2]int {
+		return [2]int{gatetest.AttachedOf(t, cg, ebpf.AttachCGroupInetIngress), gatetest.AttachedOf(t, cg, ebpf.AttachCGroupInetEgress)}
+	}
+
+	g, err := Load(Options{CgroupRoot: root, PinPath: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := gatetest.AttachedOf(t, root, ebpf.AttachCGroupInetIngress); got != rootIngress {
+		t.Errorf("Load attached %d ingress programs at the root; the hostname programs go only where sessions need them", got-rootIngress)
+	}
+	for _, cg := range []string{kept, kept, dropped} {
+		if err := g.HookHostnames(cg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := on(kept); got != [2]int{1, 1} {
+		t.Errorf("hooked twice: %v programs, want one of each", got)
+	}
+	// Counted: the first unhook of two leaves it attached.
+	if err := g.UnhookHostnames(kept); err != nil {
+		t.Fatal(err)
+	}
+	if got := on(kept); got != [2]int{1, 1} {
+		t.Errorf("after one of two unhooks: %v", got)
+	}
+	// An older gate attached the hostname programs at the root under the
+	// gate's own link names.
+	for _, a := range g.hookPrograms() {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: a.typ, Program: a.prog})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Pin(filepath.Join(g.linkDir(), a.name)); err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+	}
+	g.Close()
+	if got := on(kept); got != [2]int{1, 1} {
+		t.Errorf("pinned hooks after the loader closed: %v", got)
+	}
+
+	g2, err := Load(Options{CgroupRoot: root, PinPath: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g2.Close()
+	if err := g2.HookHostnames(kept); err != nil {
+		t.Fatal(err)
+	}
+	rootID, _ := cgroupv2.ID(root)
+	if _, err := os.Stat(g2.hookPin(rootID, 0)); err != nil {
+		t.Errorf("the older gate's root attachment was not adopted: %v", err)
+	}
+	if err := g2.PruneHostnameHooks(); err != nil {
+		t.Fatal(err)
+	}
+	if got := on(kept); got != [2]int{1, 1} {
+		t.Errorf("claimed hook: %v programs, want one of each (adopted, not attached again)", got)
+	}
+	if got := on(dropped); got != [2]int{0, 0} {
+		t.Errorf("unclaimed hook after prune: %v programs, want none", got)
+	}
+	if got := gatetest.AttachedOf(t, root, ebpf.AttachCGroupInetIngress); got != rootIngress {
+		t.Errorf("unclaimed root attachment after prune: %d ingress programs, want %d", got, rootIngress)
+	}
+	if err := g2.UnhookHostnames(kept); err != nil {
+		t.Fatal(err)
+	}
+	if got := on(kept); got != [2]int{0, 0} {
+		t.Errorf("after the last unhook: %v", got)
+	}
+	if left, _ := filepath.Glob(filepath.Join(pins, "links", "hostnames", "*")); len(left) != 0 {
+		t.Errorf("pins left: %v", left)
+	}
+	if err := Uninstall(pins); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -533,12 +533,18 @@ func Serve(tb testing.TB, addr string) netip.AddrPort {
 // that the gate attaches once and detaches completely.
 func Attached(tb testing.TB, cgroup string) int {
 	tb.Helper()
+	return AttachedOf(tb, cgroup, ebpf.AttachCGroupInet4Connect)
+}
+
+// AttachedOf counts the programs of one attach type on a cgroup.
+func AttachedOf(tb testing.TB, cgroup string, typ ebpf.AttachType) int {
+	tb.Helper()
 	f, err := os.Open(cgroup)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer f.Close()
-	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: typ})
 	if err != nil {
 		tb.Fatal(err)
 	}
