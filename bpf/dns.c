@@ -36,9 +36,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 // The gate's maps (same shapes as in gate.c; replaced at load).
 AF_SESSIONS_MAP;
 
-AF_SCOPE_MAP(scope4, struct scope4_key);
-
-AF_SCOPE_MAP(scope6, struct scope6_key);
+AF_SCOPE_MAPS;
 
 AF_HOST_NAMES_MAP;
 AF_LEARNED_MAP;
@@ -434,16 +432,7 @@ static __always_inline void emit_learned(struct sock_info *info, struct scratch 
 static __always_inline int resolver_in_scope(struct session *s, __u32 slot, __u8 family, __u8 *addr,
 					     __u16 port)
 {
-	struct scope_val *v;
-	if (family == 4) {
-		struct scope4_key k = {.prefixlen = 64, .slot = slot};
-		__builtin_memcpy(k.addr, addr, 4);
-		v = bpf_map_lookup_elem(&scope4, &k);
-	} else {
-		struct scope6_key k = {.prefixlen = 160, .slot = slot};
-		__builtin_memcpy(k.addr, addr, 16);
-		v = bpf_map_lookup_elem(&scope6, &k);
-	}
+	struct scope_val *v = scope_entry(family, slot, addr);
 	if (!v || v->gen != s->gen)
 		return 0;
 	__u32 n = v->n;

@@ -36,9 +36,7 @@ AF_HOST_NAMES_MAP;
 AF_LEARNED_MAP;
 AF_SOCK_INFO_MAP;
 
-AF_SCOPE_MAP(scope4, struct scope4_key);
-
-AF_SCOPE_MAP(scope6, struct scope6_key);
+AF_SCOPE_MAPS;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -176,14 +174,7 @@ static __always_inline __u16 match(struct scope_val *v, struct session *s, __u32
 
 static __always_inline __u16 lookup_scope(struct session *s, __u32 slot, __u32 tgid, struct dest *d)
 {
-	if (d->family == 4) {
-		struct scope4_key k = {.prefixlen = 64, .slot = slot};
-		__builtin_memcpy(k.addr, d->addr, 4);
-		return match(bpf_map_lookup_elem(&scope4, &k), s, tgid, d);
-	}
-	struct scope6_key k = {.prefixlen = 160, .slot = slot};
-	__builtin_memcpy(k.addr, d->addr, 16);
-	return match(bpf_map_lookup_elem(&scope6, &k), s, tgid, d);
+	return match(scope_entry(d->family, slot, d->addr), s, tgid, d);
 }
 
 // lookup_learned is the hostname fallback of lookup_scope: the address was

@@ -104,6 +104,16 @@ struct scope6_key {
 	__u8 addr[16];
 };
 
+struct exact4_key {
+	__u32 slot;
+	__u8 addr[4];
+};
+
+struct exact6_key {
+	__u32 slot;
+	__u8 addr[16];
+};
+
 struct gate_event {
 	__u64 ts_ns; // CLOCK_BOOTTIME
 	__u64 cgroup_id;
@@ -140,11 +150,49 @@ struct gate_event {
 		__type(value, struct session);                \
 	} sessions SEC(".maps")
 
-#define AF_SCOPE_MAP(name, key_type)                          \
+// The scope of every session: an LPM trie per family keyed (slot, prefix)
+// for network rules, and a hash per family keyed (slot, address) for host
+// rules (/32, /128), the most common kind (one MCP server, one API). A host
+// rule is then one hash lookup instead of a trie walk whose depth grows with
+// every session's rules. enforcer/policy.go puts each compiled entry in one
+// of the two; a host entry carries the rules of every prefix covering it,
+// like a trie entry does.
+#define AF_SCOPE_MAP(name, key_type, type_)                   \
 	struct {                                              \
-		__uint(type, BPF_MAP_TYPE_LPM_TRIE);          \
+		__uint(type, type_);                          \
 		__uint(max_entries, 1 << 20);                 \
 		__uint(map_flags, BPF_F_NO_PREALLOC);         \
 		__type(key, key_type);                        \
 		__type(value, struct scope_val);              \
 	} name SEC(".maps")
+
+// Declares the four scope maps and scope_entry, which returns the entry
+// that decides (slot, addr): the host entry, else the longest prefix.
+#define AF_SCOPE_MAPS                                                                  \
+	AF_SCOPE_MAP(scope4, struct scope4_key, BPF_MAP_TYPE_LPM_TRIE);                \
+	AF_SCOPE_MAP(scope6, struct scope6_key, BPF_MAP_TYPE_LPM_TRIE);                \
+	AF_SCOPE_MAP(exact4, struct exact4_key, BPF_MAP_TYPE_HASH);                    \
+	AF_SCOPE_MAP(exact6, struct exact6_key, BPF_MAP_TYPE_HASH);                    \
+	static __always_inline struct scope_val *scope_entry(__u8 family, __u32 slot,  \
+							     const __u8 *addr)         \
+	{                                                                              \
+		struct scope_val *v;                                                   \
+		if (family == 4) {                                                     \
+			struct exact4_key e = {.slot = slot};                          \
+			__builtin_memcpy(e.addr, addr, 4);                             \
+			v = bpf_map_lookup_elem(&exact4, &e);                          \
+			if (v)                                                         \
+				return v;                                              \
+			struct scope4_key k = {.prefixlen = 64, .slot = slot};         \
+			__builtin_memcpy(k.addr, addr, 4);                             \
+			return bpf_map_lookup_elem(&scope4, &k);                       \
+		}                                                                      \
+		struct exact6_key e = {.slot = slot};                                  \
+		__builtin_memcpy(e.addr, addr, 16);                                    \
+		v = bpf_map_lookup_elem(&exact6, &e);                                  \
+		if (v)                                                                 \
+			return v;                                                      \
+		struct scope6_key k = {.prefixlen = 160, .slot = slot};                \
+		__builtin_memcpy(k.addr, addr, 16);                                    \
+		return bpf_map_lookup_elem(&scope6, &k);                               \
+	}

@@ -1128,7 +1128,7 @@ func TestHostnameMapLayouts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"sessions", "scope4", "scope6", "host_names", "learned", "session_socks"} {
+	for _, name := range []string{"sessions", "scope4", "scope6", "exact4", "exact6", "host_names", "learned", "session_socks"} {
 		a, b := gs.Maps[name], hs.Maps[name]
 		if a == nil || b == nil {
 			t.Errorf("map %s missing", name)

@@ -277,7 +277,7 @@ func (g *Gate) Usage() []MapUsage {
 		name string
 		m    *ebpf.Map
 	}{{"cgroup_sessions", g.objs.CgroupSessions}, {"pid_sessions", g.objs.PidSessions}, {"proc_exe", g.objs.ProcExe},
-		{"scope4", g.objs.Scope4}, {"scope6", g.objs.Scope6}} {
+		{"scope4", g.objs.Scope4}, {"scope6", g.objs.Scope6}, {"exact4", g.objs.Exact4}, {"exact6", g.objs.Exact6}} {
 		out = append(out, MapUsage{m.name, count(m.m), int(m.m.MaxEntries())})
 	}
 	return out

@@ -20,6 +20,18 @@ type gateBinding struct {
 	Gen  uint64
 }
 
+type gateExact4Key struct {
+	_    structs.HostLayout
+	Slot uint32
+	Addr [4]uint8
+}
+
+type gateExact6Key struct {
+	_    structs.HostLayout
+	Slot uint32
+	Addr [16]uint8
+}
+
 type gateExeId struct {
 	_   structs.HostLayout
 	Ino uint64
@@ -154,6 +166,8 @@ type gateSockInfo struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	gateMapCgroupSessions  = "cgroup_sessions"
+	gateMapExact4          = "exact4"
+	gateMapExact6          = "exact6"
 	gateMapGateEvents      = "gate_events"
 	gateMapGateStats       = "gate_stats"
 	gateMapHostNames       = "host_names"
@@ -228,6 +242,8 @@ type gateProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type gateMapSpecs struct {
 	CgroupSessions *ebpf.MapSpec `ebpf:"cgroup_sessions"`
+	Exact4         *ebpf.MapSpec `ebpf:"exact4"`
+	Exact6         *ebpf.MapSpec `ebpf:"exact6"`
 	GateEvents     *ebpf.MapSpec `ebpf:"gate_events"`
 	GateStats      *ebpf.MapSpec `ebpf:"gate_stats"`
 	HostNames      *ebpf.MapSpec `ebpf:"host_names"`
@@ -270,6 +286,8 @@ func (o *gateObjects) Close() error {
 // It can be passed to loadGateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gateMaps struct {
 	CgroupSessions *ebpf.Map `ebpf:"cgroup_sessions"`
+	Exact4         *ebpf.Map `ebpf:"exact4"`
+	Exact6         *ebpf.Map `ebpf:"exact6"`
 	GateEvents     *ebpf.Map `ebpf:"gate_events"`
 	GateStats      *ebpf.Map `ebpf:"gate_stats"`
 	HostNames      *ebpf.Map `ebpf:"host_names"`
@@ -285,6 +303,8 @@ type gateMaps struct {
 func (m *gateMaps) Close() error {
 	return _GateClose(
 		m.CgroupSessions,
+		m.Exact4,
+		m.Exact6,
 		m.GateEvents,
 		m.GateStats,
 		m.HostNames,

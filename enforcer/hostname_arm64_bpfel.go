@@ -13,6 +13,18 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type hostnameExact4Key struct {
+	_    structs.HostLayout
+	Slot uint32
+	Addr [4]uint8
+}
+
+type hostnameExact6Key struct {
+	_    structs.HostLayout
+	Slot uint32
+	Addr [16]uint8
+}
+
 type hostnameHostEvent struct {
 	_           structs.HostLayout
 	TsNs        uint64
@@ -179,6 +191,8 @@ type hostnameSockInfo struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	hostnameMapExact4          = "exact4"
+	hostnameMapExact6          = "exact6"
 	hostnameMapHostEvents      = "host_events"
 	hostnameMapHostNames       = "host_names"
 	hostnameMapHostScratch     = "host_scratch"
@@ -246,6 +260,8 @@ type hostnameProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type hostnameMapSpecs struct {
+	Exact4       *ebpf.MapSpec `ebpf:"exact4"`
+	Exact6       *ebpf.MapSpec `ebpf:"exact6"`
 	HostEvents   *ebpf.MapSpec `ebpf:"host_events"`
 	HostNames    *ebpf.MapSpec `ebpf:"host_names"`
 	HostScratch  *ebpf.MapSpec `ebpf:"host_scratch"`
@@ -287,6 +303,8 @@ func (o *hostnameObjects) Close() error {
 //
 // It can be passed to loadHostnameObjects or ebpf.CollectionSpec.LoadAndAssign.
 type hostnameMaps struct {
+	Exact4       *ebpf.Map `ebpf:"exact4"`
+	Exact6       *ebpf.Map `ebpf:"exact6"`
 	HostEvents   *ebpf.Map `ebpf:"host_events"`
 	HostNames    *ebpf.Map `ebpf:"host_names"`
 	HostScratch  *ebpf.Map `ebpf:"host_scratch"`
@@ -300,6 +318,8 @@ type hostnameMaps struct {
 
 func (m *hostnameMaps) Close() error {
 	return _HostnameClose(
+		m.Exact4,
+		m.Exact6,
 		m.HostEvents,
 		m.HostNames,
 		m.HostScratch,

@@ -25,6 +25,8 @@ func TestMapLayouts(t *testing.T) {
 		{"proc_exe", 4, unsafe.Sizeof(gateExeId{})},
 		{"scope4", unsafe.Sizeof(gateScope4Key{}), unsafe.Sizeof(gateScopeVal{})},
 		{"scope6", unsafe.Sizeof(gateScope6Key{}), unsafe.Sizeof(gateScopeVal{})},
+		{"exact4", unsafe.Sizeof(gateExact4Key{}), unsafe.Sizeof(gateScopeVal{})},
+		{"exact6", unsafe.Sizeof(gateExact6Key{}), unsafe.Sizeof(gateScopeVal{})},
 	}
 	for _, c := range cases {
 		m := spec.Maps[c.mapName]

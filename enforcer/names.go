@@ -123,6 +123,8 @@ func loadHostnames(gate *gateObjects, opts HostnameOptions) (*hostnames, error) 
 		"sessions":      gate.Sessions,
 		"scope4":        gate.Scope4,
 		"scope6":        gate.Scope6,
+		"exact4":        gate.Exact4,
+		"exact6":        gate.Exact6,
 		"host_names":    gate.HostNames,
 		"learned":       gate.Learned,
 		"session_socks": gate.SessionSocks,

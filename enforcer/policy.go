@@ -156,9 +156,17 @@ func (g *Gate) putEntry(slot uint32, p netip.Prefix, v *gateScopeVal) error {
 	return nil
 }
 
+// scopeKey says where an entry lives: host entries (/32, /128) in the hash
+// the programs look in first, network entries in the trie (gate.h).
 func (g *Gate) scopeKey(slot uint32, p netip.Prefix) (*ebpf.Map, any) {
-	if p.Addr().Is4() {
+	host := p.Bits() == p.Addr().BitLen()
+	switch {
+	case p.Addr().Is4() && host:
+		return g.objs.Exact4, &gateExact4Key{Slot: slot, Addr: p.Addr().As4()}
+	case p.Addr().Is4():
 		return g.objs.Scope4, &gateScope4Key{Prefixlen: 32 + uint32(p.Bits()), Slot: slot, Addr: p.Addr().As4()}
+	case host:
+		return g.objs.Exact6, &gateExact6Key{Slot: slot, Addr: p.Addr().As16()}
 	}
 	return g.objs.Scope6, &gateScope6Key{Prefixlen: 32 + uint32(p.Bits()), Slot: slot, Addr: p.Addr().As16()}
 }
