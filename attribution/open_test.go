@@ -2,6 +2,7 @@ package attribution
 
 import (
 	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -417,5 +418,34 @@ func TestListFilters(t *testing.T) {
 		if got := ids(e.r.List(tc.f)); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: %v, want %v", name, got, tc.want)
 		}
+	}
+}
+
+// TestStateCounts: the metrics' counts agree with the states List reports,
+// including a quarantine the kernel applied before its event was handled
+// and an expiry not yet reaped.
+func TestStateCounts(t *testing.T) {
+	e := newEnv(t, nil)
+	e.open(t, req("active", "10.0.0.0/8:443"), admin)
+	r := e.open(t, req("revoked", "10.0.0.0/8:443"), admin)
+	if _, err := e.r.Revoke(r.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+	q := e.entry(t, e.open(t, req("quarantined by the kernel", "10.0.0.0/8:443"), admin).ID)
+	if err := e.k.SetState(q.slot, q.gen, enforcer.StateQuarantined); err != nil {
+		t.Fatal(err)
+	}
+	e.open(t, OpenRequest{Intent: "expired", Scope: []string{"10.0.0.0/8:443"}, TTL: "1ms"}, admin)
+	time.Sleep(2 * time.Millisecond)
+
+	want := map[string]int{}
+	for _, s := range e.r.List(Filter{}) {
+		want[s.State]++
+	}
+	if len(want) != 4 {
+		t.Fatalf("List states %v, want one of each", want)
+	}
+	if got := e.r.StateCounts(); !maps.Equal(got, want) {
+		t.Errorf("StateCounts() = %v, List says %v", got, want)
 	}
 }

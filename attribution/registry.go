@@ -132,7 +132,6 @@ type entry struct {
 	cgroupID         uint64
 	containerCgroups uint64
 	rules            []scope.Rule
-	entries          []scope.Entry
 	hooks            []string // cgroups hooked for its hostname rules
 	closed           bool
 }
@@ -281,11 +280,11 @@ func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
 	}
 	slot := r.free[len(r.free)-1]
 	e := &entry{Session: Session{Version: ModelVersion, ID: newID(), Intent: o.intent, Origin: o.origin, Agent: req.Agent,
-		Scope: texts(o.rules), Mode: modeName(o.mode), TTL: expires.Sub(now).String(), CreatedAt: now, ExpiresAt: expires,
+		Mode: modeName(o.mode), TTL: expires.Sub(now).String(), CreatedAt: now, ExpiresAt: expires,
 		Parent: parentID, Labels: maps.Clone(req.Labels), OpenedBy: caller.ID, State: StateActive},
-		slot: slot, gen: r.gens[slot] + 1, rules: o.rules, entries: o.entries}
+		slot: slot, gen: r.gens[slot] + 1, rules: o.rules}
 
-	if err := r.writePolicy(e); err != nil {
+	if err := r.writePolicy(e, o.entries); err != nil {
 		return Session{}, err
 	}
 	if err := r.kernel.PutSession(slot, r.kernelState(e, o.mode)); err != nil {
@@ -330,17 +329,28 @@ func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
 	return e.public(), nil
 }
 
-// writePolicy writes a session's address and hostname rules; on error
-// neither is left in the kernel.
-func (r *Registry) writePolicy(e *entry) error {
-	if err := r.kernel.WriteScope(e.slot, e.gen, e.entries); err != nil {
+// writePolicy writes a session's address rules (entries, compiled from
+// e.rules) and hostname rules; on error neither is left in the kernel.
+func (r *Registry) writePolicy(e *entry, entries []scope.Entry) error {
+	if err := r.kernel.WriteScope(e.slot, e.gen, entries); err != nil {
 		return kernelError(err)
 	}
 	if err := r.kernel.WriteNames(e.slot, e.gen, e.rules); err != nil {
-		r.kernel.DeleteScope(e.slot, e.entries)
+		r.kernel.DeleteScope(e.slot, entries)
 		return kernelError(err)
 	}
 	return nil
+}
+
+// compiled returns the trie entries of e's address rules. They are
+// compiled again when needed (to rewrite or delete them) rather than kept:
+// they follow from the rules, and keeping them cost ~190 of the ~1,170
+// bytes of a two-rule session.
+func (e *entry) compiled() []scope.Entry {
+	// The rules compiled when the session accepted them; Compile is
+	// deterministic, so it cannot fail now.
+	entries, _ := scope.Compile(e.rules)
+	return entries
 }
 
 // hostnameHooks lists the cgroups whose packets the hostname programs must
@@ -390,7 +400,7 @@ func (r *Registry) hook(e *entry, want []string) error {
 }
 
 func (r *Registry) deletePolicy(e *entry) error {
-	return errors.Join(r.kernel.DeleteScope(e.slot, e.entries), r.kernel.DeleteNames(e.slot, e.rules), r.kernel.PurgeLearned(e.slot))
+	return errors.Join(r.kernel.DeleteScope(e.slot, e.compiled()), r.kernel.DeleteNames(e.slot, e.rules), r.kernel.PurgeLearned(e.slot))
 }
 
 func (r *Registry) kernelState(e *entry, mode enforcer.Mode) enforcer.SessionState {
@@ -589,7 +599,7 @@ func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, a
 		return kernelError(err)
 	}
 	var gone []scope.Entry
-	for _, old := range e.entries {
+	for _, old := range e.compiled() {
 		if !slices.ContainsFunc(entries, func(n scope.Entry) bool { return n.Prefix == old.Prefix }) {
 			gone = append(gone, old)
 		}
@@ -603,7 +613,7 @@ func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, a
 	if err := errors.Join(r.kernel.DeleteScope(e.slot, gone), r.kernel.DeleteNames(e.slot, goneNames)); err != nil {
 		return kernelError(err)
 	}
-	e.rules, e.entries, e.Scope = rules, entries, texts(rules)
+	e.rules = rules
 	if err := r.hook(e, r.hostnameHooks(e)); err != nil {
 		r.log.Error("hostname programs after narrowing", "session", e.ID, "err", err)
 	}
@@ -905,19 +915,41 @@ func (r *Registry) List(f Filter) []Session {
 	return out
 }
 
+// StateCounts counts the open sessions by state, as List reports them. It
+// is for the metrics scrape, which would otherwise copy every session.
+func (r *Registry) StateCounts() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.clock.Wall(BootNS())
+	out := map[string]int{}
+	for _, e := range r.byID {
+		state, _ := r.live(e, now)
+		out[state]++
+	}
+	return out
+}
+
 // view is the public session with the kernel's live counters.
 func (r *Registry) view(e *entry) Session {
 	s := e.public()
+	s.State, s.Violations = r.live(e, r.clock.Wall(BootNS()))
+	return s
+}
+
+// live is a session's state and violation count as the kernel has them
+// now: a quarantine shows before its event has been handled.
+func (r *Registry) live(e *entry, now time.Time) (state string, violations uint32) {
+	state, violations = e.State, e.Violations
 	if st, err := r.kernel.Session(e.slot); err == nil && st.Gen == e.gen {
-		s.Violations = st.Violations
-		if st.State == enforcer.StateQuarantined && s.State == StateActive {
-			s.State = StateQuarantined
+		violations = st.Violations
+		if st.State == enforcer.StateQuarantined && state == StateActive {
+			state = StateQuarantined
 		}
 	}
-	if s.State == StateActive {
-		s.State = r.stateAt(e, r.clock.Wall(BootNS()))
+	if state == StateActive {
+		state = r.stateAt(e, now)
 	}
-	return s
+	return state, violations
 }
 
 func (r *Registry) stateAt(e *entry, now time.Time) string {
@@ -1078,9 +1110,11 @@ func (r *Registry) lifecycle(e *entry, event, actor, reason string) {
 	r.emit(rec)
 }
 
+// public is the session as callers see it. Its scope texts are rendered
+// from the rules here rather than kept beside them (~90 bytes a session).
 func (e *entry) public() Session {
 	s := e.Session
-	s.Scope = slices.Clone(e.Scope)
+	s.Scope = texts(e.rules)
 	s.Labels = maps.Clone(e.Labels)
 	s.Binding.PIDs = slices.Clone(e.Binding.PIDs)
 	if e.Agent != nil {

@@ -1,11 +1,13 @@
 package attribution
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -63,7 +65,7 @@ func (r *Registry) persist() {
 	enc := json.NewEncoder(&buf)
 	for id := range r.dirty {
 		if e := r.byID[id]; e != nil {
-			enc.Encode(journalLine{Put: &persisted{Session: e.public(), Slot: e.slot, Gen: e.gen}})
+			enc.Encode(journalLine{Put: e.persisted()})
 		}
 	}
 	for _, id := range r.gone {
@@ -87,17 +89,37 @@ func (r *Registry) persist() {
 	r.journalSize += buf.Len()
 }
 
+// persisted is e as the state keeps it. Unlike public it shares e's
+// labels, pids and agent: it is only encoded, under r.mu.
+func (e *entry) persisted() *persisted {
+	s := e.Session
+	s.Scope = texts(e.rules)
+	return &persisted{Session: s, Slot: e.slot, Gen: e.gen}
+}
+
 // snapshot writes every session to the snapshot and empties the journal.
+//
+// The sessions are encoded one at a time straight into the file: encoding
+// the whole state into one buffer (json.MarshalIndent) needed ~3 times the
+// file's size at once, 20+ MiB at 10,000 sessions, and encoding/json pools
+// that buffer for reuse, so 8 MiB of it stayed live between snapshots.
 func (r *Registry) snapshot() error {
-	st := stateFile{Version: ModelVersion, Sessions: []persisted{}}
-	for _, e := range r.byID {
-		st.Sessions = append(st.Sessions, persisted{Session: e.public(), Slot: e.slot, Gen: e.gen})
-	}
-	slices.SortFunc(st.Sessions, func(a, b persisted) int { return cmp.Compare(a.Slot, b.Slot) })
-	b, err := json.MarshalIndent(st, "", " ")
-	if err == nil {
-		err = writeAtomic(r.cfg.StateFile, b)
-	}
+	es := slices.SortedFunc(maps.Values(r.byID), func(a, b *entry) int { return cmp.Compare(a.slot, b.slot) })
+	err := writeAtomic(r.cfg.StateFile, func(w *bufio.Writer) error {
+		// One session a line: {"version":1,"sessions":[\n{…}\n,{…}\n]}
+		fmt.Fprintf(w, "{\"version\":%d,\"sessions\":[\n", ModelVersion)
+		enc := json.NewEncoder(w)
+		for i, e := range es {
+			if i > 0 {
+				w.WriteByte(',')
+			}
+			if err := enc.Encode(e.persisted()); err != nil {
+				return err
+			}
+		}
+		w.WriteString("]}\n")
+		return nil
+	})
 	if err == nil {
 		if err = os.Remove(r.cfg.StateFile + ".log"); os.IsNotExist(err) {
 			err = nil
@@ -164,7 +186,9 @@ func loadState(path string) (stateFile, error) {
 	return st, nil
 }
 
-func writeAtomic(path string, b []byte) error {
+// writeAtomic replaces path with what write writes, through a temporary
+// file and a rename, so a reader never sees a partial file.
+func writeAtomic(path string, write func(*bufio.Writer) error) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
@@ -173,7 +197,8 @@ func writeAtomic(path string, b []byte) error {
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(b); err != nil {
+	w := bufio.NewWriter(f)
+	if err := errors.Join(write(w), w.Flush()); err != nil {
 		f.Close()
 		return err
 	}
@@ -223,10 +248,11 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 		}
 		e := &entry{Session: p.Session, slot: p.Slot, gen: p.Gen}
 		var perr error
-		if e.rules, e.entries, perr = parseScope("scope", p.Scope, r.cfg.MaxRules+1); perr != nil {
+		if e.rules, _, perr = parseScope("scope", p.Scope, r.cfg.MaxRules+1); perr != nil {
 			r.log.Warn("state: session scope no longer parses, dropped", "session", p.ID, "err", perr)
 			continue
 		}
+		e.Scope = nil // kept as rules only; see public
 		if e.cgroupID, err = cgroupv2.ID(e.Binding.Cgroup); err != nil {
 			r.log.Warn("state: session cgroup gone, dropped", "session", p.ID, "cgroup", e.Binding.Cgroup)
 			continue
@@ -274,7 +300,7 @@ func (r *Registry) rewrite(e *entry) error {
 	case StateQuarantined:
 		ks.State = enforcer.StateQuarantined
 	}
-	if err := r.writePolicy(e); err != nil {
+	if err := r.writePolicy(e, e.compiled()); err != nil {
 		return err
 	}
 	if err := r.kernel.PutSession(e.slot, ks); err != nil {

@@ -125,7 +125,7 @@ func TestRestoreAdopts(t *testing.T) {
 			t.Errorf("%s restored at %d/%d cg %d/%d, was %d/%d cg %d/%d", want.ID, got.slot, got.gen, got.cgroupID, got.containerCgroups,
 				want.slot, want.gen, want.cgroupID, want.containerCgroups)
 		}
-		if texts(got.rules)[0] != want.Scope[0] || len(got.entries) != len(want.entries) {
+		if !slices.Equal(texts(got.rules), texts(want.rules)) || len(got.compiled()) != len(want.compiled()) {
 			t.Errorf("%s rules not restored: %v", want.ID, got.rules)
 		}
 		if rec := e.recs.find(t, want.ID, "adopted"); rec.Actor != "agentfenced" {
@@ -370,5 +370,26 @@ func TestStateJournal(t *testing.T) {
 	}
 	if got[ids[0]].Scope[0] != "10.1.0.0/16" {
 		t.Errorf("narrowing not journaled: %v", got[ids[0]].Scope)
+	}
+
+	// Folded into a snapshot (written a session at a time): the same
+	// sessions, and no journal.
+	e.r.mu.Lock()
+	err := e.r.snapshot()
+	e.r.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(e.cfg.StateFile + ".log"); !os.IsNotExist(err) {
+		t.Errorf("journal left after the snapshot: %v", err)
+	}
+	snap := readState(t, e.cfg.StateFile)
+	if len(snap.Sessions) != len(live) {
+		t.Fatalf("snapshot has %d sessions, registry %d", len(snap.Sessions), len(live))
+	}
+	for _, p := range snap.Sessions {
+		if g, ok := got[p.ID]; !ok || p.Slot != g.Slot || p.Gen != g.Gen || !slices.Equal(p.Scope, g.Scope) || p.Binding.Cgroup != g.Binding.Cgroup {
+			t.Errorf("snapshot %+v, journal replay %+v", p, g)
+		}
 	}
 }

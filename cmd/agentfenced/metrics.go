@@ -67,12 +67,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.lost, hs.Lost, "hostname")
 	}
 	counter(c.lost, c.procs.dropped.Load(), "exec_queue")
-	states := map[string]int{attribution.StateActive: 0, attribution.StateQuarantined: 0, attribution.StateRevoked: 0, attribution.StateExpired: 0}
-	for _, s := range c.sessions.List(attribution.Filter{}) {
-		states[s.State]++
-	}
-	for st, n := range states {
-		gauge(c.active, n, st)
+	counts := c.sessions.StateCounts()
+	for _, st := range []string{attribution.StateActive, attribution.StateQuarantined, attribution.StateRevoked, attribution.StateExpired} {
+		gauge(c.active, counts[st], st)
 	}
 	if c.procs.cache != nil {
 		gauge(c.cached, c.procs.cache.Len())
