@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -87,6 +88,9 @@ func MaybeRunProbe() {
 		case "holdmany":
 			holdMany(out, arg)
 			continue
+		case "connectbench":
+			connectBench(out, arg)
+			continue
 		}
 		fmt.Fprintf(out, "%d %s\n", os.Getpid(), Probe(a))
 	}
@@ -132,6 +136,7 @@ func hold(out *os.File, addr string) {
 type Proc struct {
 	PID   int
 	cmd   *exec.Cmd
+	out   *os.File
 	lines *bufio.Scanner
 	stdin io.WriteCloser
 	tb    testing.TB
@@ -159,8 +164,7 @@ func Start(tb testing.TB, cgroupPath string, opts Options, gate bool, actions ..
 		tb.Fatalf("start probe: %v", err)
 	}
 	w.Close()
-	r.SetReadDeadline(time.Now().Add(60 * time.Second))
-	p := &Proc{PID: cmd.Process.Pid, cmd: cmd, lines: bufio.NewScanner(r), stdin: stdin, tb: tb}
+	p := &Proc{PID: cmd.Process.Pid, cmd: cmd, out: r, lines: bufio.NewScanner(r), stdin: stdin, tb: tb}
 	tb.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); r.Close() })
 	return p
 }
@@ -169,6 +173,7 @@ func Start(tb testing.TB, cgroupPath string, opts Options, gate bool, actions ..
 // reported it; it fails the test after a minute without one.
 func (p *Proc) Next() (string, int) {
 	p.tb.Helper()
+	p.out.SetReadDeadline(time.Now().Add(time.Minute))
 	if !p.lines.Scan() {
 		p.tb.Fatalf("probe %d: no more results: %v", p.PID, p.lines.Err())
 	}
@@ -194,6 +199,9 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	loop A D STOPFILE  connect to A and D in turn until STOPFILE exists; counts
 //	hold ADDR          (MaybeRunProbe only) hold a connection, report how it ends
 //	holdmany ADDR N    (MaybeRunProbe only) hold N connections until all break
+//	connectbench ADDR N (MaybeRunProbe only) for each line on stdin, N
+//	                   connect+close to ADDR (IPv4); reports wall-clock and
+//	                   thread CPU ns per connect, as "WALL/CPU"
 //	flood ADDR N RATE  sendto N datagrams (paced to RATE/s, 0: flat out); the rate achieved
 //	api-list SOCKET    list sessions through the daemon's API: the HTTP status
 //	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
@@ -319,6 +327,49 @@ func flood(arg string) string {
 
 // holdMany opens n connections to addr and reports "held", then blocks
 // until they are all broken and reports how many broke.
+// connectBench times batches of connect+close in a process of its own, as
+// an agent would run them: the benchmark's own work (the event reader, the
+// listener) stays out of the measured process. It closes with a reset, so
+// no TIME_WAIT pile-up skews later batches.
+func connectBench(out *os.File, arg string) {
+	var addr string
+	var n int
+	fmt.Sscan(arg, &addr, &n)
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || n <= 0 {
+		fmt.Fprintf(out, "%d badarg\n", os.Getpid())
+		return
+	}
+	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	// The CPU time of the one thread doing the work leaves out the time it
+	// was preempted, which on a small shared machine is most of the noise.
+	runtime.LockOSThread()
+	var cpu0, cpu1 unix.Timespec
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &cpu0)
+		start := time.Now()
+		for range n {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err == nil {
+				err = unix.Connect(fd, sa)
+			}
+			if err != nil {
+				fmt.Fprintf(out, "%d %s\n", os.Getpid(), errName(err))
+				return
+			}
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			unix.Close(fd)
+		}
+		wall := time.Since(start)
+		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &cpu1)
+		fmt.Fprintf(out, "%d %d/%d\n", os.Getpid(), wall.Nanoseconds()/int64(n), (cpu1.Nano()-cpu0.Nano())/int64(n))
+	}
+}
+
+// Send writes a line to the probe's stdin (connectbench's "run").
+func (p *Proc) Send(line string) { p.stdin.Write([]byte(line + "\n")) }
+
 func holdMany(out *os.File, arg string) {
 	var addr string
 	var n int
