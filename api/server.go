@@ -214,7 +214,9 @@ func (s *Server) open(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	s.log.Info("session opened", "id", sess.ID, "mode", sess.Mode, "rules", len(sess.Scope), "parent", sess.Parent, "caller", caller(r).ID)
+	// The audit trail records every lifecycle step with its actor; the
+	// log repeats them only when asked for (debug).
+	s.log.Debug("session opened", "id", sess.ID, "mode", sess.Mode, "rules", len(sess.Scope), "parent", sess.Parent, "caller", caller(r).ID)
 	writeJSON(w, http.StatusCreated, sess)
 }
 
@@ -251,7 +253,7 @@ func (s *Server) narrow(w http.ResponseWriter, r *http.Request) {
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	sess, err := s.reg.Revoke(r.PathValue("id"), caller(r))
 	if err == nil {
-		s.log.Info("session revoked", "id", sess.ID, "caller", caller(r).ID)
+		s.log.Debug("session revoked", "id", sess.ID, "caller", caller(r).ID)
 	}
 	respond(w, http.StatusOK, sess, err)
 }
@@ -261,7 +263,7 @@ func (s *Server) close(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	s.log.Info("session closed", "id", r.PathValue("id"), "caller", caller(r).ID)
+	s.log.Debug("session closed", "id", r.PathValue("id"), "caller", caller(r).ID)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -159,6 +159,7 @@ type Registry struct {
 	dirty       map[string]bool
 	gone        []string
 	snapshotted bool
+	journal     *os.File // open for appending between snapshots
 	journalSize int
 }
 

@@ -76,10 +76,12 @@ func (r *Registry) persist() {
 	if buf.Len() == 0 {
 		return
 	}
-	f, err := os.OpenFile(r.cfg.StateFile+".log", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	var err error
+	if r.journal == nil {
+		r.journal, err = os.OpenFile(r.cfg.StateFile+".log", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	}
 	if err == nil {
-		_, err = f.Write(buf.Bytes())
-		err = errors.Join(err, f.Close())
+		_, err = r.journal.Write(buf.Bytes())
 	}
 	if err != nil {
 		r.log.Error("persist sessions", "file", r.cfg.StateFile+".log", "err", err)
@@ -121,6 +123,10 @@ func (r *Registry) snapshot() error {
 		return nil
 	})
 	if err == nil {
+		if r.journal != nil {
+			r.journal.Close()
+			r.journal = nil
+		}
 		if err = os.Remove(r.cfg.StateFile + ".log"); os.IsNotExist(err) {
 			err = nil
 		}
