@@ -45,31 +45,31 @@ const (
 // Check names. Program, map and helper checks are named after the kernel
 // objects they probe.
 const (
-	CheckKernel          = "kernel"
-	CheckBTF             = "btf"
-	CheckCgroup2         = "cgroup2"
-	CheckBPFFS           = "bpffs"
-	CheckCgroupSockAddr  = "prog/cgroup_sock_addr"
-	CheckCgroupSock      = "prog/cgroup_sock"
-	CheckCgroupSKB       = "prog/cgroup_skb"
-	CheckTracePoint      = "prog/tracepoint"
-	CheckRawTracepoint   = "prog/raw_tracepoint"
-	CheckTPBTF           = "prog/tp_btf"
-	CheckLSM             = "prog/lsm"
-	CheckKprobe          = "prog/kprobe"
-	CheckRingBuf         = "map/ringbuf"
-	CheckLPMTrie         = "map/lpm_trie"
-	CheckHash            = "map/hash"
-	CheckLRUHash         = "map/lru_hash"
-	CheckPerCPUArray     = "map/percpu_array"
-	CheckArray           = "map/array"
-	CheckAncestorCgroup  = "helper/get_current_ancestor_cgroup_id"
-	CheckCurrentCgroup   = "helper/get_current_cgroup_id"
-	CheckKtimeBoot       = "helper/ktime_get_boot_ns"
-	CheckRingbufReserve  = "helper/ringbuf_reserve"
-	CheckRingbufQuery    = "helper/ringbuf_query"
-	CheckKfuncSockDestry = "kfunc/bpf_sock_destroy"
-	CheckSockDestroy     = "sock_diag/destroy"
+	CheckKernel         = "kernel"
+	CheckBTF            = "btf"
+	CheckCgroup2        = "cgroup2"
+	CheckBPFFS          = "bpffs"
+	CheckCgroupSockAddr = "prog/cgroup_sock_addr"
+	CheckCgroupSock     = "prog/cgroup_sock"
+	CheckCgroupSKB      = "prog/cgroup_skb"
+	CheckTracePoint     = "prog/tracepoint"
+	CheckRawTracepoint  = "prog/raw_tracepoint"
+	CheckTPBTF          = "prog/tp_btf"
+	CheckLSM            = "prog/lsm"
+	CheckKprobe         = "prog/kprobe"
+	CheckRingBuf        = "map/ringbuf"
+	CheckLPMTrie        = "map/lpm_trie"
+	CheckHash           = "map/hash"
+	CheckLRUHash        = "map/lru_hash"
+	CheckPerCPUArray    = "map/percpu_array"
+	CheckArray          = "map/array"
+	CheckAncestorCgroup = "helper/get_current_ancestor_cgroup_id"
+	CheckCurrentCgroup  = "helper/get_current_cgroup_id"
+	CheckKtimeBoot      = "helper/ktime_get_boot_ns"
+	CheckRingbufReserve = "helper/ringbuf_reserve"
+	CheckRingbufQuery   = "helper/ringbuf_query"
+	CheckPidfdGetfd     = "pidfd_getfd"
+	CheckSockDestroy    = "sock_diag/destroy"
 )
 
 // Check is one line of the report.
@@ -563,22 +563,7 @@ func checkHelpers(*run) []Check {
 		out = append(out, c)
 	}
 
-	// bpf_sock_destroy is a kfunc (6.5+), not a helper: look it up in the
-	// kernel's BTF.
-	k := Check{Name: CheckKfuncSockDestry,
-		Impact: "no bpf_sock_destroy kfunc: established sockets are destroyed through sock_diag netlink instead (see sock_diag/destroy)"}
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		k.Status, k.Detail = StatusUnknown, "no kernel BTF to look it up: "+err.Error()
-	} else {
-		var fn *btf.Func
-		if err := spec.TypeByName("bpf_sock_destroy", &fn); err != nil {
-			k.Status, k.Detail = StatusMissing, "bpf_sock_destroy not in kernel BTF (needs Linux 6.5)"
-		} else {
-			k.Status, k.Detail = StatusOK, "bpf_sock_destroy is in kernel BTF"
-		}
-	}
-	return append(out, k)
+	return out
 }
 
 func checkSockDestroy(st *run) []Check {
@@ -600,5 +585,35 @@ func checkSockDestroy(st *run) []Check {
 	default:
 		c.Status, c.Detail = StatusUnknown, err.Error()
 	}
-	return []Check{c}
+	p := Check{Name: CheckPidfdGetfd,
+		Impact: "no pidfd_getfd: a revoked session's sockets are found with sock_diag dumps, which walk the host's whole socket table (slower revocation)"}
+	switch err := probePidfdGetfd(); {
+	case err == nil:
+		p.Status, p.Detail = StatusOK, "copied an fd of this process with pidfd_getfd"
+	case errors.Is(err, unix.ENOSYS):
+		p.Status, p.Detail = StatusMissing, "pidfd_getfd needs Linux 5.6: "+err.Error()
+	default:
+		p.Status, p.Detail = StatusUnknown, err.Error()
+	}
+	return []Check{c, p}
+}
+
+// probePidfdGetfd copies one of this process's own fds through a pidfd, as
+// agentfenced does with a session member's sockets.
+func probePidfdGetfd() error {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open: %w", err)
+	}
+	defer unix.Close(pidfd)
+	fd, err := unix.PidfdGetfd(pidfd, int(f.Fd()), 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_getfd: %w", err)
+	}
+	return unix.Close(fd)
 }

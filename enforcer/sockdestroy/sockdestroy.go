@@ -5,12 +5,9 @@
 // revoked, expires or has its scope narrowed, new connects are denied at
 // once, but a connection established earlier keeps working until someone
 // kills it. Destroy does that from user space with the SOCK_DESTROY command of
-// NETLINK_SOCK_DIAG, the same mechanism as `ss -K`:
-//
-//   - it works on every kernel since 4.5 built with CONFIG_INET_DIAG_DESTROY
-//     (needs CAP_NET_ADMIN), for TCP and UDP, IPv4 and IPv6;
-//   - the in-kernel alternative, the bpf_sock_destroy kfunc, needs 6.5 and a
-//     BPF socket iterator program, which the gate cannot rely on.
+// NETLINK_SOCK_DIAG, the same mechanism as `ss -K`. It works on every kernel
+// since 4.5 built with CONFIG_INET_DIAG_DESTROY (needs CAP_NET_ADMIN), for
+// TCP and UDP, IPv4 and IPv6.
 //
 // Finding the sockets costs what the members hold, not what the host
 // holds. Each fd in /proc/<pid>/fd of the given processes is duplicated into
