@@ -314,8 +314,14 @@ func putReq(b []byte, typ, flags uint16, seq uint32, family, proto uint8, states
 // recv reads one datagram from the kernel and calls fn for each netlink
 // message in it.
 func (d *diag) recv(fn func(typ, flags uint16, seq uint32, payload []byte) error) error {
+	return d.recvFlags(0, fn)
+}
+
+// recvFlags is recv with recvmsg flags (MSG_DONTWAIT: EAGAIN when nothing
+// is queued).
+func (d *diag) recvFlags(flags int, fn func(typ, flags uint16, seq uint32, payload []byte) error) error {
 	for {
-		n, _, rflags, from, err := unix.Recvmsg(d.fd, d.buf, nil, 0)
+		n, _, rflags, from, err := unix.Recvmsg(d.fd, d.buf, nil, flags)
 		if err == unix.EINTR {
 			continue
 		}
@@ -400,12 +406,17 @@ func (d *diag) dump(q query, fn func([]byte)) error {
 	return nil
 }
 
-// batch is the number of SOCK_DESTROY requests sent in one datagram; the
-// acks (about 1 KiB of receive buffer each) must fit the socket's buffer.
+// batch is the number of SOCK_DESTROY requests sent in one datagram; their
+// error replies (about 1 KiB of receive buffer each) must fit the socket's
+// buffer.
 const batch = 32
 
 // destroy sends SOCK_DESTROY for every target and returns those the kernel
-// acknowledged.
+// destroyed. The requests ask for no acknowledgement: the kernel handles a
+// request datagram within the sendto that carries it, and answers only the
+// requests that failed, so once sendto has returned every failure is queued
+// on the socket and every other target is gone. That saves a reply and a
+// recvmsg per socket.
 func (d *diag) destroy(targets []target) ([]Conn, error) {
 	var done []Conn
 	var errs []error
@@ -418,15 +429,14 @@ func (d *diag) destroy(targets []target) ([]Conn, error) {
 		req = req[:0]
 		for i := range chunk {
 			t := &chunk[i]
-			req = putReq(req, unix.SOCK_DESTROY, unix.NLM_F_REQUEST|unix.NLM_F_ACK, base+uint32(i), t.family, t.proto, 0, &t.id)
+			req = putReq(req, unix.SOCK_DESTROY, unix.NLM_F_REQUEST, base+uint32(i), t.family, t.proto, 0, &t.id)
 		}
 		if err := unix.Sendto(d.fd, req, 0, kernel); err != nil {
 			return done, errors.Join(append(errs, fmt.Errorf("netlink send: %w", err))...)
 		}
 		results := make([]error, len(chunk))
-		acked := 0
-		for acked < len(chunk) {
-			err := d.recv(func(typ, _ uint16, s uint32, p []byte) error {
+		for {
+			err := d.recvFlags(unix.MSG_DONTWAIT, func(typ, _ uint16, s uint32, p []byte) error {
 				i := s - base
 				if typ != unix.NLMSG_ERROR || s < base || i >= uint32(len(chunk)) || len(p) < 4 {
 					return nil
@@ -434,10 +444,14 @@ func (d *diag) destroy(targets []target) ([]Conn, error) {
 				if e := int32(binary.NativeEndian.Uint32(p)); e < 0 {
 					results[i] = unix.Errno(-e)
 				}
-				acked++
 				return nil
 			})
+			if errors.Is(err, unix.EAGAIN) {
+				break
+			}
 			if err != nil {
+				// ENOBUFS would mean failures were dropped: nothing of
+				// this chunk can be reported as destroyed.
 				return done, errors.Join(append(errs, err)...)
 			}
 		}

@@ -650,3 +650,51 @@ func BenchmarkScan100(b *testing.B) {
 		})
 	}
 }
+
+// Destroy requests ask for no acknowledgement; a failed one is still
+// answered and must not be reported as destroyed. A stale cookie is the
+// failure (ENOENT) a socket replaced by another on the same 4-tuple gives.
+func TestDestroyReportsOnlyWhatTheKernelDestroyed(t *testing.T) {
+	privtest.RequireRoot(t)
+	ln := listen(t, "tcp", "127.0.0.1:0")
+	var fds []int
+	var targets []target
+	for range 3 {
+		c, err := net.DialTimeout("tcp", ln.Addr().String(), wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		accept(t, ln)
+		f, err := c.(*net.TCPConn).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		tg, n := describe(int(f.Fd()))
+		if n != named {
+			t.Fatalf("describe: %v", n)
+		}
+		fds = append(fds, int(f.Fd()))
+		targets = append(targets, tg)
+	}
+	targets[1].id[40] ^= 0xff // wrong cookie
+	d, err := openDiag()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	done, err := d.destroy(targets)
+	if err != nil {
+		t.Fatalf("destroy: %v", err)
+	}
+	if len(done) != 2 || done[0] != targets[0].conn || done[1] != targets[2].conn {
+		t.Fatalf("destroyed %v, want the first and the last", done)
+	}
+	for i, fd := range fds {
+		_, err := unix.Getpeername(fd)
+		if alive := err == nil; alive != (i == 1) {
+			t.Errorf("connection %d alive=%v after destroy (getpeername: %v)", i, alive, err)
+		}
+	}
+}
