@@ -742,11 +742,22 @@ func (r *Registry) members(e *entry) []int {
 			pids = append(pids, p...)
 		}
 	}
-	for _, p := range r.kernel.PidsOf(e.slot, e.gen) {
+	for _, p := range r.boundPids(e) {
 		pids = append(pids, int(p))
 	}
 	slices.Sort(pids)
 	return slices.Compact(pids)
+}
+
+// boundPids lists the processes bound to e by pid, with the descendants
+// the kernel bound on fork. Only a pid bound through Bind starts such a
+// tree, so without one there is nothing to look for: listing walks the
+// whole pid-binding hash table.
+func (r *Registry) boundPids(e *entry) []uint32 {
+	if len(e.Binding.PIDs) == 0 {
+		return nil
+	}
+	return r.kernel.PidsOf(e.slot, e.gen)
 }
 
 // treePopulated reports whether the session or any descendant has members.
@@ -826,7 +837,7 @@ func (r *Registry) teardown(e *entry, closed *[]*entry) error {
 	errs = append(errs, r.cgroups.Destroy(e.Binding.Cgroup))
 	// Members bound by pid live outside the cgroup: unbound they would be
 	// unconfined, so they end with the session.
-	pids := r.kernel.PidsOf(e.slot, e.gen)
+	pids := r.boundPids(e)
 	r.cgroups.KillPIDs(pids)
 	for _, pid := range pids {
 		errs = append(errs, r.kernel.UnbindPid(pid))
@@ -1021,7 +1032,7 @@ func (r *Registry) Quarantined(slot uint32, gen uint64) {
 				r.cgroups.Kill(cg)
 			}
 		}
-		r.cgroups.KillPIDs(r.kernel.PidsOf(e.slot, e.gen))
+		r.cgroups.KillPIDs(r.boundPids(e))
 		r.lifecycle(e, "killed", "kernel", "drift action kill")
 	default:
 		var essential []scope.Rule
