@@ -90,3 +90,56 @@ func TestBoundAndReclaim(t *testing.T) {
 		t.Fatalf("space not reclaimed after ack: %v (used %d)", err, s.Used())
 	}
 }
+
+// Acks are written down at most every ackEvery (and at Close); a position
+// not yet written only makes a crashed daemon deliver again, never skip.
+func TestAckWrittenLazilyNeverAhead(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if err := s.Append([]byte(fmt.Sprintf("entry-%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := uint64(1); i <= 10; i++ {
+		if err := s.Ack(i); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, ackFile))
+		if got := parseAck(b); got > i {
+			t.Fatalf("ack file says %d after Ack(%d)", got, i)
+		}
+	}
+	// A crash now (no Close) redelivers what the file does not cover.
+	b, _ := os.ReadFile(filepath.Join(dir, ackFile))
+	if crashed := parseAck(b); crashed < 1 {
+		t.Errorf("the first ack was not written at once: %d", crashed)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(filepath.Join(dir, ackFile))
+	if got := parseAck(b); got != 10 {
+		t.Errorf("ack file after Close says %d, want 10", got)
+	}
+}
+
+func TestParseAck(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want uint64
+	}{
+		{string(formatAck(12345)), 12345},
+		{"678\n", 678},                         // written by earlier versions
+		{"00000000000000012345 00000000\n", 0}, // checksum does not match: torn
+		{"", 0},
+		{"garbage", 0},
+	} {
+		if got := parseAck([]byte(tc.in)); got != tc.want {
+			t.Errorf("parseAck(%q) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+}
