@@ -257,7 +257,7 @@ func TestCapacity(t *testing.T) {
 
 func TestGenerations(t *testing.T) {
 	e := newEnv(t, nil)
-	a := e.open(t, req("first", "10.0.0.0/8"), admin)
+	a := e.open(t, req("first", "10.0.0.0/8", "api.example.com:443"), admin)
 	ea := e.entry(t, a.ID)
 	slot, gen := ea.slot, ea.gen
 	if err := e.r.Close(a.ID, admin); err != nil {
@@ -277,6 +277,14 @@ func TestGenerations(t *testing.T) {
 	}
 	if got := opNames(writes(e.j.since(0))); !slices.Contains(got, "PurgeLearned") {
 		t.Errorf("close did not purge learned addresses: %v", got)
+	}
+	// Without hostname rules there is nothing learned to purge.
+	mark := e.j.len()
+	if err := e.r.Close(b.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+	if got := opNames(writes(e.j.since(mark))); slices.Contains(got, "PurgeLearned") {
+		t.Errorf("closing an address-only session walked the learned table: %v", got)
 	}
 
 	old, ok := e.r.resolve(slot, gen)

@@ -359,7 +359,7 @@ func (e *entry) compiled() []scope.Entry {
 // and the root while it has processes bound by pid, which may live in any
 // cgroup.
 func (r *Registry) hostnameHooks(e *entry) []string {
-	if !slices.ContainsFunc(e.rules, func(x scope.Rule) bool { return x.Host != "" }) {
+	if !hasHostnames(e.rules) {
 		return nil
 	}
 	var out []string
@@ -401,7 +401,19 @@ func (r *Registry) hook(e *entry, want []string) error {
 }
 
 func (r *Registry) deletePolicy(e *entry) error {
-	return errors.Join(r.kernel.DeleteScope(e.slot, e.compiled()), r.kernel.DeleteNames(e.slot, e.rules), r.kernel.PurgeLearned(e.slot))
+	errs := []error{r.kernel.DeleteScope(e.slot, e.compiled()), r.kernel.DeleteNames(e.slot, e.rules)}
+	// Only hostname rules learn addresses, and purging walks the whole
+	// learned table. What a session narrowed to addresses only learned
+	// before is left: entries carry the generation, so they are dead for
+	// the slot's next session, and the table is LRU.
+	if hasHostnames(e.rules) {
+		errs = append(errs, r.kernel.PurgeLearned(e.slot))
+	}
+	return errors.Join(errs...)
+}
+
+func hasHostnames(rules []scope.Rule) bool {
+	return slices.ContainsFunc(rules, func(x scope.Rule) bool { return x.Host != "" })
 }
 
 func (r *Registry) kernelState(e *entry, mode enforcer.Mode) enforcer.SessionState {
