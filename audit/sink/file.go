@@ -58,6 +58,8 @@ func (t *fileTransport) rotate() error {
 	return t.open()
 }
 
+func (*fileTransport) headless() {}
+
 func (t *fileTransport) Send(_ context.Context, batch []message) error {
 	if t.f == nil {
 		if err := t.open(); err != nil {

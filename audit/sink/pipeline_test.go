@@ -316,3 +316,28 @@ func TestFileRotation(t *testing.T) {
 		t.Fatal("max_files not enforced")
 	}
 }
+
+// The header decoded for the transports is the record's own.
+func TestDecodeHeader(t *testing.T) {
+	for _, rec := range []audit.Record{
+		{Time: time.Date(2026, 11, 27, 15, 4, 5, 123456000, time.UTC), Kind: audit.KindConnect, Host: "node-1",
+			Outcome: &audit.Outcome{Verdict: audit.VerdictDenied, Rule: "10.0.0.0/8"}, Session: &audit.Session{ID: "s-1"}},
+		{Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Kind: audit.KindGap},
+	} {
+		line, err := json.Marshal(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got audit.Record
+		if err := decodeHeader(line, &got); err != nil {
+			t.Fatal(err)
+		}
+		if !got.Time.Equal(rec.Time) || got.Kind != rec.Kind || got.Host != rec.Host || severity(&got) != severity(&rec) ||
+			(rec.Outcome != nil && (got.Outcome == nil || got.Outcome.Verdict != rec.Outcome.Verdict)) {
+			t.Errorf("header of %s = %+v", line, got)
+		}
+	}
+	if err := decodeHeader([]byte("{not json"), new(audit.Record)); err == nil {
+		t.Error("a broken line decoded")
+	}
+}

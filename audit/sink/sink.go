@@ -251,11 +251,27 @@ func (s *sink) wait(ctx context.Context, d time.Duration) bool {
 // messages turns spooled canonical lines into transport messages. An entry
 // that no longer decodes (disk corruption the CRC missed) is sent raw in
 // json format rather than dropped.
+//
+// Decoding a line is most of a sink's work, so it is done only as far as
+// needed: not at all for a json-format file or stdout sink, the record's
+// header (time, host, kind, verdict) for the other transports, the whole
+// record only to re-encode it as OCSF.
 func (s *sink) messages(batch []spool.Entry) []message {
 	out := make([]message, 0, len(batch))
+	_, bare := s.t.(headless)
 	for _, e := range batch {
+		if s.format != audit.FormatOCSF && bare {
+			out = append(out, message{payload: e.Data})
+			continue
+		}
 		r := new(audit.Record)
-		if err := json.Unmarshal(e.Data, r); err != nil {
+		var err error
+		if s.format == audit.FormatOCSF {
+			err = json.Unmarshal(e.Data, r)
+		} else {
+			err = decodeHeader(e.Data, r)
+		}
+		if err != nil {
 			s.log.Error("audit spool entry undecodable", "index", e.Index, "err", err)
 			r = &audit.Record{Kind: "unknown", Host: s.host}
 			out = append(out, message{rec: r, payload: e.Data})
