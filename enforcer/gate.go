@@ -1,5 +1,6 @@
 // Package enforcer loads the egress gate programs, attaches them at the
-// cgroup v2 root and owns the policy maps they read: sessions, bindings and
+// cgroup v2 root (the hostname programs only where sessions need them,
+// hooks.go) and owns the policy maps they read: sessions, bindings and
 // scopes. Every policy change is a map update; programs are never reloaded
 // for one, so there is no window without enforcement.
 package enforcer

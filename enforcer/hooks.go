@@ -105,17 +105,6 @@ func (g *Gate) PruneHostnameHooks() error {
 	return errors.Join(errs...)
 }
 
-// HookedCgroups lists the cgroups the hostname programs are attached to.
-func (g *Gate) HookedCgroups() []string {
-	g.hooks.mu.Lock()
-	defer g.hooks.mu.Unlock()
-	var out []string
-	for p := range g.hooks.byPath {
-		out = append(out, p)
-	}
-	return out
-}
-
 func (g *Gate) attachHook(h *hook, cgroupPath string) error {
 	for i, a := range g.hookPrograms() {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: a.typ, Program: a.prog})
