@@ -123,16 +123,16 @@ func TestNarrow(t *testing.T) {
 
 	// Per session: write the new scope, then delete what is gone.
 	ops := writes(e.j.since(mark))
-	// Without hostname rules left, neither cgroup needs the hostname
-	// programs any more.
-	want := []string{"WriteScope", "WriteNames", "DeleteScope", "DeleteNames", "UnhookHostnames", "WriteScope", "WriteNames", "DeleteScope", "DeleteNames", "UnhookHostnames"}
+	// Without hostname rules left, the parent's cgroup needs the hostname
+	// programs no more (the child's was never hooked: it is below).
+	want := []string{"WriteScope", "WriteNames", "DeleteScope", "DeleteNames", "UnhookHostnames", "WriteScope", "WriteNames", "DeleteScope", "DeleteNames"}
 	if got := opNames(ops); !slices.Equal(got, want) {
 		t.Fatalf("narrow ops = %v, want %v", got, want)
 	}
-	if ops[4].Path != p.Binding.Cgroup || ops[9].Path != c.Binding.Cgroup {
-		t.Errorf("unhooked %s and %s, want the parent's and the child's cgroups", ops[4].Path, ops[9].Path)
+	if ops[4].Path != p.Binding.Cgroup {
+		t.Errorf("unhooked %s, want the parent's cgroup", ops[4].Path)
 	}
-	ops = slices.Delete(slices.Delete(ops, 9, 10), 4, 5)
+	ops = slices.Delete(ops, 4, 5)
 	for i, o := range ops {
 		slot, gen := ep.slot, ep.gen
 		if i >= 4 {
@@ -650,22 +650,35 @@ func TestHostnameHooks(t *testing.T) {
 	if _, ok := e.k.pids[self]; ok || len(e.get(t, s.ID).Binding.PIDs) != 0 {
 		t.Errorf("a failed hook left the pid bound")
 	}
-	// A process bound by pid may live in any cgroup: the root is hooked.
+	// A child with hostname rules of its own is below its parent's hook.
+	child := e.open(t, OpenRequest{Intent: "child", Scope: []string{"api.example.com:443"}, Parent: s.ID}, admin)
+	if h := hooked(); !maps.Equal(h, map[string]int{s.Binding.Cgroup: 1}) {
+		t.Fatalf("hooked %v with a child session, want only the parent's cgroup", h)
+	}
+	// A process bound by pid may live in any cgroup: the root is hooked,
+	// and nothing else, so that no packet runs the programs twice.
 	if _, err := e.r.Bind(s.ID, BindRequest{PID: self}, admin); err != nil {
 		t.Fatal(err)
 	}
-	if h := hooked(); !maps.Equal(h, map[string]int{s.Binding.Cgroup: 1, root: 1}) {
-		t.Fatalf("hooked %v, want the session cgroup and the root", h)
+	if h := hooked(); !maps.Equal(h, map[string]int{root: 1}) {
+		t.Fatalf("hooked %v, want the root alone", h)
 	}
-	// Narrowed to addresses only, it needs no hooks.
+	if err := e.r.Close(child.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+	// Another hostname session opened meanwhile is under the root's hook.
+	n := e.open(t, req("names again", "*.example.com:443"), admin)
+	if h := hooked(); !maps.Equal(h, map[string]int{root: 1}) {
+		t.Fatalf("hooked %v, want the root alone", h)
+	}
+	// Narrowed to addresses only, s needs no hooks; the root goes, and n
+	// gets its own cgroup hooked.
 	if _, err := e.r.Narrow(s.ID, NarrowRequest{Scope: []string{"10.0.0.0/8:443"}}, admin); err != nil {
 		t.Fatal(err)
 	}
-	if h := hooked(); len(h) != 0 {
-		t.Fatalf("hooked %v after narrowing away the hostname rules", h)
+	if h := hooked(); !maps.Equal(h, map[string]int{n.Binding.Cgroup: 1}) {
+		t.Fatalf("hooked %v after narrowing away s's hostname rules, want n's cgroup alone", h)
 	}
-
-	n := e.open(t, req("names again", "*.example.com:443"), admin)
 	for _, id := range []string{addr.ID, s.ID, n.ID} {
 		if err := e.r.Close(id, admin); err != nil {
 			t.Fatal(err)

@@ -161,6 +161,8 @@ type Registry struct {
 	snapshotted bool
 	journal     *os.File // open for appending between snapshots
 	journalSize int
+
+	rootHooked bool // the hostname programs watch the root (see hostnameHooks)
 }
 
 const recentClosed = 1024
@@ -354,24 +356,73 @@ func (e *entry) compiled() []scope.Entry {
 	return entries
 }
 
-// hostnameHooks lists the cgroups whose packets the hostname programs must
-// see for e: none without hostname rules; else its cgroup, its container's,
-// and the root while it has processes bound by pid, which may live in any
-// cgroup.
+// The hostname programs must see the packets of every member of a session
+// with hostname rules, and see each packet once: a cgroup's packets also
+// run its ancestors' programs, and two runs would learn and record every
+// answer twice. So the hooked cgroups never nest:
+//
+//   - while any such session has processes bound by pid (they may live in
+//     any cgroup), only the root is hooked;
+//   - else each such session's cgroup, unless an ancestor session has
+//     hostname rules too (a child's hostname rules lie within its parent's,
+//     so its cgroup is then below a hooked one), and its container's cgroup.
+
+// hostnameHooks lists the cgroups e itself needs hooked.
 func (r *Registry) hostnameHooks(e *entry) []string {
-	if !hasHostnames(e.rules) {
+	if r.rootHooked || !hasHostnames(e.rules) {
 		return nil
 	}
 	var out []string
-	for _, cg := range []string{e.Binding.Cgroup, e.Binding.ContainerCgroup} {
-		if cg != "" {
-			out = append(out, cg)
-		}
+	if !r.parentHasHostnames(e) {
+		out = append(out, e.Binding.Cgroup)
 	}
-	if len(e.Binding.PIDs) > 0 {
-		out = append(out, r.cfg.CgroupRoot)
+	if e.Binding.ContainerCgroup != "" {
+		out = append(out, e.Binding.ContainerCgroup)
 	}
 	return out
+}
+
+func (r *Registry) parentHasHostnames(e *entry) bool {
+	for p := r.byID[e.Parent]; p != nil; p = r.byID[p.Parent] {
+		if hasHostnames(p.rules) {
+			return true
+		}
+	}
+	return false
+}
+
+// needsRoot reports whether e alone calls for the root hook.
+func needsRoot(e *entry) bool { return hasHostnames(e.rules) && len(e.Binding.PIDs) > 0 }
+
+// hookRoot hooks or unhooks the root as the open sessions need, moving the
+// per-session hooks out of the way or back. The new hooks go in before the
+// old come out: for a moment some packets are seen twice, never none.
+func (r *Registry) hookRoot() error {
+	need := false
+	for _, e := range r.byID {
+		if need = needsRoot(e); need {
+			break
+		}
+	}
+	if need == r.rootHooked {
+		return nil
+	}
+	var errs []error
+	if need {
+		if err := r.kernel.HookHostnames(r.cfg.CgroupRoot); err != nil {
+			return err
+		}
+		r.rootHooked = true
+		for _, e := range r.byID {
+			errs = append(errs, r.hook(e, nil))
+		}
+		return errors.Join(errs...)
+	}
+	r.rootHooked = false
+	for _, e := range r.byID {
+		errs = append(errs, r.hook(e, r.hostnameHooks(e)))
+	}
+	return errors.Join(append(errs, r.kernel.UnhookHostnames(r.cfg.CgroupRoot))...)
 }
 
 // hook attaches and detaches the hostname programs until e's hooks are
@@ -538,7 +589,7 @@ func (r *Registry) Bind(id string, req BindRequest, caller Caller) (Session, err
 		if !slices.Contains(pids, req.PID) {
 			e.Binding.PIDs = append(slices.Clip(pids), req.PID)
 		}
-		if err := r.hook(e, r.hostnameHooks(e)); err != nil {
+		if err := r.hookRoot(); err != nil {
 			e.Binding.PIDs = pids
 			r.kernel.UnbindPid(req.PID)
 			return Session{}, kernelError(err)
@@ -627,7 +678,7 @@ func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, a
 		return kernelError(err)
 	}
 	e.rules = rules
-	if err := r.hook(e, r.hostnameHooks(e)); err != nil {
+	if err := errors.Join(r.hook(e, r.hostnameHooks(e)), r.hookRoot()); err != nil {
 		r.log.Error("hostname programs after narrowing", "session", e.ID, "err", err)
 	}
 	r.touch(e)
@@ -871,6 +922,11 @@ func (r *Registry) teardown(e *entry, closed *[]*entry) error {
 	delete(r.byCgroup, e.Binding.ContainerCgroup)
 	r.free = append(r.free, e.slot)
 	e.closed = true
+	if needsRoot(e) {
+		if err := r.hookRoot(); err != nil {
+			r.log.Error("hostname programs after closing", "session", e.ID, "err", err)
+		}
+	}
 	r.recent = append(r.recent, e)
 	if len(r.recent) > recentClosed {
 		r.recent = slices.Delete(r.recent, 0, len(r.recent)-recentClosed)

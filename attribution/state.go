@@ -284,10 +284,17 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 		}
 		r.gens[e.slot] = e.gen
 		r.add(e)
+		r.lifecycle(e, "adopted", "agentfenced", "")
+	}
+	// Hooks once every session is back: whether a session needs its own
+	// depends on its parents and on the others' pid bindings.
+	if err := r.hookRoot(); err != nil {
+		r.log.Error("state: hostname programs at the root", "err", err)
+	}
+	for _, e := range r.byID {
 		if err := r.hook(e, r.hostnameHooks(e)); err != nil {
 			r.log.Error("state: hostname programs", "session", e.ID, "err", err)
 		}
-		r.lifecycle(e, "adopted", "agentfenced", "")
 	}
 	r.rebuildFree()
 	r.persist()

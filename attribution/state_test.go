@@ -101,9 +101,8 @@ func TestRestoreAdopts(t *testing.T) {
 	if err != nil || adopted != 2 || rewritten != 0 {
 		t.Fatalf("Restore = %d, %d, %v; want 2, 0", adopted, rewritten, err)
 	}
-	// Adopting changes no policy; it claims the hostname attachments a's
-	// hostname rule needs (its cgroup, its container's, and the root for
-	// its pid binding) and then lets the gate drop the unclaimed rest.
+	// Adopting changes no policy; it claims the hostname attachment a's
+	// hostname rule needs and then lets the gate drop the unclaimed rest.
 	var hooks []string
 	w := writes(e.j.since(mark))
 	for i, o := range w {
@@ -115,7 +114,8 @@ func TestRestoreAdopts(t *testing.T) {
 			t.Errorf("adopting wrote to the kernel: %v", opNames(w))
 		}
 	}
-	if want := []string{ea.Binding.Cgroup, ea.Binding.ContainerCgroup, e.cfg.CgroupRoot}; !slices.Equal(hooks, want) {
+	// a has a pid binding: the root alone.
+	if want := []string{e.cfg.CgroupRoot}; !slices.Equal(hooks, want) {
 		t.Errorf("hooked %q, want %q", hooks, want)
 	}
 	e.r = r2

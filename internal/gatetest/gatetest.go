@@ -196,6 +196,8 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	udpconnect ADDR:PORT  connect a UDP socket
 //	tfo ADDR:PORT      TCP fast open: sendto with MSG_FASTOPEN, no connect
 //	raw                create a raw ICMP socket
+//	dialname DNS HOST:PORT  resolve HOST (A only) through the resolver at DNS
+//	                   (UDP), then connect to the first address
 //	loop A D STOPFILE  connect to A and D in turn until STOPFILE exists; counts
 //	hold ADDR          (MaybeRunProbe only) hold a connection, report how it ends
 //	holdmany ADDR N    (MaybeRunProbe only) hold N connections until all break
@@ -215,6 +217,8 @@ func Probe(action string) string {
 		return loop(arg)
 	case "flood":
 		return flood(arg)
+	case "dialname":
+		return dialName(arg)
 	}
 	if verb == "raw" {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
@@ -365,6 +369,29 @@ func connectBench(out *os.File, arg string) {
 		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &cpu1)
 		fmt.Fprintf(out, "%d %d/%d\n", os.Getpid(), wall.Nanoseconds()/int64(n), (cpu1.Nano()-cpu0.Nano())/int64(n))
 	}
+}
+
+// dialName resolves a name through one resolver, as an agent with a
+// configured resolver would, and connects to what it got.
+func dialName(arg string) string {
+	resolver, target, _ := strings.Cut(arg, " ")
+	host, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return "badaddr"
+	}
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "udp", resolver)
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	addrs, err := r.LookupNetIP(ctx, "ip4", host)
+	if err != nil {
+		return "resolve:" + errName(err)
+	}
+	if len(addrs) == 0 {
+		return "resolve:none"
+	}
+	return Probe("tcp " + net.JoinHostPort(addrs[0].String(), port))
 }
 
 // Send writes a line to the probe's stdin (connectbench's "run").
