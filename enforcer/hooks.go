@@ -16,12 +16,11 @@ import (
 )
 
 // The hostname programs (DNS learning and the SNI check) run on every packet
-// of the cgroups they are attached to, so they are attached only where a
-// session with hostname rules has members: its cgroup, its container's, and
-// the root while processes are bound to it by pid (they may live in any
-// cgroup). Everyone else's packets never enter them. Attachments are
-// counted per cgroup, since nested sessions can share one, and pinned like
-// the gate's links so that they outlive the daemon.
+// of the cgroups they are attached to, so they are attached only where
+// sessions with hostname rules have members; the registry decides where
+// (attribution.Registry.hostnameHooks) and keeps those cgroups from nesting.
+// Everyone else's packets never enter them. Attachments are counted per
+// cgroup and pinned like the gate's links, so that they outlive the daemon.
 
 // hook is the two hostname programs attached to one cgroup.
 type hook struct {
