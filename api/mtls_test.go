@@ -421,9 +421,8 @@ func TestMTLSConfigErrors(t *testing.T) {
 	})
 }
 
-// The Workload API path is exercised only as far as its failure: go-spiffe's
-// fake Workload API server is in an internal package. Without an agent,
-// MTLSConfig must give up when ctx ends and name the socket.
+// Without a Workload API agent, MTLSConfig must give up when ctx ends and
+// name the socket. (TestMTLSWorkloadAPI covers an agent that answers.)
 func TestMTLSWorkloadAPIUnavailable(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
