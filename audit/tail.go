@@ -24,13 +24,30 @@ const tailPoll = 250 * time.Millisecond
 // one line per record. With follow it keeps printing appended records,
 // reopening the file when it is rotated or truncated, until ctx is done.
 func Tail(ctx context.Context, path string, w io.Writer, follow bool) error {
+	bw := bufio.NewWriter(w)
+	poll := time.Duration(0)
+	if follow {
+		poll = tailPoll
+	}
+	err := Follow(ctx, path, poll, func(line []byte) bool {
+		writeHuman(bw, line)
+		// Followed, each record shows as it comes.
+		return !follow || bw.Flush() == nil
+	})
+	return errors.Join(err, bw.Flush())
+}
+
+// Follow calls line with each line of the file at path, from its start,
+// until line returns false. At the end of the file it checks for more every
+// poll, reopening the file when it is rotated or truncated, until ctx is
+// done; with poll 0 it returns there instead, after passing an unterminated
+// last line too. Lines longer than MaxLineBytes are dropped.
+func Follow(ctx context.Context, path string, poll time.Duration, line func([]byte) bool) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer func() { f.Close() }()
-	bw := bufio.NewWriter(w)
-	defer bw.Flush()
 	var (
 		partial []byte
 		offset  int64
@@ -47,7 +64,9 @@ func Tail(ctx context.Context, path string, w io.Writer, follow bool) error {
 				if i < 0 {
 					break
 				}
-				writeHuman(bw, partial[:i])
+				if !line(partial[:i]) {
+					return nil
+				}
 				partial = partial[i+1:]
 			}
 			if len(partial) > MaxLineBytes {
@@ -58,17 +77,14 @@ func Tail(ctx context.Context, path string, w io.Writer, follow bool) error {
 		if rerr != nil && !errors.Is(rerr, io.EOF) {
 			return rerr
 		}
-		if !follow {
+		if poll == 0 {
 			if len(bytes.TrimSpace(partial)) > 0 {
-				writeHuman(bw, partial)
+				line(partial)
 			}
-			return bw.Flush()
-		}
-		if err := bw.Flush(); err != nil {
-			return err
+			return nil
 		}
 		if ticker == nil {
-			ticker = time.NewTicker(tailPoll)
+			ticker = time.NewTicker(poll)
 			defer ticker.Stop()
 		}
 		select {

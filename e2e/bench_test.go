@@ -81,7 +81,18 @@ func BenchmarkRevokeDestroy(b *testing.B) {
 	c := api.NewClient(d.socket)
 	lfd, addr := rawListen(b)
 	defer unix.Close(lfd)
-	trail := &auditTail{path: d.audit}
+	// The sessions of the connect records in the trail, as the daemon
+	// writes them.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	connects := make(chan string, 1<<16)
+	go audit.Follow(ctx, d.audit, 5*time.Millisecond, func(line []byte) bool {
+		var r audit.Record
+		if json.Unmarshal(line, &r) == nil && r.Kind == audit.KindConnect && r.Session != nil {
+			connects <- r.Session.ID
+		}
+		return true
+	})
 	var lat, apiLat []time.Duration
 	for b.Loop() {
 		b.StopTimer()
@@ -93,9 +104,17 @@ func BenchmarkRevokeDestroy(b *testing.B) {
 		if res, _ := p.Next(); res != "held" {
 			b.Fatalf("holdmany: %s", res)
 		}
-		trail.waitFor(b, 100, func(r audit.Record) bool {
-			return r.Kind == audit.KindConnect && r.Session != nil && r.Session.ID == s.ID
-		})
+		timeout := time.After(10 * time.Second)
+		for n := 0; n < 100; {
+			select {
+			case id := <-connects:
+				if id == s.ID {
+					n++
+				}
+			case <-timeout:
+				b.Fatalf("%d of the setup's connect records in the audit trail after 10s", n)
+			}
+		}
 		w := watchResets(b, lfd, 100)
 		b.StartTimer()
 		start := time.Now()
@@ -121,58 +140,6 @@ func BenchmarkRevokeDestroy(b *testing.B) {
 	p50, p99 = percentiles(apiLat)
 	b.ReportMetric(float64(p50.Microseconds()), "api_p50_µs")
 	b.ReportMetric(float64(p99.Microseconds()), "api_p99_µs")
-}
-
-// auditTail follows the daemon's audit file like tail -F: through the file
-// it has open, then, once the daemon has rotated it away and the old file
-// is read to its end, through the new one.
-type auditTail struct {
-	path string
-	f    *os.File
-	part []byte // an unfinished last line
-}
-
-// waitFor reads new records until n of them match (for at most 10 s).
-func (a *auditTail) waitFor(b *testing.B, n int, match func(audit.Record) bool) {
-	deadline := time.Now().Add(10 * time.Second)
-	buf := make([]byte, 1<<20)
-	for n > 0 {
-		if a.f == nil {
-			f, err := os.Open(a.path)
-			if err != nil {
-				b.Fatal(err)
-			}
-			a.f = f
-		}
-		k, _ := a.f.Read(buf)
-		a.part = append(a.part, buf[:k]...)
-		for {
-			i := slices.Index(a.part, '\n')
-			if i < 0 {
-				break
-			}
-			var r audit.Record
-			if json.Unmarshal(a.part[:i], &r) == nil && match(r) {
-				n--
-			}
-			a.part = a.part[i+1:]
-		}
-		if k > 0 {
-			continue
-		}
-		if cur, err := os.Stat(a.path); err == nil {
-			if open, err := a.f.Stat(); err == nil && !os.SameFile(cur, open) {
-				// Rotated: the old file is complete once read to here.
-				a.f.Close()
-				a.f, a.part = nil, nil
-				continue
-			}
-		}
-		if n > 0 && time.Now().After(deadline) {
-			b.Fatalf("%d records still missing from the audit trail", n)
-		}
-		time.Sleep(5 * time.Millisecond) // the daemon writes on its own schedule
-	}
 }
 
 // rawListen listens on a loopback port with a plain socket, so that the

@@ -3,7 +3,6 @@ package enforcer
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -35,21 +34,7 @@ func BenchmarkConnect(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	dst := l.Addr().(*net.TCPAddr).AddrPort()
+	dst := gatetest.Serve(b, "127.0.0.1:0")
 
 	g, err := Load(Options{CgroupRoot: root})
 	if err != nil {
