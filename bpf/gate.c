@@ -129,6 +129,8 @@ struct dest {
 	__u16 rule;
 	__u64 name_hash;
 	__u64 cgid;
+	__u64 ugid; // the caller's, fetched once for the event and the socket
+	__u32 tgid;
 	struct binding sess;
 };
 
@@ -223,13 +225,12 @@ static __always_inline void remember_sock(struct bpf_sock *sk, struct dest *d, i
 	struct sock_info *info = bpf_sk_storage_get(&session_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!info)
 		return;
-	__u64 ugid = bpf_get_current_uid_gid();
 	info->b = d->sess;
 	info->cgroup_id = d->cgid;
 	info->name_hash = d->name_hash;
-	info->tgid = bpf_get_current_pid_tgid() >> 32;
-	info->uid = (__u32)ugid;
-	info->gid = ugid >> 32;
+	info->tgid = d->tgid;
+	info->uid = (__u32)d->ugid;
+	info->gid = d->ugid >> 32;
 	info->rule = d->rule;
 	bpf_get_current_comm(info->comm, sizeof(info->comm));
 	__u8 flags = 0;
@@ -247,15 +248,14 @@ static __always_inline void emit(struct binding *b, __u32 tgid, __u32 tid, __u64
 		count(AF_STAT_LOST);
 		return;
 	}
-	__u64 ugid = bpf_get_current_uid_gid();
 	e->ts_ns = now;
 	e->cgroup_id = cgid;
 	e->session_gen = b->gen;
 	e->session_slot = b->slot;
 	e->pid = tgid;
 	e->tid = tid;
-	e->uid = (__u32)ugid;
-	e->gid = ugid >> 32;
+	e->uid = (__u32)d->ugid;
+	e->gid = d->ugid >> 32;
 	e->port = d->port;
 	e->rule = rule;
 	__builtin_memcpy(e->addr, d->addr, 16);
@@ -291,6 +291,8 @@ static __always_inline int decide(struct dest *d, __u8 hook)
 	d->in_session = 1;
 	d->sess = b;
 	d->cgid = cgid;
+	d->tgid = tgid;
+	d->ugid = bpf_get_current_uid_gid();
 
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u16 rule = AF_RULE_NONE;
