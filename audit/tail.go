@@ -53,7 +53,13 @@ func Follow(ctx context.Context, path string, poll time.Duration, line func([]by
 		offset  int64
 		buf     = make([]byte, 64<<10)
 		ticker  *time.Ticker
+		next    *os.File // what path names now, once f was rotated away
 	)
+	defer func() {
+		if next != nil {
+			next.Close()
+		}
+	}()
 	for {
 		n, rerr := f.Read(buf)
 		if n > 0 {
@@ -77,6 +83,12 @@ func Follow(ctx context.Context, path string, poll time.Duration, line func([]by
 		if rerr != nil && !errors.Is(rerr, io.EOF) {
 			return rerr
 		}
+		if next != nil {
+			// The rotated file is read to its end: go on with the new one.
+			f.Close()
+			f, next, offset, partial = next, nil, 0, partial[:0]
+			continue
+		}
 		if poll == 0 {
 			if len(bytes.TrimSpace(partial)) > 0 {
 				line(partial)
@@ -97,8 +109,9 @@ func Follow(ctx context.Context, path string, poll time.Duration, line func([]by
 			if err != nil {
 				continue // the writer has not recreated it yet
 			}
-			f.Close()
-			f, offset, partial = nf, 0, partial[:0]
+			// Lines may have reached f after the last read and before the
+			// rotation: f is read to its end before nf.
+			next = nf
 		}
 	}
 }

@@ -73,3 +73,49 @@ func TestTail(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A record written to the file just before it is rotated away is still
+// read, before the records of the new file.
+func TestFollowReadsTheRotatedFileToItsEnd(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	if err := os.WriteFile(path, []byte("a\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lines := make(chan string, 8)
+	done := make(chan error, 1)
+	go func() {
+		done <- Follow(ctx, path, 50*time.Millisecond, func(l []byte) bool {
+			lines <- string(l)
+			return string(l) != "c"
+		})
+	}()
+	if got := <-lines; got != "a" {
+		t.Fatalf("first line %q", got)
+	}
+	// Between two polls: one more line, the rotation, a new file.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("b\n")
+	f.Close()
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("c\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	close(lines)
+	var got []string
+	for l := range lines {
+		got = append(got, l)
+	}
+	if strings.Join(got, ",") != "b,c" {
+		t.Errorf("after the rotation Follow passed %q, want b then c", got)
+	}
+}
