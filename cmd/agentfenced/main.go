@@ -29,6 +29,7 @@ import (
 	"github.com/agentfence/agentfence/audit/sink"
 	"github.com/agentfence/agentfence/config"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/enforcer/sockdestroy"
 	"github.com/agentfence/agentfence/internal/bpffs"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/ringreader"
@@ -139,13 +140,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer procs.Close()
 
+	destroyer := sockdestroy.New()
+	defer destroyer.Close()
+	log.Info("connection teardown ready", "sockets_named_by", destroyer.Naming())
+
 	rc := attribution.DefaultConfig()
 	rc.DefaultTTL, rc.MaxTTL = cfg.Sessions.DefaultTTL.Std(), cfg.Sessions.MaxTTL.Std()
 	rc.ViolationBudget, rc.DriftAction = uint32(cfg.Sessions.ViolationBudget), cfg.Sessions.DriftAction
 	rc.MaxSessions, rc.StateFile, rc.CgroupRoot = cfg.Sessions.MaxSessions+1, stateFile, cfg.CgroupRoot
 	sessions := attribution.NewRegistry(rc, attribution.Deps{Kernel: gate,
 		Cgroups: cgroupv2.Manager{Root: cfg.CgroupRoot, Base: filepath.Join(cfg.CgroupRoot, "agentfence")},
-		Sockets: sockets{}, Clock: clock, Emit: pipe.Emit, Log: log})
+		Sockets: sockets{destroyer}, Clock: clock, Emit: pipe.Emit, Log: log})
 	adopted, rewritten, err := sessions.Restore()
 	if err != nil {
 		return fmt.Errorf("restore sessions: %w", err)

@@ -10,18 +10,21 @@
 // TCP and UDP, IPv4 and IPv6.
 //
 // Finding the sockets costs what the members hold, not what the host
-// holds. Each fd in /proc/<pid>/fd of the given processes is duplicated into
-// this process with pidfd_getfd (Linux 5.6+; the same ptrace access check as
-// reading that directory), and a socket's own addresses, protocol, bound
-// device and cookie are read from it: exactly the inet_diag socket id
-// SOCK_DESTROY looks a socket up by. Only what cannot be named that way (a
-// TCP connect still in SYN_SENT has no peer address to read; a process
-// whose fds a stricter ptrace policy withholds) is found with sock_diag
-// dumps, matched by inode. Dumps walk the whole established hash table once
-// per family, about 1.5 ms each on a host with 262,144 buckets, so they are
-// the fallback, not the path. (The bpf_sock_destroy kfunc, 6.5+, runs only
-// in socket iterators, which walk the same table; measured here it was
-// slower: docs/benchmarks.md.)
+// holds. Where the kernel has task iterators of one process (6.1+) and BTF,
+// a task_file iterator (bpf/sockiter.c) attached to each member process
+// writes the inet_diag socket id of every inet socket it holds, cookie
+// included: one read(2) per process. Elsewhere each fd in /proc/<pid>/fd is
+// duplicated into this process with pidfd_getfd (Linux 5.6+; the same
+// ptrace access check as reading that directory), and the socket's own
+// addresses, protocol, bound device and cookie are read from it, eight
+// system calls a socket. Only what that cannot name (a TCP connect still in
+// SYN_SENT has no peer address to read; a process whose fds a stricter
+// ptrace policy withholds) is found with sock_diag dumps, matched by inode.
+// Dumps walk the whole established hash table once per family, about
+// 1.5 ms each on a host with 262,144 buckets, so they are the last resort,
+// not the path. (The bpf_sock_destroy kfunc, 6.5+, runs only in socket
+// iterators, which walk the same table; measured here it was slower:
+// docs/benchmarks.md.)
 //
 // Sockets with a peer (TCP in any state but LISTEN, UDP only when
 // connected) are offered to the match function and destroyed by their exact
@@ -33,8 +36,8 @@
 //   - a socket is found only through a process in the pid list: one passed
 //     with SCM_RIGHTS (or inherited) to a process outside the session stays
 //     alive, as does one held only in flight in a unix socket queue;
-//   - a thread that unshared its fd table (unshare(CLONE_FILES)) is covered
-//     only if its tid is passed as well;
+//   - without the iterator, a thread that unshared its fd table
+//     (unshare(CLONE_FILES)) is covered only if its tid is passed as well;
 //   - only sockets in the network namespace of the caller are destroyed;
 //     members in other network namespaces are not reached;
 //   - sockets connected after Destroy has scanned /proc are not destroyed, so
@@ -67,6 +70,35 @@ func (c Conn) String() string {
 	return fmt.Sprintf("%s %s->%s (pid %d, inode %d)", c.Proto, c.Local, c.Remote, c.PID, c.Inode)
 }
 
+// Destroyer destroys the sockets of member processes.
+type Destroyer struct {
+	it  *iterator
+	why error // why sockets are not named by the iterator
+}
+
+// New returns a Destroyer that names sockets with the BPF iterator where the
+// kernel has one (6.1+, with BTF), else through pidfd_getfd.
+func New() *Destroyer {
+	it, err := loadIterator()
+	return &Destroyer{it: it, why: err}
+}
+
+// Naming says how the Destroyer names sockets, and why not with the
+// iterator.
+func (d *Destroyer) Naming() string {
+	if d.it != nil {
+		return "bpf task_file iterator"
+	}
+	return fmt.Sprintf("pidfd_getfd (bpf iterator: %v)", d.why)
+}
+
+// Close releases the iterator program.
+func (d *Destroyer) Close() {
+	if d.it != nil {
+		d.it.close()
+	}
+}
+
 // Destroy finds the TCP (any state with a remote peer, i.e. not LISTEN) and
 // connected UDP sockets, IPv4 and IPv6, owned by the given processes
 // (processes that vanish meanwhile are skipped), and destroys those for
@@ -75,11 +107,15 @@ func (c Conn) String() string {
 // disappeared in between is not an error. Local addresses of IPv4-mapped
 // sockets are reported as IPv4 too.
 //
-// Destroy needs CAP_NET_ADMIN and CAP_SYS_PTRACE (the members' fd tables)
-// and reaches only the caller's network namespace. Update the gate's maps
-// first: sockets connected after the scan are not destroyed. A call with no
-// member sockets does no netlink work at all.
-func Destroy(pids []int, match func(Conn) bool) ([]Conn, error) {
+// Destroy needs CAP_NET_ADMIN, and CAP_SYS_PTRACE for the members' fd
+// tables or CAP_BPF and CAP_PERFMON for the iterator, and reaches only the
+// caller's network namespace. Update the gate's maps first: sockets
+// connected after the scan are not destroyed. A call with no member sockets
+// does no netlink work at all.
+func (d *Destroyer) Destroy(pids []int, match func(Conn) bool) ([]Conn, error) {
+	if d.it != nil {
+		return destroy(pids, match, d.it.scan)
+	}
 	return destroy(pids, match, scan)
 }
 

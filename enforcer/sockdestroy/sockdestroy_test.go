@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,6 +29,9 @@ const wait = 10 * time.Second
 
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) == "1" {
+		// The main thread serves the commands, so that goroutines that
+		// lock a thread of their own get another one.
+		runtime.LockOSThread()
 		runChild()
 		os.Exit(0)
 	}
@@ -42,6 +46,9 @@ func TestMain(m *testing.M) {
 //	connecting <port>      -> ok <id> <local> - (nonblocking TCP connect to
 //	                          127.0.0.1:<port>, left in flight)
 //	soerror <id>           -> errno <n> once the connect above has failed
+//	unshared <port>        -> ok <id> <local> - (TCP connection to
+//	                          127.0.0.1:<port> held by a thread that
+//	                          unshared its fd table)
 //	read <id>              -> data <n> | errno <n> | fail <msg>
 //	write <id>             -> ok | errno <n> | fail <msg>
 //
@@ -118,6 +125,39 @@ func runChild() {
 			}
 			sa, _ := unix.Getsockname(fd)
 			added(fd, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*unix.SockaddrInet4).Port}, nil)
+		case "unshared":
+			port, _ := strconv.Atoi(f[1])
+			local := make(chan any)
+			go func() {
+				// The thread keeps its own fd table until the process
+				// exits: a locked goroutine that never returns.
+				runtime.LockOSThread()
+				if unix.Gettid() == unix.Getpid() {
+					local <- errors.New("on the main thread, whose fd table /proc/<pid>/fd shows")
+					return
+				}
+				if err := unix.Unshare(unix.CLONE_FILES); err != nil {
+					local <- err
+					return
+				}
+				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				if err == nil {
+					err = unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+				}
+				if err != nil {
+					local <- err
+					return
+				}
+				sa, _ := unix.Getsockname(fd)
+				local <- &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*unix.SockaddrInet4).Port}
+				select {}
+			}()
+			switch l := (<-local).(type) {
+			case error:
+				result("", l)
+			case net.Addr:
+				added(nil, l, nil)
+			}
 		case "soerror":
 			id, _ := strconv.Atoi(f[1])
 			fd := conns[id].(int)
@@ -287,15 +327,27 @@ type backend struct {
 	destroy func(pids []int, match func(Conn) bool) ([]Conn, error)
 }
 
-// backends returns the default path (naming each socket through
-// pidfd_getfd) and the dump of the socket tables it falls back to.
+// backends returns the default path (the BPF iterator naming every socket
+// of a process in one read), naming each socket through pidfd_getfd, and
+// the dump of the socket tables that falls back to.
 func backends(t testing.TB) []backend {
 	t.Helper()
 	privtest.RequireRoot(t)
-	return []backend{
-		{"pidfd", Destroy},
+	bs := []backend{
+		{"pidfd", func(pids []int, match func(Conn) bool) ([]Conn, error) { return destroy(pids, match, scan) }},
 		{"dump", func(pids []int, match func(Conn) bool) ([]Conn, error) { return destroy(pids, match, scanOnlyLinks) }},
 	}
+	it, err := loadIterator()
+	if err != nil {
+		// Kernels before 6.1 have no iterator of one process.
+		if privtest.InCI() {
+			t.Fatalf("socket iterator: %v", err)
+		}
+		t.Logf("iter backend not tested: %v", err)
+		return bs
+	}
+	t.Cleanup(it.close)
+	return append([]backend{{"iter", func(pids []int, match func(Conn) bool) ([]Conn, error) { return destroy(pids, match, it.scan) }}}, bs...)
 }
 
 // eachBackend runs f as a subtest per backend.
@@ -511,6 +563,33 @@ func missingPID(t testing.TB) int {
 	return n
 }
 
+// A thread that unshared its fd table holds sockets the process's own fd
+// table does not show; the iterator walks every thread's table.
+func TestDestroyThreadWithItsOwnFDTable(t *testing.T) {
+	privtest.RequireRoot(t)
+	it, err := loadIterator()
+	if err != nil {
+		privtest.Unavailable(t, err.Error())
+	}
+	defer it.close()
+	ln := listen(t, "tcp", "127.0.0.1:0")
+	ch := startChild(t)
+	cc := ch.open("unshared %d", port(ln.Addr()))
+	peer := accept(t, ln)
+
+	got, err := destroy([]int{ch.pid}, nil, it.scan)
+	if err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	if len(got) != 1 || got[0].Local != cc.local || got[0].Remote.Port() != port(ln.Addr()) {
+		t.Fatalf("Destroy returned %v, want the thread's connection from %s", got, cc.local)
+	}
+	peer.SetReadDeadline(time.Now().Add(wait))
+	if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
+		t.Errorf("peer read after destroy: %v, want ECONNRESET", err)
+	}
+}
+
 func TestDestroyMissingPID(t *testing.T) {
 	// An exited, reaped process.
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -518,9 +597,11 @@ func TestDestroyMissingPID(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatal(err)
 	}
-	got, err := Destroy([]int{missingPID(t), cmd.Process.Pid, 0, -1}, nil)
-	if err != nil || len(got) != 0 {
-		t.Errorf("Destroy of missing pids = %v, %v; want nothing, no error", got, err)
+	for _, b := range backends(t) {
+		got, err := b.destroy([]int{missingPID(t), cmd.Process.Pid, 0, -1}, nil)
+		if err != nil || len(got) != 0 {
+			t.Errorf("%s: Destroy of missing pids = %v, %v; want nothing, no error", b.name, got, err)
+		}
 	}
 }
 

@@ -1,0 +1,140 @@
+//go:build ignore
+
+// The inet sockets a process holds, read in one pass for SOCK_DESTROY.
+//
+// A task_file iterator attached to one process (the pid parameter of task
+// iterators, Linux 6.1+) writes, for every inet socket with a peer among the
+// process's files, the inet_diag socket id SOCK_DESTROY looks it up by:
+// addresses, ports, bound device and cookie. User space reads the records
+// with one read(2) per process, where naming each socket through
+// pidfd_getfd costs eight system calls. The threads of the process are
+// walked too, so a thread that unshared its fd table is covered.
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#include "core.h"
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define TCP_ESTABLISHED 1
+#define TCP_CLOSE 7
+#define TCP_LISTEN 10
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct seq_file;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+};
+
+struct bpf_iter__task_file {
+	struct bpf_iter_meta *meta;
+	struct file *file;
+};
+
+struct in6_addr {
+	__u8 bytes[16];
+};
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	int skc_bound_dev_if;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_type;     // a plain field since 5.6, as is sk_protocol
+	__u16 sk_protocol;
+};
+
+struct socket {
+	struct sock *sk;
+};
+
+#pragma clang attribute pop
+
+// member_sock is one record; the layout is shared with iter.go.
+struct member_sock {
+	__u64 cookie;
+	__u64 ino;
+	__u8 src[16]; // IPv4: the first four bytes
+	__u8 dst[16];
+	__u32 ifindex;
+	__be16 sport;
+	__be16 dport;
+	__u8 family;
+	__u8 protocol;
+	__u8 state;
+	__u8 pad[5];
+};
+
+// Referenced so that the type is in BTF, for bpf2go.
+const struct member_sock *unused_member_sock __attribute__((unused));
+
+// A socket SOCK_DESTROY can find: TCP in any state with a peer but CLOSE
+// (not hashed) and LISTEN, UDP only when connected.
+static __always_inline int wanted(__u16 type, __u16 protocol, __u8 state, __be16 dport)
+{
+	if (!dport)
+		return 0;
+	if (type == SOCK_STREAM && protocol == IPPROTO_TCP)
+		return state != TCP_CLOSE && state != TCP_LISTEN;
+	if (type == SOCK_DGRAM && protocol == IPPROTO_UDP)
+		return state == TCP_ESTABLISHED;
+	return 0;
+}
+
+SEC("iter/task_file")
+int member_sockets(struct bpf_iter__task_file *ctx)
+{
+	struct file *file = ctx->file;
+	if (!file)
+		return 0;
+	struct socket *sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	struct sock *sk = sock->sk;
+	if (!sk)
+		return 0;
+
+	struct member_sock m = {};
+	m.family = sk->__sk_common.skc_family;
+	if (m.family != AF_INET && m.family != AF_INET6)
+		return 0;
+	m.protocol = sk->sk_protocol;
+	m.state = sk->__sk_common.skc_state;
+	m.dport = sk->__sk_common.skc_dport;
+	if (!wanted(sk->sk_type, sk->sk_protocol, m.state, m.dport))
+		return 0;
+	m.sport = bpf_htons(sk->__sk_common.skc_num);
+	m.ifindex = sk->__sk_common.skc_bound_dev_if;
+	if (m.family == AF_INET) {
+		__builtin_memcpy(m.src, (void *)&sk->__sk_common.skc_rcv_saddr, 4);
+		__builtin_memcpy(m.dst, (void *)&sk->__sk_common.skc_daddr, 4);
+	} else {
+		BPF_CORE_READ_INTO(&m.src, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&m.dst, sk, __sk_common.skc_v6_daddr);
+	}
+	// The cookie is made on first use, as SO_COOKIE would.
+	m.cookie = bpf_get_socket_cookie(sk);
+	m.ino = BPF_CORE_READ(file, f_inode, i_ino);
+	bpf_seq_write(ctx->meta->seq, &m, sizeof(m));
+	return 0;
+}
