@@ -180,6 +180,17 @@ func TestRunOnHost(t *testing.T) {
 		}
 	}
 
+	// Task iterators of one process came with 6.1 (BTF is checked above).
+	if maj, min, ok := parseRelease(r.Kernel); ok {
+		want := StatusMissing
+		if maj > 6 || maj == 6 && min >= 1 {
+			want = StatusOK
+		}
+		if c := mustGet(t, r, CheckSockIter); c.Status != want {
+			t.Errorf("%s = %+v, want %s", CheckSockIter, c, want)
+		}
+	}
+
 	// The attach probe cleaned up after itself.
 	leftovers, _ := filepath.Glob(filepath.Join(cg2, "agentfence-doctor-*"))
 	if len(leftovers) != 0 {

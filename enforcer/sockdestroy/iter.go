@@ -37,6 +37,16 @@ func loadIterator() (*iterator, error) {
 
 func (it *iterator) close() { it.prog.Close() }
 
+// ProbeIterator loads the socket iterator and releases it again; the error
+// says why Destroy falls back to pidfd_getfd.
+func ProbeIterator() error {
+	it, err := loadIterator()
+	if err == nil {
+		it.close()
+	}
+	return err
+}
+
 // scan is a scanner (see destroy): every socket found is named.
 func (it *iterator) scan(pids []int) ([]target, map[uint64]int, error) {
 	var found []target
