@@ -343,7 +343,7 @@ func (k *fakeKernel) PidBinding(tgid uint32) (uint32, uint64, bool) {
 	return b.slot, b.gen, ok
 }
 
-func (k *fakeKernel) PidsOf(slot uint32, gen uint64) []uint32 {
+func (k *fakeKernel) PidsOf(slot uint32, gen uint64) ([]uint32, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.j.add(op{Name: "PidsOf", Slot: slot, Gen: gen})
@@ -354,7 +354,7 @@ func (k *fakeKernel) PidsOf(slot uint32, gen uint64) []uint32 {
 		}
 	}
 	slices.Sort(out)
-	return out
+	return out, nil
 }
 
 // scopeOf lists the prefixes written for slot, sorted.

@@ -44,7 +44,7 @@ type Kernel interface {
 	BindPid(tgid uint32, slot uint32, gen uint64) error
 	UnbindPid(tgid uint32) error
 	PidBinding(tgid uint32) (slot uint32, gen uint64, ok bool)
-	PidsOf(slot uint32, gen uint64) []uint32
+	PidsOf(slot uint32, gen uint64) ([]uint32, error)
 	// HookHostnames and UnhookHostnames attach and detach (counted per
 	// cgroup) the programs hostname rules need on a cgroup's packets;
 	// PruneHostnameHooks drops what an earlier daemon attached and Restore
@@ -820,7 +820,11 @@ func (r *Registry) boundPids(e *entry) []uint32 {
 	if len(e.Binding.PIDs) == 0 {
 		return nil
 	}
-	return r.kernel.PidsOf(e.slot, e.gen)
+	pids, err := r.kernel.PidsOf(e.slot, e.gen)
+	if err != nil {
+		r.log.Error("list pid-bound members", "session", e.ID, "err", err)
+	}
+	return pids
 }
 
 // treePopulated reports whether the session or any descendant has members.

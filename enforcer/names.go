@@ -288,17 +288,14 @@ func withoutExe(rules []scope.Rule) []scope.Rule {
 // PurgeLearned removes every address learned for the session slot (call it
 // when a session ends; a reused slot ignores them anyway, by generation).
 func (g *Gate) PurgeLearned(slot uint32) error {
-	var k gateLearnedKey
-	var v gateLearnedVal
 	var keys []gateLearnedKey
-	it := g.objs.Learned.Iterate()
-	for it.Next(&k, &v) {
-		if k.Slot == slot {
-			keys = append(keys, k)
-		}
-	}
 	var errs []error
-	if err := it.Err(); err != nil {
+	err := each(g.objs.Learned, func(k *gateLearnedKey, _ *gateLearnedVal) {
+		if k.Slot == slot {
+			keys = append(keys, *k)
+		}
+	})
+	if err != nil {
 		errs = append(errs, err)
 	}
 	for i := range keys {
@@ -327,14 +324,11 @@ type LearnedAddr struct {
 
 // Learned lists the live learned addresses of slot/gen.
 func (g *Gate) Learned(slot uint32, gen uint64) ([]LearnedAddr, error) {
-	var k gateLearnedKey
-	var v gateLearnedVal
 	var out []LearnedAddr
 	now := bootNow()
-	it := g.objs.Learned.Iterate()
-	for it.Next(&k, &v) {
+	err := each(g.objs.Learned, func(k *gateLearnedKey, v *gateLearnedVal) {
 		if k.Slot != slot || v.Gen != gen {
-			continue
+			return
 		}
 		la := LearnedAddr{Addr: learnedAddr(k.Family, k.Addr)}
 		for _, n := range v.Names {
@@ -346,8 +340,8 @@ func (g *Gate) Learned(slot uint32, gen uint64) ([]LearnedAddr, error) {
 		if len(la.Names) > 0 {
 			out = append(out, la)
 		}
-	}
-	return out, it.Err()
+	})
+	return out, err
 }
 
 func learnedAddr(family uint8, a [16]uint8) netip.Addr {

@@ -223,16 +223,13 @@ func (g *Gate) PidBinding(tgid uint32) (uint32, uint64, bool) {
 }
 
 // PidsOf lists the processes bound to the session in slot/gen, including
-// those that inherited the binding on fork.
-func (g *Gate) PidsOf(slot uint32, gen uint64) []uint32 {
+// those that inherited the binding on fork. It reads the whole pid table.
+func (g *Gate) PidsOf(slot uint32, gen uint64) ([]uint32, error) {
 	var out []uint32
-	var tgid uint32
-	var b gateBinding
-	it := g.objs.PidSessions.Iterate()
-	for it.Next(&tgid, &b) {
+	err := each(g.objs.PidSessions, func(tgid *uint32, b *gateBinding) {
 		if b.Slot == slot && b.Gen == gen {
-			out = append(out, tgid)
+			out = append(out, *tgid)
 		}
-	}
-	return out
+	})
+	return out, err
 }
