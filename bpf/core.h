@@ -1,4 +1,4 @@
-// Minimal CO-RE views of the kernel structures process.c reads. Only the
+// Minimal CO-RE views of the kernel structures our programs read. Only the
 // fields we touch are declared; preserve_access_index makes every access a
 // relocation that the loader resolves against the running kernel's BTF, so
 // offsets here are irrelevant and the same object works on amd64 and arm64.
@@ -51,6 +51,23 @@ struct linux_binprm {
 	struct file *file;
 	const char *filename;
 	const char *interp;
+};
+
+// Contexts of the BPF iterators (sockiter.c, members.c).
+struct seq_file;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+};
+
+struct bpf_iter__task {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+};
+
+struct bpf_iter__task_file {
+	struct bpf_iter_meta *meta;
+	struct file *file;
 };
 
 #pragma clang attribute pop

@@ -31,17 +31,6 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
-struct seq_file;
-
-struct bpf_iter_meta {
-	struct seq_file *seq;
-};
-
-struct bpf_iter__task_file {
-	struct bpf_iter_meta *meta;
-	struct file *file;
-};
-
 struct in6_addr {
 	__u8 bytes[16];
 };

@@ -35,12 +35,16 @@ type Options struct {
 
 // Gate is the loaded and attached egress gate.
 type Gate struct {
-	objs    gateObjects
-	links   []link.Link
-	pinPath string
-	adopted bool
-	host    *hostnames // DNS learning and SNI programs (names.go)
-	hooks   hooks      // where the hostname programs are attached (hooks.go)
+	objs gateObjects
+	// tasks lists pid-bound processes; nil (and why in tasksErr) where
+	// the kernel has no BTF for the task iterator.
+	tasks    *taskLister
+	tasksErr error
+	links    []link.Link
+	pinPath  string
+	adopted  bool
+	host     *hostnames // DNS learning and SNI programs (names.go)
+	hooks    hooks      // where the hostname programs are attached (hooks.go)
 }
 
 // attachment is one program and where it hooks in.
@@ -116,6 +120,7 @@ func Load(opts Options) (*Gate, error) {
 		g.objs.Close()
 		return nil, err
 	}
+	g.tasks, g.tasksErr = loadTaskLister(g.objs.PidSessions)
 	if err := g.attach(opts.CgroupRoot); err != nil {
 		g.Close()
 		return nil, err
@@ -187,7 +192,11 @@ func (g *Gate) Adopted() bool { return g.adopted }
 // detaches the gate.
 func (g *Gate) Close() error {
 	g.detach()
-	return errors.Join(g.host.close(), g.objs.Close())
+	var err error
+	if g.tasks != nil {
+		err = g.tasks.close()
+	}
+	return errors.Join(err, g.host.close(), g.objs.Close())
 }
 
 // Uninstall removes every pin and detaches the gate: enforcement of all

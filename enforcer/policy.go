@@ -223,8 +223,25 @@ func (g *Gate) PidBinding(tgid uint32) (uint32, uint64, bool) {
 }
 
 // PidsOf lists the processes bound to the session in slot/gen, including
-// those that inherited the binding on fork. It reads the whole pid table.
+// those that inherited the binding on fork.
 func (g *Gate) PidsOf(slot uint32, gen uint64) ([]uint32, error) {
+	if g.tasks != nil {
+		return g.tasks.pidsOf(slot, gen)
+	}
+	return g.pidsOfTable(slot, gen)
+}
+
+// PidListing says how PidsOf finds processes: by walking the host's tasks,
+// or, without the kernel's BTF, the whole pid table.
+func (g *Gate) PidListing() string {
+	if g.tasks != nil {
+		return "bpf task iterator"
+	}
+	return fmt.Sprintf("pid table walk (task iterator: %v)", g.tasksErr)
+}
+
+// pidsOfTable is PidsOf from the pid table: its whole capacity is read.
+func (g *Gate) pidsOfTable(slot uint32, gen uint64) ([]uint32, error) {
 	var out []uint32
 	err := each(g.objs.PidSessions, func(tgid *uint32, b *gateBinding) {
 		if b.Slot == slot && b.Gen == gen {

@@ -131,7 +131,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			log.Info("programs detached")
 		}
 	}()
-	log.Info("egress gate attached", "cgroup_root", cfg.CgroupRoot, "pinned", pinned, "adopted", gate.Adopted())
+	log.Info("egress gate attached", "cgroup_root", cfg.CgroupRoot, "pinned", pinned, "adopted", gate.Adopted(),
+		"pid_bound_members_by", gate.PidListing())
 
 	clock := attribution.NewClock()
 	procs, err := startProcesses(ctx, gate, cfg, log)
