@@ -814,8 +814,8 @@ func (r *Registry) members(e *entry) []int {
 
 // boundPids lists the processes bound to e by pid, with the descendants
 // the kernel bound on fork. Only a pid bound through Bind starts such a
-// tree, so without one there is nothing to look for: listing walks the
-// whole pid-binding hash table.
+// tree, so without one there is nothing to look for (and listing walks
+// every task on the host).
 func (r *Registry) boundPids(e *entry) []uint32 {
 	if len(e.Binding.PIDs) == 0 {
 		return nil
