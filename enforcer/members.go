@@ -1,7 +1,6 @@
 package enforcer
 
 import (
-	"encoding/binary"
 	"fmt"
 	"io"
 	"unsafe"
@@ -41,11 +40,7 @@ func (t *taskLister) close() error {
 	return t.prog.Close()
 }
 
-// struct bound_task: tgid, slot (u32 each), gen (u64).
-const sizeofBoundTask = 16
-
-var _ [sizeofBoundTask - unsafe.Sizeof(membersBoundTask{})]struct{}
-var _ [unsafe.Sizeof(membersBoundTask{}) - sizeofBoundTask]struct{}
+const sizeofBoundTask = int(unsafe.Sizeof(membersBoundTask{}))
 
 // pidsOf runs the iterator once and keeps the processes bound to slot/gen.
 func (t *taskLister) pidsOf(slot uint32, gen uint64) ([]uint32, error) {
@@ -59,10 +54,11 @@ func (t *taskLister) pidsOf(slot uint32, gen uint64) ([]uint32, error) {
 		return nil, fmt.Errorf("read task iterator: %w", err)
 	}
 	var out []uint32
+	var rec membersBoundTask
 	for ; len(b) >= sizeofBoundTask; b = b[sizeofBoundTask:] {
-		tgid, s, g := binary.NativeEndian.Uint32(b), binary.NativeEndian.Uint32(b[4:]), binary.NativeEndian.Uint64(b[8:])
-		if s == slot && g == gen {
-			out = append(out, tgid)
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&rec)), sizeofBoundTask), b)
+		if rec.Slot == slot && rec.Gen == gen {
+			out = append(out, rec.Tgid)
 		}
 	}
 	return out, nil
