@@ -110,7 +110,7 @@ int member_sockets(struct bpf_iter__task_file *ctx)
 	m.protocol = sk->sk_protocol;
 	m.state = sk->__sk_common.skc_state;
 	m.dport = sk->__sk_common.skc_dport;
-	if (!wanted(sk->sk_type, sk->sk_protocol, m.state, m.dport))
+	if (!wanted(sk->sk_type, m.protocol, m.state, m.dport))
 		return 0;
 	m.sport = bpf_htons(sk->__sk_common.skc_num);
 	m.ifindex = sk->__sk_common.skc_bound_dev_if;
