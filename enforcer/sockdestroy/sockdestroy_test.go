@@ -779,3 +779,46 @@ func TestDestroyReportsOnlyWhatTheKernelDestroyed(t *testing.T) {
 		}
 	}
 }
+
+// More records than the kernel's iterator buffer holds (32 KiB, 512
+// records) take several reads; none is lost or doubled.
+func TestIteratorReadsManySockets(t *testing.T) {
+	privtest.RequireRoot(t)
+	it, err := loadIterator()
+	if err != nil {
+		privtest.Unavailable(t, err.Error())
+	}
+	defer it.close()
+	srv, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	const n = 700
+	want := make(map[netip.AddrPort]bool)
+	for range n {
+		c, err := net.Dial("udp", srv.LocalAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		want[c.LocalAddr().(*net.UDPAddr).AddrPort()] = true
+	}
+	found, _, err := it.scan([]int{os.Getpid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for _, tg := range found {
+		if tg.conn.Remote.Port() == port(srv.LocalAddr()) {
+			if !want[tg.conn.Local] {
+				t.Fatalf("unexpected or doubled socket %v", tg.conn)
+			}
+			delete(want, tg.conn.Local)
+			got++
+		}
+	}
+	if got != n {
+		t.Fatalf("named %d of the %d connected UDP sockets", got, n)
+	}
+}
