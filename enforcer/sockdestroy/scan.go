@@ -16,11 +16,8 @@ import (
 // first pid holding them, for a dump to find.
 func scan(pids []int) ([]target, map[uint64]int, error) {
 	var found []target
-	rest := make(map[uint64]int)
-	seen := make(map[uint64]bool)
+	w := newFDWalk()
 	var errs []error
-	dents := make([]byte, 8192)
-	var names []string
 	for _, pid := range pids {
 		if pid <= 0 {
 			continue
@@ -32,7 +29,7 @@ func scan(pids []int) ([]target, map[uint64]int, error) {
 			}
 			continue
 		}
-		err = eachFD(pid, dents, &names, func(dir int, name string) bool {
+		err = w.each(pid, func(dir int, name string) bool {
 			fd, err := strconv.Atoi(name)
 			if err != nil {
 				return true
@@ -48,52 +45,63 @@ func scan(pids []int) ([]target, map[uint64]int, error) {
 			}
 			defer unix.Close(sock)
 			var st unix.Stat_t
-			if unix.Fstat(sock, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK || seen[st.Ino] {
+			if unix.Fstat(sock, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK || w.seen[st.Ino] {
 				return true
 			}
-			seen[st.Ino] = true
+			w.seen[st.Ino] = true
 			switch t, n := describe(sock); n {
 			case named:
 				t.conn.PID, t.conn.Inode = pid, st.Ino
 				found = append(found, t)
 			case unnamed:
-				rest[st.Ino] = pid
+				w.rest[st.Ino] = pid
 			}
 			return true
 		})
 		unix.Close(pidfd)
 		if err == errStopped {
-			err = scanLinks(pid, dents, &names, seen, rest)
+			err = w.links(pid)
 		}
 		if err != nil {
 			errs = append(errs, err)
 		}
 	}
-	return found, rest, errors.Join(errs...)
+	return found, w.rest, errors.Join(errs...)
 }
 
 // scanOnlyLinks finds every socket of pids by inode, for the dump: the
 // path scan falls back to, on its own for the tests.
 func scanOnlyLinks(pids []int) ([]target, map[uint64]int, error) {
-	rest := make(map[uint64]int)
-	seen := make(map[uint64]bool)
+	w := newFDWalk()
 	var errs []error
-	dents := make([]byte, 8192)
-	var names []string
 	for _, pid := range pids {
 		if pid > 0 {
-			errs = append(errs, scanLinks(pid, dents, &names, seen, rest))
+			errs = append(errs, w.links(pid))
 		}
 	}
-	return nil, rest, errors.Join(errs...)
+	return nil, w.rest, errors.Join(errs...)
 }
 
-// scanLinks adds to rest the socket inodes /proc/<pid>/fd links to
+// fdWalk walks the fd tables of processes: the sockets seen so far (by
+// inode), those left for a dump (inode → first pid holding it), and the
+// buffers it reuses.
+type fdWalk struct {
+	seen  map[uint64]bool
+	rest  map[uint64]int
+	dents []byte
+	names []string
+}
+
+func newFDWalk() *fdWalk {
+	return &fdWalk{seen: make(map[uint64]bool), rest: make(map[uint64]int), dents: make([]byte, 8192)}
+}
+
+// links adds to rest the socket inodes /proc/<pid>/fd links to
 // ("socket:[N]") that are not yet seen.
-func scanLinks(pid int, dents []byte, names *[]string, seen map[uint64]bool, rest map[uint64]int) error {
+func (w *fdWalk) links(pid int) error {
 	link := make([]byte, 64)
 	var errs []error
-	err := eachFD(pid, dents, names, func(dir int, name string) bool {
+	err := w.each(pid, func(dir int, name string) bool {
 		l, err := unix.Readlinkat(dir, name, link)
 		if err != nil {
 			if !gone(err) {
@@ -101,9 +109,9 @@ func scanLinks(pid int, dents []byte, names *[]string, seen map[uint64]bool, res
 			}
 			return true
 		}
-		if ino, ok := socketInode(link[:l]); ok && !seen[ino] {
-			seen[ino] = true
-			rest[ino] = pid
+		if ino, ok := socketInode(link[:l]); ok && !w.seen[ino] {
+			w.seen[ino] = true
+			w.rest[ino] = pid
 		}
 		return true
 	})
@@ -112,9 +120,9 @@ func scanLinks(pid int, dents []byte, names *[]string, seen map[uint64]bool, res
 
 var errStopped = errors.New("stopped")
 
-// eachFD calls fn for each entry of /proc/<pid>/fd until it returns false
+// each calls fn for each entry of /proc/<pid>/fd until it returns false
 // (then errStopped). A process gone meanwhile is not an error.
-func eachFD(pid int, dents []byte, names *[]string, fn func(dir int, name string) bool) error {
+func (w *fdWalk) each(pid int, fn func(dir int, name string) bool) error {
 	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -125,7 +133,7 @@ func eachFD(pid int, dents []byte, names *[]string, fn func(dir int, name string
 	}
 	defer unix.Close(fd)
 	for {
-		n, err := unix.Getdents(fd, dents)
+		n, err := unix.Getdents(fd, w.dents)
 		if err == unix.EINTR {
 			continue
 		}
@@ -138,8 +146,8 @@ func eachFD(pid int, dents []byte, names *[]string, fn func(dir int, name string
 		if n <= 0 {
 			return nil
 		}
-		_, _, *names = unix.ParseDirent(dents[:n], -1, (*names)[:0])
-		for _, name := range *names {
+		_, _, w.names = unix.ParseDirent(w.dents[:n], -1, w.names[:0])
+		for _, name := range w.names {
 			if !fn(fd, name) {
 				return errStopped
 			}
