@@ -32,14 +32,17 @@
 // another one with the same 4-tuple is never hit. The owner sees
 // ECONNABORTED on its next call; a TCP peer receives a RST.
 //
+// sock_diag reaches the sockets of the network namespace its own socket was
+// opened in. A member in another namespace (a container's, typically) has
+// its sockets destroyed through a sock_diag socket opened in that namespace
+// (vishvananda/netlink), which takes CAP_SYS_ADMIN.
+//
 // Not covered:
 //   - a socket is found only through a process in the pid list: one passed
 //     with SCM_RIGHTS (or inherited) to a process outside the session stays
 //     alive, as does one held only in flight in a unix socket queue;
 //   - without the iterator, a thread that unshared its fd table
 //     (unshare(CLONE_FILES)) is covered only if its tid is passed as well;
-//   - only sockets in the network namespace of the caller are destroyed;
-//     members in other network namespaces are not reached;
 //   - sockets connected after Destroy has scanned /proc are not destroyed, so
 //     the gate's maps must be updated before Destroy is called;
 //   - for UDP the kernel looks the socket up by 4-tuple, and with
@@ -54,6 +57,8 @@ import (
 	"net/netip"
 	"strconv"
 
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -107,9 +112,9 @@ func (d *Destroyer) Close() {
 // disappeared in between is not an error. Local addresses of IPv4-mapped
 // sockets are reported as IPv4 too.
 //
-// Destroy needs CAP_NET_ADMIN, and CAP_SYS_PTRACE for the members' fd
-// tables or CAP_BPF and CAP_PERFMON for the iterator, and reaches only the
-// caller's network namespace. Update the gate's maps first: sockets
+// Destroy needs CAP_NET_ADMIN, CAP_SYS_PTRACE for the members' fd tables or
+// CAP_BPF and CAP_PERFMON for the iterator, and CAP_SYS_ADMIN for members
+// in other network namespaces. Update the gate's maps first: sockets
 // connected after the scan are not destroyed. A call with no member sockets
 // does no netlink work at all.
 func (d *Destroyer) Destroy(pids []int, match func(Conn) bool) ([]Conn, error) {
@@ -127,18 +132,80 @@ func destroy(pids []int, match func(Conn) bool, scan func([]int) ([]target, map[
 		return nil, err
 	}
 	errs := []error{err}
-	d, err := openDiag()
+	var done []Conn
+	for _, g := range byNetns(found, rest) {
+		conns, err := g.destroy(match)
+		done = append(done, conns...)
+		errs = append(errs, err)
+	}
+	return done, errors.Join(errs...)
+}
+
+// netnsGroup is what destroy does in one network namespace: sock_diag
+// finds and destroys sockets of the namespace its socket was opened in.
+type netnsGroup struct {
+	pid   int // a member in the namespace, 0 for ours
+	found []target
+	rest  map[uint64]int
+}
+
+// byNetns groups the sockets by the network namespace of the member
+// holding them (a container's members usually have one of their own).
+func byNetns(found []target, rest map[uint64]int) []*netnsGroup {
+	self, _ := netnsOf("self")
+	nsOf := make(map[int]uint64)
+	groups := make(map[uint64]*netnsGroup)
+	var order []*netnsGroup
+	group := func(pid int) *netnsGroup {
+		ns, ok := nsOf[pid]
+		if !ok {
+			ns, _ = netnsOf(strconv.Itoa(pid))
+			nsOf[pid] = ns
+		}
+		if ns == 0 || ns == self {
+			ns, pid = self, 0 // ours, or a process gone meanwhile
+		}
+		g := groups[ns]
+		if g == nil {
+			g = &netnsGroup{pid: pid, rest: make(map[uint64]int)}
+			groups[ns] = g
+			order = append(order, g)
+		}
+		return g
+	}
+	for _, t := range found {
+		g := group(t.conn.PID)
+		g.found = append(g.found, t)
+	}
+	for ino, pid := range rest {
+		group(pid).rest[ino] = pid
+	}
+	return order
+}
+
+// netnsOf is the inode of /proc/<pid>/ns/net.
+func netnsOf(pid string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/"+pid+"/ns/net", &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+func (g *netnsGroup) destroy(match func(Conn) bool) ([]Conn, error) {
+	var errs []error
+	d, err := openDiagIn(g.pid)
 	if err != nil {
-		return nil, errors.Join(append(errs, err)...)
+		return nil, err
 	}
 	defer d.close()
-	if len(rest) > 0 {
-		more, err := d.find(rest)
-		found = append(found, more...)
+	if len(g.rest) > 0 {
+		more, err := d.find(g.rest)
+		g.found = append(g.found, more...)
 		errs = append(errs, err)
 	}
 	var targets []target
-	for _, t := range found {
+	for _, t := range g.found {
 		if match == nil || match(t.conn) {
 			targets = append(targets, t)
 		}
@@ -305,8 +372,10 @@ type diag struct {
 	fd  int
 	seq uint32
 	buf []byte
+	ns  *nl.NetlinkSocket // set when opened in another network namespace
 }
 
+// openDiag opens a sock_diag socket in this process's network namespace.
 func openDiag() (*diag, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
@@ -316,16 +385,51 @@ func openDiag() (*diag, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netlink sock_diag bind: %w", err)
 	}
+	return newDiag(fd, nil), nil
+}
+
+// openDiagIn opens the sock_diag socket in the network namespace of pid
+// (ours for 0): sock_diag reaches the sockets of the namespace its socket
+// was created in. Entering the namespace takes CAP_SYS_ADMIN.
+func openDiagIn(pid int) (*diag, error) {
+	if pid == 0 {
+		return openDiag()
+	}
+	ns, err := netns.GetFromPid(pid)
+	if err != nil {
+		return nil, fmt.Errorf("network namespace of pid %d: %w", pid, err)
+	}
+	defer ns.Close()
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("netlink sock_diag socket in the network namespace of pid %d: %w", pid, err)
+	}
+	// The library opens it non-blocking; the reads here block with a
+	// timeout or pass MSG_DONTWAIT.
+	if err := unix.SetNonblock(s.GetFd(), false); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return newDiag(s.GetFd(), s), nil
+}
+
+func newDiag(fd int, ns *nl.NetlinkSocket) *diag {
 	// Acks without the echoed request; a bounded wait should the kernel
 	// ever drop a reply.
 	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
 	tv := unix.Timeval{Sec: 10}
 	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	// Dumps are sized by the reader's buffer, up to 32 KiB per datagram.
-	return &diag{fd: fd, seq: 1, buf: make([]byte, 64<<10)}, nil
+	return &diag{fd: fd, seq: 1, buf: make([]byte, 64<<10), ns: ns}
 }
 
-func (d *diag) close() { unix.Close(d.fd) }
+func (d *diag) close() {
+	if d.ns != nil {
+		d.ns.Close()
+		return
+	}
+	unix.Close(d.fd)
+}
 
 var kernel = &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
 

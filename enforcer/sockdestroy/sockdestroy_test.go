@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/internal/privtest"
@@ -46,6 +47,8 @@ func TestMain(m *testing.M) {
 //	connecting <port>      -> ok <id> <local> - (nonblocking TCP connect to
 //	                          127.0.0.1:<port>, left in flight)
 //	soerror <id>           -> errno <n> once the connect above has failed
+//	loup                   -> ok once the loopback device is up (in a
+//	                          network namespace of the child's own)
 //	unshared <port>        -> ok <id> <local> - (TCP connection to
 //	                          127.0.0.1:<port> held by a thread that
 //	                          unshared its fd table)
@@ -125,6 +128,12 @@ func runChild() {
 			}
 			sa, _ := unix.Getsockname(fd)
 			added(fd, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*unix.SockaddrInet4).Port}, nil)
+		case "loup":
+			lo, err := netlink.LinkByName("lo")
+			if err == nil {
+				err = netlink.LinkSetUp(lo)
+			}
+			result("ok", err)
 		case "unshared":
 			port, _ := strconv.Atoi(f[1])
 			local := make(chan any)
@@ -220,6 +229,12 @@ type child struct {
 
 func startChild(t testing.TB) *child {
 	t.Helper()
+	return startChildWith(t, nil)
+}
+
+// startChildWith starts the helper with attr (namespaces of its own).
+func startChildWith(t testing.TB, attr *syscall.SysProcAttr) *child {
+	t.Helper()
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -230,6 +245,7 @@ func startChild(t testing.TB) *child {
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"=1")
+	cmd.SysProcAttr = attr
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -588,6 +604,28 @@ func TestDestroyThreadWithItsOwnFDTable(t *testing.T) {
 	if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
 		t.Errorf("peer read after destroy: %v, want ECONNRESET", err)
 	}
+}
+
+// A member in a network namespace of its own, as a container's processes
+// are, has its connections destroyed in that namespace: a sock_diag socket
+// in ours would not find them.
+func TestDestroyInAnotherNetworkNamespace(t *testing.T) {
+	eachBackend(t, func(t *testing.T, Destroy func([]int, func(Conn) bool) ([]Conn, error)) {
+		ch := startChildWith(t, &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET})
+		if f := ch.do("loup"); len(f) != 1 || f[0] != "ok" {
+			t.Fatalf("child loup: %v", f)
+		}
+		ln := ch.open("listen")
+		cc := ch.open("dial tcp %s", ln.local)
+		got, err := Destroy([]int{ch.pid}, nil)
+		if err != nil {
+			t.Fatalf("Destroy: %v", err)
+		}
+		if len(got) != 1 || got[0].Local != cc.local || got[0].Remote != cc.remote || got[0].PID != ch.pid {
+			t.Fatalf("Destroy returned %v, want the child's connection %s->%s", got, cc.local, cc.remote)
+		}
+		ch.expectErrno("read", cc.id, unix.ECONNABORTED)
+	})
 }
 
 func TestDestroyMissingPID(t *testing.T) {
