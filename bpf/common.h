@@ -5,6 +5,15 @@
 
 #define AF_MAX_SESSIONS 16384
 
+// Socket constants, written out: the libc and uapi headers that define them
+// do not build for the BPF target.
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+
 // A binding names a session slot and the generation that slot had when the
 // binding was made; a binding whose generation no longer matches the slot is
 // stale and ignored.

@@ -28,8 +28,6 @@
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 

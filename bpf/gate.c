@@ -12,13 +12,6 @@
 
 #include "gate.h"
 
-#define AF_INET 2
-#define AF_INET6 10
-#define SOCK_STREAM 1
-#define SOCK_DGRAM 2
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-
 char __license[] SEC("license") = "Dual MIT/GPL";
 
 AF_SESSIONS_MAP;

@@ -16,15 +16,10 @@
 #include <bpf/bpf_endian.h>
 
 #include "core.h"
+#include "common.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
-#define AF_INET 2
-#define AF_INET6 10
-#define SOCK_STREAM 1
-#define SOCK_DGRAM 2
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
 #define TCP_ESTABLISHED 1
 #define TCP_CLOSE 7
 #define TCP_LISTEN 10
