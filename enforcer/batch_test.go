@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/privtest"
 )
 
@@ -55,16 +54,7 @@ func TestPidsOfTableReadsEveryBatch(t *testing.T) {
 // reading the table in batches (its fallback), and, as the baseline, entry
 // by entry with the map iterator the batches replaced.
 func BenchmarkPidsOf10k(b *testing.B) {
-	privtest.RequireRoot(b)
-	root, err := cgroupv2.Root()
-	if err != nil {
-		privtest.Unavailable(b, err.Error())
-	}
-	g, err := Load(Options{CgroupRoot: root})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer g.Close()
+	g, _ := rootGate(b, Options{})
 	if g.tasks == nil {
 		privtest.Unavailable(b, g.PidListing())
 	}

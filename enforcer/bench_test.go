@@ -13,7 +13,6 @@ import (
 
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/gatetest"
-	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/internal/ringreader"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -29,18 +28,8 @@ import (
 // configuration in turn, rotating the order, and the medians are compared:
 // the ratios come from the same minutes.
 func BenchmarkConnect(b *testing.B) {
-	privtest.RequireRoot(b)
-	root, err := cgroupv2.Root()
-	if err != nil {
-		b.Fatal(err)
-	}
+	g, root := rootGate(b, Options{})
 	dst := gatetest.Serve(b, "127.0.0.1:0")
-
-	g, err := Load(Options{CgroupRoot: root})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer g.Close()
 	rd, err := ringreader.New(g.Events(), 50*time.Millisecond)
 	if err != nil {
 		b.Fatal(err)

@@ -11,7 +11,6 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
-	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -24,16 +23,7 @@ import (
 // member (a pid binding). Configurations alternate in short batches so
 // machine noise hits them alike; ratios are reported as metrics.
 func BenchmarkHostnames(b *testing.B) {
-	privtest.RequireRoot(b)
-	root, err := cgroupv2.Root()
-	if err != nil {
-		privtest.Unavailable(b, err.Error())
-	}
-	g, err := Load(Options{CgroupRoot: root})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer g.Close()
+	g, root := rootGate(b, Options{})
 	const slot, gen = 60, 1
 	var rules []scope.Rule
 	for _, s := range []string{"udp://127.0.0.0/8", "tcp://bench.example.test", "tcp://127.30.0.2"} {

@@ -23,7 +23,6 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
-	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/gatetest"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/internal/ringreader"
@@ -381,26 +380,15 @@ type hostFixture struct {
 
 func hostSetup(t *testing.T, opts HostnameOptions) *hostFixture {
 	t.Helper()
-	privtest.RequireRoot(t)
-	root, err := cgroupv2.Root()
-	if err != nil {
-		privtest.Unavailable(t, err.Error())
-	}
-	g, err := Load(Options{CgroupRoot: root, Hostnames: opts})
-	if err != nil {
-		t.Fatalf("load gate: %+v", err)
-	}
-	t.Cleanup(func() { g.Close() })
-	f := &fixture{g: g, base: filepath.Join(root, "agentfence-test", fmt.Sprintf("%d-%s", os.Getpid(), sanitize(t.Name())))}
-	f.cond = sync.NewCond(&f.mu)
-	hf := &hostFixture{fixture: f}
+	hf := &hostFixture{fixture: newFixture(t, Options{Hostnames: opts})}
+	f := hf.fixture
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for _, ring := range []struct {
 		m      func() *ringreader.Reader
 		handle func([]byte)
 	}{
-		{func() *ringreader.Reader { rd, _ := ringreader.New(g.Events(), 10*time.Millisecond); return rd }, func(raw []byte) {
+		{func() *ringreader.Reader { rd, _ := ringreader.New(f.g.Events(), 10*time.Millisecond); return rd }, func(raw []byte) {
 			ev, err := DecodeEvent(raw)
 			if err != nil {
 				t.Errorf("decode: %v", err)
@@ -411,13 +399,13 @@ func hostSetup(t *testing.T, opts HostnameOptions) *hostFixture {
 			f.cond.Broadcast()
 			f.mu.Unlock()
 		}},
-		{func() *ringreader.Reader { rd, _ := ringreader.New(g.HostEvents(), 10*time.Millisecond); return rd }, func(raw []byte) {
+		{func() *ringreader.Reader { rd, _ := ringreader.New(f.g.HostEvents(), 10*time.Millisecond); return rd }, func(raw []byte) {
 			ev, err := DecodeHostEvent(raw)
 			if err != nil {
 				t.Errorf("decode host event: %v", err)
 				return
 			}
-			g.NoteHostEvent(ev)
+			f.g.NoteHostEvent(ev)
 			hf.mu.Lock()
 			hf.host = append(hf.host, ev)
 			hf.mu.Unlock()
@@ -433,7 +421,7 @@ func hostSetup(t *testing.T, opts HostnameOptions) *hostFixture {
 		wg.Add(1)
 		go func(handle func([]byte)) { defer wg.Done(); rd.Run(ctx, handle) }(ring.handle)
 	}
-	t.Cleanup(func() { cancel(); wg.Wait(); os.Remove(f.base); os.Remove(filepath.Dir(f.base)) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
 	return hf
 }
 

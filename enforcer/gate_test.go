@@ -31,21 +31,39 @@ type fixture struct {
 	cond   *sync.Cond
 }
 
-func setup(t *testing.T) *fixture {
-	t.Helper()
-	privtest.RequireRoot(t)
+// rootGate loads the gate at the cgroup v2 root (without root or cgroup v2
+// the test skips, or fails under CI) and closes it when the test ends.
+func rootGate(tb testing.TB, opts Options) (*Gate, string) {
+	tb.Helper()
+	privtest.RequireRoot(tb)
 	root, err := cgroupv2.Root()
 	if err != nil {
-		privtest.Unavailable(t, err.Error())
+		privtest.Unavailable(tb, err.Error())
 	}
-	g, err := Load(Options{CgroupRoot: root})
+	opts.CgroupRoot = root
+	g, err := Load(opts)
 	if err != nil {
-		t.Fatalf("load gate: %+v", err)
+		tb.Fatalf("load gate: %+v", err)
 	}
-	t.Cleanup(func() { g.Close() })
+	tb.Cleanup(func() { g.Close() })
+	return g, root
+}
+
+// newFixture loads the gate with opts for test t; the test's cgroups go
+// under the fixture's base.
+func newFixture(t *testing.T, opts Options) *fixture {
+	t.Helper()
+	g, root := rootGate(t, opts)
 	f := &fixture{g: g, base: filepath.Join(root, "agentfence-test", fmt.Sprintf("%d-%s", os.Getpid(), sanitize(t.Name())))}
 	f.cond = sync.NewCond(&f.mu)
-	rd, err := ringreader.New(g.Events(), 10*time.Millisecond)
+	t.Cleanup(func() { os.Remove(f.base); os.Remove(filepath.Dir(f.base)) })
+	return f
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	f := newFixture(t, Options{})
+	rd, err := ringreader.New(f.g.Events(), 10*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +83,7 @@ func setup(t *testing.T) *fixture {
 			f.mu.Unlock()
 		})
 	}()
-	t.Cleanup(func() { cancel(); <-done; os.Remove(f.base); os.Remove(filepath.Dir(f.base)) })
+	t.Cleanup(func() { cancel(); <-done })
 	return f
 }
 

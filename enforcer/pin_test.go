@@ -19,17 +19,7 @@ import (
 // A pinned gate outlives the process that loaded it, and the next Load
 // adopts it without attaching twice; Uninstall ends it.
 func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
-	privtest.RequireRoot(t)
-	root, err := cgroupv2.Root()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt := t.TempDir()
-	if err := bpffs.Ensure(mnt); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, 0) })
-	pins := filepath.Join(mnt, "agentfence")
+	root, pins := pinSetup(t)
 	before := gatetest.Attached(t, root)
 
 	g, err := Load(Options{CgroupRoot: root, PinPath: pins})
@@ -99,17 +89,7 @@ func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 // gate, adopted by the next Load without a second attachment, and dropped
 // by PruneHostnameHooks when no session claims them again.
 func TestHostnameHooksPinnedAndAdopted(t *testing.T) {
-	privtest.RequireRoot(t)
-	root, err := cgroupv2.Root()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt := t.TempDir()
-	if err := bpffs.Ensure(mnt); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, 0) })
-	pins := filepath.Join(mnt, "agentfence")
+	root, pins := pinSetup(t)
 	base := filepath.Join(root, "agentfence-test-hooks")
 	kept, dropped := filepath.Join(base, "kept"), filepath.Join(base, "dropped")
 	for _, cg := range []string{kept, dropped} {
@@ -198,4 +178,21 @@ func TestHostnameHooksPinnedAndAdopted(t *testing.T) {
 	if err := Uninstall(pins); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// pinSetup returns the cgroup v2 root and a pin directory on a bpffs
+// mounted for the test alone.
+func pinSetup(t *testing.T) (root, pins string) {
+	t.Helper()
+	privtest.RequireRoot(t)
+	root, err := cgroupv2.Root()
+	if err != nil {
+		privtest.Unavailable(t, err.Error())
+	}
+	mnt := t.TempDir()
+	if err := bpffs.Ensure(mnt); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	return root, filepath.Join(mnt, "agentfence")
 }

@@ -527,9 +527,9 @@ func TestDestroyMatch(t *testing.T) {
 	})
 }
 
-// A TCP connect still in flight (SYN_SENT) has no peer address to read from
-// the socket; it is found by the dump and destroyed too, so it cannot
-// complete after a revoke.
+// A TCP connect still in flight (SYN_SENT) is destroyed too, so it cannot
+// complete after a revoke: the iterator names it from the socket, the
+// pidfd_getfd path (no peer address to read yet) leaves it to the dump.
 func TestDestroySynSent(t *testing.T) {
 	eachBackend(t, func(t *testing.T, Destroy func([]int, func(Conn) bool) ([]Conn, error)) {
 		// A listener whose accept queue is full drops further SYNs, so
