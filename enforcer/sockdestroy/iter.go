@@ -147,8 +147,13 @@ func parseMemberSock(b []byte) target {
 		src, dst = addr6(m.Src, m.Ifindex), addr6(m.Dst, m.Ifindex)
 	}
 	binary.NativeEndian.PutUint32(t.id[36:], m.Ifindex)
-	binary.NativeEndian.PutUint32(t.id[40:], uint32(m.Cookie))
-	binary.NativeEndian.PutUint32(t.id[44:], uint32(m.Cookie>>32))
+	cookie := m.Cookie
+	if cookie == 0 {
+		// Never made: sock_diag would make one on lookup and find it differs.
+		cookie = noCookie
+	}
+	binary.NativeEndian.PutUint32(t.id[40:], uint32(cookie))
+	binary.NativeEndian.PutUint32(t.id[44:], uint32(cookie>>32))
 	t.conn.Local = netip.AddrPortFrom(src, sport)
 	t.conn.Remote = netip.AddrPortFrom(dst, dport)
 	return t

@@ -307,6 +307,9 @@ const (
 	msgIDOff       = 4 // offset of the sockid in inet_diag_msg
 	reqIDOff       = 8 // offset of the sockid in inet_diag_req_v2
 	msgInodeOff    = 68
+	// noCookie in both halves of idiag_cookie (INET_DIAG_NOCOOKIE) tells
+	// sock_diag to match by the socket id alone.
+	noCookie = ^uint64(0)
 )
 
 // target is a socket selected for destruction.
