@@ -62,9 +62,7 @@ func scan(pids []int) ([]target, map[uint64]int, error) {
 		if err == errStopped {
 			err = w.links(pid)
 		}
-		if err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, err, w.ownTables(pid))
 	}
 	return found, w.rest, errors.Join(errs...)
 }
@@ -76,7 +74,7 @@ func scanOnlyLinks(pids []int) ([]target, map[uint64]int, error) {
 	var errs []error
 	for _, pid := range pids {
 		if pid > 0 {
-			errs = append(errs, w.links(pid))
+			errs = append(errs, w.links(pid), w.ownTables(pid))
 		}
 	}
 	return nil, w.rest, errors.Join(errs...)
@@ -98,14 +96,17 @@ func newFDWalk() *fdWalk {
 
 // links adds to rest the socket inodes /proc/<pid>/fd links to
 // ("socket:[N]") that are not yet seen.
-func (w *fdWalk) links(pid int) error {
+func (w *fdWalk) links(pid int) error { return w.linksIn(fdDir(pid), pid) }
+
+// linksIn is links over the fd directory of pid or of one of its threads.
+func (w *fdWalk) linksIn(fds string, pid int) error {
 	link := make([]byte, 64)
 	var errs []error
-	err := w.each(pid, func(dir int, name string) bool {
+	err := w.eachIn(fds, func(dir int, name string) bool {
 		l, err := unix.Readlinkat(dir, name, link)
 		if err != nil {
 			if !gone(err) {
-				errs = append(errs, fmt.Errorf("readlink /proc/%d/fd/%s: %w", pid, name, err))
+				errs = append(errs, fmt.Errorf("readlink %s/%s: %w", fds, name, err))
 			}
 			return true
 		}
@@ -118,12 +119,47 @@ func (w *fdWalk) links(pid int) error {
 	return errors.Join(append(errs, err)...)
 }
 
+// ownTables adds to rest the sockets held by threads of pid that unshared
+// their fd table (unshare(CLONE_FILES)): /proc/<pid>/fd, pidfd_getfd and
+// the 6.1 iterator see only the leader's table. kcmp tells a shared table
+// apart in one system call, so a process whose threads all share it (the
+// usual case) costs a read of /proc/<pid>/task and one kcmp a thread.
+func (w *fdWalk) ownTables(pid int) error {
+	task := "/proc/" + strconv.Itoa(pid) + "/task"
+	var tids []int
+	err := w.eachIn(task, func(_ int, name string) bool {
+		if tid, err := strconv.Atoi(name); err == nil && tid != pid {
+			tids = append(tids, tid)
+		}
+		return true
+	})
+	errs := []error{err}
+	for _, tid := range tids {
+		// 0: the same table. An error (no CONFIG_KCMP, a thread gone) walks
+		// the thread anyway: sockets already seen are skipped by inode.
+		if same, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(tid), kcmpFiles, 0, 0, 0); e == 0 && same == 0 {
+			continue
+		}
+		errs = append(errs, w.linksIn(task+"/"+strconv.Itoa(tid)+"/fd", pid))
+	}
+	return errors.Join(errs...)
+}
+
+// kcmpFiles is KCMP_FILES (include/uapi/linux/kcmp.h).
+const kcmpFiles = 2
+
 var errStopped = errors.New("stopped")
 
 // each calls fn for each entry of /proc/<pid>/fd until it returns false
 // (then errStopped). A process gone meanwhile is not an error.
 func (w *fdWalk) each(pid int, fn func(dir int, name string) bool) error {
-	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	return w.eachIn(fdDir(pid), fn)
+}
+
+func fdDir(pid int) string { return "/proc/" + strconv.Itoa(pid) + "/fd" }
+
+// eachIn is each over any directory (a thread's fds, a process's threads).
+func (w *fdWalk) eachIn(dir string, fn func(dir int, name string) bool) error {
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if gone(err) {

@@ -22,7 +22,10 @@
 // ptrace policy withholds) is found with sock_diag dumps, matched by inode.
 // Dumps walk the whole established hash table once per family, about
 // 1.5 ms each on a host with 262,144 buckets, so they are the last resort,
-// not the path. (The bpf_sock_destroy kfunc, 6.5+, runs only in socket
+// not the path. A thread that unshared its fd table (unshare(CLONE_FILES))
+// holds sockets that /proc/<pid>/fd and pidfd_getfd do not show, nor the
+// 6.1 iterator: kcmp finds such threads and their tables are read from
+// /proc/<pid>/task/<tid>/fd. (The bpf_sock_destroy kfunc, 6.5+, runs only in socket
 // iterators, which walk the same table; measured here it was slower:
 // docs/benchmarks.md.)
 //
@@ -41,8 +44,6 @@
 //   - a socket is found only through a process in the pid list: one passed
 //     with SCM_RIGHTS (or inherited) to a process outside the session stays
 //     alive, as does one held only in flight in a unix socket queue;
-//   - without the iterator, a thread that unshared its fd table
-//     (unshare(CLONE_FILES)) is covered only if its tid is passed as well;
 //   - sockets connected after Destroy has scanned /proc are not destroyed, so
 //     the gate's maps must be updated before Destroy is called;
 //   - for UDP the kernel looks the socket up by 4-tuple, and with
@@ -91,6 +92,9 @@ func New() *Destroyer {
 // Naming says how the Destroyer names sockets, and why not with the
 // iterator.
 func (d *Destroyer) Naming() string {
+	if d.it != nil && !d.it.threads {
+		return "bpf task_file iterator (threads' own fd tables through /proc: this kernel's iterator walks the leader's only)"
+	}
 	if d.it != nil {
 		return "bpf task_file iterator"
 	}

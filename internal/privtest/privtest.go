@@ -4,8 +4,11 @@
 package privtest
 
 import (
+	"fmt"
 	"os"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // InCI reports whether the tests run under CI (CI=true).
@@ -26,4 +29,29 @@ func Unavailable(tb testing.TB, reason string) {
 		tb.Fatalf("required under CI=true but unavailable: %s", reason)
 	}
 	tb.Skip(reason)
+}
+
+// KernelBefore reports whether the running kernel is older than
+// major.minor. Tests use it to tell a feature the kernel cannot have (skip,
+// naming it, even under CI) from one it should have (a failure): on a
+// kernel new enough, a missing feature is a bug, not a reason to skip.
+func KernelBefore(major, minor int) bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	var maj, min int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &maj, &min); err != nil {
+		return false
+	}
+	return maj < major || maj == major && min < minor
+}
+
+// NeedsKernel skips the test, even under CI, on kernels older than
+// major.minor, which lack feature.
+func NeedsKernel(tb testing.TB, major, minor int, feature string) {
+	tb.Helper()
+	if KernelBefore(major, minor) {
+		tb.Skipf("kernel before %d.%d has no %s", major, minor, feature)
+	}
 }
