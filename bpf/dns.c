@@ -499,11 +499,18 @@ static __always_inline __u32 payload_len(struct __sk_buff *skb, __u32 off)
 // load_payload copies n (1..PKT_MAX) bytes at off into the scratch buffer.
 static __always_inline int load_payload(struct __sk_buff *skb, __u32 off, struct scratch *sc, __u32 n)
 {
-	__u64 size = n;
-	// Keep the bound visible to the verifier whatever the compiler did.
-	asm volatile("%[size] &= 0x1fff" : [size] "+r"(size));
-	if (size < 1 || size > PKT_MAX)
+	if (n < 1 || n > PKT_MAX)
 		return -1;
+	__u64 size = n;
+	// clang turns `n < 1` into `n == 0`, from which verifiers before 6.8
+	// learn no lower bound: 5.10 and 6.1 then refuse a length that may be
+	// 0. Rebuild [1, PKT_MAX] with arithmetic every verifier tracks (the
+	// value is unchanged: n is already in range).
+	asm volatile("%[size] += -1\n\t"
+		     "%[size] &= %[mask]\n\t"
+		     "%[size] += 1"
+		     : [size] "+r"(size)
+		     : [mask] "i"(PKT_MASK));
 	return bpf_skb_load_bytes(skb, off, sc->pkt, size);
 }
 
