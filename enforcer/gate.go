@@ -31,6 +31,10 @@ type Options struct {
 	MaxCgroupDepth uint32
 	// Hostnames configures DNS learning and the SNI check (names.go).
 	Hostnames HostnameOptions
+	// NoHostnames loads the gate without the hostname programs, as on a
+	// kernel whose verifier refuses them: sessions with hostname rules
+	// are then refused, address rules work. For tests of that fallback.
+	NoHostnames bool
 }
 
 // Gate is the loaded and attached egress gate.
@@ -43,8 +47,11 @@ type Gate struct {
 	links    []link.Link
 	pinPath  string
 	adopted  bool
-	host     *hostnames // DNS learning and SNI programs (names.go)
-	hooks    hooks      // where the hostname programs are attached (hooks.go)
+	// host holds the DNS learning and SNI programs (names.go); nil, and
+	// why in hostErr, where the kernel refused them.
+	host    *hostnames
+	hostErr error
+	hooks   hooks // where the hostname programs are attached (hooks.go)
 }
 
 // attachment is one program and where it hooks in.
@@ -116,16 +123,26 @@ func Load(opts Options) (*Gate, error) {
 		}
 		return nil, fmt.Errorf("enforcer: load gate: %w", err)
 	}
-	if g.host, err = loadHostnames(&g.objs, opts.Hostnames); err != nil {
-		g.objs.Close()
-		return nil, err
+	switch {
+	case opts.NoHostnames:
+		g.hostErr = errors.New("hostname programs not loaded (NoHostnames)")
+	default:
+		g.host, err = loadHostnames(&g.objs, opts.Hostnames)
+		if errors.Is(err, ErrHostnamesRefused) {
+			// Optional: the gate enforces address rules without them.
+			g.hostErr, err = err, nil
+		}
+		if err != nil {
+			g.objs.Close()
+			return nil, err
+		}
 	}
 	g.tasks, g.tasksErr = loadTaskLister(g.objs.PidSessions)
 	if err := g.attach(opts.CgroupRoot); err != nil {
 		g.Close()
 		return nil, err
 	}
-	if opts.PinPath != "" {
+	if opts.PinPath != "" && g.host != nil {
 		if err := g.adoptHooks(opts.CgroupRoot); err != nil {
 			g.Close()
 			return nil, err

@@ -57,6 +57,9 @@ func (g *Gate) HookHostnames(cgroupPath string) error {
 		h.refs++
 		return nil
 	}
+	if g.host == nil {
+		return fmt.Errorf("enforcer: hostname programs: %w", g.hostErr)
+	}
 	cgid, err := cgroupv2.ID(cgroupPath)
 	if err != nil {
 		return fmt.Errorf("enforcer: hostname programs: %w", err)

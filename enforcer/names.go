@@ -132,12 +132,20 @@ func loadHostnames(gate *gateObjects, opts HostnameOptions) (*hostnames, error) 
 	if err := spec.LoadAndAssign(&h.objs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("enforcer: verifier rejected the hostname programs: %+v", ve)
+			return nil, fmt.Errorf("%w: verifier: %+v", ErrHostnamesRefused, ve)
 		}
-		return nil, fmt.Errorf("enforcer: load hostname programs: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrHostnamesRefused, err)
 	}
 	return h, nil
 }
+
+// ErrHostnamesRefused is why hostname rules are unavailable: the kernel
+// would not load the hostname programs. The gate still enforces address
+// rules.
+var ErrHostnamesRefused = errors.New("enforcer: the kernel refused the hostname programs")
+
+// Hostnames reports nil where hostname rules can be enforced, else why not.
+func (g *Gate) Hostnames() error { return g.hostErr }
 
 func (h *hostnames) close() error {
 	if h == nil {
@@ -234,6 +242,13 @@ func (g *Gate) WriteNames(slot uint32, gen uint64, rules []scope.Rule) error {
 	if err != nil {
 		return err
 	}
+	if len(groups) == 0 {
+		return nil
+	}
+	if g.host == nil {
+		// Fail closed: the session does not open without its names.
+		return fmt.Errorf("enforcer: hostname rules cannot be enforced on this host: %w", g.hostErr)
+	}
 	for i := range groups {
 		if err := g.objs.HostNames.Update(&groups[i].key, &groups[i].val, ebpf.UpdateAny); err != nil {
 			for _, done := range groups[:i] {
@@ -303,13 +318,15 @@ func (g *Gate) PurgeLearned(slot uint32) error {
 			errs = append(errs, err)
 		}
 	}
-	g.host.mu.Lock()
-	for ref := range g.host.names {
-		if ref.slot == slot {
-			delete(g.host.names, ref)
+	if h := g.host; h != nil {
+		h.mu.Lock()
+		for ref := range h.names {
+			if ref.slot == slot {
+				delete(h.names, ref)
+			}
 		}
+		h.mu.Unlock()
 	}
-	g.host.mu.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -366,7 +383,7 @@ func (g *Gate) Hostname(slot uint32, hash uint64) string {
 // NoteHostEvent remembers the name of a learned-address event, so Hostname
 // can name the connects that use the address (wildcard rules).
 func (g *Gate) NoteHostEvent(ev HostEvent) {
-	if ev.Kind != HostDNSLearned || ev.Name == "" {
+	if ev.Kind != HostDNSLearned || ev.Name == "" || g.host == nil {
 		return
 	}
 	h := g.host
@@ -378,8 +395,14 @@ func (g *Gate) NoteHostEvent(ev HostEvent) {
 	h.names[nameRef{ev.Slot, ev.NameHash}] = ev.Name
 }
 
-// HostEvents is the ring buffer the hostname programs write to.
-func (g *Gate) HostEvents() *ebpf.Map { return g.host.objs.HostEvents }
+// HostEvents is the ring buffer the hostname programs write to; nil without
+// them.
+func (g *Gate) HostEvents() *ebpf.Map {
+	if g.host == nil {
+		return nil
+	}
+	return g.host.objs.HostEvents
+}
 
 // HostStats are the hostname programs' counters, summed over CPUs.
 type HostStats struct {
@@ -388,6 +411,9 @@ type HostStats struct {
 
 // HostStats reads the per-CPU counters.
 func (g *Gate) HostStats() (HostStats, error) {
+	if g.host == nil {
+		return HostStats{}, g.hostErr
+	}
 	var out [8]uint64
 	for i := range out {
 		var per []uint64

@@ -231,6 +231,10 @@ func (g *Gate) PidsOf(slot uint32, gen uint64) ([]uint32, error) {
 	return g.pidsOfTable(slot, gen)
 }
 
+// TaskIterator reports nil where PidsOf walks the host's tasks with the BPF
+// iterator, else why it reads the whole pid table instead.
+func (g *Gate) TaskIterator() error { return g.tasksErr }
+
 // PidListing says how PidsOf finds processes: by walking the host's tasks,
 // or, without the kernel's BTF, the whole pid table.
 func (g *Gate) PidListing() string {

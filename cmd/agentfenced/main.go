@@ -133,6 +133,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}()
 	log.Info("egress gate attached", "cgroup_root", cfg.CgroupRoot, "pinned", pinned, "adopted", gate.Adopted(),
 		"pid_bound_members_by", gate.PidListing())
+	if err := gate.Hostnames(); err != nil {
+		log.Warn("hostname rules unavailable: sessions with hostname rules will be refused; address rules are enforced", "err", err)
+	}
 
 	clock := attribution.NewClock()
 	procs, err := startProcesses(ctx, gate, cfg, log)
@@ -144,6 +147,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	destroyer := sockdestroy.New()
 	defer destroyer.Close()
 	log.Info("connection teardown ready", "sockets_named_by", destroyer.Naming())
+	exportKernelPaths(reg, gate, destroyer, procs.progs != nil)
 
 	rc := attribution.DefaultConfig()
 	rc.DefaultTTL, rc.MaxTTL = cfg.Sessions.DefaultTTL.Std(), cfg.Sessions.MaxTTL.Std()
@@ -193,15 +197,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("ring buffer reader: %w", err)
 	}
-	hostRd, err := ringreader.New(gate.HostEvents(), 50*time.Millisecond)
-	if err != nil {
-		return fmt.Errorf("ring buffer reader: %w", err)
+	// Without the hostname programs (a kernel that refused them) there is
+	// no hostname ring to read.
+	var hostRd *ringreader.Reader
+	if gate.HostEvents() != nil {
+		if hostRd, err = ringreader.New(gate.HostEvents(), 50*time.Millisecond); err != nil {
+			return fmt.Errorf("ring buffer reader: %w", err)
+		}
 	}
 	sessions.SetEventSync(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		rd.Sync(ctx)
-		hostRd.Sync(ctx)
+		if hostRd != nil {
+			hostRd.Sync(ctx)
+		}
 	})
 	joiner := &attribution.Joiner{Registry: sessions, Clock: clock, Wait: 100 * time.Millisecond, Names: gate}
 	if procs.cache != nil {
@@ -222,17 +232,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		})
 	})
-	wg.Go(func() {
-		errc <- hostRd.Run(evCtx, func(raw []byte) {
-			ev, err := enforcer.DecodeHostEvent(raw)
-			if err != nil {
-				log.Error("bad hostname event", "err", err)
-				return
-			}
-			gate.NoteHostEvent(ev)
-			pipe.Emit(joiner.HostRecord(ev))
+	if hostRd != nil {
+		wg.Go(func() {
+			errc <- hostRd.Run(evCtx, func(raw []byte) {
+				ev, err := enforcer.DecodeHostEvent(raw)
+				if err != nil {
+					log.Error("bad hostname event", "err", err)
+					return
+				}
+				gate.NoteHostEvent(ev)
+				pipe.Emit(joiner.HostRecord(ev))
+			})
 		})
-	})
+	}
 	wg.Go(func() { procs.emitExecs(evCtx, joiner, pipe.Emit) })
 	wg.Go(func() { watchLoss(evCtx, gate, procs, clock, pipe.Emit, log) })
 	wg.Go(func() {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/agentfence/agentfence/attribution"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/enforcer/sockdestroy"
 )
 
 // collector reads the kernel's counters and the daemon's state at scrape
@@ -103,4 +104,24 @@ func serveHTTP(s *http.Server, l net.Listener) error {
 		return err
 	}
 	return nil
+}
+
+// exportKernelPaths sets agentfence_kernel_path to 1 for the path that
+// serves each optional kernel feature on this host, so a fleet shows where
+// a fallback runs (agentfence doctor says why).
+func exportKernelPaths(reg prometheus.Registerer, gate *enforcer.Gate, d *sockdestroy.Destroyer, processes bool) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "agentfence_kernel_path",
+		Help: "1 for the path serving each optional kernel feature (preferred or fallback)."}, []string{"feature", "path"})
+	reg.MustRegister(g)
+	set := func(feature string, preferred bool, yes, no string) {
+		if preferred {
+			g.WithLabelValues(feature, yes).Set(1)
+		} else {
+			g.WithLabelValues(feature, no).Set(1)
+		}
+	}
+	set("hostnames", gate.Hostnames() == nil, "cgroup_skb", "unavailable")
+	set("pid_members", gate.TaskIterator() == nil, "task_iterator", "pid_table_walk")
+	set("socket_naming", d.Iterator() == nil, "task_file_iterator", "pidfd_getfd")
+	set("process_identity", processes, "raw_tracepoints", "unavailable")
 }

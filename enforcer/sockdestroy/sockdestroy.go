@@ -89,6 +89,10 @@ func New() *Destroyer {
 	return &Destroyer{it: it, why: err}
 }
 
+// Iterator reports nil where sockets are named by the BPF iterator, else
+// why they are named through pidfd_getfd.
+func (d *Destroyer) Iterator() error { return d.why }
+
 // Naming says how the Destroyer names sockets, and why not with the
 // iterator.
 func (d *Destroyer) Naming() string {
