@@ -19,6 +19,7 @@ import (
 	"github.com/agentfence/agentfence/internal/bpffs"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/privtest"
 )
 
 // A kill -9 of the daemon while a member loops on allowed and denied
@@ -141,6 +142,25 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	if !hasPrefix(got, "agentfence_build_info{") {
 		t.Error("no agentfence_build_info")
+	}
+	// One path per optional kernel feature, and on a kernel new enough the
+	// preferred one: a fallback there is a bug (docs/kernels.md).
+	paths := map[string]string{"hostnames": "cgroup_skb", "pid_members": "task_iterator",
+		"socket_naming": "task_file_iterator", "process_identity": "raw_tracepoints"}
+	for feature, preferred := range paths {
+		n := 0
+		for k, v := range got {
+			if strings.HasPrefix(k, `agentfence_kernel_path{feature="`+feature+`"`) && v == 1 {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("agentfence_kernel_path for %s: %d paths set, want 1", feature, n)
+		}
+		k := `agentfence_kernel_path{feature="` + feature + `",path="` + preferred + `"}`
+		if got[k] != 1 && !privtest.KernelBefore(6, 1) {
+			t.Errorf("%s = %v, want 1 on this kernel", k, got[k])
+		}
 	}
 	for k := range got {
 		if strings.Contains(k, "session=") || strings.Contains(k, "pid=") {
