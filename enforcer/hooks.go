@@ -130,7 +130,7 @@ func (g *Gate) dropHook(h *hook) error {
 		if g.pinPath != "" {
 			errs = append(errs, l.Unpin())
 		}
-		errs = append(errs, l.Close())
+		errs = append(errs, release(l))
 	}
 	h.links = nil
 	return errors.Join(errs...)
@@ -205,7 +205,11 @@ func (g *Gate) closeHooks() {
 	defer g.hooks.mu.Unlock()
 	for _, h := range g.hooks.byPath {
 		for _, l := range h.links {
-			l.Close()
+			if g.pinPath == "" {
+				release(l)
+			} else {
+				l.Close()
+			}
 		}
 		h.links = nil
 	}
