@@ -33,6 +33,10 @@ test: ## run the whole test suite (as root: kernel tests load the real programs)
 bench: ## run the benchmarks (as root); numbers go to docs/benchmarks.md
 	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 60m $(PKGS)
 
+.PHONY: vmtest
+vmtest: ## kernel tests in qemu on Debian 5.10/6.1/6.12 + this host (as root; KERNELS="6.1 host" PKGS="enforcer e2e")
+	./vmtest/vmtest.sh
+
 .PHONY: demo
 demo: build ## run the demo on this host (as root)
 	BIN=$(BIN) ./demo/demo.sh

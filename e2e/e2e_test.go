@@ -37,6 +37,12 @@ func build(t testing.TB) string {
 	if binDir != "" {
 		return binDir
 	}
+	// make vmtest runs this package in VMs without a Go toolchain build:
+	// it points here at agentfenced and agentfence built on the host.
+	if dir := os.Getenv("AGENTFENCE_E2E_BIN"); dir != "" {
+		binDir = dir
+		return dir
+	}
 	dir, err := os.MkdirTemp("", "agentfence-e2e-bin")
 	if err != nil {
 		t.Fatal(err)

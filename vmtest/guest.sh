@@ -1,0 +1,73 @@
+#!/bin/bash
+# Stage 2, PID 1 in the guest, on the host's userspace (overlay over 9p).
+# Sets up what the kernel tests expect of a host, runs each package's
+# prebuilt test binary and writes NAME.log/NAME.rc to the results share
+# (/mnt), then powers off. Settings come from /mnt/config (vmtest.sh).
+. /mnt/config
+export PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root TMPDIR=/tmp CI=true AGENTFENCE_E2E_BIN=$BIN
+
+off() {
+	sync
+	echo "VMTEST-DONE"
+	echo o >/proc/sysrq-trigger
+	sleep 10
+}
+
+mnt() { mountpoint -q "$3" || mount -t "$1" "$2" "$3" || echo "vmtest: mount $1 on $3 failed"; }
+mnt tmpfs tmpfs /tmp
+mnt tmpfs tmpfs /run
+mkdir -p /dev/pts && mnt devpts devpts /dev/pts
+mnt cgroup2 cgroup2 /sys/fs/cgroup
+mnt bpf bpf /sys/fs/bpf
+mnt debugfs debugfs /sys/kernel/debug
+mnt tracefs tracefs /sys/kernel/tracing
+mnt securityfs securityfs /sys/kernel/security
+
+# Modules the tests pull in on demand (sock_diag, dummy) come from the
+# kernel package; busybox is the modprobe, the host has none of its own.
+ver=$(uname -r)
+if [ ! -d "/lib/modules/$ver" ] && mkdir -p "/lib/modules/$ver"; then
+	mount --bind "$KDIR/lib/modules/$ver" "/lib/modules/$ver"
+fi
+ln -sf "$(command -v busybox)" /sbin/modprobe 2>/dev/null && echo /sbin/modprobe >/proc/sys/kernel/modprobe
+
+# Loopback, plus a dummy link holding default routes: the tests send to
+# addresses outside loopback (udp [::2]:7 must succeed), and on a dummy
+# link nothing leaves the VM.
+ip link set lo up
+modprobe dummy 2>/dev/null
+if ip link add vmtest0 type dummy; then
+	ip link set vmtest0 up
+	ip addr add 192.0.2.1/24 dev vmtest0
+	ip -6 addr add 2001:db8::1/64 dev vmtest0 nodad
+	ip route add default dev vmtest0
+	ip -6 route add default dev vmtest0
+else
+	echo "vmtest: no dummy link: tests that need a default route will fail"
+fi
+
+{
+	echo "kernel: $(uname -r) ($(uname -v))"
+	echo "lsm: $(cat /sys/kernel/security/lsm 2>/dev/null)"
+	echo "btf: $([ -r /sys/kernel/btf/vmlinux ] && echo yes || echo no)"
+} >/mnt/kernel.info
+cat /mnt/kernel.info
+
+for pkg in $PKGS; do
+	name=${pkg//\//_}
+	echo "vmtest: running $pkg"
+	start=$(date +%s)
+	if [ -x "$BIN/$name.test" ]; then
+		# The tests read testdata relative to their package directory.
+		(cd "$REPO/$pkg" && timeout -k 10 "$OUTER_TIMEOUT" "$BIN/$name.test" \
+			-test.v -test.count=1 -test.timeout="$TIMEOUT") >"/mnt/$name.log" 2>&1
+		rc=$?
+	else
+		echo "no test binary $BIN/$name.test" >"/mnt/$name.log"
+		rc=127
+	fi
+	echo "$rc $(($(date +%s) - start))" >"/mnt/$name.rc"
+	echo "vmtest: $pkg rc=$rc in $(($(date +%s) - start))s"
+done
+off
