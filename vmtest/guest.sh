@@ -60,7 +60,7 @@ for pkg in $PKGS; do
 	start=$(date +%s)
 	if [ -x "$BIN/$name.test" ]; then
 		# The tests read testdata relative to their package directory.
-		(cd "$REPO/$pkg" && timeout -k 10 "$OUTER_TIMEOUT" "$BIN/$name.test" \
+		(cd "$SRC/$pkg" && timeout -k 10 "$OUTER_TIMEOUT" "$BIN/$name.test" \
 			-test.v -test.count=1 -test.timeout="$TIMEOUT") >"/mnt/$name.log" 2>&1
 		rc=$?
 	else

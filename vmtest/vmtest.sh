@@ -7,6 +7,8 @@
 #   PKGS="enforcer sensor ..."     packages to test (default: the kernel ones)
 #   VMTEST_TIMEOUT=40m             go test timeout per package
 #   VMTEST_CACHE=.cache/vmtest     kernels, initramfs, binaries, logs
+#   VMTEST_REV=HEAD                test a commit (git archive) instead of
+#                                  the work tree, e.g. while others edit it
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$REPO/vmtest
@@ -22,6 +24,7 @@ PKGS=$(echo $PKGS | sed 's#\./##g')
 TIMEOUT=${VMTEST_TIMEOUT:-40m}
 MEM=${VMTEST_MEM:-2G}
 BIN=$CACHE/bin
+SRC=$REPO
 
 log() { echo "vmtest: $*" >&2; }
 die() {
@@ -40,13 +43,13 @@ mkdir -p "$CACHE" "$BIN"
 # does not build is reported as such in every row.
 build() {
 	local pkg name
-	log "building test binaries into $BIN"
-	(cd "$REPO" && go build -trimpath -o "$BIN/" ./cmd/agentfenced ./cmd/agentfence) >"$BIN/cmd.buildlog" 2>&1 ||
+	log "building test binaries from $SRC into $BIN"
+	(cd "$SRC" && go build -trimpath -o "$BIN/" ./cmd/agentfenced ./cmd/agentfence) >"$BIN/cmd.buildlog" 2>&1 ||
 		log "building agentfenced/agentfence failed: $(head -n3 "$BIN/cmd.buildlog")"
 	for pkg in $PKGS; do
 		name=${pkg//\//_}
 		rm -f "$BIN/$name.test"
-		(cd "$REPO" && go test -c -o "$BIN/$name.test" "./$pkg") >"$BIN/$name.buildlog" 2>&1 ||
+		(cd "$SRC" && go test -c -o "$BIN/$name.test" "./$pkg") >"$BIN/$name.buildlog" 2>&1 ||
 			log "building $pkg failed: $(head -n3 "$BIN/$name.buildlog")"
 	done
 }
@@ -95,6 +98,7 @@ run_vm() {
 	initramfs "$k" "$ver" 2>>"$run/error" || { echo "initramfs for $ver failed" >>"$run/error"; return 1; }
 	cat >"$run/config" <<EOF
 REPO='$REPO'
+SRC='$SRC'
 KDIR='$kd'
 BIN='$BIN'
 PKGS='$PKGS'
@@ -132,7 +136,7 @@ run_host() {
 		log "host: running $pkg"
 		start=$(date +%s)
 		if [ -x "$BIN/$name.test" ]; then
-			(cd "$REPO/$pkg" && CI=true AGENTFENCE_E2E_BIN=$BIN timeout -k 10 "$(outer "$TIMEOUT" 2)" \
+			(cd "$SRC/$pkg" && CI=true AGENTFENCE_E2E_BIN=$BIN timeout -k 10 "$(outer "$TIMEOUT" 2)" \
 				"$BIN/$name.test" -test.v -test.count=1 -test.timeout="$TIMEOUT") >"$run/$name.log" 2>&1
 			rc=$?
 		else
@@ -150,6 +154,12 @@ outer() {
 	echo "$((m * $2 + 5))m"
 }
 
+if [ -n "${VMTEST_REV:-}" ]; then
+	rev=$(git -C "$REPO" rev-parse --short "$VMTEST_REV") || die "no commit $VMTEST_REV"
+	SRC=$CACHE/src/$rev
+	rm -rf "$SRC" && mkdir -p "$SRC"
+	git -C "$REPO" archive "$rev" | tar -x -C "$SRC" || die "git archive $rev failed"
+fi
 build
 status=0
 declare -A WALL
@@ -171,7 +181,7 @@ done
 matrix=$CACHE/matrix.md
 details=$(mktemp)
 {
-	echo "# vmtest matrix, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)"
+	echo "# vmtest matrix, $(date -u '+%Y-%m-%d %H:%M UTC'), ${rev:-work tree at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)}"
 	echo
 	printf '| kernel | wall |'
 	for pkg in $PKGS; do printf ' %s |' "$pkg"; done
