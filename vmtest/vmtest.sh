@@ -115,11 +115,14 @@ EOF
 		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 		-virtfs "local,path=$run,mount_tag=results,security_model=none" \
 		</dev/null >"$run/console.log" 2>&1
-	echo "qemu exit $?" >>"$run/console.log"
+	printf '\nqemu exit %s\n' $? >>"$run/console.log"
 	grep -q VMTEST-DONE "$run/console.log" && return 0
 	{
 		echo "kernel $k ($ver) did not finish its run:"
-		grep -m3 -e VMTEST-FATAL -e 'Kernel panic' -e 'qemu-system' "$run/console.log" || tail -n 5 "$run/console.log"
+		# The console minus terminal escapes and firmware banners.
+		sed 's/\r//g; s/\x1bc/\n/g; s/\x1b\[[0-9;?]*[a-zA-Z]//g' "$run/console.log" |
+			grep -v -e '^SeaBIOS' -e '^Booting from' -e '^ *$' >"$run/console.txt"
+		grep -m3 -e VMTEST-FATAL -e 'Kernel panic' -e 'qemu-system' "$run/console.txt" || tail -n 5 "$run/console.txt"
 	} >>"$run/error"
 	return 1
 }
