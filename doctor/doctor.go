@@ -2,8 +2,10 @@
 // cgroup v2, bpffs, the BPF program and map types and helpers the gate and
 // the sensors use, and socket destruction. Every check probes the running
 // kernel directly (loading tiny programs, creating tiny maps, opening a
-// loopback connection) rather than reading kernel config, so what it reports
-// is what the daemon will get.
+// loopback connection) rather than reading kernel config. The probes say
+// why something is missing; the verdict comes from loading the daemon's own
+// BPF objects, unattached (objects.go), since a kernel can offer every
+// feature and still have its verifier refuse a program.
 //
 // `agentfence doctor` prints the table and exits non-zero when
 // Report.GateCanRun is false.
@@ -18,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -27,6 +30,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
+	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/enforcer/sockdestroy"
 )
 
@@ -85,6 +89,9 @@ type Check struct {
 	Impact string `json:"impact,omitempty"`
 	// Gate marks checks the connect gate cannot run without.
 	Gate bool `json:"gate"`
+	// Duration is how long an object check's load took, nearly all of it
+	// verification (objects.go); 0 for the other checks.
+	Duration time.Duration `json:"duration_ns,omitempty"`
 }
 
 // Report is the result of Run.
@@ -176,6 +183,10 @@ type Options struct {
 	NoAttach bool
 	// NoSockDestroy skips the loopback SOCK_DESTROY probe.
 	NoSockDestroy bool
+	// Objects are the settings the daemon loads its objects with (DNS TTL
+	// clamps, ...): they are constants the verifier sees. Break is for
+	// tests of a refused object.
+	Objects enforcer.VerifyOptions
 }
 
 func (o *Options) defaults() {
@@ -211,6 +222,7 @@ func Run(ctx context.Context, w io.Writer, opts Options) (Report, error) {
 		checkMaps,
 		checkHelpers,
 		checkSockDestroy,
+		checkObjects,
 	}
 	for _, step := range steps {
 		if err := ctx.Err(); err != nil {

@@ -5,15 +5,20 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/privtest"
+	"github.com/agentfence/agentfence/sensor"
 )
 
 // kernelConfig returns the value of CONFIG_name from /proc/config.gz: "y",
@@ -180,21 +185,102 @@ func TestRunOnHost(t *testing.T) {
 		}
 	}
 
-	// Task iterators of one process came with 6.1 (BTF is checked above).
-	if maj, min, ok := parseRelease(r.Kernel); ok {
-		want := StatusMissing
-		if maj > 6 || maj == 6 && min >= 1 {
-			want = StatusOK
+	// Task iterators of one process came with 6.1 (BTF is checked above):
+	// before, the iterator cannot exist; from 6.1 on, it must load.
+	wantIter := StatusOK
+	if privtest.KernelBefore(6, 1) {
+		wantIter = StatusMissing
+	}
+	if c := mustGet(t, r, CheckSockIter); c.Status != wantIter {
+		t.Errorf("%s = %+v, want %s", CheckSockIter, c, wantIter)
+	}
+
+	// The daemon's own objects load on every supported kernel; only the
+	// gate is required, and each says how long its load took.
+	for _, name := range []string{CheckObjectGate, CheckObjectHostnames, CheckObjectTaskLister, CheckObjectProcess} {
+		c := mustGet(t, r, name)
+		if c.Status != StatusOK || c.Duration <= 0 || !strings.Contains(c.Detail, "verified in") {
+			t.Errorf("%s = %+v, want ok with its verification time", name, c)
 		}
-		if c := mustGet(t, r, CheckSockIter); c.Status != want {
-			t.Errorf("%s = %+v, want %s", CheckSockIter, c, want)
+		if c.Gate != (name == CheckObjectGate) {
+			t.Errorf("%s: Gate = %v", name, c.Gate)
 		}
+	}
+	// The socket iterator: before 6.1 the pidfd_getfd path; from 6.1 on
+	// the iterator, degraded where it walks the leader's fd table only.
+	si := mustGet(t, r, CheckObjectSockIter)
+	switch {
+	case privtest.KernelBefore(6, 1):
+		if si.Status != StatusMissing || !strings.Contains(si.Detail, "pidfd_getfd") {
+			t.Errorf("%s = %+v, want missing and the pidfd_getfd path", CheckObjectSockIter, si)
+		}
+	case si.Status != StatusOK && si.Status != StatusDegraded,
+		!strings.Contains(si.Detail, "sockets named by: bpf task_file iterator"), si.Duration <= 0, si.Gate:
+		t.Errorf("%s = %+v, want the iterator path", CheckObjectSockIter, si)
 	}
 
 	// The attach probe cleaned up after itself.
 	leftovers, _ := filepath.Glob(filepath.Join(cg2, "agentfence-doctor-*"))
 	if len(leftovers) != 0 {
 		t.Errorf("test cgroups left behind: %v", leftovers)
+	}
+}
+
+// TestObjectRefused breaks one object at a time (a program that reads an
+// unwritten register, loaded through the real path): doctor reports it
+// missing with the verifier's reason, and only the gate decides the verdict.
+func TestObjectRefused(t *testing.T) {
+	privtest.RequireRoot(t)
+	for _, tc := range []struct {
+		object, check, impact string
+	}{
+		{enforcer.ObjectGate, CheckObjectGate, "the daemon cannot start"},
+		{enforcer.ObjectHostnames, CheckObjectHostnames, "hostname rules are unavailable"},
+		{enforcer.ObjectTaskLister, CheckObjectTaskLister, "pid table walk"},
+		{sensor.ObjectProcess, CheckObjectProcess, "only the pid, uid and comm"},
+	} {
+		var out bytes.Buffer
+		r, err := Run(context.Background(), &out, Options{NoAttach: true, NoSockDestroy: true,
+			Objects: enforcer.VerifyOptions{Break: tc.object}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := mustGet(t, r, tc.check)
+		if c.Status != StatusMissing || !strings.Contains(c.Detail, "verifier refused it") ||
+			!strings.Contains(c.Detail, "R9 !read_ok") || !strings.Contains(c.Impact, tc.impact) {
+			t.Errorf("break %s: %+v", tc.object, c)
+		}
+		for _, other := range []string{CheckObjectGate, CheckObjectHostnames, CheckObjectTaskLister, CheckObjectProcess} {
+			if o := mustGet(t, r, other); other != tc.check && o.Status != StatusOK {
+				t.Errorf("break %s: %s = %+v", tc.object, other, o)
+			}
+		}
+		gate := tc.object == enforcer.ObjectGate
+		if r.GateCanRun() == gate {
+			t.Errorf("break %s: GateCanRun = %v", tc.object, r.GateCanRun())
+		}
+		if gate && !strings.Contains(out.String(), "CANNOT run on this host (object/gate)") {
+			t.Errorf("break gate: the table does not blame the gate object:\n%s", out.String())
+		}
+		if !strings.Contains(out.String(), "-> "+c.Impact) {
+			t.Errorf("break %s: the table does not print the fallback", tc.object)
+		}
+	}
+}
+
+// An object refused for another reason than the verifier's is classified
+// like a probe.
+func TestObjectCheckErrors(t *testing.T) {
+	c := objectCheck(enforcer.ObjectCheck{Name: "hostnames", Fallback: "x", Err: fmt.Errorf("load: %w", ebpf.ErrNotSupported)})
+	if c.Status != StatusMissing || c.Gate || c.Impact != "hostnames refused: x" {
+		t.Errorf("not supported: %+v", c)
+	}
+	c = objectCheck(enforcer.ObjectCheck{Name: "gate", Required: true, Programs: 1, Duration: 1500 * time.Microsecond})
+	if c.Status != StatusOK || !c.Gate || c.Detail != "its program loads; verified in 1.5 ms" {
+		t.Errorf("ok: %+v", c)
+	}
+	if got := ms(62 * time.Second); got != "1m2s" {
+		t.Errorf("ms(62s) = %q", got)
 	}
 }
 

@@ -1,0 +1,264 @@
+package enforcer
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// Verification of the daemon's own objects, for `agentfence doctor`: a
+// feature probe says a program type or helper exists, but only loading the
+// real programs says whether this kernel's verifier accepts them (5.10 and
+// 6.1 refused the hostname programs while every probe passed).
+
+// Object names, as ObjectCheck.Name and VerifyOptions.Break spell them.
+const (
+	ObjectGate       = "gate"
+	ObjectHostnames  = "hostnames"
+	ObjectTaskLister = "task_lister"
+)
+
+// ObjectCheck is the outcome of loading one BPF object into the kernel
+// without attaching it.
+type ObjectCheck struct {
+	Name string
+	// Required: the daemon does not start without this object.
+	Required bool
+	// Fallback is what the daemon does when the kernel refuses the object.
+	Fallback string
+	// Programs is how many programs the object holds.
+	Programs int
+	// Duration is the wall time of loading the programs, nearly all of it
+	// in the verifier for the large objects. The object's maps are created
+	// beforehand and not counted. A refused object's time includes the
+	// second verification cilium/ebpf runs to fetch the log.
+	Duration time.Duration
+	// Insns is how many instructions the verifier processed, summed over
+	// the programs; 0 where the kernel does not say (before 5.16).
+	Insns uint32
+	// Err is nil when the object loaded. A verifier rejection's message
+	// ends with the last lines of the log (see tailVerifierError).
+	Err error
+}
+
+// VerifyOptions mirror the Options of Load that change what is verified.
+type VerifyOptions struct {
+	MaxCgroupDepth uint32
+	Hostnames      HostnameOptions
+	// Break names an object whose first program is loaded with an
+	// instruction the verifier refuses, so tests take the failure path
+	// through the real load. Other names (another package's objects)
+	// break nothing here.
+	Break string
+}
+
+// hostnameShared are the gate maps loadHostnames hands the hostname
+// programs.
+var hostnameShared = []string{"sessions", "scope4", "scope6", "exact4", "exact6", "host_names", "learned", "session_socks"}
+
+// VerifyObjects loads the gate, the hostname programs and the task lister
+// as Load would (same variables, the gate's maps shared), attaches nothing,
+// and closes everything again.
+func VerifyObjects(opts VerifyOptions) []ObjectCheck {
+	_ = rlimit.RemoveMemlock() // kernels before 5.11 charge BPF memory to it
+	checks := []ObjectCheck{
+		{Name: ObjectGate, Required: true},
+		{Name: ObjectHostnames, Fallback: "hostname rules are unavailable: sessions with them are refused; address rules still work"},
+		{Name: ObjectTaskLister, Fallback: "a session's pid-bound processes are found by reading the whole pid binding table (pid table walk)"},
+	}
+	gate, err := verifyGateSpec(opts)
+	if err != nil {
+		for i := range checks {
+			checks[i].Err = err
+		}
+		return checks
+	}
+	// The other objects use the gate's maps; made here, they do not depend
+	// on the gate's programs loading.
+	shared, err := createMaps(gate, nil)
+	if err != nil {
+		for i := range checks {
+			checks[i].Err = fmt.Errorf("create the gate's maps: %w", err)
+		}
+		return checks
+	}
+	defer closeMaps(shared)
+	// Decoded once, so that no object's time includes parsing kernel BTF.
+	cache := btf.NewCache()
+	_, _ = cache.Kernel()
+
+	VerifySpec(&checks[0], gate, shared, cache, opts.Break == ObjectGate)
+	if spec, err := verifyHostnameSpec(opts.Hostnames); err != nil {
+		checks[1].Err = err
+	} else {
+		VerifySpec(&checks[1], spec, pick(shared, hostnameShared...), cache, opts.Break == ObjectHostnames)
+	}
+	if spec, err := loadMembers(); err != nil {
+		checks[2].Err = err
+	} else {
+		VerifySpec(&checks[2], spec, pick(shared, "pid_sessions"), cache, opts.Break == ObjectTaskLister)
+	}
+	return checks
+}
+
+func verifyGateSpec(opts VerifyOptions) (*ebpf.CollectionSpec, error) {
+	spec, err := loadGate()
+	if err != nil {
+		return nil, err
+	}
+	if opts.MaxCgroupDepth != 0 {
+		if err := spec.Variables["max_cgroup_depth"].Set(opts.MaxCgroupDepth); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Hostnames.DNSPort != 0 {
+		if err := spec.Variables["dns_port"].Set(opts.Hostnames.DNSPort); err != nil {
+			return nil, err
+		}
+	}
+	return spec, nil
+}
+
+// verifyHostnameSpec sets the variables as loadHostnames does.
+func verifyHostnameSpec(opts HostnameOptions) (*ebpf.CollectionSpec, error) {
+	spec, err := loadHostname()
+	if err != nil {
+		return nil, err
+	}
+	lo, hi := opts.TTLMin, opts.TTLMax
+	if lo == 0 {
+		lo = defaultTTLMin
+	}
+	if hi == 0 {
+		hi = defaultTTLMax
+	}
+	if err := spec.Variables["ttl_min_ns"].Set(uint64(lo)); err != nil {
+		return nil, err
+	}
+	if err := spec.Variables["ttl_max_ns"].Set(uint64(hi)); err != nil {
+		return nil, err
+	}
+	if opts.DNSPort != 0 {
+		if err := spec.Variables["dns_port"].Set(opts.DNSPort); err != nil {
+			return nil, err
+		}
+	}
+	return spec, nil
+}
+
+// VerifySpec loads every program of spec, timing only that, into c, and
+// closes them. shared maps are used as they are; the spec's other maps
+// (data sections aside, which carry the variables) are created first.
+// With broken, one program is made to fail verification (breakProgram).
+func VerifySpec(c *ObjectCheck, spec *ebpf.CollectionSpec, shared map[string]*ebpf.Map, cache *btf.Cache, broken bool) {
+	c.Programs = len(spec.Programs)
+	if broken {
+		breakProgram(spec)
+	}
+	own, err := createMaps(spec, shared)
+	if err != nil {
+		c.Err = err
+		return
+	}
+	defer closeMaps(own)
+	repl := maps.Clone(own)
+	maps.Copy(repl, shared)
+	runtime.GC() // parsing BTF left garbage; collect it outside the timed load
+	start := time.Now()
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl, Cache: cache})
+	c.Duration = time.Since(start)
+	if err != nil {
+		c.Err = tailVerifierError(err)
+		return
+	}
+	defer coll.Close()
+	for _, p := range coll.Programs {
+		if info, err := p.Info(); err == nil {
+			n, _ := info.VerifiedInstructions()
+			c.Insns += n
+		}
+	}
+}
+
+// createMaps creates the maps of spec that are not in skip and are not
+// data sections (the collection loader fills those from the variables).
+func createMaps(spec *ebpf.CollectionSpec, skip map[string]*ebpf.Map) (map[string]*ebpf.Map, error) {
+	out := map[string]*ebpf.Map{}
+	for name, ms := range spec.Maps {
+		if _, ok := skip[name]; ok || strings.HasPrefix(name, ".") {
+			continue
+		}
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			closeMaps(out)
+			return nil, fmt.Errorf("map %s: %w", name, err)
+		}
+		out[name] = m
+	}
+	return out, nil
+}
+
+func pick(all map[string]*ebpf.Map, names ...string) map[string]*ebpf.Map {
+	out := map[string]*ebpf.Map{}
+	for _, n := range names {
+		if m, ok := all[n]; ok {
+			out[n] = m
+		}
+	}
+	return out
+}
+
+func closeMaps(ms map[string]*ebpf.Map) {
+	for _, m := range ms {
+		m.Close()
+	}
+}
+
+// breakProgram makes the first program of spec (by name) start by reading
+// R9, which no program may read before writing it, so the verifier refuses
+// it. The function and line info move to the new first instruction, as the
+// kernel wants them at offset 0.
+func breakProgram(spec *ebpf.CollectionSpec) {
+	names := slices.Sorted(maps.Keys(spec.Programs))
+	if len(names) == 0 {
+		return
+	}
+	p := spec.Programs[names[0]]
+	bad := asm.LoadMem(asm.R0, asm.R9, 0, asm.DWord)
+	bad.Metadata, p.Instructions[0].Metadata = p.Instructions[0].Metadata, asm.Metadata{}
+	p.Instructions = append(asm.Instructions{bad}, p.Instructions...)
+}
+
+// verifierTailLines is how much of a verifier log a report keeps: the
+// refused instruction, the reason, and the "processed N insns" summary.
+const verifierTailLines = 6
+
+// tailVerifierError shortens a verifier rejection to the last lines of its
+// log (a log can run to thousands of lines); errors.As still finds the
+// *ebpf.VerifierError. Other errors are returned as they are.
+func tailVerifierError(err error) error {
+	var ve *ebpf.VerifierError
+	if !errors.As(err, &ve) {
+		return err
+	}
+	// The wrapping names the program ("program dns_ingress: ").
+	prefix := strings.TrimSuffix(err.Error(), ve.Error())
+	return &tailError{msg: prefix + fmt.Sprintf("%-*v", verifierTailLines, ve), err: err}
+}
+
+type tailError struct {
+	msg string
+	err error
+}
+
+func (e *tailError) Error() string { return e.msg }
+func (e *tailError) Unwrap() error { return e.err }
