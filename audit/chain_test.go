@@ -146,6 +146,12 @@ func TestVerifyReorderDuplicatesAndGapRecords(t *testing.T) {
 		t.Fatalf("explained gap: %+v %+v", rep, rep.Problem)
 	}
 
+	// An unterminated last line that is not a record is being written
+	// (or was torn by a crash): not a problem, and not a line.
+	rep, _ = Verify(bytes.NewReader(append(join(lines[:3]), lines[3][:20]...)))
+	if !rep.OK() || rep.Records != 3 || rep.Lines != 3 || rep.Partial != 20 {
+		t.Fatalf("partial last line: %+v %+v", rep, rep.Problem)
+	}
 	// Garbage is reported with its line number.
 	rep, _ = Verify(strings.NewReader(string(join(lines[:2])) + "not json\n"))
 	if rep.Problem == nil || rep.Problem.Kind != ProblemMalformed || rep.Problem.Line != 3 {

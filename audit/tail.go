@@ -40,8 +40,16 @@ func Tail(ctx context.Context, path string, w io.Writer, follow bool) error {
 // Follow calls line with each line of the file at path, from its start,
 // until line returns false. At the end of the file it checks for more every
 // poll, reopening the file when it is rotated or truncated, until ctx is
-// done; with poll 0 it returns there instead, after passing an unterminated
-// last line too. Lines longer than MaxLineBytes are dropped.
+// done; with poll 0 it returns there instead. Lines longer than
+// MaxLineBytes are dropped.
+//
+// Only complete lines are passed: bytes after the last '\n' are a line
+// still being written, held back until its '\n' arrives. If instead the
+// writer died mid-line and the next one cut that torn tail off before
+// appending (as agentfence's file sink does), the held-back bytes are
+// dropped and reading goes on where the cut was. With poll 0, an
+// unterminated last line is passed only if it is a whole JSON value (a
+// file written without a final newline); otherwise it is not a record yet.
 func Follow(ctx context.Context, path string, poll time.Duration, line func([]byte) bool) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -52,6 +60,7 @@ func Follow(ctx context.Context, path string, poll time.Duration, line func([]by
 		partial []byte
 		offset  int64
 		buf     = make([]byte, 64<<10)
+		check   []byte
 		ticker  *time.Ticker
 		next    *os.File // what path names now, once f was rotated away
 	)
@@ -61,6 +70,22 @@ func Follow(ctx context.Context, path string, poll time.Duration, line func([]by
 		}
 	}()
 	for {
+		if len(partial) > 0 {
+			// The bytes held back must still be in the file where they were
+			// read; if they are not, a torn tail was cut off (and perhaps
+			// new lines appended in its place): read on from the cut.
+			start := offset - int64(len(partial))
+			if cap(check) < len(partial) {
+				check = make([]byte, len(partial))
+			}
+			check = check[:len(partial)]
+			if n, _ := f.ReadAt(check, start); n != len(check) || !bytes.Equal(check, partial) {
+				if _, err := f.Seek(start, io.SeekStart); err != nil {
+					return err
+				}
+				offset, partial = start, partial[:0]
+			}
+		}
 		n, rerr := f.Read(buf)
 		if n > 0 {
 			offset += int64(n)
@@ -85,12 +110,13 @@ func Follow(ctx context.Context, path string, poll time.Duration, line func([]by
 		}
 		if next != nil {
 			// The rotated file is read to its end: go on with the new one.
+			// A partial line left in it was torn, never to be completed.
 			f.Close()
 			f, next, offset, partial = next, nil, 0, partial[:0]
 			continue
 		}
 		if poll == 0 {
-			if len(bytes.TrimSpace(partial)) > 0 {
+			if rest := bytes.TrimSpace(partial); len(rest) > 0 && json.Valid(rest) {
 				line(partial)
 			}
 			return nil
@@ -104,7 +130,7 @@ func Follow(ctx context.Context, path string, poll time.Duration, line func([]by
 			return nil
 		case <-ticker.C:
 		}
-		if rotated(f, path, offset) {
+		if rotated(f, path, offset-int64(len(partial))) {
 			nf, err := os.Open(path)
 			if err != nil {
 				continue // the writer has not recreated it yet
@@ -116,8 +142,8 @@ func Follow(ctx context.Context, path string, poll time.Duration, line func([]by
 	}
 }
 
-// rotated reports whether path now names a different or shorter file than
-// the one being read.
+// rotated reports whether path now names a different file than the one
+// being read, or one shorter than the complete lines read from it.
 func rotated(f *os.File, path string, offset int64) bool {
 	cur, err := f.Stat()
 	if err != nil {

@@ -119,3 +119,94 @@ func TestFollowReadsTheRotatedFileToItsEnd(t *testing.T) {
 		t.Errorf("after the rotation Follow passed %q, want b then c", got)
 	}
 }
+
+// Follow passes complete lines only: the bytes after the last '\n' are a
+// line being written, passed once its '\n' arrives. If instead the torn
+// tail is cut off and other lines are written in its place (a restarted
+// daemon repairing the file), the held-back bytes are dropped.
+func TestFollowHoldsBackAPartialLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	if err := os.WriteFile(path, []byte("a\nbb"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lines := make(chan string, 8)
+	done := make(chan error, 1)
+	go func() {
+		done <- Follow(ctx, path, 10*time.Millisecond, func(l []byte) bool {
+			lines <- string(l)
+			return string(l) != "end"
+		})
+	}()
+	appendTo := func(s string) {
+		t.Helper()
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString(s)
+		f.Close()
+	}
+	next := func() string {
+		t.Helper()
+		select {
+		case l := <-lines:
+			return l
+		case <-ctx.Done():
+			t.Fatal("no line")
+		}
+		return ""
+	}
+	if got := next(); got != "a" {
+		t.Fatalf("first line %q", got)
+	}
+	appendTo("b\n")
+	if got := next(); got != "bbb" {
+		t.Fatalf("completed line %q, want bbb", got)
+	}
+	// A torn tail, read in the same write as the line before it.
+	appendTo("c\n{\"torn")
+	if got := next(); got != "c" {
+		t.Fatalf("line %q, want c", got)
+	}
+	if err := os.Truncate(path, int64(len("a\nbbb\nc\n"))); err != nil {
+		t.Fatal(err)
+	}
+	appendTo("a longer line after the cut\nend\n")
+	if got := next(); got != "a longer line after the cut" {
+		t.Fatalf("after the repair: %q", got)
+	}
+	if got := next(); got != "end" {
+		t.Fatalf("last line %q", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Without follow, an unterminated last line is shown only if it is a whole
+// record; a torn one is not a record yet.
+func TestTailSkipsATornLastLine(t *testing.T) {
+	c, _ := OpenChain("")
+	lines := chainLines(t, c, 2)
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want int
+	}{
+		{"torn", append(join(lines[:1]), lines[1][:40]...), 1},
+		{"whole record without its newline", append(join(lines[:1]), lines[1]...), 2},
+	} {
+		path := filepath.Join(t.TempDir(), "audit.jsonl")
+		os.WriteFile(path, tc.data, 0o600)
+		var out bytes.Buffer
+		if err := Tail(context.Background(), path, &out, false); err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Split(strings.TrimSpace(out.String()), "\n")
+		if len(got) != tc.want || strings.Contains(out.String(), "??") {
+			t.Errorf("%s: %q", tc.name, out.String())
+		}
+	}
+}

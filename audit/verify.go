@@ -51,7 +51,12 @@ type Report struct {
 	FirstSeq   uint64         `json:"first_seq"`
 	LastSeq    uint64         `json:"last_seq"`
 	Gaps       []ExplainedGap `json:"gaps,omitempty"`
-	Problem    *Problem       `json:"problem,omitempty"`
+	// Partial is the length of an unterminated last line that is not a
+	// record: one still being written, or torn by a crash (the daemon cuts
+	// such a tail off when it starts and delivers its records again). It
+	// is not counted in Lines and is not a problem.
+	Partial int      `json:"partial_bytes,omitempty"`
+	Problem *Problem `json:"problem,omitempty"`
 }
 
 // OK reports whether the stream verified without unexplained problems.
@@ -67,6 +72,8 @@ type verifyHead struct {
 
 // Verify reads native JSON records, one per line, and checks that seqs are
 // continuous and that each prev_hash is the SHA-256 of the previous line.
+// An unterminated last line that does not decode is reported as Partial
+// (a line being written, or one torn by a crash), not as a problem.
 // Redelivered duplicates (same seq, identical bytes) are counted and
 // skipped; gap records with seq 0 (spool overflow) explain the jump that
 // follows them. It stops at the first problem, which is returned in the
@@ -120,6 +127,12 @@ func Verify(r io.Reader) (Report, error) {
 		n := rep.Lines
 		var h verifyHead
 		if uerr := json.Unmarshal(line, &h); uerr != nil {
+			if err != nil {
+				// No '\n' yet: not a line, let alone a record.
+				rep.Lines--
+				rep.Partial = len(line)
+				return rep, nil
+			}
 			return fail(ProblemMalformed, n, 0, "%v", uerr)
 		}
 		if h.Seq == 0 {

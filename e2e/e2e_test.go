@@ -4,7 +4,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -165,23 +164,34 @@ func (d *daemon) cli(t *testing.T, env []string, args ...string) (string, string
 	return stdout.String(), stderr.String(), code
 }
 
+// records reads the records in the audit file. Only complete lines are
+// records: bytes after the last '\n' are a line the daemon is writing (or
+// one torn by a kill -9, which the next daemon cuts off before it appends).
 func (d *daemon) records(t *testing.T) []audit.Record {
 	t.Helper()
-	f, err := os.Open(d.audit)
+	data, err := os.ReadFile(d.audit)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	var out []audit.Record
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	for _, line := range completeLines(data) {
 		var r audit.Record
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			t.Fatalf("audit line %q: %v", sc.Text(), err)
+		if err := json.Unmarshal(line, &r); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
 		}
 		out = append(out, r)
 	}
 	return out
+}
+
+// completeLines splits data into its '\n'-terminated lines, without the
+// '\n', leaving out an unterminated rest.
+func completeLines(data []byte) [][]byte {
+	data = data[:bytes.LastIndexByte(data, '\n')+1]
+	if len(data) == 0 {
+		return nil
+	}
+	return bytes.Split(data[:len(data)-1], []byte("\n"))
 }
 
 func TestRunAllowsScopeAndRecordsDecisions(t *testing.T) {

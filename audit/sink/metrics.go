@@ -7,13 +7,20 @@ type metrics struct {
 	delivered *prometheus.CounterVec
 	retried   *prometheus.CounterVec
 	dropped   *prometheus.CounterVec
+	// File sinks only.
+	tornTails     *prometheus.CounterVec
+	tornBytes     *prometheus.CounterVec
+	replaySkipped *prometheus.CounterVec
 }
 
 type sinkMetrics struct {
-	queued    prometheus.Gauge
-	delivered prometheus.Counter
-	retried   prometheus.Counter
-	dropped   prometheus.Counter
+	queued        prometheus.Gauge
+	delivered     prometheus.Counter
+	retried       prometheus.Counter
+	dropped       prometheus.Counter
+	tornTails     prometheus.Counter
+	tornBytes     prometheus.Counter
+	replaySkipped prometheus.Counter
 }
 
 // newMetrics creates the per-sink metrics. The only label is the sink
@@ -36,9 +43,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "agentfence_sink_records_dropped_total",
 			Help: "Audit records dropped because the queue or spool was full (reported in gap records).",
 		}, []string{"sink"}),
+		tornTails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentfence_sink_file_torn_tails_repaired_total",
+			Help: "Torn last lines (a write cut short by a crash) cut off the sink's file before appending; their records are delivered again.",
+		}, []string{"sink"}),
+		tornBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentfence_sink_file_torn_bytes_repaired_total",
+			Help: "Bytes of torn last lines cut off the sink's file.",
+		}, []string{"sink"}),
+		replaySkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentfence_sink_file_redelivered_skipped_total",
+			Help: "Records delivered again after a restart that the sink's file already held, not written twice.",
+		}, []string{"sink"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.queued, m.delivered, m.retried, m.dropped)
+		reg.MustRegister(m.queued, m.delivered, m.retried, m.dropped, m.tornTails, m.tornBytes, m.replaySkipped)
 	}
 	return m
 }
@@ -49,5 +68,9 @@ func (m *metrics) forSink(name string) sinkMetrics {
 		delivered: m.delivered.WithLabelValues(name),
 		retried:   m.retried.WithLabelValues(name),
 		dropped:   m.dropped.WithLabelValues(name),
+
+		tornTails:     m.tornTails.WithLabelValues(name),
+		tornBytes:     m.tornBytes.WithLabelValues(name),
+		replaySkipped: m.replaySkipped.WithLabelValues(name),
 	}
 }

@@ -126,6 +126,11 @@ func New(opts Options, sinks []audit.SinkConfig) (*Pipeline, error) {
 			s.m.dropped.Add(float64(last - first + 1))
 			s.enqueueGap(line)
 		}
+		// The gap record now stands for them in every spool: say so on
+		// disk at once, or a crash before the first checkpoint would
+		// report the same loss again at the next start.
+		chain.MarkSpooled(last)
+		p.checkpoint()
 	}
 	go p.writer()
 	for _, s := range p.sinks {

@@ -295,7 +295,7 @@ func TestWebhookOCSFAndFileRotation(t *testing.T) {
 
 func TestFileRotation(t *testing.T) {
 	dir := t.TempDir()
-	ft, err := newFileTransport(filepath.Join(dir, "a.log"), 1000, 2)
+	ft, err := newFileTransport(filepath.Join(dir, "a.log"), 1000, 2, quietLogger(), newMetrics(nil).forSink("a"))
 	if err != nil {
 		t.Fatal(err)
 	}

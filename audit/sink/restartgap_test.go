@@ -43,6 +43,13 @@ func TestRestartReportsRecordsLostInMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The gap record stands for the lost records from the start: a second
+	// crash before the first checkpoint must not report them again.
+	var cs struct{ Seq, Spooled uint64 }
+	if b, err := os.ReadFile(filepath.Join(state, "chain.json")); err != nil || json.Unmarshal(b, &cs) != nil ||
+		cs.Seq != st.Seq+7 || cs.Spooled != st.Seq+7 {
+		t.Errorf("chain state right after the restart: %s (%v), want seq and spooled %d", b, err, st.Seq+7)
+	}
 	p.Emit(audit.Record{Kind: audit.KindSession, Event: "closed"})
 	if err := p.Close(); err != nil {
 		t.Fatal(err)

@@ -35,6 +35,9 @@ type sink struct {
 	maxWait   time.Duration
 	draining  atomic.Bool
 	acked     chan struct{}
+	// replayLeft counts down the entries that were spooled and not
+	// acknowledged when the sink started (owned by deliver).
+	replayLeft uint64
 
 	// Spool overflow being accumulated into one gap record; owned by the
 	// pipeline's writer goroutine.
@@ -68,7 +71,7 @@ func newSink(opts Options, c audit.SinkConfig, m *metrics) (*sink, error) {
 		if files == 0 {
 			files = audit.DefaultFileMaxFiles
 		}
-		s.t, err = newFileTransport(c.File.Path, size<<20, files)
+		s.t, err = newFileTransport(c.File.Path, size<<20, files, s.log, s.m)
 		s.batchSize = 512
 	case audit.SinkSyslog:
 		s.t, err = newSyslogTransport(c.Syslog)
@@ -101,7 +104,8 @@ func newSink(opts Options, c audit.SinkConfig, m *metrics) (*sink, error) {
 		s.t.Close()
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	s.m.queued.Set(float64(s.spool.Pending()))
+	s.replayLeft = s.spool.Pending()
+	s.m.queued.Set(float64(s.replayLeft))
 	return s, nil
 }
 
@@ -260,8 +264,12 @@ func (s *sink) messages(batch []spool.Entry) []message {
 	out := make([]message, 0, len(batch))
 	_, bare := s.t.(headless)
 	for _, e := range batch {
+		replay := s.replayLeft > 0
+		if replay {
+			s.replayLeft--
+		}
 		if s.format != audit.FormatOCSF && bare {
-			out = append(out, message{payload: e.Data})
+			out = append(out, message{payload: e.Data, replay: replay})
 			continue
 		}
 		r := new(audit.Record)
@@ -274,10 +282,10 @@ func (s *sink) messages(batch []spool.Entry) []message {
 		if err != nil {
 			s.log.Error("audit spool entry undecodable", "index", e.Index, "err", err)
 			r = &audit.Record{Kind: "unknown", Host: s.host}
-			out = append(out, message{rec: r, payload: e.Data})
+			out = append(out, message{rec: r, payload: e.Data, replay: replay})
 			continue
 		}
-		m := message{rec: r, payload: e.Data}
+		m := message{rec: r, payload: e.Data, replay: replay}
 		if s.format == audit.FormatOCSF {
 			p, err := s.enc.Append(nil, r)
 			if err == nil {

@@ -24,6 +24,9 @@ import (
 type message struct {
 	rec     *audit.Record // nil for headless transports, else at least its header
 	payload []byte
+	// replay marks a record that was in the spool, unacknowledged, when the
+	// sink started: the previous process may have delivered it already.
+	replay bool
 }
 
 // headless is implemented by transports that write the payload alone and
