@@ -2,6 +2,7 @@ package attribution
 
 import (
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
@@ -36,7 +37,7 @@ func TestJoinerRecord(t *testing.T) {
 	if rec.Time.Location() != time.UTC {
 		t.Errorf("time is not UTC: %s", rec.Time.Location())
 	}
-	if rec.Session == nil || *rec.Session != (audit.Session{ID: s.ID, Intent: "pull metrics", Mode: "enforce"}) {
+	if rec.Session == nil || !reflect.DeepEqual(*rec.Session, audit.Session{ID: s.ID, Intent: "pull metrics", Mode: "enforce"}) {
 		t.Errorf("session = %+v", rec.Session)
 	}
 	if rec.Agent == nil || *rec.Agent != (audit.Agent{ID: "spiffe://example.org/agent/7", Name: "metrics-bot", Version: "1.2", Owner: "sre"}) {
@@ -113,7 +114,7 @@ func TestJoinerUnknownSession(t *testing.T) {
 		ev := enforcer.Event{BootNS: BootNS(), Slot: at.slot, Gen: at.gen, Hook: enforcer.HookConnect4, Protocol: 6,
 			Verdict: enforcer.VerdictDenied, Reason: enforcer.ReasonNoRule, Rule: 0, Dest: netip.MustParseAddrPort("10.0.0.1:80")}
 		rec := j.Record(ev)
-		if rec.Session == nil || *rec.Session != (audit.Session{ID: "unknown"}) || rec.Agent != nil || rec.Origin != nil || rec.Outcome.Rule != "" {
+		if rec.Session == nil || !reflect.DeepEqual(*rec.Session, audit.Session{ID: "unknown"}) || rec.Agent != nil || rec.Origin != nil || rec.Outcome.Rule != "" {
 			t.Errorf("slot %d gen %d: session %+v agent %+v origin %+v rule %q", at.slot, at.gen, rec.Session, rec.Agent, rec.Origin, rec.Outcome.Rule)
 		}
 	}

@@ -284,7 +284,7 @@ func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
 	slot := r.free[len(r.free)-1]
 	e := &entry{Session: Session{Version: ModelVersion, ID: newID(), Intent: o.intent, Origin: o.origin, Agent: req.Agent,
 		Mode: modeName(o.mode), TTL: expires.Sub(now).String(), CreatedAt: now, ExpiresAt: expires,
-		Parent: parentID, Labels: maps.Clone(req.Labels), OpenedBy: caller.ID, State: StateActive},
+		Parent: parentID, Labels: maps.Clone(req.Labels), KeptCaps: o.caps, OpenedBy: caller.ID, State: StateActive},
 		slot: slot, gen: r.gens[slot] + 1, rules: o.rules}
 
 	if err := r.writePolicy(e, o.entries); err != nil {
@@ -1188,6 +1188,7 @@ func (r *Registry) baseRecord(e *entry, t time.Time, kind string) audit.Record {
 func (r *Registry) lifecycle(e *entry, event, actor, reason string) {
 	rec := r.baseRecord(e, r.clock.Wall(BootNS()), audit.KindSession)
 	rec.Event, rec.Actor = event, actor
+	rec.Session.KeptCaps = e.KeptCaps // never changed in place
 	if reason != "" {
 		rec.Outcome = &audit.Outcome{Reason: reason}
 	}
@@ -1200,6 +1201,7 @@ func (e *entry) public() Session {
 	s := e.Session
 	s.Scope = texts(e.rules)
 	s.Labels = maps.Clone(e.Labels)
+	s.KeptCaps = slices.Clone(e.KeptCaps)
 	s.Binding.PIDs = slices.Clone(e.Binding.PIDs)
 	if e.Agent != nil {
 		a := *e.Agent

@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/internal/privdrop"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -59,6 +60,7 @@ type Session struct {
 	Binding    Binding           `json:"binding"`
 	Parent     string            `json:"parent,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
+	KeptCaps   []string          `json:"kept_caps,omitempty"` // of privdrop.Gate, left to the command by `agentfence run --keep-cap`, as the opener says
 	OpenedBy   string            `json:"opened_by"`
 	State      string            `json:"state"` // active, quarantined, revoked, expired
 	Violations uint32            `json:"violations"`
@@ -82,6 +84,9 @@ type OpenRequest struct {
 	TTL    string            `json:"ttl,omitempty"`  // Go duration; default from config
 	Parent string            `json:"parent,omitempty"`
 	Labels map[string]string `json:"labels,omitempty"`
+	// KeptCaps names the capabilities of the gate set the launcher leaves
+	// to the command (CAP_NET_RAW or net_raw).
+	KeptCaps []string `json:"kept_caps,omitempty"`
 }
 
 // BindRequest binds processes to a session.
@@ -188,6 +193,7 @@ type opening struct {
 	ttl     time.Duration
 	rules   []scope.Rule
 	entries []scope.Entry
+	caps    []string // KeptCaps, canonical and in privdrop.Gate's order
 }
 
 func (r *Registry) check(req OpenRequest, caller Caller) (opening, error) {
@@ -259,8 +265,29 @@ func (r *Registry) check(req OpenRequest, caller Caller) (opening, error) {
 		o.ttl = d
 	}
 	var err error
+	if o.caps, err = keptCaps(req.KeptCaps); err != nil {
+		return o, err
+	}
 	o.rules, o.entries, err = parseScope("scope", req.Scope, r.cfg.MaxRules)
 	return o, err
+}
+
+// keptCaps checks capability names and returns them canonical, once each,
+// in the order of privdrop.Gate.
+func keptCaps(names []string) ([]string, error) {
+	var keep []privdrop.Cap
+	for i, n := range names {
+		c, err := privdrop.Parse(n)
+		if err != nil {
+			return nil, invalid(fmt.Sprintf("kept_caps[%d]", i), "%v", err)
+		}
+		if !privdrop.InGate(c) {
+			return nil, invalid(fmt.Sprintf("kept_caps[%d]", i), "%s is not one that agentfence run drops (%s)",
+				c, strings.Join(privdrop.Names(privdrop.Gate), ", "))
+		}
+		keep = append(keep, c)
+	}
+	return privdrop.Names(privdrop.Kept(keep)), nil
 }
 
 // within reports the first rule of child that no single rule of parent

@@ -63,6 +63,9 @@ type Session struct {
 	Intent string `json:"intent"`
 	Mode   string `json:"mode,omitempty"`
 	Parent string `json:"parent,omitempty"`
+	// KeptCaps are the capabilities the session's launcher left to its
+	// command (`agentfence run --keep-cap`); set on kind=session records.
+	KeptCaps []string `json:"kept_caps,omitempty"`
 }
 
 // Agent is the agent instance that runs the session.

@@ -101,6 +101,10 @@ func appendEvent(dst []byte, ev *Event) []byte {
 			dst = append(dst, `,"data":{`...)
 			dst = appendOptString(dst, `,"mode":`, d.Mode)
 			dst = appendOptString(dst, `,"parent":`, d.Parent)
+			if len(d.KeptCaps) > 0 {
+				dst = appendKey(dst, `,"kept_caps":`)
+				dst = appendStrings(dst, d.KeptCaps)
+			}
 			dst = append(dst, '}')
 		}
 		dst = append(dst, '}')

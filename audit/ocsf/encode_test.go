@@ -36,7 +36,7 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 		Schema: "1" + s, Seq: 1 << 40, PrevHash: "ph" + s,
 		Time: time.Date(2026, 3, 1, 12, 0, 0, 987_654_321, time.UTC),
 		Kind: kind, Host: "host" + s,
-		Session: &audit.Session{ID: "ses" + s, Intent: "intent" + s, Mode: "mode" + s, Parent: "parent" + s},
+		Session: &audit.Session{ID: "ses" + s, Intent: "intent" + s, Mode: "mode" + s, Parent: "parent" + s, KeptCaps: []string{"CAP_NET_RAW", s}},
 		Agent:   &audit.Agent{ID: "spiffe://x/" + s, Name: "name" + s, Version: "v" + s, Owner: "owner" + s},
 		Origin:  &audit.Origin{Kind: "okind" + s, Principal: "alice" + s},
 		Process: &audit.Process{
@@ -102,7 +102,8 @@ func encodeTable() []audit.Record {
 			func(r *audit.Record) { r.Outcome.Rule, r.Outcome.Reason, r.Outcome.Errno = "", "", "" },
 			func(r *audit.Record) { r.Gap.FirstSeq, r.Gap.LastSeq, r.Gap.Count = 0, 0, 0 },
 			func(r *audit.Record) { r.Session.Mode, r.Session.Parent = "", "" },
-			func(r *audit.Record) { r.Session.Mode = "" },
+			func(r *audit.Record) { r.Session.Mode, r.Session.Parent, r.Session.KeptCaps = "", "", nil },
+			func(r *audit.Record) { r.Session.Mode, r.Session.KeptCaps = "", []string{} },
 			func(r *audit.Record) { r.Agent.Name, r.Agent.ID = "", "" },
 			func(r *audit.Record) {
 				*r = audit.Record{Kind: r.Kind, Event: r.Event, Actor: r.Actor}
@@ -182,7 +183,7 @@ func fullEvent(s string) Event {
 		DstEndpoint:    &Endpoint{IP: "ip" + s, Port: 1, Hostname: "eh" + s},
 		ConnectionInfo: &ConnectionInfo{DirectionID: 2, Direction: "d" + s, ProtocolName: "pn" + s, ProtocolNum: 17},
 		Query:          &DNSQuery{Hostname: "qh" + s},
-		Entity:         &ManagedEntity{UID: "eu" + s, Name: "en" + s, Type: "et" + s, Data: &SessionData{Mode: "mo" + s, Parent: "pa" + s}},
+		Entity:         &ManagedEntity{UID: "eu" + s, Name: "en" + s, Type: "et" + s, Data: &SessionData{Mode: "mo" + s, Parent: "pa" + s, KeptCaps: []string{"kc" + s}}},
 		FirewallRule:   &Rule{Name: "rn" + s, Desc: "rd" + s},
 		LogProvider:    "lp" + s,
 		LogName:        "log" + s,
@@ -268,7 +269,7 @@ func TestAppendEventMatchesReference(t *testing.T) {
 		empty.Actor = &Actor{}
 		empty.Process = &Process{File: &File{Hashes: []Fingerprint{{}, {Algorithm: s}}}, User: &User{}, Container: &Container{}, ParentProcess: &Process{}, Lineage: []string{}}
 		empty.DstEndpoint, empty.ConnectionInfo, empty.Query = &Endpoint{}, &ConnectionInfo{}, &DNSQuery{}
-		empty.Entity, empty.FirewallRule, empty.Device = &ManagedEntity{Data: &SessionData{}}, &Rule{}, &Device{}
+		empty.Entity, empty.FirewallRule, empty.Device = &ManagedEntity{Data: &SessionData{KeptCaps: []string{}}}, &Rule{}, &Device{}
 		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}}}
 		empty.Metadata = Metadata{Profiles: []string{}}
 		variants = append(variants, empty)
@@ -367,6 +368,9 @@ func fuzzRecord(kind uint8, flags uint32, a, b, c, d string, n uint64, m uint32,
 	}
 	if bit(0) {
 		r.Session = &audit.Session{ID: s(), Intent: s(), Mode: s(), Parent: s()}
+		if bit(16) {
+			r.Session.KeptCaps = []string{s(), s()}
+		}
 	}
 	if bit(1) {
 		r.Agent = &audit.Agent{ID: s(), Name: s(), Version: s(), Owner: s()}

@@ -213,8 +213,9 @@ type ManagedEntity struct {
 }
 
 type SessionData struct {
-	Mode   string `json:"mode,omitempty"`
-	Parent string `json:"parent,omitempty"`
+	Mode     string   `json:"mode,omitempty"`
+	Parent   string   `json:"parent,omitempty"`
+	KeptCaps []string `json:"kept_caps,omitempty"`
 }
 
 type Rule struct {
@@ -562,8 +563,8 @@ func session(sc *scratch, r *audit.Record) {
 	ev.Entity = &sc.entity
 	if s := r.Session; s != nil {
 		sc.entity.UID, sc.entity.Name = s.ID, s.Intent
-		if s.Mode != "" || s.Parent != "" {
-			sc.entityData = SessionData{Mode: s.Mode, Parent: s.Parent}
+		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 {
+			sc.entityData = SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps}
 			sc.entity.Data = &sc.entityData
 		}
 	}

@@ -225,6 +225,28 @@ func TestVerdictMapping(t *testing.T) {
 	}
 }
 
+// A session record's kept capabilities land in entity.data.kept_caps, the
+// managed entity's own data, beside the session's mode.
+func TestSessionKeptCaps(t *testing.T) {
+	r := audit.Record{Kind: audit.KindSession, Event: "opened",
+		Session: &audit.Session{ID: "s1", Intent: "x", KeptCaps: []string{"CAP_NET_RAW"}}}
+	b, err := Encoder{}.Append(nil, &r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := lookup(m, "entity.data.kept_caps[0]"); !ok || v != "CAP_NET_RAW" {
+		t.Errorf("entity.data.kept_caps: %v in %s", v, b)
+	}
+	r.Session.KeptCaps = nil
+	if ev := (Encoder{}).Event(&r); ev.Entity.Data != nil {
+		t.Errorf("a session with nothing kept has entity data %+v", ev.Entity.Data)
+	}
+}
+
 // benchRecord is a full connect record, the typical sink load.
 func benchRecord() audit.Record {
 	r := records()[1]

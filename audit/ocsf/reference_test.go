@@ -226,8 +226,8 @@ func (e refEncoder) session(ev *Event, r *audit.Record) {
 	ev.Entity = &ManagedEntity{Type: "Intent Session"}
 	if s := r.Session; s != nil {
 		ev.Entity.UID, ev.Entity.Name = s.ID, s.Intent
-		if s.Mode != "" || s.Parent != "" {
-			ev.Entity.Data = &SessionData{Mode: s.Mode, Parent: s.Parent}
+		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 {
+			ev.Entity.Data = &SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps}
 		}
 	}
 	ev.Actor = refActor(r, refProcessOf(r.Process))

@@ -16,6 +16,7 @@ import (
 	"github.com/agentfence/agentfence/api"
 	"github.com/agentfence/agentfence/attribution"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
+	"github.com/agentfence/agentfence/internal/privdrop"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -96,6 +97,7 @@ func (f *sessionFlags) check() error {
 type runOptions struct {
 	socket string
 	sess   sessionFlags
+	keep   []privdrop.Cap // of privdrop.Gate, from --keep-cap
 	argv   []string
 }
 
@@ -104,11 +106,13 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	fs := flag.NewFlagSet("agentfence run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: agentfence run [--socket PATH] --intent TEXT --allow RULE ... [--mode enforce|audit] [--ttl DURATION] [--origin KIND:PRINCIPAL] [--agent SPIFFE_ID] [--parent ID] -- CMD [ARGS...]")
+		fmt.Fprintln(stderr, "usage: agentfence run [--socket PATH] --intent TEXT --allow RULE ... [--mode enforce|audit] [--ttl DURATION] [--origin KIND:PRINCIPAL] [--agent SPIFFE_ID] [--parent ID] [--keep-cap CAP ...] -- CMD [ARGS...]")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.socket, "socket", api.DefaultSocket, "agentfenced API socket")
 	o.sess.register(fs)
+	var keep listFlag
+	fs.Var(&keep, "keep-cap", "leave the command this capability, which run otherwise drops (repeatable): "+gateList())
 	if err := fs.Parse(args); err != nil {
 		return o, usageError{err.Error()}
 	}
@@ -116,16 +120,32 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	if err := o.sess.check(); err != nil {
 		return o, err
 	}
+	var caps []privdrop.Cap
+	for _, name := range keep {
+		c, err := privdrop.Parse(name)
+		if err != nil {
+			return o, usageError{"--keep-cap: " + err.Error()}
+		}
+		if !privdrop.InGate(c) {
+			return o, usageError{fmt.Sprintf("--keep-cap %q: run does not drop %s; it drops %s", name, c, gateList())}
+		}
+		caps = append(caps, c)
+	}
+	o.keep = privdrop.Kept(caps)
+	o.sess.req.KeptCaps = privdrop.Names(o.keep)
 	if len(o.argv) == 0 {
 		return o, usageError{"no command given after --"}
 	}
 	return o, nil
 }
 
+func gateList() string { return strings.Join(privdrop.Names(privdrop.Gate), ", ") }
+
 // runCmd opens a session, starts the command directly inside the session's
-// cgroup (clone3 CLONE_INTO_CGROUP, so not one instruction runs outside it),
-// waits for it and every descendant to finish, closes the session and exits
-// with the command's status.
+// cgroup (clone3 CLONE_INTO_CGROUP, so not one instruction runs outside it)
+// with no_new_privs and without the capabilities of privdrop.Gate it was
+// not told to keep, waits for it and every descendant to finish, closes the
+// session and exits with the command's status.
 func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	o, err := parseRun(args, stderr)
 	if err != nil {
@@ -158,7 +178,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), "AGENTFENCE_SESSION="+sess.ID)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
-	if err := cmd.Start(); err != nil {
+	if err := privdrop.Start(cmd, privdrop.Drops(o.keep)); err != nil {
 		return fmt.Errorf("start %s in session %s: %w", o.argv[0], sess.ID, err)
 	}
 
