@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stage 2, PID 1 in the guest, on the host's userspace (overlay over 9p).
+# Stage 2, PID 1 in the guest, on the host's userspace (read-only 9p root).
 # Sets up what the kernel tests expect of a host, runs each package's
 # prebuilt test binary and writes NAME.log/NAME.rc to the results share
 # (/mnt), then powers off. Settings come from /mnt/config (vmtest.sh).
@@ -15,28 +15,26 @@ off() {
 }
 
 mnt() { mountpoint -q "$3" || mount -t "$1" "$2" "$3" || echo "vmtest: mount $1 on $3 failed"; }
-mnt tmpfs tmpfs /tmp
-mnt tmpfs tmpfs /run
-mkdir -p /dev/pts && mnt devpts devpts /dev/pts
+# The root is read-only: tmpfs wherever tests and tools write.
+mkdir -p /dev/pts /dev/shm && mnt devpts devpts /dev/pts
+for d in /tmp /run /var/tmp /dev/shm; do mnt tmpfs tmpfs $d; done
 mnt cgroup2 cgroup2 /sys/fs/cgroup
 mnt bpf bpf /sys/fs/bpf
 mnt debugfs debugfs /sys/kernel/debug
 mnt tracefs tracefs /sys/kernel/tracing
 mnt securityfs securityfs /sys/kernel/security
 
-# Modules the tests pull in on demand (sock_diag, dummy) come from the
-# kernel package; busybox is the modprobe, the host has none of its own.
-ver=$(uname -r)
-if [ ! -d "/lib/modules/$ver" ] && mkdir -p "/lib/modules/$ver"; then
-	mount --bind "$KDIR/lib/modules/$ver" "/lib/modules/$ver"
-fi
-ln -sf "$(command -v busybox)" /sbin/modprobe 2>/dev/null && echo /sbin/modprobe >/proc/sys/kernel/modprobe
+# Stage 1 loaded the modules the tests pull in (sock_diag, dummy); the host
+# has no modprobe and no /lib/modules for this kernel, so any other module
+# the kernel asks for is logged (modprobe.log) and refused.
+mkdir -p /run/vmtest
+printf '#!/bin/sh\necho "$*" >>/mnt/modprobe.log\nexit 1\n' >/run/vmtest/modprobe
+chmod 755 /run/vmtest/modprobe && echo /run/vmtest/modprobe >/proc/sys/kernel/modprobe
 
 # Loopback, plus a dummy link holding default routes: the tests send to
 # addresses outside loopback (udp [::2]:7 must succeed), and on a dummy
 # link nothing leaves the VM.
 ip link set lo up
-modprobe dummy 2>/dev/null
 if ip link add vmtest0 type dummy; then
 	ip link set vmtest0 up
 	ip addr add 192.0.2.1/24 dev vmtest0

@@ -1,8 +1,10 @@
 #!/bin/busybox sh
-# Stage 1, /init of the initramfs (busybox only). Loads the 9p/overlay
-# modules copied from the kernel package, mounts the host's root read-only
-# over virtio 9p with a tmpfs overlay on top, and switches into it, so the
-# guest runs the host's own userspace (ip, cc, python3...) on its kernel.
+# Stage 1, /init of the initramfs (busybox only). Loads the 9p modules
+# copied from the kernel package, mounts the host's root read-only over
+# virtio 9p and switches into it, so the guest runs the host's own
+# userspace (ip, cc, ...) on its kernel. No overlayfs on top: an exe on
+# overlay has one st_dev for stat() and another in the kernel's inode, and
+# tests compare the two. Stage 2 puts tmpfs where tests write.
 /bin/busybox --install -s /bin
 export PATH=/bin
 
@@ -18,19 +20,11 @@ for m in $(cat /modules.order); do
 	insmod "/modules/$m" || fatal "insmod $m failed"
 done
 
-mkdir -p /lower /upper /newroot
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /lower ||
+mkdir -p /newroot
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /newroot ||
 	fatal "cannot mount the host root over 9p"
-mount -t tmpfs -o mode=0755 upper /upper
-mkdir -p /upper/u /upper/w
-if ! mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w /newroot; then
-	# Without overlayfs the root stays read-only; stage 2 puts tmpfs
-	# where tests write (/tmp, /run, /root).
-	echo "vmtest: overlay failed, root is read-only"
-	mount --move /lower /newroot
-fi
-# The writable results share goes on /mnt: it exists on Debian, so this
-# works on a read-only root too.
+# The writable results share goes on /mnt: it exists on Debian, so it needs
+# no directory created on the read-only root.
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 results /newroot/mnt ||
 	fatal "cannot mount the results share"
 . /newroot/mnt/config || fatal "no config in the results share"

@@ -36,6 +36,7 @@ die() {
 [ "$(id -u)" = 0 ] || die "needs root (the host row loads programs; qemu shares / read-only)"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing (apt-get install qemu-system-x86)"
 command -v busybox >/dev/null || die "busybox missing (apt-get install busybox-static)"
+case $CACHE in /tmp/* | /run/* | /var/tmp/*) die "VMTEST_CACHE=$CACHE: the guest has its own tmpfs there" ;; esac
 mkdir -p "$CACHE" "$BIN"
 
 # build compiles each package's test binary and the daemon/CLI for e2e on
@@ -54,8 +55,10 @@ build() {
 	done
 }
 
-# initramfs K VER: a busybox initramfs with the modules stage 1 needs,
-# each preceded by its dependencies (from busybox depmod's modules.dep).
+# initramfs K VER: a busybox initramfs with the modules the guest needs
+# (9p for its root; sock_diag and dummy for the tests), each preceded by
+# its dependencies (from busybox depmod's modules.dep). Built-in ones are
+# not in modules.dep and are skipped.
 initramfs() {
 	local k=$1 ver=$2 kd=$CACHE/k/$1 out=$CACHE/initrd/$1.cpio.gz root m
 	[ -f "$out" ] && [ "$out" -nt "$HERE/init.sh" ] && [ "$out" -nt "$kd/.ready" ] && return 0
@@ -64,7 +67,7 @@ initramfs() {
 	cp "$(command -v busybox)" "$root/bin/busybox"
 	cp "$HERE/init.sh" "$root/init" && chmod 755 "$root/init"
 	mknod "$root/dev/console" c 5 1
-	for m in $(awk -v want="virtio_pci 9pnet_virtio 9p overlay" -f /dev/stdin "$kd/lib/modules/$ver/modules.dep" <<'EOF'
+	for m in $(awk -v want="virtio_pci 9pnet_virtio 9p dummy inet_diag tcp_diag udp_diag raw_diag unix_diag" -f /dev/stdin "$kd/lib/modules/$ver/modules.dep" <<'EOF'
 # Print the module files to insmod for the wanted names, dependencies first.
 { f = $1; sub(/:$/, "", f); n = f; sub(/.*\//, "", n); sub(/\.ko$/, "", n); gsub(/-/, "_", n)
   path[n] = f; deps[n] = ""; for (i = NF; i >= 2; i--) deps[n] = deps[n] " " $i }
@@ -163,22 +166,24 @@ if [ -n "${VMTEST_REV:-}" ]; then
 	rm -rf "$SRC" && mkdir -p "$SRC"
 	git -C "$REPO" archive "$rev" | tar -x -C "$SRC" || die "git archive $rev failed"
 fi
-build
 status=0
-declare -A WALL
-for k in $KERNELS; do
-	run=$CACHE/run/$k
-	rm -rf "$run" && mkdir -p "$run"
-	start=$(date +%s)
-	if [ "$k" = host ]; then
-		run_host
-	elif ! run_vm "$k"; then
-		status=1
-		log "kernel $k: $(tr '\n' ' ' <"$run/error")"
-	fi
-	WALL[$k]=$(($(date +%s) - start))
-	log "kernel $k: ${WALL[$k]}s"
-done
+# "vmtest.sh matrix" only prints the matrix of the last run again.
+if [ "${1:-}" != matrix ]; then
+	build
+	for k in $KERNELS; do
+		run=$CACHE/run/$k
+		rm -rf "$run" && mkdir -p "$run"
+		start=$(date +%s)
+		if [ "$k" = host ]; then
+			run_host
+		elif ! run_vm "$k"; then
+			status=1
+			log "kernel $k: $(tr '\n' ' ' <"$run/error")"
+		fi
+		echo $(($(date +%s) - start)) >"$run/wall"
+		log "kernel $k: $(cat "$run/wall")s"
+	done
+fi
 
 # The matrix: one row per kernel, one column per package.
 matrix=$CACHE/matrix.md
@@ -194,7 +199,7 @@ details=$(mktemp)
 	for k in $KERNELS; do
 		run=$CACHE/run/$k
 		kv=$(sed -n 's/^kernel: \([^ ]*\).*/\1/p' "$run/kernel.info" 2>/dev/null)
-		printf '| %s %s | %ss |' "$k" "${kv:+($kv)}" "${WALL[$k]}"
+		printf '| %s %s | %ss |' "$k" "${kv:+($kv)}" "$(cat "$run/wall" 2>/dev/null)"
 		if [ -s "$run/error" ]; then
 			echo "- **$k did not run**: $(tr '\n' ' ' <"$run/error")" >>"$details"
 		fi
