@@ -32,6 +32,7 @@ import (
 	"github.com/agentfence/agentfence/enforcer/sockdestroy"
 	"github.com/agentfence/agentfence/internal/bpffs"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
+	"github.com/agentfence/agentfence/internal/pinlock"
 	"github.com/agentfence/agentfence/internal/ringreader"
 )
 
@@ -51,6 +52,9 @@ type options struct {
 	cfg       config.Config
 	logLevel  slog.Level
 	uninstall bool
+	// waitForPins is how long to wait for another holder of the pin set
+	// to exit; 0 refuses at once.
+	waitForPins time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -60,6 +64,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags := config.BindFlags(fs)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&o.uninstall, "uninstall", false, "detach the gate, remove every pin and the session state, and exit")
+	fs.DurationVar(&o.waitForPins, "wait-for-pins", 0, "one daemon per pin set: if another process (an older agentfenced) holds the pin set at\n"+
+		"--bpffs-path, wait up to this long (e.g. 2m) for it to exit, then take over its pins, or with --uninstall\n"+
+		"remove them; 0 refuses at once, naming the holder's pid")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -69,9 +76,17 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
 		return o, fmt.Errorf("--log-level: %w", err)
 	}
+	if o.waitForPins < 0 {
+		return o, fmt.Errorf("--wait-for-pins %v: must not be negative (0 refuses at once)", o.waitForPins)
+	}
 	var err error
-	o.cfg, err = flags.Load()
-	return o, err
+	if o.cfg, err = flags.Load(); err != nil {
+		return o, err
+	}
+	if o.waitForPins > 0 && o.cfg.BPFFSPath == "" {
+		return o, errors.New("--wait-for-pins: pinning is off (bpffs_path is empty), so there is no pin set to wait for")
+	}
+	return o, nil
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -84,6 +99,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root (it loads BPF programs and manages cgroups)")
 	}
+	// One daemon per pin set: the lock comes before anything is opened,
+	// loaded, attached or adopted, and is held until run returns.
+	lock, stopped, err := lockPins(ctx, cfg.BPFFSPath, o.waitForPins, o.uninstall, log)
+	if err != nil || stopped {
+		return err
+	}
+	defer lock.Release()
 	if cfg.CgroupRoot == "" {
 		if cfg.CgroupRoot, err = cgroupv2.Root(); err != nil {
 			return err
@@ -109,11 +131,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer pipe.Close()
 
-	if cfg.BPFFSPath != "" {
-		if err := bpffs.Ensure(filepath.Dir(cfg.BPFFSPath)); err != nil {
-			return err
-		}
-	}
 	gate, err := enforcer.Load(enforcer.Options{CgroupRoot: cfg.CgroupRoot, PinPath: cfg.BPFFSPath,
 		Hostnames: enforcer.HostnameOptions{TTLMin: cfg.DNS.MinTTL.Std(), TTLMax: cfg.DNS.MaxTTL.Std()}})
 	if err != nil {
@@ -289,6 +306,60 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	stopEvents()
 	wg.Wait()
 	return err
+}
+
+// lockPins takes the lock on the pin set at pins (see internal/pinlock), so
+// that two daemons never share one: they would split the ring buffers
+// between their trails. If another process holds it, lockPins fails naming
+// its pid, or with wait > 0 waits that long for it to exit. The lock is nil
+// when pinning is off, and when there is nothing to uninstall. stopped says
+// that ctx ended while it waited: the daemon was told to stop before it
+// started.
+func lockPins(ctx context.Context, pins string, wait time.Duration, uninstalling bool, log *slog.Logger) (_ *pinlock.Lock, stopped bool, _ error) {
+	if pins == "" {
+		return nil, false, nil
+	}
+	if uninstalling && !bpffs.Mounted(filepath.Dir(pins)) {
+		// No bpffs, so nothing is pinned and no daemon runs on these pins
+		// (a daemon mounts bpffs before it locks); uninstall has no pins to
+		// remove, only the session state.
+		return nil, false, nil
+	}
+	if err := bpffs.Ensure(filepath.Dir(pins)); err != nil {
+		return nil, false, err
+	}
+	then := "stop it first, or pass --wait-for-pins DURATION to take over its pins when it exits"
+	if uninstalling {
+		then = "refusing to uninstall under it: stop it first, or pass --wait-for-pins DURATION to uninstall when it exits"
+	}
+	if wait == 0 {
+		l, err := pinlock.TryAcquire(pins)
+		if errors.Is(err, pinlock.ErrHeld) {
+			return nil, false, fmt.Errorf("%w; one agentfenced per pin set: %s", err, then)
+		}
+		return l, false, err
+	}
+	start := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	l, err := pinlock.Acquire(wctx, pins, 50*time.Millisecond, func(h *pinlock.HeldError) {
+		log.Warn("pin set in use: waiting for its holder to exit", "pins", pins, "holder_pid", h.PID, "holder", h.Comm, "wait_for_pins", wait)
+	})
+	switch {
+	case err == nil:
+		if time.Since(start) > 50*time.Millisecond {
+			log.Info("pin set free: taking over", "pins", pins, "waited", time.Since(start).Round(time.Millisecond))
+		}
+		return l, false, nil
+	case ctx.Err() != nil:
+		log.Info("stopped while waiting for the pin set", "pins", pins)
+		return nil, true, nil
+	case errors.Is(err, pinlock.ErrHeld):
+		var h *pinlock.HeldError
+		errors.As(err, &h)
+		return nil, false, fmt.Errorf("--wait-for-pins %v ran out: %w", wait, h)
+	}
+	return nil, false, err
 }
 
 // primarySink is the sink the --audit-file and --audit-format flags describe.
