@@ -71,6 +71,26 @@ func (g *Gate) attachments() []attachment {
 	}
 }
 
+// gateSpec is the gate object with its variables set, as Load and
+// VerifyObjects load it.
+func gateSpec(maxDepth uint32, dnsPort uint16) (*ebpf.CollectionSpec, error) {
+	spec, err := loadGate()
+	if err != nil {
+		return nil, fmt.Errorf("enforcer: load spec: %w", err)
+	}
+	if maxDepth != 0 {
+		if err := spec.Variables["max_cgroup_depth"].Set(maxDepth); err != nil {
+			return nil, fmt.Errorf("enforcer: set max_cgroup_depth: %w", err)
+		}
+	}
+	if dnsPort != 0 {
+		if err := spec.Variables["dns_port"].Set(dnsPort); err != nil {
+			return nil, fmt.Errorf("enforcer: set dns_port: %w", err)
+		}
+	}
+	return spec, nil
+}
+
 // Load loads the gate programs and attaches them to opts.CgroupRoot with BPF
 // links (multi-attach, so other cgroup programs keep working).
 func Load(opts Options) (*Gate, error) {
@@ -80,19 +100,9 @@ func Load(opts Options) (*Gate, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("enforcer: remove memlock limit: %w", err)
 	}
-	spec, err := loadGate()
+	spec, err := gateSpec(opts.MaxCgroupDepth, opts.Hostnames.DNSPort)
 	if err != nil {
-		return nil, fmt.Errorf("enforcer: load spec: %w", err)
-	}
-	if opts.MaxCgroupDepth != 0 {
-		if err := spec.Variables["max_cgroup_depth"].Set(opts.MaxCgroupDepth); err != nil {
-			return nil, fmt.Errorf("enforcer: set max_cgroup_depth: %w", err)
-		}
-	}
-	if opts.Hostnames.DNSPort != 0 {
-		if err := spec.Variables["dns_port"].Set(opts.Hostnames.DNSPort); err != nil {
-			return nil, fmt.Errorf("enforcer: set dns_port: %w", err)
-		}
+		return nil, err
 	}
 	g := &Gate{pinPath: opts.PinPath, hooks: hooks{byPath: map[string]*hook{}, adopted: map[uint64]*hook{}}}
 	var collOpts ebpf.CollectionOptions

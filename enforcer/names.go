@@ -92,7 +92,9 @@ type nameRef struct {
 // again).
 const maxNameBook = 1 << 16
 
-func loadHostnames(gate *gateObjects, opts HostnameOptions) (*hostnames, error) {
+// hostnameSpec is the hostname object with its variables set, as
+// loadHostnames and VerifyObjects load it.
+func hostnameSpec(opts HostnameOptions) (*ebpf.CollectionSpec, error) {
 	spec, err := loadHostname()
 	if err != nil {
 		return nil, fmt.Errorf("enforcer: load hostname spec: %w", err)
@@ -118,7 +120,17 @@ func loadHostnames(gate *gateObjects, opts HostnameOptions) (*hostnames, error) 
 			return nil, fmt.Errorf("enforcer: set dns_port: %w", err)
 		}
 	}
+	return spec, nil
+}
+
+func loadHostnames(gate *gateObjects, opts HostnameOptions) (*hostnames, error) {
+	spec, err := hostnameSpec(opts)
+	if err != nil {
+		return nil, err
+	}
 	h := &hostnames{names: map[nameRef]string{}}
+	// Every map the gate object defines too (data sections aside) is the
+	// gate's; VerifyObjects relies on that rule.
 	repl := map[string]*ebpf.Map{
 		"sessions":      gate.Sessions,
 		"scope4":        gate.Scope4,

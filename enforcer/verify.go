@@ -61,10 +61,6 @@ type VerifyOptions struct {
 	Break string
 }
 
-// hostnameShared are the gate maps loadHostnames hands the hostname
-// programs.
-var hostnameShared = []string{"sessions", "scope4", "scope6", "exact4", "exact6", "host_names", "learned", "session_socks"}
-
 // VerifyObjects loads the gate, the hostname programs and the task lister
 // as Load would (same variables, the gate's maps shared), attaches nothing,
 // and closes everything again.
@@ -75,7 +71,7 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 		{Name: ObjectHostnames, Fallback: "hostname rules are unavailable: sessions with them are refused; address rules still work"},
 		{Name: ObjectTaskLister, Fallback: "a session's pid-bound processes are found by reading the whole pid binding table (pid table walk)"},
 	}
-	gate, err := verifyGateSpec(opts)
+	gate, err := gateSpec(opts.MaxCgroupDepth, opts.Hostnames.DNSPort)
 	if err != nil {
 		for i := range checks {
 			checks[i].Err = err
@@ -97,10 +93,11 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 	_, _ = cache.Kernel()
 
 	VerifySpec(&checks[0], gate, shared, cache, opts.Break == ObjectGate)
-	if spec, err := verifyHostnameSpec(opts.Hostnames); err != nil {
+	if spec, err := hostnameSpec(opts.Hostnames); err != nil {
 		checks[1].Err = err
 	} else {
-		VerifySpec(&checks[1], spec, pick(shared, hostnameShared...), cache, opts.Break == ObjectHostnames)
+		// The maps both objects define are the gate's (loadHostnames).
+		VerifySpec(&checks[1], spec, pick(shared, slices.Collect(maps.Keys(spec.Maps))...), cache, opts.Break == ObjectHostnames)
 	}
 	if spec, err := loadMembers(); err != nil {
 		checks[2].Err = err
@@ -108,51 +105,6 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 		VerifySpec(&checks[2], spec, pick(shared, "pid_sessions"), cache, opts.Break == ObjectTaskLister)
 	}
 	return checks
-}
-
-func verifyGateSpec(opts VerifyOptions) (*ebpf.CollectionSpec, error) {
-	spec, err := loadGate()
-	if err != nil {
-		return nil, err
-	}
-	if opts.MaxCgroupDepth != 0 {
-		if err := spec.Variables["max_cgroup_depth"].Set(opts.MaxCgroupDepth); err != nil {
-			return nil, err
-		}
-	}
-	if opts.Hostnames.DNSPort != 0 {
-		if err := spec.Variables["dns_port"].Set(opts.Hostnames.DNSPort); err != nil {
-			return nil, err
-		}
-	}
-	return spec, nil
-}
-
-// verifyHostnameSpec sets the variables as loadHostnames does.
-func verifyHostnameSpec(opts HostnameOptions) (*ebpf.CollectionSpec, error) {
-	spec, err := loadHostname()
-	if err != nil {
-		return nil, err
-	}
-	lo, hi := opts.TTLMin, opts.TTLMax
-	if lo == 0 {
-		lo = defaultTTLMin
-	}
-	if hi == 0 {
-		hi = defaultTTLMax
-	}
-	if err := spec.Variables["ttl_min_ns"].Set(uint64(lo)); err != nil {
-		return nil, err
-	}
-	if err := spec.Variables["ttl_max_ns"].Set(uint64(hi)); err != nil {
-		return nil, err
-	}
-	if opts.DNSPort != 0 {
-		if err := spec.Variables["dns_port"].Set(opts.DNSPort); err != nil {
-			return nil, err
-		}
-	}
-	return spec, nil
 }
 
 // VerifySpec loads every program of spec, timing only that, into c, and
