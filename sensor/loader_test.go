@@ -338,10 +338,15 @@ func TestManyShortLivedProcesses(t *testing.T) {
 	seen := make([]bool, n)
 	execs, exits := 0, 0
 	pids := map[uint32]bool{}
-	deadline := time.After(120 * time.Second)
+	// A stall, not a total time, means lost events: under TCG (make vmtest)
+	// the 10,000 processes take minutes to start.
+	const stall = 30 * time.Second
+	deadline := time.NewTimer(stall)
+	defer deadline.Stop()
 	for execs < n || exits < n {
 		select {
 		case ev := <-l.events:
+			deadline.Reset(stall)
 			switch e := ev.(type) {
 			case *ExecEvent:
 				if len(e.Args) == 3 && e.Args[1] == marker {
@@ -362,9 +367,9 @@ func TestManyShortLivedProcesses(t *testing.T) {
 			}
 		case err := <-errs:
 			t.Fatal(err)
-		case <-deadline:
+		case <-deadline.C:
 			lost, _ := l.Lost()
-			t.Fatalf("saw %d execs, %d exits of %d (lost %d)", execs, exits, n, lost)
+			t.Fatalf("no event for %s: saw %d execs, %d exits of %d (lost %d)", stall, execs, exits, n, lost)
 		}
 	}
 	wg.Wait()
