@@ -142,6 +142,10 @@ func trySocket(family, typ, proto int) string {
 // bpfProgLoad loads "r0 = 1; exit" as a cgroup connect4 program, the kind
 // that could be attached beside the gate.
 func bpfProgLoad() string {
+	// Kernels before 5.11 charge BPF programs to RLIMIT_MEMLOCK and answer
+	// EPERM past it: lift it (CAP_SYS_RESOURCE is not dropped), so that an
+	// EPERM means the missing CAP_BPF and CAP_SYS_ADMIN.
+	unix.Setrlimit(unix.RLIMIT_MEMLOCK, &unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY})
 	insns := [2]uint64{0x00000001_000000b7, 0x95} // mov64 r0, 1; exit
 	license := []byte("GPL\x00")
 	attr := struct {
