@@ -41,8 +41,13 @@ func reason(r enforcer.Reason) string {
 	return enforcer.ReasonString(r)
 }
 
-// Record joins one gate event with its process and session.
+// Record joins one gate event with its process and session. An escape
+// reported by the process programs on the gate's ring (sensor.HookEscape)
+// becomes an escape record.
 func (j *Joiner) Record(ev enforcer.Event) audit.Record {
+	if uint8(ev.Hook) == sensor.HookEscape {
+		return j.escapeRecord(ev)
+	}
 	rec := audit.Record{
 		Schema: audit.SchemaVersion,
 		Time:   j.Clock.Wall(ev.BootNS),
@@ -64,6 +69,33 @@ func (j *Joiner) Record(ev enforcer.Event) audit.Record {
 	}
 	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
 	j.attribute(&rec, ev.Slot, ev.Gen, ev.Rule)
+	return rec
+}
+
+// escapeRecord is the record of a member's attempt to leave its session
+// (sensor/escape.go says what the event carries). The member stayed in
+// its session; the registry is told, so that it looks for the member
+// outside the session's cgroup from now on.
+func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
+	kind := sensor.EscapeKind(ev.Reason)
+	x := &audit.Escape{What: kind.String(), CgroupID: ev.CgroupID}
+	if cp, ok := j.Processes.(interface{ CgroupPath(uint64) (string, bool) }); ok {
+		x.Cgroup, _ = cp.CgroupPath(ev.CgroupID)
+	}
+	other := uint32(ev.NameHash)
+	switch {
+	case kind == sensor.EscapeCloneIntoCgroup:
+		x.ChildPID = other
+	case other != ev.PID:
+		x.ByPID = other
+	}
+	rec := audit.Record{Schema: audit.SchemaVersion, Time: j.Clock.Wall(ev.BootNS), Kind: audit.KindEscape,
+		Process: &audit.Process{PID: ev.PID, TID: ev.TID, UID: ev.UID, GID: ev.GID, Comm: ev.Comm},
+		Escape:  x,
+		Outcome: &audit.Outcome{Verdict: audit.VerdictFlagged, Reason: "still_member"}}
+	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
+	j.attribute(&rec, ev.Slot, ev.Gen, enforcer.NoRule)
+	j.Registry.escaped(ev.Slot, ev.Gen)
 	return rec
 }
 

@@ -134,6 +134,10 @@ type entry struct {
 	rules            []scope.Rule
 	hooks            []string // cgroups hooked for its hostname rules
 	closed           bool
+	// escaped: a member left the session's cgroup (an escape record).
+	// It is still a member, by pid; its packets no longer pass the
+	// session cgroup's hostname hooks.
+	escaped bool
 }
 
 // Registry owns the sessions.
@@ -392,7 +396,9 @@ func (r *Registry) parentHasHostnames(e *entry) bool {
 }
 
 // needsRoot reports whether e alone calls for the root hook.
-func needsRoot(e *entry) bool { return hasHostnames(e.rules) && len(e.Binding.PIDs) > 0 }
+func needsRoot(e *entry) bool {
+	return hasHostnames(e.rules) && (len(e.Binding.PIDs) > 0 || e.escaped)
+}
 
 // hookRoot hooks or unhooks the root as the open sessions need, moving the
 // per-session hooks out of the way or back. The new hooks go in before the
@@ -812,14 +818,13 @@ func (r *Registry) members(e *entry) []int {
 	return slices.Compact(pids)
 }
 
-// boundPids lists the processes bound to e by pid, with the descendants
-// the kernel bound on fork. Only a pid bound through Bind starts such a
-// tree, so without one there is nothing to look for (and listing walks
-// every task on the host).
+// boundPids lists the processes bound to e by pid: those bound through
+// Bind with the descendants the kernel bound on fork, and every member by
+// cgroup, which the process programs bind by pid at its first fork or exec.
+// That includes members that left the session's cgroup (escaped), which
+// cgroup.procs no longer lists, so it is always asked (a walk of the host's
+// tasks with the BPF iterator, tens of microseconds).
 func (r *Registry) boundPids(e *entry) []uint32 {
-	if len(e.Binding.PIDs) == 0 {
-		return nil
-	}
 	pids, err := r.kernel.PidsOf(e.slot, e.gen)
 	if err != nil {
 		r.log.Error("list pid-bound members", "session", e.ID, "err", err)
@@ -1117,6 +1122,25 @@ func (r *Registry) Quarantined(slot uint32, gen uint64) {
 		r.destroy(e, "quarantined", func(c Conn) bool { return !allows(essential, learned, c) })
 	}
 	r.persist()
+}
+
+// escaped handles an escape record: a member of the session in slot/gen
+// left its cgroup and stays a member by pid. A session with hostname rules
+// then needs the hostname programs at the root, where the member's packets
+// pass now.
+func (r *Registry) escaped(slot uint32, gen uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.bySlot[slot]
+	if e == nil || e.gen != gen || e.escaped {
+		return
+	}
+	e.escaped = true
+	if needsRoot(e) {
+		if err := r.hookRoot(); err != nil {
+			r.log.Error("hostname programs for an escaped member", "session", e.ID, "err", err)
+		}
+	}
 }
 
 // attributed is what the joiner needs of a session.

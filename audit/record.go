@@ -22,6 +22,10 @@ const (
 	// KindSocket is a socket a session member may not create (raw, or an
 	// inet protocol other than TCP and UDP).
 	KindSocket = "socket"
+	// KindEscape is an attempt by a session member to leave its session,
+	// for example by moving to another cgroup. The member stays in its
+	// session; the record says what was tried (escape.what).
+	KindEscape = "escape"
 )
 
 // Verdicts.
@@ -30,6 +34,9 @@ const (
 	VerdictDenied    = "denied"
 	VerdictWouldDeny = "would_deny"
 	VerdictDestroyed = "destroyed"
+	// VerdictFlagged: the kernel saw the act and did not stop it, and the
+	// act changed nothing for the gate (an escape attempt).
+	VerdictFlagged = "flagged"
 )
 
 // Record is one audit record. Nested objects answer the five attribution
@@ -50,6 +57,7 @@ type Record struct {
 	Destination *Destination `json:"destination,omitempty"`
 	Outcome     *Outcome     `json:"outcome,omitempty"`
 	Gap         *Gap         `json:"gap,omitempty"`
+	Escape      *Escape      `json:"escape,omitempty"`
 	// Event names the lifecycle step for kind=session records
 	// (opened, bound, narrowed, quarantined, revoked, expired, closed).
 	Event string `json:"event,omitempty"`
@@ -118,6 +126,23 @@ type Outcome struct {
 	// (expired, quarantined, socket_type, sni_mismatch, ...).
 	Reason string `json:"reason,omitempty"`
 	Errno  string `json:"errno,omitempty"`
+}
+
+// Escape is what a member tried in order to leave its session (kind
+// escape).
+type Escape struct {
+	// What is cgroup_move (written into another cgroup's cgroup.procs or
+	// cgroup.threads) or clone_into_cgroup (clone3 CLONE_INTO_CGROUP).
+	What string `json:"what"`
+	// Cgroup is the cgroup it was moved or cloned into, relative to the
+	// cgroup v2 mount ("/" is the root); empty when it could no longer be
+	// named (removed before the record was made). CgroupID is its id.
+	Cgroup   string `json:"cgroup,omitempty"`
+	CgroupID uint64 `json:"cgroup_id,omitempty"`
+	// ByPID is the process that moved the member, when not the member
+	// itself; ChildPID the process a clone started.
+	ByPID    uint32 `json:"by_pid,omitempty"`
+	ChildPID uint32 `json:"child_pid,omitempty"`
 }
 
 // Gap says that records were lost and where.

@@ -48,3 +48,17 @@ struct exe_id {
 		__type(key, __u32); /* tgid */                \
 		__type(value, struct exe_id);                 \
 	} proc_exe SEC(".maps")
+
+// The gate's cgroup id -> session map (gate.c declares it in this shape),
+// which the process programs read to bind a cgroup member by tgid.
+#define AF_CGROUP_SESSIONS_MAP                                \
+	struct {                                              \
+		__uint(type, BPF_MAP_TYPE_HASH);              \
+		__uint(max_entries, AF_MAX_SESSIONS);         \
+		__type(key, __u64); /* cgroup id */           \
+		__type(value, struct binding);                \
+	} cgroup_sessions SEC(".maps")
+
+// Hooks (gate_event.hook) 32-47 are the process programs': events they write
+// to the gate's ring (process.h, AF_HOOK_ESCAPE). The gate's and hostname
+// programs' hooks stay below 32.

@@ -4,6 +4,14 @@
 // userspace process cache and keeping the maps the egress gate reads
 // (proc_exe, pid_sessions) in step with the process tree.
 //
+// Membership is kept per process. A process that is a member by its cgroup
+// (the gate's cgroup_sessions, the cgroup or an ancestor) is bound by tgid in
+// pid_sessions no later than its first fork or exec, and a child is bound at
+// fork, before it runs. The gate looks at the tgid binding first, so a member
+// that then moves to another cgroup (cgroup.procs, clone3 CLONE_INTO_CGROUP)
+// stays in its session; the move is reported as an escape (process.h) and
+// counts against the session's violation budget.
+//
 // Hooks are raw tracepoints (raw_tp/sched_process_*), not tp_btf or classic
 // tracepoints:
 //   - classic tracepoints do not expose the child task on fork (only pids), so
@@ -21,6 +29,7 @@
 
 #include "core.h"
 #include "common.h"
+#include "gate.h"
 #include "process.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
@@ -29,6 +38,26 @@ _Static_assert((AF_ARGV_MAX & (AF_ARGV_MAX - 1)) == 0, "AF_ARGV_MAX must be a po
 
 AF_PID_SESSIONS_MAP;
 AF_PROC_EXE_MAP;
+
+// The gate's maps, shared by the loader like pid_sessions: the session slots
+// (to tell a live binding from a stale one, and to count an escape against
+// the budget), the cgroup bindings, and the gate's event ring and counters
+// (escape events go where the gate's decisions go). Standalone, the object
+// has private copies of the same shapes.
+AF_SESSIONS_MAP;
+AF_CGROUP_SESSIONS_MAP;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22); // as gate.c
+} gate_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, AF_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} gate_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -50,6 +79,8 @@ const struct proc_fork_event *unused_fork __attribute__((unused));
 const struct proc_exit_event *unused_exit __attribute__((unused));
 const enum af_proc_event_type *unused_type __attribute__((unused));
 const enum af_proc_flags *unused_flags __attribute__((unused));
+const enum af_escape_kind *unused_escape __attribute__((unused));
+const enum af_proc_hook *unused_hook __attribute__((unused));
 
 // Waking the reader costs an irq_work (a self-IPI, i.e. a VM exit under
 // virtualisation) plus a context switch, which dominated the per-exec cost
@@ -93,6 +124,174 @@ static __always_inline void exe_of(struct file *f, struct exe_id *id)
 	id->dev = BPF_CORE_READ(ino, i_sb, s_dev);
 }
 
+// live returns the session a binding names while its slot still holds the
+// binding's generation: the gate's test (gate.c).
+static __always_inline struct session *live(const struct binding *b)
+{
+	if (!b)
+		return 0;
+	__u32 slot = b->slot;
+	struct session *s = bpf_map_lookup_elem(&sessions, &slot);
+
+	if (!s || s->gen != b->gen || s->state == AF_STATE_FREE)
+		return 0;
+	return s;
+}
+
+static __always_inline int same_session(const struct binding *a, const struct binding *b)
+{
+	return a->slot == b->slot && a->gen == b->gen;
+}
+
+// cgroup_binding copies the binding of cgroup id to out if it is live.
+static __always_inline int cgroup_binding(__u64 id, struct binding *out)
+{
+	struct binding *b = bpf_map_lookup_elem(&cgroup_sessions, &id);
+
+	if (!live(b))
+		return 0;
+	*out = *b;
+	return 1;
+}
+
+// current_cgroup_session finds the current task's session by its cgroup as
+// the gate does: its own cgroup, else the deepest bound ancestor.
+static __always_inline int current_cgroup_session(struct binding *out)
+{
+	__u64 cgid = bpf_get_current_cgroup_id();
+	int found = 0;
+
+	if (cgroup_binding(cgid, out))
+		return 1;
+	for (int level = 1; level < AF_MAX_CGROUP_DEPTH; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+
+		if (id == 0 || id == cgid)
+			break;
+		if (cgroup_binding(id, out))
+			found = 1; // a deeper one overwrites it
+	}
+	return found;
+}
+
+// member_binding returns the session of the current process, whose tgid is
+// tgid: its tgid binding, else its cgroup's session, which it is then bound
+// to by tgid. A stale tgid binding (its session is gone) is removed.
+static __always_inline int member_binding(__u32 tgid, struct binding *out)
+{
+	struct binding *b = bpf_map_lookup_elem(&pid_sessions, &tgid);
+
+	if (live(b)) {
+		*out = *b;
+		return 1;
+	}
+	if (!current_cgroup_session(out)) {
+		if (b)
+			bpf_map_delete_elem(&pid_sessions, &tgid);
+		return 0;
+	}
+	bpf_map_update_elem(&pid_sessions, &tgid, out, BPF_ANY);
+	return 1;
+}
+
+// A cgroup walked up from, for a task other than the current one. The gate
+// looks at a task's own cgroup and its ancestors at levels 1 to
+// AF_MAX_CGROUP_DEPTH - 1; the walk starts at the bottom, so it covers those
+// levels for cgroups up to AF_CGROUP_WALK deep.
+#define AF_CGROUP_WALK 32
+
+struct chain {
+	struct binding deepest; // the session the gate would find by cgroup
+	int found;
+	int has_member; // the member's session is bound on the chain
+};
+
+static __always_inline void walk_cgroup(struct cgroup___af *cg, const struct binding *member, struct chain *c)
+{
+	for (int i = 0; i < AF_CGROUP_WALK; i++) {
+		if (!cg)
+			break;
+		int level = BPF_CORE_READ(cg, level);
+
+		if (i == 0 || (level >= 1 && level < AF_MAX_CGROUP_DEPTH)) {
+			__u64 id = BPF_CORE_READ(cg, kn, id);
+			struct binding *b = bpf_map_lookup_elem(&cgroup_sessions, &id);
+
+			if (live(b)) {
+				if (!c->found) {
+					c->deepest = *b;
+					c->found = 1;
+				}
+				if (member && same_session(b, member))
+					c->has_member = 1;
+			}
+		}
+		if (level <= 1)
+			break; // the root is looked at only as a task's own cgroup
+		cg = BPF_CORE_READ(cg, self.parent, cgroup);
+	}
+}
+
+static __always_inline __u64 cgroup_id_of(struct cgroup___af *cg)
+{
+	return BPF_CORE_READ(cg, kn, id);
+}
+
+// report_escape counts an attempt to leave session b against its budget,
+// quarantining it as the gate would, and reports it on the gate's ring.
+// task is the member when it is not the current task.
+static __always_inline void report_escape(const struct binding *b, __u8 kind, __u64 dst_cgroup, __u32 tgid, __u32 tid,
+					  struct task_struct___af *task, __u32 other)
+{
+	__u32 slot = b->slot;
+	struct session *s = bpf_map_lookup_elem(&sessions, &slot);
+
+	if (!s || s->gen != b->gen)
+		return;
+	__u8 quarantined_now = 0;
+	// As in gate.c: a plain add and a racy read suffice for a threshold.
+	__sync_fetch_and_add(&s->violations, 1);
+	__u32 violations = s->violations;
+	if (violations > s->budget && (s->flags & AF_SESSION_QUARANTINE_ON_BUDGET) && s->state == AF_STATE_ACTIVE) {
+		s->state = AF_STATE_QUARANTINED;
+		quarantined_now = 1;
+	}
+
+	struct gate_event *e = bpf_ringbuf_reserve(&gate_events, sizeof(*e), 0);
+	if (!e) {
+		__u32 k = AF_STAT_LOST;
+		__u64 *n = bpf_map_lookup_elem(&gate_stats, &k);
+
+		if (n)
+			*n += 1;
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->cgroup_id = dst_cgroup;
+	e->session_gen = b->gen;
+	e->session_slot = b->slot;
+	e->pid = tgid;
+	e->tid = tid;
+	if (task) {
+		e->uid = BPF_CORE_READ(task, cred, uid.val);
+		e->gid = BPF_CORE_READ(task, cred, gid.val);
+		BPF_CORE_READ_STR_INTO(&e->comm, task, comm);
+	} else {
+		__u64 ugid = bpf_get_current_uid_gid();
+
+		e->uid = (__u32)ugid;
+		e->gid = ugid >> 32;
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+	}
+	e->rule = AF_RULE_NONE;
+	e->hook = AF_HOOK_ESCAPE;
+	e->reason = kind;
+	e->quarantined_now = quarantined_now;
+	e->name_hash = other;
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
 SEC("raw_tp/sched_process_exec")
 int af_sched_exec(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -101,6 +300,10 @@ int af_sched_exec(struct bpf_raw_tracepoint_args *ctx)
 	struct exe_id exe = {};
 	struct file *f;
 	__u32 tgid = BPF_CORE_READ(task, tgid);
+	struct binding member;
+
+	// A member by cgroup is bound by tgid before its new image runs.
+	member_binding(tgid, &member);
 
 	// After exec the interpreter (for #! scripts) is bprm->file and
 	// mm->exe_file alike; bprm->file is the cheaper read.
@@ -195,13 +398,45 @@ int af_sched_fork(struct bpf_raw_tracepoint_args *ctx)
 
 	// The child has not run yet (the tracepoint precedes wake_up_new_task),
 	// so it can neither connect nor exec before it holds the binding.
-	// Missing parent entries delete the child's key: a stale entry left by
-	// an unrelated earlier process with the same tgid must not be inherited.
-	struct binding *b = bpf_map_lookup_elem(&pid_sessions, &parent_tgid);
-	if (b) {
-		struct binding copy = *b;
+	// A child of no session has its key deleted: a stale entry left by an
+	// unrelated earlier process with the same tgid must not be inherited.
+	//
+	// The parent is the current task. Its session is its tgid binding, or
+	// its cgroup's, which binds it by tgid now.
+	struct binding pb, cb;
+	int member = member_binding(parent_tgid, &pb);
+	int bound = 0;
+	struct task_struct___af *pt = (struct task_struct___af *)parent;
+	struct task_struct___af *ct = (struct task_struct___af *)child;
 
-		if (bpf_map_update_elem(&pid_sessions, &child_tgid, &copy, BPF_ANY) == 0)
+	if (BPF_CORE_READ(pt, cgroups) == BPF_CORE_READ(ct, cgroups)) {
+		// The child is where the parent is (every fork but clone3
+		// CLONE_INTO_CGROUP): it is in the parent's session.
+		if (member) {
+			cb = pb;
+			bound = 1;
+		}
+	} else {
+		// Forked into another cgroup. Into the session's own subtree, the
+		// child is in the deepest session there (a child session, say),
+		// as the gate finds it by cgroup; anywhere else it stays in the
+		// parent's, and the attempt is reported.
+		struct cgroup___af *cg = BPF_CORE_READ(ct, cgroups, dfl_cgrp);
+		struct chain c = {};
+
+		walk_cgroup(cg, member ? &pb : 0, &c);
+		if (member && !c.has_member) {
+			cb = pb;
+			bound = 1;
+			report_escape(&pb, AF_ESCAPE_CLONE_INTO_CGROUP, cgroup_id_of(cg), parent_tgid,
+				      (__u32)bpf_get_current_pid_tgid(), 0, child_tgid);
+		} else if (c.found) {
+			cb = c.deepest;
+			bound = 1;
+		}
+	}
+	if (bound) {
+		if (bpf_map_update_elem(&pid_sessions, &child_tgid, &cb, BPF_ANY) == 0)
 			flags |= AF_FLAG_SESSION_INHERITED;
 	} else {
 		bpf_map_delete_elem(&pid_sessions, &child_tgid);
@@ -267,5 +502,51 @@ int af_sched_exit(struct bpf_raw_tracepoint_args *ctx)
 	ev->_pad1 = 0;
 	ev->start_time = group_start(task);
 	bpf_ringbuf_submit(ev, wakeup_flags());
+	return 0;
+}
+
+// A task moved to another cgroup (a write to cgroup.procs or cgroup.threads,
+// by itself or another process). The raw tracepoint fires after the move
+// succeeded: (struct cgroup *dst_cgrp, const char *path, struct task_struct
+// *task, bool threadgroup).
+SEC("raw_tp/cgroup_attach_task")
+int af_task_cgroup_attach(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct cgroup___af *dst = (struct cgroup___af *)ctx->args[0];
+	struct task_struct___af *task = (struct task_struct___af *)ctx->args[2];
+
+	// Only the unified hierarchy counts: a v1 hierarchy's cgroup is not
+	// the one the gate sees.
+	if (BPF_CORE_READ(dst, root) != BPF_CORE_READ(task, cgroups, dfl_cgrp, root))
+		return 0;
+
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	struct binding pb;
+	struct binding *b = bpf_map_lookup_elem(&pid_sessions, &tgid);
+	int member = 0;
+
+	if (live(b)) {
+		pb = *b;
+		member = 1;
+	}
+	struct chain c = {};
+
+	walk_cgroup(dst, member ? &pb : 0, &c);
+	if (!member) {
+		// Moved into a session (a container's init, say): a member by
+		// tgid from now on.
+		if (c.found)
+			bpf_map_update_elem(&pid_sessions, &tgid, &c.deepest, BPF_ANY);
+		return 0;
+	}
+	if (c.has_member) {
+		// Within its session's cgroup subtree: into a deeper session
+		// (a child session) it is that session's member, as by cgroup.
+		if (!same_session(&c.deepest, &pb))
+			bpf_map_update_elem(&pid_sessions, &tgid, &c.deepest, BPF_ANY);
+		return 0;
+	}
+	report_escape(&pb, AF_ESCAPE_CGROUP_MOVE, cgroup_id_of(dst), tgid, BPF_CORE_READ(task, pid), task,
+		      bpf_get_current_pid_tgid() >> 32);
 	return 0;
 }

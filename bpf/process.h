@@ -62,3 +62,75 @@ struct proc_exit_event {
 	__u32 _pad1;
 	__u64 start_time;
 };
+
+// Attempts to leave a session. The process programs keep membership per
+// process (pid_sessions), so a member that changes its cgroup stays in its
+// session; the attempt is reported on the gate's event ring (gate_events,
+// shared with the gate) in the gate's event layout, so that it becomes an
+// audit record and counts against the session's violation budget exactly
+// like a denial. Such an event has hook AF_HOOK_ESCAPE and:
+//   reason     enum af_escape_kind: what was tried
+//   cgroup_id  the cgroup the member was moved or cloned into
+//   pid, tid   the member (for a clone, the process that called clone3)
+//   uid, gid, comm  the member's
+//   name_hash  the other process: for a move, the tgid of the process that
+//              wrote cgroup.procs; for a clone, the new process
+//   verdict    0: the kernel saw the attempt, it did not decide it
+//   rule       AF_RULE_NONE; family, protocol, port, addr zero
+// Hooks 32-47 are reserved for events the process programs write (see
+// common.h).
+enum af_proc_hook {
+	AF_HOOK_ESCAPE = 32,
+};
+
+enum af_escape_kind {
+	AF_ESCAPE_CGROUP_MOVE = 1,       // written into another cgroup's cgroup.procs or cgroup.threads
+	AF_ESCAPE_CLONE_INTO_CGROUP = 2, // forked into another cgroup (clone3 CLONE_INTO_CGROUP)
+};
+
+// CO-RE views of the cgroup structures the membership programs read, as
+// flavours (the ___af suffix is dropped when matching the kernel's BTF) so
+// they do not clash with core.h's task_struct.
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct kernfs_node___af {
+	__u64 id; // the cgroup id bpf_get_current_cgroup_id reports (5.5+)
+};
+
+struct cgroup_root___af;
+struct cgroup___af;
+
+struct cgroup_subsys_state___af {
+	struct cgroup___af *cgroup;
+	struct cgroup_subsys_state___af *parent;
+};
+
+struct cgroup___af {
+	struct cgroup_subsys_state___af self; // self.parent is the parent cgroup's
+	int level;                            // the root is 0
+	struct kernfs_node___af *kn;
+	struct cgroup_root___af *root; // the hierarchy
+};
+
+struct css_set___af {
+	struct cgroup___af *dfl_cgrp; // the task's cgroup on the unified hierarchy
+};
+
+struct cred___af {
+	struct {
+		__u32 val;
+	} uid;
+	struct {
+		__u32 val;
+	} gid;
+};
+
+struct task_struct___af {
+	int pid;
+	int tgid;
+	struct css_set___af *cgroups;
+	const struct cred___af *cred;
+	char comm[16];
+};
+
+#pragma clang attribute pop

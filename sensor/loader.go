@@ -37,6 +37,18 @@ type ProcessOptions struct {
 	// the shapes declared in bpf/common.h.
 	PidSessions *ebpf.Map
 	ProcExe     *ebpf.Map
+	// Sessions, CgroupSessions, GateEvents and GateStats are the gate's
+	// maps of those names (bpf/gate.c): the session slots, the cgroup
+	// bindings, the decision ring and its counters. With them, a member
+	// by cgroup is bound by tgid at its first fork or exec, so a move to
+	// another cgroup does not take it out of its session, and the move is
+	// reported on the gate's ring as an escape (EscapeEvent) that counts
+	// against the session's budget. Without them the object uses private
+	// maps of the same shapes: nothing is a member by cgroup.
+	Sessions       *ebpf.Map
+	CgroupSessions *ebpf.Map
+	GateEvents     *ebpf.Map
+	GateStats      *ebpf.Map
 	// RingBufferSize overrides the size of proc_events in bytes; it must be
 	// a power of two and a multiple of the page size.
 	RingBufferSize uint32
@@ -64,19 +76,17 @@ var _ EventSource = (*ProcessPrograms)(nil)
 // LoadProcessPrograms loads bpf/process.c, attaches it to the sched
 // tracepoints and opens the event reader. Close releases everything.
 func LoadProcessPrograms(opts ProcessOptions) (_ *ProcessPrograms, err error) {
-	spec, err := loadProcess()
+	spec, err := ProcessSpec(opts)
 	if err != nil {
 		return nil, fmt.Errorf("load process spec: %w", err)
 	}
-	if opts.RingBufferSize != 0 {
-		spec.Maps["proc_events"].MaxEntries = opts.RingBufferSize
-	}
 	repl := map[string]*ebpf.Map{}
-	if opts.PidSessions != nil {
-		repl["pid_sessions"] = opts.PidSessions
-	}
-	if opts.ProcExe != nil {
-		repl["proc_exe"] = opts.ProcExe
+	for name, m := range map[string]*ebpf.Map{"pid_sessions": opts.PidSessions, "proc_exe": opts.ProcExe,
+		"sessions": opts.Sessions, "cgroup_sessions": opts.CgroupSessions, "gate_events": opts.GateEvents,
+		"gate_stats": opts.GateStats} {
+		if m != nil {
+			repl[name] = m
+		}
 	}
 
 	p := &ProcessPrograms{poll: opts.PollInterval}
@@ -106,7 +116,8 @@ func LoadProcessPrograms(opts ProcessOptions) (_ *ProcessPrograms, err error) {
 		return nil, fmt.Errorf("open proc_events reader: %w", err)
 	}
 	// Exit before fork before exec: a process forked between two attaches is
-	// then never seen exiting without its fork, only the reverse.
+	// then never seen exiting without its fork, only the reverse. The
+	// cgroup move comes last: it needs the bindings fork and exec make.
 	for _, a := range []struct {
 		name string
 		prog *ebpf.Program
@@ -114,6 +125,7 @@ func LoadProcessPrograms(opts ProcessOptions) (_ *ProcessPrograms, err error) {
 		{"sched_process_exit", p.objs.AfSchedExit},
 		{"sched_process_fork", p.objs.AfSchedFork},
 		{"sched_process_exec", p.objs.AfSchedExec},
+		{"cgroup_attach_task", p.objs.AfTaskCgroupAttach},
 	} {
 		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: a.name, Program: a.prog})
 		if err != nil {
@@ -157,9 +169,13 @@ func (p *ProcessPrograms) Lost() (uint64, error) {
 	return n, nil
 }
 
-// PidSessions and ProcExe return the maps in use (the replacements if given).
-func (p *ProcessPrograms) PidSessions() *ebpf.Map { return p.objs.PidSessions }
-func (p *ProcessPrograms) ProcExe() *ebpf.Map     { return p.objs.ProcExe }
+// PidSessions, ProcExe, Sessions, CgroupSessions and GateEvents return the
+// maps in use (the replacements if given).
+func (p *ProcessPrograms) PidSessions() *ebpf.Map    { return p.objs.PidSessions }
+func (p *ProcessPrograms) ProcExe() *ebpf.Map        { return p.objs.ProcExe }
+func (p *ProcessPrograms) Sessions() *ebpf.Map       { return p.objs.Sessions }
+func (p *ProcessPrograms) CgroupSessions() *ebpf.Map { return p.objs.CgroupSessions }
+func (p *ProcessPrograms) GateEvents() *ebpf.Map     { return p.objs.GateEvents }
 
 // Close detaches the programs, stops ReadEvent and releases the objects.
 // Replacement maps passed in ProcessOptions stay open; they belong to the

@@ -49,6 +49,10 @@ func TestMain(m *testing.M) {
 	case "grandchild", "sibling":
 		fmt.Printf("%s %d\n", os.Getenv(helperEnv), os.Getpid())
 		waitForSignal()
+	case "ctl":
+		ctl()
+	case "park":
+		waitForSignal()
 	}
 }
 
@@ -422,6 +426,10 @@ func TestForkInheritsSession(t *testing.T) {
 	pw.Close()
 
 	want := processBinding{Slot: 42, Gen: 7}
+	// A binding counts while its slot holds that generation.
+	if err := l.Sessions().Put(want.Slot, processSession{Gen: want.Gen, State: 1}); err != nil {
+		t.Fatal(err)
+	}
 	if err := sessions.Put(uint32(root.Process.Pid), want); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type processAfEscapeKind uint32
+
+const (
+	processAfEscapeKindAF_ESCAPE_CGROUP_MOVE       processAfEscapeKind = 1
+	processAfEscapeKindAF_ESCAPE_CLONE_INTO_CGROUP processAfEscapeKind = 2
+)
+
 type processAfProcEventType uint32
 
 const (
@@ -28,6 +35,12 @@ const (
 	processAfProcFlagsAF_FLAG_ARGV_FAULT        processAfProcFlags = 2
 	processAfProcFlagsAF_FLAG_SESSION_INHERITED processAfProcFlags = 4
 	processAfProcFlagsAF_FLAG_EXE_INHERITED     processAfProcFlags = 8
+)
+
+type processAfProcHook uint32
+
+const (
+	processAfProcHookAF_HOOK_ESCAPE processAfProcHook = 32
 )
 
 type processBinding struct {
@@ -89,22 +102,41 @@ type processProcForkEvent struct {
 	ParentStartTime uint64
 }
 
+type processSession struct {
+	_          structs.HostLayout
+	Gen        uint64
+	ExpiresNs  uint64
+	State      uint32
+	Mode       uint32
+	Violations uint32
+	Budget     uint32
+	Flags      uint32
+	Pad        uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	processMapPidSessions  = "pid_sessions"
-	processMapProcEvents   = "proc_events"
-	processMapProcExe      = "proc_exe"
-	processMapProcLost     = "proc_lost"
-	processProgAfSchedExec = "af_sched_exec"
-	processProgAfSchedExit = "af_sched_exit"
-	processProgAfSchedFork = "af_sched_fork"
-	processVarUnusedExec   = "unused_exec"
-	processVarUnusedExit   = "unused_exit"
-	processVarUnusedFlags  = "unused_flags"
-	processVarUnusedFork   = "unused_fork"
-	processVarUnusedType   = "unused_type"
+	processMapCgroupSessions      = "cgroup_sessions"
+	processMapGateEvents          = "gate_events"
+	processMapGateStats           = "gate_stats"
+	processMapPidSessions         = "pid_sessions"
+	processMapProcEvents          = "proc_events"
+	processMapProcExe             = "proc_exe"
+	processMapProcLost            = "proc_lost"
+	processMapSessions            = "sessions"
+	processProgAfSchedExec        = "af_sched_exec"
+	processProgAfSchedExit        = "af_sched_exit"
+	processProgAfSchedFork        = "af_sched_fork"
+	processProgAfTaskCgroupAttach = "af_task_cgroup_attach"
+	processVarUnusedEscape        = "unused_escape"
+	processVarUnusedExec          = "unused_exec"
+	processVarUnusedExit          = "unused_exit"
+	processVarUnusedFlags         = "unused_flags"
+	processVarUnusedFork          = "unused_fork"
+	processVarUnusedHook          = "unused_hook"
+	processVarUnusedType          = "unused_type"
 )
 
 // loadProcess returns the embedded CollectionSpec for process.
@@ -149,30 +181,37 @@ type processSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type processProgramSpecs struct {
-	AfSchedExec *ebpf.ProgramSpec `ebpf:"af_sched_exec"`
-	AfSchedExit *ebpf.ProgramSpec `ebpf:"af_sched_exit"`
-	AfSchedFork *ebpf.ProgramSpec `ebpf:"af_sched_fork"`
+	AfSchedExec        *ebpf.ProgramSpec `ebpf:"af_sched_exec"`
+	AfSchedExit        *ebpf.ProgramSpec `ebpf:"af_sched_exit"`
+	AfSchedFork        *ebpf.ProgramSpec `ebpf:"af_sched_fork"`
+	AfTaskCgroupAttach *ebpf.ProgramSpec `ebpf:"af_task_cgroup_attach"`
 }
 
 // processMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type processMapSpecs struct {
-	PidSessions *ebpf.MapSpec `ebpf:"pid_sessions"`
-	ProcEvents  *ebpf.MapSpec `ebpf:"proc_events"`
-	ProcExe     *ebpf.MapSpec `ebpf:"proc_exe"`
-	ProcLost    *ebpf.MapSpec `ebpf:"proc_lost"`
+	CgroupSessions *ebpf.MapSpec `ebpf:"cgroup_sessions"`
+	GateEvents     *ebpf.MapSpec `ebpf:"gate_events"`
+	GateStats      *ebpf.MapSpec `ebpf:"gate_stats"`
+	PidSessions    *ebpf.MapSpec `ebpf:"pid_sessions"`
+	ProcEvents     *ebpf.MapSpec `ebpf:"proc_events"`
+	ProcExe        *ebpf.MapSpec `ebpf:"proc_exe"`
+	ProcLost       *ebpf.MapSpec `ebpf:"proc_lost"`
+	Sessions       *ebpf.MapSpec `ebpf:"sessions"`
 }
 
 // processVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type processVariableSpecs struct {
-	UnusedExec  *ebpf.VariableSpec `ebpf:"unused_exec"`
-	UnusedExit  *ebpf.VariableSpec `ebpf:"unused_exit"`
-	UnusedFlags *ebpf.VariableSpec `ebpf:"unused_flags"`
-	UnusedFork  *ebpf.VariableSpec `ebpf:"unused_fork"`
-	UnusedType  *ebpf.VariableSpec `ebpf:"unused_type"`
+	UnusedEscape *ebpf.VariableSpec `ebpf:"unused_escape"`
+	UnusedExec   *ebpf.VariableSpec `ebpf:"unused_exec"`
+	UnusedExit   *ebpf.VariableSpec `ebpf:"unused_exit"`
+	UnusedFlags  *ebpf.VariableSpec `ebpf:"unused_flags"`
+	UnusedFork   *ebpf.VariableSpec `ebpf:"unused_fork"`
+	UnusedHook   *ebpf.VariableSpec `ebpf:"unused_hook"`
+	UnusedType   *ebpf.VariableSpec `ebpf:"unused_type"`
 }
 
 // processObjects contains all objects after they have been loaded into the kernel.
@@ -195,18 +234,26 @@ func (o *processObjects) Close() error {
 //
 // It can be passed to loadProcessObjects or ebpf.CollectionSpec.LoadAndAssign.
 type processMaps struct {
-	PidSessions *ebpf.Map `ebpf:"pid_sessions"`
-	ProcEvents  *ebpf.Map `ebpf:"proc_events"`
-	ProcExe     *ebpf.Map `ebpf:"proc_exe"`
-	ProcLost    *ebpf.Map `ebpf:"proc_lost"`
+	CgroupSessions *ebpf.Map `ebpf:"cgroup_sessions"`
+	GateEvents     *ebpf.Map `ebpf:"gate_events"`
+	GateStats      *ebpf.Map `ebpf:"gate_stats"`
+	PidSessions    *ebpf.Map `ebpf:"pid_sessions"`
+	ProcEvents     *ebpf.Map `ebpf:"proc_events"`
+	ProcExe        *ebpf.Map `ebpf:"proc_exe"`
+	ProcLost       *ebpf.Map `ebpf:"proc_lost"`
+	Sessions       *ebpf.Map `ebpf:"sessions"`
 }
 
 func (m *processMaps) Close() error {
 	return _ProcessClose(
+		m.CgroupSessions,
+		m.GateEvents,
+		m.GateStats,
 		m.PidSessions,
 		m.ProcEvents,
 		m.ProcExe,
 		m.ProcLost,
+		m.Sessions,
 	)
 }
 
@@ -214,20 +261,23 @@ func (m *processMaps) Close() error {
 //
 // It can be passed to loadProcessObjects or ebpf.CollectionSpec.LoadAndAssign.
 type processVariables struct {
-	UnusedExec  *ebpf.Variable `ebpf:"unused_exec"`
-	UnusedExit  *ebpf.Variable `ebpf:"unused_exit"`
-	UnusedFlags *ebpf.Variable `ebpf:"unused_flags"`
-	UnusedFork  *ebpf.Variable `ebpf:"unused_fork"`
-	UnusedType  *ebpf.Variable `ebpf:"unused_type"`
+	UnusedEscape *ebpf.Variable `ebpf:"unused_escape"`
+	UnusedExec   *ebpf.Variable `ebpf:"unused_exec"`
+	UnusedExit   *ebpf.Variable `ebpf:"unused_exit"`
+	UnusedFlags  *ebpf.Variable `ebpf:"unused_flags"`
+	UnusedFork   *ebpf.Variable `ebpf:"unused_fork"`
+	UnusedHook   *ebpf.Variable `ebpf:"unused_hook"`
+	UnusedType   *ebpf.Variable `ebpf:"unused_type"`
 }
 
 // processPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadProcessObjects or ebpf.CollectionSpec.LoadAndAssign.
 type processPrograms struct {
-	AfSchedExec *ebpf.Program `ebpf:"af_sched_exec"`
-	AfSchedExit *ebpf.Program `ebpf:"af_sched_exit"`
-	AfSchedFork *ebpf.Program `ebpf:"af_sched_fork"`
+	AfSchedExec        *ebpf.Program `ebpf:"af_sched_exec"`
+	AfSchedExit        *ebpf.Program `ebpf:"af_sched_exit"`
+	AfSchedFork        *ebpf.Program `ebpf:"af_sched_fork"`
+	AfTaskCgroupAttach *ebpf.Program `ebpf:"af_task_cgroup_attach"`
 }
 
 func (p *processPrograms) Close() error {
@@ -235,6 +285,7 @@ func (p *processPrograms) Close() error {
 		p.AfSchedExec,
 		p.AfSchedExit,
 		p.AfSchedFork,
+		p.AfTaskCgroupAttach,
 	)
 }
 

@@ -3,6 +3,8 @@
 package sensor
 
 import (
+	"os"
+
 	"github.com/cilium/ebpf"
 )
 
@@ -16,8 +18,8 @@ const ObjectProcess = "process"
 const ProcessFallback = "records carry only the pid, uid and comm the gate sees: no exe, argv, parent, container or pod"
 
 // ProcessSpec is the process object as LoadProcessPrograms loads it with
-// opts, for a verification load. The maps it would share with the gate
-// are the object's own here; the verifier sees the same shapes.
+// opts, and for a verification load. The maps it would share with the gate
+// are the object's own there; the verifier sees the same shapes.
 func ProcessSpec(opts ProcessOptions) (*ebpf.CollectionSpec, error) {
 	spec, err := loadProcess()
 	if err != nil {
@@ -25,6 +27,11 @@ func ProcessSpec(opts ProcessOptions) (*ebpf.CollectionSpec, error) {
 	}
 	if opts.RingBufferSize != 0 {
 		spec.Maps["proc_events"].MaxEntries = opts.RingBufferSize
+	}
+	if opts.GateEvents == nil {
+		// Nobody reads a private copy of the gate's ring: the smallest
+		// ring buffer (one page) will do.
+		spec.Maps["gate_events"].MaxEntries = uint32(os.Getpagesize())
 	}
 	return spec, nil
 }

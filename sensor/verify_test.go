@@ -27,8 +27,8 @@ func TestVerifyProcessSpec(t *testing.T) {
 		c := enforcer.ObjectCheck{Name: sensor.ObjectProcess}
 		enforcer.VerifySpec(&c, spec, nil, nil, broken)
 		t.Logf("broken=%v: %d programs, %v, %d insns, err %v", broken, c.Programs, c.Duration, c.Insns, c.Err)
-		if c.Programs != 3 || c.Duration <= 0 {
-			t.Errorf("broken=%v: %+v, want 3 programs and a duration", broken, c)
+		if c.Programs != 4 || c.Duration <= 0 {
+			t.Errorf("broken=%v: %+v, want 4 programs and a duration", broken, c)
 		}
 		var ve *ebpf.VerifierError
 		switch {

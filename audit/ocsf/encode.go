@@ -259,6 +259,21 @@ func appendAgentfence(dst []byte, u *AgentfenceData) []byte {
 		dst = appendOptString(dst, `,"protocol":`, d.Protocol)
 		dst = append(dst, '}')
 	}
+	if e := u.Escape; e != nil {
+		dst = append(dst, `,"escape":`...)
+		dst = appendEscape(dst, e)
+	}
+	return append(dst, '}')
+}
+
+// appendEscape encodes audit.Escape by its own json tags.
+func appendEscape(dst []byte, e *audit.Escape) []byte {
+	dst = append(dst, `{"what":`...)
+	dst = appendString(dst, e.What)
+	dst = appendOptString(dst, `,"cgroup":`, e.Cgroup)
+	dst = appendOptUint(dst, `,"cgroup_id":`, e.CgroupID)
+	dst = appendOptUint(dst, `,"by_pid":`, uint64(e.ByPID))
+	dst = appendOptUint(dst, `,"child_pid":`, uint64(e.ChildPID))
 	return append(dst, '}')
 }
 

@@ -48,16 +48,17 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 		Destination: &audit.Destination{IP: "10.0.0.1" + s, Port: 65535, Protocol: "udp", Hostname: "h" + s},
 		Outcome:     &audit.Outcome{Verdict: verdict, Rule: "rule" + s, Reason: "reason" + s, Errno: "EPERM" + s},
 		Gap:         &audit.Gap{Source: "src" + s, Count: 9, FirstSeq: 1, LastSeq: 1<<64 - 1},
+		Escape:      &audit.Escape{What: "what" + s, Cgroup: "/cg" + s, CgroupID: 1<<64 - 1, ByPID: 5, ChildPID: 4294967295},
 		Event:       event, Actor: "actor" + s,
 	}
 }
 
 var allKinds = []string{
 	audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy,
-	audit.KindExec, audit.KindSession, audit.KindDNS, audit.KindGap,
+	audit.KindExec, audit.KindSession, audit.KindDNS, audit.KindGap, audit.KindEscape,
 }
 
-var allVerdicts = []string{audit.VerdictAllowed, audit.VerdictDenied, audit.VerdictWouldDeny, audit.VerdictDestroyed, "", "other"}
+var allVerdicts = []string{audit.VerdictAllowed, audit.VerdictDenied, audit.VerdictWouldDeny, audit.VerdictDestroyed, audit.VerdictFlagged, "", "other"}
 
 func sessionEvents() []string {
 	evs := []string{"", "unknown-step"}
@@ -89,6 +90,10 @@ func encodeTable() []audit.Record {
 			func(r *audit.Record) { r.Destination = nil },
 			func(r *audit.Record) { r.Outcome = nil },
 			func(r *audit.Record) { r.Gap = nil },
+			func(r *audit.Record) { r.Escape = nil },
+			func(r *audit.Record) {
+				r.Escape.Cgroup, r.Escape.CgroupID, r.Escape.ByPID, r.Escape.ChildPID = "", 0, 0, 0
+			},
 			func(r *audit.Record) { r.Host, r.Seq, r.Event, r.Actor = "", 0, "", "" },
 			func(r *audit.Record) {
 				r.Process.ExitCode, r.Process.PPID, r.Process.Argv, r.Process.Ancestry = nil, 0, nil, []string{}
@@ -194,6 +199,7 @@ func fullEvent(s string) Event {
 			GID: &gid, PPID: 4, CgroupID: 5, Cgroup: "cg" + s,
 			Gap:         &audit.Gap{Source: "gs" + s, Count: 6, FirstSeq: 7, LastSeq: 8},
 			Destination: &Destination{Protocol: "pr" + s},
+			Escape:      &audit.Escape{What: "wh" + s, Cgroup: "cg" + s, CgroupID: 9, ByPID: 10, ChildPID: 11},
 		}},
 	}
 }
@@ -270,7 +276,7 @@ func TestAppendEventMatchesReference(t *testing.T) {
 		empty.Process = &Process{File: &File{Hashes: []Fingerprint{{}, {Algorithm: s}}}, User: &User{}, Container: &Container{}, ParentProcess: &Process{}, Lineage: []string{}}
 		empty.DstEndpoint, empty.ConnectionInfo, empty.Query = &Endpoint{}, &ConnectionInfo{}, &DNSQuery{}
 		empty.Entity, empty.FirewallRule, empty.Device = &ManagedEntity{Data: &SessionData{KeptCaps: []string{}}}, &Rule{}, &Device{}
-		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}}}
+		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}, Escape: &audit.Escape{}}}
 		empty.Metadata = Metadata{Profiles: []string{}}
 		variants = append(variants, empty)
 		for i, ev := range variants {

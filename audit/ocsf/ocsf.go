@@ -251,6 +251,9 @@ type AgentfenceData struct {
 	Cgroup          string       `json:"cgroup,omitempty"`
 	Gap             *audit.Gap   `json:"gap,omitempty"`
 	Destination     *Destination `json:"destination,omitempty"`
+	// Escape is what a member tried to leave its session with (kind
+	// escape); OCSF 1.3.0 has no object for a cgroup.
+	Escape *audit.Escape `json:"escape,omitempty"`
 }
 
 // Destination repeats the record's destination when the OCSF class has no
@@ -302,7 +305,7 @@ type scratch struct {
 	procHash     [1]Fingerprint
 	procParent   Process
 	procCtr      Container
-	execParent   Process // actor.process of an exec
+	execParent   Process // actor.process of an exec, or of an escape made by another process
 	endpoint     Endpoint
 	conn         ConnectionInfo
 	query        DNSQuery
@@ -310,6 +313,7 @@ type scratch struct {
 	entityData   SessionData
 	rule         Rule
 	gap          audit.Gap
+	escape       audit.Escape
 	gid          uint32
 	act, disp    int
 	profiles     [3]string
@@ -377,6 +381,8 @@ func (e Encoder) fill(sc *scratch, r *audit.Record) {
 		session(sc, r)
 	case audit.KindGap:
 		gap(sc, r)
+	case audit.KindEscape:
+		escape(sc, r)
 	default:
 		// An unknown kind from a newer daemon still reaches the SIEM as
 		// an Event Log Activity "Other" rather than being dropped.
@@ -415,7 +421,7 @@ var typeNames = func() map[string]string {
 	}
 	add(ClassNetworkActivity, "Open", "Traffic", "Refuse")
 	add(ClassDNSActivity, "Query")
-	add(ClassProcessActivity, "Launch", "Terminate")
+	add(ClassProcessActivity, "Launch", "Terminate", "Other")
 	add(ClassEventLogActivity, "Other", "Records Lost")
 	add(ClassEntityManagement, "Other")
 	for _, a := range sessionActivities {
@@ -451,6 +457,11 @@ func verdict(sc *scratch, o *audit.Outcome) int {
 		case audit.VerdictWouldDeny:
 			// Audit mode: the traffic went through, the policy flagged it.
 			act, actName, disp, dispName, sev = actionAllowed, "Allowed", dispDetected, "Detected", sevLow
+			ev.StatusID, ev.Status = statusSuccess, "Success"
+		case audit.VerdictFlagged:
+			// An escape attempt: the act happened, changed nothing for
+			// the gate, and is hostile.
+			act, actName, disp, dispName, sev = actionAllowed, "Allowed", dispDetected, "Detected", sevHigh
 			ev.StatusID, ev.Status = statusSuccess, "Success"
 		}
 		ev.StatusCode, ev.StatusDetail = o.Errno, o.Reason
@@ -594,6 +605,35 @@ func gap(sc *scratch, r *audit.Record) {
 	ev.Message = message(r)
 }
 
+// escape maps a member's attempt to leave its session to a Process
+// Activity "Other" of the member: the actor is the process that moved it,
+// or the member itself; what it tried is in unmapped.agentfence.escape.
+func escape(sc *scratch, r *audit.Record) {
+	ev := &sc.ev
+	sev := verdict(sc, r.Outcome)
+	classify(ev, catSystem, ClassProcessActivity, activityOther, "Other", sev)
+	addProfile(sc, "host")
+	ev.Process = processOf(sc, r.Process)
+	if ev.Process == nil {
+		ev.Process = &sc.proc // empty
+	}
+	by := ev.Process
+	if e := r.Escape; e != nil {
+		if e.ByPID != 0 {
+			sc.execParent = Process{PID: e.ByPID}
+			by = &sc.execParent
+		}
+		sc.escape = *e
+		sc.unmapped.Agentfence.Escape = &sc.escape
+	}
+	ev.Actor = actor(sc, r, by)
+	if ev.Device == nil {
+		sc.device = Device{Type: "Unknown"}
+		ev.Device = &sc.device
+	}
+	ev.Message = message(r)
+}
+
 // actor fills sc.actor; it returns nil when there is nothing to say.
 func actor(sc *scratch, r *audit.Record, p *Process) *Actor {
 	a := &sc.actor
@@ -699,6 +739,14 @@ func message(r *audit.Record) string {
 		b = append(b, g.Source...)
 		b = append(b, " lost "...)
 		b = strconv.AppendUint(b, g.Count, 10)
+	}
+	if e := r.Escape; e != nil {
+		b = append(b, ' ')
+		b = append(b, e.What...)
+		if e.Cgroup != "" {
+			b = append(b, " into "...)
+			b = append(b, e.Cgroup...)
+		}
 	}
 	return string(b)
 }

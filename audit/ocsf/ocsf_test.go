@@ -87,6 +87,14 @@ func records() []audit.Record {
 	}
 	out = append(out, audit.Record{Schema: "1", Time: t0, Kind: audit.KindGap, Host: "node-1",
 		Gap: &audit.Gap{Source: "spool:siem", Count: 5, FirstSeq: 3, LastSeq: 7}})
+	for _, x := range []audit.Escape{{What: "cgroup_move", Cgroup: "/", CgroupID: 1}, {What: "cgroup_move", Cgroup: "/x", ByPID: 77},
+		{What: "clone_into_cgroup", ChildPID: 12}} {
+		r := base(audit.KindEscape)
+		r.Escape, r.Outcome = &x, &audit.Outcome{Verdict: audit.VerdictFlagged}
+		out = append(out, r)
+	}
+	out = append(out, audit.Record{Schema: "1", Time: t0, Kind: audit.KindEscape, Process: &audit.Process{PID: 3},
+		Escape: &audit.Escape{What: "cgroup_move"}})
 	// A connect without a destination must still carry dst_endpoint.
 	nd := base(audit.KindConnect)
 	nd.Outcome = &audit.Outcome{Verdict: audit.VerdictDenied}
@@ -212,6 +220,7 @@ func TestVerdictMapping(t *testing.T) {
 		{audit.VerdictAllowed, 1, 1, 1},
 		{audit.VerdictDenied, 2, 2, 3},
 		{audit.VerdictWouldDeny, 1, 15, 2},
+		{audit.VerdictFlagged, 1, 15, 4},
 	} {
 		r := audit.Record{Kind: audit.KindConnect, Outcome: &audit.Outcome{Verdict: c.verdict}, Destination: &audit.Destination{IP: "1.1.1.1"},
 			Session: &audit.Session{ID: "s1", Intent: "x"}}

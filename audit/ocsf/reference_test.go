@@ -87,6 +87,8 @@ func (e refEncoder) Event(r *audit.Record) Event {
 		e.session(&ev, r)
 	case audit.KindGap:
 		e.gap(&ev, r)
+	case audit.KindEscape:
+		e.escape(&ev, r)
 	default:
 		// An unknown kind from a newer daemon still reaches the SIEM as
 		// an Event Log Activity "Other" rather than being dropped.
@@ -126,6 +128,9 @@ func refVerdict(ev *Event, o *audit.Outcome) int {
 		case audit.VerdictWouldDeny:
 			// Audit mode: the traffic went through, the policy flagged it.
 			act, actName, disp, dispName, sev = actionAllowed, "Allowed", dispDetected, "Detected", sevLow
+			ev.StatusID, ev.Status = statusSuccess, "Success"
+		case audit.VerdictFlagged:
+			act, actName, disp, dispName, sev = actionAllowed, "Allowed", dispDetected, "Detected", sevHigh
 			ev.StatusID, ev.Status = statusSuccess, "Success"
 		}
 		ev.StatusCode, ev.StatusDetail = o.Errno, o.Reason
@@ -254,6 +259,29 @@ func (e refEncoder) gap(ev *Event, r *audit.Record) {
 	ev.Message = refMessage(r)
 }
 
+func (e refEncoder) escape(ev *Event, r *audit.Record) {
+	sev := refVerdict(ev, r.Outcome)
+	e.classify(ev, catSystem, ClassProcessActivity, activityOther, "Other", sev)
+	ev.Metadata.Profiles = append(ev.Metadata.Profiles, "host")
+	ev.Process = refProcessOf(r.Process)
+	if ev.Process == nil {
+		ev.Process = &Process{}
+	}
+	by := ev.Process
+	if x := r.Escape; x != nil {
+		if x.ByPID != 0 {
+			by = &Process{PID: x.ByPID}
+		}
+		xx := *x
+		ev.Unmapped.Agentfence.Escape = &xx
+	}
+	ev.Actor = refActor(r, by)
+	if ev.Device == nil {
+		ev.Device = &Device{Type: "Unknown"}
+	}
+	ev.Message = refMessage(r)
+}
+
 func refActor(r *audit.Record, p *Process) *Actor {
 	a := &Actor{Process: p}
 	if s := r.Session; s != nil {
@@ -348,6 +376,14 @@ func refMessage(r *audit.Record) string {
 		b = append(b, g.Source...)
 		b = append(b, " lost "...)
 		b = strconv.AppendUint(b, g.Count, 10)
+	}
+	if x := r.Escape; x != nil {
+		b = append(b, ' ')
+		b = append(b, x.What...)
+		if x.Cgroup != "" {
+			b = append(b, " into "...)
+			b = append(b, x.Cgroup...)
+		}
 	}
 	return string(b)
 }

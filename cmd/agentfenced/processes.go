@@ -45,6 +45,7 @@ const procRingBytes = 1 << 20
 func startProcesses(ctx context.Context, gate *enforcer.Gate, cfg config.Config, log *slog.Logger) (*processes, error) {
 	p := &processes{}
 	progs, err := sensor.LoadProcessPrograms(sensor.ProcessOptions{PidSessions: gate.PidSessions(), ProcExe: gate.ProcExe(),
+		Sessions: gate.Sessions(), CgroupSessions: gate.CgroupSessions(), GateEvents: gate.Events(), GateStats: gate.StatsMap(),
 		RingBufferSize: procRingBytes})
 	if err != nil {
 		return p, fmt.Errorf("load process programs: %w", err)

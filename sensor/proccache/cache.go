@@ -441,6 +441,16 @@ func (c *Cache) snapshot(e *entry) Process {
 	return p
 }
 
+// CgroupPath names a cgroup id through Config.CgroupPath (an escape
+// record's destination, say); false without one or when the cgroup is gone.
+func (c *Cache) CgroupPath(id uint64) (string, bool) {
+	if c.cfg.CgroupPath == nil {
+		return "", false
+	}
+	p, err := c.cfg.CgroupPath(id)
+	return p, err == nil
+}
+
 // Watermark is the newest event time applied; events before it are in.
 func (c *Cache) Watermark() uint64 {
 	c.mu.RLock()

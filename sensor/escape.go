@@ -1,0 +1,43 @@
+package sensor
+
+// Escapes. The process programs keep membership per process: a member by
+// cgroup is bound by tgid at its first fork or exec, and the gate looks at
+// that binding first, so moving to another cgroup does not take a process
+// out of its session. The attempt is reported on the gate's event ring, in
+// the gate's event layout (bpf/process.h), so that it becomes an audit
+// record and counts against the session's violation budget like a denial.
+// In an event decoded by the enforcer (enforcer.Event), such a report has
+//
+//	Hook      HookEscape
+//	Reason    the EscapeKind
+//	CgroupID  the cgroup the member was moved or cloned into
+//	PID, TID  the member (for a clone, the process that called clone3)
+//	NameHash  the other process: for a move, the tgid of the process that
+//	          moved the member; for a clone, the new process
+//	Slot, Gen, QuarantinedNow  as for a decision
+
+// HookEscape is the hook value of an escape report on the gate's ring.
+const HookEscape = uint8(processAfProcHookAF_HOOK_ESCAPE)
+
+// EscapeKind is what a member tried.
+type EscapeKind uint8
+
+const (
+	// EscapeCgroupMove: the member was written into another cgroup's
+	// cgroup.procs or cgroup.threads, by itself or another process.
+	EscapeCgroupMove = EscapeKind(processAfEscapeKindAF_ESCAPE_CGROUP_MOVE)
+	// EscapeCloneIntoCgroup: the member forked a process into another
+	// cgroup (clone3 CLONE_INTO_CGROUP).
+	EscapeCloneIntoCgroup = EscapeKind(processAfEscapeKindAF_ESCAPE_CLONE_INTO_CGROUP)
+)
+
+// String is the name audit records give the attempt ("what").
+func (k EscapeKind) String() string {
+	switch k {
+	case EscapeCgroupMove:
+		return "cgroup_move"
+	case EscapeCloneIntoCgroup:
+		return "clone_into_cgroup"
+	}
+	return "unknown"
+}
