@@ -71,6 +71,12 @@ func TestEscapeRecord(t *testing.T) {
 		t.Errorf("clone: %+v", rec.Escape)
 	}
 
+	netns := base
+	netns.Reason, netns.CgroupID, netns.NameHash = enforcer.Reason(sensor.EscapeNetns), 4026532999, 4026531840
+	if rec := j.Record(netns); *rec.Escape != (audit.Escape{What: "netns", NetNS: 4026532999}) {
+		t.Errorf("netns: %+v", rec.Escape)
+	}
+
 	if err := e.r.Close(s.ID, admin); err != nil {
 		t.Fatal(err)
 	}

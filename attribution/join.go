@@ -78,16 +78,21 @@ func (j *Joiner) Record(ev enforcer.Event) audit.Record {
 // outside the session's cgroup from now on.
 func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
 	kind := sensor.EscapeKind(ev.Reason)
-	x := &audit.Escape{What: kind.String(), CgroupID: ev.CgroupID}
-	if cp, ok := j.Processes.(interface{ CgroupPath(uint64) (string, bool) }); ok {
-		x.Cgroup, _ = cp.CgroupPath(ev.CgroupID)
-	}
+	x := &audit.Escape{What: kind.String()}
 	other := uint32(ev.NameHash)
-	switch {
-	case kind == sensor.EscapeCloneIntoCgroup:
-		x.ChildPID = other
-	case other != ev.PID:
-		x.ByPID = other
+	switch kind {
+	case sensor.EscapeNetns:
+		x.NetNS = ev.CgroupID
+	default:
+		x.CgroupID = ev.CgroupID
+		if cp, ok := j.Processes.(interface{ CgroupPath(uint64) (string, bool) }); ok {
+			x.Cgroup, _ = cp.CgroupPath(ev.CgroupID)
+		}
+		if kind == sensor.EscapeCloneIntoCgroup {
+			x.ChildPID = other
+		} else if other != ev.PID {
+			x.ByPID = other
+		}
 	}
 	rec := audit.Record{Schema: audit.SchemaVersion, Time: j.Clock.Wall(ev.BootNS), Kind: audit.KindEscape,
 		Process: &audit.Process{PID: ev.PID, TID: ev.TID, UID: ev.UID, GID: ev.GID, Comm: ev.Comm},

@@ -132,7 +132,9 @@ type Outcome struct {
 // escape).
 type Escape struct {
 	// What is cgroup_move (written into another cgroup's cgroup.procs or
-	// cgroup.threads) or clone_into_cgroup (clone3 CLONE_INTO_CGROUP).
+	// cgroup.threads), clone_into_cgroup (clone3 CLONE_INTO_CGROUP) or
+	// netns (exec'd in another network namespace: unshare, setns or clone
+	// with CLONE_NEWNET before the exec).
 	What string `json:"what"`
 	// Cgroup is the cgroup it was moved or cloned into, relative to the
 	// cgroup v2 mount ("/" is the root); empty when it could no longer be
@@ -143,6 +145,9 @@ type Escape struct {
 	// itself; ChildPID the process a clone started.
 	ByPID    uint32 `json:"by_pid,omitempty"`
 	ChildPID uint32 `json:"child_pid,omitempty"`
+	// NetNS is the inode number of the network namespace a netns escape
+	// went to (as /proc/PID/ns/net names it: net:[NetNS]).
+	NetNS uint64 `json:"netns,omitempty"`
 }
 
 // Gap says that records were lost and where.

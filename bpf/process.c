@@ -52,6 +52,18 @@ struct {
 	__uint(max_entries, 1 << 22); // as gate.c
 } gate_events SEC(".maps");
 
+// The network namespace (inode number) each process bound to a session was
+// in when it was bound, or at its last exec, or, for a child, its parent's
+// entry: an exec in another one reports AF_ESCAPE_NETNS. Only members have
+// an entry, so it is allocated as they come.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);   // tgid
+	__type(value, __u32); // network namespace inode number
+} member_netns SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, AF_STAT_MAX);
@@ -194,6 +206,11 @@ static __always_inline int member_binding(__u32 tgid, struct binding *out)
 	return 1;
 }
 
+static __always_inline __u32 netns_of(struct task_struct___af *t)
+{
+	return BPF_CORE_READ(t, nsproxy, net_ns, ns.inum);
+}
+
 // A cgroup walked up from, for a task other than the current one. The gate
 // looks at a task's own cgroup and its ancestors at levels 1 to
 // AF_MAX_CGROUP_DEPTH - 1; the walk starts at the bottom, so it covers those
@@ -302,8 +319,22 @@ int af_sched_exec(struct bpf_raw_tracepoint_args *ctx)
 	__u32 tgid = BPF_CORE_READ(task, tgid);
 	struct binding member;
 
-	// A member by cgroup is bound by tgid before its new image runs.
-	member_binding(tgid, &member);
+	// A member by cgroup is bound by tgid before its new image runs. A
+	// member that execs in another network namespace than it was bound
+	// in is reported once, and the new one is its namespace from then on.
+	if (member_binding(tgid, &member)) {
+		__u32 ns = netns_of((struct task_struct___af *)task);
+		__u32 *was = bpf_map_lookup_elem(&member_netns, &tgid);
+
+		if (was && *was != ns && ns) {
+			__u32 old = *was;
+
+			*was = ns;
+			report_escape(&member, AF_ESCAPE_NETNS, ns, tgid, (__u32)bpf_get_current_pid_tgid(), 0, old);
+		} else if (!was && ns) {
+			bpf_map_update_elem(&member_netns, &tgid, &ns, BPF_ANY);
+		}
+	}
 
 	// After exec the interpreter (for #! scripts) is bprm->file and
 	// mm->exe_file alike; bprm->file is the cheaper read.
@@ -438,8 +469,16 @@ int af_sched_fork(struct bpf_raw_tracepoint_args *ctx)
 	if (bound) {
 		if (bpf_map_update_elem(&pid_sessions, &child_tgid, &cb, BPF_ANY) == 0)
 			flags |= AF_FLAG_SESSION_INHERITED;
+		// The child starts from its parent's namespace: one it unshared
+		// and has not exec'd in yet, or the one it is in.
+		__u32 *pns = member ? bpf_map_lookup_elem(&member_netns, &parent_tgid) : 0;
+		__u32 ns = pns ? *pns : netns_of(pt);
+
+		if (ns)
+			bpf_map_update_elem(&member_netns, &child_tgid, &ns, BPF_ANY);
 	} else {
 		bpf_map_delete_elem(&pid_sessions, &child_tgid);
+		bpf_map_delete_elem(&member_netns, &child_tgid);
 	}
 
 	// Until it execs, the child runs the parent's image.
@@ -487,6 +526,7 @@ int af_sched_exit(struct bpf_raw_tracepoint_args *ctx)
 	// so deleting now cannot hit a newer process.
 	bpf_map_delete_elem(&proc_exe, &tgid);
 	bpf_map_delete_elem(&pid_sessions, &tgid);
+	bpf_map_delete_elem(&member_netns, &tgid);
 
 	struct proc_exit_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
 	if (!ev) {
@@ -534,9 +574,14 @@ int af_task_cgroup_attach(struct bpf_raw_tracepoint_args *ctx)
 	walk_cgroup(dst, member ? &pb : 0, &c);
 	if (!member) {
 		// Moved into a session (a container's init, say): a member by
-		// tgid from now on.
-		if (c.found)
+		// tgid from now on, in the namespace it is in.
+		if (c.found) {
+			__u32 ns = netns_of(task);
+
 			bpf_map_update_elem(&pid_sessions, &tgid, &c.deepest, BPF_ANY);
+			if (ns)
+				bpf_map_update_elem(&member_netns, &tgid, &ns, BPF_ANY);
+		}
 		return 0;
 	}
 	if (c.has_member) {

@@ -74,7 +74,10 @@ struct proc_exit_event {
 //   pid, tid   the member (for a clone, the process that called clone3)
 //   uid, gid, comm  the member's
 //   name_hash  the other process: for a move, the tgid of the process that
-//              wrote cgroup.procs; for a clone, the new process
+//              wrote cgroup.procs; for a clone, the new process. For a
+//              network namespace change, the namespace it was in before
+//   (cgroup_id holds, for a network namespace change, the new namespace's
+//   inode number)
 //   verdict    0: the kernel saw the attempt, it did not decide it
 //   rule       AF_RULE_NONE; family, protocol, port, addr zero
 // Hooks 32-47 are reserved for events the process programs write (see
@@ -86,6 +89,12 @@ enum af_proc_hook {
 enum af_escape_kind {
 	AF_ESCAPE_CGROUP_MOVE = 1,       // written into another cgroup's cgroup.procs or cgroup.threads
 	AF_ESCAPE_CLONE_INTO_CGROUP = 2, // forked into another cgroup (clone3 CLONE_INTO_CGROUP)
+	// Execs in another network namespace than the one it (or the parent it
+	// was forked from) was in: unshare, setns or clone with CLONE_NEWNET,
+	// then exec, as unshare(1), nsenter(1) and ip-netns(8) do. Seen at
+	// exec, so a process that changes namespace and never execs is not
+	// reported. It stays a member either way.
+	AF_ESCAPE_NETNS = 3,
 };
 
 // CO-RE views of the cgroup structures the membership programs read, as
@@ -125,12 +134,25 @@ struct cred___af {
 	} gid;
 };
 
+struct ns_common___af {
+	unsigned int inum;
+};
+
+struct net___af {
+	struct ns_common___af ns;
+};
+
+struct nsproxy___af {
+	struct net___af *net_ns;
+};
+
 struct task_struct___af {
 	int pid;
 	int tgid;
 	struct css_set___af *cgroups;
 	const struct cred___af *cred;
 	char comm[16];
+	struct nsproxy___af *nsproxy;
 };
 
 #pragma clang attribute pop

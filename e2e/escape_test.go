@@ -43,6 +43,7 @@ func init() {
 //	fork ADDR             a child of this process connects to ADDR; its result
 //	clone DIR ADDR        a child started directly in DIR (clone3 CLONE_INTO_CGROUP) connects to ADDR; its result
 //	daemon ADDR           setsid and double fork: a grandchild whose parent has exited connects to ADDR; its result
+//	netns ADDR            a child in a user and network namespace of its own (lo down) connects to ADDR; its result
 //	orphan ADDR           (daemon's middle step) start a grandchild that connects to ADDR once this process is gone, and exit
 //	afterparent PPID ADDR (daemon's last step) wait until PPID is no longer the parent, then connect to ADDR
 func escapeProbe(verb, arg string) string {
@@ -69,6 +70,13 @@ func escapeProbe(verb, arg string) string {
 		return spawnProbe("connect "+addr, &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd())})
 	case "daemon":
 		return spawnProbe("orphan "+arg, &syscall.SysProcAttr{Setsid: true})
+	case "netns":
+		// A user namespace needs no capability, and in it a network
+		// namespace needs none outside it: what a root member without
+		// the gate's capabilities can still do.
+		return spawnProbe("connect "+arg, &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
+			UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+			GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}}})
 	case "orphan":
 		cmd := exec.Command(os.Args[0])
 		cmd.Env = append(os.Environ(), escapeProbeEnv+"="+fmt.Sprintf("afterparent %d %s", os.Getpid(), arg))
@@ -218,6 +226,44 @@ func TestEscapeByCloneIntoCgroup(t *testing.T) {
 	rel := strings.TrimPrefix(outside, root)
 	if rec.Escape.Cgroup != rel || rec.Escape.ChildPID == 0 || rec.Process.PID != pid || rec.Outcome.Verdict != audit.VerdictFlagged {
 		t.Errorf("escape record: %+v %+v %+v, want cgroup %s", rec.Escape, rec.Process, rec.Outcome, rel)
+	}
+	d.expectClean(t)
+}
+
+// TestEscapeByNetworkNamespace: a member's child in a network namespace of
+// its own is still judged by the session (an out-of-scope connect fails
+// with EPERM, before any route is looked up; an allowed one gets as far as
+// the namespace's down loopback), and its exec there is an escape record.
+// Outside any session the same child's connects both fail for want of a
+// route.
+func TestEscapeByNetworkNamespace(t *testing.T) {
+	d := startDaemon(t)
+	in := gatetest.Serve(t, "127.0.0.1:0")
+	out := gatetest.Serve(t, "127.0.0.1:0")
+	outside := probeResults(t, func() string {
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), escapeEnv("netns "+out.String(), "netns "+in.String())...)
+		b, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}())
+	if strings.Join(outside, " ") != "ENETUNREACH ENETUNREACH" {
+		t.Fatalf("outside a session, connects from a new network namespace: %q", outside)
+	}
+	id, _, res := runEscape(t, d, []string{"tcp://" + in.String()}, "netns "+out.String(), "netns "+in.String())
+	if strings.HasPrefix(res[0], "spawn:") {
+		// Debian's kernel.unprivileged_userns_clone=0, say: the route
+		// does not exist for a member without CAP_SYS_ADMIN.
+		t.Skipf("a member cannot make a user namespace here (%s): nothing to test", res[0])
+	}
+	if want := []string{"EPERM", "ENETUNREACH"}; strings.Join(res, " ") != strings.Join(want, " ") {
+		t.Errorf("results %q, want %q", res, want)
+	}
+	rec := d.escapeRecord(t, id, "netns")
+	if rec.Escape.NetNS == 0 || rec.Outcome.Verdict != audit.VerdictFlagged {
+		t.Errorf("escape record: %+v %+v", rec.Escape, rec.Outcome)
 	}
 	d.expectClean(t)
 }

@@ -29,6 +29,12 @@ const (
 	// EscapeCloneIntoCgroup: the member forked a process into another
 	// cgroup (clone3 CLONE_INTO_CGROUP).
 	EscapeCloneIntoCgroup = EscapeKind(processAfEscapeKindAF_ESCAPE_CLONE_INTO_CGROUP)
+	// EscapeNetns: the member exec'd in another network namespace than
+	// the one it was bound in (unshare, setns or clone with CLONE_NEWNET,
+	// then exec). The event's CgroupID is then the new namespace's inode
+	// number and NameHash the old one's. A change without an exec is not
+	// seen.
+	EscapeNetns = EscapeKind(processAfEscapeKindAF_ESCAPE_NETNS)
 )
 
 // String is the name audit records give the attempt ("what").
@@ -38,6 +44,8 @@ func (k EscapeKind) String() string {
 		return "cgroup_move"
 	case EscapeCloneIntoCgroup:
 		return "clone_into_cgroup"
+	case EscapeNetns:
+		return "netns"
 	}
 	return "unknown"
 }

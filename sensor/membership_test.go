@@ -29,6 +29,7 @@ import (
 //	clone DIR  start a parked child directly in DIR (clone3 CLONE_INTO_CGROUP); N is its pid
 //	fork       start a parked child where this process is; N is its pid
 //	exec       exec /bin/sleep (no answer)
+//	run ARGS   start the command ARGS as a child; N is its pid
 func ctl() {
 	in := bufio.NewScanner(os.Stdin)
 	fmt.Printf("ok %d\n", os.Getpid())
@@ -57,6 +58,13 @@ func ctl() {
 			}
 		case "exec":
 			err = syscall.Exec("/bin/sleep", []string{"sleep", "600"}, nil)
+		case "run":
+			args := strings.Fields(arg)
+			cmd := exec.Command(args[0], args[1:]...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			if err = cmd.Start(); err == nil {
+				n = cmd.Process.Pid
+			}
 		default:
 			err = fmt.Errorf("bad verb %q", verb)
 		}
@@ -415,5 +423,44 @@ func TestMembershipBindingPoints(t *testing.T) {
 	f.wantUnbound(t, "a process whose session ended, once it forks", moved.pid)
 	if n := f.violations(t, 8); n != 0 {
 		t.Errorf("violations %d, want 0", n)
+	}
+}
+
+// TestMembershipNetnsReported: a member that execs in a network namespace
+// of its own (unshare(1): unshare, then exec) is reported once and stays
+// a member; its children in that namespace are not reported again.
+func TestMembershipNetnsReported(t *testing.T) {
+	f := newMemberFixture(t)
+	sess, sessID := f.mkdir(t, "session")
+	f.open(t, 9, 4, 100, sessID)
+	c := startCtl(t, sess)
+	host, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := c.do(t, "run /bin/sleep 600")
+	f.wantBinding(t, "exec in the same namespace", same, 9, 4)
+	pid := c.do(t, "run unshare --net /usr/bin/env /bin/sleep 600")
+	ev := f.escape(t, "exec in a new network namespace")
+	if EscapeKind(ev.Reason) != EscapeNetns || ev.PID != pid || ev.Slot != 9 || ev.Gen != 4 {
+		t.Errorf("netns report: %+v", ev)
+	}
+	if want := fmt.Sprintf("net:[%d]", ev.NameHash); want != host {
+		t.Errorf("report names the old namespace %s, want %s", want, host)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+		if err == nil && ns == fmt.Sprintf("net:[%d]", ev.CgroupID) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("member's namespace %s %v, report names %d", ns, err, ev.CgroupID)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	f.wantBinding(t, "in its own network namespace", pid, 9, 4)
+	if n := f.violations(t, 9); n != 1 {
+		t.Errorf("violations %d, want 1: env's exec of sleep in the same new namespace is not another", n)
 	}
 }

@@ -18,6 +18,7 @@ type processAfEscapeKind uint32
 const (
 	processAfEscapeKindAF_ESCAPE_CGROUP_MOVE       processAfEscapeKind = 1
 	processAfEscapeKindAF_ESCAPE_CLONE_INTO_CGROUP processAfEscapeKind = 2
+	processAfEscapeKindAF_ESCAPE_NETNS             processAfEscapeKind = 3
 )
 
 type processAfProcEventType uint32
@@ -121,6 +122,7 @@ const (
 	processMapCgroupSessions      = "cgroup_sessions"
 	processMapGateEvents          = "gate_events"
 	processMapGateStats           = "gate_stats"
+	processMapMemberNetns         = "member_netns"
 	processMapPidSessions         = "pid_sessions"
 	processMapProcEvents          = "proc_events"
 	processMapProcExe             = "proc_exe"
@@ -194,6 +196,7 @@ type processMapSpecs struct {
 	CgroupSessions *ebpf.MapSpec `ebpf:"cgroup_sessions"`
 	GateEvents     *ebpf.MapSpec `ebpf:"gate_events"`
 	GateStats      *ebpf.MapSpec `ebpf:"gate_stats"`
+	MemberNetns    *ebpf.MapSpec `ebpf:"member_netns"`
 	PidSessions    *ebpf.MapSpec `ebpf:"pid_sessions"`
 	ProcEvents     *ebpf.MapSpec `ebpf:"proc_events"`
 	ProcExe        *ebpf.MapSpec `ebpf:"proc_exe"`
@@ -237,6 +240,7 @@ type processMaps struct {
 	CgroupSessions *ebpf.Map `ebpf:"cgroup_sessions"`
 	GateEvents     *ebpf.Map `ebpf:"gate_events"`
 	GateStats      *ebpf.Map `ebpf:"gate_stats"`
+	MemberNetns    *ebpf.Map `ebpf:"member_netns"`
 	PidSessions    *ebpf.Map `ebpf:"pid_sessions"`
 	ProcEvents     *ebpf.Map `ebpf:"proc_events"`
 	ProcExe        *ebpf.Map `ebpf:"proc_exe"`
@@ -249,6 +253,7 @@ func (m *processMaps) Close() error {
 		m.CgroupSessions,
 		m.GateEvents,
 		m.GateStats,
+		m.MemberNetns,
 		m.PidSessions,
 		m.ProcEvents,
 		m.ProcExe,

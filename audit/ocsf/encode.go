@@ -274,6 +274,7 @@ func appendEscape(dst []byte, e *audit.Escape) []byte {
 	dst = appendOptUint(dst, `,"cgroup_id":`, e.CgroupID)
 	dst = appendOptUint(dst, `,"by_pid":`, uint64(e.ByPID))
 	dst = appendOptUint(dst, `,"child_pid":`, uint64(e.ChildPID))
+	dst = appendOptUint(dst, `,"netns":`, e.NetNS)
 	return append(dst, '}')
 }
 
