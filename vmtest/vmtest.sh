@@ -56,18 +56,18 @@ build() {
 }
 
 # initramfs K VER: a busybox initramfs with the modules the guest needs
-# (9p for its root; sock_diag and dummy for the tests), each preceded by
+# (9p for its root; sock_diag, dummy and bpf_preload for the tests), each preceded by
 # its dependencies (from busybox depmod's modules.dep). Built-in ones are
 # not in modules.dep and are skipped.
 initramfs() {
 	local k=$1 ver=$2 kd=$CACHE/k/$1 out=$CACHE/initrd/$1.cpio.gz root m
-	[ -f "$out" ] && [ "$out" -nt "$HERE/init.sh" ] && [ "$out" -nt "$kd/.ready" ] && return 0
+	[ -f "$out" ] && [ "$out" -nt "$HERE/init.sh" ] && [ "$out" -nt "$HERE/vmtest.sh" ] && [ "$out" -nt "$kd/.ready" ] && return 0
 	root=$(mktemp -d)
 	mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/modules"
 	cp "$(command -v busybox)" "$root/bin/busybox"
 	cp "$HERE/init.sh" "$root/init" && chmod 755 "$root/init"
 	mknod "$root/dev/console" c 5 1
-	for m in $(awk -v want="virtio_pci 9pnet_virtio 9p dummy inet_diag tcp_diag udp_diag raw_diag unix_diag" -f /dev/stdin "$kd/lib/modules/$ver/modules.dep" <<'EOF'
+	for m in $(awk -v want="virtio_pci 9pnet_virtio 9p dummy inet_diag tcp_diag udp_diag raw_diag unix_diag bpf_preload" -f /dev/stdin "$kd/lib/modules/$ver/modules.dep" <<'EOF'
 # Print the module files to insmod for the wanted names, dependencies first.
 { f = $1; sub(/:$/, "", f); n = f; sub(/.*\//, "", n); sub(/\.ko$/, "", n); gsub(/-/, "_", n)
   path[n] = f; deps[n] = ""; for (i = NF; i >= 2; i--) deps[n] = deps[n] " " $i }
