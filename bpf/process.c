@@ -469,10 +469,13 @@ int af_sched_fork(struct bpf_raw_tracepoint_args *ctx)
 	if (bound) {
 		if (bpf_map_update_elem(&pid_sessions, &child_tgid, &cb, BPF_ANY) == 0)
 			flags |= AF_FLAG_SESSION_INHERITED;
-		// The child starts from its parent's namespace: one it unshared
-		// and has not exec'd in yet, or the one it is in.
+		// A member's child starts from its parent's namespace: one the
+		// parent unshared and has not exec'd in yet, or the one it is
+		// in. A child that a non-member started into a session (a
+		// container runtime's clone3 with CLONE_INTO_CGROUP and
+		// CLONE_NEWNET, say) starts from its own.
 		__u32 *pns = member ? bpf_map_lookup_elem(&member_netns, &parent_tgid) : 0;
-		__u32 ns = pns ? *pns : netns_of(pt);
+		__u32 ns = pns ? *pns : netns_of(member ? pt : ct);
 
 		if (ns)
 			bpf_map_update_elem(&member_netns, &child_tgid, &ns, BPF_ANY);

@@ -17,7 +17,7 @@ enum af_proc_event_type {
 enum af_proc_flags {
 	AF_FLAG_ARGV_TRUNCATED = 1 << 0, // argv longer than AF_ARGV_MAX
 	AF_FLAG_ARGV_FAULT = 1 << 1, // argv pages not readable at exec
-	AF_FLAG_SESSION_INHERITED = 1 << 2, // fork copied a pid_sessions entry
+	AF_FLAG_SESSION_INHERITED = 1 << 2, // the child was bound to a session at fork (its parent's, or its cgroup's)
 	AF_FLAG_EXE_INHERITED = 1 << 3, // fork copied a proc_exe entry
 };
 

@@ -48,7 +48,7 @@ type ForkEvent struct {
 	Ktime            uint64
 	StartTime        uint64
 	ParentStartTime  uint64
-	SessionInherited bool // the parent's pid_sessions entry was copied
+	SessionInherited bool // the child was bound to a session at fork: its parent's, or its cgroup's
 	ExeInherited     bool // the parent's proc_exe entry was copied
 }
 

@@ -440,6 +440,21 @@ func TestMembershipNetnsReported(t *testing.T) {
 	}
 	same := c.do(t, "run /bin/sleep 600")
 	f.wantBinding(t, "exec in the same namespace", same, 9, 4)
+	// A process that a non-member starts into the session in a namespace
+	// of its own (a container runtime's clone3) is not an escape.
+	dir, err := os.Open(sess)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	ctr := exec.Command("/bin/sleep", "600")
+	ctr.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd()), Cloneflags: syscall.CLONE_NEWNET,
+		Pdeathsig: syscall.SIGKILL}
+	if err := ctr.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctr.Process.Kill(); ctr.Wait() })
+	f.wantBinding(t, "started into the session in a namespace of its own", uint32(ctr.Process.Pid), 9, 4)
 	pid := c.do(t, "run unshare --net /usr/bin/env /bin/sleep 600")
 	ev := f.escape(t, "exec in a new network namespace")
 	if EscapeKind(ev.Reason) != EscapeNetns || ev.PID != pid || ev.Slot != 9 || ev.Gen != 4 {
@@ -461,6 +476,6 @@ func TestMembershipNetnsReported(t *testing.T) {
 	}
 	f.wantBinding(t, "in its own network namespace", pid, 9, 4)
 	if n := f.violations(t, 9); n != 1 {
-		t.Errorf("violations %d, want 1: env's exec of sleep in the same new namespace is not another", n)
+		t.Errorf("violations %d, want 1: env's exec of sleep in the same new namespace is not another, nor a process started into a new namespace", n)
 	}
 }
