@@ -19,7 +19,7 @@
 // stale and ignored.
 struct binding {
 	__u32 slot;
-	__u32 _pad;
+	__u32 _pad; // ignored by the gate; process.c keeps a member's network namespace here
 	__u64 gen;
 };
 

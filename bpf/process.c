@@ -52,17 +52,6 @@ struct {
 	__uint(max_entries, 1 << 22); // as gate.c
 } gate_events SEC(".maps");
 
-// The network namespace (inode number) each process bound to a session was
-// in when it was bound, or at its last exec, or, for a child, its parent's
-// entry: an exec in another one reports AF_ESCAPE_NETNS. Only members have
-// an entry, so it is allocated as they come.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);   // tgid
-	__type(value, __u32); // network namespace inode number
-} member_netns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -155,66 +144,18 @@ static __always_inline int same_session(const struct binding *a, const struct bi
 	return a->slot == b->slot && a->gen == b->gen;
 }
 
-// cgroup_binding copies the binding of cgroup id to out if it is live.
-static __always_inline int cgroup_binding(__u64 id, struct binding *out)
-{
-	struct binding *b = bpf_map_lookup_elem(&cgroup_sessions, &id);
-
-	if (!live(b))
-		return 0;
-	*out = *b;
-	return 1;
-}
-
-// current_cgroup_session finds the current task's session by its cgroup as
-// the gate does: its own cgroup, else the deepest bound ancestor.
-static __always_inline int current_cgroup_session(struct binding *out)
-{
-	__u64 cgid = bpf_get_current_cgroup_id();
-	int found = 0;
-
-	if (cgroup_binding(cgid, out))
-		return 1;
-	for (int level = 1; level < AF_MAX_CGROUP_DEPTH; level++) {
-		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
-
-		if (id == 0 || id == cgid)
-			break;
-		if (cgroup_binding(id, out))
-			found = 1; // a deeper one overwrites it
-	}
-	return found;
-}
-
-// member_binding returns the session of the current process, whose tgid is
-// tgid: its tgid binding, else its cgroup's session, which it is then bound
-// to by tgid. A stale tgid binding (its session is gone) is removed.
-static __always_inline int member_binding(__u32 tgid, struct binding *out)
-{
-	struct binding *b = bpf_map_lookup_elem(&pid_sessions, &tgid);
-
-	if (live(b)) {
-		*out = *b;
-		return 1;
-	}
-	if (!current_cgroup_session(out)) {
-		if (b)
-			bpf_map_delete_elem(&pid_sessions, &tgid);
-		return 0;
-	}
-	bpf_map_update_elem(&pid_sessions, &tgid, out, BPF_ANY);
-	return 1;
-}
-
 static __always_inline __u32 netns_of(struct task_struct___af *t)
 {
 	return BPF_CORE_READ(t, nsproxy, net_ns, ns.inum);
 }
 
-// A cgroup walked up from, for a task other than the current one. The gate
-// looks at a task's own cgroup and its ancestors at levels 1 to
-// AF_MAX_CGROUP_DEPTH - 1; the walk starts at the bottom, so it covers those
-// levels for cgroups up to AF_CGROUP_WALK deep.
+// A cgroup walked up from. The gate looks at a task's own cgroup and its
+// ancestors at levels 1 to AF_MAX_CGROUP_DEPTH - 1; the walk starts at the
+// bottom, so it covers those levels for cgroups up to AF_CGROUP_WALK deep.
+// It reads the cgroups with CO-RE rather than the gate's helper, which
+// tracing programs cannot call before Linux 5.12 or so
+// (bpf_get_current_ancestor_cgroup_id), and it works for a task other than
+// the current one (a child at fork, a task being moved).
 #define AF_CGROUP_WALK 32
 
 struct chain {
@@ -247,6 +188,37 @@ static __always_inline void walk_cgroup(struct cgroup___af *cg, const struct bin
 			break; // the root is looked at only as a task's own cgroup
 		cg = BPF_CORE_READ(cg, self.parent, cgroup);
 	}
+}
+
+// The pid_sessions entries the process programs write keep, in the
+// binding's _pad (which the gate ignores), the network namespace (inode
+// number) the process was bound in, or last exec'd in: an exec in another
+// one is reported (AF_ESCAPE_NETNS). A child inherits its parent's. 0 means
+// not known (a binding written by `session bind --pid`); the next exec
+// fills it in.
+#define netns_seen _pad
+
+// member_binding returns the pid_sessions entry of task, the current task,
+// whose tgid is tgid, if it is in a session: its tgid binding, else its
+// cgroup's session, which it is then bound to by tgid. A stale tgid
+// binding (its session is gone) is removed.
+static __always_inline struct binding *member_binding(struct task_struct___af *task, __u32 tgid)
+{
+	struct binding *b = bpf_map_lookup_elem(&pid_sessions, &tgid);
+
+	if (live(b))
+		return b;
+	struct chain c = {};
+
+	walk_cgroup(BPF_CORE_READ(task, cgroups, dfl_cgrp), 0, &c);
+	if (!c.found) {
+		if (b)
+			bpf_map_delete_elem(&pid_sessions, &tgid);
+		return 0;
+	}
+	c.deepest.netns_seen = netns_of(task);
+	bpf_map_update_elem(&pid_sessions, &tgid, &c.deepest, BPF_ANY);
+	return bpf_map_lookup_elem(&pid_sessions, &tgid);
 }
 
 static __always_inline __u64 cgroup_id_of(struct cgroup___af *cg)
@@ -317,22 +289,23 @@ int af_sched_exec(struct bpf_raw_tracepoint_args *ctx)
 	struct exe_id exe = {};
 	struct file *f;
 	__u32 tgid = BPF_CORE_READ(task, tgid);
-	struct binding member;
 
 	// A member by cgroup is bound by tgid before its new image runs. A
 	// member that execs in another network namespace than it was bound
 	// in is reported once, and the new one is its namespace from then on.
-	if (member_binding(tgid, &member)) {
+	struct binding *m = member_binding((struct task_struct___af *)task, tgid);
+
+	if (m) {
 		__u32 ns = netns_of((struct task_struct___af *)task);
-		__u32 *was = bpf_map_lookup_elem(&member_netns, &tgid);
+		__u32 was = m->netns_seen;
 
-		if (was && *was != ns && ns) {
-			__u32 old = *was;
+		if (was != ns && ns) {
+			m->netns_seen = ns;
+			if (was) {
+				struct binding member = *m;
 
-			*was = ns;
-			report_escape(&member, AF_ESCAPE_NETNS, ns, tgid, (__u32)bpf_get_current_pid_tgid(), 0, old);
-		} else if (!was && ns) {
-			bpf_map_update_elem(&member_netns, &tgid, &ns, BPF_ANY);
+				report_escape(&member, AF_ESCAPE_NETNS, ns, tgid, (__u32)bpf_get_current_pid_tgid(), 0, was);
+			}
 		}
 	}
 
@@ -434,11 +407,16 @@ int af_sched_fork(struct bpf_raw_tracepoint_args *ctx)
 	//
 	// The parent is the current task. Its session is its tgid binding, or
 	// its cgroup's, which binds it by tgid now.
-	struct binding pb, cb;
-	int member = member_binding(parent_tgid, &pb);
-	int bound = 0;
 	struct task_struct___af *pt = (struct task_struct___af *)parent;
 	struct task_struct___af *ct = (struct task_struct___af *)child;
+	struct binding pb, cb;
+	struct binding *m = member_binding(pt, parent_tgid);
+	int member = 0, bound = 0;
+
+	if (m) {
+		pb = *m;
+		member = 1;
+	}
 
 	if (BPF_CORE_READ(pt, cgroups) == BPF_CORE_READ(ct, cgroups)) {
 		// The child is where the parent is (every fork but clone3
@@ -462,26 +440,20 @@ int af_sched_fork(struct bpf_raw_tracepoint_args *ctx)
 			report_escape(&pb, AF_ESCAPE_CLONE_INTO_CGROUP, cgroup_id_of(cg), parent_tgid,
 				      (__u32)bpf_get_current_pid_tgid(), 0, child_tgid);
 		} else if (c.found) {
+			// A member's child starts from its parent's namespace;
+			// one that a non-member started into a session (a
+			// container runtime's clone3 with CLONE_INTO_CGROUP and
+			// CLONE_NEWNET, say) from its own.
 			cb = c.deepest;
+			cb.netns_seen = member ? pb.netns_seen : netns_of(ct);
 			bound = 1;
 		}
 	}
 	if (bound) {
 		if (bpf_map_update_elem(&pid_sessions, &child_tgid, &cb, BPF_ANY) == 0)
 			flags |= AF_FLAG_SESSION_INHERITED;
-		// A member's child starts from its parent's namespace: one the
-		// parent unshared and has not exec'd in yet, or the one it is
-		// in. A child that a non-member started into a session (a
-		// container runtime's clone3 with CLONE_INTO_CGROUP and
-		// CLONE_NEWNET, say) starts from its own.
-		__u32 *pns = member ? bpf_map_lookup_elem(&member_netns, &parent_tgid) : 0;
-		__u32 ns = pns ? *pns : netns_of(member ? pt : ct);
-
-		if (ns)
-			bpf_map_update_elem(&member_netns, &child_tgid, &ns, BPF_ANY);
 	} else {
 		bpf_map_delete_elem(&pid_sessions, &child_tgid);
-		bpf_map_delete_elem(&member_netns, &child_tgid);
 	}
 
 	// Until it execs, the child runs the parent's image.
@@ -529,7 +501,6 @@ int af_sched_exit(struct bpf_raw_tracepoint_args *ctx)
 	// so deleting now cannot hit a newer process.
 	bpf_map_delete_elem(&proc_exe, &tgid);
 	bpf_map_delete_elem(&pid_sessions, &tgid);
-	bpf_map_delete_elem(&member_netns, &tgid);
 
 	struct proc_exit_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
 	if (!ev) {
@@ -579,19 +550,18 @@ int af_task_cgroup_attach(struct bpf_raw_tracepoint_args *ctx)
 		// Moved into a session (a container's init, say): a member by
 		// tgid from now on, in the namespace it is in.
 		if (c.found) {
-			__u32 ns = netns_of(task);
-
+			c.deepest.netns_seen = netns_of(task);
 			bpf_map_update_elem(&pid_sessions, &tgid, &c.deepest, BPF_ANY);
-			if (ns)
-				bpf_map_update_elem(&member_netns, &tgid, &ns, BPF_ANY);
 		}
 		return 0;
 	}
 	if (c.has_member) {
 		// Within its session's cgroup subtree: into a deeper session
 		// (a child session) it is that session's member, as by cgroup.
-		if (!same_session(&c.deepest, &pb))
+		if (!same_session(&c.deepest, &pb)) {
+			c.deepest.netns_seen = pb.netns_seen;
 			bpf_map_update_elem(&pid_sessions, &tgid, &c.deepest, BPF_ANY);
+		}
 		return 0;
 	}
 	report_escape(&pb, AF_ESCAPE_CGROUP_MOVE, cgroup_id_of(dst), tgid, BPF_CORE_READ(task, pid), task,

@@ -122,7 +122,6 @@ const (
 	processMapCgroupSessions      = "cgroup_sessions"
 	processMapGateEvents          = "gate_events"
 	processMapGateStats           = "gate_stats"
-	processMapMemberNetns         = "member_netns"
 	processMapPidSessions         = "pid_sessions"
 	processMapProcEvents          = "proc_events"
 	processMapProcExe             = "proc_exe"
@@ -196,7 +195,6 @@ type processMapSpecs struct {
 	CgroupSessions *ebpf.MapSpec `ebpf:"cgroup_sessions"`
 	GateEvents     *ebpf.MapSpec `ebpf:"gate_events"`
 	GateStats      *ebpf.MapSpec `ebpf:"gate_stats"`
-	MemberNetns    *ebpf.MapSpec `ebpf:"member_netns"`
 	PidSessions    *ebpf.MapSpec `ebpf:"pid_sessions"`
 	ProcEvents     *ebpf.MapSpec `ebpf:"proc_events"`
 	ProcExe        *ebpf.MapSpec `ebpf:"proc_exe"`
@@ -240,7 +238,6 @@ type processMaps struct {
 	CgroupSessions *ebpf.Map `ebpf:"cgroup_sessions"`
 	GateEvents     *ebpf.Map `ebpf:"gate_events"`
 	GateStats      *ebpf.Map `ebpf:"gate_stats"`
-	MemberNetns    *ebpf.Map `ebpf:"member_netns"`
 	PidSessions    *ebpf.Map `ebpf:"pid_sessions"`
 	ProcEvents     *ebpf.Map `ebpf:"proc_events"`
 	ProcExe        *ebpf.Map `ebpf:"proc_exe"`
@@ -253,7 +250,6 @@ func (m *processMaps) Close() error {
 		m.CgroupSessions,
 		m.GateEvents,
 		m.GateStats,
-		m.MemberNetns,
 		m.PidSessions,
 		m.ProcEvents,
 		m.ProcExe,
