@@ -8,8 +8,8 @@
 // addresses, ports, bound device and cookie. User space reads the records
 // with one read(2) per process, where naming each socket through
 // pidfd_getfd costs eight system calls. The threads of the process are
-// walked too, so a thread that unshared its fd table is covered (on 6.1 they
-// are not: user space probes for that and covers such threads itself).
+// walked too, though not always on 6.1, so user space reads the fd tables of
+// threads that unshared theirs from /proc as well.
 //
 // Every pointer here is read as the verifier of any build allows it: field
 // loads through BTF pointers, never a BTF pointer passed to a helper. One

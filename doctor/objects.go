@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -83,7 +82,7 @@ func objectCheck(o enforcer.ObjectCheck) Check {
 }
 
 // checkSockIterObject sets up socket naming as the daemon does and says
-// which path it took. Its time includes the iterator's thread-walk probe.
+// which path it took.
 func checkSockIterObject() Check {
 	start := time.Now()
 	d := sockdestroy.New()
@@ -94,15 +93,11 @@ func checkSockIterObject() Check {
 	naming := d.Naming()
 	d.Close()
 	switch {
-	case !strings.HasPrefix(naming, "bpf task_file iterator"):
+	case d.Iterator() != nil:
 		c.Status = StatusMissing
 		if os.Geteuid() != 0 {
 			c.Status = StatusUnknown
 		}
-	case naming != "bpf task_file iterator":
-		// Loaded, but this kernel's iterator skips threads' own fd tables.
-		c.Status = StatusDegraded
-		c.Impact = "threads with an fd table of their own are found through /proc/<pid>/task (slower revocation)"
 	default:
 		c.Status = StatusOK
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -18,10 +17,6 @@ import (
 // process's sockets instead of eight system calls per fd.
 type iterator struct {
 	prog *ebpf.Program
-	// threads: the kernel walks every thread's fd table. 6.1 walks only the
-	// leader's, and scan then finds the tables of threads that unshared
-	// theirs in /proc.
-	threads bool
 }
 
 // loadIterator loads the program and attaches it once to this process: a
@@ -33,67 +28,11 @@ func loadIterator() (*iterator, error) {
 		return nil, fmt.Errorf("load socket iterator: %w", err)
 	}
 	it := &iterator{prog: progs.MemberSockets}
-	threads, err := it.walksThreads()
-	if err != nil {
+	if _, err := it.read(os.Getpid(), nil); err != nil {
 		it.close()
 		return nil, err
 	}
-	it.threads = threads
 	return it, nil
-}
-
-// walksThreads runs the iterator over this process while one of its threads
-// holds a connected UDP socket in an fd table of its own, and reports
-// whether the iterator named it.
-func (it *iterator) walksThreads() (bool, error) {
-	type held struct {
-		ino uint64
-		err error
-	}
-	ready, done := make(chan held), make(chan struct{})
-	go func() {
-		// The thread's fd table is its own from here on; the goroutine
-		// exits still locked, so the runtime retires the thread with it.
-		runtime.LockOSThread()
-		ino, err := ownTableSocket()
-		ready <- held{ino, err}
-		<-done
-	}()
-	h := <-ready
-	defer close(done)
-	if h.err != nil {
-		return false, fmt.Errorf("probe the socket iterator: %w", h.err)
-	}
-	recs, err := it.read(os.Getpid(), nil)
-	if err != nil {
-		return false, err
-	}
-	for ; len(recs) >= sizeofMemberSock; recs = recs[sizeofMemberSock:] {
-		if parseMemberSock(recs[:sizeofMemberSock]).conn.Inode == h.ino {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-// ownTableSocket unshares the calling thread's fd table and connects a UDP
-// socket in it (to loopback's discard port: connect sends nothing).
-func ownTableSocket() (uint64, error) {
-	if err := unix.Unshare(unix.CLONE_FILES); err != nil {
-		return 0, fmt.Errorf("unshare fd table: %w", err)
-	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return 0, err
-	}
-	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		return 0, err
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
 }
 
 func (it *iterator) close() { it.prog.Close() }
@@ -134,9 +73,12 @@ func (it *iterator) scan(pids []int) ([]target, map[uint64]int, error) {
 				found = append(found, t)
 			}
 		}
-		if !it.threads {
-			errs = append(errs, w.ownTables(pid))
-		}
+		// Whether the kernel walks the threads' own fd tables differs
+		// between kernels and between processes on one kernel (a 6.1
+		// guest's iterator named such a thread's socket in one process and
+		// not in another), so they are always read from /proc as well;
+		// sockets the iterator named are skipped by inode.
+		errs = append(errs, w.ownTables(pid))
 	}
 	return found, w.rest, errors.Join(errs...)
 }

@@ -23,9 +23,9 @@
 // Dumps walk the whole established hash table once per family, about
 // 1.5 ms each on a host with 262,144 buckets, so they are the last resort,
 // not the path. A thread that unshared its fd table (unshare(CLONE_FILES))
-// holds sockets that /proc/<pid>/fd and pidfd_getfd do not show, nor the
-// 6.1 iterator: kcmp finds such threads and their tables are read from
-// /proc/<pid>/task/<tid>/fd. (The bpf_sock_destroy kfunc, 6.5+, runs only in socket
+// holds sockets that /proc/<pid>/fd and pidfd_getfd do not show, nor, at
+// times, the 6.1 iterator: on every path kcmp finds such threads and their
+// tables are read from /proc/<pid>/task/<tid>/fd. (The bpf_sock_destroy kfunc, 6.5+, runs only in socket
 // iterators, which walk the same table; measured here it was slower:
 // docs/benchmarks.md.)
 //
@@ -96,9 +96,6 @@ func (d *Destroyer) Iterator() error { return d.why }
 // Naming says how the Destroyer names sockets, and why not with the
 // iterator.
 func (d *Destroyer) Naming() string {
-	if d.it != nil && !d.it.threads {
-		return "bpf task_file iterator (threads' own fd tables through /proc: this kernel's iterator walks the leader's only)"
-	}
 	if d.it != nil {
 		return "bpf task_file iterator"
 	}

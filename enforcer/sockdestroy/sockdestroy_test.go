@@ -364,9 +364,6 @@ func backends(t testing.TB) []backend {
 		return bs
 	}
 	t.Cleanup(it.close)
-	// Where it walks only the leader's fd table (6.1), scan adds the
-	// threads' own tables as the pidfd and dump paths do on every kernel.
-	t.Logf("this kernel's iterator walks threads with their own fd table: %v", it.threads)
 	return append([]backend{{"iter", func(pids []int, match func(Conn) bool) ([]Conn, error) { return destroy(pids, match, it.scan) }}}, bs...)
 }
 
