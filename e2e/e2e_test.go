@@ -103,13 +103,30 @@ func (d *daemon) start(t testing.TB) {
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	// Loading and verifying the programs takes 10-30 s under emulation
+	// (make vmtest); a daemon that exits instead is seen at once.
+	deadline := time.Now().Add(2 * time.Minute)
 	for !strings.Contains(d.log(), "api listening") {
+		if exited(d.cmd.Process.Pid) {
+			t.Fatalf("daemon exited before its API listened: %s", d.log())
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("daemon did not start: %s", d.log())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// exited reports whether the child pid has exited (a zombie not yet
+// waited for), without reaping it.
+func exited(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state follows the parenthesised comm, which may hold spaces.
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z'
 }
 
 // log is what the daemon has written to stderr so far.

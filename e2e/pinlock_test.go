@@ -380,7 +380,7 @@ func testTakeover(t *testing.T, sig syscall.Signal) {
 	if sig == syscall.SIGTERM && code != 0 {
 		t.Errorf("first daemon on SIGTERM: exit %d:\n%s", code, d.log())
 	}
-	next.waitLog(t, 30*time.Second, "pin set free: taking over", "api listening")
+	next.waitLog(t, 2*time.Minute, "pin set free: taking over", "api listening")
 	if !strings.Contains(next.log(), "adopted=true") {
 		t.Errorf("the second daemon did not adopt the pins:\n%s", next.log())
 	}
