@@ -42,9 +42,10 @@ demo: build ## run the demo on this host (as root)
 	BIN=$(BIN) ./demo/demo.sh
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet, and go.mod as go mod tidy would write it
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet $(PKGS)
+	$(GO) mod tidy -diff
 
 .PHONY: clean
 clean: ## remove bin/
