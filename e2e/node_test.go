@@ -245,7 +245,7 @@ int main(int argc, char **argv) {
 	if out, err := exec.Command("cc", "-O2", "-o", bin, src).CombinedOutput(); err != nil {
 		t.Fatalf("cc: %v\n%s", err, out)
 	}
-	const n = 10000
+	n := privtest.Rounds(10000)
 	loop := fmt.Sprintf(`i=0; while [ $i -lt %d ]; do %s 9 $i || exit 1; i=$((i+1)); done`, n, bin)
 	if _, stderr, code := d.cli(t, nil, "run", "--intent", "many helpers", "--allow", "udp://127.0.0.1:9", "--", "sh", "-c", loop); code != 0 {
 		t.Fatalf("run: exit %d: %s", code, stderr)

@@ -523,7 +523,7 @@ func TestHostnameResolveThenConnect(t *testing.T) {
 		return []dns.RR{rrA(q.Name, 0, netip.AddrFrom4([4]byte{127, 20, byte(n >> 8), byte(n)}))}
 	})
 	cg := hf.hostSession(t, sessionSpec{slot: 40, gen: 3, rules: []string{"udp://" + res.addr, "tcp://burst.example.test:443"}})
-	const rounds = 10000
+	rounds := privtest.Rounds(10000)
 	out := runHostProbe(t, cg, fmt.Sprintf("loop %s burst.example.test 443 %d", res.addr, rounds))
 	t.Logf("%d resolve-then-connect rounds: %s", rounds, out[0])
 	if want := fmt.Sprintf("ok allowed=%d denied=0 other=0", rounds); out[0] != want {

@@ -320,7 +320,7 @@ func TestLongArgvTruncated(t *testing.T) {
 }
 
 func TestManyShortLivedProcesses(t *testing.T) {
-	const n = 10000
+	n := privtest.Rounds(10000)
 	l := load(t, ProcessOptions{})
 	marker := fmt.Sprintf("af-many-%d", time.Now().UnixNano())
 

@@ -55,3 +55,18 @@ func NeedsKernel(tb testing.TB, major, minor int, feature string) {
 		tb.Skipf("kernel before %d.%d has no %s", major, minor, feature)
 	}
 }
+
+// Emulated reports whether the tests run in a VM under emulation (make
+// vmtest sets AGENTFENCE_EMULATED): every exec and program load is 20-50
+// times slower there.
+func Emulated() bool { return os.Getenv("AGENTFENCE_EMULATED") == "1" }
+
+// Rounds is n, or a tenth of it under emulation: stress tests keep their
+// shape (thousands of short-lived processes, DNS rounds) at a size a VM
+// runs in minutes rather than an hour.
+func Rounds(n int) int {
+	if Emulated() {
+		return max(n/10, 1)
+	}
+	return n
+}
