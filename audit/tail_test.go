@@ -77,20 +77,7 @@ func TestTail(t *testing.T) {
 // A record written to the file just before it is rotated away is still
 // read, before the records of the new file.
 func TestFollowReadsTheRotatedFileToItsEnd(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	if err := os.WriteFile(path, []byte("a\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	lines := make(chan string, 8)
-	done := make(chan error, 1)
-	go func() {
-		done <- Follow(ctx, path, 50*time.Millisecond, func(l []byte) bool {
-			lines <- string(l)
-			return string(l) != "c"
-		})
-	}()
+	path, _, lines, done := follow(t, "a\n", 50*time.Millisecond, "c")
 	if got := <-lines; got != "a" {
 		t.Fatalf("first line %q", got)
 	}
@@ -125,20 +112,7 @@ func TestFollowReadsTheRotatedFileToItsEnd(t *testing.T) {
 // tail is cut off and other lines are written in its place (a restarted
 // daemon repairing the file), the held-back bytes are dropped.
 func TestFollowHoldsBackAPartialLine(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	if err := os.WriteFile(path, []byte("a\nbb"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	lines := make(chan string, 8)
-	done := make(chan error, 1)
-	go func() {
-		done <- Follow(ctx, path, 10*time.Millisecond, func(l []byte) bool {
-			lines <- string(l)
-			return string(l) != "end"
-		})
-	}()
+	path, ctx, lines, done := follow(t, "a\nbb", 10*time.Millisecond, "end")
 	appendTo := func(s string) {
 		t.Helper()
 		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
@@ -209,4 +183,26 @@ func TestTailSkipsATornLastLine(t *testing.T) {
 			t.Errorf("%s: %q", tc.name, out.String())
 		}
 	}
+}
+
+// follow writes initial to a new audit file and follows it in the
+// background until the line stop; each line goes to lines, Follow's result
+// to done. The context ends with the test, or after 10 s.
+func follow(t *testing.T, initial string, poll time.Duration, stop string) (string, context.Context, chan string, chan error) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	if err := os.WriteFile(path, []byte(initial), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	lines := make(chan string, 8)
+	done := make(chan error, 1)
+	go func() {
+		done <- Follow(ctx, path, poll, func(l []byte) bool {
+			lines <- string(l)
+			return string(l) != stop
+		})
+	}()
+	return path, ctx, lines, done
 }
