@@ -16,9 +16,22 @@ off() {
 }
 
 mnt() { mountpoint -q "$3" || mount -t "$1" "$2" "$3" || echo "vmtest: mount $1 on $3 failed"; }
-# The root is read-only: tmpfs wherever tests and tools write.
-mkdir -p /dev/pts /dev/shm && mnt devpts devpts /dev/pts
-for d in /tmp /run /var/tmp /dev/shm; do mnt tmpfs tmpfs $d; done
+# The root is read-only: tmpfs wherever tests and tools write. A checkout
+# or cache under one of those (a CI clone in /tmp) is bound back from the
+# host's root, kept reachable at /dev/.hostroot.
+mkdir -p /dev/pts /dev/shm /dev/.hostroot && mnt devpts devpts /dev/pts
+mount --bind / /dev/.hostroot
+for d in /tmp /run /var/tmp /dev/shm; do
+	mnt tmpfs tmpfs $d
+	for keep in "$REPO" "$SRC" "$BIN"; do
+		case $keep in "$d"/*)
+			mountpoint -q "$keep" && continue
+			mkdir -p "$keep" && mount --bind "/dev/.hostroot$keep" "$keep" ||
+				echo "vmtest: cannot reach $keep under the guest's $d"
+			;;
+		esac
+	done
+done
 mnt cgroup2 cgroup2 /sys/fs/cgroup
 mnt bpf bpf /sys/fs/bpf
 mnt debugfs debugfs /sys/kernel/debug
