@@ -49,8 +49,8 @@ struct exe_id {
 		__type(value, struct exe_id);                 \
 	} proc_exe SEC(".maps")
 
-// The gate's cgroup id -> session map (gate.c declares it in this shape),
-// which the process programs read to bind a cgroup member by tgid.
+// The gate's cgroup id -> session map, which the process programs read to
+// bind a cgroup member by tgid.
 #define AF_CGROUP_SESSIONS_MAP                                \
 	struct {                                              \
 		__uint(type, BPF_MAP_TYPE_HASH);              \
@@ -58,6 +58,22 @@ struct exe_id {
 		__type(key, __u64); /* cgroup id */           \
 		__type(value, struct binding);                \
 	} cgroup_sessions SEC(".maps")
+
+// The gate's event ring and its per-CPU counters; the process programs
+// write escape events to the same ring.
+#define AF_GATE_EVENTS_MAP                                    \
+	struct {                                              \
+		__uint(type, BPF_MAP_TYPE_RINGBUF);           \
+		__uint(max_entries, 1 << 22);                 \
+	} gate_events SEC(".maps")
+
+#define AF_GATE_STATS_MAP                                     \
+	struct {                                              \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);      \
+		__uint(max_entries, AF_STAT_MAX);             \
+		__type(key, __u32);                           \
+		__type(value, __u64);                         \
+	} gate_stats SEC(".maps")
 
 // Hooks (gate_event.hook) 32-47 are the process programs': events they write
 // to the gate's ring (process.h, AF_HOOK_ESCAPE). The gate's and hostname

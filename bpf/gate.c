@@ -16,12 +16,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 
 AF_SESSIONS_MAP;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, AF_MAX_SESSIONS);
-	__type(key, __u64); // cgroup id
-	__type(value, struct binding);
-} cgroup_sessions SEC(".maps");
+AF_CGROUP_SESSIONS_MAP;
 
 AF_PID_SESSIONS_MAP;
 AF_PROC_EXE_MAP;
@@ -31,17 +26,8 @@ AF_SOCK_INFO_MAP;
 
 AF_SCOPE_MAPS;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);
-} gate_events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, AF_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} gate_stats SEC(".maps");
+AF_GATE_EVENTS_MAP;
+AF_GATE_STATS_MAP;
 
 // The event travels through the ring buffer untyped; this keeps its type in
 // BTF for bpf2go -type.

@@ -47,18 +47,8 @@ AF_PROC_EXE_MAP;
 AF_SESSIONS_MAP;
 AF_CGROUP_SESSIONS_MAP;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22); // as gate.c
-} gate_events SEC(".maps");
-
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, AF_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} gate_stats SEC(".maps");
+AF_GATE_EVENTS_MAP;
+AF_GATE_STATS_MAP;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
