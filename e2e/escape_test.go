@@ -296,16 +296,14 @@ func TestEscapeCountsAsDrift(t *testing.T) {
 // removeCgroup removes a test cgroup once the probes that ran in it have
 // gone (bounded).
 func removeCgroup(t *testing.T, dir string) {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := os.Remove(dir)
-		if err == nil || errors.Is(err, os.ErrNotExist) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("remove %s: %v", dir, err)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+	err := cgroupv2.WaitEmpty(dir, 10*time.Second)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	if err == nil {
+		err = cgroupv2.Remove(dir)
+	}
+	if err != nil {
+		t.Errorf("remove %s: %v", dir, err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/ringreader"
 	"github.com/agentfence/agentfence/sensor/cgroupmeta"
 )
@@ -201,17 +202,16 @@ func (f *memberFixture) mkdir(t *testing.T, rel string) (string, uint64) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			err := os.Remove(dir)
-			if err == nil || errors.Is(err, os.ErrNotExist) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("remove %s: %v", dir, err)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
+		// Once the probes that ran in it are gone.
+		err := cgroupv2.WaitEmpty(dir, 10*time.Second)
+		if errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if err == nil {
+			err = cgroupv2.Remove(dir)
+		}
+		if err != nil {
+			t.Errorf("remove %s: %v", dir, err)
 		}
 	})
 	id, err := cgroupmeta.ID(dir)
