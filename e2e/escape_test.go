@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -296,14 +295,7 @@ func TestEscapeCountsAsDrift(t *testing.T) {
 // removeCgroup removes a test cgroup once the probes that ran in it have
 // gone (bounded).
 func removeCgroup(t *testing.T, dir string) {
-	err := cgroupv2.WaitEmpty(dir, 10*time.Second)
-	if errors.Is(err, os.ErrNotExist) {
-		return
-	}
-	if err == nil {
-		err = cgroupv2.Remove(dir)
-	}
-	if err != nil {
-		t.Errorf("remove %s: %v", dir, err)
+	if err := cgroupv2.RemoveWhenEmpty(dir, 10*time.Second); err != nil {
+		t.Error(err)
 	}
 }

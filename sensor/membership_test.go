@@ -5,7 +5,6 @@ package sensor
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -203,15 +202,8 @@ func (f *memberFixture) mkdir(t *testing.T, rel string) (string, uint64) {
 	}
 	t.Cleanup(func() {
 		// Once the probes that ran in it are gone.
-		err := cgroupv2.WaitEmpty(dir, 10*time.Second)
-		if errors.Is(err, os.ErrNotExist) {
-			return
-		}
-		if err == nil {
-			err = cgroupv2.Remove(dir)
-		}
-		if err != nil {
-			t.Errorf("remove %s: %v", dir, err)
+		if err := cgroupv2.RemoveWhenEmpty(dir, 10*time.Second); err != nil {
+			t.Error(err)
 		}
 	})
 	id, err := cgroupmeta.ID(dir)

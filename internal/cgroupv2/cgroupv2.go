@@ -107,6 +107,18 @@ func Kill(path string) error {
 	return nil
 }
 
+// RemoveWhenEmpty waits up to timeout for the cgroup's processes to exit,
+// then removes it. A missing cgroup is not an error.
+func RemoveWhenEmpty(path string, timeout time.Duration) error {
+	if err := WaitEmpty(path, timeout); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	return Remove(path)
+}
+
 // Remove removes an empty cgroup. A missing cgroup is not an error.
 func Remove(path string) error {
 	if err := unix.Rmdir(path); err != nil && !errors.Is(err, unix.ENOENT) {
