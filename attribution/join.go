@@ -56,10 +56,15 @@ func (j *Joiner) Record(ev enforcer.Event) audit.Record {
 			CgroupID: ev.CgroupID},
 		Outcome: &audit.Outcome{Verdict: verdictName(ev.Verdict), Reason: reason(ev.Reason)},
 	}
-	if ev.Verdict == enforcer.VerdictDenied {
-		rec.Outcome.Errno = "EPERM"
+	if ev.Verdict == enforcer.VerdictDenied && !ev.Hook.Inbound() {
+		rec.Outcome.Errno = "EPERM" // a refused inbound packet is dropped: nobody sees an errno
 	}
-	if ev.Dest.IsValid() {
+	if ev.Hook.Inbound() {
+		proto := protoName(ev.Protocol)
+		rec.Source = &audit.Destination{IP: ev.Dest.Addr().String(), Port: ev.Dest.Port(), Protocol: proto}
+		rec.Destination = &audit.Destination{IP: ev.Local.Addr().String(), Port: ev.Local.Port(), Protocol: proto}
+		rec.Outcome.Suppressed = ev.Suppressed
+	} else if ev.Dest.IsValid() {
 		rec.Destination = &audit.Destination{IP: ev.Dest.Addr().String(), Port: ev.Dest.Port(), Protocol: protoName(ev.Protocol)}
 		if ev.ViaName && j.Names != nil {
 			rec.Destination.Hostname = j.Names.Hostname(ev.Slot, ev.NameHash)
@@ -201,6 +206,10 @@ func kindOf(h enforcer.Hook) string {
 		return audit.KindConnect
 	case enforcer.HookSendmsg4, enforcer.HookSendmsg6:
 		return audit.KindSendmsg
+	case enforcer.HookBind4, enforcer.HookBind6:
+		return audit.KindBind
+	case enforcer.HookIngress4, enforcer.HookIngress6:
+		return audit.KindInbound
 	default:
 		return audit.KindSocket
 	}

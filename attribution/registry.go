@@ -705,15 +705,16 @@ func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, a
 	return nil
 }
 
-// allows reports whether a rule admits the connection. A hostname rule
-// admits it when the peer is an address the kernel learned for that name.
+// allows reports whether an outbound rule admits the connection. A hostname
+// rule admits it when the peer is an address the kernel learned for that
+// name. in: rules are not consulted: Conn carries no local port to judge.
 func allows(rules []scope.Rule, learned map[netip.Addr][]string, c Conn) bool {
 	proto := scope.ProtoTCP
 	if c.Proto == "udp" {
 		proto = scope.ProtoUDP
 	}
 	for _, r := range rules {
-		if r.Protos&proto == 0 || c.Remote.Port() < r.PortLo || c.Remote.Port() > r.PortHi {
+		if r.In || r.Protos&proto == 0 || c.Remote.Port() < r.PortLo || c.Remote.Port() > r.PortHi {
 			continue
 		}
 		if r.Exe != "" && exeOf(c.PID) != r.Exe {

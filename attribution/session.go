@@ -327,6 +327,8 @@ func intersect(rules, parent []scope.Rule) []scope.Rule {
 func overlap(r, p scope.Rule) (scope.Rule, bool) {
 	x := r
 	switch {
+	case r.In != p.In:
+		return scope.Rule{}, false // an in: rule never widens an outbound scope, nor the reverse
 	case r.Host != "" || p.Host != "":
 		switch {
 		case r.Host == "" || p.Host == "":

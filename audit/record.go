@@ -26,6 +26,13 @@ const (
 	// for example by moving to another cgroup. The member stays in its
 	// session; the record says what was tried (escape.what).
 	KindEscape = "escape"
+	// KindBind is a member binding a port (refused unless an in: rule
+	// names it).
+	KindBind = "bind"
+	// KindInbound is a peer's attempt to reach a member (a TCP handshake
+	// or a UDP datagram) that the member's scope does not admit. source
+	// is the peer, destination the member's address and port.
+	KindInbound = "inbound"
 )
 
 // Verdicts.
@@ -55,7 +62,9 @@ type Record struct {
 	Origin      *Origin      `json:"origin,omitempty"`
 	Process     *Process     `json:"process,omitempty"`
 	Destination *Destination `json:"destination,omitempty"`
-	Outcome     *Outcome     `json:"outcome,omitempty"`
+	// Source is the peer of an inbound record.
+	Source  *Destination `json:"source,omitempty"`
+	Outcome *Outcome     `json:"outcome,omitempty"`
 	Gap         *Gap         `json:"gap,omitempty"`
 	Escape      *Escape      `json:"escape,omitempty"`
 	// Event names the lifecycle step for kind=session records
@@ -126,6 +135,10 @@ type Outcome struct {
 	// (expired, quarantined, socket_type, sni_mismatch, ...).
 	Reason string `json:"reason,omitempty"`
 	Errno  string `json:"errno,omitempty"`
+	// Suppressed, on an inbound record, counts the session's inbound
+	// refusals since its previous inbound record that were not recorded
+	// one by one (at most 32 are, per second and session).
+	Suppressed uint32 `json:"suppressed,omitempty"`
 }
 
 // Escape is what a member tried in order to leave its session (kind

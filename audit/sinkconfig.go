@@ -180,7 +180,7 @@ func (c SinkConfig) Validate() error {
 	if f := c.Filter; f != nil {
 		for i, k := range f.Kinds {
 			switch k {
-			case KindConnect, KindSendmsg, KindExec, KindSession, KindDNS, KindGap:
+			case KindConnect, KindSendmsg, KindExec, KindSession, KindDNS, KindGap, KindBind, KindInbound:
 			default:
 				bad(fmt.Sprintf("filter.kinds[%d]", i), "unknown kind %q", k)
 			}

@@ -438,7 +438,7 @@ static __always_inline int resolver_in_scope(struct session *s, __u32 slot, __u8
 		if (i >= n)
 			break;
 		struct port_rule *r = &v->rules[i];
-		if (!(r->protos & AF_PROTO_UDP) || port < r->lo || port > r->hi)
+		if ((r->flags & AF_RULE_IN) || !(r->protos & AF_PROTO_UDP) || port < r->lo || port > r->hi)
 			continue;
 		if (s->state == AF_STATE_QUARANTINED && !(r->flags & AF_RULE_ESSENTIAL))
 			continue;

@@ -5,6 +5,10 @@
 // them; for a task inside an intent session the destination must match the
 // session's scope, otherwise the call fails with EPERM (enforce mode) or is
 // recorded as would_deny (audit mode). Tasks in no session are not touched.
+//
+// Inbound is in scope too: bind() of a port no in: rule names fails the
+// same way, and a cgroup_skb ingress program, also at the root, drops what
+// peers send to a member that its scope does not admit (gate_ingress).
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -25,6 +29,24 @@ AF_LEARNED_MAP;
 AF_SOCK_INFO_MAP;
 
 AF_SCOPE_MAPS;
+
+// The bind entry of each session (scope.Entry.IsBind): slot -> the port
+// rules of all its in: rules.
+AF_SCOPE_MAP(binds, __u32, BPF_MAP_TYPE_HASH);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct member_sock);
+} member_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AF_MAX_SESSIONS);
+	__type(key, __u32); // slot
+	__type(value, struct inbound_log);
+} inbound_logs SEC(".maps");
 
 AF_GATE_EVENTS_MAP;
 AF_GATE_STATS_MAP;
@@ -122,9 +144,10 @@ static __always_inline int proto_bit(__u8 protocol)
 	return 0;
 }
 
-// match walks the port rules of the longest matching prefix. Returns the
-// rule index or AF_RULE_NONE.
-static __always_inline __u16 match(struct scope_val *v, struct session *s, __u32 tgid, struct dest *d)
+// match walks the port rules of the longest matching prefix, those of
+// direction in (0: outbound, AF_RULE_IN: inbound) only. Returns the rule
+// index or AF_RULE_NONE.
+static __always_inline __u16 match(struct scope_val *v, struct session *s, __u32 tgid, struct dest *d, __u8 in)
 {
 	if (!v || v->gen != s->gen)
 		return AF_RULE_NONE;
@@ -136,7 +159,7 @@ static __always_inline __u16 match(struct scope_val *v, struct session *s, __u32
 		if (i >= n)
 			break;
 		struct port_rule *r = &v->rules[i];
-		if (!(r->protos & bit) || d->port < r->lo || d->port > r->hi)
+		if ((r->flags & AF_RULE_IN) != in || !(r->protos & bit) || d->port < r->lo || d->port > r->hi)
 			continue;
 		if (s->state == AF_STATE_QUARANTINED && !(r->flags & AF_RULE_ESSENTIAL))
 			continue;
@@ -155,7 +178,7 @@ static __always_inline __u16 match(struct scope_val *v, struct session *s, __u32
 
 static __always_inline __u16 lookup_scope(struct session *s, __u32 slot, __u32 tgid, struct dest *d)
 {
-	return match(scope_entry(d->family, slot, d->addr), s, tgid, d);
+	return match(scope_entry(d->family, slot, d->addr), s, tgid, d, 0);
 }
 
 // lookup_learned is the hostname fallback of lookup_scope: the address was
@@ -177,7 +200,7 @@ static __always_inline __u16 lookup_learned(struct session *s, __u32 slot, __u32
 		struct name_val *nv = bpf_map_lookup_elem(&host_names, &nk);
 		if (!nv)
 			continue;
-		__u16 rule = match(&nv->scope, s, tgid, d);
+		__u16 rule = match(&nv->scope, s, tgid, d, 0);
 		if (rule != AF_RULE_NONE) {
 			d->via_name = 1;
 			d->name_hash = n->name_hash;
@@ -257,6 +280,11 @@ static __always_inline void emit(struct binding *b, __u32 tgid, __u32 tid, __u64
 	bpf_ringbuf_submit(e, flags);
 }
 
+static __always_inline int is_bind(__u8 hook)
+{
+	return hook == AF_HOOK_BIND4 || hook == AF_HOOK_BIND6;
+}
+
 // decide returns 1 to let the call through and 0 to fail it with EPERM.
 static __always_inline int decide(struct dest *d, __u8 hook)
 {
@@ -283,9 +311,16 @@ static __always_inline int decide(struct dest *d, __u8 hook)
 	} else if (hook == AF_HOOK_SOCK_CREATE) {
 		reason = AF_REASON_SOCKET_TYPE;
 	} else {
-		rule = lookup_scope(s, b.slot, tgid, d);
-		if (rule == AF_RULE_NONE)
-			rule = lookup_learned(s, b.slot, tgid, d, now);
+		if (is_bind(hook)) {
+			// A port of the member's own: the peers are judged per
+			// packet (gate_ingress), the port here.
+			__u32 slot = b.slot;
+			rule = match(bpf_map_lookup_elem(&binds, &slot), s, tgid, d, AF_RULE_IN);
+		} else {
+			rule = lookup_scope(s, b.slot, tgid, d);
+			if (rule == AF_RULE_NONE)
+				rule = lookup_learned(s, b.slot, tgid, d, now);
+		}
 		d->rule = rule;
 		if (rule != AF_RULE_NONE)
 			reason = AF_REASON_RULE;
@@ -321,6 +356,21 @@ static __always_inline int decide(struct dest *d, __u8 hook)
 	return 0;
 }
 
+// judge decides a sock_addr call. Binding port 0 asks the kernel for an
+// ephemeral port: nothing to judge yet, and what reaches that port is judged
+// per packet (gate_ingress).
+static __always_inline int judge(struct bpf_sock_addr *ctx, struct dest *d, __u8 hook)
+{
+	if (is_bind(hook)) {
+		if (d->port == 0)
+			return 1;
+		return decide(d, hook);
+	}
+	int ret = decide(d, hook);
+	remember_sock(ctx->sk, d, ret);
+	return ret;
+}
+
 static __always_inline int gate4(struct bpf_sock_addr *ctx, __u8 hook)
 {
 	struct dest d = {.family = 4};
@@ -328,9 +378,7 @@ static __always_inline int gate4(struct bpf_sock_addr *ctx, __u8 hook)
 	__builtin_memcpy(d.addr, &ip, 4);
 	d.port = bpf_ntohs(ctx->user_port);
 	d.protocol = ctx->protocol;
-	int ret = decide(&d, hook);
-	remember_sock(ctx->sk, &d, ret);
-	return ret;
+	return judge(ctx, &d, hook);
 }
 
 static __always_inline int gate6(struct bpf_sock_addr *ctx, __u8 hook)
@@ -344,17 +392,13 @@ static __always_inline int gate6(struct bpf_sock_addr *ctx, __u8 hook)
 	if (w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff)) {
 		d.family = 4;
 		__builtin_memcpy(d.addr, &w3, 4);
-		int ret = decide(&d, hook);
-		remember_sock(ctx->sk, &d, ret);
-		return ret;
+		return judge(ctx, &d, hook);
 	}
 	__builtin_memcpy(d.addr, &w0, 4);
 	__builtin_memcpy(d.addr + 4, &w1, 4);
 	__builtin_memcpy(d.addr + 8, &w2, 4);
 	__builtin_memcpy(d.addr + 12, &w3, 4);
-	int ret = decide(&d, hook);
-	remember_sock(ctx->sk, &d, ret);
-	return ret;
+	return judge(ctx, &d, hook);
 }
 
 SEC("cgroup/connect4")
@@ -381,17 +425,278 @@ int gate_sendmsg6(struct bpf_sock_addr *ctx)
 	return gate6(ctx, AF_HOOK_SENDMSG6);
 }
 
+SEC("cgroup/bind4")
+int gate_bind4(struct bpf_sock_addr *ctx)
+{
+	return gate4(ctx, AF_HOOK_BIND4);
+}
+
+SEC("cgroup/bind6")
+int gate_bind6(struct bpf_sock_addr *ctx)
+{
+	return gate6(ctx, AF_HOOK_BIND6);
+}
+
+// mark_member gives a member's new socket its session, for gate_ingress,
+// which runs without the task. It is done at creation, by tgid binding
+// first, so a member that left its cgroup still marks its sockets, and a
+// listener that never calls bind() (listen() picks a port) is marked too.
+static __always_inline void mark_member(struct bpf_sock *sk)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct binding b = {};
+	if (!find_session(tgid, cgid, &b))
+		return;
+	struct member_sock *m = bpf_sk_storage_get(&member_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!m)
+		return;
+	__u64 ugid = bpf_get_current_uid_gid();
+	m->b = b;
+	m->cgroup_id = cgid;
+	m->tgid = tgid;
+	m->uid = (__u32)ugid;
+	m->gid = ugid >> 32;
+	bpf_get_current_comm(m->comm, sizeof(m->comm));
+}
+
 // Raw sockets and inet protocols other than TCP and UDP would reach the
 // network without passing connect or sendmsg, so session members may not
-// create them.
+// create them. TCP and UDP sockets of members are marked (mark_member).
 SEC("cgroup/sock_create")
 int gate_sock_create(struct bpf_sock *ctx)
 {
 	if (ctx->family != AF_INET && ctx->family != AF_INET6)
 		return 1;
 	if ((ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP) ||
-	    (ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP))
+	    (ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP)) {
+		mark_member(ctx);
 		return 1;
+	}
 	struct dest d = {.family = ctx->family == AF_INET ? 4 : 6, .protocol = ctx->protocol};
 	return decide(&d, AF_HOOK_SOCK_CREATE);
+}
+
+// What reached a member socket: d.addr and d.port are the peer.
+struct inbound {
+	struct dest d;
+	__u8 local[16];
+	__u16 local_port;
+};
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define LOOPBACK_IFINDEX 1
+
+// parse_inbound reads the addresses and ports of a packet (cgroup_skb data
+// starts at the IP header; fragments are reassembled by now). IPv6
+// hop-by-hop, routing and destination options headers are walked, up to
+// four; a packet whose transport header is not found returns -1.
+static __always_inline int parse_inbound(struct __sk_buff *skb, struct inbound *in)
+{
+	__u32 off;
+	__u8 proto;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 h[20];
+		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)) || (h[0] >> 4) != 4)
+			return -1;
+		off = (h[0] & 0xf) * 4;
+		proto = h[9];
+		in->d.family = 4;
+		__builtin_memcpy(in->d.addr, h + 12, 4);
+		__builtin_memcpy(in->local, h + 16, 4);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__u8 h[40];
+		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)) || (h[0] >> 4) != 6)
+			return -1;
+		off = 40;
+		proto = h[6];
+		in->d.family = 6;
+		__builtin_memcpy(in->d.addr, h + 8, 16);
+		__builtin_memcpy(in->local, h + 24, 16);
+		for (int i = 0; i < 4; i++) {
+			if (proto != 0 && proto != 43 && proto != 60)
+				break;
+			__u8 ext[2];
+			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+				return -1;
+			proto = ext[0];
+			off += (ext[1] + 1) * 8;
+		}
+	} else {
+		return -1;
+	}
+	if (proto != in->d.protocol)
+		return -1;
+	__u8 ports[4];
+	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+		return -1;
+	in->d.port = (ports[0] << 8) | ports[1];
+	in->local_port = (ports[2] << 8) | ports[3];
+	return 0;
+}
+
+// same_session_peer: the packet came over loopback from a socket of a member
+// of the same session. The peer's socket is found with the packet's tuple
+// turned around (its local end is the packet's source), in the established
+// table first, so it is the socket that sent it. Only on loopback: a packet
+// from outside with a forged local source finds no such socket here.
+static __always_inline int same_session_peer(struct __sk_buff *skb, struct inbound *in, struct member_sock *m)
+{
+	if (skb->ifindex != LOOPBACK_IFINDEX)
+		return 0;
+	struct bpf_sock_tuple t = {};
+	__u32 size;
+	if (in->d.family == 4) {
+		__builtin_memcpy(&t.ipv4.saddr, in->local, 4);
+		__builtin_memcpy(&t.ipv4.daddr, in->d.addr, 4);
+		t.ipv4.sport = bpf_htons(in->local_port);
+		t.ipv4.dport = bpf_htons(in->d.port);
+		size = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, in->local, 16);
+		__builtin_memcpy(t.ipv6.daddr, in->d.addr, 16);
+		t.ipv6.sport = bpf_htons(in->local_port);
+		t.ipv6.dport = bpf_htons(in->d.port);
+		size = sizeof(t.ipv6);
+	}
+	struct bpf_sock *peer;
+	if (in->d.protocol == IPPROTO_TCP)
+		peer = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+	else
+		peer = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!peer)
+		return 0;
+	struct member_sock *pm = bpf_sk_storage_get(&member_socks, peer, 0, 0);
+	int same = pm && pm->b.slot == m->b.slot && pm->b.gen == m->b.gen;
+	bpf_sk_release(peer);
+	return same;
+}
+
+// record_inbound emits a refused inbound attempt, at most
+// AF_INBOUND_RECORDS a second per session (gate.h says why); the others are
+// counted, and the count goes out with the next record.
+static __always_inline void record_inbound(struct member_sock *m, struct inbound *in, __u8 verdict, __u8 reason,
+					   __u64 now)
+{
+	__u32 slot = m->b.slot;
+	struct inbound_log *l = bpf_map_lookup_elem(&inbound_logs, &slot);
+	if (!l || l->gen != m->b.gen) {
+		struct inbound_log fresh = {.gen = m->b.gen, .window_ns = now};
+		bpf_map_update_elem(&inbound_logs, &slot, &fresh, BPF_ANY);
+		l = bpf_map_lookup_elem(&inbound_logs, &slot);
+		if (!l) {
+			count(AF_STAT_LOST);
+			return;
+		}
+	}
+	if (now - l->window_ns >= 1000000000ULL) {
+		l->window_ns = now;
+		l->recorded = 0;
+	}
+	if (l->recorded >= AF_INBOUND_RECORDS) {
+		__sync_fetch_and_add(&l->suppressed, 1);
+		return;
+	}
+	__sync_fetch_and_add(&l->recorded, 1);
+	struct gate_event *e = bpf_ringbuf_reserve(&gate_events, sizeof(*e), 0);
+	if (!e) {
+		count(AF_STAT_LOST);
+		return;
+	}
+	__u32 suppressed = l->suppressed;
+	__sync_fetch_and_add(&l->suppressed, -suppressed);
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = now;
+	e->cgroup_id = m->cgroup_id;
+	e->session_gen = m->b.gen;
+	e->session_slot = slot;
+	e->pid = m->tgid;
+	e->uid = m->uid;
+	e->gid = m->gid;
+	e->port = in->d.port;
+	e->rule = AF_RULE_NONE;
+	__builtin_memcpy(e->addr, in->d.addr, 16);
+	__builtin_memcpy(e->comm, m->comm, sizeof(e->comm));
+	e->family = in->d.family;
+	e->protocol = in->d.protocol;
+	e->hook = in->d.family == 4 ? AF_HOOK_INGRESS4 : AF_HOOK_INGRESS6;
+	e->verdict = verdict;
+	e->reason = reason;
+	__builtin_memcpy(e->local_addr, in->local, 16);
+	e->local_port = in->local_port;
+	e->suppressed = suppressed;
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
+// gate_ingress judges what peers send to members. Attached at the root
+// like the sock_addr programs, it runs for every packet delivered to a
+// socket on the host, so everyone else's packets leave at the first
+// storage lookup. For a member socket it judges:
+//   - every segment to a TCP listener (the SYN, and the ACK that would
+//     complete a handshake, so a SYN cookie cannot stand in for a SYN):
+//     the peer must be named by an in: rule for the local port;
+//   - every datagram to an unconnected UDP socket: the peer must be named
+//     by an in: rule for the local port, or be a destination the session
+//     may send UDP to (the reply of a resolver or an API in scope).
+// Connections (accepted or connected) and connected UDP sockets are not
+// judged again: connect judged the member's own, the listener's SYN the
+// others, and the kernel delivers a connected UDP socket only its peer's
+// datagrams. A same-session member's socket on loopback needs no rule.
+// Refusals do not count against the violation budget: peers cause them,
+// and a flood from outside must not quarantine a session.
+SEC("cgroup_skb/ingress")
+int gate_ingress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 1;
+	struct member_sock *m = bpf_sk_storage_get(&member_socks, sk, 0, 0);
+	if (!m)
+		return 1;
+	struct inbound in = {};
+	in.d.protocol = sk->protocol;
+	if (in.d.protocol == IPPROTO_TCP) {
+		if (sk->state != BPF_TCP_LISTEN)
+			return 1;
+	} else if (in.d.protocol != IPPROTO_UDP || sk->dst_port != 0) {
+		return 1;
+	}
+	struct session *s = live(&m->b);
+	if (!s)
+		return 1;
+	__u32 slot = m->b.slot;
+	__u64 now = bpf_ktime_get_boot_ns();
+	// A packet whose ports cannot be found is refused: there is nothing
+	// to judge it by.
+	int parsed = parse_inbound(skb, &in) == 0;
+	__u8 reason = AF_REASON_NO_RULE;
+	if (s->state == AF_STATE_REVOKED) {
+		reason = AF_REASON_REVOKED;
+	} else if (s->expires_ns && now >= s->expires_ns) {
+		reason = AF_REASON_EXPIRED;
+	} else if (parsed) {
+		struct dest local = in.d;
+		local.port = in.local_port;
+		if (match(scope_entry(in.d.family, slot, in.d.addr), s, m->tgid, &local, AF_RULE_IN) != AF_RULE_NONE)
+			return 1;
+		if (in.d.protocol == IPPROTO_UDP && (lookup_scope(s, slot, m->tgid, &in.d) != AF_RULE_NONE ||
+						     lookup_learned(s, slot, m->tgid, &in.d, now) != AF_RULE_NONE))
+			return 1;
+		if (same_session_peer(skb, &in, m))
+			return 1;
+		if (s->state == AF_STATE_QUARANTINED)
+			reason = AF_REASON_QUARANTINED;
+	}
+	if (s->mode == AF_MODE_AUDIT) {
+		count(AF_STAT_WOULD_DENY);
+		record_inbound(m, &in, AF_VERDICT_WOULD_DENY, reason, now);
+		return 1;
+	}
+	count(AF_STAT_DENIED);
+	record_inbound(m, &in, AF_VERDICT_DENIED, reason, now);
+	return 0;
 }

@@ -47,6 +47,11 @@ enum af_hook {
 	AF_HOOK_SENDMSG4 = 3,
 	AF_HOOK_SENDMSG6 = 4,
 	AF_HOOK_SOCK_CREATE = 5,
+	// 6 and 7 are the hostname programs' (dns.h).
+	AF_HOOK_BIND4 = 8,    // a member binds a port
+	AF_HOOK_BIND6 = 9,
+	AF_HOOK_INGRESS4 = 10, // a peer reaches a member's socket
+	AF_HOOK_INGRESS6 = 11,
 };
 
 enum af_stat {
@@ -75,6 +80,7 @@ struct session {
 
 #define AF_RULE_ESSENTIAL 1 // still matches in quarantine
 #define AF_RULE_EXE 2       // only for processes whose executable is exe
+#define AF_RULE_IN 4        // an in: rule: the prefix is peers, lo-hi local ports
 
 struct port_rule {
 	struct exe_id exe;
@@ -136,6 +142,40 @@ struct gate_event {
 	__u8 _pad[2];
 	__u32 name_flags; // 1: allowed through a learned hostname (dns.h)
 	__u64 name_hash;  // that hostname's FNV-1a hash, 0 if none
+	// Inbound (AF_HOOK_INGRESS*): addr and port above are the peer; these
+	// are the member's side. suppressed counts the refusals of this
+	// session not recorded one by one since its previous inbound record.
+	__u8 local_addr[16];
+	__u16 local_port;
+	__u16 _pad2;
+	__u32 suppressed;
+};
+
+// Socket local storage of every TCP and UDP socket a session member
+// creates (sock_create), for the ingress program, which runs without the
+// task: the session it belongs to and who made it, for records.
+struct member_sock {
+	struct binding b;
+	__u64 cgroup_id;
+	__u32 tgid;
+	__u32 uid;
+	__u32 gid;
+	__u32 _pad;
+	char comm[16];
+};
+
+// Refused inbound attempts are caused by peers, often outside the session,
+// so they are recorded at most AF_INBOUND_RECORDS a second per session: a
+// flood from outside cannot fill the ring and crowd out the members' own
+// records. The rest are counted and the count travels with the next
+// inbound record (gate_event.suppressed).
+#define AF_INBOUND_RECORDS 32
+
+struct inbound_log {
+	__u64 gen;       // the session's; another generation starts afresh
+	__u64 window_ns; // start of the current one-second window
+	__u32 recorded;  // records in that window
+	__u32 suppressed;
 };
 
 #include "dns.h"

@@ -400,8 +400,8 @@ func checkProgramTypes(st *run) []Check {
 		progCheck(CheckCgroupSock, true, ebpf.CGroupSock,
 			&ebpf.ProgramSpec{Type: ebpf.CGroupSock, AttachType: ebpf.AttachCGroupInetSockCreate, Instructions: returnOne},
 			"cgroup/sock_create", "no CGroupSock: the gate cannot run (its cgroup/sock_create program cannot load)"),
-		progCheck(CheckCgroupSKB, false, ebpf.CGroupSKB, nil,
-			"cgroup_skb", "no CGroupSKB: nothing disabled, agentfence does not use cgroup_skb programs"),
+		progCheck(CheckCgroupSKB, true, ebpf.CGroupSKB, nil,
+			"cgroup_skb", "no CGroupSKB: the gate cannot run (its cgroup_skb/ingress program judges inbound traffic; the hostname programs need it too)"),
 		checkTracepoint(),
 		progCheck(CheckRawTracepoint, false, ebpf.RawTracepoint,
 			&ebpf.ProgramSpec{Type: ebpf.RawTracepoint},
@@ -446,6 +446,8 @@ func checkSockAddr(st *run) Check {
 		{"connect6", ebpf.AttachCGroupInet6Connect},
 		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg},
 		{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg},
+		{"bind4", ebpf.AttachCGroupInet4Bind},
+		{"bind6", ebpf.AttachCGroupInet6Bind},
 	}
 	var loaded []string
 	for _, h := range hooks {

@@ -17,7 +17,20 @@ const (
 	HookSendmsg4   Hook = 3
 	HookSendmsg6   Hook = 4
 	HookSockCreate Hook = 5
+	// 6 and 7 are the hostname programs' (names.go).
+	HookBind4    Hook = 8  // a member binds a port
+	HookBind6    Hook = 9
+	HookIngress4 Hook = 10 // a peer reaches a member's socket
+	HookIngress6 Hook = 11
 )
+
+// Inbound reports whether the hook judged what a peer sent (Event.Dest is
+// then the peer, Event.Local the member's side).
+func (h Hook) Inbound() bool { return h == HookIngress4 || h == HookIngress6 }
+
+// Bind reports whether the hook judged a bind (Event.Dest is the address
+// bound).
+func (h Hook) Bind() bool { return h == HookBind4 || h == HookBind6 }
 
 // Verdict is the kernel's decision.
 type Verdict uint8
@@ -57,7 +70,14 @@ type Event struct {
 	Verdict        Verdict
 	Reason         Reason
 	Protocol       uint8 // IPPROTO_TCP, IPPROTO_UDP, ...
-	Dest           netip.AddrPort
+	// Dest is the address of the call (connect, send, bind), or for an
+	// inbound hook the peer.
+	Dest netip.AddrPort
+	// Local is the member's address and port an inbound attempt was for;
+	// Suppressed the session's inbound refusals not recorded one by one
+	// since its previous inbound record (gate.h, AF_INBOUND_RECORDS).
+	Local          netip.AddrPort
+	Suppressed     uint32
 	Rule           int
 	QuarantinedNow bool
 	// ViaName: the destination was allowed through an address learned from
@@ -93,13 +113,24 @@ func DecodeEvent(raw []byte) (Event, error) {
 	if e.Rule == 0xffff {
 		ev.Rule = NoRule
 	}
-	switch e.Family {
-	case 4:
-		ev.Dest = netip.AddrPortFrom(netip.AddrFrom4([4]byte(e.Addr[:4])), e.Port)
-	case 6:
-		ev.Dest = netip.AddrPortFrom(netip.AddrFrom16(e.Addr), e.Port)
+	ev.Dest = addrPort(e.Family, e.Addr, e.Port)
+	if ev.Hook.Inbound() {
+		ev.Local = addrPort(e.Family, e.LocalAddr, e.LocalPort)
+		ev.Suppressed = e.Suppressed
 	}
 	return ev, nil
+}
+
+// addrPort converts an address of a family (4: the first four bytes) and a
+// port in host order; family 0 is no address.
+func addrPort(family uint8, addr [16]uint8, port uint16) netip.AddrPort {
+	switch family {
+	case 4:
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(addr[:4])), port)
+	case 6:
+		return netip.AddrPortFrom(netip.AddrFrom16(addr), port)
+	}
+	return netip.AddrPort{}
 }
 
 func cString(b []int8) string {

@@ -68,6 +68,9 @@ func (g *Gate) attachments() []attachment {
 		{"sendmsg4", g.objs.GateSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
 		{"sendmsg6", g.objs.GateSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
 		{"sock_create", g.objs.GateSockCreate, ebpf.AttachCGroupInetSockCreate},
+		{"bind4", g.objs.GateBind4, ebpf.AttachCGroupInet4Bind},
+		{"bind6", g.objs.GateBind6, ebpf.AttachCGroupInet6Bind},
+		{"ingress", g.objs.GateIngress, ebpf.AttachCGroupInetIngress},
 	}
 }
 
@@ -328,7 +331,8 @@ func (g *Gate) Usage() []MapUsage {
 		name string
 		m    *ebpf.Map
 	}{{"cgroup_sessions", g.objs.CgroupSessions}, {"pid_sessions", g.objs.PidSessions}, {"proc_exe", g.objs.ProcExe},
-		{"scope4", g.objs.Scope4}, {"scope6", g.objs.Scope6}, {"exact4", g.objs.Exact4}, {"exact6", g.objs.Exact6}} {
+		{"scope4", g.objs.Scope4}, {"scope6", g.objs.Scope6}, {"exact4", g.objs.Exact4}, {"exact6", g.objs.Exact6},
+		{"binds", g.objs.Binds}} {
 		out = append(out, MapUsage{m.name, count(m.m), int(m.m.MaxEntries())})
 	}
 	return out

@@ -63,6 +63,18 @@ type gateGateEvent struct {
 	NameFlags      uint32
 	_              [4]byte
 	NameHash       uint64
+	LocalAddr      [16]uint8
+	LocalPort      uint16
+	Pad2           uint16
+	Suppressed     uint32
+}
+
+type gateInboundLog struct {
+	_          structs.HostLayout
+	Gen        uint64
+	WindowNs   uint64
+	Recorded   uint32
+	Suppressed uint32
 }
 
 type gateLearnedKey struct {
@@ -86,6 +98,17 @@ type gateLearnedVal struct {
 	_     structs.HostLayout
 	Gen   uint64
 	Names [4]gateLearnedName
+}
+
+type gateMemberSock struct {
+	_        structs.HostLayout
+	B        gateBinding
+	CgroupId uint64
+	Tgid     uint32
+	Uid      uint32
+	Gid      uint32
+	Pad      uint32
+	Comm     [16]int8
 }
 
 type gateNameKey struct {
@@ -165,21 +188,27 @@ type gateSockInfo struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	gateMapBinds           = "binds"
 	gateMapCgroupSessions  = "cgroup_sessions"
 	gateMapExact4          = "exact4"
 	gateMapExact6          = "exact6"
 	gateMapGateEvents      = "gate_events"
 	gateMapGateStats       = "gate_stats"
 	gateMapHostNames       = "host_names"
+	gateMapInboundLogs     = "inbound_logs"
 	gateMapLearned         = "learned"
+	gateMapMemberSocks     = "member_socks"
 	gateMapPidSessions     = "pid_sessions"
 	gateMapProcExe         = "proc_exe"
 	gateMapScope4          = "scope4"
 	gateMapScope6          = "scope6"
 	gateMapSessionSocks    = "session_socks"
 	gateMapSessions        = "sessions"
+	gateProgGateBind4      = "gate_bind4"
+	gateProgGateBind6      = "gate_bind6"
 	gateProgGateConnect4   = "gate_connect4"
 	gateProgGateConnect6   = "gate_connect6"
+	gateProgGateIngress    = "gate_ingress"
 	gateProgGateSendmsg4   = "gate_sendmsg4"
 	gateProgGateSendmsg6   = "gate_sendmsg6"
 	gateProgGateSockCreate = "gate_sock_create"
@@ -230,8 +259,11 @@ type gateSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gateProgramSpecs struct {
+	GateBind4      *ebpf.ProgramSpec `ebpf:"gate_bind4"`
+	GateBind6      *ebpf.ProgramSpec `ebpf:"gate_bind6"`
 	GateConnect4   *ebpf.ProgramSpec `ebpf:"gate_connect4"`
 	GateConnect6   *ebpf.ProgramSpec `ebpf:"gate_connect6"`
+	GateIngress    *ebpf.ProgramSpec `ebpf:"gate_ingress"`
 	GateSendmsg4   *ebpf.ProgramSpec `ebpf:"gate_sendmsg4"`
 	GateSendmsg6   *ebpf.ProgramSpec `ebpf:"gate_sendmsg6"`
 	GateSockCreate *ebpf.ProgramSpec `ebpf:"gate_sock_create"`
@@ -241,13 +273,16 @@ type gateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gateMapSpecs struct {
+	Binds          *ebpf.MapSpec `ebpf:"binds"`
 	CgroupSessions *ebpf.MapSpec `ebpf:"cgroup_sessions"`
 	Exact4         *ebpf.MapSpec `ebpf:"exact4"`
 	Exact6         *ebpf.MapSpec `ebpf:"exact6"`
 	GateEvents     *ebpf.MapSpec `ebpf:"gate_events"`
 	GateStats      *ebpf.MapSpec `ebpf:"gate_stats"`
 	HostNames      *ebpf.MapSpec `ebpf:"host_names"`
+	InboundLogs    *ebpf.MapSpec `ebpf:"inbound_logs"`
 	Learned        *ebpf.MapSpec `ebpf:"learned"`
+	MemberSocks    *ebpf.MapSpec `ebpf:"member_socks"`
 	PidSessions    *ebpf.MapSpec `ebpf:"pid_sessions"`
 	ProcExe        *ebpf.MapSpec `ebpf:"proc_exe"`
 	Scope4         *ebpf.MapSpec `ebpf:"scope4"`
@@ -285,13 +320,16 @@ func (o *gateObjects) Close() error {
 //
 // It can be passed to loadGateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gateMaps struct {
+	Binds          *ebpf.Map `ebpf:"binds"`
 	CgroupSessions *ebpf.Map `ebpf:"cgroup_sessions"`
 	Exact4         *ebpf.Map `ebpf:"exact4"`
 	Exact6         *ebpf.Map `ebpf:"exact6"`
 	GateEvents     *ebpf.Map `ebpf:"gate_events"`
 	GateStats      *ebpf.Map `ebpf:"gate_stats"`
 	HostNames      *ebpf.Map `ebpf:"host_names"`
+	InboundLogs    *ebpf.Map `ebpf:"inbound_logs"`
 	Learned        *ebpf.Map `ebpf:"learned"`
+	MemberSocks    *ebpf.Map `ebpf:"member_socks"`
 	PidSessions    *ebpf.Map `ebpf:"pid_sessions"`
 	ProcExe        *ebpf.Map `ebpf:"proc_exe"`
 	Scope4         *ebpf.Map `ebpf:"scope4"`
@@ -302,13 +340,16 @@ type gateMaps struct {
 
 func (m *gateMaps) Close() error {
 	return _GateClose(
+		m.Binds,
 		m.CgroupSessions,
 		m.Exact4,
 		m.Exact6,
 		m.GateEvents,
 		m.GateStats,
 		m.HostNames,
+		m.InboundLogs,
 		m.Learned,
+		m.MemberSocks,
 		m.PidSessions,
 		m.ProcExe,
 		m.Scope4,
@@ -331,8 +372,11 @@ type gateVariables struct {
 //
 // It can be passed to loadGateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gatePrograms struct {
+	GateBind4      *ebpf.Program `ebpf:"gate_bind4"`
+	GateBind6      *ebpf.Program `ebpf:"gate_bind6"`
 	GateConnect4   *ebpf.Program `ebpf:"gate_connect4"`
 	GateConnect6   *ebpf.Program `ebpf:"gate_connect6"`
+	GateIngress    *ebpf.Program `ebpf:"gate_ingress"`
 	GateSendmsg4   *ebpf.Program `ebpf:"gate_sendmsg4"`
 	GateSendmsg6   *ebpf.Program `ebpf:"gate_sendmsg6"`
 	GateSockCreate *ebpf.Program `ebpf:"gate_sock_create"`
@@ -340,8 +384,11 @@ type gatePrograms struct {
 
 func (p *gatePrograms) Close() error {
 	return _GateClose(
+		p.GateBind4,
+		p.GateBind6,
 		p.GateConnect4,
 		p.GateConnect6,
+		p.GateIngress,
 		p.GateSendmsg4,
 		p.GateSendmsg6,
 		p.GateSockCreate,

@@ -157,10 +157,13 @@ func (g *Gate) putEntry(slot uint32, p netip.Prefix, v *gateScopeVal) error {
 }
 
 // scopeKey says where an entry lives: host entries (/32, /128) in the hash
-// the programs look in first, network entries in the trie (gate.h).
+// the programs look in first, network entries in the trie (gate.h), the
+// bind entry (no prefix, scope.Entry.IsBind) in binds.
 func (g *Gate) scopeKey(slot uint32, p netip.Prefix) (*ebpf.Map, any) {
 	host := p.Bits() == p.Addr().BitLen()
 	switch {
+	case !p.IsValid():
+		return g.objs.Binds, &slot
 	case p.Addr().Is4() && host:
 		return g.objs.Exact4, &gateExact4Key{Slot: slot, Addr: p.Addr().As4()}
 	case p.Addr().Is4():
@@ -174,6 +177,7 @@ func (g *Gate) scopeKey(slot uint32, p netip.Prefix) (*ebpf.Map, any) {
 const (
 	ruleEssential = 1
 	ruleExe       = 2
+	ruleIn        = 4
 )
 
 func scopeValue(gen uint64, e scope.Entry) (gateScopeVal, error) {
@@ -185,6 +189,9 @@ func scopeValue(gen uint64, e scope.Entry) (gateScopeVal, error) {
 		pr := gatePortRule{Lo: r.Lo, Hi: r.Hi, Rule: r.Index, Protos: r.Protos}
 		if r.Essential {
 			pr.Flags |= ruleEssential
+		}
+		if r.In {
+			pr.Flags |= ruleIn
 		}
 		if r.Exe != "" {
 			id, err := exeIdentity(r.Exe)

@@ -18,14 +18,24 @@ type PortRule struct {
 	Protos    uint8
 	Essential bool
 	Exe       string
+	In        bool // an in: rule: Lo-Hi are the member's local ports
 }
 
 // Entry is one LPM trie entry: a prefix and the rules of every scope rule
-// whose prefix contains it.
+// whose prefix contains it, of both directions (the kernel matches only the
+// direction it judges).
+//
+// The entry with no (invalid) Prefix is the session's bind entry: the port
+// rules of every in: rule, whatever their peers. The kernel consults it when
+// a member binds a port; a session without in: rules has none, so binding
+// any nonzero port is refused.
 type Entry struct {
 	Prefix netip.Prefix
 	Rules  []PortRule
 }
+
+// IsBind reports whether e is the bind entry.
+func (e Entry) IsBind() bool { return !e.Prefix.IsValid() }
 
 // Compile turns a scope into trie entries; hostname rules are skipped (they
 // are written with enforcer's WriteNames). Indexes stay positions in rules. Because an LPM lookup returns only
@@ -54,12 +64,28 @@ func Compile(rules []Rule) ([]Entry, error) {
 			if r.Prefix.Addr().Is4() != p.Addr().Is4() || r.Prefix.Bits() > p.Bits() || !r.Prefix.Contains(p.Addr()) {
 				continue
 			}
-			e.Rules = append(e.Rules, PortRule{Index: uint16(i), Lo: r.PortLo, Hi: r.PortHi, Protos: r.Protos, Essential: r.Essential, Exe: r.Exe})
+			e.Rules = append(e.Rules, portRule(i, r))
 		}
 		if len(e.Rules) > MaxPortRules {
 			return nil, fmt.Errorf("%d rules cover %s; at most %d may cover one address", len(e.Rules), p, MaxPortRules)
 		}
 		entries = append(entries, e)
 	}
+	var bind Entry
+	for i, r := range rules {
+		if r.In {
+			bind.Rules = append(bind.Rules, portRule(i, r))
+		}
+	}
+	if len(bind.Rules) > MaxPortRules {
+		return nil, fmt.Errorf("%d in: rules; at most %d", len(bind.Rules), MaxPortRules)
+	}
+	if len(bind.Rules) > 0 {
+		entries = append(entries, bind)
+	}
 	return entries, nil
+}
+
+func portRule(i int, r Rule) PortRule {
+	return PortRule{Index: uint16(i), Lo: r.PortLo, Hi: r.PortHi, Protos: r.Protos, Essential: r.Essential, Exe: r.Exe, In: r.In}
 }

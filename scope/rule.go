@@ -22,6 +22,7 @@ const (
 //
 //	[essential,][exe=/abs/path,][tcp://|udp://]ADDR[/PREFIX][:PORT[-PORT]]
 //	[essential,][exe=/abs/path,][tcp://|udp://][*.]HOSTNAME[:PORT[-PORT]]
+//	in:[essential,][tcp://|udp://]ADDR[/PREFIX][:PORT[-PORT]]
 //
 // IPv6 addresses go in brackets: [::1]:9000, [fd00::]/8:443. No port means
 // any port; no scheme means TCP and UDP. Options come before the destination,
@@ -32,7 +33,19 @@ const (
 // case-insensitive and a trailing dot is ignored; IDNA names are given in
 // their punycode form (xn--...). A wildcard *.slack.com matches exactly one
 // more label: a.slack.com, not slack.com and not a.b.slack.com.
+//
+// An inbound rule (in:tcp://10.0.0.0/8:8080) turns the meaning around: the
+// address is the peers that may reach a member, and the port is the
+// member's own local port, which it may then bind (docs/sessions.md,
+// Inbound). It names addresses only: a peer arrives with an address, never
+// with a name the kernel could check. It takes no exe=: a packet arrives
+// with no process, so the kernel could check the executable only at bind,
+// and a socket bound by one executable is used by any process holding it.
 type Rule struct {
+	// In makes this an inbound rule: Prefix is the peers, the ports are
+	// local. An inbound rule never admits anything outbound, and an
+	// outbound rule nothing inbound.
+	In     bool
 	Prefix netip.Prefix // IPv4-mapped IPv6 is stored as IPv4; invalid for hostname rules
 	// Host is the lowercased hostname without a trailing dot; for a wildcard
 	// rule it is the suffix after "*.". Empty for address rules.
@@ -64,6 +77,7 @@ func Parse(text string) (Rule, error) {
 	if s == "" {
 		return Rule{}, errors.New("empty rule")
 	}
+	s, r.In = strings.CutPrefix(s, "in:")
 	for {
 		head, rest, ok := strings.Cut(s, ",")
 		if !ok {
@@ -72,6 +86,8 @@ func Parse(text string) (Rule, error) {
 		switch {
 		case head == "essential":
 			r.Essential = true
+		case strings.HasPrefix(head, "exe=") && r.In:
+			return Rule{}, fmt.Errorf("rule %q: exe= is not supported on in: rules (a received packet has no process to check)", text)
 		case strings.HasPrefix(head, "exe="):
 			p := strings.TrimPrefix(head, "exe=")
 			if !filepath.IsAbs(p) || filepath.Clean(p) != p {
@@ -88,6 +104,9 @@ func Parse(text string) (Rule, error) {
 		}
 		s = rest
 	}
+	if strings.HasPrefix(s, "in:") {
+		return Rule{}, fmt.Errorf("rule %q: in: must come before the options (in:essential,...)", text)
+	}
 
 	switch {
 	case strings.HasPrefix(s, "tcp://"):
@@ -103,6 +122,9 @@ func Parse(text string) (Rule, error) {
 		return Rule{}, fmt.Errorf("rule %q: %w", text, err)
 	}
 	if !strings.HasPrefix(s, "[") && isHostLike(addr) {
+		if r.In {
+			return Rule{}, fmt.Errorf("rule %q: in: rules name peers by address (%q is a hostname): a peer's name is not known when its packet arrives", text, addr)
+		}
 		if r.Host, r.Wildcard, err = parseHost(addr); err != nil {
 			return Rule{}, fmt.Errorf("rule %q: %w", text, err)
 		}
@@ -237,6 +259,9 @@ func parsePort(s string) (uint16, error) {
 // and is what audit records quote as outcome.rule.
 func (r Rule) String() string {
 	var b strings.Builder
+	if r.In {
+		b.WriteString("in:")
+	}
 	if r.Essential {
 		b.WriteString("essential,")
 	}
@@ -280,9 +305,10 @@ func (r Rule) String() string {
 // against its parent's. Hostname rules cover only hostname rules (a name's
 // addresses change, so no address rule covers it, and it covers no address
 // rule): an exact name covers the same name, a wildcard covers the names one
-// label below its suffix and the same wildcard.
+// label below its suffix and the same wildcard. A rule covers only rules of
+// its own direction: in: peers and ports say nothing about destinations.
 func (r Rule) Covers(o Rule) bool {
-	if !(o.Protos&r.Protos == o.Protos &&
+	if !(r.In == o.In && o.Protos&r.Protos == o.Protos &&
 		r.PortLo <= o.PortLo && o.PortHi <= r.PortHi &&
 		(r.Exe == "" || r.Exe == o.Exe)) {
 		return false

@@ -79,6 +79,13 @@ func appendEvent(dst []byte, ev *Event) []byte {
 		dst = appendOptString(dst, `,"hostname":`, p.Hostname)
 		dst = append(dst, '}')
 	}
+	if p := ev.SrcEndpoint; p != nil {
+		dst = append(dst, `,"src_endpoint":{`...)
+		dst = appendOptString(dst, `,"ip":`, p.IP)
+		dst = appendOptUint(dst, `,"port":`, uint64(p.Port))
+		dst = appendOptString(dst, `,"hostname":`, p.Hostname)
+		dst = append(dst, '}')
+	}
 	if c := ev.ConnectionInfo; c != nil {
 		dst = append(dst, `,"connection_info":{"direction_id":`...)
 		dst = strconv.AppendInt(dst, int64(c.DirectionID), 10)

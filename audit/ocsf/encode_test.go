@@ -186,6 +186,7 @@ func fullEvent(s string) Event {
 		Process:        proc(8),
 		ExitCode:       &neg,
 		DstEndpoint:    &Endpoint{IP: "ip" + s, Port: 1, Hostname: "eh" + s},
+		SrcEndpoint:    &Endpoint{IP: "si" + s, Port: 2, Hostname: "sh" + s},
 		ConnectionInfo: &ConnectionInfo{DirectionID: 2, Direction: "d" + s, ProtocolName: "pn" + s, ProtocolNum: 17},
 		Query:          &DNSQuery{Hostname: "qh" + s},
 		Entity:         &ManagedEntity{UID: "eu" + s, Name: "en" + s, Type: "et" + s, Data: &SessionData{Mode: "mo" + s, Parent: "pa" + s, KeptCaps: []string{"kc" + s}}},
@@ -274,7 +275,7 @@ func TestAppendEventMatchesReference(t *testing.T) {
 		empty := fullEvent(s)
 		empty.Actor = &Actor{}
 		empty.Process = &Process{File: &File{Hashes: []Fingerprint{{}, {Algorithm: s}}}, User: &User{}, Container: &Container{}, ParentProcess: &Process{}, Lineage: []string{}}
-		empty.DstEndpoint, empty.ConnectionInfo, empty.Query = &Endpoint{}, &ConnectionInfo{}, &DNSQuery{}
+		empty.DstEndpoint, empty.SrcEndpoint, empty.ConnectionInfo, empty.Query = &Endpoint{}, &Endpoint{}, &ConnectionInfo{}, &DNSQuery{}
 		empty.Entity, empty.FirewallRule, empty.Device = &ManagedEntity{Data: &SessionData{KeptCaps: []string{}}}, &Rule{}, &Device{}
 		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}, Escape: &audit.Escape{}}}
 		empty.Metadata = Metadata{Profiles: []string{}}

@@ -108,6 +108,7 @@ type Event struct {
 	Process        *Process        `json:"process,omitempty"`
 	ExitCode       *int            `json:"exit_code,omitempty"`
 	DstEndpoint    *Endpoint       `json:"dst_endpoint,omitempty"`
+	SrcEndpoint    *Endpoint       `json:"src_endpoint,omitempty"`
 	ConnectionInfo *ConnectionInfo `json:"connection_info,omitempty"`
 	Query          *DNSQuery       `json:"query,omitempty"`
 	Entity         *ManagedEntity  `json:"entity,omitempty"`
@@ -307,6 +308,7 @@ type scratch struct {
 	procCtr      Container
 	execParent   Process // actor.process of an exec, or of an escape made by another process
 	endpoint     Endpoint
+	srcEndpoint  Endpoint // the peer of an inbound record
 	conn         ConnectionInfo
 	query        DNSQuery
 	entity       ManagedEntity
@@ -371,7 +373,7 @@ func (e Encoder) fill(sc *scratch, r *audit.Record) {
 	}
 
 	switch r.Kind {
-	case audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy:
+	case audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy, audit.KindBind, audit.KindInbound:
 		network(sc, r)
 	case audit.KindDNS:
 		dns(sc, r)
@@ -495,6 +497,13 @@ func network(sc *scratch, r *audit.Record) {
 	if d := r.Destination; d != nil {
 		sc.endpoint = Endpoint{IP: d.IP, Port: d.Port, Hostname: d.Hostname}
 		ev.ConnectionInfo = connInfo(sc, d.Protocol)
+	}
+	if s := r.Source; s != nil {
+		sc.srcEndpoint = Endpoint{IP: s.IP, Port: s.Port}
+		ev.SrcEndpoint = &sc.srcEndpoint
+		if ev.ConnectionInfo != nil {
+			ev.ConnectionInfo.DirectionID, ev.ConnectionInfo.Direction = 1, "Inbound"
+		}
 	}
 	ev.Message = message(r)
 }
@@ -719,6 +728,12 @@ func message(r *audit.Record) string {
 		b = append(b, '[')
 		b = strconv.AppendUint(b, uint64(p.PID), 10)
 		b = append(b, ']')
+	}
+	if s := r.Source; s != nil {
+		b = append(b, " from "...)
+		b = append(b, s.IP...)
+		b = append(b, ':')
+		b = strconv.AppendUint(b, uint64(s.Port), 10)
 	}
 	if d := r.Destination; d != nil {
 		b = append(b, " to "...)

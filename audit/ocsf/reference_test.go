@@ -77,7 +77,7 @@ func (e refEncoder) Event(r *audit.Record) Event {
 	}
 
 	switch r.Kind {
-	case audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy:
+	case audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy, audit.KindBind, audit.KindInbound:
 		e.network(&ev, r)
 	case audit.KindDNS:
 		e.dns(&ev, r)
@@ -161,6 +161,12 @@ func (e refEncoder) network(ev *Event, r *audit.Record) {
 	if d := r.Destination; d != nil {
 		ev.DstEndpoint = &Endpoint{IP: d.IP, Port: d.Port, Hostname: d.Hostname}
 		ev.ConnectionInfo = refConnInfo(d.Protocol)
+	}
+	if s := r.Source; s != nil {
+		ev.SrcEndpoint = &Endpoint{IP: s.IP, Port: s.Port}
+		if ev.ConnectionInfo != nil {
+			ev.ConnectionInfo.DirectionID, ev.ConnectionInfo.Direction = 1, "Inbound"
+		}
 	}
 	ev.Message = refMessage(r)
 }
@@ -356,6 +362,12 @@ func refMessage(r *audit.Record) string {
 		b = append(b, '[')
 		b = strconv.AppendUint(b, uint64(p.PID), 10)
 		b = append(b, ']')
+	}
+	if s := r.Source; s != nil {
+		b = append(b, " from "...)
+		b = append(b, s.IP...)
+		b = append(b, ':')
+		b = strconv.AppendUint(b, uint64(s.Port), 10)
 	}
 	if d := r.Destination; d != nil {
 		b = append(b, " to "...)
