@@ -65,8 +65,8 @@ type Record struct {
 	// Source is the peer of an inbound record.
 	Source  *Destination `json:"source,omitempty"`
 	Outcome *Outcome     `json:"outcome,omitempty"`
-	Gap         *Gap         `json:"gap,omitempty"`
-	Escape      *Escape      `json:"escape,omitempty"`
+	Gap     *Gap         `json:"gap,omitempty"`
+	Escape  *Escape      `json:"escape,omitempty"`
 	// Event names the lifecycle step for kind=session records
 	// (opened, bound, narrowed, quarantined, revoked, expired, closed).
 	Event string `json:"event,omitempty"`

@@ -18,7 +18,7 @@ const (
 	HookSendmsg6   Hook = 4
 	HookSockCreate Hook = 5
 	// 6 and 7 are the hostname programs' (names.go).
-	HookBind4    Hook = 8  // a member binds a port
+	HookBind4    Hook = 8 // a member binds a port
 	HookBind6    Hook = 9
 	HookIngress4 Hook = 10 // a peer reaches a member's socket
 	HookIngress6 Hook = 11
@@ -59,17 +59,17 @@ const NoRule = -1
 // Event is one gate decision, decoded: byte orders converted, v4 addresses
 // as IPv4, the rule index as an int.
 type Event struct {
-	BootNS         uint64 // CLOCK_BOOTTIME
-	CgroupID       uint64
-	Slot           uint32
-	Gen            uint64
-	PID, TID       uint32
-	UID, GID       uint32
-	Comm           string
-	Hook           Hook
-	Verdict        Verdict
-	Reason         Reason
-	Protocol       uint8 // IPPROTO_TCP, IPPROTO_UDP, ...
+	BootNS   uint64 // CLOCK_BOOTTIME
+	CgroupID uint64
+	Slot     uint32
+	Gen      uint64
+	PID, TID uint32
+	UID, GID uint32
+	Comm     string
+	Hook     Hook
+	Verdict  Verdict
+	Reason   Reason
+	Protocol uint8 // IPPROTO_TCP, IPPROTO_UDP, ...
 	// Dest is the address of the call (connect, send, bind), or for an
 	// inbound hook the peer.
 	Dest netip.AddrPort
