@@ -91,6 +91,15 @@ func MaybeRunProbe() {
 		case "connectbench":
 			connectBench(out, arg)
 			continue
+		case "udpbench":
+			udpBench(out, arg)
+			continue
+		case "listen":
+			listen(out, arg)
+			continue
+		case "udpsock":
+			udpSock(out, arg)
+			continue
 		}
 		fmt.Fprintf(out, "%d %s\n", os.Getpid(), Probe(a))
 	}
@@ -204,6 +213,16 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	connectbench ADDR N (MaybeRunProbe only) for each line on stdin, N
 //	                   connect+close to ADDR (IPv4); reports wall-clock and
 //	                   thread CPU ns per connect, as "WALL/CPU"
+//	bindtcp ADDR:PORT  bind a TCP socket of ADDR's family ([::ffff:a.b.c.d] binds an AF_INET6 socket)
+//	bindudp ADDR:PORT  the same for UDP
+//	listen ADDR:PORT|- (MaybeRunProbe only) bind (not with -) and listen on a
+//	                   TCP socket, report the port, and hold it until stdin closes
+//	udpsock ADDR:PORT  (MaybeRunProbe only) bind a UDP socket, report the port,
+//	                   then for each line on stdin: "send ADDR:PORT" sends
+//	                   "ping" there; "recv MARKER" reads datagrams until one
+//	                   says MARKER and reports them all, comma separated
+//	udpbench ADDR N    (MaybeRunProbe only) like connectbench: for each line on
+//	                   stdin, N sendto+recvfrom round trips to a UDP echo at ADDR
 //	flood ADDR N RATE  sendto N datagrams (paced to RATE/s, 0: flat out); the rate achieved
 //	api-list SOCKET    list sessions through the daemon's API: the HTTP status
 //	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
@@ -219,6 +238,9 @@ func Probe(action string) string {
 		return flood(arg)
 	case "dialname":
 		return dialName(arg)
+	}
+	if verb == "bindtcp" || verb == "bindudp" {
+		return bindProbe(verb, arg)
 	}
 	if verb == "raw" {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
@@ -364,6 +386,169 @@ func connectBench(out *os.File, arg string) {
 			}
 			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 			unix.Close(fd)
+		}
+		wall := time.Since(start)
+		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &cpu1)
+		fmt.Fprintf(out, "%d %d/%d\n", os.Getpid(), wall.Nanoseconds()/int64(n), (cpu1.Nano()-cpu0.Nano())/int64(n))
+	}
+}
+
+// sockaddr is ap as the socket address of its family; a v4-mapped address
+// gets an AF_INET6 socket.
+func sockaddr(ap netip.AddrPort) (int, unix.Sockaddr) {
+	if ap.Addr().Is4() {
+		return unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	}
+	return unix.AF_INET6, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+}
+
+func localPort(fd int) int {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return 0
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return sa.Port
+	case *unix.SockaddrInet6:
+		return sa.Port
+	}
+	return 0
+}
+
+// bound is a socket of typ bound to arg ("-": not bound).
+func bound(typ int, arg string) (int, error) {
+	family, sa := unix.AF_INET, unix.Sockaddr(nil)
+	if arg != "-" {
+		ap, err := netip.ParseAddrPort(arg)
+		if err != nil {
+			return -1, err
+		}
+		family, sa = sockaddr(ap)
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if sa != nil {
+		if err := unix.Bind(fd, sa); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+	}
+	return fd, nil
+}
+
+func bindProbe(verb, arg string) string {
+	typ := unix.SOCK_STREAM
+	if verb == "bindudp" {
+		typ = unix.SOCK_DGRAM
+	}
+	fd, err := bound(typ, arg)
+	if err != nil {
+		return errName(err)
+	}
+	unix.Close(fd)
+	return "ok"
+}
+
+// listen reports the port of a listening socket and holds it until stdin
+// closes.
+func listen(out *os.File, arg string) {
+	fd, err := bound(unix.SOCK_STREAM, arg)
+	if err == nil {
+		err = unix.Listen(fd, 128)
+	}
+	if err != nil {
+		fmt.Fprintf(out, "%d %s\n", os.Getpid(), errName(err))
+		return
+	}
+	fmt.Fprintf(out, "%d %d\n", os.Getpid(), localPort(fd))
+	io.Copy(io.Discard, os.Stdin)
+	unix.Close(fd)
+}
+
+// udpSock is a member's UDP socket driven line by line (see Probe).
+func udpSock(out *os.File, arg string) {
+	pid := os.Getpid()
+	fd, err := bound(unix.SOCK_DGRAM, arg)
+	if err != nil {
+		fmt.Fprintf(out, "%d %s\n", pid, errName(err))
+		return
+	}
+	defer unix.Close(fd)
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 20})
+	fmt.Fprintf(out, "%d %d\n", pid, localPort(fd))
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		cmd, a, _ := strings.Cut(in.Text(), " ")
+		switch cmd {
+		case "send":
+			ap, err := netip.ParseAddrPort(a)
+			if err != nil {
+				fmt.Fprintf(out, "%d badaddr\n", pid)
+				continue
+			}
+			_, sa := sockaddr(ap)
+			res := "ok"
+			if err := unix.Sendto(fd, []byte("ping"), 0, sa); err != nil {
+				res = errName(err)
+			}
+			fmt.Fprintf(out, "%d %s\n", pid, res)
+		case "recv":
+			var got []string
+			buf := make([]byte, 512)
+			for {
+				n, _, err := unix.Recvfrom(fd, buf, 0)
+				if err != nil {
+					got = append(got, errName(err))
+					break
+				}
+				got = append(got, string(buf[:n]))
+				if string(buf[:n]) == a {
+					break
+				}
+			}
+			fmt.Fprintf(out, "%d %s\n", pid, strings.Join(got, ","))
+		}
+	}
+}
+
+// udpBench is connectBench for UDP: N sendto+recvfrom round trips to an
+// echo at addr from one unconnected socket, per line on stdin.
+func udpBench(out *os.File, arg string) {
+	var addr string
+	var n int
+	fmt.Sscan(arg, &addr, &n)
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || n <= 0 {
+		fmt.Fprintf(out, "%d badarg\n", os.Getpid())
+		return
+	}
+	family, sa := sockaddr(ap)
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fmt.Fprintf(out, "%d %s\n", os.Getpid(), errName(err))
+		return
+	}
+	defer unix.Close(fd)
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
+	runtime.LockOSThread()
+	var cpu0, cpu1 unix.Timespec
+	buf := make([]byte, 64)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &cpu0)
+		start := time.Now()
+		for range n {
+			err := unix.Sendto(fd, []byte("ping"), 0, sa)
+			if err == nil {
+				_, _, err = unix.Recvfrom(fd, buf, 0)
+			}
+			if err != nil {
+				fmt.Fprintf(out, "%d %s\n", os.Getpid(), errName(err))
+				return
+			}
 		}
 		wall := time.Since(start)
 		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &cpu1)
@@ -605,6 +790,28 @@ func Serve(tb testing.TB, addr string) netip.AddrPort {
 		}
 	}()
 	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// ServeUDP echoes every datagram sent to a UDP socket on addr back to its
+// sender.
+func ServeUDP(tb testing.TB, addr string) netip.AddrPort {
+	tb.Helper()
+	c, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			c.WriteTo(buf[:n], from)
+		}
+	}()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 // Attached counts the connect4 programs attached to a cgroup, to check

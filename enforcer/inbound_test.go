@@ -1,0 +1,353 @@
+package enforcer
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/scope"
+)
+
+// Inbound is in scope: a member binds only ports an in: rule names, and
+// only peers its scope admits reach its sockets (gate.c, gate_ingress).
+// Peers here are this test process, which is in no session.
+
+// freePorts returns n TCP and UDP ports free on loopback right now.
+func freePorts(t *testing.T, n int) []uint16 {
+	t.Helper()
+	var out []uint16
+	for len(out) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).AddrPort().Port()
+		l.Close()
+		if u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			u.Close()
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// hostText is a's host prefix as a rule writes it.
+func hostText(a netip.Addr) string {
+	if a.Is6() {
+		return fmt.Sprintf("[%s]/128", a)
+	}
+	return a.String() + "/32"
+}
+
+// rescope replaces the scope of the session in slot (generation 1) with
+// rules, as narrowing or widening by the registry would.
+func (f *fixture) rescope(t *testing.T, slot uint32, rules ...string) {
+	t.Helper()
+	var rs []scope.Rule
+	for _, text := range rules {
+		r, err := scope.Parse(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	entries, err := scope.Compile(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.g.WriteScope(slot, 1, entries); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.g.DeleteScope(slot, entries) })
+}
+
+// listener starts a member listening on addr ("-": listen without bind) and
+// returns its pid and port.
+func listener(t *testing.T, cg, addr string) (int, uint16) {
+	t.Helper()
+	p := gatetest.Start(t, cg, gatetest.Options{}, false, "listen "+addr)
+	res, pid := p.Next()
+	port, err := strconv.Atoi(res)
+	if err != nil {
+		t.Fatalf("member listen %s: %s", addr, res)
+	}
+	return pid, uint16(port)
+}
+
+// dial starts a nonblocking connect from this process and returns the
+// socket and its local port.
+func dial(t *testing.T, to netip.AddrPort) (int, uint16) {
+	t.Helper()
+	family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()})
+	if to.Addr().Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+		t.Fatalf("connect %s: %v", to, err)
+	}
+	sn, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch sn := sn.(type) {
+	case *unix.SockaddrInet4:
+		return fd, uint16(sn.Port)
+	case *unix.SockaddrInet6:
+		return fd, uint16(sn.Port)
+	}
+	t.Fatalf("sockname %T", sn)
+	return 0, 0
+}
+
+// connected waits up to wait for a nonblocking connect to finish and
+// reports whether it did, successfully.
+func connected(t *testing.T, fd int, wait time.Duration) bool {
+	t.Helper()
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	n, err := unix.Poll(pfd, int(wait.Milliseconds()))
+	if err != nil && err != unix.EINTR {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		return false
+	}
+	soErr, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	return soErr == 0
+}
+
+// refused asserts that a connect from this process to the member listener
+// at to is refused: the gate records dropping it, and the handshake never
+// completes (a SYN-ACK, had there been one, came before the record).
+func (f *fixture) refused(t *testing.T, pid int, to netip.AddrPort, verdict Verdict) Event {
+	t.Helper()
+	fd, port := dial(t, to)
+	ev := f.waitEvent(t, pid, func(e Event) bool { return e.Hook.Inbound() && e.Dest.Port() == port })
+	if verdict == VerdictDenied && connected(t, fd, 0) {
+		t.Errorf("connect to %s completed although the gate dropped its SYN", to)
+	}
+	if ev.Verdict != verdict || ev.Reason != ReasonNoRule || ev.Local.Port() != to.Port() || ev.Protocol != unix.IPPROTO_TCP || ev.Rule != NoRule {
+		t.Errorf("inbound record: %+v", ev)
+	}
+	return ev
+}
+
+func admitted(t *testing.T, to netip.AddrPort) {
+	t.Helper()
+	fd, _ := dial(t, to)
+	if !connected(t, fd, 10*time.Second) {
+		t.Errorf("connect to %s did not complete", to)
+	}
+}
+
+func TestBindNeedsInRule(t *testing.T) {
+	f := setup(t)
+	p := freePorts(t, 2)
+	named, unnamed := p[0], p[1]
+	cg := f.session(t, sessionSpec{slot: 40, rules: []string{fmt.Sprintf("in:tcp://127.0.0.1/32:%d", named)}})
+	res := gatetest.Run(t, cg, gatetest.Options{},
+		fmt.Sprintf("bindtcp 127.0.0.1:%d", named),
+		fmt.Sprintf("bindtcp 127.0.0.1:%d", unnamed),
+		fmt.Sprintf("bindudp 127.0.0.1:%d", named), // the rule is TCP only
+		"bindtcp 127.0.0.1:0",                      // an ephemeral port: judged per packet
+		fmt.Sprintf("bindtcp [::]:%d", named),      // the port is the member's, whatever the address
+		fmt.Sprintf("bindtcp [::]:%d", unnamed),
+		fmt.Sprintf("bindtcp [::ffff:127.0.0.1]:%d", unnamed),
+		fmt.Sprintf("bindtcp 0.0.0.0:%d", unnamed),
+	)
+	expect(t, res, "ok", "EPERM", "EPERM", "ok", "ok", "EPERM", "EPERM", "EPERM")
+	ev := f.waitEvent(t, res[1].PID, func(e Event) bool { return e.Hook == HookBind4 && e.Verdict != VerdictAllowed })
+	if ev.Verdict != VerdictDenied || ev.Reason != ReasonNoRule || ev.Dest != netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", unnamed)) || ev.Protocol != unix.IPPROTO_TCP {
+		t.Errorf("bind record: %+v", ev)
+	}
+	ev = f.waitEvent(t, res[6].PID, func(e Event) bool { return e.Hook == HookBind6 && e.Dest.Addr().Is4() })
+	if ev.Verdict != VerdictDenied || ev.Dest.Port() != unnamed {
+		t.Errorf("v4-mapped bind record should carry the IPv4 address: %+v", ev)
+	}
+	// Outside a session, binding is not judged.
+	expect(t, gatetest.Run(t, "", gatetest.Options{}, fmt.Sprintf("bindtcp 127.0.0.1:%d", unnamed)), "ok")
+}
+
+func TestInboundTCP(t *testing.T) {
+	for _, c := range []struct {
+		name, listen string
+		peer         netip.Addr
+		in           string // an in: rule for the peer, %d the port
+	}{
+		{"v4", "127.0.0.1:0", netip.MustParseAddr("127.0.0.1"), "in:tcp://127.0.0.1/32:%d"},
+		{"listen without bind", "-", netip.MustParseAddr("127.0.0.1"), "in:tcp://127.0.0.0/8:%d"},
+		{"v6", "[::1]:0", netip.MustParseAddr("::1"), "in:tcp://[::1]:%d"},
+		{"dual-stack, v4 peer", "[::]:0", netip.MustParseAddr("127.0.0.1"), "in:[::ffff:127.0.0.1]:%d"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := setup(t)
+			out := "tcp://127.0.0.1"
+			if c.peer.Is6() {
+				out = "tcp://[::1]"
+			}
+			cg := f.session(t, sessionSpec{slot: 41, rules: []string{out}})
+			pid, port := listener(t, cg, c.listen)
+			to := netip.AddrPortFrom(c.peer, port)
+
+			ev := f.refused(t, pid, to, VerdictDenied)
+			want := HookIngress4
+			if c.peer.Is6() {
+				want = HookIngress6
+			}
+			if ev.Hook != want || ev.Dest.Addr() != c.peer || ev.Local.Addr() != c.peer || ev.Slot != 41 {
+				t.Errorf("inbound record: %+v", ev)
+			}
+			// A member of the same session needs no rule on loopback.
+			expect(t, gatetest.Run(t, cg, gatetest.Options{}, "tcp "+to.String()), "ok")
+
+			// An in: rule for other peers or another port changes nothing.
+			other := netip.MustParseAddr("127.0.0.2")
+			if c.peer.Is6() {
+				other = netip.MustParseAddr("::2")
+			}
+			f.rescope(t, 41, out, fmt.Sprintf("in:tcp://%s:%d", hostText(other), port),
+				fmt.Sprintf(c.in, port+1))
+			f.refused(t, pid, to, VerdictDenied)
+			// One naming the peer and the port admits it.
+			f.rescope(t, 41, out, fmt.Sprintf(c.in, port))
+			admitted(t, to)
+		})
+	}
+}
+
+// A session in audit mode lets the peer in and records would_deny.
+func TestInboundAuditMode(t *testing.T) {
+	f := setup(t)
+	cg := f.session(t, sessionSpec{slot: 42, rules: []string{"tcp://127.0.0.1"}, mode: ModeAudit})
+	pid, port := listener(t, cg, "127.0.0.1:0")
+	to := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	f.refused(t, pid, to, VerdictWouldDeny)
+	admitted(t, to)
+}
+
+// A member's unconnected UDP socket receives replies from destinations in
+// its scope, and datagrams from other peers only with an in: rule.
+func TestInboundUDP(t *testing.T) {
+	for _, c := range []struct {
+		name, bind string
+		lo         netip.Addr
+	}{
+		{"v4", "127.0.0.1:0", netip.MustParseAddr("127.0.0.1")},
+		{"v6", "[::1]:0", netip.MustParseAddr("::1")},
+		{"dual-stack, v4 peer", "[::]:0", netip.MustParseAddr("127.0.0.1")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := setup(t)
+			network := "udp4"
+			if c.lo.Is6() {
+				network = "udp6"
+			}
+			api, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.lo, 0)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer api.Close()
+			apiAddr := api.LocalAddr().(*net.UDPAddr).AddrPort()
+			out := "udp://" + apiAddr.String()
+			cg := f.session(t, sessionSpec{slot: 43, rules: []string{out}})
+			member := gatetest.Start(t, cg, gatetest.Options{}, false, "udpsock "+c.bind)
+			res, pid := member.Next()
+			port, err := strconv.Atoi(res)
+			if err != nil {
+				t.Fatalf("member udp socket: %s", res)
+			}
+			memberAddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.lo, uint16(port)))
+
+			member.Send("send " + apiAddr.String())
+			if res, _ := member.Next(); res != "ok" {
+				t.Fatalf("member send to its API: %s", res)
+			}
+			peer, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.lo, 0)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer peer.Close()
+			peerPort := peer.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+
+			peer.WriteToUDP([]byte("unnamed"), memberAddr)
+			ev := f.waitEvent(t, pid, func(e Event) bool { return e.Hook.Inbound() && e.Dest.Port() == peerPort })
+			if ev.Verdict != VerdictDenied || ev.Protocol != unix.IPPROTO_UDP || ev.Local.Port() != uint16(port) || ev.Dest.Addr() != c.lo {
+				t.Errorf("inbound record: %+v", ev)
+			}
+			// The reply of the API in scope arrives; the unnamed datagram,
+			// sent first, never did.
+			api.WriteToUDP([]byte("reply"), memberAddr)
+			member.Send("recv reply")
+			if res, _ := member.Next(); res != "reply" {
+				t.Errorf("member received %q, want only the API's reply", res)
+			}
+			// With an in: rule the peer gets through.
+			f.rescope(t, 43, out, fmt.Sprintf("in:udp://%s:%d", hostText(c.lo), port))
+			peer.WriteToUDP([]byte("named"), memberAddr)
+			member.Send("recv named")
+			if res, _ := member.Next(); res != "named" {
+				t.Errorf("member received %q, want the named peer's datagram", res)
+			}
+		})
+	}
+}
+
+// A flood of refused peers is recorded at most AF_INBOUND_RECORDS a second
+// per session; the rest are counted and reported with the next record.
+func TestInboundRecordsRateLimited(t *testing.T) {
+	f := setup(t)
+	cg := f.session(t, sessionSpec{slot: 44, rules: []string{"udp://127.0.0.1:9"}})
+	member := gatetest.Start(t, cg, gatetest.Options{}, false, "udpsock 127.0.0.1:0")
+	res, pid := member.Next()
+	port, err := strconv.Atoi(res)
+	if err != nil {
+		t.Fatalf("member udp socket: %s", res)
+	}
+	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
+	before, _ := f.g.Stats()
+	const flood = 500
+	start := time.Now()
+	for range flood {
+		peer.WriteToUDP([]byte("x"), to)
+	}
+	after, _ := f.g.Stats()
+	if got := after.Denied - before.Denied; got != flood {
+		t.Errorf("gate counted %d refusals, want %d", got, flood)
+	}
+	if time.Since(start) > time.Second {
+		t.Skip("the flood took over a second: the window reopened")
+	}
+	// The first window's records, then one more after it carries the count.
+	f.waitEvent(t, pid, func(e Event) bool { return e.Hook.Inbound() })
+	for time.Since(start) <= time.Second {
+		time.Sleep(time.Second - time.Since(start) + time.Millisecond)
+	}
+	peer.WriteToUDP([]byte("x"), to)
+	ev := f.waitEvent(t, pid, func(e Event) bool { return e.Hook.Inbound() && e.Suppressed > 0 })
+	f.mu.Lock()
+	n := 0
+	for _, e := range f.events {
+		if e.Hook.Inbound() && int(e.PID) == pid {
+			n++
+		}
+	}
+	f.mu.Unlock()
+	if n != 33 || ev.Suppressed != flood-32 {
+		t.Errorf("%d inbound records, the last reporting %d suppressed; want 33 and %d", n, ev.Suppressed, flood-32)
+	}
+}
