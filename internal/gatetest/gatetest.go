@@ -204,6 +204,7 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	connectbench ADDR N (MaybeRunProbe only) for each line on stdin, N
 //	                   connect+close to ADDR (IPv4); reports wall-clock and
 //	                   thread CPU ns per connect, as "WALL/CPU"
+//	socket F T P       socket(F, T, P), numbers as in C: "ok" or the errno
 //	flood ADDR N RATE  sendto N datagrams (paced to RATE/s, 0: flat out); the rate achieved
 //	api-list SOCKET    list sessions through the daemon's API: the HTTP status
 //	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
@@ -219,6 +220,18 @@ func Probe(action string) string {
 		return flood(arg)
 	case "dialname":
 		return dialName(arg)
+	}
+	if verb == "socket" {
+		var family, typ, proto int
+		if _, err := fmt.Sscan(arg, &family, &typ, &proto); err != nil {
+			return "badargs"
+		}
+		fd, err := unix.Socket(family, typ, proto)
+		if err != nil {
+			return errName(err)
+		}
+		unix.Close(fd)
+		return "ok"
 	}
 	if verb == "raw" {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
@@ -517,6 +530,17 @@ func command(tb testing.TB, cgroupPath string, opts Options, w *os.File, actions
 // It returns when every process holding the result pipe has exited.
 func Run(tb testing.TB, cgroupPath string, opts Options, actions ...string) []Result {
 	tb.Helper()
+	out, _, output := RunStatus(tb, cgroupPath, opts, actions...)
+	if len(out) != len(actions) {
+		tb.Fatalf("probe gave %d results for %d actions: %s", len(out), len(actions), output)
+	}
+	return out
+}
+
+// RunStatus is Run for a probe that may not finish its actions (one the
+// kernel kills): the results it gave, how it ended, and what it wrote.
+func RunStatus(tb testing.TB, cgroupPath string, opts Options, actions ...string) ([]Result, *os.ProcessState, string) {
+	tb.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		tb.Fatal(err)
@@ -539,16 +563,16 @@ func Run(tb testing.TB, cgroupPath string, opts Options, actions ...string) []Re
 	cmd.Wait()
 	var out []Result
 	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		if line == "" {
+			continue
+		}
 		var res Result
 		if _, err := fmt.Sscan(line, &res.PID, &res.Result); err != nil {
 			tb.Fatalf("bad probe output %q (stderr: %s)", buf.String(), stderr.String())
 		}
 		out = append(out, res)
 	}
-	if len(out) != len(actions) {
-		tb.Fatalf("probe gave %d results for %d actions: %q", len(out), len(actions), buf.String())
-	}
-	return out
+	return out, cmd.ProcessState, fmt.Sprintf("%q (stderr: %s)", buf.String(), stderr.String())
 }
 
 // ExecutableCopy copies the test binary to a directory every user may read
