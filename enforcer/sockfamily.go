@@ -46,6 +46,8 @@ type families struct {
 	objs  sockfamilyObjects
 	links []link.Link
 	layer FamilyLayer
+	// lsmErr is why not FamiliesLSM where the kernel runs the BPF LSM.
+	lsmErr error
 }
 
 // lsmFile lists the active LSMs; securityfs may need mounting first.
@@ -95,9 +97,14 @@ func loadFamilies(gate *gateObjects, linkDir string, noLSM bool) (*families, err
 	lsm := !noLSM && bpfLSMActive()
 	f, err := attachFamilies(gate, linkDir, lsm)
 	if err != nil && lsm {
-		// The LSM program would not load or attach: the exit program
-		// alone still records and applies the drift action.
+		// The LSM program would not load or attach (a kernel without BPF
+		// trampolines): the exit program alone still records and applies
+		// the drift action.
+		lsmErr := err
 		f, err = attachFamilies(gate, linkDir, false)
+		if f != nil {
+			f.lsmErr = lsmErr
+		}
 	}
 	return f, err
 }
@@ -195,12 +202,13 @@ func (f *families) close(pinned bool) error {
 }
 
 // SocketFamilies says which layer keeps members from sockets of other
-// families on this host, and, for FamiliesNone, why.
+// families on this host and, below FamiliesLSM, why not a stronger one
+// (nil where the kernel does not run the BPF LSM at all).
 func (g *Gate) SocketFamilies() (FamilyLayer, error) {
 	if g.fam == nil {
 		return FamiliesNone, g.famErr
 	}
-	return g.fam.layer, nil
+	return g.fam.layer, g.fam.lsmErr
 }
 
 // familyNames are the socket families records name; others are family_N.
