@@ -183,6 +183,12 @@ func (p *Proc) Next() (string, int) {
 	return res, pid
 }
 
+// Wait waits for the probe to exit and says how it ended.
+func (p *Proc) Wait() *os.ProcessState {
+	p.cmd.Wait()
+	return p.cmd.ProcessState
+}
+
 // Go lets a gated probe go on.
 func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 
@@ -205,6 +211,7 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	                   connect+close to ADDR (IPv4); reports wall-clock and
 //	                   thread CPU ns per connect, as "WALL/CPU"
 //	socket F T P       socket(F, T, P), numbers as in C: "ok" or the errno
+//	uring ADDR:PORT    connect a TCP socket (IPv4) through io_uring
 //	flood ADDR N RATE  sendto N datagrams (paced to RATE/s, 0: flat out); the rate achieved
 //	api-list SOCKET    list sessions through the daemon's API: the HTTP status
 //	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
@@ -220,6 +227,8 @@ func Probe(action string) string {
 		return flood(arg)
 	case "dialname":
 		return dialName(arg)
+	case "uring":
+		return uringConnect(arg)
 	}
 	if verb == "socket" {
 		var family, typ, proto int
