@@ -22,11 +22,11 @@ import (
 
 // Object names, as ObjectCheck.Name and VerifyOptions.Break spell them.
 const (
-	ObjectGate       = "gate"
-	ObjectHostnames  = "hostnames"
+	ObjectGate      = "gate"
+	ObjectHostnames = "hostnames"
 	// ObjectSocketFamilies: bpf/sockfamily.c (sockfamily.go).
 	ObjectSocketFamilies = "socket_families"
-	ObjectTaskLister = "task_lister"
+	ObjectTaskLister     = "task_lister"
 )
 
 // ObjectCheck is the outcome of loading one BPF object into the kernel
