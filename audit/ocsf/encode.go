@@ -77,6 +77,7 @@ func appendEvent(dst []byte, ev *Event) []byte {
 		dst = appendOptString(dst, `,"ip":`, p.IP)
 		dst = appendOptUint(dst, `,"port":`, uint64(p.Port))
 		dst = appendOptString(dst, `,"hostname":`, p.Hostname)
+		dst = appendOptString(dst, `,"name":`, p.Name)
 		dst = append(dst, '}')
 	}
 	if c := ev.ConnectionInfo; c != nil {
@@ -262,6 +263,16 @@ func appendAgentfence(dst []byte, u *AgentfenceData) []byte {
 	if e := u.Escape; e != nil {
 		dst = append(dst, `,"escape":`...)
 		dst = appendEscape(dst, e)
+	}
+	if s := u.Socket; s != nil {
+		dst = append(dst, `,"socket":{"family":`...)
+		dst = appendString(dst, s.Family)
+		dst = append(dst, `,"type":`...)
+		dst = appendString(dst, s.Type)
+		dst = append(dst, `,"protocol":`...)
+		dst = strconv.AppendInt(dst, int64(s.Protocol), 10)
+		dst = appendOptString(dst, `,"refused_by":`, s.RefusedBy)
+		dst = append(dst, '}')
 	}
 	return append(dst, '}')
 }
