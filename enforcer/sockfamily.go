@@ -53,10 +53,10 @@ type families struct {
 // lsmFile lists the active LSMs; securityfs may need mounting first.
 const lsmFile = "/sys/kernel/security/lsm"
 
-// bpfLSMActive reports whether the kernel runs the BPF LSM: a program
+// BPFLSMActive reports whether the kernel runs the BPF LSM: a program
 // attached to an LSM hook where it does not is never called, so the file,
 // not a successful attach, decides.
-func bpfLSMActive() bool {
+func BPFLSMActive() bool {
 	b, err := os.ReadFile(lsmFile)
 	if errors.Is(err, os.ErrNotExist) {
 		// Not mounted (a container's /sys, say): mount it, once.
@@ -94,7 +94,7 @@ func sockfamilySpec(lsm bool) (*ebpf.CollectionSpec, error) {
 // syscall exit program in any case. Links are pinned under linkDir when it
 // is set, so the refusal outlives the daemon like the gate does.
 func loadFamilies(gate *gateObjects, linkDir string, noLSM bool) (*families, error) {
-	lsm := !noLSM && bpfLSMActive()
+	lsm := !noLSM && BPFLSMActive()
 	f, err := attachFamilies(gate, linkDir, lsm)
 	if err != nil && lsm {
 		// The LSM program would not load or attach (a kernel without BPF

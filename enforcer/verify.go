@@ -131,7 +131,7 @@ func verifyFamilies(c *ObjectCheck, shared map[string]*ebpf.Map, cache *btf.Cach
 		}
 		VerifySpec(c, spec, pick(shared, slices.Collect(maps.Keys(spec.Maps))...), cache, broken)
 	}
-	if bpfLSMActive() {
+	if BPFLSMActive() {
 		if verify(true); c.Err == nil {
 			c.Layer = FamiliesLSM
 			return
