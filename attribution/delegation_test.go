@@ -106,6 +106,7 @@ func TestDelegatedOpenRejected(t *testing.T) {
 		{"other hostname", OpenRequest{Intent: "x", Scope: []string{"api.example.com:443", "evil.example.com:443"}}, CodeInvalid, "scope[1]"},
 		{"address for a hostname", OpenRequest{Intent: "x", Scope: []string{"api.example.com"}}, CodeInvalid, "scope[0]"},
 		{"two-label wildcard", OpenRequest{Intent: "x", Scope: []string{"a.b.slack.com:443"}}, CodeInvalid, "scope[0]"},
+		{"in: rule under out rules", OpenRequest{Intent: "x", Scope: []string{"10.0.0.0/8:443", "in:10.0.0.0/8:443"}}, CodeInvalid, "scope[1]"},
 		{"audit under enforce", OpenRequest{Intent: "x", Mode: "audit", Scope: []string{"10.0.0.0/8:443"}}, CodeInvalid, "mode"},
 		{"agent origin naming another session", OpenRequest{Intent: "x", Origin: &Origin{Kind: "agent", Principal: "B"}}, CodeInvalid, "origin.principal"},
 	}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
@@ -72,9 +75,39 @@ func (j *Joiner) Record(ev enforcer.Event) audit.Record {
 	} else if ev.Hook == enforcer.HookSockCreate {
 		rec.Destination = &audit.Destination{Protocol: protoName(ev.Protocol)}
 	}
+	if ev.Socket != nil {
+		socketOutcome(&rec, ev)
+	}
 	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
 	j.attribute(&rec, ev.Slot, ev.Gen, ev.Rule)
 	return rec
+}
+
+// socketOutcome fills a record of a socket of a family no cgroup hook
+// judges: which layer refused it, or, for one that was created, verdict
+// detected (the kernel applied the session's drift action).
+func socketOutcome(rec *audit.Record, ev enforcer.Event) {
+	s := ev.Socket
+	rec.Socket = &audit.Socket{Family: enforcer.FamilyName(s.Family), Type: enforcer.SocketTypeName(s.Type),
+		Protocol: s.Protocol}
+	switch {
+	case ev.Hook == enforcer.HookLSMSocket:
+		rec.Socket.RefusedBy = "bpf_lsm"
+		if ev.Verdict != enforcer.VerdictDenied {
+			rec.Socket.RefusedBy = "" // audit mode: it was let through
+		}
+	case s.Result >= 0:
+		rec.Outcome.Verdict = audit.VerdictDetected
+	default:
+		errno := syscall.Errno(-s.Result)
+		rec.Outcome.Errno = unix.ErrnoName(errno)
+		// `agentfence run`'s filter answers EAFNOSUPPORT; the kernel says
+		// EPERM (no CAP_NET_RAW) or, for a family it lacks, the same.
+		rec.Socket.RefusedBy = "kernel"
+		if errno == unix.EAFNOSUPPORT {
+			rec.Socket.RefusedBy = "seccomp"
+		}
+	}
 }
 
 // escapeRecord is the record of a member's attempt to leave its session

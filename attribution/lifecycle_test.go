@@ -48,6 +48,12 @@ func TestIntersect(t *testing.T) {
 		{[]string{"api.example.com:443"}, []string{"api.example.com"}, []string{"api.example.com:443"}},
 		{[]string{"api.example.com:443"}, []string{"0.0.0.0/0"}, []string{}},
 		{[]string{"10.0.0.0/8"}, []string{"api.example.com"}, []string{}},
+		// Directions never mix: an in: rule is no outbound permission, nor
+		// the reverse.
+		{[]string{"in:10.0.0.0/8:443"}, []string{"10.0.0.0/8"}, []string{}},
+		{[]string{"10.0.0.0/8:443"}, []string{"in:10.0.0.0/8"}, []string{}},
+		{[]string{"in:10.0.0.0/8"}, []string{"in:tcp://10.1.0.0/16:8080", "10.0.0.0/8"}, []string{"in:tcp://10.1.0.0/16:8080"}},
+		{[]string{"in:essential,10.1.2.0/24:80-90"}, []string{"in:10.0.0.0/8:85-100"}, []string{"in:essential,10.1.2.0/24:85-90"}},
 	}
 	for _, tc := range cases {
 		got := texts(intersect(rules(t, tc.rules...), rules(t, tc.parent...)))

@@ -51,6 +51,7 @@ func TestOpenValidation(t *testing.T) {
 		{"ttl above max", ok(func(r *OpenRequest) { r.TTL = "24h0m1s" }), CodeInvalid, "ttl"},
 		{"bad rule", ok(func(r *OpenRequest) { r.Scope = []string{"10.0.0.0/8:443", "ftp://10.0.0.1"} }), CodeInvalid, "scope[1]"},
 		{"host bits set", ok(func(r *OpenRequest) { r.Scope = []string{"10.0.0.1/8"} }), CodeInvalid, "scope[0]"},
+		{"in: on a hostname", ok(func(r *OpenRequest) { r.Scope = []string{"in:api.example.com:443"} }), CodeInvalid, "scope[0]"},
 		{"empty rule", ok(func(r *OpenRequest) { r.Scope = []string{"1.1.1.1", "  "} }), CodeInvalid, "scope[1]"},
 		{"too many rules", ok(func(r *OpenRequest) { r.Scope = tooManyRules }), CodeInvalid, "scope"},
 		{"too many rules cover one address", ok(func(r *OpenRequest) { r.Scope = crowded }), CodeInvalid, "scope"},

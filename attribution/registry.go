@@ -475,7 +475,8 @@ func hasHostnames(rules []scope.Rule) bool {
 
 func (r *Registry) kernelState(e *entry, mode enforcer.Mode) enforcer.SessionState {
 	return enforcer.SessionState{Gen: e.gen, ExpiresNS: r.clock.Boot(e.ExpiresAt), State: enforcer.StateActive, Mode: mode,
-		Budget: r.cfg.ViolationBudget, QuarantineOnBudget: r.cfg.DriftAction != "none"}
+		Budget: r.cfg.ViolationBudget, QuarantineOnBudget: r.cfg.DriftAction != "none",
+		KillOnDrift: r.cfg.DriftAction == "kill"}
 }
 
 func (r *Registry) add(e *entry) {

@@ -19,8 +19,9 @@ const (
 	// KindDestroy is a connection of a session member destroyed because
 	// the session was revoked, expired, narrowed or quarantined.
 	KindDestroy = "destroy"
-	// KindSocket is a socket a session member may not create (raw, or an
-	// inet protocol other than TCP and UDP).
+	// KindSocket is a socket a session member may not create: raw, an inet
+	// protocol other than TCP and UDP, or a family other than unix,
+	// netlink and inet (socket says which).
 	KindSocket = "socket"
 	// KindEscape is an attempt by a session member to leave its session,
 	// for example by moving to another cgroup. The member stays in its
@@ -44,6 +45,9 @@ const (
 	// VerdictFlagged: the kernel saw the act and did not stop it, and the
 	// act changed nothing for the gate (an escape attempt).
 	VerdictFlagged = "flagged"
+	// VerdictDetected: the kernel saw the act only after it happened (a
+	// socket no hook could refuse); the session's drift action followed.
+	VerdictDetected = "detected"
 )
 
 // Record is one audit record. Nested objects answer the five attribution
@@ -67,6 +71,7 @@ type Record struct {
 	Outcome *Outcome     `json:"outcome,omitempty"`
 	Gap     *Gap         `json:"gap,omitempty"`
 	Escape  *Escape      `json:"escape,omitempty"`
+	Socket  *Socket      `json:"socket,omitempty"`
 	// Event names the lifecycle step for kind=session records
 	// (opened, bound, narrowed, quarantined, revoked, expired, closed).
 	Event string `json:"event,omitempty"`
@@ -124,6 +129,18 @@ type Destination struct {
 	Port     uint16 `json:"port"`
 	Protocol string `json:"protocol"` // tcp, udp
 	Hostname string `json:"hostname,omitempty"`
+}
+
+// Socket is a member's socket of a family no cgroup hook judges (kind
+// socket, outcome.reason socket_family).
+type Socket struct {
+	Family   string `json:"family"` // packet, xdp, vsock, ... or family_N
+	Type     string `json:"type"`   // raw, dgram, stream, seqpacket, ... or type_N
+	Protocol int    `json:"protocol"`
+	// RefusedBy is the layer that refused it: bpf_lsm, seccomp (the filter
+	// `agentfence run` installs) or kernel (for example for lack of
+	// CAP_NET_RAW). Empty when the socket was created (verdict detected).
+	RefusedBy string `json:"refused_by,omitempty"`
 }
 
 // Outcome is what the kernel decided and why.

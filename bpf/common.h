@@ -7,8 +7,10 @@
 
 // Socket constants, written out: the libc and uapi headers that define them
 // do not build for the BPF target.
+#define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
+#define AF_NETLINK 16
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
 #define IPPROTO_TCP 6

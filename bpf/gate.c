@@ -268,8 +268,8 @@ static __always_inline void emit(struct binding *b, __u32 tgid, __u32 tid, __u64
 	e->verdict = verdict;
 	e->reason = reason;
 	e->quarantined_now = quarantined_now;
-	e->_pad[0] = 0;
-	e->_pad[1] = 0;
+	e->sock_family = 0;
+	e->sock_type = 0;
 	e->name_flags = d->via_name;
 	e->name_hash = d->name_hash;
 

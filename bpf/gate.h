@@ -25,6 +25,9 @@ enum af_state {
 
 // Session flags.
 #define AF_SESSION_QUARANTINE_ON_BUDGET 1
+// The drift action is kill: a member found holding a socket no hook can
+// judge (sockfamily.c) is killed before the syscall returns to it.
+#define AF_SESSION_KILL_ON_DRIFT 2
 
 enum af_verdict {
 	AF_VERDICT_ALLOWED = 1,
@@ -39,6 +42,7 @@ enum af_reason {
 	AF_REASON_REVOKED = 3,     // the session was revoked
 	AF_REASON_QUARANTINED = 4, // only essential rules match
 	AF_REASON_SOCKET_TYPE = 5, // raw or non-TCP/UDP socket
+	AF_REASON_SOCKET_FAMILY = 16, // a family other than unix, netlink, inet (sockfamily.c)
 };
 
 enum af_hook {
@@ -52,6 +56,10 @@ enum af_hook {
 	AF_HOOK_BIND6 = 9,
 	AF_HOOK_INGRESS4 = 10, // a peer reaches a member's socket
 	AF_HOOK_INGRESS6 = 11,
+	// Sockets of other families (sockfamily.c): the BPF LSM refused or let
+	// one through, or the socket syscall's exit saw its result.
+	AF_HOOK_LSM_SOCKET = 16,
+	AF_HOOK_SYS_SOCKET = 17,
 };
 
 enum af_stat {
@@ -139,7 +147,12 @@ struct gate_event {
 	__u8 verdict;
 	__u8 reason;
 	__u8 quarantined_now; // this decision used up the budget
-	__u8 _pad[2];
+	// Socket events (AF_HOOK_LSM_SOCKET, AF_HOOK_SYS_SOCKET): the socket's
+	// address family and type; port then holds its protocol argument (an
+	// ethertype for AF_PACKET) and name_hash the syscall's result (a file
+	// descriptor, or a negative errno), 0 from the LSM.
+	__u8 sock_family;
+	__u8 sock_type;
 	__u32 name_flags; // 1: allowed through a learned hostname (dns.h)
 	__u64 name_hash;  // that hostname's FNV-1a hash, 0 if none
 	// Inbound (AF_HOOK_INGRESS*): addr and port above are the peer; these

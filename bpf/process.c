@@ -50,6 +50,8 @@ AF_CGROUP_SESSIONS_MAP;
 AF_GATE_EVENTS_MAP;
 AF_GATE_STATS_MAP;
 
+#include "member.h"
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	// 4 MiB holds ~2500 exec records: enough to ride out a fork storm while
@@ -115,69 +117,9 @@ static __always_inline void exe_of(struct file *f, struct exe_id *id)
 	id->dev = BPF_CORE_READ(ino, i_sb, s_dev);
 }
 
-// live returns the session a binding names while its slot still holds the
-// binding's generation: the gate's test (gate.c).
-static __always_inline struct session *live(const struct binding *b)
-{
-	if (!b)
-		return 0;
-	__u32 slot = b->slot;
-	struct session *s = bpf_map_lookup_elem(&sessions, &slot);
-
-	if (!s || s->gen != b->gen || s->state == AF_STATE_FREE)
-		return 0;
-	return s;
-}
-
-static __always_inline int same_session(const struct binding *a, const struct binding *b)
-{
-	return a->slot == b->slot && a->gen == b->gen;
-}
-
 static __always_inline __u32 netns_of(struct task_struct___af *t)
 {
 	return BPF_CORE_READ(t, nsproxy, net_ns, ns.inum);
-}
-
-// A cgroup walked up from. The gate looks at a task's own cgroup and its
-// ancestors at levels 1 to AF_MAX_CGROUP_DEPTH - 1; the walk starts at the
-// bottom, so it covers those levels for cgroups up to AF_CGROUP_WALK deep.
-// It reads the cgroups with CO-RE rather than the gate's helper, which
-// tracing programs cannot call before Linux 5.12 or so
-// (bpf_get_current_ancestor_cgroup_id), and it works for a task other than
-// the current one (a child at fork, a task being moved).
-#define AF_CGROUP_WALK 32
-
-struct chain {
-	struct binding deepest; // the session the gate would find by cgroup
-	int found;
-	int has_member; // the member's session is bound on the chain
-};
-
-static __always_inline void walk_cgroup(struct cgroup___af *cg, const struct binding *member, struct chain *c)
-{
-	for (int i = 0; i < AF_CGROUP_WALK; i++) {
-		if (!cg)
-			break;
-		int level = BPF_CORE_READ(cg, level);
-
-		if (i == 0 || (level >= 1 && level < AF_MAX_CGROUP_DEPTH)) {
-			__u64 id = BPF_CORE_READ(cg, kn, id);
-			struct binding *b = bpf_map_lookup_elem(&cgroup_sessions, &id);
-
-			if (live(b)) {
-				if (!c->found) {
-					c->deepest = *b;
-					c->found = 1;
-				}
-				if (member && same_session(b, member))
-					c->has_member = 1;
-			}
-		}
-		if (level <= 1)
-			break; // the root is looked at only as a task's own cgroup
-		cg = BPF_CORE_READ(cg, self.parent, cgroup);
-	}
 }
 
 // The pid_sessions entries the process programs write keep, in the
@@ -227,22 +169,10 @@ static __always_inline void report_escape(const struct binding *b, __u8 kind, __
 
 	if (!s || s->gen != b->gen)
 		return;
-	__u8 quarantined_now = 0;
-	// As in gate.c: a plain add and a racy read suffice for a threshold.
-	__sync_fetch_and_add(&s->violations, 1);
-	__u32 violations = s->violations;
-	if (violations > s->budget && (s->flags & AF_SESSION_QUARANTINE_ON_BUDGET) && s->state == AF_STATE_ACTIVE) {
-		s->state = AF_STATE_QUARANTINED;
-		quarantined_now = 1;
-	}
-
+	__u8 quarantined_now = violation(s);
 	struct gate_event *e = bpf_ringbuf_reserve(&gate_events, sizeof(*e), 0);
 	if (!e) {
-		__u32 k = AF_STAT_LOST;
-		__u64 *n = bpf_map_lookup_elem(&gate_stats, &k);
-
-		if (n)
-			*n += 1;
+		lost_event();
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));

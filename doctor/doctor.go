@@ -409,8 +409,7 @@ func checkProgramTypes(st *run) []Check {
 		progCheck(CheckTPBTF, false, ebpf.Tracing,
 			&ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp, AttachTo: "sched_process_exec"},
 			"tp_btf/sched_process_exec", "no tp_btf: process events fall back to raw and classic tracepoints; nothing disabled"),
-		progCheck(CheckLSM, false, ebpf.LSM, nil,
-			"BPF LSM", "no LSM: nothing disabled, agentfence does not need it"),
+		checkLSM(),
 		checkKprobe(),
 	}
 }
@@ -428,6 +427,26 @@ func progCheck(name string, gate bool, pt ebpf.ProgramType, spec *ebpf.ProgramSp
 	c.Status, c.Detail = classify(err)
 	if c.Status == StatusOK {
 		c.Detail = what + " program loads"
+	}
+	return c
+}
+
+// checkLSM probes BPF LSM programs and says whether their hooks would
+// run: a kernel can load them yet not run the bpf LSM (not in lsm=), or run
+// it yet refuse programs (this machine kind: EPERM at load).
+func checkLSM() Check {
+	c := Check{Name: CheckLSM, Impact: "no BPF LSM: sockets of families no cgroup hook sees are watched at the socket syscall's exit instead (see " + CheckObjectFamilies + ")"}
+	active := enforcer.BPFLSMActive()
+	err := features.HaveProgramType(ebpf.LSM)
+	c.Status, c.Detail = classify(err)
+	switch {
+	case err == nil && active:
+		c.Detail = "BPF LSM program loads and the kernel runs the bpf LSM"
+	case err == nil:
+		c.Status = StatusMissing
+		c.Detail = "BPF LSM programs load but bpf is not in the active LSM list (boot with lsm=...,bpf), so their hooks never run"
+	case active:
+		c.Detail = "the kernel runs the bpf LSM but refuses its programs: " + c.Detail
 	}
 	return c
 }

@@ -24,6 +24,7 @@ const (
 	CheckObjectTaskLister = "object/" + enforcer.ObjectTaskLister
 	CheckObjectProcess    = "object/" + sensor.ObjectProcess
 	CheckObjectSockIter   = "object/socket_iterator"
+	CheckObjectFamilies   = "object/" + enforcer.ObjectSocketFamilies
 )
 
 func checkObjects(st *run) []Check {
@@ -77,6 +78,16 @@ func objectCheck(o enforcer.ObjectCheck) Check {
 	c.Detail = fmt.Sprintf("%s; verified in %s", progs, ms(o.Duration))
 	if o.Insns > 0 {
 		c.Detail += fmt.Sprintf(" (%d insns processed)", o.Insns)
+	}
+	switch o.Layer {
+	case enforcer.FamiliesLSM:
+		c.Detail += "; layer bpf_lsm: the BPF LSM refuses members' sockets of other families and records it"
+	case enforcer.FamiliesSyscallExit:
+		why := "the BPF LSM is not active"
+		if o.LSMErr != nil {
+			why = "the kernel runs the BPF LSM but refused the program: " + o.LSMErr.Error()
+		}
+		c.Detail += "; layer syscall_exit (" + why + "): members' sockets of other families are seen at the socket syscall's exit, refusals recorded, a created one quarantines or kills (drift action); `agentfence run` refuses them with seccomp"
 	}
 	return c
 }

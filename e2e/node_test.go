@@ -162,6 +162,14 @@ func TestMetricsAndHealth(t *testing.T) {
 			t.Errorf("%s = %v, want 1 on this kernel", k, got[k])
 		}
 	}
+	// Socket families: the BPF LSM where the kernel runs it and has BPF
+	// trampolines (not every build does), the syscall exit elsewhere; never
+	// none.
+	lsm, exit := got[`agentfence_kernel_path{feature="socket_families",path="bpf_lsm"}`],
+		got[`agentfence_kernel_path{feature="socket_families",path="syscall_exit"}`]
+	if lsm+exit != 1 {
+		t.Errorf("agentfence_kernel_path for socket_families: bpf_lsm %v, syscall_exit %v; want one of them", lsm, exit)
+	}
 	for k := range got {
 		if strings.Contains(k, "session=") || strings.Contains(k, "pid=") {
 			t.Errorf("per-session or per-pid label: %s", k)

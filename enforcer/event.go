@@ -22,6 +22,10 @@ const (
 	HookBind6    Hook = 9
 	HookIngress4 Hook = 10 // a peer reaches a member's socket
 	HookIngress6 Hook = 11
+	// Sockets of families no cgroup hook sees (sockfamily.go): refused by
+	// the BPF LSM, or seen at the socket syscall's exit.
+	HookLSMSocket Hook = 16
+	HookSysSocket Hook = 17
 )
 
 // Inbound reports whether the hook judged what a peer sent (Event.Dest is
@@ -51,6 +55,9 @@ const (
 	ReasonRevoked     Reason = 3
 	ReasonQuarantined Reason = 4
 	ReasonSocketType  Reason = 5
+	// ReasonSocketFamily: a socket family other than unix, netlink and
+	// inet (sockfamily.go).
+	ReasonSocketFamily Reason = 16
 )
 
 // NoRule is Event.Rule when no rule matched.
@@ -85,6 +92,18 @@ type Event struct {
 	// (Gate.Hostname names it).
 	ViaName  bool
 	NameHash uint64
+	// Socket is set for HookLSMSocket and HookSysSocket.
+	Socket *SocketAttempt
+}
+
+// SocketAttempt is a member's socket of a family no cgroup hook sees.
+type SocketAttempt struct {
+	Family   int // AF_PACKET, AF_XDP, ...
+	Type     int // SOCK_RAW, SOCK_DGRAM, ... without SOCK_NONBLOCK and SOCK_CLOEXEC
+	Protocol int // for AF_PACKET the ethertype, in network byte order
+	// Result is the socket syscall's result, a descriptor or a negative
+	// errno, for HookSysSocket; 0 for HookLSMSocket.
+	Result int64
 }
 
 // EventSize is the size of a raw gate event.
@@ -112,6 +131,12 @@ func DecodeEvent(raw []byte) (Event, error) {
 	}
 	if e.Rule == 0xffff {
 		ev.Rule = NoRule
+	}
+	if ev.Hook == HookLSMSocket || ev.Hook == HookSysSocket {
+		ev.Socket = &SocketAttempt{Family: int(e.SockFamily), Type: int(e.SockType), Protocol: int(e.Port),
+			Result: int64(e.NameHash)}
+		ev.NameHash = 0
+		return ev, nil
 	}
 	ev.Dest = addrPort(e.Family, e.Addr, e.Port)
 	if ev.Hook.Inbound() {

@@ -35,6 +35,10 @@ type Options struct {
 	// kernel whose verifier refuses them: sessions with hostname rules
 	// are then refused, address rules work. For tests of that fallback.
 	NoHostnames bool
+	// NoLSM keeps the socket family programs (sockfamily.go) off the BPF
+	// LSM even where it is active, as on a host without it: for tests of
+	// the syscall exit layer.
+	NoLSM bool
 }
 
 // Gate is the loaded and attached egress gate.
@@ -52,6 +56,10 @@ type Gate struct {
 	host    *hostnames
 	hostErr error
 	hooks   hooks // where the hostname programs are attached (hooks.go)
+	// fam handles socket families no cgroup hook sees (sockfamily.go);
+	// nil, and why in famErr, where the kernel refused its programs.
+	fam    *families
+	famErr error
 }
 
 // attachment is one program and where it hooks in.
@@ -155,6 +163,13 @@ func Load(opts Options) (*Gate, error) {
 		g.Close()
 		return nil, err
 	}
+	linkDir := ""
+	if opts.PinPath != "" {
+		linkDir = g.linkDir()
+	}
+	// Optional: without it, `agentfence run`'s seccomp filter and dropped
+	// capabilities still refuse, but nothing records or sees bound members.
+	g.fam, g.famErr = loadFamilies(&g.objs, linkDir, opts.NoLSM)
 	if opts.PinPath != "" && g.host != nil {
 		if err := g.adoptHooks(opts.CgroupRoot); err != nil {
 			g.Close()
@@ -240,7 +255,7 @@ func (g *Gate) Close() error {
 	if g.tasks != nil {
 		err = g.tasks.close()
 	}
-	return errors.Join(err, g.host.close(), g.objs.Close())
+	return errors.Join(err, g.host.close(), g.fam.close(g.pinPath != ""), g.objs.Close())
 }
 
 // Uninstall removes every pin and detaches the gate: enforcement of all

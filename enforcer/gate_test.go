@@ -62,7 +62,13 @@ func newFixture(t *testing.T, opts Options) *fixture {
 
 func setup(t *testing.T) *fixture {
 	t.Helper()
-	f := newFixture(t, Options{})
+	return setupWith(t, Options{})
+}
+
+// setupWith is setup with the gate loaded with opts, its events collected.
+func setupWith(t *testing.T, opts Options) *fixture {
+	t.Helper()
+	f := newFixture(t, opts)
 	rd, err := ringreader.New(f.g.Events(), 10*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)

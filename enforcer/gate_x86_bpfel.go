@@ -59,7 +59,8 @@ type gateGateEvent struct {
 	Verdict        uint8
 	Reason         uint8
 	QuarantinedNow uint8
-	Pad            [2]uint8
+	SockFamily     uint8
+	SockType       uint8
 	NameFlags      uint32
 	_              [4]byte
 	NameHash       uint64

@@ -46,6 +46,8 @@ func ReasonString(r Reason) string {
 		return "quarantined"
 	case ReasonSocketType:
 		return "socket_type"
+	case ReasonSocketFamily:
+		return "socket_family"
 	case ReasonSNIMismatch:
 		return "sni_mismatch"
 	case ReasonSNIMissing:

@@ -40,9 +40,16 @@ type SessionState struct {
 	// QuarantineOnBudget makes the kernel switch the session to
 	// StateQuarantined once Violations exceeds Budget.
 	QuarantineOnBudget bool
+	// KillOnDrift makes the kernel kill a member found holding a socket no
+	// hook judges (socket families, sockfamily.go) before it can use it:
+	// the kill drift action.
+	KillOnDrift bool
 }
 
-const sessionQuarantineOnBudget = 1
+const (
+	sessionQuarantineOnBudget = 1
+	sessionKillOnDrift        = 2
+)
 
 // PutSession writes a session slot. Writing an active state is what makes a
 // session's bindings live, so callers write scopes first.
@@ -50,6 +57,9 @@ func (g *Gate) PutSession(slot uint32, s SessionState) error {
 	v := gateSession{Gen: s.Gen, ExpiresNs: s.ExpiresNS, State: uint32(s.State), Mode: uint32(s.Mode), Violations: s.Violations, Budget: s.Budget}
 	if s.QuarantineOnBudget {
 		v.Flags |= sessionQuarantineOnBudget
+	}
+	if s.KillOnDrift {
+		v.Flags |= sessionKillOnDrift
 	}
 	if err := g.objs.Sessions.Update(slot, &v, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("enforcer: write session slot %d: %w", slot, err)
@@ -64,7 +74,8 @@ func (g *Gate) Session(slot uint32) (SessionState, error) {
 		return SessionState{}, fmt.Errorf("enforcer: read session slot %d: %w", slot, err)
 	}
 	return SessionState{Gen: v.Gen, ExpiresNS: v.ExpiresNs, State: State(v.State), Mode: Mode(v.Mode),
-		Violations: v.Violations, Budget: v.Budget, QuarantineOnBudget: v.Flags&sessionQuarantineOnBudget != 0}, nil
+		Violations: v.Violations, Budget: v.Budget, QuarantineOnBudget: v.Flags&sessionQuarantineOnBudget != 0,
+		KillOnDrift: v.Flags&sessionKillOnDrift != 0}, nil
 }
 
 // SetState changes only the state of a slot, if it still holds generation gen,

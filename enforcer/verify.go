@@ -22,9 +22,11 @@ import (
 
 // Object names, as ObjectCheck.Name and VerifyOptions.Break spell them.
 const (
-	ObjectGate       = "gate"
-	ObjectHostnames  = "hostnames"
-	ObjectTaskLister = "task_lister"
+	ObjectGate      = "gate"
+	ObjectHostnames = "hostnames"
+	// ObjectSocketFamilies: bpf/sockfamily.c (sockfamily.go).
+	ObjectSocketFamilies = "socket_families"
+	ObjectTaskLister     = "task_lister"
 )
 
 // ObjectCheck is the outcome of loading one BPF object into the kernel
@@ -48,6 +50,11 @@ type ObjectCheck struct {
 	// Err is nil when the object loaded. A verifier rejection's message
 	// ends with the last lines of the log (see tailVerifierError).
 	Err error
+	// Layer, for ObjectSocketFamilies, is the layer it would serve as;
+	// LSMErr is why not the BPF LSM, where the kernel runs it but refused
+	// the program.
+	Layer  FamilyLayer
+	LSMErr error
 }
 
 // VerifyOptions mirror the Options of Load that change what is verified.
@@ -70,6 +77,7 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 		{Name: ObjectGate, Required: true},
 		{Name: ObjectHostnames, Fallback: "hostname rules are unavailable: sessions with them are refused; address rules still work"},
 		{Name: ObjectTaskLister, Fallback: "a session's pid-bound processes are found by reading the whole pid binding table (pid table walk)"},
+		{Name: ObjectSocketFamilies, Fallback: "sockets of families no cgroup hook sees (packet, XDP, vsock, ...) are refused only by `agentfence run`'s seccomp filter and dropped capabilities, unrecorded; bound members are not watched"},
 	}
 	gate, err := gateSpec(opts.MaxCgroupDepth, opts.Hostnames.DNSPort)
 	if err != nil {
@@ -104,7 +112,35 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 	} else {
 		VerifySpec(&checks[2], spec, pick(shared, "pid_sessions"), cache, opts.Break == ObjectTaskLister)
 	}
+	verifyFamilies(&checks[3], shared, cache, opts.Break == ObjectSocketFamilies)
 	return checks
+}
+
+// verifyFamilies verifies the socket family programs as loadFamilies loads
+// them: with the LSM program where the BPF LSM runs, and, where that one is
+// refused, without it.
+func verifyFamilies(c *ObjectCheck, shared map[string]*ebpf.Map, cache *btf.Cache, broken bool) {
+	verify := func(lsm bool) {
+		spec, err := sockfamilySpec(lsm)
+		if err != nil {
+			c.Err = err
+			return
+		}
+		if !lsm {
+			delete(spec.Programs, "af_lsm_socket_create")
+		}
+		VerifySpec(c, spec, pick(shared, slices.Collect(maps.Keys(spec.Maps))...), cache, broken)
+	}
+	if BPFLSMActive() {
+		if verify(true); c.Err == nil {
+			c.Layer = FamiliesLSM
+			return
+		}
+		c.LSMErr, c.Err = c.Err, nil
+	}
+	if verify(false); c.Err == nil {
+		c.Layer = FamiliesSyscallExit
+	}
 }
 
 // VerifySpec loads every program of spec, timing only that, into c, and

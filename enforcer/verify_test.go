@@ -17,7 +17,7 @@ func TestVerifyObjects(t *testing.T) {
 	want := map[string]struct {
 		programs int
 		required bool
-	}{ObjectGate: {8, true}, ObjectHostnames: {2, false}, ObjectTaskLister: {1, false}}
+	}{ObjectGate: {8, true}, ObjectHostnames: {2, false}, ObjectTaskLister: {1, false}, ObjectSocketFamilies: {1, false}}
 	checks := VerifyObjects(VerifyOptions{})
 	if len(checks) != len(want) {
 		t.Fatalf("VerifyObjects returned %d checks, want %d: %+v", len(checks), len(want), checks)
@@ -29,6 +29,17 @@ func TestVerifyObjects(t *testing.T) {
 			continue
 		}
 		t.Logf("%s: %d programs, %v, %d insns", c.Name, c.Programs, c.Duration, c.Insns)
+		if c.Name == ObjectSocketFamilies {
+			// The LSM program joins the syscall-exit one where the bpf LSM
+			// runs and takes it; where it runs but refuses, the reason is kept.
+			switch {
+			case c.Layer == FamiliesLSM && BPFLSMActive():
+				w.programs = 2
+			case c.Layer == FamiliesSyscallExit && (!BPFLSMActive() || c.LSMErr != nil):
+			default:
+				t.Errorf("%s: layer %q, LSM error %v, bpf LSM active %v", c.Name, c.Layer, c.LSMErr, BPFLSMActive())
+			}
+		}
 		if c.Err != nil {
 			t.Errorf("%s refused: %v", c.Name, c.Err)
 		}
@@ -47,7 +58,7 @@ func TestVerifyObjects(t *testing.T) {
 // still load.
 func TestVerifyObjectsBroken(t *testing.T) {
 	privtest.RequireRoot(t)
-	for _, broken := range []string{ObjectGate, ObjectHostnames, ObjectTaskLister} {
+	for _, broken := range []string{ObjectGate, ObjectHostnames, ObjectTaskLister, ObjectSocketFamilies} {
 		for _, c := range VerifyObjects(VerifyOptions{Break: broken}) {
 			if c.Name != broken {
 				if c.Err != nil {

@@ -23,6 +23,9 @@ func TestParse(t *testing.T) {
 		{"[::ffff:10.0.0.0]/104", Rule{Prefix: netip.MustParsePrefix("10.0.0.0/8"), Protos: ProtoAny, PortLo: 1, PortHi: 65535}, "10.0.0.0/8"},
 		{"[::]/0", Rule{Prefix: netip.MustParsePrefix("::/0"), Protos: ProtoAny, PortLo: 1, PortHi: 65535}, "[::]/0"},
 		{"essential,exe=/usr/bin/node,tcp://127.0.0.1:3000", Rule{Prefix: netip.MustParsePrefix("127.0.0.1/32"), Protos: ProtoTCP, PortLo: 3000, PortHi: 3000, Essential: true, Exe: "/usr/bin/node"}, "essential,exe=/usr/bin/node,tcp://127.0.0.1:3000"},
+		{"in:tcp://10.0.0.0/8:8080", Rule{In: true, Prefix: netip.MustParsePrefix("10.0.0.0/8"), Protos: ProtoTCP, PortLo: 8080, PortHi: 8080}, "in:tcp://10.0.0.0/8:8080"},
+		{"in:essential,[::1]:9000-9001", Rule{In: true, Prefix: netip.MustParsePrefix("::1/128"), Protos: ProtoAny, PortLo: 9000, PortHi: 9001, Essential: true}, "in:essential,[::1]:9000-9001"},
+		{"in:[::ffff:10.0.0.1]", Rule{In: true, Prefix: netip.MustParsePrefix("10.0.0.1/32"), Protos: ProtoAny, PortLo: 1, PortHi: 65535}, "in:10.0.0.1"},
 	}
 	for _, c := range cases {
 		got, err := Parse(c.in)
@@ -69,6 +72,13 @@ func TestParseErrors(t *testing.T) {
 		"sha256=ab12,127.0.0.1":  "exe=PATH",
 		"[fe80::1%eth0]:80":      "zones",
 		"[::ffff:10.0.0.0]/64":   "shorter than /96",
+		// in: names peers by address, takes no exe= and comes first.
+		"in:api.example.com:443":          `"api.example.com" is a hostname`,
+		"in:*.example.com":                "is a hostname",
+		"in:exe=/usr/bin/x,10.0.0.0/8:80": "exe= is not supported on in: rules",
+		"essential,in:10.0.0.0/8:80":      "in: must come before the options",
+		"in:in:10.0.0.0/8":                "in: must come before",
+		"in:tcp://10.0.0.1/8:80":          "host bits",
 	}
 	for in, want := range cases {
 		_, err := Parse(in)
@@ -250,7 +260,8 @@ func equal(a, b []uint16) bool {
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{"127.0.0.1:8080", "udp://127.0.0.53:53", "[::1]:9000", "10.0.0.0/8", "[fd00::]/8:443",
 		"essential,exe=/bin/x,tcp://1.2.3.4:1-2", "[::ffff:1.2.3.4]/120", "a.b:1", "[::1", "::", "1.2.3.4:99999",
-		"*.Slack.com.:443", "udp://xn--n3h.example:53", "exe=/a,*.b.c:1-9", "a.b.c.d.1", "*.*.a.b"} {
+		"*.Slack.com.:443", "udp://xn--n3h.example:53", "exe=/a,*.b.c:1-9", "a.b.c.d.1", "*.*.a.b",
+		"in:tcp://10.0.0.0/8:8080", "in:essential,udp://[::1]:53", "in:a.b:1", "in:exe=/a,1.2.3.4", "essential,in:1.2.3.4"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -72,20 +72,8 @@ func appendEvent(dst []byte, ev *Event) []byte {
 		dst = append(dst, `,"exit_code":`...)
 		dst = strconv.AppendInt(dst, int64(*ev.ExitCode), 10)
 	}
-	if p := ev.DstEndpoint; p != nil {
-		dst = append(dst, `,"dst_endpoint":{`...)
-		dst = appendOptString(dst, `,"ip":`, p.IP)
-		dst = appendOptUint(dst, `,"port":`, uint64(p.Port))
-		dst = appendOptString(dst, `,"hostname":`, p.Hostname)
-		dst = append(dst, '}')
-	}
-	if p := ev.SrcEndpoint; p != nil {
-		dst = append(dst, `,"src_endpoint":{`...)
-		dst = appendOptString(dst, `,"ip":`, p.IP)
-		dst = appendOptUint(dst, `,"port":`, uint64(p.Port))
-		dst = appendOptString(dst, `,"hostname":`, p.Hostname)
-		dst = append(dst, '}')
-	}
+	dst = appendEndpoint(dst, `,"dst_endpoint":{`, ev.DstEndpoint)
+	dst = appendEndpoint(dst, `,"src_endpoint":{`, ev.SrcEndpoint)
 	if c := ev.ConnectionInfo; c != nil {
 		dst = append(dst, `,"connection_info":{"direction_id":`...)
 		dst = strconv.AppendInt(dst, int64(c.DirectionID), 10)
@@ -270,6 +258,16 @@ func appendAgentfence(dst []byte, u *AgentfenceData) []byte {
 		dst = append(dst, `,"escape":`...)
 		dst = appendEscape(dst, e)
 	}
+	if s := u.Socket; s != nil {
+		dst = append(dst, `,"socket":{"family":`...)
+		dst = appendString(dst, s.Family)
+		dst = append(dst, `,"type":`...)
+		dst = appendString(dst, s.Type)
+		dst = append(dst, `,"protocol":`...)
+		dst = strconv.AppendInt(dst, int64(s.Protocol), 10)
+		dst = appendOptString(dst, `,"refused_by":`, s.RefusedBy)
+		dst = append(dst, '}')
+	}
 	return append(dst, '}')
 }
 
@@ -426,4 +424,16 @@ func appendString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+func appendEndpoint(dst []byte, key string, p *Endpoint) []byte {
+	if p == nil {
+		return dst
+	}
+	dst = append(dst, key...)
+	dst = appendOptString(dst, `,"ip":`, p.IP)
+	dst = appendOptUint(dst, `,"port":`, uint64(p.Port))
+	dst = appendOptString(dst, `,"hostname":`, p.Hostname)
+	dst = appendOptString(dst, `,"name":`, p.Name)
+	return append(dst, '}')
 }

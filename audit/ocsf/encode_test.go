@@ -49,6 +49,7 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 		Outcome:     &audit.Outcome{Verdict: verdict, Rule: "rule" + s, Reason: "reason" + s, Errno: "EPERM" + s},
 		Gap:         &audit.Gap{Source: "src" + s, Count: 9, FirstSeq: 1, LastSeq: 1<<64 - 1},
 		Escape:      &audit.Escape{What: "what" + s, Cgroup: "/cg" + s, CgroupID: 1<<64 - 1, ByPID: 5, ChildPID: 4294967295, NetNS: 4026531840},
+		Socket:      &audit.Socket{Family: "packet" + s, Type: "raw" + s, Protocol: -768, RefusedBy: "seccomp" + s},
 		Event:       event, Actor: "actor" + s,
 	}
 }
@@ -91,6 +92,8 @@ func encodeTable() []audit.Record {
 			func(r *audit.Record) { r.Outcome = nil },
 			func(r *audit.Record) { r.Gap = nil },
 			func(r *audit.Record) { r.Escape = nil },
+			func(r *audit.Record) { r.Socket = nil },
+			func(r *audit.Record) { r.Socket.RefusedBy = "" },
 			func(r *audit.Record) {
 				r.Escape.Cgroup, r.Escape.CgroupID, r.Escape.ByPID, r.Escape.ChildPID = "", 0, 0, 0
 			},
@@ -185,8 +188,8 @@ func fullEvent(s string) Event {
 		Device:         &Device{TypeID: 9, Type: "dt" + s, Hostname: "dh" + s},
 		Process:        proc(8),
 		ExitCode:       &neg,
-		DstEndpoint:    &Endpoint{IP: "ip" + s, Port: 1, Hostname: "eh" + s},
-		SrcEndpoint:    &Endpoint{IP: "si" + s, Port: 2, Hostname: "sh" + s},
+		DstEndpoint:    &Endpoint{IP: "ip" + s, Port: 1, Hostname: "eh" + s, Name: "en" + s},
+		SrcEndpoint:    &Endpoint{IP: "si" + s, Port: 2, Hostname: "sh" + s, Name: "sn" + s},
 		ConnectionInfo: &ConnectionInfo{DirectionID: 2, Direction: "d" + s, ProtocolName: "pn" + s, ProtocolNum: 17},
 		Query:          &DNSQuery{Hostname: "qh" + s},
 		Entity:         &ManagedEntity{UID: "eu" + s, Name: "en" + s, Type: "et" + s, Data: &SessionData{Mode: "mo" + s, Parent: "pa" + s, KeptCaps: []string{"kc" + s}}},
@@ -201,6 +204,7 @@ func fullEvent(s string) Event {
 			Gap:         &audit.Gap{Source: "gs" + s, Count: 6, FirstSeq: 7, LastSeq: 8},
 			Destination: &Destination{Protocol: "pr" + s},
 			Escape:      &audit.Escape{What: "wh" + s, Cgroup: "cg" + s, CgroupID: 9, ByPID: 10, ChildPID: 11, NetNS: 12},
+			Socket:      &audit.Socket{Family: "fa" + s, Type: "ty" + s, Protocol: 13, RefusedBy: "rb" + s},
 		}},
 	}
 }
@@ -277,7 +281,7 @@ func TestAppendEventMatchesReference(t *testing.T) {
 		empty.Process = &Process{File: &File{Hashes: []Fingerprint{{}, {Algorithm: s}}}, User: &User{}, Container: &Container{}, ParentProcess: &Process{}, Lineage: []string{}}
 		empty.DstEndpoint, empty.SrcEndpoint, empty.ConnectionInfo, empty.Query = &Endpoint{}, &Endpoint{}, &ConnectionInfo{}, &DNSQuery{}
 		empty.Entity, empty.FirewallRule, empty.Device = &ManagedEntity{Data: &SessionData{KeptCaps: []string{}}}, &Rule{}, &Device{}
-		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}, Escape: &audit.Escape{}}}
+		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}, Escape: &audit.Escape{}, Socket: &audit.Socket{}}}
 		empty.Metadata = Metadata{Profiles: []string{}}
 		variants = append(variants, empty)
 		for i, ev := range variants {

@@ -193,6 +193,7 @@ type Endpoint struct {
 	IP       string `json:"ip,omitempty"`
 	Port     uint16 `json:"port,omitempty"`
 	Hostname string `json:"hostname,omitempty"`
+	Name     string `json:"name,omitempty"`
 }
 
 type ConnectionInfo struct {
@@ -255,6 +256,9 @@ type AgentfenceData struct {
 	// Escape is what a member tried to leave its session with (kind
 	// escape); OCSF 1.3.0 has no object for a cgroup.
 	Escape *audit.Escape `json:"escape,omitempty"`
+	// Socket is a member's socket of a family no cgroup hook judges (kind
+	// socket): OCSF's connection_info has no socket family or layer.
+	Socket *audit.Socket `json:"socket,omitempty"`
 }
 
 // Destination repeats the record's destination when the OCSF class has no
@@ -316,6 +320,7 @@ type scratch struct {
 	rule         Rule
 	gap          audit.Gap
 	escape       audit.Escape
+	socket       audit.Socket
 	gid          uint32
 	act, disp    int
 	profiles     [3]string
@@ -465,6 +470,11 @@ func verdict(sc *scratch, o *audit.Outcome) int {
 			// the gate, and is hostile.
 			act, actName, disp, dispName, sev = actionAllowed, "Allowed", dispDetected, "Detected", sevHigh
 			ev.StatusID, ev.Status = statusSuccess, "Success"
+		case audit.VerdictDetected:
+			// A socket no hook could refuse: it was made, and the drift
+			// action followed.
+			act, actName, disp, dispName, sev = actionAllowed, "Allowed", dispDetected, "Detected", sevHigh
+			ev.StatusID, ev.Status = statusSuccess, "Success"
 		}
 		ev.StatusCode, ev.StatusDetail = o.Errno, o.Reason
 		if o.Rule != "" {
@@ -503,6 +513,15 @@ func network(sc *scratch, r *audit.Record) {
 		ev.SrcEndpoint = &sc.srcEndpoint
 		if ev.ConnectionInfo != nil {
 			ev.ConnectionInfo.DirectionID, ev.ConnectionInfo.Direction = 1, "Inbound"
+		}
+	}
+	if s := r.Socket; s != nil {
+		sc.socket = *s
+		sc.unmapped.Agentfence.Socket = &sc.socket
+		// No address: what it would reach is the socket's family (OCSF
+		// wants the endpoint named somehow).
+		if sc.endpoint.IP == "" {
+			sc.endpoint.Name = s.Family
 		}
 	}
 	ev.Message = message(r)
@@ -754,6 +773,12 @@ func message(r *audit.Record) string {
 		b = append(b, g.Source...)
 		b = append(b, " lost "...)
 		b = strconv.AppendUint(b, g.Count, 10)
+	}
+	if s := r.Socket; s != nil {
+		b = append(b, " socket "...)
+		b = append(b, s.Family...)
+		b = append(b, '/')
+		b = append(b, s.Type...)
 	}
 	if e := r.Escape; e != nil {
 		b = append(b, ' ')

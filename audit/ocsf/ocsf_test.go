@@ -95,6 +95,17 @@ func records() []audit.Record {
 	}
 	out = append(out, audit.Record{Schema: "1", Time: t0, Kind: audit.KindEscape, Process: &audit.Process{PID: 3},
 		Escape: &audit.Escape{What: "cgroup_move"}})
+	// Sockets of families no hook judges: refused, and created (detected).
+	for _, v := range []string{audit.VerdictDenied, audit.VerdictDetected} {
+		r := base(audit.KindSocket)
+		r.Destination = nil
+		r.Outcome = &audit.Outcome{Verdict: v, Reason: "socket_family"}
+		r.Socket = &audit.Socket{Family: "packet", Type: "raw", Protocol: 768}
+		if v == audit.VerdictDenied {
+			r.Socket.RefusedBy, r.Outcome.Errno = "seccomp", "EAFNOSUPPORT"
+		}
+		out = append(out, r)
+	}
 	// A connect without a destination must still carry dst_endpoint.
 	nd := base(audit.KindConnect)
 	nd.Outcome = &audit.Outcome{Verdict: audit.VerdictDenied}

@@ -129,7 +129,7 @@ func refVerdict(ev *Event, o *audit.Outcome) int {
 			// Audit mode: the traffic went through, the policy flagged it.
 			act, actName, disp, dispName, sev = actionAllowed, "Allowed", dispDetected, "Detected", sevLow
 			ev.StatusID, ev.Status = statusSuccess, "Success"
-		case audit.VerdictFlagged:
+		case audit.VerdictFlagged, audit.VerdictDetected:
 			act, actName, disp, dispName, sev = actionAllowed, "Allowed", dispDetected, "Detected", sevHigh
 			ev.StatusID, ev.Status = statusSuccess, "Success"
 		}
@@ -166,6 +166,16 @@ func (e refEncoder) network(ev *Event, r *audit.Record) {
 		ev.SrcEndpoint = &Endpoint{IP: s.IP, Port: s.Port}
 		if ev.ConnectionInfo != nil {
 			ev.ConnectionInfo.DirectionID, ev.ConnectionInfo.Direction = 1, "Inbound"
+		}
+	}
+	if s := r.Socket; s != nil {
+		if ev.Unmapped == nil {
+			ev.Unmapped = &Unmapped{}
+		}
+		ss := *s
+		ev.Unmapped.Agentfence.Socket = &ss
+		if ev.DstEndpoint.IP == "" {
+			ev.DstEndpoint.Name = s.Family
 		}
 	}
 	ev.Message = refMessage(r)
@@ -388,6 +398,12 @@ func refMessage(r *audit.Record) string {
 		b = append(b, g.Source...)
 		b = append(b, " lost "...)
 		b = strconv.AppendUint(b, g.Count, 10)
+	}
+	if s := r.Socket; s != nil {
+		b = append(b, " socket "...)
+		b = append(b, s.Family...)
+		b = append(b, '/')
+		b = append(b, s.Type...)
 	}
 	if x := r.Escape; x != nil {
 		b = append(b, ' ')

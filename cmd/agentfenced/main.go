@@ -153,6 +153,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := gate.Hostnames(); err != nil {
 		log.Warn("hostname rules unavailable: sessions with hostname rules will be refused; address rules are enforced", "err", err)
 	}
+	if layer, err := gate.SocketFamilies(); layer != enforcer.FamiliesLSM {
+		log.Warn("sockets of families no cgroup hook sees are not refused in the kernel for bound members", "layer", layer, "why", err)
+	} else {
+		log.Info("sockets of families no cgroup hook sees are refused by the BPF LSM")
+	}
 
 	clock := attribution.NewClock()
 	procs, err := startProcesses(ctx, gate, cfg, log)

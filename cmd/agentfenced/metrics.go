@@ -124,4 +124,6 @@ func exportKernelPaths(reg prometheus.Registerer, gate *enforcer.Gate, d *sockde
 	set("pid_members", gate.TaskIterator() == nil, "task_iterator", "pid_table_walk")
 	set("socket_naming", d.Iterator() == nil, "task_file_iterator", "pidfd_getfd")
 	set("process_identity", processes, "raw_tracepoints", "unavailable")
+	layer, _ := gate.SocketFamilies()
+	g.WithLabelValues("socket_families", string(layer)).Set(1)
 }

@@ -192,6 +192,12 @@ func (p *Proc) Next() (string, int) {
 	return res, pid
 }
 
+// Wait waits for the probe to exit and says how it ended.
+func (p *Proc) Wait() *os.ProcessState {
+	p.cmd.Wait()
+	return p.cmd.ProcessState
+}
+
 // Go lets a gated probe go on.
 func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 
@@ -223,6 +229,8 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	                   says MARKER and reports them all, comma separated
 //	udpbench ADDR N    (MaybeRunProbe only) like connectbench: for each line on
 //	                   stdin, N sendto+recvfrom round trips to a UDP echo at ADDR
+//	socket F T P       socket(F, T, P), numbers as in C: "ok" or the errno
+//	uring ADDR:PORT    connect a TCP socket (IPv4) through io_uring
 //	flood ADDR N RATE  sendto N datagrams (paced to RATE/s, 0: flat out); the rate achieved
 //	api-list SOCKET    list sessions through the daemon's API: the HTTP status
 //	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
@@ -238,6 +246,20 @@ func Probe(action string) string {
 		return flood(arg)
 	case "dialname":
 		return dialName(arg)
+	case "uring":
+		return uringConnect(arg)
+	}
+	if verb == "socket" {
+		var family, typ, proto int
+		if _, err := fmt.Sscan(arg, &family, &typ, &proto); err != nil {
+			return "badargs"
+		}
+		fd, err := unix.Socket(family, typ, proto)
+		if err != nil {
+			return errName(err)
+		}
+		unix.Close(fd)
+		return "ok"
 	}
 	if verb == "bindtcp" || verb == "bindudp" {
 		return bindProbe(verb, arg)
@@ -702,6 +724,17 @@ func command(tb testing.TB, cgroupPath string, opts Options, w *os.File, actions
 // It returns when every process holding the result pipe has exited.
 func Run(tb testing.TB, cgroupPath string, opts Options, actions ...string) []Result {
 	tb.Helper()
+	out, _, output := RunStatus(tb, cgroupPath, opts, actions...)
+	if len(out) != len(actions) {
+		tb.Fatalf("probe gave %d results for %d actions: %s", len(out), len(actions), output)
+	}
+	return out
+}
+
+// RunStatus is Run for a probe that may not finish its actions (one the
+// kernel kills): the results it gave, how it ended, and what it wrote.
+func RunStatus(tb testing.TB, cgroupPath string, opts Options, actions ...string) ([]Result, *os.ProcessState, string) {
+	tb.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		tb.Fatal(err)
@@ -724,16 +757,16 @@ func Run(tb testing.TB, cgroupPath string, opts Options, actions ...string) []Re
 	cmd.Wait()
 	var out []Result
 	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		if line == "" {
+			continue
+		}
 		var res Result
 		if _, err := fmt.Sscan(line, &res.PID, &res.Result); err != nil {
 			tb.Fatalf("bad probe output %q (stderr: %s)", buf.String(), stderr.String())
 		}
 		out = append(out, res)
 	}
-	if len(out) != len(actions) {
-		tb.Fatalf("probe gave %d results for %d actions: %q", len(out), len(actions), buf.String())
-	}
-	return out
+	return out, cmd.ProcessState, fmt.Sprintf("%q (stderr: %s)", buf.String(), stderr.String())
 }
 
 // ExecutableCopy copies the test binary to a directory every user may read

@@ -118,9 +118,10 @@ func InGate(c Cap) bool {
 	return false
 }
 
-// Start starts cmd with no_new_privs and without the capabilities in drop
-// in its bounding, inheritable, ambient, permitted and effective sets. The
-// calling process keeps all of its own.
+// Start starts cmd with no_new_privs, without the capabilities in drop
+// in its bounding, inheritable, ambient, permitted and effective sets, and
+// under the seccomp filter that keeps it to the local socket families
+// (seccomp.go). The calling process keeps all of its own.
 //
 // Go's SysProcAttr can raise ambient capabilities but has no field for
 // no_new_privs or the bounding set, and whatever runs between fork and
@@ -202,6 +203,9 @@ func restrictThread(drop []Cap) error {
 	}
 	if err := unix.Capset(&hdr, &data[0]); err != nil {
 		return fmt.Errorf("lower capabilities: %w", err)
+	}
+	if err := installFilter(); err != nil {
+		return err
 	}
 	for _, c := range drop {
 		// Lowering the inheritable set already removed them from the

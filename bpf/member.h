@@ -1,0 +1,155 @@
+// Session membership as the tracing and LSM programs see it: CO-RE views
+// of the cgroup structures, and the walk up a task's cgroups that finds the
+// session the gate would find by cgroup. Include after declaring the
+// sessions and cgroup_sessions maps (AF_SESSIONS_MAP, AF_CGROUP_SESSIONS_MAP),
+// which these functions read, and the gate_stats map.
+#pragma once
+
+#include "common.h"
+#include "gate.h"
+
+// CO-RE views of the cgroup structures the membership programs read, as
+// flavours (the ___af suffix is dropped when matching the kernel's BTF) so
+// they do not clash with core.h's task_struct.
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct kernfs_node___af {
+	__u64 id; // the cgroup id bpf_get_current_cgroup_id reports (5.5+)
+};
+
+struct cgroup_root___af;
+struct cgroup___af;
+
+struct cgroup_subsys_state___af {
+	struct cgroup___af *cgroup;
+	struct cgroup_subsys_state___af *parent;
+};
+
+struct cgroup___af {
+	struct cgroup_subsys_state___af self; // self.parent is the parent cgroup's
+	int level;                            // the root is 0
+	struct kernfs_node___af *kn;
+	struct cgroup_root___af *root; // the hierarchy
+};
+
+struct css_set___af {
+	struct cgroup___af *dfl_cgrp; // the task's cgroup on the unified hierarchy
+};
+
+struct cred___af {
+	struct {
+		__u32 val;
+	} uid;
+	struct {
+		__u32 val;
+	} gid;
+};
+
+struct ns_common___af {
+	unsigned int inum;
+};
+
+struct net___af {
+	struct ns_common___af ns;
+};
+
+struct nsproxy___af {
+	struct net___af *net_ns;
+};
+
+struct task_struct___af {
+	int pid;
+	int tgid;
+	struct css_set___af *cgroups;
+	const struct cred___af *cred;
+	char comm[16];
+	struct nsproxy___af *nsproxy;
+};
+
+#pragma clang attribute pop
+
+// live returns the session a binding names while its slot still holds the
+// binding's generation: the gate's test (gate.c).
+static __always_inline struct session *live(const struct binding *b)
+{
+	if (!b)
+		return 0;
+	__u32 slot = b->slot;
+	struct session *s = bpf_map_lookup_elem(&sessions, &slot);
+
+	if (!s || s->gen != b->gen || s->state == AF_STATE_FREE)
+		return 0;
+	return s;
+}
+
+static __always_inline int same_session(const struct binding *a, const struct binding *b)
+{
+	return a->slot == b->slot && a->gen == b->gen;
+}
+
+// A cgroup walked up from. The gate looks at a task's own cgroup and its
+// ancestors at levels 1 to AF_MAX_CGROUP_DEPTH - 1; the walk starts at the
+// bottom, so it covers those levels for cgroups up to AF_CGROUP_WALK deep.
+// It reads the cgroups with CO-RE rather than the gate's helper, which
+// tracing programs cannot call before Linux 5.12 or so
+// (bpf_get_current_ancestor_cgroup_id), and it works for a task other than
+// the current one (a child at fork, a task being moved).
+#define AF_CGROUP_WALK 32
+
+struct chain {
+	struct binding deepest; // the session the gate would find by cgroup
+	int found;
+	int has_member; // the member's session is bound on the chain
+};
+
+static __always_inline void walk_cgroup(struct cgroup___af *cg, const struct binding *member, struct chain *c)
+{
+	for (int i = 0; i < AF_CGROUP_WALK; i++) {
+		if (!cg)
+			break;
+		int level = BPF_CORE_READ(cg, level);
+
+		if (i == 0 || (level >= 1 && level < AF_MAX_CGROUP_DEPTH)) {
+			__u64 id = BPF_CORE_READ(cg, kn, id);
+			struct binding *b = bpf_map_lookup_elem(&cgroup_sessions, &id);
+
+			if (live(b)) {
+				if (!c->found) {
+					c->deepest = *b;
+					c->found = 1;
+				}
+				if (member && same_session(b, member))
+					c->has_member = 1;
+			}
+		}
+		if (level <= 1)
+			break; // the root is looked at only as a task's own cgroup
+		cg = BPF_CORE_READ(cg, self.parent, cgroup);
+	}
+}
+
+// violation counts one violation against s, as the gate counts a denial,
+// and switches s to quarantine when that used up its budget. Returns 1 when
+// it did.
+static __always_inline __u8 violation(struct session *s)
+{
+	// The fetch form of atomic add needs kernel 5.12; a plain add plus a
+	// racy read is enough for a threshold check.
+	__sync_fetch_and_add(&s->violations, 1);
+	__u32 violations = s->violations;
+	if (violations > s->budget && (s->flags & AF_SESSION_QUARANTINE_ON_BUDGET) && s->state == AF_STATE_ACTIVE) {
+		s->state = AF_STATE_QUARANTINED;
+		return 1;
+	}
+	return 0;
+}
+
+// lost counts a gate event the ring buffer had no room for.
+static __always_inline void lost_event(void)
+{
+	__u32 k = AF_STAT_LOST;
+	__u64 *n = bpf_map_lookup_elem(&gate_stats, &k);
+
+	if (n)
+		*n += 1;
+}

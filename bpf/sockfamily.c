@@ -1,0 +1,274 @@
+//go:build ignore
+
+// Sockets the gate's cgroup hooks never see. The cgroup programs judge inet
+// sockets (connect, sendmsg, sock_create), but a packet socket (AF_PACKET),
+// an AF_XDP socket, or one of the other families that reach a network
+// (AF_VSOCK to the hypervisor, AF_CAN, AF_TIPC, AF_RDS, Bluetooth, ...) sends
+// frames below every one of them. A session member may create sockets of
+// the local families only: unix, netlink, and inet (which the gate judges).
+// Every other family is handled here, by the strongest layer the host has
+// (docs/threat-model.md, route 6):
+//
+//   - lsm/socket_create, where the BPF LSM is active: the member's socket is
+//     refused (EPERM) before the family's code runs, whichever way it was
+//     asked for (socket(2), socketcall, io_uring's IORING_OP_SOCKET), and
+//     the refusal is recorded;
+//   - raw_tp/sys_exit everywhere: the result of every socket syscall by a
+//     member for such a family is recorded. A refusal (by the seccomp filter
+//     `agentfence run` installs, which answers EAFNOSUPPORT, or for lack of
+//     CAP_NET_RAW) counts as a violation like a gate denial. A socket that
+//     was created (a bound member holding CAP_NET_RAW on a host without the
+//     BPF LSM) is drift: the session is quarantined at once, and with the
+//     kill drift action the member is killed before the syscall returns to
+//     it, so it never holds the descriptor.
+//
+// With the LSM active, the exit program records only the seccomp filter's
+// refusals, which happen before the LSM hook runs; the LSM records the rest.
+//
+// The maps are the gate's (loaded with MapReplacements), so membership is
+// exactly the gate's: the tgid binding first, else the cgroup's session.
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#include "common.h"
+#include "gate.h"
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+AF_SESSIONS_MAP;
+AF_CGROUP_SESSIONS_MAP;
+AF_PID_SESSIONS_MAP;
+AF_GATE_EVENTS_MAP;
+AF_GATE_STATS_MAP;
+
+#include "member.h"
+
+#define EPERM 1
+#define EAFNOSUPPORT 97
+#define SIGKILL 9
+
+// Written by the loader: the LSM program is attached and the BPF LSM is
+// active, so it records what it refuses and the exit program need not.
+volatile const __u8 lsm_refuses = 0;
+
+// Families a member may create: enum af_local_family is their list, which
+// the seccomp filter of `agentfence run` (internal/privdrop) repeats; a test
+// keeps the two in step.
+enum af_local_family {
+	AF_LOCAL_UNIX = AF_UNIX,
+	AF_LOCAL_INET = AF_INET,
+	AF_LOCAL_INET6 = AF_INET6,
+	AF_LOCAL_NETLINK = AF_NETLINK,
+};
+const enum af_local_family *unused_local_family __attribute__((unused));
+
+static __always_inline int local_family(__u64 family)
+{
+	return family == AF_LOCAL_UNIX || family == AF_LOCAL_INET || family == AF_LOCAL_INET6 ||
+	       family == AF_LOCAL_NETLINK;
+}
+
+static __always_inline void count(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&gate_stats, &stat);
+	if (v)
+		*v += 1;
+}
+
+// member returns the session of the current task, as the gate finds it,
+// without binding anything (that is the process programs' job).
+static __always_inline struct session *member(struct binding *out)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct binding *b = bpf_map_lookup_elem(&pid_sessions, &tgid);
+	struct session *s = live(b);
+
+	if (s) {
+		*out = *b;
+		return s;
+	}
+	struct task_struct___af *task = (struct task_struct___af *)bpf_get_current_task();
+	struct chain c = {};
+
+	walk_cgroup(BPF_CORE_READ(task, cgroups, dfl_cgrp), 0, &c);
+	if (!c.found)
+		return 0;
+	*out = c.deepest;
+	return live(out);
+}
+
+static __always_inline void report(const struct binding *b, __u8 hook, __u8 verdict, __u8 quarantined_now,
+				   __u32 family, __u32 type, __u32 protocol, long result)
+{
+	struct gate_event *e = bpf_ringbuf_reserve(&gate_events, sizeof(*e), 0);
+
+	if (!e) {
+		lost_event();
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 ugid = bpf_get_current_uid_gid();
+
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->session_gen = b->gen;
+	e->session_slot = b->slot;
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->uid = (__u32)ugid;
+	e->gid = ugid >> 32;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->rule = AF_RULE_NONE;
+	e->hook = hook;
+	e->verdict = verdict;
+	e->reason = AF_REASON_SOCKET_FAMILY;
+	e->quarantined_now = quarantined_now;
+	e->sock_family = family;
+	e->sock_type = type & 0xf; // without SOCK_NONBLOCK and SOCK_CLOEXEC
+	e->port = protocol;
+	e->name_hash = result;
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
+SEC("lsm/socket_create")
+int BPF_PROG(af_lsm_socket_create, int family, int type, int protocol, int kern)
+{
+	if (kern || local_family(family))
+		return 0;
+	struct binding b;
+	struct session *s = member(&b);
+
+	if (!s)
+		return 0;
+	__u8 quarantined_now = violation(s);
+
+	if (s->mode == AF_MODE_AUDIT) {
+		count(AF_STAT_WOULD_DENY);
+		report(&b, AF_HOOK_LSM_SOCKET, AF_VERDICT_WOULD_DENY, quarantined_now, family, type, protocol, 0);
+		return 0;
+	}
+	count(AF_STAT_DENIED);
+	report(&b, AF_HOOK_LSM_SOCKET, AF_VERDICT_DENIED, quarantined_now, family, type, protocol, 0);
+	return -EPERM;
+}
+
+// The socket syscall's number and arguments at its exit, per architecture.
+// raw_tp/sys_exit passes (struct pt_regs *regs, long ret).
+#if defined(__TARGET_ARCH_x86)
+#define NR_SOCKET 41
+// 32-bit tasks (int 0x80, or a compat syscall) use the i386 numbers:
+// socket(2) is 359, and socketcall(2) (102) with call 1 carries the
+// arguments in user memory. 359 is unused on x86_64, but 102 is getuid
+// there, so socketcall is looked at only for tasks marked TS_COMPAT.
+#define NR_SOCKET_I386 359
+#define NR_SOCKETCALL_I386 102
+#define SYS_SOCKET 1
+#define TS_COMPAT 0x0002
+
+struct pt_regs___af {
+	unsigned long bx;
+	unsigned long cx;
+	unsigned long dx;
+	unsigned long si;
+	unsigned long di;
+	unsigned long orig_ax;
+} __attribute__((preserve_access_index));
+
+struct thread_info___af {
+	__u32 status;
+} __attribute__((preserve_access_index));
+
+struct task_struct___ti {
+	struct thread_info___af thread_info;
+} __attribute__((preserve_access_index));
+
+// socket_args reads the socket call at regs, if it is one.
+static __always_inline int socket_args(struct pt_regs___af *regs, __u32 args[3])
+{
+	long nr = BPF_CORE_READ(regs, orig_ax);
+
+	if (nr == NR_SOCKET) {
+		args[0] = BPF_CORE_READ(regs, di);
+		args[1] = BPF_CORE_READ(regs, si);
+		args[2] = BPF_CORE_READ(regs, dx);
+		return 1;
+	}
+	if (nr != NR_SOCKET_I386 && nr != NR_SOCKETCALL_I386)
+		return 0;
+	struct task_struct___ti *t = (struct task_struct___ti *)bpf_get_current_task();
+	if (!(BPF_CORE_READ(t, thread_info.status) & TS_COMPAT))
+		return 0;
+	if (nr == NR_SOCKET_I386) {
+		args[0] = BPF_CORE_READ(regs, bx);
+		args[1] = BPF_CORE_READ(regs, cx);
+		args[2] = BPF_CORE_READ(regs, dx);
+		return 1;
+	}
+	if (BPF_CORE_READ(regs, bx) != SYS_SOCKET)
+		return 0;
+	// The arguments are three 32-bit words at cx, still mapped at exit.
+	return bpf_probe_read_user(args, 3 * sizeof(__u32), (void *)BPF_CORE_READ(regs, cx)) == 0;
+}
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_SOCKET 198
+
+struct pt_regs___af {
+	__u64 regs[31];
+	__u64 orig_x0; // x0 holds the return value by now
+	__s32 syscallno;
+} __attribute__((preserve_access_index));
+
+// 32-bit (AArch32) tasks are not looked at: their socket number is 281,
+// which is execveat for 64-bit tasks. The BPF LSM covers them.
+static __always_inline int socket_args(struct pt_regs___af *regs, __u32 args[3])
+{
+	if (BPF_CORE_READ(regs, syscallno) != NR_SOCKET)
+		return 0;
+	args[0] = BPF_CORE_READ(regs, orig_x0);
+	args[1] = BPF_CORE_READ(regs, regs[1]);
+	args[2] = BPF_CORE_READ(regs, regs[2]);
+	return 1;
+}
+#else
+#error "sockfamily.c: unknown architecture"
+#endif
+
+SEC("raw_tp/sys_exit")
+int af_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 args[3];
+
+	if (!socket_args((struct pt_regs___af *)ctx->args[0], args) || local_family(args[0]))
+		return 0;
+	long ret = ctx->args[1];
+
+	if (lsm_refuses && ret != -EAFNOSUPPORT)
+		return 0;
+	struct binding b;
+	struct session *s = member(&b);
+
+	if (!s)
+		return 0;
+	if (ret < 0) {
+		count(AF_STAT_DENIED);
+		report(&b, AF_HOOK_SYS_SOCKET, AF_VERDICT_DENIED, violation(s), args[0], args[1], args[2], ret);
+		return 0;
+	}
+	// A socket no hook judges is in the member's hands: the session's drift
+	// action applies now, whatever is left of its budget.
+	__sync_fetch_and_add(&s->violations, 1);
+	__u8 quarantined_now = 0;
+
+	if ((s->flags & AF_SESSION_QUARANTINE_ON_BUDGET) && s->state == AF_STATE_ACTIVE) {
+		s->state = AF_STATE_QUARANTINED;
+		quarantined_now = 1;
+	}
+	if (s->flags & AF_SESSION_KILL_ON_DRIFT)
+		bpf_send_signal(SIGKILL);
+	report(&b, AF_HOOK_SYS_SOCKET, 0, quarantined_now, args[0], args[1], args[2], ret);
+	return 0;
+}

@@ -1,0 +1,228 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/internal/gatetest"
+)
+
+// The red-team suite: each test takes one route out of a session
+// (docs/threat-model.md, "Routes out") as a hostile member would, through
+// the real daemon, and asserts both that the route failed and that the
+// attempt left an audit record. The routes that leave the session itself
+// are in escape_test.go, the dropped capabilities in capabilities_test.go.
+
+// probe is one result of a member's probe: the pid that acted and what it got.
+type probe struct {
+	pid    uint32
+	result string
+}
+
+// runProbe runs this binary as a member under `agentfence run` with allow
+// rules and extra run flags, doing the gatetest actions.
+func runProbe(t *testing.T, d *daemon, runFlags []string, actions ...string) []probe {
+	t.Helper()
+	args := append([]string{"run", "--intent", "bypass " + t.Name()}, runFlags...)
+	stdout, stderr, code := d.cli(t, gatetest.Env(actions...), append(args, "--", os.Args[0])...)
+	if code != 0 {
+		t.Fatalf("run: exit %d: %s %s", code, stdout, stderr)
+	}
+	var out []probe
+	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		var p probe
+		if _, err := fmt.Sscan(line, &p.pid, &p.result); err != nil {
+			t.Fatalf("probe output %q", stdout)
+		}
+		out = append(out, p)
+	}
+	if len(out) != len(actions) {
+		t.Fatalf("probe gave %d results for %d actions: %q", len(out), len(actions), stdout)
+	}
+	return out
+}
+
+// recordOf waits for a record of kind from pid that matches.
+func (d *daemon) recordOf(t *testing.T, what, kind string, pid uint32, match func(audit.Record) bool) audit.Record {
+	t.Helper()
+	return d.waitRecord(t, what, func(r audit.Record) bool {
+		return r.Kind == kind && r.Process != nil && r.Process.PID == pid && r.Outcome != nil && (match == nil || match(r))
+	})
+}
+
+func denied(r audit.Record) bool { return r.Outcome.Verdict == audit.VerdictDenied }
+
+// lsmActive reports whether this daemon refuses sockets of other families
+// with the BPF LSM (its log says which layer runs).
+func (d *daemon) lsmActive() bool {
+	return strings.Contains(d.log(), "refused by the BPF LSM")
+}
+
+// A member launched by run keeps CAP_NET_RAW (--keep-cap net_raw) and
+// opens a packet socket: run's seccomp filter refuses it (EAFNOSUPPORT)
+// before any capability or LSM check, and the socket syscall's exit
+// records the refusal. Outside a session the same socket works.
+func TestBypassPacketSocketFromRun(t *testing.T) {
+	d := startDaemon(t)
+	packet := "socket 17 3 768" // AF_PACKET, SOCK_RAW, htons(ETH_P_ALL)
+	if res := gatetest.Run(t, "", gatetest.Options{}, packet); res[0].Result != "ok" {
+		t.Fatalf("outside a session, a root packet socket: %s", res[0].Result)
+	}
+	res := runProbe(t, d, []string{"--keep-cap", "net_raw", "--allow", "udp://127.0.0.53:53"}, packet, "socket 44 3 0")
+	if res[0].result != "EAFNOSUPPORT" || res[1].result != "EAFNOSUPPORT" {
+		t.Errorf("member packet and XDP sockets: %s %s, want EAFNOSUPPORT", res[0].result, res[1].result)
+	}
+	r := d.recordOf(t, "packet socket", audit.KindSocket, res[0].pid, denied)
+	if r.Socket == nil || r.Socket.Family != "packet" || r.Socket.Type != "raw" || r.Socket.RefusedBy != "seccomp" ||
+		r.Outcome.Errno != "EAFNOSUPPORT" || r.Outcome.Reason != "socket_family" || r.Session == nil {
+		t.Errorf("record %+v socket %+v outcome %+v", r, r.Socket, r.Outcome)
+	}
+	d.recordOf(t, "xdp socket", audit.KindSocket, res[1].pid, func(r audit.Record) bool {
+		return r.Socket != nil && r.Socket.Family == "xdp"
+	})
+}
+
+// A root process bound to a session by pid holds CAP_NET_RAW: no seccomp
+// filter stands in its way. Where the BPF LSM runs, the socket is refused
+// and recorded. Elsewhere the socket syscall's exit sees it created, and
+// the session's drift action (kill, here) follows before the syscall
+// returns: the member never runs again, and the trail says why.
+func TestBypassPacketSocketFromBoundMember(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
+	if err := os.WriteFile(cfg, []byte("sessions:\n  drift_action: kill\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, "--config", cfg)
+	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	s := d.openSession(t, "--intent", "bound packet", "--allow", "tcp://"+ln.String())
+	p := gatetest.Start(t, "", gatetest.Options{}, true, "socket 17 3 768", "tcp "+ln.String())
+	if res, _ := p.Next(); res != "ready" {
+		t.Fatalf("probe: %s", res)
+	}
+	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
+		t.Fatalf("bind: %s", stderr)
+	}
+	p.Go()
+	pid := uint32(p.PID)
+	if d.lsmActive() {
+		if r1, _ := p.Next(); r1 != "EPERM" {
+			t.Errorf("bound member's packet socket: %s, want EPERM", r1)
+		}
+		r := d.recordOf(t, "packet socket", audit.KindSocket, pid, denied)
+		if r.Socket == nil || r.Socket.RefusedBy != "bpf_lsm" || r.Session.ID != s.ID {
+			t.Errorf("record %+v socket %+v", r, r.Socket)
+		}
+		return
+	}
+	st := p.Wait()
+	ws, ok := st.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("bound member with a packet socket ended %v, want killed", st)
+	}
+	r := d.recordOf(t, "packet socket", audit.KindSocket, pid, func(r audit.Record) bool {
+		return r.Outcome.Verdict == audit.VerdictDetected
+	})
+	if r.Socket == nil || r.Socket.Family != "packet" || r.Socket.RefusedBy != "" || r.Session.ID != s.ID {
+		t.Errorf("record %+v socket %+v", r, r.Socket)
+	}
+	d.waitRecord(t, "killed", func(r audit.Record) bool {
+		return r.Kind == audit.KindSession && r.Event == "killed" && r.Session.ID == s.ID
+	})
+}
+
+// Inet sockets the gate cannot judge by address: raw ones (even with
+// CAP_NET_RAW kept) and protocols other than TCP and UDP (SCTP, where the
+// kernel has it) are refused at creation and recorded.
+func TestBypassOtherInetProtocols(t *testing.T) {
+	d := startDaemon(t)
+	sctp := "socket 2 1 132" // AF_INET, SOCK_STREAM, IPPROTO_SCTP
+	direct := gatetest.Run(t, "", gatetest.Options{}, sctp)[0].Result
+	res := runProbe(t, d, []string{"--keep-cap", "net_raw", "--allow", "udp://127.0.0.53:53"}, "raw", sctp)
+	if res[0].result != "EPERM" {
+		t.Errorf("member raw inet socket: %s, want EPERM", res[0].result)
+	}
+	d.recordOf(t, "raw socket", audit.KindSocket, res[0].pid, func(r audit.Record) bool {
+		return denied(r) && r.Outcome.Reason == "socket_type"
+	})
+	if direct != "ok" {
+		t.Logf("no SCTP on this kernel (%s): not tried", direct)
+		return
+	}
+	if res[1].result != "EPERM" {
+		t.Errorf("member SCTP socket: %s, want EPERM", res[1].result)
+	}
+	d.recordOf(t, "sctp socket", audit.KindSocket, res[1].pid, func(r audit.Record) bool {
+		return denied(r) && r.Outcome.Reason == "socket_type"
+	})
+}
+
+// io_uring's connect runs the kernel's connect code, hooks included. run
+// refuses io_uring_setup (ENOSYS), so the route is tried by a process bound
+// by pid, which nothing keeps from io_uring.
+func TestBypassIOUring(t *testing.T) {
+	d := startDaemon(t)
+	in := gatetest.Serve(t, "127.0.0.1:0")
+	out := gatetest.Serve(t, "127.0.0.1:0")
+	if res := runProbe(t, d, []string{"--allow", "tcp://" + in.String()}, "uring "+in.String()); res[0].result != "setup:ENOSYS" {
+		t.Errorf("io_uring under run: %s, want setup:ENOSYS", res[0].result)
+	}
+	s := d.openSession(t, "--intent", "uring", "--allow", "tcp://"+in.String())
+	p := gatetest.Start(t, "", gatetest.Options{}, true, "uring "+out.String(), "uring "+in.String())
+	if res, _ := p.Next(); res != "ready" {
+		t.Fatalf("probe: %s", res)
+	}
+	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
+		t.Fatalf("bind: %s", stderr)
+	}
+	p.Go()
+	r1, _ := p.Next()
+	r2, _ := p.Next()
+	if strings.HasPrefix(r1, "setup:") {
+		t.Skipf("no io_uring on this kernel: %s", r1)
+	}
+	if r1 != "EPERM" || r2 != "ok" {
+		t.Errorf("io_uring connect out of scope %s, in scope %s; want EPERM, ok", r1, r2)
+	}
+	d.recordOf(t, "io_uring connect", audit.KindConnect, uint32(p.PID), func(r audit.Record) bool {
+		return denied(r) && r.Destination != nil && r.Destination.Port == out.Port()
+	})
+}
+
+// Connects in other shapes: TCP fast open (sendto with MSG_FASTOPEN, no
+// connect), an IPv4 address written v4-mapped on an IPv6 socket, and from a
+// daemonized grandchild (setsid, reparented). Each is judged as the plain
+// connect and recorded under the acting process.
+func TestBypassConnectShapes(t *testing.T) {
+	d := startDaemon(t)
+	in := gatetest.Serve(t, "127.0.0.1:0")
+	out := gatetest.Serve(t, "127.0.0.1:0")
+	mapped := fmt.Sprintf("[::ffff:127.0.0.1]:%d", out.Port())
+	res := runProbe(t, d, []string{"--allow", "tcp://" + in.String()}, "tfo "+out.String(), "tcp6 "+mapped, "tcp6 "+
+		fmt.Sprintf("[::ffff:127.0.0.1]:%d", in.Port()))
+	if res[0].result != "EPERM" || res[1].result != "EPERM" || res[2].result != "ok" {
+		t.Errorf("fast open, mapped out of scope, mapped in scope: %v; want EPERM EPERM ok", res)
+	}
+	for i, what := range []string{"fast open", "v4-mapped"} {
+		r := d.recordOf(t, what, audit.KindConnect, res[i].pid, denied)
+		if r.Destination == nil || r.Destination.IP != "127.0.0.1" || r.Destination.Port != out.Port() {
+			t.Errorf("%s record destination %+v", what, r.Destination)
+		}
+	}
+
+	stdout, stderr, code := d.cli(t, append(gatetest.Env("tcp "+out.String()), "AGENTFENCE_PROBE_DEPTH=2", "AGENTFENCE_PROBE_DETACH=1"),
+		"run", "--intent", "daemonized", "--allow", "tcp://"+in.String(), "--", os.Args[0])
+	var pid uint32
+	var result string
+	if _, err := fmt.Sscan(stdout, &pid, &result); err != nil || code != 0 {
+		t.Fatalf("run: exit %d: %q %s", code, stdout, stderr)
+	}
+	if result != "EPERM" {
+		t.Errorf("daemonized grandchild: %s, want EPERM", result)
+	}
+	d.recordOf(t, "daemonized grandchild", audit.KindConnect, pid, denied)
+}

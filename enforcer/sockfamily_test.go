@@ -1,0 +1,159 @@
+package enforcer
+
+import (
+	"slices"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/privdrop"
+)
+
+// Probes of sockets no cgroup hook judges, and of local ones.
+const (
+	probePacket  = "socket 17 3 768" // AF_PACKET, SOCK_RAW, htons(ETH_P_ALL)
+	probeNetlink = "socket 16 3 0"   // AF_NETLINK, SOCK_RAW, NETLINK_ROUTE
+	probeUnix    = "socket 1 1 0"
+)
+
+// The seccomp filter of `agentfence run` and the kernel programs let the
+// same families through.
+func TestLocalFamiliesMatchSeccomp(t *testing.T) {
+	var seccomp []int
+	for _, f := range privdrop.LocalFamilies {
+		seccomp = append(seccomp, int(f))
+	}
+	slices.Sort(seccomp)
+	kernel := slices.Sorted(slices.Values(LocalFamilies))
+	if !slices.Equal(seccomp, kernel) {
+		t.Errorf("seccomp filter allows %v, the kernel programs %v", seccomp, kernel)
+	}
+}
+
+// familyFixture loads the gate (without the BPF LSM when noLSM) and opens
+// a session with a budget, in which sockets of other families are tried.
+func familyFixture(t *testing.T, slot uint32, noLSM bool, st SessionState) (*fixture, string, FamilyLayer) {
+	t.Helper()
+	f := setupWith(t, Options{NoLSM: noLSM})
+	layer, err := f.g.SocketFamilies()
+	if layer == FamiliesNone {
+		// Both programs load on every kernel the project supports
+		// (docs/kernels.md); a host where they do not is a finding.
+		t.Fatalf("no socket family layer: %v", err)
+	}
+	if noLSM && layer != FamiliesSyscallExit {
+		t.Fatalf("layer %s with NoLSM", layer)
+	}
+	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	cg := f.session(t, sessionSpec{slot: slot, rules: []string{ln.String()}})
+	st.Gen, st.State = 1, StateActive
+	if err := f.g.PutSession(slot, st); err != nil {
+		t.Fatal(err)
+	}
+	return f, cg, layer
+}
+
+func socketEvent(f *fixture, t *testing.T, pid int) Event {
+	t.Helper()
+	return f.waitEvent(t, pid, func(e Event) bool { return e.Socket != nil })
+}
+
+// A root member's packet socket: the BPF LSM refuses it where it runs;
+// elsewhere it is created, seen at the syscall's exit, and the session is
+// quarantined at once, whatever its budget. Local families are untouched,
+// and outside a session the packet socket works.
+func TestPacketSocketOfRootMember(t *testing.T) {
+	for _, noLSM := range []bool{false, true} {
+		name := "strongest"
+		if noLSM {
+			name = "syscall_exit"
+		}
+		t.Run(name, func(t *testing.T) {
+			f, cg, layer := familyFixture(t, 40, noLSM, SessionState{Budget: 100, QuarantineOnBudget: true})
+			res := gatetest.Run(t, cg, gatetest.Options{}, probePacket, probeNetlink, probeUnix)
+			ev := socketEvent(f, t, res[0].PID)
+			if ev.Socket.Family != unix.AF_PACKET || ev.Socket.Type != unix.SOCK_RAW || ev.Reason != ReasonSocketFamily {
+				t.Errorf("event %+v %+v", ev, *ev.Socket)
+			}
+			st, err := f.g.Session(40)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch layer {
+			case FamiliesLSM:
+				expect(t, res, "EPERM", "ok", "ok")
+				if ev.Hook != HookLSMSocket || ev.Verdict != VerdictDenied {
+					t.Errorf("LSM event %+v", ev)
+				}
+				if st.State != StateActive || st.Violations != 1 {
+					t.Errorf("session after a refusal: %+v", st)
+				}
+			case FamiliesSyscallExit:
+				expect(t, res, "ok", "ok", "ok")
+				if ev.Hook != HookSysSocket || ev.Verdict != 0 || ev.Socket.Result < 0 || !ev.QuarantinedNow {
+					t.Errorf("exit event %+v %+v", ev, *ev.Socket)
+				}
+				if st.State != StateQuarantined {
+					t.Errorf("session after a packet socket: %+v", st)
+				}
+			}
+			f.mu.Lock()
+			for _, e := range f.events {
+				if e.Socket != nil && e.Socket.Family != unix.AF_PACKET {
+					t.Errorf("an event for a local family: %+v", *e.Socket)
+				}
+			}
+			f.mu.Unlock()
+			expect(t, gatetest.Run(t, "", gatetest.Options{}, probePacket), "ok")
+		})
+	}
+}
+
+// A member without CAP_NET_RAW is refused by the kernel (or first by the
+// BPF LSM), and the refusal is recorded as a violation.
+func TestPacketSocketOfUnprivilegedMember(t *testing.T) {
+	for _, noLSM := range []bool{false, true} {
+		t.Run(map[bool]string{false: "strongest", true: "syscall_exit"}[noLSM], func(t *testing.T) {
+			f, cg, layer := familyFixture(t, 41, noLSM, SessionState{Budget: 100, QuarantineOnBudget: true})
+			bin := gatetest.ExecutableCopy(t)
+			res := gatetest.Run(t, cg, gatetest.Options{Binary: bin, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}},
+				probePacket)
+			expect(t, res, "EPERM")
+			ev := socketEvent(f, t, res[0].PID)
+			want := HookSysSocket
+			if layer == FamiliesLSM {
+				want = HookLSMSocket
+			}
+			if ev.Hook != want || ev.Verdict != VerdictDenied || ev.UID != 65534 {
+				t.Errorf("event %+v", ev)
+			}
+			if layer == FamiliesSyscallExit && ev.Socket.Result != -int64(unix.EPERM) {
+				t.Errorf("result %d, want -EPERM", ev.Socket.Result)
+			}
+			if st, _ := f.g.Session(41); st.State != StateActive || st.Violations != 1 {
+				t.Errorf("session after a refusal: %+v", st)
+			}
+		})
+	}
+}
+
+// With the kill drift action, a member that got a packet socket past every
+// layer is killed before the socket syscall returns to it: it never runs
+// another instruction, so its next probe never reports.
+func TestPacketSocketKillsOnDrift(t *testing.T) {
+	f, cg, _ := familyFixture(t, 42, true, SessionState{Budget: 100, QuarantineOnBudget: true, KillOnDrift: true})
+	res, state, out := gatetest.RunStatus(t, cg, gatetest.Options{}, probePacket, probeUnix)
+	if len(res) != 0 {
+		t.Errorf("the member went on after its packet socket: %s", out)
+	}
+	ws, ok := state.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("member ended %v, want killed by SIGKILL", state)
+	}
+	ev := socketEvent(f, t, state.Pid())
+	if ev.Hook != HookSysSocket || !ev.QuarantinedNow {
+		t.Errorf("event %+v", ev)
+	}
+}
