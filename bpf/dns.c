@@ -39,6 +39,7 @@ AF_SCOPE_MAPS;
 AF_HOST_NAMES_MAP;
 AF_LEARNED_MAP;
 AF_SOCK_INFO_MAP;
+AF_MEMBER_SOCKS_MAP;
 
 // This object's own maps.
 struct {
@@ -58,7 +59,9 @@ struct name_walk {
 	__u32 pos, limit, end, hops, out, labels, left, _pad;
 };
 
-// Per-CPU scratch: key 0 for ingress, key 1 for egress. busy guards against
+// Per-CPU scratch: key 0 for ingress, key 1 for the SNI check, key 2 for
+// DNS queries (dns_egress; its own, so the two egress programs never find
+// each other's busy flag on one packet). busy guards against
 // a program interrupted on its CPU by another run of the same program (a
 // softirq over process context): the inner run bails out.
 struct scratch {
@@ -81,19 +84,20 @@ struct scratch {
 	__u32 name_len;
 	__u32 slot;
 	__u32 busy;
-	__u32 _pad;
+	__u32 qoff;  // dns_egress: the question of the query judged last
+	__u32 qtype; // and its type, when the name was read
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, struct scratch);
 } host_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 8);
+	__uint(max_entries, 10);
 	__type(key, __u32);
 	__type(value, __u64);
 } host_stats SEC(".maps");
@@ -107,6 +111,8 @@ enum host_stat {
 	HS_SNI_OK = 5,
 	HS_SNI_DROP = 6,
 	HS_BUSY = 7, // scratch busy: nested run bailed out
+	HS_QUERY_OK = 8,   // member DNS queries let through by the dns mode
+	HS_QUERY_DROP = 9, // member DNS queries refused (or would be, in audit mode)
 };
 
 const struct host_event *unused_host_event __attribute__((unused));
@@ -174,11 +180,17 @@ static __always_inline __u8 host_char(__u8 c)
 // scratch message and returns the offset just past it in place, or -1 if it
 // is malformed or not a hostname. It leaves the FNV-1a hash of the
 // lowercased presentation name in hash and that of the part after the first
-// label in suffix_hash; with copy it also writes the name into name. Each
-// compression pointer must point before the start of the labels it
-// continues, so the walk always moves backwards and ends.
-__attribute__((noinline)) int dns_read_name(__u32 key, __u32 off, __u32 copy)
+// label in suffix_hash; with NAME_COPY in flags it also writes the name into
+// name. Each compression pointer must point before the start of the labels
+// it continues, so the walk always moves backwards and ends; with
+// NAME_NO_POINTERS there may be none (a query's question: nothing precedes
+// it to point to, and a pointer into the header would name bytes the
+// sender chose as an ID).
+#define NAME_COPY 1
+#define NAME_NO_POINTERS 2
+__attribute__((noinline)) int dns_read_name(__u32 key, __u32 off, __u32 flags)
 {
+	__u32 copy = flags & NAME_COPY;
 	struct scratch *sc = bpf_map_lookup_elem(&host_scratch, &key);
 	if (!sc)
 		return -1;
@@ -230,6 +242,8 @@ __attribute__((noinline)) int dns_read_name(__u32 key, __u32 off, __u32 copy)
 			return w->end & 0xffff;
 		}
 		if ((c & 0xC0) == 0xC0) {
+			if (flags & NAME_NO_POINTERS)
+				return -1;
 			if (pos + 1 >= sc->len)
 				return -1;
 			__u32 ptr = ((__u32)(c & 0x3F) << 8) | sc->pkt[idx(pos + 1)];
@@ -661,7 +675,7 @@ int dns_ingress(struct __sk_buff *skb)
 	__u32 flags = pkt16(sc, 2);
 	if (!(flags & 0x8000) || (flags & 0x7800) || pkt16(sc, 4) != 1)
 		goto malformed;
-	int qend = dns_read_name(0, 12, 1);
+	int qend = dns_read_name(0, 12, NAME_COPY);
 	if (qend < 0 || qend + 4 > plen)
 		goto malformed;
 	sc->qhash = *(volatile __u64 *)&sc->hash;
@@ -893,5 +907,273 @@ int sni_egress(struct __sk_buff *skb)
 		return 1;
 	}
 	info->flags |= AF_SOCK_BLOCKED;
+	return 0;
+}
+
+// DNS queries of members (docs/hostnames.md, "DNS modes"): a session whose
+// dns mode is scoped may ask a resolver only for names its hostname rules
+// cover, one with none for nothing. A query that may not leave is dropped
+// here, before it reaches any device, loopback included: a resolver in scope
+// would otherwise carry whatever a member encodes in a name to the
+// authoritative server of a zone the member chose.
+
+#define MAX_TCP_QUERIES 4 // DNS messages in one TCP segment (glibc writes two at once)
+
+// dns_query_check judges the query message at off, len bytes long, in
+// scratch key 2, for mode (AF_DNS_SCOPED or AF_DNS_NONE). Returns 0 if it may
+// leave, else the reason. The question's offset is left in qoff (for the
+// record) and its type in qtype.
+__attribute__((noinline)) int dns_query_check(__u32 off, __u32 len, __u32 mode)
+{
+	__u32 key = 2;
+	struct scratch *sc = bpf_map_lookup_elem(&host_scratch, &key);
+	if (!sc)
+		return AF_REASON_DNS_MALFORMED;
+	sc->qoff = off + 12;
+	sc->qtype = 0;
+	sc->name_len = 0;
+	if (mode == AF_DNS_NONE)
+		return AF_REASON_DNS_NONE;
+	if (len < 12 || off + len > sc->len)
+		return AF_REASON_DNS_MALFORMED;
+	// A standard query (QR=0, opcode QUERY) with one question: anything
+	// else (an update, a notify, a message without a question) carries no
+	// name to judge it by.
+	__u32 flags = pkt16(sc, off + 2);
+	if ((flags & 0x8000) || (flags & 0x7800) || pkt16(sc, off + 4) != 1)
+		return AF_REASON_DNS_MALFORMED;
+	int qend = dns_read_name(key, off + 12, NAME_COPY | NAME_NO_POINTERS);
+	if (qend < 0 || qend + 4 > off + len)
+		return AF_REASON_DNS_MALFORMED;
+	sc->qtype = pkt16(sc, qend);
+	if (name_allowed(key, 0, 0) < 0)
+		return AF_REASON_DNS_UNSCOPED;
+	return 0;
+}
+
+// The socket's session and who made the socket, from member_socks (every
+// TCP and UDP socket a member creates) or, for a socket made before its
+// process joined, session_socks (written when the gate let it talk to the
+// DNS port).
+struct querier {
+	struct binding b;
+	__u64 cgroup_id;
+	__u32 tgid, uid, gid;
+	char comm[16];
+};
+
+static __always_inline int find_querier(struct bpf_sock *sk, struct querier *q, struct member_sock **m,
+					struct sock_info **info)
+{
+	*m = bpf_sk_storage_get(&member_socks, sk, 0, 0);
+	if (*m) {
+		q->b = (*m)->b;
+		q->cgroup_id = (*m)->cgroup_id;
+		q->tgid = (*m)->tgid;
+		q->uid = (*m)->uid;
+		q->gid = (*m)->gid;
+		__builtin_memcpy(q->comm, (*m)->comm, sizeof(q->comm));
+		return 0;
+	}
+	*info = bpf_sk_storage_get(&session_socks, sk, 0, 0);
+	if (*info) {
+		q->b = (*info)->b;
+		q->cgroup_id = (*info)->cgroup_id;
+		q->tgid = (*info)->tgid;
+		q->uid = (*info)->uid;
+		q->gid = (*info)->gid;
+		__builtin_memcpy(q->comm, (*info)->comm, sizeof(q->comm));
+		return 0;
+	}
+	return -1;
+}
+
+// egress_l4 finds the transport header of an outgoing packet, walking up to
+// four IPv6 hop-by-hop, routing and destination options headers (a member
+// may add a routing header without privileges). Egress packets are not yet
+// fragmented.
+static __always_inline int egress_l4(struct __sk_buff *skb, struct l4 *l)
+{
+	if (parse_ip(skb, l, 1))
+		return -1;
+	if (l->family != 6)
+		return 0;
+	for (int i = 0; i < 4; i++) {
+		if (l->proto != 0 && l->proto != 43 && l->proto != 60)
+			break;
+		__u8 ext[2];
+		if (bpf_skb_load_bytes(skb, l->off, ext, sizeof(ext)))
+			return -1;
+		l->proto = ext[0];
+		l->off += (ext[1] + 1) * 8;
+	}
+	return 0;
+}
+
+static __always_inline void emit_query(struct querier *q, struct scratch *sc, struct l4 *l, __u16 port,
+				       __u8 verdict, __u8 reason)
+{
+	struct host_event *e = bpf_ringbuf_reserve(&host_events, sizeof(*e), 0);
+	if (!e) {
+		hstat(HS_LOST);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e) - AF_NAME_MAX);
+	for (int i = 0; i < AF_NAME_MAX / 8; i++)
+		((__u64 *)e->name)[i] = 0;
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->cgroup_id = q->cgroup_id;
+	e->session_gen = q->b.gen;
+	e->session_slot = q->b.slot;
+	e->pid = q->tgid;
+	e->uid = q->uid;
+	e->gid = q->gid;
+	__builtin_memcpy(e->comm, q->comm, sizeof(e->comm));
+	e->kind = AF_HOST_DNS_QUERY;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->rule = AF_RULE_NONE;
+	e->family = l->family;
+	__builtin_memcpy(e->addr, l->addr, 16);
+	e->port = port;
+	e->ttl_ns = sc->qtype;
+	// The name as sent, whatever its bytes: user space decodes and
+	// sanitises it (a refused name is exactly the one that may not be a
+	// hostname).
+	__u32 qoff = sc->qoff, len = sc->len, n = 0;
+	for (int i = 0; i < AF_DNS_QUERY_RAW; i++) {
+		if (qoff + i >= len)
+			break;
+		e->name[i] = pkt8(sc, qoff + i);
+		n = i + 1;
+	}
+	e->name_len = n;
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("cgroup_skb/egress")
+int dns_egress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 1;
+	__u32 proto = sk->protocol;
+	if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
+		return 1;
+	struct querier q = {};
+	struct member_sock *m = 0;
+	struct sock_info *info = 0;
+	if (find_querier(sk, &q, &m, &info))
+		return 1;
+	if ((m && (m->flags & AF_MEMBER_DNS_BLOCKED)) || (info && (info->flags & AF_SOCK_DNS_BLOCKED)))
+		return 0;
+	struct session *s = live_session(&q.b);
+	if (!s)
+		return 1;
+	__u32 mode = s->dns;
+	if (mode != AF_DNS_SCOPED && mode != AF_DNS_NONE)
+		return 1;
+
+	// From here on the session restricts DNS: a packet whose ports cannot
+	// be found is refused, since it might be a query.
+	struct l4 l = {};
+	__u16 dport = 0;
+	__u32 off = 0;
+	int reason = 0;
+	if (egress_l4(skb, &l) || l.proto != proto) {
+		reason = AF_REASON_DNS_MALFORMED;
+	} else if (proto == IPPROTO_UDP) {
+		__u8 udp[8] = {};
+		if (bpf_skb_load_bytes(skb, l.off, udp, sizeof(udp)))
+			reason = AF_REASON_DNS_MALFORMED;
+		dport = (udp[2] << 8) | udp[3];
+		off = l.off + 8;
+	} else {
+		__u8 tcp[14] = {};
+		if (bpf_skb_load_bytes(skb, l.off, tcp, sizeof(tcp)))
+			reason = AF_REASON_DNS_MALFORMED;
+		dport = (tcp[2] << 8) | tcp[3];
+		off = l.off + (tcp[12] >> 4) * 4;
+	}
+	if (!reason && dport != dns_port)
+		return 1;
+	if (!reason && proto == IPPROTO_TCP && off >= skb->len)
+		return 1; // no payload: handshake, ACKs, FIN
+	// UDP segmentation offload sends several datagrams as one packet here;
+	// only the first would be read.
+	if (!reason && proto == IPPROTO_UDP && skb->gso_segs > 1)
+		reason = AF_REASON_DNS_MALFORMED;
+
+	struct scratch *sc = take_scratch(2);
+	if (!sc)
+		return 0; // fail closed: UDP sees EPERM, TCP sends again
+	sc->slot = q.b.slot;
+	sc->gen = q.b.gen;
+	sc->len = 0;
+	sc->qoff = 0;
+	sc->qtype = 0;
+	__u32 total = off < skb->len ? skb->len - off : 0;
+	__u32 plen = payload_len(skb, off);
+	if (!reason) {
+		if (plen == 0 || load_payload(skb, off, sc, plen))
+			reason = AF_REASON_DNS_MALFORMED;
+		else
+			sc->len = plen;
+	}
+	if (!reason && proto == IPPROTO_UDP) {
+		// The question is at the start; what follows it reaches only
+		// the resolver, which is in scope.
+		reason = dns_query_check(0, plen, mode);
+	} else if (!reason) {
+		// TCP: every message of the segment, each after its 2-byte
+		// length, must be complete in it and allowed. A query split over
+		// segments is refused.
+		if (total > plen)
+			reason = AF_REASON_DNS_MALFORMED;
+		__u32 moff = 0;
+		int done = 0;
+		for (int i = 0; i < MAX_TCP_QUERIES && !reason; i++) {
+			if (moff + 2 > plen) {
+				reason = AF_REASON_DNS_MALFORMED;
+				break;
+			}
+			__u32 mlen = pkt16(sc, moff);
+			if (moff + 2 + mlen > plen) {
+				sc->qoff = moff + 2 + 12;
+				reason = mode == AF_DNS_NONE ? AF_REASON_DNS_NONE : AF_REASON_DNS_MALFORMED;
+				break;
+			}
+			reason = dns_query_check(moff + 2, mlen, mode);
+			moff += 2 + mlen;
+			if (moff >= plen) {
+				done = 1;
+				break;
+			}
+		}
+		if (!reason && !done)
+			reason = AF_REASON_DNS_MALFORMED;
+	}
+	if (!reason) {
+		hstat(HS_QUERY_OK);
+		sc->busy = 0;
+		return 1;
+	}
+
+	hstat(HS_QUERY_DROP);
+	__sync_fetch_and_add(&s->violations, 1);
+	int enforce = s->mode != AF_MODE_AUDIT;
+	emit_query(&q, sc, &l, dport, enforce ? AF_VERDICT_DENIED : AF_VERDICT_WOULD_DENY, reason);
+	sc->busy = 0;
+	if (!enforce)
+		return 1;
+	if (proto == IPPROTO_TCP) {
+		if (m)
+			m->flags |= AF_MEMBER_DNS_BLOCKED;
+		else if (info)
+			info->flags |= AF_SOCK_DNS_BLOCKED;
+	}
 	return 0;
 }

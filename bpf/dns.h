@@ -20,6 +20,10 @@
 #define AF_REASON_SNI_MISSING 7    // no SNI (not TLS, or a ClientHello without it)
 #define AF_REASON_SNI_INCOMPLETE 8 // the SNI is not within the first segment
 #define AF_REASON_NAME_UNSCOPED 9  // a DNS answer for a name not in scope
+// DNS queries of members (dns_egress), by the session's dns mode.
+#define AF_REASON_DNS_UNSCOPED 10  // scoped: no hostname rule covers the question name
+#define AF_REASON_DNS_NONE 11      // none: no query may leave
+#define AF_REASON_DNS_MALFORMED 12 // not one standard query with a readable question
 
 enum af_name_kind {
 	AF_NAME_EXACT = 0,
@@ -70,6 +74,7 @@ struct learned_val {
 #define AF_SOCK_SNI 1      // TCP allowed only through a learned name
 #define AF_SOCK_SNI_DONE 2 // the first data segment was checked
 #define AF_SOCK_BLOCKED 4  // the SNI check failed: drop everything
+#define AF_SOCK_DNS_BLOCKED 8 // a TCP DNS stream was refused (dns_egress)
 
 struct sock_info {
 	struct binding b;
@@ -88,6 +93,7 @@ enum af_host_kind {
 	AF_HOST_DNS_LEARNED = 1,  // an address learned for an allowed name
 	AF_HOST_DNS_UNSCOPED = 2, // an answer for a name not in scope
 	AF_HOST_SNI = 3,          // a TLS SNI check that failed
+	AF_HOST_DNS_QUERY = 4,    // a member's DNS query refused by the session's dns mode
 };
 
 // A hostname event, on its own ring buffer (host_events).
@@ -111,8 +117,13 @@ struct host_event {
 	__u8 _pad[6];
 	__u8 addr[16]; // learned address, or the TCP peer for SNI
 	char comm[16];
-	char name[AF_NAME_MAX]; // the question name or the SNI, zero padded
+	// The question name or the SNI, zero padded. For AF_HOST_DNS_QUERY:
+	// the question's first AF_DNS_QUERY_RAW bytes as sent (wire labels, any
+	// byte values), name_len of them; user space decodes and sanitises.
+	char name[AF_NAME_MAX];
 };
+
+#define AF_DNS_QUERY_RAW 64
 
 #define AF_HOST_NAMES_MAP                                     \
 	struct {                                              \

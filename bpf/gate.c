@@ -34,12 +34,7 @@ AF_SCOPE_MAPS;
 // rules of all its in: rules.
 AF_SCOPE_MAP(binds, __u32, BPF_MAP_TYPE_HASH);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct member_sock);
-} member_socks SEC(".maps");
+AF_MEMBER_SOCKS_MAP;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -217,11 +212,13 @@ static __always_inline void remember_sock(struct bpf_sock *sk, struct dest *d, i
 	if (!sk || !d->in_session || !allowed)
 		return;
 	// Only two kinds of socket are looked at there: TCP connections allowed
-	// through a learned name (the SNI check) and UDP sockets talking to a
-	// resolver (DNS learning). Storage on any other socket would cost an
-	// allocation per connect for nothing.
+	// through a learned name (the SNI check) and sockets talking to a
+	// resolver (DNS learning over UDP, the dns mode over both). Storage on
+	// any other socket would cost an allocation per connect for nothing.
 	int sni = d->via_name && d->protocol == IPPROTO_TCP;
-	int dns = d->protocol == IPPROTO_UDP && d->port == dns_port;
+	// TCP to the DNS port too: dns_egress finds the session of a socket
+	// made before its process joined (no member_socks) here.
+	int dns = d->port == dns_port;
 	if (!sni && !dns)
 		return;
 	struct sock_info *info = bpf_sk_storage_get(&session_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -326,6 +323,10 @@ static __always_inline int decide(struct dest *d, __u8 hook)
 			reason = AF_REASON_RULE;
 		else if (s->state == AF_STATE_QUARANTINED)
 			reason = AF_REASON_QUARANTINED;
+		// No DNS egress program to read the question (gate.h).
+		if (rule != AF_RULE_NONE && !is_bind(hook) && d->port == dns_port &&
+		    (s->flags & AF_SESSION_DNS_AT_GATE) && s->dns != AF_DNS_ANY)
+			reason = AF_REASON_DNS_NONE;
 	}
 
 	if (reason == AF_REASON_RULE) {
@@ -457,6 +458,7 @@ static __always_inline void mark_member(struct bpf_sock *sk)
 	m->tgid = tgid;
 	m->uid = (__u32)ugid;
 	m->gid = ugid >> 32;
+	m->flags = 0;
 	bpf_get_current_comm(m->comm, sizeof(m->comm));
 }
 

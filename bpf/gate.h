@@ -28,6 +28,19 @@ enum af_state {
 // The drift action is kill: a member found holding a socket no hook can
 // judge (sockfamily.c) is killed before the syscall returns to it.
 #define AF_SESSION_KILL_ON_DRIFT 2
+// The DNS egress program (dns.c dns_egress) is not loaded: the gate itself
+// refuses connect and sendmsg to the DNS port for a session whose dns mode
+// is not AF_DNS_ANY. Without the program no question can be read, so
+// scoped degrades to none (fail closed).
+#define AF_SESSION_DNS_AT_GATE 4
+
+// What a session's members may ask a resolver (session.dns): the question
+// name of every DNS query they send is judged in dns_egress.
+enum af_dns_mode {
+	AF_DNS_ANY = 0,    // anything (the behaviour before dns modes; old pins)
+	AF_DNS_SCOPED = 1, // names the session's hostname rules cover
+	AF_DNS_NONE = 2,   // nothing
+};
 
 enum af_verdict {
 	AF_VERDICT_ALLOWED = 1,
@@ -42,6 +55,7 @@ enum af_reason {
 	AF_REASON_REVOKED = 3,     // the session was revoked
 	AF_REASON_QUARANTINED = 4, // only essential rules match
 	AF_REASON_SOCKET_TYPE = 5, // raw or non-TCP/UDP socket
+	// 6-9 are the hostname programs' (dns.h), 10-12 DNS queries' (dns.h).
 	AF_REASON_SOCKET_FAMILY = 16, // a family other than unix, netlink, inet (sockfamily.c)
 };
 
@@ -80,7 +94,7 @@ struct session {
 	__u32 violations; // denials (or would-denials) so far
 	__u32 budget;     // violations allowed before the drift action (flags)
 	__u32 flags;
-	__u32 _pad;
+	__u32 dns; // enum af_dns_mode
 };
 
 #define AF_PROTO_TCP 1
@@ -173,9 +187,22 @@ struct member_sock {
 	__u32 tgid;
 	__u32 uid;
 	__u32 gid;
-	__u32 _pad;
+	__u32 flags; // AF_MEMBER_*
 	char comm[16];
 };
+
+// A TCP DNS stream of this socket was refused (dns_egress): every later
+// segment is dropped without another record, so retransmissions of the
+// refused query do not each leave one.
+#define AF_MEMBER_DNS_BLOCKED 1
+
+#define AF_MEMBER_SOCKS_MAP                                   \
+	struct {                                              \
+		__uint(type, BPF_MAP_TYPE_SK_STORAGE);        \
+		__uint(map_flags, BPF_F_NO_PREALLOC);         \
+		__type(key, int);                             \
+		__type(value, struct member_sock);            \
+	} member_socks SEC(".maps")
 
 // Refused inbound attempts are caused by peers, often outside the session,
 // so they are recorded at most AF_INBOUND_RECORDS a second per session: a

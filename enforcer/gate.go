@@ -70,7 +70,7 @@ type attachment struct {
 }
 
 func (g *Gate) attachments() []attachment {
-	return []attachment{
+	out := []attachment{
 		{"connect4", g.objs.GateConnect4, ebpf.AttachCGroupInet4Connect},
 		{"connect6", g.objs.GateConnect6, ebpf.AttachCGroupInet6Connect},
 		{"sendmsg4", g.objs.GateSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
@@ -80,6 +80,14 @@ func (g *Gate) attachments() []attachment {
 		{"bind6", g.objs.GateBind6, ebpf.AttachCGroupInet6Bind},
 		{"ingress", g.objs.GateIngress, ebpf.AttachCGroupInetIngress},
 	}
+	if g.host != nil {
+		// At the root like the gate, not where the other hostname
+		// programs go: every session's dns mode is judged, with hostname
+		// rules or without. A non-member's packet leaves at the first
+		// storage lookup.
+		out = append(out, attachment{"dns_egress", g.host.objs.DnsEgress, ebpf.AttachCGroupInetEgress})
+	}
+	return out
 }
 
 // gateSpec is the gate object with its variables set, as Load and

@@ -108,7 +108,7 @@ type gateMemberSock struct {
 	Tgid     uint32
 	Uid      uint32
 	Gid      uint32
-	Pad      uint32
+	Flags    uint32
 	Comm     [16]int8
 }
 
@@ -168,7 +168,7 @@ type gateSession struct {
 	Violations uint32
 	Budget     uint32
 	Flags      uint32
-	Pad        uint32
+	Dns        uint32
 }
 
 type gateSockInfo struct {

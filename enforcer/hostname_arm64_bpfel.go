@@ -70,6 +70,22 @@ type hostnameLearnedVal struct {
 	}
 }
 
+type hostnameMemberSock struct {
+	_ structs.HostLayout
+	B struct {
+		_    structs.HostLayout
+		Slot uint32
+		Pad  uint32
+		Gen  uint64
+	}
+	CgroupId uint64
+	Tgid     uint32
+	Uid      uint32
+	Gid      uint32
+	Flags    uint32
+	Comm     [16]int8
+}
+
 type hostnameNameKey struct {
 	_    structs.HostLayout
 	Slot uint32
@@ -153,7 +169,9 @@ type hostnameScratch struct {
 	NameLen    uint32
 	Slot       uint32
 	Busy       uint32
-	Pad        uint32
+	Qoff       uint32
+	Qtype      uint32
+	_          [4]byte
 }
 
 type hostnameSession struct {
@@ -165,7 +183,7 @@ type hostnameSession struct {
 	Violations uint32
 	Budget     uint32
 	Flags      uint32
-	Pad        uint32
+	Dns        uint32
 }
 
 type hostnameSockInfo struct {
@@ -198,10 +216,12 @@ const (
 	hostnameMapHostScratch     = "host_scratch"
 	hostnameMapHostStats       = "host_stats"
 	hostnameMapLearned         = "learned"
+	hostnameMapMemberSocks     = "member_socks"
 	hostnameMapScope4          = "scope4"
 	hostnameMapScope6          = "scope6"
 	hostnameMapSessionSocks    = "session_socks"
 	hostnameMapSessions        = "sessions"
+	hostnameProgDnsEgress      = "dns_egress"
 	hostnameProgDnsIngress     = "dns_ingress"
 	hostnameProgSniEgress      = "sni_egress"
 	hostnameVarDnsPort         = "dns_port"
@@ -252,6 +272,7 @@ type hostnameSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type hostnameProgramSpecs struct {
+	DnsEgress  *ebpf.ProgramSpec `ebpf:"dns_egress"`
 	DnsIngress *ebpf.ProgramSpec `ebpf:"dns_ingress"`
 	SniEgress  *ebpf.ProgramSpec `ebpf:"sni_egress"`
 }
@@ -267,6 +288,7 @@ type hostnameMapSpecs struct {
 	HostScratch  *ebpf.MapSpec `ebpf:"host_scratch"`
 	HostStats    *ebpf.MapSpec `ebpf:"host_stats"`
 	Learned      *ebpf.MapSpec `ebpf:"learned"`
+	MemberSocks  *ebpf.MapSpec `ebpf:"member_socks"`
 	Scope4       *ebpf.MapSpec `ebpf:"scope4"`
 	Scope6       *ebpf.MapSpec `ebpf:"scope6"`
 	SessionSocks *ebpf.MapSpec `ebpf:"session_socks"`
@@ -310,6 +332,7 @@ type hostnameMaps struct {
 	HostScratch  *ebpf.Map `ebpf:"host_scratch"`
 	HostStats    *ebpf.Map `ebpf:"host_stats"`
 	Learned      *ebpf.Map `ebpf:"learned"`
+	MemberSocks  *ebpf.Map `ebpf:"member_socks"`
 	Scope4       *ebpf.Map `ebpf:"scope4"`
 	Scope6       *ebpf.Map `ebpf:"scope6"`
 	SessionSocks *ebpf.Map `ebpf:"session_socks"`
@@ -325,6 +348,7 @@ func (m *hostnameMaps) Close() error {
 		m.HostScratch,
 		m.HostStats,
 		m.Learned,
+		m.MemberSocks,
 		m.Scope4,
 		m.Scope6,
 		m.SessionSocks,
@@ -346,12 +370,14 @@ type hostnameVariables struct {
 //
 // It can be passed to loadHostnameObjects or ebpf.CollectionSpec.LoadAndAssign.
 type hostnamePrograms struct {
+	DnsEgress  *ebpf.Program `ebpf:"dns_egress"`
 	DnsIngress *ebpf.Program `ebpf:"dns_ingress"`
 	SniEgress  *ebpf.Program `ebpf:"sni_egress"`
 }
 
 func (p *hostnamePrograms) Close() error {
 	return _HostnameClose(
+		p.DnsEgress,
 		p.DnsIngress,
 		p.SniEgress,
 	)

@@ -29,6 +29,12 @@ const (
 	ReasonSNIMissing    Reason = 7 // not TLS, or a ClientHello without SNI
 	ReasonSNIIncomplete Reason = 8 // the SNI is not within the first segment
 	ReasonNameUnscoped  Reason = 9 // a DNS answer for a name not in scope
+
+	// DNS queries of members refused by the session's dns mode
+	// (HostDNSQuery events).
+	ReasonDNSUnscoped  Reason = 10 // scoped: no hostname rule covers the question name
+	ReasonDNSNone      Reason = 11 // none: no query may leave
+	ReasonDNSMalformed Reason = 12 // not one standard query with a readable question
 )
 
 // ReasonString is the audit spelling of a reason (outcome.reason).
@@ -56,6 +62,12 @@ func ReasonString(r Reason) string {
 		return "sni_incomplete"
 	case ReasonNameUnscoped:
 		return "name_not_in_scope"
+	case ReasonDNSUnscoped:
+		return "dns_name_unscoped"
+	case ReasonDNSNone:
+		return "dns_none"
+	case ReasonDNSMalformed:
+		return "dns_malformed"
 	}
 	return fmt.Sprintf("reason_%d", r)
 }
@@ -142,6 +154,7 @@ func loadHostnames(gate *gateObjects, opts HostnameOptions) (*hostnames, error) 
 		"host_names":    gate.HostNames,
 		"learned":       gate.Learned,
 		"session_socks": gate.SessionSocks,
+		"member_socks":  gate.MemberSocks,
 	}
 	if err := spec.LoadAndAssign(&h.objs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
 		var ve *ebpf.VerifierError
@@ -421,6 +434,9 @@ func (g *Gate) HostEvents() *ebpf.Map {
 // HostStats are the hostname programs' counters, summed over CPUs.
 type HostStats struct {
 	Lost, Answers, Learned, Malformed, Unscoped, SNIOK, SNIDrop, Busy uint64
+	// Members' DNS queries the dns mode let through, and refused (or
+	// would have, in audit mode).
+	QueryOK, QueryDrop uint64
 }
 
 // HostStats reads the per-CPU counters.
@@ -428,7 +444,7 @@ func (g *Gate) HostStats() (HostStats, error) {
 	if g.host == nil {
 		return HostStats{}, g.hostErr
 	}
-	var out [8]uint64
+	var out [10]uint64
 	for i := range out {
 		var per []uint64
 		if err := g.host.objs.HostStats.Lookup(uint32(i), &per); err != nil {
@@ -438,7 +454,7 @@ func (g *Gate) HostStats() (HostStats, error) {
 			out[i] += v
 		}
 	}
-	return HostStats{out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]}, nil
+	return HostStats{out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8], out[9]}, nil
 }
 
 // HostKind is what a hostname event reports.
@@ -448,6 +464,9 @@ const (
 	HostDNSLearned  HostKind = 1 // an address learned for an allowed name
 	HostDNSUnscoped HostKind = 2 // a DNS answer for a name not in scope
 	HostSNI         HostKind = 3 // a failed TLS SNI check
+	// HostDNSQuery: a member's DNS query the session's dns mode refuses
+	// (dropped before it left, or would have been in audit mode).
+	HostDNSQuery HostKind = 4
 )
 
 // HostEvent is one hostname event, decoded.
@@ -464,8 +483,11 @@ type HostEvent struct {
 	Verdict       Verdict
 	Reason        Reason
 	// Name is the question name (DNS) or the SNI (HostSNI; empty if
-	// there was none).
-	Name string
+	// there was none). For HostDNSQuery it is the name as the member sent
+	// it, sanitised (SanitizeQueryName): at most MaxQueryName bytes of
+	// printable ASCII, NameTruncated if there was more.
+	Name          string
+	NameTruncated bool
 	// NameHash is HashName(Name) for DNS events; for HostSNI it is the hash
 	// of the learned name the connect was allowed through.
 	NameHash uint64
@@ -521,6 +543,14 @@ func DecodeHostEvent(raw []byte) (HostEvent, error) {
 		ev.TTL = time.Duration(e.TtlNs)
 	case HostDNSUnscoped:
 		ev.QType = uint16(e.TtlNs)
+	case HostDNSQuery:
+		ev.QType = uint16(e.TtlNs)
+		raw := make([]byte, n)
+		for i, c := range e.Name[:n] {
+			raw[i] = byte(c)
+		}
+		ev.Name, ev.NameTruncated = SanitizeQueryName(raw)
+		ev.NameHash = 0
 	}
 	return ev, nil
 }

@@ -44,12 +44,47 @@ type SessionState struct {
 	// hook judges (socket families, sockfamily.go) before it can use it:
 	// the kill drift action.
 	KillOnDrift bool
+	// DNS is what members may ask a resolver; "" is scope.DNSAny, the
+	// kernel's reading of a slot written before dns modes.
+	DNS scope.DNSMode
 }
 
 const (
 	sessionQuarantineOnBudget = 1
 	sessionKillOnDrift        = 2
+	// sessionDNSAtGate: the DNS egress program is not loaded, so the gate
+	// refuses the DNS port itself (bpf/gate.h).
+	sessionDNSAtGate = 4
 )
+
+// Kernel values of scope.DNSMode (enum af_dns_mode).
+const (
+	dnsAny    = 0
+	dnsScoped = 1
+	dnsNone   = 2
+)
+
+func dnsKernel(m scope.DNSMode) (uint32, error) {
+	switch m {
+	case "", scope.DNSAny:
+		return dnsAny, nil
+	case scope.DNSScoped:
+		return dnsScoped, nil
+	case scope.DNSNone:
+		return dnsNone, nil
+	}
+	return 0, fmt.Errorf("enforcer: unknown dns mode %q", m)
+}
+
+func dnsMode(v uint32) scope.DNSMode {
+	switch v {
+	case dnsScoped:
+		return scope.DNSScoped
+	case dnsNone:
+		return scope.DNSNone
+	}
+	return scope.DNSAny
+}
 
 // PutSession writes a session slot. Writing an active state is what makes a
 // session's bindings live, so callers write scopes first.
@@ -60,6 +95,14 @@ func (g *Gate) PutSession(slot uint32, s SessionState) error {
 	}
 	if s.KillOnDrift {
 		v.Flags |= sessionKillOnDrift
+	}
+	dns, err := dnsKernel(s.DNS)
+	if err != nil {
+		return err
+	}
+	v.Dns = dns
+	if dns != dnsAny && g.host == nil {
+		v.Flags |= sessionDNSAtGate
 	}
 	if err := g.objs.Sessions.Update(slot, &v, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("enforcer: write session slot %d: %w", slot, err)
@@ -75,7 +118,7 @@ func (g *Gate) Session(slot uint32) (SessionState, error) {
 	}
 	return SessionState{Gen: v.Gen, ExpiresNS: v.ExpiresNs, State: State(v.State), Mode: Mode(v.Mode),
 		Violations: v.Violations, Budget: v.Budget, QuarantineOnBudget: v.Flags&sessionQuarantineOnBudget != 0,
-		KillOnDrift: v.Flags&sessionKillOnDrift != 0}, nil
+		KillOnDrift: v.Flags&sessionKillOnDrift != 0, DNS: dnsMode(v.Dns)}, nil
 }
 
 // SetState changes only the state of a slot, if it still holds generation gen,

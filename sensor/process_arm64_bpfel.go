@@ -112,7 +112,7 @@ type processSession struct {
 	Violations uint32
 	Budget     uint32
 	Flags      uint32
-	Pad        uint32
+	Dns        uint32
 }
 
 // Names of all BPF objects in the ELF.
