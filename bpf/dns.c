@@ -1068,8 +1068,16 @@ int dns_egress(struct __sk_buff *skb)
 	struct sock_info *info = 0;
 	if (find_querier(sk, &q, &m, &info))
 		return 1;
-	if ((m && (m->flags & AF_MEMBER_DNS_BLOCKED)) || (info && (info->flags & AF_SOCK_DNS_BLOCKED)))
-		return 0;
+	if ((m && (m->flags & AF_MEMBER_DNS_BLOCKED)) || (info && (info->flags & AF_SOCK_DNS_BLOCKED))) {
+		// Even after the session ends: the refused bytes are still in
+		// the socket's queue. Segments without data (the ACKs, FIN or
+		// reset that end the connection) pass.
+		struct l4 bl = {};
+		__u8 tcp[13] = {};
+		if (egress_l4(skb, &bl) || bl.proto != IPPROTO_TCP || bpf_skb_load_bytes(skb, bl.off, tcp, sizeof(tcp)))
+			return 0;
+		return bl.off + (tcp[12] >> 4) * 4 >= skb->len;
+	}
 	struct session *s = live_session(&q.b);
 	if (!s)
 		return 1;

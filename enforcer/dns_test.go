@@ -62,6 +62,8 @@ func init() {
 func hostProbe(action string) string {
 	f := strings.Fields(action)
 	switch f[0] {
+	case "dnsq", "dnsqhold", "dnsqreset", "dnsraw":
+		return dnsQueryProbe(f)
 	case "resolve":
 		qt := dns.TypeA
 		if f[3] == "AAAA" {

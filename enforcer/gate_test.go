@@ -111,6 +111,7 @@ type sessionSpec struct {
 	expires uint64
 	parent  string // cgroup path to create the session cgroup under; "" = fixture base
 	name    string
+	dns     scope.DNSMode
 }
 
 // session creates a cgroup, writes the scope and session and binds them, as
@@ -150,7 +151,7 @@ func (f *fixture) session(t *testing.T, s sessionSpec) string {
 	if err := f.g.WriteScope(s.slot, s.gen, entries); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.g.PutSession(s.slot, SessionState{Gen: s.gen, State: StateActive, Mode: s.mode, ExpiresNS: s.expires}); err != nil {
+	if err := f.g.PutSession(s.slot, SessionState{Gen: s.gen, State: StateActive, Mode: s.mode, ExpiresNS: s.expires, DNS: s.dns}); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.g.BindCgroup(id, s.slot, s.gen); err != nil {
