@@ -158,8 +158,9 @@ func (j *Joiner) attribute(rec *audit.Record, slot uint32, gen uint64, rule int)
 }
 
 // HostRecord turns a hostname event into a record: a DNS answer learned
-// for an allowed name or refused for a name outside the scope (kind dns),
-// or a TLS connection dropped by the SNI check (kind connect).
+// for an allowed name or refused for a name outside the scope, or a
+// member's query refused by the session's dns mode (kind dns), or a TLS
+// connection dropped by the SNI check (kind connect).
 func (j *Joiner) HostRecord(ev enforcer.HostEvent) audit.Record {
 	rec := audit.Record{Schema: audit.SchemaVersion, Time: j.Clock.Wall(ev.BootNS), Kind: audit.KindDNS,
 		Process: &audit.Process{PID: ev.PID, UID: ev.UID, GID: ev.GID, Comm: ev.Comm, CgroupID: ev.CgroupID},
@@ -174,6 +175,19 @@ func (j *Joiner) HostRecord(ev enforcer.HostEvent) audit.Record {
 		rec.Outcome.Reason = "learned"
 	case enforcer.HostDNSUnscoped:
 		dst.Port = ev.Port // the resolver
+	case enforcer.HostDNSQuery:
+		// destination is the resolver; the name goes in query, as
+		// asked: it is not a host anyone reached.
+		dst.Hostname, dst.Port, dst.Protocol = "", ev.Port, protoName(ev.Protocol)
+		rec.Query = &audit.Query{Name: ev.Name, Truncated: ev.NameTruncated}
+		if ev.QType != 0 { // 0: the question could not be read
+			rec.Query.Type = qtypeName(ev.QType)
+		}
+		if ev.Verdict == enforcer.VerdictDenied && ev.Protocol == unix.IPPROTO_UDP {
+			// A dropped datagram fails its send; a dropped TCP
+			// segment only stalls the stream.
+			rec.Outcome.Errno = "EPERM"
+		}
 	case enforcer.HostSNI:
 		rec.Kind, dst.Protocol, dst.Port = audit.KindConnect, "tcp", ev.Port
 		if ev.Name == "" && j.Names != nil {
@@ -268,4 +282,36 @@ func protoName(p uint8) string {
 	default:
 		return "ip-" + strconv.Itoa(int(p))
 	}
+}
+
+// qtypeName spells a DNS question type as resolvers' logs do (RFC 3597's
+// TYPEn for the rest).
+func qtypeName(t uint16) string {
+	switch t {
+	case 1:
+		return "A"
+	case 2:
+		return "NS"
+	case 5:
+		return "CNAME"
+	case 6:
+		return "SOA"
+	case 12:
+		return "PTR"
+	case 15:
+		return "MX"
+	case 16:
+		return "TXT"
+	case 28:
+		return "AAAA"
+	case 33:
+		return "SRV"
+	case 64:
+		return "SVCB"
+	case 65:
+		return "HTTPS"
+	case 255:
+		return "ANY"
+	}
+	return "TYPE" + strconv.Itoa(int(t))
 }

@@ -102,7 +102,8 @@ func TestOpenDefaults(t *testing.T) {
 	if s.Origin != (Origin{Kind: "human", Principal: admin.ID}) {
 		t.Errorf("origin = %+v, want human/%s", s.Origin, admin.ID)
 	}
-	if s.Mode != "enforce" || s.State != StateActive || s.Version != ModelVersion || s.OpenedBy != admin.ID {
+	// Address rules only, no dns asked for: scoped, the safe default.
+	if s.Mode != "enforce" || s.State != StateActive || s.Version != ModelVersion || s.OpenedBy != admin.ID || s.DNS != scope.DNSScoped {
 		t.Errorf("session = %+v", s)
 	}
 	if !strings.HasPrefix(s.ID, "s-") || len(s.ID) != 2+32 {
@@ -123,7 +124,7 @@ func TestOpenDefaults(t *testing.T) {
 	en := e.entry(t, s.ID)
 	ks := e.k.session(en.slot)
 	want := enforcer.SessionState{Gen: en.gen, ExpiresNS: e.clock.Boot(s.ExpiresAt), State: enforcer.StateActive,
-		Mode: enforcer.ModeEnforce, Budget: 100, QuarantineOnBudget: true}
+		Mode: enforcer.ModeEnforce, Budget: 100, QuarantineOnBudget: true, DNS: scope.DNSScoped}
 	if ks != want {
 		t.Errorf("kernel session = %+v, want %+v", ks, want)
 	}

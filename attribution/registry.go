@@ -278,6 +278,12 @@ func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
 		if parent.Mode == "enforce" && o.mode == enforcer.ModeAudit {
 			return Session{}, invalid("mode", "audit mode would widen an enforced parent")
 		}
+		if pd := parent.dnsMode(); !o.dns.Within(pd) {
+			if req.DNS != "" {
+				return Session{}, invalid("dns", "dns %s would widen the parent's dns %s", o.dns, pd)
+			}
+			o.dns = pd
+		}
 		if o.origin.Kind == "agent" && o.origin.Principal != parent.ID {
 			return Session{}, invalid("origin.principal", "an agent-originated child names its parent %s", parent.ID)
 		}
@@ -288,7 +294,7 @@ func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
 	slot := r.free[len(r.free)-1]
 	e := &entry{Session: Session{Version: ModelVersion, ID: newID(), Intent: o.intent, Origin: o.origin, Agent: req.Agent,
 		Mode: modeName(o.mode), TTL: expires.Sub(now).String(), CreatedAt: now, ExpiresAt: expires,
-		Parent: parentID, Labels: maps.Clone(req.Labels), KeptCaps: o.caps, OpenedBy: caller.ID, State: StateActive},
+		Parent: parentID, Labels: maps.Clone(req.Labels), KeptCaps: o.caps, DNS: o.dns, OpenedBy: caller.ID, State: StateActive},
 		slot: slot, gen: r.gens[slot] + 1, rules: o.rules}
 
 	if err := r.writePolicy(e, o.entries); err != nil {
@@ -476,7 +482,16 @@ func hasHostnames(rules []scope.Rule) bool {
 func (r *Registry) kernelState(e *entry, mode enforcer.Mode) enforcer.SessionState {
 	return enforcer.SessionState{Gen: e.gen, ExpiresNS: r.clock.Boot(e.ExpiresAt), State: enforcer.StateActive, Mode: mode,
 		Budget: r.cfg.ViolationBudget, QuarantineOnBudget: r.cfg.DriftAction != "none",
-		KillOnDrift: r.cfg.DriftAction == "kill"}
+		KillOnDrift: r.cfg.DriftAction == "kill", DNS: e.dnsMode()}
+}
+
+// dnsMode is the session's dns mode; one restored from state written
+// before dns modes has none recorded and keeps what it was opened with.
+func (e *entry) dnsMode() scope.DNSMode {
+	if e.DNS == "" {
+		return scope.DNSAny
+	}
+	return e.DNS
 }
 
 func (r *Registry) add(e *entry) {
@@ -1215,6 +1230,7 @@ func (r *Registry) lifecycle(e *entry, event, actor, reason string) {
 	rec := r.baseRecord(e, r.clock.Wall(BootNS()), audit.KindSession)
 	rec.Event, rec.Actor = event, actor
 	rec.Session.KeptCaps = e.KeptCaps // never changed in place
+	rec.Session.DNS = string(e.dnsMode())
 	if reason != "" {
 		rec.Outcome = &audit.Outcome{Reason: reason}
 	}

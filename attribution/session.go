@@ -61,6 +61,10 @@ type Session struct {
 	Parent     string            `json:"parent,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
 	KeptCaps   []string          `json:"kept_caps,omitempty"` // of privdrop.Gate, left to the command by `agentfence run --keep-cap`, as the opener says
+	// DNS is what members may ask a resolver (docs/hostnames.md, "DNS
+	// modes"). A session restored from state written before dns modes
+	// existed reads as any, what it was opened with.
+	DNS scope.DNSMode `json:"dns,omitempty"`
 	OpenedBy   string            `json:"opened_by"`
 	State      string            `json:"state"` // active, quarantined, revoked, expired
 	Violations uint32            `json:"violations"`
@@ -87,6 +91,10 @@ type OpenRequest struct {
 	// KeptCaps names the capabilities of the gate set the launcher leaves
 	// to the command (CAP_NET_RAW or net_raw).
 	KeptCaps []string `json:"kept_caps,omitempty"`
+	// DNS is the dns mode: any, scoped (the default) or none. A child's
+	// may not be wider than its parent's; left out, a child takes the
+	// default or its parent's, whichever is stricter.
+	DNS string `json:"dns,omitempty"`
 }
 
 // BindRequest binds processes to a session.
@@ -194,6 +202,7 @@ type opening struct {
 	rules   []scope.Rule
 	entries []scope.Entry
 	caps    []string // KeptCaps, canonical and in privdrop.Gate's order
+	dns     scope.DNSMode
 }
 
 func (r *Registry) check(req OpenRequest, caller Caller) (opening, error) {
@@ -265,6 +274,9 @@ func (r *Registry) check(req OpenRequest, caller Caller) (opening, error) {
 		o.ttl = d
 	}
 	var err error
+	if o.dns, err = scope.ParseDNSMode(req.DNS); err != nil {
+		return o, invalid("dns", "%v", err)
+	}
 	if o.caps, err = keptCaps(req.KeptCaps); err != nil {
 		return o, err
 	}

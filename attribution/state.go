@@ -302,6 +302,7 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 }
 
 func (r *Registry) rewrite(e *entry) error {
+	e.DNS = e.dnsMode()
 	mode := enforcer.ModeEnforce
 	if e.Mode == "audit" {
 		mode = enforcer.ModeAudit

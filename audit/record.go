@@ -72,6 +72,10 @@ type Record struct {
 	Gap     *Gap         `json:"gap,omitempty"`
 	Escape  *Escape      `json:"escape,omitempty"`
 	Socket  *Socket      `json:"socket,omitempty"`
+	// Query is a member's DNS query its session's dns mode refused (kind
+	// dns, outcome.reason dns_name_unscoped, dns_none or dns_malformed);
+	// destination is then the resolver it was sent to.
+	Query *Query `json:"query,omitempty"`
 	// Event names the lifecycle step for kind=session records
 	// (opened, bound, narrowed, quarantined, revoked, expired, closed).
 	Event string `json:"event,omitempty"`
@@ -88,6 +92,22 @@ type Session struct {
 	// KeptCaps are the capabilities the session's launcher left to its
 	// command (`agentfence run --keep-cap`); set on kind=session records.
 	KeptCaps []string `json:"kept_caps,omitempty"`
+	// DNS is the session's dns mode (any, scoped, none); set on
+	// kind=session records.
+	DNS string `json:"dns,omitempty"`
+}
+
+// Query is the question of a refused DNS query, as the member sent it.
+type Query struct {
+	// Name is sanitised: at most 64 bytes of printable ASCII, labels
+	// joined by dots, any other byte (and a dot or backslash inside a
+	// label) written \DDD. It is what the member asked, not a hostname.
+	Name string `json:"name"`
+	// Truncated: the name went on past what Name shows.
+	Truncated bool `json:"truncated,omitempty"`
+	// Type is the question type (A, AAAA, TXT, ... or TYPEn); empty when
+	// the question could not be read.
+	Type string `json:"type,omitempty"`
 }
 
 // Agent is the agent instance that runs the session.

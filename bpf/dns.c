@@ -1010,8 +1010,8 @@ static __always_inline int egress_l4(struct __sk_buff *skb, struct l4 *l)
 	return 0;
 }
 
-static __always_inline void emit_query(struct querier *q, struct scratch *sc, struct l4 *l, __u16 port,
-				       __u8 verdict, __u8 reason)
+static __always_inline void emit_query(struct querier *q, struct scratch *sc, struct l4 *l, __u8 proto,
+				       __u16 port, __u8 verdict, __u8 reason)
 {
 	struct host_event *e = bpf_ringbuf_reserve(&host_events, sizeof(*e), 0);
 	if (!e) {
@@ -1034,6 +1034,7 @@ static __always_inline void emit_query(struct querier *q, struct scratch *sc, st
 	e->reason = reason;
 	e->rule = AF_RULE_NONE;
 	e->family = l->family;
+	e->protocol = proto;
 	__builtin_memcpy(e->addr, l->addr, 16);
 	e->port = port;
 	e->ttl_ns = sc->qtype;
@@ -1173,7 +1174,7 @@ int dns_egress(struct __sk_buff *skb)
 	hstat(HS_QUERY_DROP);
 	__sync_fetch_and_add(&s->violations, 1);
 	int enforce = s->mode != AF_MODE_AUDIT;
-	emit_query(&q, sc, &l, dport, enforce ? AF_VERDICT_DENIED : AF_VERDICT_WOULD_DENY, reason);
+	emit_query(&q, sc, &l, proto, dport, enforce ? AF_VERDICT_DENIED : AF_VERDICT_WOULD_DENY, reason);
 	sc->busy = 0;
 	if (!enforce)
 		return 1;

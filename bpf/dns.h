@@ -114,8 +114,9 @@ struct host_event {
 	__u8 verdict;
 	__u8 reason;
 	__u8 family;
-	__u8 _pad[6];
-	__u8 addr[16]; // learned address, or the TCP peer for SNI
+	__u8 protocol; // AF_HOST_DNS_QUERY: IPPROTO_UDP or IPPROTO_TCP
+	__u8 _pad[5];
+	__u8 addr[16]; // learned address, the TCP peer for SNI, the resolver of a query
 	char comm[16];
 	// The question name or the SNI, zero padded. For AF_HOST_DNS_QUERY:
 	// the question's first AF_DNS_QUERY_RAW bytes as sent (wire labels, any

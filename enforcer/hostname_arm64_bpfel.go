@@ -43,7 +43,8 @@ type hostnameHostEvent struct {
 	Verdict     uint8
 	Reason      uint8
 	Family      uint8
-	Pad         [6]uint8
+	Protocol    uint8
+	Pad         [5]uint8
 	Addr        [16]uint8
 	Comm        [16]int8
 	Name        [256]int8

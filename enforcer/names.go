@@ -497,8 +497,10 @@ type HostEvent struct {
 	Port uint16
 	// TTL is how long a learned address is kept (clamped).
 	TTL time.Duration
-	// QType is the DNS question type of a DNSUnscoped event.
+	// QType is the DNS question type of a DNSUnscoped or DNSQuery event.
 	QType uint16
+	// Protocol is IPPROTO_UDP or IPPROTO_TCP for a DNSQuery event.
+	Protocol uint8
 	Rule  int
 }
 
@@ -545,6 +547,7 @@ func DecodeHostEvent(raw []byte) (HostEvent, error) {
 		ev.QType = uint16(e.TtlNs)
 	case HostDNSQuery:
 		ev.QType = uint16(e.TtlNs)
+		ev.Protocol = e.Protocol
 		raw := make([]byte, n)
 		for i, c := range e.Name[:n] {
 			raw[i] = byte(c)

@@ -75,7 +75,7 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 	_ = rlimit.RemoveMemlock() // kernels before 5.11 charge BPF memory to it
 	checks := []ObjectCheck{
 		{Name: ObjectGate, Required: true},
-		{Name: ObjectHostnames, Fallback: "hostname rules are unavailable: sessions with them are refused; address rules still work"},
+		{Name: ObjectHostnames, Fallback: "hostname rules are unavailable: sessions with them are refused; address rules still work; a session whose dns mode is scoped or none may send nothing to the DNS port (the gate refuses it, no name can be read)"},
 		{Name: ObjectTaskLister, Fallback: "a session's pid-bound processes are found by reading the whole pid binding table (pid table walk)"},
 		{Name: ObjectSocketFamilies, Fallback: "sockets of families no cgroup hook sees (packet, XDP, vsock, ...) are refused only by `agentfence run`'s seccomp filter and dropped capabilities, unrecorded; bound members are not watched"},
 	}

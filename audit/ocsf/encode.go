@@ -85,6 +85,7 @@ func appendEvent(dst []byte, ev *Event) []byte {
 	if q := ev.Query; q != nil {
 		dst = append(dst, `,"query":{"hostname":`...)
 		dst = appendString(dst, q.Hostname)
+		dst = appendOptString(dst, `,"type":`, q.Type)
 		dst = append(dst, '}')
 	}
 	if m := ev.Entity; m != nil {
@@ -100,6 +101,7 @@ func appendEvent(dst []byte, ev *Event) []byte {
 				dst = appendKey(dst, `,"kept_caps":`)
 				dst = appendStrings(dst, d.KeptCaps)
 			}
+			dst = appendOptString(dst, `,"dns":`, d.DNS)
 			dst = append(dst, '}')
 		}
 		dst = append(dst, '}')

@@ -36,7 +36,7 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 		Schema: "1" + s, Seq: 1 << 40, PrevHash: "ph" + s,
 		Time: time.Date(2026, 3, 1, 12, 0, 0, 987_654_321, time.UTC),
 		Kind: kind, Host: "host" + s,
-		Session: &audit.Session{ID: "ses" + s, Intent: "intent" + s, Mode: "mode" + s, Parent: "parent" + s, KeptCaps: []string{"CAP_NET_RAW", s}},
+		Session: &audit.Session{ID: "ses" + s, Intent: "intent" + s, Mode: "mode" + s, Parent: "parent" + s, KeptCaps: []string{"CAP_NET_RAW", s}, DNS: "dns" + s},
 		Agent:   &audit.Agent{ID: "spiffe://x/" + s, Name: "name" + s, Version: "v" + s, Owner: "owner" + s},
 		Origin:  &audit.Origin{Kind: "okind" + s, Principal: "alice" + s},
 		Process: &audit.Process{
@@ -50,6 +50,7 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 		Gap:         &audit.Gap{Source: "src" + s, Count: 9, FirstSeq: 1, LastSeq: 1<<64 - 1},
 		Escape:      &audit.Escape{What: "what" + s, Cgroup: "/cg" + s, CgroupID: 1<<64 - 1, ByPID: 5, ChildPID: 4294967295, NetNS: 4026531840},
 		Socket:      &audit.Socket{Family: "packet" + s, Type: "raw" + s, Protocol: -768, RefusedBy: "seccomp" + s},
+		Query:       &audit.Query{Name: "q" + s, Truncated: true, Type: "TXT" + s},
 		Event:       event, Actor: "actor" + s,
 	}
 }
@@ -112,6 +113,8 @@ func encodeTable() []audit.Record {
 			func(r *audit.Record) { r.Session.Mode, r.Session.Parent = "", "" },
 			func(r *audit.Record) { r.Session.Mode, r.Session.Parent, r.Session.KeptCaps = "", "", nil },
 			func(r *audit.Record) { r.Session.Mode, r.Session.KeptCaps = "", []string{} },
+			func(r *audit.Record) { r.Session.DNS, r.Query = "", nil },
+			func(r *audit.Record) { r.Query.Type, r.Destination.Hostname = "", "" },
 			func(r *audit.Record) { r.Agent.Name, r.Agent.ID = "", "" },
 			func(r *audit.Record) {
 				*r = audit.Record{Kind: r.Kind, Event: r.Event, Actor: r.Actor}
@@ -191,8 +194,8 @@ func fullEvent(s string) Event {
 		DstEndpoint:    &Endpoint{IP: "ip" + s, Port: 1, Hostname: "eh" + s, Name: "en" + s},
 		SrcEndpoint:    &Endpoint{IP: "si" + s, Port: 2, Hostname: "sh" + s, Name: "sn" + s},
 		ConnectionInfo: &ConnectionInfo{DirectionID: 2, Direction: "d" + s, ProtocolName: "pn" + s, ProtocolNum: 17},
-		Query:          &DNSQuery{Hostname: "qh" + s},
-		Entity:         &ManagedEntity{UID: "eu" + s, Name: "en" + s, Type: "et" + s, Data: &SessionData{Mode: "mo" + s, Parent: "pa" + s, KeptCaps: []string{"kc" + s}}},
+		Query:          &DNSQuery{Hostname: "qh" + s, Type: "qt" + s},
+		Entity:         &ManagedEntity{UID: "eu" + s, Name: "en" + s, Type: "et" + s, Data: &SessionData{Mode: "mo" + s, Parent: "pa" + s, KeptCaps: []string{"kc" + s}, DNS: "dn" + s}},
 		FirewallRule:   &Rule{Name: "rn" + s, Desc: "rd" + s},
 		LogProvider:    "lp" + s,
 		LogName:        "log" + s,

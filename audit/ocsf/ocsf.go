@@ -205,6 +205,7 @@ type ConnectionInfo struct {
 
 type DNSQuery struct {
 	Hostname string `json:"hostname"`
+	Type     string `json:"type,omitempty"`
 }
 
 type ManagedEntity struct {
@@ -218,6 +219,7 @@ type SessionData struct {
 	Mode     string   `json:"mode,omitempty"`
 	Parent   string   `json:"parent,omitempty"`
 	KeptCaps []string `json:"kept_caps,omitempty"`
+	DNS      string   `json:"dns,omitempty"`
 }
 
 type Rule struct {
@@ -544,6 +546,11 @@ func dns(sc *scratch, r *audit.Record) {
 		}
 		ev.ConnectionInfo = connInfo(sc, d.Protocol)
 	}
+	if q := r.Query; q != nil {
+		// A refused query: what was asked, not a destination host.
+		sc.query = DNSQuery{Hostname: q.Name, Type: q.Type}
+		ev.Query = &sc.query
+	}
 	ev.Message = message(r)
 }
 
@@ -602,8 +609,8 @@ func session(sc *scratch, r *audit.Record) {
 	ev.Entity = &sc.entity
 	if s := r.Session; s != nil {
 		sc.entity.UID, sc.entity.Name = s.ID, s.Intent
-		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 {
-			sc.entityData = SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps}
+		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 || s.DNS != "" {
+			sc.entityData = SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps, DNS: s.DNS}
 			sc.entity.Data = &sc.entityData
 		}
 	}

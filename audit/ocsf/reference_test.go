@@ -195,6 +195,9 @@ func (e refEncoder) dns(ev *Event, r *audit.Record) {
 		}
 		ev.ConnectionInfo = refConnInfo(d.Protocol)
 	}
+	if q := r.Query; q != nil {
+		ev.Query = &DNSQuery{Hostname: q.Name, Type: q.Type}
+	}
 	ev.Message = refMessage(r)
 }
 
@@ -247,8 +250,8 @@ func (e refEncoder) session(ev *Event, r *audit.Record) {
 	ev.Entity = &ManagedEntity{Type: "Intent Session"}
 	if s := r.Session; s != nil {
 		ev.Entity.UID, ev.Entity.Name = s.ID, s.Intent
-		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 {
-			ev.Entity.Data = &SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps}
+		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 || s.DNS != "" {
+			ev.Entity.Data = &SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps, DNS: s.DNS}
 		}
 	}
 	ev.Actor = refActor(r, refProcessOf(r.Process))
