@@ -47,27 +47,27 @@ type Binding struct {
 
 // Session is an intent session (model version 1).
 type Session struct {
-	Version    int               `json:"version"`
-	ID         string            `json:"id"`
-	Intent     string            `json:"intent"`
-	Origin     Origin            `json:"origin"`
-	Agent      *Agent            `json:"agent,omitempty"`
-	Scope      []string          `json:"scope"`
-	Mode       string            `json:"mode"`
-	TTL        string            `json:"ttl"`
-	CreatedAt  time.Time         `json:"created_at"`
-	ExpiresAt  time.Time         `json:"expires_at"`
-	Binding    Binding           `json:"binding"`
-	Parent     string            `json:"parent,omitempty"`
-	Labels     map[string]string `json:"labels,omitempty"`
-	KeptCaps   []string          `json:"kept_caps,omitempty"` // of privdrop.Gate, left to the command by `agentfence run --keep-cap`, as the opener says
+	Version   int               `json:"version"`
+	ID        string            `json:"id"`
+	Intent    string            `json:"intent"`
+	Origin    Origin            `json:"origin"`
+	Agent     *Agent            `json:"agent,omitempty"`
+	Scope     []string          `json:"scope"`
+	Mode      string            `json:"mode"`
+	TTL       string            `json:"ttl"`
+	CreatedAt time.Time         `json:"created_at"`
+	ExpiresAt time.Time         `json:"expires_at"`
+	Binding   Binding           `json:"binding"`
+	Parent    string            `json:"parent,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	KeptCaps  []string          `json:"kept_caps,omitempty"` // of privdrop.Gate, left to the command by `agentfence run --keep-cap`, as the opener says
 	// DNS is what members may ask a resolver (docs/hostnames.md, "DNS
 	// modes"). A session restored from state written before dns modes
 	// existed reads as any, what it was opened with.
-	DNS scope.DNSMode `json:"dns,omitempty"`
-	OpenedBy   string            `json:"opened_by"`
-	State      string            `json:"state"` // active, quarantined, revoked, expired
-	Violations uint32            `json:"violations"`
+	DNS        scope.DNSMode `json:"dns,omitempty"`
+	OpenedBy   string        `json:"opened_by"`
+	State      string        `json:"state"` // active, quarantined, revoked, expired
+	Violations uint32        `json:"violations"`
 }
 
 // Session states.

@@ -501,7 +501,7 @@ type HostEvent struct {
 	QType uint16
 	// Protocol is IPPROTO_UDP or IPPROTO_TCP for a DNSQuery event.
 	Protocol uint8
-	Rule  int
+	Rule     int
 }
 
 // HostEventSize is the size of a raw hostname event.
