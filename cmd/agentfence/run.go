@@ -40,6 +40,7 @@ func (f *sessionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.req.Intent, "intent", "", "why this session exists (required)")
 	fs.Var(&f.allow, "allow", "scope rule (repeatable): [essential,][exe=PATH,][tcp://|udp://]ADDR[/PREFIX][:PORT[-PORT]]")
 	fs.StringVar(&f.req.Mode, "mode", "enforce", "enforce (deny with EPERM) or audit (allow, record would_deny)")
+	fs.StringVar(&f.req.DNS, "dns", "", "what members may ask a resolver: scoped (default: names the hostname rules cover), none, or any")
 	fs.DurationVar(&f.ttl, "ttl", 0, "session lifetime (default: the daemon's)")
 	fs.StringVar(&f.origin, "origin", "", "what triggered the session: human:PRINCIPAL, schedule:NAME or agent:SESSION")
 	fs.StringVar(&f.agentID, "agent", "", "the agent's SPIFFE ID")
@@ -61,6 +62,9 @@ func (f *sessionFlags) check() error {
 		return usageError{fmt.Sprintf("--mode %q: want enforce or audit", r.Mode)}
 	case f.ttl < 0:
 		return usageError{fmt.Sprintf("--ttl %s must be positive", f.ttl)}
+	}
+	if _, err := scope.ParseDNSMode(r.DNS); err != nil {
+		return usageError{"--dns: " + err.Error()}
 	}
 	if f.ttl > 0 {
 		r.TTL = f.ttl.String()
@@ -106,7 +110,7 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	fs := flag.NewFlagSet("agentfence run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: agentfence run [--socket PATH] --intent TEXT --allow RULE ... [--mode enforce|audit] [--ttl DURATION] [--origin KIND:PRINCIPAL] [--agent SPIFFE_ID] [--parent ID] [--keep-cap CAP ...] -- CMD [ARGS...]")
+		fmt.Fprintln(stderr, "usage: agentfence run [--socket PATH] --intent TEXT --allow RULE ... [--mode enforce|audit] [--dns scoped|none|any] [--ttl DURATION] [--origin KIND:PRINCIPAL] [--agent SPIFFE_ID] [--parent ID] [--keep-cap CAP ...] -- CMD [ARGS...]")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.socket, "socket", api.DefaultSocket, "agentfenced API socket")

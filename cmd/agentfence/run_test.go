@@ -47,3 +47,24 @@ func TestRunKeepCapBadInput(t *testing.T) {
 		}
 	}
 }
+
+// An unknown --dns mode is bad usage (exit 2), named in the message, for
+// run and session open alike, before anything is opened.
+func TestDNSModeBadInput(t *testing.T) {
+	for _, args := range [][]string{
+		{"run", "--socket", "/nonexistent/api.sock", "--intent", "x", "--dns", "some", "--", "true"},
+		{"session", "open", "--socket", "/nonexistent/api.sock", "--intent", "x", "--dns", "some"},
+		{"run", "--socket", "/nonexistent/api.sock", "--intent", "x", "--dns", "ANY", "--", "true"},
+	} {
+		mode := args[slices.Index(args, "--dns")+1]
+		err := run(context.Background(), args, io.Discard, io.Discard)
+		if err == nil || usageOrFailure(err) != 2 || !strings.Contains(err.Error(), "--dns") ||
+			!strings.Contains(err.Error(), `"`+mode+`"`) {
+			t.Errorf("%q: %v (exit %d); want exit 2 naming the mode", args, err, usageOrFailure(err))
+		}
+	}
+	o, err := parseRun([]string{"--intent", "x", "--dns", "none", "--", "true"}, io.Discard)
+	if err != nil || o.sess.req.DNS != "none" {
+		t.Errorf("--dns none: request dns %q, %v", o.sess.req.DNS, err)
+	}
+}
