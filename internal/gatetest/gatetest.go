@@ -233,6 +233,8 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	uring ADDR:PORT    connect a TCP socket (IPv4) through io_uring
 //	flood ADDR N RATE  sendto N datagrams (paced to RATE/s, 0: flat out); the rate achieved
 //	api-list SOCKET    list sessions through the daemon's API: the HTTP status
+//	dnsq ADDR:PORT NAME  send a DNS query (A) for NAME over UDP and wait for
+//	                   the answer: "ok", or the errno of the send
 //	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
 //	                   status and the error's field, e.g. 400:scope[0]
 func Probe(action string) string {
@@ -248,6 +250,8 @@ func Probe(action string) string {
 		return dialName(arg)
 	case "uring":
 		return uringConnect(arg)
+	case "dnsq":
+		return dnsQuery(arg)
 	}
 	if verb == "socket" {
 		var family, typ, proto int
@@ -867,4 +871,41 @@ func AttachedOf(tb testing.TB, cgroup string, typ ebpf.AttachType) int {
 		tb.Fatal(err)
 	}
 	return len(res.Programs)
+}
+
+// dnsQuery sends one standard A query and waits for any answer to it.
+func dnsQuery(arg string) string {
+	var addr, name string
+	if _, err := fmt.Sscan(arg, &addr, &name); err != nil {
+		return "badargs"
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return "badaddr"
+	}
+	// Header: id 0x6166, RD, one question; then the name and type A, class IN.
+	msg := []byte{0x61, 0x66, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0}
+	for _, l := range strings.Split(strings.TrimSuffix(name, "."), ".") {
+		msg = append(append(msg, byte(len(l))), l...)
+	}
+	msg = append(msg, 0, 0, 1, 0, 1)
+	family, sa := sockaddr(ap)
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "socket:" + errName(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Sendto(fd, msg, 0, sa); err != nil {
+		return errName(err)
+	}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
+	buf := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return "recv:" + errName(err)
+	}
+	if n < 2 || buf[0] != 0x61 || buf[1] != 0x66 {
+		return "badanswer"
+	}
+	return "ok"
 }
