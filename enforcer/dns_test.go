@@ -502,7 +502,7 @@ func (hf *hostFixture) waitAnyEvent(t *testing.T, match func(Event) bool) Event 
 	}
 }
 
-func hostStats(t *testing.T, g *Gate) HostStats {
+func hostStats(t testing.TB, g *Gate) HostStats {
 	t.Helper()
 	st, err := g.HostStats()
 	if err != nil {
