@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -225,4 +228,52 @@ func TestBypassConnectShapes(t *testing.T) {
 		t.Errorf("daemonized grandchild: %s, want EPERM", result)
 	}
 	d.recordOf(t, "daemonized grandchild", audit.KindConnect, pid, denied)
+}
+
+// Inbound: a member binds a port no in: rule names (refused and recorded),
+// or listens on an ephemeral one and waits for a peer its scope does not
+// name. The peer, this test process, sends its SYN; the gate drops it
+// before the handshake completes and records the peer as the source.
+func TestBypassInbound(t *testing.T) {
+	d := startDaemon(t)
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	bind := fmt.Sprintf("bindtcp 127.0.0.1:%d", free)
+	res := runProbe(t, d, []string{"--allow", "udp://127.0.0.53:53"}, bind)
+	if res[0].result != "EPERM" {
+		t.Errorf("member bind of an unnamed port: %s, want EPERM", res[0].result)
+	}
+	r := d.recordOf(t, "bind", audit.KindBind, res[0].pid, denied)
+	if r.Destination == nil || r.Destination.Port != uint16(free) || r.Outcome.Errno != "EPERM" {
+		t.Errorf("bind record destination %+v outcome %+v", r.Destination, r.Outcome)
+	}
+
+	s := d.openSession(t, "--intent", "listener", "--allow", "udp://127.0.0.53:53")
+	p := gatetest.Start(t, "", gatetest.Options{}, true, "listen -")
+	if res, _ := p.Next(); res != "ready" {
+		t.Fatalf("probe: %s", res)
+	}
+	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
+		t.Fatalf("bind: %s", stderr)
+	}
+	p.Go()
+	out, _ := p.Next()
+	port, err := strconv.Atoi(out)
+	if err != nil {
+		t.Fatalf("member listen: %s", out)
+	}
+	fd, peerPort := gatetest.Dial(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)))
+	r = d.recordOf(t, "inbound", audit.KindInbound, uint32(p.PID), func(r audit.Record) bool {
+		return r.Source != nil && r.Source.Port == peerPort
+	})
+	if !denied(r) || r.Destination == nil || r.Destination.Port != uint16(port) || r.Session == nil || r.Session.ID != s.ID {
+		t.Errorf("inbound record destination %+v outcome %+v", r.Destination, r.Outcome)
+	}
+	if gatetest.Connected(t, fd, 0) {
+		t.Error("the peer's connect completed although the gate dropped its SYN")
+	}
 }
