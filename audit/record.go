@@ -88,6 +88,17 @@ type Session struct {
 	// KeptCaps are the capabilities the session's launcher left to its
 	// command (`agentfence run --keep-cap`); set on kind=session records.
 	KeptCaps []string `json:"kept_caps,omitempty"`
+	// GateCaps are the processes bound to the session (by pid or with a
+	// container) that held capabilities of that set when bound; set on
+	// kind=session records.
+	GateCaps []HeldCaps `json:"gate_caps,omitempty"`
+}
+
+// HeldCaps is a process and the capabilities of the gate set (those
+// `agentfence run` drops) in its permitted set.
+type HeldCaps struct {
+	PID  uint32   `json:"pid"`
+	Caps []string `json:"caps"`
 }
 
 // Agent is the agent instance that runs the session.

@@ -1,16 +1,19 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/agentfence/agentfence/attribution"
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/gatetest"
 )
@@ -110,8 +113,23 @@ func TestBypassPacketSocketFromBoundMember(t *testing.T) {
 	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
 		t.Fatalf("bind: %s", stderr)
 	}
-	p.Go()
 	pid := uint32(p.PID)
+	// It holds the keys run would have taken: show and the bound record
+	// say so.
+	out, stderr, code := d.cli(t, nil, "session", "show", "--socket", d.socket, s.ID)
+	var shown attribution.Session
+	if err := json.Unmarshal([]byte(out), &shown); err != nil || code != 0 {
+		t.Fatalf("show: exit %d %q %s", code, out, stderr)
+	}
+	bound := d.waitRecord(t, "bound", func(r audit.Record) bool {
+		return r.Kind == audit.KindSession && r.Event == "bound" && r.Session.ID == s.ID
+	})
+	for what, held := range map[string][]audit.HeldCaps{"show": shown.Binding.GateCaps, "bound record": bound.Session.GateCaps} {
+		if len(held) != 1 || held[0].PID != pid || !slices.Contains(held[0].Caps, "CAP_NET_RAW") {
+			t.Errorf("%s: gate caps %+v, want pid %d with CAP_NET_RAW", what, held, pid)
+		}
+	}
+	p.Go()
 	if d.lsmActive() {
 		if r1, _ := p.Next(); r1 != "EPERM" {
 			t.Errorf("bound member's packet socket: %s, want EPERM", r1)

@@ -215,9 +215,10 @@ type ManagedEntity struct {
 }
 
 type SessionData struct {
-	Mode     string   `json:"mode,omitempty"`
-	Parent   string   `json:"parent,omitempty"`
-	KeptCaps []string `json:"kept_caps,omitempty"`
+	Mode     string           `json:"mode,omitempty"`
+	Parent   string           `json:"parent,omitempty"`
+	KeptCaps []string         `json:"kept_caps,omitempty"`
+	GateCaps []audit.HeldCaps `json:"gate_caps,omitempty"`
 }
 
 type Rule struct {
@@ -603,7 +604,7 @@ func session(sc *scratch, r *audit.Record) {
 	if s := r.Session; s != nil {
 		sc.entity.UID, sc.entity.Name = s.ID, s.Intent
 		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 {
-			sc.entityData = SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps}
+			sc.entityData = SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps, GateCaps: s.GateCaps}
 			sc.entity.Data = &sc.entityData
 		}
 	}

@@ -248,7 +248,7 @@ func (e refEncoder) session(ev *Event, r *audit.Record) {
 	if s := r.Session; s != nil {
 		ev.Entity.UID, ev.Entity.Name = s.ID, s.Intent
 		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 {
-			ev.Entity.Data = &SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps}
+			ev.Entity.Data = &SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps, GateCaps: s.GateCaps}
 		}
 	}
 	ev.Actor = refActor(r, refProcessOf(r.Process))
