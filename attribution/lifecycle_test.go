@@ -4,12 +4,14 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/internal/privdrop"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -410,8 +412,15 @@ func TestBindPid(t *testing.T) {
 	if bnd := e.k.pids[self]; bnd != (binding{eb.slot, eb.gen}) {
 		t.Errorf("kernel pid binding = %+v", bnd)
 	}
-	if rec := e.recs.find(t, b.ID, "bound"); rec.Actor != admin.ID {
+	rec := e.recs.find(t, b.ID, "bound")
+	if rec.Actor != admin.ID {
 		t.Errorf("bound actor = %q", rec.Actor)
+	}
+	// What the bound process holds of the gate set is shown: all of it
+	// for root (CI), nothing for a process without capabilities.
+	held := heldByTest(t)
+	if !reflect.DeepEqual(s.Binding.GateCaps, held) || !reflect.DeepEqual(rec.Session.GateCaps, held) {
+		t.Errorf("gate caps: session %+v, record %+v; want %+v", s.Binding.GateCaps, rec.Session.GateCaps, held)
 	}
 	// Binding again is idempotent.
 	if s, err := e.r.Bind(b.ID, BindRequest{PID: self}, admin); err != nil || len(s.Binding.PIDs) != 1 {
@@ -438,6 +447,22 @@ func TestBindPid(t *testing.T) {
 		t.Error("pid binding survives close")
 	}
 	_ = ea
+}
+
+// heldByTest is what this test process holds of the gate set, as Bind
+// should report it: the whole set when it runs as root.
+func heldByTest(t *testing.T) []audit.HeldCaps {
+	caps, err := privdrop.HeldGate(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 && len(caps) != len(privdrop.Gate) {
+		t.Fatalf("root test process holds %v of the gate set", caps)
+	}
+	if len(caps) == 0 {
+		return nil
+	}
+	return []audit.HeldCaps{{PID: uint32(os.Getpid()), Caps: privdrop.Names(caps)}}
 }
 
 func TestBindKernelError(t *testing.T) {
@@ -477,12 +502,16 @@ func TestBindContainer(t *testing.T) {
 	_, err = e.r.Bind(a.ID, BindRequest{ContainerID: full[:12]}, m)
 	wantErr(t, err, CodeForbidden, "container_id")
 
+	e.cg.procs[ctPath+"/init.scope"] = []int{os.Getpid()}
 	s, err := e.r.Bind(a.ID, BindRequest{ContainerID: full[:12]}, admin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.Binding.ContainerID != full[:12] || s.Binding.ContainerCgroup != ctPath {
 		t.Errorf("binding = %+v", s.Binding)
+	}
+	if held := heldByTest(t); !reflect.DeepEqual(s.Binding.GateCaps, held) {
+		t.Errorf("container's gate caps %+v, want %+v", s.Binding.GateCaps, held)
 	}
 	if bnd := e.k.cgroups[77]; bnd != (binding{ea.slot, ea.gen}) {
 		t.Errorf("kernel container binding = %+v", bnd)

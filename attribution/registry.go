@@ -20,6 +20,7 @@ import (
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/internal/privdrop"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -578,6 +579,7 @@ func (r *Registry) children(id string) []*entry {
 // Bind makes more processes members of session id: a process (and what it
 // forks afterwards) or a container's cgroup.
 func (r *Registry) Bind(id string, req BindRequest, caller Caller) (Session, error) {
+	held := r.heldGateCaps(req) // /proc reads, before the lock
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, err := r.authorize(id, caller)
@@ -616,6 +618,7 @@ func (r *Registry) Bind(id string, req BindRequest, caller Caller) (Session, err
 			r.kernel.UnbindPid(req.PID)
 			return Session{}, kernelError(err)
 		}
+		e.Binding.GateCaps = slices.DeleteFunc(slices.Clip(e.Binding.GateCaps), func(h audit.HeldCaps) bool { return h.PID == req.PID })
 	default:
 		if r.memberOf(caller) != nil {
 			return Session{}, forbidden("container_id", "session members may not bind containers")
@@ -623,7 +626,7 @@ func (r *Registry) Bind(id string, req BindRequest, caller Caller) (Session, err
 		if e.Binding.ContainerID != "" {
 			return Session{}, &Error{Code: CodeConflict, Field: "container_id", Message: "session already has a container"}
 		}
-		if len(req.ContainerID) < 12 || strings.Trim(req.ContainerID, "0123456789abcdef") != "" {
+		if !containerID(req.ContainerID) {
 			return Session{}, invalid("container_id", "%q is not a container id (at least 12 lowercase hex digits)", req.ContainerID)
 		}
 		path, cgid, err := r.cgroups.FindContainer(req.ContainerID)
@@ -645,10 +648,45 @@ func (r *Registry) Bind(id string, req BindRequest, caller Caller) (Session, err
 		}
 		r.byCgroup[path] = e
 	}
+	e.Binding.GateCaps = append(slices.Clip(e.Binding.GateCaps), held...)
 	r.touch(e)
 	r.persist()
 	r.lifecycle(e, "bound", caller.ID, "")
 	return e.public(), nil
+}
+
+// containerID reports whether id can be (a prefix of) a container id, before
+// anything looks for it.
+func containerID(id string) bool {
+	return len(id) >= 12 && strings.Trim(id, "0123456789abcdef") == ""
+}
+
+// maxHeldListed bounds the processes of a container listed in
+// Binding.GateCaps: enough to show that it holds the keys, not a census.
+const maxHeldListed = 16
+
+// heldGateCaps lists the processes req binds that hold capabilities of the
+// gate set. Processes that are gone by then are skipped: they hold nothing.
+func (r *Registry) heldGateCaps(req BindRequest) []audit.HeldCaps {
+	var pids []int
+	switch {
+	case req.PID != 0:
+		pids = []int{int(req.PID)}
+	case containerID(req.ContainerID):
+		if path, _, err := r.cgroups.FindContainer(req.ContainerID); err == nil {
+			pids, _ = r.cgroups.Procs(path)
+		}
+	}
+	var out []audit.HeldCaps
+	for _, pid := range pids {
+		if caps, err := privdrop.HeldGate(pid); err == nil && len(caps) > 0 {
+			out = append(out, audit.HeldCaps{PID: uint32(pid), Caps: privdrop.Names(caps)})
+			if len(out) == maxHeldListed {
+				break
+			}
+		}
+	}
+	return out
 }
 
 // Narrow replaces the scope of session id with a narrower one. Every new
@@ -1229,7 +1267,8 @@ func (r *Registry) baseRecord(e *entry, t time.Time, kind string) audit.Record {
 func (r *Registry) lifecycle(e *entry, event, actor, reason string) {
 	rec := r.baseRecord(e, r.clock.Wall(BootNS()), audit.KindSession)
 	rec.Event, rec.Actor = event, actor
-	rec.Session.KeptCaps = e.KeptCaps // never changed in place
+	rec.Session.KeptCaps = e.KeptCaps                       // never changed in place
+	rec.Session.GateCaps = slices.Clone(e.Binding.GateCaps) // appended to by Bind
 	rec.Session.DNS = string(e.dnsMode())
 	if reason != "" {
 		rec.Outcome = &audit.Outcome{Reason: reason}
@@ -1245,6 +1284,7 @@ func (e *entry) public() Session {
 	s.Labels = maps.Clone(e.Labels)
 	s.KeptCaps = slices.Clone(e.KeptCaps)
 	s.Binding.PIDs = slices.Clone(e.Binding.PIDs)
+	s.Binding.GateCaps = slices.Clone(e.Binding.GateCaps)
 	if e.Agent != nil {
 		a := *e.Agent
 		s.Agent = &a

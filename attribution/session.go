@@ -9,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/privdrop"
 	"github.com/agentfence/agentfence/scope"
@@ -43,6 +44,10 @@ type Binding struct {
 	ContainerID string `json:"container_id,omitempty"`
 	// ContainerCgroup is the cgroup that container was found in.
 	ContainerCgroup string `json:"container_cgroup,omitempty"`
+	// GateCaps are the bound processes (a bound pid, or those in the
+	// container when it was bound) that held capabilities `agentfence run`
+	// would have dropped: nothing took them away (docs/threat-model.md).
+	GateCaps []audit.HeldCaps `json:"gate_caps,omitempty"`
 }
 
 // Session is an intent session (model version 1).

@@ -286,6 +286,9 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 		r.add(e)
 		r.lifecycle(e, "adopted", "agentfenced", "")
 	}
+	if n := r.bindRunning(); n > 0 {
+		r.log.Info("state: bound running members by pid", "processes", n)
+	}
 	// Hooks once every session is back: whether a session needs its own
 	// depends on its parents and on the others' pid bindings.
 	if err := r.hookRoot(); err != nil {
@@ -299,6 +302,43 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 	r.rebuildFree()
 	r.persist()
 	return adopted, rewritten, nil
+}
+
+// bindRunning binds by pid the processes in the sessions' cgroups that have
+// no live pid binding: members that were already running when this daemon
+// started and have neither forked nor exec'd since, which the process
+// programs bind only then. Unbound, such a member would leave its session
+// by writing its pid into another cgroup (docs/threat-model.md, route 1).
+// Each process goes to the session its cgroup resolves to (the deepest),
+// as the process programs would bind it. It returns how many it bound.
+func (r *Registry) bindRunning() int {
+	n := 0
+	for _, e := range r.byID {
+		for _, path := range []string{e.Binding.Cgroup, e.Binding.ContainerCgroup} {
+			if path == "" {
+				continue
+			}
+			pids, err := r.cgroups.Procs(path)
+			if err != nil {
+				r.log.Warn("state: list a session's processes", "session", e.ID, "err", err)
+				continue
+			}
+			for _, pid := range pids {
+				if r.memberOf(Caller{PID: pid}) != e {
+					continue // bound already, or a child session's
+				}
+				if slot, gen, ok := r.kernel.PidBinding(uint32(pid)); ok && slot == e.slot && gen == e.gen {
+					continue
+				}
+				if err := r.kernel.BindPid(uint32(pid), e.slot, e.gen); err != nil {
+					r.log.Warn("state: bind a running member", "session", e.ID, "pid", pid, "err", err)
+					continue
+				}
+				n++
+			}
+		}
+	}
+	return n
 }
 
 func (r *Registry) rewrite(e *entry) error {

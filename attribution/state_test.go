@@ -393,3 +393,39 @@ func TestStateJournal(t *testing.T) {
 		}
 	}
 }
+
+// A member that was already running when the daemon started, and has not
+// forked or exec'd since, has no pid binding: Restore binds it, so leaving
+// the cgroup no longer takes it out. Processes bound to a live session
+// already are left alone; a binding of a gone generation is replaced.
+func TestRestoreBindsRunningMembers(t *testing.T) {
+	e := stateEnv(t)
+	a, b := twoSessions(t, e)
+	ea, eb := e.entry(t, a.ID), e.entry(t, b.ID)
+	const unbound, elsewhere, stale, inContainer = 9001, 9002, 9003, 9004
+	e.cg.setProcs(a.Binding.Cgroup, unbound, elsewhere)
+	e.cg.setProcs(b.Binding.Cgroup, stale)
+	e.cg.setProcs(a.Binding.ContainerCgroup, inContainer)
+	e.cg.setOf(unbound, a.Binding.Cgroup)
+	e.cg.setOf(elsewhere, a.Binding.Cgroup)
+	e.cg.setOf(stale, b.Binding.Cgroup)
+	e.cg.setOf(inContainer, a.Binding.ContainerCgroup)
+	e.k.pids[elsewhere] = binding{eb.slot, eb.gen} // bound to b by pid
+	e.k.pids[stale] = binding{eb.slot, eb.gen - 1}
+
+	r2 := e.registry(e.k)
+	if _, _, err := r2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	for pid, want := range map[uint32]binding{unbound: {ea.slot, ea.gen}, elsewhere: {eb.slot, eb.gen},
+		stale: {eb.slot, eb.gen}, inContainer: {ea.slot, ea.gen}} {
+		if got := e.k.pids[pid]; got != want {
+			t.Errorf("pid %d bound to %+v, want %+v", pid, got, want)
+		}
+	}
+	// Binding running members does not make them pid-bound in the model:
+	// they are members by cgroup, bound early.
+	if g := e.get(t, a.ID); len(g.Binding.PIDs) != 1 {
+		t.Errorf("a's pids = %v", g.Binding.PIDs)
+	}
+}

@@ -95,6 +95,10 @@ type Session struct {
 	// DNS is the session's dns mode (any, scoped, none); set on
 	// kind=session records.
 	DNS string `json:"dns,omitempty"`
+	// GateCaps are the processes bound to the session (by pid or with a
+	// container) that held capabilities of that set when bound; set on
+	// kind=session records.
+	GateCaps []HeldCaps `json:"gate_caps,omitempty"`
 }
 
 // Query is the question of a refused DNS query, as the member sent it.
@@ -108,6 +112,13 @@ type Query struct {
 	// Type is the question type (A, AAAA, TXT, ... or TYPEn); empty when
 	// the question could not be read.
 	Type string `json:"type,omitempty"`
+}
+
+// HeldCaps is a process and the capabilities of the gate set (those
+// `agentfence run` drops) in its permitted set.
+type HeldCaps struct {
+	PID  uint32   `json:"pid"`
+	Caps []string `json:"caps"`
 }
 
 // Agent is the agent instance that runs the session.

@@ -1,16 +1,20 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 
+	"github.com/agentfence/agentfence/attribution"
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/gatetest"
 )
@@ -110,8 +114,23 @@ func TestBypassPacketSocketFromBoundMember(t *testing.T) {
 	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
 		t.Fatalf("bind: %s", stderr)
 	}
-	p.Go()
 	pid := uint32(p.PID)
+	// It holds the keys run would have taken: show and the bound record
+	// say so.
+	out, stderr, code := d.cli(t, nil, "session", "show", "--socket", d.socket, s.ID)
+	var shown attribution.Session
+	if err := json.Unmarshal([]byte(out), &shown); err != nil || code != 0 {
+		t.Fatalf("show: exit %d %q %s", code, out, stderr)
+	}
+	bound := d.waitRecord(t, "bound", func(r audit.Record) bool {
+		return r.Kind == audit.KindSession && r.Event == "bound" && r.Session.ID == s.ID
+	})
+	for what, held := range map[string][]audit.HeldCaps{"show": shown.Binding.GateCaps, "bound record": bound.Session.GateCaps} {
+		if len(held) != 1 || held[0].PID != pid || !slices.Contains(held[0].Caps, "CAP_NET_RAW") {
+			t.Errorf("%s: gate caps %+v, want pid %d with CAP_NET_RAW", what, held, pid)
+		}
+	}
+	p.Go()
 	if d.lsmActive() {
 		if r1, _ := p.Next(); r1 != "EPERM" {
 			t.Errorf("bound member's packet socket: %s, want EPERM", r1)
@@ -286,5 +305,53 @@ func TestBypassDNSTunnel(t *testing.T) {
 	}
 	if r.Session == nil || r.Session.ID == "" || r.Session.ID == "unknown" {
 		t.Errorf("tunnel record session %+v", r.Session)
+	}
+}
+
+// Inbound: a member binds a port no in: rule names (refused and recorded),
+// or listens on an ephemeral one and waits for a peer its scope does not
+// name. The peer, this test process, sends its SYN; the gate drops it
+// before the handshake completes and records the peer as the source.
+func TestBypassInbound(t *testing.T) {
+	d := startDaemon(t)
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	bind := fmt.Sprintf("bindtcp 127.0.0.1:%d", free)
+	res := runProbe(t, d, []string{"--allow", "udp://127.0.0.53:53"}, bind)
+	if res[0].result != "EPERM" {
+		t.Errorf("member bind of an unnamed port: %s, want EPERM", res[0].result)
+	}
+	r := d.recordOf(t, "bind", audit.KindBind, res[0].pid, denied)
+	if r.Destination == nil || r.Destination.Port != uint16(free) || r.Outcome.Errno != "EPERM" {
+		t.Errorf("bind record destination %+v outcome %+v", r.Destination, r.Outcome)
+	}
+
+	s := d.openSession(t, "--intent", "listener", "--allow", "udp://127.0.0.53:53")
+	p := gatetest.Start(t, "", gatetest.Options{}, true, "listen -")
+	if res, _ := p.Next(); res != "ready" {
+		t.Fatalf("probe: %s", res)
+	}
+	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
+		t.Fatalf("bind: %s", stderr)
+	}
+	p.Go()
+	out, _ := p.Next()
+	port, err := strconv.Atoi(out)
+	if err != nil {
+		t.Fatalf("member listen: %s", out)
+	}
+	fd, peerPort := gatetest.Dial(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)))
+	r = d.recordOf(t, "inbound", audit.KindInbound, uint32(p.PID), func(r audit.Record) bool {
+		return r.Source != nil && r.Source.Port == peerPort
+	})
+	if !denied(r) || r.Destination == nil || r.Destination.Port != uint16(port) || r.Session == nil || r.Session.ID != s.ID {
+		t.Errorf("inbound record destination %+v outcome %+v", r.Destination, r.Outcome)
+	}
+	if gatetest.Connected(t, fd, 0) {
+		t.Error("the peer's connect completed although the gate dropped its SYN")
 	}
 }

@@ -80,60 +80,14 @@ func listener(t *testing.T, cg, addr string) (int, uint16) {
 	return pid, uint16(port)
 }
 
-// dial starts a nonblocking connect from this process and returns the
-// socket and its local port.
-func dial(t *testing.T, to netip.AddrPort) (int, uint16) {
-	t.Helper()
-	family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()})
-	if to.Addr().Is4() {
-		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		t.Fatalf("connect %s: %v", to, err)
-	}
-	sn, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	switch sn := sn.(type) {
-	case *unix.SockaddrInet4:
-		return fd, uint16(sn.Port)
-	case *unix.SockaddrInet6:
-		return fd, uint16(sn.Port)
-	}
-	t.Fatalf("sockname %T", sn)
-	return 0, 0
-}
-
-// connected waits up to wait for a nonblocking connect to finish and
-// reports whether it did, successfully.
-func connected(t *testing.T, fd int, wait time.Duration) bool {
-	t.Helper()
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-	n, err := unix.Poll(pfd, int(wait.Milliseconds()))
-	if err != nil && err != unix.EINTR {
-		t.Fatal(err)
-	}
-	if n == 0 {
-		return false
-	}
-	soErr, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-	return soErr == 0
-}
-
 // refused asserts that a connect from this process to the member listener
 // at to is refused: the gate records dropping it, and the handshake never
 // completes (a SYN-ACK, had there been one, came before the record).
 func (f *fixture) refused(t *testing.T, pid int, to netip.AddrPort, verdict Verdict) Event {
 	t.Helper()
-	fd, port := dial(t, to)
+	fd, port := gatetest.Dial(t, to)
 	ev := f.waitEvent(t, pid, func(e Event) bool { return e.Hook.Inbound() && e.Dest.Port() == port })
-	if verdict == VerdictDenied && connected(t, fd, 0) {
+	if verdict == VerdictDenied && gatetest.Connected(t, fd, 0) {
 		t.Errorf("connect to %s completed although the gate dropped its SYN", to)
 	}
 	if ev.Verdict != verdict || ev.Reason != ReasonNoRule || ev.Local.Port() != to.Port() || ev.Protocol != unix.IPPROTO_TCP || ev.Rule != NoRule {
@@ -144,8 +98,8 @@ func (f *fixture) refused(t *testing.T, pid int, to netip.AddrPort, verdict Verd
 
 func admitted(t *testing.T, to netip.AddrPort) {
 	t.Helper()
-	fd, _ := dial(t, to)
-	if !connected(t, fd, 10*time.Second) {
+	fd, _ := gatetest.Dial(t, to)
+	if !gatetest.Connected(t, fd, 10*time.Second) {
 		t.Errorf("connect to %s did not complete", to)
 	}
 }

@@ -6,6 +6,9 @@
 #   KERNELS="5.10 6.1 6.12 host"   kernels to run (default: all four)
 #   PKGS="enforcer sensor ..."     packages to test (default: the kernel ones)
 #   VMTEST_TIMEOUT=40m             go test timeout per package
+#   VMTEST_RUN=REGEXP              only the tests matching it (go test -run)
+#   VMTEST_LOGLEVEL=4              guest console log level (7: every kernel
+#                                  message, stack traces of lockups included)
 #   VMTEST_CACHE=.cache/vmtest     kernels, initramfs, binaries, logs
 #   VMTEST_REV=HEAD                test a commit (git archive) instead of
 #                                  the work tree, e.g. while others edit it
@@ -105,6 +108,7 @@ KDIR='$kd'
 BIN='$BIN'
 PKGS='$PKGS'
 TIMEOUT='$TIMEOUT'
+RUN='${VMTEST_RUN:-}'
 OUTER_TIMEOUT='$(outer "$TIMEOUT" 2)'
 EOF
 	log "kernel $k ($ver): booting under TCG"
@@ -113,7 +117,7 @@ EOF
 	timeout -k 10 "$(outer "$TIMEOUT" "$(echo $PKGS | wc -w)")" \
 		qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$MEM" -nographic -no-reboot -nic none \
 		-kernel "$kd/boot/vmlinuz-$ver" -initrd "$CACHE/initrd/$k.cpio.gz" \
-		-append "console=ttyS0 panic=-1 lsm=lockdown,capability,yama,bpf quiet loglevel=4" \
+		-append "console=ttyS0 panic=-1 lsm=lockdown,capability,yama,bpf quiet loglevel=${VMTEST_LOGLEVEL:-4}" \
 		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 		-virtfs "local,path=$run,mount_tag=results,security_model=none" \
 		</dev/null >"$run/console.log" 2>&1
@@ -142,7 +146,7 @@ run_host() {
 		start=$(date +%s)
 		if [ -x "$BIN/$name.test" ]; then
 			(cd "$SRC/$pkg" && CI=true AGENTFENCE_E2E_BIN=$BIN timeout -k 10 "$(outer "$TIMEOUT" 2)" \
-				"$BIN/$name.test" -test.v -test.count=1 -test.timeout="$TIMEOUT") >"$run/$name.log" 2>&1
+				"$BIN/$name.test" -test.v -test.count=1 -test.timeout="$TIMEOUT" ${VMTEST_RUN:+-test.run="$VMTEST_RUN"}) >"$run/$name.log" 2>&1
 			rc=$?
 		else
 			echo "no test binary (build failed: $(head -n1 "$BIN/$name.buildlog"))" >"$run/$name.log"

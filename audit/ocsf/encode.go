@@ -102,6 +102,24 @@ func appendEvent(dst []byte, ev *Event) []byte {
 				dst = appendStrings(dst, d.KeptCaps)
 			}
 			dst = appendOptString(dst, `,"dns":`, d.DNS)
+			if len(d.GateCaps) > 0 {
+				dst = appendKey(dst, `,"gate_caps":`)
+				dst = append(dst, '[')
+				for i, h := range d.GateCaps {
+					if i > 0 {
+						dst = append(dst, ',')
+					}
+					dst = append(dst, `{"pid":`...)
+					dst = strconv.AppendUint(dst, uint64(h.PID), 10)
+					if dst = append(dst, `,"caps":`...); h.Caps == nil {
+						dst = append(dst, "null"...)
+					} else {
+						dst = appendStrings(dst, h.Caps)
+					}
+					dst = append(dst, '}')
+				}
+				dst = append(dst, ']')
+			}
 			dst = append(dst, '}')
 		}
 		dst = append(dst, '}')

@@ -216,10 +216,11 @@ type ManagedEntity struct {
 }
 
 type SessionData struct {
-	Mode     string   `json:"mode,omitempty"`
-	Parent   string   `json:"parent,omitempty"`
-	KeptCaps []string `json:"kept_caps,omitempty"`
-	DNS      string   `json:"dns,omitempty"`
+	Mode     string           `json:"mode,omitempty"`
+	Parent   string           `json:"parent,omitempty"`
+	KeptCaps []string         `json:"kept_caps,omitempty"`
+	DNS      string           `json:"dns,omitempty"`
+	GateCaps []audit.HeldCaps `json:"gate_caps,omitempty"`
 }
 
 type Rule struct {
@@ -609,8 +610,8 @@ func session(sc *scratch, r *audit.Record) {
 	ev.Entity = &sc.entity
 	if s := r.Session; s != nil {
 		sc.entity.UID, sc.entity.Name = s.ID, s.Intent
-		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 || s.DNS != "" {
-			sc.entityData = SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps, DNS: s.DNS}
+		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 || s.DNS != "" || len(s.GateCaps) > 0 {
+			sc.entityData = SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps, DNS: s.DNS, GateCaps: s.GateCaps}
 			sc.entity.Data = &sc.entityData
 		}
 	}

@@ -250,8 +250,8 @@ func (e refEncoder) session(ev *Event, r *audit.Record) {
 	ev.Entity = &ManagedEntity{Type: "Intent Session"}
 	if s := r.Session; s != nil {
 		ev.Entity.UID, ev.Entity.Name = s.ID, s.Intent
-		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 || s.DNS != "" {
-			ev.Entity.Data = &SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps, DNS: s.DNS}
+		if s.Mode != "" || s.Parent != "" || len(s.KeptCaps) > 0 || s.DNS != "" || len(s.GateCaps) > 0 {
+			ev.Entity.Data = &SessionData{Mode: s.Mode, Parent: s.Parent, KeptCaps: s.KeptCaps, DNS: s.DNS, GateCaps: s.GateCaps}
 		}
 	}
 	ev.Actor = refActor(r, refProcessOf(r.Process))

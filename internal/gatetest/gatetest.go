@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -93,6 +92,12 @@ func MaybeRunProbe() {
 			continue
 		case "udpbench":
 			udpBench(out, arg)
+			continue
+		case "syscallbench":
+			syscallBench(out, arg)
+			continue
+		case "execbench":
+			execBench(out, arg)
 			continue
 		case "listen":
 			listen(out, arg)
@@ -218,7 +223,9 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	holdmany ADDR N    (MaybeRunProbe only) hold N connections until all break
 //	connectbench ADDR N (MaybeRunProbe only) for each line on stdin, N
 //	                   connect+close to ADDR (IPv4); reports wall-clock and
-//	                   thread CPU ns per connect, as "WALL/CPU"
+//	                   thread CPU ns per connect, as "WALL/CPU" (bench.go)
+//	syscallbench N     (MaybeRunProbe only) the same for getppid
+//	execbench N        (MaybeRunProbe only) the same for fork+exec+wait of /bin/true
 //	bindtcp ADDR:PORT  bind a TCP socket of ADDR's family ([::ffff:a.b.c.d] binds an AF_INET6 socket)
 //	bindudp ADDR:PORT  the same for UDP
 //	listen ADDR:PORT|- (MaybeRunProbe only) bind (not with -) and listen on a
@@ -379,46 +386,6 @@ func flood(arg string) string {
 
 // holdMany opens n connections to addr and reports "held", then blocks
 // until they are all broken and reports how many broke.
-// connectBench times batches of connect+close in a process of its own, as
-// an agent would run them: the benchmark's own work (the event reader, the
-// listener) stays out of the measured process. It closes with a reset, so
-// no TIME_WAIT pile-up skews later batches.
-func connectBench(out *os.File, arg string) {
-	var addr string
-	var n int
-	fmt.Sscan(arg, &addr, &n)
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil || n <= 0 {
-		fmt.Fprintf(out, "%d badarg\n", os.Getpid())
-		return
-	}
-	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	// The CPU time of the one thread doing the work leaves out the time it
-	// was preempted, which on a small shared machine is most of the noise.
-	runtime.LockOSThread()
-	var cpu0, cpu1 unix.Timespec
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &cpu0)
-		start := time.Now()
-		for range n {
-			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-			if err == nil {
-				err = unix.Connect(fd, sa)
-			}
-			if err != nil {
-				fmt.Fprintf(out, "%d %s\n", os.Getpid(), errName(err))
-				return
-			}
-			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-			unix.Close(fd)
-		}
-		wall := time.Since(start)
-		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &cpu1)
-		fmt.Fprintf(out, "%d %d/%d\n", os.Getpid(), wall.Nanoseconds()/int64(n), (cpu1.Nano()-cpu0.Nano())/int64(n))
-	}
-}
-
 // sockaddr is ap as the socket address of its family; a v4-mapped address
 // gets an AF_INET6 socket.
 func sockaddr(ap netip.AddrPort) (int, unix.Sockaddr) {
@@ -537,48 +504,6 @@ func udpSock(out *os.File, arg string) {
 			}
 			fmt.Fprintf(out, "%d %s\n", pid, strings.Join(got, ","))
 		}
-	}
-}
-
-// udpBench is connectBench for UDP: N sendto+recvfrom round trips to an
-// echo at addr from one unconnected socket, per line on stdin.
-func udpBench(out *os.File, arg string) {
-	var addr string
-	var n int
-	fmt.Sscan(arg, &addr, &n)
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil || n <= 0 {
-		fmt.Fprintf(out, "%d badarg\n", os.Getpid())
-		return
-	}
-	family, sa := sockaddr(ap)
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		fmt.Fprintf(out, "%d %s\n", os.Getpid(), errName(err))
-		return
-	}
-	defer unix.Close(fd)
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
-	runtime.LockOSThread()
-	var cpu0, cpu1 unix.Timespec
-	buf := make([]byte, 64)
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &cpu0)
-		start := time.Now()
-		for range n {
-			err := unix.Sendto(fd, []byte("ping"), 0, sa)
-			if err == nil {
-				_, _, err = unix.Recvfrom(fd, buf, 0)
-			}
-			if err != nil {
-				fmt.Fprintf(out, "%d %s\n", os.Getpid(), errName(err))
-				return
-			}
-		}
-		wall := time.Since(start)
-		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &cpu1)
-		fmt.Fprintf(out, "%d %d/%d\n", os.Getpid(), wall.Nanoseconds()/int64(n), (cpu1.Nano()-cpu0.Nano())/int64(n))
 	}
 }
 
