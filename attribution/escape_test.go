@@ -73,7 +73,8 @@ func TestEscapeRecord(t *testing.T) {
 
 	netns := base
 	netns.Reason, netns.CgroupID, netns.NameHash = enforcer.Reason(sensor.EscapeNetns), 4026532999, 4026531840
-	if rec := j.Record(netns); *rec.Escape != (audit.Escape{What: "netns", NetNS: 4026532999}) {
+	netns.Protocol = uint8(sensor.NetnsViaUnshare)
+	if rec := j.Record(netns); *rec.Escape != (audit.Escape{What: "netns", NetNS: 4026532999, Via: "unshare"}) {
 		t.Errorf("netns: %+v", rec.Escape)
 	}
 

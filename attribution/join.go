@@ -120,7 +120,7 @@ func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
 	other := uint32(ev.NameHash)
 	switch kind {
 	case sensor.EscapeNetns:
-		x.NetNS = ev.CgroupID
+		x.NetNS, x.Via = ev.CgroupID, sensor.NetnsVia(ev.Protocol).String()
 	default:
 		x.CgroupID = ev.CgroupID
 		if cp, ok := j.Processes.(interface{ CgroupPath(uint64) (string, bool) }); ok {

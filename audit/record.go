@@ -194,8 +194,7 @@ type Outcome struct {
 type Escape struct {
 	// What is cgroup_move (written into another cgroup's cgroup.procs or
 	// cgroup.threads), clone_into_cgroup (clone3 CLONE_INTO_CGROUP) or
-	// netns (exec'd in another network namespace: unshare, setns or clone
-	// with CLONE_NEWNET before the exec).
+	// netns (moved to another network namespace; Via says how).
 	What string `json:"what"`
 	// Cgroup is the cgroup it was moved or cloned into, relative to the
 	// cgroup v2 mount ("/" is the root); empty when it could no longer be
@@ -209,6 +208,10 @@ type Escape struct {
 	// NetNS is the inode number of the network namespace a netns escape
 	// went to (as /proc/PID/ns/net names it: net:[NetNS]).
 	NetNS uint64 `json:"netns,omitempty"`
+	// Via is how a netns escape happened: clone (a child made in a new
+	// namespace), unshare, setns, or exec (seen only at the exec that
+	// followed, when the change itself was not).
+	Via string `json:"via,omitempty"`
 }
 
 // Gap says that records were lost and where.

@@ -21,7 +21,11 @@
 // stale and ignored.
 struct binding {
 	__u32 slot;
-	__u32 _pad; // ignored by the gate; process.c keeps a member's network namespace here
+	// The network namespace (inode number) the member was last seen in, by
+	// the process programs at fork and exec, the syscall exit program at
+	// unshare and setns, and userspace when it binds a pid; 0 when not
+	// known. The gate ignores it: a change is reported, never judged.
+	__u32 netns;
 	__u64 gen;
 };
 

@@ -1,12 +1,14 @@
 // Session membership as the tracing and LSM programs see it: CO-RE views
-// of the cgroup structures, and the walk up a task's cgroups that finds the
-// session the gate would find by cgroup. Include after declaring the
-// sessions and cgroup_sessions maps (AF_SESSIONS_MAP, AF_CGROUP_SESSIONS_MAP),
-// which these functions read, and the gate_stats map.
+// of the cgroup structures, the walk up a task's cgroups that finds the
+// session the gate would find by cgroup, and escape reports. Include after
+// declaring the sessions and cgroup_sessions maps (AF_SESSIONS_MAP,
+// AF_CGROUP_SESSIONS_MAP), which these functions read, and the gate_events
+// and gate_stats maps, which they write.
 #pragma once
 
 #include "common.h"
 #include "gate.h"
+#include "process.h"
 
 // CO-RE views of the cgroup structures the membership programs read, as
 // flavours (the ___af suffix is dropped when matching the kernel's BTF) so
@@ -152,4 +154,54 @@ static __always_inline void lost_event(void)
 
 	if (n)
 		*n += 1;
+}
+
+static __always_inline __u32 netns_of(struct task_struct___af *t)
+{
+	return BPF_CORE_READ(t, nsproxy, net_ns, ns.inum);
+}
+
+// report_escape counts an attempt to leave session b against its budget,
+// quarantining it as the gate would, and reports it on the gate's ring.
+// task is the member when it is not the current task; detail goes in the
+// event's protocol field (enum af_netns_via for AF_ESCAPE_NETNS).
+static __always_inline void report_escape(const struct binding *b, __u8 kind, __u64 dst_cgroup, __u32 tgid, __u32 tid,
+					  struct task_struct___af *task, __u32 other, __u8 detail)
+{
+	__u32 slot = b->slot;
+	struct session *s = bpf_map_lookup_elem(&sessions, &slot);
+
+	if (!s || s->gen != b->gen)
+		return;
+	__u8 quarantined_now = violation(s);
+	struct gate_event *e = bpf_ringbuf_reserve(&gate_events, sizeof(*e), 0);
+	if (!e) {
+		lost_event();
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->cgroup_id = dst_cgroup;
+	e->session_gen = b->gen;
+	e->session_slot = b->slot;
+	e->pid = tgid;
+	e->tid = tid;
+	if (task) {
+		e->uid = BPF_CORE_READ(task, cred, uid.val);
+		e->gid = BPF_CORE_READ(task, cred, gid.val);
+		BPF_CORE_READ_STR_INTO(&e->comm, task, comm);
+	} else {
+		__u64 ugid = bpf_get_current_uid_gid();
+
+		e->uid = (__u32)ugid;
+		e->gid = ugid >> 32;
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+	}
+	e->rule = AF_RULE_NONE;
+	e->hook = AF_HOOK_ESCAPE;
+	e->reason = kind;
+	e->quarantined_now = quarantined_now;
+	e->name_hash = other;
+	e->protocol = detail;
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }

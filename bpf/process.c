@@ -73,6 +73,7 @@ const struct proc_exit_event *unused_exit __attribute__((unused));
 const enum af_proc_event_type *unused_type __attribute__((unused));
 const enum af_proc_flags *unused_flags __attribute__((unused));
 const enum af_escape_kind *unused_escape __attribute__((unused));
+const enum af_netns_via *unused_netns_via __attribute__((unused));
 const enum af_proc_hook *unused_hook __attribute__((unused));
 
 // Waking the reader costs an irq_work (a self-IPI, i.e. a VM exit under
@@ -117,19 +118,6 @@ static __always_inline void exe_of(struct file *f, struct exe_id *id)
 	id->dev = BPF_CORE_READ(ino, i_sb, s_dev);
 }
 
-static __always_inline __u32 netns_of(struct task_struct___af *t)
-{
-	return BPF_CORE_READ(t, nsproxy, net_ns, ns.inum);
-}
-
-// The pid_sessions entries the process programs write keep, in the
-// binding's _pad (which the gate ignores), the network namespace (inode
-// number) the process was bound in, or last exec'd in: an exec in another
-// one is reported (AF_ESCAPE_NETNS). A child inherits its parent's. 0 means
-// not known (a binding written by `session bind --pid`); the next exec
-// fills it in.
-#define netns_seen _pad
-
 // member_binding returns the pid_sessions entry of task, the current task,
 // whose tgid is tgid, if it is in a session: its tgid binding, else its
 // cgroup's session, which it is then bound to by tgid. A stale tgid
@@ -148,7 +136,7 @@ static __always_inline struct binding *member_binding(struct task_struct___af *t
 			bpf_map_delete_elem(&pid_sessions, &tgid);
 		return 0;
 	}
-	c.deepest.netns_seen = netns_of(task);
+	c.deepest.netns = netns_of(task);
 	bpf_map_update_elem(&pid_sessions, &tgid, &c.deepest, BPF_ANY);
 	return bpf_map_lookup_elem(&pid_sessions, &tgid);
 }
@@ -156,49 +144,6 @@ static __always_inline struct binding *member_binding(struct task_struct___af *t
 static __always_inline __u64 cgroup_id_of(struct cgroup___af *cg)
 {
 	return BPF_CORE_READ(cg, kn, id);
-}
-
-// report_escape counts an attempt to leave session b against its budget,
-// quarantining it as the gate would, and reports it on the gate's ring.
-// task is the member when it is not the current task.
-static __always_inline void report_escape(const struct binding *b, __u8 kind, __u64 dst_cgroup, __u32 tgid, __u32 tid,
-					  struct task_struct___af *task, __u32 other)
-{
-	__u32 slot = b->slot;
-	struct session *s = bpf_map_lookup_elem(&sessions, &slot);
-
-	if (!s || s->gen != b->gen)
-		return;
-	__u8 quarantined_now = violation(s);
-	struct gate_event *e = bpf_ringbuf_reserve(&gate_events, sizeof(*e), 0);
-	if (!e) {
-		lost_event();
-		return;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = bpf_ktime_get_boot_ns();
-	e->cgroup_id = dst_cgroup;
-	e->session_gen = b->gen;
-	e->session_slot = b->slot;
-	e->pid = tgid;
-	e->tid = tid;
-	if (task) {
-		e->uid = BPF_CORE_READ(task, cred, uid.val);
-		e->gid = BPF_CORE_READ(task, cred, gid.val);
-		BPF_CORE_READ_STR_INTO(&e->comm, task, comm);
-	} else {
-		__u64 ugid = bpf_get_current_uid_gid();
-
-		e->uid = (__u32)ugid;
-		e->gid = ugid >> 32;
-		bpf_get_current_comm(e->comm, sizeof(e->comm));
-	}
-	e->rule = AF_RULE_NONE;
-	e->hook = AF_HOOK_ESCAPE;
-	e->reason = kind;
-	e->quarantined_now = quarantined_now;
-	e->name_hash = other;
-	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 
 SEC("raw_tp/sched_process_exec")
@@ -217,14 +162,15 @@ int af_sched_exec(struct bpf_raw_tracepoint_args *ctx)
 
 	if (m) {
 		__u32 ns = netns_of((struct task_struct___af *)task);
-		__u32 was = m->netns_seen;
+		__u32 was = m->netns;
 
 		if (was != ns && ns) {
-			m->netns_seen = ns;
+			m->netns = ns;
 			if (was) {
 				struct binding member = *m;
 
-				report_escape(&member, AF_ESCAPE_NETNS, ns, tgid, (__u32)bpf_get_current_pid_tgid(), 0, was);
+				report_escape(&member, AF_ESCAPE_NETNS, ns, tgid, (__u32)bpf_get_current_pid_tgid(), 0, was,
+					      AF_NETNS_VIA_EXEC);
 			}
 		}
 	}
@@ -358,18 +304,23 @@ int af_sched_fork(struct bpf_raw_tracepoint_args *ctx)
 			cb = pb;
 			bound = 1;
 			report_escape(&pb, AF_ESCAPE_CLONE_INTO_CGROUP, cgroup_id_of(cg), parent_tgid,
-				      (__u32)bpf_get_current_pid_tgid(), 0, child_tgid);
+				      (__u32)bpf_get_current_pid_tgid(), 0, child_tgid, 0);
 		} else if (c.found) {
-			// A member's child starts from its parent's namespace;
-			// one that a non-member started into a session (a
-			// container runtime's clone3 with CLONE_INTO_CGROUP and
-			// CLONE_NEWNET, say) from its own.
 			cb = c.deepest;
-			cb.netns_seen = member ? pb.netns_seen : netns_of(ct);
 			bound = 1;
 		}
 	}
 	if (bound) {
+		// A member's child made in a network namespace of its own (clone
+		// with CLONE_NEWNET) is reported now, before it runs. One that a
+		// non-member started into a session that way (a container
+		// runtime's clone3 with CLONE_INTO_CGROUP and CLONE_NEWNET, say)
+		// is not: it never was anywhere else.
+		__u32 ns = netns_of(ct);
+
+		if (member && ns && pb.netns && ns != pb.netns)
+			report_escape(&pb, AF_ESCAPE_NETNS, ns, child_tgid, child_tgid, ct, pb.netns, AF_NETNS_VIA_CLONE);
+		cb.netns = ns;
 		if (bpf_map_update_elem(&pid_sessions, &child_tgid, &cb, BPF_ANY) == 0)
 			flags |= AF_FLAG_SESSION_INHERITED;
 	} else {
@@ -470,7 +421,7 @@ int af_task_cgroup_attach(struct bpf_raw_tracepoint_args *ctx)
 		// Moved into a session (a container's init, say): a member by
 		// tgid from now on, in the namespace it is in.
 		if (c.found) {
-			c.deepest.netns_seen = netns_of(task);
+			c.deepest.netns = netns_of(task);
 			bpf_map_update_elem(&pid_sessions, &tgid, &c.deepest, BPF_ANY);
 		}
 		return 0;
@@ -479,12 +430,12 @@ int af_task_cgroup_attach(struct bpf_raw_tracepoint_args *ctx)
 		// Within its session's cgroup subtree: into a deeper session
 		// (a child session) it is that session's member, as by cgroup.
 		if (!same_session(&c.deepest, &pb)) {
-			c.deepest.netns_seen = pb.netns_seen;
+			c.deepest.netns = pb.netns;
 			bpf_map_update_elem(&pid_sessions, &tgid, &c.deepest, BPF_ANY);
 		}
 		return 0;
 	}
 	report_escape(&pb, AF_ESCAPE_CGROUP_MOVE, cgroup_id_of(dst), tgid, BPF_CORE_READ(task, pid), task,
-		      bpf_get_current_pid_tgid() >> 32);
+		      bpf_get_current_pid_tgid() >> 32, 0);
 	return 0;
 }

@@ -71,15 +71,19 @@ struct proc_exit_event {
 // like a denial. Such an event has hook AF_HOOK_ESCAPE and:
 //   reason     enum af_escape_kind: what was tried
 //   cgroup_id  the cgroup the member was moved or cloned into
-//   pid, tid   the member (for a clone, the process that called clone3)
+//   pid, tid   the member (for a clone into a cgroup, the process that
+//              called clone3; for a fork into a new network namespace,
+//              the new process)
 //   uid, gid, comm  the member's
 //   name_hash  the other process: for a move, the tgid of the process that
 //              wrote cgroup.procs; for a clone, the new process. For a
 //              network namespace change, the namespace it was in before
+//              (0: not known)
 //   (cgroup_id holds, for a network namespace change, the new namespace's
-//   inode number)
+//   inode number, and protocol enum af_netns_via)
 //   verdict    0: the kernel saw the attempt, it did not decide it
-//   rule       AF_RULE_NONE; family, protocol, port, addr zero
+//   rule       AF_RULE_NONE; family, port, addr zero, and protocol but
+//              for a network namespace change
 // Hooks 32-47 are reserved for events the process programs write (see
 // common.h).
 enum af_proc_hook {
@@ -89,10 +93,19 @@ enum af_proc_hook {
 enum af_escape_kind {
 	AF_ESCAPE_CGROUP_MOVE = 1,       // written into another cgroup's cgroup.procs or cgroup.threads
 	AF_ESCAPE_CLONE_INTO_CGROUP = 2, // forked into another cgroup (clone3 CLONE_INTO_CGROUP)
-	// Execs in another network namespace than the one it (or the parent it
-	// was forked from) was in: unshare, setns or clone with CLONE_NEWNET,
-	// then exec, as unshare(1), nsenter(1) and ip-netns(8) do. Seen at
-	// exec, so a process that changes namespace and never execs is not
-	// reported. It stays a member either way.
+	// Moved to another network namespace than the one it was last seen in:
+	// how is enum af_netns_via. It stays a member either way.
 	AF_ESCAPE_NETNS = 3,
+};
+
+// How a member came to another network namespace (an AF_ESCAPE_NETNS
+// event's protocol field). Each is seen when it happens, so a change is
+// reported once whether or not an exec follows; the exec check stays for
+// what the others cannot see (a thread's own change, say, or a host where
+// the syscall exit program is not attached).
+enum af_netns_via {
+	AF_NETNS_VIA_EXEC = 0,    // exec'd in it (sched_process_exec)
+	AF_NETNS_VIA_CLONE = 1,   // forked into a new one: clone CLONE_NEWNET (sched_process_fork)
+	AF_NETNS_VIA_UNSHARE = 2, // unshare(2) returned in a new one (sys_exit)
+	AF_NETNS_VIA_SETNS = 3,   // setns(2) returned in another one (sys_exit)
 };

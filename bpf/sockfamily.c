@@ -25,6 +25,11 @@
 // With the LSM active, the exit program records only the seccomp filter's
 // refusals, which happen before the LSM hook runs; the LSM records the rest.
 //
+// The exit program also sees unshare(2) and setns(2) return: a member they
+// left in another network namespace is reported as an escape (process.h),
+// as the process programs report one that forks or execs into one. That
+// costs nothing more per syscall than the number it already compares.
+//
 // The maps are the gate's (loaded with MapReplacements), so membership is
 // exactly the gate's: the tgid binding first, else the cgroup's session.
 
@@ -156,16 +161,28 @@ int BPF_PROG(af_lsm_socket_create, int family, int type, int protocol, int kern)
 	return -EPERM;
 }
 
-// The socket syscall's number and arguments at its exit, per architecture.
-// raw_tp/sys_exit passes (struct pt_regs *regs, long ret).
+// The syscalls the exit program looks at, and their arguments at its exit,
+// per architecture. raw_tp/sys_exit passes (struct pt_regs *regs, long ret).
+enum syscall_kind {
+	SC_OTHER,
+	SC_SOCKET,  // socket(family, type, protocol)
+	SC_UNSHARE, // unshare(flags)
+	SC_SETNS,   // setns(fd, nstype): args[0] is nstype
+};
+
 #if defined(__TARGET_ARCH_x86)
 #define NR_SOCKET 41
+#define NR_UNSHARE 272
+#define NR_SETNS 308
 // 32-bit tasks (int 0x80, or a compat syscall) use the i386 numbers:
 // socket(2) is 359, and socketcall(2) (102) with call 1 carries the
-// arguments in user memory. 359 is unused on x86_64, but 102 is getuid
-// there, so socketcall is looked at only for tasks marked TS_COMPAT.
+// arguments in user memory. 102 is getuid on x86_64 and 310 is
+// process_vm_readv, so the i386 numbers count only for tasks marked
+// TS_COMPAT.
 #define NR_SOCKET_I386 359
 #define NR_SOCKETCALL_I386 102
+#define NR_UNSHARE_I386 310
+#define NR_SETNS_I386 346
 #define SYS_SOCKET 1
 #define TS_COMPAT 0x0002
 
@@ -186,34 +203,55 @@ struct task_struct___ti {
 	struct thread_info___af thread_info;
 } __attribute__((preserve_access_index));
 
-// socket_args reads the socket call at regs, if it is one.
-static __always_inline int socket_args(struct pt_regs___af *regs, __u32 args[3])
+// syscall_of reads the call at regs, if it is one of enum syscall_kind.
+static __always_inline int syscall_of(struct pt_regs___af *regs, __u32 args[3])
 {
-	long nr = BPF_CORE_READ(regs, orig_ax);
-
-	if (nr == NR_SOCKET) {
+	switch (BPF_CORE_READ(regs, orig_ax)) {
+	case NR_SOCKET:
 		args[0] = BPF_CORE_READ(regs, di);
 		args[1] = BPF_CORE_READ(regs, si);
 		args[2] = BPF_CORE_READ(regs, dx);
-		return 1;
+		return SC_SOCKET;
+	case NR_UNSHARE:
+		args[0] = BPF_CORE_READ(regs, di);
+		return SC_UNSHARE;
+	case NR_SETNS:
+		args[0] = BPF_CORE_READ(regs, si);
+		return SC_SETNS;
+	case NR_SOCKET_I386:
+	case NR_SOCKETCALL_I386:
+	case NR_UNSHARE_I386:
+	case NR_SETNS_I386:
+		break;
+	default:
+		return SC_OTHER;
 	}
-	if (nr != NR_SOCKET_I386 && nr != NR_SOCKETCALL_I386)
-		return 0;
 	struct task_struct___ti *t = (struct task_struct___ti *)bpf_get_current_task();
 	if (!(BPF_CORE_READ(t, thread_info.status) & TS_COMPAT))
-		return 0;
-	if (nr == NR_SOCKET_I386) {
+		return SC_OTHER;
+	switch (BPF_CORE_READ(regs, orig_ax)) {
+	case NR_SOCKET_I386:
 		args[0] = BPF_CORE_READ(regs, bx);
 		args[1] = BPF_CORE_READ(regs, cx);
 		args[2] = BPF_CORE_READ(regs, dx);
-		return 1;
+		return SC_SOCKET;
+	case NR_UNSHARE_I386:
+		args[0] = BPF_CORE_READ(regs, bx);
+		return SC_UNSHARE;
+	case NR_SETNS_I386:
+		args[0] = BPF_CORE_READ(regs, cx);
+		return SC_SETNS;
 	}
 	if (BPF_CORE_READ(regs, bx) != SYS_SOCKET)
-		return 0;
+		return SC_OTHER;
 	// The arguments are three 32-bit words at cx, still mapped at exit.
-	return bpf_probe_read_user(args, 3 * sizeof(__u32), (void *)BPF_CORE_READ(regs, cx)) == 0;
+	if (bpf_probe_read_user(args, 3 * sizeof(__u32), (void *)BPF_CORE_READ(regs, cx)))
+		return SC_OTHER;
+	return SC_SOCKET;
 }
 #elif defined(__TARGET_ARCH_arm64)
+#define NR_UNSHARE 97
+#define NR_SETNS 268
 #define NR_SOCKET 198
 
 struct pt_regs___af {
@@ -223,28 +261,72 @@ struct pt_regs___af {
 } __attribute__((preserve_access_index));
 
 // 32-bit (AArch32) tasks are not looked at: their socket number is 281,
-// which is execveat for 64-bit tasks. The BPF LSM covers them.
-static __always_inline int socket_args(struct pt_regs___af *regs, __u32 args[3])
+// which is execveat for 64-bit tasks. The BPF LSM covers their sockets;
+// their namespace changes are seen at their next exec or fork.
+static __always_inline int syscall_of(struct pt_regs___af *regs, __u32 args[3])
 {
-	if (BPF_CORE_READ(regs, syscallno) != NR_SOCKET)
-		return 0;
-	args[0] = BPF_CORE_READ(regs, orig_x0);
-	args[1] = BPF_CORE_READ(regs, regs[1]);
-	args[2] = BPF_CORE_READ(regs, regs[2]);
-	return 1;
+	switch (BPF_CORE_READ(regs, syscallno)) {
+	case NR_SOCKET:
+		args[0] = BPF_CORE_READ(regs, orig_x0);
+		args[1] = BPF_CORE_READ(regs, regs[1]);
+		args[2] = BPF_CORE_READ(regs, regs[2]);
+		return SC_SOCKET;
+	case NR_UNSHARE:
+		args[0] = BPF_CORE_READ(regs, orig_x0);
+		return SC_UNSHARE;
+	case NR_SETNS:
+		args[0] = BPF_CORE_READ(regs, regs[1]);
+		return SC_SETNS;
+	}
+	return SC_OTHER;
 }
 #else
 #error "sockfamily.c: unknown architecture"
 #endif
 
+#define CLONE_NEWNET 0x40000000
+
+// netns_after reports a member that unshare or setns left in another
+// network namespace than its binding names (AF_ESCAPE_NETNS), whether or
+// not it execs next, and makes the new one its namespace. flags is the
+// call's CLONE_* argument. With the namespace it was in not known (a
+// member by cgroup not yet bound by tgid), a call that asked for a new
+// network namespace and succeeded moved it.
+static __always_inline void netns_after(int sc, __u32 flags, long ret)
+{
+	if (ret != 0)
+		return;
+	struct binding b;
+
+	if (!member(&b))
+		return;
+	__u32 ns = netns_of((struct task_struct___af *)bpf_get_current_task());
+
+	if (!ns || ns == b.netns || (!b.netns && !(flags & CLONE_NEWNET)))
+		return;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	struct binding *tb = bpf_map_lookup_elem(&pid_sessions, &tgid);
+
+	if (tb && same_session(tb, &b))
+		tb->netns = ns;
+	report_escape(&b, AF_ESCAPE_NETNS, ns, tgid, (__u32)pid_tgid, 0, b.netns,
+		      sc == SC_UNSHARE ? AF_NETNS_VIA_UNSHARE : AF_NETNS_VIA_SETNS);
+}
+
 SEC("raw_tp/sys_exit")
 int af_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u32 args[3];
-
-	if (!socket_args((struct pt_regs___af *)ctx->args[0], args) || local_family(args[0]))
-		return 0;
+	int sc = syscall_of((struct pt_regs___af *)ctx->args[0], args);
 	long ret = ctx->args[1];
+
+	if (sc == SC_UNSHARE || sc == SC_SETNS) {
+		netns_after(sc, args[0], ret);
+		return 0;
+	}
+	if (sc != SC_SOCKET || local_family(args[0]))
+		return 0;
 
 	if (lsm_refuses && ret != -EAFNOSUPPORT)
 		return 0;

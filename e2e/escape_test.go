@@ -232,7 +232,9 @@ func TestEscapeByCloneIntoCgroup(t *testing.T) {
 // TestEscapeByNetworkNamespace: a member's child in a network namespace of
 // its own is still judged by the session (an out-of-scope connect fails
 // with EPERM, before any route is looked up; an allowed one gets as far as
-// the namespace's down loopback), and its exec there is an escape record.
+// the namespace's down loopback), and its fork into the namespace is an
+// escape record (via clone), made before the child ran, and only one: the
+// exec that follows in the same namespace adds none.
 // Outside any session the same child's connects both fail for want of a
 // route.
 func TestEscapeByNetworkNamespace(t *testing.T) {
@@ -261,10 +263,57 @@ func TestEscapeByNetworkNamespace(t *testing.T) {
 		t.Errorf("results %q, want %q", res, want)
 	}
 	rec := d.escapeRecord(t, id, "netns")
-	if rec.Escape.NetNS == 0 || rec.Outcome.Verdict != audit.VerdictFlagged {
+	if rec.Escape.NetNS == 0 || rec.Escape.Via != "clone" || rec.Outcome.Verdict != audit.VerdictFlagged {
 		t.Errorf("escape record: %+v %+v", rec.Escape, rec.Outcome)
 	}
+	// Both children forked into a namespace of their own: a clone record
+	// each, and none for their execs.
+	other := d.waitRecord(t, "the second child's escape", func(r audit.Record) bool {
+		return r.Kind == audit.KindEscape && r.Session != nil && r.Session.ID == id && r.Process.PID != rec.Process.PID
+	})
+	for _, r := range d.records(t) {
+		if r.Kind == audit.KindEscape && r.Session != nil && r.Session.ID == id && r.Escape.Via != "clone" {
+			t.Errorf("escape via %s of pid %d, want only the children's clones (%d, %d)", r.Escape.Via, r.Process.PID,
+				rec.Process.PID, other.Process.PID)
+		}
+	}
 	d.expectClean(t)
+}
+
+// TestEscapeByUnshareWithoutExec: a root member bound by pid (so holding
+// CAP_SYS_ADMIN, which run would have dropped) moves a thread to a new
+// network namespace and back, and never execs. Each move is an escape
+// record when the syscall returns (via unshare, then via setns).
+func TestEscapeByUnshareWithoutExec(t *testing.T) {
+	d := startDaemon(t)
+	s := d.openSession(t, "--intent", "netns round trip", "--allow", "udp://127.0.0.53:53")
+	p := gatetest.Start(t, "", gatetest.Options{}, true, "netns")
+	if res, _ := p.Next(); res != "ready" {
+		t.Fatalf("probe: %s", res)
+	}
+	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
+		t.Fatalf("bind: %s", stderr)
+	}
+	host, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", p.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Go()
+	if res, _ := p.Next(); res != "ok" {
+		t.Fatalf("unshare and setns back: %s", res)
+	}
+	out := d.waitRecord(t, "unshare escape", func(r audit.Record) bool {
+		return r.Kind == audit.KindEscape && r.Escape.Via == "unshare" && r.Process.PID == uint32(p.PID)
+	})
+	back := d.waitRecord(t, "setns escape", func(r audit.Record) bool {
+		return r.Kind == audit.KindEscape && r.Escape.Via == "setns" && r.Process.PID == uint32(p.PID)
+	})
+	if out.Session.ID != s.ID || out.Escape.What != "netns" || fmt.Sprintf("net:[%d]", out.Escape.NetNS) == host {
+		t.Errorf("unshare record: session %s escape %+v (host %s)", out.Session.ID, out.Escape, host)
+	}
+	if back.Session.ID != s.ID || fmt.Sprintf("net:[%d]", back.Escape.NetNS) != host {
+		t.Errorf("setns record: session %s escape %+v, want back in %s", back.Session.ID, back.Escape, host)
+	}
 }
 
 // TestEscapeCountsAsDrift: with a violation budget of 0 the escape alone

@@ -14,10 +14,10 @@ import (
 )
 
 type gateBinding struct {
-	_    structs.HostLayout
-	Slot uint32
-	Pad  uint32
-	Gen  uint64
+	_     structs.HostLayout
+	Slot  uint32
+	Netns uint32
+	Gen   uint64
 }
 
 type gateExact4Key struct {

@@ -74,10 +74,10 @@ type hostnameLearnedVal struct {
 type hostnameMemberSock struct {
 	_ structs.HostLayout
 	B struct {
-		_    structs.HostLayout
-		Slot uint32
-		Pad  uint32
-		Gen  uint64
+		_     structs.HostLayout
+		Slot  uint32
+		Netns uint32
+		Gen   uint64
 	}
 	CgroupId uint64
 	Tgid     uint32
@@ -190,10 +190,10 @@ type hostnameSession struct {
 type hostnameSockInfo struct {
 	_ structs.HostLayout
 	B struct {
-		_    structs.HostLayout
-		Slot uint32
-		Pad  uint32
-		Gen  uint64
+		_     structs.HostLayout
+		Slot  uint32
+		Netns uint32
+		Gen   uint64
 	}
 	CgroupId uint64
 	NameHash uint64

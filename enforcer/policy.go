@@ -153,9 +153,17 @@ func (g *Gate) UnbindCgroup(cgroupID uint64) error {
 }
 
 // BindPid makes the process tgid (and, through the process programs, its
-// future descendants) a member of the session in slot/gen.
+// future descendants) a member of the session in slot/gen. The binding
+// names the network namespace it is in now, so that a later move to
+// another is reported as it happens (bpf/process.h, AF_ESCAPE_NETNS).
 func (g *Gate) BindPid(tgid uint32, slot uint32, gen uint64) error {
-	if err := g.objs.PidSessions.Update(tgid, gateBinding{Slot: slot, Gen: gen}, ebpf.UpdateAny); err != nil {
+	b := gateBinding{Slot: slot, Gen: gen}
+	var st unix.Stat_t
+	if unix.Stat(fmt.Sprintf("/proc/%d/ns/net", tgid), &st) == nil {
+		// 0 when it cannot be read (the process is gone): not known.
+		b.Netns = uint32(st.Ino)
+	}
+	if err := g.objs.PidSessions.Update(tgid, b, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("enforcer: bind pid %d: %w", tgid, err)
 	}
 	return nil

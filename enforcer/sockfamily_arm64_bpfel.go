@@ -23,10 +23,10 @@ const (
 )
 
 type sockfamilyBinding struct {
-	_    structs.HostLayout
-	Slot uint32
-	Pad  uint32
-	Gen  uint64
+	_     structs.HostLayout
+	Slot  uint32
+	Netns uint32
+	Gen   uint64
 }
 
 type sockfamilySession struct {

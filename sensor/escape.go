@@ -11,7 +11,9 @@ package sensor
 //	Hook      HookEscape
 //	Reason    the EscapeKind
 //	CgroupID  the cgroup the member was moved or cloned into
-//	PID, TID  the member (for a clone, the process that called clone3)
+//	PID, TID  the member (for a clone into a cgroup, the process that
+//	          called clone3; for a fork into a new network namespace, the
+//	          new process)
 //	NameHash  the other process: for a move, the tgid of the process that
 //	          moved the member; for a clone, the new process
 //	Slot, Gen, QuarantinedNow  as for a decision
@@ -29,13 +31,41 @@ const (
 	// EscapeCloneIntoCgroup: the member forked a process into another
 	// cgroup (clone3 CLONE_INTO_CGROUP).
 	EscapeCloneIntoCgroup = EscapeKind(processAfEscapeKindAF_ESCAPE_CLONE_INTO_CGROUP)
-	// EscapeNetns: the member exec'd in another network namespace than
-	// the one it was bound in (unshare, setns or clone with CLONE_NEWNET,
-	// then exec). The event's CgroupID is then the new namespace's inode
-	// number and NameHash the old one's. A change without an exec is not
-	// seen.
+	// EscapeNetns: the member moved to another network namespace than
+	// the one it was last seen in. The event's CgroupID is then the new
+	// namespace's inode number, NameHash the old one's (0: not known) and
+	// Protocol the NetnsVia.
 	EscapeNetns = EscapeKind(processAfEscapeKindAF_ESCAPE_NETNS)
 )
+
+// NetnsVia is how a member came to another network namespace.
+type NetnsVia uint8
+
+const (
+	// NetnsViaExec: seen at an exec in it, the change itself unseen.
+	NetnsViaExec = NetnsVia(processAfNetnsViaAF_NETNS_VIA_EXEC)
+	// NetnsViaClone: the member forked a child into a new one.
+	NetnsViaClone = NetnsVia(processAfNetnsViaAF_NETNS_VIA_CLONE)
+	// NetnsViaUnshare, NetnsViaSetns: the syscall returned in it (the
+	// syscall exit program, which the gate attaches).
+	NetnsViaUnshare = NetnsVia(processAfNetnsViaAF_NETNS_VIA_UNSHARE)
+	NetnsViaSetns   = NetnsVia(processAfNetnsViaAF_NETNS_VIA_SETNS)
+)
+
+// String is the name audit records give it ("via").
+func (v NetnsVia) String() string {
+	switch v {
+	case NetnsViaExec:
+		return "exec"
+	case NetnsViaClone:
+		return "clone"
+	case NetnsViaUnshare:
+		return "unshare"
+	case NetnsViaSetns:
+		return "setns"
+	}
+	return "unknown"
+}
 
 // String is the name audit records give the attempt ("what").
 func (k EscapeKind) String() string {

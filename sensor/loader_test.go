@@ -454,7 +454,7 @@ func TestForkInheritsSession(t *testing.T) {
 		t.Fatalf("sibling pid %d vs %d", pids["sibling"], sibling.Process.Pid)
 	}
 
-	// The bindings' _pad is the process programs' record of the network
+	// The bindings' netns is the process programs' record of the network
 	// namespace; only the session counts here.
 	same := func(a, b processBinding) bool { return a.Slot == b.Slot && a.Gen == b.Gen }
 	for _, who := range []string{"child", "grandchild"} {

@@ -30,6 +30,7 @@ import (
 //	fork       start a parked child where this process is; N is its pid
 //	exec       exec /bin/sleep (no answer)
 //	run ARGS   start the command ARGS as a child; N is its pid
+//	runnet ARGS  the same, the child forked into a new network namespace
 func ctl() {
 	in := bufio.NewScanner(os.Stdin)
 	fmt.Printf("ok %d\n", os.Getpid())
@@ -58,10 +59,13 @@ func ctl() {
 			}
 		case "exec":
 			err = syscall.Exec("/bin/sleep", []string{"sleep", "600"}, nil)
-		case "run":
+		case "run", "runnet":
 			args := strings.Fields(arg)
 			cmd := exec.Command(args[0], args[1:]...)
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			if verb == "runnet" {
+				cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET
+			}
 			if err = cmd.Start(); err == nil {
 				n = cmd.Process.Pid
 			}
@@ -448,8 +452,10 @@ func TestMembershipNetnsReported(t *testing.T) {
 	t.Cleanup(func() { ctr.Process.Kill(); ctr.Wait() })
 	f.wantBinding(t, "started into the session in a namespace of its own", uint32(ctr.Process.Pid), 9, 4)
 	pid := c.do(t, "run unshare --net /usr/bin/env /bin/sleep 600")
-	ev := f.escape(t, "exec in a new network namespace")
-	if EscapeKind(ev.Reason) != EscapeNetns || ev.PID != pid || ev.Slot != 9 || ev.Gen != 4 {
+	ev := f.escape(t, "unshare into a new network namespace")
+	// The gate's syscall exit program sees the unshare return, before
+	// unshare(1) execs env.
+	if EscapeKind(ev.Reason) != EscapeNetns || NetnsVia(ev.Protocol) != NetnsViaUnshare || ev.PID != pid || ev.Slot != 9 || ev.Gen != 4 {
 		t.Errorf("netns report: %+v", ev)
 	}
 	if want := fmt.Sprintf("net:[%d]", ev.NameHash); want != host {
@@ -469,5 +475,18 @@ func TestMembershipNetnsReported(t *testing.T) {
 	f.wantBinding(t, "in its own network namespace", pid, 9, 4)
 	if n := f.violations(t, 9); n != 1 {
 		t.Errorf("violations %d, want 1: env's exec of sleep in the same new namespace is not another, nor a process started into a new namespace", n)
+	}
+
+	// A child forked into a new namespace is reported at the fork, before
+	// it runs (and then execs sleep there).
+	child := c.do(t, "runnet /bin/sleep 600")
+	ev = f.escape(t, "fork into a new network namespace")
+	if EscapeKind(ev.Reason) != EscapeNetns || NetnsVia(ev.Protocol) != NetnsViaClone || ev.PID != child ||
+		fmt.Sprintf("net:[%d]", ev.NameHash) != host {
+		t.Errorf("clone report: %+v", ev)
+	}
+	f.wantBinding(t, "forked into its own network namespace", child, 9, 4)
+	if n := f.violations(t, 9); n != 2 {
+		t.Errorf("violations %d, want 2", n)
 	}
 }

@@ -21,6 +21,15 @@ const (
 	processAfEscapeKindAF_ESCAPE_NETNS             processAfEscapeKind = 3
 )
 
+type processAfNetnsVia uint32
+
+const (
+	processAfNetnsViaAF_NETNS_VIA_EXEC    processAfNetnsVia = 0
+	processAfNetnsViaAF_NETNS_VIA_CLONE   processAfNetnsVia = 1
+	processAfNetnsViaAF_NETNS_VIA_UNSHARE processAfNetnsVia = 2
+	processAfNetnsViaAF_NETNS_VIA_SETNS   processAfNetnsVia = 3
+)
+
 type processAfProcEventType uint32
 
 const (
@@ -45,10 +54,10 @@ const (
 )
 
 type processBinding struct {
-	_    structs.HostLayout
-	Slot uint32
-	Pad  uint32
-	Gen  uint64
+	_     structs.HostLayout
+	Slot  uint32
+	Netns uint32
+	Gen   uint64
 }
 
 type processExeId struct {
@@ -137,6 +146,7 @@ const (
 	processVarUnusedFlags         = "unused_flags"
 	processVarUnusedFork          = "unused_fork"
 	processVarUnusedHook          = "unused_hook"
+	processVarUnusedNetnsVia      = "unused_netns_via"
 	processVarUnusedType          = "unused_type"
 )
 
@@ -206,13 +216,14 @@ type processMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type processVariableSpecs struct {
-	UnusedEscape *ebpf.VariableSpec `ebpf:"unused_escape"`
-	UnusedExec   *ebpf.VariableSpec `ebpf:"unused_exec"`
-	UnusedExit   *ebpf.VariableSpec `ebpf:"unused_exit"`
-	UnusedFlags  *ebpf.VariableSpec `ebpf:"unused_flags"`
-	UnusedFork   *ebpf.VariableSpec `ebpf:"unused_fork"`
-	UnusedHook   *ebpf.VariableSpec `ebpf:"unused_hook"`
-	UnusedType   *ebpf.VariableSpec `ebpf:"unused_type"`
+	UnusedEscape   *ebpf.VariableSpec `ebpf:"unused_escape"`
+	UnusedExec     *ebpf.VariableSpec `ebpf:"unused_exec"`
+	UnusedExit     *ebpf.VariableSpec `ebpf:"unused_exit"`
+	UnusedFlags    *ebpf.VariableSpec `ebpf:"unused_flags"`
+	UnusedFork     *ebpf.VariableSpec `ebpf:"unused_fork"`
+	UnusedHook     *ebpf.VariableSpec `ebpf:"unused_hook"`
+	UnusedNetnsVia *ebpf.VariableSpec `ebpf:"unused_netns_via"`
+	UnusedType     *ebpf.VariableSpec `ebpf:"unused_type"`
 }
 
 // processObjects contains all objects after they have been loaded into the kernel.
@@ -262,13 +273,14 @@ func (m *processMaps) Close() error {
 //
 // It can be passed to loadProcessObjects or ebpf.CollectionSpec.LoadAndAssign.
 type processVariables struct {
-	UnusedEscape *ebpf.Variable `ebpf:"unused_escape"`
-	UnusedExec   *ebpf.Variable `ebpf:"unused_exec"`
-	UnusedExit   *ebpf.Variable `ebpf:"unused_exit"`
-	UnusedFlags  *ebpf.Variable `ebpf:"unused_flags"`
-	UnusedFork   *ebpf.Variable `ebpf:"unused_fork"`
-	UnusedHook   *ebpf.Variable `ebpf:"unused_hook"`
-	UnusedType   *ebpf.Variable `ebpf:"unused_type"`
+	UnusedEscape   *ebpf.Variable `ebpf:"unused_escape"`
+	UnusedExec     *ebpf.Variable `ebpf:"unused_exec"`
+	UnusedExit     *ebpf.Variable `ebpf:"unused_exit"`
+	UnusedFlags    *ebpf.Variable `ebpf:"unused_flags"`
+	UnusedFork     *ebpf.Variable `ebpf:"unused_fork"`
+	UnusedHook     *ebpf.Variable `ebpf:"unused_hook"`
+	UnusedNetnsVia *ebpf.Variable `ebpf:"unused_netns_via"`
+	UnusedType     *ebpf.Variable `ebpf:"unused_type"`
 }
 
 // processPrograms contains all programs after they have been loaded into the kernel.

@@ -300,6 +300,7 @@ func appendEscape(dst []byte, e *audit.Escape) []byte {
 	dst = appendOptUint(dst, `,"by_pid":`, uint64(e.ByPID))
 	dst = appendOptUint(dst, `,"child_pid":`, uint64(e.ChildPID))
 	dst = appendOptUint(dst, `,"netns":`, e.NetNS)
+	dst = appendOptString(dst, `,"via":`, e.Via)
 	return append(dst, '}')
 }
 

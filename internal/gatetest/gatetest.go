@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -244,6 +245,9 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	                   the answer: "ok", or the errno of the send
 //	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
 //	                   status and the error's field, e.g. 400:scope[0]
+//	netns              on a thread of its own, unshare(CLONE_NEWNET), then
+//	                   setns back to the namespace it was in: "ok" or the
+//	                   errno of the first call that failed
 func Probe(action string) string {
 	verb, arg, _ := strings.Cut(action, " ")
 	switch verb {
@@ -259,6 +263,8 @@ func Probe(action string) string {
 		return uringConnect(arg)
 	case "dnsq":
 		return dnsQuery(arg)
+	case "netns":
+		return netnsRoundTrip()
 	}
 	if verb == "socket" {
 		var family, typ, proto int
@@ -831,6 +837,30 @@ func dnsQuery(arg string) string {
 	}
 	if n < 2 || buf[0] != 0x61 || buf[1] != 0x66 {
 		return "badanswer"
+	}
+	return "ok"
+}
+
+// netnsRoundTrip leaves the network namespace and comes back, on a locked
+// thread that exits with its goroutine: the other threads never move.
+func netnsRoundTrip() string {
+	res := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread goes with the goroutine
+		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			res <- err
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			res <- err
+			return
+		}
+		res <- unix.Setns(fd, unix.CLONE_NEWNET)
+	}()
+	if err := <-res; err != nil {
+		return errName(err)
 	}
 	return "ok"
 }
