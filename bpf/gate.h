@@ -26,7 +26,7 @@ enum af_state {
 // Session flags.
 #define AF_SESSION_QUARANTINE_ON_BUDGET 1
 // The drift action is kill: a member found holding a socket no hook can
-// judge (sockfamily.c) is killed before the syscall returns to it.
+// judge (boundary.c) is killed before the syscall returns to it.
 #define AF_SESSION_KILL_ON_DRIFT 2
 // The DNS egress program (dns.c dns_egress) is not loaded: the gate itself
 // refuses connect and sendmsg to the DNS port for a session whose dns mode
@@ -56,7 +56,7 @@ enum af_reason {
 	AF_REASON_QUARANTINED = 4, // only essential rules match
 	AF_REASON_SOCKET_TYPE = 5, // raw or non-TCP/UDP socket
 	// 6-9 are the hostname programs' (dns.h), 10-12 DNS queries' (dns.h).
-	AF_REASON_SOCKET_FAMILY = 16, // a family other than unix, netlink, inet (sockfamily.c)
+	AF_REASON_SOCKET_FAMILY = 16, // a family other than unix, netlink, inet (boundary.c)
 };
 
 enum af_hook {
@@ -70,7 +70,7 @@ enum af_hook {
 	AF_HOOK_BIND6 = 9,
 	AF_HOOK_INGRESS4 = 10, // a peer reaches a member's socket
 	AF_HOOK_INGRESS6 = 11,
-	// Sockets of other families (sockfamily.c): the BPF LSM refused or let
+	// Sockets of other families (boundary.c): the BPF LSM refused or let
 	// one through, or the socket syscall's exit saw its result.
 	AF_HOOK_LSM_SOCKET = 16,
 	AF_HOOK_SYS_SOCKET = 17,

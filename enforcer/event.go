@@ -22,7 +22,7 @@ const (
 	HookBind6    Hook = 9
 	HookIngress4 Hook = 10 // a peer reaches a member's socket
 	HookIngress6 Hook = 11
-	// Sockets of families no cgroup hook sees (sockfamily.go): refused by
+	// Sockets of families no cgroup hook sees (boundary.go): refused by
 	// the BPF LSM, or seen at the socket syscall's exit.
 	HookLSMSocket Hook = 16
 	HookSysSocket Hook = 17
@@ -56,7 +56,7 @@ const (
 	ReasonQuarantined Reason = 4
 	ReasonSocketType  Reason = 5
 	// ReasonSocketFamily: a socket family other than unix, netlink and
-	// inet (sockfamily.go).
+	// inet (boundary.go).
 	ReasonSocketFamily Reason = 16
 )
 

@@ -35,7 +35,7 @@ type Options struct {
 	// kernel whose verifier refuses them: sessions with hostname rules
 	// are then refused, address rules work. For tests of that fallback.
 	NoHostnames bool
-	// NoLSM keeps the socket family programs (sockfamily.go) off the BPF
+	// NoLSM keeps the socket family programs (boundary.go) off the BPF
 	// LSM even where it is active, as on a host without it: for tests of
 	// the syscall exit layer.
 	NoLSM bool
@@ -56,7 +56,7 @@ type Gate struct {
 	host    *hostnames
 	hostErr error
 	hooks   hooks // where the hostname programs are attached (hooks.go)
-	// fam handles socket families no cgroup hook sees (sockfamily.go);
+	// fam handles socket families no cgroup hook sees (boundary.go);
 	// nil, and why in famErr, where the kernel refused its programs.
 	fam    *families
 	famErr error

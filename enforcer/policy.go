@@ -41,7 +41,7 @@ type SessionState struct {
 	// StateQuarantined once Violations exceeds Budget.
 	QuarantineOnBudget bool
 	// KillOnDrift makes the kernel kill a member found holding a socket no
-	// hook judges (socket families, sockfamily.go) before it can use it:
+	// hook judges (socket families, boundary.go) before it can use it:
 	// the kill drift action.
 	KillOnDrift bool
 	// DNS is what members may ask a resolver; "" is scope.DNSAny, the

@@ -24,7 +24,7 @@ import (
 const (
 	ObjectGate      = "gate"
 	ObjectHostnames = "hostnames"
-	// ObjectSocketFamilies: bpf/sockfamily.c (sockfamily.go).
+	// ObjectSocketFamilies: bpf/boundary.c (boundary.go).
 	ObjectSocketFamilies = "socket_families"
 	ObjectTaskLister     = "task_lister"
 )
@@ -121,7 +121,7 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 // refused, without it.
 func verifyFamilies(c *ObjectCheck, shared map[string]*ebpf.Map, cache *btf.Cache, broken bool) {
 	verify := func(lsm bool) {
-		spec, err := sockfamilySpec(lsm)
+		spec, err := boundarySpec(lsm)
 		if err != nil {
 			c.Err = err
 			return

@@ -14,7 +14,7 @@ import (
 // AF_VSOCK, ...), so socket(2) and socketpair(2) for one fail with
 // EAFNOSUPPORT: the errno that says "no such family here", which programs
 // handle, and which tells the daemon's syscall exit program (bpf/
-// sockfamily.c) that the filter refused it. The list is the kernel side's
+// boundary.c) that the filter refused it. The list is the kernel side's
 // (enforcer.LocalFamilies); a test keeps them in step.
 //
 // io_uring_setup fails with ENOSYS, as it does under container runtimes'

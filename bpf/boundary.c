@@ -281,7 +281,7 @@ static __always_inline int syscall_of(struct pt_regs___af *regs, __u32 args[3])
 	return SC_OTHER;
 }
 #else
-#error "sockfamily.c: unknown architecture"
+#error "boundary.c: unknown architecture"
 #endif
 
 #define CLONE_NEWNET 0x40000000

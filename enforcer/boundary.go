@@ -12,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Socket families no cgroup hook sees (bpf/sockfamily.c): a member may
+// Socket families no cgroup hook sees (bpf/boundary.c): a member may
 // create unix, netlink and inet sockets only. The others (packet, XDP,
 // vsock, CAN, ...) are refused by the BPF LSM where the host runs it, and
 // are seen at the socket syscall's exit everywhere, where a refusal is
@@ -36,14 +36,14 @@ const (
 )
 
 // LocalFamilies are the socket families a member may create, from the C
-// enum (bpf/sockfamily.c); internal/privdrop's seccomp filter repeats them.
+// enum (bpf/boundary.c); internal/privdrop's seccomp filter repeats them.
 var LocalFamilies = []int{
-	int(sockfamilyAfLocalFamilyAF_LOCAL_UNIX), int(sockfamilyAfLocalFamilyAF_LOCAL_INET),
-	int(sockfamilyAfLocalFamilyAF_LOCAL_INET6), int(sockfamilyAfLocalFamilyAF_LOCAL_NETLINK),
+	int(boundaryAfLocalFamilyAF_LOCAL_UNIX), int(boundaryAfLocalFamilyAF_LOCAL_INET),
+	int(boundaryAfLocalFamilyAF_LOCAL_INET6), int(boundaryAfLocalFamilyAF_LOCAL_NETLINK),
 }
 
 type families struct {
-	objs  sockfamilyObjects
+	objs  boundaryObjects
 	links []link.Link
 	layer FamilyLayer
 	// lsmErr is why not FamiliesLSM where the kernel runs the BPF LSM.
@@ -74,10 +74,10 @@ func BPFLSMActive() bool {
 	return false
 }
 
-// sockfamilySpec is the object with lsm_refuses set, as loadFamilies and
+// boundarySpec is the object with lsm_refuses set, as loadFamilies and
 // VerifyObjects load it.
-func sockfamilySpec(lsm bool) (*ebpf.CollectionSpec, error) {
-	spec, err := loadSockfamily()
+func boundarySpec(lsm bool) (*ebpf.CollectionSpec, error) {
+	spec, err := loadBoundary()
 	if err != nil {
 		return nil, fmt.Errorf("enforcer: load socket family spec: %w", err)
 	}
@@ -110,7 +110,7 @@ func loadFamilies(gate *gateObjects, linkDir string, noLSM bool) (*families, err
 }
 
 func attachFamilies(gate *gateObjects, linkDir string, lsm bool) (_ *families, err error) {
-	spec, err := sockfamilySpec(lsm)
+	spec, err := boundarySpec(lsm)
 	if err != nil {
 		return nil, err
 	}
