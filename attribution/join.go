@@ -121,6 +121,8 @@ func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
 	switch kind {
 	case sensor.EscapeNetns:
 		x.NetNS, x.Via = ev.CgroupID, sensor.NetnsVia(ev.Protocol).String()
+	case sensor.EscapePtrace:
+		x.TargetPID = other
 	default:
 		x.CgroupID = ev.CgroupID
 		if cp, ok := j.Processes.(interface{ CgroupPath(uint64) (string, bool) }); ok {
@@ -136,6 +138,14 @@ func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
 		Process: &audit.Process{PID: ev.PID, TID: ev.TID, UID: ev.UID, GID: ev.GID, Comm: ev.Comm},
 		Escape:  x,
 		Outcome: &audit.Outcome{Verdict: audit.VerdictFlagged, Reason: "still_member"}}
+	if kind == sensor.EscapePtrace {
+		// Refused (or, in audit mode, let through) by the BPF LSM: the
+		// member never held the other process.
+		rec.Outcome = &audit.Outcome{Verdict: verdictName(ev.Verdict), Reason: "outside_session"}
+		if ev.Verdict == enforcer.VerdictDenied {
+			rec.Outcome.Errno = "EPERM"
+		}
+	}
 	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
 	j.attribute(&rec, ev.Slot, ev.Gen, enforcer.NoRule)
 	j.Registry.escaped(ev.Slot, ev.Gen)

@@ -193,8 +193,9 @@ type Outcome struct {
 // escape).
 type Escape struct {
 	// What is cgroup_move (written into another cgroup's cgroup.procs or
-	// cgroup.threads), clone_into_cgroup (clone3 CLONE_INTO_CGROUP) or
-	// netns (moved to another network namespace; Via says how).
+	// cgroup.threads), clone_into_cgroup (clone3 CLONE_INTO_CGROUP),
+	// netns (moved to another network namespace; Via says how) or ptrace
+	// (asked to attach to TargetPID, outside the session: refused).
 	What string `json:"what"`
 	// Cgroup is the cgroup it was moved or cloned into, relative to the
 	// cgroup v2 mount ("/" is the root); empty when it could no longer be
@@ -212,6 +213,8 @@ type Escape struct {
 	// namespace), unshare, setns, or exec (seen only at the exec that
 	// followed, when the change itself was not).
 	Via string `json:"via,omitempty"`
+	// TargetPID is the process a ptrace escape tried to attach to.
+	TargetPID uint32 `json:"target_pid,omitempty"`
 }
 
 // Gap says that records were lost and where.

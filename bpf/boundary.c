@@ -53,7 +53,6 @@ AF_GATE_STATS_MAP;
 
 #define EPERM 1
 #define EAFNOSUPPORT 97
-#define SIGKILL 9
 
 // Written by the loader: the LSM program is attached and the BPF LSM is
 // active, so it records what it refuses and the exit program need not.
@@ -310,8 +309,58 @@ static __always_inline void netns_after(int sc, __u32 flags, long ret)
 
 	if (tb && same_session(tb, &b))
 		tb->netns = ns;
-	report_escape(&b, AF_ESCAPE_NETNS, ns, tgid, (__u32)pid_tgid, 0, b.netns,
+	report_escape(&b, AF_ESCAPE_NETNS, 0, 0, ns, tgid, (__u32)pid_tgid, 0, b.netns,
 		      sc == SC_UNSHARE ? AF_NETNS_VIA_UNSHARE : AF_NETNS_VIA_SETNS);
+}
+
+// Another process's memory, registers or descriptors: ptrace attach,
+// process_vm_readv and _writev, /proc/PID/mem, pidfd_getfd all ask the
+// kernel for PTRACE_MODE_ATTACH over the target. A member that held it
+// over a process outside its session could make that process connect,
+// send or hand over a socket for it, unjudged (route 17), so a member may
+// attach only to members of its own session. The kernel's own checks
+// (same uid, no capability the member lacks, Yama) come first; this
+// narrows what they allow.
+//
+// Where the BPF LSM does not run, nothing here sees it: a tracing program
+// has no way from a pid argument (a thread's, in the caller's pid
+// namespace) to the task before Linux 6.2, and a wrong guess would apply
+// the drift action to a debugger attaching to its own child's threads.
+#define PTRACE_MODE_ATTACH 0x02
+
+// same_member reports whether task (by its tgid binding, which the process
+// programs write for every member at its first fork or exec, or else its
+// cgroup) is in session b.
+static __always_inline int same_member(struct task_struct___af *task, const struct binding *b)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	struct binding *tb = bpf_map_lookup_elem(&pid_sessions, &tgid);
+
+	if (live(tb))
+		return same_session(tb, b);
+	struct chain c = {};
+
+	walk_cgroup(BPF_CORE_READ(task, cgroups, dfl_cgrp), 0, &c);
+	return c.found && same_session(&c.deepest, b);
+}
+
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(af_lsm_ptrace, struct task_struct *child, unsigned int mode)
+{
+	if (!(mode & PTRACE_MODE_ATTACH))
+		return 0;
+	struct binding b;
+	struct session *s = member(&b);
+
+	if (!s || same_member((struct task_struct___af *)child, &b))
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u8 audit = s->mode == AF_MODE_AUDIT;
+
+	count(audit ? AF_STAT_WOULD_DENY : AF_STAT_DENIED);
+	report_escape(&b, AF_ESCAPE_PTRACE, audit ? AF_VERDICT_WOULD_DENY : AF_VERDICT_DENIED, 0, 0, pid_tgid >> 32,
+		      (__u32)pid_tgid, 0, BPF_CORE_READ((struct task_struct___af *)child, tgid), 0);
+	return audit ? 0 : -EPERM;
 }
 
 SEC("raw_tp/sys_exit")
@@ -342,15 +391,6 @@ int af_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	}
 	// A socket no hook judges is in the member's hands: the session's drift
 	// action applies now, whatever is left of its budget.
-	__sync_fetch_and_add(&s->violations, 1);
-	__u8 quarantined_now = 0;
-
-	if ((s->flags & AF_SESSION_QUARANTINE_ON_BUDGET) && s->state == AF_STATE_ACTIVE) {
-		s->state = AF_STATE_QUARANTINED;
-		quarantined_now = 1;
-	}
-	if (s->flags & AF_SESSION_KILL_ON_DRIFT)
-		bpf_send_signal(SIGKILL);
-	report(&b, AF_HOOK_SYS_SOCKET, 0, quarantined_now, args[0], args[1], args[2], ret);
+	report(&b, AF_HOOK_SYS_SOCKET, 0, drift(s), args[0], args[1], args[2], ret);
 	return 0;
 }

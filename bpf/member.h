@@ -161,19 +161,40 @@ static __always_inline __u32 netns_of(struct task_struct___af *t)
 	return BPF_CORE_READ(t, nsproxy, net_ns, ns.inum);
 }
 
+// drift applies session s's drift action now, whatever is left of its
+// budget: for what a member did that no hook could refuse. Returns 1 when
+// it quarantined s. With the kill action the current task gets SIGKILL,
+// which it takes before the syscall returns to it.
+static __always_inline __u8 drift(struct session *s)
+{
+	__u8 quarantined_now = 0;
+
+	__sync_fetch_and_add(&s->violations, 1);
+	if ((s->flags & AF_SESSION_QUARANTINE_ON_BUDGET) && s->state == AF_STATE_ACTIVE) {
+		s->state = AF_STATE_QUARANTINED;
+		quarantined_now = 1;
+	}
+	if (s->flags & AF_SESSION_KILL_ON_DRIFT)
+		bpf_send_signal(9);
+	return quarantined_now;
+}
+
 // report_escape counts an attempt to leave session b against its budget,
-// quarantining it as the gate would, and reports it on the gate's ring.
-// task is the member when it is not the current task; detail goes in the
-// event's protocol field (enum af_netns_via for AF_ESCAPE_NETNS).
-static __always_inline void report_escape(const struct binding *b, __u8 kind, __u64 dst_cgroup, __u32 tgid, __u32 tid,
-					  struct task_struct___af *task, __u32 other, __u8 detail)
+// quarantining it as the gate would (or, with now, applies the drift
+// action at once: drift), and reports it on the gate's ring with verdict
+// (0: the kernel let it happen). task is the member when it is not the
+// current task; detail goes in the event's protocol field (enum
+// af_netns_via for AF_ESCAPE_NETNS).
+static __always_inline void report_escape(const struct binding *b, __u8 kind, __u8 verdict, int now, __u64 dst_cgroup,
+					  __u32 tgid, __u32 tid, struct task_struct___af *task, __u32 other,
+					  __u8 detail)
 {
 	__u32 slot = b->slot;
 	struct session *s = bpf_map_lookup_elem(&sessions, &slot);
 
 	if (!s || s->gen != b->gen)
 		return;
-	__u8 quarantined_now = violation(s);
+	__u8 quarantined_now = now ? drift(s) : violation(s);
 	struct gate_event *e = bpf_ringbuf_reserve(&gate_events, sizeof(*e), 0);
 	if (!e) {
 		lost_event();
@@ -200,6 +221,7 @@ static __always_inline void report_escape(const struct binding *b, __u8 kind, __
 	e->rule = AF_RULE_NONE;
 	e->hook = AF_HOOK_ESCAPE;
 	e->reason = kind;
+	e->verdict = verdict;
 	e->quarantined_now = quarantined_now;
 	e->name_hash = other;
 	e->protocol = detail;

@@ -169,7 +169,7 @@ int af_sched_exec(struct bpf_raw_tracepoint_args *ctx)
 			if (was) {
 				struct binding member = *m;
 
-				report_escape(&member, AF_ESCAPE_NETNS, ns, tgid, (__u32)bpf_get_current_pid_tgid(), 0, was,
+				report_escape(&member, AF_ESCAPE_NETNS, 0, 0, ns, tgid, (__u32)bpf_get_current_pid_tgid(), 0, was,
 					      AF_NETNS_VIA_EXEC);
 			}
 		}
@@ -303,7 +303,7 @@ int af_sched_fork(struct bpf_raw_tracepoint_args *ctx)
 		if (member && !c.has_member) {
 			cb = pb;
 			bound = 1;
-			report_escape(&pb, AF_ESCAPE_CLONE_INTO_CGROUP, cgroup_id_of(cg), parent_tgid,
+			report_escape(&pb, AF_ESCAPE_CLONE_INTO_CGROUP, 0, 0, cgroup_id_of(cg), parent_tgid,
 				      (__u32)bpf_get_current_pid_tgid(), 0, child_tgid, 0);
 		} else if (c.found) {
 			cb = c.deepest;
@@ -319,7 +319,7 @@ int af_sched_fork(struct bpf_raw_tracepoint_args *ctx)
 		__u32 ns = netns_of(ct);
 
 		if (member && ns && pb.netns && ns != pb.netns)
-			report_escape(&pb, AF_ESCAPE_NETNS, ns, child_tgid, child_tgid, ct, pb.netns, AF_NETNS_VIA_CLONE);
+			report_escape(&pb, AF_ESCAPE_NETNS, 0, 0, ns, child_tgid, child_tgid, ct, pb.netns, AF_NETNS_VIA_CLONE);
 		cb.netns = ns;
 		if (bpf_map_update_elem(&pid_sessions, &child_tgid, &cb, BPF_ANY) == 0)
 			flags |= AF_FLAG_SESSION_INHERITED;
@@ -435,7 +435,7 @@ int af_task_cgroup_attach(struct bpf_raw_tracepoint_args *ctx)
 		}
 		return 0;
 	}
-	report_escape(&pb, AF_ESCAPE_CGROUP_MOVE, cgroup_id_of(dst), tgid, BPF_CORE_READ(task, pid), task,
+	report_escape(&pb, AF_ESCAPE_CGROUP_MOVE, 0, 0, cgroup_id_of(dst), tgid, BPF_CORE_READ(task, pid), task,
 		      bpf_get_current_pid_tgid() >> 32, 0);
 	return 0;
 }

@@ -81,7 +81,8 @@ struct proc_exit_event {
 //              (0: not known)
 //   (cgroup_id holds, for a network namespace change, the new namespace's
 //   inode number, and protocol enum af_netns_via)
-//   verdict    0: the kernel saw the attempt, it did not decide it
+//   verdict    0: the kernel saw the attempt, it did not decide it; for
+//              AF_ESCAPE_PTRACE the BPF LSM's decision
 //   rule       AF_RULE_NONE; family, port, addr zero, and protocol but
 //              for a network namespace change
 // Hooks 32-47 are reserved for events the process programs write (see
@@ -96,6 +97,11 @@ enum af_escape_kind {
 	// Moved to another network namespace than the one it was last seen in:
 	// how is enum af_netns_via. It stays a member either way.
 	AF_ESCAPE_NETNS = 3,
+	// Asked for a process outside its session with PTRACE_MODE_ATTACH
+	// (ptrace attach, process_vm_*, /proc/PID/mem, pidfd_getfd): refused
+	// by the BPF LSM (verdict denied, or would_deny in audit mode). The
+	// event's name_hash is the other process's tgid.
+	AF_ESCAPE_PTRACE = 4,
 };
 
 // How a member came to another network namespace (an AF_ESCAPE_NETNS

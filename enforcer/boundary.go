@@ -153,6 +153,12 @@ func attachFamilies(gate *gateObjects, linkDir string, lsm bool) (_ *families, e
 		if err := f.keep(l, linkDir, "lsm_socket_create"); err != nil {
 			return nil, err
 		}
+		if l, err = link.AttachLSM(link.LSMOptions{Program: f.objs.AfLsmPtrace}); err != nil {
+			return nil, fmt.Errorf("enforcer: attach lsm/ptrace_access_check: %w", err)
+		}
+		if err := f.keep(l, linkDir, "lsm_ptrace"); err != nil {
+			return nil, err
+		}
 		f.layer = FamiliesLSM
 	}
 	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_exit", Program: f.objs.AfSysExit})

@@ -50,6 +50,7 @@ const (
 	boundaryMapGateStats          = "gate_stats"
 	boundaryMapPidSessions        = "pid_sessions"
 	boundaryMapSessions           = "sessions"
+	boundaryProgAfLsmPtrace       = "af_lsm_ptrace"
 	boundaryProgAfLsmSocketCreate = "af_lsm_socket_create"
 	boundaryProgAfSysExit         = "af_sys_exit"
 	boundaryVarLsmRefuses         = "lsm_refuses"
@@ -98,6 +99,7 @@ type boundarySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type boundaryProgramSpecs struct {
+	AfLsmPtrace       *ebpf.ProgramSpec `ebpf:"af_lsm_ptrace"`
 	AfLsmSocketCreate *ebpf.ProgramSpec `ebpf:"af_lsm_socket_create"`
 	AfSysExit         *ebpf.ProgramSpec `ebpf:"af_sys_exit"`
 }
@@ -170,12 +172,14 @@ type boundaryVariables struct {
 //
 // It can be passed to loadBoundaryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type boundaryPrograms struct {
+	AfLsmPtrace       *ebpf.Program `ebpf:"af_lsm_ptrace"`
 	AfLsmSocketCreate *ebpf.Program `ebpf:"af_lsm_socket_create"`
 	AfSysExit         *ebpf.Program `ebpf:"af_sys_exit"`
 }
 
 func (p *boundaryPrograms) Close() error {
 	return _BoundaryClose(
+		p.AfLsmPtrace,
 		p.AfLsmSocketCreate,
 		p.AfSysExit,
 	)

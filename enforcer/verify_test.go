@@ -30,11 +30,11 @@ func TestVerifyObjects(t *testing.T) {
 		}
 		t.Logf("%s: %d programs, %v, %d insns", c.Name, c.Programs, c.Duration, c.Insns)
 		if c.Name == ObjectSocketFamilies {
-			// The LSM program joins the syscall-exit one where the bpf LSM
+			// The LSM programs join the syscall-exit one where the bpf LSM
 			// runs and takes it; where it runs but refuses, the reason is kept.
 			switch {
 			case c.Layer == FamiliesLSM && BPFLSMActive():
-				w.programs = 2
+				w.programs = 3 // socket_create and ptrace_access_check
 			case c.Layer == FamiliesSyscallExit && (!BPFLSMActive() || c.LSMErr != nil):
 			default:
 				t.Errorf("%s: layer %q, LSM error %v, bpf LSM active %v", c.Name, c.Layer, c.LSMErr, BPFLSMActive())

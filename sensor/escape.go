@@ -36,6 +36,11 @@ const (
 	// namespace's inode number, NameHash the old one's (0: not known) and
 	// Protocol the NetnsVia.
 	EscapeNetns = EscapeKind(processAfEscapeKindAF_ESCAPE_NETNS)
+	// EscapePtrace: the member asked to attach to a process outside its
+	// session (ptrace, process_vm_*, /proc/PID/mem, pidfd_getfd) and the
+	// BPF LSM refused it (the gate's program, bpf/boundary.c). The event's
+	// Verdict is the decision and NameHash the other process's tgid.
+	EscapePtrace = EscapeKind(processAfEscapeKindAF_ESCAPE_PTRACE)
 )
 
 // NetnsVia is how a member came to another network namespace.
@@ -76,6 +81,8 @@ func (k EscapeKind) String() string {
 		return "clone_into_cgroup"
 	case EscapeNetns:
 		return "netns"
+	case EscapePtrace:
+		return "ptrace"
 	}
 	return "unknown"
 }

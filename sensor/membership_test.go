@@ -18,6 +18,7 @@ import (
 
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
+	"github.com/agentfence/agentfence/internal/gatetest"
 	"github.com/agentfence/agentfence/internal/ringreader"
 	"github.com/agentfence/agentfence/sensor/cgroupmeta"
 )
@@ -488,5 +489,47 @@ func TestMembershipNetnsReported(t *testing.T) {
 	f.wantBinding(t, "forked into its own network namespace", child, 9, 4)
 	if n := f.violations(t, 9); n != 2 {
 		t.Errorf("violations %d, want 2", n)
+	}
+}
+
+// TestMembershipPtraceOutsideSession: a member may attach to (here:
+// process_vm_readv, which asks the kernel for PTRACE_MODE_ATTACH) only
+// members of its own session. Where the gate's BPF LSM programs run,
+// reading a process outside the session is refused with EPERM and reported
+// as an escape naming it, and a fellow member stays readable (EFAULT: the
+// kernel let it attach, the address is unmapped). Elsewhere nothing refuses
+// it (docs/threat-model.md, route 17), which the test checks too, so that
+// the route's status is not a guess.
+func TestMembershipPtraceOutsideSession(t *testing.T) {
+	f := newMemberFixture(t)
+	sess, sessID := f.mkdir(t, "session")
+	f.open(t, 12, 3, 100, sessID)
+	peer := gatetest.Start(t, sess, gatetest.Options{}, true, "raw")
+	if res, _ := peer.Next(); res != "ready" {
+		t.Fatalf("peer: %s", res)
+	}
+	outside := os.Getpid()
+	res := gatetest.Run(t, sess, gatetest.Options{}, fmt.Sprint("vmread ", outside), fmt.Sprint("vmread ", peer.PID))
+	got := res[0].Result + " " + res[1].Result
+	if layer, _ := f.g.SocketFamilies(); layer != enforcer.FamiliesLSM {
+		if got != "EFAULT EFAULT" {
+			t.Errorf("without the BPF LSM: %s, want EFAULT EFAULT (route 17 open)", got)
+		}
+		return
+	}
+	if got != "EPERM EFAULT" {
+		t.Errorf("outside the session, a fellow member: %s, want EPERM EFAULT", got)
+	}
+	ev := f.escape(t, "attach to a process outside the session")
+	if EscapeKind(ev.Reason) != EscapePtrace || ev.Verdict != enforcer.VerdictDenied || ev.NameHash != uint64(outside) ||
+		ev.PID != uint32(res[0].PID) || ev.Slot != 12 || ev.Gen != 3 {
+		t.Errorf("escape event %+v", ev)
+	}
+	if n := f.violations(t, 12); n != 1 {
+		t.Errorf("violations %d, want 1: the refusal counts, the fellow member's read does not", n)
+	}
+	// Outside a session the same read is the kernel's to allow.
+	if res := gatetest.Run(t, "", gatetest.Options{}, fmt.Sprint("vmread ", outside)); res[0].Result != "EFAULT" {
+		t.Errorf("outside a session: %s, want EFAULT", res[0].Result)
 	}
 }

@@ -19,6 +19,7 @@ const (
 	processAfEscapeKindAF_ESCAPE_CGROUP_MOVE       processAfEscapeKind = 1
 	processAfEscapeKindAF_ESCAPE_CLONE_INTO_CGROUP processAfEscapeKind = 2
 	processAfEscapeKindAF_ESCAPE_NETNS             processAfEscapeKind = 3
+	processAfEscapeKindAF_ESCAPE_PTRACE            processAfEscapeKind = 4
 )
 
 type processAfNetnsVia uint32

@@ -301,6 +301,7 @@ func appendEscape(dst []byte, e *audit.Escape) []byte {
 	dst = appendOptUint(dst, `,"child_pid":`, uint64(e.ChildPID))
 	dst = appendOptUint(dst, `,"netns":`, e.NetNS)
 	dst = appendOptString(dst, `,"via":`, e.Via)
+	dst = appendOptUint(dst, `,"target_pid":`, uint64(e.TargetPID))
 	return append(dst, '}')
 }
 

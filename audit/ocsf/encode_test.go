@@ -48,7 +48,7 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 		Destination: &audit.Destination{IP: "10.0.0.1" + s, Port: 65535, Protocol: "udp", Hostname: "h" + s},
 		Outcome:     &audit.Outcome{Verdict: verdict, Rule: "rule" + s, Reason: "reason" + s, Errno: "EPERM" + s},
 		Gap:         &audit.Gap{Source: "src" + s, Count: 9, FirstSeq: 1, LastSeq: 1<<64 - 1},
-		Escape:      &audit.Escape{What: "what" + s, Cgroup: "/cg" + s, CgroupID: 1<<64 - 1, ByPID: 5, ChildPID: 4294967295, NetNS: 4026531840, Via: "via" + s},
+		Escape:      &audit.Escape{What: "what" + s, Cgroup: "/cg" + s, CgroupID: 1<<64 - 1, ByPID: 5, ChildPID: 4294967295, NetNS: 4026531840, Via: "via" + s, TargetPID: 6},
 		Socket:      &audit.Socket{Family: "packet" + s, Type: "raw" + s, Protocol: -768, RefusedBy: "seccomp" + s},
 		Query:       &audit.Query{Name: "q" + s, Truncated: true, Type: "TXT" + s},
 		Event:       event, Actor: "actor" + s,
@@ -96,7 +96,7 @@ func encodeTable() []audit.Record {
 			func(r *audit.Record) { r.Socket = nil },
 			func(r *audit.Record) { r.Socket.RefusedBy = "" },
 			func(r *audit.Record) {
-				r.Escape.Cgroup, r.Escape.CgroupID, r.Escape.ByPID, r.Escape.ChildPID, r.Escape.Via = "", 0, 0, 0, ""
+				r.Escape.Cgroup, r.Escape.CgroupID, r.Escape.ByPID, r.Escape.ChildPID, r.Escape.Via, r.Escape.TargetPID = "", 0, 0, 0, "", 0
 			},
 			func(r *audit.Record) { r.Host, r.Seq, r.Event, r.Actor = "", 0, "", "" },
 			func(r *audit.Record) {
@@ -207,7 +207,7 @@ func fullEvent(s string) Event {
 			GID: &gid, PPID: 4, CgroupID: 5, Cgroup: "cg" + s,
 			Gap:         &audit.Gap{Source: "gs" + s, Count: 6, FirstSeq: 7, LastSeq: 8},
 			Destination: &Destination{Protocol: "pr" + s},
-			Escape:      &audit.Escape{What: "wh" + s, Cgroup: "cg" + s, CgroupID: 9, ByPID: 10, ChildPID: 11, NetNS: 12, Via: "vi" + s},
+			Escape:      &audit.Escape{What: "wh" + s, Cgroup: "cg" + s, CgroupID: 9, ByPID: 10, ChildPID: 11, NetNS: 12, Via: "vi" + s, TargetPID: 13},
 			Socket:      &audit.Socket{Family: "fa" + s, Type: "ty" + s, Protocol: 13, RefusedBy: "rb" + s},
 		}},
 	}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -245,6 +246,8 @@ func (p *Proc) Go() { p.stdin.Write([]byte("go\n")) }
 //	                   the answer: "ok", or the errno of the send
 //	api-open SOCKET    try to open a session with scope 0.0.0.0/0: the HTTP
 //	                   status and the error's field, e.g. 400:scope[0]
+//	vmread PID         process_vm_readv of 8 bytes at an unmapped address of
+//	                   PID: EFAULT when the kernel let it attach, else its errno
 //	netns              on a thread of its own, unshare(CLONE_NEWNET), then
 //	                   setns back to the namespace it was in: "ok" or the
 //	                   errno of the first call that failed
@@ -265,6 +268,14 @@ func Probe(action string) string {
 		return dnsQuery(arg)
 	case "netns":
 		return netnsRoundTrip()
+	case "vmread":
+		pid, err := strconv.Atoi(arg)
+		if err != nil {
+			return "badargs"
+		}
+		buf := make([]byte, 8)
+		_, err = unix.ProcessVMReadv(pid, []unix.Iovec{{Base: &buf[0], Len: 8}}, []unix.RemoteIovec{{Base: 8, Len: 8}}, 0)
+		return errName(err)
 	}
 	if verb == "socket" {
 		var family, typ, proto int
