@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -353,5 +354,49 @@ func TestBypassInbound(t *testing.T) {
 	}
 	if gatetest.Connected(t, fd, 0) {
 		t.Error("the peer's connect completed although the gate dropped its SYN")
+	}
+}
+
+// Route 17: a member acts through a process outside its session that runs
+// as the same ids. The member (run drops its capabilities, then it becomes
+// uid 65534) reads the memory of a uid-65534 process that is in no session,
+// which the kernel allows (same uid, no capability the member lacks: the
+// same read outside a session gets EFAULT, an unmapped address). Where the
+// BPF LSM runs it is refused with EPERM and recorded as an escape naming
+// the target; elsewhere the route is open, and the test says so.
+func TestBypassPtraceSameUID(t *testing.T) {
+	d := startDaemon(t)
+	target := exec.Command("/bin/sleep", "600")
+	// gid 0: the probe's "nobody" changes only its uid, and the kernel
+	// wants both ids to match.
+	target.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 0}, Pdeathsig: syscall.SIGKILL}
+	if err := target.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { target.Process.Kill(); target.Wait() })
+	actions := fmt.Sprintf("nobody;vmread %d", target.Process.Pid)
+	if direct := directProbe(t, actions); direct["vmread"] != "EFAULT" {
+		t.Fatalf("outside a session, as uid 65534: vmread of a uid-65534 process: %s, want EFAULT", direct["vmread"])
+	}
+	stdout, stderr, code := d.cli(t, []string{capProbeEnv + "=" + actions},
+		"run", "--intent", "ptrace", "--allow", "udp://127.0.0.53:53", "--", os.Args[0])
+	if code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	res := capResults(t, stdout)
+	if !d.lsmActive() {
+		if res["vmread"] != "EFAULT" {
+			t.Errorf("without the BPF LSM: %s, want EFAULT (route 17 open here)", res["vmread"])
+		}
+		t.Skip("no BPF LSM on this host: route 17 is open (docs/threat-model.md)")
+	}
+	if res["vmread"] != "EPERM" {
+		t.Errorf("member's vmread of a same-uid process outside the session: %s, want EPERM", res["vmread"])
+	}
+	r := d.waitRecord(t, "ptrace escape", func(r audit.Record) bool {
+		return r.Kind == audit.KindEscape && r.Escape != nil && r.Escape.What == "ptrace"
+	})
+	if r.Escape.TargetPID != uint32(target.Process.Pid) || !denied(r) || r.Outcome.Errno != "EPERM" || r.Process.UID != 65534 {
+		t.Errorf("ptrace record: escape %+v outcome %+v process %+v", r.Escape, r.Outcome, r.Process)
 	}
 }
