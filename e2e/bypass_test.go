@@ -365,6 +365,15 @@ func TestBypassInbound(t *testing.T) {
 // BPF LSM runs it is refused with EPERM and recorded as an escape naming
 // the target; elsewhere the route is open, and the test says so.
 func TestBypassPtraceSameUID(t *testing.T) {
+	// Yama's ptrace_scope 1 (its default, Debian's kernels run it) already
+	// refuses any non-descendant; at 0 only the ids and the gate decide.
+	const yama = "/proc/sys/kernel/yama/ptrace_scope"
+	if scope, err := os.ReadFile(yama); err == nil {
+		if err := os.WriteFile(yama, []byte("0"), 0); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.WriteFile(yama, scope, 0) })
+	}
 	d := startDaemon(t)
 	target := exec.Command("/bin/sleep", "600")
 	// gid 0: the probe's "nobody" changes only its uid, and the kernel
