@@ -112,8 +112,8 @@ func socketOutcome(rec *audit.Record, ev enforcer.Event) {
 
 // escapeRecord is the record of a member's attempt to leave its session
 // (sensor/escape.go says what the event carries). The member stayed in
-// its session; the registry is told, so that it looks for the member
-// outside the session's cgroup from now on.
+// its session; when it left the session's cgroup the registry is told, so
+// that it looks for the member outside it from now on.
 func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
 	kind := sensor.EscapeKind(ev.Reason)
 	x := &audit.Escape{What: kind.String()}
@@ -148,7 +148,10 @@ func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
 	}
 	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
 	j.attribute(&rec, ev.Slot, ev.Gen, enforcer.NoRule)
-	j.Registry.escaped(ev.Slot, ev.Gen)
+	if kind == sensor.EscapeCgroupMove || kind == sensor.EscapeCloneIntoCgroup {
+		// Only these leave the session's cgroup.
+		j.Registry.escaped(ev.Slot, ev.Gen)
+	}
 	return rec
 }
 
