@@ -9,6 +9,8 @@
 #   VMTEST_RUN=REGEXP              only the tests matching it (go test -run)
 #   VMTEST_LOGLEVEL=4              guest console log level (7: every kernel
 #                                  message, stack traces of lockups included)
+#   VMTEST_TCG_THREAD=multi        qemu TCG threading (single: one host
+#                                  thread for both vCPUs, see docs/kernels.md)
 #   VMTEST_CACHE=.cache/vmtest     kernels, initramfs, binaries, logs
 #   VMTEST_REV=HEAD                test a commit (git archive) instead of
 #                                  the work tree, e.g. while others edit it
@@ -115,7 +117,7 @@ EOF
 	# KVM hangs on these machines: TCG only. No NIC: the tests stay on
 	# loopback and a dummy link inside the guest.
 	timeout -k 10 "$(outer "$TIMEOUT" "$(echo $PKGS | wc -w)")" \
-		qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$MEM" -nographic -no-reboot -nic none \
+		qemu-system-x86_64 -accel "tcg${VMTEST_TCG_THREAD:+,thread=$VMTEST_TCG_THREAD}" -cpu max -smp 2 -m "$MEM" -nographic -no-reboot -nic none \
 		-kernel "$kd/boot/vmlinuz-$ver" -initrd "$CACHE/initrd/$k.cpio.gz" \
 		-append "console=ttyS0 panic=-1 lsm=lockdown,capability,yama,bpf quiet loglevel=${VMTEST_LOGLEVEL:-4}" \
 		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
