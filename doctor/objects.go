@@ -81,13 +81,13 @@ func objectCheck(o enforcer.ObjectCheck) Check {
 	}
 	switch o.Layer {
 	case enforcer.FamiliesLSM:
-		c.Detail += "; layer bpf_lsm: the BPF LSM refuses members' sockets of other families and records it"
+		c.Detail += "; layer bpf_lsm: the BPF LSM refuses members' sockets of other families, and their attaching to processes outside their session (ptrace), and records it"
 	case enforcer.FamiliesSyscallExit:
 		why := "the BPF LSM is not active"
 		if o.LSMErr != nil {
 			why = "the kernel runs the BPF LSM but refused the program: " + o.LSMErr.Error()
 		}
-		c.Detail += "; layer syscall_exit (" + why + "): members' sockets of other families are seen at the socket syscall's exit, refusals recorded, a created one quarantines or kills (drift action); `agentfence run` refuses them with seccomp"
+		c.Detail += "; layer syscall_exit (" + why + "): members' sockets of other families are seen at the socket syscall's exit, refusals recorded, a created one quarantines or kills (drift action); `agentfence run` refuses them with seccomp; same-uid ptrace of processes outside the session is not refused"
 	}
 	return c
 }
