@@ -116,9 +116,9 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 	return checks
 }
 
-// verifyFamilies verifies the socket family programs as loadFamilies loads
-// them: with the LSM program where the BPF LSM runs, and, where that one is
-// refused, without it.
+// verifyFamilies verifies the boundary programs as loadFamilies loads
+// them: with the LSM programs where the BPF LSM runs, and, where those are
+// refused, without them.
 func verifyFamilies(c *ObjectCheck, shared map[string]*ebpf.Map, cache *btf.Cache, broken bool) {
 	verify := func(lsm bool) {
 		spec, err := boundarySpec(lsm)
@@ -127,7 +127,11 @@ func verifyFamilies(c *ObjectCheck, shared map[string]*ebpf.Map, cache *btf.Cach
 			return
 		}
 		if !lsm {
-			delete(spec.Programs, "af_lsm_socket_create")
+			for name, p := range spec.Programs {
+				if p.Type == ebpf.LSM {
+					delete(spec.Programs, name)
+				}
+			}
 		}
 		VerifySpec(c, spec, pick(shared, slices.Collect(maps.Keys(spec.Maps))...), cache, broken)
 	}
