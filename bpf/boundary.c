@@ -1,5 +1,9 @@
 //go:build ignore
 
+// The session boundary where the gate's cgroup hooks do not reach: sockets
+// of other families, moves to another network namespace, and (with the BPF
+// LSM) attaching to processes outside the session.
+//
 // Sockets the gate's cgroup hooks never see. The cgroup programs judge inet
 // sockets (connect, sendmsg, sock_create), but a packet socket (AF_PACKET),
 // an AF_XDP socket, or one of the other families that reach a network
