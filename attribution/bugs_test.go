@@ -148,22 +148,6 @@ func TestBugRestoreExpiryBeforeBoot(t *testing.T) {
 	}
 }
 
-// session.go overlap: hostname rules never overlap anything, so a child's
-// hostname rule that its parent's narrowed scope covers only in part is
-// dropped rather than clipped ("replaced by its overlaps", says intersect).
-func TestBugIntersectDropsPartlyCoveredHostnameRules(t *testing.T) {
-	for _, tc := range []struct{ rule, parent, want string }{
-		{"api.example.com:443-8443", "api.example.com:443", "api.example.com:443"},
-		{"*.slack.com", "tcp://*.slack.com:443", "tcp://*.slack.com:443"},
-		{"*.slack.com", "team.slack.com:443", "team.slack.com:443"},
-	} {
-		got := texts(intersect(rules(t, tc.rule), rules(t, tc.parent)))
-		if len(got) != 1 || got[0] != tc.want {
-			t.Errorf("intersect(%s, %s) = %q, want [%s]", tc.rule, tc.parent, got, tc.want)
-		}
-	}
-}
-
 // registry.go authorize/Close: docs/sessions.md lets members "narrow or
 // revoke their own session and its descendants, and close descendants",
 // but authorize admits a member's own session for Close too. A pid-bound

@@ -32,43 +32,6 @@ func rules(t testing.TB, texts ...string) []scope.Rule {
 	return out
 }
 
-func TestIntersect(t *testing.T) {
-	cases := []struct {
-		rules, parent, want []string
-	}{
-		{[]string{"10.0.0.0/8:400-500"}, []string{"10.1.0.0/16:443"}, []string{"10.1.0.0/16:443"}},
-		{[]string{"10.0.0.0/8:600-700"}, []string{"10.1.0.0/16:443"}, []string{}},
-		{[]string{"10.1.2.0/24:80"}, []string{"10.1.0.0/16:443"}, []string{}},
-		{[]string{"10.1.2.0/24:400-500"}, []string{"10.1.0.0/16:443-8443"}, []string{"10.1.2.0/24:443-500"}},
-		{[]string{"10.1.2.0/24"}, []string{"10.0.0.0/8"}, []string{"10.1.2.0/24"}},
-		{[]string{"tcp://10.0.0.0/8"}, []string{"udp://10.0.0.0/8"}, []string{}},
-		{[]string{"10.0.0.0/8"}, []string{"tcp://10.1.0.0/16:443", "udp://10.2.0.0/16:53"}, []string{"tcp://10.1.0.0/16:443", "udp://10.2.0.0/16:53"}},
-		{[]string{"10.0.0.0/8"}, []string{"[fd00::]/8"}, []string{}},
-		{[]string{"10.0.0.0/8"}, []string{"exe=/usr/bin/curl,10.0.0.0/8:443"}, []string{"exe=/usr/bin/curl,10.0.0.0/8:443"}},
-		{[]string{"exe=/usr/bin/wget,10.0.0.0/8"}, []string{"exe=/usr/bin/curl,10.0.0.0/8:443"}, []string{}},
-		{[]string{"essential,10.0.0.0/8:53"}, []string{"10.0.0.0/16"}, []string{"essential,10.0.0.0/16:53"}},
-		{[]string{"api.example.com:443"}, []string{"api.example.com"}, []string{"api.example.com:443"}},
-		{[]string{"api.example.com:443"}, []string{"0.0.0.0/0"}, []string{}},
-		{[]string{"10.0.0.0/8"}, []string{"api.example.com"}, []string{}},
-		// Directions never mix: an in: rule is no outbound permission, nor
-		// the reverse.
-		{[]string{"in:10.0.0.0/8:443"}, []string{"10.0.0.0/8"}, []string{}},
-		{[]string{"10.0.0.0/8:443"}, []string{"in:10.0.0.0/8"}, []string{}},
-		{[]string{"in:10.0.0.0/8"}, []string{"in:tcp://10.1.0.0/16:8080", "10.0.0.0/8"}, []string{"in:tcp://10.1.0.0/16:8080"}},
-		{[]string{"in:essential,10.1.2.0/24:80-90"}, []string{"in:10.0.0.0/8:85-100"}, []string{"in:essential,10.1.2.0/24:85-90"}},
-	}
-	for _, tc := range cases {
-		got := texts(intersect(rules(t, tc.rules...), rules(t, tc.parent...)))
-		if !slices.Equal(got, tc.want) {
-			t.Errorf("intersect(%q, %q) = %q, want %q", tc.rules, tc.parent, got, tc.want)
-		}
-		// The result is always within the parent.
-		if i := within(intersect(rules(t, tc.rules...), rules(t, tc.parent...)), rules(t, tc.parent...)); i >= 0 {
-			t.Errorf("intersect(%q, %q)[%d] is not within the parent", tc.rules, tc.parent, i)
-		}
-	}
-}
-
 func TestNarrowRejectsWidening(t *testing.T) {
 	e := newEnv(t, nil)
 	s := e.open(t, req("x", "10.0.0.0/8:1-1000", "api.example.com:443"), admin)

@@ -270,7 +270,7 @@ func (r *Registry) Open(req OpenRequest, caller Caller) (Session, error) {
 		case parent.State != StateActive || !now.Before(parent.ExpiresAt):
 			return Session{}, invalid("parent", "session %s is %s", parentID, r.stateAt(parent, now))
 		}
-		if i := within(o.rules, parent.rules); i >= 0 {
+		if i := scope.Within(o.rules, parent.rules); i >= 0 {
 			return Session{}, invalid(fmt.Sprintf("scope[%d]", i), "%s is not within the parent's scope", o.rules[i])
 		}
 		if expires.After(parent.ExpiresAt) {
@@ -703,7 +703,7 @@ func (r *Registry) Narrow(id string, req NarrowRequest, caller Caller) (Session,
 	if err != nil {
 		return Session{}, err
 	}
-	if i := within(rules, e.rules); i >= 0 {
+	if i := scope.Within(rules, e.rules); i >= 0 {
 		return Session{}, invalid(fmt.Sprintf("scope[%d]", i), "%s is not within the current scope: a scope can only be narrowed", rules[i])
 	}
 	if err := r.narrow(e, rules, entries, caller.ID); err != nil {
@@ -744,7 +744,7 @@ func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, a
 	r.touch(e)
 	r.lifecycle(e, "narrowed", actor, "")
 	for _, c := range r.children(e.ID) {
-		clipped := intersect(c.rules, rules)
+		clipped := scope.Intersect(c.rules, rules)
 		ce, err := scope.Compile(clipped)
 		if err == nil {
 			err = r.narrow(c, clipped, ce, actor)
@@ -755,46 +755,18 @@ func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, a
 		}
 	}
 	learned := r.learned(e)
-	r.destroy(e, "narrowed", func(c Conn) bool { return !allows(rules, learned, c) })
+	r.destroy(e, "narrowed", func(c Conn) bool { return !admits(rules, learned, c) })
 	return nil
 }
 
-// allows reports whether an outbound rule admits the connection. A hostname
-// rule admits it when the peer is an address the kernel learned for that
-// name. in: rules are not consulted: Conn carries no local port to judge.
-func allows(rules []scope.Rule, learned map[netip.Addr][]string, c Conn) bool {
+// admits reports whether an outbound rule admits the member connection c.
+func admits(rules []scope.Rule, learned map[netip.Addr][]string, c Conn) bool {
 	proto := scope.ProtoTCP
 	if c.Proto == "udp" {
 		proto = scope.ProtoUDP
 	}
-	for _, r := range rules {
-		if r.In || r.Protos&proto == 0 || c.Remote.Port() < r.PortLo || c.Remote.Port() > r.PortHi {
-			continue
-		}
-		if r.Exe != "" && exeOf(c.PID) != r.Exe {
-			continue
-		}
-		if r.Host != "" {
-			if slices.ContainsFunc(learned[c.Remote.Addr()], func(name string) bool { return hostMatches(r, name) }) {
-				return true
-			}
-			continue
-		}
-		if r.Prefix.Contains(c.Remote.Addr()) {
-			return true
-		}
-	}
-	return false
-}
-
-// hostMatches reports whether a hostname rule admits name: the name itself,
-// or for a wildcard exactly one more label.
-func hostMatches(r scope.Rule, name string) bool {
-	if !r.Wildcard {
-		return name == r.Host
-	}
-	label, ok := strings.CutSuffix(name, "."+r.Host)
-	return ok && label != "" && !strings.Contains(label, ".")
+	return scope.Admits(rules, scope.Flow{Proto: proto, Remote: c.Remote, Names: learned[c.Remote.Addr()],
+		Exe: func() string { return exeOf(c.PID) }})
 }
 
 // learned maps the addresses learned for a session to the names they were
@@ -1174,7 +1146,7 @@ func (r *Registry) Quarantined(slot uint32, gen uint64) {
 			}
 		}
 		learned := r.learned(e)
-		r.destroy(e, "quarantined", func(c Conn) bool { return !allows(essential, learned, c) })
+		r.destroy(e, "quarantined", func(c Conn) bool { return !admits(essential, learned, c) })
 	}
 	r.persist()
 }

@@ -242,17 +242,9 @@ func hostGroups(slot uint32, gen uint64, rules []scope.Rule) ([]hostGroup, error
 		if int(v.Scope.N) >= len(v.Scope.Rules) {
 			return nil, fmt.Errorf("enforcer: more than %d rules name %s", len(v.Scope.Rules), r)
 		}
-		pr := gatePortRule{Lo: r.PortLo, Hi: r.PortHi, Rule: uint16(i), Protos: r.Protos}
-		if r.Essential {
-			pr.Flags |= ruleEssential
-		}
-		if r.Exe != "" {
-			id, err := exeIdentity(r.Exe)
-			if err != nil {
-				return nil, err
-			}
-			pr.Exe = id
-			pr.Flags |= ruleExe
+		pr, err := kernelPortRule(r.PortRule(i))
+		if err != nil {
+			return nil, err
 		}
 		v.Scope.Rules[v.Scope.N] = pr
 		v.Scope.N++

@@ -242,26 +242,36 @@ const (
 	ruleIn        = 4
 )
 
+// kernelPortRule is r as the gate's maps hold it, its executable resolved
+// to an identity.
+func kernelPortRule(r scope.PortRule) (gatePortRule, error) {
+	pr := gatePortRule{Lo: r.Lo, Hi: r.Hi, Rule: r.Index, Protos: r.Protos}
+	if r.Essential {
+		pr.Flags |= ruleEssential
+	}
+	if r.In {
+		pr.Flags |= ruleIn
+	}
+	if r.Exe != "" {
+		id, err := exeIdentity(r.Exe)
+		if err != nil {
+			return pr, err
+		}
+		pr.Exe = id
+		pr.Flags |= ruleExe
+	}
+	return pr, nil
+}
+
 func scopeValue(gen uint64, e scope.Entry) (gateScopeVal, error) {
 	v := gateScopeVal{Gen: gen, N: uint32(len(e.Rules))}
 	if len(e.Rules) > len(v.Rules) {
 		return v, fmt.Errorf("enforcer: %d rules cover %s; at most %d", len(e.Rules), e.Prefix, len(v.Rules))
 	}
 	for i, r := range e.Rules {
-		pr := gatePortRule{Lo: r.Lo, Hi: r.Hi, Rule: r.Index, Protos: r.Protos}
-		if r.Essential {
-			pr.Flags |= ruleEssential
-		}
-		if r.In {
-			pr.Flags |= ruleIn
-		}
-		if r.Exe != "" {
-			id, err := exeIdentity(r.Exe)
-			if err != nil {
-				return v, err
-			}
-			pr.Exe = id
-			pr.Flags |= ruleExe
+		pr, err := kernelPortRule(r)
+		if err != nil {
+			return v, err
 		}
 		v.Rules[i] = pr
 	}

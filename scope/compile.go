@@ -64,7 +64,7 @@ func Compile(rules []Rule) ([]Entry, error) {
 			if r.Prefix.Addr().Is4() != p.Addr().Is4() || r.Prefix.Bits() > p.Bits() || !r.Prefix.Contains(p.Addr()) {
 				continue
 			}
-			e.Rules = append(e.Rules, portRule(i, r))
+			e.Rules = append(e.Rules, r.PortRule(i))
 		}
 		if len(e.Rules) > MaxPortRules {
 			return nil, fmt.Errorf("%d rules cover %s; at most %d may cover one address", len(e.Rules), p, MaxPortRules)
@@ -74,7 +74,7 @@ func Compile(rules []Rule) ([]Entry, error) {
 	var bind Entry
 	for i, r := range rules {
 		if r.In {
-			bind.Rules = append(bind.Rules, portRule(i, r))
+			bind.Rules = append(bind.Rules, r.PortRule(i))
 		}
 	}
 	if len(bind.Rules) > MaxPortRules {
@@ -86,6 +86,8 @@ func Compile(rules []Rule) ([]Entry, error) {
 	return entries, nil
 }
 
-func portRule(i int, r Rule) PortRule {
+// PortRule is r's port/protocol condition, for the rule at index i of its
+// scope.
+func (r Rule) PortRule(i int) PortRule {
 	return PortRule{Index: uint16(i), Lo: r.PortLo, Hi: r.PortHi, Protos: r.Protos, Essential: r.Essential, Exe: r.Exe, In: r.In}
 }
