@@ -32,6 +32,7 @@ import (
 
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/enforcer/sockdestroy"
+	"github.com/agentfence/agentfence/internal/procfs"
 )
 
 // Status is the outcome of one check.
@@ -315,12 +316,12 @@ func checkCgroup2(st *run) []Check {
 		Impact: "no cgroup v2: the gate cannot attach (cgroup/connect and sendmsg hooks need a cgroup v2 hierarchy)"}
 	path := o.CgroupRoot
 	if path == "" {
-		mounts, err := readMountInfo(o.MountInfo)
+		mounts, err := procfs.ReadMountInfo(o.MountInfo)
 		if err != nil {
 			c.Status, c.Detail = StatusUnknown, err.Error()
 			return []Check{c}
 		}
-		m, ok := FindCgroup2(mounts)
+		m, ok := procfs.FindCgroup2(mounts)
 		if !ok {
 			c.Status, c.Detail = StatusMissing, "no cgroup2 mount in "+o.MountInfo
 			return []Check{c}

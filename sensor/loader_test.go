@@ -24,6 +24,7 @@ import (
 
 	"github.com/agentfence/agentfence/internal/gatetest"
 	"github.com/agentfence/agentfence/internal/privtest"
+	"github.com/agentfence/agentfence/internal/procfs"
 	"github.com/agentfence/agentfence/sensor/cgroupmeta"
 )
 
@@ -166,11 +167,11 @@ func (l *loaded) waitFor(t testing.TB, what string, match func(Event) bool) Even
 // testCgroup creates a child cgroup of the unified hierarchy for the spawned
 // process, so the cgroup id check cannot pass by accident with the root's.
 func testCgroup(t *testing.T) (fd int, id uint64, rel string) {
-	mnt, err := cgroupmeta.Cgroup2Mount()
+	mnt, err := procfs.Cgroup2Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
-	self, err := cgroupmeta.ProcCgroupPath(os.Getpid())
+	self, err := procfs.ProcCgroupPath(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +243,7 @@ func TestExecExitEvents(t *testing.T) {
 	}
 
 	// The resolver must agree with the kernel about the id.
-	if mnt, err := cgroupmeta.Cgroup2Mount(); err == nil {
+	if mnt, err := procfs.Cgroup2Mount(); err == nil {
 		r, err := cgroupmeta.NewResolver(mnt, 16)
 		if err != nil {
 			t.Fatal(err)

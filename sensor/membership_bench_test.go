@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/internal/privtest"
+	"github.com/agentfence/agentfence/internal/procfs"
 	"github.com/agentfence/agentfence/sensor/cgroupmeta"
 )
 
@@ -159,11 +160,11 @@ func BenchmarkMembershipForkExecExit(b *testing.B) {
 	privtest.RequireRoot(b)
 	const batch = 200
 	prev := prevObject(b)
-	mnt, err := cgroupmeta.Cgroup2Mount()
+	mnt, err := procfs.Cgroup2Mount()
 	if err != nil {
 		b.Fatal(err)
 	}
-	self, err := cgroupmeta.ProcCgroupPath(os.Getpid())
+	self, err := procfs.ProcCgroupPath(os.Getpid())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/procfs"
 	"github.com/agentfence/agentfence/internal/ringreader"
 	"github.com/agentfence/agentfence/sensor/cgroupmeta"
 )
@@ -157,11 +158,11 @@ type memberFixture struct {
 
 func newMemberFixture(t *testing.T) *memberFixture {
 	t.Helper()
-	mnt, err := cgroupmeta.Cgroup2Mount()
+	mnt, err := procfs.Cgroup2Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
-	self, err := cgroupmeta.ProcCgroupPath(os.Getpid())
+	self, err := procfs.ProcCgroupPath(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,14 +14,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/agentfence/agentfence/sensor/cgroupmeta"
+	"github.com/agentfence/agentfence/internal/procfs"
 )
 
 // Root returns the mount point of the cgroup v2 hierarchy (hybrid layouts
 // mount it at /sys/fs/cgroup/unified).
 func Root() (string, error) {
-	p, err := cgroupmeta.Cgroup2Mount()
-	if errors.Is(err, cgroupmeta.ErrNoCgroup2) {
+	p, err := procfs.Cgroup2Mount()
+	if errors.Is(err, procfs.ErrNoCgroup2) {
 		return "", errors.New("no cgroup v2 file system is mounted (agentfence needs cgroup v2: mount -t cgroup2 none /sys/fs/cgroup)")
 	}
 	return p, err

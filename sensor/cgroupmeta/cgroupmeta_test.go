@@ -69,41 +69,6 @@ func TestParse(t *testing.T) {
 	}
 }
 
-func TestCgroup2MountFrom(t *testing.T) {
-	const hybrid = `25 30 0:23 / /sys ro,nosuid - sysfs sysfs rw
-35 25 0:31 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
-41 35 0:38 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw
-42 35 0:39 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
-`
-	got, err := cgroup2MountFrom(strings.NewReader(hybrid))
-	if err != nil || got != "/sys/fs/cgroup/unified" {
-		t.Fatalf("hybrid: %q, %v", got, err)
-	}
-	got, err = cgroup2MountFrom(strings.NewReader(`30 1 0:26 / /sys/fs/cgroup rw shared:4 - cgroup2 cgroup2 rw,nsdelegate
-`))
-	if err != nil || got != "/sys/fs/cgroup" {
-		t.Fatalf("unified: %q, %v", got, err)
-	}
-	got, err = cgroup2MountFrom(strings.NewReader(`30 1 0:26 / /mnt/my\040cg rw - cgroup2 none rw
-`))
-	if err != nil || got != "/mnt/my cg" {
-		t.Fatalf("escaped: %q, %v", got, err)
-	}
-	if _, err = cgroup2MountFrom(strings.NewReader("35 25 0:31 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n")); err != ErrNoCgroup2 {
-		t.Fatalf("none: %v", err)
-	}
-}
-
-func TestParseProcCgroup(t *testing.T) {
-	p, err := ParseProcCgroup("9:name=systemd:/\n4:memory:/x\n0::/system.slice/a.service\n")
-	if err != nil || p != "/system.slice/a.service" {
-		t.Fatalf("%q %v", p, err)
-	}
-	if _, err := ParseProcCgroup("4:memory:/x\n"); err == nil {
-		t.Fatal("want error without 0:: line")
-	}
-}
-
 func FuzzParse(f *testing.F) {
 	f.Add("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + uidU + ".slice/cri-containerd-" + cid + ".scope")
 	f.Add("/kubepods/burstable/pod" + uid + "/" + cid)
@@ -128,17 +93,6 @@ func FuzzParse(f *testing.F) {
 		}
 		if Parse(path) != m {
 			t.Fatal("not deterministic")
-		}
-	})
-}
-
-func FuzzParseProcCgroup(f *testing.F) {
-	f.Add("0::/system.slice/a.service\n")
-	f.Add("12:pids:/\n0::/\n")
-	f.Fuzz(func(t *testing.T, s string) {
-		p, err := ParseProcCgroup(s)
-		if err == nil && !strings.Contains(s, "0::"+p) {
-			t.Fatalf("%q not from %q", p, s)
 		}
 	})
 }

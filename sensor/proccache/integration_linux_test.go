@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/agentfence/agentfence/internal/privtest"
+	"github.com/agentfence/agentfence/internal/procfs"
 	"github.com/agentfence/agentfence/sensor"
 	"github.com/agentfence/agentfence/sensor/cgroupmeta"
 )
@@ -29,7 +30,7 @@ func TestWithKernel(t *testing.T) {
 		t.Fatalf("%+v", err)
 	}
 	defer progs.Close()
-	mnt, err := cgroupmeta.Cgroup2Mount()
+	mnt, err := procfs.Cgroup2Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

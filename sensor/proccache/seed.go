@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/agentfence/agentfence/internal/procfs"
 	"github.com/agentfence/agentfence/sensor"
 	"github.com/agentfence/agentfence/sensor/cgroupmeta"
 )
@@ -45,7 +46,7 @@ func (c *Cache) procSnapshot(tgid uint32) (*entry, bool) {
 		e.ExePath = "[" + st.Comm + "]"
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "cgroup")); err == nil {
-		if p, err := cgroupmeta.ParseProcCgroup(string(b)); err == nil {
+		if p, err := procfs.ParseProcCgroup(string(b)); err == nil {
 			e.CgroupPath, e.Container = p, cgroupmeta.Parse(p)
 		}
 	}

@@ -1,7 +1,8 @@
-package doctor
+package procfs
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -126,4 +127,25 @@ func TestParseMountInfoMalformed(t *testing.T) {
 			t.Errorf("error %q does not name the line", err)
 		}
 	}
+}
+
+func FuzzParseMountInfo(f *testing.F) {
+	f.Add(hybridMountInfo)
+	f.Add(unifiedMountInfo)
+	f.Add(`30 1 0:26 / /mnt/my\040cg rw - cgroup2 none rw` + "\n")
+	f.Add("1 2 0:1 / / rw - ext4\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		ms, err := ParseMountInfo(strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		for _, m := range ms {
+			if m.FSType == "" || m.MountPoint == "" {
+				t.Fatalf("mount without a file system type from %q: %+v", s, m)
+			}
+		}
+		if m, ok := FindCgroup2(ms); ok && (m.FSType != "cgroup2" || !slices.ContainsFunc(ms, func(x Mount) bool { return reflect.DeepEqual(x, m) })) {
+			t.Fatalf("FindCgroup2 returned %+v, not a cgroup2 mount of %q", m, s)
+		}
+	})
 }

@@ -1,7 +1,10 @@
-package doctor
+// Package procfs reads what agentfence needs from /proc: the mount table
+// (where cgroup v2 and bpffs are) and a process's cgroup.
+package procfs
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -156,8 +159,26 @@ func FindFS(mounts []Mount, fstype string) []Mount {
 	return out
 }
 
-// readMountInfo parses the mountinfo file at path.
-func readMountInfo(path string) ([]Mount, error) {
+// ErrNoCgroup2 means no cgroup2 file system is mounted.
+var ErrNoCgroup2 = errors.New("no cgroup2 mount")
+
+// Cgroup2Mount returns where this process sees the unified hierarchy
+// mounted (FindCgroup2): /sys/fs/cgroup on a pure v2 host,
+// /sys/fs/cgroup/unified on a hybrid one.
+func Cgroup2Mount() (string, error) {
+	mounts, err := ReadMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	m, ok := FindCgroup2(mounts)
+	if !ok {
+		return "", ErrNoCgroup2
+	}
+	return m.MountPoint, nil
+}
+
+// ReadMountInfo parses the mountinfo file at path.
+func ReadMountInfo(path string) ([]Mount, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
