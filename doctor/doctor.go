@@ -611,7 +611,7 @@ func checkSockDestroy(st *run) []Check {
 		c.Status, c.Detail = StatusUnknown, "not tried (NoSockDestroy)"
 		return []Check{c}
 	}
-	err := probeSockDestroy()
+	err := sockdestroy.ProbeDestroy()
 	switch {
 	case err == nil:
 		c.Status, c.Detail = StatusOK, "destroyed a loopback TCP socket with sock_diag SOCK_DESTROY"

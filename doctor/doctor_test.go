@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/enforcer/sockdestroy"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/sensor"
 )
@@ -305,15 +306,15 @@ func TestRunCanceled(t *testing.T) {
 
 func TestSockDestroyProbe(t *testing.T) {
 	privtest.RequireRoot(t)
-	err := probeSockDestroy()
+	err := sockdestroy.ProbeDestroy()
 	switch kernelConfig(t, "INET_DIAG_DESTROY") {
 	case "y":
 		if err != nil {
-			t.Errorf("probeSockDestroy = %v, want nil", err)
+			t.Errorf("ProbeDestroy = %v, want nil", err)
 		}
 	case "n":
 		if !errors.Is(err, unix.EOPNOTSUPP) {
-			t.Errorf("probeSockDestroy = %v, want EOPNOTSUPP", err)
+			t.Errorf("ProbeDestroy = %v, want EOPNOTSUPP", err)
 		}
 	}
 }
