@@ -88,8 +88,9 @@ func (f *fixture) refused(t *testing.T, pid int, to netip.AddrPort, verdict Verd
 	fd, port := gatetest.Dial(t, to)
 	ev := f.waitEvent(t, pid, func(e Event) bool { return e.Hook.Inbound() && e.Dest.Port() == port })
 	if verdict == VerdictDenied && gatetest.Connected(t, fd, 0) {
-		// Seen once on 6.1 under TCG, for [::1]; every event of this
-		// peer says which segment the gate judged and how.
+		// Seen once on 6.1 under multi-threaded TCG, for [::1]
+		// (docs/kernels.md, "TCG threading"); every event of this peer
+		// says which segment the gate judged and how.
 		f.mu.Lock()
 		var seen []Event
 		for _, e := range f.events {
