@@ -15,6 +15,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
+	"github.com/agentfence/agentfence/internal/gatetest"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -87,7 +88,7 @@ func dnsQueryProbe(f []string) string {
 	}
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
 	buf := make([]byte, 4096)
-	n, err := unix.Read(fd, buf)
+	n, err := gatetest.Read(fd, buf)
 	if err != nil {
 		return "read:" + errName(err)
 	}

@@ -509,7 +509,7 @@ func udpSock(out *os.File, arg string) {
 			var got []string
 			buf := make([]byte, 512)
 			for {
-				n, _, err := unix.Recvfrom(fd, buf, 0)
+				n, err := Read(fd, buf)
 				if err != nil {
 					got = append(got, errName(err))
 					break
@@ -604,6 +604,18 @@ func apiProbe(verb, socket string) string {
 		return fmt.Sprintf("%d:%s", resp.StatusCode, body.Error.Field)
 	}
 	return fmt.Sprint(resp.StatusCode)
+}
+
+// Read is read(2) on a socket with SO_RCVTIMEO, retried on EINTR: a
+// timeout makes the call unrestartable (signal(7)), so the Go runtime's
+// preemption signal ends it early (seen on 6.1 under emulation).
+func Read(fd int, buf []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, buf)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
 }
 
 func errName(err error) string {
@@ -842,7 +854,7 @@ func dnsQuery(arg string) string {
 	}
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
 	buf := make([]byte, 4096)
-	n, _, err := unix.Recvfrom(fd, buf, 0)
+	n, err := Read(fd, buf)
 	if err != nil {
 		return "recv:" + errName(err)
 	}
