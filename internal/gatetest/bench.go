@@ -96,7 +96,7 @@ func udpBench(out *os.File, arg string) {
 		if err := unix.Sendto(fd, []byte("ping"), 0, sa); err != nil {
 			return err
 		}
-		_, _, err := unix.Recvfrom(fd, buf, 0)
+		_, err := Read(fd, buf)
 		return err
 	})
 }
