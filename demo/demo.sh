@@ -50,10 +50,10 @@ set +e
 	--agent spiffe://example.org/agents/ticket-summariser --agent-name ticket-summariser --agent-version 1.4.2 \
 	--allow udp://127.0.0.153:53 --allow tcp://tickets-mcp.demo.internal:18080 \
 	-- "$BIN/demo-agent" --dns 127.0.0.153:53 --ca "$work/mcp.pem" \
-	--mcp https://tickets-mcp.demo.internal:18080/tools/tickets --api https://api.saas.demo.internal:18443/v1/tickets
+	--mcp https://tickets-mcp.demo.internal:18080/tools/tickets --api https://api.saas.demo.internal:18443/v1/tickets --api-addr 127.0.0.2:18443
 status=$?
 set -e
-echo "   (agent exit status $status: its direct API call was refused)"
+echo "   (agent exit status $status: its direct API calls were refused, by name at DNS, by address at connect)"
 echo
 echo "== the two TCP connect records (kernel-attributed, from $audit)"
 "$BIN/agentfence" audit show --kind connect --proto tcp "$audit"

@@ -20,6 +20,7 @@ import (
 func main() {
 	mcp := flag.String("mcp", "https://tickets-mcp.demo.internal:18080/tools/tickets", "MCP server URL")
 	api := flag.String("api", "https://api.saas.demo.internal:18443/v1/tickets", "SaaS API URL")
+	apiAddr := flag.String("api-addr", "", "the SaaS API's address: try it without DNS too, as an agent that knows it would")
 	resolver := flag.String("dns", "127.0.0.153:53", "DNS server (UDP) to resolve names with")
 	caFile := flag.String("ca", "", "PEM certificates to trust for HTTPS")
 	flag.Parse()
@@ -40,6 +41,17 @@ func main() {
 	}}
 	ok := call(client, "via the MCP server", *mcp)
 	bypassed := call(client, "directly, bypassing the MCP server", *api)
+	if *apiAddr != "" {
+		// The session's DNS mode refuses the API's name; an agent that
+		// knows the address skips DNS, and the connect itself is refused.
+		byAddr := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, network, *apiAddr)
+			},
+			TLSClientConfig: &tls.Config{RootCAs: roots},
+		}}
+		bypassed = call(byAddr, "directly at "+*apiAddr+", without DNS", *api) || bypassed
+	}
 	if !ok || bypassed {
 		os.Exit(1)
 	}
