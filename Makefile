@@ -42,10 +42,11 @@ demo: build ## run the demo on this host (as root)
 	BIN=$(BIN) ./demo/demo.sh
 
 .PHONY: lint
-lint: ## gofmt, go vet, and go.mod as go mod tidy would write it
+lint: ## gofmt, go vet, go.mod as go mod tidy would write it, and a CLI that links no kernel code
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet $(PKGS)
 	$(GO) mod tidy -diff
+	@! $(GO) list -deps ./cmd/agentfence | grep -E 'cilium/ebpf|agentfence/(enforcer|sensor|session|doctor)$$' || { echo "the CLI links the daemon's kernel code (see api/v1)"; exit 1; }
 
 .PHONY: clean
 clean: ## remove bin/

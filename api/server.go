@@ -1,5 +1,5 @@
-// Package api is the daemon's local HTTP+JSON API on a unix socket, and the
-// client the CLI uses. Callers are identified by the kernel's peer
+// Package api is the daemon's local HTTP+JSON API on a unix socket (the
+// wire format is api/v1, the client api/client). Callers are identified by the kernel's peer
 // credentials (SO_PEERCRED), never by anything they send.
 package api
 
@@ -18,7 +18,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/agentfence/agentfence/attribution"
+	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/session"
 )
 
 // Peer is the process on the other end of a unix socket connection.
@@ -43,9 +44,9 @@ type Policy struct {
 	MemberOf func(pid int) (string, bool)
 }
 
-func (p Policy) authorize(peer Peer) (attribution.Caller, error) {
+func (p Policy) authorize(peer Peer) (session.Caller, error) {
 	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", peer.PID))
-	c := attribution.Caller{ID: peer.String(), PID: int(peer.PID), UID: int(peer.UID)}
+	c := session.Caller{ID: peer.String(), PID: int(peer.PID), UID: int(peer.UID)}
 	if exe != "" {
 		c.ID += " exe=" + exe
 	}
@@ -66,14 +67,14 @@ type callerKey struct{}
 
 // Server serves the API.
 type Server struct {
-	reg    *attribution.Registry
+	reg    *session.Registry
 	policy Policy
 	log    *slog.Logger
 	srv    *http.Server
 }
 
 // NewServer makes a server for reg.
-func NewServer(reg *attribution.Registry, policy Policy, log *slog.Logger) *Server {
+func NewServer(reg *session.Registry, policy Policy, log *slog.Logger) *Server {
 	s := &Server{reg: reg, policy: policy, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/sessions", s.open)
@@ -163,26 +164,26 @@ func peerOf(c net.Conn) (Peer, error) {
 // kernel's peer credentials.
 func (s *Server) authz(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var c attribution.Caller
+		var c session.Caller
 		if id, ok := SPIFFEID(r); ok {
-			c = attribution.Caller{ID: id.String(), UID: -1}
+			c = session.Caller{ID: id.String(), UID: -1}
 		} else if p, ok := r.Context().Value(peerKey{}).(Peer); ok {
 			var err error
 			if c, err = s.policy.authorize(p); err != nil {
 				s.log.Warn("api: refused caller", "caller", c.ID, "path", r.URL.Path, "err", err)
-				writeError(w, &attribution.Error{Code: attribution.CodeUnauthorized, Message: err.Error()})
+				writeError(w, &v1.Error{Code: v1.CodeUnauthorized, Message: err.Error()})
 				return
 			}
 		} else {
-			writeError(w, &attribution.Error{Code: attribution.CodeUnauthorized, Message: "caller has no identity"})
+			writeError(w, &v1.Error{Code: v1.CodeUnauthorized, Message: "caller has no identity"})
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
 	})
 }
 
-func caller(r *http.Request) attribution.Caller {
-	c, _ := r.Context().Value(callerKey{}).(attribution.Caller)
+func caller(r *http.Request) session.Caller {
+	c, _ := r.Context().Value(callerKey{}).(session.Caller)
 	return c
 }
 
@@ -198,14 +199,14 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		err = errors.New("trailing data after the JSON object")
 	}
 	if err != nil {
-		writeError(w, &attribution.Error{Code: attribution.CodeInvalid, Message: "bad JSON body: " + err.Error()})
+		writeError(w, &v1.Error{Code: v1.CodeInvalid, Message: "bad JSON body: " + err.Error()})
 		return false
 	}
 	return true
 }
 
 func (s *Server) open(w http.ResponseWriter, r *http.Request) {
-	var req attribution.OpenRequest
+	var req v1.OpenRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -223,7 +224,7 @@ func (s *Server) open(w http.ResponseWriter, r *http.Request) {
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	c := caller(r)
-	writeJSON(w, http.StatusOK, s.reg.List(attribution.Filter{State: q.Get("state"), Origin: q.Get("origin"),
+	writeJSON(w, http.StatusOK, s.reg.List(session.Filter{State: v1.State(q.Get("state")), Origin: v1.OriginKind(q.Get("origin")),
 		Agent: q.Get("agent"), Parent: q.Get("parent"), Label: q.Get("label"), Caller: &c}))
 }
 
@@ -233,7 +234,7 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) bind(w http.ResponseWriter, r *http.Request) {
-	var req attribution.BindRequest
+	var req v1.BindRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -242,7 +243,7 @@ func (s *Server) bind(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) narrow(w http.ResponseWriter, r *http.Request) {
-	var req attribution.NarrowRequest
+	var req v1.NarrowRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -281,23 +282,23 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-var statusOf = map[string]int{
-	attribution.CodeInvalid:      http.StatusBadRequest,
-	attribution.CodeNotFound:     http.StatusNotFound,
-	attribution.CodeConflict:     http.StatusConflict,
-	attribution.CodeForbidden:    http.StatusForbidden,
-	attribution.CodeUnauthorized: http.StatusForbidden,
-	attribution.CodeCapacity:     http.StatusServiceUnavailable,
+var statusOf = map[v1.Code]int{
+	v1.CodeInvalid:      http.StatusBadRequest,
+	v1.CodeNotFound:     http.StatusNotFound,
+	v1.CodeConflict:     http.StatusConflict,
+	v1.CodeForbidden:    http.StatusForbidden,
+	v1.CodeUnauthorized: http.StatusForbidden,
+	v1.CodeCapacity:     http.StatusServiceUnavailable,
 }
 
 func writeError(w http.ResponseWriter, err error) {
-	var e *attribution.Error
+	var e *v1.Error
 	if !errors.As(err, &e) {
-		e = &attribution.Error{Code: "internal", Message: err.Error()}
+		e = &v1.Error{Code: v1.CodeInternal, Message: err.Error()}
 	}
 	status, ok := statusOf[e.Code]
 	if !ok {
 		status = http.StatusInternalServerError
 	}
-	writeJSON(w, status, map[string]*attribution.Error{"error": e})
+	writeJSON(w, status, map[string]*v1.Error{"error": e})
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/internal/boottime"
 	"github.com/agentfence/agentfence/sensor"
 	"github.com/agentfence/agentfence/sensor/proccache"
 )
@@ -25,26 +26,19 @@ func (c cgroupNames) CgroupPath(id uint64) (string, bool) {
 
 // TestEscapeRecord: an escape reported on the gate's ring becomes a
 // flagged escape record of the member's session, naming what was tried,
-// where to and by whom; the session's hostname programs move to the root,
-// where the member's packets pass now, and closing the session kills the
-// member outside its cgroup.
+// where to and by whom, and the registry is told when the member left the
+// session's cgroup (session.TestEscapedMember: what it does then).
 func TestEscapeRecord(t *testing.T) {
-	e := newEnv(t, nil)
-	s := e.open(t, OpenRequest{Intent: "sync", Scope: []string{"tcp://127.0.0.1:8080", "api.example.com:443"}}, admin)
-	en := e.entry(t, s.ID)
-	// What the process programs do in the kernel: the member is bound by
-	// pid, so it is still found after it left the cgroup.
+	ss := newSessions()
+	s := ss.add(t, 3, 7, attribution("s-1", "sync"), "tcp://127.0.0.1:8080", "api.example.com:443")
 	const member, mover = 4242, 77
-	if err := e.k.BindPid(member, en.slot, en.gen); err != nil {
-		t.Fatal(err)
-	}
-	j := &Joiner{Registry: e.r, Clock: e.clock, Processes: cgroupNames{1: "/"}}
-	base := enforcer.Event{BootNS: BootNS(), CgroupID: 1, Slot: en.slot, Gen: en.gen, PID: member, TID: member,
+	j := &Joiner{Sessions: ss, Clock: boottime.NewClock(), Processes: cgroupNames{1: "/"}}
+	base := enforcer.Event{BootNS: boottime.Now(), CgroupID: 1, Slot: 3, Gen: 7, PID: member, TID: member,
 		UID: 0, Comm: "sh", Hook: enforcer.Hook(sensor.HookEscape), Reason: enforcer.Reason(sensor.EscapeCgroupMove),
 		NameHash: member, Rule: enforcer.NoRule}
 
 	rec := j.Record(base)
-	if rec.Kind != audit.KindEscape || rec.Session == nil || rec.Session.ID != s.ID || rec.Destination != nil {
+	if rec.Kind != audit.KindEscape || rec.Session == nil || rec.Session.ID != s.Session.ID || rec.Destination != nil {
 		t.Fatalf("record: %+v", rec)
 	}
 	if *rec.Escape != (audit.Escape{What: "cgroup_move", Cgroup: "/", CgroupID: 1}) {
@@ -55,9 +49,6 @@ func TestEscapeRecord(t *testing.T) {
 	}
 	if p := rec.Process; p.PID != member || p.Comm != "sh" {
 		t.Errorf("process = %+v", p)
-	}
-	if e.k.hooks[e.cfg.CgroupRoot] != 1 {
-		t.Errorf("hostname hooks %v: want the root hooked once a member left the session cgroup", e.k.hooks)
 	}
 
 	byOther := base
@@ -78,16 +69,9 @@ func TestEscapeRecord(t *testing.T) {
 		t.Errorf("netns: %+v", rec.Escape)
 	}
 
-	if err := e.r.Close(s.ID, admin); err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Contains(e.cg.killedPIDs, member) {
-		t.Errorf("killed %v at close, want the escaped member %d", e.cg.killedPIDs, member)
-	}
-	if _, _, ok := e.k.PidBinding(member); ok {
-		t.Error("the escaped member's binding outlived the session")
-	}
-	if len(e.k.hooks) != 0 {
-		t.Errorf("hooks left after close: %v", e.k.hooks)
+	// A cgroup move and a clone into another cgroup leave the session's
+	// cgroup; a new network namespace does not.
+	if want := [][2]uint64{{3, 7}, {3, 7}, {3, 7}}; !slices.Equal(ss.escaped, want) {
+		t.Errorf("registry told of escapes %v, want %v (the two moves and the clone)", ss.escaped, want)
 	}
 }

@@ -1,3 +1,5 @@
+// Package attribution joins kernel events with the process that caused
+// them and the session it ran in, into audit records.
 package attribution
 
 import (
@@ -11,8 +13,10 @@ import (
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/internal/boottime"
 	"github.com/agentfence/agentfence/sensor"
 	"github.com/agentfence/agentfence/sensor/proccache"
+	"github.com/agentfence/agentfence/session"
 )
 
 // Processes resolves a process as it was at a boot-clock time.
@@ -21,11 +25,24 @@ type Processes interface {
 	WaitFor(ctx context.Context, at uint64) bool
 }
 
+// Sessions is what the joiner asks of the session registry
+// (session.Registry).
+type Sessions interface {
+	// Resolve finds the session that held slot with generation gen, open
+	// or recently closed.
+	Resolve(slot uint32, gen uint64) (session.Attribution, bool)
+	// SessionOf finds the session of a process by its pid binding or its
+	// cgroup path (relative to the cgroup root).
+	SessionOf(tgid uint32, cgroupPath string) (session.Attribution, bool)
+	// Escaped is told that a member of the session left its cgroup.
+	Escaped(slot uint32, gen uint64)
+}
+
 // Joiner turns kernel events into audit records: the event, the process
 // that caused it and the session it ran in.
 type Joiner struct {
-	Registry  *Registry
-	Clock     *Clock
+	Sessions  Sessions
+	Clock     *boottime.Clock
 	Processes Processes // nil: records carry only what the event has
 	// Wait bounds how long a record waits for the process cache to catch up
 	// with the exec of a process it has not seen yet.
@@ -150,23 +167,23 @@ func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
 	j.attribute(&rec, ev.Slot, ev.Gen, enforcer.NoRule)
 	if kind == sensor.EscapeCgroupMove || kind == sensor.EscapeCloneIntoCgroup {
 		// Only these leave the session's cgroup.
-		j.Registry.escaped(ev.Slot, ev.Gen)
+		j.Sessions.Escaped(ev.Slot, ev.Gen)
 	}
 	return rec
 }
 
 // attribute fills the session, agent, origin and matched rule.
 func (j *Joiner) attribute(rec *audit.Record, slot uint32, gen uint64, rule int) {
-	s, ok := j.Registry.resolve(slot, gen)
+	s, ok := j.Sessions.Resolve(slot, gen)
 	if !ok {
 		// A session this daemon does not know (its state was lost): say
 		// so rather than guess.
 		rec.Session = &audit.Session{ID: "unknown"}
 		return
 	}
-	rec.Session, rec.Agent, rec.Origin = &s.session, s.agent, s.origin
-	if rule >= 0 && rule < len(s.rules) && rec.Outcome != nil {
-		rec.Outcome.Rule = s.rules[rule].String()
+	rec.Session, rec.Agent, rec.Origin = &s.Session, s.Agent, s.Origin
+	if rule >= 0 && rule < len(s.Rules) && rec.Outcome != nil {
+		rec.Outcome.Rule = s.Rules[rule].String()
 	}
 }
 
@@ -220,12 +237,12 @@ func (j *Joiner) ExecRecord(ev *sensor.ExecEvent) (audit.Record, bool) {
 		Exe: ev.Filename, Argv: ev.Args}
 	j.fillProcess(p, ev.TGID, ev.Ktime)
 	p.Comm = filepath.Base(p.Exe)
-	s, ok := j.Registry.sessionOf(ev.TGID, p.Cgroup)
+	s, ok := j.Sessions.SessionOf(ev.TGID, p.Cgroup)
 	if !ok {
 		return audit.Record{}, false
 	}
 	return audit.Record{Schema: audit.SchemaVersion, Time: j.Clock.Wall(ev.Ktime), Kind: audit.KindExec,
-		Session: &s.session, Agent: s.agent, Origin: s.origin, Process: p}, true
+		Session: &s.Session, Agent: s.Agent, Origin: s.Origin, Process: p}, true
 }
 
 func (j *Joiner) fillProcess(p *audit.Process, tgid uint32, at uint64) {

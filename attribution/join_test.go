@@ -8,6 +8,8 @@ import (
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/internal/boottime"
+	"github.com/agentfence/agentfence/session"
 )
 
 type names map[uint64]string
@@ -15,14 +17,15 @@ type names map[uint64]string
 func (n names) Hostname(slot uint32, hash uint64) string { return n[hash] }
 
 func TestJoinerRecord(t *testing.T) {
-	e := newEnv(t, nil)
-	s := e.open(t, OpenRequest{Intent: "pull metrics", Scope: []string{"tcp://127.0.0.1:8080", "udp://10.0.0.0/8:53", "api.example.com:443"},
-		Origin: &Origin{Kind: "schedule", Principal: "nightly"},
-		Agent:  &Agent{ID: "spiffe://example.org/agent/7", Name: "metrics-bot", Version: "1.2", Owner: "sre"}}, admin)
-	en := e.entry(t, s.ID)
-	j := &Joiner{Registry: e.r, Clock: e.clock, Names: names{42: "api.example.com"}}
+	ss := newSessions()
+	s := ss.add(t, 3, 7, session.Attribution{Session: audit.Session{ID: "s-1", Intent: "pull metrics", Mode: "enforce"},
+		Origin: &audit.Origin{Kind: "schedule", Principal: "nightly"},
+		Agent:  &audit.Agent{ID: "spiffe://example.org/agent/7", Name: "metrics-bot", Version: "1.2", Owner: "sre"}},
+		"tcp://127.0.0.1:8080", "udp://10.0.0.0/8:53", "api.example.com:443")
+	j := &Joiner{Sessions: ss, Clock: boottime.NewClock(), Names: names{42: "api.example.com"}}
+	const cgroupID = 4711
 
-	base := enforcer.Event{BootNS: BootNS(), CgroupID: en.cgroupID, Slot: en.slot, Gen: en.gen, PID: 10, TID: 11, UID: 1000, GID: 1000,
+	base := enforcer.Event{BootNS: boottime.Now(), CgroupID: cgroupID, Slot: 3, Gen: 7, PID: 10, TID: 11, UID: 1000, GID: 1000,
 		Comm: "curl", Hook: enforcer.HookConnect4, Protocol: 6, Dest: netip.MustParseAddrPort("127.0.0.1:8080")}
 
 	allowed := base
@@ -37,7 +40,7 @@ func TestJoinerRecord(t *testing.T) {
 	if rec.Time.Location() != time.UTC {
 		t.Errorf("time is not UTC: %s", rec.Time.Location())
 	}
-	if rec.Session == nil || !reflect.DeepEqual(*rec.Session, audit.Session{ID: s.ID, Intent: "pull metrics", Mode: "enforce"}) {
+	if rec.Session == nil || !reflect.DeepEqual(*rec.Session, s.Session) || s.Session.ID != "s-1" {
 		t.Errorf("session = %+v", rec.Session)
 	}
 	if rec.Agent == nil || *rec.Agent != (audit.Agent{ID: "spiffe://example.org/agent/7", Name: "metrics-bot", Version: "1.2", Owner: "sre"}) {
@@ -52,7 +55,7 @@ func TestJoinerRecord(t *testing.T) {
 	if *rec.Destination != (audit.Destination{IP: "127.0.0.1", Port: 8080, Protocol: "tcp"}) {
 		t.Errorf("destination = %+v", rec.Destination)
 	}
-	if p := rec.Process; p.PID != 10 || p.TID != 11 || p.UID != 1000 || p.GID != 1000 || p.Comm != "curl" || p.CgroupID != en.cgroupID {
+	if p := rec.Process; p.PID != 10 || p.TID != 11 || p.UID != 1000 || p.GID != 1000 || p.Comm != "curl" || p.CgroupID != cgroupID {
 		t.Errorf("process = %+v", rec.Process)
 	}
 
@@ -103,15 +106,14 @@ func TestJoinerRecord(t *testing.T) {
 }
 
 func TestJoinerUnknownSession(t *testing.T) {
-	e := newEnv(t, nil)
-	s := e.open(t, req("x", "10.0.0.0/8"), admin)
-	en := e.entry(t, s.ID)
-	j := &Joiner{Registry: e.r, Clock: e.clock}
+	ss := newSessions()
+	ss.add(t, 3, 7, attribution("s-1", "x"), "10.0.0.0/8")
+	j := &Joiner{Sessions: ss, Clock: boottime.NewClock()}
 	for _, at := range []struct {
 		slot uint32
 		gen  uint64
-	}{{en.slot, en.gen + 1}, {en.slot + 1, 1}, {0, 0}} {
-		ev := enforcer.Event{BootNS: BootNS(), Slot: at.slot, Gen: at.gen, Hook: enforcer.HookConnect4, Protocol: 6,
+	}{{3, 8}, {4, 7}, {0, 0}} {
+		ev := enforcer.Event{BootNS: boottime.Now(), Slot: at.slot, Gen: at.gen, Hook: enforcer.HookConnect4, Protocol: 6,
 			Verdict: enforcer.VerdictDenied, Reason: enforcer.ReasonNoRule, Rule: 0, Dest: netip.MustParseAddrPort("10.0.0.1:80")}
 		rec := j.Record(ev)
 		if rec.Session == nil || !reflect.DeepEqual(*rec.Session, audit.Session{ID: "unknown"}) || rec.Agent != nil || rec.Origin != nil || rec.Outcome.Rule != "" {
@@ -120,54 +122,24 @@ func TestJoinerUnknownSession(t *testing.T) {
 	}
 }
 
-func TestJoinerLateEventOfClosedSession(t *testing.T) {
-	e := newEnv(t, nil)
-	s := e.open(t, OpenRequest{Intent: "gone", Scope: []string{"10.0.0.0/8"}, Mode: "audit"}, admin)
-	en := e.entry(t, s.ID)
-	slot, gen := en.slot, en.gen
-	if err := e.r.Close(s.ID, admin); err != nil {
-		t.Fatal(err)
-	}
-	n := e.open(t, req("new", "192.168.0.0/16"), admin)
-	j := &Joiner{Registry: e.r, Clock: e.clock}
-	ev := enforcer.Event{BootNS: BootNS(), Slot: slot, Gen: gen, Hook: enforcer.HookConnect4, Protocol: 6,
-		Verdict: enforcer.VerdictWouldDeny, Rule: 0, Dest: netip.MustParseAddrPort("10.0.0.1:80")}
-	rec := j.Record(ev)
-	if rec.Session.ID != s.ID || rec.Session.Mode != "audit" || rec.Outcome.Rule != "10.0.0.0/8" {
-		t.Errorf("late event attributed to %+v rule %q, want %s", rec.Session, rec.Outcome.Rule, s.ID)
-	}
-	ev.Gen = gen + 1
-	if rec := j.Record(ev); rec.Session.ID != n.ID || rec.Outcome.Rule != "192.168.0.0/16" {
-		t.Errorf("new gen attributed to %+v rule %q, want %s", rec.Session, rec.Outcome.Rule, n.ID)
-	}
-}
-
 func TestJoinerHostRecord(t *testing.T) {
-	e := newEnv(t, nil)
-	s := e.open(t, req("x", "api.example.com:443"), admin)
-	en := e.entry(t, s.ID)
-	j := &Joiner{Registry: e.r, Clock: e.clock, Names: names{7: "api.example.com"}}
-	learned := j.HostRecord(enforcer.HostEvent{BootNS: BootNS(), Slot: en.slot, Gen: en.gen, Kind: enforcer.HostDNSLearned,
+	ss := newSessions()
+	s := ss.add(t, 3, 7, attribution("s-1", "x"), "api.example.com:443")
+	en := struct {
+		slot uint32
+		gen  uint64
+	}{3, 7}
+	j := &Joiner{Sessions: ss, Clock: boottime.NewClock(), Names: names{7: "api.example.com"}}
+	learned := j.HostRecord(enforcer.HostEvent{BootNS: boottime.Now(), Slot: en.slot, Gen: en.gen, Kind: enforcer.HostDNSLearned,
 		Name: "api.example.com", Addr: netip.MustParseAddr("::ffff:93.184.216.34"), Verdict: enforcer.VerdictAllowed, Rule: 0})
 	if learned.Kind != audit.KindDNS || learned.Destination.IP != "93.184.216.34" || learned.Outcome.Reason != "learned" ||
-		learned.Session.ID != s.ID || learned.Outcome.Rule != "api.example.com:443" {
+		learned.Session.ID != s.Session.ID || learned.Outcome.Rule != "api.example.com:443" {
 		t.Errorf("learned = %+v %+v %+v", learned.Kind, learned.Destination, learned.Outcome)
 	}
-	sni := j.HostRecord(enforcer.HostEvent{BootNS: BootNS(), Slot: en.slot, Gen: en.gen, Kind: enforcer.HostSNI, Port: 443, NameHash: 7,
+	sni := j.HostRecord(enforcer.HostEvent{BootNS: boottime.Now(), Slot: en.slot, Gen: en.gen, Kind: enforcer.HostSNI, Port: 443, NameHash: 7,
 		Verdict: enforcer.VerdictDenied, Reason: enforcer.ReasonSNIMismatch, Rule: enforcer.NoRule})
 	if sni.Kind != audit.KindConnect || *sni.Destination != (audit.Destination{Hostname: "api.example.com", Protocol: "tcp", Port: 443}) ||
 		sni.Outcome.Reason != "sni_mismatch" || sni.Outcome.Errno != "" {
 		t.Errorf("sni = %+v %+v %+v", sni.Kind, sni.Destination, sni.Outcome)
-	}
-}
-
-func TestClockRoundTrip(t *testing.T) {
-	c := NewClock()
-	now := time.Now()
-	if got := c.Wall(c.Boot(now)); !got.Equal(now.Round(0).UTC()) {
-		t.Errorf("Wall(Boot(now)) = %s, want %s", got, now)
-	}
-	if w := c.Wall(BootNS()); !near(w, time.Now(), 50*time.Millisecond) {
-		t.Errorf("Wall(BootNS()) = %s, now %s", w, time.Now())
 	}
 }

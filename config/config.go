@@ -61,11 +61,17 @@ const (
 	FormatOCSF = "ocsf"
 )
 
-// Drift actions: what happens to a session whose violation budget is spent.
+// DriftAction is what happens to a session whose violation budget is spent.
+type DriftAction string
+
+// Drift actions.
 const (
-	DriftQuarantine = "quarantine"
-	DriftKill       = "kill"
-	DriftNone       = "none"
+	// DriftQuarantine narrows the session to its essential rules.
+	DriftQuarantine DriftAction = "quarantine"
+	// DriftKill kills the session's members.
+	DriftKill DriftAction = "kill"
+	// DriftNone only records the violations.
+	DriftNone DriftAction = "none"
 )
 
 // Config is the whole agentfenced configuration file.
@@ -111,7 +117,7 @@ type Sessions struct {
 	// before DriftAction is applied; 0 applies it on the first one.
 	ViolationBudget int `json:"violation_budget"`
 	// DriftAction is DriftQuarantine, DriftKill or DriftNone.
-	DriftAction string `json:"drift_action"`
+	DriftAction DriftAction `json:"drift_action"`
 	// MaxSessions is the number of sessions open at once (1..MaxSessionsLimit).
 	MaxSessions int `json:"max_sessions"`
 }

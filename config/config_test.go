@@ -33,7 +33,7 @@ func TestDefaults(t *testing.T) {
 		{"sessions.max_ttl", c.Sessions.MaxTTL.Std(), 24 * time.Hour},
 		{"sessions.default_ttl", c.Sessions.DefaultTTL.Std(), time.Hour},
 		{"sessions.violation_budget", c.Sessions.ViolationBudget, 100},
-		{"sessions.drift_action", c.Sessions.DriftAction, "quarantine"},
+		{"sessions.drift_action", c.Sessions.DriftAction, DriftQuarantine},
 		{"authz.uids", c.Authz.UIDs, []uint32{0}},
 		{"dns.min_ttl", c.DNS.MinTTL.Std(), 5 * time.Second},
 		{"dns.max_ttl", c.DNS.MaxTTL.Std(), time.Hour},

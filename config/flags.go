@@ -40,7 +40,7 @@ var overrides = []override{
 	{"audit-format", "audit.format", "audit format: json or ocsf",
 		func(c *Config) string { return c.Audit.Format }, func(c *Config, v string) { c.Audit.Format = v }},
 	{"drift-action", "sessions.drift_action", "what a session that spent its violation budget gets: quarantine, kill or none",
-		func(c *Config) string { return c.Sessions.DriftAction }, func(c *Config, v string) { c.Sessions.DriftAction = v }},
+		func(c *Config) string { return string(c.Sessions.DriftAction) }, func(c *Config, v string) { c.Sessions.DriftAction = DriftAction(v) }},
 }
 
 // durationOverride is a duration flag and the key it overrides.

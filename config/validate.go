@@ -94,7 +94,7 @@ func (c Config) Validate() error {
 	switch s.DriftAction {
 	case DriftQuarantine, DriftKill, DriftNone:
 	default:
-		v.add("sessions.drift_action", s.DriftAction, `must be "quarantine", "kill" or "none"`)
+		v.add("sessions.drift_action", string(s.DriftAction), `must be "quarantine", "kill" or "none"`)
 	}
 	if s.MaxSessions < 1 || s.MaxSessions > MaxSessionsLimit {
 		v.add("sessions.max_sessions", s.MaxSessions,

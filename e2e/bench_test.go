@@ -15,10 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentfence/agentfence/api/client"
+	v1 "github.com/agentfence/agentfence/api/v1"
+
 	"golang.org/x/sys/unix"
 
-	"github.com/agentfence/agentfence/api"
-	"github.com/agentfence/agentfence/attribution"
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/gatetest"
 )
@@ -35,7 +36,7 @@ func percentiles(d []time.Duration) (p50, p99 time.Duration) {
 // already decided by the kernel when the call returns.
 func BenchmarkSessionOpen(b *testing.B) {
 	d := startDaemon(b)
-	c := api.NewClient(d.socket)
+	c := client.New(d.socket)
 	ln := gatetest.Listen(b, "tcp4", "127.0.0.1:0")
 	other := gatetest.Listen(b, "tcp4", "127.0.0.1:0")
 	var lat []time.Duration
@@ -44,7 +45,7 @@ func BenchmarkSessionOpen(b *testing.B) {
 		var ids []string
 		for i := range 1000 {
 			start := time.Now()
-			s, err := c.Open(context.Background(), attribution.OpenRequest{Intent: "bench", Scope: []string{"tcp://" + ln.String()}})
+			s, err := c.Open(context.Background(), v1.OpenRequest{Intent: "bench", Scope: []string{"tcp://" + ln.String()}})
 			lat = append(lat, time.Since(start))
 			if err != nil {
 				b.Fatal(err)
@@ -79,7 +80,7 @@ func BenchmarkSessionOpen(b *testing.B) {
 // figure is the revoke's and not the daemon still recording the setup.
 func BenchmarkRevokeDestroy(b *testing.B) {
 	d := startDaemon(b)
-	c := api.NewClient(d.socket)
+	c := client.New(d.socket)
 	lfd, addr := rawListen(b)
 	defer unix.Close(lfd)
 	// The sessions of the connect records in the trail, as the daemon
@@ -102,7 +103,7 @@ func BenchmarkRevokeDestroy(b *testing.B) {
 	var lat, apiLat []time.Duration
 	for b.Loop() {
 		b.StopTimer()
-		s, err := c.Open(context.Background(), attribution.OpenRequest{Intent: "bench", Scope: []string{"tcp://" + addr.String()}})
+		s, err := c.Open(context.Background(), v1.OpenRequest{Intent: "bench", Scope: []string{"tcp://" + addr.String()}})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -234,11 +235,11 @@ func BenchmarkDaemonMemory10kSessions(b *testing.B) {
 	cfg := filepath.Join(b.TempDir(), "agentfence.yaml")
 	os.WriteFile(cfg, []byte("sessions:\n  max_sessions: 12000\n"), 0o600)
 	d := startDaemon(b, "--config", cfg)
-	c := api.NewClient(d.socket)
+	c := client.New(d.socket)
 	for b.Loop() {
 		var ids []string
 		for i := range 10000 {
-			s, err := c.Open(context.Background(), attribution.OpenRequest{Intent: "bench",
+			s, err := c.Open(context.Background(), v1.OpenRequest{Intent: "bench",
 				Scope: []string{fmt.Sprintf("tcp://10.%d.%d.0/24:443", i>>8, i&0xff), "udp://127.0.0.53:53"}})
 			if err != nil {
 				b.Fatal(err)
@@ -266,8 +267,8 @@ func BenchmarkEndToEnd(b *testing.B) {
 	}{{"flat_out", 200000, 0}, {"20k_per_s", 100000, 20000}} {
 		b.Run(c.name, func(b *testing.B) {
 			d := startDaemon(b)
-			cl := api.NewClient(d.socket)
-			s, err := cl.Open(context.Background(), attribution.OpenRequest{Intent: "flood", Scope: []string{"udp://127.0.0.1:9"}})
+			cl := client.New(d.socket)
+			s, err := cl.Open(context.Background(), v1.OpenRequest{Intent: "flood", Scope: []string{"udp://127.0.0.1:9"}})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -15,7 +15,8 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/agentfence/agentfence/attribution"
+	v1 "github.com/agentfence/agentfence/api/v1"
+
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/gatetest"
 )
@@ -119,14 +120,18 @@ func TestBypassPacketSocketFromBoundMember(t *testing.T) {
 	// It holds the keys run would have taken: show and the bound record
 	// say so.
 	out, stderr, code := d.cli(t, nil, "session", "show", "--socket", d.socket, s.ID)
-	var shown attribution.Session
+	var shown v1.Session
 	if err := json.Unmarshal([]byte(out), &shown); err != nil || code != 0 {
 		t.Fatalf("show: exit %d %q %s", code, out, stderr)
 	}
 	bound := d.waitRecord(t, "bound", func(r audit.Record) bool {
 		return r.Kind == audit.KindSession && r.Event == "bound" && r.Session.ID == s.ID
 	})
-	for what, held := range map[string][]audit.HeldCaps{"show": shown.Binding.GateCaps, "bound record": bound.Session.GateCaps} {
+	fromRecord := make([]v1.HeldCaps, len(bound.Session.GateCaps))
+	for i, h := range bound.Session.GateCaps {
+		fromRecord[i] = v1.HeldCaps(h)
+	}
+	for what, held := range map[string][]v1.HeldCaps{"show": shown.Binding.GateCaps, "bound record": fromRecord} {
 		if len(held) != 1 || held[0].PID != pid || !slices.Contains(held[0].Caps, "CAP_NET_RAW") {
 			t.Errorf("%s: gate caps %+v, want pid %d with CAP_NET_RAW", what, held, pid)
 		}

@@ -15,9 +15,10 @@ import (
 	"testing"
 	"unsafe"
 
+	v1 "github.com/agentfence/agentfence/api/v1"
+
 	"golang.org/x/sys/unix"
 
-	"github.com/agentfence/agentfence/attribution"
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/privdrop"
@@ -432,7 +433,7 @@ func TestLaunchKeepCapNetRaw(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var s attribution.Session
+	var s v1.Session
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatalf("session show: %v: %s", err, b)
 	}

@@ -7,10 +7,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/agentfence/agentfence/api/client"
+	v1 "github.com/agentfence/agentfence/api/v1"
+
 	"github.com/miekg/dns"
 
-	"github.com/agentfence/agentfence/api"
-	"github.com/agentfence/agentfence/attribution"
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/gatetest"
 	"github.com/agentfence/agentfence/internal/privtest"
@@ -21,7 +22,7 @@ import (
 // pid. Each DNS answer is learned, and recorded, exactly once.
 func TestHostnameSessionsThroughTheDaemon(t *testing.T) {
 	d := startDaemon(t)
-	c := api.NewClient(d.socket)
+	c := client.New(d.socket)
 	const resolver = "127.0.0.154:53"
 	pc, err := net.ListenPacket("udp", resolver)
 	if err != nil {
@@ -46,7 +47,7 @@ func TestHostnameSessionsThroughTheDaemon(t *testing.T) {
 	scope := []string{"udp://" + resolver, fmt.Sprintf("tcp://api.e2e.test:%d", port)}
 	dial := func(host string) string { return fmt.Sprintf("dialname %s %s:%d", resolver, host, port) }
 
-	open := func(req attribution.OpenRequest) attribution.Session {
+	open := func(req v1.OpenRequest) v1.Session {
 		t.Helper()
 		s, err := c.Open(context.Background(), req)
 		if err != nil {
@@ -57,8 +58,8 @@ func TestHostnameSessionsThroughTheDaemon(t *testing.T) {
 	// dns any: the out-of-scope name resolves, so its connect is what is
 	// refused (with the default, scoped, the query itself would be:
 	// TestBypassDNSTunnel).
-	parent := open(attribution.OpenRequest{Intent: "names", Scope: scope, DNS: "any"})
-	child := open(attribution.OpenRequest{Intent: "child", Scope: scope, Parent: parent.ID})
+	parent := open(v1.OpenRequest{Intent: "names", Scope: scope, DNS: "any"})
+	child := open(v1.OpenRequest{Intent: "child", Scope: scope, Parent: parent.ID})
 	expectResults(t, gatetest.Run(t, parent.Binding.Cgroup, gatetest.Options{}, dial("api.e2e.test"), dial("other.e2e.test")), "ok", "EPERM")
 	fromChild := gatetest.Run(t, child.Binding.Cgroup, gatetest.Options{}, dial("api.e2e.test"))
 	expectResults(t, fromChild, "ok")
@@ -68,7 +69,7 @@ func TestHostnameSessionsThroughTheDaemon(t *testing.T) {
 	if res, _ := p.Next(); res != "ready" {
 		t.Fatalf("probe: %s", res)
 	}
-	if _, err := c.Bind(context.Background(), parent.ID, attribution.BindRequest{PID: uint32(p.PID)}); err != nil {
+	if _, err := c.Bind(context.Background(), parent.ID, v1.BindRequest{PID: uint32(p.PID)}); err != nil {
 		t.Fatal(err)
 	}
 	p.Go()

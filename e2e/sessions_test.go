@@ -12,19 +12,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentfence/agentfence/attribution"
+	v1 "github.com/agentfence/agentfence/api/v1"
+
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/gatetest"
 )
 
 // openSession opens a session through the CLI and returns it.
-func (d *daemon) openSession(t *testing.T, args ...string) attribution.Session {
+func (d *daemon) openSession(t *testing.T, args ...string) v1.Session {
 	t.Helper()
 	out, stderr, code := d.cli(t, nil, append([]string{"session", "open", "--socket", d.socket}, args...)...)
 	if code != 0 {
 		t.Fatalf("session open: exit %d: %s", code, stderr)
 	}
-	var s attribution.Session
+	var s v1.Session
 	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		t.Fatalf("session open output %q: %v", out, err)
 	}

@@ -18,7 +18,7 @@ import (
 // The hostname programs (DNS learning and the SNI check) run on every packet
 // of the cgroups they are attached to, so they are attached only where
 // sessions with hostname rules have members; the registry decides where
-// (attribution.Registry.hostnameHooks) and keeps those cgroups from nesting.
+// (session.Registry.hostnameHooks) and keeps those cgroups from nesting.
 // Everyone else's packets never enter them. Attachments are counted per
 // cgroup and pinned like the gate's links, so that they outlive the daemon.
 

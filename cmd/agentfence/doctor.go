@@ -3,37 +3,42 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
+	"fmt"
 	"io"
-
-	"github.com/agentfence/agentfence/config"
-	"github.com/agentfence/agentfence/doctor"
-	"github.com/agentfence/agentfence/enforcer"
+	"os"
+	"os/exec"
+	"path/filepath"
 )
 
-// doctorCmd checks what this host offers and exits non-zero when the gate
-// itself cannot run.
+// doctorCmd runs `agentfenced doctor`: the checks load the daemon's BPF
+// objects, which only the daemon carries, so that this CLI links no
+// kernel code. The daemon next to this binary is preferred (an install puts
+// both in one directory), then the one on PATH.
 func doctorCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("agentfence doctor", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "", "agentfenced's config file; its DNS TTL clamps are constants in the hostname programs, so they are verified with them (default: built-in defaults)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
-	}
-	cfg := config.Default()
-	if *path != "" {
-		var err error
-		if cfg, err = config.Load(*path); err != nil {
-			return err
-		}
-	}
-	rep, err := doctor.Run(ctx, stdout, doctor.Options{Objects: enforcer.VerifyOptions{
-		Hostnames: enforcer.HostnameOptions{TTLMin: cfg.DNS.MinTTL.Std(), TTLMax: cfg.DNS.MaxTTL.Std()}}})
+	daemon, err := findDaemon()
 	if err != nil {
 		return err
 	}
-	if !rep.GateCanRun() {
-		return errors.New("the egress gate cannot run on this host (see the checks marked missing above)")
+	cmd := exec.CommandContext(ctx, daemon, append([]string{"doctor"}, args...)...)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() > 0 {
+		return exitError{ee.ExitCode()} // it said why
 	}
-	return nil
+	return err
+}
+
+func findDaemon() (string, error) {
+	self, err := os.Executable()
+	if err == nil {
+		next := filepath.Join(filepath.Dir(self), "agentfenced")
+		if _, err := os.Stat(next); err == nil {
+			return next, nil
+		}
+	}
+	if p, err := exec.LookPath("agentfenced"); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("doctor runs `agentfenced doctor`, and agentfenced is neither next to %s nor on PATH", self)
 }

@@ -13,8 +13,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/agentfence/agentfence/api"
-	"github.com/agentfence/agentfence/attribution"
+	"github.com/agentfence/agentfence/api/client"
+	v1 "github.com/agentfence/agentfence/api/v1"
+
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/privdrop"
 	"github.com/agentfence/agentfence/scope"
@@ -29,7 +30,7 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 // sessionFlags are the flags that describe a new session, shared by
 // `run` and `session open`.
 type sessionFlags struct {
-	req                        attribution.OpenRequest
+	req                        v1.OpenRequest
 	allow, labels              listFlag
 	origin, agentID, agentName string
 	agentVersion, agentOwner   string
@@ -39,7 +40,7 @@ type sessionFlags struct {
 func (f *sessionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.req.Intent, "intent", "", "why this session exists (required)")
 	fs.Var(&f.allow, "allow", "scope rule (repeatable): [essential,][exe=PATH,][tcp://|udp://]ADDR[/PREFIX][:PORT[-PORT]]")
-	fs.StringVar(&f.req.Mode, "mode", "enforce", "enforce (deny with EPERM) or audit (allow, record would_deny)")
+	fs.StringVar((*string)(&f.req.Mode), "mode", string(v1.ModeEnforce), "enforce (deny with EPERM) or audit (allow, record would_deny)")
 	fs.StringVar(&f.req.DNS, "dns", "", "what members may ask a resolver: scoped (default: names the hostname rules cover), none, or any")
 	fs.DurationVar(&f.ttl, "ttl", 0, "session lifetime (default: the daemon's)")
 	fs.StringVar(&f.origin, "origin", "", "what triggered the session: human:PRINCIPAL, schedule:NAME or agent:SESSION")
@@ -58,7 +59,7 @@ func (f *sessionFlags) check() error {
 	switch {
 	case strings.TrimSpace(r.Intent) == "":
 		return usageError{"--intent is required: say why this session exists"}
-	case r.Mode != "enforce" && r.Mode != "audit":
+	case r.Mode != v1.ModeEnforce && r.Mode != v1.ModeAudit:
 		return usageError{fmt.Sprintf("--mode %q: want enforce or audit", r.Mode)}
 	case f.ttl < 0:
 		return usageError{fmt.Sprintf("--ttl %s must be positive", f.ttl)}
@@ -80,10 +81,10 @@ func (f *sessionFlags) check() error {
 		if !ok || principal == "" {
 			return usageError{fmt.Sprintf("--origin %q: want KIND:PRINCIPAL, e.g. human:alice@example.com", f.origin)}
 		}
-		r.Origin = &attribution.Origin{Kind: kind, Principal: principal}
+		r.Origin = &v1.Origin{Kind: v1.OriginKind(kind), Principal: principal}
 	}
 	if f.agentID+f.agentName+f.agentVersion+f.agentOwner != "" {
-		r.Agent = &attribution.Agent{ID: f.agentID, Name: f.agentName, Version: f.agentVersion, Owner: f.agentOwner}
+		r.Agent = &v1.Agent{ID: f.agentID, Name: f.agentName, Version: f.agentVersion, Owner: f.agentOwner}
 	}
 	for _, l := range f.labels {
 		k, v, ok := strings.Cut(l, "=")
@@ -113,7 +114,7 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 		fmt.Fprintln(stderr, "usage: agentfence run [--socket PATH] --intent TEXT --allow RULE ... [--mode enforce|audit] [--dns scoped|none|any] [--ttl DURATION] [--origin KIND:PRINCIPAL] [--agent SPIFFE_ID] [--parent ID] [--keep-cap CAP ...] -- CMD [ARGS...]")
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&o.socket, "socket", api.DefaultSocket, "agentfenced API socket")
+	fs.StringVar(&o.socket, "socket", v1.DefaultSocket, "agentfenced API socket")
 	o.sess.register(fs)
 	var keep listFlag
 	fs.Var(&keep, "keep-cap", "leave the command this capability, which run otherwise drops (repeatable): "+gateList())
@@ -159,7 +160,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	client := api.NewClient(o.socket)
+	client := client.New(o.socket)
 	sess, err := client.Open(ctx, o.sess.req)
 	if err != nil {
 		return fmt.Errorf("open session: %w", err)

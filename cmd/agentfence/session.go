@@ -11,8 +11,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/agentfence/agentfence/api"
-	"github.com/agentfence/agentfence/attribution"
+	"github.com/agentfence/agentfence/api/client"
+	v1 "github.com/agentfence/agentfence/api/v1"
+
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -32,7 +33,7 @@ func sessionCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	verb := args[0]
 	fs := flag.NewFlagSet("agentfence session "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	socket := fs.String("socket", api.DefaultSocket, "agentfenced API socket")
+	socket := fs.String("socket", v1.DefaultSocket, "agentfenced API socket")
 	var sf sessionFlags
 	var allow listFlag
 	var pid uint
@@ -74,8 +75,8 @@ func sessionCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if (wantID && len(pos) != 1) || (!wantID && len(pos) != 0) {
 		return usageError{sessionUsage}
 	}
-	c := api.NewClient(*socket)
-	var s attribution.Session
+	c := client.New(*socket)
+	var s v1.Session
 	var err error
 	switch verb {
 	case "open":
@@ -104,7 +105,7 @@ func sessionCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if (pid == 0) == (container == "") {
 			return usageError{"bind: give exactly one of --pid and --container"}
 		}
-		s, err = c.Bind(ctx, pos[0], attribution.BindRequest{PID: uint32(pid), ContainerID: container})
+		s, err = c.Bind(ctx, pos[0], v1.BindRequest{PID: uint32(pid), ContainerID: container})
 	case "narrow":
 		if len(allow) == 0 {
 			return usageError{"narrow: give the new scope with --allow (a session with no rules: use revoke)"}
@@ -114,7 +115,7 @@ func sessionCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 				return usageError{"--allow: " + err.Error()}
 			}
 		}
-		s, err = c.Narrow(ctx, pos[0], attribution.NarrowRequest{Scope: allow})
+		s, err = c.Narrow(ctx, pos[0], v1.NarrowRequest{Scope: allow})
 	case "revoke":
 		s, err = c.Revoke(ctx, pos[0])
 	case "close":
@@ -128,7 +129,7 @@ func sessionCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return enc.Encode(s)
 }
 
-func printSessions(w io.Writer, ss []attribution.Session) error {
+func printSessions(w io.Writer, ss []v1.Session) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATE\tMODE\tORIGIN\tEXPIRES\tINTENT\tSCOPE")
 	for _, s := range ss {

@@ -20,6 +20,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agentfence/agentfence/internal/boottime"
+	"github.com/agentfence/agentfence/session"
+
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -90,6 +93,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "doctor" {
+		return doctor(ctx, args[1:], stdout, stderr)
+	}
 	o, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
@@ -159,7 +165,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Info("sockets of families no cgroup hook sees are refused by the BPF LSM")
 	}
 
-	clock := attribution.NewClock()
+	clock := boottime.NewClock()
 	procs, err := startProcesses(ctx, gate, cfg, log)
 	if err != nil {
 		log.Warn("process identity unavailable: records carry only pid, uid and comm", "err", err)
@@ -171,11 +177,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log.Info("connection teardown ready", "sockets_named_by", destroyer.Naming())
 	exportKernelPaths(reg, gate, destroyer, procs.progs != nil)
 
-	rc := attribution.DefaultConfig()
+	rc := session.DefaultConfig()
 	rc.DefaultTTL, rc.MaxTTL = cfg.Sessions.DefaultTTL.Std(), cfg.Sessions.MaxTTL.Std()
 	rc.ViolationBudget, rc.DriftAction = uint32(cfg.Sessions.ViolationBudget), cfg.Sessions.DriftAction
 	rc.MaxSessions, rc.StateFile, rc.CgroupRoot = cfg.Sessions.MaxSessions+1, stateFile, cfg.CgroupRoot
-	sessions := attribution.NewRegistry(rc, attribution.Deps{Kernel: gate,
+	sessions := session.NewRegistry(rc, session.Deps{Kernel: gate,
 		Cgroups: cgroupv2.Manager{Root: cfg.CgroupRoot, Base: filepath.Join(cfg.CgroupRoot, "agentfence")},
 		Sockets: sockets{destroyer}, Clock: clock, Emit: pipe.Emit, Log: log})
 	adopted, rewritten, err := sessions.Restore()
@@ -184,7 +190,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("sessions restored", "adopted", adopted, "rewritten", rewritten)
 	if !pinned {
-		self := attribution.Caller{ID: "agentfenced shutdown", UID: 0}
+		self := session.Caller{ID: "agentfenced shutdown", UID: 0}
 		defer func() {
 			if err := sessions.CloseAll(self); err != nil {
 				log.Error("close sessions", "err", err)
@@ -239,7 +245,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// which the process's own exit soon does; the whole Wait is spent only
 	// while the process reader lags the gate's. 100 ms left 1 of 1,000
 	// short-lived processes unattributed on 5.10 under emulation.
-	joiner := &attribution.Joiner{Registry: sessions, Clock: clock, Wait: time.Second, Names: gate}
+	joiner := &attribution.Joiner{Sessions: sessions, Clock: clock, Wait: time.Second, Names: gate}
 	if procs.cache != nil {
 		joiner.Processes = procs.cache
 	}
@@ -383,7 +389,7 @@ func primarySink(a config.Audit) audit.SinkConfig {
 // watchLoss turns increases of the kernel's lost-event counters into log
 // lines and gap records, so a reader that fell behind is visible in the
 // trail.
-func watchLoss(ctx context.Context, gate *enforcer.Gate, procs *processes, clock *attribution.Clock, emit func(audit.Record), log *slog.Logger) {
+func watchLoss(ctx context.Context, gate *enforcer.Gate, procs *processes, clock *boottime.Clock, emit func(audit.Record), log *slog.Logger) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	seen := map[string]uint64{}
@@ -407,7 +413,7 @@ func watchLoss(ctx context.Context, gate *enforcer.Gate, procs *processes, clock
 		for src, n := range counts {
 			if n > seen[src] {
 				log.Warn("kernel events lost: ring buffer full", "source", src, "lost", n-seen[src])
-				emit(audit.Record{Schema: audit.SchemaVersion, Time: clock.Wall(attribution.BootNS()), Kind: audit.KindGap,
+				emit(audit.Record{Schema: audit.SchemaVersion, Time: clock.Wall(boottime.Now()), Kind: audit.KindGap,
 					Gap: &audit.Gap{Source: src, Count: n - seen[src]}})
 				seen[src] = n
 			}

@@ -8,11 +8,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/session"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/agentfence/agentfence/attribution"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/enforcer/sockdestroy"
 )
@@ -22,13 +24,13 @@ import (
 // session id.
 type collector struct {
 	gate     *enforcer.Gate
-	sessions *attribution.Registry
+	sessions *session.Registry
 	procs    *processes
 
 	decisions, lost, active, cached, violations, entries, capacity, build *prometheus.Desc
 }
 
-func newCollector(gate *enforcer.Gate, sessions *attribution.Registry, procs *processes) *collector {
+func newCollector(gate *enforcer.Gate, sessions *session.Registry, procs *processes) *collector {
 	return &collector{gate: gate, sessions: sessions, procs: procs,
 		decisions:  prometheus.NewDesc("agentfence_decisions_total", "Gate decisions about session members, by verdict.", []string{"verdict"}, nil),
 		lost:       prometheus.NewDesc("agentfence_kernel_events_lost_total", "Kernel events dropped because a ring buffer was full.", []string{"source"}, nil),
@@ -69,8 +71,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.lost, c.procs.dropped.Load(), "exec_queue")
 	counts := c.sessions.StateCounts()
-	for _, st := range []string{attribution.StateActive, attribution.StateQuarantined, attribution.StateRevoked, attribution.StateExpired} {
-		gauge(c.active, counts[st], st)
+	for _, st := range []v1.State{v1.StateActive, v1.StateQuarantined, v1.StateRevoked, v1.StateExpired} {
+		gauge(c.active, counts[st], string(st))
 	}
 	if c.procs.cache != nil {
 		gauge(c.cached, c.procs.cache.Len())
@@ -84,7 +86,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 // metricsServer serves /metrics from the private registry, /healthz (the
 // process answers) and /readyz (programs attached and sessions adopted).
-func metricsServer(reg *prometheus.Registry, gate *enforcer.Gate, sessions *attribution.Registry, procs *processes, ready *atomic.Bool) *http.Server {
+func metricsServer(reg *prometheus.Registry, gate *enforcer.Gate, sessions *session.Registry, procs *processes, ready *atomic.Bool) *http.Server {
 	reg.MustRegister(newCollector(gate, sessions, procs), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))

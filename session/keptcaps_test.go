@@ -1,9 +1,11 @@
-package attribution
+package session
 
 import (
 	"slices"
 	"strings"
 	"testing"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
 )
 
 // The capabilities a launcher kept are checked, written canonically once
@@ -11,7 +13,7 @@ import (
 // lifecycle records and kept across a restart.
 func TestOpenKeptCaps(t *testing.T) {
 	e := stateEnv(t)
-	s := e.open(t, OpenRequest{Intent: "capture", Scope: []string{"10.0.0.0/8:443"},
+	s := e.open(t, v1.OpenRequest{Intent: "capture", Scope: []string{"10.0.0.0/8:443"},
 		KeptCaps: []string{"net_raw", "CAP_SYS_PTRACE", "Net_Raw"}}, admin)
 	want := []string{"CAP_NET_RAW", "CAP_SYS_PTRACE"}
 	if !slices.Equal(s.KeptCaps, want) {
@@ -61,8 +63,8 @@ func TestOpenRejectsBadKeptCaps(t *testing.T) {
 		{[]string{"chown"}, "kept_caps[0]", "CAP_CHOWN is not one"},
 	} {
 		e := newEnv(t, nil)
-		_, err := e.r.Open(OpenRequest{Intent: "x", Scope: []string{"10.0.0.0/8:443"}, KeptCaps: c.caps}, admin)
-		if got := wantErr(t, err, CodeInvalid, c.field); !strings.Contains(got.Message, c.msg) {
+		_, err := e.r.Open(v1.OpenRequest{Intent: "x", Scope: []string{"10.0.0.0/8:443"}, KeptCaps: c.caps}, admin)
+		if got := wantErr(t, err, v1.CodeInvalid, c.field); !strings.Contains(got.Message, c.msg) {
 			t.Errorf("%q: message %q does not name %s", c.caps, got.Message, c.msg)
 		}
 		if w := writes(e.j.since(0)); len(w) != 0 {

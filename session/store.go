@@ -1,4 +1,4 @@
-package attribution
+package session
 
 import (
 	"bufio"
@@ -12,13 +12,14 @@ import (
 	"path/filepath"
 	"slices"
 
+	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 )
 
 // persisted is a session as the state file keeps it.
 type persisted struct {
-	Session
+	v1.Session
 	Slot uint32 `json:"slot"`
 	Gen  uint64 `json:"gen"`
 }
@@ -48,7 +49,7 @@ const journalMax = 1 << 20
 // touch marks a session changed, for persist.
 func (r *Registry) touch(e *entry) { r.dirty[e.ID] = true }
 
-// persist writes what changed since the last call. Called with r.mu held.
+// persist writes what changed since the last call. Called by a change.
 func (r *Registry) persist() {
 	if r.cfg.StateFile == "" {
 		clear(r.dirty)
@@ -92,7 +93,7 @@ func (r *Registry) persist() {
 }
 
 // persisted is e as the state keeps it. Unlike public it shares e's
-// labels, pids and agent: it is only encoded, under r.mu.
+// labels, pids and agent: it is only encoded, by a change.
 func (e *entry) persisted() *persisted {
 	s := e.Session
 	s.Scope = texts(e.rules)
@@ -109,7 +110,7 @@ func (r *Registry) snapshot() error {
 	es := slices.SortedFunc(maps.Values(r.byID), func(a, b *entry) int { return cmp.Compare(a.slot, b.slot) })
 	err := writeAtomic(r.cfg.StateFile, func(w *bufio.Writer) error {
 		// One session a line: {"version":1,"sessions":[\n{…}\n,{…}\n]}
-		fmt.Fprintf(w, "{\"version\":%d,\"sessions\":[\n", ModelVersion)
+		fmt.Fprintf(w, "{\"version\":%d,\"sessions\":[\n", v1.ModelVersion)
 		enc := json.NewEncoder(w)
 		for i, e := range es {
 			if i > 0 {
@@ -148,8 +149,8 @@ func loadState(path string) (stateFile, error) {
 	if err := json.Unmarshal(b, &st); err != nil {
 		return st, fmt.Errorf("state file %s: %w", path, err)
 	}
-	if st.Version != ModelVersion {
-		return st, fmt.Errorf("state file %s has version %d, this daemon reads %d", path, st.Version, ModelVersion)
+	if st.Version != v1.ModelVersion {
+		return st, fmt.Errorf("state file %s has version %d, this daemon reads %d", path, st.Version, v1.ModelVersion)
 	}
 	j, err := os.ReadFile(path + ".log")
 	if os.IsNotExist(err) {
@@ -220,8 +221,8 @@ func writeAtomic(path string, write func(*bufio.Writer) error) error {
 // processes are confined again. Sessions whose cgroup is gone are dropped.
 // It returns how many sessions were adopted and rewritten.
 func (r *Registry) Restore() (adopted, rewritten int, err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.begin()
+	defer r.end()
 	defer func() {
 		// What no restored session claimed belongs to sessions that are
 		// gone; after a failed restore nothing is touched.
@@ -232,11 +233,13 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 			r.log.Error("detach unclaimed hostname programs", "err", err)
 		}
 	}()
-	for slot := 1; slot < len(r.gens); slot++ {
+	gens := slices.Clone(r.gens)
+	for slot := 1; slot < len(gens); slot++ {
 		if st, err := r.kernel.Session(uint32(slot)); err == nil {
-			r.gens[slot] = st.Gen
+			gens[slot] = st.Gen
 		}
 	}
+	r.write(func() { r.gens = gens })
 	if r.cfg.StateFile == "" {
 		return 0, 0, nil
 	}
@@ -282,8 +285,10 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 			}
 			rewritten++
 		}
-		r.gens[e.slot] = e.gen
-		r.add(e)
+		r.write(func() {
+			r.gens[e.slot] = e.gen
+			r.add(e)
+		})
 		r.lifecycle(e, "adopted", "agentfenced", "")
 	}
 	if n := r.bindRunning(); n > 0 {
@@ -299,7 +304,7 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 			r.log.Error("state: hostname programs", "session", e.ID, "err", err)
 		}
 	}
-	r.rebuildFree()
+	r.write(r.rebuildFree)
 	r.persist()
 	return adopted, rewritten, nil
 }
@@ -342,16 +347,12 @@ func (r *Registry) bindRunning() int {
 }
 
 func (r *Registry) rewrite(e *entry) error {
-	e.DNS = e.dnsMode()
-	mode := enforcer.ModeEnforce
-	if e.Mode == "audit" {
-		mode = enforcer.ModeAudit
-	}
-	ks := r.kernelState(e, mode)
+	e.DNS = string(e.dnsMode())
+	ks := r.kernelState(e)
 	switch e.State {
-	case StateRevoked:
+	case v1.StateRevoked:
 		ks.State = enforcer.StateRevoked
-	case StateQuarantined:
+	case v1.StateQuarantined:
 		ks.State = enforcer.StateQuarantined
 	}
 	if err := r.writePolicy(e, e.compiled()); err != nil {

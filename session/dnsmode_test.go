@@ -1,9 +1,10 @@
-package attribution
+package session
 
 import (
 	"strings"
 	"testing"
 
+	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -16,7 +17,7 @@ func TestOpenDNSMode(t *testing.T) {
 		r := req("dns "+tc.dns, "udp://127.0.0.53:53", "api.example.com:443")
 		r.DNS = tc.dns
 		s := e.open(t, r, admin)
-		if s.DNS != tc.want {
+		if scope.DNSMode(s.DNS) != tc.want {
 			t.Errorf("dns %q: session dns %q, want %q", tc.dns, s.DNS, tc.want)
 		}
 		if ks := e.k.session(e.entry(t, s.ID).slot); ks.DNS != tc.want {
@@ -32,7 +33,7 @@ func TestOpenDNSMode(t *testing.T) {
 	r := req("bad dns", "udp://127.0.0.53:53")
 	r.DNS = "some"
 	_, err := e.r.Open(r, admin)
-	if ae := wantErr(t, err, CodeInvalid, "dns"); !strings.Contains(ae.Message, `"some"`) {
+	if ae := wantErr(t, err, v1.CodeInvalid, "dns"); !strings.Contains(ae.Message, `"some"`) {
 		t.Errorf("error %q does not name the mode", ae.Message)
 	}
 	if w := writes(e.j.since(mark)); len(w) != 0 {
@@ -49,11 +50,11 @@ func TestDelegatedDNSMode(t *testing.T) {
 		dns  string
 		want scope.DNSMode // "" = refused
 	}{{"", scope.DNSScoped}, {"none", scope.DNSNone}, {"scoped", scope.DNSScoped}, {"any", ""}} {
-		r := OpenRequest{Intent: "child dns " + tc.dns, Scope: []string{"api.example.com:443"}, DNS: tc.dns}
+		r := v1.OpenRequest{Intent: "child dns " + tc.dns, Scope: []string{"api.example.com:443"}, DNS: tc.dns}
 		mark := d.j.len()
 		c, err := d.r.Open(r, d.agent)
 		if tc.want == "" {
-			if ae := wantErr(t, err, CodeInvalid, "dns"); !strings.Contains(ae.Message, "widen") {
+			if ae := wantErr(t, err, v1.CodeInvalid, "dns"); !strings.Contains(ae.Message, "widen") {
 				t.Errorf("dns %q: %q", tc.dns, ae.Message)
 			}
 			if w := writes(d.j.since(mark)); len(w) != 0 {
@@ -64,7 +65,7 @@ func TestDelegatedDNSMode(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dns %q: %v", tc.dns, err)
 		}
-		if c.DNS != tc.want {
+		if scope.DNSMode(c.DNS) != tc.want {
 			t.Errorf("child dns %q: got %q, want %q", tc.dns, c.DNS, tc.want)
 		}
 	}
@@ -76,10 +77,10 @@ func TestDelegatedDNSMode(t *testing.T) {
 	ps := d.open(t, p, admin)
 	d.cg.setOf(6000, ps.Binding.Cgroup)
 	member := Caller{ID: "uid:1001", PID: 6000, UID: 1001}
-	c, err := d.r.Open(OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16:443"}}, member)
-	if err != nil || c.DNS != scope.DNSNone {
+	c, err := d.r.Open(v1.OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16:443"}}, member)
+	if err != nil || scope.DNSMode(c.DNS) != scope.DNSNone {
 		t.Errorf("child of a none parent: %q, %v", c.DNS, err)
 	}
-	_, err = d.r.Open(OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16:443"}, DNS: "scoped"}, member)
-	wantErr(t, err, CodeInvalid, "dns")
+	_, err = d.r.Open(v1.OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16:443"}, DNS: "scoped"}, member)
+	wantErr(t, err, v1.CodeInvalid, "dns")
 }

@@ -1,4 +1,6 @@
-package api
+// Package client is the local API's client, for the agentfence CLI and
+// launchers; it links none of the daemon.
+package client
 
 import (
 	"bytes"
@@ -13,11 +15,8 @@ import (
 	"os"
 	"syscall"
 
-	"github.com/agentfence/agentfence/attribution"
+	v1 "github.com/agentfence/agentfence/api/v1"
 )
-
-// DefaultSocket is where agentfenced listens unless told otherwise.
-const DefaultSocket = "/run/agentfence/api.sock"
 
 // Client talks to agentfenced over its unix socket.
 type Client struct {
@@ -25,8 +24,8 @@ type Client struct {
 	http   *http.Client
 }
 
-// NewClient returns a client for the daemon listening on socket.
-func NewClient(socket string) *Client {
+// New returns a client for the daemon listening on socket.
+func New(socket string) *Client {
 	return &Client{socket: socket, http: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -36,15 +35,15 @@ func NewClient(socket string) *Client {
 }
 
 // Open opens a session.
-func (c *Client) Open(ctx context.Context, req attribution.OpenRequest) (attribution.Session, error) {
-	var s attribution.Session
+func (c *Client) Open(ctx context.Context, req v1.OpenRequest) (v1.Session, error) {
+	var s v1.Session
 	return s, c.do(ctx, http.MethodPost, "/v1/sessions", req, &s)
 }
 
 // List lists the open sessions matching the query filters (state, origin,
 // agent, parent, label=key=value).
-func (c *Client) List(ctx context.Context, filters url.Values) ([]attribution.Session, error) {
-	var s []attribution.Session
+func (c *Client) List(ctx context.Context, filters url.Values) ([]v1.Session, error) {
+	var s []v1.Session
 	path := "/v1/sessions"
 	if len(filters) > 0 {
 		path += "?" + filters.Encode()
@@ -53,26 +52,26 @@ func (c *Client) List(ctx context.Context, filters url.Values) ([]attribution.Se
 }
 
 // Bind binds a process or a container to a session.
-func (c *Client) Bind(ctx context.Context, id string, req attribution.BindRequest) (attribution.Session, error) {
-	var s attribution.Session
+func (c *Client) Bind(ctx context.Context, id string, req v1.BindRequest) (v1.Session, error) {
+	var s v1.Session
 	return s, c.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(id)+"/bind", req, &s)
 }
 
 // Narrow narrows a session's scope.
-func (c *Client) Narrow(ctx context.Context, id string, req attribution.NarrowRequest) (attribution.Session, error) {
-	var s attribution.Session
+func (c *Client) Narrow(ctx context.Context, id string, req v1.NarrowRequest) (v1.Session, error) {
+	var s v1.Session
 	return s, c.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(id)+"/narrow", req, &s)
 }
 
 // Revoke revokes a session.
-func (c *Client) Revoke(ctx context.Context, id string) (attribution.Session, error) {
-	var s attribution.Session
+func (c *Client) Revoke(ctx context.Context, id string) (v1.Session, error) {
+	var s v1.Session
 	return s, c.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(id)+"/revoke", struct{}{}, &s)
 }
 
 // Get returns one session.
-func (c *Client) Get(ctx context.Context, id string) (attribution.Session, error) {
-	var s attribution.Session
+func (c *Client) Get(ctx context.Context, id string) (v1.Session, error) {
+	var s v1.Session
 	return s, c.do(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(id), nil, &s)
 }
 
@@ -108,7 +107,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
 		var e struct {
-			Error *attribution.Error `json:"error"`
+			Error *v1.Error `json:"error"`
 		}
 		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e); err != nil || e.Error == nil {
 			return fmt.Errorf("agentfenced: %s", resp.Status)

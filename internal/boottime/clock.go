@@ -1,4 +1,5 @@
-package attribution
+// Package boottime converts between the kernel's boot clock and wall time.
+package boottime
 
 import (
 	"time"
@@ -6,10 +7,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// BootNS is now on CLOCK_BOOTTIME, the clock the kernel stamps events and
+// Now is the time on CLOCK_BOOTTIME, the clock the kernel stamps events and
 // session expiries with (it keeps counting through suspend and is never
 // stepped, unlike the wall clock).
-func BootNS() uint64 {
+func Now() uint64 {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
 	return uint64(ts.Nano())
@@ -32,9 +33,9 @@ func NewClock() *Clock {
 // Sync re-measures the offset, reading the boot clock on both sides of the
 // wall clock so the error is at most half the bracket.
 func (c *Clock) Sync() {
-	b1 := BootNS()
+	b1 := Now()
 	wall := time.Now().UnixNano()
-	b2 := BootNS()
+	b2 := Now()
 	c.offset = wall - int64(b1+(b2-b1)/2)
 }
 

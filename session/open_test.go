@@ -1,4 +1,4 @@
-package attribution
+package session
 
 import (
 	"fmt"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/scope"
@@ -28,47 +29,47 @@ func TestOpenValidation(t *testing.T) {
 	for i := range scope.MaxPortRules {
 		crowded = append(crowded, fmt.Sprintf("10.0.0.0/%d", 16+i))
 	}
-	ok := func(mod func(*OpenRequest)) OpenRequest {
-		r := OpenRequest{Intent: "fetch the nightly report", Scope: []string{"10.0.0.0/8:443", "api.example.com:443"}}
+	ok := func(mod func(*v1.OpenRequest)) v1.OpenRequest {
+		r := v1.OpenRequest{Intent: "fetch the nightly report", Scope: []string{"10.0.0.0/8:443", "api.example.com:443"}}
 		mod(&r)
 		return r
 	}
 	cases := []struct {
 		name  string
-		req   OpenRequest
-		code  string
+		req   v1.OpenRequest
+		code  v1.Code
 		field string
 	}{
-		{"empty intent", ok(func(r *OpenRequest) { r.Intent = "" }), CodeInvalid, "intent"},
-		{"whitespace intent", ok(func(r *OpenRequest) { r.Intent = " \t\n " }), CodeInvalid, "intent"},
-		{"oversize intent", ok(func(r *OpenRequest) { r.Intent = strings.Repeat("x", maxIntentBytes+1) }), CodeInvalid, "intent"},
-		{"invalid utf-8 intent", ok(func(r *OpenRequest) { r.Intent = "report \xff\xfe" }), CodeInvalid, "intent"},
-		{"unknown mode", ok(func(r *OpenRequest) { r.Mode = "block" }), CodeInvalid, "mode"},
-		{"ttl not a duration", ok(func(r *OpenRequest) { r.TTL = "soon" }), CodeInvalid, "ttl"},
-		{"ttl without unit", ok(func(r *OpenRequest) { r.TTL = "30" }), CodeInvalid, "ttl"},
-		{"ttl zero", ok(func(r *OpenRequest) { r.TTL = "0s" }), CodeInvalid, "ttl"},
-		{"ttl negative", ok(func(r *OpenRequest) { r.TTL = "-5m" }), CodeInvalid, "ttl"},
-		{"ttl above max", ok(func(r *OpenRequest) { r.TTL = "24h0m1s" }), CodeInvalid, "ttl"},
-		{"bad rule", ok(func(r *OpenRequest) { r.Scope = []string{"10.0.0.0/8:443", "ftp://10.0.0.1"} }), CodeInvalid, "scope[1]"},
-		{"host bits set", ok(func(r *OpenRequest) { r.Scope = []string{"10.0.0.1/8"} }), CodeInvalid, "scope[0]"},
-		{"in: on a hostname", ok(func(r *OpenRequest) { r.Scope = []string{"in:api.example.com:443"} }), CodeInvalid, "scope[0]"},
-		{"empty rule", ok(func(r *OpenRequest) { r.Scope = []string{"1.1.1.1", "  "} }), CodeInvalid, "scope[1]"},
-		{"too many rules", ok(func(r *OpenRequest) { r.Scope = tooManyRules }), CodeInvalid, "scope"},
-		{"too many rules cover one address", ok(func(r *OpenRequest) { r.Scope = crowded }), CodeInvalid, "scope"},
-		{"unknown origin kind", ok(func(r *OpenRequest) { r.Origin = &Origin{Kind: "robot", Principal: "x"} }), CodeInvalid, "origin.kind"},
-		{"empty origin kind", ok(func(r *OpenRequest) { r.Origin = &Origin{Principal: "x"} }), CodeInvalid, "origin.kind"},
-		{"empty principal", ok(func(r *OpenRequest) { r.Origin = &Origin{Kind: "human", Principal: " "} }), CodeInvalid, "origin.principal"},
-		{"control char principal", ok(func(r *OpenRequest) { r.Origin = &Origin{Kind: "schedule", Principal: "a\x1bb"} }), CodeInvalid, "origin.principal"},
-		{"invalid spiffe id", ok(func(r *OpenRequest) { r.Agent = &Agent{ID: "agent-7", Name: "x"} }), CodeInvalid, "agent.id"},
-		{"spiffe id wrong scheme", ok(func(r *OpenRequest) { r.Agent = &Agent{ID: "https://example.org/agent"} }), CodeInvalid, "agent.id"},
-		{"agent name control char", ok(func(r *OpenRequest) { r.Agent = &Agent{Name: "a\x00"} }), CodeInvalid, "agent.name"},
-		{"agent owner too long", ok(func(r *OpenRequest) { r.Agent = &Agent{Owner: strings.Repeat("o", maxTextBytes+1)} }), CodeInvalid, "agent.owner"},
-		{"too many labels", ok(func(r *OpenRequest) { r.Labels = manyLabels }), CodeInvalid, "labels"},
-		{"control char in label value", ok(func(r *OpenRequest) { r.Labels = map[string]string{"team": "a\nb"} }), CodeInvalid, "labels.team"},
-		{"DEL in label value", ok(func(r *OpenRequest) { r.Labels = map[string]string{"team": "a\x7f"} }), CodeInvalid, "labels.team"},
-		{"control char in label key", ok(func(r *OpenRequest) { r.Labels = map[string]string{"te\tam": "x"} }), CodeInvalid, "labels key"},
-		{"empty label key", ok(func(r *OpenRequest) { r.Labels = map[string]string{"": "x"} }), CodeInvalid, "labels key"},
-		{"unknown parent", ok(func(r *OpenRequest) { r.Parent = "s-nope" }), CodeInvalid, "parent"},
+		{"empty intent", ok(func(r *v1.OpenRequest) { r.Intent = "" }), v1.CodeInvalid, "intent"},
+		{"whitespace intent", ok(func(r *v1.OpenRequest) { r.Intent = " \t\n " }), v1.CodeInvalid, "intent"},
+		{"oversize intent", ok(func(r *v1.OpenRequest) { r.Intent = strings.Repeat("x", maxIntentBytes+1) }), v1.CodeInvalid, "intent"},
+		{"invalid utf-8 intent", ok(func(r *v1.OpenRequest) { r.Intent = "report \xff\xfe" }), v1.CodeInvalid, "intent"},
+		{"unknown mode", ok(func(r *v1.OpenRequest) { r.Mode = "block" }), v1.CodeInvalid, "mode"},
+		{"ttl not a duration", ok(func(r *v1.OpenRequest) { r.TTL = "soon" }), v1.CodeInvalid, "ttl"},
+		{"ttl without unit", ok(func(r *v1.OpenRequest) { r.TTL = "30" }), v1.CodeInvalid, "ttl"},
+		{"ttl zero", ok(func(r *v1.OpenRequest) { r.TTL = "0s" }), v1.CodeInvalid, "ttl"},
+		{"ttl negative", ok(func(r *v1.OpenRequest) { r.TTL = "-5m" }), v1.CodeInvalid, "ttl"},
+		{"ttl above max", ok(func(r *v1.OpenRequest) { r.TTL = "24h0m1s" }), v1.CodeInvalid, "ttl"},
+		{"bad rule", ok(func(r *v1.OpenRequest) { r.Scope = []string{"10.0.0.0/8:443", "ftp://10.0.0.1"} }), v1.CodeInvalid, "scope[1]"},
+		{"host bits set", ok(func(r *v1.OpenRequest) { r.Scope = []string{"10.0.0.1/8"} }), v1.CodeInvalid, "scope[0]"},
+		{"in: on a hostname", ok(func(r *v1.OpenRequest) { r.Scope = []string{"in:api.example.com:443"} }), v1.CodeInvalid, "scope[0]"},
+		{"empty rule", ok(func(r *v1.OpenRequest) { r.Scope = []string{"1.1.1.1", "  "} }), v1.CodeInvalid, "scope[1]"},
+		{"too many rules", ok(func(r *v1.OpenRequest) { r.Scope = tooManyRules }), v1.CodeInvalid, "scope"},
+		{"too many rules cover one address", ok(func(r *v1.OpenRequest) { r.Scope = crowded }), v1.CodeInvalid, "scope"},
+		{"unknown origin kind", ok(func(r *v1.OpenRequest) { r.Origin = &v1.Origin{Kind: "robot", Principal: "x"} }), v1.CodeInvalid, "origin.kind"},
+		{"empty origin kind", ok(func(r *v1.OpenRequest) { r.Origin = &v1.Origin{Principal: "x"} }), v1.CodeInvalid, "origin.kind"},
+		{"empty principal", ok(func(r *v1.OpenRequest) { r.Origin = &v1.Origin{Kind: "human", Principal: " "} }), v1.CodeInvalid, "origin.principal"},
+		{"control char principal", ok(func(r *v1.OpenRequest) { r.Origin = &v1.Origin{Kind: "schedule", Principal: "a\x1bb"} }), v1.CodeInvalid, "origin.principal"},
+		{"invalid spiffe id", ok(func(r *v1.OpenRequest) { r.Agent = &v1.Agent{ID: "agent-7", Name: "x"} }), v1.CodeInvalid, "agent.id"},
+		{"spiffe id wrong scheme", ok(func(r *v1.OpenRequest) { r.Agent = &v1.Agent{ID: "https://example.org/agent"} }), v1.CodeInvalid, "agent.id"},
+		{"agent name control char", ok(func(r *v1.OpenRequest) { r.Agent = &v1.Agent{Name: "a\x00"} }), v1.CodeInvalid, "agent.name"},
+		{"agent owner too long", ok(func(r *v1.OpenRequest) { r.Agent = &v1.Agent{Owner: strings.Repeat("o", maxTextBytes+1)} }), v1.CodeInvalid, "agent.owner"},
+		{"too many labels", ok(func(r *v1.OpenRequest) { r.Labels = manyLabels }), v1.CodeInvalid, "labels"},
+		{"control char in label value", ok(func(r *v1.OpenRequest) { r.Labels = map[string]string{"team": "a\nb"} }), v1.CodeInvalid, "labels.team"},
+		{"DEL in label value", ok(func(r *v1.OpenRequest) { r.Labels = map[string]string{"team": "a\x7f"} }), v1.CodeInvalid, "labels.team"},
+		{"control char in label key", ok(func(r *v1.OpenRequest) { r.Labels = map[string]string{"te\tam": "x"} }), v1.CodeInvalid, "labels key"},
+		{"empty label key", ok(func(r *v1.OpenRequest) { r.Labels = map[string]string{"": "x"} }), v1.CodeInvalid, "labels key"},
+		{"unknown parent", ok(func(r *v1.OpenRequest) { r.Parent = "s-nope" }), v1.CodeInvalid, "parent"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -94,16 +95,16 @@ func TestOpenValidation(t *testing.T) {
 func TestOpenDefaults(t *testing.T) {
 	e := newEnv(t, nil)
 	before := time.Now()
-	s := e.open(t, OpenRequest{Intent: "  summarise tickets  ", Scope: []string{"tcp://10.0.0.0/8:443", "udp://[fd00::]/8:53"},
+	s := e.open(t, v1.OpenRequest{Intent: "  summarise tickets  ", Scope: []string{"tcp://10.0.0.0/8:443", "udp://[fd00::]/8:53"},
 		Labels: map[string]string{"team": "support"}}, admin)
 	if s.Intent != "summarise tickets" {
 		t.Errorf("intent = %q, want trimmed", s.Intent)
 	}
-	if s.Origin != (Origin{Kind: "human", Principal: admin.ID}) {
+	if s.Origin != (v1.Origin{Kind: "human", Principal: admin.ID}) {
 		t.Errorf("origin = %+v, want human/%s", s.Origin, admin.ID)
 	}
 	// Address rules only, no dns asked for: scoped, the safe default.
-	if s.Mode != "enforce" || s.State != StateActive || s.Version != ModelVersion || s.OpenedBy != admin.ID || s.DNS != scope.DNSScoped {
+	if s.Mode != "enforce" || s.State != v1.StateActive || s.Version != v1.ModelVersion || s.OpenedBy != admin.ID || scope.DNSMode(s.DNS) != scope.DNSScoped {
 		t.Errorf("session = %+v", s)
 	}
 	if !strings.HasPrefix(s.ID, "s-") || len(s.ID) != 2+32 {
@@ -143,15 +144,15 @@ func TestOpenDefaults(t *testing.T) {
 		t.Errorf("Open returned the registry's own slices: %+v", g)
 	}
 
-	a := e.open(t, OpenRequest{Intent: "x", Mode: "audit", TTL: "90s", Scope: []string{"1.1.1.1:53"},
-		Origin: &Origin{Kind: "schedule", Principal: "nightly"}, Agent: &Agent{ID: "spiffe://example.org/agent/7", Name: "bot"}}, admin)
+	a := e.open(t, v1.OpenRequest{Intent: "x", Mode: "audit", TTL: "90s", Scope: []string{"1.1.1.1:53"},
+		Origin: &v1.Origin{Kind: "schedule", Principal: "nightly"}, Agent: &v1.Agent{ID: "spiffe://example.org/agent/7", Name: "bot"}}, admin)
 	if a.Mode != "audit" || a.TTL != "1m30s" || a.Origin.Kind != "schedule" || a.Agent.ID != "spiffe://example.org/agent/7" {
 		t.Errorf("audit session = %+v", a)
 	}
 	if ks := e.k.session(e.entry(t, a.ID).slot); ks.Mode != enforcer.ModeAudit {
 		t.Errorf("kernel mode = %d, want audit", ks.Mode)
 	}
-	if ttl := e.open(t, OpenRequest{Intent: "x", TTL: "24h"}, admin); ttl.ExpiresAt.Sub(ttl.CreatedAt) != 24*time.Hour {
+	if ttl := e.open(t, v1.OpenRequest{Intent: "x", TTL: "24h"}, admin); ttl.ExpiresAt.Sub(ttl.CreatedAt) != 24*time.Hour {
 		t.Errorf("ttl at the maximum was not accepted as is: %s", ttl.TTL)
 	}
 }
@@ -211,7 +212,7 @@ func TestOpenRollback(t *testing.T) {
 				e.k.failNext(step)
 			}
 			_, err := e.r.Open(req("x", "10.0.0.0/8:443", "192.168.0.0/16", "api.example.com:443"), admin)
-			wantErr(t, err, CodeKernel, "")
+			wantErr(t, err, v1.CodeKernel, "")
 			e.k.assertClean(t)
 			if live := e.cg.live(t); len(live) != 0 {
 				t.Errorf("cgroups left: %v", live)
@@ -247,7 +248,7 @@ func TestCapacity(t *testing.T) {
 	e.open(t, req("b"), admin)
 	mark := e.j.len()
 	_, err := e.r.Open(req("c"), admin)
-	wantErr(t, err, CodeCapacity, "")
+	wantErr(t, err, v1.CodeCapacity, "")
 	if w := writes(e.j.since(mark)); len(w) != 0 {
 		t.Errorf("capacity error wrote %v", opNames(w))
 	}
@@ -265,7 +266,7 @@ func TestGenerations(t *testing.T) {
 	if err := e.r.Close(a.ID, admin); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.r.Get(a.ID, admin); !IsNotFound(err) {
+	if _, err := e.r.Get(a.ID, admin); !v1.IsNotFound(err) {
 		t.Errorf("Get after close: %v, want not found", err)
 	}
 	e.k.assertClean(t)
@@ -290,11 +291,11 @@ func TestGenerations(t *testing.T) {
 	}
 
 	old, ok := e.r.resolve(slot, gen)
-	if !ok || old.session.ID != a.ID || old.session.Intent != "first" || old.rules[0].String() != "10.0.0.0/8" {
+	if !ok || old.Session.ID != a.ID || old.Session.Intent != "first" || old.Rules[0].String() != "10.0.0.0/8" {
 		t.Errorf("resolve(old gen) = %+v %v, want the closed session %s", old, ok, a.ID)
 	}
 	cur, ok := e.r.resolve(slot, gen+1)
-	if !ok || cur.session.ID != b.ID || cur.rules[0].String() != "192.168.0.0/16" {
+	if !ok || cur.Session.ID != b.ID || cur.Rules[0].String() != "192.168.0.0/16" {
 		t.Errorf("resolve(new gen) = %+v %v, want %s", cur, ok, b.ID)
 	}
 	if _, ok := e.r.resolve(slot, gen+2); ok {
@@ -307,7 +308,7 @@ func TestGenerations(t *testing.T) {
 
 func TestRecentClosedIsBounded(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.MaxSessions = 2 })
-	var first Session
+	var first v1.Session
 	for i := range recentClosed + 1 {
 		s := e.open(t, req("x"), admin)
 		if i == 0 {
@@ -323,7 +324,7 @@ func TestRecentClosedIsBounded(t *testing.T) {
 	if _, ok := e.r.resolve(1, 1); ok {
 		t.Errorf("the oldest closed session %s is still resolvable", first.ID)
 	}
-	if a, ok := e.r.resolve(1, recentClosed+1); !ok || a.session.Intent != "x" {
+	if a, ok := e.r.resolve(1, recentClosed+1); !ok || a.Session.Intent != "x" {
 		t.Error("the newest closed session is not resolvable")
 	}
 }
@@ -331,7 +332,7 @@ func TestRecentClosedIsBounded(t *testing.T) {
 func TestCloseTeardown(t *testing.T) {
 	e := newEnv(t, nil)
 	p := e.open(t, req("parent", "10.0.0.0/8", "api.example.com:443"), admin)
-	c := e.open(t, OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16"}, Parent: p.ID}, admin)
+	c := e.open(t, v1.OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16"}, Parent: p.ID}, admin)
 	if filepath.Dir(c.Binding.Cgroup) != p.Binding.Cgroup {
 		t.Fatalf("child cgroup %s not below %s", c.Binding.Cgroup, p.Binding.Cgroup)
 	}
@@ -367,7 +368,7 @@ func TestCloseTeardown(t *testing.T) {
 	if ci < 0 || pi < 0 || ci > pi {
 		t.Errorf("closed records: child at %d, parent at %d", ci, pi)
 	}
-	if err := e.r.Close(p.ID, admin); !IsNotFound(err) {
+	if err := e.r.Close(p.ID, admin); !v1.IsNotFound(err) {
 		t.Errorf("second close: %v, want not found", err)
 	}
 }
@@ -393,7 +394,7 @@ func TestCloseWaitsForEventSync(t *testing.T) {
 func TestCloseAll(t *testing.T) {
 	e := newEnv(t, nil)
 	p := e.open(t, req("p", "10.0.0.0/8"), admin)
-	e.open(t, OpenRequest{Intent: "c", Scope: []string{"10.0.0.0/9"}, Parent: p.ID}, admin)
+	e.open(t, v1.OpenRequest{Intent: "c", Scope: []string{"10.0.0.0/9"}, Parent: p.ID}, admin)
 	e.open(t, req("q"), admin)
 	if err := e.r.CloseAll(admin); err != nil {
 		t.Fatal(err)
@@ -406,9 +407,9 @@ func TestCloseAll(t *testing.T) {
 
 func TestListFilters(t *testing.T) {
 	e := newEnv(t, nil)
-	a := e.open(t, OpenRequest{Intent: "a", Labels: map[string]string{"team": "red"}, Agent: &Agent{Name: "bot"}}, admin)
+	a := e.open(t, v1.OpenRequest{Intent: "a", Labels: map[string]string{"team": "red"}, Agent: &v1.Agent{Name: "bot"}}, admin)
 	time.Sleep(time.Millisecond)
-	b := e.open(t, OpenRequest{Intent: "b", Origin: &Origin{Kind: "schedule", Principal: "cron"}, Parent: a.ID}, admin)
+	b := e.open(t, v1.OpenRequest{Intent: "b", Origin: &v1.Origin{Kind: "schedule", Principal: "cron"}, Parent: a.ID}, admin)
 	if got := ids(e.r.List(Filter{})); !slices.Equal(got, sortedIDs(a.ID, b.ID)) {
 		t.Errorf("all = %v", got)
 	}
@@ -423,7 +424,7 @@ func TestListFilters(t *testing.T) {
 		"agent":  {Filter{Agent: "bot"}, []string{a.ID}},
 		"parent": {Filter{Parent: a.ID}, []string{b.ID}},
 		"label":  {Filter{Label: "team=red"}, []string{a.ID}},
-		"state":  {Filter{State: StateRevoked}, []string{}},
+		"state":  {Filter{State: v1.StateRevoked}, []string{}},
 	} {
 		if got := ids(e.r.List(tc.f)); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: %v, want %v", name, got, tc.want)
@@ -445,10 +446,10 @@ func TestStateCounts(t *testing.T) {
 	if err := e.k.SetState(q.slot, q.gen, enforcer.StateQuarantined); err != nil {
 		t.Fatal(err)
 	}
-	e.open(t, OpenRequest{Intent: "expired", Scope: []string{"10.0.0.0/8:443"}, TTL: "1ms"}, admin)
+	e.open(t, v1.OpenRequest{Intent: "expired", Scope: []string{"10.0.0.0/8:443"}, TTL: "1ms"}, admin)
 	time.Sleep(2 * time.Millisecond)
 
-	want := map[string]int{}
+	want := map[v1.State]int{}
 	for _, s := range e.r.List(Filter{}) {
 		want[s.State]++
 	}

@@ -1,4 +1,4 @@
-package attribution
+package session
 
 import (
 	"encoding/json"
@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/enforcer"
 )
 
@@ -38,23 +39,23 @@ func writeState(t *testing.T, path string, st stateFile) {
 
 // twoSessions opens a session with a bound pid and a container, and an
 // audit-mode session.
-func twoSessions(t *testing.T, e *env) (a, b Session) {
+func twoSessions(t *testing.T, e *env) (a, b v1.Session) {
 	t.Helper()
-	a = e.open(t, OpenRequest{Intent: "a", Scope: []string{"10.0.0.0/8:443", "api.example.com:443"}, Labels: map[string]string{"k": "v"},
-		Agent: &Agent{ID: "spiffe://example.org/a", Name: "a"}}, admin)
+	a = e.open(t, v1.OpenRequest{Intent: "a", Scope: []string{"10.0.0.0/8:443", "api.example.com:443"}, Labels: map[string]string{"k": "v"},
+		Agent: &v1.Agent{ID: "spiffe://example.org/a", Name: "a"}}, admin)
 	ct := filepath.Join(e.cg.base, "ct.scope")
 	if err := os.Mkdir(ct, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	ctID, _ := inode(ct)
 	e.cg.containers["abcdefabcdef0000"] = container{path: ct, id: ctID}
-	if _, err := e.r.Bind(a.ID, BindRequest{ContainerID: "abcdefabcdef"}, admin); err != nil {
+	if _, err := e.r.Bind(a.ID, v1.BindRequest{ContainerID: "abcdefabcdef"}, admin); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.r.Bind(a.ID, BindRequest{PID: uint32(os.Getpid())}, admin); err != nil {
+	if _, err := e.r.Bind(a.ID, v1.BindRequest{PID: uint32(os.Getpid())}, admin); err != nil {
 		t.Fatal(err)
 	}
-	b = e.open(t, OpenRequest{Intent: "b", Mode: "audit", Scope: []string{"10.1.0.0/16:443"}}, admin)
+	b = e.open(t, v1.OpenRequest{Intent: "b", Mode: "audit", Scope: []string{"10.1.0.0/16:443"}}, admin)
 	return e.get(t, a.ID), b
 }
 
@@ -62,7 +63,7 @@ func TestPersist(t *testing.T) {
 	e := stateEnv(t)
 	a, b := twoSessions(t, e)
 	st := readState(t, e.cfg.StateFile)
-	if st.Version != ModelVersion || len(st.Sessions) != 2 {
+	if st.Version != v1.ModelVersion || len(st.Sessions) != 2 {
 		t.Fatalf("state = version %d, %d sessions", st.Version, len(st.Sessions))
 	}
 	for _, p := range st.Sessions {
@@ -337,7 +338,7 @@ func TestStateJournal(t *testing.T) {
 		ids = append(ids, e.open(t, req(fmt.Sprint("s", i), "10.0.0.0/8"), admin).ID)
 	}
 	for _, id := range ids[:5] {
-		if _, err := e.r.Narrow(id, NarrowRequest{Scope: []string{"10.1.0.0/16"}}, admin); err != nil {
+		if _, err := e.r.Narrow(id, v1.NarrowRequest{Scope: []string{"10.1.0.0/16"}}, admin); err != nil {
 			t.Fatal(err)
 		}
 	}

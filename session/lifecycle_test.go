@@ -1,4 +1,4 @@
-package attribution
+package session
 
 import (
 	"maps"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/privdrop"
@@ -45,8 +46,8 @@ func TestNarrowRejectsWidening(t *testing.T) {
 		{[]string{"api.example.com:443", "bad rule"}, "scope[1]"},
 	} {
 		mark, sk := e.j.len(), e.sk.n()
-		_, err := e.r.Narrow(s.ID, NarrowRequest{Scope: tc.scope}, admin)
-		wantErr(t, err, CodeInvalid, tc.field)
+		_, err := e.r.Narrow(s.ID, v1.NarrowRequest{Scope: tc.scope}, admin)
+		wantErr(t, err, v1.CodeInvalid, tc.field)
 		if w := writes(e.j.since(mark)); len(w) != 0 {
 			t.Errorf("%d: rejected narrow wrote %v", i, opNames(w))
 		}
@@ -60,14 +61,14 @@ func TestNarrowRejectsWidening(t *testing.T) {
 	if got := e.recs.lifecycle(s.ID); !slices.Equal(got, []string{"opened"}) {
 		t.Errorf("lifecycle = %v", got)
 	}
-	_, err := e.r.Narrow("s-nope", NarrowRequest{}, admin)
-	wantErr(t, err, CodeNotFound, "id")
+	_, err := e.r.Narrow("s-nope", v1.NarrowRequest{}, admin)
+	wantErr(t, err, v1.CodeNotFound, "id")
 }
 
 func TestNarrow(t *testing.T) {
 	e := newEnv(t, nil)
 	p := e.open(t, req("parent", "10.0.0.0/8:1-1000", "192.168.0.0/16:53", "api.example.com:443", "old.example.com"), admin)
-	c := e.open(t, OpenRequest{Intent: "child", Scope: []string{"10.0.0.0/8:400-500", "192.168.1.0/24:53", "old.example.com:443"}, Parent: p.ID}, admin)
+	c := e.open(t, v1.OpenRequest{Intent: "child", Scope: []string{"10.0.0.0/8:400-500", "192.168.1.0/24:53", "old.example.com:443"}, Parent: p.ID}, admin)
 	ep, ec := e.entry(t, p.ID), e.entry(t, c.ID)
 	e.cg.setProcs(p.Binding.Cgroup, 111, 112)
 	e.cg.setProcs(c.Binding.Cgroup, 113)
@@ -81,7 +82,7 @@ func TestNarrow(t *testing.T) {
 		conn(113, "tcp", "10.3.0.1:450"),   // child member, clipped away
 	}
 	mark, sk := e.j.len(), e.sk.n()
-	s, err := e.r.Narrow(p.ID, NarrowRequest{Scope: []string{"10.1.0.0/16:443"}}, admin)
+	s, err := e.r.Narrow(p.ID, v1.NarrowRequest{Scope: []string{"10.1.0.0/16:443"}}, admin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,16 +188,16 @@ func TestNarrow(t *testing.T) {
 		}
 	}
 	// A later child open is checked against the narrowed scope.
-	_, err = e.r.Open(OpenRequest{Intent: "x", Scope: []string{"10.0.0.0/8:443"}, Parent: p.ID}, admin)
-	wantErr(t, err, CodeInvalid, "scope[0]")
+	_, err = e.r.Open(v1.OpenRequest{Intent: "x", Scope: []string{"10.0.0.0/8:443"}, Parent: p.ID}, admin)
+	wantErr(t, err, v1.CodeInvalid, "scope[0]")
 }
 
 func TestNarrowKernelErrorChangesNothingVisible(t *testing.T) {
 	e := newEnv(t, nil)
 	s := e.open(t, req("x", "10.0.0.0/8", "192.168.0.0/16"), admin)
 	e.k.failNext("WriteScope")
-	_, err := e.r.Narrow(s.ID, NarrowRequest{Scope: []string{"10.0.0.0/8"}}, admin)
-	wantErr(t, err, CodeKernel, "")
+	_, err := e.r.Narrow(s.ID, v1.NarrowRequest{Scope: []string{"10.0.0.0/8"}}, admin)
+	wantErr(t, err, v1.CodeKernel, "")
 	if g := e.get(t, s.ID); len(g.Scope) != 2 {
 		t.Errorf("scope after failed narrow = %q", g.Scope)
 	}
@@ -208,7 +209,7 @@ func TestNarrowKernelErrorChangesNothingVisible(t *testing.T) {
 func TestRevoke(t *testing.T) {
 	e := newEnv(t, nil)
 	p := e.open(t, req("parent", "10.0.0.0/8"), admin)
-	c := e.open(t, OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16"}, Parent: p.ID}, admin)
+	c := e.open(t, v1.OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16"}, Parent: p.ID}, admin)
 	other := e.open(t, req("other", "10.0.0.0/8"), admin)
 	ep, ec := e.entry(t, p.ID), e.entry(t, c.ID)
 	e.cg.setProcs(p.Binding.Cgroup, 200)
@@ -219,7 +220,7 @@ func TestRevoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.State != StateRevoked {
+	if s.State != v1.StateRevoked {
 		t.Errorf("state = %s", s.State)
 	}
 	for _, en := range []*entry{ep, ec} {
@@ -251,7 +252,7 @@ func TestRevoke(t *testing.T) {
 		t.Errorf("destroy records = %+v", got)
 	}
 	// Still listed, as revoked.
-	if got := ids(e.r.List(Filter{State: StateRevoked})); !slices.Equal(got, sortedIDs(p.ID, c.ID)) {
+	if got := ids(e.r.List(Filter{State: v1.StateRevoked})); !slices.Equal(got, sortedIDs(p.ID, c.ID)) {
 		t.Errorf("revoked sessions listed: %v", got)
 	}
 	// Revoking again changes nothing.
@@ -263,10 +264,10 @@ func TestRevoke(t *testing.T) {
 		t.Errorf("second revoke wrote %v", opNames(w))
 	}
 	// A revoked session takes no new members and no children.
-	_, err = e.r.Bind(p.ID, BindRequest{PID: uint32(os.Getpid())}, admin)
-	wantErr(t, err, CodeInvalid, "id")
-	_, err = e.r.Open(OpenRequest{Intent: "x", Parent: p.ID}, admin)
-	wantErr(t, err, CodeInvalid, "parent")
+	_, err = e.r.Bind(p.ID, v1.BindRequest{PID: uint32(os.Getpid())}, admin)
+	wantErr(t, err, v1.CodeInvalid, "id")
+	_, err = e.r.Open(v1.OpenRequest{Intent: "x", Parent: p.ID}, admin)
+	wantErr(t, err, v1.CodeInvalid, "parent")
 
 	// Reap leaves it while it has members, closes it when they are gone.
 	e.r.Reap(time.Now())
@@ -276,7 +277,7 @@ func TestRevoke(t *testing.T) {
 	e.cg.setProcs(p.Binding.Cgroup)
 	e.r.Reap(time.Now())
 	for _, id := range []string{p.ID, c.ID} {
-		if _, err := e.r.Get(id, admin); !IsNotFound(err) {
+		if _, err := e.r.Get(id, admin); !v1.IsNotFound(err) {
 			t.Errorf("Get(%s) after reap: %v", id, err)
 		}
 		if rec := e.recs.find(t, id, "closed"); rec.Actor != "agentfenced (no members left)" {
@@ -293,7 +294,7 @@ func TestRevoke(t *testing.T) {
 
 func TestExpiry(t *testing.T) {
 	e := newEnv(t, nil)
-	s := e.open(t, OpenRequest{Intent: "short", TTL: "1m", Scope: []string{"10.0.0.0/8"}}, admin)
+	s := e.open(t, v1.OpenRequest{Intent: "short", TTL: "1m", Scope: []string{"10.0.0.0/8"}}, admin)
 	en := e.entry(t, s.ID)
 	e.cg.setProcs(s.Binding.Cgroup, 300)
 	e.sk.conns = []Conn{conn(300, "tcp", "10.0.0.1:443")}
@@ -307,7 +308,7 @@ func TestExpiry(t *testing.T) {
 	}
 	sk := e.sk.n()
 	e.r.Reap(s.ExpiresAt.Add(time.Second))
-	if g := e.get(t, s.ID); g.State != StateExpired {
+	if g := e.get(t, s.ID); g.State != v1.StateExpired {
 		t.Errorf("state = %s, want expired", g.State)
 	}
 	if rec := e.recs.find(t, s.ID, "expired"); rec.Actor != "kernel" {
@@ -336,13 +337,13 @@ func TestExpiry(t *testing.T) {
 
 func TestExpiredShownBeforeReap(t *testing.T) {
 	e := newEnv(t, nil)
-	s := e.open(t, OpenRequest{Intent: "short", TTL: "1ns"}, admin)
+	s := e.open(t, v1.OpenRequest{Intent: "short", TTL: "1ns"}, admin)
 	time.Sleep(time.Millisecond)
-	if g := e.get(t, s.ID); g.State != StateExpired {
+	if g := e.get(t, s.ID); g.State != v1.StateExpired {
 		t.Errorf("state = %s, want expired (computed from the clock)", g.State)
 	}
-	_, err := e.r.Open(OpenRequest{Intent: "x", Parent: s.ID}, admin)
-	wantErr(t, err, CodeInvalid, "parent")
+	_, err := e.r.Open(v1.OpenRequest{Intent: "x", Parent: s.ID}, admin)
+	wantErr(t, err, v1.CodeInvalid, "parent")
 }
 
 func TestBindPid(t *testing.T) {
@@ -353,19 +354,19 @@ func TestBindPid(t *testing.T) {
 	self := uint32(os.Getpid())
 
 	mark := e.j.len()
-	_, err := e.r.Bind(a.ID, BindRequest{PID: 4_000_000_000}, admin)
-	wantErr(t, err, CodeInvalid, "pid")
-	_, err = e.r.Bind(a.ID, BindRequest{}, admin)
-	wantErr(t, err, CodeInvalid, "pid")
-	_, err = e.r.Bind(a.ID, BindRequest{PID: self, ContainerID: "0123456789ab"}, admin)
-	wantErr(t, err, CodeInvalid, "pid")
-	_, err = e.r.Bind("s-nope", BindRequest{PID: self}, admin)
-	wantErr(t, err, CodeNotFound, "id")
+	_, err := e.r.Bind(a.ID, v1.BindRequest{PID: 4_000_000_000}, admin)
+	wantErr(t, err, v1.CodeInvalid, "pid")
+	_, err = e.r.Bind(a.ID, v1.BindRequest{}, admin)
+	wantErr(t, err, v1.CodeInvalid, "pid")
+	_, err = e.r.Bind(a.ID, v1.BindRequest{PID: self, ContainerID: "0123456789ab"}, admin)
+	wantErr(t, err, v1.CodeInvalid, "pid")
+	_, err = e.r.Bind("s-nope", v1.BindRequest{PID: self}, admin)
+	wantErr(t, err, v1.CodeNotFound, "id")
 	if w := writes(e.j.since(mark)); len(w) != 0 {
 		t.Errorf("rejected binds wrote %v", opNames(w))
 	}
 
-	s, err := e.r.Bind(b.ID, BindRequest{PID: self}, admin)
+	s, err := e.r.Bind(b.ID, v1.BindRequest{PID: self}, admin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,25 +383,25 @@ func TestBindPid(t *testing.T) {
 	// What the bound process holds of the gate set is shown: all of it
 	// for root (CI), nothing for a process without capabilities.
 	held := heldByTest(t)
-	if !reflect.DeepEqual(s.Binding.GateCaps, held) || !reflect.DeepEqual(rec.Session.GateCaps, held) {
+	if !reflect.DeepEqual(s.Binding.GateCaps, held) || !reflect.DeepEqual(rec.Session.GateCaps, auditCaps(held)) {
 		t.Errorf("gate caps: session %+v, record %+v; want %+v", s.Binding.GateCaps, rec.Session.GateCaps, held)
 	}
 	// Binding again is idempotent.
-	if s, err := e.r.Bind(b.ID, BindRequest{PID: self}, admin); err != nil || len(s.Binding.PIDs) != 1 {
+	if s, err := e.r.Bind(b.ID, v1.BindRequest{PID: self}, admin); err != nil || len(s.Binding.PIDs) != 1 {
 		t.Errorf("rebind: %v %v", s.Binding.PIDs, err)
 	}
 	// Now in b: binding it to a is a conflict.
 	mark = e.j.len()
-	_, err = e.r.Bind(a.ID, BindRequest{PID: self}, admin)
-	wantErr(t, err, CodeConflict, "pid")
+	_, err = e.r.Bind(a.ID, v1.BindRequest{PID: self}, admin)
+	wantErr(t, err, v1.CodeConflict, "pid")
 	if w := writes(e.j.since(mark)); len(w) != 0 {
 		t.Errorf("conflicting bind wrote %v", opNames(w))
 	}
 	// So is a pid in a's cgroup, for b.
 	delete(e.k.pids, self)
 	e.cg.setOf(int(self), a.Binding.Cgroup)
-	_, err = e.r.Bind(b.ID, BindRequest{PID: self}, admin)
-	wantErr(t, err, CodeConflict, "pid")
+	_, err = e.r.Bind(b.ID, v1.BindRequest{PID: self}, admin)
+	wantErr(t, err, v1.CodeConflict, "pid")
 	// Closing b drops its pid bindings.
 	e.k.pids[self] = binding{eb.slot, eb.gen}
 	if err := e.r.Close(b.ID, admin); err != nil {
@@ -414,7 +415,7 @@ func TestBindPid(t *testing.T) {
 
 // heldByTest is what this test process holds of the gate set, as Bind
 // should report it: the whole set when it runs as root.
-func heldByTest(t *testing.T) []audit.HeldCaps {
+func heldByTest(t *testing.T) []v1.HeldCaps {
 	caps, err := privdrop.HeldGate(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
@@ -425,15 +426,15 @@ func heldByTest(t *testing.T) []audit.HeldCaps {
 	if len(caps) == 0 {
 		return nil
 	}
-	return []audit.HeldCaps{{PID: uint32(os.Getpid()), Caps: privdrop.Names(caps)}}
+	return []v1.HeldCaps{{PID: uint32(os.Getpid()), Caps: privdrop.Names(caps)}}
 }
 
 func TestBindKernelError(t *testing.T) {
 	e := newEnv(t, nil)
 	a := e.open(t, req("a"), admin)
 	e.k.failNext("BindPid")
-	_, err := e.r.Bind(a.ID, BindRequest{PID: uint32(os.Getpid())}, admin)
-	wantErr(t, err, CodeKernel, "")
+	_, err := e.r.Bind(a.ID, v1.BindRequest{PID: uint32(os.Getpid())}, admin)
+	wantErr(t, err, v1.CodeKernel, "")
 	if g := e.get(t, a.ID); len(g.Binding.PIDs) != 0 {
 		t.Errorf("pids after failed bind = %v", g.Binding.PIDs)
 	}
@@ -451,22 +452,22 @@ func TestBindContainer(t *testing.T) {
 
 	mark := e.j.len()
 	for _, bad := range []string{"0123456789a", "0123456789AB", "0123456789abcdeg", "../../etc/x0123", " 0123456789ab"} {
-		_, err := e.r.Bind(a.ID, BindRequest{ContainerID: bad}, admin)
-		wantErr(t, err, CodeInvalid, "container_id")
+		_, err := e.r.Bind(a.ID, v1.BindRequest{ContainerID: bad}, admin)
+		wantErr(t, err, v1.CodeInvalid, "container_id")
 	}
-	_, err := e.r.Bind(a.ID, BindRequest{ContainerID: "aaaaaaaaaaaa"}, admin) // valid, unknown
-	wantErr(t, err, CodeInvalid, "container_id")
+	_, err := e.r.Bind(a.ID, v1.BindRequest{ContainerID: "aaaaaaaaaaaa"}, admin) // valid, unknown
+	wantErr(t, err, v1.CodeInvalid, "container_id")
 	if w := writes(e.j.since(mark)); len(w) != 0 {
 		t.Errorf("rejected binds wrote %v", opNames(w))
 	}
 	// Members may not bind containers.
 	m := Caller{ID: "m", PID: 7000, UID: 1000}
 	e.cg.setOf(m.PID, a.Binding.Cgroup)
-	_, err = e.r.Bind(a.ID, BindRequest{ContainerID: full[:12]}, m)
-	wantErr(t, err, CodeForbidden, "container_id")
+	_, err = e.r.Bind(a.ID, v1.BindRequest{ContainerID: full[:12]}, m)
+	wantErr(t, err, v1.CodeForbidden, "container_id")
 
 	e.cg.procs[ctPath+"/init.scope"] = []int{os.Getpid()}
-	s, err := e.r.Bind(a.ID, BindRequest{ContainerID: full[:12]}, admin)
+	s, err := e.r.Bind(a.ID, v1.BindRequest{ContainerID: full[:12]}, admin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -485,10 +486,10 @@ func TestBindContainer(t *testing.T) {
 		t.Errorf("container process member of %q", id)
 	}
 	// The same container for b: conflict; a second container for a: conflict.
-	_, err = e.r.Bind(b.ID, BindRequest{ContainerID: full}, admin)
-	wantErr(t, err, CodeConflict, "container_id")
-	_, err = e.r.Bind(a.ID, BindRequest{ContainerID: "fedcba987654"}, admin)
-	wantErr(t, err, CodeConflict, "container_id")
+	_, err = e.r.Bind(b.ID, v1.BindRequest{ContainerID: full}, admin)
+	wantErr(t, err, v1.CodeConflict, "container_id")
+	_, err = e.r.Bind(a.ID, v1.BindRequest{ContainerID: "fedcba987654"}, admin)
+	wantErr(t, err, v1.CodeConflict, "container_id")
 	// Members are counted in the container's cgroup too.
 	e.cg.setProcs(ctPath, 7100)
 	e.sk.conns = []Conn{conn(7100, "tcp", "10.0.0.1:22")}
@@ -522,12 +523,12 @@ func TestQuarantined(t *testing.T) {
 	if len(e.recs.all()) != recs || e.sk.n() != sk || len(writes(e.j.since(mark))) != 0 {
 		t.Fatal("a stale quarantine report did something")
 	}
-	if g := e.get(t, s.ID); g.State != StateActive {
+	if g := e.get(t, s.ID); g.State != v1.StateActive {
 		t.Fatalf("state = %s after stale reports", g.State)
 	}
 
 	e.r.Quarantined(en.slot, en.gen)
-	if g := e.get(t, s.ID); g.State != StateQuarantined {
+	if g := e.get(t, s.ID); g.State != v1.StateQuarantined {
 		t.Errorf("state = %s", g.State)
 	}
 	rec := e.recs.find(t, s.ID, "quarantined")
@@ -559,7 +560,7 @@ func TestQuarantined(t *testing.T) {
 		t.Errorf("%d quarantined records", n)
 	}
 	// Quarantined sessions still take members.
-	if _, err := e.r.Bind(s.ID, BindRequest{PID: uint32(os.Getpid())}, admin); err != nil {
+	if _, err := e.r.Bind(s.ID, v1.BindRequest{PID: uint32(os.Getpid())}, admin); err != nil {
 		t.Errorf("bind to quarantined: %v", err)
 	}
 }
@@ -590,9 +591,9 @@ func TestQuarantinedKill(t *testing.T) {
 func TestCloseRetryAfterKernelError(t *testing.T) {
 	e := newEnv(t, nil)
 	p := e.open(t, req("p", "10.0.0.0/8"), admin)
-	c := e.open(t, OpenRequest{Intent: "c", Parent: p.ID}, admin)
+	c := e.open(t, v1.OpenRequest{Intent: "c", Parent: p.ID}, admin)
 	e.k.failNext("UnbindCgroup") // the child's, torn down first
-	wantErr(t, e.r.Close(p.ID, admin), CodeKernel, "")
+	wantErr(t, e.r.Close(p.ID, admin), v1.CodeKernel, "")
 	if got := ids(e.r.List(Filter{})); len(got) != 2 {
 		t.Fatalf("after a failed close: %v, want both %s and %s still listed", got, p.ID, c.ID)
 	}
@@ -630,7 +631,7 @@ func TestHostnameHooks(t *testing.T) {
 	}
 	e.k.failNext("HookHostnames")
 	_, err := e.r.Open(req("names", "api.example.com:443"), admin)
-	wantErr(t, err, CodeKernel, "")
+	wantErr(t, err, v1.CodeKernel, "")
 	if h := hooked(); len(h) != 0 {
 		t.Fatalf("a failed open left hooks on %v", h)
 	}
@@ -643,19 +644,19 @@ func TestHostnameHooks(t *testing.T) {
 		t.Fatalf("hooked %v, want the session cgroup once", h)
 	}
 	e.k.failNext("HookHostnames")
-	_, err = e.r.Bind(s.ID, BindRequest{PID: self}, admin)
-	wantErr(t, err, CodeKernel, "")
+	_, err = e.r.Bind(s.ID, v1.BindRequest{PID: self}, admin)
+	wantErr(t, err, v1.CodeKernel, "")
 	if _, ok := e.k.pids[self]; ok || len(e.get(t, s.ID).Binding.PIDs) != 0 {
 		t.Errorf("a failed hook left the pid bound")
 	}
 	// A child with hostname rules of its own is below its parent's hook.
-	child := e.open(t, OpenRequest{Intent: "child", Scope: []string{"api.example.com:443"}, Parent: s.ID}, admin)
+	child := e.open(t, v1.OpenRequest{Intent: "child", Scope: []string{"api.example.com:443"}, Parent: s.ID}, admin)
 	if h := hooked(); !maps.Equal(h, map[string]int{s.Binding.Cgroup: 1}) {
 		t.Fatalf("hooked %v with a child session, want only the parent's cgroup", h)
 	}
 	// A process bound by pid may live in any cgroup: the root is hooked,
 	// and nothing else, so that no packet runs the programs twice.
-	if _, err := e.r.Bind(s.ID, BindRequest{PID: self}, admin); err != nil {
+	if _, err := e.r.Bind(s.ID, v1.BindRequest{PID: self}, admin); err != nil {
 		t.Fatal(err)
 	}
 	if h := hooked(); !maps.Equal(h, map[string]int{root: 1}) {
@@ -671,7 +672,7 @@ func TestHostnameHooks(t *testing.T) {
 	}
 	// Narrowed to addresses only, s needs no hooks; the root goes, and n
 	// gets its own cgroup hooked.
-	if _, err := e.r.Narrow(s.ID, NarrowRequest{Scope: []string{"10.0.0.0/8:443"}}, admin); err != nil {
+	if _, err := e.r.Narrow(s.ID, v1.NarrowRequest{Scope: []string{"10.0.0.0/8:443"}}, admin); err != nil {
 		t.Fatal(err)
 	}
 	if h := hooked(); !maps.Equal(h, map[string]int{n.Binding.Cgroup: 1}) {

@@ -1,4 +1,4 @@
-package attribution
+package session
 
 // Regression tests for bugs the first unit tests found in the registry.
 
@@ -6,6 +6,9 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/internal/boottime"
 )
 
 // registry.go Bind: the conflict check (the pid's session m != e) runs
@@ -14,11 +17,11 @@ import (
 func TestBugMemberMovesOwnProcessIntoChild(t *testing.T) {
 	e := newEnv(t, nil)
 	a := e.open(t, req("a", "10.0.0.0/8"), admin)
-	c := e.open(t, OpenRequest{Intent: "c", Scope: []string{"10.1.0.0/16"}, Parent: a.ID}, admin)
+	c := e.open(t, v1.OpenRequest{Intent: "c", Scope: []string{"10.1.0.0/16"}, Parent: a.ID}, admin)
 	self := os.Getpid()
 	e.cg.setOf(self, a.Binding.Cgroup)
 	m := Caller{ID: "m", PID: self, UID: 1000}
-	if _, err := e.r.Bind(c.ID, BindRequest{PID: uint32(self)}, m); err != nil {
+	if _, err := e.r.Bind(c.ID, v1.BindRequest{PID: uint32(self)}, m); err != nil {
 		t.Fatalf("member moving its own process into its child: %v", err)
 	}
 	if id, _ := e.r.MemberOf(self); id != c.ID {
@@ -32,7 +35,7 @@ func TestBugNarrowKeepsEverythingWithAHostnameRule(t *testing.T) {
 	e := newEnv(t, nil)
 	s := e.open(t, req("x", "10.0.0.0/8", "api.example.com:443"), admin)
 	sk := e.sk.n()
-	if _, err := e.r.Narrow(s.ID, NarrowRequest{Scope: []string{"api.example.com:443"}}, admin); err != nil {
+	if _, err := e.r.Narrow(s.ID, v1.NarrowRequest{Scope: []string{"api.example.com:443"}}, admin); err != nil {
 		t.Fatal(err)
 	}
 	match := e.sk.callsSince(sk)[0].match
@@ -59,14 +62,14 @@ func TestBugQuarantineKeepsEverythingWithAnEssentialHostname(t *testing.T) {
 func TestBugReapNeverClosesChildren(t *testing.T) {
 	e := newEnv(t, nil)
 	p := e.open(t, req("p", "10.0.0.0/8"), admin)
-	c := e.open(t, OpenRequest{Intent: "c", TTL: "1m", Parent: p.ID}, admin)
-	r := e.open(t, OpenRequest{Intent: "r", Parent: p.ID}, admin)
+	c := e.open(t, v1.OpenRequest{Intent: "c", TTL: "1m", Parent: p.ID}, admin)
+	r := e.open(t, v1.OpenRequest{Intent: "r", Parent: p.ID}, admin)
 	if _, err := e.r.Revoke(r.ID, admin); err != nil {
 		t.Fatal(err)
 	}
 	e.r.Reap(c.ExpiresAt.Add(time.Second))
 	for _, id := range []string{c.ID, r.ID} {
-		if _, err := e.r.Get(id, admin); !IsNotFound(err) {
+		if _, err := e.r.Get(id, admin); !v1.IsNotFound(err) {
 			t.Errorf("child %s without members not reaped: %v", id, err)
 		}
 	}
@@ -77,9 +80,9 @@ func TestBugReapNeverClosesChildren(t *testing.T) {
 func TestBugReapClosesDescendantsThatHaveMembers(t *testing.T) {
 	e := newEnv(t, nil)
 	p := e.open(t, req("p", "10.0.0.0/8"), admin)
-	c := e.open(t, OpenRequest{Intent: "c", Parent: p.ID}, admin)
+	c := e.open(t, v1.OpenRequest{Intent: "c", Parent: p.ID}, admin)
 	self := uint32(os.Getpid())
-	if _, err := e.r.Bind(c.ID, BindRequest{PID: self}, admin); err != nil {
+	if _, err := e.r.Bind(c.ID, v1.BindRequest{PID: self}, admin); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.r.Revoke(p.ID, admin); err != nil {
@@ -98,10 +101,10 @@ func TestBugReapClosesDescendantsThatHaveMembers(t *testing.T) {
 // so an expiry is lost on restart (and recorded and acted on again).
 func TestBugReapDoesNotPersistExpiry(t *testing.T) {
 	e := stateEnv(t)
-	s := e.open(t, OpenRequest{Intent: "x", TTL: "1m"}, admin)
+	s := e.open(t, v1.OpenRequest{Intent: "x", TTL: "1m"}, admin)
 	e.cg.setProcs(s.Binding.Cgroup, 300)
 	e.r.Reap(s.ExpiresAt.Add(time.Second))
-	if st := readState(t, e.cfg.StateFile); st.Sessions[0].State != StateExpired {
+	if st := readState(t, e.cfg.StateFile); st.Sessions[0].State != v1.StateExpired {
 		t.Errorf("persisted state %q, want expired", st.Sessions[0].State)
 	}
 }
@@ -143,8 +146,8 @@ func TestBugRestoreExpiryBeforeBoot(t *testing.T) {
 		t.Fatalf("Restore: %d %v", rewritten, err)
 	}
 	e.r = r2
-	if ns := k2.session(e.entry(t, a.ID).slot).ExpiresNS; ns > BootNS() {
-		t.Errorf("kernel expiry %d is in the future (now %d) for a session that expired before boot", ns, BootNS())
+	if ns := k2.session(e.entry(t, a.ID).slot).ExpiresNS; ns > boottime.Now() {
+		t.Errorf("kernel expiry %d is in the future (now %d) for a session that expired before boot", ns, boottime.Now())
 	}
 }
 
@@ -157,11 +160,11 @@ func TestBugMemberClosesOwnSession(t *testing.T) {
 	e := newEnv(t, nil)
 	a := e.open(t, req("a", "10.0.0.0/8"), admin)
 	self := uint32(os.Getpid())
-	if _, err := e.r.Bind(a.ID, BindRequest{PID: self}, admin); err != nil {
+	if _, err := e.r.Bind(a.ID, v1.BindRequest{PID: self}, admin); err != nil {
 		t.Fatal(err)
 	}
 	m := Caller{ID: "m", PID: int(self), UID: 1000}
-	wantErr(t, e.r.Close(a.ID, m), CodeForbidden, "id")
+	wantErr(t, e.r.Close(a.ID, m), v1.CodeForbidden, "id")
 	if _, ok := e.k.pids[self]; !ok {
 		t.Error("the member's pid binding is gone: it runs unconfined")
 	}

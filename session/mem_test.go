@@ -1,4 +1,4 @@
-package attribution
+package session
 
 import (
 	"fmt"
@@ -6,7 +6,9 @@ import (
 	"runtime"
 	"testing"
 
+	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/internal/boottime"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -45,11 +47,11 @@ func BenchmarkMemory10kSessions(b *testing.B) {
 		runtime.ReadMemStats(&before)
 		cfg := DefaultConfig()
 		cfg.StateFile = filepath.Join(b.TempDir(), "sessions.json")
-		r := NewRegistry(cfg, Deps{Kernel: nopKernel{}, Cgroups: &nopCgroups{base: "/sys/fs/cgroup/agentfence"}, Clock: NewClock()})
+		r := NewRegistry(cfg, Deps{Kernel: nopKernel{}, Cgroups: &nopCgroups{base: "/sys/fs/cgroup/agentfence"}, Clock: boottime.NewClock()})
 		b.StartTimer()
 		for i := range n {
 			c := Caller{ID: fmt.Sprintf("uid=0 gid=0 pid=%d exe=/usr/local/bin/agentfence", 4000+i), PID: 0, UID: 0}
-			if _, err := r.Open(OpenRequest{Intent: "bench", Scope: []string{fmt.Sprintf("tcp://10.%d.%d.0/24:443", i>>8, i&0xff), "udp://127.0.0.53:53"}}, c); err != nil {
+			if _, err := r.Open(v1.OpenRequest{Intent: "bench", Scope: []string{fmt.Sprintf("tcp://10.%d.%d.0/24:443", i>>8, i&0xff), "udp://127.0.0.53:53"}}, c); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -1,4 +1,4 @@
-package attribution
+package session
 
 import (
 	"bytes"
@@ -6,6 +6,7 @@ import (
 	"errors"
 	"testing"
 
+	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -29,15 +30,15 @@ func FuzzOpenRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dec := json.NewDecoder(bytes.NewReader(data))
 		dec.DisallowUnknownFields()
-		var req OpenRequest
+		var req v1.OpenRequest
 		if err := dec.Decode(&req); err != nil {
 			return
 		}
 		e := newEnv(t, func(c *Config) { c.MaxRules = 64 })
 		s, err := e.r.Open(req, admin)
 		if err != nil {
-			var ae *Error
-			if !errors.As(err, &ae) || ae.Code != CodeInvalid || ae.Message == "" {
+			var ae *v1.Error
+			if !errors.As(err, &ae) || ae.Code != v1.CodeInvalid || ae.Message == "" {
 				t.Fatalf("Open error = %#v, want an invalid_request *Error", err)
 			}
 			if w := writes(e.j.since(0)); len(w) != 0 {
@@ -51,7 +52,7 @@ func FuzzOpenRequest(f *testing.F) {
 			}
 			return
 		}
-		if s.Intent == "" || s.State != StateActive || !s.ExpiresAt.After(s.CreatedAt) {
+		if s.Intent == "" || s.State != v1.StateActive || !s.ExpiresAt.After(s.CreatedAt) {
 			t.Fatalf("accepted session = %+v", s)
 		}
 		if len(s.Scope) != len(req.Scope) {

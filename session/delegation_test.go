@@ -1,24 +1,26 @@
-package attribution
+package session
 
 import (
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
 )
 
 // delegation is a parent session A opened by an admin, an unrelated session
 // B, and an agent caller whose process runs in A's cgroup.
 type delegation struct {
 	*env
-	a, b  Session
+	a, b  v1.Session
 	agent Caller
 }
 
 func newDelegation(t *testing.T) *delegation {
 	e := newEnv(t, nil)
 	d := &delegation{env: e}
-	d.a = e.open(t, OpenRequest{Intent: "triage", TTL: "1h", Scope: []string{"10.0.0.0/8:1-1000", "api.example.com:443", "*.slack.com:443"}}, admin)
+	d.a = e.open(t, v1.OpenRequest{Intent: "triage", TTL: "1h", Scope: []string{"10.0.0.0/8:1-1000", "api.example.com:443", "*.slack.com:443"}}, admin)
 	d.b = e.open(t, req("unrelated", "0.0.0.0/0"), admin)
 	d.agent = Caller{ID: "uid:1000", PID: 5000, UID: 1000}
 	e.cg.setOf(d.agent.PID, d.a.Binding.Cgroup)
@@ -57,7 +59,7 @@ func TestMemberOf(t *testing.T) {
 func TestDelegatedOpen(t *testing.T) {
 	d := newDelegation(t)
 	mark := d.j.len()
-	c := d.open(t, OpenRequest{Intent: "read one channel", Scope: []string{"10.1.0.0/16:443", "team.slack.com:443"}, TTL: "5m"}, d.agent)
+	c := d.open(t, v1.OpenRequest{Intent: "read one channel", Scope: []string{"10.1.0.0/16:443", "team.slack.com:443"}, TTL: "5m"}, d.agent)
 	if c.Parent != d.a.ID {
 		t.Errorf("parent = %q, want the caller's session %s", c.Parent, d.a.ID)
 	}
@@ -80,12 +82,12 @@ func TestDelegatedOpen(t *testing.T) {
 	}
 
 	// An explicit parent that is the caller's own descendant is fine.
-	g := d.open(t, OpenRequest{Intent: "grandchild", Scope: []string{"10.1.2.0/24:443"}, Parent: c.ID}, d.agent)
+	g := d.open(t, v1.OpenRequest{Intent: "grandchild", Scope: []string{"10.1.2.0/24:443"}, Parent: c.ID}, d.agent)
 	if g.Parent != c.ID || filepath.Dir(g.Binding.Cgroup) != c.Binding.Cgroup {
 		t.Errorf("grandchild = parent %q cgroup %s", g.Parent, g.Binding.Cgroup)
 	}
 	// An agent-originated child names its parent.
-	ag := d.open(t, OpenRequest{Intent: "sub-agent", Origin: &Origin{Kind: "agent", Principal: d.a.ID}}, d.agent)
+	ag := d.open(t, v1.OpenRequest{Intent: "sub-agent", Origin: &v1.Origin{Kind: "agent", Principal: d.a.ID}}, d.agent)
 	if ag.Origin.Kind != "agent" || ag.Parent != d.a.ID {
 		t.Errorf("agent-originated child = %+v", ag)
 	}
@@ -94,21 +96,21 @@ func TestDelegatedOpen(t *testing.T) {
 func TestDelegatedOpenRejected(t *testing.T) {
 	cases := []struct {
 		name  string
-		req   OpenRequest
-		code  string
+		req   v1.OpenRequest
+		code  v1.Code
 		field string
 	}{
-		{"unrelated parent", OpenRequest{Intent: "x", Parent: "B"}, CodeForbidden, "parent"},
-		{"unknown parent", OpenRequest{Intent: "x", Parent: "s-nope"}, CodeForbidden, "parent"},
-		{"wider address rule", OpenRequest{Intent: "x", Scope: []string{"10.0.0.0/8:443", "192.168.0.0/16"}}, CodeInvalid, "scope[1]"},
-		{"wider port range", OpenRequest{Intent: "x", Scope: []string{"10.0.0.0/8:999-1001"}}, CodeInvalid, "scope[0]"},
-		{"whole prefix", OpenRequest{Intent: "x", Scope: []string{"10.1.0.0/16:443", "0.0.0.0/0:443"}}, CodeInvalid, "scope[1]"},
-		{"other hostname", OpenRequest{Intent: "x", Scope: []string{"api.example.com:443", "evil.example.com:443"}}, CodeInvalid, "scope[1]"},
-		{"address for a hostname", OpenRequest{Intent: "x", Scope: []string{"api.example.com"}}, CodeInvalid, "scope[0]"},
-		{"two-label wildcard", OpenRequest{Intent: "x", Scope: []string{"a.b.slack.com:443"}}, CodeInvalid, "scope[0]"},
-		{"in: rule under out rules", OpenRequest{Intent: "x", Scope: []string{"10.0.0.0/8:443", "in:10.0.0.0/8:443"}}, CodeInvalid, "scope[1]"},
-		{"audit under enforce", OpenRequest{Intent: "x", Mode: "audit", Scope: []string{"10.0.0.0/8:443"}}, CodeInvalid, "mode"},
-		{"agent origin naming another session", OpenRequest{Intent: "x", Origin: &Origin{Kind: "agent", Principal: "B"}}, CodeInvalid, "origin.principal"},
+		{"unrelated parent", v1.OpenRequest{Intent: "x", Parent: "B"}, v1.CodeForbidden, "parent"},
+		{"unknown parent", v1.OpenRequest{Intent: "x", Parent: "s-nope"}, v1.CodeForbidden, "parent"},
+		{"wider address rule", v1.OpenRequest{Intent: "x", Scope: []string{"10.0.0.0/8:443", "192.168.0.0/16"}}, v1.CodeInvalid, "scope[1]"},
+		{"wider port range", v1.OpenRequest{Intent: "x", Scope: []string{"10.0.0.0/8:999-1001"}}, v1.CodeInvalid, "scope[0]"},
+		{"whole prefix", v1.OpenRequest{Intent: "x", Scope: []string{"10.1.0.0/16:443", "0.0.0.0/0:443"}}, v1.CodeInvalid, "scope[1]"},
+		{"other hostname", v1.OpenRequest{Intent: "x", Scope: []string{"api.example.com:443", "evil.example.com:443"}}, v1.CodeInvalid, "scope[1]"},
+		{"address for a hostname", v1.OpenRequest{Intent: "x", Scope: []string{"api.example.com"}}, v1.CodeInvalid, "scope[0]"},
+		{"two-label wildcard", v1.OpenRequest{Intent: "x", Scope: []string{"a.b.slack.com:443"}}, v1.CodeInvalid, "scope[0]"},
+		{"in: rule under out rules", v1.OpenRequest{Intent: "x", Scope: []string{"10.0.0.0/8:443", "in:10.0.0.0/8:443"}}, v1.CodeInvalid, "scope[1]"},
+		{"audit under enforce", v1.OpenRequest{Intent: "x", Mode: "audit", Scope: []string{"10.0.0.0/8:443"}}, v1.CodeInvalid, "mode"},
+		{"agent origin naming another session", v1.OpenRequest{Intent: "x", Origin: &v1.Origin{Kind: "agent", Principal: "B"}}, v1.CodeInvalid, "origin.principal"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -141,12 +143,12 @@ func TestDelegatedOpenUnderInactiveParent(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := d.r.Open(req("x"), d.agent)
-	wantErr(t, err, CodeInvalid, "parent")
+	wantErr(t, err, v1.CodeInvalid, "parent")
 }
 
 func TestDelegatedTTLClampedToParent(t *testing.T) {
 	d := newDelegation(t)
-	c := d.open(t, OpenRequest{Intent: "long", TTL: "20h", Scope: []string{"10.0.0.0/8:80"}}, d.agent)
+	c := d.open(t, v1.OpenRequest{Intent: "long", TTL: "20h", Scope: []string{"10.0.0.0/8:80"}}, d.agent)
 	if !c.ExpiresAt.Equal(d.a.ExpiresAt) {
 		t.Errorf("child expires %s, want the parent's %s", c.ExpiresAt, d.a.ExpiresAt)
 	}
@@ -157,7 +159,7 @@ func TestDelegatedTTLClampedToParent(t *testing.T) {
 		t.Errorf("kernel expiry %d differs from the parent's", ks.ExpiresNS)
 	}
 	// A non-member naming the parent is clamped too.
-	c2 := d.open(t, OpenRequest{Intent: "long", TTL: "20h", Parent: d.a.ID}, admin)
+	c2 := d.open(t, v1.OpenRequest{Intent: "long", TTL: "20h", Parent: d.a.ID}, admin)
 	if !c2.ExpiresAt.Equal(d.a.ExpiresAt) {
 		t.Errorf("admin child expires %s, want %s", c2.ExpiresAt, d.a.ExpiresAt)
 	}
@@ -165,18 +167,18 @@ func TestDelegatedTTLClampedToParent(t *testing.T) {
 
 func TestAuditUnderAuditParent(t *testing.T) {
 	e := newEnv(t, nil)
-	p := e.open(t, OpenRequest{Intent: "p", Mode: "audit", Scope: []string{"10.0.0.0/8"}}, admin)
-	c := e.open(t, OpenRequest{Intent: "c", Mode: "audit", Scope: []string{"10.0.0.0/8"}, Parent: p.ID}, admin)
+	p := e.open(t, v1.OpenRequest{Intent: "p", Mode: "audit", Scope: []string{"10.0.0.0/8"}}, admin)
+	c := e.open(t, v1.OpenRequest{Intent: "c", Mode: "audit", Scope: []string{"10.0.0.0/8"}, Parent: p.ID}, admin)
 	if c.Mode != "audit" {
 		t.Errorf("mode = %s", c.Mode)
 	}
 	// Enforce under an audit parent only narrows.
-	e.open(t, OpenRequest{Intent: "c", Scope: []string{"10.0.0.0/8"}, Parent: p.ID}, admin)
+	e.open(t, v1.OpenRequest{Intent: "c", Scope: []string{"10.0.0.0/8"}, Parent: p.ID}, admin)
 }
 
 func TestNonMemberOpensAnything(t *testing.T) {
 	d := newDelegation(t)
-	s := d.open(t, OpenRequest{Intent: "wide", Scope: []string{"0.0.0.0/0", "[::]/0"}, Mode: "audit", TTL: "24h"}, admin)
+	s := d.open(t, v1.OpenRequest{Intent: "wide", Scope: []string{"0.0.0.0/0", "[::]/0"}, Mode: "audit", TTL: "24h"}, admin)
 	if s.Parent != "" {
 		t.Errorf("non-member got parent %q", s.Parent)
 	}
@@ -188,38 +190,38 @@ func TestNonMemberOpensAnything(t *testing.T) {
 
 func TestMemberActsOnlyOnItsSubtree(t *testing.T) {
 	d := newDelegation(t)
-	child := d.open(t, OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16:443", "api.example.com:443"}}, d.agent)
-	bChild := d.open(t, OpenRequest{Intent: "b's child", Scope: []string{"1.1.1.1"}, Parent: d.b.ID}, admin)
+	child := d.open(t, v1.OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16:443", "api.example.com:443"}}, d.agent)
+	bChild := d.open(t, v1.OpenRequest{Intent: "b's child", Scope: []string{"1.1.1.1"}, Parent: d.b.ID}, admin)
 
 	for _, id := range []string{d.b.ID, bChild.ID} {
 		mark := d.j.len()
 		_, err := d.r.Get(id, d.agent)
-		wantErr(t, err, CodeForbidden, "id")
-		_, err = d.r.Narrow(id, NarrowRequest{Scope: []string{"1.1.1.1:53"}}, d.agent)
-		wantErr(t, err, CodeForbidden, "id")
+		wantErr(t, err, v1.CodeForbidden, "id")
+		_, err = d.r.Narrow(id, v1.NarrowRequest{Scope: []string{"1.1.1.1:53"}}, d.agent)
+		wantErr(t, err, v1.CodeForbidden, "id")
 		_, err = d.r.Revoke(id, d.agent)
-		wantErr(t, err, CodeForbidden, "id")
-		wantErr(t, d.r.Close(id, d.agent), CodeForbidden, "id")
-		_, err = d.r.Bind(id, BindRequest{PID: 1}, d.agent)
-		wantErr(t, err, CodeForbidden, "id")
+		wantErr(t, err, v1.CodeForbidden, "id")
+		wantErr(t, d.r.Close(id, d.agent), v1.CodeForbidden, "id")
+		_, err = d.r.Bind(id, v1.BindRequest{PID: 1}, d.agent)
+		wantErr(t, err, v1.CodeForbidden, "id")
 		if w := writes(d.j.since(mark)); len(w) != 0 {
 			t.Errorf("forbidden calls on %s wrote %v", id, opNames(w))
 		}
 	}
-	if s := d.get(t, d.b.ID); s.State != StateActive || s.Scope[0] != "0.0.0.0/0" {
+	if s := d.get(t, d.b.ID); s.State != v1.StateActive || s.Scope[0] != "0.0.0.0/0" {
 		t.Errorf("sibling changed: %+v", s)
 	}
 	_, err := d.r.Get("s-nope", d.agent)
-	wantErr(t, err, CodeNotFound, "id")
+	wantErr(t, err, v1.CodeNotFound, "id")
 
 	// Its own session and its children it may act on.
 	if _, err := d.r.Get(d.a.ID, d.agent); err != nil {
 		t.Errorf("Get own: %v", err)
 	}
-	if s, err := d.r.Narrow(child.ID, NarrowRequest{Scope: []string{"10.1.1.0/24:443"}}, d.agent); err != nil || s.Scope[0] != "10.1.1.0/24:443" {
+	if s, err := d.r.Narrow(child.ID, v1.NarrowRequest{Scope: []string{"10.1.1.0/24:443"}}, d.agent); err != nil || s.Scope[0] != "10.1.1.0/24:443" {
 		t.Errorf("Narrow child: %v %v", s.Scope, err)
 	}
-	if s, err := d.r.Narrow(d.a.ID, NarrowRequest{Scope: []string{"10.0.0.0/8:443", "api.example.com:443"}}, d.agent); err != nil || len(s.Scope) != 2 {
+	if s, err := d.r.Narrow(d.a.ID, v1.NarrowRequest{Scope: []string{"10.0.0.0/8:443", "api.example.com:443"}}, d.agent); err != nil || len(s.Scope) != 2 {
 		t.Errorf("Narrow own: %v %v", s.Scope, err)
 	}
 
@@ -228,9 +230,9 @@ func TestMemberActsOnlyOnItsSubtree(t *testing.T) {
 	inner := Caller{ID: "uid:1001", PID: 6000, UID: 1001}
 	d.cg.setOf(inner.PID, filepath.Join(child.Binding.Cgroup, "sub"))
 	_, err = d.r.Get(d.a.ID, inner)
-	wantErr(t, err, CodeForbidden, "id")
-	_, err = d.r.Open(OpenRequest{Intent: "x", Parent: d.a.ID}, inner)
-	wantErr(t, err, CodeForbidden, "parent")
+	wantErr(t, err, v1.CodeForbidden, "id")
+	_, err = d.r.Open(v1.OpenRequest{Intent: "x", Parent: d.a.ID}, inner)
+	wantErr(t, err, v1.CodeForbidden, "parent")
 	if got := ids(d.r.List(Filter{Caller: &inner})); !slices.Equal(got, []string{child.ID}) {
 		t.Errorf("child member lists %v, want only %s", got, child.ID)
 	}
@@ -245,9 +247,9 @@ func TestMemberActsOnlyOnItsSubtree(t *testing.T) {
 
 func TestListForMember(t *testing.T) {
 	d := newDelegation(t)
-	c := d.open(t, OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16:443"}}, d.agent)
-	g := d.open(t, OpenRequest{Intent: "grandchild", Parent: c.ID}, d.agent)
-	d.open(t, OpenRequest{Intent: "b's child", Parent: d.b.ID}, admin)
+	c := d.open(t, v1.OpenRequest{Intent: "child", Scope: []string{"10.1.0.0/16:443"}}, d.agent)
+	g := d.open(t, v1.OpenRequest{Intent: "grandchild", Parent: c.ID}, d.agent)
+	d.open(t, v1.OpenRequest{Intent: "b's child", Parent: d.b.ID}, admin)
 	if got, want := ids(d.r.List(Filter{Caller: &d.agent})), sortedIDs(d.a.ID, c.ID, g.ID); !slices.Equal(got, want) {
 		t.Errorf("member lists %v, want %v", got, want)
 	}

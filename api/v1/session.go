@@ -1,0 +1,179 @@
+// Package v1 is the local API's wire format (docs/sessions.md): the
+// requests, the session as callers see it, and the errors. It uses the
+// standard library only, so that a client (the agentfence CLI, a launcher)
+// links none of the daemon's kernel code.
+package v1
+
+import (
+	"errors"
+	"time"
+)
+
+// DefaultSocket is where agentfenced listens unless told otherwise.
+const DefaultSocket = "/run/agentfence/api.sock"
+
+// ModelVersion is the version of the session JSON model.
+const ModelVersion = 1
+
+// Mode says whether the kernel refuses what a session's scope does not
+// allow (enforce) or only records it (audit).
+type Mode string
+
+// Session modes.
+const (
+	ModeEnforce Mode = "enforce"
+	ModeAudit   Mode = "audit"
+)
+
+// State is where a session is in its life.
+type State string
+
+// Session states.
+const (
+	StateActive      State = "active"
+	StateQuarantined State = "quarantined"
+	StateRevoked     State = "revoked"
+	StateExpired     State = "expired"
+)
+
+// OriginKind says what triggered a session.
+type OriginKind string
+
+// Origin kinds.
+const (
+	OriginHuman    OriginKind = "human"
+	OriginSchedule OriginKind = "schedule"
+	OriginAgent    OriginKind = "agent"
+)
+
+// Origin is what triggered a session.
+type Origin struct {
+	Kind      OriginKind `json:"kind"`
+	Principal string     `json:"principal"` // alice@example.com, nightly-report, or the upstream session id
+}
+
+// Agent identifies the agent instance that runs in the session.
+type Agent struct {
+	ID      string `json:"id,omitempty"` // SPIFFE ID
+	Name    string `json:"name,omitempty"`
+	Version string `json:"version,omitempty"`
+	Owner   string `json:"owner,omitempty"`
+}
+
+// HeldCaps is a bound process that holds capabilities `agentfence run`
+// would have dropped.
+type HeldCaps struct {
+	PID  uint32   `json:"pid"`
+	Caps []string `json:"caps"`
+}
+
+// Binding says which processes are members of the session.
+type Binding struct {
+	// Cgroup is the session's own cgroup: everything started in it (or in
+	// a cgroup below it) is a member.
+	Cgroup string `json:"cgroup"`
+	// PIDs are processes bound later; they and the processes they fork
+	// afterwards are members, wherever their cgroup is.
+	PIDs []uint32 `json:"pids,omitempty"`
+	// ContainerID is a container whose cgroup is bound.
+	ContainerID string `json:"container_id,omitempty"`
+	// ContainerCgroup is the cgroup that container was found in.
+	ContainerCgroup string `json:"container_cgroup,omitempty"`
+	// GateCaps are the bound processes (a bound pid, or those in the
+	// container when it was bound) that held capabilities of the gate set:
+	// nothing took them away (docs/threat-model.md).
+	GateCaps []HeldCaps `json:"gate_caps,omitempty"`
+}
+
+// Session is an intent session (model version 1).
+type Session struct {
+	Version   int               `json:"version"`
+	ID        string            `json:"id"`
+	Intent    string            `json:"intent"`
+	Origin    Origin            `json:"origin"`
+	Agent     *Agent            `json:"agent,omitempty"`
+	Scope     []string          `json:"scope"`
+	Mode      Mode              `json:"mode"`
+	TTL       string            `json:"ttl"`
+	CreatedAt time.Time         `json:"created_at"`
+	ExpiresAt time.Time         `json:"expires_at"`
+	Binding   Binding           `json:"binding"`
+	Parent    string            `json:"parent,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	// KeptCaps are the capabilities of the gate set that `agentfence run
+	// --keep-cap` left to the command, as the opener says.
+	KeptCaps []string `json:"kept_caps,omitempty"`
+	// DNS is what members may ask a resolver: any, scoped or none
+	// (docs/hostnames.md, "DNS modes"). A session restored from state
+	// written before dns modes existed reads as any, what it was opened
+	// with.
+	DNS        string `json:"dns,omitempty"`
+	OpenedBy   string `json:"opened_by"`
+	State      State  `json:"state"`
+	Violations uint32 `json:"violations"`
+}
+
+// OpenRequest asks for a new session: the JSON body of the open call.
+type OpenRequest struct {
+	Intent string            `json:"intent"`
+	Origin *Origin           `json:"origin,omitempty"`
+	Agent  *Agent            `json:"agent,omitempty"`
+	Scope  []string          `json:"scope"`
+	Mode   Mode              `json:"mode,omitempty"` // enforce (default) or audit
+	TTL    string            `json:"ttl,omitempty"`  // Go duration; default from config
+	Parent string            `json:"parent,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
+	// KeptCaps names the capabilities of the gate set the launcher leaves
+	// to the command (CAP_NET_RAW or net_raw).
+	KeptCaps []string `json:"kept_caps,omitempty"`
+	// DNS is the dns mode: any, scoped (the default) or none. A child's
+	// may not be wider than its parent's; left out, a child takes the
+	// default or its parent's, whichever is stricter.
+	DNS string `json:"dns,omitempty"`
+}
+
+// BindRequest binds processes to a session.
+type BindRequest struct {
+	PID         uint32 `json:"pid,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+}
+
+// NarrowRequest replaces a session's scope with a narrower one.
+type NarrowRequest struct {
+	Scope []string `json:"scope"`
+}
+
+// Code is a stable error code; clients may match on it.
+type Code string
+
+// Error codes.
+const (
+	CodeInvalid      Code = "invalid_request"
+	CodeNotFound     Code = "not_found"
+	CodeConflict     Code = "conflict"
+	CodeForbidden    Code = "forbidden"
+	CodeCapacity     Code = "capacity"
+	CodeKernel       Code = "kernel_error"
+	CodeUnauthorized Code = "unauthorized"
+	CodeInternal     Code = "internal"
+)
+
+// Error is a request error with a stable code and the field it concerns.
+type Error struct {
+	Code    Code   `json:"code"`
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string {
+	if e.Field != "" {
+		return e.Field + ": " + e.Message
+	}
+	return e.Message
+}
+
+// IsNotFound reports whether err says a session does not exist.
+func IsNotFound(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == CodeNotFound
+}

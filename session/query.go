@@ -1,0 +1,295 @@
+package session
+
+import (
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/scope"
+)
+
+// place is where the kernel puts a process: its pid binding, if any, and
+// its cgroup. Finding it takes system calls, so it is found before the
+// index is read.
+type place struct {
+	slot   uint32
+	gen    uint64
+	bound  bool
+	cgroup string // absolute; "" if unknown
+}
+
+func (r *Registry) locate(pid int) place {
+	var p place
+	if pid <= 0 {
+		return p
+	}
+	p.slot, p.gen, p.bound = r.kernel.PidBinding(uint32(pid))
+	p.cgroup, _ = r.cgroups.Of(pid)
+	return p
+}
+
+// lookup returns the session of a process at p, as the kernel decides: a
+// pid binding first, then the deepest session cgroup. The caller holds mu
+// or turn.
+func (r *Registry) lookup(p place) *entry {
+	if p.bound {
+		if e := r.bySlot[p.slot]; e != nil && e.gen == p.gen {
+			return e
+		}
+	}
+	for c := p.cgroup; c != "" && c != "/" && c != "."; c = filepath.Dir(c) {
+		if e := r.byCgroup[c]; e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// memberOf returns the session the caller's process belongs to, if any.
+// Only a change calls it: it makes system calls with the index readable.
+func (r *Registry) memberOf(c Caller) *entry { return r.lookup(r.locate(c.PID)) }
+
+// MemberOf returns the id of the session pid belongs to.
+func (r *Registry) MemberOf(pid int) (string, bool) {
+	p := r.locate(pid)
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if e := r.lookup(p); e != nil {
+		return e.ID, true
+	}
+	return "", false
+}
+
+func (r *Registry) descendantOf(id, ancestor string) bool {
+	for range len(r.byID) + 1 {
+		e := r.byID[id]
+		if e == nil || e.Parent == "" {
+			return false
+		}
+		if e.Parent == ancestor {
+			return true
+		}
+		id = e.Parent
+	}
+	return false
+}
+
+// visible reports whether a caller that is a member of session m (nil: no
+// member) may see or act on session id: outside sessions, every session;
+// inside, its own and its descendants.
+func (r *Registry) visible(m *entry, id string) bool {
+	return m == nil || m.ID == id || r.descendantOf(id, m.ID)
+}
+
+// authorize finds session id and checks that caller may act on it. Only a
+// change calls it.
+func (r *Registry) authorize(id string, caller Caller) (*entry, error) {
+	return r.find(id, r.memberOf(caller))
+}
+
+func (r *Registry) find(id string, m *entry) (*entry, error) {
+	e := r.byID[id]
+	if e == nil {
+		return nil, notFound(id)
+	}
+	if !r.visible(m, id) {
+		return nil, forbidden("id", "a member of session %s may not act on session %s", m.ID, id)
+	}
+	return e, nil
+}
+
+func (r *Registry) children(id string) []*entry {
+	var out []*entry
+	for _, e := range r.byID {
+		if e.Parent == id {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b *entry) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// snap is a session copied out of the index, for the kernel's live
+// counters to be added without the lock.
+type snap struct {
+	v1.Session
+	slot uint32
+	gen  uint64
+}
+
+func (e *entry) snap() snap { return snap{Session: e.public(), slot: e.slot, gen: e.gen} }
+
+// Get returns one session.
+func (r *Registry) Get(id string, caller Caller) (v1.Session, error) {
+	p := r.locate(caller.PID)
+	r.mu.RLock()
+	e, err := r.find(id, r.lookup(p))
+	var s snap
+	if err == nil {
+		s = e.snap()
+	}
+	r.mu.RUnlock()
+	if err != nil {
+		return v1.Session{}, err
+	}
+	return r.live(s, r.now()), nil
+}
+
+// Filter selects sessions in List; empty fields match everything.
+type Filter struct {
+	State  v1.State
+	Origin v1.OriginKind
+	Agent  string // agent id or name
+	Parent string
+	Label  string // key=value
+	Caller *Caller
+}
+
+// List returns the open sessions that match f, oldest first. A caller
+// inside a session sees only its session and its descendants.
+func (r *Registry) List(f Filter) []v1.Session {
+	var p place
+	if f.Caller != nil {
+		p = r.locate(f.Caller.PID)
+	}
+	r.mu.RLock()
+	member := r.lookup(p)
+	snaps := make([]snap, 0, len(r.byID))
+	for _, e := range r.byID {
+		if r.visible(member, e.ID) {
+			snaps = append(snaps, e.snap())
+		}
+	}
+	r.mu.RUnlock()
+	lk, lv, _ := strings.Cut(f.Label, "=")
+	now := r.now()
+	out := []v1.Session{}
+	for _, sn := range snaps {
+		s := r.live(sn, now)
+		switch {
+		case f.State != "" && s.State != f.State:
+		case f.Origin != "" && s.Origin.Kind != f.Origin:
+		case f.Agent != "" && (s.Agent == nil || (s.Agent.ID != f.Agent && s.Agent.Name != f.Agent)):
+		case f.Parent != "" && s.Parent != f.Parent:
+		case f.Label != "" && s.Labels[lk] != lv:
+		default:
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b v1.Session) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	return out
+}
+
+// StateCounts counts the open sessions by state, as List reports them. It
+// is for the metrics scrape, which would otherwise copy every session.
+func (r *Registry) StateCounts() map[v1.State]int {
+	type slotState struct {
+		slot       uint32
+		gen        uint64
+		state      v1.State
+		violations uint32
+		expiresAt  time.Time
+	}
+	r.mu.RLock()
+	states := make([]slotState, 0, len(r.byID))
+	for _, e := range r.byID {
+		states = append(states, slotState{e.slot, e.gen, e.State, e.Violations, e.ExpiresAt})
+	}
+	r.mu.RUnlock()
+	now := r.now()
+	out := map[v1.State]int{}
+	for _, s := range states {
+		state, _ := r.liveState(s.slot, s.gen, s.state, s.violations, s.expiresAt, now)
+		out[state]++
+	}
+	return out
+}
+
+// live is the session with its state and violation count as the kernel
+// has them now: a quarantine shows before its event has been handled.
+func (r *Registry) live(s snap, now time.Time) v1.Session {
+	out := s.Session
+	out.State, out.Violations = r.liveState(s.slot, s.gen, s.State, s.Violations, s.ExpiresAt, now)
+	return out
+}
+
+func (r *Registry) liveState(slot uint32, gen uint64, state v1.State, violations uint32, expiresAt, now time.Time) (v1.State, uint32) {
+	if st, err := r.kernel.Session(slot); err == nil && st.Gen == gen {
+		violations = st.Violations
+		if st.State == enforcer.StateQuarantined && state == v1.StateActive {
+			state = v1.StateQuarantined
+		}
+	}
+	return stateAt(state, expiresAt, now), violations
+}
+
+// stateAt is a session's state at now: an active session past its expiry
+// is expired before the reaper records it.
+func stateAt(state v1.State, expiresAt, now time.Time) v1.State {
+	if state == v1.StateActive && !now.Before(expiresAt) {
+		return v1.StateExpired
+	}
+	return state
+}
+
+// Attribution is what the joiner needs of a session for a record.
+type Attribution struct {
+	Session audit.Session
+	Origin  *audit.Origin
+	Agent   *audit.Agent
+	Rules   []scope.Rule
+}
+
+func (e *entry) attribution() Attribution {
+	a := Attribution{Session: audit.Session{ID: e.ID, Intent: e.Intent, Mode: string(e.Mode), Parent: e.Parent},
+		Origin: &audit.Origin{Kind: string(e.Origin.Kind), Principal: e.Origin.Principal}, Rules: e.rules}
+	if e.Agent != nil {
+		a.Agent = &audit.Agent{ID: e.Agent.ID, Name: e.Agent.Name, Version: e.Agent.Version, Owner: e.Agent.Owner}
+	}
+	return a
+}
+
+// Resolve finds the session that held slot with generation gen, open or
+// recently closed.
+func (r *Registry) Resolve(slot uint32, gen uint64) (Attribution, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.resolve(slot, gen)
+}
+
+func (r *Registry) resolve(slot uint32, gen uint64) (Attribution, bool) {
+	e := r.bySlot[slot]
+	if e == nil || e.gen != gen {
+		e = nil
+		for i := len(r.recent) - 1; i >= 0; i-- {
+			if c := r.recent[i]; c.slot == slot && c.gen == gen {
+				e = c
+				break
+			}
+		}
+	}
+	if e == nil {
+		return Attribution{}, false
+	}
+	return e.attribution(), true
+}
+
+// SessionOf finds the session of a process from its pid binding or its
+// cgroup path (relative to the cgroup root, as the process cache has it).
+func (r *Registry) SessionOf(tgid uint32, cgroupPath string) (Attribution, bool) {
+	var p place
+	p.slot, p.gen, p.bound = r.kernel.PidBinding(tgid)
+	if cgroupPath != "" {
+		p.cgroup = filepath.Join(r.cfg.CgroupRoot, cgroupPath)
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if e := r.lookup(p); e != nil {
+		return e.attribution(), true
+	}
+	return Attribution{}, false
+}
