@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/internal/sockdiag"
 )
 
 // iterator names the sockets of a process with the task_file iterator of
@@ -132,37 +134,39 @@ const sizeofMemberSock = int(unsafe.Sizeof(sockiterMemberSock{}))
 func parseMemberSock(b []byte) target {
 	var m sockiterMemberSock
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&m)), sizeofMemberSock), b)
-	t := target{family: m.Family, proto: m.Protocol}
+	t := target{req: sockdiag.Request{Family: m.Family, Protocol: m.Protocol}}
 	t.conn.Inode = m.Ino
 	t.conn.Proto = "tcp"
 	if m.Protocol == unix.IPPROTO_UDP {
 		t.conn.Proto = "udp"
 	}
-	// Ports are in network byte order in the record as in the socket id.
-	binary.NativeEndian.PutUint16(t.id[0:], m.Sport)
-	binary.NativeEndian.PutUint16(t.id[2:], m.Dport)
-	sport, dport := binary.BigEndian.Uint16(t.id[0:]), binary.BigEndian.Uint16(t.id[2:])
+	sport, dport := ntohs(m.Sport), ntohs(m.Dport)
 	var src, dst netip.Addr
 	if m.Family == unix.AF_INET {
-		copy(t.id[4:8], m.Src[:4])
-		copy(t.id[20:24], m.Dst[:4])
 		src, dst = netip.AddrFrom4([4]byte(m.Src[:4])), netip.AddrFrom4([4]byte(m.Dst[:4]))
+		t.req.ID.Src, t.req.ID.Dst = sockdiag.AddrBytes(src), sockdiag.AddrBytes(dst)
 	} else {
-		copy(t.id[4:20], m.Src[:])
-		copy(t.id[20:36], m.Dst[:])
-		src, dst = addr6(m.Src, m.Ifindex), addr6(m.Dst, m.Ifindex)
+		t.req.ID.Src, t.req.ID.Dst = m.Src, m.Dst
+		src, dst = reported(netip.AddrFrom16(m.Src), m.Ifindex), reported(netip.AddrFrom16(m.Dst), m.Ifindex)
 	}
-	binary.NativeEndian.PutUint32(t.id[36:], m.Ifindex)
-	cookie := m.Cookie
-	if cookie == 0 {
+	t.req.ID.SrcPort, t.req.ID.DstPort = sport, dport
+	t.req.ID.Ifindex = m.Ifindex
+	t.req.ID.Cookie = m.Cookie
+	if t.req.ID.Cookie == 0 {
 		// Never made: sock_diag would make one on lookup and find it differs.
-		cookie = noCookie
+		t.req.ID.Cookie = sockdiag.NoCookie
 	}
-	binary.NativeEndian.PutUint32(t.id[40:], uint32(cookie))
-	binary.NativeEndian.PutUint32(t.id[44:], uint32(cookie>>32))
 	t.conn.Local = netip.AddrPortFrom(src, sport)
 	t.conn.Remote = netip.AddrPortFrom(dst, dport)
 	return t
+}
+
+// ntohs turns a port of the record, in network byte order as the kernel
+// keeps it, into host order.
+func ntohs(v uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], v)
+	return binary.BigEndian.Uint16(b[:])
 }
 
 // The bpf(2) commands cilium/ebpf does not expose with the task parameters

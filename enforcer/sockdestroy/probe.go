@@ -1,7 +1,6 @@
 package sockdestroy
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -9,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/internal/sockdiag"
 )
 
 // ProbeDestroy cuts the client end of a loopback TCP connection with the
@@ -35,20 +36,20 @@ func ProbeDestroy() error {
 
 	local := client.LocalAddr().(*net.TCPAddr).AddrPort()
 	remote := client.RemoteAddr().(*net.TCPAddr).AddrPort()
-	t := target{conn: Conn{Proto: "tcp", Local: local, Remote: remote}, family: unix.AF_INET, proto: unix.IPPROTO_TCP}
-	binary.BigEndian.PutUint16(t.id[0:], local.Port())
-	binary.BigEndian.PutUint16(t.id[2:], remote.Port())
-	src, dst := local.Addr().As4(), remote.Addr().As4()
-	copy(t.id[4:8], src[:])
-	copy(t.id[20:24], dst[:])
-	binary.NativeEndian.PutUint64(t.id[40:], noCookie)
-
-	d, err := openDiag()
+	t := target{
+		conn: Conn{Proto: "tcp", Local: local, Remote: remote},
+		req: sockdiag.Request{Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP, ID: sockdiag.SockID{
+			SrcPort: local.Port(), DstPort: remote.Port(),
+			Src: sockdiag.AddrBytes(local.Addr().Unmap()), Dst: sockdiag.AddrBytes(remote.Addr().Unmap()),
+			Cookie: sockdiag.NoCookie,
+		}},
+	}
+	c, err := sockdiag.Open()
 	if err != nil {
 		return err
 	}
-	defer d.close()
-	done, err := d.destroy([]target{t})
+	defer c.Close()
+	done, err := destroyTargets(c, []target{t})
 	if err != nil {
 		return err
 	}

@@ -1,13 +1,14 @@
 package sockdestroy
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/internal/sockdiag"
 )
 
 // scan finds the sockets of pids by taking a copy of each of their fds
@@ -229,9 +230,9 @@ func describe(fd int) (target, naming) {
 	}
 	switch local.(type) {
 	case *unix.SockaddrInet4:
-		t.family = unix.AF_INET
+		t.req.Family = unix.AF_INET
 	case *unix.SockaddrInet6:
-		t.family = unix.AF_INET6
+		t.req.Family = unix.AF_INET6
 	default:
 		return target{}, skip
 	}
@@ -241,9 +242,9 @@ func describe(fd int) (target, naming) {
 	}
 	switch proto {
 	case unix.IPPROTO_TCP:
-		t.proto, t.conn.Proto = unix.IPPROTO_TCP, "tcp"
+		t.req.Protocol, t.conn.Proto = unix.IPPROTO_TCP, "tcp"
 	case unix.IPPROTO_UDP:
-		t.proto, t.conn.Proto = unix.IPPROTO_UDP, "udp"
+		t.req.Protocol, t.conn.Proto = unix.IPPROTO_UDP, "udp"
 	default:
 		return target{}, skip
 	}
@@ -251,8 +252,8 @@ func describe(fd int) (target, naming) {
 	if err != nil {
 		// ENOTCONN: unconnected UDP, a listener, a closed socket, or a
 		// TCP connect in flight, which still needs destroying.
-		if t.proto == unix.IPPROTO_TCP {
-			if info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && info.State == tcpSynSent {
+		if t.req.Protocol == unix.IPPROTO_TCP {
+			if info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && sockdiag.TCPState(info.State) == sockdiag.TCPSynSent {
 				return target{}, unnamed
 			}
 		}
@@ -272,19 +273,12 @@ func describe(fd int) (target, naming) {
 	if dport == 0 {
 		return target{}, skip
 	}
-	binary.BigEndian.PutUint16(t.id[0:], sport)
-	binary.BigEndian.PutUint16(t.id[2:], dport)
-	if t.family == unix.AF_INET {
-		copy(t.id[4:8], src.AsSlice())
-		copy(t.id[20:24], dst.AsSlice())
-	} else {
-		a, b := src.As16(), dst.As16()
-		copy(t.id[4:20], a[:])
-		copy(t.id[20:36], b[:])
+	t.req.ID = sockdiag.SockID{
+		SrcPort: sport, DstPort: dport,
+		Src: sockdiag.AddrBytes(src), Dst: sockdiag.AddrBytes(dst),
+		Ifindex: uint32(ifindex),
+		Cookie:  cookie,
 	}
-	binary.NativeEndian.PutUint32(t.id[36:], uint32(ifindex))
-	binary.NativeEndian.PutUint32(t.id[40:], uint32(cookie))
-	binary.NativeEndian.PutUint32(t.id[44:], uint32(cookie>>32))
 	t.conn.Local = netip.AddrPortFrom(src.Unmap(), sport)
 	t.conn.Remote = netip.AddrPortFrom(dst.Unmap(), dport)
 	return t, named

@@ -38,7 +38,7 @@
 // sock_diag reaches the sockets of the network namespace its own socket was
 // opened in. A member in another namespace (a container's, typically) has
 // its sockets destroyed through a sock_diag socket opened in that namespace
-// (vishvananda/netlink), which takes CAP_SYS_ADMIN.
+// (sockdiag.OpenIn), which takes CAP_SYS_ADMIN.
 //
 // Not covered:
 //   - a socket is found only through a process in the pid list: one passed
@@ -52,15 +52,14 @@
 package sockdestroy
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
 
-	"github.com/vishvananda/netlink/nl"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/internal/sockdiag"
 )
 
 // Conn is one socket of a member process.
@@ -199,13 +198,13 @@ func netnsOf(pid string) (uint64, error) {
 
 func (g *netnsGroup) destroy(match func(Conn) bool) ([]Conn, error) {
 	var errs []error
-	d, err := openDiagIn(g.pid)
+	c, err := sockdiag.OpenIn(g.pid)
 	if err != nil {
 		return nil, err
 	}
-	defer d.close()
+	defer c.Close()
 	if len(g.rest) > 0 {
-		more, err := d.find(g.rest)
+		more, err := find(c, g.rest)
 		g.found = append(g.found, more...)
 		errs = append(errs, err)
 	}
@@ -215,12 +214,12 @@ func (g *netnsGroup) destroy(match func(Conn) bool) ([]Conn, error) {
 			targets = append(targets, t)
 		}
 	}
-	destroyed, err := d.destroy(targets)
+	destroyed, err := destroyTargets(c, targets)
 	return destroyed, errors.Join(append(errs, err)...)
 }
 
 // find dumps the socket tables for the sockets of owners.
-func (d *diag) find(owners map[uint64]int) ([]target, error) {
+func find(c *sockdiag.Conn, owners map[uint64]int) ([]target, error) {
 	var targets []target
 	var errs []error
 	for _, q := range queries {
@@ -228,20 +227,17 @@ func (d *diag) find(owners map[uint64]int) ([]target, error) {
 		var err error
 		for try := 0; try < dumpAttempts; try++ {
 			found = found[:0]
-			err = d.dump(q, func(m []byte) {
-				if len(m) < sizeofMsg {
-					return
-				}
-				pid, mine := owners[uint64(binary.NativeEndian.Uint32(m[msgInodeOff:]))]
+			err = c.Dump(&q.Request, func(m *sockdiag.Msg) {
+				pid, mine := owners[uint64(m.Inode)]
 				if !mine {
 					return
 				}
-				if t, ok := parseMsg(m, q.proto); ok {
+				if t, ok := fromMsg(m, q.Protocol); ok {
 					t.conn.PID = pid
 					found = append(found, t)
 				}
 			})
-			if err != errInterrupted {
+			if err != sockdiag.ErrInterrupted {
 				break
 			}
 		}
@@ -255,103 +251,63 @@ func (d *diag) find(owners map[uint64]int) ([]target, error) {
 }
 
 // query is one sock_diag dump: an address family and protocol, and the
-// socket states (as a bit mask of 1<<TCP_*) to return.
-type query struct {
-	family uint8
-	proto  uint8
-	states uint32
-}
+// socket states to return.
+type query struct{ sockdiag.Request }
 
 func (q query) String() string {
 	s := "tcp"
-	if q.proto == unix.IPPROTO_UDP {
+	if q.Protocol == unix.IPPROTO_UDP {
 		s = "udp"
 	}
-	if q.family == unix.AF_INET6 {
+	if q.Family == unix.AF_INET6 {
 		return s + "6"
 	}
 	return s + "4"
 }
 
-// Kernel TCP states (include/net/tcp_states.h).
-const (
-	tcpEstablished = 1
-	tcpSynSent     = 2
-	tcpSynRecv     = 3
-	tcpFinWait1    = 4
-	tcpFinWait2    = 5
-	tcpClose       = 7
-	tcpCloseWait   = 8
-	tcpLastAck     = 9
-	tcpClosing     = 11
-)
-
 // tcpStates selects every TCP state with a peer that a file can still own:
 // not LISTEN, and not TIME_WAIT or NEW_SYN_RECV (mini sockets, inode 0).
-const tcpStates = 1<<tcpEstablished | 1<<tcpSynSent | 1<<tcpSynRecv |
-	1<<tcpFinWait1 | 1<<tcpFinWait2 | 1<<tcpClose | 1<<tcpCloseWait |
-	1<<tcpLastAck | 1<<tcpClosing
+const tcpStates = 1<<sockdiag.TCPEstablished | 1<<sockdiag.TCPSynSent | 1<<sockdiag.TCPSynRecv |
+	1<<sockdiag.TCPFinWait1 | 1<<sockdiag.TCPFinWait2 | 1<<sockdiag.TCPClose | 1<<sockdiag.TCPCloseWait |
+	1<<sockdiag.TCPLastAck | 1<<sockdiag.TCPClosing
 
 // udpStates selects connected UDP sockets (unconnected ones are TCP_CLOSE).
-const udpStates = 1 << tcpEstablished
+const udpStates = 1 << sockdiag.TCPEstablished
 
 var queries = [...]query{
-	{unix.AF_INET, unix.IPPROTO_TCP, tcpStates},
-	{unix.AF_INET6, unix.IPPROTO_TCP, tcpStates},
-	{unix.AF_INET, unix.IPPROTO_UDP, udpStates},
-	{unix.AF_INET6, unix.IPPROTO_UDP, udpStates},
+	{sockdiag.Request{Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP, States: tcpStates}},
+	{sockdiag.Request{Family: unix.AF_INET6, Protocol: unix.IPPROTO_TCP, States: tcpStates}},
+	{sockdiag.Request{Family: unix.AF_INET, Protocol: unix.IPPROTO_UDP, States: udpStates}},
+	{sockdiag.Request{Family: unix.AF_INET6, Protocol: unix.IPPROTO_UDP, States: udpStates}},
 }
 
-// Layout of struct inet_diag_req_v2 and struct inet_diag_msg
-// (include/uapi/linux/inet_diag.h).
-const (
-	sizeofNlmsghdr = unix.SizeofNlMsghdr // 16
-	sizeofSockID   = 48                  // struct inet_diag_sockid
-	sizeofReq      = 8 + sizeofSockID    // struct inet_diag_req_v2
-	sizeofMsg      = 4 + sizeofSockID + 20
-	msgIDOff       = 4 // offset of the sockid in inet_diag_msg
-	reqIDOff       = 8 // offset of the sockid in inet_diag_req_v2
-	msgInodeOff    = 68
-	// noCookie in both halves of idiag_cookie (INET_DIAG_NOCOOKIE) tells
-	// sock_diag to match by the socket id alone.
-	noCookie = ^uint64(0)
-)
+// dumpAttempts bounds the retries of a dump interrupted by concurrent changes
+// to the socket tables.
+const dumpAttempts = 3
 
 // target is a socket selected for destruction.
 type target struct {
-	conn   Conn
-	family uint8
-	proto  uint8
-	id     [sizeofSockID]byte // exact inet_diag_sockid from the dump
+	conn Conn
+	req  sockdiag.Request // family, protocol and the exact socket id
 }
 
-// parseMsg decodes an inet_diag_msg. It returns false for sockets without a
-// peer or an owning file.
-func parseMsg(m []byte, proto uint8) (target, bool) {
-	if len(m) < sizeofMsg {
+// fromMsg turns a socket of a dump into a target. It returns false for
+// sockets without a peer or an owning file.
+func fromMsg(m *sockdiag.Msg, proto uint8) (target, bool) {
+	if m.Inode == 0 {
 		return target{}, false
 	}
-	t := target{family: m[0], proto: proto}
-	copy(t.id[:], m[msgIDOff:msgIDOff+sizeofSockID])
-	t.conn.Inode = uint64(binary.NativeEndian.Uint32(m[msgInodeOff:]))
-	if t.conn.Inode == 0 {
-		return target{}, false
-	}
-	sport := binary.BigEndian.Uint16(t.id[0:])
-	dport := binary.BigEndian.Uint16(t.id[2:])
-	ifindex := binary.NativeEndian.Uint32(t.id[36:])
-	var src, dst netip.Addr
-	switch t.family {
+	t := target{req: sockdiag.Request{Family: m.Family, Protocol: proto, ID: m.ID}}
+	t.conn.Inode = uint64(m.Inode)
+	src, dst := m.ID.SrcAddr(m.Family), m.ID.DstAddr(m.Family)
+	switch m.Family {
 	case unix.AF_INET:
-		src = netip.AddrFrom4([4]byte(t.id[4:8]))
-		dst = netip.AddrFrom4([4]byte(t.id[20:24]))
 	case unix.AF_INET6:
-		src = addr6([16]byte(t.id[4:20]), ifindex)
-		dst = addr6([16]byte(t.id[20:36]), ifindex)
+		src, dst = reported(src, m.ID.Ifindex), reported(dst, m.ID.Ifindex)
 	default:
 		return target{}, false
 	}
-	if dport == 0 || !dst.IsValid() || dst.IsUnspecified() {
+	if m.ID.DstPort == 0 || !dst.IsValid() || dst.IsUnspecified() {
 		return target{}, false
 	}
 	if proto == unix.IPPROTO_UDP {
@@ -359,13 +315,14 @@ func parseMsg(m []byte, proto uint8) (target, bool) {
 	} else {
 		t.conn.Proto = "tcp"
 	}
-	t.conn.Local = netip.AddrPortFrom(src, sport)
-	t.conn.Remote = netip.AddrPortFrom(dst, dport)
+	t.conn.Local = netip.AddrPortFrom(src, m.ID.SrcPort)
+	t.conn.Remote = netip.AddrPortFrom(dst, m.ID.DstPort)
 	return t, true
 }
 
-func addr6(b [16]byte, ifindex uint32) netip.Addr {
-	a := netip.AddrFrom16(b)
+// reported is an IPv6 address as Conn reports it: IPv4-mapped ones as
+// IPv4, link-local ones with the bound device as their zone.
+func reported(a netip.Addr, ifindex uint32) netip.Addr {
 	if a.Is4In6() {
 		return a.Unmap()
 	}
@@ -375,233 +332,24 @@ func addr6(b [16]byte, ifindex uint32) netip.Addr {
 	return a
 }
 
-// diag is a NETLINK_SOCK_DIAG socket.
-type diag struct {
-	fd  int
-	seq uint32
-	buf []byte
-	ns  *nl.NetlinkSocket // set when opened in another network namespace
-}
-
-// openDiag opens a sock_diag socket in this process's network namespace.
-func openDiag() (*diag, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
-	if err != nil {
-		return nil, fmt.Errorf("netlink sock_diag socket: %w", err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("netlink sock_diag bind: %w", err)
-	}
-	return newDiag(fd, nil), nil
-}
-
-// openDiagIn opens the sock_diag socket in the network namespace of pid
-// (ours for 0): sock_diag reaches the sockets of the namespace its socket
-// was created in. Entering the namespace takes CAP_SYS_ADMIN.
-func openDiagIn(pid int) (*diag, error) {
-	if pid == 0 {
-		return openDiag()
-	}
-	ns, err := netns.GetFromPid(pid)
-	if err != nil {
-		return nil, fmt.Errorf("network namespace of pid %d: %w", pid, err)
-	}
-	defer ns.Close()
-	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_SOCK_DIAG)
-	if err != nil {
-		return nil, fmt.Errorf("netlink sock_diag socket in the network namespace of pid %d: %w", pid, err)
-	}
-	// The library opens it non-blocking; the reads here block with a
-	// timeout or pass MSG_DONTWAIT.
-	if err := unix.SetNonblock(s.GetFd(), false); err != nil {
-		s.Close()
-		return nil, err
-	}
-	return newDiag(s.GetFd(), s), nil
-}
-
-func newDiag(fd int, ns *nl.NetlinkSocket) *diag {
-	// Acks without the echoed request; a bounded wait should the kernel
-	// ever drop a reply.
-	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
-	tv := unix.Timeval{Sec: 10}
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	// Dumps are sized by the reader's buffer, up to 32 KiB per datagram.
-	return &diag{fd: fd, seq: 1, buf: make([]byte, 64<<10), ns: ns}
-}
-
-func (d *diag) close() {
-	if d.ns != nil {
-		d.ns.Close()
-		return
-	}
-	unix.Close(d.fd)
-}
-
-var kernel = &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
-
-// putReq appends a netlink message carrying an inet_diag_req_v2.
-func putReq(b []byte, typ, flags uint16, seq uint32, family, proto uint8, states uint32, id *[sizeofSockID]byte) []byte {
-	off := len(b)
-	b = append(b, make([]byte, sizeofNlmsghdr+sizeofReq)...)
-	h := b[off:]
-	binary.NativeEndian.PutUint32(h[0:], sizeofNlmsghdr+sizeofReq)
-	binary.NativeEndian.PutUint16(h[4:], typ)
-	binary.NativeEndian.PutUint16(h[6:], flags)
-	binary.NativeEndian.PutUint32(h[8:], seq)
-	r := h[sizeofNlmsghdr:]
-	r[0], r[1] = family, proto
-	binary.NativeEndian.PutUint32(r[4:], states)
-	if id != nil {
-		copy(r[reqIDOff:], id[:])
-	}
-	return b
-}
-
-// recv reads one datagram from the kernel and calls fn for each netlink
-// message in it.
-func (d *diag) recv(fn func(typ, flags uint16, seq uint32, payload []byte) error) error {
-	return d.recvFlags(0, fn)
-}
-
-// recvFlags is recv with recvmsg flags (MSG_DONTWAIT: EAGAIN when nothing
-// is queued).
-func (d *diag) recvFlags(flags int, fn func(typ, flags uint16, seq uint32, payload []byte) error) error {
-	for {
-		n, _, rflags, from, err := unix.Recvmsg(d.fd, d.buf, nil, flags)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("netlink recv: %w", err)
-		}
-		if rflags&unix.MSG_TRUNC != 0 {
-			return errors.New("netlink recv: message truncated")
-		}
-		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
-			continue // not from the kernel
-		}
-		b := d.buf[:n]
-		for len(b) >= sizeofNlmsghdr {
-			l := int(binary.NativeEndian.Uint32(b[0:]))
-			if l < sizeofNlmsghdr || l > len(b) {
-				return errors.New("netlink recv: malformed message")
-			}
-			err := fn(binary.NativeEndian.Uint16(b[4:]), binary.NativeEndian.Uint16(b[6:]),
-				binary.NativeEndian.Uint32(b[8:]), b[sizeofNlmsghdr:l])
-			if err != nil {
-				return err
-			}
-			b = b[min(nlmsgAlign(l), len(b)):]
-		}
-		return nil
-	}
-}
-
-func nlmsgAlign(l int) int { return (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
-
-var errDone = errors.New("done")
-
-// errInterrupted reports a dump the kernel flagged as inconsistent because
-// the socket tables changed during it.
-var errInterrupted = errors.New("dump interrupted, results may be incomplete")
-
-// dumpAttempts bounds the retries of a dump interrupted by concurrent changes
-// to the socket tables.
-const dumpAttempts = 3
-
-// dump runs one SOCK_DIAG_BY_FAMILY dump, calling fn for each inet_diag_msg
-// (valid only during the call). It returns errInterrupted if the kernel
-// flagged the dump as inconsistent.
-func (d *diag) dump(q query, fn func([]byte)) error {
-	d.seq++
-	seq := d.seq
-	req := putReq(nil, unix.SOCK_DIAG_BY_FAMILY, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, seq, q.family, q.proto, q.states, nil)
-	if err := unix.Sendto(d.fd, req, 0, kernel); err != nil {
-		return fmt.Errorf("netlink send: %w", err)
-	}
-	interrupted := false
-	var err error
-	for err == nil {
-		err = d.recv(func(typ, flags uint16, s uint32, p []byte) error {
-			if s != seq {
-				return nil // stale reply
-			}
-			if flags&unix.NLM_F_DUMP_INTR != 0 {
-				interrupted = true
-			}
-			switch typ {
-			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
-				if len(p) >= 4 {
-					if e := int32(binary.NativeEndian.Uint32(p)); e < 0 {
-						return unix.Errno(-e)
-					}
-				}
-				return errDone
-			case unix.SOCK_DIAG_BY_FAMILY:
-				fn(p)
-			}
-			return nil
-		})
-	}
-	if err != errDone {
-		return err
-	}
-	if interrupted {
-		return errInterrupted
-	}
-	return nil
-}
-
-// batch is the number of SOCK_DESTROY requests sent in one datagram; their
-// error replies (about 1 KiB of receive buffer each) must fit the socket's
-// buffer.
-const batch = 32
-
-// destroy sends SOCK_DESTROY for every target and returns those the kernel
-// destroyed. The requests ask for no acknowledgement: the kernel handles a
-// request datagram within the sendto that carries it, and answers only the
-// requests that failed, so once sendto has returned every failure is queued
-// on the socket and every other target is gone. That saves a reply and a
-// recvmsg per socket.
-func (d *diag) destroy(targets []target) ([]Conn, error) {
+// destroyTargets destroys the targets, sockdiag.DestroyBatch at a time, and
+// returns those the kernel destroyed. It stops at a failure that every
+// other socket would meet too.
+func destroyTargets(c *sockdiag.Conn, targets []target) ([]Conn, error) {
 	var done []Conn
 	var errs []error
-	req := make([]byte, 0, batch*(sizeofNlmsghdr+sizeofReq))
+	reqs := make([]sockdiag.Request, 0, min(len(targets), sockdiag.DestroyBatch))
 	for len(targets) > 0 {
-		chunk := targets[:min(batch, len(targets))]
+		chunk := targets[:min(sockdiag.DestroyBatch, len(targets))]
 		targets = targets[len(chunk):]
-		base := d.seq + 1
-		d.seq += uint32(len(chunk))
-		req = req[:0]
+		reqs = reqs[:0]
 		for i := range chunk {
-			t := &chunk[i]
-			req = putReq(req, unix.SOCK_DESTROY, unix.NLM_F_REQUEST, base+uint32(i), t.family, t.proto, 0, &t.id)
+			reqs = append(reqs, chunk[i].req)
 		}
-		if err := unix.Sendto(d.fd, req, 0, kernel); err != nil {
-			return done, errors.Join(append(errs, fmt.Errorf("netlink send: %w", err))...)
-		}
-		results := make([]error, len(chunk))
-		for {
-			err := d.recvFlags(unix.MSG_DONTWAIT, func(typ, _ uint16, s uint32, p []byte) error {
-				i := s - base
-				if typ != unix.NLMSG_ERROR || s < base || i >= uint32(len(chunk)) || len(p) < 4 {
-					return nil
-				}
-				if e := int32(binary.NativeEndian.Uint32(p)); e < 0 {
-					results[i] = unix.Errno(-e)
-				}
-				return nil
-			})
-			if errors.Is(err, unix.EAGAIN) {
-				break
-			}
-			if err != nil {
-				// ENOBUFS would mean failures were dropped: nothing of
-				// this chunk can be reported as destroyed.
-				return done, errors.Join(append(errs, err)...)
-			}
+		results, err := c.Destroy(reqs)
+		if err != nil {
+			// Nothing of this chunk can be reported as destroyed.
+			return done, errors.Join(append(errs, err)...)
 		}
 		fatal := false
 		for i, err := range results {

@@ -2,7 +2,6 @@ package sockdestroy
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/internal/privtest"
+	"github.com/agentfence/agentfence/internal/sockdiag"
 )
 
 // childEnv makes the test binary run as a socket-holding helper process.
@@ -659,22 +659,30 @@ func TestParse(t *testing.T) {
 		}
 	}
 
-	// An AF_INET6 inet_diag_msg with IPv4-mapped addresses.
-	m := make([]byte, sizeofMsg+8)
-	m[0], m[1] = unix.AF_INET6, tcpEstablished
-	m[4], m[5], m[6], m[7] = 0x30, 0x39, 0x00, 0x50 // 12345 -> 80
-	copy(m[8:24], netip.MustParseAddr("::ffff:10.0.0.1").AsSlice())
-	copy(m[24:40], netip.MustParseAddr("::ffff:192.0.2.7").AsSlice())
-	binary.NativeEndian.PutUint32(m[68:], 7) // inode
-	tg, ok := parseMsg(m, unix.IPPROTO_TCP)
+	// An AF_INET6 socket of a dump with IPv4-mapped addresses.
+	m := sockdiag.Msg{Family: unix.AF_INET6, State: sockdiag.TCPEstablished, Inode: 7, ID: sockdiag.SockID{
+		SrcPort: 12345, DstPort: 80, Cookie: 0x1122334455667788,
+		Src: netip.MustParseAddr("::ffff:10.0.0.1").As16(), Dst: netip.MustParseAddr("::ffff:192.0.2.7").As16(),
+	}}
+	tg, ok := fromMsg(&m, unix.IPPROTO_TCP)
 	want := Conn{Inode: 7, Proto: "tcp",
 		Local: netip.MustParseAddrPort("10.0.0.1:12345"), Remote: netip.MustParseAddrPort("192.0.2.7:80")}
-	if !ok || tg.conn != want || tg.family != unix.AF_INET6 || [48]byte(m[4:52]) != tg.id {
-		t.Errorf("parseMsg = %+v, %v; want %+v", tg, ok, want)
+	wantReq := sockdiag.Request{Family: unix.AF_INET6, Protocol: unix.IPPROTO_TCP, ID: m.ID}
+	if !ok || tg.conn != want || tg.req != wantReq {
+		t.Errorf("fromMsg = %+v, %v; want %+v, %+v", tg, ok, want, wantReq)
 	}
-	m[6], m[7] = 0, 0 // no peer
-	if _, ok := parseMsg(m, unix.IPPROTO_TCP); ok {
-		t.Error("parseMsg accepted a socket without a peer")
+	// A link-local peer is reported with the bound device as its zone.
+	m.ID.Dst, m.ID.Ifindex = netip.MustParseAddr("fe80::1").As16(), 3
+	if tg, ok := fromMsg(&m, unix.IPPROTO_UDP); !ok || tg.conn.Remote != netip.MustParseAddrPort("[fe80::1%3]:80") || tg.conn.Proto != "udp" {
+		t.Errorf("fromMsg of a link-local peer = %+v, %v", tg, ok)
+	}
+	m.ID.DstPort = 0 // no peer
+	if _, ok := fromMsg(&m, unix.IPPROTO_TCP); ok {
+		t.Error("fromMsg accepted a socket without a peer")
+	}
+	m.ID.DstPort, m.Inode = 80, 0 // no owning file
+	if _, ok := fromMsg(&m, unix.IPPROTO_TCP); ok {
+		t.Error("fromMsg accepted a socket without an inode")
 	}
 }
 
@@ -794,13 +802,13 @@ func TestDestroyReportsOnlyWhatTheKernelDestroyed(t *testing.T) {
 		fds = append(fds, int(f.Fd()))
 		targets = append(targets, tg)
 	}
-	targets[1].id[40] ^= 0xff // wrong cookie
-	d, err := openDiag()
+	targets[1].req.ID.Cookie ^= 0xff // wrong cookie
+	c, err := sockdiag.Open()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.close()
-	done, err := d.destroy(targets)
+	defer c.Close()
+	done, err := destroyTargets(c, targets)
 	if err != nil {
 		t.Fatalf("destroy: %v", err)
 	}
