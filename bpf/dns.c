@@ -95,13 +95,6 @@ struct {
 	__type(value, struct scratch);
 } host_scratch SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 10);
-	__type(key, __u32);
-	__type(value, __u64);
-} host_stats SEC(".maps");
-
 enum host_stat {
 	HS_LOST = 0,     // ring buffer reserve failures
 	HS_ANSWERS = 1,  // DNS responses parsed
@@ -113,9 +106,20 @@ enum host_stat {
 	HS_BUSY = 7, // scratch busy: nested run bailed out
 	HS_QUERY_OK = 8,   // member DNS queries let through by the dns mode
 	HS_QUERY_DROP = 9, // member DNS queries refused (or would be, in audit mode)
+	HS_MAX = 10,
 };
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HS_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} host_stats SEC(".maps");
+
+// Kept in BTF for bpf2go -type (see gate.c).
 const struct host_event *unused_host_event __attribute__((unused));
+const enum af_host_kind *unused_host_kind __attribute__((unused));
+const enum host_stat *unused_host_stat __attribute__((unused));
 
 // Written by the loader: how long a learned address is kept, the record TTL
 // clamped to [ttl_min_ns, ttl_max_ns]; and the port DNS answers come from.

@@ -11,19 +11,8 @@
 #define AF_MAX_HOST_NAMES 65536   // (slot, name) entries over all sessions
 #define AF_MAX_LEARNED (1 << 16)  // learned (slot, address) entries, LRU
 
-// Hooks and reasons of hostname decisions, continuing enum af_hook and
-// enum af_reason.
-#define AF_HOOK_DNS 6 // a DNS answer delivered to a session socket
-#define AF_HOOK_SNI 7 // the first data segment of a TCP connection
-
-#define AF_REASON_SNI_MISMATCH 6   // SNI names a host not in scope
-#define AF_REASON_SNI_MISSING 7    // no SNI (not TLS, or a ClientHello without it)
-#define AF_REASON_SNI_INCOMPLETE 8 // the SNI is not within the first segment
-#define AF_REASON_NAME_UNSCOPED 9  // a DNS answer for a name not in scope
-// DNS queries of members (dns_egress), by the session's dns mode.
-#define AF_REASON_DNS_UNSCOPED 10  // scoped: no hostname rule covers the question name
-#define AF_REASON_DNS_NONE 11      // none: no query may leave
-#define AF_REASON_DNS_MALFORMED 12 // not one standard query with a readable question
+// The hooks and reasons of hostname decisions are in enum af_hook and enum
+// af_reason (gate.h).
 
 enum af_name_kind {
 	AF_NAME_EXACT = 0,

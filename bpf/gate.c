@@ -46,9 +46,22 @@ struct {
 AF_GATE_EVENTS_MAP;
 AF_GATE_STATS_MAP;
 
-// The event travels through the ring buffer untyped; this keeps its type in
-// BTF for bpf2go -type.
+// The event travels through the ring buffer untyped, and the enums are
+// only ever stored in plain integer fields; these keep their types in BTF
+// for bpf2go -type, so that Go's constants come from here.
 const struct gate_event *unused_gate_event __attribute__((unused));
+const enum af_hook *unused_hook __attribute__((unused));
+const enum af_verdict *unused_verdict __attribute__((unused));
+const enum af_reason *unused_reason __attribute__((unused));
+const enum af_mode *unused_mode __attribute__((unused));
+const enum af_state *unused_state __attribute__((unused));
+const enum af_dns_mode *unused_dns_mode __attribute__((unused));
+const enum af_stat *unused_stat __attribute__((unused));
+const enum af_session_flag *unused_session_flag __attribute__((unused));
+const enum af_rule_flag *unused_rule_flag __attribute__((unused));
+const enum af_rule_none *unused_rule_none __attribute__((unused));
+const enum af_event_name_flag *unused_event_name_flag __attribute__((unused));
+const enum af_name_kind *unused_name_kind __attribute__((unused));
 
 // Allowed decisions are not worth a consumer wakeup each: the reader polls
 // on a short timer and is woken early only when the ring fills up.
@@ -267,7 +280,7 @@ static __always_inline void emit(struct binding *b, __u32 tgid, __u32 tid, __u64
 	e->quarantined_now = quarantined_now;
 	e->sock_family = 0;
 	e->sock_type = 0;
-	e->name_flags = d->via_name;
+	e->name_flags = d->via_name ? AF_EVENT_VIA_NAME : 0;
 	e->name_hash = d->name_hash;
 
 	__u64 flags = BPF_RB_NO_WAKEUP;

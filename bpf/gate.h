@@ -8,8 +8,15 @@
 // longest prefix, so userspace copies the port rules of every shorter prefix
 // that covers it into each entry; 16 is the most rules one address may need.
 #define AF_MAX_PORT_RULES 16
-#define AF_RULE_NONE 0xffff
 #define AF_MAX_CGROUP_DEPTH 16
+
+// The enums below reach Go through bpf2go -type (enforcer/gen.go); gate.c
+// references each from an unused global so that BTF keeps it.
+
+// The rule field of an event or socket when no rule matched.
+enum af_rule_none {
+	AF_RULE_NONE = 0xffff,
+};
 
 enum af_mode {
 	AF_MODE_ENFORCE = 0,
@@ -23,16 +30,18 @@ enum af_state {
 	AF_STATE_REVOKED = 3,     // nothing matches
 };
 
-// Session flags.
-#define AF_SESSION_QUARANTINE_ON_BUDGET 1
-// The drift action is kill: a member found holding a socket no hook can
-// judge (boundary.c) is killed before the syscall returns to it.
-#define AF_SESSION_KILL_ON_DRIFT 2
-// The DNS egress program (dns.c dns_egress) is not loaded: the gate itself
-// refuses connect and sendmsg to the DNS port for a session whose dns mode
-// is not AF_DNS_ANY. Without the program no question can be read, so
-// scoped degrades to none (fail closed).
-#define AF_SESSION_DNS_AT_GATE 4
+// Session flags (session.flags).
+enum af_session_flag {
+	AF_SESSION_QUARANTINE_ON_BUDGET = 1,
+	// The drift action is kill: a member found holding a socket no hook
+	// can judge (boundary.c) is killed before the syscall returns to it.
+	AF_SESSION_KILL_ON_DRIFT = 2,
+	// The DNS egress program (dns.c dns_egress) is not loaded: the gate
+	// itself refuses connect and sendmsg to the DNS port for a session
+	// whose dns mode is not AF_DNS_ANY. Without the program no question
+	// can be read, so scoped degrades to none (fail closed).
+	AF_SESSION_DNS_AT_GATE = 4,
+};
 
 // What a session's members may ask a resolver (session.dns): the question
 // name of every DNS query they send is judged in dns_egress.
@@ -55,7 +64,15 @@ enum af_reason {
 	AF_REASON_REVOKED = 3,     // the session was revoked
 	AF_REASON_QUARANTINED = 4, // only essential rules match
 	AF_REASON_SOCKET_TYPE = 5, // raw or non-TCP/UDP socket
-	// 6-9 are the hostname programs' (dns.h), 10-12 DNS queries' (dns.h).
+	// Hostname decisions (dns.c).
+	AF_REASON_SNI_MISMATCH = 6,   // SNI names a host not in scope
+	AF_REASON_SNI_MISSING = 7,    // no SNI (not TLS, or a ClientHello without it)
+	AF_REASON_SNI_INCOMPLETE = 8, // the SNI is not within the first segment
+	AF_REASON_NAME_UNSCOPED = 9,  // a DNS answer for a name not in scope
+	// DNS queries of members (dns_egress), by the session's dns mode.
+	AF_REASON_DNS_UNSCOPED = 10,  // scoped: no hostname rule covers the question name
+	AF_REASON_DNS_NONE = 11,      // none: no query may leave
+	AF_REASON_DNS_MALFORMED = 12, // not one standard query with a readable question
 	AF_REASON_SOCKET_FAMILY = 16, // a family other than unix, netlink, inet (boundary.c)
 };
 
@@ -65,7 +82,9 @@ enum af_hook {
 	AF_HOOK_SENDMSG4 = 3,
 	AF_HOOK_SENDMSG6 = 4,
 	AF_HOOK_SOCK_CREATE = 5,
-	// 6 and 7 are the hostname programs' (dns.h).
+	// The hostname programs (dns.c).
+	AF_HOOK_DNS = 6, // a DNS answer delivered to a session socket
+	AF_HOOK_SNI = 7, // the first data segment of a TCP connection
 	AF_HOOK_BIND4 = 8,    // a member binds a port
 	AF_HOOK_BIND6 = 9,
 	AF_HOOK_INGRESS4 = 10, // a peer reaches a member's socket
@@ -100,9 +119,12 @@ struct session {
 #define AF_PROTO_TCP 1
 #define AF_PROTO_UDP 2
 
-#define AF_RULE_ESSENTIAL 1 // still matches in quarantine
-#define AF_RULE_EXE 2       // only for processes whose executable is exe
-#define AF_RULE_IN 4        // an in: rule: the prefix is peers, lo-hi local ports
+// Port rule flags (port_rule.flags).
+enum af_rule_flag {
+	AF_RULE_ESSENTIAL = 1, // still matches in quarantine
+	AF_RULE_EXE = 2,       // only for processes whose executable is exe
+	AF_RULE_IN = 4,        // an in: rule: the prefix is peers, lo-hi local ports
+};
 
 struct port_rule {
 	struct exe_id exe;
@@ -142,6 +164,11 @@ struct exact6_key {
 	__u8 addr[16];
 };
 
+// gate_event.name_flags.
+enum af_event_name_flag {
+	AF_EVENT_VIA_NAME = 1, // allowed through a learned hostname (dns.h)
+};
+
 struct gate_event {
 	__u64 ts_ns; // CLOCK_BOOTTIME
 	__u64 cgroup_id;
@@ -167,7 +194,7 @@ struct gate_event {
 	// descriptor, or a negative errno), 0 from the LSM.
 	__u8 sock_family;
 	__u8 sock_type;
-	__u32 name_flags; // 1: allowed through a learned hostname (dns.h)
+	__u32 name_flags; // enum af_event_name_flag
 	__u64 name_hash;  // that hostname's FNV-1a hash, 0 if none
 	// Inbound (AF_HOOK_INGRESS*): addr and port above are the peer; these
 	// are the member's side. suppressed counts the refusals of this

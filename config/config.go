@@ -48,6 +48,8 @@ const (
 
 	// MaxSessionsLimit is the capacity of the kernel session maps
 	// (AF_MAX_SESSIONS in bpf/common.h); sessions.max_sessions cannot exceed it.
+	// A constant so that validation needs no BPF object; enforcer's
+	// TestSessionCapacity keeps it equal to the maps'.
 	MaxSessionsLimit = 16384
 
 	// MaxAncestryDepth bounds process.ancestry_depth (the walk is a bounded

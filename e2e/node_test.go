@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/config"
 	"github.com/agentfence/agentfence/internal/bpffs"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/gatetest"
@@ -126,7 +127,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		`agentfence_sessions{state="active"}`:                1,
 		`agentfence_bpf_map_entries{map="sessions"}`:         1,
 		`agentfence_bpf_map_entries{map="cgroup_sessions"}`:  1,
-		`agentfence_bpf_map_capacity{map="sessions"}`:        16384,
+		`agentfence_bpf_map_capacity{map="sessions"}`:        config.MaxSessionsLimit,
 		`agentfence_kernel_events_lost_total{source="gate"}`: 0,
 	}
 	got := scrape(t, base+"/metrics")

@@ -81,8 +81,12 @@ func boundarySpec(lsm bool) (*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("enforcer: load socket family spec: %w", err)
 	}
+	var vars boundaryVariableSpecs
+	if err := spec.Assign(&vars); err != nil {
+		return nil, fmt.Errorf("enforcer: socket family spec: %w", err)
+	}
 	if lsm {
-		if err := spec.Variables["lsm_refuses"].Set(uint8(1)); err != nil {
+		if err := vars.LsmRefuses.Set(uint8(1)); err != nil {
 			return nil, fmt.Errorf("enforcer: set lsm_refuses: %w", err)
 		}
 	}

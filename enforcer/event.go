@@ -8,24 +8,28 @@ import (
 	"unsafe"
 )
 
+// The kernel's values of Hook, Verdict and Reason are the C enums of
+// bpf/gate.h (af_hook, af_verdict, af_reason), which bpf2go generates; the
+// types here are the byte the event carries.
+
 // Hook is the program that made a decision.
 type Hook uint8
 
 const (
-	HookConnect4   Hook = 1
-	HookConnect6   Hook = 2
-	HookSendmsg4   Hook = 3
-	HookSendmsg6   Hook = 4
-	HookSockCreate Hook = 5
-	// 6 and 7 are the hostname programs' (names.go).
-	HookBind4    Hook = 8 // a member binds a port
-	HookBind6    Hook = 9
-	HookIngress4 Hook = 10 // a peer reaches a member's socket
-	HookIngress6 Hook = 11
+	HookConnect4   = Hook(gateAfHookAF_HOOK_CONNECT4)
+	HookConnect6   = Hook(gateAfHookAF_HOOK_CONNECT6)
+	HookSendmsg4   = Hook(gateAfHookAF_HOOK_SENDMSG4)
+	HookSendmsg6   = Hook(gateAfHookAF_HOOK_SENDMSG6)
+	HookSockCreate = Hook(gateAfHookAF_HOOK_SOCK_CREATE)
+	// HookDNS and HookSNI are the hostname programs' (names.go).
+	HookBind4    = Hook(gateAfHookAF_HOOK_BIND4) // a member binds a port
+	HookBind6    = Hook(gateAfHookAF_HOOK_BIND6)
+	HookIngress4 = Hook(gateAfHookAF_HOOK_INGRESS4) // a peer reaches a member's socket
+	HookIngress6 = Hook(gateAfHookAF_HOOK_INGRESS6)
 	// Sockets of families no cgroup hook sees (boundary.go): refused by
 	// the BPF LSM, or seen at the socket syscall's exit.
-	HookLSMSocket Hook = 16
-	HookSysSocket Hook = 17
+	HookLSMSocket = Hook(gateAfHookAF_HOOK_LSM_SOCKET)
+	HookSysSocket = Hook(gateAfHookAF_HOOK_SYS_SOCKET)
 )
 
 // Inbound reports whether the hook judged what a peer sent (Event.Dest is
@@ -40,28 +44,36 @@ func (h Hook) Bind() bool { return h == HookBind4 || h == HookBind6 }
 type Verdict uint8
 
 const (
-	VerdictAllowed   Verdict = 1
-	VerdictDenied    Verdict = 2
-	VerdictWouldDeny Verdict = 3
+	VerdictAllowed   = Verdict(gateAfVerdictAF_VERDICT_ALLOWED)
+	VerdictDenied    = Verdict(gateAfVerdictAF_VERDICT_DENIED)
+	VerdictWouldDeny = Verdict(gateAfVerdictAF_VERDICT_WOULD_DENY)
 )
 
 // Reason says why the kernel decided as it did.
 type Reason uint8
 
 const (
-	ReasonRule        Reason = 0
-	ReasonNoRule      Reason = 1
-	ReasonExpired     Reason = 2
-	ReasonRevoked     Reason = 3
-	ReasonQuarantined Reason = 4
-	ReasonSocketType  Reason = 5
+	ReasonRule        = Reason(gateAfReasonAF_REASON_RULE)
+	ReasonNoRule      = Reason(gateAfReasonAF_REASON_NO_RULE)
+	ReasonExpired     = Reason(gateAfReasonAF_REASON_EXPIRED)
+	ReasonRevoked     = Reason(gateAfReasonAF_REASON_REVOKED)
+	ReasonQuarantined = Reason(gateAfReasonAF_REASON_QUARANTINED)
+	ReasonSocketType  = Reason(gateAfReasonAF_REASON_SOCKET_TYPE)
 	// ReasonSocketFamily: a socket family other than unix, netlink and
 	// inet (boundary.go).
-	ReasonSocketFamily Reason = 16
+	ReasonSocketFamily = Reason(gateAfReasonAF_REASON_SOCKET_FAMILY)
 )
 
 // NoRule is Event.Rule when no rule matched.
 const NoRule = -1
+
+// ruleIndex is a kernel rule field as Event.Rule and HostEvent.Rule give it.
+func ruleIndex(rule uint16) int {
+	if rule == uint16(gateAfRuleNoneAF_RULE_NONE) {
+		return NoRule
+	}
+	return int(rule)
+}
 
 // Event is one gate decision, decoded: byte orders converted, v4 addresses
 // as IPv4, the rule index as an int.
@@ -124,13 +136,10 @@ func DecodeEvent(raw []byte) (Event, error) {
 		Comm:    cString(e.Comm[:]),
 		Hook:    Hook(e.Hook),
 		Verdict: Verdict(e.Verdict), Reason: Reason(e.Reason), Protocol: e.Protocol,
-		Rule:           int(e.Rule),
+		Rule:           ruleIndex(e.Rule),
 		QuarantinedNow: e.QuarantinedNow != 0,
-		ViaName:        e.NameFlags&1 != 0,
+		ViaName:        e.NameFlags&uint32(gateAfEventNameFlagAF_EVENT_VIA_NAME) != 0,
 		NameHash:       e.NameHash,
-	}
-	if e.Rule == 0xffff {
-		ev.Rule = NoRule
 	}
 	if ev.Hook == HookLSMSocket || ev.Hook == HookSysSocket {
 		ev.Socket = &SocketAttempt{Family: int(e.SockFamily), Type: int(e.SockType), Protocol: int(e.Port),

@@ -97,13 +97,17 @@ func gateSpec(maxDepth uint32, dnsPort uint16) (*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("enforcer: load spec: %w", err)
 	}
+	var vars gateVariableSpecs
+	if err := spec.Assign(&vars); err != nil {
+		return nil, fmt.Errorf("enforcer: gate spec: %w", err)
+	}
 	if maxDepth != 0 {
-		if err := spec.Variables["max_cgroup_depth"].Set(maxDepth); err != nil {
+		if err := vars.MaxCgroupDepth.Set(maxDepth); err != nil {
 			return nil, fmt.Errorf("enforcer: set max_cgroup_depth: %w", err)
 		}
 	}
 	if dnsPort != 0 {
-		if err := spec.Variables["dns_port"].Set(dnsPort); err != nil {
+		if err := vars.DnsPort.Set(dnsPort); err != nil {
 			return nil, fmt.Errorf("enforcer: set dns_port: %w", err)
 		}
 	}
@@ -305,7 +309,7 @@ type Stats struct {
 
 // Stats reads the per-CPU counters.
 func (g *Gate) Stats() (Stats, error) {
-	var out [4]uint64
+	var out [gateAfStatAF_STAT_MAX]uint64
 	for i := range out {
 		var per []uint64
 		if err := g.objs.GateStats.Lookup(uint32(i), &per); err != nil {
@@ -315,7 +319,8 @@ func (g *Gate) Stats() (Stats, error) {
 			out[i] += v
 		}
 	}
-	return Stats{Lost: out[0], Allowed: out[1], Denied: out[2], WouldDeny: out[3]}, nil
+	return Stats{Lost: out[gateAfStatAF_STAT_LOST], Allowed: out[gateAfStatAF_STAT_ALLOWED],
+		Denied: out[gateAfStatAF_STAT_DENIED], WouldDeny: out[gateAfStatAF_STAT_WOULD_DENY]}, nil
 }
 
 func isNotExist(err error) bool {

@@ -13,6 +13,120 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type gateAfDnsMode uint32
+
+const (
+	gateAfDnsModeAF_DNS_ANY    gateAfDnsMode = 0
+	gateAfDnsModeAF_DNS_SCOPED gateAfDnsMode = 1
+	gateAfDnsModeAF_DNS_NONE   gateAfDnsMode = 2
+)
+
+type gateAfEventNameFlag uint32
+
+const (
+	gateAfEventNameFlagAF_EVENT_VIA_NAME gateAfEventNameFlag = 1
+)
+
+type gateAfHook uint32
+
+const (
+	gateAfHookAF_HOOK_CONNECT4    gateAfHook = 1
+	gateAfHookAF_HOOK_CONNECT6    gateAfHook = 2
+	gateAfHookAF_HOOK_SENDMSG4    gateAfHook = 3
+	gateAfHookAF_HOOK_SENDMSG6    gateAfHook = 4
+	gateAfHookAF_HOOK_SOCK_CREATE gateAfHook = 5
+	gateAfHookAF_HOOK_DNS         gateAfHook = 6
+	gateAfHookAF_HOOK_SNI         gateAfHook = 7
+	gateAfHookAF_HOOK_BIND4       gateAfHook = 8
+	gateAfHookAF_HOOK_BIND6       gateAfHook = 9
+	gateAfHookAF_HOOK_INGRESS4    gateAfHook = 10
+	gateAfHookAF_HOOK_INGRESS6    gateAfHook = 11
+	gateAfHookAF_HOOK_LSM_SOCKET  gateAfHook = 16
+	gateAfHookAF_HOOK_SYS_SOCKET  gateAfHook = 17
+)
+
+type gateAfMode uint32
+
+const (
+	gateAfModeAF_MODE_ENFORCE gateAfMode = 0
+	gateAfModeAF_MODE_AUDIT   gateAfMode = 1
+)
+
+type gateAfNameKind uint32
+
+const (
+	gateAfNameKindAF_NAME_EXACT    gateAfNameKind = 0
+	gateAfNameKindAF_NAME_WILDCARD gateAfNameKind = 1
+)
+
+type gateAfReason uint32
+
+const (
+	gateAfReasonAF_REASON_RULE           gateAfReason = 0
+	gateAfReasonAF_REASON_NO_RULE        gateAfReason = 1
+	gateAfReasonAF_REASON_EXPIRED        gateAfReason = 2
+	gateAfReasonAF_REASON_REVOKED        gateAfReason = 3
+	gateAfReasonAF_REASON_QUARANTINED    gateAfReason = 4
+	gateAfReasonAF_REASON_SOCKET_TYPE    gateAfReason = 5
+	gateAfReasonAF_REASON_SNI_MISMATCH   gateAfReason = 6
+	gateAfReasonAF_REASON_SNI_MISSING    gateAfReason = 7
+	gateAfReasonAF_REASON_SNI_INCOMPLETE gateAfReason = 8
+	gateAfReasonAF_REASON_NAME_UNSCOPED  gateAfReason = 9
+	gateAfReasonAF_REASON_DNS_UNSCOPED   gateAfReason = 10
+	gateAfReasonAF_REASON_DNS_NONE       gateAfReason = 11
+	gateAfReasonAF_REASON_DNS_MALFORMED  gateAfReason = 12
+	gateAfReasonAF_REASON_SOCKET_FAMILY  gateAfReason = 16
+)
+
+type gateAfRuleFlag uint32
+
+const (
+	gateAfRuleFlagAF_RULE_ESSENTIAL gateAfRuleFlag = 1
+	gateAfRuleFlagAF_RULE_EXE       gateAfRuleFlag = 2
+	gateAfRuleFlagAF_RULE_IN        gateAfRuleFlag = 4
+)
+
+type gateAfRuleNone uint32
+
+const (
+	gateAfRuleNoneAF_RULE_NONE gateAfRuleNone = 65535
+)
+
+type gateAfSessionFlag uint32
+
+const (
+	gateAfSessionFlagAF_SESSION_QUARANTINE_ON_BUDGET gateAfSessionFlag = 1
+	gateAfSessionFlagAF_SESSION_KILL_ON_DRIFT        gateAfSessionFlag = 2
+	gateAfSessionFlagAF_SESSION_DNS_AT_GATE          gateAfSessionFlag = 4
+)
+
+type gateAfStat uint32
+
+const (
+	gateAfStatAF_STAT_LOST       gateAfStat = 0
+	gateAfStatAF_STAT_ALLOWED    gateAfStat = 1
+	gateAfStatAF_STAT_DENIED     gateAfStat = 2
+	gateAfStatAF_STAT_WOULD_DENY gateAfStat = 3
+	gateAfStatAF_STAT_MAX        gateAfStat = 4
+)
+
+type gateAfState uint32
+
+const (
+	gateAfStateAF_STATE_FREE        gateAfState = 0
+	gateAfStateAF_STATE_ACTIVE      gateAfState = 1
+	gateAfStateAF_STATE_QUARANTINED gateAfState = 2
+	gateAfStateAF_STATE_REVOKED     gateAfState = 3
+)
+
+type gateAfVerdict uint32
+
+const (
+	gateAfVerdictAF_VERDICT_ALLOWED    gateAfVerdict = 1
+	gateAfVerdictAF_VERDICT_DENIED     gateAfVerdict = 2
+	gateAfVerdictAF_VERDICT_WOULD_DENY gateAfVerdict = 3
+)
+
 type gateBinding struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -189,33 +303,45 @@ type gateSockInfo struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	gateMapBinds           = "binds"
-	gateMapCgroupSessions  = "cgroup_sessions"
-	gateMapExact4          = "exact4"
-	gateMapExact6          = "exact6"
-	gateMapGateEvents      = "gate_events"
-	gateMapGateStats       = "gate_stats"
-	gateMapHostNames       = "host_names"
-	gateMapInboundLogs     = "inbound_logs"
-	gateMapLearned         = "learned"
-	gateMapMemberSocks     = "member_socks"
-	gateMapPidSessions     = "pid_sessions"
-	gateMapProcExe         = "proc_exe"
-	gateMapScope4          = "scope4"
-	gateMapScope6          = "scope6"
-	gateMapSessionSocks    = "session_socks"
-	gateMapSessions        = "sessions"
-	gateProgGateBind4      = "gate_bind4"
-	gateProgGateBind6      = "gate_bind6"
-	gateProgGateConnect4   = "gate_connect4"
-	gateProgGateConnect6   = "gate_connect6"
-	gateProgGateIngress    = "gate_ingress"
-	gateProgGateSendmsg4   = "gate_sendmsg4"
-	gateProgGateSendmsg6   = "gate_sendmsg6"
-	gateProgGateSockCreate = "gate_sock_create"
-	gateVarDnsPort         = "dns_port"
-	gateVarMaxCgroupDepth  = "max_cgroup_depth"
-	gateVarUnusedGateEvent = "unused_gate_event"
+	gateMapBinds               = "binds"
+	gateMapCgroupSessions      = "cgroup_sessions"
+	gateMapExact4              = "exact4"
+	gateMapExact6              = "exact6"
+	gateMapGateEvents          = "gate_events"
+	gateMapGateStats           = "gate_stats"
+	gateMapHostNames           = "host_names"
+	gateMapInboundLogs         = "inbound_logs"
+	gateMapLearned             = "learned"
+	gateMapMemberSocks         = "member_socks"
+	gateMapPidSessions         = "pid_sessions"
+	gateMapProcExe             = "proc_exe"
+	gateMapScope4              = "scope4"
+	gateMapScope6              = "scope6"
+	gateMapSessionSocks        = "session_socks"
+	gateMapSessions            = "sessions"
+	gateProgGateBind4          = "gate_bind4"
+	gateProgGateBind6          = "gate_bind6"
+	gateProgGateConnect4       = "gate_connect4"
+	gateProgGateConnect6       = "gate_connect6"
+	gateProgGateIngress        = "gate_ingress"
+	gateProgGateSendmsg4       = "gate_sendmsg4"
+	gateProgGateSendmsg6       = "gate_sendmsg6"
+	gateProgGateSockCreate     = "gate_sock_create"
+	gateVarDnsPort             = "dns_port"
+	gateVarMaxCgroupDepth      = "max_cgroup_depth"
+	gateVarUnusedDnsMode       = "unused_dns_mode"
+	gateVarUnusedEventNameFlag = "unused_event_name_flag"
+	gateVarUnusedGateEvent     = "unused_gate_event"
+	gateVarUnusedHook          = "unused_hook"
+	gateVarUnusedMode          = "unused_mode"
+	gateVarUnusedNameKind      = "unused_name_kind"
+	gateVarUnusedReason        = "unused_reason"
+	gateVarUnusedRuleFlag      = "unused_rule_flag"
+	gateVarUnusedRuleNone      = "unused_rule_none"
+	gateVarUnusedSessionFlag   = "unused_session_flag"
+	gateVarUnusedStat          = "unused_stat"
+	gateVarUnusedState         = "unused_state"
+	gateVarUnusedVerdict       = "unused_verdict"
 )
 
 // loadGate returns the embedded CollectionSpec for gate.
@@ -296,9 +422,21 @@ type gateMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gateVariableSpecs struct {
-	DnsPort         *ebpf.VariableSpec `ebpf:"dns_port"`
-	MaxCgroupDepth  *ebpf.VariableSpec `ebpf:"max_cgroup_depth"`
-	UnusedGateEvent *ebpf.VariableSpec `ebpf:"unused_gate_event"`
+	DnsPort             *ebpf.VariableSpec `ebpf:"dns_port"`
+	MaxCgroupDepth      *ebpf.VariableSpec `ebpf:"max_cgroup_depth"`
+	UnusedDnsMode       *ebpf.VariableSpec `ebpf:"unused_dns_mode"`
+	UnusedEventNameFlag *ebpf.VariableSpec `ebpf:"unused_event_name_flag"`
+	UnusedGateEvent     *ebpf.VariableSpec `ebpf:"unused_gate_event"`
+	UnusedHook          *ebpf.VariableSpec `ebpf:"unused_hook"`
+	UnusedMode          *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedNameKind      *ebpf.VariableSpec `ebpf:"unused_name_kind"`
+	UnusedReason        *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedRuleFlag      *ebpf.VariableSpec `ebpf:"unused_rule_flag"`
+	UnusedRuleNone      *ebpf.VariableSpec `ebpf:"unused_rule_none"`
+	UnusedSessionFlag   *ebpf.VariableSpec `ebpf:"unused_session_flag"`
+	UnusedStat          *ebpf.VariableSpec `ebpf:"unused_stat"`
+	UnusedState         *ebpf.VariableSpec `ebpf:"unused_state"`
+	UnusedVerdict       *ebpf.VariableSpec `ebpf:"unused_verdict"`
 }
 
 // gateObjects contains all objects after they have been loaded into the kernel.
@@ -364,9 +502,21 @@ func (m *gateMaps) Close() error {
 //
 // It can be passed to loadGateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gateVariables struct {
-	DnsPort         *ebpf.Variable `ebpf:"dns_port"`
-	MaxCgroupDepth  *ebpf.Variable `ebpf:"max_cgroup_depth"`
-	UnusedGateEvent *ebpf.Variable `ebpf:"unused_gate_event"`
+	DnsPort             *ebpf.Variable `ebpf:"dns_port"`
+	MaxCgroupDepth      *ebpf.Variable `ebpf:"max_cgroup_depth"`
+	UnusedDnsMode       *ebpf.Variable `ebpf:"unused_dns_mode"`
+	UnusedEventNameFlag *ebpf.Variable `ebpf:"unused_event_name_flag"`
+	UnusedGateEvent     *ebpf.Variable `ebpf:"unused_gate_event"`
+	UnusedHook          *ebpf.Variable `ebpf:"unused_hook"`
+	UnusedMode          *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedNameKind      *ebpf.Variable `ebpf:"unused_name_kind"`
+	UnusedReason        *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedRuleFlag      *ebpf.Variable `ebpf:"unused_rule_flag"`
+	UnusedRuleNone      *ebpf.Variable `ebpf:"unused_rule_none"`
+	UnusedSessionFlag   *ebpf.Variable `ebpf:"unused_session_flag"`
+	UnusedStat          *ebpf.Variable `ebpf:"unused_stat"`
+	UnusedState         *ebpf.Variable `ebpf:"unused_state"`
+	UnusedVerdict       *ebpf.Variable `ebpf:"unused_verdict"`
 }
 
 // gatePrograms contains all programs after they have been loaded into the kernel.

@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type hostnameAfHostKind uint32
+
+const (
+	hostnameAfHostKindAF_HOST_DNS_LEARNED  hostnameAfHostKind = 1
+	hostnameAfHostKindAF_HOST_DNS_UNSCOPED hostnameAfHostKind = 2
+	hostnameAfHostKindAF_HOST_SNI          hostnameAfHostKind = 3
+	hostnameAfHostKindAF_HOST_DNS_QUERY    hostnameAfHostKind = 4
+)
+
 type hostnameExact4Key struct {
 	_    structs.HostLayout
 	Slot uint32
@@ -49,6 +58,22 @@ type hostnameHostEvent struct {
 	Comm        [16]int8
 	Name        [256]int8
 }
+
+type hostnameHostStat uint32
+
+const (
+	hostnameHostStatHS_LOST       hostnameHostStat = 0
+	hostnameHostStatHS_ANSWERS    hostnameHostStat = 1
+	hostnameHostStatHS_LEARNED    hostnameHostStat = 2
+	hostnameHostStatHS_MALFORMED  hostnameHostStat = 3
+	hostnameHostStatHS_UNSCOPED   hostnameHostStat = 4
+	hostnameHostStatHS_SNI_OK     hostnameHostStat = 5
+	hostnameHostStatHS_SNI_DROP   hostnameHostStat = 6
+	hostnameHostStatHS_BUSY       hostnameHostStat = 7
+	hostnameHostStatHS_QUERY_OK   hostnameHostStat = 8
+	hostnameHostStatHS_QUERY_DROP hostnameHostStat = 9
+	hostnameHostStatHS_MAX        hostnameHostStat = 10
+)
 
 type hostnameLearnedKey struct {
 	_      structs.HostLayout
@@ -229,6 +254,8 @@ const (
 	hostnameVarTtlMaxNs        = "ttl_max_ns"
 	hostnameVarTtlMinNs        = "ttl_min_ns"
 	hostnameVarUnusedHostEvent = "unused_host_event"
+	hostnameVarUnusedHostKind  = "unused_host_kind"
+	hostnameVarUnusedHostStat  = "unused_host_stat"
 )
 
 // loadHostname returns the embedded CollectionSpec for hostname.
@@ -304,6 +331,8 @@ type hostnameVariableSpecs struct {
 	TtlMaxNs        *ebpf.VariableSpec `ebpf:"ttl_max_ns"`
 	TtlMinNs        *ebpf.VariableSpec `ebpf:"ttl_min_ns"`
 	UnusedHostEvent *ebpf.VariableSpec `ebpf:"unused_host_event"`
+	UnusedHostKind  *ebpf.VariableSpec `ebpf:"unused_host_kind"`
+	UnusedHostStat  *ebpf.VariableSpec `ebpf:"unused_host_stat"`
 }
 
 // hostnameObjects contains all objects after they have been loaded into the kernel.
@@ -365,6 +394,8 @@ type hostnameVariables struct {
 	TtlMaxNs        *ebpf.Variable `ebpf:"ttl_max_ns"`
 	TtlMinNs        *ebpf.Variable `ebpf:"ttl_min_ns"`
 	UnusedHostEvent *ebpf.Variable `ebpf:"unused_host_event"`
+	UnusedHostKind  *ebpf.Variable `ebpf:"unused_host_kind"`
+	UnusedHostStat  *ebpf.Variable `ebpf:"unused_host_stat"`
 }
 
 // hostnamePrograms contains all programs after they have been loaded into the kernel.

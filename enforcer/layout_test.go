@@ -4,6 +4,9 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/agentfence/agentfence/config"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -43,5 +46,27 @@ func TestMapLayouts(t *testing.T) {
 	}
 	if EventSize != int(unsafe.Sizeof(gateGateEvent{})) || EventSize%8 != 0 {
 		t.Errorf("event size %d", EventSize)
+	}
+}
+
+// config validates sessions.max_sessions before any map exists, so it
+// repeats the session capacity (AF_MAX_SESSIONS, bpf/common.h) as a
+// constant; this keeps the two in step. Every map keyed by session slot or
+// holding one entry per session has that capacity.
+func TestSessionCapacity(t *testing.T) {
+	spec, err := loadGate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var maps gateMapSpecs
+	if err := spec.Assign(&maps); err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range map[string]*ebpf.MapSpec{
+		"sessions": maps.Sessions, "cgroup_sessions": maps.CgroupSessions, "inbound_logs": maps.InboundLogs,
+	} {
+		if m.MaxEntries != config.MaxSessionsLimit {
+			t.Errorf("map %s holds %d entries, config.MaxSessionsLimit is %d", name, m.MaxEntries, config.MaxSessionsLimit)
+		}
 	}
 }

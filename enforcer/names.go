@@ -22,19 +22,19 @@ import (
 
 // Hooks and reasons of hostname decisions (continuing Hook and Reason).
 const (
-	HookDNS Hook = 6 // a DNS answer delivered to a session socket
-	HookSNI Hook = 7 // the first data segment of a TCP connection
+	HookDNS = Hook(gateAfHookAF_HOOK_DNS) // a DNS answer delivered to a session socket
+	HookSNI = Hook(gateAfHookAF_HOOK_SNI) // the first data segment of a TCP connection
 
-	ReasonSNIMismatch   Reason = 6 // the SNI names a host not in scope
-	ReasonSNIMissing    Reason = 7 // not TLS, or a ClientHello without SNI
-	ReasonSNIIncomplete Reason = 8 // the SNI is not within the first segment
-	ReasonNameUnscoped  Reason = 9 // a DNS answer for a name not in scope
+	ReasonSNIMismatch   = Reason(gateAfReasonAF_REASON_SNI_MISMATCH)   // the SNI names a host not in scope
+	ReasonSNIMissing    = Reason(gateAfReasonAF_REASON_SNI_MISSING)    // not TLS, or a ClientHello without SNI
+	ReasonSNIIncomplete = Reason(gateAfReasonAF_REASON_SNI_INCOMPLETE) // the SNI is not within the first segment
+	ReasonNameUnscoped  = Reason(gateAfReasonAF_REASON_NAME_UNSCOPED)  // a DNS answer for a name not in scope
 
 	// DNS queries of members refused by the session's dns mode
 	// (HostDNSQuery events).
-	ReasonDNSUnscoped  Reason = 10 // scoped: no hostname rule covers the question name
-	ReasonDNSNone      Reason = 11 // none: no query may leave
-	ReasonDNSMalformed Reason = 12 // not one standard query with a readable question
+	ReasonDNSUnscoped  = Reason(gateAfReasonAF_REASON_DNS_UNSCOPED)  // scoped: no hostname rule covers the question name
+	ReasonDNSNone      = Reason(gateAfReasonAF_REASON_DNS_NONE)      // none: no query may leave
+	ReasonDNSMalformed = Reason(gateAfReasonAF_REASON_DNS_MALFORMED) // not one standard query with a readable question
 )
 
 // ReasonString is the audit spelling of a reason (outcome.reason).
@@ -123,14 +123,18 @@ func hostnameSpec(opts HostnameOptions) (*ebpf.CollectionSpec, error) {
 	if lo < 0 || hi < lo {
 		return nil, fmt.Errorf("enforcer: DNS TTL bounds [%s, %s] are not a range", lo, hi)
 	}
-	if err := spec.Variables["ttl_min_ns"].Set(uint64(lo)); err != nil {
+	var vars hostnameVariableSpecs
+	if err := spec.Assign(&vars); err != nil {
+		return nil, fmt.Errorf("enforcer: hostname spec: %w", err)
+	}
+	if err := vars.TtlMinNs.Set(uint64(lo)); err != nil {
 		return nil, fmt.Errorf("enforcer: set ttl_min_ns: %w", err)
 	}
-	if err := spec.Variables["ttl_max_ns"].Set(uint64(hi)); err != nil {
+	if err := vars.TtlMaxNs.Set(uint64(hi)); err != nil {
 		return nil, fmt.Errorf("enforcer: set ttl_max_ns: %w", err)
 	}
 	if opts.DNSPort != 0 {
-		if err := spec.Variables["dns_port"].Set(opts.DNSPort); err != nil {
+		if err := vars.DnsPort.Set(opts.DNSPort); err != nil {
 			return nil, fmt.Errorf("enforcer: set dns_port: %w", err)
 		}
 	}
@@ -198,11 +202,6 @@ func HashName(name string) uint64 {
 	return h
 }
 
-const (
-	nameExact    = 0
-	nameWildcard = 1
-)
-
 type hostGroup struct {
 	key gateNameKey
 	val gateNameVal
@@ -220,9 +219,9 @@ func hostGroups(slot uint32, gen uint64, rules []scope.Rule) ([]hostGroup, error
 		if len(r.Host) >= len(gateNameVal{}.Name) {
 			return nil, fmt.Errorf("enforcer: hostname %q is too long", r.Host)
 		}
-		k := gateNameKey{Slot: slot, Kind: nameExact, Hash: HashName(r.Host)}
+		k := gateNameKey{Slot: slot, Kind: uint32(gateAfNameKindAF_NAME_EXACT), Hash: HashName(r.Host)}
 		if r.Wildcard {
-			k.Kind = nameWildcard
+			k.Kind = uint32(gateAfNameKindAF_NAME_WILDCARD)
 		}
 		j, ok := idx[k]
 		if !ok {
@@ -283,7 +282,7 @@ func (g *Gate) WriteNames(slot uint32, gen uint64, rules []scope.Rule) error {
 		clear(h.names)
 	}
 	for _, gr := range groups {
-		if gr.key.Kind == nameExact {
+		if gr.key.Kind == uint32(gateAfNameKindAF_NAME_EXACT) {
 			h.names[nameRef{slot, gr.key.Hash}] = cString(gr.val.Name[:])
 		}
 	}
@@ -436,7 +435,7 @@ func (g *Gate) HostStats() (HostStats, error) {
 	if g.host == nil {
 		return HostStats{}, g.hostErr
 	}
-	var out [10]uint64
+	var out [hostnameHostStatHS_MAX]uint64
 	for i := range out {
 		var per []uint64
 		if err := g.host.objs.HostStats.Lookup(uint32(i), &per); err != nil {
@@ -446,19 +445,25 @@ func (g *Gate) HostStats() (HostStats, error) {
 			out[i] += v
 		}
 	}
-	return HostStats{out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8], out[9]}, nil
+	return HostStats{
+		Lost: out[hostnameHostStatHS_LOST], Answers: out[hostnameHostStatHS_ANSWERS],
+		Learned: out[hostnameHostStatHS_LEARNED], Malformed: out[hostnameHostStatHS_MALFORMED],
+		Unscoped: out[hostnameHostStatHS_UNSCOPED], SNIOK: out[hostnameHostStatHS_SNI_OK],
+		SNIDrop: out[hostnameHostStatHS_SNI_DROP], Busy: out[hostnameHostStatHS_BUSY],
+		QueryOK: out[hostnameHostStatHS_QUERY_OK], QueryDrop: out[hostnameHostStatHS_QUERY_DROP],
+	}, nil
 }
 
 // HostKind is what a hostname event reports.
 type HostKind uint8
 
 const (
-	HostDNSLearned  HostKind = 1 // an address learned for an allowed name
-	HostDNSUnscoped HostKind = 2 // a DNS answer for a name not in scope
-	HostSNI         HostKind = 3 // a failed TLS SNI check
+	HostDNSLearned  = HostKind(hostnameAfHostKindAF_HOST_DNS_LEARNED)  // an address learned for an allowed name
+	HostDNSUnscoped = HostKind(hostnameAfHostKindAF_HOST_DNS_UNSCOPED) // a DNS answer for a name not in scope
+	HostSNI         = HostKind(hostnameAfHostKindAF_HOST_SNI)          // a failed TLS SNI check
 	// HostDNSQuery: a member's DNS query the session's dns mode refuses
 	// (dropped before it left, or would have been in audit mode).
-	HostDNSQuery HostKind = 4
+	HostDNSQuery = HostKind(hostnameAfHostKindAF_HOST_DNS_QUERY)
 )
 
 // HostEvent is one hostname event, decoded.
@@ -523,10 +528,7 @@ func DecodeHostEvent(raw []byte) (HostEvent, error) {
 		BootNS: e.TsNs, CgroupID: e.CgroupId, Slot: e.SessionSlot, Gen: e.SessionGen,
 		PID: e.Pid, UID: e.Uid, GID: e.Gid, Comm: cString(e.Comm[:]),
 		Kind: HostKind(e.Kind), Verdict: Verdict(e.Verdict), Reason: Reason(e.Reason),
-		Name: string(name), NameHash: e.NameHash, Port: e.Port, Rule: int(e.Rule),
-	}
-	if e.Rule == 0xffff {
-		ev.Rule = NoRule
+		Name: string(name), NameHash: e.NameHash, Port: e.Port, Rule: ruleIndex(e.Rule),
 	}
 	switch e.Family {
 	case 4, 6:

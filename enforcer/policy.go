@@ -11,22 +11,22 @@ import (
 	"github.com/agentfence/agentfence/scope"
 )
 
-// Mode is how a session's scope is applied.
+// Mode is how a session's scope is applied (enum af_mode, bpf/gate.h).
 type Mode uint32
 
 const (
-	ModeEnforce Mode = 0 // deny with EPERM
-	ModeAudit   Mode = 1 // allow, record would_deny
+	ModeEnforce = Mode(gateAfModeAF_MODE_ENFORCE) // deny with EPERM
+	ModeAudit   = Mode(gateAfModeAF_MODE_AUDIT)   // allow, record would_deny
 )
 
-// State is a session slot's state as the kernel sees it.
+// State is a session slot's state as the kernel sees it (enum af_state).
 type State uint32
 
 const (
-	StateFree        State = 0
-	StateActive      State = 1
-	StateQuarantined State = 2
-	StateRevoked     State = 3
+	StateFree        = State(gateAfStateAF_STATE_FREE)
+	StateActive      = State(gateAfStateAF_STATE_ACTIVE)
+	StateQuarantined = State(gateAfStateAF_STATE_QUARANTINED)
+	StateRevoked     = State(gateAfStateAF_STATE_REVOKED)
 )
 
 // SessionState is what the kernel keeps per session slot.
@@ -49,38 +49,24 @@ type SessionState struct {
 	DNS scope.DNSMode
 }
 
-const (
-	sessionQuarantineOnBudget = 1
-	sessionKillOnDrift        = 2
-	// sessionDNSAtGate: the DNS egress program is not loaded, so the gate
-	// refuses the DNS port itself (bpf/gate.h).
-	sessionDNSAtGate = 4
-)
-
-// Kernel values of scope.DNSMode (enum af_dns_mode).
-const (
-	dnsAny    = 0
-	dnsScoped = 1
-	dnsNone   = 2
-)
-
-func dnsKernel(m scope.DNSMode) (uint32, error) {
+// dnsKernel is the kernel's value of a dns mode (enum af_dns_mode).
+func dnsKernel(m scope.DNSMode) (gateAfDnsMode, error) {
 	switch m {
 	case "", scope.DNSAny:
-		return dnsAny, nil
+		return gateAfDnsModeAF_DNS_ANY, nil
 	case scope.DNSScoped:
-		return dnsScoped, nil
+		return gateAfDnsModeAF_DNS_SCOPED, nil
 	case scope.DNSNone:
-		return dnsNone, nil
+		return gateAfDnsModeAF_DNS_NONE, nil
 	}
 	return 0, fmt.Errorf("enforcer: unknown dns mode %q", m)
 }
 
 func dnsMode(v uint32) scope.DNSMode {
-	switch v {
-	case dnsScoped:
+	switch gateAfDnsMode(v) {
+	case gateAfDnsModeAF_DNS_SCOPED:
 		return scope.DNSScoped
-	case dnsNone:
+	case gateAfDnsModeAF_DNS_NONE:
 		return scope.DNSNone
 	}
 	return scope.DNSAny
@@ -91,18 +77,20 @@ func dnsMode(v uint32) scope.DNSMode {
 func (g *Gate) PutSession(slot uint32, s SessionState) error {
 	v := gateSession{Gen: s.Gen, ExpiresNs: s.ExpiresNS, State: uint32(s.State), Mode: uint32(s.Mode), Violations: s.Violations, Budget: s.Budget}
 	if s.QuarantineOnBudget {
-		v.Flags |= sessionQuarantineOnBudget
+		v.Flags |= uint32(gateAfSessionFlagAF_SESSION_QUARANTINE_ON_BUDGET)
 	}
 	if s.KillOnDrift {
-		v.Flags |= sessionKillOnDrift
+		v.Flags |= uint32(gateAfSessionFlagAF_SESSION_KILL_ON_DRIFT)
 	}
 	dns, err := dnsKernel(s.DNS)
 	if err != nil {
 		return err
 	}
-	v.Dns = dns
-	if dns != dnsAny && g.host == nil {
-		v.Flags |= sessionDNSAtGate
+	v.Dns = uint32(dns)
+	if dns != gateAfDnsModeAF_DNS_ANY && g.host == nil {
+		// The DNS egress program is not loaded, so the gate refuses the
+		// DNS port itself (bpf/gate.h).
+		v.Flags |= uint32(gateAfSessionFlagAF_SESSION_DNS_AT_GATE)
 	}
 	if err := g.objs.Sessions.Update(slot, &v, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("enforcer: write session slot %d: %w", slot, err)
@@ -117,8 +105,8 @@ func (g *Gate) Session(slot uint32) (SessionState, error) {
 		return SessionState{}, fmt.Errorf("enforcer: read session slot %d: %w", slot, err)
 	}
 	return SessionState{Gen: v.Gen, ExpiresNS: v.ExpiresNs, State: State(v.State), Mode: Mode(v.Mode),
-		Violations: v.Violations, Budget: v.Budget, QuarantineOnBudget: v.Flags&sessionQuarantineOnBudget != 0,
-		KillOnDrift: v.Flags&sessionKillOnDrift != 0, DNS: dnsMode(v.Dns)}, nil
+		Violations: v.Violations, Budget: v.Budget, QuarantineOnBudget: gateAfSessionFlag(v.Flags)&gateAfSessionFlagAF_SESSION_QUARANTINE_ON_BUDGET != 0,
+		KillOnDrift: gateAfSessionFlag(v.Flags)&gateAfSessionFlagAF_SESSION_KILL_ON_DRIFT != 0, DNS: dnsMode(v.Dns)}, nil
 }
 
 // SetState changes only the state of a slot, if it still holds generation gen,
@@ -236,21 +224,15 @@ func (g *Gate) scopeKey(slot uint32, p netip.Prefix) (*ebpf.Map, any) {
 	return g.objs.Scope6, &gateScope6Key{Prefixlen: 32 + uint32(p.Bits()), Slot: slot, Addr: p.Addr().As16()}
 }
 
-const (
-	ruleEssential = 1
-	ruleExe       = 2
-	ruleIn        = 4
-)
-
 // kernelPortRule is r as the gate's maps hold it, its executable resolved
 // to an identity.
 func kernelPortRule(r scope.PortRule) (gatePortRule, error) {
 	pr := gatePortRule{Lo: r.Lo, Hi: r.Hi, Rule: r.Index, Protos: r.Protos}
 	if r.Essential {
-		pr.Flags |= ruleEssential
+		pr.Flags |= uint8(gateAfRuleFlagAF_RULE_ESSENTIAL)
 	}
 	if r.In {
-		pr.Flags |= ruleIn
+		pr.Flags |= uint8(gateAfRuleFlagAF_RULE_IN)
 	}
 	if r.Exe != "" {
 		id, err := exeIdentity(r.Exe)
@@ -258,7 +240,7 @@ func kernelPortRule(r scope.PortRule) (gatePortRule, error) {
 			return pr, err
 		}
 		pr.Exe = id
-		pr.Flags |= ruleExe
+		pr.Flags |= uint8(gateAfRuleFlagAF_RULE_EXE)
 	}
 	return pr, nil
 }
