@@ -13,9 +13,10 @@ import (
 // members in struct field order, omitempty as encoding/json applies it
 // (zero numbers, empty strings and slices, nil pointers; a non-nil pointer
 // to an empty struct is "{}"), and strings escaped as encodeState does.
-// ocsf_test.go compares it with the reflection encoder on a table of
-// records and under fuzzing (FuzzOCSFMatchesReference); any change to a
-// struct or its tags in ocsf.go needs the same change here.
+// encode_test.go compares it with encoding/json on a table of records and
+// under fuzzing (FuzzOCSFMatchesReference); any change to a struct or its
+// tags in ocsf.go needs the same change here, and a change of output a
+// rewrite of testdata/golden (go test -run TestGolden -update).
 
 // appendEvent appends the JSON encoding of ev to dst.
 func appendEvent(dst []byte, ev *Event) []byte {
