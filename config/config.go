@@ -46,11 +46,12 @@ const (
 	// surface of the authorization code.
 	APISocketMode os.FileMode = 0o600
 
-	// MaxSessionsLimit is the capacity of the kernel session maps
-	// (AF_MAX_SESSIONS in bpf/common.h); sessions.max_sessions cannot exceed it.
-	// A constant so that validation needs no BPF object; enforcer's
-	// TestSessionCapacity keeps it equal to the maps'.
-	MaxSessionsLimit = 16384
+	// MaxSessionsLimit is how many sessions the kernel session maps hold:
+	// their capacity (AF_MAX_SESSIONS in bpf/common.h) less slot 0, which
+	// no session uses so that a zeroed binding names none. A constant so
+	// that validation needs no BPF object; enforcer's TestSessionCapacity
+	// keeps it in step with the maps.
+	MaxSessionsLimit = 16383
 
 	// MaxAncestryDepth bounds process.ancestry_depth (the walk is a bounded
 	// loop in the BPF programs).

@@ -114,7 +114,7 @@ sessions:
   default_ttl: 30m
   violation_budget: 0
   drift_action: kill
-  max_sessions: 16384
+  max_sessions: 16383
 authz:
   uids: [0, 1000]
   gids: [998]
@@ -158,7 +158,7 @@ func TestParseFull(t *testing.T) {
 		},
 		Sessions: Sessions{
 			MaxTTL: Duration(12 * time.Hour), DefaultTTL: Duration(30 * time.Minute),
-			ViolationBudget: 0, DriftAction: "kill", MaxSessions: 16384,
+			ViolationBudget: 0, DriftAction: "kill", MaxSessions: 16383,
 		},
 		Authz: Authz{
 			UIDs: []uint32{0, 1000}, GIDs: []uint32{998}, Exes: []string{"/usr/local/bin/agent-launcher"},
@@ -222,7 +222,7 @@ func TestParseErrors(t *testing.T) {
 		{"default over max", "sessions:\n  max_ttl: 1h\n  default_ttl: 2h\n", []string{"sessions.default_ttl", "must not exceed sessions.max_ttl", `"2h0m0s"`}},
 		{"negative budget", "sessions:\n  violation_budget: -1\n", []string{"sessions.violation_budget", "-1"}},
 		{"bad drift action", "sessions:\n  drift_action: explode\n", []string{"sessions.drift_action", `"explode"`}},
-		{"max sessions over map", "sessions:\n  max_sessions: 20000\n", []string{"sessions.max_sessions", "20000", "16384"}},
+		{"max sessions over map", "sessions:\n  max_sessions: 20000\n", []string{"sessions.max_sessions", "20000", "16383"}},
 		{"max sessions zero", "sessions:\n  max_sessions: 0\n", []string{"sessions.max_sessions", "got 0"}},
 		{"bad audit format", "audit:\n  format: xml\n", []string{"audit.format", `"xml"`}},
 		{"relative audit file", "audit:\n  file: audit.log\n", []string{"audit.file", `"audit.log"`}},

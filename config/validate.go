@@ -98,7 +98,7 @@ func (c Config) Validate() error {
 	}
 	if s.MaxSessions < 1 || s.MaxSessions > MaxSessionsLimit {
 		v.add("sessions.max_sessions", s.MaxSessions,
-			fmt.Sprintf("must be between 1 and %d (the kernel session map capacity)", MaxSessionsLimit))
+			fmt.Sprintf("must be between 1 and %d (the sessions the kernel maps hold)", MaxSessionsLimit))
 	}
 
 	// authz

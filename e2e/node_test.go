@@ -127,7 +127,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		`agentfence_sessions{state="active"}`:                1,
 		`agentfence_bpf_map_entries{map="sessions"}`:         1,
 		`agentfence_bpf_map_entries{map="cgroup_sessions"}`:  1,
-		`agentfence_bpf_map_capacity{map="sessions"}`:        config.MaxSessionsLimit,
+		`agentfence_bpf_map_capacity{map="sessions"}`:        config.MaxSessionsLimit + 1,
 		`agentfence_kernel_events_lost_total{source="gate"}`: 0,
 	}
 	got := scrape(t, base+"/metrics")

@@ -11,6 +11,7 @@ import (
 
 	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/config"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -243,7 +244,7 @@ func TestOpenRollback(t *testing.T) {
 }
 
 func TestCapacity(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.MaxSessions = 3 }) // slots 1 and 2
+	e := newEnv(t, func(c *Config) { c.MaxSessions = 2 })
 	a := e.open(t, req("a"), admin)
 	e.open(t, req("b"), admin)
 	mark := e.j.len()
@@ -307,7 +308,7 @@ func TestGenerations(t *testing.T) {
 }
 
 func TestRecentClosedIsBounded(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.MaxSessions = 2 })
+	e := newEnv(t, func(c *Config) { c.MaxSessions = 1 })
 	var first v1.Session
 	for i := range recentClosed + 1 {
 		s := e.open(t, req("x"), admin)
@@ -458,5 +459,17 @@ func TestStateCounts(t *testing.T) {
 	}
 	if got := e.r.StateCounts(); !maps.Equal(got, want) {
 		t.Errorf("StateCounts() = %v, List says %v", got, want)
+	}
+}
+
+// The registry's default is every session the kernel maps hold, which
+// config states and enforcer's TestSessionCapacity pins to the maps.
+func TestDefaultMaxSessions(t *testing.T) {
+	if got := DefaultConfig().MaxSessions; got != config.MaxSessionsLimit {
+		t.Errorf("DefaultConfig().MaxSessions = %d, the kernel maps hold %d sessions", got, config.MaxSessionsLimit)
+	}
+	r := NewRegistry(Config{MaxSessions: config.MaxSessionsLimit + 1}, Deps{})
+	if n := len(r.free); n != config.MaxSessionsLimit {
+		t.Errorf("a registry asked for more than the kernel holds has %d free slots, want %d", n, config.MaxSessionsLimit)
 	}
 }

@@ -26,7 +26,7 @@ import (
 
 // Config bounds what sessions may ask for.
 type Config struct {
-	MaxSessions int // at most the kernel's slot count
+	MaxSessions int // how many may be open at once; at most config.MaxSessionsLimit
 	DefaultTTL  time.Duration
 	MaxTTL      time.Duration
 	MaxRules    int
@@ -43,7 +43,7 @@ type Config struct {
 
 // DefaultConfig is what the daemon uses unless configured otherwise.
 func DefaultConfig() Config {
-	return Config{MaxSessions: 16384, DefaultTTL: time.Hour, MaxTTL: 24 * time.Hour, MaxRules: 4096,
+	return Config{MaxSessions: config.MaxSessionsLimit, DefaultTTL: time.Hour, MaxTTL: 24 * time.Hour, MaxRules: 4096,
 		ViolationBudget: 100, DriftAction: config.DriftQuarantine}
 }
 
@@ -138,8 +138,8 @@ type Deps struct {
 // NewRegistry makes a registry with no sessions; call Restore to adopt the
 // ones a previous daemon left.
 func NewRegistry(cfg Config, d Deps) *Registry {
-	if cfg.MaxSessions <= 0 || cfg.MaxSessions > 16384 {
-		cfg.MaxSessions = 16384
+	if cfg.MaxSessions <= 0 || cfg.MaxSessions > config.MaxSessionsLimit {
+		cfg.MaxSessions = config.MaxSessionsLimit
 	}
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
@@ -148,7 +148,7 @@ func NewRegistry(cfg Config, d Deps) *Registry {
 		d.Emit = func(audit.Record) {}
 	}
 	r := &Registry{cfg: cfg, kernel: d.Kernel, cgroups: d.Cgroups, sockets: d.Sockets, clock: d.Clock, log: d.Log, out: outbox{emit: d.Emit},
-		byID: map[string]*entry{}, bySlot: map[uint32]*entry{}, byCgroup: map[string]*entry{}, gens: make([]uint64, cfg.MaxSessions), dirty: map[string]bool{}}
+		byID: map[string]*entry{}, bySlot: map[uint32]*entry{}, byCgroup: map[string]*entry{}, gens: make([]uint64, cfg.MaxSessions+1), dirty: map[string]bool{}}
 	r.rebuildFree()
 	return r
 }

@@ -314,7 +314,7 @@ func TestRestoreBadSlots(t *testing.T) {
 	zero := good
 	zero.ID, zero.Slot = "s-zero", 0
 	high := good
-	high.ID, high.Slot = "s-high", uint32(e.cfg.MaxSessions)
+	high.ID, high.Slot = "s-high", uint32(e.cfg.MaxSessions+1)
 	badScope := good
 	badScope.ID, badScope.Slot, badScope.Scope = "s-badscope", good.Slot+1, []string{"nonsense://x"}
 	st.Sessions = []persisted{good, dup, zero, high, badScope}
