@@ -10,6 +10,9 @@ import "github.com/cilium/ebpf"
 // Sessions is the session slot array.
 func (g *Gate) Sessions() *ebpf.Map { return g.objs.Sessions }
 
+// Slots is how many session slots the gate's maps hold, slot 0 included.
+func (g *Gate) Slots() int { return int(g.objs.Sessions.MaxEntries()) }
+
 // CgroupSessions is the cgroup id → session binding map.
 func (g *Gate) CgroupSessions() *ebpf.Map { return g.objs.CgroupSessions }
 

@@ -9,6 +9,9 @@ import (
 
 // Kernel is the part of the enforcer the registry writes policy to.
 type Kernel interface {
+	// Slots is how many session slots the kernel maps hold, slot 0 (never
+	// used) included.
+	Slots() int
 	PutSession(slot uint32, s enforcer.SessionState) error
 	Session(slot uint32) (enforcer.SessionState, error)
 	SetState(slot uint32, gen uint64, st enforcer.State) error

@@ -167,6 +167,8 @@ func (k *fakeKernel) PutSession(slot uint32, s enforcer.SessionState) error {
 }
 
 // Session reads a slot like the kernel's array map: every slot exists.
+func (k *fakeKernel) Slots() int { return 128 }
+
 func (k *fakeKernel) Session(slot uint32) (enforcer.SessionState, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/config"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/boottime"
 	"github.com/agentfence/agentfence/scope"
@@ -16,6 +17,7 @@ import (
 // BenchmarkMemory10kSessions measures the registry, not the fakes' journal.
 type nopKernel struct{ Kernel }
 
+func (nopKernel) Slots() int                                     { return config.MaxSessionsLimit + 1 }
 func (nopKernel) PutSession(uint32, enforcer.SessionState) error { return nil }
 func (nopKernel) WriteScope(uint32, uint64, []scope.Entry) error { return nil }
 func (nopKernel) WriteNames(uint32, uint64, []scope.Rule) error  { return nil }

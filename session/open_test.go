@@ -470,6 +470,12 @@ func TestDefaultMaxSessions(t *testing.T) {
 	}
 	r := NewRegistry(Config{MaxSessions: config.MaxSessionsLimit + 1}, Deps{})
 	if n := len(r.free); n != config.MaxSessionsLimit {
-		t.Errorf("a registry asked for more than the kernel holds has %d free slots, want %d", n, config.MaxSessionsLimit)
+		t.Errorf("a registry asked for more than config allows has %d free slots, want %d", n, config.MaxSessionsLimit)
+	}
+	// The kernel's own count bounds it too: the fake's maps hold 128
+	// slots, slot 0 unused.
+	e := newEnv(t, func(c *Config) { c.MaxSessions = 1000 })
+	if n := len(e.r.free); n != e.k.Slots()-1 {
+		t.Errorf("a registry over a kernel with %d slots has %d free, want %d", e.k.Slots(), n, e.k.Slots()-1)
 	}
 }

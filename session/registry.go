@@ -138,8 +138,12 @@ type Deps struct {
 // NewRegistry makes a registry with no sessions; call Restore to adopt the
 // ones a previous daemon left.
 func NewRegistry(cfg Config, d Deps) *Registry {
-	if cfg.MaxSessions <= 0 || cfg.MaxSessions > config.MaxSessionsLimit {
-		cfg.MaxSessions = config.MaxSessionsLimit
+	limit := config.MaxSessionsLimit
+	if d.Kernel != nil {
+		limit = d.Kernel.Slots() - 1
+	}
+	if cfg.MaxSessions <= 0 || cfg.MaxSessions > limit {
+		cfg.MaxSessions = limit
 	}
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
