@@ -11,10 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/agentfence/agentfence/audit"
-	"github.com/agentfence/agentfence/internal/bpffs"
 	"github.com/agentfence/agentfence/internal/gatetest"
 	"github.com/agentfence/agentfence/internal/privtest"
 )
@@ -25,11 +22,7 @@ import (
 // the file holds only whole lines, no record twice, and its chain
 // verifies across every crash (losses explained by restart gap records).
 func TestCrashKill9KeepsTheAuditTrailWhole(t *testing.T) {
-	mnt := t.TempDir()
-	if err := bpffs.Ensure(mnt); err != nil {
-		privtest.Unavailable(t, "a bpffs for the pins: "+err.Error())
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	mnt := privtest.BPFFS(t)
 	pins := filepath.Join(mnt, "agentfence")
 	// The loop's denials would use up any violation budget.
 	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")

@@ -13,11 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/config"
-	"github.com/agentfence/agentfence/internal/bpffs"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/gatetest"
 	"github.com/agentfence/agentfence/internal/privtest"
@@ -27,11 +24,7 @@ import (
 // connects: the pinned gate keeps deciding, a new daemon adopts it, and not
 // one allowed connect fails nor one denied connect succeeds.
 func TestRestartWithoutEnforcementGap(t *testing.T) {
-	mnt := t.TempDir()
-	if err := bpffs.Ensure(mnt); err != nil {
-		t.Skip(err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	mnt := privtest.BPFFS(t)
 	pins := filepath.Join(mnt, "agentfence")
 	root, _ := cgroupv2.Root()
 	before := gatetest.Attached(t, root)

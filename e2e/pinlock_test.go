@@ -14,10 +14,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/audit"
-	"github.com/agentfence/agentfence/internal/bpffs"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/gatetest"
 	"github.com/agentfence/agentfence/internal/privtest"
@@ -29,11 +27,7 @@ import (
 func pinSet(t *testing.T) string {
 	t.Helper()
 	privtest.RequireRoot(t)
-	mnt := t.TempDir()
-	if err := bpffs.Ensure(mnt); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	mnt := privtest.BPFFS(t)
 	return filepath.Join(mnt, "agentfence")
 }
 

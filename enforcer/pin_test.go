@@ -7,9 +7,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
-	"github.com/agentfence/agentfence/internal/bpffs"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/gatetest"
 	"github.com/agentfence/agentfence/internal/privtest"
@@ -191,10 +189,6 @@ func pinSetup(t *testing.T) (root, pins string) {
 	if err != nil {
 		privtest.Unavailable(t, err.Error())
 	}
-	mnt := t.TempDir()
-	if err := bpffs.Ensure(mnt); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	mnt := privtest.BPFFS(t)
 	return root, filepath.Join(mnt, "agentfence")
 }

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/agentfence/agentfence/internal/pinlock"
 	"github.com/agentfence/agentfence/internal/privtest"
 )
@@ -42,11 +40,7 @@ func TestWaitForPinsFlagLockInput(t *testing.T) {
 
 func TestLockPinsRefusesWaitsAndStops(t *testing.T) {
 	privtest.RequireRoot(t)
-	mnt := t.TempDir()
-	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
-		privtest.Unavailable(t, "mount bpffs: "+err.Error())
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	mnt := privtest.BPFFS(t)
 	pins := filepath.Join(mnt, "agentfence")
 	log := slog.New(slog.DiscardHandler)
 	ctx := context.Background()

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/agentfence/agentfence/internal/privtest"
 )
 
@@ -310,11 +308,7 @@ func TestWaiterFollowsARemovedDirectory(t *testing.T) {
 // and the symlink record must still work.
 func TestLockOnBPFFS(t *testing.T) {
 	privtest.RequireRoot(t)
-	mnt := t.TempDir()
-	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
-		privtest.Unavailable(t, "mount bpffs: "+err.Error())
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	mnt := privtest.BPFFS(t)
 	if err := os.WriteFile(filepath.Join(mnt, "probe"), nil, 0o600); err == nil {
 		t.Log("this bpffs accepts regular files")
 	}

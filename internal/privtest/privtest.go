@@ -70,3 +70,18 @@ func Rounds(n int) int {
 	}
 	return n
 }
+
+// BPFFS mounts a private bpffs in a temporary directory for the test's
+// pins and returns its path. It is unmounted lazily at the end: a plain
+// unmount fails with EBUSY while any process still holds something on it,
+// and the directory is then left unremovable.
+func BPFFS(tb testing.TB) string {
+	tb.Helper()
+	RequireRoot(tb)
+	mnt := tb.TempDir()
+	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
+		Unavailable(tb, "mount a bpffs for the pins: "+err.Error())
+	}
+	tb.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	return mnt
+}
