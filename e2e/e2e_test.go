@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,12 +21,12 @@ import (
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 )
 
 func TestMain(m *testing.M) {
-	gatetest.MaybeRunProbe()
+	kerneltest.MaybeRunProbe()
 	os.Exit(m.Run())
 }
 
@@ -213,20 +215,19 @@ func completeLines(data []byte) [][]byte {
 
 func TestRunAllowsScopeAndRecordsDecisions(t *testing.T) {
 	d := startDaemon(t)
-	allowed := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	allowed := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 
-	stdout, stderr, code := d.cli(t, gatetest.Env("tcp "+allowed.String(), "tcp "+other.String(), "udp 127.0.0.53:53"),
+	stdout, stderr, code := d.cli(t, kerneltest.Env(t, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.53:53")}),
 		"run", "--intent", "read tickets", "--allow", "tcp://"+allowed.String(), "--", os.Args[0])
 	if code != 0 {
 		t.Fatalf("run exit %d: %s", code, stderr)
 	}
-	var pid int
-	var r1, r2, r3 string
-	fmt.Sscanf(stdout, "%d %s\n%d %s\n%d %s", &pid, &r1, &pid, &r2, &pid, &r3)
-	if r1 != "ok" || r2 != "EPERM" || r3 != "EPERM" {
-		t.Fatalf("results %q", stdout)
+	res, err := kerneltest.ParseResults(stdout)
+	if err != nil || !slices.Equal(kerneltest.Outcomes(res), []string{"ok", "EPERM", "EPERM"}) {
+		t.Fatalf("results %q (%v)", stdout, err)
 	}
+	pid := res[0].PID
 
 	// Records reach the file asynchronously; closed is the session's last.
 	d.waitRecord(t, "closed", func(r audit.Record) bool { return r.Kind == audit.KindSession && r.Event == "closed" })
@@ -297,10 +298,10 @@ func TestRunExitStatusAndDaemonizedDescendants(t *testing.T) {
 	}
 	// The command exits at once; its double-forked descendant probes later
 	// and must still be in the session, and run must wait for it.
-	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	env := append(gatetest.Env("tcp "+ln.String()), "AGENTFENCE_PROBE_DEPTH=2", "AGENTFENCE_PROBE_DETACH=1")
+	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	env := kerneltest.Env(t, kerneltest.Options{Depth: 2, Detach: true}, kerneltest.Connect{Addr: ln})
 	stdout, stderr, code := d.cli(t, env, "run", "--intent", "daemon", "--allow", "udp://127.0.0.53:53", "--", os.Args[0])
-	if code != 0 || !strings.HasSuffix(strings.TrimSpace(stdout), "EPERM") {
+	if res := stdoutOutcomes(stdout); code != 0 || !slices.Equal(res, []string{"EPERM"}) {
 		t.Fatalf("daemonized probe: exit %d, out %q, err %q", code, stdout, stderr)
 	}
 	d.expectClean(t)
@@ -344,10 +345,11 @@ func TestRunRejectsBadInputAndChangesNothing(t *testing.T) {
 
 func TestAPIRefusesUntrustedCallers(t *testing.T) {
 	d := startDaemon(t)
-	nobody := gatetest.Options{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, Binary: gatetest.ExecutableCopy(t)}
+	nobody := kerneltest.Options{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, Binary: kerneltest.ExecutableCopy(t)}
 	// The socket is 0600: nobody cannot even connect.
-	if res := gatetest.Run(t, "", nobody, "api-list "+d.socket); res[0].Result != "EACCES" {
-		t.Errorf("nobody on a 0600 socket: %s", res[0].Result)
+	list := kerneltest.API{Socket: d.socket}
+	if res := kerneltest.Run(t, "", nobody, list); res[0].Outcome() != "EACCES" {
+		t.Errorf("nobody on a 0600 socket: %s", res[0].Outcome())
 	}
 	// Even with the socket opened up, the peer credential check refuses.
 	if err := os.Chmod(d.socket, 0o666); err != nil {
@@ -358,17 +360,19 @@ func TestAPIRefusesUntrustedCallers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if res := gatetest.Run(t, "", nobody, "api-list "+d.socket); res[0].Result != "403" {
-		t.Errorf("nobody through a 0666 socket: %s", res[0].Result)
+	if res := kerneltest.Run(t, "", nobody, list); res[0].Err != kerneltest.OK || res[0].Status != 403 {
+		t.Errorf("nobody through a 0666 socket: %s %d", res[0], res[0].Status)
 	}
-	if res := gatetest.Run(t, "", gatetest.Options{}, "api-list "+d.socket); res[0].Result != "200" {
-		t.Errorf("root: %s", res[0].Result)
+	if res := kerneltest.Run(t, "", kerneltest.Options{}, list); res[0].Err != kerneltest.OK || res[0].Status != 200 {
+		t.Errorf("root: %s %d", res[0], res[0].Status)
 	}
 	// A process inside a session, even root, cannot open another session
 	// to widen its own scope: it may only open children within its own.
-	stdout, _, _ := d.cli(t, gatetest.Env("api-open "+d.socket), "run", "--intent", "agent", "--allow", "udp://127.0.0.53:53", "--", os.Args[0])
-	if !strings.HasSuffix(strings.TrimSpace(stdout), " 400:scope[0]") {
-		t.Errorf("session member widening its scope: %q", stdout)
+	stdout, _, _ := d.cli(t, kerneltest.Env(t, kerneltest.Options{}, kerneltest.API{Socket: d.socket, Open: true}),
+		"run", "--intent", "agent", "--allow", "udp://127.0.0.53:53", "--", os.Args[0])
+	if res, err := kerneltest.ParseResults(stdout); err != nil || len(res) != 1 || res[0].Err != kerneltest.OK ||
+		res[0].Status != 400 || res[0].Field != "scope[0]" {
+		t.Errorf("session member widening its scope: %q (%v)", stdout, err)
 	}
 	d.expectClean(t)
 }
@@ -380,13 +384,13 @@ func TestDaemonDetachesOnSIGTERM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := gatetest.Attached(t, root)
+	before := kerneltest.Attached(t, root)
 	d := startDaemon(t)
-	if got := gatetest.Attached(t, root); got != before+1 {
+	if got := kerneltest.Attached(t, root); got != before+1 {
 		t.Fatalf("connect4 programs at the root: %d with the daemon, %d before", got, before)
 	}
 	d.stop(t)
-	if got := gatetest.Attached(t, root); got != before {
+	if got := kerneltest.Attached(t, root); got != before {
 		t.Errorf("connect4 programs after SIGTERM: %d, want %d", got, before)
 	}
 	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {

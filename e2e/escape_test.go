@@ -15,7 +15,7 @@ import (
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 )
 
 // escapeProbeEnv makes the test binary an escape probe: it runs the
@@ -171,8 +171,8 @@ func (d *daemon) escapeRecord(t *testing.T, session, what string) audit.Record {
 // naming the session, the member and the root cgroup.
 func TestEscapeByCgroupProcs(t *testing.T) {
 	d := startDaemon(t)
-	in := gatetest.Serve(t, "127.0.0.1:0")
-	out := gatetest.Serve(t, "127.0.0.1:0")
+	in := kerneltest.Serve(t, "127.0.0.1:0")
+	out := kerneltest.Serve(t, "127.0.0.1:0")
 	root, err := cgroupv2.Root()
 	if err != nil {
 		t.Fatal(err)
@@ -205,8 +205,8 @@ func TestEscapeByCgroupProcs(t *testing.T) {
 // naming the cgroup and the child.
 func TestEscapeByCloneIntoCgroup(t *testing.T) {
 	d := startDaemon(t)
-	in := gatetest.Serve(t, "127.0.0.1:0")
-	out := gatetest.Serve(t, "127.0.0.1:0")
+	in := kerneltest.Serve(t, "127.0.0.1:0")
+	out := kerneltest.Serve(t, "127.0.0.1:0")
 	root, err := cgroupv2.Root()
 	if err != nil {
 		t.Fatal(err)
@@ -239,8 +239,8 @@ func TestEscapeByCloneIntoCgroup(t *testing.T) {
 // route.
 func TestEscapeByNetworkNamespace(t *testing.T) {
 	d := startDaemon(t)
-	in := gatetest.Serve(t, "127.0.0.1:0")
-	out := gatetest.Serve(t, "127.0.0.1:0")
+	in := kerneltest.Serve(t, "127.0.0.1:0")
+	out := kerneltest.Serve(t, "127.0.0.1:0")
 	outside := probeResults(t, func() string {
 		cmd := exec.Command(os.Args[0])
 		cmd.Env = append(os.Environ(), escapeEnv("netns "+out.String(), "netns "+in.String())...)
@@ -287,8 +287,8 @@ func TestEscapeByNetworkNamespace(t *testing.T) {
 func TestEscapeByUnshareWithoutExec(t *testing.T) {
 	d := startDaemon(t)
 	s := d.openSession(t, "--intent", "netns round trip", "--allow", "udp://127.0.0.53:53")
-	p := gatetest.Start(t, "", gatetest.Options{}, true, "netns")
-	if res, _ := p.Next(); res != "ready" {
+	p := kerneltest.Start(t, "", kerneltest.Options{}, true, kerneltest.Netns{})
+	if res := p.Next(); res.Outcome() != kerneltest.Ready {
 		t.Fatalf("probe: %s", res)
 	}
 	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
@@ -299,7 +299,7 @@ func TestEscapeByUnshareWithoutExec(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Go()
-	if res, _ := p.Next(); res != "ok" {
+	if res := p.Next(); res.Outcome() != "ok" {
 		t.Fatalf("unshare and setns back: %s", res)
 	}
 	out := d.waitRecord(t, "unshare escape", func(r audit.Record) bool {
@@ -324,8 +324,8 @@ func TestEscapeCountsAsDrift(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := startDaemon(t, "--config", cfg)
-	mcp := gatetest.Serve(t, "127.0.0.1:0")
-	api := gatetest.Serve(t, "127.0.0.1:0")
+	mcp := kerneltest.Serve(t, "127.0.0.1:0")
+	api := kerneltest.Serve(t, "127.0.0.1:0")
 	root, err := cgroupv2.Root()
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -13,7 +14,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/agentfence/agentfence/audit"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 )
 
@@ -42,10 +43,12 @@ func TestHostnameSessionsThroughTheDaemon(t *testing.T) {
 	})}
 	go srv.ActivateAndServe()
 	defer srv.Shutdown()
-	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	port := ln.Port()
 	scope := []string{"udp://" + resolver, fmt.Sprintf("tcp://api.e2e.test:%d", port)}
-	dial := func(host string) string { return fmt.Sprintf("dialname %s %s:%d", resolver, host, port) }
+	dial := func(host string) kerneltest.DialName {
+		return kerneltest.DialName{Resolver: netip.MustParseAddrPort(resolver), Host: host, Port: port}
+	}
 
 	open := func(req v1.OpenRequest) v1.Session {
 		t.Helper()
@@ -60,20 +63,20 @@ func TestHostnameSessionsThroughTheDaemon(t *testing.T) {
 	// TestBypassDNSTunnel).
 	parent := open(v1.OpenRequest{Intent: "names", Scope: scope, DNS: "any"})
 	child := open(v1.OpenRequest{Intent: "child", Scope: scope, Parent: parent.ID})
-	expectResults(t, gatetest.Run(t, parent.Binding.Cgroup, gatetest.Options{}, dial("api.e2e.test"), dial("other.e2e.test")), "ok", "EPERM")
-	fromChild := gatetest.Run(t, child.Binding.Cgroup, gatetest.Options{}, dial("api.e2e.test"))
+	expectResults(t, kerneltest.Run(t, parent.Binding.Cgroup, kerneltest.Options{}, dial("api.e2e.test"), dial("other.e2e.test")), "ok", "EPERM")
+	fromChild := kerneltest.Run(t, child.Binding.Cgroup, kerneltest.Options{}, dial("api.e2e.test"))
 	expectResults(t, fromChild, "ok")
 
 	// A process outside both cgroups, bound by pid.
-	p := gatetest.Start(t, "", gatetest.Options{}, true, dial("api.e2e.test"))
-	if res, _ := p.Next(); res != "ready" {
+	p := kerneltest.Start(t, "", kerneltest.Options{}, true, dial("api.e2e.test"))
+	if res := p.Next(); res.Outcome() != kerneltest.Ready {
 		t.Fatalf("probe: %s", res)
 	}
 	if _, err := c.Bind(context.Background(), parent.ID, v1.BindRequest{PID: uint32(p.PID)}); err != nil {
 		t.Fatal(err)
 	}
 	p.Go()
-	if res, _ := p.Next(); res != "ok" {
+	if res := p.Next(); res.Outcome() != "ok" {
 		t.Errorf("pid-bound member: %s, want ok", res)
 	}
 

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,7 +18,7 @@ import (
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/config"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 )
 
@@ -27,17 +29,17 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 	mnt := privtest.BPFFS(t)
 	pins := filepath.Join(mnt, "agentfence")
 	root, _ := cgroupv2.Root()
-	before := gatetest.Attached(t, root)
+	before := kerneltest.Attached(t, root)
 
 	// The loop's thousands of denials would use up any violation budget.
 	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
 	os.WriteFile(cfg, []byte("sessions:\n  drift_action: none\n"), 0o600)
 	d := startDaemon(t, "--bpffs-path", pins, "--config", cfg)
-	allowed := gatetest.Serve(t, "127.0.0.1:0")
-	denied := gatetest.Serve(t, "127.0.0.1:0")
+	allowed := kerneltest.Serve(t, "127.0.0.1:0")
+	denied := kerneltest.Serve(t, "127.0.0.1:0")
 	s := d.openSession(t, "--intent", "loop through a restart", "--allow", "tcp://"+allowed.String())
 	stop := filepath.Join(t.TempDir(), "stop")
-	p := gatetest.Start(t, s.Binding.Cgroup, gatetest.Options{}, false, fmt.Sprintf("loop %s %s %s", allowed, denied, stop))
+	p := kerneltest.Start(t, s.Binding.Cgroup, kerneltest.Options{}, false, kerneltest.Loop{Allowed: allowed, Denied: denied, Stop: stop})
 	d.waitRecord(t, "connect", func(r audit.Record) bool { return r.Kind == audit.KindConnect && r.Session.ID == s.ID })
 
 	d.cmd.Process.Kill()
@@ -45,7 +47,7 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 	// Nobody is in user space now; the loop goes on against the pins.
 	seen := len(d.records(t))
 	d.start(t)
-	if got := gatetest.Attached(t, root); got != before+1 {
+	if got := kerneltest.Attached(t, root); got != before+1 {
 		t.Errorf("connect4 programs after the restart: %d, want %d (adopted, not doubled)", got, before+1)
 	}
 	out, _, _ := d.cli(t, nil, "session", "show", "--socket", d.socket, s.ID)
@@ -67,10 +69,9 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	os.WriteFile(stop, nil, 0o600)
-	res, _ := p.Next()
-	var a, af, dd, df int
-	fmt.Sscanf(res, "a=%d,af=%d,d=%d,df=%d", &a, &af, &dd, &df)
-	t.Logf("through the restart: %s", res)
+	res := p.Next()
+	a, af, dd, df := loopCounts(t, res)
+	t.Logf("through the restart: %s %v, first failure %q", res, res.Tallies, res.FirstErr)
 	if a == 0 || df == 0 || af != 0 || dd != 0 {
 		t.Errorf("allowed ok %d, allowed failed %d, denied succeeded %d, denied refused %d", a, af, dd, df)
 	}
@@ -82,14 +83,14 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 	if out, stderr, code := d.cli(t, nil, "audit", "verify", d.audit); code != 0 {
 		t.Errorf("audit trail across the restart: %s%s", out, stderr)
 	}
-	if got := gatetest.Attached(t, root); got != before+1 {
+	if got := kerneltest.Attached(t, root); got != before+1 {
 		t.Errorf("after SIGTERM with pins: %d connect4 programs, want %d", got, before+1)
 	}
 	un := exec.Command(filepath.Join(d.bin, "agentfenced"), append(d.args, "--uninstall")...)
 	if out, err := un.CombinedOutput(); err != nil {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}
-	if got := gatetest.Attached(t, root); got != before {
+	if got := kerneltest.Attached(t, root); got != before {
 		t.Errorf("after --uninstall: %d connect4 programs, want %d", got, before)
 	}
 	if entries, _ := os.ReadDir(pins); len(entries) != 0 {
@@ -110,8 +111,8 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	base := "http://" + m[1]
 	s := d.openSession(t, "--intent", "counted", "--allow", "udp://127.0.0.1:9")
-	expectResults(t, gatetest.Run(t, s.Binding.Cgroup, gatetest.Options{},
-		"udp 127.0.0.1:9", "udp 127.0.0.1:9", "udp 127.0.0.1:10", "udp 127.0.0.1:11", "udp 127.0.0.1:12"), "ok", "ok", "EPERM", "EPERM", "EPERM")
+	expectResults(t, kerneltest.Run(t, s.Binding.Cgroup, kerneltest.Options{},
+		kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:9")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:9")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:10")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:11")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:12")}), "ok", "ok", "EPERM", "EPERM", "EPERM")
 	want := map[string]float64{
 		`agentfence_decisions_total{verdict="allowed"}`:      2,
 		`agentfence_decisions_total{verdict="denied"}`:       3,
@@ -215,12 +216,12 @@ func hasPrefix(m map[string]float64, p string) bool {
 // another path, decided in the kernel from the identity captured at exec.
 func TestExeBoundRule(t *testing.T) {
 	d := startDaemon(t)
-	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	named, copied := gatetest.ExecutableCopy(t), gatetest.ExecutableCopy(t)
+	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	named, copied := kerneltest.ExecutableCopy(t), kerneltest.ExecutableCopy(t)
 	rule := fmt.Sprintf("exe=%s,tcp://%s", named, ln)
 	for _, c := range []struct{ bin, want string }{{named, "ok"}, {copied, "EPERM"}} {
-		stdout, stderr, _ := d.cli(t, gatetest.Env("tcp "+ln.String()), "run", "--intent", "mcp only", "--allow", rule, "--", c.bin)
-		if !strings.HasSuffix(strings.TrimSpace(stdout), " "+c.want) {
+		stdout, stderr, _ := d.cli(t, kerneltest.Env(t, kerneltest.Options{}, kerneltest.Connect{Addr: ln}), "run", "--intent", "mcp only", "--allow", rule, "--", c.bin)
+		if res := stdoutOutcomes(stdout); !slices.Equal(res, []string{c.want}) {
 			t.Errorf("%s: %q (%s), want %s", c.bin, stdout, stderr, c.want)
 		}
 	}
@@ -270,4 +271,28 @@ int main(int argc, char **argv) {
 	if len(seen) != n || partial != 0 {
 		t.Errorf("%d of %d processes fully attributed, %d records incomplete", len(seen), n, partial)
 	}
+}
+
+// loopCounts are a Loop's allowed connects that worked and that failed,
+// and its denied connects that worked and that were refused (EPERM).
+func loopCounts(t *testing.T, res kerneltest.Result) (a, af, dd, df int) {
+	t.Helper()
+	if res.Err != kerneltest.OK || len(res.Tallies) != 2 {
+		t.Fatalf("loop: %s %v", res, res.Tallies)
+	}
+	for outcome, n := range res.Tallies[0] {
+		if outcome == kerneltest.OK {
+			a += n
+		} else {
+			af += n
+		}
+	}
+	for outcome, n := range res.Tallies[1] {
+		if outcome == "EPERM" {
+			df += n
+		} else {
+			dd += n
+		}
+	}
+	return a, af, dd, df
 }

@@ -17,7 +17,7 @@ import (
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 )
 
@@ -176,16 +176,18 @@ func connect4Links(t *testing.T, pid int) []link.ID {
 // are recorded in d's trail with the session.
 func (d *daemon) checkEnforcesAndRecords(t *testing.T, intent string) {
 	t.Helper()
-	allowed := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	stdout, stderr, code := d.cli(t, gatetest.Env("tcp "+allowed.String(), "tcp "+other.String()),
+	allowed := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	stdout, stderr, code := d.cli(t, kerneltest.Env(t, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other}),
 		"run", "--intent", intent, "--allow", "tcp://"+allowed.String(), "--", os.Args[0])
 	if code != 0 {
 		t.Fatalf("run: exit %d: %s", code, stderr)
 	}
-	var pid int
-	var r1, r2 string
-	fmt.Sscanf(stdout, "%d %s\n%d %s", &pid, &r1, &pid, &r2)
+	res, err := kerneltest.ParseResults(stdout)
+	if err != nil || len(res) != 2 {
+		t.Fatalf("%s: probe output %q (%v)", intent, stdout, err)
+	}
+	pid, r1, r2 := res[0].PID, res[0].Outcome(), res[1].Outcome()
 	if r1 != "ok" || r2 != "EPERM" {
 		t.Fatalf("%s: allowed connect %q, out-of-scope connect %q; want ok and EPERM", intent, r1, r2)
 	}

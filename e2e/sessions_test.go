@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,7 +17,7 @@ import (
 	v1 "github.com/agentfence/agentfence/api/v1"
 
 	"github.com/agentfence/agentfence/audit"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 )
 
 // openSession opens a session through the CLI and returns it.
@@ -72,8 +74,8 @@ func TestRevokeDestroysConnections(t *testing.T) {
 	defer l.Close()
 	addr := l.Addr().String()
 	s := d.openSession(t, "--intent", "hold a connection", "--allow", "tcp://"+addr)
-	p := gatetest.Start(t, s.Binding.Cgroup, gatetest.Options{}, false, "hold "+addr)
-	if res, _ := p.Next(); res != "connected" {
+	p := kerneltest.Start(t, s.Binding.Cgroup, kerneltest.Options{}, false, kerneltest.Hold{Addr: netip.MustParseAddrPort(addr)})
+	if res := p.Next(); res.Outcome() != kerneltest.OK {
 		t.Fatalf("hold: %s", res)
 	}
 	peer := accept(t, l)
@@ -81,14 +83,14 @@ func TestRevokeDestroysConnections(t *testing.T) {
 	if _, stderr, code := d.cli(t, nil, "session", "revoke", "--socket", d.socket, s.ID); code != 0 {
 		t.Fatalf("revoke: %s", stderr)
 	}
-	if res, _ := p.Next(); res != "ECONNABORTED" {
+	if res := p.Next(); res.Outcome() != "ECONNABORTED" {
 		t.Errorf("member's read after revoke: %s, want ECONNABORTED", res)
 	}
 	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("peer's read after revoke: %v, want a reset", err)
 	}
-	if res, _ := p.Next(); res != "EPERM" {
+	if res := p.Next(); res.Outcome() != "EPERM" {
 		t.Errorf("connect after revoke: %s, want EPERM", res)
 	}
 	d.waitRecord(t, "destroy", func(r audit.Record) bool {
@@ -110,15 +112,15 @@ func TestExpiryDestroysConnections(t *testing.T) {
 	defer l.Close()
 	addr := l.Addr().String()
 	s := d.openSession(t, "--intent", "short-lived", "--allow", "tcp://"+addr, "--ttl", "2s")
-	p := gatetest.Start(t, s.Binding.Cgroup, gatetest.Options{}, false, "hold "+addr)
-	if res, _ := p.Next(); res != "connected" {
+	p := kerneltest.Start(t, s.Binding.Cgroup, kerneltest.Options{}, false, kerneltest.Hold{Addr: netip.MustParseAddrPort(addr)})
+	if res := p.Next(); res.Outcome() != kerneltest.OK {
 		t.Fatalf("hold: %s", res)
 	}
 	accept(t, l)
-	if res, _ := p.Next(); res != "ECONNABORTED" {
+	if res := p.Next(); res.Outcome() != "ECONNABORTED" {
 		t.Errorf("member's read after expiry: %s, want ECONNABORTED", res)
 	}
-	if res, _ := p.Next(); res != "EPERM" {
+	if res := p.Next(); res.Outcome() != "EPERM" {
 		t.Errorf("connect after expiry: %s, want EPERM", res)
 	}
 	d.waitRecord(t, "expired", func(r audit.Record) bool {
@@ -130,14 +132,14 @@ func TestExpiryDestroysConnections(t *testing.T) {
 // gets exactly what it asked within the parent, and cannot ask for more.
 func TestChildSessionWithinParent(t *testing.T) {
 	d := startDaemon(t)
-	a := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	b := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	c := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	a := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	b := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	c := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	agentfence := filepath.Join(d.bin, "agentfence")
 	inner := fmt.Sprintf("%s run --socket %s --intent child --allow tcp://%s -- %s", agentfence, d.socket, a, os.Args[0])
-	stdout, stderr, code := d.cli(t, gatetest.Env("tcp "+a.String(), "tcp "+b.String()),
+	stdout, stderr, code := d.cli(t, kerneltest.Env(t, kerneltest.Options{}, kerneltest.Connect{Addr: a}, kerneltest.Connect{Addr: b}),
 		"run", "--intent", "parent", "--allow", "tcp://"+a.String(), "--allow", "tcp://"+b.String(), "--", "sh", "-c", inner)
-	if code != 0 || !strings.Contains(stdout, " ok\n") || !strings.Contains(stdout, " EPERM\n") {
+	if got := stdoutOutcomes(stdout); code != 0 || !slices.Contains(got, "ok") || !slices.Contains(got, "EPERM") {
 		t.Fatalf("child session: exit %d, out %q, err %q", code, stdout, stderr)
 	}
 	var child *audit.Record
@@ -166,15 +168,12 @@ func TestQuarantineRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := startDaemon(t, "--config", cfg)
-	mcp := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	api := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	stdout, _, _ := d.cli(t, gatetest.Env("tcp "+other.String(), "tcp "+other.String(), "tcp "+api.String(), "tcp "+mcp.String()),
+	mcp := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	api := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	stdout, _, _ := d.cli(t, kerneltest.Env(t, kerneltest.Options{}, kerneltest.Connect{Addr: other}, kerneltest.Connect{Addr: other}, kerneltest.Connect{Addr: api}, kerneltest.Connect{Addr: mcp}),
 		"run", "--intent", "drifter", "--allow", "essential,tcp://"+mcp.String(), "--allow", "tcp://"+api.String(), "--", os.Args[0])
-	var res [4]string
-	var pid int
-	fmt.Sscanf(stdout, "%d %s\n%d %s\n%d %s\n%d %s", &pid, &res[0], &pid, &res[1], &pid, &res[2], &pid, &res[3])
-	if res != [4]string{"EPERM", "EPERM", "EPERM", "ok"} {
+	if res := stdoutOutcomes(stdout); !slices.Equal(res, []string{"EPERM", "EPERM", "EPERM", "ok"}) {
 		t.Errorf("after the budget only essential rules match: %q", stdout)
 	}
 	d.waitRecord(t, "quarantined", func(r audit.Record) bool {
@@ -186,30 +185,30 @@ func TestQuarantineRecorded(t *testing.T) {
 // though they share a cgroup with processes outside it.
 func TestPidBindingFollowsForkNotSiblings(t *testing.T) {
 	d := startDaemon(t)
-	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	s := d.openSession(t, "--intent", "pid tree", "--allow", "tcp://"+ln.String())
 	for _, depth := range []int{1, 2} {
-		p := gatetest.Start(t, "", gatetest.Options{Depth: depth}, true, "tcp "+other.String(), "tcp "+ln.String())
-		if res, _ := p.Next(); res != "ready" {
+		p := kerneltest.Start(t, "", kerneltest.Options{Depth: depth}, true, kerneltest.Connect{Addr: other}, kerneltest.Connect{Addr: ln})
+		if res := p.Next(); res.Outcome() != kerneltest.Ready {
 			t.Fatalf("probe: %s", res)
 		}
 		if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s.ID, "--pid", fmt.Sprint(p.PID)); code != 0 {
 			t.Fatalf("bind: %s", stderr)
 		}
 		p.Go()
-		r1, pid := p.Next()
-		r2, _ := p.Next()
-		if r1 != "EPERM" || r2 != "ok" || pid == p.PID {
+		r1, r2 := p.Next(), p.Next()
+		pid := r1.PID
+		if r1.Outcome() != "EPERM" || r2.Outcome() != "ok" || pid == p.PID {
 			t.Errorf("depth %d: descendant %d of bound %d: %s %s, want EPERM ok", depth, pid, p.PID, r1, r2)
 		}
 		// A sibling in the same cgroup, not descended from the bound pid.
-		expectResults(t, gatetest.Run(t, "", gatetest.Options{}, "tcp "+other.String()), "ok")
+		expectResults(t, kerneltest.Run(t, "", kerneltest.Options{}, kerneltest.Connect{Addr: other}), "ok")
 	}
 	// Binding a pid of another session is refused.
 	s2 := d.openSession(t, "--intent", "other")
-	p := gatetest.Start(t, s.Binding.Cgroup, gatetest.Options{}, true, "tcp "+ln.String())
-	if res, _ := p.Next(); res != "ready" {
+	p := kerneltest.Start(t, s.Binding.Cgroup, kerneltest.Options{}, true, kerneltest.Connect{Addr: ln})
+	if res := p.Next(); res.Outcome() != kerneltest.Ready {
 		t.Fatalf("probe: %s", res)
 	}
 	if _, stderr, code := d.cli(t, nil, "session", "bind", "--socket", d.socket, s2.ID, "--pid", fmt.Sprint(p.PID)); code != 125 || !strings.Contains(stderr, "belongs to session "+s.ID) {
@@ -217,11 +216,21 @@ func TestPidBindingFollowsForkNotSiblings(t *testing.T) {
 	}
 }
 
-func expectResults(t *testing.T, got []gatetest.Result, want ...string) {
+// stdoutOutcomes are the outcomes of the probe results in a run's stdout;
+// none if it holds anything else.
+func stdoutOutcomes(stdout string) []string {
+	res, err := kerneltest.ParseResults(stdout)
+	if err != nil {
+		return nil
+	}
+	return kerneltest.Outcomes(res)
+}
+
+func expectResults(t *testing.T, got []kerneltest.Result, want ...string) {
 	t.Helper()
 	for i, w := range want {
-		if got[i].Result != w {
-			t.Errorf("probe %d: %s, want %s", i, got[i].Result, w)
+		if got[i].Outcome() != w {
+			t.Errorf("probe %d: %s, want %s", i, got[i].Outcome(), w)
 		}
 	}
 }

@@ -6,13 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/agentfence/agentfence/internal/cgroupv2"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/ringreader"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -29,7 +27,7 @@ import (
 // the ratios come from the same minutes.
 func BenchmarkConnect(b *testing.B) {
 	g, root := rootGate(b, Options{})
-	dst := gatetest.Serve(b, "127.0.0.1:0")
+	dst := kerneltest.Serve(b, "127.0.0.1:0")
 	rd, err := ringreader.New(g.Events(), 50*time.Millisecond)
 	if err != nil {
 		b.Fatal(err)
@@ -82,20 +80,17 @@ func BenchmarkConnect(b *testing.B) {
 	}
 
 	const batch = 2000
-	agent := gatetest.Start(b, root, gatetest.Options{}, false, fmt.Sprintf("connectbench %s %d", dst, batch))
+	agent := kerneltest.Start(b, root, kerneltest.Options{}, false, kerneltest.ConnectBench{Addr: dst, N: batch})
 	connects := func(cgroup string) [2]time.Duration {
 		if err := cgroupv2.Move(cgroup, agent.PID); err != nil {
 			b.Fatal(err)
 		}
-		agent.Send("run")
-		res, _ := agent.Next()
-		wall, cpu, _ := strings.Cut(res, "/")
-		w, err1 := strconv.Atoi(wall)
-		c, err2 := strconv.Atoi(cpu)
-		if err1 != nil || err2 != nil {
+		agent.Go()
+		res := agent.Next()
+		if res.Err != kerneltest.OK {
 			b.Fatalf("agent: %s", res)
 		}
-		return [2]time.Duration{time.Duration(w), time.Duration(c)}
+		return [2]time.Duration{res.Wall, res.CPU}
 	}
 	configs := []struct {
 		name string

@@ -7,15 +7,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privdrop"
 )
 
 // Probes of sockets no cgroup hook judges, and of local ones.
-const (
-	probePacket  = "socket 17 3 768" // AF_PACKET, SOCK_RAW, htons(ETH_P_ALL)
-	probeNetlink = "socket 16 3 0"   // AF_NETLINK, SOCK_RAW, NETLINK_ROUTE
-	probeUnix    = "socket 1 1 0"
+var (
+	probePacket  = kerneltest.PacketSocket
+	probeNetlink = kerneltest.Socket{Family: unix.AF_NETLINK, Type: unix.SOCK_RAW, Proto: unix.NETLINK_ROUTE}
+	probeUnix    = kerneltest.Socket{Family: unix.AF_UNIX, Type: unix.SOCK_STREAM}
 )
 
 // The seccomp filter of `agentfence run` and the kernel programs let the
@@ -46,7 +46,7 @@ func familyFixture(t *testing.T, slot uint32, noLSM bool, st SessionState) (*fix
 	if noLSM && layer != FamiliesSyscallExit {
 		t.Fatalf("layer %s with NoLSM", layer)
 	}
-	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	cg := f.session(t, sessionSpec{slot: slot, rules: []string{ln.String()}})
 	st.Gen, st.State = 1, StateActive
 	if err := f.g.PutSession(slot, st); err != nil {
@@ -72,7 +72,7 @@ func TestPacketSocketOfRootMember(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			f, cg, layer := familyFixture(t, 40, noLSM, SessionState{Budget: 100, QuarantineOnBudget: true})
-			res := gatetest.Run(t, cg, gatetest.Options{}, probePacket, probeNetlink, probeUnix)
+			res := kerneltest.Run(t, cg, kerneltest.Options{}, probePacket, probeNetlink, probeUnix)
 			ev := socketEvent(f, t, res[0].PID)
 			if ev.Socket.Family != unix.AF_PACKET || ev.Socket.Type != unix.SOCK_RAW || ev.Reason != ReasonSocketFamily {
 				t.Errorf("event %+v %+v", ev, *ev.Socket)
@@ -106,7 +106,7 @@ func TestPacketSocketOfRootMember(t *testing.T) {
 				}
 			}
 			f.mu.Unlock()
-			expect(t, gatetest.Run(t, "", gatetest.Options{}, probePacket), "ok")
+			expect(t, kerneltest.Run(t, "", kerneltest.Options{}, probePacket), "ok")
 		})
 	}
 }
@@ -117,8 +117,8 @@ func TestPacketSocketOfUnprivilegedMember(t *testing.T) {
 	for _, noLSM := range []bool{false, true} {
 		t.Run(map[bool]string{false: "strongest", true: "syscall_exit"}[noLSM], func(t *testing.T) {
 			f, cg, layer := familyFixture(t, 41, noLSM, SessionState{Budget: 100, QuarantineOnBudget: true})
-			bin := gatetest.ExecutableCopy(t)
-			res := gatetest.Run(t, cg, gatetest.Options{Binary: bin, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}},
+			bin := kerneltest.ExecutableCopy(t)
+			res := kerneltest.Run(t, cg, kerneltest.Options{Binary: bin, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}},
 				probePacket)
 			expect(t, res, "EPERM")
 			ev := socketEvent(f, t, res[0].PID)
@@ -144,7 +144,7 @@ func TestPacketSocketOfUnprivilegedMember(t *testing.T) {
 // another instruction, so its next probe never reports.
 func TestPacketSocketKillsOnDrift(t *testing.T) {
 	f, cg, _ := familyFixture(t, 42, true, SessionState{Budget: 100, QuarantineOnBudget: true, KillOnDrift: true})
-	res, state, out := gatetest.RunStatus(t, cg, gatetest.Options{}, probePacket, probeUnix)
+	res, state, out := kerneltest.RunStatus(t, cg, kerneltest.Options{}, probePacket, probeUnix)
 	if len(res) != 0 {
 		t.Errorf("the member went on after its packet socket: %s", out)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -98,7 +99,7 @@ func BenchmarkHostnames(b *testing.B) {
 	}
 
 	// TCP servers on the learned address and on an address-rule address.
-	hello, err := clientHello("bench.example.test")
+	hello, err := kerneltest.ClientHello("bench.example.test")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,308 +3,46 @@ package enforcer
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"encoding/hex"
 	"flag"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
+	"reflect"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 	"unsafe"
 
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/internal/ringreader"
 	"github.com/agentfence/agentfence/scope"
 )
 
 // Kernel tests of hostname scopes. A loopback DNS server (miekg/dns) answers
-// with 127.0.0.0/8 and ::1 addresses; probes run in a child process inside
-// the session's cgroup, like gatetest's, but with DNS and TLS actions.
+// with 127.0.0.0/8 and ::1 addresses; probes (kerneltest) run in a child
+// process inside the session's cgroup.
 
-const envHostProbe = "AGENTFENCE_HOST_PROBE"
-
-func init() {
-	actions := os.Getenv(envHostProbe)
-	if actions == "" {
-		return
-	}
-	out := os.NewFile(3, "result")
-	for _, a := range strings.Split(actions, ";") {
-		fmt.Fprintf(out, "%s\n", hostProbe(a))
-	}
-	os.Exit(0)
-}
-
-// hostProbe runs one action in the probe process:
-//
-//	resolve SERVER NAME A|AAAA     query and print "ok ADDR" (first address)
-//	loop SERVER NAME PORT N        N times: resolve NAME, connect to the answer at PORT at once;
-//	                               prints the counts of allowed (ECONNREFUSED: nothing listens),
-//	                               denied (EPERM) and other outcomes
-//	tls ADDR:PORT SNI|-            send a crypto/tls ClientHello (- : without SNI)
-//	split ADDR:PORT SNI N          the same ClientHello in two segments, the first N bytes long
-//	raw ADDR:PORT HEX              send bytes
-//	rawfile ADDR:PORT PATH         send the bytes of a file
-//	replay SERVER N                query replay.corpus.test and read N+1 datagrams
-//	tcp ADDR:PORT                  gatetest's connect probe
-func hostProbe(action string) string {
-	f := strings.Fields(action)
-	switch f[0] {
-	case "dnsq", "dnsqhold", "dnsqreset", "dnsraw":
-		return dnsQueryProbe(f)
-	case "resolve":
-		qt := dns.TypeA
-		if f[3] == "AAAA" {
-			qt = dns.TypeAAAA
-		}
-		c := dns.Client{Timeout: 5 * time.Second}
-		conn, err := c.Dial(f[1])
-		if err != nil {
-			return errName(err)
-		}
-		defer conn.Close()
-		a, err := exchange(conn, f[2], qt)
-		if err != nil {
-			return errName(err)
-		}
-		return "ok " + a.String()
-	case "loop":
-		n, _ := strconv.Atoi(f[4])
-		c := dns.Client{Timeout: 5 * time.Second}
-		conn, err := c.Dial(f[1])
-		if err != nil {
-			return errName(err)
-		}
-		defer conn.Close()
-		allowed, denied, other := 0, 0, 0
-		var firstOther string
-		for i := 0; i < n; i++ {
-			a, err := exchange(conn, f[2], dns.TypeA)
-			if err != nil {
-				return fmt.Sprintf("query%d:%s", i, errName(err))
-			}
-			switch r := gatetest.Probe("tcp " + net.JoinHostPort(a.String(), f[3])); r {
-			case "ECONNREFUSED":
-				allowed++
-			case "EPERM":
-				denied++
-			default:
-				other++
-				firstOther = r
-			}
-		}
-		return fmt.Sprintf("ok allowed=%d denied=%d other=%d%s", allowed, denied, other, firstOther)
-	case "tls", "split":
-		hello, err := clientHello(f[2])
-		if err != nil {
-			return "hello:" + err.Error()
-		}
-		first := len(hello)
-		if f[0] == "split" {
-			first, _ = strconv.Atoi(f[3])
-		}
-		return sendBytes(f[1], hello[:first], hello[first:])
-	case "raw":
-		b, err := hex.DecodeString(f[2])
-		if err != nil {
-			return "badhex"
-		}
-		return sendBytes(f[1], b, nil)
-	case "rawfile":
-		b, err := os.ReadFile(f[2])
-		if err != nil {
-			return "badfile"
-		}
-		return sendBytes(f[1], b, nil)
-	case "replay":
-		n, _ := strconv.Atoi(f[2])
-		c := dns.Client{Timeout: 5 * time.Second}
-		conn, err := c.Dial(f[1])
-		if err != nil {
-			return errName(err)
-		}
-		defer conn.Close()
-		m := new(dns.Msg)
-		m.SetQuestion("replay.corpus.test.", dns.TypeA)
-		if err := conn.WriteMsg(m); err != nil {
-			return errName(err)
-		}
-		buf := make([]byte, 65536)
-		for i := 0; i <= n; i++ {
-			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := conn.Read(buf); err != nil {
-				return fmt.Sprintf("read%d:%s", i, errName(err))
-			}
-		}
-		return "ok"
-	}
-	return gatetest.Probe(action)
-}
-
-func errName(err error) string {
-	var errno syscall.Errno
-	if ok := asErrno(err, &errno); ok {
-		return unix.ErrnoName(errno)
-	}
-	return strings.ReplaceAll(err.Error(), " ", "_")
-}
-
-func asErrno(err error, out *syscall.Errno) bool {
-	for err != nil {
-		if e, ok := err.(syscall.Errno); ok {
-			*out = e
-			return true
-		}
-		u, ok := err.(interface{ Unwrap() error })
-		if !ok {
-			return false
-		}
-		err = u.Unwrap()
-	}
-	return false
-}
-
-func exchange(conn *dns.Conn, name string, qt uint16) (netip.Addr, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), qt)
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := conn.WriteMsg(m); err != nil {
-		return netip.Addr{}, err
-	}
-	r, err := conn.ReadMsg()
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	if r.Id != m.Id {
-		return netip.Addr{}, fmt.Errorf("id %d, want %d", r.Id, m.Id)
-	}
-	for _, rr := range r.Answer {
-		switch rr := rr.(type) {
-		case *dns.A:
-			a, _ := netip.AddrFromSlice(rr.A.To4())
-			return a, nil
-		case *dns.AAAA:
-			a, _ := netip.AddrFromSlice(rr.AAAA)
-			return a, nil
-		}
-	}
-	return netip.Addr{}, fmt.Errorf("rcode %d, no address", r.Rcode)
-}
-
-// clientHello is the first flight crypto/tls sends for sni ("-": none).
-func clientHello(sni string) ([]byte, error) {
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	cfg := &tls.Config{InsecureSkipVerify: true}
-	if sni != "-" {
-		cfg.ServerName = sni
-	}
-	go tls.Client(a, cfg).Handshake()
-	b.SetReadDeadline(time.Now().Add(5 * time.Second))
-	hdr := make([]byte, 5)
-	if _, err := readFull(b, hdr); err != nil {
-		return nil, err
-	}
-	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
-	if _, err := readFull(b, body); err != nil {
-		return nil, err
-	}
-	return append(hdr, body...), nil
-}
-
-func readFull(c net.Conn, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := c.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
-}
-
-// sendBytes connects, writes first and (as a separate segment) rest, and
-// closes.
-func sendBytes(addr string, first, rest []byte) string {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return "badaddr"
-	}
-	family := unix.AF_INET
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	if ap.Addr().Is6() {
-		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return errName(err)
-	}
-	defer unix.Close(fd)
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	if err := unix.Connect(fd, sa); err != nil {
-		return errName(err)
-	}
-	if _, err := unix.Write(fd, first); err != nil {
-		return "write:" + errName(err)
-	}
-	if len(rest) > 0 {
-		if _, err := unix.Write(fd, rest); err != nil {
-			return "write:" + errName(err)
-		}
-	}
-	return "ok"
-}
-
-// runHostProbe runs actions in a child process placed in the cgroup at cg.
-func runHostProbe(t testing.TB, cg string, actions ...string) []string {
+// probe runs ops in a child process placed in the cgroup at cg and returns
+// each one's outcome, with the address for a Resolve: "ok 127.0.0.1".
+func probe(t testing.TB, cg string, ops ...kerneltest.Op) []string {
 	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), envHostProbe+"="+strings.Join(actions, ";"))
-	cmd.ExtraFiles = []*os.File{w}
-	dir, err := os.Open(cg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		w.Close()
-		t.Fatal(err)
-	}
-	w.Close()
-	r.SetReadDeadline(time.Now().Add(5 * time.Minute))
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(r); err != nil {
-		t.Fatalf("probe: %v (%s)", err, stderr.String())
-	}
-	cmd.Wait()
-	out := strings.Split(strings.TrimSpace(buf.String()), "\n")
-	if len(out) != len(actions) {
-		t.Fatalf("probe gave %q for %q (stderr %s)", out, actions, stderr.String())
+	res := kerneltest.Run(t, cg, kerneltest.Options{}, ops...)
+	out := make([]string, len(res))
+	for i, r := range res {
+		out[i] = r.String()
 	}
 	return out
+}
+
+// resolve asks server (ADDR:PORT) for name's A records.
+func resolve(server, name string) kerneltest.Resolve {
+	return kerneltest.Resolve{Server: netip.MustParseAddrPort(server), Name: name}
 }
 
 // resolver is a loopback DNS server with programmable answers.
@@ -526,10 +264,12 @@ func TestHostnameResolveThenConnect(t *testing.T) {
 	})
 	cg := hf.hostSession(t, sessionSpec{slot: 40, gen: 3, rules: []string{"udp://" + res.addr, "tcp://burst.example.test:443"}})
 	rounds := privtest.Rounds(10000)
-	out := runHostProbe(t, cg, fmt.Sprintf("loop %s burst.example.test 443 %d", res.addr, rounds))
-	t.Logf("%d resolve-then-connect rounds: %s", rounds, out[0])
-	if want := fmt.Sprintf("ok allowed=%d denied=0 other=0", rounds); out[0] != want {
-		t.Errorf("got %s, want %s (denied = false denials)", out[0], want)
+	loop := kerneltest.Run(t, cg, kerneltest.Options{},
+		kerneltest.ResolveLoop{Server: netip.MustParseAddrPort(res.addr), Name: "burst.example.test", Port: 443, N: rounds})[0]
+	t.Logf("%d resolve-then-connect rounds: %s %v", rounds, loop, loop.Tallies)
+	// ECONNREFUSED: allowed, and nothing listens.
+	if want := []map[string]int{{"ECONNREFUSED": rounds}}; loop.Err != kerneltest.OK || !reflect.DeepEqual(loop.Tallies, want) {
+		t.Errorf("got %s %v, want %v (EPERM = false denials)", loop, loop.Tallies, want)
 	}
 	// A connect allowed through a learned name carries it.
 	ev := hf.waitAnyEvent(t, func(e Event) bool { return e.Slot == 40 && e.ViaName })
@@ -559,9 +299,9 @@ func TestHostnameNotInScope(t *testing.T) {
 		return nil
 	})
 	cg := hf.hostSession(t, sessionSpec{slot: 41, rules: []string{"udp://" + res.addr, "tcp://api.example.test:443"}})
-	out := runHostProbe(t, cg,
-		"resolve "+res.addr+" other.example.test A", "tcp 127.21.0.2:443",
-		"resolve "+res.addr+" api.example.test A", "tcp 127.21.0.1:443", "tcp 127.21.0.1:444", "udp 127.21.0.1:443")
+	out := probe(t, cg,
+		resolve(res.addr, "other.example.test"), kerneltest.Connect{Addr: netip.MustParseAddrPort("127.21.0.2:443")},
+		resolve(res.addr, "api.example.test"), kerneltest.Connect{Addr: netip.MustParseAddrPort("127.21.0.1:443")}, kerneltest.Connect{Addr: netip.MustParseAddrPort("127.21.0.1:444")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.21.0.1:443")})
 	want := []string{"ok 127.21.0.2", "EPERM", "ok 127.21.0.1", "ECONNREFUSED", "EPERM", "EPERM"}
 	for i := range want {
 		if out[i] != want[i] {
@@ -587,10 +327,10 @@ func TestHostnameWildcard(t *testing.T) {
 		return nil
 	})
 	cg := hf.hostSession(t, sessionSpec{slot: 42, rules: []string{"udp://" + res.addr, "*.wild.example.test:443"}})
-	out := runHostProbe(t, cg,
-		"resolve "+res.addr+" a.wild.example.test A", "resolve "+res.addr+" a.b.wild.example.test A",
-		"resolve "+res.addr+" wild.example.test A", "resolve "+res.addr+" B.Wild.EXAMPLE.test A",
-		"tcp 127.24.0.1:443", "tcp 127.24.0.2:443", "tcp 127.24.0.3:443", "tcp 127.24.0.4:443")
+	out := probe(t, cg,
+		resolve(res.addr, "a.wild.example.test"), resolve(res.addr, "a.b.wild.example.test"),
+		resolve(res.addr, "wild.example.test"), resolve(res.addr, "B.Wild.EXAMPLE.test"),
+		kerneltest.Connect{Addr: netip.MustParseAddrPort("127.24.0.1:443")}, kerneltest.Connect{Addr: netip.MustParseAddrPort("127.24.0.2:443")}, kerneltest.Connect{Addr: netip.MustParseAddrPort("127.24.0.3:443")}, kerneltest.Connect{Addr: netip.MustParseAddrPort("127.24.0.4:443")})
 	want := []string{"ok 127.24.0.1", "ok 127.24.0.2", "ok 127.24.0.3", "ok 127.24.0.4", "ECONNREFUSED", "EPERM", "EPERM", "ECONNREFUSED"}
 	for i := range want {
 		if out[i] != want[i] {
@@ -614,7 +354,7 @@ func TestHostnameTTLExpiry(t *testing.T) {
 		return []dns.RR{rrA(q.Name, 3600, netip.MustParseAddr("127.25.0.1"))}
 	})
 	cg := hf.hostSession(t, sessionSpec{slot: 43, gen: 5, rules: []string{"udp://" + res.addr, "ttl.example.test"}})
-	out := runHostProbe(t, cg, "resolve "+res.addr+" ttl.example.test A", "tcp 127.25.0.1:80")
+	out := probe(t, cg, resolve(res.addr, "ttl.example.test"), kerneltest.Connect{Addr: netip.MustParseAddrPort("127.25.0.1:80")})
 	if out[0] != "ok 127.25.0.1" || out[1] != "ECONNREFUSED" {
 		t.Fatalf("before expiry: %q", out)
 	}
@@ -631,11 +371,11 @@ func TestHostnameTTLExpiry(t *testing.T) {
 	for bootNS() <= deadline {
 		time.Sleep(time.Duration(deadline-bootNS()) + time.Millisecond)
 	}
-	if out := runHostProbe(t, cg, "tcp 127.25.0.1:80"); out[0] != "EPERM" {
+	if out := probe(t, cg, kerneltest.Connect{Addr: netip.MustParseAddrPort("127.25.0.1:80")}); out[0] != "EPERM" {
 		t.Errorf("after expiry: %s", out[0])
 	}
 	// A fresh answer admits it again.
-	if out := runHostProbe(t, cg, "resolve "+res.addr+" ttl.example.test A", "tcp 127.25.0.1:80"); out[1] != "ECONNREFUSED" {
+	if out := probe(t, cg, resolve(res.addr, "ttl.example.test"), kerneltest.Connect{Addr: netip.MustParseAddrPort("127.25.0.1:80")}); out[1] != "ECONNREFUSED" {
 		t.Errorf("after a new answer: %q", out)
 	}
 }
@@ -667,9 +407,9 @@ func TestHostnameCNAMEAndCompression(t *testing.T) {
 		t.Fatalf("test answer is not compressed: %x", packed)
 	}
 	cg := hf.hostSession(t, sessionSpec{slot: 44, rules: []string{"udp://" + res.addr, "tcp://chain.example.test:443", "tcp://stray.example.test:443"}})
-	out := runHostProbe(t, cg,
-		"resolve "+res.addr+" chain.example.test A", "resolve "+res.addr+" chain.example.test AAAA", "resolve "+res.addr+" stray.example.test A",
-		"tcp 127.26.0.1:443", "tcp 127.26.0.2:443", "tcp [::1]:443", "tcp 127.26.0.3:443", "tcp 127.26.0.9:443", "tcp [::1]:444")
+	out := probe(t, cg,
+		resolve(res.addr, "chain.example.test"), kerneltest.Resolve{Server: netip.MustParseAddrPort(res.addr), Name: "chain.example.test", Type: dns.TypeAAAA}, resolve(res.addr, "stray.example.test"),
+		kerneltest.Connect{Addr: netip.MustParseAddrPort("127.26.0.1:443")}, kerneltest.Connect{Addr: netip.MustParseAddrPort("127.26.0.2:443")}, kerneltest.Connect{Addr: netip.MustParseAddrPort("[::1]:443")}, kerneltest.Connect{Addr: netip.MustParseAddrPort("127.26.0.3:443")}, kerneltest.Connect{Addr: netip.MustParseAddrPort("127.26.0.9:443")}, kerneltest.Connect{Addr: netip.MustParseAddrPort("[::1]:444")})
 	want := []string{"ok 127.26.0.1", "ok ::1", "ok 127.26.0.9", "ECONNREFUSED", "ECONNREFUSED", "ECONNREFUSED", "ECONNREFUSED", "EPERM", "EPERM"}
 	for i := range want {
 		if out[i] != want[i] {
@@ -689,10 +429,10 @@ func TestHostnameResolverNotInScope(t *testing.T) {
 	other := startResolver(t, "127.0.53.2:53", answer)
 	highPort := startResolver(t, "127.0.53.3:5353", answer)
 	cg := hf.hostSession(t, sessionSpec{slot: 45, rules: []string{"udp://" + inScope.addr, "udp://" + highPort.addr, "tcp://api.example.test:443"}})
-	out := runHostProbe(t, cg,
-		"resolve "+other.addr+" api.example.test A", "udp "+other.addr,
-		"resolve "+highPort.addr+" api.example.test A", "tcp 127.27.0.1:443",
-		"resolve "+inScope.addr+" api.example.test A", "tcp 127.27.0.1:443")
+	out := probe(t, cg,
+		resolve(other.addr, "api.example.test"), kerneltest.SendUDP{Addr: netip.MustParseAddrPort(other.addr)},
+		resolve(highPort.addr, "api.example.test"), kerneltest.Connect{Addr: netip.MustParseAddrPort("127.27.0.1:443")},
+		resolve(inScope.addr, "api.example.test"), kerneltest.Connect{Addr: netip.MustParseAddrPort("127.27.0.1:443")})
 	want := []string{"EPERM", "EPERM", "ok 127.27.0.1", "EPERM", "ok 127.27.0.1", "ECONNREFUSED"}
 	for i := range want {
 		if out[i] != want[i] {
@@ -742,7 +482,7 @@ func startSNIServer(t *testing.T, addr string) *sniServer {
 	return s
 }
 
-func (s *sniServer) port() string { return strconv.Itoa(s.ln.Addr().(*net.TCPAddr).Port) }
+func (s *sniServer) addr() netip.AddrPort { return s.ln.Addr().(*net.TCPAddr).AddrPort() }
 
 func (s *sniServer) received() int {
 	s.mu.Lock()
@@ -774,20 +514,22 @@ func TestHostnameSNI(t *testing.T) {
 	})
 	cases := []struct {
 		name   string
-		action func(addr string) string
+		action func(addr netip.AddrPort) kerneltest.Op
 		reason Reason // 0: allowed
 		sni    string
 	}{
-		{"allowed", func(a string) string { return "tls " + a + " sni.example.test" }, 0, ""},
-		{"allowed-case", func(a string) string { return "tls " + a + " SNI.Example.Test" }, 0, ""},
-		{"other-allowed-name", func(a string) string { return "tls " + a + " x.also.example.test" }, 0, ""},
-		{"mismatch", func(a string) string { return "tls " + a + " evil.example.test" }, ReasonSNIMismatch, "evil.example.test"},
-		{"wrong-port-for-name", func(a string) string { return "tls " + a + " port.example.test" }, ReasonSNIMismatch, "port.example.test"},
-		{"missing", func(a string) string { return "tls " + a + " -" }, ReasonSNIMissing, ""},
-		{"plaintext", func(a string) string {
-			return "raw " + a + " " + hex.EncodeToString([]byte("GET / HTTP/1.1\r\nHost: evil\r\n\r\n"))
+		{"allowed", func(a netip.AddrPort) kerneltest.Op { return kerneltest.TLSHello{Addr: a, SNI: "sni.example.test"} }, 0, ""},
+		{"allowed-case", func(a netip.AddrPort) kerneltest.Op { return kerneltest.TLSHello{Addr: a, SNI: "SNI.Example.Test"} }, 0, ""},
+		{"other-allowed-name", func(a netip.AddrPort) kerneltest.Op { return kerneltest.TLSHello{Addr: a, SNI: "x.also.example.test"} }, 0, ""},
+		{"mismatch", func(a netip.AddrPort) kerneltest.Op { return kerneltest.TLSHello{Addr: a, SNI: "evil.example.test"} }, ReasonSNIMismatch, "evil.example.test"},
+		{"wrong-port-for-name", func(a netip.AddrPort) kerneltest.Op { return kerneltest.TLSHello{Addr: a, SNI: "port.example.test"} }, ReasonSNIMismatch, "port.example.test"},
+		{"missing", func(a netip.AddrPort) kerneltest.Op { return kerneltest.TLSHello{Addr: a} }, ReasonSNIMissing, ""},
+		{"plaintext", func(a netip.AddrPort) kerneltest.Op {
+			return kerneltest.SendTCP{Addr: a, Data: []byte("GET / HTTP/1.1\r\nHost: evil\r\n\r\n")}
 		}, ReasonSNIMissing, ""},
-		{"split-before-sni", func(a string) string { return "split " + a + " sni.example.test 20" }, ReasonSNIIncomplete, ""},
+		{"split-before-sni", func(a netip.AddrPort) kerneltest.Op {
+			return kerneltest.TLSHello{Addr: a, SNI: "sni.example.test", Split: 20}
+		}, ReasonSNIIncomplete, ""},
 	}
 	var servers []*sniServer
 	for i := range cases {
@@ -796,11 +538,11 @@ func TestHostnameSNI(t *testing.T) {
 	}
 	rules := []string{"udp://" + res.addr, "tcp://sni.example.test", "tcp://*.also.example.test", "tcp://port.example.test:1"}
 	cg := hf.hostSession(t, sessionSpec{slot: 46, rules: rules})
-	actions := []string{"resolve " + res.addr + " sni.example.test A"}
+	actions := []kerneltest.Op{resolve(res.addr, "sni.example.test")}
 	for i, c := range cases {
-		actions = append(actions, c.action("127.28.0.1:"+servers[i].port()))
+		actions = append(actions, c.action(servers[i].addr()))
 	}
-	out := runHostProbe(t, cg, actions...)
+	out := probe(t, cg, actions...)
 	if out[0] != "ok 127.28.0.1" {
 		t.Fatalf("resolve: %s", out[0])
 	}
@@ -809,12 +551,12 @@ func TestHostnameSNI(t *testing.T) {
 			t.Errorf("%s: connect/write %s", c.name, out[i+1])
 			continue
 		}
-		port, _ := strconv.Atoi(servers[i].port())
+		port := servers[i].addr().Port()
 		if c.reason == 0 {
 			servers[i].waitReceived(t, 1)
 			continue
 		}
-		ev := hf.waitHost(t, func(e HostEvent) bool { return e.Kind == HostSNI && e.Port == uint16(port) })
+		ev := hf.waitHost(t, func(e HostEvent) bool { return e.Kind == HostSNI && e.Port == port })
 		if ev.Reason != c.reason || ev.Name != c.sni || ev.Verdict != VerdictDenied || ev.Addr != netip.MustParseAddr("127.28.0.1") ||
 			hf.g.Hostname(46, ev.NameHash) != "sni.example.test" || ev.Rule != 1 || ev.PID == 0 {
 			t.Errorf("%s: event %+v (reason %s)", c.name, ev, ReasonString(ev.Reason))
@@ -827,8 +569,8 @@ func TestHostnameSNI(t *testing.T) {
 	}
 	// An address allowed by an address rule is not checked.
 	ipOnly := startSNIServer(t, "127.28.0.2:0")
-	cg2 := hf.hostSession(t, sessionSpec{slot: 47, rules: []string{"tcp://127.28.0.2:" + ipOnly.port()}})
-	if out := runHostProbe(t, cg2, "raw 127.28.0.2:"+ipOnly.port()+" 00"); out[0] != "ok" {
+	cg2 := hf.hostSession(t, sessionSpec{slot: 47, rules: []string{"tcp://" + ipOnly.addr().String()}})
+	if out := probe(t, cg2, kerneltest.SendTCP{Addr: ipOnly.addr(), Data: []byte{0}}); out[0] != "ok" {
 		t.Fatal(out)
 	}
 	ipOnly.waitReceived(t, 1)
@@ -842,7 +584,7 @@ func TestHostnameSNIAuditMode(t *testing.T) {
 	})
 	srv := startSNIServer(t, "127.28.1.1:0")
 	cg := hf.hostSession(t, sessionSpec{slot: 48, mode: ModeAudit, rules: []string{"udp://" + res.addr, "tcp://audit.example.test"}})
-	out := runHostProbe(t, cg, "resolve "+res.addr+" audit.example.test A", "tls 127.28.1.1:"+srv.port()+" evil.example.test")
+	out := probe(t, cg, resolve(res.addr, "audit.example.test"), kerneltest.TLSHello{Addr: srv.addr(), SNI: "evil.example.test"})
 	if out[1] != "ok" {
 		t.Fatal(out)
 	}
@@ -966,7 +708,7 @@ func corpusDNS() [][]byte {
 // corpusTLS builds malformed or unacceptable first segments: a ClientHello
 // for a name not in scope, cut, bent and replaced by noise. None may pass.
 func corpusTLS() [][]byte {
-	base, err := clientHello("evil.corpus.test")
+	base, err := kerneltest.ClientHello("evil.corpus.test")
 	if err != nil {
 		panic(err)
 	}
@@ -1060,7 +802,7 @@ func TestHostnameCorpus(t *testing.T) {
 	res.raw = dnsCorpus
 	cg := hf.hostSession(t, sessionSpec{slot: 49, gen: 2, rules: []string{"udp://" + res.addr, "tcp://corpus.example.test"}})
 	before := hostStats(t, hf.g)
-	out := runHostProbe(t, cg, fmt.Sprintf("replay %s %d", res.addr, len(dnsCorpus)))
+	out := probe(t, cg, kerneltest.DNSReplay{Server: netip.MustParseAddrPort(res.addr), N: len(dnsCorpus)})
 	if out[0] != "ok" {
 		t.Fatalf("replay: %s", out[0])
 	}
@@ -1073,12 +815,12 @@ func TestHostnameCorpus(t *testing.T) {
 
 	// The parser still works, and the learned address carries the SNI replay.
 	srv := startSNIServer(t, "127.29.0.5:0")
-	actions := []string{"resolve " + res.addr + " corpus.example.test A"}
+	actions := []kerneltest.Op{resolve(res.addr, "corpus.example.test")}
 	for _, f := range tlsFiles {
-		actions = append(actions, "rawfile 127.29.0.5:"+srv.port()+" "+f)
+		actions = append(actions, kerneltest.SendTCP{Addr: srv.addr(), File: f})
 	}
 	before = hostStats(t, hf.g)
-	out = runHostProbe(t, cg, actions...)
+	out = probe(t, cg, actions...)
 	if out[0] != "ok 127.29.0.5" {
 		t.Fatalf("resolve after the corpus: %s", out[0])
 	}

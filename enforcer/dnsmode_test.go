@@ -2,7 +2,6 @@ package enforcer
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"io"
 	"net"
 	"net/netip"
@@ -13,9 +12,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -23,111 +21,17 @@ import (
 // Kernel tests of the session's dns mode (dns_egress): the question name
 // of a member's query decides whether it leaves the host at all.
 
-// held are the TCP sockets of dnsqhold, closed with a reset by dnsqreset.
-var held []int
-
-// dnsQueryProbe runs one DNS query action in the probe process:
-//
-//	dnsq udp|tcp SERVER NAME      send a query for NAME, wait for the answer: "ok", or the errno
-//	dnsqhold tcp SERVER NAME      connect and send the query, keep the connection: "sent"
-//	dnsqreset                     reset the held connections (SO_LINGER 0)
-//	dnsraw udp SERVER HEX         send bytes to SERVER: "ok" or the errno
-func dnsQueryProbe(f []string) string {
-	switch f[0] {
-	case "dnsqreset":
-		for _, fd := range held {
-			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-			unix.Close(fd)
-		}
-		held = nil
-		return "ok"
-	case "dnsraw":
-		b, err := hex.DecodeString(f[3])
-		if err != nil {
-			return "badhex"
-		}
-		fd, sa, err := dnsSocket("udp", f[2])
-		if err != nil {
-			return errName(err)
-		}
-		defer unix.Close(fd)
-		if err := unix.Sendto(fd, b, 0, sa); err != nil {
-			return errName(err)
-		}
-		return "ok"
-	}
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(f[3]), dns.TypeA)
-	msg, err := m.Pack()
-	if err != nil {
-		return "pack"
-	}
-	fd, sa, err := dnsSocket(f[1], f[2])
-	if err != nil {
-		return errName(err)
-	}
-	if f[1] == "udp" {
-		defer unix.Close(fd)
-		if err := unix.Sendto(fd, msg, 0, sa); err != nil {
-			return errName(err)
-		}
-	} else {
-		if err := unix.Connect(fd, sa); err != nil {
-			unix.Close(fd)
-			return "connect:" + errName(err)
-		}
-		if _, err := unix.Write(fd, append(binary.BigEndian.AppendUint16(nil, uint16(len(msg))), msg...)); err != nil {
-			unix.Close(fd)
-			return errName(err)
-		}
-		if f[0] == "dnsqhold" {
-			held = append(held, fd)
-			return "sent"
-		}
-		defer unix.Close(fd)
-	}
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
-	buf := make([]byte, 4096)
-	n, err := gatetest.Read(fd, buf)
-	if err != nil {
-		return "read:" + errName(err)
-	}
-	if f[1] == "tcp" {
-		if n < 2 {
-			return "short"
-		}
-		buf, n = buf[2:], n-2
-	}
-	r := new(dns.Msg)
-	if err := r.Unpack(buf[:n]); err != nil || r.Id != m.Id {
-		return "badanswer"
-	}
-	return "ok"
+// dnsq is a query for name's A records to server (ADDR:PORT) over network
+// (udp or tcp), waiting for the answer.
+func dnsq(network, server, name string) kerneltest.DNSQuery {
+	return kerneltest.DNSQuery{Net: network, Server: netip.MustParseAddrPort(server), Name: name}
 }
 
-func dnsSocket(proto, server string) (int, unix.Sockaddr, error) {
-	ap, err := netip.ParseAddrPort(server)
-	if err != nil {
-		return -1, nil, err
-	}
-	typ := unix.SOCK_DGRAM
-	if proto == "tcp" {
-		typ = unix.SOCK_STREAM
-	}
-	family := unix.AF_INET
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	if ap.Addr().Is6() {
-		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
-	}
-	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, nil, err
-	}
-	if proto == "tcp" {
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	}
-	return fd, sa, nil
+// dnsqHold is the query over TCP, its connection kept until a DNSReset.
+func dnsqHold(server, name string) kerneltest.DNSQuery {
+	q := dnsq("tcp", server, name)
+	q.Hold = true
+	return q
 }
 
 // queryLog is a resolver that only records the question names it receives
@@ -255,14 +159,14 @@ func TestDNSQueryScoped(t *testing.T) {
 	res := startQueryLog(t, "127.0.54.1:53")
 	cg := hf.hostSession(t, sessionSpec{slot: 60, dns: scope.DNSScoped,
 		rules: []string{"udp://" + res.addr, "api.example.test:443", "*.wild.example.test:443"}})
-	out := runHostProbe(t, cg,
-		"dnsq udp "+res.addr+" api.example.test",
-		"dnsq udp "+res.addr+" "+tunnel,
-		"dnsq udp "+res.addr+" a.b.wild.example.test",
-		"dnsq udp "+res.addr+" wild.example.test",
-		"dnsraw udp "+res.addr+" 00",
-		"dnsq udp "+res.addr+" API.Example.Test",
-		"dnsq udp "+res.addr+" marker.wild.example.test")
+	out := probe(t, cg,
+		dnsq("udp", res.addr, "api.example.test"),
+		dnsq("udp", res.addr, tunnel),
+		dnsq("udp", res.addr, "a.b.wild.example.test"),
+		dnsq("udp", res.addr, "wild.example.test"),
+		kerneltest.SendUDP{Addr: netip.MustParseAddrPort(res.addr), Payload: []byte{0}},
+		dnsq("udp", res.addr, "API.Example.Test"),
+		dnsq("udp", res.addr, "marker.wild.example.test"))
 	expectOut(t, out, "ok", "EPERM", "EPERM", "EPERM", "EPERM", "ok", "ok")
 	res.expect(t, "api.example.test", "API.Example.Test", "marker.wild.example.test")
 
@@ -291,12 +195,12 @@ func TestDNSQueryScopedTCP(t *testing.T) {
 	res := startQueryLog(t, "127.0.54.2:53")
 	cg := hf.hostSession(t, sessionSpec{slot: 61, dns: scope.DNSScoped,
 		rules: []string{"tcp://" + res.addr, "api.example.test:443"}})
-	out := runHostProbe(t, cg,
-		"dnsq tcp "+res.addr+" api.example.test",
-		"dnsqhold tcp "+res.addr+" "+tunnel,
-		"dnsq tcp "+res.addr+" api.example.test",
-		"dnsqreset")
-	expectOut(t, out, "ok", "sent", "ok", "ok")
+	out := probe(t, cg,
+		dnsq("tcp", res.addr, "api.example.test"),
+		dnsqHold(res.addr, tunnel),
+		dnsq("tcp", res.addr, "api.example.test"),
+		kerneltest.DNSReset{})
+	expectOut(t, out, "ok", "ok", "ok", "ok")
 	ev := hf.waitQuery(t, 61, tunnel)
 	if ev.Verdict != VerdictDenied || ev.Reason != ReasonDNSUnscoped {
 		t.Errorf("record: %+v", ev)
@@ -314,11 +218,11 @@ func TestDNSQueryNone(t *testing.T) {
 	res := startQueryLog(t, "127.0.54.3:53")
 	cg := hf.hostSession(t, sessionSpec{slot: 62, dns: scope.DNSNone,
 		rules: []string{res.addr, "api.example.test:443"}})
-	out := runHostProbe(t, cg,
-		"dnsq udp "+res.addr+" api.example.test",
-		"dnsqhold tcp "+res.addr+" api.example.test",
-		"dnsqreset")
-	expectOut(t, out, "EPERM", "sent", "ok")
+	out := probe(t, cg,
+		dnsq("udp", res.addr, "api.example.test"),
+		dnsqHold(res.addr, "api.example.test"),
+		kerneltest.DNSReset{})
+	expectOut(t, out, "EPERM", "ok", "ok")
 	ev := hf.waitQuery(t, 62, "api.example.test")
 	if ev.Verdict != VerdictDenied || ev.Reason != ReasonDNSNone {
 		t.Errorf("record: %+v", ev)
@@ -350,7 +254,7 @@ func TestDNSQueryAddressRulesOnly(t *testing.T) {
 	hf := hostSetup(t, HostnameOptions{})
 	res := startQueryLog(t, "127.0.54.4:53")
 	cg := hf.session(t, sessionSpec{slot: 63, dns: scope.DefaultDNSMode, rules: []string{"udp://" + res.addr}})
-	out := runHostProbe(t, cg, "dnsq udp "+res.addr+" api.example.test")
+	out := probe(t, cg, dnsq("udp", res.addr, "api.example.test"))
 	expectOut(t, out, "EPERM")
 	hf.waitQuery(t, 63, "api.example.test")
 	res.expect(t)
@@ -361,7 +265,7 @@ func TestDNSQueryAny(t *testing.T) {
 	hf := hostSetup(t, HostnameOptions{})
 	res := startQueryLog(t, "127.0.54.5:53")
 	cg := hf.session(t, sessionSpec{slot: 64, dns: scope.DNSAny, rules: []string{res.addr}})
-	out := runHostProbe(t, cg, "dnsq udp "+res.addr+" "+tunnel, "dnsq tcp "+res.addr+" "+tunnel)
+	out := probe(t, cg, dnsq("udp", res.addr, tunnel), dnsq("tcp", res.addr, tunnel))
 	expectOut(t, out, "ok", "ok")
 	res.expect(t, tunnel, tunnel)
 }
@@ -372,7 +276,7 @@ func TestDNSQueryAuditMode(t *testing.T) {
 	res := startQueryLog(t, "127.0.54.6:53")
 	cg := hf.hostSession(t, sessionSpec{slot: 65, dns: scope.DNSScoped, mode: ModeAudit,
 		rules: []string{res.addr, "api.example.test:443"}})
-	out := runHostProbe(t, cg, "dnsq udp "+res.addr+" "+tunnel, "dnsq tcp "+res.addr+" "+tunnel)
+	out := probe(t, cg, dnsq("udp", res.addr, tunnel), dnsq("tcp", res.addr, tunnel))
 	expectOut(t, out, "ok", "ok")
 	res.expect(t, tunnel, tunnel)
 	ev := hf.waitQuery(t, 65, tunnel)
@@ -388,10 +292,10 @@ func TestDNSQueryWithoutEgressProgram(t *testing.T) {
 	f := setupWith(t, Options{NoHostnames: true})
 	res := startQueryLog(t, "127.0.54.7:53")
 	cg := f.session(t, sessionSpec{slot: 66, dns: scope.DNSScoped, rules: []string{res.addr}})
-	out := runHostProbe(t, cg, "dnsq udp "+res.addr+" api.example.test", "dnsq tcp "+res.addr+" api.example.test")
+	out := probe(t, cg, dnsq("udp", res.addr, "api.example.test"), dnsq("tcp", res.addr, "api.example.test"))
 	expectOut(t, out, "EPERM", "connect:EPERM")
 	any := f.session(t, sessionSpec{slot: 67, name: "any", dns: scope.DNSAny, rules: []string{res.addr}})
-	expectOut(t, runHostProbe(t, any, "dnsq udp "+res.addr+" "+tunnel), "ok")
+	expectOut(t, probe(t, any, dnsq("udp", res.addr, tunnel)), "ok")
 	res.expect(t, tunnel)
 	// Denials wake the reader at once; both records come.
 	deadline := time.Now().Add(10 * time.Second)

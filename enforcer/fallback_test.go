@@ -3,7 +3,7 @@ package enforcer
 import (
 	"testing"
 
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -22,10 +22,10 @@ func TestGateWithoutHostnamePrograms(t *testing.T) {
 		t.Error("HostStats() without the hostname programs: no error")
 	}
 
-	allowed := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	allowed := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	cg := f.session(t, sessionSpec{slot: 5, rules: []string{"tcp://" + allowed.String()}})
-	expect(t, gatetest.Run(t, cg, gatetest.Options{}, "tcp "+allowed.String(), "tcp "+other.String()), "ok", "EPERM")
+	expect(t, kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other}), "ok", "EPERM")
 
 	r, err := scope.Parse("api.example.com:443")
 	if err != nil {

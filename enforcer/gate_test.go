@@ -11,14 +11,14 @@ import (
 	"time"
 
 	"github.com/agentfence/agentfence/internal/cgroupv2"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/internal/ringreader"
 	"github.com/agentfence/agentfence/scope"
 )
 
 func TestMain(m *testing.M) {
-	gatetest.MaybeRunProbe()
+	kerneltest.MaybeRunProbe()
 	os.Exit(m.Run())
 }
 
@@ -187,22 +187,22 @@ func (f *fixture) waitEvent(t *testing.T, pid int, match func(Event) bool) Event
 	}
 }
 
-func expect(t *testing.T, got []gatetest.Result, want ...string) {
+func expect(t *testing.T, got []kerneltest.Result, want ...string) {
 	t.Helper()
 	for i, w := range want {
-		if got[i].Result != w {
-			t.Errorf("probe %d: got %s, want %s", i, got[i].Result, w)
+		if got[i].Outcome() != w {
+			t.Errorf("probe %d: got %s, want %s", i, got[i].Outcome(), w)
 		}
 	}
 }
 
 func TestConnectAllowedAndDenied(t *testing.T) {
 	f := setup(t)
-	allowed := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	allowed := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	cg := f.session(t, sessionSpec{slot: 3, gen: 7, rules: []string{"tcp://" + allowed.String()}})
 
-	res := gatetest.Run(t, cg, gatetest.Options{}, "tcp "+allowed.String(), "tcp "+other.String())
+	res := kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other})
 	expect(t, res, "ok", "EPERM")
 
 	ev := f.waitEvent(t, res[0].PID, func(e Event) bool { return e.Dest == allowed })
@@ -220,7 +220,7 @@ func TestConnectAllowedAndDenied(t *testing.T) {
 	}
 
 	// The test process is in no session: the same destination is fine.
-	expect(t, gatetest.Run(t, "", gatetest.Options{}, "tcp "+other.String()), "ok")
+	expect(t, kerneltest.Run(t, "", kerneltest.Options{}, kerneltest.Connect{Addr: other}), "ok")
 	st, err := f.g.Stats()
 	if err != nil || st.Allowed < 1 || st.Denied < 1 || st.Lost != 0 {
 		t.Errorf("stats %+v, %v", st, err)
@@ -230,8 +230,8 @@ func TestConnectAllowedAndDenied(t *testing.T) {
 func TestUDPSendmsg(t *testing.T) {
 	f := setup(t)
 	cg := f.session(t, sessionSpec{slot: 4, rules: []string{"udp://127.0.0.53:53"}})
-	res := gatetest.Run(t, cg, gatetest.Options{},
-		"udp 127.0.0.53:53", "udp 127.0.0.53:54", "udp 127.0.0.9:53", "tcp 127.0.0.53:53", "udpconnect 127.0.0.9:53")
+	res := kerneltest.Run(t, cg, kerneltest.Options{},
+		kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.53:53")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.53:54")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.9:53")}, kerneltest.Connect{Addr: netip.MustParseAddrPort("127.0.0.53:53")}, kerneltest.ConnectUDP{Addr: netip.MustParseAddrPort("127.0.0.9:53")})
 	expect(t, res, "ok", "EPERM", "EPERM", "EPERM", "EPERM")
 	ev := f.waitEvent(t, res[1].PID, func(e Event) bool { return e.Dest.Port() == 54 })
 	if ev.Hook != HookSendmsg4 || ev.Protocol != 17 || ev.Verdict != VerdictDenied {
@@ -241,22 +241,22 @@ func TestUDPSendmsg(t *testing.T) {
 
 func TestIPv6AndMapped(t *testing.T) {
 	f := setup(t)
-	v6 := gatetest.Listen(t, "tcp6", "[::1]:0")
-	v4 := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	v4other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	v6 := kerneltest.Listen(t, "tcp6", "[::1]:0")
+	v4 := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	v4other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	cg := f.session(t, sessionSpec{slot: 5, rules: []string{
 		fmt.Sprintf("[::1]:%d", v6.Port()),
 		fmt.Sprintf("127.0.0.1:%d", v4.Port()),
 	}})
-	mapped := func(ap netip.AddrPort) string {
-		return netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port()).String()
+	mapped := func(ap netip.AddrPort) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port())
 	}
-	res := gatetest.Run(t, cg, gatetest.Options{},
-		"tcp "+v6.String(),
-		fmt.Sprintf("tcp [::1]:%d", v4.Port()), // right port, wrong family's address
-		"tcp6 "+mapped(v4),                     // ::ffff:127.0.0.1 judged as 127.0.0.1
-		"tcp6 "+mapped(v4other),                // and denied as the IPv4 address would be
-		"udp6 [::2]:53",
+	res := kerneltest.Run(t, cg, kerneltest.Options{},
+		kerneltest.Connect{Addr: v6},
+		kerneltest.Connect{Addr: netip.AddrPortFrom(netip.IPv6Loopback(), v4.Port())}, // right port, wrong family's address
+		kerneltest.Connect{Addr: mapped(v4), V6: true},                                // ::ffff:127.0.0.1 judged as 127.0.0.1
+		kerneltest.Connect{Addr: mapped(v4other), V6: true},                           // and denied as the IPv4 address would be
+		kerneltest.SendUDP{Addr: netip.MustParseAddrPort("[::2]:53"), V6: true},
 	)
 	expect(t, res, "ok", "EPERM", "ok", "EPERM", "EPERM")
 	ev := f.waitEvent(t, res[3].PID, func(e Event) bool { return e.Dest.Port() == v4other.Port() })
@@ -269,29 +269,29 @@ func TestRuleShapes(t *testing.T) {
 	f := setup(t)
 	cases := []struct {
 		rule  string
-		probe string
+		probe kerneltest.Op
 		want  string
 	}{
-		{"127.0.0.0/8", "tcp 127.1.2.3:1", "ECONNREFUSED"}, // allowed: nothing listens there
-		{"127.0.0.0/8", "udp 127.1.2.3:9", "ok"},
-		{"127.0.0.0/8", "tcp 10.255.255.1:1", "EPERM"},
-		{"127.0.0.1:1000-2000", "tcp 127.0.0.1:1000", "ECONNREFUSED"},
-		{"127.0.0.1:1000-2000", "tcp 127.0.0.1:2000", "ECONNREFUSED"},
-		{"127.0.0.1:1000-2000", "tcp 127.0.0.1:2001", "EPERM"},
-		{"127.0.0.1:1000-2000", "tcp 127.0.0.1:999", "EPERM"},
-		{"tcp://127.0.0.1", "udp 127.0.0.1:5", "EPERM"},
-		{"udp://127.0.0.1", "udp 127.0.0.1:5", "ok"},
-		{"udp://127.0.0.1", "tcp 127.0.0.1:5", "EPERM"},
-		{"[::1]/128:7", "tcp [::1]:7", "ECONNREFUSED"},
-		{"[::]/0", "udp [::2]:7", "ok"},
-		{"0.0.0.0/0:443", "udp 127.9.9.9:443", "ok"},
-		{"0.0.0.0/0:443", "udp 127.9.9.9:444", "EPERM"},
+		{"127.0.0.0/8", kerneltest.Connect{Addr: netip.MustParseAddrPort("127.1.2.3:1")}, "ECONNREFUSED"}, // allowed: nothing listens there
+		{"127.0.0.0/8", kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.1.2.3:9")}, "ok"},
+		{"127.0.0.0/8", kerneltest.Connect{Addr: netip.MustParseAddrPort("10.255.255.1:1")}, "EPERM"},
+		{"127.0.0.1:1000-2000", kerneltest.Connect{Addr: netip.MustParseAddrPort("127.0.0.1:1000")}, "ECONNREFUSED"},
+		{"127.0.0.1:1000-2000", kerneltest.Connect{Addr: netip.MustParseAddrPort("127.0.0.1:2000")}, "ECONNREFUSED"},
+		{"127.0.0.1:1000-2000", kerneltest.Connect{Addr: netip.MustParseAddrPort("127.0.0.1:2001")}, "EPERM"},
+		{"127.0.0.1:1000-2000", kerneltest.Connect{Addr: netip.MustParseAddrPort("127.0.0.1:999")}, "EPERM"},
+		{"tcp://127.0.0.1", kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:5")}, "EPERM"},
+		{"udp://127.0.0.1", kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:5")}, "ok"},
+		{"udp://127.0.0.1", kerneltest.Connect{Addr: netip.MustParseAddrPort("127.0.0.1:5")}, "EPERM"},
+		{"[::1]/128:7", kerneltest.Connect{Addr: netip.MustParseAddrPort("[::1]:7")}, "ECONNREFUSED"},
+		{"[::]/0", kerneltest.SendUDP{Addr: netip.MustParseAddrPort("[::2]:7")}, "ok"},
+		{"0.0.0.0/0:443", kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.9.9.9:443")}, "ok"},
+		{"0.0.0.0/0:443", kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.9.9.9:444")}, "EPERM"},
 	}
 	for i, c := range cases {
 		t.Run(fmt.Sprintf("%d", i), func(t *testing.T) {
 			cg := f.session(t, sessionSpec{slot: uint32(100 + i), rules: []string{c.rule}})
-			if got := gatetest.Run(t, cg, gatetest.Options{}, c.probe)[0].Result; got != c.want {
-				t.Errorf("rule %q, %s: got %s, want %s", c.rule, c.probe, got, c.want)
+			if got := kerneltest.Run(t, cg, kerneltest.Options{}, c.probe)[0].Outcome(); got != c.want {
+				t.Errorf("rule %q, %T%+v: got %s, want %s", c.rule, c.probe, c.probe, got, c.want)
 			}
 		})
 	}
@@ -302,7 +302,7 @@ func TestRuleShapes(t *testing.T) {
 func TestOverlappingPrefixes(t *testing.T) {
 	f := setup(t)
 	cg := f.session(t, sessionSpec{slot: 6, rules: []string{"udp://127.0.0.0/8:53", "udp://127.0.0.0/24:80", "udp://127.0.0.7:9"}})
-	res := gatetest.Run(t, cg, gatetest.Options{}, "udp 127.0.0.7:53", "udp 127.0.0.7:80", "udp 127.0.0.7:9", "udp 127.0.0.7:10", "udp 127.0.1.1:80", "udp 127.0.1.1:53")
+	res := kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.7:53")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.7:80")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.7:9")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.7:10")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.1.1:80")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.1.1:53")})
 	expect(t, res, "ok", "ok", "ok", "EPERM", "EPERM", "ok")
 	ev := f.waitEvent(t, res[1].PID, func(e Event) bool { return e.Dest.Port() == 80 })
 	if ev.Rule != 1 {
@@ -312,10 +312,10 @@ func TestOverlappingPrefixes(t *testing.T) {
 
 func TestDescendantsStayInSession(t *testing.T) {
 	f := setup(t)
-	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	cg := f.session(t, sessionSpec{slot: 8, rules: []string{"udp://127.0.0.53:53"}})
-	for _, o := range []gatetest.Options{{Depth: 1}, {Depth: 2}, {Depth: 2, Detach: true}} {
-		res := gatetest.Run(t, cg, o, "tcp "+other.String())
+	for _, o := range []kerneltest.Options{{Depth: 1}, {Depth: 2}, {Depth: 2, Detach: true}} {
+		res := kerneltest.Run(t, cg, o, kerneltest.Connect{Addr: other})
 		expect(t, res, "EPERM")
 		ev := f.waitEvent(t, res[0].PID, func(Event) bool { return true })
 		if ev.Slot != 8 {
@@ -329,23 +329,23 @@ func TestDescendantsStayInSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.Remove(sub)
-	expect(t, gatetest.Run(t, sub, gatetest.Options{}, "tcp "+other.String(), "udp 127.0.0.53:53"), "EPERM", "ok")
+	expect(t, kerneltest.Run(t, sub, kerneltest.Options{}, kerneltest.Connect{Addr: other}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.53:53")}), "EPERM", "ok")
 }
 
 func TestDeepestSessionWins(t *testing.T) {
 	f := setup(t)
 	outer := f.session(t, sessionSpec{slot: 9, rules: []string{"udp://127.0.0.1:1"}})
 	inner := f.session(t, sessionSpec{slot: 10, rules: []string{"udp://127.0.0.1:2"}, parent: outer, name: "inner"})
-	expect(t, gatetest.Run(t, inner, gatetest.Options{}, "udp 127.0.0.1:1", "udp 127.0.0.1:2"), "EPERM", "ok")
-	expect(t, gatetest.Run(t, outer, gatetest.Options{}, "udp 127.0.0.1:1", "udp 127.0.0.1:2"), "ok", "EPERM")
+	expect(t, kerneltest.Run(t, inner, kerneltest.Options{}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:1")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:2")}), "EPERM", "ok")
+	expect(t, kerneltest.Run(t, outer, kerneltest.Options{}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:1")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:2")}), "ok", "EPERM")
 }
 
 func TestExpiry(t *testing.T) {
 	f := setup(t)
-	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	now := bootNS()
 	expired := f.session(t, sessionSpec{slot: 11, rules: []string{ln.String()}, expires: now - 1})
-	res := gatetest.Run(t, expired, gatetest.Options{}, "tcp "+ln.String())
+	res := kerneltest.Run(t, expired, kerneltest.Options{}, kerneltest.Connect{Addr: ln})
 	expect(t, res, "EPERM")
 	if ev := f.waitEvent(t, res[0].PID, func(Event) bool { return true }); ev.Reason != ReasonExpired {
 		t.Errorf("reason %d, want expired", ev.Reason)
@@ -358,7 +358,7 @@ func TestExpiry(t *testing.T) {
 	for i, window := range []time.Duration{300 * time.Millisecond, 3 * time.Second, 30 * time.Second} {
 		deadline := bootNS() + uint64(window)
 		live := f.session(t, sessionSpec{slot: 12 + uint32(i), rules: []string{ln.String()}, expires: deadline})
-		before := gatetest.Run(t, live, gatetest.Options{}, "tcp "+ln.String())
+		before := kerneltest.Run(t, live, kerneltest.Options{}, kerneltest.Connect{Addr: ln})
 		if bootNS() > deadline {
 			continue // the probe ran past the window: its answer says nothing
 		}
@@ -366,7 +366,7 @@ func TestExpiry(t *testing.T) {
 		for bootNS() <= deadline {
 			time.Sleep(time.Duration(deadline-bootNS()) + time.Millisecond)
 		}
-		expect(t, gatetest.Run(t, live, gatetest.Options{}, "tcp "+ln.String()), "EPERM")
+		expect(t, kerneltest.Run(t, live, kerneltest.Options{}, kerneltest.Connect{Addr: ln}), "EPERM")
 		return
 	}
 	t.Fatal("no window was long enough to start a probe before the session expired")
@@ -374,9 +374,9 @@ func TestExpiry(t *testing.T) {
 
 func TestAuditMode(t *testing.T) {
 	f := setup(t)
-	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	cg := f.session(t, sessionSpec{slot: 13, rules: []string{"udp://127.0.0.53:53"}, mode: ModeAudit})
-	res := gatetest.Run(t, cg, gatetest.Options{}, "tcp "+ln.String())
+	res := kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.Connect{Addr: ln})
 	expect(t, res, "ok")
 	ev := f.waitEvent(t, res[0].PID, func(Event) bool { return true })
 	if ev.Verdict != VerdictWouldDeny || ev.Reason != ReasonNoRule {
@@ -386,23 +386,23 @@ func TestAuditMode(t *testing.T) {
 
 func TestRawSocketsAndFastOpen(t *testing.T) {
 	f := setup(t)
-	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	cg := f.session(t, sessionSpec{slot: 14, rules: []string{ln.String()}})
-	res := gatetest.Run(t, cg, gatetest.Options{}, "raw", "tfo "+other.String())
+	res := kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.RawICMP, kerneltest.FastOpen{Addr: other})
 	expect(t, res, "EPERM", "EPERM")
 	if ev := f.waitEvent(t, res[0].PID, func(e Event) bool { return e.Hook == HookSockCreate }); ev.Reason != ReasonSocketType {
 		t.Errorf("raw socket event: %+v", ev)
 	}
 	// Outside a session, raw sockets still work (the test runs as root).
-	expect(t, gatetest.Run(t, "", gatetest.Options{}, "raw"), "ok")
+	expect(t, kerneltest.Run(t, "", kerneltest.Options{}, kerneltest.RawICMP), "ok")
 }
 
 // A binding that names an older generation of a slot is ignored, and scope
 // entries of an older generation do not match a reused slot.
 func TestStaleGeneration(t *testing.T) {
 	f := setup(t)
-	ln := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	cg := f.session(t, sessionSpec{slot: 15, gen: 1, rules: []string{ln.String()}})
 	id, _ := cgroupv2.ID(cg)
 	// Slot 15 is reused by generation 2 with an empty scope; the old scope
@@ -410,27 +410,27 @@ func TestStaleGeneration(t *testing.T) {
 	if err := f.g.PutSession(15, SessionState{Gen: 2, State: StateActive}); err != nil {
 		t.Fatal(err)
 	}
-	expect(t, gatetest.Run(t, cg, gatetest.Options{}, "tcp "+ln.String()), "ok") // stale binding: unmanaged
+	expect(t, kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.Connect{Addr: ln}), "ok") // stale binding: unmanaged
 	if err := f.g.BindCgroup(id, 15, 2); err != nil {
 		t.Fatal(err)
 	}
-	expect(t, gatetest.Run(t, cg, gatetest.Options{}, "tcp "+ln.String()), "EPERM") // gen 1 scope does not apply
+	expect(t, kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.Connect{Addr: ln}), "EPERM") // gen 1 scope does not apply
 }
 
 // The kernel quarantines a session itself once its denials exceed the
 // budget: from then on only essential rules match.
 func TestQuarantineAfterBudget(t *testing.T) {
 	f := setup(t)
-	mcp := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	api := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	mcp := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	api := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	cg := f.session(t, sessionSpec{slot: 16, rules: []string{"essential,tcp://" + mcp.String(), "tcp://" + api.String()}})
 	if err := f.g.PutSession(16, SessionState{Gen: 1, State: StateActive, Budget: 2, QuarantineOnBudget: true}); err != nil {
 		t.Fatal(err)
 	}
 	// Two violations are within the budget; the third quarantines.
-	res := gatetest.Run(t, cg, gatetest.Options{}, "tcp "+api.String(), "tcp "+other.String(), "tcp "+other.String(),
-		"tcp "+api.String(), "tcp "+other.String(), "tcp "+api.String(), "tcp "+mcp.String())
+	res := kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.Connect{Addr: api}, kerneltest.Connect{Addr: other}, kerneltest.Connect{Addr: other},
+		kerneltest.Connect{Addr: api}, kerneltest.Connect{Addr: other}, kerneltest.Connect{Addr: api}, kerneltest.Connect{Addr: mcp})
 	expect(t, res, "ok", "EPERM", "EPERM", "ok", "EPERM", "EPERM", "ok")
 	st, err := f.g.Session(16)
 	if err != nil || st.State != StateQuarantined || st.Violations != 4 {

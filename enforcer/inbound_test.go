@@ -4,13 +4,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
+	"slices"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -67,17 +67,19 @@ func (f *fixture) rescope(t *testing.T, slot uint32, rules ...string) {
 	t.Cleanup(func() { f.g.DeleteScope(slot, entries) })
 }
 
-// listener starts a member listening on addr ("-": listen without bind) and
+// listener starts a member listening on addr ("": listen without bind) and
 // returns its pid and port.
 func listener(t *testing.T, cg, addr string) (int, uint16) {
 	t.Helper()
-	p := gatetest.Start(t, cg, gatetest.Options{}, false, "listen "+addr)
-	res, pid := p.Next()
-	port, err := strconv.Atoi(res)
-	if err != nil {
+	var op kerneltest.ListenTCP
+	if addr != "" {
+		op.Addr = netip.MustParseAddrPort(addr)
+	}
+	res := kerneltest.Start(t, cg, kerneltest.Options{}, false, op).Next()
+	if res.Err != kerneltest.OK {
 		t.Fatalf("member listen %s: %s", addr, res)
 	}
-	return pid, uint16(port)
+	return res.PID, res.Port
 }
 
 // refused asserts that a connect from this process to the member listener
@@ -85,9 +87,9 @@ func listener(t *testing.T, cg, addr string) (int, uint16) {
 // completes (a SYN-ACK, had there been one, came before the record).
 func (f *fixture) refused(t *testing.T, pid int, to netip.AddrPort, verdict Verdict) Event {
 	t.Helper()
-	fd, port := gatetest.Dial(t, to)
+	fd, port := kerneltest.Dial(t, to)
 	ev := f.waitEvent(t, pid, func(e Event) bool { return e.Hook.Inbound() && e.Dest.Port() == port })
-	if verdict == VerdictDenied && gatetest.Connected(t, fd, 0) {
+	if verdict == VerdictDenied && kerneltest.Connected(t, fd, 0) {
 		// Seen once on 6.1 under multi-threaded TCG, for [::1]
 		// (docs/kernels.md, "TCG threading"); every event of this peer
 		// says which segment the gate judged and how.
@@ -109,8 +111,8 @@ func (f *fixture) refused(t *testing.T, pid int, to netip.AddrPort, verdict Verd
 
 func admitted(t *testing.T, to netip.AddrPort) {
 	t.Helper()
-	fd, _ := gatetest.Dial(t, to)
-	if !gatetest.Connected(t, fd, 10*time.Second) {
+	fd, _ := kerneltest.Dial(t, to)
+	if !kerneltest.Connected(t, fd, 10*time.Second) {
 		t.Errorf("connect to %s did not complete", to)
 	}
 }
@@ -120,15 +122,15 @@ func TestBindNeedsInRule(t *testing.T) {
 	p := freePorts(t, 2)
 	named, unnamed := p[0], p[1]
 	cg := f.session(t, sessionSpec{slot: 40, rules: []string{fmt.Sprintf("in:tcp://127.0.0.1/32:%d", named)}})
-	res := gatetest.Run(t, cg, gatetest.Options{},
-		fmt.Sprintf("bindtcp 127.0.0.1:%d", named),
-		fmt.Sprintf("bindtcp 127.0.0.1:%d", unnamed),
-		fmt.Sprintf("bindudp 127.0.0.1:%d", named), // the rule is TCP only
-		"bindtcp 127.0.0.1:0",                      // an ephemeral port: judged per packet
-		fmt.Sprintf("bindtcp [::]:%d", named),      // the port is the member's, whatever the address
-		fmt.Sprintf("bindtcp [::]:%d", unnamed),
-		fmt.Sprintf("bindtcp [::ffff:127.0.0.1]:%d", unnamed),
-		fmt.Sprintf("bindtcp 0.0.0.0:%d", unnamed),
+	res := kerneltest.Run(t, cg, kerneltest.Options{},
+		kerneltest.Bind{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), named)},
+		kerneltest.Bind{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), unnamed)},
+		kerneltest.Bind{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), named), UDP: true}, // the rule is TCP only
+		kerneltest.Bind{Addr: netip.MustParseAddrPort("127.0.0.1:0")},                                 // an ephemeral port: judged per packet
+		kerneltest.Bind{Addr: netip.AddrPortFrom(netip.MustParseAddr("::"), named)},                   // the port is the member's, whatever the address
+		kerneltest.Bind{Addr: netip.AddrPortFrom(netip.MustParseAddr("::"), unnamed)},
+		kerneltest.Bind{Addr: netip.AddrPortFrom(netip.MustParseAddr("::ffff:127.0.0.1"), unnamed)},
+		kerneltest.Bind{Addr: netip.AddrPortFrom(netip.MustParseAddr("0.0.0.0"), unnamed)},
 	)
 	expect(t, res, "ok", "EPERM", "EPERM", "ok", "ok", "EPERM", "EPERM", "EPERM")
 	ev := f.waitEvent(t, res[1].PID, func(e Event) bool { return e.Hook == HookBind4 && e.Verdict != VerdictAllowed })
@@ -140,7 +142,7 @@ func TestBindNeedsInRule(t *testing.T) {
 		t.Errorf("v4-mapped bind record should carry the IPv4 address: %+v", ev)
 	}
 	// Outside a session, binding is not judged.
-	expect(t, gatetest.Run(t, "", gatetest.Options{}, fmt.Sprintf("bindtcp 127.0.0.1:%d", unnamed)), "ok")
+	expect(t, kerneltest.Run(t, "", kerneltest.Options{}, kerneltest.Bind{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), unnamed)}), "ok")
 }
 
 func TestInboundTCP(t *testing.T) {
@@ -150,7 +152,7 @@ func TestInboundTCP(t *testing.T) {
 		in           string // an in: rule for the peer, %d the port
 	}{
 		{"v4", "127.0.0.1:0", netip.MustParseAddr("127.0.0.1"), "in:tcp://127.0.0.1/32:%d"},
-		{"listen without bind", "-", netip.MustParseAddr("127.0.0.1"), "in:tcp://127.0.0.0/8:%d"},
+		{"listen without bind", "", netip.MustParseAddr("127.0.0.1"), "in:tcp://127.0.0.0/8:%d"},
 		{"v6", "[::1]:0", netip.MustParseAddr("::1"), "in:tcp://[::1]:%d"},
 		{"dual-stack, v4 peer", "[::]:0", netip.MustParseAddr("127.0.0.1"), "in:[::ffff:127.0.0.1]:%d"},
 	} {
@@ -173,7 +175,7 @@ func TestInboundTCP(t *testing.T) {
 				t.Errorf("inbound record: %+v", ev)
 			}
 			// A member of the same session needs no rule on loopback.
-			expect(t, gatetest.Run(t, cg, gatetest.Options{}, "tcp "+to.String()), "ok")
+			expect(t, kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.Connect{Addr: to}), "ok")
 
 			// An in: rule for other peers or another port changes nothing.
 			other := netip.MustParseAddr("127.0.0.2")
@@ -225,16 +227,16 @@ func TestInboundUDP(t *testing.T) {
 			apiAddr := api.LocalAddr().(*net.UDPAddr).AddrPort()
 			out := "udp://" + apiAddr.String()
 			cg := f.session(t, sessionSpec{slot: 43, rules: []string{out}})
-			member := gatetest.Start(t, cg, gatetest.Options{}, false, "udpsock "+c.bind)
-			res, pid := member.Next()
-			port, err := strconv.Atoi(res)
-			if err != nil {
+			member := kerneltest.Start(t, cg, kerneltest.Options{}, false, kerneltest.UDPSocket{Addr: netip.MustParseAddrPort(c.bind)})
+			res := member.Next()
+			if res.Err != kerneltest.OK {
 				t.Fatalf("member udp socket: %s", res)
 			}
-			memberAddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.lo, uint16(port)))
+			pid, port := res.PID, res.Port
+			memberAddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.lo, port))
 
-			member.Send("send " + apiAddr.String())
-			if res, _ := member.Next(); res != "ok" {
+			member.Do(kerneltest.UDPSend{To: apiAddr})
+			if res := member.Next(); res.Outcome() != "ok" {
 				t.Fatalf("member send to its API: %s", res)
 			}
 			peer, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.lo, 0)))
@@ -246,22 +248,22 @@ func TestInboundUDP(t *testing.T) {
 
 			peer.WriteToUDP([]byte("unnamed"), memberAddr)
 			ev := f.waitEvent(t, pid, func(e Event) bool { return e.Hook.Inbound() && e.Dest.Port() == peerPort })
-			if ev.Verdict != VerdictDenied || ev.Protocol != unix.IPPROTO_UDP || ev.Local.Port() != uint16(port) || ev.Dest.Addr() != c.lo {
+			if ev.Verdict != VerdictDenied || ev.Protocol != unix.IPPROTO_UDP || ev.Local.Port() != port || ev.Dest.Addr() != c.lo {
 				t.Errorf("inbound record: %+v", ev)
 			}
 			// The reply of the API in scope arrives; the unnamed datagram,
 			// sent first, never did.
 			api.WriteToUDP([]byte("reply"), memberAddr)
-			member.Send("recv reply")
-			if res, _ := member.Next(); res != "reply" {
-				t.Errorf("member received %q, want only the API's reply", res)
+			member.Do(kerneltest.UDPRecv{Until: "reply"})
+			if res := member.Next(); res.Err != kerneltest.OK || !slices.Equal(res.Got, []string{"reply"}) {
+				t.Errorf("member received %q (%s), want only the API's reply", res.Got, res)
 			}
 			// With an in: rule the peer gets through.
 			f.rescope(t, 43, out, fmt.Sprintf("in:udp://%s:%d", hostText(c.lo), port))
 			peer.WriteToUDP([]byte("named"), memberAddr)
-			member.Send("recv named")
-			if res, _ := member.Next(); res != "named" {
-				t.Errorf("member received %q, want the named peer's datagram", res)
+			member.Do(kerneltest.UDPRecv{Until: "named"})
+			if res := member.Next(); res.Err != kerneltest.OK || !slices.Equal(res.Got, []string{"named"}) {
+				t.Errorf("member received %q (%s), want the named peer's datagram", res.Got, res)
 			}
 		})
 	}
@@ -272,12 +274,12 @@ func TestInboundUDP(t *testing.T) {
 func TestInboundRecordsRateLimited(t *testing.T) {
 	f := setup(t)
 	cg := f.session(t, sessionSpec{slot: 44, rules: []string{"udp://127.0.0.1:9"}})
-	member := gatetest.Start(t, cg, gatetest.Options{}, false, "udpsock 127.0.0.1:0")
-	res, pid := member.Next()
-	port, err := strconv.Atoi(res)
-	if err != nil {
+	member := kerneltest.Start(t, cg, kerneltest.Options{}, false, kerneltest.UDPSocket{Addr: netip.MustParseAddrPort("127.0.0.1:0")})
+	res := member.Next()
+	if res.Err != kerneltest.OK {
 		t.Fatalf("member udp socket: %s", res)
 	}
+	pid, port := res.PID, int(res.Port)
 	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)

@@ -4,15 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf/link"
 
 	"github.com/agentfence/agentfence/internal/cgroupv2"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -68,8 +66,8 @@ func BenchmarkBoundaryLayers(b *testing.B) {
 	if g.fam == nil {
 		b.Skip("no socket family program on this kernel")
 	}
-	tcp := gatetest.Serve(b, "127.0.0.1:0")
-	udp := gatetest.ServeUDP(b, "127.0.0.1:0")
+	tcp := kerneltest.Serve(b, "127.0.0.1:0")
+	udp := kerneltest.ServeUDP(b, "127.0.0.1:0")
 	var rules []scope.Rule
 	for _, text := range []string{"tcp://" + tcp.String(), "udp://" + udp.String()} {
 		r, _ := scope.Parse(text)
@@ -106,28 +104,29 @@ func BenchmarkBoundaryLayers(b *testing.B) {
 
 	type agent struct {
 		name string
-		p    *gatetest.Proc
+		p    *kerneltest.Proc
 	}
 	var agents []agent
-	for _, w := range []struct{ name, verb string }{
-		{"connect", fmt.Sprintf("connectbench %s 500", tcp)},
-		{"udp", fmt.Sprintf("udpbench %s 500", udp)},
-		{"getppid", "syscallbench 100000"},
-		{"exec", "execbench 20"},
+	for _, w := range []struct {
+		name string
+		op   kerneltest.Op
+	}{
+		{"connect", kerneltest.ConnectBench{Addr: tcp, N: 500}},
+		{"udp", kerneltest.UDPBench{Addr: udp, N: 500}},
+		{"getppid", kerneltest.SyscallBench{N: 100000}},
+		{"exec", kerneltest.ExecBench{N: 20}},
 	} {
 		for _, cg := range []struct{ who, path string }{{"member", member}, {"other", plain}} {
-			agents = append(agents, agent{w.name + "_" + cg.who, gatetest.Start(b, cg.path, gatetest.Options{}, false, w.verb)})
+			agents = append(agents, agent{w.name + "_" + cg.who, kerneltest.Start(b, cg.path, kerneltest.Options{}, false, w.op)})
 		}
 	}
-	batch := func(p *gatetest.Proc) time.Duration {
-		p.Send("run")
-		res, _ := p.Next()
-		wall, _, _ := strings.Cut(res, "/")
-		w, err := strconv.Atoi(wall)
-		if err != nil {
+	batch := func(p *kerneltest.Proc) time.Duration {
+		p.Go()
+		res := p.Next()
+		if res.Err != kerneltest.OK {
 			b.Fatalf("agent: %s", res)
 		}
-		return time.Duration(w)
+		return res.Wall
 	}
 	configs := []struct {
 		name          string

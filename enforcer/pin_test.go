@@ -9,7 +9,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/agentfence/agentfence/internal/cgroupv2"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -18,7 +18,7 @@ import (
 // adopts it without attaching twice; Uninstall ends it.
 func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 	root, pins := pinSetup(t)
-	before := gatetest.Attached(t, root)
+	before := kerneltest.Attached(t, root)
 
 	g, err := Load(Options{CgroupRoot: root, PinPath: pins})
 	if err != nil {
@@ -27,8 +27,8 @@ func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 	if g.Adopted() {
 		t.Fatal("fresh pins reported as adopted")
 	}
-	allowed := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
-	other := gatetest.Listen(t, "tcp4", "127.0.0.1:0")
+	allowed := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	cg := filepath.Join(root, "agentfence-test-pin")
 	if err := os.Mkdir(cg, 0o755); err != nil {
 		t.Fatal(err)
@@ -46,8 +46,8 @@ func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 	if err := g.BindCgroup(id, 2, 1); err != nil {
 		t.Fatal(err)
 	}
-	probe := func() []gatetest.Result {
-		return gatetest.Run(t, cg, gatetest.Options{}, "tcp "+allowed.String(), "tcp "+other.String())
+	probe := func() []kerneltest.Result {
+		return kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other})
 	}
 	expect(t, probe(), "ok", "EPERM")
 
@@ -62,7 +62,7 @@ func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 	if !g2.Adopted() {
 		t.Error("second load did not adopt the pins")
 	}
-	if got := gatetest.Attached(t, root); got != before+1 {
+	if got := kerneltest.Attached(t, root); got != before+1 {
 		t.Errorf("connect4 programs: %d, want %d (no double attachment)", got, before+1)
 	}
 	if st, err := g2.Session(2); err != nil || st.Gen != 1 || st.State != StateActive {
@@ -74,7 +74,7 @@ func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 	if err := Uninstall(pins); err != nil {
 		t.Fatal(err)
 	}
-	if got := gatetest.Attached(t, root); got != before {
+	if got := kerneltest.Attached(t, root); got != before {
 		t.Errorf("connect4 programs after uninstall: %d, want %d", got, before)
 	}
 	expect(t, probe(), "ok", "ok")
@@ -96,9 +96,9 @@ func TestHostnameHooksPinnedAndAdopted(t *testing.T) {
 		}
 	}
 	t.Cleanup(func() { os.Remove(kept); os.Remove(dropped); os.Remove(base) })
-	rootIngress := gatetest.AttachedOf(t, root, ebpf.AttachCGroupInetIngress)
+	rootIngress := kerneltest.AttachedOf(t, root, ebpf.AttachCGroupInetIngress)
 	on := func(cg string) [2]int {
-		return [2]int{gatetest.AttachedOf(t, cg, ebpf.AttachCGroupInetIngress), gatetest.AttachedOf(t, cg, ebpf.AttachCGroupInetEgress)}
+		return [2]int{kerneltest.AttachedOf(t, cg, ebpf.AttachCGroupInetIngress), kerneltest.AttachedOf(t, cg, ebpf.AttachCGroupInetEgress)}
 	}
 
 	g, err := Load(Options{CgroupRoot: root, PinPath: pins})
@@ -107,7 +107,7 @@ func TestHostnameHooksPinnedAndAdopted(t *testing.T) {
 	}
 	// The gate's own ingress program (gate_ingress) is at the root.
 	rootIngress++
-	if got := gatetest.AttachedOf(t, root, ebpf.AttachCGroupInetIngress); got != rootIngress {
+	if got := kerneltest.AttachedOf(t, root, ebpf.AttachCGroupInetIngress); got != rootIngress {
 		t.Errorf("Load attached %d ingress programs at the root besides the gate's; the hostname programs go only where sessions need them", got-rootIngress)
 	}
 	for _, cg := range []string{kept, kept, dropped} {
@@ -163,7 +163,7 @@ func TestHostnameHooksPinnedAndAdopted(t *testing.T) {
 	if got := on(dropped); got != [2]int{0, 0} {
 		t.Errorf("unclaimed hook after prune: %v programs, want none", got)
 	}
-	if got := gatetest.AttachedOf(t, root, ebpf.AttachCGroupInetIngress); got != rootIngress {
+	if got := kerneltest.AttachedOf(t, root, ebpf.AttachCGroupInetIngress); got != rootIngress {
 		t.Errorf("unclaimed root attachment after prune: %d ingress programs, want %d", got, rootIngress)
 	}
 	if err := g2.UnhookHostnames(kept); err != nil {

@@ -22,7 +22,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
 
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/internal/procfs"
 	"github.com/agentfence/agentfence/sensor/cgroupmeta"
@@ -33,7 +33,7 @@ const helperEnv = "AF_SENSOR_TEST_HELPER"
 // TestMain lets the fork-inheritance test build a process tree out of the
 // test binary itself, so every hop is a real fork+exec it controls.
 func TestMain(m *testing.M) {
-	gatetest.MaybeRunProbe()
+	kerneltest.MaybeRunProbe()
 	switch os.Getenv(helperEnv) {
 	case "":
 		os.Exit(m.Run())

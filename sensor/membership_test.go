@@ -18,7 +18,7 @@ import (
 
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
-	"github.com/agentfence/agentfence/internal/gatetest"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/procfs"
 	"github.com/agentfence/agentfence/internal/ringreader"
 	"github.com/agentfence/agentfence/sensor/cgroupmeta"
@@ -505,13 +505,13 @@ func TestMembershipPtraceOutsideSession(t *testing.T) {
 	f := newMemberFixture(t)
 	sess, sessID := f.mkdir(t, "session")
 	f.open(t, 12, 3, 100, sessID)
-	peer := gatetest.Start(t, sess, gatetest.Options{}, true, "raw")
-	if res, _ := peer.Next(); res != "ready" {
+	peer := kerneltest.Start(t, sess, kerneltest.Options{}, true, kerneltest.RawICMP)
+	if res := peer.Next(); res.Outcome() != kerneltest.Ready {
 		t.Fatalf("peer: %s", res)
 	}
 	outside := os.Getpid()
-	res := gatetest.Run(t, sess, gatetest.Options{}, fmt.Sprint("vmread ", outside), fmt.Sprint("vmread ", peer.PID))
-	got := res[0].Result + " " + res[1].Result
+	res := kerneltest.Run(t, sess, kerneltest.Options{}, kerneltest.VMRead{PID: outside}, kerneltest.VMRead{PID: peer.PID})
+	got := res[0].Outcome() + " " + res[1].Outcome()
 	if layer, _ := f.g.SocketFamilies(); layer != enforcer.FamiliesLSM {
 		if got != "EFAULT EFAULT" {
 			t.Errorf("without the BPF LSM: %s, want EFAULT EFAULT (route 17 open)", got)
@@ -530,7 +530,7 @@ func TestMembershipPtraceOutsideSession(t *testing.T) {
 		t.Errorf("violations %d, want 1: the refusal counts, the fellow member's read does not", n)
 	}
 	// Outside a session the same read is the kernel's to allow.
-	if res := gatetest.Run(t, "", gatetest.Options{}, fmt.Sprint("vmread ", outside)); res[0].Result != "EFAULT" {
-		t.Errorf("outside a session: %s, want EFAULT", res[0].Result)
+	if res := kerneltest.Run(t, "", kerneltest.Options{}, kerneltest.VMRead{PID: outside}); res[0].Outcome() != "EFAULT" {
+		t.Errorf("outside a session: %s, want EFAULT", res[0].Outcome())
 	}
 }

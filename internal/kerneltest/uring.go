@@ -1,25 +1,26 @@
-package gatetest
+package kerneltest
 
 import (
-	"net/netip"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// uringConnect connects a TCP socket through io_uring (IORING_OP_CONNECT,
-// 5.5+) rather than connect(2): the route a member would take to get past
-// anything that watches the connect syscall. The result is "ok", the
-// errno name of the connect's completion, or "setup:ERRNO" where io_uring
-// is not to be had.
-func uringConnect(arg string) string {
-	ap, err := netip.ParseAddrPort(arg)
-	if err != nil || !ap.Addr().Is4() {
-		return "badaddr"
+func (o Uring) run(c *child) { c.report(o.probe()) }
+
+// probe connects a TCP socket through io_uring (IORING_OP_CONNECT, 5.5+)
+// rather than connect(2): the route a member would take to get past
+// anything that watches the connect syscall. The result is the outcome of
+// the connect's completion, or "setup:ERRNO" where io_uring is not to be
+// had.
+func (o Uring) probe() Result {
+	ap := o.Addr
+	if !ap.Addr().Is4() {
+		return Result{Err: unix.ErrnoName(unix.EAFNOSUPPORT)}
 	}
 	sock, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return "socket:" + errName(err)
+		return failed("socket", err)
 	}
 	defer unix.Close(sock)
 
@@ -28,7 +29,7 @@ func uringConnect(arg string) string {
 	var params [120]byte
 	fd, _, errno := unix.Syscall(unix.SYS_IO_URING_SETUP, 1, uintptr(unsafe.Pointer(&params[0])), 0)
 	if errno != 0 {
-		return "setup:" + unix.ErrnoName(errno)
+		return failed("setup", errno)
 	}
 	defer unix.Close(int(fd))
 	u32 := func(b []byte, off int) uint32 { return *(*uint32)(unsafe.Pointer(&b[off])) }
@@ -41,17 +42,17 @@ func uringConnect(arg string) string {
 	prot, flags := unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE
 	sq, err := unix.Mmap(int(fd), offSQRing, sqSize, prot, flags)
 	if err != nil {
-		return "mmap:" + errName(err)
+		return failed("mmap", err)
 	}
 	defer unix.Munmap(sq)
 	cq, err := unix.Mmap(int(fd), offCQRing, cqSize, prot, flags)
 	if err != nil {
-		return "mmap:" + errName(err)
+		return failed("mmap", err)
 	}
 	defer unix.Munmap(cq)
 	sqes, err := unix.Mmap(int(fd), offSQEs, int(sqEntries)*64, prot, flags)
 	if err != nil {
-		return "mmap:" + errName(err)
+		return failed("mmap", err)
 	}
 	defer unix.Munmap(sqes)
 
@@ -59,7 +60,7 @@ func uringConnect(arg string) string {
 	// kernel reads it through a pointer stored in the ring.
 	page, err := unix.Mmap(-1, 0, 4096, prot, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
-		return "mmap:" + errName(err)
+		return failed("mmap", err)
 	}
 	defer unix.Munmap(page)
 	sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&page[0]))
@@ -79,14 +80,14 @@ func uringConnect(arg string) string {
 	*tail++
 	const enterGetEvents = 1
 	if _, _, errno := unix.Syscall6(unix.SYS_IO_URING_ENTER, fd, 1, 1, enterGetEvents, 0, 0); errno != 0 {
-		return "enter:" + unix.ErrnoName(errno)
+		return failed("enter", errno)
 	}
 	head := *(*uint32)(unsafe.Pointer(&cq[u32(cqOff, 0)]))
 	cmask := *(*uint32)(unsafe.Pointer(&cq[u32(cqOff, 8)]))
 	cqe := cq[int(u32(cqOff, 20))+16*int(head&cmask):]
 	res := *(*int32)(unsafe.Pointer(&cqe[8]))
 	if res < 0 {
-		return unix.ErrnoName(unix.Errno(-res))
+		return result(unix.Errno(-res))
 	}
-	return "ok"
+	return Result{Err: OK}
 }
