@@ -19,8 +19,9 @@ import (
 type outbox struct {
 	emit func(audit.Record)
 
-	mu         sync.Mutex // guards queue and delivering; never held across emit
+	mu         sync.Mutex // guards queue, spare and delivering; never held across emit
 	queue      []audit.Record
+	spare      []audit.Record // the last batch's array, reused for the next queue
 	delivering bool
 }
 
@@ -40,12 +41,14 @@ func (o *outbox) flush() {
 	o.delivering = true
 	for len(o.queue) > 0 {
 		batch := o.queue
-		o.queue = nil
+		o.queue = o.spare[:0]
 		o.mu.Unlock()
 		for _, rec := range batch {
 			o.emit(rec)
 		}
+		clear(batch) // the records are the sink's now
 		o.mu.Lock()
+		o.spare = batch
 	}
 	o.delivering = false
 	o.mu.Unlock()
