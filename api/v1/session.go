@@ -130,6 +130,30 @@ type OpenRequest struct {
 	// may not be wider than its parent's; left out, a child takes the
 	// default or its parent's, whichever is stricter.
 	DNS string `json:"dns,omitempty"`
+	// MCP declares the MCP servers the session's members may launch, each
+	// with its own scope (docs/mcp.md).
+	MCP []MCPServer `json:"mcp,omitempty"`
+}
+
+// MCPServer is an MCP server a session's members may launch over stdio. A
+// member's exec becomes the server only if it is what was declared: the
+// same executable and script, and nothing that injects code into it.
+type MCPServer struct {
+	Name string `json:"name"`
+	// Command is the command line as it will be executed: an absolute
+	// executable, or a name on the daemon's PATH, then its arguments. For
+	// an interpreter the first argument that is not an option is the
+	// script, which must be an absolute path.
+	Command []string `json:"command"`
+	// ScriptSHA256 pins the script's content (hex), checked at open and
+	// at every launch.
+	ScriptSHA256 string `json:"script_sha256,omitempty"`
+	// Scope is the server's own scope; it need not lie within the
+	// session's: the opener, not the agent, grants it.
+	Scope []string `json:"scope"`
+	// Exe and Script are what the daemon resolved Command to (answers only).
+	Exe    string `json:"exe,omitempty"`
+	Script string `json:"script,omitempty"`
 }
 
 // BindRequest binds processes to a session.
