@@ -15,7 +15,6 @@ import (
 
 	"github.com/agentfence/agentfence/api/client"
 	v1 "github.com/agentfence/agentfence/api/v1"
-
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/privdrop"
 	"github.com/agentfence/agentfence/scope"
@@ -32,6 +31,7 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 type sessionFlags struct {
 	req                        v1.OpenRequest
 	allow, labels              listFlag
+	mcp, mcpAllow              listFlag
 	origin, agentID, agentName string
 	agentVersion, agentOwner   string
 	ttl                        time.Duration
@@ -50,6 +50,9 @@ func (f *sessionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.agentOwner, "agent-owner", "", "who owns the agent")
 	fs.StringVar(&f.req.Parent, "parent", "", "parent session (delegation); a session member always opens children of its own")
 	fs.Var(&f.labels, "label", "KEY=VALUE label (repeatable)")
+	fs.Var(&f.mcp, "mcp", "NAME=COMMAND: an MCP server members may launch, as its command line will be executed,\n"+
+		"e.g. 'tickets=node /srv/mcp/tickets/server.mjs' (repeatable; docs/mcp.md)")
+	fs.Var(&f.mcpAllow, "mcp-allow", "NAME=RULE: a scope rule of a declared MCP server (repeatable)")
 }
 
 // check validates locally what can be checked, so a mistake is reported
@@ -85,6 +88,9 @@ func (f *sessionFlags) check() error {
 	}
 	if f.agentID+f.agentName+f.agentVersion+f.agentOwner != "" {
 		r.Agent = &v1.Agent{ID: f.agentID, Name: f.agentName, Version: f.agentVersion, Owner: f.agentOwner}
+	}
+	if err := f.checkMCP(); err != nil {
+		return err
 	}
 	for _, l := range f.labels {
 		k, v, ok := strings.Cut(l, "=")
