@@ -1,0 +1,197 @@
+package session
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Why a launch that looks like a declared server is not one (kind mcp
+// records).
+const (
+	LaunchIdentityMismatch = "identity_mismatch" // another script, or the script changed
+	LaunchInjection        = "injection"         // something that loads other code into it
+	LaunchWritable         = "writable_by_agent" // its files can be swapped by the launcher
+)
+
+// injectingEnv are the variables that load code into an interpreter (or
+// any dynamically linked program) before or beside its script
+// (e2e/testdata/mcp/INJECTION.md). Their presence, whatever their value,
+// refuses the launch: an empty LD_PRELOAD is harmless, but a check that
+// parses values is one more parser to get wrong.
+var injectingEnv = []string{
+	"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "OPENSSL_CONF", "BASH_ENV", "ENV",
+	"NODE_OPTIONS", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE",
+	"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONPYCACHEPREFIX",
+	"PYTHONWARNINGS", "PYTHONINSPECT", "PYTHONBREAKPOINT", "PYTHONEXECUTABLE",
+}
+
+// judgeLaunch decides whether the process pid, just exec'd by a member,
+// is one of the declared servers: it returns the server's index, or -1
+// and why not when it runs a server's executable but fails a check. A
+// process that runs none of the servers' executables is no candidate
+// (-1, "").
+func judgeLaunch(servers []mcpServer, pid int) (int, string) {
+	proc := "/proc/" + strconv.Itoa(pid)
+	exe, _, err := statID(proc + "/exe")
+	if err != nil {
+		return -1, ""
+	}
+	candidates := slices.DeleteFunc(slices.Clone(servers), func(s mcpServer) bool { return s.exe != exe })
+	if len(candidates) == 0 {
+		return -1, ""
+	}
+	argv, err := readNul(proc + "/cmdline")
+	if err != nil || len(argv) == 0 {
+		return -1, LaunchIdentityMismatch
+	}
+	env, _ := readNul(proc + "/environ")
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if slices.Contains(injectingEnv, name) {
+			return -1, LaunchInjection
+		}
+	}
+	reason := LaunchIdentityMismatch
+	for _, s := range candidates {
+		i := slices.IndexFunc(servers, func(o mcpServer) bool { return o.decl.Name == s.decl.Name })
+		if s.script == (fileID{}) {
+			return i, "" // a native server: the executable is the server
+		}
+		script, why := launchedScript(s, argv, proc)
+		if why != "" {
+			reason = why
+			continue
+		}
+		id, _, err := statID(script)
+		if err != nil || id != s.script {
+			continue
+		}
+		if writableBy(script, procCreds(proc)) {
+			reason = LaunchWritable
+			continue
+		}
+		if h := s.decl.ScriptSHA256; h != "" {
+			if sum, err := fileSHA256(script); err != nil || !strings.EqualFold(sum, h) {
+				continue
+			}
+		}
+		return i, ""
+	}
+	return -1, reason
+}
+
+// launchedScript finds the script an interpreter was started with, as
+// resolveMCP finds it in a declaration: the first argument that is not an
+// option, every option before it one that runs no other code.
+func launchedScript(s mcpServer, argv []string, proc string) (string, string) {
+	in := slices.IndexFunc(interpreters, func(in interpreter) bool { return in.name.MatchString(filepath.Base(s.decl.Exe)) })
+	args := argv[1:]
+	i := slices.IndexFunc(args, func(a string) bool { return !strings.HasPrefix(a, "-") })
+	if i < 0 {
+		return "", LaunchInjection // it reads its program from stdin or an option
+	}
+	for _, opt := range args[:i] {
+		if in < 0 || !slices.Contains(interpreters[in].options, opt) {
+			return "", LaunchInjection
+		}
+	}
+	script := args[i]
+	if !filepath.IsAbs(script) {
+		cwd, err := os.Readlink(proc + "/cwd")
+		if err != nil {
+			return "", LaunchIdentityMismatch
+		}
+		script = filepath.Join(cwd, script)
+	}
+	return script, ""
+}
+
+// creds are the ids a process writes files with.
+type creds struct {
+	uid    int // -1 when unknown
+	groups []int
+}
+
+// writableBy reports whether a process with c could replace path or what
+// it is found through: the file itself or any directory above it. Root
+// is left out: a launcher that is root in the initial user namespace
+// holds the keys anyway (docs/threat-model.md).
+func writableBy(path string, c creds) bool {
+	if c.uid == 0 {
+		return false
+	}
+	for p := path; ; p = filepath.Dir(p) {
+		var st unix.Stat_t
+		if c.uid < 0 || unix.Lstat(p, &st) != nil {
+			return true
+		}
+		// In a sticky directory (/tmp) others cannot rename or remove
+		// what is not theirs.
+		sticky := st.Mode&unix.S_ISVTX != 0 && p != path
+		switch {
+		case int(st.Uid) == c.uid:
+			return true
+		case st.Mode&0o020 != 0 && !sticky && slices.Contains(c.groups, int(st.Gid)):
+			return true
+		case st.Mode&0o002 != 0 && !sticky:
+			return true
+		}
+		if p == "/" {
+			return false
+		}
+	}
+}
+
+// procCreds reads a process's effective uid and its groups.
+func procCreds(proc string) creds {
+	c := creds{uid: -1}
+	b, err := os.ReadFile(proc + "/status")
+	if err != nil {
+		return c
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "Uid:":
+			if len(f) >= 3 {
+				c.uid, _ = strconv.Atoi(f[2])
+			}
+		case "Gid:", "Groups:":
+			if f[0] == "Gid:" && len(f) >= 3 {
+				f = f[:3] // the effective gid
+			}
+			for _, g := range f[1:] {
+				if n, err := strconv.Atoi(g); err == nil {
+					c.groups = append(c.groups, n)
+				}
+			}
+		}
+	}
+	return c
+}
+
+func readNul(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	b = bytes.TrimSuffix(b, []byte{0})
+	if len(b) == 0 {
+		return nil, nil
+	}
+	return strings.Split(string(b), "\x00"), nil
+}
+
+func (s mcpServer) String() string {
+	return fmt.Sprintf("%s (%s)", s.decl.Name, strings.Join(s.decl.Command, " "))
+}

@@ -1,0 +1,103 @@
+package session
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/internal/privtest"
+)
+
+// launch starts argv (in dir, with env added) and returns its pid; the
+// process sleeps until the test ends.
+func launch(t *testing.T, dir string, env []string, cred *syscall.Credential, argv ...string) int {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir, cmd.Env = dir, append(os.Environ(), env...)
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
+	if err := cmd.Start(); err != nil { // returns once the exec is done
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd.Process.Pid
+}
+
+// A member's exec is the declared server only if it runs the declared
+// executable and script with nothing injected; the rest stays the agent's.
+func TestJudgeLaunch(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("no node on PATH")
+	}
+	dir := t.TempDir()
+	// Reachable by the unprivileged launcher below.
+	os.Chmod(filepath.Dir(dir), 0o755)
+	os.Chmod(dir, 0o755)
+	sleeper := []byte("setTimeout(() => {}, 60000)\n")
+	script, copyOf := filepath.Join(dir, "server.mjs"), filepath.Join(dir, "copy.mjs")
+	for _, p := range []string{script, copyOf} {
+		if err := os.WriteFile(p, sleeper, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	native := filepath.Join(dir, "native-server")
+	sleep, _ := exec.LookPath("sleep")
+	b, _ := os.ReadFile(sleep)
+	if err := os.WriteFile(native, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	api := []string{"tcp://127.0.0.2:18443"}
+	servers, err := checkMCP([]v1.MCPServer{
+		{Name: "tickets", Command: []string{"node", script}, Scope: api},
+		{Name: "native", Command: []string{native, "60"}, Scope: api},
+	}, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		env    []string
+		argv   []string
+		server int
+		reason string
+	}{
+		{"the declared server", nil, []string{node, script}, 0, ""},
+		{"by a relative path", nil, []string{node, "server.mjs"}, 0, ""},
+		{"with an option that runs nothing else", nil, []string{node, "--no-warnings", script}, 0, ""},
+		{"the native server", nil, []string{native, "60"}, 1, ""},
+		{"NODE_OPTIONS", []string{"NODE_OPTIONS=--require=/tmp/evil.js"}, []string{node, script}, -1, LaunchInjection},
+		{"LD_PRELOAD", []string{"LD_PRELOAD=/tmp/evil.so"}, []string{node, script}, -1, LaunchInjection},
+		{"--require", nil, []string{node, "--require", copyOf, script}, -1, LaunchInjection},
+		{"-e", nil, []string{node, "-e", "setTimeout(() => {}, 60000)"}, -1, LaunchInjection},
+		{"a copy of the script", nil, []string{node, copyOf}, -1, LaunchIdentityMismatch},
+		{"not a server's executable", nil, []string{sleep, "60"}, -1, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pid := launch(t, dir, tc.env, nil, tc.argv...)
+			if i, reason := judgeLaunch(servers, pid); i != tc.server || reason != tc.reason {
+				t.Errorf("judgeLaunch = %d %q, want %d %q", i, reason, tc.server, tc.reason)
+			}
+		})
+	}
+
+	// A launcher that could swap the script (its owner, here) does not get
+	// the server's scope.
+	t.Run("script writable by the launcher", func(t *testing.T) {
+		privtest.RequireRoot(t)
+		const nobody = 65534
+		if err := os.Chown(script, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Chown(script, 0, 0)
+		pid := launch(t, dir, nil, &syscall.Credential{Uid: nobody, Gid: nobody}, node, script)
+		if i, reason := judgeLaunch(servers, pid); i != -1 || reason != LaunchWritable {
+			t.Errorf("judgeLaunch = %d %q, want -1 %q", i, reason, LaunchWritable)
+		}
+	})
+}
