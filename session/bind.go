@@ -40,21 +40,9 @@ func (r *Registry) Bind(id string, req v1.BindRequest, caller Caller) (v1.Sessio
 		if cm := r.memberOf(caller); cm != nil && (pm == nil || (pm != cm && !r.descendantOf(pm.ID, cm.ID))) {
 			return v1.Session{}, forbidden("pid", "process %d is not in the caller's session %s", req.PID, cm.ID)
 		}
-		if err := r.kernel.BindPid(req.PID, e.slot, e.gen); err != nil {
-			return v1.Session{}, kernelError(err)
+		if err := r.bindPid(e, req.PID); err != nil {
+			return v1.Session{}, err
 		}
-		pids := e.Binding.PIDs
-		if !slices.Contains(pids, req.PID) {
-			r.write(func() { e.Binding.PIDs = append(slices.Clip(pids), req.PID) })
-		}
-		if err := r.hookRoot(); err != nil { // needsRoot reads the new pid
-			r.write(func() { e.Binding.PIDs = pids })
-			r.kernel.UnbindPid(req.PID)
-			return v1.Session{}, kernelError(err)
-		}
-		r.write(func() {
-			e.Binding.GateCaps = slices.DeleteFunc(slices.Clip(e.Binding.GateCaps), func(h v1.HeldCaps) bool { return h.PID == req.PID })
-		})
 	default:
 		if r.memberOf(caller) != nil {
 			return v1.Session{}, forbidden("container_id", "session members may not bind containers")
@@ -91,6 +79,26 @@ func (r *Registry) Bind(id string, req v1.BindRequest, caller Caller) (v1.Sessio
 	r.persist()
 	r.lifecycle(e, "bound", caller.ID, "")
 	return e.public(), nil
+}
+
+// bindPid makes process pid (and what it forks afterwards) a member of e.
+func (r *Registry) bindPid(e *entry, pid uint32) error {
+	if err := r.kernel.BindPid(pid, e.slot, e.gen); err != nil {
+		return kernelError(err)
+	}
+	pids := e.Binding.PIDs
+	if !slices.Contains(pids, pid) {
+		r.write(func() { e.Binding.PIDs = append(slices.Clip(pids), pid) })
+	}
+	if err := r.hookRoot(); err != nil { // needsRoot reads the new pid
+		r.write(func() { e.Binding.PIDs = pids })
+		r.kernel.UnbindPid(pid)
+		return kernelError(err)
+	}
+	r.write(func() {
+		e.Binding.GateCaps = slices.DeleteFunc(slices.Clip(e.Binding.GateCaps), func(h v1.HeldCaps) bool { return h.PID == pid })
+	})
+	return nil
 }
 
 // containerID reports whether id can be (a prefix of) a container id, before

@@ -77,6 +77,7 @@ type opening struct {
 	entries []scope.Entry
 	caps    []string // KeptCaps, canonical and in privdrop.Gate's order
 	dns     scope.DNSMode
+	mcp     []mcpServer
 }
 
 func (r *Registry) check(req v1.OpenRequest, caller Caller) (opening, error) {
@@ -154,7 +155,10 @@ func (r *Registry) check(req v1.OpenRequest, caller Caller) (opening, error) {
 	if o.caps, err = keptCaps(req.KeptCaps); err != nil {
 		return o, err
 	}
-	o.rules, o.entries, err = parseScope("scope", req.Scope, r.cfg.MaxRules)
+	if o.rules, o.entries, err = parseScope("scope", req.Scope, r.cfg.MaxRules); err != nil {
+		return o, err
+	}
+	o.mcp, err = checkMCP(req.MCP, r.cfg.MaxRules)
 	return o, err
 }
 

@@ -195,3 +195,35 @@ func readNul(path string) ([]string, error) {
 func (s mcpServer) String() string {
 	return fmt.Sprintf("%s (%s)", s.decl.Name, strings.Join(s.decl.Command, " "))
 }
+
+// Launched judges an exec of a member of a session that declares MCP
+// servers (every exec of a member passes here; the others return at once)
+// and binds a process that is one of them to the server's session, where
+// the server's scope applies to it and to what it forks. It returns the
+// server's name, or why a process that ran a server's executable is not
+// the server.
+func (r *Registry) Launched(tgid uint32) (server, refused string) {
+	r.begin()
+	defer r.end()
+	e := r.memberOf(Caller{PID: int(tgid)})
+	if e == nil || len(e.mcp) == 0 {
+		return "", ""
+	}
+	i, reason := judgeLaunch(e.mcp, int(tgid))
+	if i < 0 {
+		return "", reason
+	}
+	name := e.mcp[i].decl.Name
+	for _, c := range r.children(e.ID) {
+		if c.MCPServer == name {
+			if err := r.bindPid(c, tgid); err != nil {
+				r.log.Error("bind an MCP server", "session", e.ID, "server", name, "pid", tgid, "err", err)
+				return "", ""
+			}
+			r.touch(c)
+			r.persist()
+			return name, ""
+		}
+	}
+	return "", ""
+}

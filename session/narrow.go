@@ -69,6 +69,9 @@ func (r *Registry) narrow(e *entry, rules []scope.Rule, entries []scope.Entry, a
 	r.touch(e)
 	r.lifecycle(e, "narrowed", actor, "")
 	for _, c := range r.children(e.ID) {
+		if c.MCPServer != "" {
+			continue // the opener's grant, not part of e's scope
+		}
 		clipped := scope.Intersect(c.rules, rules)
 		ce, err := scope.Compile(clipped)
 		if err == nil {

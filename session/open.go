@@ -10,10 +10,9 @@ import (
 	"github.com/agentfence/agentfence/scope"
 )
 
-// Open validates req, writes the session to the kernel and returns it. The
-// kernel state is written scope first, then the session, then the binding,
-// so a member is never live without its scope; on any error everything
-// written is removed again and the session does not exist.
+// Open validates req, writes the session (and a session for each MCP
+// server it declares) to the kernel and returns it. On any error
+// everything written is removed again and the session does not exist.
 //
 // A caller that is itself a session member may only open a child of its
 // own session: scope within its own, expiry no later, enforce mode if its
@@ -75,18 +74,58 @@ func (r *Registry) Open(req v1.OpenRequest, caller Caller) (v1.Session, error) {
 	if len(r.free) == 0 {
 		return v1.Session{}, &v1.Error{Code: v1.CodeCapacity, Message: fmt.Sprintf("all %d session slots are in use", len(r.gens)-1)}
 	}
-	slot := r.free[len(r.free)-1]
+	if len(r.free) < 1+len(o.mcp) {
+		return v1.Session{}, &v1.Error{Code: v1.CodeCapacity, Message: fmt.Sprintf("all %d session slots are in use", len(r.gens)-1)}
+	}
 	e := &entry{Session: v1.Session{Version: v1.ModelVersion, ID: newID(), Intent: o.intent, Origin: o.origin, Agent: req.Agent,
 		Mode: o.mode, TTL: expires.Sub(now).String(), CreatedAt: now, ExpiresAt: expires,
 		Parent: parentID, Labels: maps.Clone(req.Labels), KeptCaps: o.caps, DNS: string(o.dns), OpenedBy: caller.ID, State: v1.StateActive},
-		slot: slot, gen: r.gens[slot] + 1, rules: o.rules}
-
-	if err := r.writePolicy(e, o.entries); err != nil {
+		rules: o.rules, mcp: o.mcp}
+	for _, s := range o.mcp {
+		e.MCP = append(e.MCP, s.decl)
+	}
+	owner := -1
+	if member != nil && caller.UID > 0 {
+		owner = caller.UID
+	}
+	if err := r.install(e, o.entries, parent, owner); err != nil {
 		return v1.Session{}, err
+	}
+	// Each declared server gets a session of its own below e, with the
+	// scope the opener gave it (docs/mcp.md).
+	for _, s := range o.mcp {
+		srv := &entry{Session: e.Session, rules: s.rules}
+		srv.ID, srv.Parent, srv.MCPServer, srv.MCP = newID(), e.ID, s.decl.Name, nil
+		srv.Intent = fmt.Sprintf("MCP server %s of session %s", s.decl.Name, e.ID)
+		srv.Labels, srv.KeptCaps = nil, nil
+		if err := r.install(srv, s.entries, e, -1); err != nil {
+			var closed []*entry
+			r.teardown(e, &closed)
+			r.persist()
+			return v1.Session{}, err
+		}
+	}
+	r.persist()
+	r.lifecycle(e, "opened", caller.ID, "")
+	for _, c := range r.children(e.ID) {
+		r.lifecycle(c, "opened", caller.ID, "")
+	}
+	return e.public(), nil
+}
+
+// install writes a new session e to the kernel in a free slot and adds it
+// to the index. The kernel state is written scope first, then the session,
+// then the binding, so a member is never live without its scope; on error
+// everything written is removed again.
+func (r *Registry) install(e *entry, entries []scope.Entry, parent *entry, owner int) error {
+	slot := r.free[len(r.free)-1]
+	e.slot, e.gen = slot, r.gens[slot]+1
+	if err := r.writePolicy(e, entries); err != nil {
+		return err
 	}
 	if err := r.kernel.PutSession(slot, r.kernelState(e)); err != nil {
 		r.deletePolicy(e)
-		return v1.Session{}, kernelError(err)
+		return kernelError(err)
 	}
 	undo := func() {
 		r.kernel.PutSession(slot, enforcer.SessionState{Gen: e.gen, State: enforcer.StateFree})
@@ -96,19 +135,15 @@ func (r *Registry) Open(req v1.OpenRequest, caller Caller) (v1.Session, error) {
 	if parent != nil {
 		parentCgroup = parent.Binding.Cgroup
 	}
-	owner := -1
-	if member != nil && caller.UID > 0 {
-		owner = caller.UID
-	}
 	path, cgid, err := r.cgroups.Create(parentCgroup, e.ID, owner)
 	if err != nil {
 		undo()
-		return v1.Session{}, kernelError(err)
+		return kernelError(err)
 	}
 	if err := r.kernel.BindCgroup(cgid, slot, e.gen); err != nil {
 		r.cgroups.Destroy(path)
 		undo()
-		return v1.Session{}, kernelError(err)
+		return kernelError(err)
 	}
 	e.Binding.Cgroup, e.cgroupID = path, cgid
 	if err := r.hook(e, r.hostnameHooks(e)); err != nil {
@@ -116,16 +151,14 @@ func (r *Registry) Open(req v1.OpenRequest, caller Caller) (v1.Session, error) {
 		r.kernel.UnbindCgroup(cgid)
 		r.cgroups.Destroy(path)
 		undo()
-		return v1.Session{}, kernelError(err)
+		return kernelError(err)
 	}
-	r.mu.Lock()
-	r.free = r.free[:len(r.free)-1]
-	r.gens[slot] = e.gen
-	r.add(e)
-	r.mu.Unlock()
-	r.persist()
-	r.lifecycle(e, "opened", caller.ID, "")
-	return e.public(), nil
+	r.write(func() {
+		r.free = r.free[:len(r.free)-1]
+		r.gens[slot] = e.gen
+		r.add(e)
+	})
+	return nil
 }
 
 // writePolicy writes a session's address rules (entries, compiled from

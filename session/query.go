@@ -64,10 +64,15 @@ func (r *Registry) MemberOf(pid int) (string, bool) {
 	return "", false
 }
 
+// descendantOf reports whether session id lies below ancestor, for what
+// ancestor's members may do to it. An MCP server's session (and what lies
+// below it) is nobody's descendant: it holds a scope the agent's session
+// does not, and a member that could bind into it, open under it or narrow
+// it would take or tamper with that scope (docs/mcp.md).
 func (r *Registry) descendantOf(id, ancestor string) bool {
 	for range len(r.byID) + 1 {
 		e := r.byID[id]
-		if e == nil || e.Parent == "" {
+		if e == nil || e.Parent == "" || e.MCPServer != "" {
 			return false
 		}
 		if e.Parent == ancestor {

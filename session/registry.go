@@ -71,6 +71,9 @@ type entry struct {
 	// It is still a member, by pid; its packets no longer pass the
 	// session cgroup's hostname hooks.
 	escaped bool
+	// mcp are the servers the session declares (docs/mcp.md); each has a
+	// child session whose MCPServer names it.
+	mcp []mcpServer
 }
 
 // Registry owns the sessions.

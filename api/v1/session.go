@@ -111,6 +111,11 @@ type Session struct {
 	OpenedBy   string `json:"opened_by"`
 	State      State  `json:"state"`
 	Violations uint32 `json:"violations"`
+	// MCP are the servers the session's members may launch, as declared
+	// and resolved; each runs in a session of its own, a child of this one
+	// that names it in MCPServer.
+	MCP       []MCPServer `json:"mcp,omitempty"`
+	MCPServer string      `json:"mcp_server,omitempty"`
 }
 
 // OpenRequest asks for a new session: the JSON body of the open call.

@@ -1,0 +1,136 @@
+package session
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
+)
+
+// openWithServer opens an agent session that declares one node server.
+func openWithServer(t *testing.T, e *env) (agent, server v1.Session, script string) {
+	t.Helper()
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skip("no node on PATH")
+	}
+	dir := t.TempDir()
+	os.Chmod(filepath.Dir(dir), 0o755)
+	os.Chmod(dir, 0o755)
+	script = filepath.Join(dir, "server.mjs")
+	if err := os.WriteFile(script, []byte("setTimeout(() => {}, 60000)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	req := req("triage tickets", "tcp://127.0.0.1:8080")
+	req.MCP = []v1.MCPServer{{Name: "tickets", Command: []string{"node", script}, Scope: []string{"tcp://127.0.0.2:18443"}}}
+	agent = e.open(t, req, admin)
+	for _, s := range e.r.List(Filter{Parent: agent.ID}) {
+		if s.MCPServer == "tickets" {
+			server = s
+		}
+	}
+	if server.ID == "" {
+		t.Fatalf("no server session below %s", agent.ID)
+	}
+	return agent, server, script
+}
+
+// A declared server gets a session of its own below the agent's, with the
+// scope the opener gave it, outside the agent's.
+func TestOpenMCPServer(t *testing.T) {
+	e := newEnv(t, nil)
+	agent, server, script := openWithServer(t, e)
+	if len(agent.MCP) != 1 || agent.MCP[0].Script != script || agent.MCP[0].Exe == "" {
+		t.Errorf("agent session's mcp = %+v", agent.MCP)
+	}
+	if !slices.Equal(server.Scope, []string{"tcp://127.0.0.2:18443"}) || server.Parent != agent.ID {
+		t.Errorf("server session: scope %v parent %s", server.Scope, server.Parent)
+	}
+	es := e.entry(t, server.ID)
+	if got := e.k.scopeOf(es.slot); len(got) != 1 {
+		t.Errorf("server scope in the kernel: %v", got)
+	}
+	// Narrowing the agent's session leaves the server's scope alone.
+	if _, err := e.r.Narrow(agent.ID, v1.NarrowRequest{Scope: []string{"tcp://127.0.0.1:8080"}}, admin); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.get(t, server.ID).Scope; !slices.Equal(got, []string{"tcp://127.0.0.2:18443"}) {
+		t.Errorf("server scope after narrowing the agent's: %v", got)
+	}
+	// Closing the agent's session ends the server's.
+	if err := e.r.Close(agent.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+	e.k.assertClean(t)
+}
+
+// A member of the agent's session cannot reach into the server's session:
+// not bind a process into it, not open a child under it, not narrow or
+// revoke it.
+func TestMCPServerOutOfTheAgentsReach(t *testing.T) {
+	e := newEnv(t, nil)
+	agent, server, _ := openWithServer(t, e)
+	const agentPid = 4242
+	e.cg.setOf(agentPid, agent.Binding.Cgroup)
+	member := Caller{ID: "agent", PID: agentPid, UID: 1000}
+	self := uint32(os.Getpid())
+	e.cg.setOf(int(self), agent.Binding.Cgroup)
+
+	_, err := e.r.Bind(server.ID, v1.BindRequest{PID: self}, member)
+	wantErr(t, err, v1.CodeForbidden, "id")
+	_, err = e.r.Open(v1.OpenRequest{Intent: "borrow", Scope: []string{"tcp://127.0.0.2:18443"}, Parent: server.ID}, member)
+	wantErr(t, err, v1.CodeForbidden, "parent")
+	_, err = e.r.Narrow(server.ID, v1.NarrowRequest{Scope: nil}, member)
+	wantErr(t, err, v1.CodeForbidden, "id")
+	_, err = e.r.Revoke(server.ID, member)
+	wantErr(t, err, v1.CodeForbidden, "id")
+	// Nor open a child of its own with the server's scope.
+	_, err = e.r.Open(v1.OpenRequest{Intent: "borrow", Scope: []string{"tcp://127.0.0.2:18443"}}, member)
+	wantErr(t, err, v1.CodeInvalid, "scope[0]")
+}
+
+// The declared server, launched by a member, is bound to the server's
+// session; anything else stays the agent's.
+func TestLaunchedBindsTheServer(t *testing.T) {
+	e := newEnv(t, nil)
+	agent, server, script := openWithServer(t, e)
+	start := func(env []string, argv ...string) int {
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = append(os.Environ(), env...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		e.cg.setOf(cmd.Process.Pid, agent.Binding.Cgroup)
+		return cmd.Process.Pid
+	}
+	node, _ := exec.LookPath("node")
+	es := e.entry(t, server.ID)
+
+	pid := start(nil, node, script)
+	if name, why := e.r.Launched(uint32(pid)); name != "tickets" || why != "" {
+		t.Fatalf("Launched = %q %q, want tickets", name, why)
+	}
+	if b := e.k.pids[uint32(pid)]; b != (binding{es.slot, es.gen}) {
+		t.Errorf("kernel binding of the server %+v, want the server session's", b)
+	}
+	if s := e.get(t, server.ID); !slices.Contains(s.Binding.PIDs, uint32(pid)) {
+		t.Errorf("server session's pids %v", s.Binding.PIDs)
+	}
+
+	evil := start([]string{"NODE_OPTIONS=--require=/tmp/evil.js"}, node, script)
+	if name, why := e.r.Launched(uint32(evil)); name != "" || why != LaunchInjection {
+		t.Errorf("injected launch: %q %q, want refused as %s", name, why, LaunchInjection)
+	}
+	if _, ok := e.k.pids[uint32(evil)]; ok {
+		t.Error("an injected launch was bound")
+	}
+	// A process in no session that declares servers is not judged.
+	other := start(nil, node, script)
+	e.cg.setOf(other, "/")
+	if name, why := e.r.Launched(uint32(other)); name != "" || why != "" {
+		t.Errorf("non-member: %q %q", name, why)
+	}
+}
