@@ -88,8 +88,10 @@ func (t tee) ReadEvent() (sensor.Event, error) {
 	return ev, err
 }
 
-// emitExecs writes an exec record for every exec of a session member.
-func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, emit func(audit.Record)) {
+// emitExecs writes an exec record for every exec of a session member and
+// has launched judge whether it is a declared MCP server. The exec records
+// of the host's other processes go no further than the session lookup.
+func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, launched func(tgid uint32), emit func(audit.Record)) {
 	if p.execs == nil {
 		return
 	}
@@ -99,6 +101,7 @@ func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, emit f
 			return
 		case ev := <-p.execs:
 			if rec, ok := j.ExecRecord(ev); ok {
+				launched(ev.TGID)
 				emit(rec)
 			}
 		}
