@@ -203,10 +203,19 @@ func (s mcpServer) String() string {
 // server's name, or why a process that ran a server's executable is not
 // the server.
 func (r *Registry) Launched(tgid uint32) (server, refused string) {
+	// Most members' sessions declare no server: they pass without
+	// waiting for a change.
+	p := r.locate(int(tgid))
+	r.mu.RLock()
+	e := r.lookup(p)
+	declares := e != nil && len(e.mcp) > 0
+	r.mu.RUnlock()
+	if !declares {
+		return "", ""
+	}
 	r.begin()
 	defer r.end()
-	e := r.memberOf(Caller{PID: int(tgid)})
-	if e == nil || len(e.mcp) == 0 {
+	if e = r.memberOf(Caller{PID: int(tgid)}); e == nil || len(e.mcp) == 0 {
 		return "", ""
 	}
 	i, reason := judgeLaunch(e.mcp, int(tgid))

@@ -134,3 +134,28 @@ func TestLaunchedBindsTheServer(t *testing.T) {
 		t.Errorf("non-member: %q %q", name, why)
 	}
 }
+
+// A restarted daemon still recognises the servers its sessions declare,
+// and still keeps their sessions out of the agent's reach.
+func TestRestoreKeepsMCPServers(t *testing.T) {
+	e := stateEnv(t)
+	agent, server, script := openWithServer(t, e)
+	r2 := e.registry(e.k)
+	if _, _, err := r2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	e.r = r2
+	node, _ := exec.LookPath("node")
+	cmd := exec.Command(node, script)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	e.cg.setOf(cmd.Process.Pid, agent.Binding.Cgroup)
+	if name, why := r2.Launched(uint32(cmd.Process.Pid)); name != "tickets" || why != "" {
+		t.Errorf("after restore, Launched = %q %q, want tickets", name, why)
+	}
+	e.cg.setOf(4242, agent.Binding.Cgroup)
+	_, err := r2.Revoke(server.ID, Caller{ID: "agent", PID: 4242, UID: 1000})
+	wantErr(t, err, v1.CodeForbidden, "id")
+}

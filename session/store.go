@@ -262,6 +262,14 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 			continue
 		}
 		e.Scope = nil // kept as rules only; see public
+		if len(p.MCP) > 0 {
+			// Resolved again: a server whose files changed while no
+			// daemon ran is no longer recognised, and its launches stay
+			// under the agent's scope.
+			if e.mcp, perr = checkMCP(p.MCP, r.cfg.MaxRules+1); perr != nil {
+				r.log.Warn("state: a session's MCP servers no longer check, not recognised", "session", p.ID, "err", perr)
+			}
+		}
 		if e.cgroupID, err = cgroupv2.ID(e.Binding.Cgroup); err != nil {
 			r.log.Warn("state: session cgroup gone, dropped", "session", p.ID, "cgroup", e.Binding.Cgroup)
 			continue
