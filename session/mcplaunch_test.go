@@ -1,11 +1,13 @@
 package session
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/internal/privtest"
@@ -20,11 +22,26 @@ func launch(t *testing.T, dir string, env []string, cred *syscall.Credential, ar
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
-	if err := cmd.Start(); err != nil { // returns once the exec is done
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitExeced(t, cmd.Process.Pid)
 	return cmd.Process.Pid
+}
+
+// waitExeced returns once pid's exec is complete, as it is when the exec
+// event reaches the daemon. Start returns earlier: when the exec closes the
+// child's descriptors, before the new program's arguments are in place.
+func waitExeced(t *testing.T, pid int) {
+	t.Helper()
+	for range 5000 {
+		if argv, _ := readNul(fmt.Sprintf("/proc/%d/cmdline", pid)); len(argv) > 0 {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("process %d never showed its arguments", pid)
 }
 
 // A member's exec is the declared server only if it runs the declared
@@ -39,8 +56,8 @@ func TestJudgeLaunch(t *testing.T) {
 	os.Chmod(filepath.Dir(dir), 0o755)
 	os.Chmod(dir, 0o755)
 	sleeper := []byte("setTimeout(() => {}, 60000)\n")
-	script, copyOf := filepath.Join(dir, "server.mjs"), filepath.Join(dir, "copy.mjs")
-	for _, p := range []string{script, copyOf} {
+	script, copyOf, evil := filepath.Join(dir, "server.mjs"), filepath.Join(dir, "copy.mjs"), filepath.Join(dir, "evil.js")
+	for _, p := range []string{script, copyOf, evil} {
 		if err := os.WriteFile(p, sleeper, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -71,9 +88,9 @@ func TestJudgeLaunch(t *testing.T) {
 		{"by a relative path", nil, []string{node, "server.mjs"}, 0, ""},
 		{"with an option that runs nothing else", nil, []string{node, "--no-warnings", script}, 0, ""},
 		{"the native server", nil, []string{native, "60"}, 1, ""},
-		{"NODE_OPTIONS", []string{"NODE_OPTIONS=--require=/tmp/evil.js"}, []string{node, script}, -1, LaunchInjection},
+		{"NODE_OPTIONS", []string{"NODE_OPTIONS=--require=" + evil}, []string{node, script}, -1, LaunchInjection},
 		{"LD_PRELOAD", []string{"LD_PRELOAD=/tmp/evil.so"}, []string{node, script}, -1, LaunchInjection},
-		{"--require", nil, []string{node, "--require", copyOf, script}, -1, LaunchInjection},
+		{"--require", nil, []string{node, "--require", evil, script}, -1, LaunchInjection},
 		{"-e", nil, []string{node, "-e", "setTimeout(() => {}, 60000)"}, -1, LaunchInjection},
 		{"a copy of the script", nil, []string{node, copyOf}, -1, LaunchIdentityMismatch},
 		{"not a server's executable", nil, []string{sleep, "60"}, -1, ""},

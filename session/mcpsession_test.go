@@ -103,6 +103,7 @@ func TestLaunchedBindsTheServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		waitExeced(t, cmd.Process.Pid)
 		e.cg.setOf(cmd.Process.Pid, agent.Binding.Cgroup)
 		return cmd.Process.Pid
 	}
@@ -120,7 +121,11 @@ func TestLaunchedBindsTheServer(t *testing.T) {
 		t.Errorf("server session's pids %v", s.Binding.PIDs)
 	}
 
-	evil := start([]string{"NODE_OPTIONS=--require=/tmp/evil.js"}, node, script)
+	preload := filepath.Join(filepath.Dir(script), "evil.js")
+	if err := os.WriteFile(preload, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	evil := start([]string{"NODE_OPTIONS=--require=" + preload}, node, script)
 	if name, why := e.r.Launched(uint32(evil)); name != "" || why != LaunchInjection {
 		t.Errorf("injected launch: %q %q, want refused as %s", name, why, LaunchInjection)
 	}
@@ -151,6 +156,7 @@ func TestRestoreKeepsMCPServers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	waitExeced(t, cmd.Process.Pid)
 	e.cg.setOf(cmd.Process.Pid, agent.Binding.Cgroup)
 	if name, why := r2.Launched(uint32(cmd.Process.Pid)); name != "tickets" || why != "" {
 		t.Errorf("after restore, Launched = %q %q, want tickets", name, why)
