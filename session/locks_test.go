@@ -1,7 +1,12 @@
 package session
 
 import (
+	"errors"
+	"os/exec"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,53 +90,97 @@ func TestReadersDoNotWaitForKernelCalls(t *testing.T) {
 	}
 }
 
-// An audit queue that is full blocks Emit. Records are delivered outside
-// the registry's locks: readers and other changes go on meanwhile, and the
-// records still arrive in the order the changes made them.
-func TestEmitBlockedBlocksNoOne(t *testing.T) {
-	e := newEnv(t, nil)
-	entered, release := make(chan struct{}), make(chan struct{})
-	first := true
-	emit := func(rec audit.Record) {
-		if first {
-			first = false
-			entered <- struct{}{}
+// waitFor reports whether cond came to hold within a generous bound.
+func waitFor(cond func() bool) bool {
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	if !waitFor(cond) {
+		t.Fatalf("%s never happened", what)
+	}
+}
+
+// stuckEmit returns an Emit whose first call blocks until release is
+// closed, as a full audit queue would; entered is closed when it does.
+func stuckEmit(e *env) (emit func(audit.Record), entered, release chan struct{}) {
+	entered, release = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	emit = func(rec audit.Record) {
+		stuck := false
+		once.Do(func() { stuck = true })
+		if stuck {
+			close(entered)
 			<-release
 		}
 		e.recs.emit(rec)
 	}
+	return emit, entered, release
+}
+
+// An audit queue that is full blocks Emit. Records are delivered outside
+// the registry's locks: readers go on and other changes are applied
+// meanwhile. Each caller returns only once its records are out, so the
+// records arrive in the order the changes made them and nothing the
+// caller does next can overtake them.
+func TestEmitBlockedHoldsOnlyItsCallers(t *testing.T) {
+	e := newEnv(t, nil)
+	emit, entered, release := stuckEmit(e)
 	r := NewRegistry(e.cfg, Deps{Kernel: e.k, Cgroups: e.cg, Sockets: e.sk, Clock: e.clock, Emit: emit})
 
-	opened := make(chan v1.Session, 1)
-	go func() {
-		s, err := r.Open(req("first", "tcp://127.0.0.1:443"), admin)
+	returned := make(chan v1.Session, 2)
+	open := func(intent string) {
+		s, err := r.Open(req(intent, "tcp://127.0.0.1:443"), admin)
 		if err != nil {
 			t.Error(err)
 		}
-		opened <- s
-	}()
+		returned <- s
+	}
+	go open("first")
 	<-entered // its "opened" record is stuck in Emit
+	go open("second")
 
+	// The second Open is applied (readers see it) but has not returned.
 	var b v1.Session
-	returns(t, "another Open", func() {
-		var err error
-		if b, err = r.Open(req("second", "tcp://127.0.0.1:443"), admin); err != nil {
-			t.Error(err)
+	eventually(t, "the second Open applied", func() bool {
+		for _, s := range r.List(Filter{}) {
+			if s.Intent == "second" {
+				b = s
+				return true
+			}
 		}
+		return false
 	})
-	returns(t, "Revoke", func() {
-		if _, err := r.Revoke(b.ID, admin); err != nil {
-			t.Error(err)
-		}
+	revoked := make(chan error, 1)
+	go func() { _, err := r.Revoke(b.ID, admin); revoked <- err }()
+	eventually(t, "the Revoke applied", func() bool {
+		s, err := r.Get(b.ID, admin)
+		return err == nil && s.State == v1.StateRevoked
 	})
-	returns(t, "List", func() {
-		if n := len(r.List(Filter{})); n != 2 {
-			t.Errorf("List has %d sessions, want 2", n)
-		}
-	})
-	close(release)
-	a := <-opened
+	select {
+	case s := <-returned:
+		t.Fatalf("Open %q returned before its record was delivered", s.Intent)
+	case err := <-revoked:
+		t.Fatalf("Revoke returned (%v) before its record was delivered", err)
+	default:
+	}
 
+	close(release)
+	a := <-returned
+	if a.Intent != "first" {
+		a = <-returned
+	} else {
+		<-returned
+	}
+	if err := <-revoked; err != nil {
+		t.Fatal(err)
+	}
 	var got []string
 	for _, rec := range e.recs.all() {
 		got = append(got, rec.Session.ID+" "+rec.Event)
@@ -140,4 +189,172 @@ func TestEmitBlockedBlocksNoOne(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("records %v, want %v", got, want)
 	}
+}
+
+// The event reader emits the joiner's records itself and calls Quarantined
+// between a denial and the next: the "quarantined" record must be in the
+// trail before Quarantined returns, even while another change's records
+// are stuck in Emit, or the next denial overtakes it.
+func TestQuarantinedReturnsAfterItsRecord(t *testing.T) {
+	e := newEnv(t, nil)
+	emit, entered, release := stuckEmit(e)
+	r := NewRegistry(e.cfg, Deps{Kernel: e.k, Cgroups: e.cg, Sockets: e.sk, Clock: e.clock, Emit: e.recs.emit})
+	b, err := r.Open(req("b", "tcp://127.0.0.1:443"), admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.out.emit = emit // from here on, the first record sticks
+	eb := r.byID[b.ID]
+
+	go func() { // an API Open whose "opened" record is stuck in a full audit queue
+		if _, err := r.Open(req("a", "tcp://127.0.0.1:443"), admin); err != nil {
+			t.Error(err)
+		}
+	}()
+	<-entered
+	e.recs.emit(audit.Record{Kind: "denial#1", Session: &audit.Session{ID: b.ID}})
+	go func() {
+		if !waitFor(func() bool {
+			r.out.mu.Lock()
+			defer r.out.mu.Unlock()
+			return len(r.out.queue) > 0
+		}) {
+			t.Error("Quarantined queued no record")
+		}
+		close(release)
+	}()
+	r.Quarantined(eb.slot, eb.gen)
+	e.recs.emit(audit.Record{Kind: "denial#2", Session: &audit.Session{ID: b.ID}})
+
+	var got []string
+	for _, rec := range e.recs.all() {
+		if rec.Session.ID == b.ID {
+			got = append(got, rec.Kind+"/"+rec.Event)
+		}
+	}
+	want := []string{"session/opened", "denial#1/", "session/quarantined", "denial#2/"}
+	if !slices.Equal(got, want) {
+		t.Errorf("trail for b = %v, want %v", got, want)
+	}
+}
+
+// Changes, readers and the reaper all at once (run with -race): every
+// session's records run opened … closed, with nothing after closed, and
+// every record is delivered.
+func TestConcurrentChangesKeepEachSessionsOrder(t *testing.T) {
+	const writers, rounds = 8, 8
+	e := newEnv(t, nil)
+	var pids []uint32
+	for range writers {
+		c := exec.Command("sleep", "60")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+		pids = append(pids, uint32(c.Process.Pid))
+	}
+	var n atomic.Int64
+	r := NewRegistry(e.cfg, Deps{Kernel: e.k, Cgroups: e.cg, Sockets: e.sk, Clock: e.clock, Emit: func(rec audit.Record) {
+		if n.Add(1)%7 == 0 {
+			runtime.Gosched() // let other changes queue behind a slow delivery
+		}
+		e.recs.emit(rec)
+	}})
+
+	stop := make(chan struct{})
+	var background sync.WaitGroup
+	for range 4 {
+		background.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for _, s := range r.List(Filter{Caller: &admin}) {
+					r.Get(s.ID, admin)
+				}
+				r.MemberOf(int(pids[0]))
+				r.SessionOf(pids[1], "")
+				for slot := uint32(1); slot < 10; slot++ {
+					if a, ok := r.Resolve(slot, 1); ok {
+						for _, x := range a.Rules {
+							_ = x.String()
+						}
+					}
+				}
+				r.StateCounts()
+			}
+		})
+	}
+	background.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+				r.Reap(time.Now().Add(time.Hour))
+			}
+		}
+	})
+
+	var opened sync.Map
+	var writing sync.WaitGroup
+	for _, pid := range pids {
+		writing.Go(func() {
+			for i := range rounds {
+				s, err := r.Open(v1.OpenRequest{Intent: "w", Scope: []string{"tcp://10.0.0.0/8:443", "api.example.com:443"}, TTL: "1h"}, admin)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				opened.Store(s.ID, true)
+				if c, err := r.Open(v1.OpenRequest{Intent: "child", Parent: s.ID, Scope: []string{"tcp://10.1.0.0/16:443"}}, admin); err == nil {
+					opened.Store(c.ID, true)
+				}
+				r.Bind(s.ID, v1.BindRequest{PID: pid}, admin)
+				r.Narrow(s.ID, v1.NarrowRequest{Scope: []string{"tcp://10.0.0.0/9:443"}}, admin)
+				r.mu.RLock()
+				en := r.byID[s.ID]
+				r.mu.RUnlock()
+				if en != nil {
+					if i%2 == 0 {
+						r.Quarantined(en.slot, en.gen)
+					}
+					r.Escaped(en.slot, en.gen)
+				}
+				if i%3 == 0 {
+					r.Revoke(s.ID, admin)
+				}
+				if err := r.Close(s.ID, admin); err != nil && !isCode(err, v1.CodeNotFound) {
+					t.Error(err)
+				}
+				e.k.UnbindPid(pid) // the fake keeps pid bindings Close leaves to the kernel
+			}
+		})
+	}
+	writing.Wait()
+	close(stop)
+	background.Wait()
+
+	count := 0
+	opened.Range(func(k, _ any) bool {
+		count++
+		lc := e.recs.lifecycle(k.(string))
+		if len(lc) == 0 || lc[0] != "opened" || slices.Index(lc, "closed") != len(lc)-1 {
+			t.Errorf("session %s records %v", k, lc)
+		}
+		return true
+	})
+	if count < writers*rounds {
+		t.Errorf("%d sessions opened, want at least %d", count, writers*rounds)
+	}
+	if left := r.List(Filter{}); len(left) != 0 {
+		t.Errorf("sessions left: %v", ids(left))
+	}
+}
+
+func isCode(err error, c v1.Code) bool {
+	var e *v1.Error
+	return errors.As(err, &e) && e.Code == c
 }

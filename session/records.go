@@ -15,43 +15,61 @@ import (
 // made, without holding a lock across Emit (which blocks while the audit
 // queue is full). A change queues its records; whoever finishes a change
 // first delivers everything queued, later changes' records included, and
-// the others leave theirs to it.
+// the others wait until theirs are out: a change's records reach the trail
+// before its caller goes on, so the event reader's next record cannot
+// overtake a "quarantined" and an agent's first connect cannot overtake its
+// session's "opened".
 type outbox struct {
 	emit func(audit.Record)
 
-	mu         sync.Mutex // guards queue, spare and delivering; never held across emit
+	mu         sync.Mutex // guards the fields below; never held across emit
+	delivered  sync.Cond  // broadcast after each batch
 	queue      []audit.Record
 	spare      []audit.Record // the last batch's array, reused for the next queue
+	queued     uint64         // records ever queued
+	done       uint64         // records ever delivered
 	delivering bool
 }
 
 func (o *outbox) add(rec audit.Record) {
 	o.mu.Lock()
 	o.queue = append(o.queue, rec)
+	o.queued++
 	o.mu.Unlock()
 }
 
-// flush delivers the queued records unless another goroutine already is.
+// flush returns once every record queued before the call is delivered.
 func (o *outbox) flush() {
 	o.mu.Lock()
-	if o.delivering {
-		o.mu.Unlock()
-		return
-	}
-	o.delivering = true
-	for len(o.queue) > 0 {
-		batch := o.queue
-		o.queue = o.spare[:0]
-		o.mu.Unlock()
-		for _, rec := range batch {
-			o.emit(rec)
+	defer o.mu.Unlock()
+	for target := o.queued; o.done < target; {
+		if o.delivering {
+			o.delivered.Wait()
+			continue
 		}
+		o.deliverBatch()
+	}
+}
+
+// deliverBatch emits the queue with o.mu released. The deferred bookkeeping
+// runs even if emit panics, so one bad record cannot wedge every change
+// after it.
+func (o *outbox) deliverBatch() {
+	o.delivering = true
+	batch := o.queue
+	o.queue = o.spare[:0]
+	o.mu.Unlock()
+	defer func() {
 		clear(batch) // the records are the sink's now
 		o.mu.Lock()
 		o.spare = batch
+		o.done += uint64(len(batch))
+		o.delivering = false
+		o.delivered.Broadcast()
+	}()
+	for _, rec := range batch {
+		o.emit(rec)
 	}
-	o.delivering = false
-	o.mu.Unlock()
 }
 
 // begin starts a change (see Registry.turn); end finishes it and delivers

@@ -156,6 +156,7 @@ func NewRegistry(cfg Config, d Deps) *Registry {
 	}
 	r := &Registry{cfg: cfg, kernel: d.Kernel, cgroups: d.Cgroups, sockets: d.Sockets, clock: d.Clock, log: d.Log, out: outbox{emit: d.Emit},
 		byID: map[string]*entry{}, bySlot: map[uint32]*entry{}, byCgroup: map[string]*entry{}, gens: make([]uint64, cfg.MaxSessions+1), dirty: map[string]bool{}}
+	r.out.delivered.L = &r.out.mu
 	r.rebuildFree()
 	return r
 }
