@@ -34,7 +34,18 @@ const (
 	// or a UDP datagram) that the member's scope does not admit. source
 	// is the peer, destination the member's address and port.
 	KindInbound = "inbound"
+	// KindMCP is the judgement of a member's exec of a declared MCP
+	// server's executable (docs/mcp.md): verdict allowed when it is the
+	// server and now runs in the server's session (mcp.session); flagged,
+	// with the reason (identity_mismatch, injection, writable_by_agent),
+	// when it is not and stays under the agent's scope.
+	KindMCP = "mcp"
 )
+
+// ReasonHeldByMCPServer is the reason of a member's denied connect or
+// send that a declared MCP server of its session may make (outcome.held_by
+// names the server): the agent tried the direct route around it.
+const ReasonHeldByMCPServer = "held_by_mcp_server"
 
 // Verdicts.
 const (
@@ -76,6 +87,10 @@ type Record struct {
 	// dns, outcome.reason dns_name_unscoped, dns_none or dns_malformed);
 	// destination is then the resolver it was sent to.
 	Query *Query `json:"query,omitempty"`
+	// MCP is the MCP server the process runs as (its session is the
+	// server's), or, on kind mcp records, the server a launch was judged
+	// against.
+	MCP *MCP `json:"mcp,omitempty"`
 	// Event names the lifecycle step for kind=session records
 	// (opened, bound, narrowed, quarantined, revoked, expired, closed).
 	Event string `json:"event,omitempty"`
@@ -187,6 +202,23 @@ type Outcome struct {
 	// refusals since its previous inbound record that were not recorded
 	// one by one (at most 32 are, per second and session).
 	Suppressed uint32 `json:"suppressed,omitempty"`
+	// HeldBy, on a denial with reason held_by_mcp_server, is the declared
+	// MCP server whose scope admits what the member tried.
+	HeldBy string `json:"held_by,omitempty"`
+}
+
+// MCP is an MCP server a session declared, as the daemon resolved it.
+type MCP struct {
+	Server string `json:"server"`
+	// Session is the server's own session; Serves the session that
+	// declared it (the agent's).
+	Session string `json:"session,omitempty"`
+	Serves  string `json:"serves,omitempty"`
+	// Exe and Script are the files the server runs (Script empty for a
+	// native server); ScriptSHA256 the hash the opener pinned, if any.
+	Exe          string `json:"exe,omitempty"`
+	Script       string `json:"script,omitempty"`
+	ScriptSHA256 string `json:"script_sha256,omitempty"`
 }
 
 // Escape is what a member tried in order to leave its session (kind
