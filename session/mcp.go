@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/scope"
 )
 
@@ -161,4 +162,29 @@ func fileSHA256(path string) (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func (s mcpServer) identity() audit.MCP {
+	return audit.MCP{Server: s.decl.Name, Exe: s.decl.Exe, Script: s.decl.Script, ScriptSHA256: s.decl.ScriptSHA256}
+}
+
+// linkServers ties a session that declares MCP servers to their sessions,
+// so that records name the server a process runs as, and the server whose
+// scope holds what a member was denied. Call it with mu held for writing.
+func (r *Registry) linkServers(e *entry) {
+	e.servers = nil
+	for _, c := range r.children(e.ID) {
+		if c.MCPServer == "" {
+			continue
+		}
+		e.servers = append(e.servers, c)
+		// A server whose files no longer check after a restart is named
+		// without them (and no launch becomes it).
+		id := audit.MCP{Server: c.MCPServer}
+		if i := slices.IndexFunc(e.mcp, func(s mcpServer) bool { return s.decl.Name == c.MCPServer }); i >= 0 {
+			id = e.mcp[i].identity()
+		}
+		id.Session, id.Serves = c.ID, e.ID
+		c.server = &id
+	}
 }

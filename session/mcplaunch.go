@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/audit"
 )
 
 // Why a launch that looks like a declared server is not one (kind mcp
@@ -18,6 +20,7 @@ const (
 	LaunchIdentityMismatch = "identity_mismatch" // another script, or the script changed
 	LaunchInjection        = "injection"         // something that loads other code into it
 	LaunchWritable         = "writable_by_agent" // its files can be swapped by the launcher
+	LaunchBindFailed       = "bind_failed"       // the kernel refused the binding (logged)
 )
 
 // injectingEnv are the variables that load code into an interpreter (or
@@ -33,58 +36,75 @@ var injectingEnv = []string{
 }
 
 // judgeLaunch decides whether the process pid, just exec'd by a member,
-// is one of the declared servers: it returns the server's index, or -1
-// and why not when it runs a server's executable but fails a check. A
-// process that runs none of the servers' executables is no candidate
-// (-1, "").
+// is one of the declared servers. It returns the server it was judged
+// against and why it is not that server ("" when it is). A process that
+// runs none of the servers' executables is no candidate (-1, "").
 func judgeLaunch(servers []mcpServer, pid int) (int, string) {
 	proc := "/proc/" + strconv.Itoa(pid)
 	exe, _, err := statID(proc + "/exe")
 	if err != nil {
 		return -1, ""
 	}
-	candidates := slices.DeleteFunc(slices.Clone(servers), func(s mcpServer) bool { return s.exe != exe })
+	var candidates []int
+	for i, s := range servers {
+		if s.exe == exe {
+			candidates = append(candidates, i)
+		}
+	}
 	if len(candidates) == 0 {
 		return -1, ""
 	}
 	argv, err := readNul(proc + "/cmdline")
 	if err != nil || len(argv) == 0 {
-		return -1, LaunchIdentityMismatch
+		return candidates[0], LaunchIdentityMismatch
+	}
+	// A refusal names the server whose script the launch mentions, if
+	// any: that is the one it tried to pass for.
+	named := candidates[0]
+	for _, i := range candidates {
+		if s := servers[i].decl.Script; s != "" && slices.ContainsFunc(argv, func(a string) bool { return filepath.Base(a) == filepath.Base(s) }) {
+			named = i
+			break
+		}
 	}
 	env, _ := readNul(proc + "/environ")
 	for _, kv := range env {
 		name, _, _ := strings.Cut(kv, "=")
 		if slices.Contains(injectingEnv, name) {
-			return -1, LaunchInjection
+			return named, LaunchInjection
 		}
 	}
-	reason := LaunchIdentityMismatch
-	for _, s := range candidates {
-		i := slices.IndexFunc(servers, func(o mcpServer) bool { return o.decl.Name == s.decl.Name })
-		if s.script == (fileID{}) {
-			return i, "" // a native server: the executable is the server
+	why := map[int]string{}
+	for _, i := range candidates {
+		if why[i] = checkLaunch(servers[i], argv, proc); why[i] == "" {
+			return i, ""
 		}
-		script, why := launchedScript(s, argv, proc)
-		if why != "" {
-			reason = why
-			continue
-		}
-		id, _, err := statID(script)
-		if err != nil || id != s.script {
-			continue
-		}
-		if writableBy(script, procCreds(proc)) {
-			reason = LaunchWritable
-			continue
-		}
-		if h := s.decl.ScriptSHA256; h != "" {
-			if sum, err := fileSHA256(script); err != nil || !strings.EqualFold(sum, h) {
-				continue
-			}
-		}
-		return i, ""
 	}
-	return -1, reason
+	return named, why[named]
+}
+
+// checkLaunch says why a process that runs s's executable with argv is not
+// s ("" when it is).
+func checkLaunch(s mcpServer, argv []string, proc string) string {
+	if s.script == (fileID{}) {
+		return "" // a native server: the executable is the server
+	}
+	script, why := launchedScript(s, argv, proc)
+	if why != "" {
+		return why
+	}
+	if id, _, err := statID(script); err != nil || id != s.script {
+		return LaunchIdentityMismatch
+	}
+	if writableBy(script, procCreds(proc)) {
+		return LaunchWritable
+	}
+	if h := s.decl.ScriptSHA256; h != "" {
+		if sum, err := fileSHA256(script); err != nil || !strings.EqualFold(sum, h) {
+			return LaunchIdentityMismatch
+		}
+	}
+	return ""
 }
 
 // launchedScript finds the script an interpreter was started with, as
@@ -196,13 +216,23 @@ func (s mcpServer) String() string {
 	return fmt.Sprintf("%s (%s)", s.decl.Name, strings.Join(s.decl.Command, " "))
 }
 
+// Launch is the judgement of a member's exec of a declared server's
+// executable.
+type Launch struct {
+	// MCP is the server it was judged against; MCP.Session is set when the
+	// process became that server.
+	MCP audit.MCP
+	// Reason is why it is not the server: LaunchIdentityMismatch,
+	// LaunchInjection or LaunchWritable ("" when it is).
+	Reason string
+}
+
 // Launched judges an exec of a member of a session that declares MCP
 // servers (every exec of a member passes here; the others return at once)
 // and binds a process that is one of them to the server's session, where
-// the server's scope applies to it and to what it forks. It returns the
-// server's name, or why a process that ran a server's executable is not
-// the server.
-func (r *Registry) Launched(tgid uint32) (server, refused string) {
+// the server's scope applies to it and to what it forks. It reports false
+// when the process ran no declared server's executable.
+func (r *Registry) Launched(tgid uint32) (Launch, bool) {
 	// Most members' sessions declare no server: they pass without
 	// waiting for a change.
 	p := r.locate(int(tgid))
@@ -211,28 +241,36 @@ func (r *Registry) Launched(tgid uint32) (server, refused string) {
 	declares := e != nil && len(e.mcp) > 0
 	r.mu.RUnlock()
 	if !declares {
-		return "", ""
+		return Launch{}, false
 	}
 	r.begin()
 	defer r.end()
 	if e = r.memberOf(Caller{PID: int(tgid)}); e == nil || len(e.mcp) == 0 {
-		return "", ""
+		return Launch{}, false
 	}
 	i, reason := judgeLaunch(e.mcp, int(tgid))
 	if i < 0 {
-		return "", reason
+		return Launch{}, false
 	}
-	name := e.mcp[i].decl.Name
-	for _, c := range r.children(e.ID) {
-		if c.MCPServer == name {
-			if err := r.bindPid(c, tgid); err != nil {
-				r.log.Error("bind an MCP server", "session", e.ID, "server", name, "pid", tgid, "err", err)
-				return "", ""
-			}
-			r.touch(c)
-			r.persist()
-			return name, ""
+	l := Launch{MCP: e.mcp[i].identity(), Reason: reason}
+	l.MCP.Serves = e.ID
+	if reason != "" {
+		return l, true
+	}
+	for _, c := range e.servers {
+		if c.MCPServer != l.MCP.Server {
+			continue
 		}
+		if err := r.bindPid(c, tgid); err != nil {
+			// It stays under the agent's scope, and the record says so.
+			r.log.Error("bind an MCP server", "session", e.ID, "server", l.MCP.Server, "pid", tgid, "err", err)
+			l.Reason = LaunchBindFailed
+			return l, true
+		}
+		r.touch(c)
+		r.persist()
+		l.MCP.Session = c.ID
+		return l, true
 	}
-	return "", ""
+	return Launch{}, false // its session is gone: the agent's is closing
 }

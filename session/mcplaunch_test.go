@@ -88,11 +88,12 @@ func TestJudgeLaunch(t *testing.T) {
 		{"by a relative path", nil, []string{node, "server.mjs"}, 0, ""},
 		{"with an option that runs nothing else", nil, []string{node, "--no-warnings", script}, 0, ""},
 		{"the native server", nil, []string{native, "60"}, 1, ""},
-		{"NODE_OPTIONS", []string{"NODE_OPTIONS=--require=" + evil}, []string{node, script}, -1, LaunchInjection},
-		{"LD_PRELOAD", []string{"LD_PRELOAD=/tmp/evil.so"}, []string{node, script}, -1, LaunchInjection},
-		{"--require", nil, []string{node, "--require", evil, script}, -1, LaunchInjection},
-		{"-e", nil, []string{node, "-e", "setTimeout(() => {}, 60000)"}, -1, LaunchInjection},
-		{"a copy of the script", nil, []string{node, copyOf}, -1, LaunchIdentityMismatch},
+		{"NODE_OPTIONS", []string{"NODE_OPTIONS=--require=" + evil}, []string{node, script}, 0, LaunchInjection},
+		{"LD_PRELOAD", []string{"LD_PRELOAD=/tmp/evil.so"}, []string{node, script}, 0, LaunchInjection},
+		{"LD_PRELOAD into the native server", []string{"LD_PRELOAD=/tmp/evil.so"}, []string{native, "60"}, 1, LaunchInjection},
+		{"--require", nil, []string{node, "--require", evil, script}, 0, LaunchInjection},
+		{"-e", nil, []string{node, "-e", "setTimeout(() => {}, 60000)"}, 0, LaunchInjection},
+		{"a copy of the script", nil, []string{node, copyOf}, 0, LaunchIdentityMismatch},
 		{"not a server's executable", nil, []string{sleep, "60"}, -1, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -113,8 +114,8 @@ func TestJudgeLaunch(t *testing.T) {
 		}
 		defer os.Chown(script, 0, 0)
 		pid := launch(t, dir, nil, &syscall.Credential{Uid: nobody, Gid: nobody}, node, script)
-		if i, reason := judgeLaunch(servers, pid); i != -1 || reason != LaunchWritable {
-			t.Errorf("judgeLaunch = %d %q, want -1 %q", i, reason, LaunchWritable)
+		if i, reason := judgeLaunch(servers, pid); i != 0 || reason != LaunchWritable {
+			t.Errorf("judgeLaunch = %d %q, want 0 %q", i, reason, LaunchWritable)
 		}
 	})
 }

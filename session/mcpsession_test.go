@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/audit"
 )
 
 // openWithServer opens an agent session that declares one node server.
@@ -111,8 +112,11 @@ func TestLaunchedBindsTheServer(t *testing.T) {
 	es := e.entry(t, server.ID)
 
 	pid := start(nil, node, script)
-	if name, why := e.r.Launched(uint32(pid)); name != "tickets" || why != "" {
-		t.Fatalf("Launched = %q %q, want tickets", name, why)
+	l, ok := e.r.Launched(uint32(pid))
+	nodeExe, _ := filepath.EvalSymlinks(node)
+	want := audit.MCP{Server: "tickets", Session: server.ID, Serves: agent.ID, Exe: nodeExe, Script: script}
+	if !ok || l.Reason != "" || l.MCP != want {
+		t.Fatalf("Launched = %+v %v, want %+v bound", l, ok, want)
 	}
 	if b := e.k.pids[uint32(pid)]; b != (binding{es.slot, es.gen}) {
 		t.Errorf("kernel binding of the server %+v, want the server session's", b)
@@ -126,8 +130,8 @@ func TestLaunchedBindsTheServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	evil := start([]string{"NODE_OPTIONS=--require=" + preload}, node, script)
-	if name, why := e.r.Launched(uint32(evil)); name != "" || why != LaunchInjection {
-		t.Errorf("injected launch: %q %q, want refused as %s", name, why, LaunchInjection)
+	if l, ok := e.r.Launched(uint32(evil)); !ok || l.Reason != LaunchInjection || l.MCP.Server != "tickets" || l.MCP.Session != "" {
+		t.Errorf("injected launch: %+v %v, want tickets refused as %s", l, ok, LaunchInjection)
 	}
 	if _, ok := e.k.pids[uint32(evil)]; ok {
 		t.Error("an injected launch was bound")
@@ -135,8 +139,8 @@ func TestLaunchedBindsTheServer(t *testing.T) {
 	// A process in no session that declares servers is not judged.
 	other := start(nil, node, script)
 	e.cg.setOf(other, "/")
-	if name, why := e.r.Launched(uint32(other)); name != "" || why != "" {
-		t.Errorf("non-member: %q %q", name, why)
+	if l, ok := e.r.Launched(uint32(other)); ok {
+		t.Errorf("non-member judged: %+v", l)
 	}
 }
 
@@ -158,8 +162,16 @@ func TestRestoreKeepsMCPServers(t *testing.T) {
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	waitExeced(t, cmd.Process.Pid)
 	e.cg.setOf(cmd.Process.Pid, agent.Binding.Cgroup)
-	if name, why := r2.Launched(uint32(cmd.Process.Pid)); name != "tickets" || why != "" {
-		t.Errorf("after restore, Launched = %q %q, want tickets", name, why)
+	if l, ok := r2.Launched(uint32(cmd.Process.Pid)); !ok || l.Reason != "" || l.MCP.Session != server.ID {
+		t.Errorf("after restore, Launched = %+v %v, want tickets bound", l, ok)
+	}
+	// Records still name the server and the agent's servers.
+	es, ea := e.entry(t, server.ID), e.entry(t, agent.ID)
+	if a, _ := r2.Resolve(es.slot, es.gen); a.MCP == nil || a.MCP.Server != "tickets" || a.MCP.Script != script || a.MCP.Serves != agent.ID {
+		t.Errorf("server attribution after restore: %+v", a.MCP)
+	}
+	if a, _ := r2.Resolve(ea.slot, ea.gen); len(a.Servers) != 1 || a.Servers[0].Slot != es.slot {
+		t.Errorf("agent's servers after restore: %+v", a.Servers)
 	}
 	e.cg.setOf(4242, agent.Binding.Cgroup)
 	_, err := r2.Revoke(server.ID, Caller{ID: "agent", PID: 4242, UID: 1000})

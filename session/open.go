@@ -71,11 +71,8 @@ func (r *Registry) Open(req v1.OpenRequest, caller Caller) (v1.Session, error) {
 			return v1.Session{}, invalid("origin.principal", "an agent-originated child names its parent %s", parent.ID)
 		}
 	}
-	if len(r.free) == 0 {
-		return v1.Session{}, &v1.Error{Code: v1.CodeCapacity, Message: fmt.Sprintf("all %d session slots are in use", len(r.gens)-1)}
-	}
-	if len(r.free) < 1+len(o.mcp) {
-		return v1.Session{}, &v1.Error{Code: v1.CodeCapacity, Message: fmt.Sprintf("all %d session slots are in use", len(r.gens)-1)}
+	if need := 1 + len(o.mcp); len(r.free) < need { // the session and its servers' sessions
+		return v1.Session{}, &v1.Error{Code: v1.CodeCapacity, Message: fmt.Sprintf("%d of %d session slots are free, %d needed", len(r.free), len(r.gens)-1, need)}
 	}
 	e := &entry{Session: v1.Session{Version: v1.ModelVersion, ID: newID(), Intent: o.intent, Origin: o.origin, Agent: req.Agent,
 		Mode: o.mode, TTL: expires.Sub(now).String(), CreatedAt: now, ExpiresAt: expires,
@@ -104,6 +101,9 @@ func (r *Registry) Open(req v1.OpenRequest, caller Caller) (v1.Session, error) {
 			r.persist()
 			return v1.Session{}, err
 		}
+	}
+	if len(o.mcp) > 0 {
+		r.write(func() { r.linkServers(e) })
 	}
 	r.persist()
 	r.lifecycle(e, "opened", caller.ID, "")

@@ -247,13 +247,31 @@ type Attribution struct {
 	Origin  *audit.Origin
 	Agent   *audit.Agent
 	Rules   []scope.Rule
+	// MCP is the server a server's session runs (nil for others).
+	MCP *audit.MCP
+	// Servers are the MCP servers the session declares, to name the one
+	// whose scope holds what a member was denied.
+	Servers []Server
 }
 
+// Server is a declared MCP server's session as the joiner needs it.
+type Server struct {
+	Name  string
+	Slot  uint32
+	Gen   uint64
+	Rules []scope.Rule
+}
+
+// attribution is called with mu or turn held: it reads the servers'
+// entries.
 func (e *entry) attribution() Attribution {
 	a := Attribution{Session: audit.Session{ID: e.ID, Intent: e.Intent, Mode: string(e.Mode), Parent: e.Parent},
-		Origin: &audit.Origin{Kind: string(e.Origin.Kind), Principal: e.Origin.Principal}, Rules: e.rules}
+		Origin: &audit.Origin{Kind: string(e.Origin.Kind), Principal: e.Origin.Principal}, Rules: e.rules, MCP: e.server}
 	if e.Agent != nil {
 		a.Agent = &audit.Agent{ID: e.Agent.ID, Name: e.Agent.Name, Version: e.Agent.Version, Owner: e.Agent.Owner}
+	}
+	for _, c := range e.servers {
+		a.Servers = append(a.Servers, Server{Name: c.MCPServer, Slot: c.slot, Gen: c.gen, Rules: c.rules})
 	}
 	return a
 }

@@ -72,8 +72,11 @@ type entry struct {
 	// session cgroup's hostname hooks.
 	escaped bool
 	// mcp are the servers the session declares (docs/mcp.md); each has a
-	// child session whose MCPServer names it.
-	mcp []mcpServer
+	// child session whose MCPServer names it: servers (see linkServers).
+	mcp     []mcpServer
+	servers []*entry
+	// server is, for a server's session, the server it runs.
+	server *audit.MCP
 }
 
 // Registry owns the sessions.

@@ -299,6 +299,13 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 		})
 		r.lifecycle(e, "adopted", "agentfenced", "")
 	}
+	r.write(func() {
+		for _, e := range r.byID {
+			if len(e.MCP) > 0 {
+				r.linkServers(e)
+			}
+		}
+	})
 	if n := r.bindRunning(); n > 0 {
 		r.log.Info("state: bound running members by pid", "processes", n)
 	}
