@@ -20,7 +20,8 @@
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$REPO/vmtest
-CACHE=${VMTEST_CACHE:-$REPO/.cache/vmtest}
+# Absolute: the binaries are built from inside the source tree.
+CACHE=$(realpath -m "${VMTEST_CACHE:-$REPO/.cache/vmtest}")
 KERNELS=${KERNELS:-5.10 6.1 6.12 host}
 # Every package whose tests load programs (internal/privtest users), minus
 # audit/sink, which needs rsyslogd rather than a kernel.
