@@ -4,6 +4,7 @@ package attribution
 
 import (
 	"context"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/boottime"
+	"github.com/agentfence/agentfence/scope"
 	"github.com/agentfence/agentfence/sensor"
 	"github.com/agentfence/agentfence/sensor/proccache"
 	"github.com/agentfence/agentfence/session"
@@ -47,11 +49,18 @@ type Joiner struct {
 	// Wait bounds how long a record waits for the process cache to catch up
 	// with the exec of a process it has not seen yet.
 	Wait time.Duration
-	// Names turns the name hashes of hostname decisions into names (nil:
-	// records carry no destination.hostname).
-	Names interface {
-		Hostname(slot uint32, hash uint64) string
-	}
+	// Names turns the name hashes of hostname decisions into names, and
+	// names the addresses a session learned (nil: records carry no
+	// destination.hostname, and a denial is held by a server's hostname
+	// rule only through the names it carries).
+	Names Names
+}
+
+// Names is what the joiner asks of the gate's hostname state
+// (enforcer.Gate).
+type Names interface {
+	Hostname(slot uint32, hash uint64) string
+	LearnedNames(slot uint32, gen uint64, addr netip.Addr) []string
 }
 
 func reason(r enforcer.Reason) string {
@@ -96,8 +105,40 @@ func (j *Joiner) Record(ev enforcer.Event) audit.Record {
 		socketOutcome(&rec, ev)
 	}
 	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
-	j.attribute(&rec, ev.Slot, ev.Gen, ev.Rule)
+	s, ok := j.attribute(&rec, ev.Slot, ev.Gen, ev.Rule)
+	// A denial for want of a rule, to where a declared server may go, is
+	// the agent taking the direct route around its server.
+	if ok && len(s.Servers) > 0 && ev.Verdict != enforcer.VerdictAllowed && ev.Reason == enforcer.ReasonNoRule &&
+		(rec.Kind == audit.KindConnect || rec.Kind == audit.KindSendmsg) && rec.Destination != nil {
+		if name := j.heldBy(s.Servers, ev, rec.Destination.Hostname); name != "" {
+			rec.Outcome.Reason, rec.Outcome.HeldBy = audit.ReasonHeldByMCPServer, name
+		}
+	}
 	return rec
+}
+
+// heldBy names the declared MCP server of the member's session whose scope
+// admits the destination the member was denied. A server's hostname rule
+// admits it by the names the server's session learned for the address, or
+// the name the denial carries.
+func (j *Joiner) heldBy(servers []session.Server, ev enforcer.Event, hostname string) string {
+	f := scope.Flow{Proto: scope.ProtoTCP, Remote: ev.Dest}
+	if ev.Protocol == unix.IPPROTO_UDP {
+		f.Proto = scope.ProtoUDP
+	}
+	for _, s := range servers {
+		f.Names = nil
+		if j.Names != nil {
+			f.Names = j.Names.LearnedNames(s.Slot, s.Gen, ev.Dest.Addr())
+		}
+		if hostname != "" {
+			f.Names = append(f.Names, hostname)
+		}
+		if scope.Admits(s.Rules, f) {
+			return s.Name
+		}
+	}
+	return ""
 }
 
 // socketOutcome fills a record of a socket of a family no cgroup hook
@@ -172,19 +213,21 @@ func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
 	return rec
 }
 
-// attribute fills the session, agent, origin and matched rule.
-func (j *Joiner) attribute(rec *audit.Record, slot uint32, gen uint64, rule int) {
+// attribute fills the session, agent, origin, the server a server's
+// process runs as, and the matched rule.
+func (j *Joiner) attribute(rec *audit.Record, slot uint32, gen uint64, rule int) (session.Attribution, bool) {
 	s, ok := j.Sessions.Resolve(slot, gen)
 	if !ok {
 		// A session this daemon does not know (its state was lost): say
 		// so rather than guess.
 		rec.Session = &audit.Session{ID: "unknown"}
-		return
+		return s, false
 	}
-	rec.Session, rec.Agent, rec.Origin = &s.Session, s.Agent, s.Origin
+	rec.Session, rec.Agent, rec.Origin, rec.MCP = &s.Session, s.Agent, s.Origin, s.MCP
 	if rule >= 0 && rule < len(s.Rules) && rec.Outcome != nil {
 		rec.Outcome.Rule = s.Rules[rule].String()
 	}
+	return s, true
 }
 
 // HostRecord turns a hostname event into a record: a DNS answer learned
@@ -242,7 +285,21 @@ func (j *Joiner) ExecRecord(ev *sensor.ExecEvent) (audit.Record, bool) {
 		return audit.Record{}, false
 	}
 	return audit.Record{Schema: audit.SchemaVersion, Time: j.Clock.Wall(ev.Ktime), Kind: audit.KindExec,
-		Session: &s.Session, Agent: s.Agent, Origin: s.Origin, Process: p}, true
+		Session: &s.Session, Agent: s.Agent, Origin: s.Origin, MCP: s.MCP, Process: p}, true
+}
+
+// LaunchRecord is the kind mcp record of a member's exec judged against a
+// declared MCP server (session.Registry.Launched); exec is the exec's
+// record, made before the judgement, so in the launcher's session.
+func LaunchRecord(exec audit.Record, l session.Launch) audit.Record {
+	rec := exec
+	rec.Kind, rec.MCP = audit.KindMCP, &l.MCP
+	rec.Outcome = &audit.Outcome{Verdict: audit.VerdictAllowed}
+	if l.Reason != "" {
+		// It stays under the launcher's scope: nothing was refused.
+		rec.Outcome = &audit.Outcome{Verdict: audit.VerdictFlagged, Reason: l.Reason}
+	}
+	return rec
 }
 
 func (j *Joiner) fillProcess(p *audit.Process, tgid uint32, at uint64) {

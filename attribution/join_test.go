@@ -16,6 +16,23 @@ type names map[uint64]string
 
 func (n names) Hostname(slot uint32, hash uint64) string { return n[hash] }
 
+func (n names) LearnedNames(uint32, uint64, netip.Addr) []string { return nil }
+
+// learned is a Names whose sessions learned addresses for names.
+type learned map[learnedKey][]string
+
+type learnedKey struct {
+	slot uint32
+	gen  uint64
+	addr netip.Addr
+}
+
+func (learned) Hostname(uint32, uint64) string { return "" }
+
+func (l learned) LearnedNames(slot uint32, gen uint64, addr netip.Addr) []string {
+	return l[learnedKey{slot, gen, addr}]
+}
+
 func TestJoinerRecord(t *testing.T) {
 	ss := newSessions()
 	s := ss.add(t, 3, 7, session.Attribution{Session: audit.Session{ID: "s-1", Intent: "pull metrics", Mode: "enforce"},
@@ -141,5 +158,79 @@ func TestJoinerHostRecord(t *testing.T) {
 	if sni.Kind != audit.KindConnect || *sni.Destination != (audit.Destination{Hostname: "api.example.com", Protocol: "tcp", Port: 443}) ||
 		sni.Outcome.Reason != "sni_mismatch" || sni.Outcome.Errno != "" {
 		t.Errorf("sni = %+v %+v %+v", sni.Kind, sni.Destination, sni.Outcome)
+	}
+}
+
+// A member's denial to where a declared MCP server of its session may go
+// is the headline record of the direct route: reason held_by_mcp_server
+// and the server's name. The server's own records name it.
+func TestJoinerMCPServers(t *testing.T) {
+	ss := newSessions()
+	tickets := audit.MCP{Server: "tickets", Session: "srv-1", Serves: "s-1", Exe: "/usr/bin/node", Script: "/srv/mcp/tickets/server.mjs"}
+	srv := ss.add(t, 4, 9, session.Attribution{Session: audit.Session{ID: "srv-1", Intent: "MCP server tickets of session s-1", Parent: "s-1"},
+		MCP: &tickets}, "tcp://127.0.0.2:18443", "api.tickets.example:443")
+	agent := attribution("s-1", "triage")
+	agent.Servers = []session.Server{{Name: "tickets", Slot: 4, Gen: 9, Rules: srv.Rules}}
+	ss.add(t, 3, 7, agent, "tcp://127.0.0.1:8080")
+	api := netip.MustParseAddrPort("203.0.113.9:443")
+	j := &Joiner{Sessions: ss, Clock: boottime.NewClock(),
+		Names: learned{{4, 9, api.Addr()}: {"api.tickets.example"}}}
+
+	denial := func(dest string, reason enforcer.Reason) enforcer.Event {
+		return enforcer.Event{BootNS: boottime.Now(), Slot: 3, Gen: 7, PID: 10, Hook: enforcer.HookConnect4, Protocol: 6,
+			Dest: netip.MustParseAddrPort(dest), Verdict: enforcer.VerdictDenied, Reason: reason, Rule: enforcer.NoRule}
+	}
+	for _, tc := range []struct {
+		name   string
+		ev     enforcer.Event
+		reason string
+		heldBy string
+	}{
+		{"the server's address", denial("127.0.0.2:18443", enforcer.ReasonNoRule), audit.ReasonHeldByMCPServer, "tickets"},
+		{"an address the server learned for its hostname rule", denial(api.String(), enforcer.ReasonNoRule), audit.ReasonHeldByMCPServer, "tickets"},
+		{"another port", denial("127.0.0.2:18444", enforcer.ReasonNoRule), "no_rule", ""},
+		{"nowhere the server may go", denial("127.0.0.3:18443", enforcer.ReasonNoRule), "no_rule", ""},
+		{"denied for another reason", denial("127.0.0.2:18443", enforcer.ReasonExpired), "expired", ""},
+	} {
+		rec := j.Record(tc.ev)
+		if rec.Outcome.Reason != tc.reason || rec.Outcome.HeldBy != tc.heldBy || rec.Outcome.Errno != "EPERM" {
+			t.Errorf("%s: outcome %+v, want reason %q held_by %q", tc.name, rec.Outcome, tc.reason, tc.heldBy)
+		}
+		if rec.MCP != nil {
+			t.Errorf("%s: the agent's record names a server it does not run as: %+v", tc.name, rec.MCP)
+		}
+	}
+	// An allowed connect of the agent's is not held by anyone.
+	allowed := denial("127.0.0.1:8080", enforcer.ReasonRule)
+	allowed.Verdict, allowed.Rule = enforcer.VerdictAllowed, 0
+	if rec := j.Record(allowed); rec.Outcome.Reason != "" || rec.Outcome.HeldBy != "" {
+		t.Errorf("allowed: outcome %+v", rec.Outcome)
+	}
+
+	// The server's own connect.
+	own := denial("127.0.0.2:18443", enforcer.ReasonRule)
+	own.Slot, own.Gen, own.Verdict, own.Rule = 4, 9, enforcer.VerdictAllowed, 0
+	rec := j.Record(own)
+	if rec.MCP == nil || *rec.MCP != tickets || rec.Session.ID != "srv-1" || rec.Outcome.Rule != "tcp://127.0.0.2:18443" {
+		t.Errorf("server's connect: session %+v mcp %+v outcome %+v", rec.Session, rec.MCP, rec.Outcome)
+	}
+}
+
+func TestLaunchRecord(t *testing.T) {
+	exec := audit.Record{Schema: audit.SchemaVersion, Time: time.Now(), Kind: audit.KindExec,
+		Session: &audit.Session{ID: "s-1"}, Process: &audit.Process{PID: 10, Exe: "/usr/bin/node", Argv: []string{"node", "server.mjs"}}}
+	bound := session.Launch{MCP: audit.MCP{Server: "tickets", Session: "srv-1", Serves: "s-1"}}
+	rec := LaunchRecord(exec, bound)
+	if rec.Kind != audit.KindMCP || *rec.MCP != bound.MCP || *rec.Outcome != (audit.Outcome{Verdict: audit.VerdictAllowed}) ||
+		rec.Session.ID != "s-1" || rec.Process.PID != 10 {
+		t.Errorf("bound: %+v mcp %+v outcome %+v", rec, rec.MCP, rec.Outcome)
+	}
+	refused := session.Launch{MCP: audit.MCP{Server: "tickets", Serves: "s-1"}, Reason: session.LaunchInjection}
+	rec = LaunchRecord(exec, refused)
+	if *rec.Outcome != (audit.Outcome{Verdict: audit.VerdictFlagged, Reason: "injection"}) || rec.MCP.Session != "" {
+		t.Errorf("refused: mcp %+v outcome %+v", rec.MCP, rec.Outcome)
+	}
+	if exec.Kind != audit.KindExec || exec.MCP != nil || exec.Outcome != nil {
+		t.Errorf("the exec record changed: %+v", exec)
 	}
 }

@@ -9,11 +9,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/privtest"
+	"github.com/agentfence/agentfence/session"
 )
 
 var npmOnce sync.Once
@@ -87,7 +90,7 @@ func TestMCPServerOverStdio(t *testing.T) {
 	}
 	t.Cleanup(func() { os.Remove(copyOf) })
 
-	run := func(agentArgs ...string) agentRun {
+	run := func(agentArgs ...string) (agentRun, string) {
 		t.Helper()
 		out, stderr, code := d.cli(t, []string{"API_URL=http://" + api + "/tickets", "API_KEY=sk-test"},
 			append([]string{"run", "--intent", "triage tickets",
@@ -102,24 +105,60 @@ func TestMCPServerOverStdio(t *testing.T) {
 				t.Fatalf("agent output %q: %v", line, err)
 			}
 		}
-		return r
+		return r, stderr
 	}
 
-	r := run()
+	r, _ := run()
 	if r.ToolError || !strings.Contains(r.Tool, "created") || !strings.Contains(r.Tool, "Bearer sk-test") {
 		t.Errorf("tool call through the server: %+v, want it to reach the API", r)
 	}
 	if r.Direct != "EPERM" {
 		t.Errorf("the agent's direct call: %q, want EPERM", r.Direct)
 	}
+	apiPort := func(rec audit.Record) bool {
+		return rec.Destination != nil && net.JoinHostPort(rec.Destination.IP, fmt.Sprint(rec.Destination.Port)) == api
+	}
+	// The records: the launch, the server's call in its own session and
+	// naming it, and the agent's direct call as the route around it.
+	launch := d.waitRecord(t, "mcp launch", func(rec audit.Record) bool {
+		return rec.Kind == audit.KindMCP && rec.Outcome.Verdict == audit.VerdictAllowed
+	})
+	if m := launch.MCP; m.Server != "tickets" || m.Script != server || m.Exe != node || m.Serves != launch.Session.ID || m.Session == "" {
+		t.Errorf("launch record: session %s mcp %+v", launch.Session.ID, m)
+	}
+	d.waitRecord(t, "the server's call", func(rec audit.Record) bool {
+		return rec.Kind == audit.KindConnect && apiPort(rec) && rec.Outcome.Verdict == audit.VerdictAllowed &&
+			rec.Session.ID == launch.MCP.Session && rec.MCP != nil && *rec.MCP == *launch.MCP
+	})
+	direct := d.waitRecord(t, "the agent's direct call", func(rec audit.Record) bool {
+		return rec.Kind == audit.KindConnect && apiPort(rec) && rec.Session.ID == launch.Session.ID
+	})
+	if o := direct.Outcome; o.Verdict != audit.VerdictDenied || o.Errno != "EPERM" || o.Reason != audit.ReasonHeldByMCPServer || o.HeldBy != "tickets" || direct.MCP != nil {
+		t.Errorf("the agent's direct call: outcome %+v mcp %+v", o, direct.MCP)
+	}
 
-	for name, args := range map[string][]string{
-		"NODE_OPTIONS preload": {"NODE_OPTIONS=--require=" + filepath.Join(dir, "evil.js")},
-		"a copy of the script": {node, copyOf},
+	other := filepath.Join(dir, "other.mjs")
+	for _, tc := range []struct {
+		name, reason string
+		args         []string
+		script       string // the script the launch runs
+	}{
+		{"NODE_OPTIONS preload", session.LaunchInjection, []string{"NODE_OPTIONS=--require=" + filepath.Join(dir, "evil.js")}, server},
+		{"a copy of the script", session.LaunchIdentityMismatch, []string{node, copyOf}, copyOf},
+		{"another script", session.LaunchIdentityMismatch, []string{node, other}, other},
 	} {
-		r := run(args...)
-		if !r.ToolError || !strings.Contains(r.Tool, "EPERM") || r.Direct != "EPERM" {
-			t.Errorf("%s: %+v, want both calls refused with EPERM", name, r)
+		r, stderr := run(tc.args...)
+		// other.mjs is no MCP server: it makes the call itself and says
+		// how that went on stderr.
+		refused := strings.Contains(r.Tool, "EPERM") || strings.Contains(stderr, `{"other":"EPERM"}`)
+		if !r.ToolError || !refused || r.Direct != "EPERM" {
+			t.Errorf("%s: %+v (stderr %q), want both calls refused with EPERM", tc.name, r, stderr)
+		}
+		rec := d.waitRecord(t, tc.name, func(rec audit.Record) bool {
+			return rec.Kind == audit.KindMCP && rec.Outcome.Reason == tc.reason && slices.Contains(rec.Process.Argv, tc.script)
+		})
+		if rec.Outcome.Verdict != audit.VerdictFlagged || rec.MCP.Server != "tickets" || rec.MCP.Session != "" {
+			t.Errorf("%s: launch record outcome %+v mcp %+v", tc.name, rec.Outcome, rec.MCP)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -345,6 +346,22 @@ func TestHostnameWildcard(t *testing.T) {
 	hf.waitHost(t, func(e HostEvent) bool { return e.Kind == HostDNSLearned && e.NameHash == ev.NameHash })
 	if name := hf.g.Hostname(42, ev.NameHash); name != "a.wild.example.test" {
 		t.Errorf("wildcard connect named %q", name)
+	}
+	// The names a session learned an address for, as the joiner asks
+	// whether a denial's destination is a declared MCP server's.
+	for _, q := range []struct {
+		gen  uint64
+		addr string
+		want []string
+	}{
+		{1, "127.24.0.1", []string{"a.wild.example.test"}},
+		{1, "::ffff:127.24.0.1", []string{"a.wild.example.test"}}, // looked up as v4
+		{2, "127.24.0.1", nil},                                    // another session in the slot
+		{1, "127.24.0.2", nil},                                    // answered, not admitted
+	} {
+		if got := hf.g.LearnedNames(42, q.gen, netip.MustParseAddr(q.addr)); !slices.Equal(got, q.want) {
+			t.Errorf("LearnedNames(42, %d, %s) = %q, want %q", q.gen, q.addr, got, q.want)
+		}
 	}
 }
 

@@ -379,6 +379,33 @@ func (g *Gate) Learned(slot uint32, gen uint64) ([]LearnedAddr, error) {
 	return out, err
 }
 
+// LearnedNames returns the names slot/gen learned addr for, as far as
+// Hostname knows them: a single map lookup, for the records of denials.
+func (g *Gate) LearnedNames(slot uint32, gen uint64, addr netip.Addr) []string {
+	k := gateLearnedKey{Slot: slot, Family: 6}
+	if addr = addr.Unmap(); addr.Is4() {
+		k.Family = 4
+		a4 := addr.As4()
+		copy(k.Addr[:], a4[:])
+	} else {
+		k.Addr = addr.As16()
+	}
+	var v gateLearnedVal
+	if err := g.objs.Learned.Lookup(&k, &v); err != nil || v.Gen != gen {
+		return nil
+	}
+	var names []string
+	now := bootNow()
+	for _, n := range v.Names {
+		if n.ExpiresNs > now {
+			if name := g.Hostname(slot, n.NameHash); name != "" {
+				names = append(names, name)
+			}
+		}
+	}
+	return names
+}
+
 func learnedAddr(family uint8, a [16]uint8) netip.Addr {
 	if family == 4 {
 		return netip.AddrFrom4([4]byte(a[:4]))

@@ -272,12 +272,7 @@ func (d *daemon) startReaders(context.Context) error {
 			})
 		})
 	}
-	launched := func(tgid uint32) {
-		if name, refused := sessions.Launched(tgid); name != "" || refused != "" {
-			log.Info("MCP server launch", "pid", tgid, "server", name, "refused", refused)
-		}
-	}
-	d.wg.Go(func() { d.procs.emitExecs(ctx, joiner, launched, pipe.Emit) })
+	d.wg.Go(func() { d.procs.emitExecs(ctx, joiner, sessions.Launched, pipe.Emit) })
 	d.wg.Go(func() { watchLoss(ctx, gate, d.procs, d.clock, pipe.Emit, log) })
 	d.wg.Go(func() {
 		t := time.NewTicker(time.Second)

@@ -13,6 +13,7 @@ import (
 	"github.com/agentfence/agentfence/sensor"
 	"github.com/agentfence/agentfence/sensor/cgroupmeta"
 	"github.com/agentfence/agentfence/sensor/proccache"
+	"github.com/agentfence/agentfence/session"
 )
 
 // processes is the process sensor: its programs, the cache they feed and
@@ -91,7 +92,7 @@ func (t tee) ReadEvent() (sensor.Event, error) {
 // emitExecs writes an exec record for every exec of a session member and
 // has launched judge whether it is a declared MCP server. The exec records
 // of the host's other processes go no further than the session lookup.
-func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, launched func(tgid uint32), emit func(audit.Record)) {
+func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, launched func(tgid uint32) (session.Launch, bool), emit func(audit.Record)) {
 	if p.execs == nil {
 		return
 	}
@@ -100,10 +101,17 @@ func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, launch
 		case <-ctx.Done():
 			return
 		case ev := <-p.execs:
-			if rec, ok := j.ExecRecord(ev); ok {
-				launched(ev.TGID)
-				emit(rec)
+			rec, ok := j.ExecRecord(ev)
+			if !ok {
+				continue
 			}
+			if l, judged := launched(ev.TGID); judged {
+				emit(attribution.LaunchRecord(rec, l))
+				if again, ok := j.ExecRecord(ev); ok && l.MCP.Session != "" {
+					rec = again // bound: from its exec on it runs as the server
+				}
+			}
+			emit(rec)
 		}
 	}
 }
