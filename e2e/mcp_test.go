@@ -1,20 +1,28 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
+	"github.com/agentfence/agentfence/api/client"
+	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/session"
 )
@@ -161,4 +169,147 @@ func TestMCPServerOverStdio(t *testing.T) {
 			t.Errorf("%s: launch record outcome %+v mcp %+v", tc.name, rec.Outcome, rec.MCP)
 		}
 	}
+}
+
+// A member of the agent's session cannot attach to its bound MCP server
+// (ptrace, process_vm_*, /proc/PID/mem, pidfd_getfd): the server runs in a
+// session of its own, and lsm/ptrace_access_check refuses a member any
+// process outside its session. Where the BPF LSM does not run, the route
+// is open (route 24 in docs/threat-model.md). The server is native here
+// (sleep), so this runs in the vmtest guests, whose kernels run the LSM.
+func TestMCPServerOutOfPtraceReach(t *testing.T) {
+	// Yama's ptrace_scope 1 would refuse the probe, which is not the
+	// server's ancestor; the agent that launched it is, so Yama does not
+	// protect a real server.
+	const yama = "/proc/sys/kernel/yama/ptrace_scope"
+	if scope, err := os.ReadFile(yama); err == nil {
+		if err := os.WriteFile(yama, []byte("0"), 0); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.WriteFile(yama, scope, 0) })
+	}
+	d := startDaemon(t)
+	c := client.New(d.socket)
+	ctx := context.Background()
+	sleep, err := filepath.EvalSymlinks("/bin/sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := c.Open(ctx, v1.OpenRequest{Intent: "borrow the server", Scope: []string{"udp://127.0.0.53:53"},
+		MCP: []v1.MCPServer{{Name: "srv", Command: []string{sleep, "600"}, Scope: []string{"tcp://127.0.0.2:18443"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	children, err := c.List(ctx, url.Values{"parent": {agent.ID}})
+	if err != nil || len(children) != 1 || children[0].MCPServer != "srv" {
+		t.Fatalf("server session: %+v %v", children, err)
+	}
+	server := children[0]
+
+	// The agent launches its server: an exec in the agent's cgroup.
+	cg, err := os.Open(agent.Binding.Cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	srv := exec.Command(sleep, "600")
+	srv.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	pid := uint32(srv.Process.Pid)
+	d.waitRecord(t, "the server's launch", func(r audit.Record) bool {
+		return r.Kind == audit.KindMCP && r.Process.PID == pid && r.MCP.Session == server.ID
+	})
+
+	res := kerneltest.Run(t, agent.Binding.Cgroup, kerneltest.Options{}, kerneltest.VMRead{PID: int(pid)})
+	if !d.lsmActive() {
+		if res[0].Outcome() != "EFAULT" {
+			t.Errorf("without the BPF LSM: %s, want EFAULT (route 24 open here)", res[0].Outcome())
+		}
+		t.Skip("no BPF LSM on this host: route 24 is open (docs/threat-model.md)")
+	}
+	if res[0].Outcome() != "EPERM" {
+		t.Errorf("the agent's vmread of its server: %s, want EPERM", res[0].Outcome())
+	}
+	r := d.waitRecord(t, "ptrace escape", func(r audit.Record) bool {
+		return r.Kind == audit.KindEscape && r.Escape != nil && r.Escape.What == "ptrace" && r.Escape.TargetPID == pid
+	})
+	if !denied(r) || r.Session.ID != agent.ID {
+		t.Errorf("ptrace record: session %s outcome %+v", r.Session.ID, r.Outcome)
+	}
+}
+
+// SIGUSR1 opens node's inspector, a way to run code in the server, on
+// 127.0.0.1:9229. The agent may signal its server, but the server may not
+// listen on a port its scope does not name, and the agent may not connect
+// to one its own scope does not name.
+func TestMCPServerInspectorOutOfReach(t *testing.T) {
+	dir, node := mcpNode(t)
+	d := startDaemon(t)
+	c := client.New(d.socket)
+	ctx := context.Background()
+	script := filepath.Join(dir, "server.mjs")
+	agent, err := c.Open(ctx, v1.OpenRequest{Intent: "open the server's inspector", Scope: []string{"udp://127.0.0.53:53"},
+		MCP: []v1.MCPServer{{Name: "tickets", Command: []string{node, script}, Scope: []string{"tcp://127.0.0.2:18443"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg, err := os.Open(agent.Binding.Cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	srv := exec.Command(node, script)
+	srv.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL}
+	stdin, err := srv.StdinPipe() // a stdio server exits at the end of its input
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Stderr = stderr
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); srv.Process.Kill(); srv.Wait() })
+	pid := uint32(srv.Process.Pid)
+	launch := d.waitRecord(t, "the server's launch", func(r audit.Record) bool {
+		return r.Kind == audit.KindMCP && r.Process.PID == pid
+	})
+	if launch.MCP.Session == "" {
+		t.Fatalf("the server was not bound: %+v", launch.Outcome)
+	}
+
+	// Until node handles SIGUSR1, the signal kills it.
+	waitFor(t, "SIGUSR1 handler in node", func() bool { return catches(int(pid), syscall.SIGUSR1) })
+	if err := srv.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	bind := d.recordOf(t, "the inspector's bind", audit.KindBind, pid, nil)
+	if !denied(bind) || bind.Session.ID != launch.MCP.Session || bind.Destination == nil || bind.Destination.Port != 9229 {
+		t.Errorf("inspector bind: session %s outcome %+v destination %+v", bind.Session.ID, bind.Outcome, bind.Destination)
+	}
+	if b, _ := os.ReadFile(stderr.Name()); strings.Contains(string(b), "Debugger listening") {
+		t.Errorf("the inspector listens: %s", b)
+	}
+	res := kerneltest.Run(t, agent.Binding.Cgroup, kerneltest.Options{}, kerneltest.Connect{Addr: netip.MustParseAddrPort("127.0.0.1:9229")})
+	if res[0].Outcome() != "EPERM" {
+		t.Errorf("the agent's connect to the inspector port: %s, want EPERM", res[0].Outcome())
+	}
+}
+
+// catches reports whether process pid has a handler for sig.
+func catches(pid int, sig syscall.Signal) bool {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<(sig-1)) != 0
+		}
+	}
+	return false
 }

@@ -37,17 +37,26 @@ func (d *daemon) openSession(t *testing.T, args ...string) v1.Session {
 // waitRecord polls the audit file until a record matching match appears.
 func (d *daemon) waitRecord(t *testing.T, what string, match func(audit.Record) bool) audit.Record {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	var found audit.Record
+	waitFor(t, "a "+what+" record in the audit trail", func() bool {
 		for _, r := range d.records(t) {
 			if match(r) {
-				return r
+				found = r
+				return true
 			}
 		}
+		return false
+	})
+	return found
+}
+
+// waitFor polls cond until it holds, for at most 15 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); !cond(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("no %s record in the audit trail", what)
+			t.Fatalf("no %s", what)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

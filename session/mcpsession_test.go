@@ -53,6 +53,13 @@ func TestOpenMCPServer(t *testing.T) {
 	if got := e.k.scopeOf(es.slot); len(got) != 1 {
 		t.Errorf("server scope in the kernel: %v", got)
 	}
+	// The server session's records name the server; the agent's do not.
+	if m := e.recs.find(t, server.ID, "opened").MCP; m == nil || m.Server != "tickets" || m.Serves != agent.ID || m.Session != server.ID {
+		t.Errorf("server session's opened record: mcp %+v", m)
+	}
+	if m := e.recs.find(t, agent.ID, "opened").MCP; m != nil {
+		t.Errorf("agent session's opened record: mcp %+v", m)
+	}
 	// Narrowing the agent's session leaves the server's scope alone.
 	if _, err := e.r.Narrow(agent.ID, v1.NarrowRequest{Scope: []string{"tcp://127.0.0.1:8080"}}, admin); err != nil {
 		t.Fatal(err)

@@ -93,7 +93,7 @@ func (r *Registry) now() time.Time { return r.clock.Wall(boottime.Now()) }
 
 func baseRecord(e *entry, t time.Time, kind string) audit.Record {
 	a := e.attribution()
-	return audit.Record{Schema: audit.SchemaVersion, Time: t, Kind: kind, Session: &a.Session, Origin: a.Origin, Agent: a.Agent}
+	return audit.Record{Schema: audit.SchemaVersion, Time: t, Kind: kind, Session: &a.Session, Origin: a.Origin, Agent: a.Agent, MCP: a.MCP}
 }
 
 // lifecycle queues a session record; the change that calls it delivers it.
