@@ -67,6 +67,10 @@ func judgeLaunch(servers []mcpServer, pid int) (int, string) {
 			break
 		}
 	}
+	// A traced process runs whatever its tracer writes into it.
+	if readStatus(proc).tracer != 0 {
+		return named, LaunchInjection
+	}
 	env, _ := readNul(proc + "/environ")
 	for _, kv := range env {
 		name, _, _ := strings.Cut(kv, "=")
@@ -96,7 +100,7 @@ func checkLaunch(s mcpServer, argv []string, proc string) string {
 	if id, _, err := statID(script); err != nil || id != s.script {
 		return LaunchIdentityMismatch
 	}
-	if writableBy(script, procCreds(proc)) {
+	if writableBy(script, readStatus(proc)) {
 		return LaunchWritable
 	}
 	if h := s.decl.ScriptSHA256; h != "" {
@@ -133,17 +137,19 @@ func launchedScript(s mcpServer, argv []string, proc string) (string, string) {
 	return script, ""
 }
 
-// creds are the ids a process writes files with.
-type creds struct {
+// procStatus is what the judgement reads of /proc/PID/status: the ids the
+// process writes files with, and its tracer.
+type procStatus struct {
 	uid    int // -1 when unknown
 	groups []int
+	tracer int // TracerPid: 0 when none
 }
 
 // writableBy reports whether a process with c could replace path or what
 // it is found through: the file itself or any directory above it. Root
 // is left out: a launcher that is root in the initial user namespace
 // holds the keys anyway (docs/threat-model.md).
-func writableBy(path string, c creds) bool {
+func writableBy(path string, c procStatus) bool {
 	if c.uid == 0 {
 		return false
 	}
@@ -169,9 +175,9 @@ func writableBy(path string, c creds) bool {
 	}
 }
 
-// procCreds reads a process's effective uid and its groups.
-func procCreds(proc string) creds {
-	c := creds{uid: -1}
+// readStatus reads a process's effective uid, its groups and its tracer.
+func readStatus(proc string) procStatus {
+	c := procStatus{uid: -1}
 	b, err := os.ReadFile(proc + "/status")
 	if err != nil {
 		return c
@@ -186,6 +192,8 @@ func procCreds(proc string) creds {
 			if len(f) >= 3 {
 				c.uid, _ = strconv.Atoi(f[2])
 			}
+		case "TracerPid:":
+			c.tracer, _ = strconv.Atoi(f[1])
 		case "Gid:", "Groups:":
 			if f[0] == "Gid:" && len(f) >= 3 {
 				f = f[:3] // the effective gid

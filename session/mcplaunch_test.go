@@ -104,6 +104,21 @@ func TestJudgeLaunch(t *testing.T) {
 		})
 	}
 
+	// A traced process runs whatever its tracer writes into it: one that
+	// asked to be traced before its exec (PTRACE_TRACEME) is not the server.
+	t.Run("traced", func(t *testing.T) {
+		cmd := exec.Command(node, script)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Ptrace: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		waitExeced(t, cmd.Process.Pid)
+		if i, reason := judgeLaunch(servers, cmd.Process.Pid); i != 0 || reason != LaunchInjection {
+			t.Errorf("judgeLaunch = %d %q, want 0 %q", i, reason, LaunchInjection)
+		}
+	})
+
 	// A launcher that could swap the script (its owner, here) does not get
 	// the server's scope.
 	t.Run("script writable by the launcher", func(t *testing.T) {
