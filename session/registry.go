@@ -164,11 +164,12 @@ func NewRegistry(cfg Config, d Deps) *Registry {
 	return r
 }
 
-// rebuildFree lists the slots no session holds. Slot 0 is never used, so a
+// rebuildFree lists the slots no session holds, up to max_sessions (a
+// restored session may hold one above it). Slot 0 is never used, so a
 // zeroed binding can never name a session.
 func (r *Registry) rebuildFree() {
 	r.free = r.free[:0]
-	for s := len(r.gens) - 1; s >= 1; s-- {
+	for s := r.cfg.MaxSessions; s >= 1; s-- {
 		if _, used := r.bySlot[uint32(s)]; !used {
 			r.free = append(r.free, uint32(s))
 		}

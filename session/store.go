@@ -251,9 +251,22 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 		return 0, 0, err
 	}
 	for _, p := range st.Sessions {
-		if int(p.Slot) <= 0 || int(p.Slot) >= len(r.gens) || r.bySlot[p.Slot] != nil {
+		if int(p.Slot) <= 0 || int(p.Slot) >= r.kernel.Slots() || r.bySlot[p.Slot] != nil {
 			r.log.Warn("state: session with a bad or duplicate slot dropped", "session", p.ID, "slot", p.Slot)
 			continue
+		}
+		if int(p.Slot) >= len(r.gens) {
+			// max_sessions was lowered while it was open. Dropping it
+			// would leave its members bound in the kernel with no session
+			// to record them: it is kept until it ends, and new sessions
+			// wait below the limit (rebuildFree).
+			r.log.Warn("state: session above max_sessions kept until it ends", "session", p.ID, "slot", p.Slot, "max_sessions", r.cfg.MaxSessions)
+			grown := slices.Clone(r.gens)
+			for len(grown) <= int(p.Slot) {
+				st, _ := r.kernel.Session(uint32(len(grown)))
+				grown = append(grown, st.Gen)
+			}
+			r.write(func() { r.gens = grown })
 		}
 		e := &entry{Session: p.Session, slot: p.Slot, gen: p.Gen}
 		var perr error

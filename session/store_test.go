@@ -314,7 +314,7 @@ func TestRestoreBadSlots(t *testing.T) {
 	zero := good
 	zero.ID, zero.Slot = "s-zero", 0
 	high := good
-	high.ID, high.Slot = "s-high", uint32(e.cfg.MaxSessions+1)
+	high.ID, high.Slot = "s-high", uint32(e.k.Slots()) // past the kernel's maps
 	badScope := good
 	badScope.ID, badScope.Slot, badScope.Scope = "s-badscope", good.Slot+1, []string{"nonsense://x"}
 	st.Sessions = []persisted{good, dup, zero, high, badScope}
@@ -428,5 +428,38 @@ func TestRestoreBindsRunningMembers(t *testing.T) {
 	// they are members by cgroup, bound early.
 	if g := e.get(t, a.ID); len(g.Binding.PIDs) != 1 {
 		t.Errorf("a's pids = %v", g.Binding.PIDs)
+	}
+}
+
+// A daemon restarted with a lower max_sessions keeps the sessions above it
+// (their members stay bound in the kernel and recorded) and opens new ones
+// only below it.
+func TestRestoreAboveLoweredMaxSessions(t *testing.T) {
+	e := stateEnv(t)
+	var opened []string
+	for i := range 3 {
+		opened = append(opened, e.open(t, req(fmt.Sprint("s", i), "tcp://127.0.0.1:443"), admin).ID)
+	}
+	e.cfg.MaxSessions = 1
+	r2 := e.registry(e.k)
+	if _, _, err := r2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(r2.List(Filter{})); len(got) != 3 {
+		t.Fatalf("after restore with max_sessions 1: %v, want all three", got)
+	}
+	_, err := r2.Open(req("new", "tcp://127.0.0.1:443"), admin)
+	wantErr(t, err, v1.CodeCapacity, "")
+	var low string
+	for _, id := range opened {
+		if r2.byID[id].slot == 1 {
+			low = id
+		}
+	}
+	if err := r2.Close(low, admin); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := r2.Open(req("new", "tcp://127.0.0.1:443"), admin); err != nil || r2.byID[s.ID].slot != 1 {
+		t.Fatalf("open below the limit after a close: %v", err)
 	}
 }

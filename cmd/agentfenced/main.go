@@ -103,8 +103,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	d := &daemon{cfg: cfg, log: log, errc: make(chan error, 8)}
 	defer d.stop()
-	// Audit first: everything after it is recorded.
-	for _, start := range []func(context.Context) error{d.startAudit(stdout), d.startGate, d.startSessions, d.startAPI, d.startReaders, d.startMetrics} {
+	// Audit first: everything after it is recorded. The readers before
+	// the API: a Close waits for them (Registry.SetEventSync).
+	for _, start := range []func(context.Context) error{d.startAudit(stdout), d.startGate, d.startSessions, d.startReaders, d.startAPI, d.startMetrics} {
 		if err := start(ctx); err != nil {
 			return err
 		}
