@@ -251,6 +251,7 @@ func appendAgentfence(dst []byte, u *AgentfenceData) []byte {
 	dst = appendOptString(dst, `,"verdict":`, u.Verdict)
 	dst = appendOptString(dst, `,"reason":`, u.Reason)
 	dst = appendOptString(dst, `,"errno":`, u.Errno)
+	dst = appendOptString(dst, `,"held_by":`, u.HeldBy)
 	dst = appendOptString(dst, `,"event":`, u.Event)
 	dst = appendOptString(dst, `,"intent":`, u.Intent)
 	dst = appendOptString(dst, `,"session_mode":`, u.SessionMode)
@@ -289,6 +290,10 @@ func appendAgentfence(dst []byte, u *AgentfenceData) []byte {
 		dst = appendOptString(dst, `,"refused_by":`, s.RefusedBy)
 		dst = append(dst, '}')
 	}
+	if m := u.MCP; m != nil {
+		dst = append(dst, `,"mcp":`...)
+		dst = appendMCP(dst, m)
+	}
 	return append(dst, '}')
 }
 
@@ -303,6 +308,18 @@ func appendEscape(dst []byte, e *audit.Escape) []byte {
 	dst = appendOptUint(dst, `,"netns":`, e.NetNS)
 	dst = appendOptString(dst, `,"via":`, e.Via)
 	dst = appendOptUint(dst, `,"target_pid":`, uint64(e.TargetPID))
+	return append(dst, '}')
+}
+
+// appendMCP encodes audit.MCP by its own json tags.
+func appendMCP(dst []byte, m *audit.MCP) []byte {
+	dst = append(dst, `{"server":`...)
+	dst = appendString(dst, m.Server)
+	dst = appendOptString(dst, `,"session":`, m.Session)
+	dst = appendOptString(dst, `,"serves":`, m.Serves)
+	dst = appendOptString(dst, `,"exe":`, m.Exe)
+	dst = appendOptString(dst, `,"script":`, m.Script)
+	dst = appendOptString(dst, `,"script_sha256":`, m.ScriptSHA256)
 	return append(dst, '}')
 }
 

@@ -78,21 +78,24 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 		},
 		Destination: &audit.Destination{IP: "10.0.0.1" + s, Port: 65535, Protocol: "udp", Hostname: "h" + s},
 		Source:      &audit.Destination{IP: "192.0.2.7" + s, Port: 40000, Protocol: "tcp", Hostname: "src" + s},
-		Outcome:     &audit.Outcome{Verdict: verdict, Rule: "rule" + s, Reason: "reason" + s, Errno: "EPERM" + s, Suppressed: 3},
+		Outcome:     &audit.Outcome{Verdict: verdict, Rule: "rule" + s, Reason: "reason" + s, Errno: "EPERM" + s, Suppressed: 3, HeldBy: "held" + s},
 		Gap:         &audit.Gap{Source: "src" + s, Count: 9, FirstSeq: 1, LastSeq: 1<<64 - 1},
 		Escape:      &audit.Escape{What: "what" + s, Cgroup: "/cg" + s, CgroupID: 1<<64 - 1, ByPID: 5, ChildPID: 4294967295, NetNS: 4026531840, Via: "via" + s, TargetPID: 6},
 		Socket:      &audit.Socket{Family: "packet" + s, Type: "raw" + s, Protocol: -768, RefusedBy: "seccomp" + s},
 		Query:       &audit.Query{Name: "q" + s, Truncated: true, Type: "TXT" + s},
+		MCP:         &audit.MCP{Server: "srv" + s, Session: "ses_srv" + s, Serves: "ses" + s, Exe: "/usr/bin/node" + s, Script: "/opt/" + s + "/index.js", ScriptSHA256: "sha" + s},
 		Event:       event, Actor: "actor" + s,
 	}
 }
 
 // allKinds and allVerdicts are indexed by fuzzRecord: new values go at the
-// end, so the seed corpus keeps the records it was written for.
+// end, so the seed corpus keeps the records it was written for. A kind
+// byte whose low four bits are 15 stays an unknown kind while allKinds
+// has fewer than 16 kinds.
 var allKinds = []string{
 	audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy,
 	audit.KindExec, audit.KindSession, audit.KindDNS, audit.KindGap, audit.KindEscape,
-	audit.KindBind, audit.KindInbound,
+	audit.KindBind, audit.KindInbound, audit.KindMCP,
 }
 
 var allVerdicts = []string{audit.VerdictAllowed, audit.VerdictDenied, audit.VerdictWouldDeny, audit.VerdictDestroyed, audit.VerdictFlagged, "", "other", audit.VerdictDetected}
@@ -140,7 +143,9 @@ var recordDrops = []struct {
 	{"destination-no-address-no-socket", func(r *audit.Record) {
 		r.Destination.IP, r.Destination.Port, r.Destination.Hostname, r.Socket = "", 0, "", nil
 	}},
-	{"outcome-verdict-only", func(r *audit.Record) { r.Outcome.Rule, r.Outcome.Reason, r.Outcome.Errno = "", "", "" }},
+	{"outcome-verdict-only", func(r *audit.Record) {
+		r.Outcome.Rule, r.Outcome.Reason, r.Outcome.Errno, r.Outcome.HeldBy = "", "", "", ""
+	}},
 	{"gap-zero", func(r *audit.Record) { r.Gap.FirstSeq, r.Gap.LastSeq, r.Gap.Count = 0, 0, 0 }},
 	{"session-no-mode-parent", func(r *audit.Record) { r.Session.Mode, r.Session.Parent = "", "" }},
 	{"session-caps-only", func(r *audit.Record) {
@@ -159,6 +164,10 @@ var recordDrops = []struct {
 		*r = audit.Record{Kind: r.Kind, Event: r.Event, Actor: r.Actor}
 	}},
 	{"empty-process-only", func(r *audit.Record) { *r = audit.Record{Kind: r.Kind, Process: &audit.Process{}} }},
+	{"no-mcp", func(r *audit.Record) { r.MCP = nil }},
+	{"mcp-server-only", func(r *audit.Record) {
+		r.MCP.Session, r.MCP.Serves, r.MCP.Exe, r.MCP.Script, r.MCP.ScriptSHA256 = "", "", "", "", ""
+	}},
 }
 
 // encodeTable is every kind crossed with every verdict and session event,
@@ -266,13 +275,14 @@ func fullEvent(s string) Event {
 		LogName:      "log" + s,
 		Unmapped: &Unmapped{Agentfence: AgentfenceData{
 			Schema: "sch" + s, Kind: "k" + s, Seq: 3, PrevHash: "ph" + s, Verdict: "ve" + s, Reason: "re" + s,
-			Errno: "er" + s, Event: "ev" + s, Intent: "in" + s, SessionMode: "sm" + s, ParentSession: "ps" + s,
+			Errno: "er" + s, HeldBy: "hb" + s, Event: "ev" + s, Intent: "in" + s, SessionMode: "sm" + s, ParentSession: "ps" + s,
 			OriginKind: "ok" + s, OriginPrincipal: "op" + s, AgentVersion: "av" + s, AgentOwner: "ao" + s,
 			GID: &gid, PPID: 4, CgroupID: 5, Cgroup: "cg" + s,
 			Gap:         &audit.Gap{Source: "gs" + s, Count: 6, FirstSeq: 7, LastSeq: 8},
 			Destination: &Destination{Protocol: "pr" + s},
 			Escape:      &audit.Escape{What: "wh" + s, Cgroup: "cg" + s, CgroupID: 9, ByPID: 10, ChildPID: 11, NetNS: 12, Via: "vi" + s, TargetPID: 13},
 			Socket:      &audit.Socket{Family: "fa" + s, Type: "ty" + s, Protocol: 13, RefusedBy: "rb" + s},
+			MCP:         &audit.MCP{Server: "sv" + s, Session: "se" + s, Serves: "sr" + s, Exe: "ex" + s, Script: "sc" + s, ScriptSHA256: "ss" + s},
 		}},
 	}
 }
@@ -336,7 +346,7 @@ func TestAppendEventMatchesEncodingJSON(t *testing.T) {
 		empty.Process = &Process{File: &File{Hashes: []Fingerprint{{}, {Algorithm: s}}}, User: &User{}, Container: &Container{}, ParentProcess: &Process{}, Lineage: []string{}}
 		empty.DstEndpoint, empty.SrcEndpoint, empty.ConnectionInfo, empty.Query = &Endpoint{}, &Endpoint{}, &ConnectionInfo{}, &DNSQuery{}
 		empty.Entity, empty.FirewallRule, empty.Device = &ManagedEntity{Data: &SessionData{KeptCaps: []string{}}}, &Rule{}, &Device{}
-		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}, Escape: &audit.Escape{}, Socket: &audit.Socket{}}}
+		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}, Escape: &audit.Escape{}, Socket: &audit.Socket{}, MCP: &audit.MCP{}}}
 		empty.Metadata = Metadata{Profiles: []string{}}
 		variants = append(variants, empty)
 		for i, ev := range variants {
@@ -389,10 +399,10 @@ func FuzzOCSFMatchesReference(f *testing.F) {
 	})
 }
 
-// fuzzRecord spreads the fuzzed values over a record: kind picks the kind
-// (or uses a), flags pick the verdict, the session event and which
-// optional parts are present, and the four strings rotate through every
-// string member.
+// fuzzRecord spreads the fuzzed values over a record: kind's low four bits
+// pick the kind (or use a), its high four the session event (or use b),
+// flags the verdict and which optional parts are present, and the four
+// strings rotate through every string member.
 func fuzzRecord(kind uint8, flags uint32, a, b, c, d string, n uint64, m uint32, ms int64, port uint16) audit.Record {
 	strs := [4]string{a, b, c, d}
 	next := int(flags >> 28)
@@ -400,7 +410,9 @@ func fuzzRecord(kind uint8, flags uint32, a, b, c, d string, n uint64, m uint32,
 	bit := func(i uint) bool { return flags&(1<<i) != 0 }
 
 	r := audit.Record{Schema: s(), Time: time.UnixMilli(ms), Seq: n, PrevHash: s(), Host: s(), Actor: s()}
-	if k := int(kind) % (len(allKinds) + 1); k < len(allKinds) {
+	// Not a modulus of len(allKinds): a kind added would move every seed
+	// past the old end.
+	if k := int(kind & 0x0f); k < len(allKinds) {
 		r.Kind = allKinds[k]
 	} else {
 		r.Kind = a
@@ -474,6 +486,12 @@ func fuzzRecord(kind uint8, flags uint32, a, b, c, d string, n uint64, m uint32,
 	}
 	if bit(20) {
 		r.Query = &audit.Query{Name: s(), Type: s(), Truncated: bit(22)}
+	}
+	if bit(23) {
+		r.MCP = &audit.MCP{Server: s(), Session: s(), Serves: s(), Exe: s(), Script: s(), ScriptSHA256: s()}
+	}
+	if bit(24) && r.Outcome != nil {
+		r.Outcome.HeldBy = s()
 	}
 	return r
 }

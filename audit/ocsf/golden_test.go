@@ -47,6 +47,7 @@ var goldenDrops = map[string][]string{
 		"no-outcome", "outcome-verdict-only",
 		"no-process", "process-running-no-parent", "process-no-exe", "process-no-hash-no-container",
 		"process-pod-only", "process-container-only-pid-0", "empty-process-only", "kind-event-actor-only",
+		"no-mcp", "mcp-server-only",
 	},
 	audit.KindDNS: {
 		"no-destination", "destination-hostname-only", "destination-tcp-no-hostname", "query-no-type-no-hostname",
@@ -60,6 +61,10 @@ var goldenDrops = map[string][]string{
 		"no-session", "session-no-mode-parent", "session-caps-only", "session-no-data", "session-empty-caps",
 		"no-process", "no-host-seq-event-actor", "kind-event-actor-only",
 	},
+	audit.KindMCP: {
+		"no-mcp", "no-process", "process-running-no-parent", "no-outcome", "no-session",
+		"empty-process-only", "kind-event-actor-only",
+	},
 	audit.KindGap:     {"no-gap", "gap-zero", "kind-event-actor-only"},
 	audit.KindEscape:  {"no-escape", "escape-what-only", "no-process", "no-outcome", "no-host-seq-event-actor", "kind-event-actor-only"},
 	"future_kind":     {"no-process", "empty-process-only", "kind-event-actor-only"},
@@ -72,7 +77,7 @@ var goldenDrops = map[string][]string{
 // one where it is only carried over.
 func goldenVerdicts(kind string) []string {
 	switch kind {
-	case audit.KindConnect, audit.KindDNS, audit.KindExec, audit.KindEscape:
+	case audit.KindConnect, audit.KindDNS, audit.KindExec, audit.KindEscape, audit.KindMCP:
 		return allVerdicts
 	case audit.KindSendmsg, audit.KindSocket, audit.KindDestroy, audit.KindBind, audit.KindInbound:
 		return []string{audit.VerdictAllowed, audit.VerdictDenied}

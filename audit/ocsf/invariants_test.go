@@ -39,7 +39,7 @@ func wantClass(kind string) int {
 		return 4001
 	case audit.KindDNS:
 		return 4003
-	case audit.KindExec, audit.KindEscape:
+	case audit.KindExec, audit.KindEscape, audit.KindMCP:
 		return 1007
 	case audit.KindSession:
 		return 3004
@@ -191,6 +191,9 @@ func checkInvariants(r *audit.Record, productVersion string, b []byte) error {
 		if p := r.Process; p != nil && !strings.Contains(msg, decoded(" by "+p.Comm+"["+strconv.FormatUint(uint64(p.PID), 10)+"]")) {
 			c.errorf("message %q does not name the process", msg)
 		}
+		if m := r.MCP; m != nil && !strings.HasSuffix(msg, decoded(" server "+m.Server)) {
+			c.errorf("message %q does not name the MCP server", msg)
+		}
 	}
 	return errors.Join(c.errs...)
 }
@@ -217,7 +220,7 @@ func (c *eventCheck) checkUnmapped(r *audit.Record, class int) {
 		path string
 		want string
 	}{
-		{"verdict", o.Verdict}, {"reason", o.Reason}, {"errno", o.Errno},
+		{"verdict", o.Verdict}, {"reason", o.Reason}, {"errno", o.Errno}, {"held_by", o.HeldBy},
 		{"intent", s.Intent}, {"session_mode", s.Mode}, {"parent_session", s.Parent},
 		{"origin_kind", og.Kind}, {"origin_principal", og.Principal},
 		{"agent_version", ag.Version}, {"agent_owner", ag.Owner},
@@ -243,6 +246,15 @@ func (c *eventCheck) checkUnmapped(r *audit.Record, class int) {
 		c.eq(u+"escape.what", r.Escape.What)
 		c.opt(u+"escape.target_pid", r.Escape.TargetPID)
 	}
+	c.present(u+"mcp", r.MCP != nil) // whatever the kind: any record of a server's process
+	if m := r.MCP; m != nil {
+		c.eq(u+"mcp.server", m.Server)
+		c.opt(u+"mcp.session", m.Session)
+		c.opt(u+"mcp.serves", m.Serves)
+		c.opt(u+"mcp.exe", m.Exe)
+		c.opt(u+"mcp.script", m.Script)
+		c.opt(u+"mcp.script_sha256", m.ScriptSHA256)
+	}
 	c.present(u+"socket", class == 4001 && r.Socket != nil)
 	if class == 4001 && r.Socket != nil {
 		c.eq(u+"socket.family", r.Socket.Family)
@@ -266,7 +278,8 @@ func (c *eventCheck) checkControl(r *audit.Record, class int) {
 	if has("host") != host {
 		c.errorf("profile host: %v, want %v", has("host"), host)
 	}
-	control := class == 4001 || class == 4003 || r.Kind == audit.KindEscape || (r.Kind == audit.KindExec && r.Outcome != nil)
+	control := class == 4001 || class == 4003 || r.Kind == audit.KindEscape || r.Kind == audit.KindMCP ||
+		(r.Kind == audit.KindExec && r.Outcome != nil)
 	if has("security_control") != control {
 		c.errorf("profile security_control: %v, want %v", has("security_control"), control)
 	}
@@ -298,6 +311,14 @@ func (c *eventCheck) checkSubject(r *audit.Record, class int) {
 		c.opt("process.file.path", p.Exe)
 		c.present("actor", true)
 		c.present("device", true)
+		if r.Kind == audit.KindMCP || (r.Kind == audit.KindExec && p.ExitCode == nil) {
+			// A launch, by the parent that called execve.
+			c.eq("activity_id", 1)
+			c.eq("activity_name", "Launch")
+			if p.PPID != 0 {
+				c.eq("actor.process.pid", p.PPID)
+			}
+		}
 	case 4001, 4003, 1008:
 		if r.Process != nil && r.Kind != audit.KindGap {
 			c.opt("actor.process.pid", p.PID)

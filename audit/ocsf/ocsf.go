@@ -242,6 +242,7 @@ type AgentfenceData struct {
 	Verdict         string       `json:"verdict,omitempty"`
 	Reason          string       `json:"reason,omitempty"`
 	Errno           string       `json:"errno,omitempty"`
+	HeldBy          string       `json:"held_by,omitempty"`
 	Event           string       `json:"event,omitempty"`
 	Intent          string       `json:"intent,omitempty"`
 	SessionMode     string       `json:"session_mode,omitempty"`
@@ -262,6 +263,10 @@ type AgentfenceData struct {
 	// Socket is a member's socket of a family no cgroup hook judges (kind
 	// socket): OCSF's connection_info has no socket family or layer.
 	Socket *audit.Socket `json:"socket,omitempty"`
+	// MCP is the MCP server the acting process runs as, or the one a
+	// launch was judged against (kind mcp): OCSF 1.3.0 knows no MCP
+	// server.
+	MCP *audit.MCP `json:"mcp,omitempty"`
 }
 
 // Destination repeats the record's destination when the OCSF class has no
@@ -324,6 +329,7 @@ type scratch struct {
 	gap          audit.Gap
 	escape       audit.Escape
 	socket       audit.Socket
+	mcp          audit.MCP
 	gid          uint32
 	act, disp    int
 	profiles     [3]string
@@ -377,7 +383,11 @@ func (e Encoder) fill(sc *scratch, r *audit.Record) {
 		u.GID, u.PPID, u.CgroupID, u.Cgroup = &sc.gid, p.PPID, p.CgroupID, p.Cgroup
 	}
 	if o := r.Outcome; o != nil {
-		u.Verdict, u.Reason, u.Errno = o.Verdict, o.Reason, o.Errno
+		u.Verdict, u.Reason, u.Errno, u.HeldBy = o.Verdict, o.Reason, o.Errno, o.HeldBy
+	}
+	if m := r.MCP; m != nil {
+		sc.mcp = *m
+		u.MCP = &sc.mcp
 	}
 
 	switch r.Kind {
@@ -393,6 +403,8 @@ func (e Encoder) fill(sc *scratch, r *audit.Record) {
 		gap(sc, r)
 	case audit.KindEscape:
 		escape(sc, r)
+	case audit.KindMCP:
+		mcp(sc, r)
 	default:
 		// An unknown kind from a newer daemon still reaches the SIEM as
 		// an Event Log Activity "Other" rather than being dropped.
@@ -469,8 +481,11 @@ func verdict(sc *scratch, o *audit.Outcome) int {
 			act, actName, disp, dispName, sev = actionAllowed, "Allowed", dispDetected, "Detected", sevLow
 			ev.StatusID, ev.Status = statusSuccess, "Success"
 		case audit.VerdictFlagged:
-			// An escape attempt: the act happened, changed nothing for
-			// the gate, and is hostile.
+			// An escape attempt, or an exec of a declared MCP server's
+			// executable that is not the server: the act happened and
+			// changed nothing for the gate (the process keeps its
+			// session), and it is how an agent would try to take
+			// another scope.
 			act, actName, disp, dispName, sev = actionAllowed, "Allowed", dispDetected, "Detected", sevHigh
 			ev.StatusID, ev.Status = statusSuccess, "Success"
 		case audit.VerdictDetected:
@@ -566,6 +581,26 @@ func exec(sc *scratch, r *audit.Record) {
 	if r.Outcome != nil {
 		sev = verdict(sc, r.Outcome)
 	}
+	launch(sc, r, activity, name, sev)
+}
+
+// mcp maps the judgement of a member's exec of a declared MCP server's
+// executable to a Launch of the exec'd process, as exec does: the launch
+// is what was judged, and the verdict (allowed: it is the server;
+// flagged: it is not, outcome.reason says why) fits the security_control
+// profile like any other. Not activity 4 Inject, though one reason is
+// injection: OCSF means a process injecting into another, and an
+// injecting variable is part of the launch. Not a Detection Finding
+// either: an allowed launch finds nothing. The server is in
+// unmapped.agentfence.mcp.
+func mcp(sc *scratch, r *audit.Record) {
+	launch(sc, r, 1, "Launch", verdict(sc, r.Outcome))
+}
+
+// launch fills a Process Activity about r's process as launched by its
+// parent.
+func launch(sc *scratch, r *audit.Record, activity int, name string, sev int) {
+	ev := &sc.ev
 	classify(ev, catSystem, ClassProcessActivity, activity, name, sev)
 	addProfile(sc, "host")
 	ev.Process = processOf(sc, r.Process)
@@ -795,6 +830,10 @@ func message(r *audit.Record) string {
 			b = append(b, " into "...)
 			b = append(b, e.Cgroup...)
 		}
+	}
+	if m := r.MCP; m != nil {
+		b = append(b, " server "...)
+		b = append(b, m.Server...)
 	}
 	return string(b)
 }

@@ -114,7 +114,32 @@ func records() []audit.Record {
 	nd.Outcome = &audit.Outcome{Verdict: audit.VerdictDenied}
 	nd.Destination = &audit.Destination{IP: "::1"}
 	out = append(out, nd)
-	return out
+	// A member launches the declared server github: as declared, and with
+	// an injecting variable (it stays the agent's). Then the server's own
+	// connect, and the agent's denied one to where only the server may go.
+	github := audit.MCP{Server: "github", Session: "ses_2", Serves: "ses_1", Exe: "/usr/bin/node",
+		Script: "/opt/mcp/github/index.js", ScriptSHA256: "9f86d081"}
+	node := func(kind string) audit.Record {
+		r := base(kind)
+		r.Process = &audit.Process{PID: 20, PPID: 10, UID: 1000, Comm: "node", Exe: "/usr/bin/node",
+			Argv: []string{"node", "/opt/mcp/github/index.js"}, ContainerID: "c1"}
+		return r
+	}
+	api := audit.Destination{IP: "140.82.112.6", Port: 443, Protocol: "tcp", Hostname: "api.github.com"}
+	launched := node(audit.KindMCP)
+	launched.Outcome, launched.MCP = &audit.Outcome{Verdict: audit.VerdictAllowed}, &github
+	judged := github
+	judged.Session = "" // it runs in no session of the server's
+	injected := node(audit.KindMCP)
+	injected.Outcome, injected.MCP = &audit.Outcome{Verdict: audit.VerdictFlagged, Reason: "injection"}, &judged
+	served := node(audit.KindConnect)
+	served.Session = &audit.Session{ID: "ses_2", Intent: "triage issue 12", Mode: "enforce", Parent: "ses_1"}
+	served.Destination, served.MCP = &api, &github
+	served.Outcome = &audit.Outcome{Verdict: audit.VerdictAllowed, Rule: "allow api.github.com:443"}
+	held := base(audit.KindConnect)
+	held.Destination = &api
+	held.Outcome = &audit.Outcome{Verdict: audit.VerdictDenied, Reason: audit.ReasonHeldByMCPServer, Errno: "EPERM", HeldBy: "github"}
+	return append(out, launched, injected, served, held)
 }
 
 func lookup(m map[string]any, path string) (any, bool) {
