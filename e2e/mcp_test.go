@@ -34,18 +34,7 @@ var npmErr error
 // e2e/testdata/mcp) once per test binary and returns their directory.
 func mcpNode(t *testing.T) (dir, node string) {
 	t.Helper()
-	if privtest.Emulated() {
-		// What it tests is the daemon's judgement of an exec and a pid
-		// binding, which the kernel tests of the matrix cover.
-		t.Skip("the vmtest guests carry no node; the MCP stack is tested on the host")
-	}
-	node, err := exec.LookPath("node")
-	if err == nil {
-		node, err = filepath.EvalSymlinks(node)
-	}
-	if err != nil {
-		privtest.Unavailable(t, "node: "+err.Error())
-	}
+	node = nodeExe(t)
 	dir, _ = filepath.Abs("testdata/mcp/node")
 	npmOnce.Do(func() {
 		out, err := exec.Command("npm", "ci", "--prefix", dir, "--no-audit", "--no-fund", "--prefer-offline").CombinedOutput()
@@ -57,6 +46,25 @@ func mcpNode(t *testing.T) (dir, node string) {
 		privtest.Unavailable(t, npmErr.Error())
 	}
 	return dir, node
+}
+
+// nodeExe is node's executable, links resolved, as a declaration of a
+// node server resolves it.
+func nodeExe(tb testing.TB) string {
+	tb.Helper()
+	if privtest.Emulated() {
+		// What it tests is the daemon's judgement of an exec and a pid
+		// binding, which the kernel tests of the matrix cover.
+		tb.Skip("the vmtest guests carry no node; the MCP stack is tested on the host")
+	}
+	node, err := exec.LookPath("node")
+	if err == nil {
+		node, err = filepath.EvalSymlinks(node)
+	}
+	if err != nil {
+		privtest.Unavailable(tb, "node: "+err.Error())
+	}
+	return node
 }
 
 // apiStandIn is the SaaS API: it answers every POST with what it got.

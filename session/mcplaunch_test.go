@@ -15,7 +15,7 @@ import (
 
 // launch starts argv (in dir, with env added) and returns its pid; the
 // process sleeps until the test ends.
-func launch(t *testing.T, dir string, env []string, cred *syscall.Credential, argv ...string) int {
+func launch(t testing.TB, dir string, env []string, cred *syscall.Credential, argv ...string) int {
 	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir, cmd.Env = dir, append(os.Environ(), env...)
@@ -33,7 +33,7 @@ func launch(t *testing.T, dir string, env []string, cred *syscall.Credential, ar
 // waitExeced returns once pid's exec is complete, as it is when the exec
 // event reaches the daemon. Start returns earlier: when the exec closes the
 // child's descriptors, before the new program's arguments are in place.
-func waitExeced(t *testing.T, pid int) {
+func waitExeced(t testing.TB, pid int) {
 	t.Helper()
 	for range 5000 {
 		if argv, _ := readNul(fmt.Sprintf("/proc/%d/cmdline", pid)); len(argv) > 0 {
@@ -133,4 +133,44 @@ func TestJudgeLaunch(t *testing.T) {
 			t.Errorf("judgeLaunch = %d %q, want 0 %q", i, reason, LaunchWritable)
 		}
 	})
+}
+
+// BenchmarkJudgeLaunch: the daemon's judgement of one exec of a member of
+// a session that declares a node server, on a live process, for what it
+// adds to the daemon's work per exec (docs/benchmarks.md, "MCP servers").
+// The bind that follows a match is the registry's and is not included.
+func BenchmarkJudgeLaunch(b *testing.B) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		b.Skip("no node on PATH")
+	}
+	dir := b.TempDir()
+	script := filepath.Join(dir, "server.mjs")
+	if err := os.WriteFile(script, []byte("setTimeout(() => {}, 60000)\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	servers, err := checkMCP([]v1.MCPServer{{Name: "tickets", Command: []string{"node", script}, Scope: []string{"tcp://127.0.0.2:18443"}}}, 32)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sleep, _ := exec.LookPath("sleep")
+	for _, tc := range []struct {
+		name   string
+		argv   []string
+		server int
+		reason string
+	}{
+		{"not_a_server_executable", []string{sleep, "60"}, -1, ""},
+		{"node_-e", []string{node, "-e", "setTimeout(() => {}, 60000)"}, 0, LaunchInjection},
+		{"the_server", []string{node, script}, 0, ""},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			pid := launch(b, dir, nil, nil, tc.argv...)
+			for b.Loop() {
+				if i, reason := judgeLaunch(servers, pid); i != tc.server || reason != tc.reason {
+					b.Fatalf("judgeLaunch = %d %q, want %d %q", i, reason, tc.server, tc.reason)
+				}
+			}
+		})
+	}
 }

@@ -80,12 +80,16 @@ func (o SyscallBench) run(c *child) {
 	timeBatches(c, o.N, func() error { unix.Getppid(); return nil })
 }
 
-// run: fork, exec of /bin/true and wait. CPU is the parent thread's only;
-// the wall-clock time is the figure.
+// run: fork, exec and wait. CPU is the parent thread's only; the
+// wall-clock time is the figure.
 func (o ExecBench) run(c *child) {
+	path, argv := "/bin/true", []string{"true"}
+	if len(o.Argv) > 0 {
+		path, argv = o.Argv[0], o.Argv
+	}
 	attr := &os.ProcAttr{Files: []*os.File{nil, nil, nil}}
 	timeBatches(c, o.N, func() error {
-		p, err := os.StartProcess("/bin/true", []string{"true"}, attr)
+		p, err := os.StartProcess(path, argv, attr)
 		if err != nil {
 			return err
 		}

@@ -24,7 +24,8 @@ func TestRequestRoundTrip(t *testing.T) {
 		TLSHello{Addr: ap, SNI: "a.test", Split: 20}, SendTCP{Addr: ap, Data: []byte("x"), File: "/f"},
 		Hold{Addr: ap}, HoldMany{Addr: ap, N: 2}, Loop{Allowed: ap, Denied: ap, Stop: "/stop"},
 		Flood{Addr: ap, N: 10, Rate: 5}, ListenTCP{}, UDPSocket{Addr: ap}, UDPSend{To: ap}, UDPRecv{Until: "m"},
-		ConnectBench{Addr: ap, N: 1}, UDPBench{Addr: ap, N: 1}, SyscallBench{N: 1}, ExecBench{N: 1},
+		ConnectBench{Addr: ap, N: 1}, UDPBench{Addr: ap, N: 1}, SyscallBench{N: 1},
+		ExecBench{Argv: []string{"/usr/bin/node", "-e", "0"}, N: 1},
 	}
 	if len(ops) != len(kinds) {
 		t.Errorf("%d operations tried, %d known", len(ops), len(kinds))

@@ -67,5 +67,9 @@ type UDPBench struct {
 // SyscallBench is getppid.
 type SyscallBench struct{ N int }
 
-// ExecBench is fork+exec+wait of /bin/true.
-type ExecBench struct{ N int }
+// ExecBench is fork+exec+wait of Argv (an absolute path, then its
+// arguments; empty: /bin/true).
+type ExecBench struct {
+	Argv []string
+	N    int
+}
