@@ -14,6 +14,8 @@ build: ## build agentfenced, agentfence and the demo programs into bin/
 	$(GO) build -trimpath -o $(BIN)/ ./cmd/agentfenced ./cmd/agentfence
 	$(GO) build -trimpath -o $(BIN)/standin ./demo/standin
 	$(GO) build -trimpath -o $(BIN)/demo-agent ./demo/agent
+	$(GO) build -trimpath -o $(BIN)/demo-mcpagent ./demo/mcpagent
+	$(GO) build -trimpath -o $(BIN)/mcpserver ./demo/mcpserver
 
 .PHONY: generate
 generate: ## regenerate the BPF objects and their Go bindings (clang, llvm-strip, libbpf-dev)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The agentfence demo: start the daemon, run an "agent" in an intent session
 # that may reach only its MCP server, and show the allowed call, the blocked
-# direct-API bypass and their audit records. Needs root. Loopback only.
+# direct-API bypass and their audit records. Then the same shape with a real
+# stdio MCP server the agent launches itself, bound to a session of its own.
+# Needs root. Loopback only.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -10,6 +12,7 @@ if [[ $EUID -ne 0 ]]; then
 	exit 1
 fi
 BIN=${BIN:-bin}
+bin=$(cd "$BIN" && pwd) # a server is declared by absolute path
 work=$(mktemp -d /tmp/agentfence-demo.XXXXXX)
 pids=()
 cleanup() {
@@ -21,13 +24,15 @@ trap cleanup EXIT
 
 sock=$work/api.sock
 audit=$work/audit.jsonl
+key=sk-demo-4f1c9a # the SaaS key: the MCP server's, and the agent's environment holds it too
+api=https://api.saas.demo.internal:18443/v1/tickets
 
 # Stand-ins on loopback: the agent's MCP server, the SaaS API it should only
 # reach through that server, and a DNS server that knows both names.
 "$BIN/standin" --listen 127.0.0.1:18080 --name "ticket MCP server" \
 	--tls-name tickets-mcp.demo.internal --cert-out "$work/mcp.pem" 2>"$work/mcp.log" & pids+=($!)
 "$BIN/standin" --listen 127.0.0.2:18443 --name "SaaS tickets API" \
-	--tls-name api.saas.demo.internal --cert-out "$work/api.pem" 2>"$work/api.log" & pids+=($!)
+	--tls-name api.saas.demo.internal --cert-out "$work/api.pem" --key "$key" 2>"$work/api.log" & pids+=($!)
 "$BIN/standin" --listen 127.0.0.153:53 \
 	--dns tickets-mcp.demo.internal=127.0.0.1,api.saas.demo.internal=127.0.0.2 2>"$work/dns.log" & pids+=($!)
 # No pinning for the demo: when it ends, the gate is detached.
@@ -50,7 +55,7 @@ set +e
 	--agent spiffe://example.org/agents/ticket-summariser --agent-name ticket-summariser --agent-version 1.4.2 \
 	--allow udp://127.0.0.153:53 --allow tcp://tickets-mcp.demo.internal:18080 \
 	-- "$BIN/demo-agent" --dns 127.0.0.153:53 --ca "$work/mcp.pem" \
-	--mcp https://tickets-mcp.demo.internal:18080/tools/tickets --api https://api.saas.demo.internal:18443/v1/tickets --api-addr 127.0.0.2:18443
+	--mcp https://tickets-mcp.demo.internal:18080/tools/tickets --api "$api" --api-addr 127.0.0.2:18443
 status=$?
 set -e
 echo "   (agent exit status $status: its direct API calls were refused, by name at DNS, by address at connect)"
@@ -59,4 +64,36 @@ echo "== the two TCP connect records (kernel-attributed, from $audit)"
 "$BIN/agentfence" audit show --kind connect --proto tcp "$audit"
 echo "== the whole trail, one line per record"
 "$BIN/agentfence" audit tail "$audit"
+echo
+
+# The second scene: a real stdio MCP server (the official Go SDK), which the
+# agent launches itself. The command it runs is the one declared here.
+server=("$bin/mcpserver" --api "$api" --dns 127.0.0.153:53 --ca "$work/api.pem")
+mark=$(wc -l <"$audit")
+echo "== agentfence run --mcp: the agent may reach nothing; the ticket server it launches over stdio may reach the API"
+set +e
+API_KEY=$key "$BIN/agentfence" run --socket "$sock" \
+	--intent "file a ticket for alice@example.com" \
+	--origin human:alice@example.com \
+	--agent spiffe://example.org/agents/ticket-filer --agent-name ticket-filer --agent-version 2.0.1 \
+	--mcp "tickets=$(printf '%q ' "${server[@]}")" --mcp-allow tickets=udp://127.0.0.153:53 \
+	--mcp-allow tickets=tcp://api.saas.demo.internal:18443 \
+	-- "$BIN/demo-mcpagent" --ca "$work/api.pem" --api "$api" --api-addr 127.0.0.2:18443 -- "${server[@]}"
+status=$?
+set -e
+echo "   (agent exit status $status: its server's call went through its own session; the agent's, with the same key, was refused)"
+echo
+# Records reach the file asynchronously; the agent's session's close is last.
+for _ in $(seq 1 50); do
+	tail -n +$((mark + 1)) "$audit" >"$work/scene2.jsonl"
+	grep -q '"intent":"file a ticket.*"event":"closed"' "$work/scene2.jsonl" && break
+	sleep 0.1
+done
+echo "== the launch record: the agent's exec of mcpserver was judged the declared server and bound to its session"
+"$BIN/agentfence" audit show --kind mcp "$work/scene2.jsonl"
+echo "== this scene's two TCP connects: the server's, allowed, naming mcp.server; the agent's, denied as held_by_mcp_server"
+"$BIN/agentfence" audit show --kind connect --proto tcp "$work/scene2.jsonl"
+echo "== this scene's trail, one line per record"
+"$BIN/agentfence" audit tail "$work/scene2.jsonl"
+echo
 "$BIN/agentfence" audit verify "$audit"

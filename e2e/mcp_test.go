@@ -89,6 +89,19 @@ type agentRun struct {
 	Direct    string `json:"direct"`
 }
 
+// agentOutput reads agent.mjs's lines: the tool's result, then the direct
+// call's.
+func agentOutput(t *testing.T, out string) agentRun {
+	t.Helper()
+	var r agentRun
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("agent output %q: %v", line, err)
+		}
+	}
+	return r
+}
+
 // The mission's scenario with the official TypeScript SDK: a node agent
 // launches its node MCP server over stdio. The server's tool call reaches
 // the API with the key; the agent's own call with the same key fails with
@@ -115,13 +128,7 @@ func TestMCPServerOverStdio(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("agent exited %d: %s\n%s", code, out, stderr)
 		}
-		var r agentRun
-		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-			if err := json.Unmarshal([]byte(line), &r); err != nil {
-				t.Fatalf("agent output %q: %v", line, err)
-			}
-		}
-		return r, stderr
+		return agentOutput(t, out), stderr
 	}
 
 	r, _ := run()
@@ -176,6 +183,61 @@ func TestMCPServerOverStdio(t *testing.T) {
 		if rec.Outcome.Verdict != audit.VerdictFlagged || rec.MCP.Server != "tickets" || rec.MCP.Session != "" {
 			t.Errorf("%s: launch record outcome %+v mcp %+v", tc.name, rec.Outcome, rec.MCP)
 		}
+	}
+}
+
+// A native server, demo/mcpserver (the official Go SDK), under the node
+// agent: nothing but its executable names it, so its launch is judged by
+// the executable and the environment alone. Bound, its tool call reaches
+// the API; the agent's own call is refused as with a script server, and so
+// is the call of a launch with LD_PRELOAD set.
+func TestMCPNativeServer(t *testing.T) {
+	dir, node := mcpNode(t)
+	d := startDaemon(t)
+	api := apiStandIn(t)
+	server := filepath.Join(t.TempDir(), "mcpserver")
+	if out, err := exec.Command("go", "build", "-o", server, "../demo/mcpserver").CombinedOutput(); err != nil {
+		t.Fatalf("build demo/mcpserver: %v\n%s", err, out)
+	}
+	server, err := filepath.EvalSymlinks(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(agentArgs ...string) agentRun {
+		t.Helper()
+		out, stderr, code := d.cli(t, []string{"API_URL=http://" + api + "/tickets", "API_KEY=sk-test"},
+			append([]string{"run", "--intent", "triage tickets",
+				"--mcp", "tickets=" + server, "--mcp-allow", "tickets=tcp://" + api,
+				"--", node, filepath.Join(dir, "agent.mjs")}, agentArgs...)...)
+		if code != 0 {
+			t.Fatalf("agent exited %d: %s\n%s", code, out, stderr)
+		}
+		return agentOutput(t, out)
+	}
+
+	r := run(server)
+	if r.ToolError || !strings.Contains(r.Tool, "created") || !strings.Contains(r.Tool, "Bearer sk-test") {
+		t.Errorf("tool call through the native server: %+v, want it to reach the API", r)
+	}
+	if r.Direct != "EPERM" {
+		t.Errorf("the agent's direct call: %q, want EPERM", r.Direct)
+	}
+	launch := d.waitRecord(t, "mcp launch", func(rec audit.Record) bool {
+		return rec.Kind == audit.KindMCP && rec.Outcome.Verdict == audit.VerdictAllowed
+	})
+	if m := launch.MCP; m.Server != "tickets" || m.Exe != server || m.Script != "" || m.Serves != launch.Session.ID || m.Session == "" {
+		t.Errorf("launch record: session %s mcp %+v", launch.Session.ID, m)
+	}
+
+	r = run("LD_PRELOAD=/nonexistent/preload.so", server)
+	if !r.ToolError || !strings.Contains(r.Tool, "operation not permitted") || r.Direct != "EPERM" {
+		t.Errorf("LD_PRELOAD: %+v, want both calls refused", r)
+	}
+	rec := d.waitRecord(t, "LD_PRELOAD launch", func(rec audit.Record) bool {
+		return rec.Kind == audit.KindMCP && rec.Outcome.Reason == session.LaunchInjection
+	})
+	if rec.Outcome.Verdict != audit.VerdictFlagged || rec.MCP.Exe != server || rec.MCP.Session != "" {
+		t.Errorf("LD_PRELOAD launch record: outcome %+v mcp %+v", rec.Outcome, rec.MCP)
 	}
 }
 

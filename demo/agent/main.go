@@ -4,17 +4,14 @@
 package main
 
 import (
-	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
-	"time"
+
+	"github.com/agentfence/agentfence/demo/internal/saas"
 )
 
 func main() {
@@ -24,32 +21,21 @@ func main() {
 	resolver := flag.String("dns", "127.0.0.153:53", "DNS server (UDP) to resolve names with")
 	caFile := flag.String("ca", "", "PEM certificates to trust for HTTPS")
 	flag.Parse()
-	roots := x509.NewCertPool()
-	if *caFile != "" {
-		pem, err := os.ReadFile(*caFile)
-		if err != nil || !roots.AppendCertsFromPEM(pem) {
-			fmt.Fprintln(os.Stderr, "agent: bad --ca", *caFile, err)
-			os.Exit(2)
-		}
+	client, err := saas.Dial{DNS: *resolver, CA: *caFile}.Client()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "agent: --ca:", err)
+		os.Exit(2)
 	}
-	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "udp", *resolver)
-	}}
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext:     (&net.Dialer{Resolver: r}).DialContext,
-		TLSClientConfig: &tls.Config{RootCAs: roots},
-	}}
 	ok := call(client, "via the MCP server", *mcp)
 	bypassed := call(client, "directly, bypassing the MCP server", *api)
 	if *apiAddr != "" {
 		// The session's DNS mode refuses the API's name; an agent that
 		// knows the address skips DNS, and the connect itself is refused.
-		byAddr := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, network, *apiAddr)
-			},
-			TLSClientConfig: &tls.Config{RootCAs: roots},
-		}}
+		byAddr, err := saas.Dial{Addr: *apiAddr, CA: *caFile}.Client()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "agent: --ca:", err)
+			os.Exit(2)
+		}
 		bypassed = call(byAddr, "directly at "+*apiAddr+", without DNS", *api) || bypassed
 	}
 	if !ok || bypassed {

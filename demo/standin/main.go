@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"flag"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,6 +44,7 @@ func run(ctx context.Context) error {
 	records := flag.String("dns", "", "serve DNS instead: NAME=IPV4,... (UDP)")
 	tlsName := flag.String("tls-name", "", "serve HTTPS with a fresh self-signed certificate for this name")
 	certOut := flag.String("cert-out", "", "with -tls-name: write the certificate (PEM) here for clients to trust")
+	key := flag.String("key", "", "create tickets (POST) only for this bearer token, the SaaS key")
 	flag.Parse()
 	if *records != "" {
 		return serveDNS(ctx, *listen, *records)
@@ -57,8 +60,19 @@ func run(ctx context.Context) error {
 		}
 		l = tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{cert}})
 	}
+	var tickets atomic.Int32
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%s: 3 open tickets\n", *name)
+		if r.Method != http.MethodPost {
+			fmt.Fprintf(w, "%s: 3 open tickets\n", *name)
+			return
+		}
+		var t struct{ Title string }
+		if r.Header.Get("Authorization") != "Bearer "+*key || json.NewDecoder(r.Body).Decode(&t) != nil {
+			http.Error(w, *name+": no valid key or ticket", http.StatusUnauthorized)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, "%s: created ticket TCK-%d %q\n", *name, 1041+tickets.Add(1), t.Title)
 	})}
 	go func() { <-ctx.Done(); srv.Close() }()
 	slog.Info("standin listening", "name", *name, "addr", l.Addr().String())
