@@ -107,8 +107,10 @@ func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, launch
 			}
 			if l, judged := launched(ev.TGID); judged {
 				emit(attribution.LaunchRecord(rec, l))
-				if again, ok := j.ExecRecord(ev); ok && l.MCP.Session != "" {
-					rec = again // bound: from its exec on it runs as the server
+				if l.MCP.Session != "" { // bound: from its exec on it runs as the server
+					if again, ok := j.ExecRecord(ev); ok {
+						rec = again
+					}
 				}
 			}
 			emit(rec)
