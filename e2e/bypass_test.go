@@ -365,13 +365,7 @@ func TestBypassInbound(t *testing.T) {
 func TestBypassPtraceSameUID(t *testing.T) {
 	// Yama's ptrace_scope 1 (its default, Debian's kernels run it) already
 	// refuses any non-descendant; at 0 only the ids and the gate decide.
-	const yama = "/proc/sys/kernel/yama/ptrace_scope"
-	if scope, err := os.ReadFile(yama); err == nil {
-		if err := os.WriteFile(yama, []byte("0"), 0); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.WriteFile(yama, scope, 0) })
-	}
+	yamaOff(t)
 	d := startDaemon(t)
 	target := exec.Command("/bin/sleep", "600")
 	// gid 0: the probe's "nobody" changes only its uid, and the kernel
@@ -405,5 +399,17 @@ func TestBypassPtraceSameUID(t *testing.T) {
 	})
 	if r.Escape.TargetPID != uint32(target.Process.Pid) || !denied(r) || r.Outcome.Errno != "EPERM" || r.Process.UID != 65534 {
 		t.Errorf("ptrace record: escape %+v outcome %+v process %+v", r.Escape, r.Outcome, r.Process)
+	}
+}
+
+// yamaOff sets Yama's ptrace_scope to 0 for the test, so that only the ids
+// and the gate decide who may attach, and restores it afterwards.
+func yamaOff(t *testing.T) {
+	const yama = "/proc/sys/kernel/yama/ptrace_scope"
+	if scope, err := os.ReadFile(yama); err == nil {
+		if err := os.WriteFile(yama, []byte("0"), 0); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.WriteFile(yama, scope, 0) })
 	}
 }

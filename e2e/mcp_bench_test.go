@@ -50,16 +50,7 @@ func BenchmarkMCPExec(b *testing.B) {
 	}
 	trail := followTrail(b, d.audit)
 
-	type config struct {
-		name string
-		s    v1.Session
-		p    *kerneltest.Proc
-		n    int // execs per batch
-		done int // exec records of its children so far
-		wall []time.Duration
-		cpu  []cpuSample // the daemon's, per batch
-	}
-	var configs []*config
+	var configs []*benchProbe
 	for _, prog := range []struct {
 		name string
 		argv []string
@@ -70,7 +61,7 @@ func BenchmarkMCPExec(b *testing.B) {
 			s    v1.Session
 		}{{"mcp", declares}, {"none", plain}} {
 			p := kerneltest.Start(b, sess.s.Binding.Cgroup, kerneltest.Options{}, false, kerneltest.ExecBench{Argv: prog.argv, N: prog.n})
-			configs = append(configs, &config{name: prog.name + "_" + sess.name, s: sess.s, p: p, n: prog.n})
+			configs = append(configs, &benchProbe{name: prog.name + "_" + sess.name, session: sess.s.ID, p: p, n: prog.n})
 		}
 	}
 	// The probes' own execs are not the batches' work.
@@ -78,24 +69,9 @@ func BenchmarkMCPExec(b *testing.B) {
 		trail.await(b, false, audit.KindExec, uint32(cf.p.PID), 1)
 	}
 	daemon := &daemonCPU{pid: d.cmd.Process.Pid}
-	round := 0
-	for b.Loop() {
-		daemon.idleWindow(b)
-		for k := range configs {
-			cf := configs[(k+round)%len(configs)]
-			var res kerneltest.Result
-			cf.cpu = append(cf.cpu, daemon.measure(b, func() {
-				cf.p.Go()
-				if res = cf.p.Next(); res.Err != kerneltest.OK {
-					b.Fatalf("%s: %s", cf.name, res)
-				}
-				cf.done += cf.n
-				trail.await(b, true, audit.KindExec, uint32(cf.p.PID), cf.done)
-			}))
-			cf.wall = append(cf.wall, res.Wall)
-		}
-		round++
-	}
+	runRounds(b, configs, daemon, func(cf *benchProbe) {
+		trail.await(b, true, audit.KindExec, uint32(cf.p.PID), cf.done)
+	})
 	for i := 0; i < len(configs); i += 2 {
 		a, none := configs[i], configs[i+1]
 		wa, _ := percentiles(a.wall)
@@ -103,8 +79,8 @@ func BenchmarkMCPExec(b *testing.B) {
 		b.ReportMetric(float64(wa.Nanoseconds()), a.name+"_ns/exec")
 		b.ReportMetric(float64(wn.Nanoseconds()), none.name+"_ns/exec")
 		b.ReportMetric(float64(wa)/float64(wn), a.name+"/"+none.name)
-		b.ReportMetric(float64(daemon.perOp(a.cpu, a.n).Nanoseconds()), a.name+"_daemon_cpu_ns/exec")
-		b.ReportMetric(float64(daemon.perOp(none.cpu, none.n).Nanoseconds()), none.name+"_daemon_cpu_ns/exec")
+		b.ReportMetric(float64(daemon.perOp(a.daemon, a.n).Nanoseconds()), a.name+"_daemon_cpu_ns/exec")
+		b.ReportMetric(float64(daemon.perOp(none.daemon, none.n).Nanoseconds()), none.name+"_daemon_cpu_ns/exec")
 	}
 	b.ReportMetric(100*daemon.idleRate(), "daemon_idle_cpu_%")
 	// What the daemon made of the execs: only node in A is a candidate
@@ -113,7 +89,7 @@ func BenchmarkMCPExec(b *testing.B) {
 	for _, cf := range configs {
 		pid := uint32(cf.p.PID)
 		judged := trail.count(true, audit.KindMCP, pid)
-		refused := trail.count(true, fmt.Sprintf("%s %s %s %s", audit.KindMCP, cf.s.ID, audit.VerdictFlagged, session.LaunchInjection), pid)
+		refused := trail.count(true, fmt.Sprintf("%s %s %s %s", audit.KindMCP, cf.session, audit.VerdictFlagged, session.LaunchInjection), pid)
 		switch {
 		case cf.name != "node_mcp" && judged != 0:
 			b.Errorf("%s: %d launches judged, want none", cf.name, judged)
@@ -166,18 +142,9 @@ func BenchmarkMCPConnect(b *testing.B) {
 
 	const n = 500
 	op := kerneltest.ConnectBench{Addr: ln, N: n}
-	type config struct {
-		name    string
-		session string // the session its connects are decided in
-		p       *kerneltest.Proc
-		done    int
-		wall    []time.Duration
-		cpu     []time.Duration // the probe's thread
-		daemon  []cpuSample     // per batch
-	}
-	server := &config{name: "server", session: serverSession.ID, p: kerneltest.Start(b, withServer.Binding.Cgroup, kerneltest.Options{}, false, op)}
-	agent := &config{name: "agent", session: agentOnly.ID, p: kerneltest.Start(b, agentOnly.Binding.Cgroup, kerneltest.Options{}, false, op)}
-	configs := []*config{server, agent}
+	server := &benchProbe{name: "server", session: serverSession.ID, n: n, p: kerneltest.Start(b, withServer.Binding.Cgroup, kerneltest.Options{}, false, op)}
+	agent := &benchProbe{name: "agent", session: agentOnly.ID, n: n, p: kerneltest.Start(b, agentOnly.Binding.Cgroup, kerneltest.Options{}, false, op)}
+	configs := []*benchProbe{server, agent}
 
 	// The launch record comes once the server's probe is bound.
 	spid := uint32(server.p.PID)
@@ -203,25 +170,9 @@ func BenchmarkMCPConnect(b *testing.B) {
 	}
 
 	daemon := &daemonCPU{pid: d.cmd.Process.Pid}
-	round := 0
-	for b.Loop() {
-		daemon.idleWindow(b)
-		for k := range configs {
-			cf := configs[(k+round)%len(configs)]
-			var res kerneltest.Result
-			cf.daemon = append(cf.daemon, daemon.measure(b, func() {
-				cf.p.Go()
-				if res = cf.p.Next(); res.Err != kerneltest.OK {
-					b.Fatalf("%s: %s", cf.name, res)
-				}
-				cf.done += n
-				trail.await(b, false, audit.KindConnect, uint32(cf.p.PID), cf.done)
-			}))
-			cf.wall = append(cf.wall, res.Wall)
-			cf.cpu = append(cf.cpu, res.CPU)
-		}
-		round++
-	}
+	runRounds(b, configs, daemon, func(cf *benchProbe) {
+		trail.await(b, false, audit.KindConnect, uint32(cf.p.PID), cf.done)
+	})
 	var wall, cpu [2]time.Duration
 	for i, cf := range configs {
 		allowed := trail.count(false, fmt.Sprintf("%s %s %s ", audit.KindConnect, cf.session, audit.VerdictAllowed), uint32(cf.p.PID))
@@ -237,6 +188,45 @@ func BenchmarkMCPConnect(b *testing.B) {
 	b.ReportMetric(float64(wall[0])/float64(wall[1]), "server/agent")
 	b.ReportMetric(float64(cpu[0])/float64(cpu[1]), "server/agent_cpu")
 	b.ReportMetric(100*daemon.idleRate(), "daemon_idle_cpu_%")
+}
+
+// benchProbe is one configuration of a side-by-side benchmark: an agent
+// process and what its batches measured.
+type benchProbe struct {
+	name    string
+	session string // the session its work is decided in
+	p       *kerneltest.Proc
+	n       int             // operations per batch
+	done    int             // operations so far
+	wall    []time.Duration // per batch, per operation
+	cpu     []time.Duration // the probe thread's, per batch and operation
+	daemon  []cpuSample     // the daemon's, per batch
+}
+
+// runRounds runs one batch of every probe per iteration, rotating the
+// order, each measured with the daemon's CPU until recorded returns: once
+// the daemon has written the batch's records, so that its asynchronous
+// work is counted in the batch that caused it.
+func runRounds(b *testing.B, probes []*benchProbe, daemon *daemonCPU, recorded func(*benchProbe)) {
+	round := 0
+	for b.Loop() {
+		daemon.idleWindow(b)
+		for k := range probes {
+			pr := probes[(k+round)%len(probes)]
+			var res kerneltest.Result
+			pr.daemon = append(pr.daemon, daemon.measure(b, func() {
+				pr.p.Go()
+				if res = pr.p.Next(); res.Err != kerneltest.OK {
+					b.Fatalf("%s: %s", pr.name, res)
+				}
+				pr.done += pr.n
+				recorded(pr)
+			}))
+			pr.wall = append(pr.wall, res.Wall)
+			pr.cpu = append(pr.cpu, res.CPU)
+		}
+		round++
+	}
 }
 
 // daemonCPU reads the daemon's CPU time around windows of work. Part of

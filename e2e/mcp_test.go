@@ -251,13 +251,7 @@ func TestMCPServerOutOfPtraceReach(t *testing.T) {
 	// Yama's ptrace_scope 1 would refuse the probe, which is not the
 	// server's ancestor; the agent that launched it is, so Yama does not
 	// protect a real server.
-	const yama = "/proc/sys/kernel/yama/ptrace_scope"
-	if scope, err := os.ReadFile(yama); err == nil {
-		if err := os.WriteFile(yama, []byte("0"), 0); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.WriteFile(yama, scope, 0) })
-	}
+	yamaOff(t)
 	d := startDaemon(t)
 	c := client.New(d.socket)
 	ctx := context.Background()

@@ -78,13 +78,17 @@ func judgeLaunch(servers []mcpServer, pid int) (int, string) {
 			return named, LaunchInjection
 		}
 	}
-	why := map[int]string{}
+	var reason string
 	for _, i := range candidates {
-		if why[i] = checkLaunch(servers[i], argv, proc); why[i] == "" {
+		why := checkLaunch(servers[i], argv, proc)
+		if why == "" {
 			return i, ""
 		}
+		if i == named {
+			reason = why
+		}
 	}
-	return named, why[named]
+	return named, reason
 }
 
 // checkLaunch says why a process that runs s's executable with argv is not
