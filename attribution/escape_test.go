@@ -2,6 +2,7 @@ package attribution
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -69,8 +70,42 @@ func TestEscapeRecord(t *testing.T) {
 		t.Errorf("netns: %+v", rec.Escape)
 	}
 
+	// Refusals at the LSM hooks: the reason says why, the socket's record
+	// where it led.
+	for _, c := range []struct {
+		kind     sensor.EscapeKind
+		how      uint8
+		dest     string
+		escape   audit.Escape
+		reason   string
+		wantDest *audit.Destination
+	}{
+		{sensor.EscapePtrace, uint8(sensor.PtraceOutsideSession), "", audit.Escape{What: "ptrace", Via: "attach", TargetPID: 5000}, audit.ReasonOutsideSession, nil},
+		{sensor.EscapePtrace, uint8(sensor.PtraceServersSession), "", audit.Escape{What: "ptrace", Via: "attach", TargetPID: 5000}, audit.ReasonLaunchesMCPServers, nil},
+		{sensor.EscapePtrace, uint8(sensor.PtraceTraceme), "", audit.Escape{What: "ptrace", Via: "traceme", TargetPID: 5000}, audit.ReasonLaunchesMCPServers, nil},
+		{sensor.EscapeSocketReceive, 6, "127.0.0.2:18443", audit.Escape{What: "socket_receive"}, audit.ReasonLaunchesMCPServers,
+			&audit.Destination{IP: "127.0.0.2", Port: 18443, Protocol: "tcp"}},
+		{sensor.EscapeSocketReceive, 17, "0.0.0.0:0", audit.Escape{What: "socket_receive"}, audit.ReasonLaunchesMCPServers, nil},
+	} {
+		ev := base
+		ev.Reason, ev.Protocol, ev.NameHash, ev.Verdict = enforcer.Reason(c.kind), c.how, 5000, enforcer.VerdictDenied
+		if c.kind == sensor.EscapeSocketReceive {
+			ev.NameHash = 0
+		}
+		if c.dest != "" {
+			ev.Dest = netip.MustParseAddrPort(c.dest)
+		}
+		rec := j.Record(ev)
+		if *rec.Escape != c.escape || *rec.Outcome != (audit.Outcome{Verdict: audit.VerdictDenied, Reason: c.reason, Errno: "EPERM"}) {
+			t.Errorf("%s %d: escape %+v outcome %+v", c.kind, c.how, rec.Escape, rec.Outcome)
+		}
+		if (rec.Destination == nil) != (c.wantDest == nil) || c.wantDest != nil && *rec.Destination != *c.wantDest {
+			t.Errorf("%s %d: destination %+v, want %+v", c.kind, c.how, rec.Destination, c.wantDest)
+		}
+	}
+
 	// A cgroup move and a clone into another cgroup leave the session's
-	// cgroup; a new network namespace does not.
+	// cgroup; a new network namespace and the refusals do not.
 	if want := [][2]uint64{{3, 7}, {3, 7}, {3, 7}}; !slices.Equal(ss.escaped, want) {
 		t.Errorf("registry told of escapes %v, want %v (the two moves and the clone)", ss.escaped, want)
 	}

@@ -180,7 +180,8 @@ func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
 	case sensor.EscapeNetns:
 		x.NetNS, x.Via = ev.CgroupID, sensor.NetnsVia(ev.Protocol).String()
 	case sensor.EscapePtrace:
-		x.TargetPID = other
+		x.TargetPID, x.Via = other, sensor.PtraceHow(ev.Protocol).Via()
+	case sensor.EscapeSocketReceive:
 	default:
 		x.CgroupID = ev.CgroupID
 		if cp, ok := j.Processes.(interface{ CgroupPath(uint64) (string, bool) }); ok {
@@ -196,13 +197,20 @@ func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
 		Process: &audit.Process{PID: ev.PID, TID: ev.TID, UID: ev.UID, GID: ev.GID, Comm: ev.Comm},
 		Escape:  x,
 		Outcome: &audit.Outcome{Verdict: audit.VerdictFlagged, Reason: "still_member"}}
-	if kind == sensor.EscapePtrace {
-		// Refused (or, in audit mode, let through) by the BPF LSM: the
-		// member never held the other process.
-		rec.Outcome = &audit.Outcome{Verdict: verdictName(ev.Verdict), Reason: "outside_session"}
+	if kind == sensor.EscapePtrace || kind == sensor.EscapeSocketReceive {
+		// Refused (or, in audit mode, let through) at the LSM hook: the
+		// member never held the other process, or the socket.
+		reason := audit.ReasonLaunchesMCPServers
+		if kind == sensor.EscapePtrace && sensor.PtraceHow(ev.Protocol) == sensor.PtraceOutsideSession {
+			reason = audit.ReasonOutsideSession
+		}
+		rec.Outcome = &audit.Outcome{Verdict: verdictName(ev.Verdict), Reason: reason}
 		if ev.Verdict == enforcer.VerdictDenied {
 			rec.Outcome.Errno = "EPERM"
 		}
+	}
+	if kind == sensor.EscapeSocketReceive && ev.Dest.IsValid() && !ev.Dest.Addr().IsUnspecified() {
+		rec.Destination = &audit.Destination{IP: ev.Dest.Addr().String(), Port: ev.Dest.Port(), Protocol: protoName(ev.Protocol)}
 	}
 	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
 	j.attribute(&rec, ev.Slot, ev.Gen, enforcer.NoRule)

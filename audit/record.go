@@ -47,6 +47,15 @@ const (
 // names the server): the agent tried the direct route around it.
 const ReasonHeldByMCPServer = "held_by_mcp_server"
 
+// Reasons of refused escapes (kind escape, what ptrace or socket_receive):
+// the other process is outside the member's session, or the session
+// launches MCP servers, whose members may not ptrace at all nor receive
+// inet sockets (docs/threat-model.md, routes 25 and 30).
+const (
+	ReasonOutsideSession     = "outside_session"
+	ReasonLaunchesMCPServers = "launches_mcp_servers"
+)
+
 // Verdicts.
 const (
 	VerdictAllowed   = "allowed"
@@ -226,8 +235,10 @@ type MCP struct {
 type Escape struct {
 	// What is cgroup_move (written into another cgroup's cgroup.procs or
 	// cgroup.threads), clone_into_cgroup (clone3 CLONE_INTO_CGROUP),
-	// netns (moved to another network namespace; Via says how) or ptrace
-	// (asked to attach to TargetPID, outside the session: refused).
+	// netns (moved to another network namespace; Via says how), ptrace
+	// (asked to attach to TargetPID, via attach, or to be traced by it,
+	// via traceme: refused) or socket_receive (received an inet socket,
+	// connected to the record's destination when it names one: refused).
 	What string `json:"what"`
 	// Cgroup is the cgroup it was moved or cloned into, relative to the
 	// cgroup v2 mount ("/" is the root); empty when it could no longer be
@@ -243,9 +254,11 @@ type Escape struct {
 	NetNS uint64 `json:"netns,omitempty"`
 	// Via is how a netns escape happened: clone (a child made in a new
 	// namespace), unshare, setns, or exec (seen only at the exec that
-	// followed, when the change itself was not).
+	// followed, when the change itself was not); for ptrace, attach or
+	// traceme.
 	Via string `json:"via,omitempty"`
-	// TargetPID is the process a ptrace escape tried to attach to.
+	// TargetPID is the process a ptrace escape tried to attach to (for
+	// traceme, the parent that would have traced it).
 	TargetPID uint32 `json:"target_pid,omitempty"`
 }
 

@@ -1,8 +1,23 @@
 //go:build ignore
 
 // The session boundary where the gate's cgroup hooks do not reach: sockets
-// of other families, moves to another network namespace, and (with the BPF
-// LSM) attaching to processes outside the session.
+// of other families, moves to another network namespace, attaching to
+// other processes, and sockets handed over from outside.
+//
+// The refusals run at LSM hooks, by the strongest layer the host has:
+//
+//   - lsm/...: BPF LSM programs, where the kernel runs the BPF LSM (it is
+//     in the lsm= list);
+//   - fmod_ret/security_...: the same checks as tracing programs that
+//     modify the return of the kernel's security_* function for the hook.
+//     The kernel allows that for security_* functions without the BPF LSM
+//     (5.7+, BPF trampolines: x86-64, arm64 from 6.0), so most
+//     distribution kernels, which build the BPF LSM but do not enable it,
+//     refuse here too. A refusal returns before the other LSMs' checks;
+//     a pass leaves them to run.
+//
+// Each check below has one body and an entry point per layer; the loader
+// (enforcer/boundary.go) loads the programs of one layer.
 //
 // Sockets the gate's cgroup hooks never see. The cgroup programs judge inet
 // sockets (connect, sendmsg, sock_create), but a packet socket (AF_PACKET),
@@ -10,24 +25,24 @@
 // (AF_VSOCK to the hypervisor, AF_CAN, AF_TIPC, AF_RDS, Bluetooth, ...) sends
 // frames below every one of them. A session member may create sockets of
 // the local families only: unix, netlink, and inet (which the gate judges).
-// Every other family is handled here, by the strongest layer the host has
-// (docs/threat-model.md, route 6):
+// Every other family is handled here (docs/threat-model.md, route 6):
 //
-//   - lsm/socket_create, where the BPF LSM is active: the member's socket is
-//     refused (EPERM) before the family's code runs, whichever way it was
-//     asked for (socket(2), socketcall, io_uring's IORING_OP_SOCKET), and
-//     the refusal is recorded;
+//   - at the socket_create hook, where one of the layers above runs: the
+//     member's socket is refused (EPERM) before the family's code runs,
+//     whichever way it was asked for (socket(2), socketcall, io_uring's
+//     IORING_OP_SOCKET), and the refusal is recorded;
 //   - raw_tp/sys_exit everywhere: the result of every socket syscall by a
 //     member for such a family is recorded. A refusal (by the seccomp filter
 //     `agentfence run` installs, which answers EAFNOSUPPORT, or for lack of
 //     CAP_NET_RAW) counts as a violation like a gate denial. A socket that
-//     was created (a bound member holding CAP_NET_RAW on a host without the
-//     BPF LSM) is drift: the session is quarantined at once, and with the
-//     kill drift action the member is killed before the syscall returns to
-//     it, so it never holds the descriptor.
+//     was created (a bound member holding CAP_NET_RAW on a host where
+//     neither layer runs) is drift: the session is quarantined at once, and
+//     with the kill drift action the member is killed before the syscall
+//     returns to it, so it never holds the descriptor.
 //
-// With the LSM active, the exit program records only the seccomp filter's
-// refusals, which happen before the LSM hook runs; the LSM records the rest.
+// With a hook layer attached, the exit program records only the seccomp
+// filter's refusals, which happen before the hook runs; the hook records
+// the rest.
 //
 // The exit program also sees unshare(2) and setns(2) return: a member they
 // left in another network namespace is reported as an escape (process.h),
@@ -40,6 +55,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_tracing.h>
 
 #include "common.h"
@@ -58,8 +74,8 @@ AF_GATE_STATS_MAP;
 #define EPERM 1
 #define EAFNOSUPPORT 97
 
-// Written by the loader: the LSM program is attached and the BPF LSM is
-// active, so it records what it refuses and the exit program need not.
+// Written by the loader: a hook layer (lsm/ or fmod_ret/) is attached, so
+// it records what it refuses and the exit program need not.
 volatile const __u8 lsm_refuses = 0;
 
 // Families a member may create: enum af_local_family is their list, which
@@ -142,8 +158,8 @@ static __always_inline void report(const struct binding *b, __u8 hook, __u8 verd
 	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 
-SEC("lsm/socket_create")
-int BPF_PROG(af_lsm_socket_create, int family, int type, int protocol, int kern)
+// socket_create is the socket_create hook's check: 0, or -EPERM.
+static __always_inline int socket_create(int family, int type, int protocol, int kern)
 {
 	if (kern || local_family(family))
 		return 0;
@@ -162,6 +178,20 @@ int BPF_PROG(af_lsm_socket_create, int family, int type, int protocol, int kern)
 	count(AF_STAT_DENIED);
 	report(&b, AF_HOOK_LSM_SOCKET, AF_VERDICT_DENIED, quarantined_now, family, type, protocol, 0);
 	return -EPERM;
+}
+
+SEC("lsm/socket_create")
+int BPF_PROG(af_lsm_socket_create, int family, int type, int protocol, int kern)
+{
+	return socket_create(family, type, protocol, kern);
+}
+
+// An fmod_ret program gets the return value so far as its last argument
+// and replaces it when it returns non-zero.
+SEC("fmod_ret/security_socket_create")
+int BPF_PROG(af_fmod_socket_create, int family, int type, int protocol, int kern, int ret)
+{
+	return ret ? ret : socket_create(family, type, protocol, kern);
 }
 
 // The syscalls the exit program looks at, and their arguments at its exit,
@@ -326,8 +356,15 @@ static __always_inline void netns_after(int sc, __u32 flags, long ret)
 // (same uid, no capability the member lacks, Yama) come first; this
 // narrows what they allow.
 //
-// Where the BPF LSM does not run, nothing here sees it: a tracing program
-// has no way from a pid argument (a thread's, in the caller's pid
+// In a session that launches MCP servers, a member may attach to nothing:
+// a server's process is a fellow member from its exec until the daemon
+// judges and binds it, and one attached in that window could be made to
+// run the agent's code under the server's scope (route 25). For the same
+// reason it may not ask to be traced (PTRACE_TRACEME, which makes its
+// parent the tracer of whatever it execs next).
+//
+// Where neither hook layer runs, nothing here sees these: a tracing
+// program has no way from a pid argument (a thread's, in the caller's pid
 // namespace) to the task before Linux 6.2, and a wrong guess would apply
 // the drift action to a debugger attaching to its own child's threads.
 #define PTRACE_MODE_ATTACH 0x02
@@ -348,23 +385,173 @@ static __always_inline int same_member(struct task_struct___af *task, const stru
 	return c.found && same_session(&c.deepest, b);
 }
 
-SEC("lsm/ptrace_access_check")
-int BPF_PROG(af_lsm_ptrace, struct task_struct *child, unsigned int mode)
+// refuse counts and reports the escape kind of b's session s (how in the
+// event's protocol field, other in its name_hash) and returns the hook's
+// answer: -EPERM, or 0 in audit mode. With e, the caller gets the event to
+// complete and submit (0 when there is none to fill).
+static __always_inline int refuse(struct session *s, const struct binding *b, __u8 kind, __u8 how, __u32 other,
+				  struct gate_event **e)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u8 audit = s->mode == AF_MODE_AUDIT;
+
+	count(audit ? AF_STAT_WOULD_DENY : AF_STAT_DENIED);
+	struct gate_event *ev = escape_event(b, kind, audit ? AF_VERDICT_WOULD_DENY : AF_VERDICT_DENIED, 0, 0,
+					     pid_tgid >> 32, (__u32)pid_tgid, 0, other, how);
+	if (e)
+		*e = ev;
+	else if (ev)
+		bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
+	return audit ? 0 : -EPERM;
+}
+
+// ptrace_access_check is the ptrace_access_check hook's check.
+static __always_inline int ptrace_access_check(struct task_struct___af *child, unsigned int mode)
 {
 	if (!(mode & PTRACE_MODE_ATTACH))
 		return 0;
 	struct binding b;
 	struct session *s = member(&b);
 
-	if (!s || same_member((struct task_struct___af *)child, &b))
+	if (!s)
 		return 0;
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u8 audit = s->mode == AF_MODE_AUDIT;
+	__u8 how = AF_PTRACE_SERVERS_SESSION;
 
-	count(audit ? AF_STAT_WOULD_DENY : AF_STAT_DENIED);
-	report_escape(&b, AF_ESCAPE_PTRACE, audit ? AF_VERDICT_WOULD_DENY : AF_VERDICT_DENIED, 0, 0, pid_tgid >> 32,
-		      (__u32)pid_tgid, 0, BPF_CORE_READ((struct task_struct___af *)child, tgid), 0);
-	return audit ? 0 : -EPERM;
+	if (!(s->flags & AF_SESSION_LAUNCHES_SERVERS)) {
+		if (same_member(child, &b))
+			return 0;
+		how = AF_PTRACE_OUTSIDE_SESSION;
+	}
+	return refuse(s, &b, AF_ESCAPE_PTRACE, how, BPF_CORE_READ(child, tgid), 0);
+}
+
+// ptrace_traceme is the ptrace_traceme hook's check: current asks its
+// parent to trace it.
+static __always_inline int ptrace_traceme(struct task_struct___af *parent)
+{
+	struct binding b;
+	struct session *s = member(&b);
+
+	if (!s || !(s->flags & AF_SESSION_LAUNCHES_SERVERS))
+		return 0;
+	return refuse(s, &b, AF_ESCAPE_PTRACE, AF_PTRACE_TRACEME, BPF_CORE_READ(parent, tgid), 0);
+}
+
+// A socket descriptor received from another process (SCM_RIGHTS over a
+// unix socket, pidfd_getfd, binder) keeps whatever its connect was allowed.
+// In a session that launches MCP servers the server holds a scope the
+// agent must not borrow, so there a member may receive no inet socket
+// (route 30). Other sockets (unix, netlink) and other files pass. The
+// report carries the socket's protocol (TCP for a stream socket, UDP for
+// a datagram one, else 0) and peer (family, addr, port: zero for one not
+// connected).
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct inode___af {
+	__u16 i_mode;
+};
+
+struct in6_addr___af {
+	__u8 b[16];
+};
+
+struct sock_common___af {
+	__u16 skc_family;
+	__u32 skc_daddr;
+	__be16 skc_dport;
+	struct in6_addr___af skc_v6_daddr;
+};
+
+struct sock___af {
+	struct sock_common___af __sk_common;
+};
+
+struct socket___af {
+	short type; // SOCK_STREAM, SOCK_DGRAM, ...
+	struct sock___af *sk;
+};
+
+struct file___af {
+	struct inode___af *f_inode;
+	void *private_data; // a socket file's struct socket
+};
+
+#pragma clang attribute pop
+
+static __always_inline int file_receive(struct file___af *file)
+{
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	struct socket___af *sock = BPF_CORE_READ(file, private_data);
+	struct sock___af *sk = BPF_CORE_READ(sock, sk);
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	struct binding b;
+	struct session *s = member(&b);
+
+	if (!s || !(s->flags & AF_SESSION_LAUNCHES_SERVERS))
+		return 0;
+	struct gate_event *e;
+	int ret = refuse(s, &b, AF_ESCAPE_SOCKET_RECEIVE, 0, 0, &e);
+
+	if (!e)
+		return ret;
+	// The peer, so the record says where the socket led.
+	short type = BPF_CORE_READ(sock, type);
+
+	e->protocol = type == SOCK_STREAM ? IPPROTO_TCP : type == SOCK_DGRAM ? IPPROTO_UDP : 0;
+	e->port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		e->family = 4;
+		__u32 daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(e->addr, &daddr, 4);
+	} else {
+		e->family = 6;
+		BPF_CORE_READ_INTO(&e->addr, sk, __sk_common.skc_v6_daddr);
+	}
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	return ret;
+}
+
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(af_lsm_ptrace, struct task_struct *child, unsigned int mode)
+{
+	return ptrace_access_check((struct task_struct___af *)child, mode);
+}
+
+SEC("lsm/ptrace_traceme")
+int BPF_PROG(af_lsm_traceme, struct task_struct *parent)
+{
+	return ptrace_traceme((struct task_struct___af *)parent);
+}
+
+SEC("lsm/file_receive")
+int BPF_PROG(af_lsm_file_receive, struct file *file)
+{
+	return file_receive((struct file___af *)file);
+}
+
+SEC("fmod_ret/security_ptrace_access_check")
+int BPF_PROG(af_fmod_ptrace, struct task_struct *child, unsigned int mode, int ret)
+{
+	return ret ? ret : ptrace_access_check((struct task_struct___af *)child, mode);
+}
+
+SEC("fmod_ret/security_ptrace_traceme")
+int BPF_PROG(af_fmod_traceme, struct task_struct *parent, int ret)
+{
+	return ret ? ret : ptrace_traceme((struct task_struct___af *)parent);
+}
+
+SEC("fmod_ret/security_file_receive")
+int BPF_PROG(af_fmod_file_receive, struct file *file, int ret)
+{
+	return ret ? ret : file_receive((struct file___af *)file);
 }
 
 SEC("raw_tp/sys_exit")

@@ -41,6 +41,11 @@ enum af_session_flag {
 	// whose dns mode is not AF_DNS_ANY. Without the program no question
 	// can be read, so scoped degrades to none (fail closed).
 	AF_SESSION_DNS_AT_GATE = 4,
+	// The session declares MCP servers (docs/mcp.md), whose launches are
+	// fellow members until the daemon judges and binds them: its members
+	// may attach (ptrace) to no process at all, may not ask to be traced,
+	// and may not receive an inet socket (boundary.c).
+	AF_SESSION_LAUNCHES_SERVERS = 8,
 };
 
 // What a session's members may ask a resolver (session.dns): the question

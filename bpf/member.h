@@ -179,26 +179,27 @@ static __always_inline __u8 drift(struct session *s)
 	return quarantined_now;
 }
 
-// report_escape counts an attempt to leave session b against its budget,
+// escape_event counts an attempt to leave session b against its budget,
 // quarantining it as the gate would (or, with now, applies the drift
-// action at once: drift), and reports it on the gate's ring with verdict
-// (0: the kernel let it happen). task is the member when it is not the
-// current task; detail goes in the event's protocol field (enum
-// af_netns_via for AF_ESCAPE_NETNS).
-static __always_inline void report_escape(const struct binding *b, __u8 kind, __u8 verdict, int now, __u64 dst_cgroup,
-					  __u32 tgid, __u32 tid, struct task_struct___af *task, __u32 other,
-					  __u8 detail)
+// action at once: drift), and reserves its report on the gate's ring with
+// verdict (0: the kernel let it happen), for the caller to complete and
+// submit; 0 when the ring is full (counted) or b's slot moved on. task is
+// the member when it is not the current task; detail goes in the event's
+// protocol field (enum af_netns_via for AF_ESCAPE_NETNS).
+static __always_inline struct gate_event *escape_event(const struct binding *b, __u8 kind, __u8 verdict, int now,
+						       __u64 dst_cgroup, __u32 tgid, __u32 tid,
+						       struct task_struct___af *task, __u32 other, __u8 detail)
 {
 	__u32 slot = b->slot;
 	struct session *s = bpf_map_lookup_elem(&sessions, &slot);
 
 	if (!s || s->gen != b->gen)
-		return;
+		return 0;
 	__u8 quarantined_now = now ? drift(s) : violation(s);
 	struct gate_event *e = bpf_ringbuf_reserve(&gate_events, sizeof(*e), 0);
 	if (!e) {
 		lost_event();
-		return;
+		return 0;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = bpf_ktime_get_boot_ns();
@@ -225,5 +226,16 @@ static __always_inline void report_escape(const struct binding *b, __u8 kind, __
 	e->quarantined_now = quarantined_now;
 	e->name_hash = other;
 	e->protocol = detail;
-	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	return e;
+}
+
+// report_escape is escape_event, submitted as it is.
+static __always_inline void report_escape(const struct binding *b, __u8 kind, __u8 verdict, int now, __u64 dst_cgroup,
+					  __u32 tgid, __u32 tid, struct task_struct___af *task, __u32 other,
+					  __u8 detail)
+{
+	struct gate_event *e = escape_event(b, kind, verdict, now, dst_cgroup, tgid, tid, task, other, detail);
+
+	if (e)
+		bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }

@@ -74,6 +74,7 @@ const enum af_proc_event_type *unused_type __attribute__((unused));
 const enum af_proc_flags *unused_flags __attribute__((unused));
 const enum af_escape_kind *unused_escape __attribute__((unused));
 const enum af_netns_via *unused_netns_via __attribute__((unused));
+const enum af_ptrace_how *unused_ptrace_how __attribute__((unused));
 const enum af_proc_hook *unused_hook __attribute__((unused));
 
 // Waking the reader costs an irq_work (a self-IPI, i.e. a VM exit under

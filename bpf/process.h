@@ -82,7 +82,8 @@ struct proc_exit_event {
 //   (cgroup_id holds, for a network namespace change, the new namespace's
 //   inode number, and protocol enum af_netns_via)
 //   verdict    0: the kernel saw the attempt, it did not decide it; for
-//              AF_ESCAPE_PTRACE the BPF LSM's decision
+//              AF_ESCAPE_PTRACE and AF_ESCAPE_SOCKET_RECEIVE the decision
+//              of the program at the LSM hook (boundary.c)
 //   rule       AF_RULE_NONE; family, port, addr zero, and protocol but
 //              for a network namespace change
 // Hooks 32-47 are reserved for events the process programs write (see
@@ -97,11 +98,25 @@ enum af_escape_kind {
 	// Moved to another network namespace than the one it was last seen in:
 	// how is enum af_netns_via. It stays a member either way.
 	AF_ESCAPE_NETNS = 3,
-	// Asked for a process outside its session with PTRACE_MODE_ATTACH
-	// (ptrace attach, process_vm_*, /proc/PID/mem, pidfd_getfd): refused
-	// by the BPF LSM (verdict denied, or would_deny in audit mode). The
-	// event's name_hash is the other process's tgid.
+	// Asked for another process with PTRACE_MODE_ATTACH (ptrace attach,
+	// process_vm_*, /proc/PID/mem, pidfd_getfd), or to be traced: refused
+	// at the LSM hook (verdict denied, or would_deny in audit mode). The
+	// event's name_hash is the other process's tgid, its protocol enum
+	// af_ptrace_how.
 	AF_ESCAPE_PTRACE = 4,
+	// Received an inet socket (SCM_RIGHTS, pidfd_getfd) in a session that
+	// launches MCP servers: refused by the program at the file_receive
+	// hook. The event's family, addr and port are the socket's peer, its
+	// protocol the socket's (IPPROTO_TCP, IPPROTO_UDP, or 0).
+	AF_ESCAPE_SOCKET_RECEIVE = 5,
+};
+
+// Which ptrace request an AF_ESCAPE_PTRACE event refused (its protocol
+// field), and why.
+enum af_ptrace_how {
+	AF_PTRACE_OUTSIDE_SESSION = 0, // attach to a process outside the session
+	AF_PTRACE_SERVERS_SESSION = 1, // attach, in a session that launches MCP servers
+	AF_PTRACE_TRACEME = 2,         // PTRACE_TRACEME, in such a session: name_hash is the parent
 };
 
 // How a member came to another network namespace (an AF_ESCAPE_NETNS

@@ -79,15 +79,21 @@ func objectCheck(o enforcer.ObjectCheck) Check {
 	if o.Insns > 0 {
 		c.Detail += fmt.Sprintf(" (%d insns processed)", o.Insns)
 	}
+	const refuses = "members' sockets of other families, their attaching to processes outside their session, and in sessions that launch MCP servers any ptrace and the receipt of inet sockets, are refused and recorded"
+	why := ""
+	if o.LayerErr != nil {
+		why = " (the kernel refused the stronger ones: " + o.LayerErr.Error() + ")"
+	}
 	switch o.Layer {
 	case enforcer.FamiliesLSM:
-		c.Detail += "; layer bpf_lsm: the BPF LSM refuses members' sockets of other families, and their attaching to processes outside their session (ptrace), and records it"
+		c.Detail += "; layer bpf_lsm: " + refuses
+	case enforcer.FamiliesFmodRet:
+		c.Detail += "; layer fmod_ret (the BPF LSM is not active; the same checks modify the return of the kernel's security_* functions)" + why + ": " + refuses
 	case enforcer.FamiliesSyscallExit:
-		why := "the BPF LSM is not active"
-		if o.LSMErr != nil {
-			why = "the kernel runs the BPF LSM but refused the program: " + o.LSMErr.Error()
+		if o.LayerErr == nil {
+			why = " (the BPF LSM is not active)"
 		}
-		c.Detail += "; layer syscall_exit (" + why + "): members' sockets of other families are seen at the socket syscall's exit, refusals recorded, a created one quarantines or kills (drift action); `agentfence run` refuses them with seccomp; same-uid ptrace of processes outside the session is not refused"
+		c.Detail += "; layer syscall_exit" + why + ": members' sockets of other families are seen at the socket syscall's exit, refusals recorded, a created one quarantines or kills (drift action); `agentfence run` refuses them with seccomp; same-uid ptrace of processes outside the session, and received sockets, are not refused"
 	}
 	return c
 }

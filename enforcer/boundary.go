@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -14,26 +17,43 @@ import (
 
 // Socket families no cgroup hook sees (bpf/boundary.c): a member may
 // create unix, netlink and inet sockets only. The others (packet, XDP,
-// vsock, CAN, ...) are refused by the BPF LSM where the host runs it, and
-// are seen at the socket syscall's exit everywhere, where a refusal is
-// recorded and a created socket is drift.
+// vsock, CAN, ...) are refused at the kernel's socket_create LSM hook where
+// the host lets a program run there, and are seen at the socket syscall's
+// exit everywhere, where a refusal is recorded and a created socket is
+// drift. The same hook layer refuses a member's ptrace of processes
+// outside its session and, in sessions that launch MCP servers, any ptrace
+// and the receipt of inet sockets.
 
 // FamilyLayer is the strongest layer that keeps members from sockets of
-// other families on this host.
+// other families, and from other processes, on this host.
 type FamilyLayer string
 
 const (
-	// FamiliesLSM: the BPF LSM refuses them (lsm/socket_create), however
-	// the socket is asked for, io_uring included.
+	// FamiliesLSM: BPF LSM programs refuse them (lsm/socket_create,
+	// lsm/ptrace_access_check, ...), however the socket is asked for,
+	// io_uring included.
 	FamiliesLSM FamilyLayer = "bpf_lsm"
+	// FamiliesFmodRet: the same checks, as tracing programs that modify
+	// the return of the kernel's security_* functions (fmod_ret), which
+	// the kernel allows without the BPF LSM: what most distribution
+	// kernels, which build it but leave it out of lsm=, get.
+	FamiliesFmodRet FamilyLayer = "fmod_ret"
 	// FamiliesSyscallExit: the socket syscall's exit sees them
 	// (raw_tp/sys_exit). Refusals come from `agentfence run`'s seccomp
 	// filter or from capabilities; a socket that was created is drift.
+	// Nothing sees ptrace or a received socket.
 	FamiliesSyscallExit FamilyLayer = "syscall_exit"
 	// FamiliesNone: neither program runs; only `agentfence run`'s seccomp
 	// filter and the capabilities it drops stand in the way, unrecorded.
 	FamiliesNone FamilyLayer = "none"
 )
+
+// Refuses reports whether the layer refuses at the LSM hooks (and so
+// keeps members from processes outside their session).
+func (l FamilyLayer) Refuses() bool { return l == FamiliesLSM || l == FamiliesFmodRet }
+
+// layers are the ones loadFamilies tries, strongest first.
+var layers = []FamilyLayer{FamiliesLSM, FamiliesFmodRet, FamiliesSyscallExit}
 
 // LocalFamilies are the socket families a member may create, from the C
 // enum (bpf/boundary.c); internal/privdrop's seccomp filter repeats them.
@@ -43,11 +63,11 @@ var LocalFamilies = []int{
 }
 
 type families struct {
-	objs  boundaryObjects
+	coll  *ebpf.Collection
 	links []link.Link
 	layer FamilyLayer
-	// lsmErr is why not FamiliesLSM where the kernel runs the BPF LSM.
-	lsmErr error
+	// whyNot is why not a stronger layer (nil where the host has none).
+	whyNot error
 }
 
 // lsmFile lists the active LSMs; securityfs may need mounting first.
@@ -74,9 +94,21 @@ func BPFLSMActive() bool {
 	return false
 }
 
-// boundarySpec is the object with lsm_refuses set, as loadFamilies and
-// VerifyObjects load it.
-func boundarySpec(lsm bool) (*ebpf.CollectionSpec, error) {
+// inLayer reports whether program p runs in layer: the syscall exit
+// program in every layer, the hook programs in theirs.
+func inLayer(p *ebpf.ProgramSpec, layer FamilyLayer) bool {
+	switch p.Type {
+	case ebpf.LSM:
+		return layer == FamiliesLSM
+	case ebpf.Tracing:
+		return layer == FamiliesFmodRet
+	}
+	return true
+}
+
+// boundarySpec is the object as loadFamilies and VerifyObjects load it
+// for layer: its programs only, lsm_refuses set for a hook layer.
+func boundarySpec(layer FamilyLayer) (*ebpf.CollectionSpec, error) {
 	spec, err := loadBoundary()
 	if err != nil {
 		return nil, fmt.Errorf("enforcer: load socket family spec: %w", err)
@@ -85,36 +117,65 @@ func boundarySpec(lsm bool) (*ebpf.CollectionSpec, error) {
 	if err := spec.Assign(&vars); err != nil {
 		return nil, fmt.Errorf("enforcer: socket family spec: %w", err)
 	}
-	if lsm {
-		if err := vars.LsmRefuses.Set(uint8(1)); err != nil {
-			return nil, fmt.Errorf("enforcer: set lsm_refuses: %w", err)
+	if err := vars.LsmRefuses.Set(b2u8(layer.Refuses())); err != nil {
+		return nil, fmt.Errorf("enforcer: set lsm_refuses: %w", err)
+	}
+	for name, p := range spec.Programs {
+		if !inLayer(p, layer) {
+			delete(spec.Programs, name)
 		}
 	}
 	return spec, nil
 }
 
-// loadFamilies loads and attaches the socket family programs on the gate's
-// maps: the LSM program where the BPF LSM is active (unless noLSM), the
-// syscall exit program in any case. Links are pinned under linkDir when it
-// is set, so the refusal outlives the daemon like the gate does.
-func loadFamilies(gate *gateObjects, linkDir string, noLSM bool) (*families, error) {
-	lsm := !noLSM && BPFLSMActive()
-	f, err := attachFamilies(gate, linkDir, lsm)
-	if err != nil && lsm {
-		// The LSM program would not load or attach (a kernel without BPF
-		// trampolines): the exit program alone still records and applies
-		// the drift action.
-		lsmErr := err
-		f, err = attachFamilies(gate, linkDir, false)
-		if f != nil {
-			f.lsmErr = lsmErr
-		}
+func b2u8(b bool) uint8 {
+	if b {
+		return 1
 	}
-	return f, err
+	return 0
 }
 
-func attachFamilies(gate *gateObjects, linkDir string, lsm bool) (_ *families, err error) {
-	spec, err := boundarySpec(lsm)
+// tryLayers returns the layers to try, strongest first, from ceiling
+// down ("" is the strongest), and why the ones above it are not tried.
+func tryLayers(ceiling FamilyLayer) ([]FamilyLayer, error) {
+	i := 0
+	if ceiling != "" {
+		if i = slices.Index(layers, ceiling); i < 0 {
+			return nil, fmt.Errorf("enforcer: unknown boundary layer %q", ceiling)
+		}
+	}
+	try := layers[i:]
+	if try[0] == FamiliesLSM && !BPFLSMActive() {
+		// Its programs would load and attach, and never be called.
+		return try[1:], nil
+	}
+	return try, nil
+}
+
+// loadFamilies loads and attaches the boundary programs on the gate's
+// maps: those of the strongest layer the host takes, at most ceiling.
+// Links are pinned under linkDir when it is set, so the refusal outlives
+// the daemon like the gate does.
+func loadFamilies(gate *gateObjects, linkDir string, ceiling FamilyLayer) (*families, error) {
+	try, err := tryLayers(ceiling)
+	if err != nil {
+		return nil, err
+	}
+	var whyNot []error
+	for _, layer := range try {
+		f, err := attachFamilies(gate, linkDir, layer)
+		if err == nil {
+			f.whyNot = errors.Join(whyNot...)
+			return f, nil
+		}
+		// A kernel without BPF trampolines, say: the next layer down.
+		whyNot = append(whyNot, fmt.Errorf("%s: %w", layer, err))
+	}
+	return nil, errors.Join(whyNot...)
+}
+
+func attachFamilies(gate *gateObjects, linkDir string, layer FamilyLayer) (_ *families, err error) {
+	spec, err := boundarySpec(layer)
 	if err != nil {
 		return nil, err
 	}
@@ -125,51 +186,77 @@ func attachFamilies(gate *gateObjects, linkDir string, lsm bool) (_ *families, e
 		"gate_events":     gate.GateEvents,
 		"gate_stats":      gate.GateStats,
 	}
-	f := &families{layer: FamiliesSyscallExit}
+	f := &families{layer: layer}
 	defer func() {
 		if err != nil {
 			f.close(false)
 		}
 	}()
-	// Load only the programs that will run: on a kernel without the BPF
-	// LSM the LSM program may not even load.
-	var objs struct {
-		SysExit *ebpf.Program `ebpf:"af_sys_exit"`
-	}
-	if lsm {
-		err = spec.LoadAndAssign(&f.objs, &ebpf.CollectionOptions{MapReplacements: repl})
-	} else {
-		err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: repl})
-		f.objs.AfSysExit = objs.SysExit
-	}
+	f.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("enforcer: verifier rejected the socket family programs: %+v", ve)
+			return nil, fmt.Errorf("enforcer: verifier rejected the boundary programs: %+v", ve)
 		}
-		return nil, fmt.Errorf("enforcer: load socket family programs: %w", err)
+		return nil, fmt.Errorf("enforcer: load boundary programs: %w", err)
 	}
-	if lsm {
-		l, err := link.AttachLSM(link.LSMOptions{Program: f.objs.AfLsmSocketCreate})
+	// The hooks first: with lsm_refuses set, the exit program leaves their
+	// refusals to them.
+	names := slices.Sorted(maps.Keys(f.coll.Programs))
+	names = append(slices.DeleteFunc(names, func(n string) bool { return n == boundaryProgAfSysExit }), boundaryProgAfSysExit)
+	for _, name := range names {
+		prog := f.coll.Programs[name]
+		var l link.Link
+		switch prog.Type() {
+		case ebpf.LSM:
+			l, err = link.AttachLSM(link.LSMOptions{Program: prog})
+		case ebpf.Tracing:
+			l, err = link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachModifyReturn})
+		default:
+			l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_exit", Program: prog})
+		}
 		if err != nil {
-			return nil, fmt.Errorf("enforcer: attach lsm/socket_create: %w", err)
+			return nil, fmt.Errorf("enforcer: attach %s: %w", spec.Programs[name].SectionName, err)
 		}
-		if err := f.keep(l, linkDir, "lsm_socket_create"); err != nil {
+		if err := f.keep(l, linkDir, linkName(name)); err != nil {
 			return nil, err
 		}
-		if l, err = link.AttachLSM(link.LSMOptions{Program: f.objs.AfLsmPtrace}); err != nil {
-			return nil, fmt.Errorf("enforcer: attach lsm/ptrace_access_check: %w", err)
-		}
-		if err := f.keep(l, linkDir, "lsm_ptrace"); err != nil {
-			return nil, err
-		}
-		f.layer = FamiliesLSM
 	}
-	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_exit", Program: f.objs.AfSysExit})
+	if linkDir != "" {
+		// An earlier daemon's links of another layer would run beside
+		// these: refusing twice, recording twice.
+		all, err := loadBoundary()
+		if err != nil {
+			return nil, err
+		}
+		for name := range all.Programs {
+			if _, ok := f.coll.Programs[name]; !ok {
+				if err := unpinLink(filepath.Join(linkDir, linkName(name))); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	return f, nil
+}
+
+// linkName is the pin name of a boundary program's link: lsm_ptrace for
+// af_lsm_ptrace.
+func linkName(prog string) string { return strings.TrimPrefix(prog, "af_") }
+
+// unpinLink detaches and removes the link pinned at path, if there is one.
+func unpinLink(path string) error {
+	old, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
-		return nil, fmt.Errorf("enforcer: attach raw_tp/sys_exit: %w", err)
+		return fmt.Errorf("enforcer: load pinned link %s: %w", path, err)
 	}
-	return f, f.keep(l, linkDir, "sys_exit")
+	if err := errors.Join(old.Unpin(), release(old)); err != nil {
+		return fmt.Errorf("enforcer: remove pinned link %s: %w", path, err)
+	}
+	return nil
 }
 
 // keep holds l and, with pinning, pins it in place of an earlier daemon's
@@ -182,11 +269,8 @@ func (f *families) keep(l link.Link, linkDir, name string) error {
 		return nil
 	}
 	path := filepath.Join(linkDir, name)
-	if old, err := link.LoadPinnedLink(path, nil); err == nil {
-		err = errors.Join(old.Unpin(), release(old))
-		if err != nil {
-			return fmt.Errorf("enforcer: replace pinned link %s: %w", path, err)
-		}
+	if err := unpinLink(path); err != nil {
+		return fmt.Errorf("enforcer: replace pinned link: %w", err)
 	}
 	if err := l.Pin(path); err != nil {
 		return fmt.Errorf("enforcer: pin link %s: %w", path, err)
@@ -208,17 +292,20 @@ func (f *families) close(pinned bool) error {
 		}
 	}
 	f.links = nil
-	return errors.Join(append(errs, f.objs.Close())...)
+	if f.coll != nil {
+		f.coll.Close()
+	}
+	return errors.Join(errs...)
 }
 
 // SocketFamilies says which layer keeps members from sockets of other
-// families on this host and, below FamiliesLSM, why not a stronger one
-// (nil where the kernel does not run the BPF LSM at all).
+// families (and from other processes) on this host and, below
+// FamiliesLSM, why not a stronger one (nil where there was none to try).
 func (g *Gate) SocketFamilies() (FamilyLayer, error) {
 	if g.fam == nil {
 		return FamiliesNone, g.famErr
 	}
-	return g.fam.layer, g.fam.lsmErr
+	return g.fam.layer, g.fam.whyNot
 }
 
 // familyNames are the socket families records name; others are family_N.

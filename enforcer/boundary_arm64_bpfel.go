@@ -45,16 +45,22 @@ type boundarySession struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	boundaryMapCgroupSessions     = "cgroup_sessions"
-	boundaryMapGateEvents         = "gate_events"
-	boundaryMapGateStats          = "gate_stats"
-	boundaryMapPidSessions        = "pid_sessions"
-	boundaryMapSessions           = "sessions"
-	boundaryProgAfLsmPtrace       = "af_lsm_ptrace"
-	boundaryProgAfLsmSocketCreate = "af_lsm_socket_create"
-	boundaryProgAfSysExit         = "af_sys_exit"
-	boundaryVarLsmRefuses         = "lsm_refuses"
-	boundaryVarUnusedLocalFamily  = "unused_local_family"
+	boundaryMapCgroupSessions      = "cgroup_sessions"
+	boundaryMapGateEvents          = "gate_events"
+	boundaryMapGateStats           = "gate_stats"
+	boundaryMapPidSessions         = "pid_sessions"
+	boundaryMapSessions            = "sessions"
+	boundaryProgAfFmodFileReceive  = "af_fmod_file_receive"
+	boundaryProgAfFmodPtrace       = "af_fmod_ptrace"
+	boundaryProgAfFmodSocketCreate = "af_fmod_socket_create"
+	boundaryProgAfFmodTraceme      = "af_fmod_traceme"
+	boundaryProgAfLsmFileReceive   = "af_lsm_file_receive"
+	boundaryProgAfLsmPtrace        = "af_lsm_ptrace"
+	boundaryProgAfLsmSocketCreate  = "af_lsm_socket_create"
+	boundaryProgAfLsmTraceme       = "af_lsm_traceme"
+	boundaryProgAfSysExit          = "af_sys_exit"
+	boundaryVarLsmRefuses          = "lsm_refuses"
+	boundaryVarUnusedLocalFamily   = "unused_local_family"
 )
 
 // loadBoundary returns the embedded CollectionSpec for boundary.
@@ -99,9 +105,15 @@ type boundarySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type boundaryProgramSpecs struct {
-	AfLsmPtrace       *ebpf.ProgramSpec `ebpf:"af_lsm_ptrace"`
-	AfLsmSocketCreate *ebpf.ProgramSpec `ebpf:"af_lsm_socket_create"`
-	AfSysExit         *ebpf.ProgramSpec `ebpf:"af_sys_exit"`
+	AfFmodFileReceive  *ebpf.ProgramSpec `ebpf:"af_fmod_file_receive"`
+	AfFmodPtrace       *ebpf.ProgramSpec `ebpf:"af_fmod_ptrace"`
+	AfFmodSocketCreate *ebpf.ProgramSpec `ebpf:"af_fmod_socket_create"`
+	AfFmodTraceme      *ebpf.ProgramSpec `ebpf:"af_fmod_traceme"`
+	AfLsmFileReceive   *ebpf.ProgramSpec `ebpf:"af_lsm_file_receive"`
+	AfLsmPtrace        *ebpf.ProgramSpec `ebpf:"af_lsm_ptrace"`
+	AfLsmSocketCreate  *ebpf.ProgramSpec `ebpf:"af_lsm_socket_create"`
+	AfLsmTraceme       *ebpf.ProgramSpec `ebpf:"af_lsm_traceme"`
+	AfSysExit          *ebpf.ProgramSpec `ebpf:"af_sys_exit"`
 }
 
 // boundaryMapSpecs contains maps before they are loaded into the kernel.
@@ -172,15 +184,27 @@ type boundaryVariables struct {
 //
 // It can be passed to loadBoundaryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type boundaryPrograms struct {
-	AfLsmPtrace       *ebpf.Program `ebpf:"af_lsm_ptrace"`
-	AfLsmSocketCreate *ebpf.Program `ebpf:"af_lsm_socket_create"`
-	AfSysExit         *ebpf.Program `ebpf:"af_sys_exit"`
+	AfFmodFileReceive  *ebpf.Program `ebpf:"af_fmod_file_receive"`
+	AfFmodPtrace       *ebpf.Program `ebpf:"af_fmod_ptrace"`
+	AfFmodSocketCreate *ebpf.Program `ebpf:"af_fmod_socket_create"`
+	AfFmodTraceme      *ebpf.Program `ebpf:"af_fmod_traceme"`
+	AfLsmFileReceive   *ebpf.Program `ebpf:"af_lsm_file_receive"`
+	AfLsmPtrace        *ebpf.Program `ebpf:"af_lsm_ptrace"`
+	AfLsmSocketCreate  *ebpf.Program `ebpf:"af_lsm_socket_create"`
+	AfLsmTraceme       *ebpf.Program `ebpf:"af_lsm_traceme"`
+	AfSysExit          *ebpf.Program `ebpf:"af_sys_exit"`
 }
 
 func (p *boundaryPrograms) Close() error {
 	return _BoundaryClose(
+		p.AfFmodFileReceive,
+		p.AfFmodPtrace,
+		p.AfFmodSocketCreate,
+		p.AfFmodTraceme,
+		p.AfLsmFileReceive,
 		p.AfLsmPtrace,
 		p.AfLsmSocketCreate,
+		p.AfLsmTraceme,
 		p.AfSysExit,
 	)
 }

@@ -32,19 +32,24 @@ func TestLocalFamiliesMatchSeccomp(t *testing.T) {
 	}
 }
 
-// familyFixture loads the gate (without the BPF LSM when noLSM) and opens
-// a session with a budget, in which sockets of other families are tried.
-func familyFixture(t *testing.T, slot uint32, noLSM bool, st SessionState) (*fixture, string, FamilyLayer) {
+// familyFixture loads the gate with the boundary layer ceiling at most
+// ("" for the strongest) and opens a session with a budget, in which
+// sockets of other families are tried. A layer the host refuses, so that a
+// weaker one ran, skips: the weaker one has a test of its own.
+func familyFixture(t *testing.T, slot uint32, ceiling FamilyLayer, st SessionState) (*fixture, string, FamilyLayer) {
 	t.Helper()
-	f := setupWith(t, Options{NoLSM: noLSM})
+	f := setupWith(t, Options{Boundary: ceiling})
 	layer, err := f.g.SocketFamilies()
 	if layer == FamiliesNone {
-		// Both programs load on every kernel the project supports
-		// (docs/kernels.md); a host where they do not is a finding.
+		// The exit program loads on every kernel the project supports
+		// (docs/kernels.md); a host where it does not is a finding.
 		t.Fatalf("no socket family layer: %v", err)
 	}
-	if noLSM && layer != FamiliesSyscallExit {
-		t.Fatalf("layer %s with NoLSM", layer)
+	if ceiling != "" && layer != ceiling {
+		if ceiling == FamiliesSyscallExit {
+			t.Fatalf("layer %s with ceiling %s", layer, ceiling)
+		}
+		t.Skipf("the kernel refused layer %s: %v", ceiling, err)
 	}
 	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	cg := f.session(t, sessionSpec{slot: slot, rules: []string{ln.String()}})
@@ -55,95 +60,99 @@ func familyFixture(t *testing.T, slot uint32, noLSM bool, st SessionState) (*fix
 	return f, cg, layer
 }
 
+// eachLayer runs test with the strongest layer the host has, and with each
+// weaker one forced.
+func eachLayer(t *testing.T, test func(t *testing.T, ceiling FamilyLayer)) {
+	for _, ceiling := range []FamilyLayer{"", FamiliesFmodRet, FamiliesSyscallExit} {
+		name := string(ceiling)
+		if name == "" {
+			name = "strongest"
+		}
+		t.Run(name, func(t *testing.T) { test(t, ceiling) })
+	}
+}
+
 func socketEvent(f *fixture, t *testing.T, pid int) Event {
 	t.Helper()
 	return f.waitEvent(t, pid, func(e Event) bool { return e.Socket != nil })
 }
 
-// A root member's packet socket: the BPF LSM refuses it where it runs;
-// elsewhere it is created, seen at the syscall's exit, and the session is
+// A root member's packet socket: the socket_create hook refuses it where
+// a hook layer runs; elsewhere it is created, seen at the syscall's exit, and the session is
 // quarantined at once, whatever its budget. Local families are untouched,
 // and outside a session the packet socket works.
 func TestPacketSocketOfRootMember(t *testing.T) {
-	for _, noLSM := range []bool{false, true} {
-		name := "strongest"
-		if noLSM {
-			name = "syscall_exit"
+	eachLayer(t, func(t *testing.T, ceiling FamilyLayer) {
+		f, cg, layer := familyFixture(t, 40, ceiling, SessionState{Budget: 100, QuarantineOnBudget: true})
+		res := kerneltest.Run(t, cg, kerneltest.Options{}, probePacket, probeNetlink, probeUnix)
+		ev := socketEvent(f, t, res[0].PID)
+		if ev.Socket.Family != unix.AF_PACKET || ev.Socket.Type != unix.SOCK_RAW || ev.Reason != ReasonSocketFamily {
+			t.Errorf("event %+v %+v", ev, *ev.Socket)
 		}
-		t.Run(name, func(t *testing.T) {
-			f, cg, layer := familyFixture(t, 40, noLSM, SessionState{Budget: 100, QuarantineOnBudget: true})
-			res := kerneltest.Run(t, cg, kerneltest.Options{}, probePacket, probeNetlink, probeUnix)
-			ev := socketEvent(f, t, res[0].PID)
-			if ev.Socket.Family != unix.AF_PACKET || ev.Socket.Type != unix.SOCK_RAW || ev.Reason != ReasonSocketFamily {
-				t.Errorf("event %+v %+v", ev, *ev.Socket)
+		st, err := f.g.Session(40)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch layer {
+		case FamiliesLSM, FamiliesFmodRet:
+			expect(t, res, "EPERM", "ok", "ok")
+			if ev.Hook != HookLSMSocket || ev.Verdict != VerdictDenied {
+				t.Errorf("hook event %+v", ev)
 			}
-			st, err := f.g.Session(40)
-			if err != nil {
-				t.Fatal(err)
-			}
-			switch layer {
-			case FamiliesLSM:
-				expect(t, res, "EPERM", "ok", "ok")
-				if ev.Hook != HookLSMSocket || ev.Verdict != VerdictDenied {
-					t.Errorf("LSM event %+v", ev)
-				}
-				if st.State != StateActive || st.Violations != 1 {
-					t.Errorf("session after a refusal: %+v", st)
-				}
-			case FamiliesSyscallExit:
-				expect(t, res, "ok", "ok", "ok")
-				if ev.Hook != HookSysSocket || ev.Verdict != 0 || ev.Socket.Result < 0 || !ev.QuarantinedNow {
-					t.Errorf("exit event %+v %+v", ev, *ev.Socket)
-				}
-				if st.State != StateQuarantined {
-					t.Errorf("session after a packet socket: %+v", st)
-				}
-			}
-			f.mu.Lock()
-			for _, e := range f.events {
-				if e.Socket != nil && e.Socket.Family != unix.AF_PACKET {
-					t.Errorf("an event for a local family: %+v", *e.Socket)
-				}
-			}
-			f.mu.Unlock()
-			expect(t, kerneltest.Run(t, "", kerneltest.Options{}, probePacket), "ok")
-		})
-	}
-}
-
-// A member without CAP_NET_RAW is refused by the kernel (or first by the
-// BPF LSM), and the refusal is recorded as a violation.
-func TestPacketSocketOfUnprivilegedMember(t *testing.T) {
-	for _, noLSM := range []bool{false, true} {
-		t.Run(map[bool]string{false: "strongest", true: "syscall_exit"}[noLSM], func(t *testing.T) {
-			f, cg, layer := familyFixture(t, 41, noLSM, SessionState{Budget: 100, QuarantineOnBudget: true})
-			bin := kerneltest.ExecutableCopy(t)
-			res := kerneltest.Run(t, cg, kerneltest.Options{Binary: bin, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}},
-				probePacket)
-			expect(t, res, "EPERM")
-			ev := socketEvent(f, t, res[0].PID)
-			want := HookSysSocket
-			if layer == FamiliesLSM {
-				want = HookLSMSocket
-			}
-			if ev.Hook != want || ev.Verdict != VerdictDenied || ev.UID != 65534 {
-				t.Errorf("event %+v", ev)
-			}
-			if layer == FamiliesSyscallExit && ev.Socket.Result != -int64(unix.EPERM) {
-				t.Errorf("result %d, want -EPERM", ev.Socket.Result)
-			}
-			if st, _ := f.g.Session(41); st.State != StateActive || st.Violations != 1 {
+			if st.State != StateActive || st.Violations != 1 {
 				t.Errorf("session after a refusal: %+v", st)
 			}
-		})
-	}
+		case FamiliesSyscallExit:
+			expect(t, res, "ok", "ok", "ok")
+			if ev.Hook != HookSysSocket || ev.Verdict != 0 || ev.Socket.Result < 0 || !ev.QuarantinedNow {
+				t.Errorf("exit event %+v %+v", ev, *ev.Socket)
+			}
+			if st.State != StateQuarantined {
+				t.Errorf("session after a packet socket: %+v", st)
+			}
+		}
+		f.mu.Lock()
+		for _, e := range f.events {
+			if e.Socket != nil && e.Socket.Family != unix.AF_PACKET {
+				t.Errorf("an event for a local family: %+v", *e.Socket)
+			}
+		}
+		f.mu.Unlock()
+		expect(t, kerneltest.Run(t, "", kerneltest.Options{}, probePacket), "ok")
+	})
+}
+
+// A member without CAP_NET_RAW is refused by the kernel (or first at the
+// socket_create hook), and the refusal is recorded as a violation.
+func TestPacketSocketOfUnprivilegedMember(t *testing.T) {
+	eachLayer(t, func(t *testing.T, ceiling FamilyLayer) {
+		f, cg, layer := familyFixture(t, 41, ceiling, SessionState{Budget: 100, QuarantineOnBudget: true})
+		bin := kerneltest.ExecutableCopy(t)
+		res := kerneltest.Run(t, cg, kerneltest.Options{Binary: bin, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}},
+			probePacket)
+		expect(t, res, "EPERM")
+		ev := socketEvent(f, t, res[0].PID)
+		want := HookSysSocket
+		if layer.Refuses() {
+			want = HookLSMSocket
+		}
+		if ev.Hook != want || ev.Verdict != VerdictDenied || ev.UID != 65534 {
+			t.Errorf("event %+v", ev)
+		}
+		if layer == FamiliesSyscallExit && ev.Socket.Result != -int64(unix.EPERM) {
+			t.Errorf("result %d, want -EPERM", ev.Socket.Result)
+		}
+		if st, _ := f.g.Session(41); st.State != StateActive || st.Violations != 1 {
+			t.Errorf("session after a refusal: %+v", st)
+		}
+	})
 }
 
 // With the kill drift action, a member that got a packet socket past every
 // layer is killed before the socket syscall returns to it: it never runs
 // another instruction, so its next probe never reports.
 func TestPacketSocketKillsOnDrift(t *testing.T) {
-	f, cg, _ := familyFixture(t, 42, true, SessionState{Budget: 100, QuarantineOnBudget: true, KillOnDrift: true})
+	f, cg, _ := familyFixture(t, 42, FamiliesSyscallExit, SessionState{Budget: 100, QuarantineOnBudget: true, KillOnDrift: true})
 	res, state, out := kerneltest.RunStatus(t, cg, kerneltest.Options{}, probePacket, probeUnix)
 	if len(res) != 0 {
 		t.Errorf("the member went on after its packet socket: %s", out)

@@ -35,10 +35,10 @@ type Options struct {
 	// kernel whose verifier refuses them: sessions with hostname rules
 	// are then refused, address rules work. For tests of that fallback.
 	NoHostnames bool
-	// NoLSM keeps the socket family programs (boundary.go) off the BPF
-	// LSM even where it is active, as on a host without it: for tests of
-	// the syscall exit layer.
-	NoLSM bool
+	// Boundary is the strongest layer of the boundary programs
+	// (boundary.go) to try, as on a host without the stronger ones: for
+	// tests of each layer. "" is the strongest the host has.
+	Boundary FamilyLayer
 }
 
 // Gate is the loaded and attached egress gate.
@@ -181,7 +181,7 @@ func Load(opts Options) (*Gate, error) {
 	}
 	// Optional: without it, `agentfence run`'s seccomp filter and dropped
 	// capabilities still refuse, but nothing records or sees bound members.
-	g.fam, g.famErr = loadFamilies(&g.objs, linkDir, opts.NoLSM)
+	g.fam, g.famErr = loadFamilies(&g.objs, linkDir, opts.Boundary)
 	if opts.PinPath != "" && g.host != nil {
 		if err := g.adoptHooks(opts.CgroupRoot); err != nil {
 			g.Close()

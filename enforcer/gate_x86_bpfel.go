@@ -98,6 +98,7 @@ const (
 	gateAfSessionFlagAF_SESSION_QUARANTINE_ON_BUDGET gateAfSessionFlag = 1
 	gateAfSessionFlagAF_SESSION_KILL_ON_DRIFT        gateAfSessionFlag = 2
 	gateAfSessionFlagAF_SESSION_DNS_AT_GATE          gateAfSessionFlag = 4
+	gateAfSessionFlagAF_SESSION_LAUNCHES_SERVERS     gateAfSessionFlag = 8
 )
 
 type gateAfStat uint32

@@ -41,7 +41,7 @@ func (g *Gate) setFamilies(on bool) error {
 	if !on {
 		return release(g.fam.links[last])
 	}
-	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_exit", Program: g.fam.objs.AfSysExit})
+	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_exit", Program: g.fam.coll.Programs[boundaryProgAfSysExit]})
 	if err != nil {
 		return err
 	}
@@ -62,7 +62,7 @@ func (g *Gate) setFamilies(on bool) error {
 // /bin/true. Each iteration runs one batch of every workload in every
 // configuration, rotating the order, and the medians are compared.
 func BenchmarkBoundaryLayers(b *testing.B) {
-	g, root := rootGate(b, Options{NoLSM: true})
+	g, root := rootGate(b, Options{Boundary: FamiliesSyscallExit})
 	if g.fam == nil {
 		b.Skip("no socket family program on this kernel")
 	}

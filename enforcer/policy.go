@@ -44,6 +44,10 @@ type SessionState struct {
 	// hook judges (socket families, boundary.go) before it can use it:
 	// the kill drift action.
 	KillOnDrift bool
+	// LaunchesServers marks a session that declares MCP servers: its
+	// members may not ptrace at all, nor receive inet sockets
+	// (bpf/boundary.c), where a hook layer runs.
+	LaunchesServers bool
 	// DNS is what members may ask a resolver; "" is scope.DNSAny, the
 	// kernel's reading of a slot written before dns modes.
 	DNS scope.DNSMode
@@ -82,6 +86,9 @@ func (g *Gate) PutSession(slot uint32, s SessionState) error {
 	if s.KillOnDrift {
 		v.Flags |= uint32(gateAfSessionFlagAF_SESSION_KILL_ON_DRIFT)
 	}
+	if s.LaunchesServers {
+		v.Flags |= uint32(gateAfSessionFlagAF_SESSION_LAUNCHES_SERVERS)
+	}
 	dns, err := dnsKernel(s.DNS)
 	if err != nil {
 		return err
@@ -104,9 +111,11 @@ func (g *Gate) Session(slot uint32) (SessionState, error) {
 	if err := g.objs.Sessions.Lookup(slot, &v); err != nil {
 		return SessionState{}, fmt.Errorf("enforcer: read session slot %d: %w", slot, err)
 	}
+	flags := gateAfSessionFlag(v.Flags)
 	return SessionState{Gen: v.Gen, ExpiresNS: v.ExpiresNs, State: State(v.State), Mode: Mode(v.Mode),
-		Violations: v.Violations, Budget: v.Budget, QuarantineOnBudget: gateAfSessionFlag(v.Flags)&gateAfSessionFlagAF_SESSION_QUARANTINE_ON_BUDGET != 0,
-		KillOnDrift: gateAfSessionFlag(v.Flags)&gateAfSessionFlagAF_SESSION_KILL_ON_DRIFT != 0, DNS: dnsMode(v.Dns)}, nil
+		Violations: v.Violations, Budget: v.Budget, QuarantineOnBudget: flags&gateAfSessionFlagAF_SESSION_QUARANTINE_ON_BUDGET != 0,
+		KillOnDrift: flags&gateAfSessionFlagAF_SESSION_KILL_ON_DRIFT != 0, LaunchesServers: flags&gateAfSessionFlagAF_SESSION_LAUNCHES_SERVERS != 0,
+		DNS: dnsMode(v.Dns)}, nil
 }
 
 // SetState changes only the state of a slot, if it still holds generation gen,

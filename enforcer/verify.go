@@ -51,10 +51,10 @@ type ObjectCheck struct {
 	// ends with the last lines of the log (see tailVerifierError).
 	Err error
 	// Layer, for ObjectSocketFamilies, is the layer it would serve as;
-	// LSMErr is why not the BPF LSM, where the kernel runs it but refused
-	// the program.
-	Layer  FamilyLayer
-	LSMErr error
+	// LayerErr is why not a stronger one the kernel might have taken
+	// (nil when there was none to try).
+	Layer    FamilyLayer
+	LayerErr error
 }
 
 // VerifyOptions mirror the Options of Load that change what is verified.
@@ -117,33 +117,22 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 }
 
 // verifyFamilies verifies the boundary programs as loadFamilies loads
-// them: with the LSM programs where the BPF LSM runs, and, where those are
-// refused, without them.
+// them: those of the strongest layer the kernel takes.
 func verifyFamilies(c *ObjectCheck, shared map[string]*ebpf.Map, cache *btf.Cache, broken bool) {
-	verify := func(lsm bool) {
-		spec, err := boundarySpec(lsm)
+	try, _ := tryLayers("")
+	var whyNot []error
+	for _, layer := range try {
+		spec, err := boundarySpec(layer)
 		if err != nil {
 			c.Err = err
 			return
 		}
-		if !lsm {
-			for name, p := range spec.Programs {
-				if p.Type == ebpf.LSM {
-					delete(spec.Programs, name)
-				}
-			}
-		}
-		VerifySpec(c, spec, pick(shared, slices.Collect(maps.Keys(spec.Maps))...), cache, broken)
-	}
-	if BPFLSMActive() {
-		if verify(true); c.Err == nil {
-			c.Layer = FamiliesLSM
+		c.Err = nil
+		if VerifySpec(c, spec, pick(shared, slices.Collect(maps.Keys(spec.Maps))...), cache, broken); c.Err == nil {
+			c.Layer, c.LayerErr = layer, errors.Join(whyNot...)
 			return
 		}
-		c.LSMErr, c.Err = c.Err, nil
-	}
-	if verify(false); c.Err == nil {
-		c.Layer = FamiliesSyscallExit
+		whyNot = append(whyNot, fmt.Errorf("%s: %w", layer, c.Err))
 	}
 }
 

@@ -30,14 +30,15 @@ func TestVerifyObjects(t *testing.T) {
 		}
 		t.Logf("%s: %d programs, %v, %d insns", c.Name, c.Programs, c.Duration, c.Insns)
 		if c.Name == ObjectSocketFamilies {
-			// The LSM programs join the syscall-exit one where the bpf LSM
-			// runs and takes it; where it runs but refuses, the reason is kept.
+			// A hook layer's programs (socket_create, ptrace_access_check,
+			// ptrace_traceme, file_receive) join the syscall-exit one; the
+			// BPF LSM's only where it runs. Below it, the reason is kept.
 			switch {
-			case c.Layer == FamiliesLSM && BPFLSMActive():
-				w.programs = 3 // socket_create and ptrace_access_check
-			case c.Layer == FamiliesSyscallExit && (!BPFLSMActive() || c.LSMErr != nil):
+			case c.Layer == FamiliesLSM && BPFLSMActive(), c.Layer == FamiliesFmodRet:
+				w.programs = 5
+			case c.Layer == FamiliesSyscallExit && c.LayerErr != nil:
 			default:
-				t.Errorf("%s: layer %q, LSM error %v, bpf LSM active %v", c.Name, c.Layer, c.LSMErr, BPFLSMActive())
+				t.Errorf("%s: layer %q, stronger refused with %v, bpf LSM active %v", c.Name, c.Layer, c.LayerErr, BPFLSMActive())
 			}
 		}
 		if c.Err != nil {

@@ -37,11 +37,35 @@ const (
 	// Protocol the NetnsVia.
 	EscapeNetns = EscapeKind(processAfEscapeKindAF_ESCAPE_NETNS)
 	// EscapePtrace: the member asked to attach to a process outside its
-	// session (ptrace, process_vm_*, /proc/PID/mem, pidfd_getfd) and the
-	// BPF LSM refused it (the gate's program, bpf/boundary.c). The event's
-	// Verdict is the decision and NameHash the other process's tgid.
+	// session (ptrace, process_vm_*, /proc/PID/mem, pidfd_getfd), or in a
+	// session that launches MCP servers to any process or to be traced,
+	// and the program at the LSM hook refused it (bpf/boundary.c). The
+	// event's Verdict is the decision, NameHash the other process's tgid
+	// and Protocol the PtraceHow.
 	EscapePtrace = EscapeKind(processAfEscapeKindAF_ESCAPE_PTRACE)
+	// EscapeSocketReceive: a member of a session that launches MCP servers
+	// received an inet socket (SCM_RIGHTS, pidfd_getfd), refused at the
+	// file_receive hook. The event's Dest is the socket's peer, Protocol
+	// its IPPROTO.
+	EscapeSocketReceive = EscapeKind(processAfEscapeKindAF_ESCAPE_SOCKET_RECEIVE)
 )
+
+// PtraceHow is which ptrace request an EscapePtrace refused, and why.
+type PtraceHow uint8
+
+const (
+	PtraceOutsideSession = PtraceHow(processAfPtraceHowAF_PTRACE_OUTSIDE_SESSION)
+	PtraceServersSession = PtraceHow(processAfPtraceHowAF_PTRACE_SERVERS_SESSION)
+	PtraceTraceme        = PtraceHow(processAfPtraceHowAF_PTRACE_TRACEME)
+)
+
+// Via is how records name the request ("via"): attach or traceme.
+func (h PtraceHow) Via() string {
+	if h == PtraceTraceme {
+		return "traceme"
+	}
+	return "attach"
+}
 
 // NetnsVia is how a member came to another network namespace.
 type NetnsVia uint8
@@ -83,6 +107,8 @@ func (k EscapeKind) String() string {
 		return "netns"
 	case EscapePtrace:
 		return "ptrace"
+	case EscapeSocketReceive:
+		return "socket_receive"
 	}
 	return "unknown"
 }

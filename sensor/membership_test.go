@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -156,7 +157,11 @@ type memberFixture struct {
 	events chan enforcer.Event
 }
 
-func newMemberFixture(t *testing.T) *memberFixture {
+func newMemberFixture(t *testing.T) *memberFixture { return newMemberFixtureAt(t, "") }
+
+// newMemberFixtureAt loads the gate with boundary layer ceiling at most
+// (enforcer.Options.Boundary).
+func newMemberFixtureAt(t *testing.T, ceiling enforcer.FamilyLayer) *memberFixture {
 	t.Helper()
 	mnt, err := procfs.Cgroup2Mount()
 	if err != nil {
@@ -166,10 +171,10 @@ func newMemberFixture(t *testing.T) *memberFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &memberFixture{base: filepath.Join(mnt, self, fmt.Sprintf("af-sensor-%d-%s", os.Getpid(), t.Name())),
+	f := &memberFixture{base: filepath.Join(mnt, self, fmt.Sprintf("af-sensor-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))),
 		events: make(chan enforcer.Event, 64)}
 	f.mkdir(t, "")
-	g, err := enforcer.Load(enforcer.Options{CgroupRoot: f.base, NoHostnames: true})
+	g, err := enforcer.Load(enforcer.Options{CgroupRoot: f.base, NoHostnames: true, Boundary: ceiling})
 	if err != nil {
 		t.Fatalf("load gate: %+v", err)
 	}
@@ -223,8 +228,15 @@ func (f *memberFixture) mkdir(t *testing.T, rel string) (string, uint64) {
 // cgroup id to it.
 func (f *memberFixture) open(t *testing.T, slot uint32, gen uint64, budget uint32, cgroup uint64) {
 	t.Helper()
-	if err := f.g.PutSession(slot, enforcer.SessionState{Gen: gen, State: enforcer.StateActive, Budget: budget,
-		QuarantineOnBudget: true}); err != nil {
+	f.openWith(t, slot, enforcer.SessionState{Gen: gen, Budget: budget, QuarantineOnBudget: true}, cgroup)
+}
+
+// openWith opens slot with st, active.
+func (f *memberFixture) openWith(t *testing.T, slot uint32, st enforcer.SessionState, cgroup uint64) {
+	t.Helper()
+	gen := st.Gen
+	st.State = enforcer.StateActive
+	if err := f.g.PutSession(slot, st); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.g.PutSession(slot, enforcer.SessionState{Gen: gen, State: enforcer.StateFree}) })
@@ -493,44 +505,157 @@ func TestMembershipNetnsReported(t *testing.T) {
 	}
 }
 
+// eachHookLayer runs test with the strongest boundary layer the host has
+// and with fmod_ret forced (skipped where the kernel refuses it: the
+// weaker layer ran, which "strongest" covers).
+func eachHookLayer(t *testing.T, test func(t *testing.T, f *memberFixture, layer enforcer.FamilyLayer)) {
+	for _, ceiling := range []enforcer.FamilyLayer{"", enforcer.FamiliesFmodRet} {
+		name := string(ceiling)
+		if name == "" {
+			name = "strongest"
+		}
+		t.Run(name, func(t *testing.T) {
+			f := newMemberFixtureAt(t, ceiling)
+			layer, err := f.g.SocketFamilies()
+			if ceiling != "" && layer != ceiling {
+				t.Skipf("the kernel refused layer %s: %v", ceiling, err)
+			}
+			test(t, f, layer)
+		})
+	}
+}
+
 // TestMembershipPtraceOutsideSession: a member may attach to (here:
 // process_vm_readv, which asks the kernel for PTRACE_MODE_ATTACH) only
-// members of its own session. Where the gate's BPF LSM programs run,
-// reading a process outside the session is refused with EPERM and reported
-// as an escape naming it, and a fellow member stays readable (EFAULT: the
-// kernel let it attach, the address is unmapped). Elsewhere nothing refuses
-// it (docs/threat-model.md, route 17), which the test checks too, so that
-// the route's status is not a guess.
+// members of its own session. Where a hook layer runs (the BPF LSM, or
+// fmod_ret on security_ptrace_access_check), reading a process outside
+// the session is refused with EPERM and reported as an escape naming it,
+// and a fellow member stays readable (EFAULT: the kernel let it attach,
+// the address is unmapped). Elsewhere nothing refuses it
+// (docs/threat-model.md, route 17), which the test checks too, so that the
+// route's status is not a guess.
 func TestMembershipPtraceOutsideSession(t *testing.T) {
-	f := newMemberFixture(t)
-	sess, sessID := f.mkdir(t, "session")
-	f.open(t, 12, 3, 100, sessID)
-	peer := kerneltest.Start(t, sess, kerneltest.Options{}, true, kerneltest.RawICMP)
-	if res := peer.Next(); res.Outcome() != kerneltest.Ready {
-		t.Fatalf("peer: %s", res)
-	}
-	outside := os.Getpid()
-	res := kerneltest.Run(t, sess, kerneltest.Options{}, kerneltest.VMRead{PID: outside}, kerneltest.VMRead{PID: peer.PID})
-	got := res[0].Outcome() + " " + res[1].Outcome()
-	if layer, _ := f.g.SocketFamilies(); layer != enforcer.FamiliesLSM {
-		if got != "EFAULT EFAULT" {
-			t.Errorf("without the BPF LSM: %s, want EFAULT EFAULT (route 17 open)", got)
+	eachHookLayer(t, func(t *testing.T, f *memberFixture, layer enforcer.FamilyLayer) {
+		sess, sessID := f.mkdir(t, "session")
+		f.open(t, 12, 3, 100, sessID)
+		peer := kerneltest.Start(t, sess, kerneltest.Options{}, true, kerneltest.RawICMP)
+		if res := peer.Next(); res.Outcome() != kerneltest.Ready {
+			t.Fatalf("peer: %s", res)
 		}
-		return
+		outside := os.Getpid()
+		res := kerneltest.Run(t, sess, kerneltest.Options{}, kerneltest.VMRead{PID: outside}, kerneltest.VMRead{PID: peer.PID})
+		got := res[0].Outcome() + " " + res[1].Outcome()
+		if !layer.Refuses() {
+			if got != "EFAULT EFAULT" {
+				t.Errorf("without a hook layer: %s, want EFAULT EFAULT (route 17 open)", got)
+			}
+			return
+		}
+		if got != "EPERM EFAULT" {
+			t.Errorf("outside the session, a fellow member: %s, want EPERM EFAULT", got)
+		}
+		ev := f.escape(t, "attach to a process outside the session")
+		if EscapeKind(ev.Reason) != EscapePtrace || ev.Verdict != enforcer.VerdictDenied || ev.NameHash != uint64(outside) ||
+			PtraceHow(ev.Protocol) != PtraceOutsideSession || ev.PID != uint32(res[0].PID) || ev.Slot != 12 || ev.Gen != 3 {
+			t.Errorf("escape event %+v", ev)
+		}
+		if n := f.violations(t, 12); n != 1 {
+			t.Errorf("violations %d, want 1: the refusal counts, the fellow member's read does not", n)
+		}
+		// Outside a session the same read is the kernel's to allow.
+		if res := kerneltest.Run(t, "", kerneltest.Options{}, kerneltest.VMRead{PID: outside}); res[0].Outcome() != "EFAULT" {
+			t.Errorf("outside a session: %s, want EFAULT", res[0].Outcome())
+		}
+	})
+}
+
+// TestMembershipServersSession: in a session that launches MCP servers
+// (routes 25 and 30), a member may not attach even to a fellow member (a
+// server's launch is one until the daemon binds it), may not ask to be
+// traced, and may not receive an inet socket, here one connected to a
+// listener it could not reach itself. Unix sockets still pass. A session
+// without servers keeps all three. Where no hook layer runs, all three
+// stay open, which the test checks too.
+func TestMembershipServersSession(t *testing.T) {
+	eachHookLayer(t, func(t *testing.T, f *memberFixture, layer enforcer.FamilyLayer) {
+		api := kerneltest.Listen(t, "tcp4", "127.0.0.2:0")
+		conn, err := net.Dial("tcp4", api.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		file, err := conn.(*net.TCPConn).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer file.Close()
+		inet := kerneltest.SendSockets(t, file)
+		pair, err := unixPairFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pair.Close()
+		local := kerneltest.SendSockets(t, pair)
+
+		try := func(cg string, peer int) string {
+			res := kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.VMRead{PID: peer}, kerneltest.Traceme{},
+				kerneltest.RecvSocket{Unix: inet}, kerneltest.RecvSocket{Unix: local})
+			return strings.Join(kerneltest.Outcomes(res), " ")
+		}
+		start := func(cg string) int {
+			p := kerneltest.Start(t, cg, kerneltest.Options{}, true, kerneltest.RawICMP)
+			if res := p.Next(); res.Outcome() != kerneltest.Ready {
+				t.Fatalf("peer: %s", res)
+			}
+			return p.PID
+		}
+
+		plain, plainID := f.mkdir(t, "plain")
+		f.open(t, 13, 1, 100, plainID)
+		if got := try(plain, start(plain)); got != "EFAULT ok ok ok" {
+			t.Errorf("a session without servers: %s, want EFAULT ok ok ok", got)
+		}
+
+		agent, agentID := f.mkdir(t, "agent")
+		f.openWith(t, 14, enforcer.SessionState{Gen: 2, Budget: 100, QuarantineOnBudget: true, LaunchesServers: true}, agentID)
+		peer := start(agent)
+		got := try(agent, peer)
+		if !layer.Refuses() {
+			if got != "EFAULT ok ok ok" {
+				t.Errorf("without a hook layer: %s, want EFAULT ok ok ok (routes 25 and 30 open)", got)
+			}
+			return
+		}
+		if want := "EPERM EPERM " + kerneltest.ErrNoRights + " ok"; got != want {
+			t.Fatalf("a session that launches servers: %s, want %s", got, want)
+		}
+		attach := f.escape(t, "attach to a fellow member")
+		if EscapeKind(attach.Reason) != EscapePtrace || PtraceHow(attach.Protocol) != PtraceServersSession ||
+			attach.NameHash != uint64(peer) || attach.Verdict != enforcer.VerdictDenied || attach.Slot != 14 {
+			t.Errorf("attach event %+v", attach)
+		}
+		traceme := f.escape(t, "traceme")
+		if EscapeKind(traceme.Reason) != EscapePtrace || PtraceHow(traceme.Protocol) != PtraceTraceme ||
+			traceme.Verdict != enforcer.VerdictDenied || traceme.NameHash == 0 {
+			t.Errorf("traceme event %+v", traceme)
+		}
+		recv := f.escape(t, "receive an inet socket")
+		if EscapeKind(recv.Reason) != EscapeSocketReceive || recv.Dest != api || recv.Protocol != syscall.IPPROTO_TCP ||
+			recv.Verdict != enforcer.VerdictDenied || recv.Slot != 14 {
+			t.Errorf("receive event %+v", recv)
+		}
+		if n := f.violations(t, 14); n != 3 {
+			t.Errorf("violations %d, want 3", n)
+		}
+	})
+}
+
+// unixPairFile is one end of a unix socket pair, as a file to send.
+func unixPairFile() (*os.File, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
 	}
-	if got != "EPERM EFAULT" {
-		t.Errorf("outside the session, a fellow member: %s, want EPERM EFAULT", got)
-	}
-	ev := f.escape(t, "attach to a process outside the session")
-	if EscapeKind(ev.Reason) != EscapePtrace || ev.Verdict != enforcer.VerdictDenied || ev.NameHash != uint64(outside) ||
-		ev.PID != uint32(res[0].PID) || ev.Slot != 12 || ev.Gen != 3 {
-		t.Errorf("escape event %+v", ev)
-	}
-	if n := f.violations(t, 12); n != 1 {
-		t.Errorf("violations %d, want 1: the refusal counts, the fellow member's read does not", n)
-	}
-	// Outside a session the same read is the kernel's to allow.
-	if res := kerneltest.Run(t, "", kerneltest.Options{}, kerneltest.VMRead{PID: outside}); res[0].Outcome() != "EFAULT" {
-		t.Errorf("outside a session: %s, want EFAULT", res[0].Outcome())
-	}
+	syscall.Close(fds[1])
+	return os.NewFile(uintptr(fds[0]), "pair"), nil
 }

@@ -20,6 +20,7 @@ const (
 	processAfEscapeKindAF_ESCAPE_CLONE_INTO_CGROUP processAfEscapeKind = 2
 	processAfEscapeKindAF_ESCAPE_NETNS             processAfEscapeKind = 3
 	processAfEscapeKindAF_ESCAPE_PTRACE            processAfEscapeKind = 4
+	processAfEscapeKindAF_ESCAPE_SOCKET_RECEIVE    processAfEscapeKind = 5
 )
 
 type processAfNetnsVia uint32
@@ -52,6 +53,14 @@ type processAfProcHook uint32
 
 const (
 	processAfProcHookAF_HOOK_ESCAPE processAfProcHook = 32
+)
+
+type processAfPtraceHow uint32
+
+const (
+	processAfPtraceHowAF_PTRACE_OUTSIDE_SESSION processAfPtraceHow = 0
+	processAfPtraceHowAF_PTRACE_SERVERS_SESSION processAfPtraceHow = 1
+	processAfPtraceHowAF_PTRACE_TRACEME         processAfPtraceHow = 2
 )
 
 type processBinding struct {
@@ -148,6 +157,7 @@ const (
 	processVarUnusedFork          = "unused_fork"
 	processVarUnusedHook          = "unused_hook"
 	processVarUnusedNetnsVia      = "unused_netns_via"
+	processVarUnusedPtraceHow     = "unused_ptrace_how"
 	processVarUnusedType          = "unused_type"
 )
 
@@ -217,14 +227,15 @@ type processMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type processVariableSpecs struct {
-	UnusedEscape   *ebpf.VariableSpec `ebpf:"unused_escape"`
-	UnusedExec     *ebpf.VariableSpec `ebpf:"unused_exec"`
-	UnusedExit     *ebpf.VariableSpec `ebpf:"unused_exit"`
-	UnusedFlags    *ebpf.VariableSpec `ebpf:"unused_flags"`
-	UnusedFork     *ebpf.VariableSpec `ebpf:"unused_fork"`
-	UnusedHook     *ebpf.VariableSpec `ebpf:"unused_hook"`
-	UnusedNetnsVia *ebpf.VariableSpec `ebpf:"unused_netns_via"`
-	UnusedType     *ebpf.VariableSpec `ebpf:"unused_type"`
+	UnusedEscape    *ebpf.VariableSpec `ebpf:"unused_escape"`
+	UnusedExec      *ebpf.VariableSpec `ebpf:"unused_exec"`
+	UnusedExit      *ebpf.VariableSpec `ebpf:"unused_exit"`
+	UnusedFlags     *ebpf.VariableSpec `ebpf:"unused_flags"`
+	UnusedFork      *ebpf.VariableSpec `ebpf:"unused_fork"`
+	UnusedHook      *ebpf.VariableSpec `ebpf:"unused_hook"`
+	UnusedNetnsVia  *ebpf.VariableSpec `ebpf:"unused_netns_via"`
+	UnusedPtraceHow *ebpf.VariableSpec `ebpf:"unused_ptrace_how"`
+	UnusedType      *ebpf.VariableSpec `ebpf:"unused_type"`
 }
 
 // processObjects contains all objects after they have been loaded into the kernel.
@@ -274,14 +285,15 @@ func (m *processMaps) Close() error {
 //
 // It can be passed to loadProcessObjects or ebpf.CollectionSpec.LoadAndAssign.
 type processVariables struct {
-	UnusedEscape   *ebpf.Variable `ebpf:"unused_escape"`
-	UnusedExec     *ebpf.Variable `ebpf:"unused_exec"`
-	UnusedExit     *ebpf.Variable `ebpf:"unused_exit"`
-	UnusedFlags    *ebpf.Variable `ebpf:"unused_flags"`
-	UnusedFork     *ebpf.Variable `ebpf:"unused_fork"`
-	UnusedHook     *ebpf.Variable `ebpf:"unused_hook"`
-	UnusedNetnsVia *ebpf.Variable `ebpf:"unused_netns_via"`
-	UnusedType     *ebpf.Variable `ebpf:"unused_type"`
+	UnusedEscape    *ebpf.Variable `ebpf:"unused_escape"`
+	UnusedExec      *ebpf.Variable `ebpf:"unused_exec"`
+	UnusedExit      *ebpf.Variable `ebpf:"unused_exit"`
+	UnusedFlags     *ebpf.Variable `ebpf:"unused_flags"`
+	UnusedFork      *ebpf.Variable `ebpf:"unused_fork"`
+	UnusedHook      *ebpf.Variable `ebpf:"unused_hook"`
+	UnusedNetnsVia  *ebpf.Variable `ebpf:"unused_netns_via"`
+	UnusedPtraceHow *ebpf.Variable `ebpf:"unused_ptrace_how"`
+	UnusedType      *ebpf.Variable `ebpf:"unused_type"`
 }
 
 // processPrograms contains all programs after they have been loaded into the kernel.

@@ -53,6 +53,14 @@ func TestOpenMCPServer(t *testing.T) {
 	if got := e.k.scopeOf(es.slot); len(got) != 1 {
 		t.Errorf("server scope in the kernel: %v", got)
 	}
+	// The agent's session is marked in the kernel as one that launches
+	// servers (no ptrace, no received inet sockets); the server's is not.
+	if st, _ := e.k.Session(e.entry(t, agent.ID).slot); !st.LaunchesServers {
+		t.Errorf("agent session in the kernel: %+v, want LaunchesServers", st)
+	}
+	if st, _ := e.k.Session(es.slot); st.LaunchesServers {
+		t.Errorf("server session in the kernel: %+v, want no LaunchesServers", st)
+	}
 	// The server session's records name the server; the agent's do not.
 	if m := e.recs.find(t, server.ID, "opened").MCP; m == nil || m.Server != "tickets" || m.Serves != agent.ID || m.Session != server.ID {
 		t.Errorf("server session's opened record: mcp %+v", m)

@@ -193,7 +193,7 @@ func (r *Registry) kernelState(e *entry) enforcer.SessionState {
 	}
 	return enforcer.SessionState{Gen: e.gen, ExpiresNS: r.clock.Boot(e.ExpiresAt), State: enforcer.StateActive, Mode: mode,
 		Budget: r.cfg.ViolationBudget, QuarantineOnBudget: r.cfg.DriftAction != config.DriftNone,
-		KillOnDrift: r.cfg.DriftAction == config.DriftKill, DNS: e.dnsMode()}
+		KillOnDrift: r.cfg.DriftAction == config.DriftKill, LaunchesServers: len(e.MCP) > 0, DNS: e.dnsMode()}
 }
 
 // dnsMode is the session's dns mode; one restored from state written

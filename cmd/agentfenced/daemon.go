@@ -133,10 +133,10 @@ func (d *daemon) startGate(ctx context.Context) error {
 	if err := gate.Hostnames(); err != nil {
 		log.Warn("hostname rules unavailable: sessions with hostname rules will be refused; address rules are enforced", "err", err)
 	}
-	if layer, err := gate.SocketFamilies(); layer != enforcer.FamiliesLSM {
-		log.Warn("sockets of families no cgroup hook sees are not refused in the kernel for bound members", "layer", layer, "why", err)
+	if layer, err := gate.SocketFamilies(); !layer.Refuses() {
+		log.Warn("sockets of families no cgroup hook sees, ptrace and received sockets are not refused in the kernel for bound members", "layer", layer, "why", err)
 	} else {
-		log.Info("sockets of families no cgroup hook sees are refused by the BPF LSM")
+		log.Info("sockets of families no cgroup hook sees, ptrace and received sockets are refused at the LSM hooks", "layer", layer, "why_not_stronger", err)
 	}
 
 	d.clock = boottime.NewClock()

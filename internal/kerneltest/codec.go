@@ -19,7 +19,7 @@ var kinds = map[string]reflect.Type{}
 
 func init() {
 	for _, op := range []Op{
-		Connect{}, SendUDP{}, ConnectUDP{}, FastOpen{}, Socket{}, Bind{}, Uring{}, VMRead{}, Netns{}, API{},
+		Connect{}, SendUDP{}, ConnectUDP{}, FastOpen{}, Socket{}, Bind{}, Uring{}, VMRead{}, Traceme{}, RecvSocket{}, Netns{}, API{},
 		DNSQuery{}, DNSReset{}, Resolve{}, ResolveLoop{}, DNSReplay{}, DialName{}, TLSHello{}, SendTCP{},
 		Hold{}, HoldMany{}, Loop{}, Flood{}, ListenTCP{}, UDPSocket{}, UDPSend{}, UDPRecv{},
 		ConnectBench{}, UDPBench{}, SyscallBench{}, ExecBench{},

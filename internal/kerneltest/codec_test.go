@@ -17,7 +17,8 @@ func TestRequestRoundTrip(t *testing.T) {
 	ap := netip.MustParseAddrPort("127.0.0.1:53")
 	ops := []Op{
 		Connect{Addr: ap, V6: true}, SendUDP{Addr: ap, Payload: []byte{0, 1}}, ConnectUDP{Addr: ap}, FastOpen{Addr: ap},
-		RawICMP, Bind{Addr: ap, UDP: true}, Uring{Addr: ap}, VMRead{PID: 7}, Netns{}, API{Socket: "/s", Open: true},
+		RawICMP, Bind{Addr: ap, UDP: true}, Uring{Addr: ap}, VMRead{PID: 7}, Traceme{}, RecvSocket{Unix: "/u"}, Netns{},
+		API{Socket: "/s", Open: true},
 		DNSQuery{Net: "tcp", Server: ap, Name: "a.test", Type: 28, Hold: true}, DNSReset{},
 		Resolve{Server: ap, Name: "a.test"}, ResolveLoop{Server: ap, Name: "a.test", Port: 443, N: 3},
 		DNSReplay{Server: ap, N: 2}, DialName{Resolver: ap, Host: "a.test", Port: 80},

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -46,6 +47,34 @@ func Serve(tb testing.TB, addr string) netip.AddrPort {
 		}
 	}()
 	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// SendSockets listens on a unix socket in a directory of its own and sends
+// each connection file's descriptor (SCM_RIGHTS) once, for RecvSocket: a
+// socket handed over, as a server could hand its connection to an agent.
+// It returns the socket's path.
+func SendSockets(tb testing.TB, file *os.File) string {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "pass.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { l.Close() })
+	// Probes that run as another uid must reach it.
+	os.Chmod(filepath.Dir(path), 0o755)
+	os.Chmod(path, 0o777)
+	go func() {
+		for {
+			c, err := l.AcceptUnix()
+			if err != nil {
+				return
+			}
+			c.WriteMsgUnix([]byte{0}, unix.UnixRights(int(file.Fd())), nil)
+			c.Close()
+		}
+	}()
+	return path
 }
 
 // ServeUDP echoes every datagram sent to a UDP socket on addr back to its

@@ -61,6 +61,16 @@ type Uring struct{ Addr netip.AddrPort }
 // EFAULT when the kernel let it attach, else its errno.
 type VMRead struct{ PID int }
 
+// Traceme starts /bin/true asking to be traced (PTRACE_TRACEME in the
+// child before its exec, as a debugger's launch does): ok when the kernel
+// let it, else the errno the start failed with.
+type Traceme struct{}
+
+// RecvSocket connects to the unix socket Unix and receives one descriptor
+// over it (SCM_RIGHTS, from a sender such as SendSockets): ok when it
+// arrived, ErrNoRights when the message came without it.
+type RecvSocket struct{ Unix string }
+
 // Netns, on a thread of its own, unshares the network namespace and goes
 // back to the one it was in.
 type Netns struct{}

@@ -3,10 +3,13 @@ package kerneltest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
+	"os/exec"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -15,14 +18,59 @@ import (
 // The operations on things other than the network: another process's
 // memory, the network namespace, the daemon's API.
 
-func (o VMRead) run(c *child) { c.report(o.probe()) }
-func (o Netns) run(c *child)  { c.report(o.probe()) }
-func (o API) run(c *child)    { c.report(o.probe()) }
+func (o VMRead) run(c *child)     { c.report(o.probe()) }
+func (o Traceme) run(c *child)    { c.report(o.probe()) }
+func (o RecvSocket) run(c *child) { c.report(o.probe()) }
+func (o Netns) run(c *child)      { c.report(o.probe()) }
+func (o API) run(c *child)        { c.report(o.probe()) }
 
 func (o VMRead) probe() Result {
 	buf := make([]byte, 8)
 	_, err := unix.ProcessVMReadv(o.PID, []unix.Iovec{{Base: &buf[0], Len: 8}}, []unix.RemoteIovec{{Base: 8, Len: 8}}, 0)
 	return result(err)
+}
+
+func (Traceme) probe() Result {
+	// The tracer is the thread that forked; it stays this one.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd := exec.Command("/bin/true")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Ptrace: true}
+	if err := cmd.Start(); err != nil {
+		return result(err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	return result(nil)
+}
+
+func (o RecvSocket) probe() Result {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return failed("socket", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: o.Unix}); err != nil {
+		return failed("connect", err)
+	}
+	buf, oob := make([]byte, 1), make([]byte, unix.CmsgSpace(4))
+	_, oobn, flags, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+	if err != nil {
+		return failed("recvmsg", err)
+	}
+	msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+	for _, m := range msgs {
+		if fds, err := unix.ParseUnixRights(&m); err == nil && len(fds) > 0 {
+			for _, f := range fds {
+				unix.Close(f)
+			}
+			return result(nil)
+		}
+	}
+	if flags&unix.MSG_CTRUNC != 0 {
+		return Result{Err: ErrNoRights}
+	}
+	return failed("recvmsg", errors.New("no descriptor and no MSG_CTRUNC"))
 }
 
 // probe leaves the network namespace and comes back, on a locked thread

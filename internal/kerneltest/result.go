@@ -21,6 +21,9 @@ const (
 	ErrShort     = "short"     // an answer too short to be one
 	ErrBadAnswer = "badanswer" // an answer that does not answer the query
 	ErrNone      = "none"      // a resolver's answer without an address
+	// ErrNoRights: a message that carried a descriptor arrived without
+	// it (MSG_CTRUNC), as when an LSM hook refuses the receipt.
+	ErrNoRights = "norights"
 )
 
 // Result is the outcome of one operation. Err is OK, the name of the errno
