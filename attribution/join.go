@@ -149,8 +149,11 @@ func socketOutcome(rec *audit.Record, ev enforcer.Event) {
 	rec.Socket = &audit.Socket{Family: enforcer.FamilyName(s.Family), Type: enforcer.SocketTypeName(s.Type),
 		Protocol: s.Protocol}
 	switch {
-	case ev.Hook == enforcer.HookLSMSocket:
-		rec.Socket.RefusedBy = "bpf_lsm"
+	case ev.Hook == enforcer.HookLSMSocket || ev.Hook == enforcer.HookFmodSocket:
+		rec.Socket.RefusedBy = string(enforcer.FamiliesLSM)
+		if ev.Hook == enforcer.HookFmodSocket {
+			rec.Socket.RefusedBy = string(enforcer.FamiliesFmodRet)
+		}
 		if ev.Verdict != enforcer.VerdictDenied {
 			rec.Socket.RefusedBy = "" // audit mode: it was let through
 		}

@@ -192,7 +192,8 @@ type Socket struct {
 	Family   string `json:"family"` // packet, xdp, vsock, ... or family_N
 	Type     string `json:"type"`   // raw, dgram, stream, seqpacket, ... or type_N
 	Protocol int    `json:"protocol"`
-	// RefusedBy is the layer that refused it: bpf_lsm, seccomp (the filter
+	// RefusedBy is the layer that refused it: bpf_lsm, fmod_ret (the same
+	// check without the BPF LSM, bpf/boundary.c), seccomp (the filter
 	// `agentfence run` installs) or kernel (for example for lack of
 	// CAP_NET_RAW). Empty when the socket was created (verdict detected).
 	RefusedBy string `json:"refused_by,omitempty"`

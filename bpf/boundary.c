@@ -158,8 +158,9 @@ static __always_inline void report(const struct binding *b, __u8 hook, __u8 verd
 	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 
-// socket_create is the socket_create hook's check: 0, or -EPERM.
-static __always_inline int socket_create(int family, int type, int protocol, int kern)
+// socket_create is the socket_create hook's check: 0, or -EPERM. hook
+// names the layer in the report.
+static __always_inline int socket_create(__u8 hook, int family, int type, int protocol, int kern)
 {
 	if (kern || local_family(family))
 		return 0;
@@ -172,18 +173,18 @@ static __always_inline int socket_create(int family, int type, int protocol, int
 
 	if (s->mode == AF_MODE_AUDIT) {
 		count(AF_STAT_WOULD_DENY);
-		report(&b, AF_HOOK_LSM_SOCKET, AF_VERDICT_WOULD_DENY, quarantined_now, family, type, protocol, 0);
+		report(&b, hook, AF_VERDICT_WOULD_DENY, quarantined_now, family, type, protocol, 0);
 		return 0;
 	}
 	count(AF_STAT_DENIED);
-	report(&b, AF_HOOK_LSM_SOCKET, AF_VERDICT_DENIED, quarantined_now, family, type, protocol, 0);
+	report(&b, hook, AF_VERDICT_DENIED, quarantined_now, family, type, protocol, 0);
 	return -EPERM;
 }
 
 SEC("lsm/socket_create")
 int BPF_PROG(af_lsm_socket_create, int family, int type, int protocol, int kern)
 {
-	return socket_create(family, type, protocol, kern);
+	return socket_create(AF_HOOK_LSM_SOCKET, family, type, protocol, kern);
 }
 
 // An fmod_ret program gets the return value so far as its last argument
@@ -191,7 +192,7 @@ int BPF_PROG(af_lsm_socket_create, int family, int type, int protocol, int kern)
 SEC("fmod_ret/security_socket_create")
 int BPF_PROG(af_fmod_socket_create, int family, int type, int protocol, int kern, int ret)
 {
-	return ret ? ret : socket_create(family, type, protocol, kern);
+	return ret ? ret : socket_create(AF_HOOK_FMOD_SOCKET, family, type, protocol, kern);
 }
 
 // The syscalls the exit program looks at, and their arguments at its exit,

@@ -95,9 +95,11 @@ enum af_hook {
 	AF_HOOK_INGRESS4 = 10, // a peer reaches a member's socket
 	AF_HOOK_INGRESS6 = 11,
 	// Sockets of other families (boundary.c): the BPF LSM refused or let
-	// one through, or the socket syscall's exit saw its result.
+	// one through, or the socket syscall's exit saw its result, or the
+	// fmod_ret program on security_socket_create refused or let it through.
 	AF_HOOK_LSM_SOCKET = 16,
 	AF_HOOK_SYS_SOCKET = 17,
+	AF_HOOK_FMOD_SOCKET = 18,
 };
 
 enum af_stat {

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/enforcer"
 
 	"golang.org/x/sys/unix"
 
@@ -58,10 +59,19 @@ func (d *daemon) recordOf(t *testing.T, what, kind string, pid uint32, match fun
 
 func denied(r audit.Record) bool { return r.Outcome.Verdict == audit.VerdictDenied }
 
-// lsmActive reports whether this daemon refuses sockets of other families
-// with the BPF LSM (its log says which layer runs).
-func (d *daemon) lsmActive() bool {
-	return strings.Contains(d.log(), "refused by the BPF LSM")
+// hookLayer is the boundary layer this daemon refuses at the LSM hooks
+// with (bpf_lsm or fmod_ret: its log says), or "" where it runs none.
+func (d *daemon) hookLayer() string {
+	for _, line := range strings.Split(d.log(), "\n") {
+		if strings.Contains(line, "refused at the LSM hooks") {
+			for _, layer := range []enforcer.FamilyLayer{enforcer.FamiliesLSM, enforcer.FamiliesFmodRet} {
+				if strings.Contains(line, " layer="+string(layer)) {
+					return string(layer)
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // A member launched by run keeps CAP_NET_RAW (--keep-cap net_raw) and
@@ -129,12 +139,12 @@ func TestBypassPacketSocketFromBoundMember(t *testing.T) {
 		}
 	}
 	p.Go()
-	if d.lsmActive() {
+	if layer := d.hookLayer(); layer != "" {
 		if r1 := p.Next(); r1.Outcome() != "EPERM" {
 			t.Errorf("bound member's packet socket: %s, want EPERM", r1)
 		}
 		r := d.recordOf(t, "packet socket", audit.KindSocket, pid, denied)
-		if r.Socket == nil || r.Socket.RefusedBy != "bpf_lsm" || r.Session.ID != s.ID {
+		if r.Socket == nil || r.Socket.RefusedBy != layer || r.Session.ID != s.ID {
 			t.Errorf("record %+v socket %+v", r, r.Socket)
 		}
 		return
@@ -385,11 +395,11 @@ func TestBypassPtraceSameUID(t *testing.T) {
 		t.Fatalf("run: exit %d: %s", code, stderr)
 	}
 	res := capResults(t, stdout)
-	if !d.lsmActive() {
+	if d.hookLayer() == "" {
 		if res["vmread"] != "EFAULT" {
-			t.Errorf("without the BPF LSM: %s, want EFAULT (route 17 open here)", res["vmread"])
+			t.Errorf("without a hook layer: %s, want EFAULT (route 17 open here)", res["vmread"])
 		}
-		t.Skip("no BPF LSM on this host: route 17 is open (docs/threat-model.md)")
+		t.Skip("no hook layer (BPF LSM or fmod_ret) on this host: route 17 is open (docs/threat-model.md)")
 	}
 	if res["vmread"] != "EPERM" {
 		t.Errorf("member's vmread of a same-uid process outside the session: %s, want EPERM", res["vmread"])

@@ -243,10 +243,11 @@ func TestMCPNativeServer(t *testing.T) {
 
 // A member of the agent's session cannot attach to its bound MCP server
 // (ptrace, process_vm_*, /proc/PID/mem, pidfd_getfd): the server runs in a
-// session of its own, and lsm/ptrace_access_check refuses a member any
-// process outside its session. Where the BPF LSM does not run, the route
-// is open (route 24 in docs/threat-model.md). The server is native here
-// (sleep), so this runs in the vmtest guests, whose kernels run the LSM.
+// session of its own, and the ptrace_access_check hook refuses a member
+// any process outside its session. Where no hook layer runs (neither the
+// BPF LSM nor fmod_ret), the route is open (route 24 in
+// docs/threat-model.md). The server is native here (sleep), so this runs
+// in the vmtest guests.
 func TestMCPServerOutOfPtraceReach(t *testing.T) {
 	// Yama's ptrace_scope 1 would refuse the probe, which is not the
 	// server's ancestor; the agent that launched it is, so Yama does not
@@ -288,11 +289,11 @@ func TestMCPServerOutOfPtraceReach(t *testing.T) {
 	})
 
 	res := kerneltest.Run(t, agent.Binding.Cgroup, kerneltest.Options{}, kerneltest.VMRead{PID: int(pid)})
-	if !d.lsmActive() {
+	if d.hookLayer() == "" {
 		if res[0].Outcome() != "EFAULT" {
-			t.Errorf("without the BPF LSM: %s, want EFAULT (route 24 open here)", res[0].Outcome())
+			t.Errorf("without a hook layer: %s, want EFAULT (route 24 open here)", res[0].Outcome())
 		}
-		t.Skip("no BPF LSM on this host: route 24 is open (docs/threat-model.md)")
+		t.Skip("no hook layer (BPF LSM or fmod_ret) on this host: route 24 is open (docs/threat-model.md)")
 	}
 	if res[0].Outcome() != "EPERM" {
 		t.Errorf("the agent's vmread of its server: %s, want EPERM", res[0].Outcome())
@@ -300,8 +301,72 @@ func TestMCPServerOutOfPtraceReach(t *testing.T) {
 	r := d.waitRecord(t, "ptrace escape", func(r audit.Record) bool {
 		return r.Kind == audit.KindEscape && r.Escape != nil && r.Escape.What == "ptrace" && r.Escape.TargetPID == pid
 	})
-	if !denied(r) || r.Session.ID != agent.ID {
+	if !denied(r) || r.Session.ID != agent.ID || r.Outcome.Reason != audit.ReasonLaunchesMCPServers {
 		t.Errorf("ptrace record: session %s outcome %+v", r.Session.ID, r.Outcome)
+	}
+}
+
+// In a session that declares MCP servers, the agent cannot borrow a
+// server in the window before the daemon binds it (route 25): it may not
+// attach to a fellow member, which an unjudged launch is, nor ask to be
+// traced by its parent across an exec. Nor can it take a connection a
+// server made (route 30): an inet socket handed to it over a unix socket
+// never arrives. Each refusal is an escape record naming why. Where no
+// hook layer runs, the routes are open, which the test checks too.
+func TestMCPAgentCannotBorrowTheServer(t *testing.T) {
+	yamaOff(t)
+	d := startDaemon(t)
+	c := client.New(d.socket)
+	api := kerneltest.Listen(t, "tcp4", "127.0.0.2:0")
+	agent, err := c.Open(context.Background(), v1.OpenRequest{Intent: "borrow the server", Scope: []string{"udp://127.0.0.53:53"},
+		MCP: []v1.MCPServer{{Name: "srv", Command: []string{"/bin/sleep", "600"}, Scope: []string{"tcp://" + api.String()}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server's connection to the API, which it hands to the agent.
+	conn, err := net.Dial("tcp4", api.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	file, err := conn.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	handed := kerneltest.SendSockets(t, file)
+
+	fellow := kerneltest.Start(t, agent.Binding.Cgroup, kerneltest.Options{}, true, kerneltest.RawICMP)
+	if res := fellow.Next(); res.Outcome() != kerneltest.Ready {
+		t.Fatalf("fellow member: %s", res)
+	}
+	res := kerneltest.Run(t, agent.Binding.Cgroup, kerneltest.Options{}, kerneltest.VMRead{PID: fellow.PID},
+		kerneltest.Traceme{}, kerneltest.RecvSocket{Unix: handed}, kerneltest.Connect{Addr: api})
+	got := strings.Join(kerneltest.Outcomes(res), " ")
+	if d.hookLayer() == "" {
+		if got != "EFAULT ok ok EPERM" {
+			t.Errorf("without a hook layer: %s, want EFAULT ok ok EPERM (routes 25 and 30 open here)", got)
+		}
+		t.Skip("no hook layer (BPF LSM or fmod_ret) on this host: routes 25 and 30 are open (docs/threat-model.md)")
+	}
+	if want := "EPERM EPERM " + kerneltest.ErrNoRights + " EPERM"; got != want {
+		t.Fatalf("the agent: %s, want %s", got, want)
+	}
+	pid := uint32(res[0].PID)
+	for _, w := range []struct{ what, via string }{{"ptrace", "attach"}, {"ptrace", "traceme"}, {"socket_receive", ""}} {
+		r := d.recordOf(t, w.what+" "+w.via, audit.KindEscape, pid, func(r audit.Record) bool {
+			return r.Escape != nil && r.Escape.What == w.what && r.Escape.Via == w.via
+		})
+		if !denied(r) || r.Outcome.Reason != audit.ReasonLaunchesMCPServers || r.Session.ID != agent.ID {
+			t.Errorf("%s %s record: session %s outcome %+v", w.what, w.via, r.Session.ID, r.Outcome)
+		}
+		if w.via == "attach" && r.Escape.TargetPID != uint32(fellow.PID) {
+			t.Errorf("attach record names pid %d, want %d", r.Escape.TargetPID, fellow.PID)
+		}
+		if w.what == "socket_receive" && (r.Destination == nil || r.Destination.IP != "127.0.0.2" || r.Destination.Port != api.Port() ||
+			r.Destination.Protocol != "tcp") {
+			t.Errorf("socket_receive record: destination %+v, want the API %s", r.Destination, api)
+		}
 	}
 }
 

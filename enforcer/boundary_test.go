@@ -72,6 +72,17 @@ func eachLayer(t *testing.T, test func(t *testing.T, ceiling FamilyLayer)) {
 	}
 }
 
+// socketHook is the hook of a layer's socket events.
+func socketHook(layer FamilyLayer) Hook {
+	switch layer {
+	case FamiliesLSM:
+		return HookLSMSocket
+	case FamiliesFmodRet:
+		return HookFmodSocket
+	}
+	return HookSysSocket
+}
+
 func socketEvent(f *fixture, t *testing.T, pid int) Event {
 	t.Helper()
 	return f.waitEvent(t, pid, func(e Event) bool { return e.Socket != nil })
@@ -96,7 +107,7 @@ func TestPacketSocketOfRootMember(t *testing.T) {
 		switch layer {
 		case FamiliesLSM, FamiliesFmodRet:
 			expect(t, res, "EPERM", "ok", "ok")
-			if ev.Hook != HookLSMSocket || ev.Verdict != VerdictDenied {
+			if ev.Hook != socketHook(layer) || ev.Verdict != VerdictDenied {
 				t.Errorf("hook event %+v", ev)
 			}
 			if st.State != StateActive || st.Violations != 1 {
@@ -132,11 +143,7 @@ func TestPacketSocketOfUnprivilegedMember(t *testing.T) {
 			probePacket)
 		expect(t, res, "EPERM")
 		ev := socketEvent(f, t, res[0].PID)
-		want := HookSysSocket
-		if layer.Refuses() {
-			want = HookLSMSocket
-		}
-		if ev.Hook != want || ev.Verdict != VerdictDenied || ev.UID != 65534 {
+		if ev.Hook != socketHook(layer) || ev.Verdict != VerdictDenied || ev.UID != 65534 {
 			t.Errorf("event %+v", ev)
 		}
 		if layer == FamiliesSyscallExit && ev.Socket.Result != -int64(unix.EPERM) {

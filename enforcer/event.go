@@ -29,6 +29,8 @@ const (
 	// Sockets of families no cgroup hook sees (boundary.go): refused by
 	// the BPF LSM, or seen at the socket syscall's exit.
 	HookLSMSocket = Hook(gateAfHookAF_HOOK_LSM_SOCKET)
+	// HookFmodSocket: as HookLSMSocket, from the fmod_ret layer.
+	HookFmodSocket = Hook(gateAfHookAF_HOOK_FMOD_SOCKET)
 	HookSysSocket = Hook(gateAfHookAF_HOOK_SYS_SOCKET)
 )
 
@@ -104,7 +106,7 @@ type Event struct {
 	// (Gate.Hostname names it).
 	ViaName  bool
 	NameHash uint64
-	// Socket is set for HookLSMSocket and HookSysSocket.
+	// Socket is set for HookLSMSocket, HookFmodSocket and HookSysSocket.
 	Socket *SocketAttempt
 }
 
@@ -114,7 +116,7 @@ type SocketAttempt struct {
 	Type     int // SOCK_RAW, SOCK_DGRAM, ... without SOCK_NONBLOCK and SOCK_CLOEXEC
 	Protocol int // for AF_PACKET the ethertype, in network byte order
 	// Result is the socket syscall's result, a descriptor or a negative
-	// errno, for HookSysSocket; 0 for HookLSMSocket.
+	// errno, for HookSysSocket; 0 for the hook layers.
 	Result int64
 }
 
@@ -141,7 +143,7 @@ func DecodeEvent(raw []byte) (Event, error) {
 		ViaName:        e.NameFlags&uint32(gateAfEventNameFlagAF_EVENT_VIA_NAME) != 0,
 		NameHash:       e.NameHash,
 	}
-	if ev.Hook == HookLSMSocket || ev.Hook == HookSysSocket {
+	if ev.Hook == HookLSMSocket || ev.Hook == HookFmodSocket || ev.Hook == HookSysSocket {
 		ev.Socket = &SocketAttempt{Family: int(e.SockFamily), Type: int(e.SockType), Protocol: int(e.Port),
 			Result: int64(e.NameHash)}
 		ev.NameHash = 0

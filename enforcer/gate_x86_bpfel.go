@@ -43,6 +43,7 @@ const (
 	gateAfHookAF_HOOK_INGRESS6    gateAfHook = 11
 	gateAfHookAF_HOOK_LSM_SOCKET  gateAfHook = 16
 	gateAfHookAF_HOOK_SYS_SOCKET  gateAfHook = 17
+	gateAfHookAF_HOOK_FMOD_SOCKET gateAfHook = 18
 )
 
 type gateAfMode uint32
