@@ -23,6 +23,14 @@ import (
 // ordinary syscalls on ENOSYS. Where the BPF LSM runs, the kernel refuses
 // such sockets however they are made, io_uring included.
 //
+// seccomp(2) may not install a filter with SECCOMP_FILTER_FLAG_NEW_LISTENER
+// (EPERM): its listener answers the filtered process's syscalls for it, so
+// a member holding one over a process it launched could hand that process
+// its own files (SECCOMP_IOCTL_NOTIF_ADDFD) in place of the ones it opens:
+// the agent's code in an MCP server judged by what it execs
+// (docs/threat-model.md, route 32). Filters without it stay allowed: they
+// only take away.
+//
 // The filter costs a few BPF instructions per syscall of the member and
 // nothing to anyone else.
 
@@ -33,8 +41,8 @@ var LocalFamilies = []uint32{unix.AF_UNIX, unix.AF_INET, unix.AF_INET6, unix.AF_
 // syscall from an ABI the filter does not know kills the process: its
 // numbers mean other things.
 type abi struct {
-	arch                             uint32
-	socket, socketpair, ioUringSetup uint32
+	arch                                      uint32
+	socket, socketpair, ioUringSetup, seccomp uint32
 	socketcall                       uint32 // 0: the ABI has none
 	x32                              bool   // x86_64: numbers with bit 30 are the x32 ABI
 }
@@ -44,6 +52,7 @@ const (
 	offNr   = 0
 	offArch = 4
 	offArg0 = 16 // low 32 bits on little-endian machines, the only ones built
+	offArg1 = 24
 )
 
 const (
@@ -51,6 +60,7 @@ const (
 	retKill   = unix.SECCOMP_RET_KILL_PROCESS
 	retNoFam  = unix.SECCOMP_RET_ERRNO | uint32(unix.EAFNOSUPPORT)
 	retNoSys  = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
+	retNoPerm = unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
 	sysSocket = 1 // socketcall(2) call numbers
 	sysSockpr = 8
 	x32Bit    = 0x40000000
@@ -122,6 +132,7 @@ func filter(abis []abi) ([]unix.SockFilter, error) {
 		p.jump(unix.BPF_JEQ, a.socket, "family", "")
 		p.jump(unix.BPF_JEQ, a.socketpair, "family", "")
 		p.jump(unix.BPF_JEQ, a.ioUringSetup, "nosys", "")
+		p.jump(unix.BPF_JEQ, a.seccomp, "seccomp", "")
 		if a.socketcall != 0 {
 			// The family is in the member's memory, out of the filter's
 			// reach: socketcall's socket and socketpair fail. C libraries
@@ -146,6 +157,12 @@ func filter(abis []abi) ([]unix.SockFilter, error) {
 	p.ret(retNoFam)
 	p.label("nosys")
 	p.ret(retNoSys)
+	p.label("seccomp")
+	p.ld(offArg0)
+	p.jump(unix.BPF_JEQ, unix.SECCOMP_SET_MODE_FILTER, "", "allow")
+	p.ld(offArg1)
+	p.jump(unix.BPF_JSET, unix.SECCOMP_FILTER_FLAG_NEW_LISTENER, "", "allow")
+	p.ret(retNoPerm)
 	p.label("allow")
 	p.ret(retAllow)
 	return p.assemble()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"unsafe"
@@ -62,6 +63,7 @@ func socketProbes() []string {
 	out = append(out, "socketpair_unix="+errnoName(err))
 	_, err = unix.Socketpair(unix.AF_PACKET, unix.SOCK_RAW, 0)
 	out = append(out, "socketpair_packet="+errnoName(err))
+	out = append(out, "seccomp_plain="+errnoName(allowAll(0)), "seccomp_listener="+errnoName(allowAll(unix.SECCOMP_FILTER_FLAG_NEW_LISTENER)))
 	params := make([]byte, 120) // struct io_uring_params
 	r, _, errno := unix.Syscall(unix.SYS_IO_URING_SETUP, 1, uintptr(unsafe.Pointer(&params[0])), 0)
 	if errno == 0 {
@@ -71,6 +73,25 @@ func socketProbes() []string {
 		out = append(out, "io_uring="+unix.ErrnoName(errno))
 	}
 	return out
+}
+
+// allowAll installs a filter that allows everything, with flags, on the
+// calling thread (no_new_privs set first, as run sets it).
+func allowAll(flags uintptr) error {
+	runtime.LockOSThread() // the thread exits with the probe
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return err
+	}
+	ins := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW}}
+	prog := unix.SockFprog{Len: 1, Filter: &ins[0]}
+	r, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, flags, uintptr(unsafe.Pointer(&prog)))
+	if errno != 0 {
+		return errno
+	}
+	if flags&unix.SECCOMP_FILTER_FLAG_NEW_LISTENER != 0 {
+		unix.Close(int(r))
+	}
+	return nil
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
@@ -97,19 +118,32 @@ func TestFilterKeepsToLocalFamilies(t *testing.T) {
 	}
 	want := map[string]string{"unix": "ok", "inet": "ok", "inet6": "ok", "netlink": "ok",
 		"packet": "EAFNOSUPPORT", "xdp": "EAFNOSUPPORT", "vsock": "EAFNOSUPPORT",
-		"socketpair_unix": "ok", "socketpair_packet": "EAFNOSUPPORT", "io_uring": "ENOSYS"}
+		"socketpair_unix": "ok", "socketpair_packet": "EAFNOSUPPORT", "io_uring": "ENOSYS",
+		"seccomp_plain": "ok", "seccomp_listener": "EPERM"}
 	for k, w := range want {
 		if got[k] != w {
 			t.Errorf("%s: got %q, want %s", k, got[k], w)
 		}
 	}
 	// Without the filter the kernel answers for itself: a packet socket is
-	// created (root) or refused for lack of CAP_NET_RAW, never EAFNOSUPPORT.
+	// created (root) or refused for lack of CAP_NET_RAW, never EAFNOSUPPORT,
+	// and a listener is handed out.
+	if err := probeListener(); err != nil {
+		t.Errorf("without the filter, a seccomp listener: %v", err)
+	}
 	for _, line := range socketProbes() {
 		if strings.HasPrefix(line, "packet=") && line == "packet=EAFNOSUPPORT" {
 			t.Errorf("this process got %s: the filter leaked out of its thread", line)
 		}
 	}
+}
+
+// probeListener installs a listening filter on a thread of its own,
+// which it then ends with.
+func probeListener() error {
+	res := make(chan error)
+	go func() { res <- allowAll(unix.SECCOMP_FILTER_FLAG_NEW_LISTENER) }() // the locked thread exits with it
+	return <-res
 }
 
 // A syscall of an ABI the filter does not know kills the process, and the
