@@ -436,7 +436,7 @@ func progCheck(name string, gate bool, pt ebpf.ProgramType, spec *ebpf.ProgramSp
 // run: a kernel can load them yet not run the bpf LSM (not in lsm=), or run
 // it yet refuse programs (this machine kind: EPERM at load).
 func checkLSM() Check {
-	c := Check{Name: CheckLSM, Impact: "no BPF LSM: sockets of families no cgroup hook sees are watched at the socket syscall's exit instead (see " + CheckObjectFamilies + ")"}
+	c := Check{Name: CheckLSM, Impact: "no BPF LSM: the boundary's checks run as fmod_ret programs where the kernel takes them, else sockets of families no cgroup hook sees are watched at the socket syscall's exit (see " + CheckObjectFamilies + ")"}
 	active := enforcer.BPFLSMActive()
 	err := features.HaveProgramType(ebpf.LSM)
 	c.Status, c.Detail = classify(err)
