@@ -43,8 +43,8 @@ var LocalFamilies = []uint32{unix.AF_UNIX, unix.AF_INET, unix.AF_INET6, unix.AF_
 type abi struct {
 	arch                                      uint32
 	socket, socketpair, ioUringSetup, seccomp uint32
-	socketcall                       uint32 // 0: the ABI has none
-	x32                              bool   // x86_64: numbers with bit 30 are the x32 ABI
+	socketcall                                uint32 // 0: the ABI has none
+	x32                                       bool   // x86_64: numbers with bit 30 are the x32 ABI
 }
 
 // seccomp_data offsets.
