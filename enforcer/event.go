@@ -31,7 +31,7 @@ const (
 	HookLSMSocket = Hook(gateAfHookAF_HOOK_LSM_SOCKET)
 	// HookFmodSocket: as HookLSMSocket, from the fmod_ret layer.
 	HookFmodSocket = Hook(gateAfHookAF_HOOK_FMOD_SOCKET)
-	HookSysSocket = Hook(gateAfHookAF_HOOK_SYS_SOCKET)
+	HookSysSocket  = Hook(gateAfHookAF_HOOK_SYS_SOCKET)
 )
 
 // Inbound reports whether the hook judged what a peer sent (Event.Dest is
