@@ -3,6 +3,8 @@ package enforcer
 import (
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -191,4 +193,53 @@ func pinSetup(t *testing.T) (root, pins string) {
 	}
 	mnt := privtest.BPFFS(t)
 	return root, filepath.Join(mnt, "agentfence")
+}
+
+// A daemon that comes back on another boundary layer (the BPF LSM turned
+// off and on across a reboot keeps no pins, but a changed option does)
+// removes the earlier layer's pinned links, so the two never both refuse
+// and record; its own layer's links replace theirs by name.
+func TestBoundaryLayerChangeUnpinsTheOld(t *testing.T) {
+	root, pins := pinSetup(t)
+	pinned := func() []string {
+		entries, err := os.ReadDir(filepath.Join(pins, "links"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, e := range entries {
+			if linkName(boundaryProgAfSysExit) == e.Name() || strings.HasPrefix(e.Name(), "lsm_") || strings.HasPrefix(e.Name(), "fmod_") {
+				names = append(names, e.Name())
+			}
+		}
+		return names
+	}
+	g, err := Load(Options{CgroupRoot: root, PinPath: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, _ := g.SocketFamilies()
+	strongest := pinned()
+	g.Close()
+	if !layer.Refuses() {
+		if err := Uninstall(pins); err != nil {
+			t.Fatal(err)
+		}
+		t.Skipf("no hook layer on this host (%s): nothing to unpin", layer)
+	}
+	if len(strongest) != 5 {
+		t.Errorf("%s pinned %v, want its four hooks and the syscall exit", layer, strongest)
+	}
+	g, err = Load(Options{CgroupRoot: root, PinPath: pins, Boundary: FamiliesSyscallExit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := pinned()
+	g.Close()
+	if err := Uninstall(pins); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []string{"sys_exit"}) {
+		t.Errorf("after %s then syscall_exit, pinned %v, want [sys_exit]", layer, got)
+	}
 }
