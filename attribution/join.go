@@ -54,6 +54,10 @@ type Joiner struct {
 	// destination.hostname, and a denial is held by a server's hostname
 	// rule only through the names it carries).
 	Names Names
+	// Redact replaces the credentials in an exec event's argv, used when
+	// the process cache (which redacts its own) has not got the process
+	// (nil keeps argv whole).
+	Redact func(args []string) []string
 }
 
 // Names is what the joiner asks of the gate's hostname state
@@ -288,12 +292,18 @@ func (j *Joiner) HostRecord(ev enforcer.HostEvent) audit.Record {
 // process is in no session.
 func (j *Joiner) ExecRecord(ev *sensor.ExecEvent) (audit.Record, bool) {
 	p := &audit.Process{PID: ev.TGID, TID: ev.PID, PPID: ev.PPID, UID: ev.UID, GID: ev.GID, CgroupID: ev.CgroupID,
-		Exe: ev.Filename, Argv: ev.Args}
+		Exe: ev.Filename}
 	j.fillProcess(p, ev.TGID, ev.Ktime)
 	p.Comm = filepath.Base(p.Exe)
 	s, ok := j.Sessions.SessionOf(ev.TGID, p.Cgroup)
 	if !ok {
 		return audit.Record{}, false
+	}
+	if p.Argv == nil {
+		p.Argv = ev.Args
+		if j.Redact != nil {
+			p.Argv = j.Redact(p.Argv)
+		}
 	}
 	return audit.Record{Schema: audit.SchemaVersion, Time: j.Clock.Wall(ev.Ktime), Kind: audit.KindExec,
 		Session: &s.Session, Agent: s.Agent, Origin: s.Origin, MCP: s.MCP, Process: p}, true

@@ -98,6 +98,20 @@ type Config struct {
 	Authz    Authz    `json:"authz"`
 	DNS      DNS      `json:"dns"`
 	Process  Process  `json:"process"`
+	// Credentials are the names and patterns, besides the built-in ones
+	// (docs/audit.md, "Credentials"), whose values are replaced by their
+	// fingerprint wherever a command line is recorded.
+	Credentials Credentials `json:"credentials"`
+}
+
+// Credentials extends credential redaction.
+type Credentials struct {
+	// RedactNames are header, parameter, flag and variable names whose
+	// value is a credential (compared without case; '-' and '.' count as
+	// '_').
+	RedactNames []string `json:"redact_names,omitempty"`
+	// RedactPatterns are Go regular expressions; every match is redacted.
+	RedactPatterns []string `json:"redact_patterns,omitempty"`
 }
 
 // Audit selects where audit records go.

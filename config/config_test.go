@@ -253,6 +253,9 @@ func TestParseErrors(t *testing.T) {
 		{"ancestry depth huge", "process:\n  ancestry_depth: 1000\n", []string{"process.ancestry_depth", "1000"}},
 		{"cache size zero", "process:\n  cache_size: 0\n", []string{"process.cache_size"}},
 		{"negative exit grace", "process:\n  exit_grace: -1s\n", []string{"process.exit_grace", `"-1s"`}},
+		{"empty redact name", "credentials:\n  redact_names: [\"x\", \" \"]\n", []string{"credentials.redact_names[1]", "empty"}},
+		{"bad redact pattern", "credentials:\n  redact_patterns: [\"(\"]\n", []string{"credentials.redact_patterns[0]", "regular expression"}},
+		{"empty-matching pattern", "credentials:\n  redact_patterns: [\"x*\"]\n", []string{"credentials.redact_patterns[0]", "empty string"}},
 		{"several problems at once", "audit:\n  format: xml\nsessions:\n  drift_action: x\n", []string{"audit.format", "sessions.drift_action"}},
 	}
 	for _, tc := range cases {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -133,6 +134,19 @@ func (c Config) Validate() error {
 	}
 	if p.ExitGrace < 0 {
 		v.add("process.exit_grace", p.ExitGrace, "must not be negative")
+	}
+
+	for i, n := range c.Credentials.RedactNames {
+		if strings.TrimSpace(n) == "" {
+			v.add(fmt.Sprintf("credentials.redact_names[%d]", i), n, "must not be empty")
+		}
+	}
+	for i, p := range c.Credentials.RedactPatterns {
+		if re, err := regexp.Compile(p); err != nil {
+			v.add(fmt.Sprintf("credentials.redact_patterns[%d]", i), p, "is not a regular expression: "+err.Error())
+		} else if re.MatchString("") {
+			v.add(fmt.Sprintf("credentials.redact_patterns[%d]", i), p, "must not match the empty string")
+		}
 	}
 
 	return errors.Join(v.errs...)

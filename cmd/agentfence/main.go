@@ -39,6 +39,7 @@ commands:
   session   open, list, show, bind, narrow, revoke or close sessions
   audit     show, tail or verify audit records
   doctor    check what this host offers and what a missing feature disables
+  credential fingerprint   print the fingerprint records give a secret read from stdin
   help      show this help
 `
 
@@ -70,6 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return auditCmd(ctx, args[1:], stdout, stderr)
 	case "doctor":
 		return doctorCmd(ctx, args[1:], stdout, stderr)
+	case "credential":
+		return credentialCmd(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

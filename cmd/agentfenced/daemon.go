@@ -22,6 +22,7 @@ import (
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/audit/sink"
 	"github.com/agentfence/agentfence/config"
+	"github.com/agentfence/agentfence/credential"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/enforcer/sockdestroy"
 	"github.com/agentfence/agentfence/internal/boottime"
@@ -41,6 +42,7 @@ type daemon struct {
 	pipe      *sink.Pipeline
 	gate      *enforcer.Gate
 	clock     *boottime.Clock
+	redactor  *credential.Redactor
 	procs     *processes
 	destroyer *sockdestroy.Destroyer
 	sessions  *session.Registry
@@ -106,6 +108,17 @@ func primarySink(a config.Audit) audit.SinkConfig {
 	return s
 }
 
+// startRedactor loads the node's fingerprint key (state_dir, created on
+// first start) and the credential names and patterns argv is redacted by.
+func (d *daemon) startRedactor(context.Context) error {
+	key, err := credential.LoadOrCreateKey(d.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	d.redactor, err = credential.NewRedactor(key, d.cfg.Credentials.RedactNames, d.cfg.Credentials.RedactPatterns)
+	return err
+}
+
 // startGate loads and attaches the gate, the process programs and the
 // connection destroyer.
 func (d *daemon) startGate(ctx context.Context) error {
@@ -140,7 +153,7 @@ func (d *daemon) startGate(ctx context.Context) error {
 	}
 
 	d.clock = boottime.NewClock()
-	d.procs, err = startProcesses(ctx, gate, cfg, log)
+	d.procs, err = startProcesses(ctx, gate, cfg, d.redactor.Argv, log)
 	if err != nil {
 		log.Warn("process identity unavailable: records carry only pid, uid and comm", "err", err)
 	}
@@ -236,7 +249,7 @@ func (d *daemon) startReaders(context.Context) error {
 	// which the process's own exit soon does; the whole Wait is spent only
 	// while the process reader lags the gate's. 100 ms left 1 of 1,000
 	// short-lived processes unattributed on 5.10 under emulation.
-	joiner := &attribution.Joiner{Sessions: sessions, Clock: d.clock, Wait: time.Second, Names: gate}
+	joiner := &attribution.Joiner{Sessions: sessions, Clock: d.clock, Wait: time.Second, Names: gate, Redact: d.redactor.Argv}
 	if d.procs.cache != nil {
 		joiner.Processes = d.procs.cache
 	}

@@ -43,7 +43,8 @@ const procRingBytes = 1 << 20
 // startProcesses loads the process programs sharing the gate's pid-binding
 // and executable maps, so bindings are inherited on fork and exe-bound
 // rules see the identity captured at exec.
-func startProcesses(ctx context.Context, gate *enforcer.Gate, cfg config.Config, log *slog.Logger) (*processes, error) {
+func startProcesses(ctx context.Context, gate *enforcer.Gate, cfg config.Config, redact func([]string) []string,
+	log *slog.Logger) (*processes, error) {
 	p := &processes{}
 	progs, err := sensor.LoadProcessPrograms(sensor.ProcessOptions{PidSessions: gate.PidSessions(), ProcExe: gate.ProcExe(),
 		Sessions: gate.Sessions(), CgroupSessions: gate.CgroupSessions(), GateEvents: gate.Events(), GateStats: gate.StatsMap(),
@@ -58,7 +59,7 @@ func startProcesses(ctx context.Context, gate *enforcer.Gate, cfg config.Config,
 	}
 	p.progs, p.resolver = progs, resolver
 	p.cache = proccache.New(proccache.Config{MaxEntries: cfg.Process.CacheSize, ExitGrace: cfg.Process.ExitGrace.Std(),
-		AncestryDepth: cfg.Process.AncestryDepth, CgroupPath: resolver.Path})
+		AncestryDepth: cfg.Process.AncestryDepth, CgroupPath: resolver.Path, Redact: redact})
 	n := p.cache.Seed()
 	p.execs = make(chan *sensor.ExecEvent, 4096)
 	go func() {

@@ -80,6 +80,9 @@ type Config struct {
 	HashMaxSize int64
 	// ProcRoot is /proc; tests point it elsewhere.
 	ProcRoot string
+	// Redact replaces the credentials in a command line (credential.
+	// Redactor.Argv) before the cache keeps it; nil keeps argv whole.
+	Redact func(args []string) []string
 	// CgroupPath maps a cgroup id to its path (cgroupmeta.Resolver.Path).
 	// Nil leaves CgroupPath and Container empty for event-fed entries.
 	CgroupPath func(id uint64) (string, error)
@@ -305,7 +308,7 @@ func (c *Cache) applyExec(ev *sensor.ExecEvent) *hashJob {
 	p.PPID, p.UID, p.GID = ev.PPID, ev.UID, ev.GID
 	p.Exe, p.ExePath, p.ExeDeleted = ev.Exe, path, false
 	p.ExeSHA256, p.HashState = "", HashPending
-	p.Args, p.ArgsTruncated = sanitizeArgs(ev.Args, ev.ArgsTruncated), ev.ArgsTruncated
+	p.Args, p.ArgsTruncated = sanitizeArgs(ev.Args, ev.ArgsTruncated, c.cfg.Redact), ev.ArgsTruncated
 	p.Execs++
 	p.Source = SourceExec
 	if p.CgroupID != ev.CgroupID || p.CgroupPath == "" {

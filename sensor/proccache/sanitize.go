@@ -35,13 +35,18 @@ func sanitizeArg(s string) string {
 	return b.String()
 }
 
-func sanitizeArgs(args []string, truncated bool) []string {
+// sanitizeArgs is args made safe (sanitizeArg), with redact applied (nil:
+// none) before a cut-short argv is marked.
+func sanitizeArgs(args []string, truncated bool, redact func([]string) []string) []string {
 	if len(args) == 0 {
 		return nil
 	}
 	out := make([]string, len(args))
 	for i, a := range args {
 		out[i] = sanitizeArg(a)
+	}
+	if redact != nil {
+		out = redact(out)
 	}
 	if truncated {
 		out[len(out)-1] += TruncatedMarker

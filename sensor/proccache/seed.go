@@ -32,7 +32,7 @@ func (c *Cache) procSnapshot(tgid uint32) (*entry, bool) {
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {
 		args, trunc := splitCmdline(b, sensor.ArgvMax)
-		e.Args, e.ArgsTruncated = sanitizeArgs(args, trunc), trunc
+		e.Args, e.ArgsTruncated = sanitizeArgs(args, trunc, c.cfg.Redact), trunc
 	}
 	if p, err := os.Readlink(filepath.Join(dir, "exe")); err == nil {
 		e.ExePath, e.ExeDeleted = strings.CutSuffix(p, " (deleted)")
