@@ -99,18 +99,20 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 	}
 }
 
+// metricsBase is the daemon's metrics listener, http://ADDR, once its log
+// names it.
+func (d *daemon) metricsBase(t *testing.T) string {
+	t.Helper()
+	re := regexp.MustCompile(`metrics listening" addr=(\S+)`)
+	var m []string
+	waitFor(t, "the metrics address in the log", func() bool { m = re.FindStringSubmatch(d.log()); return m != nil })
+	return "http://" + m[1]
+}
+
 // Metrics after a known sequence of decisions, and the health endpoints.
 func TestMetricsAndHealth(t *testing.T) {
 	d := startDaemon(t)
-	re := regexp.MustCompile(`metrics listening" addr=(\S+)`)
-	var m []string
-	for deadline := time.Now().Add(10 * time.Second); m == nil; m = re.FindStringSubmatch(d.log()) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no metrics address in the log: %s", d.log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	base := "http://" + m[1]
+	base := d.metricsBase(t)
 	s := d.openSession(t, "--intent", "counted", "--allow", "udp://127.0.0.1:9")
 	expectResults(t, kerneltest.Run(t, s.Binding.Cgroup, kerneltest.Options{},
 		kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:9")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:9")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:10")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:11")}, kerneltest.SendUDP{Addr: netip.MustParseAddrPort("127.0.0.1:12")}), "ok", "ok", "EPERM", "EPERM", "EPERM")
