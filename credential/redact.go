@@ -38,9 +38,11 @@ func Placeholder(fingerprint string) string { return placeholderPrefix + fingerp
 
 // Redactor finds and replaces credentials in argv.
 type Redactor struct {
-	key      *Key
-	names    map[string]bool // normalised credential names (normName)
-	patterns []*regexp.Regexp
+	key   *Key
+	names map[string]bool // normalised credential names (normName)
+	// patterns are the configured patterns in one alternation (nil:
+	// none): one scan of an argument, not one per pattern.
+	patterns *regexp.Regexp
 }
 
 // credentialNames are the names whose value is a credential, as headers,
@@ -69,19 +71,30 @@ var (
 		"scram-sha-1": true, "scram-sha-256": true, "vapid": true, "dpop": true, "gnap": true}
 )
 
-// wellKnown are token formats recognised wherever they appear.
-var wellKnown = []string{
-	`sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}`,
-	`gh[pousr]_[A-Za-z0-9]{30,}`,
-	`github_pat_[A-Za-z0-9_]{22,}`,
-	`xox[abprs]-[A-Za-z0-9-]{10,}`,
-	`glpat-[A-Za-z0-9_-]{20,}`,
-	`AIza[0-9A-Za-z_-]{35}`,
-	`[sr]k_(?:live|test)_[0-9A-Za-z]{16,}`,
-	`npm_[A-Za-z0-9]{36}`,
-	`hf_[A-Za-z0-9]{30,}`,
-	`eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}`,
+// wellKnown are token formats recognised wherever they appear, each with a
+// literal every match contains, so that an argument is scanned only for
+// the formats it could hold.
+var wellKnown = []struct{ hint, pattern string }{
+	{"sk-", `sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}`},
+	{"gh", `gh[pousr]_[A-Za-z0-9]{30,}`},
+	{"github_pat_", `github_pat_[A-Za-z0-9_]{22,}`},
+	{"xox", `xox[abprs]-[A-Za-z0-9-]{10,}`},
+	{"glpat-", `glpat-[A-Za-z0-9_-]{20,}`},
+	{"AIza", `AIza[0-9A-Za-z_-]{35}`},
+	{"k_", `[sr]k_(?:live|test)_[0-9A-Za-z]{16,}`},
+	{"npm_", `npm_[A-Za-z0-9]{36}`},
+	{"hf_", `hf_[A-Za-z0-9]{30,}`},
+	{"eyJ", `eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}`},
 }
+
+// wellKnownRe are wellKnown's patterns, compiled.
+var wellKnownRe = func() []*regexp.Regexp {
+	out := make([]*regexp.Regexp, len(wellKnown))
+	for i, w := range wellKnown {
+		out[i] = regexp.MustCompile(w.pattern)
+	}
+	return out
+}()
 
 var (
 	headerRe = regexp.MustCompile(`^\s*([A-Za-z][A-Za-z0-9_-]*)\s*:\s*(\S.*)$`)
@@ -104,7 +117,8 @@ func NewRedactor(k *Key, names, patterns []string) (*Redactor, error) {
 		}
 		r.names[n] = true
 	}
-	for _, p := range append(wellKnown, patterns...) {
+	var alt []string
+	for _, p := range patterns {
 		re, err := regexp.Compile(p)
 		if err != nil {
 			return nil, fmt.Errorf("credential: pattern %q: %w", p, err)
@@ -112,14 +126,18 @@ func NewRedactor(k *Key, names, patterns []string) (*Redactor, error) {
 		if re.MatchString("") {
 			return nil, fmt.Errorf("credential: pattern %q matches the empty string", p)
 		}
-		r.patterns = append(r.patterns, re)
+		alt = append(alt, "(?:"+p+")")
+	}
+	if len(alt) > 0 {
+		r.patterns = regexp.MustCompile(strings.Join(alt, "|"))
 	}
 	return r, nil
 }
 
+var nameSeparators = strings.NewReplacer("-", "_", ".", "_")
+
 func normName(n string) string {
-	n = strings.ToLower(strings.TrimSpace(n))
-	return strings.NewReplacer("-", "_", ".", "_").Replace(n)
+	return nameSeparators.Replace(strings.ToLower(strings.TrimSpace(n)))
 }
 
 // isName reports whether name (as written) names a credential.
@@ -181,7 +199,9 @@ func (r *Redactor) Argv(args []string) []string {
 
 // arg redacts the credentials within one argument.
 func (r *Redactor) arg(a string) string {
-	if m := headerRe.FindStringSubmatch(a); m != nil && r.isName(m[1]) {
+	// Each regular expression runs only on arguments holding the
+	// character it needs: most arguments hold none.
+	if m := matchIf(a, ":", headerRe); m != nil && r.isName(m[1]) {
 		value := m[2]
 		if authSchemes[normName(m[1])] {
 			if scheme, cred, ok := strings.Cut(value, " "); ok && authSchemeNames[strings.ToLower(scheme)] && strings.TrimSpace(cred) != "" {
@@ -190,7 +210,7 @@ func (r *Redactor) arg(a string) string {
 		}
 		return a[:len(a)-len(value)] + r.hide(value)
 	}
-	if m := assignRe.FindStringSubmatch(a); m != nil {
+	if m := matchIf(a, "=", assignRe); m != nil {
 		if r.isName(m[2]) {
 			return m[1] + m[2] + "=" + r.hide(m[3])
 		}
@@ -201,16 +221,27 @@ func (r *Redactor) arg(a string) string {
 	// original text, then replace the merged spans, each by the
 	// fingerprint of what it covered.
 	var spans [][2]int
-	for _, m := range userinfoRe.FindAllStringSubmatchIndex(a, -1) {
-		spans = append(spans, [2]int{m[4], m[5]})
-	}
-	for _, m := range queryRe.FindAllStringSubmatchIndex(a, -1) {
-		if r.isName(a[m[4]:m[5]]) {
-			spans = append(spans, [2]int{m[6], m[7]})
+	if strings.Contains(a, "://") {
+		for _, m := range userinfoRe.FindAllStringSubmatchIndex(a, -1) {
+			spans = append(spans, [2]int{m[4], m[5]})
 		}
 	}
-	for _, re := range r.patterns {
-		for _, m := range re.FindAllStringIndex(a, -1) {
+	if strings.Contains(a, "=") {
+		for _, m := range queryRe.FindAllStringSubmatchIndex(a, -1) {
+			if r.isName(a[m[4]:m[5]]) {
+				spans = append(spans, [2]int{m[6], m[7]})
+			}
+		}
+	}
+	for i, w := range wellKnown {
+		if strings.Contains(a, w.hint) {
+			for _, m := range wellKnownRe[i].FindAllStringIndex(a, -1) {
+				spans = append(spans, [2]int{m[0], m[1]})
+			}
+		}
+	}
+	if r.patterns != nil {
+		for _, m := range r.patterns.FindAllStringIndex(a, -1) {
 			spans = append(spans, [2]int{m[0], m[1]})
 		}
 	}
@@ -231,4 +262,12 @@ func (r *Redactor) arg(a string) string {
 	}
 	b.WriteString(a[at:])
 	return b.String()
+}
+
+// matchIf is re's submatches in a, when a contains need.
+func matchIf(a, need string, re *regexp.Regexp) []string {
+	if !strings.Contains(a, need) {
+		return nil
+	}
+	return re.FindStringSubmatch(a)
 }

@@ -141,3 +141,23 @@ func FuzzArgv(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkArgv is the redactor's cost per exec, on a typical command line
+// without credentials (the common case, which copies nothing) and on one
+// with a bearer token.
+func BenchmarkArgv(b *testing.B) {
+	r := testRedactor(b)
+	for _, c := range []struct {
+		name string
+		argv []string
+	}{
+		{"clean", []string{"/usr/bin/node", "/srv/mcp/tickets/server.mjs", "--stdio", "--log-level", "info"}},
+		{"bearer", []string{"curl", "-sS", "-H", "Authorization: Bearer sk-proj-Abcdefghijklmnopqrstuvwx0123", "https://api.test/v1/tickets"}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				r.Argv(c.argv)
+			}
+		})
+	}
+}
