@@ -136,7 +136,7 @@ func b2u8(b bool) uint8 {
 }
 
 // tryLayers returns the layers to try, strongest first, from ceiling
-// down ("" is the strongest), and why the ones above it are not tried.
+// down ("" is the strongest); the BPF LSM's only where the kernel runs it.
 func tryLayers(ceiling FamilyLayer) ([]FamilyLayer, error) {
 	i := 0
 	if ceiling != "" {
