@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/agentfence/agentfence/internal/boottime"
 	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -300,9 +301,13 @@ func TestInboundRecordsRateLimited(t *testing.T) {
 		t.Skip("the flood took over a second: the window reopened")
 	}
 	// The first window's records, then one more after it carries the count.
-	f.waitEvent(t, pid, func(e Event) bool { return e.Hook.Inbound() })
-	for time.Since(start) <= time.Second {
-		time.Sleep(time.Second - time.Since(start) + time.Millisecond)
+	// The window opened at the first record (its BootNS, the kernel's
+	// clock), not when the flood began: on a loaded host the two are far
+	// enough apart for a packet sent a second after the flood began to
+	// land in the first window still.
+	first := f.waitEvent(t, pid, func(e Event) bool { return e.Hook.Inbound() })
+	for now := boottime.Now(); now <= first.BootNS+uint64(time.Second); now = boottime.Now() {
+		time.Sleep(time.Duration(first.BootNS+uint64(time.Second)-now) + time.Millisecond)
 	}
 	peer.WriteToUDP([]byte("x"), to)
 	ev := f.waitEvent(t, pid, func(e Event) bool { return e.Hook.Inbound() && e.Suppressed > 0 })
