@@ -354,8 +354,12 @@ func TestMCPAgentCannotBorrowTheServer(t *testing.T) {
 	}
 	pid := uint32(res[0].PID)
 	for _, w := range []struct{ what, via string }{{"ptrace", "attach"}, {"ptrace", "traceme"}, {"socket_receive", ""}} {
-		r := d.recordOf(t, w.what+" "+w.via, audit.KindEscape, pid, func(r audit.Record) bool {
-			return r.Escape != nil && r.Escape.What == w.what && r.Escape.Via == w.via
+		r := d.waitRecord(t, w.what+" "+w.via, func(r audit.Record) bool {
+			if r.Kind != audit.KindEscape || r.Escape == nil || r.Escape.What != w.what || r.Escape.Via != w.via || r.Outcome == nil {
+				return false
+			}
+			// traceme is asked by the probe's child, naming the probe.
+			return r.Process.PID == pid || w.via == "traceme" && r.Escape.TargetPID == pid
 		})
 		if !denied(r) || r.Outcome.Reason != audit.ReasonLaunchesMCPServers || r.Session.ID != agent.ID {
 			t.Errorf("%s %s record: session %s outcome %+v", w.what, w.via, r.Session.ID, r.Outcome)
