@@ -174,10 +174,9 @@ func (r *Redactor) Argv(args []string) []string {
 		switch {
 		case valueNext:
 			red = r.hide(a)
-		case userNext:
-			if user, pass, ok := strings.Cut(a, ":"); ok && pass != "" {
-				red = user + ":" + r.hide(pass)
-			}
+		case userNext && strings.Contains(a, ":"):
+			user, pass, _ := strings.Cut(a, ":")
+			red = user + ":" + r.hide(pass)
 		default:
 			red = r.arg(a)
 		}
