@@ -324,17 +324,7 @@ func TestMCPAgentCannotBorrowTheServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The server's connection to the API, which it hands to the agent.
-	conn, err := net.Dial("tcp4", api.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	file, err := conn.(*net.TCPConn).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer file.Close()
-	handed := kerneltest.SendSockets(t, file)
+	handed := kerneltest.SendConnection(t, api)
 
 	fellow := kerneltest.Start(t, agent.Binding.Cgroup, kerneltest.Options{}, true, kerneltest.RawICMP)
 	if res := fellow.Next(); res.Outcome() != kerneltest.Ready {

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -579,17 +578,7 @@ func TestMembershipPtraceOutsideSession(t *testing.T) {
 func TestMembershipServersSession(t *testing.T) {
 	eachHookLayer(t, func(t *testing.T, f *memberFixture, layer enforcer.FamilyLayer) {
 		api := kerneltest.Listen(t, "tcp4", "127.0.0.2:0")
-		conn, err := net.Dial("tcp4", api.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		file, err := conn.(*net.TCPConn).File()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer file.Close()
-		inet := kerneltest.SendSockets(t, file)
+		inet := kerneltest.SendConnection(t, api)
 		pair, err := unixPairFile()
 		if err != nil {
 			t.Fatal(err)

@@ -77,6 +77,23 @@ func SendSockets(tb testing.TB, file *os.File) string {
 	return path
 }
 
+// SendConnection connects a TCP socket to to and serves it as SendSockets
+// does: a connection handed over, as a server could hand its own.
+func SendConnection(tb testing.TB, to netip.AddrPort) string {
+	tb.Helper()
+	conn, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(to))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	file, err := conn.File()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { file.Close() })
+	return SendSockets(tb, file)
+}
+
 // ServeUDP echoes every datagram sent to a UDP socket on addr back to its
 // sender.
 func ServeUDP(tb testing.TB, addr string) netip.AddrPort {
