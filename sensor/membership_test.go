@@ -586,9 +586,11 @@ func TestMembershipServersSession(t *testing.T) {
 		defer pair.Close()
 		local := kerneltest.SendSockets(t, pair)
 
+		prober := 0 // the probe of the last try
 		try := func(cg string, peer int) string {
 			res := kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.VMRead{PID: peer}, kerneltest.Traceme{},
 				kerneltest.RecvSocket{Unix: inet}, kerneltest.RecvSocket{Unix: local})
+			prober = res[0].PID
 			return strings.Join(kerneltest.Outcomes(res), " ")
 		}
 		start := func(cg string) int {
@@ -625,7 +627,7 @@ func TestMembershipServersSession(t *testing.T) {
 		}
 		traceme := f.escape(t, "traceme")
 		if EscapeKind(traceme.Reason) != EscapePtrace || PtraceHow(traceme.Protocol) != PtraceTraceme ||
-			traceme.Verdict != enforcer.VerdictDenied || traceme.NameHash == 0 {
+			traceme.Verdict != enforcer.VerdictDenied || traceme.NameHash != uint64(prober) {
 			t.Errorf("traceme event %+v", traceme)
 		}
 		recv := f.escape(t, "receive an inet socket")
