@@ -17,12 +17,23 @@ struct super_block {
 };
 
 struct inode {
+	unsigned short i_mode; // umode_t
 	unsigned long i_ino;
 	struct super_block *i_sb;
 };
 
 struct file {
 	struct inode *f_inode;
+	void *private_data; // a socket file's struct socket
+};
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
 };
 
 struct mm_struct {
@@ -43,6 +54,7 @@ struct task_struct {
 	struct task_struct *group_leader;
 	struct mm_struct *mm;
 	struct signal_struct *signal;
+	struct files_struct *files;
 	__u64 start_boottime; // 5.5+
 	__u64 real_start_time; // before 5.5; same clock under the old name
 };

@@ -1,0 +1,6 @@
+// Package tlsprobe attaches uprobes to the TLS libraries session members
+// use and hands user space the plaintext of their connections, call by
+// call (bpf/tls.c).
+package tlsprobe
+
+//go:generate go tool bpf2go -tags linux -target amd64,arm64 -type tls_event -type af_tls_op tls ../../bpf/tls.c -- -I../../bpf -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror

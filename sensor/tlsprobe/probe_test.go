@@ -1,0 +1,253 @@
+//go:build linux
+
+package tlsprobe
+
+import (
+	"bytes"
+	"context"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/internal/cgroupv2"
+	"github.com/agentfence/agentfence/internal/privtest"
+	"github.com/agentfence/agentfence/internal/procfs"
+	"github.com/agentfence/agentfence/sensor/cgroupmeta"
+)
+
+func TestEventLayout(t *testing.T) {
+	var ev tlsTlsEvent
+	if off := unsafe.Offsetof(ev.Data); off != headerSize {
+		t.Fatalf("tls_event data at %d, decode reads it at %d", off, headerSize)
+	}
+}
+
+func TestDecodeRefusesBadLengths(t *testing.T) {
+	b := make([]byte, headerSize+4)
+	b[56] = byte(OpWrite)
+	b[44] = 4 // size
+	b[48] = 8 // captured: more than the record carries
+	if _, err := decode(b); err == nil {
+		t.Error("a record claiming more bytes than it carries was decoded")
+	}
+	if _, err := decode(b[:headerSize-1]); err == nil {
+		t.Error("a short record was decoded")
+	}
+	b[48] = 4
+	ev, err := decode(b)
+	if err != nil || len(ev.Data) != 4 || ev.Size != 4 {
+		t.Errorf("decode = %+v, %v", ev, err)
+	}
+}
+
+// fixture is the real gate attached to a cgroup of the test's own, with a
+// session bound to a cgroup below it, and the TLS probes sharing the
+// gate's maps.
+type fixture struct {
+	probes  *Probes
+	session string // the member cgroup
+	mu      sync.Mutex
+	events  []Event
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	privtest.RequireRoot(t)
+	mnt, err := procfs.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := procfs.ProcCgroupPath(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(mnt, self, fmt.Sprintf("af-tls-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-")))
+	member := filepath.Join(base, "member")
+	for _, dir := range []string{base, member} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := cgroupv2.RemoveWhenEmpty(dir, 10*time.Second); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	g, err := enforcer.Load(enforcer.Options{CgroupRoot: base, NoHostnames: true, Boundary: enforcer.FamiliesNone})
+	if err != nil {
+		t.Fatalf("load gate: %+v", err)
+	}
+	t.Cleanup(func() { g.Close() })
+	// Audit mode: the gate lets the member's connects through.
+	if err := g.PutSession(1, enforcer.SessionState{Gen: 1, State: enforcer.StateActive, Mode: enforcer.ModeAudit}); err != nil {
+		t.Fatal(err)
+	}
+	id, err := cgroupmeta.ID(member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.BindCgroup(id, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(Options{Sessions: g.Sessions(), CgroupSessions: g.CgroupSessions(), PidSessions: g.PidSessions(),
+		GateEvents: g.Events(), GateStats: g.StatsMap()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{probes: p, session: member}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Run(ctx, func(ev Event) {
+			f.mu.Lock()
+			f.events = append(f.events, ev)
+			f.mu.Unlock()
+		}, func(err error) { t.Error(err) })
+	}()
+	t.Cleanup(func() { cancel(); <-done; p.Close() })
+	return f
+}
+
+// take returns the events handled so far (after a Sync) and forgets them.
+func (f *fixture) take(t *testing.T) []Event {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	f.probes.Sync(ctx)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	evs := f.events
+	f.events = nil
+	return evs
+}
+
+// run runs a client command to completion, in the session or not.
+func (f *fixture) run(t *testing.T, member bool, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	if member {
+		dir, err := os.Open(f.session)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dir.Close()
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", name, err, out)
+	}
+}
+
+// tlsServer serves HTTPS on loopback with a test CA, written to a file for
+// the clients.
+func tlsServer(t *testing.T) (netip.AddrPort, string) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintf(w, "%s %s\n", r.Method, r.URL.Path)
+	}))
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return netip.MustParseAddrPort(srv.Listener.Addr().String()), ca
+}
+
+func needClient(t *testing.T, name string) string {
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Skipf("%s is not installed: %v", name, err)
+	}
+	return p
+}
+
+// TestOpenSSLClients: curl and Python's urllib, both through libssl,
+// inside the session: their plaintext arrives call by call, tied to the
+// socket the client connected; the same clients outside any session
+// produce nothing.
+func TestOpenSSLClients(t *testing.T) {
+	f := newFixture(t)
+	libs := Libraries()
+	if len(libs) == 0 {
+		t.Skip("no libssl on this host")
+	}
+	for _, lib := range libs {
+		if err := f.probes.Attach(lib); err != nil {
+			t.Fatalf("attach %s: %v", lib, err)
+		}
+	}
+	addr, ca := tlsServer(t)
+	url := fmt.Sprintf("https://%s/v1/tickets?page=2", addr)
+
+	clients := map[string][]string{
+		"curl":    {needClient(t, "curl"), "-sS", "--http1.1", "--cacert", ca, "-d", "x=1", url},
+		"python3": {needClient(t, "python3"), "-c", fmt.Sprintf(`import ssl, urllib.request as u; u.urlopen(u.Request(%q, data=b"x=1"), context=ssl.create_default_context(cafile=%q)).read()`, url, ca)},
+	}
+	for name, argv := range clients {
+		t.Run(name, func(t *testing.T) {
+			f.take(t)
+			f.run(t, false, argv[0], argv[1:]...)
+			if evs := f.take(t); len(evs) != 0 {
+				t.Fatalf("a client outside every session produced %d events, first %+v", len(evs), evs[0])
+			}
+			f.run(t, true, argv[0], argv[1:]...)
+			evs := f.take(t)
+			var wrote, read, freed bool
+			for _, ev := range evs {
+				if ev.Slot != 1 || ev.Gen != 1 {
+					t.Errorf("event of session %d/%d, want 1/1", ev.Slot, ev.Gen)
+				}
+				switch ev.Op {
+				case OpWrite:
+					if bytes.HasPrefix(ev.Data, []byte("POST /v1/tickets?page=2 HTTP/1.1\r\n")) {
+						wrote = true
+						if ev.Peer != addr || ev.FD < 0 {
+							t.Errorf("request on fd %d to %v, want a socket to %v", ev.FD, ev.Peer, addr)
+						}
+					}
+				case OpRead:
+					if bytes.HasPrefix(ev.Data, []byte("HTTP/1.1 200 OK\r\n")) {
+						read = true
+					}
+				case OpFree:
+					freed = true
+				}
+				if len(ev.Data) > int(ev.Size) {
+					t.Errorf("event carries %d bytes of a %d-byte call", len(ev.Data), ev.Size)
+				}
+			}
+			if !wrote || !read || !freed {
+				t.Errorf("request seen %v, response %v, end %v; events:", wrote, read, freed)
+				for _, ev := range evs {
+					t.Logf("  op %d size %d fd %d peer %v: %q", ev.Op, ev.Size, ev.FD, ev.Peer, ev.Data[:min(len(ev.Data), 40)])
+				}
+			}
+		})
+	}
+}
+
+func TestAttachRefusesFilesWithoutOpenSSL(t *testing.T) {
+	f := newFixture(t)
+	if err := f.probes.Attach("/bin/true"); err == nil {
+		t.Error("attached to /bin/true")
+	}
+	if err := f.probes.Attach("/nonexistent/libssl.so.3"); err == nil {
+		t.Error("attached to a missing file")
+	}
+	if got := f.probes.Attached(); len(got) != 0 {
+		t.Errorf("attached after refusals: %v", got)
+	}
+}
