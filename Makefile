@@ -19,7 +19,7 @@ build: ## build agentfenced, agentfence and the demo programs into bin/
 
 .PHONY: generate
 generate: ## regenerate the BPF objects and their Go bindings (clang, llvm-strip, libbpf-dev)
-	$(GO) generate ./enforcer/... ./sensor/
+	$(GO) generate ./enforcer/... ./sensor/...
 
 .PHONY: check-generate
 check-generate: generate ## fail if the committed BPF objects differ from a fresh generate

@@ -40,6 +40,10 @@ const (
 	// with the reason (identity_mismatch, injection, writable_by_agent),
 	// when it is not and stays under the agent's scope.
 	KindMCP = "mcp"
+	// KindHTTP is an HTTP call a session member made over TLS, read at
+	// the TLS library (docs/audit.md "HTTP calls"): http says what was
+	// asked and answered, credential which credential went with it.
+	KindHTTP = "http"
 )
 
 // ReasonHeldByMCPServer is the reason of a member's denied connect or
@@ -100,6 +104,10 @@ type Record struct {
 	// server's), or, on kind mcp records, the server a launch was judged
 	// against.
 	MCP *MCP `json:"mcp,omitempty"`
+	// HTTP, TLS and Credential describe a kind http record's call.
+	HTTP       *HTTP       `json:"http,omitempty"`
+	TLS        *TLS        `json:"tls,omitempty"`
+	Credential *Credential `json:"credential,omitempty"`
 	// Event names the lifecycle step for kind=session records
 	// (opened, bound, narrowed, quarantined, revoked, expired, closed).
 	Event string `json:"event,omitempty"`
@@ -261,6 +269,49 @@ type Escape struct {
 	// TargetPID is the process a ptrace escape tried to attach to (for
 	// traceme, the parent that would have traced it).
 	TargetPID uint32 `json:"target_pid,omitempty"`
+}
+
+// HTTP is one HTTP call (kind http).
+type HTTP struct {
+	Method string `json:"method,omitempty"`
+	Host   string `json:"host,omitempty"` // Host header or :authority
+	// Path is the request target without its query string; Query the
+	// query's keyed hash, when the configuration keeps one.
+	Path    string `json:"path,omitempty"`
+	Query   string `json:"query_hash,omitempty"`
+	Status  int    `json:"status,omitempty"`  // 0: no response seen
+	Version string `json:"version,omitempty"` // 1.1, 2
+	// RequestBytes and ResponseBytes are the body sizes.
+	RequestBytes  int64 `json:"request_bytes"`
+	ResponseBytes int64 `json:"response_bytes"`
+	DurationMS    int64 `json:"duration_ms"`
+	// Partial: the call was only partly seen (its connection was already
+	// open when the probes were attached, or bytes went uncaptured), so
+	// some members may be empty.
+	Partial bool `json:"partial,omitempty"`
+}
+
+// TLS is where the plaintext was read.
+type TLS struct {
+	// Library is the TLS stack: openssl (libssl), or openssl:node (the
+	// copy inside node's executable).
+	Library string `json:"library"`
+	// Socket is false when the library's I/O was not seen (node's memory
+	// BIOs): destination then comes from the call's host only.
+	Socket bool `json:"socket"`
+}
+
+// Credential is a credential that went with a call, by fingerprint only.
+type Credential struct {
+	// Type is bearer, basic, api_key, aws_sigv4 or other.
+	Type   string `json:"type"`
+	Header string `json:"header,omitempty"`
+	// Fingerprint is the node-keyed HMAC of the secret (credential
+	// package); KeyID an AWS access key id, which is not a secret.
+	Fingerprint string `json:"fingerprint,omitempty"`
+	KeyID       string `json:"key_id,omitempty"`
+	// Holder is the registered holder the credential belongs to, if any.
+	Holder string `json:"holder,omitempty"`
 }
 
 // Gap says that records were lost and where.

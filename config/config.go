@@ -102,7 +102,31 @@ type Config struct {
 	// (docs/audit.md, "Credentials"), whose values are replaced by their
 	// fingerprint wherever a command line is recorded.
 	Credentials Credentials `json:"credentials"`
+	// TLS is the reading of members' HTTPS calls at their TLS library
+	// (docs/audit.md, "HTTP calls").
+	TLS TLS `json:"tls"`
 }
+
+// TLS probe settings.
+type TLS struct {
+	// Probes is TLSProbesAuto (attach the probes while sessions exist) or
+	// TLSProbesOff.
+	Probes string `json:"probes"`
+	// Query is TLSQueryDrop (records carry a call's path without its
+	// query string) or TLSQueryHash (and the query's keyed hash).
+	Query string `json:"query"`
+	// CredentialHeaders are header names, besides Authorization,
+	// x-api-key and api-key, whose value is an API key.
+	CredentialHeaders []string `json:"credential_headers,omitempty"`
+}
+
+// TLS probe modes and query handling.
+const (
+	TLSProbesAuto = "auto"
+	TLSProbesOff  = "off"
+	TLSQueryDrop  = "drop"
+	TLSQueryHash  = "hash"
+)
 
 // Credentials extends credential redaction.
 type Credentials struct {
@@ -218,6 +242,7 @@ func Default() Config {
 			MinTTL: Duration(5 * time.Second),
 			MaxTTL: Duration(time.Hour),
 		},
+		TLS: TLS{Probes: TLSProbesAuto, Query: TLSQueryDrop},
 		Process: Process{
 			AncestryDepth: 8,
 			CacheSize:     65536,

@@ -132,6 +132,10 @@ process:
   ancestry_depth: 16
   cache_size: 1024
   exit_grace: 1m
+tls:
+  probes: "off"
+  query: hash
+  credential_headers: [x-goog-api-key]
 `
 
 func TestParseFull(t *testing.T) {
@@ -170,6 +174,7 @@ func TestParseFull(t *testing.T) {
 		},
 		DNS:     DNS{MinTTL: 0, MaxTTL: Duration(10 * time.Minute)},
 		Process: Process{AncestryDepth: 16, CacheSize: 1024, ExitGrace: Duration(time.Minute)},
+		TLS:     TLS{Probes: TLSProbesOff, Query: TLSQueryHash, CredentialHeaders: []string{"x-goog-api-key"}},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Parse(full):\n got %+v\nwant %+v", c, want)
@@ -256,6 +261,9 @@ func TestParseErrors(t *testing.T) {
 		{"empty redact name", "credentials:\n  redact_names: [\"x\", \" \"]\n", []string{"credentials.redact_names[1]", "empty"}},
 		{"bad redact pattern", "credentials:\n  redact_patterns: [\"(\"]\n", []string{"credentials.redact_patterns[0]", "regular expression"}},
 		{"empty-matching pattern", "credentials:\n  redact_patterns: [\"x*\"]\n", []string{"credentials.redact_patterns[0]", "empty string"}},
+		{"bad tls probes", "tls:\n  probes: always\n", []string{"tls.probes", "auto"}},
+		{"bad tls query", "tls:\n  query: keep\n", []string{"tls.query", "hash"}},
+		{"bad credential header", "tls:\n  credential_headers: [\"x key\"]\n", []string{"tls.credential_headers[0]", "header name"}},
 		{"several problems at once", "audit:\n  format: xml\nsessions:\n  drift_action: x\n", []string{"audit.format", "sessions.drift_action"}},
 	}
 	for _, tc := range cases {

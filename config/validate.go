@@ -149,7 +149,36 @@ func (c Config) Validate() error {
 		}
 	}
 
+	t := c.TLS
+	if t.Probes != TLSProbesAuto && t.Probes != TLSProbesOff {
+		v.add("tls.probes", t.Probes, fmt.Sprintf("must be %q or %q", TLSProbesAuto, TLSProbesOff))
+	}
+	if t.Query != TLSQueryDrop && t.Query != TLSQueryHash {
+		v.add("tls.query", t.Query, fmt.Sprintf("must be %q or %q", TLSQueryDrop, TLSQueryHash))
+	}
+	for i, n := range t.CredentialHeaders {
+		if !validHeaderName(n) {
+			v.add(fmt.Sprintf("tls.credential_headers[%d]", i), n, "must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
+		}
+	}
+
 	return errors.Join(v.errs...)
+}
+
+// validHeaderName reports whether s is an HTTP field name (RFC 9110's
+// token).
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', strings.ContainsRune("!#$%&'*+-.^_`|~", c):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func (v *validator) spiffe(sp SPIFFE) {
