@@ -273,7 +273,9 @@ static __always_inline void leave(struct uregs *ctx)
 
 	if (!c)
 		return;
-	long ret = RET(ctx);
+	// All four return an int: the upper half of the register is not
+	// theirs.
+	int ret = (int)RET(ctx);
 	__u64 size = 0;
 
 	if (c->done_ptr) {

@@ -103,6 +103,10 @@ var (
 	userinfoRe = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)([^/\s@]+)@`)
 	// queryRe is name=value in a URL's query string.
 	queryRe = regexp.MustCompile(`([?&;])([A-Za-z_][A-Za-z0-9_.-]*)=([^&#\s]+)`)
+	// quotedRe is a quoted value given to a name inside a script or a
+	// document: "name": "value" (JSON, a Python or JavaScript object) or
+	// name = "value" (an assignment), the name quoted or not.
+	quotedRe = regexp.MustCompile(`["']?([A-Za-z_][A-Za-z0-9_.-]*)["']?\s*[:=]\s*["']([^"'\n]+)["']`)
 )
 
 // NewRedactor is a redactor with the built-in lists and the operator's
@@ -229,6 +233,13 @@ func (r *Redactor) arg(a string) string {
 		for _, m := range queryRe.FindAllStringSubmatchIndex(a, -1) {
 			if r.isName(a[m[4]:m[5]]) {
 				spans = append(spans, [2]int{m[6], m[7]})
+			}
+		}
+	}
+	if strings.ContainsAny(a, `"'`) {
+		for _, m := range quotedRe.FindAllStringSubmatchIndex(a, -1) {
+			if r.isName(a[m[2]:m[3]]) {
+				spans = append(spans, [2]int{m[4], m[5]})
 			}
 		}
 	}

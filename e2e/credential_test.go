@@ -23,7 +23,6 @@ import (
 // fingerprint` prints on this node.
 func TestCredentialsNeverRecorded(t *testing.T) {
 	d := startDaemon(t)
-	base := d.metricsBase(t)
 	nonce := make([]byte, 12)
 	rand.Read(nonce)
 	bearer := "sk-proj-CANARY" + hex.EncodeToString(nonce)
@@ -33,17 +32,7 @@ func TestCredentialsNeverRecorded(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("run: exit %d: %s", code, stderr)
 	}
-	stateDir := d.args[slices.Index(d.args, "--state-dir")+1]
-	fingerprint := func(secret string) string {
-		cmd := exec.Command(filepath.Join(d.bin, "agentfence"), "credential", "fingerprint", "--state-dir", stateDir)
-		cmd.Stdin = strings.NewReader(secret + "\n")
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return strings.TrimSpace(string(out))
-	}
-	wantArgs := []string{"Authorization: Bearer redacted:" + fingerprint(bearer), "OPENAI_API_KEY=redacted:" + fingerprint(env)}
+	wantArgs := []string{"Authorization: Bearer redacted:" + d.fingerprint(t, bearer), "OPENAI_API_KEY=redacted:" + d.fingerprint(t, env)}
 	agent := d.waitRecord(t, "the agent's exec", func(r audit.Record) bool {
 		return r.Kind == audit.KindExec && r.Session != nil && r.Session.Intent == "canary" && len(r.Process.Argv) > 0 &&
 			r.Process.Argv[0] == "/bin/sh"
@@ -55,9 +44,23 @@ func TestCredentialsNeverRecorded(t *testing.T) {
 		return r.Kind == audit.KindExec && r.Session != nil && r.Session.Intent == "canary" && filepath.Base(r.Process.Exe) == "true"
 	})
 
-	// Everything the daemon wrote, as the daemon wrote it.
+	outputs := d.outputs(t)
+	for name, b := range outputs {
+		for _, secret := range []string{bearer, env} {
+			if bytes.Contains(b, []byte(secret)) {
+				t.Errorf("%s contains the planted credential %q", name, secret)
+			}
+		}
+	}
+}
+
+// outputs is everything the daemon wrote, as it wrote it: its log, its
+// metrics, its audit files and its state.
+func (d *daemon) outputs(t *testing.T) map[string][]byte {
+	t.Helper()
+	stateDir := d.args[slices.Index(d.args, "--state-dir")+1]
 	outputs := map[string][]byte{"daemon log": []byte(d.log())}
-	resp, err := http.Get(base + "/metrics")
+	resp, err := http.Get(d.metricsBase(t) + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,11 +78,19 @@ func TestCredentialsNeverRecorded(t *testing.T) {
 	if len(outputs[d.audit]) == 0 {
 		t.Fatalf("no audit file among %d outputs", len(outputs))
 	}
-	for name, b := range outputs {
-		for _, secret := range []string{bearer, env} {
-			if bytes.Contains(b, []byte(secret)) {
-				t.Errorf("%s contains the planted credential %q", name, secret)
-			}
-		}
+	return outputs
+}
+
+// fingerprint is what `agentfence credential fingerprint` says of secret
+// on the daemon's node.
+func (d *daemon) fingerprint(t *testing.T, secret string) string {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(d.bin, "agentfence"), "credential", "fingerprint", "--state-dir",
+		d.args[slices.Index(d.args, "--state-dir")+1])
+	cmd.Stdin = strings.NewReader(secret + "\n")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
 	}
+	return strings.TrimSpace(string(out))
 }

@@ -189,6 +189,14 @@ func (r *Registry) List(f Filter) []v1.Session {
 	return out
 }
 
+// Len is the number of sessions the registry holds (open, or ended and
+// not yet reaped).
+func (r *Registry) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.byID)
+}
+
 // StateCounts counts the open sessions by state, as List reports them. It
 // is for the metrics scrape, which would otherwise copy every session.
 func (r *Registry) StateCounts() map[v1.State]int {

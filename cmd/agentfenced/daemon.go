@@ -42,8 +42,11 @@ type daemon struct {
 	pipe      *sink.Pipeline
 	gate      *enforcer.Gate
 	clock     *boottime.Clock
+	key       *credential.Key
 	redactor  *credential.Redactor
 	procs     *processes
+	joiner    *attribution.Joiner
+	tls       *tlsCalls
 	destroyer *sockdestroy.Destroyer
 	sessions  *session.Registry
 	srv       *api.Server
@@ -115,6 +118,7 @@ func (d *daemon) startRedactor(context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.key = key
 	d.redactor, err = credential.NewRedactor(key, d.cfg.Credentials.RedactNames, d.cfg.Credentials.RedactPatterns)
 	return err
 }
@@ -176,12 +180,20 @@ func (d *daemon) startSessions(context.Context) error {
 	rc.MaxSessions, rc.StateFile, rc.CgroupRoot = cfg.Sessions.MaxSessions, stateFile(cfg), cfg.CgroupRoot
 	d.sessions = session.NewRegistry(rc, session.Deps{Kernel: d.gate,
 		Cgroups: cgroupv2.Manager{Root: cfg.CgroupRoot, Base: filepath.Join(cfg.CgroupRoot, "agentfence")},
-		Sockets: sockets{d.destroyer}, Clock: d.clock, Emit: d.pipe.Emit, Log: d.log})
+		Sockets: sockets{d.destroyer}, Clock: d.clock, Emit: d.emitLifecycle, Log: d.log})
 	adopted, rewritten, err := d.sessions.Restore()
 	if err != nil {
 		return fmt.Errorf("restore sessions: %w", err)
 	}
 	d.log.Info("sessions restored", "adopted", adopted, "rewritten", rewritten)
+	// A miss waits only until the process stream passes the event's time,
+	// which the process's own exit soon does; the whole Wait is spent only
+	// while the process reader lags the gate's. 100 ms left 1 of 1,000
+	// short-lived processes unattributed on 5.10 under emulation.
+	d.joiner = &attribution.Joiner{Sessions: d.sessions, Clock: d.clock, Wait: time.Second, Names: d.gate, Redact: d.redactor.Argv}
+	if d.procs.cache != nil {
+		d.joiner.Processes = d.procs.cache
+	}
 	if cfg.BPFFSPath == "" {
 		self := session.Caller{ID: "agentfenced shutdown", UID: 0}
 		d.onStop(func() {
@@ -191,6 +203,12 @@ func (d *daemon) startSessions(context.Context) error {
 		})
 	}
 	return nil
+}
+
+// emitLifecycle is the registry's way to the audit trail.
+func (d *daemon) emitLifecycle(rec audit.Record) {
+	d.tls.sessionRecord(rec)
+	d.pipe.Emit(rec)
 }
 
 // startAPI serves the local API on its unix socket and, if configured,
@@ -245,14 +263,7 @@ func (d *daemon) startReaders(context.Context) error {
 			hostRd.Sync(ctx)
 		}
 	})
-	// A miss waits only until the process stream passes the event's time,
-	// which the process's own exit soon does; the whole Wait is spent only
-	// while the process reader lags the gate's. 100 ms left 1 of 1,000
-	// short-lived processes unattributed on 5.10 under emulation.
-	joiner := &attribution.Joiner{Sessions: sessions, Clock: d.clock, Wait: time.Second, Names: gate, Redact: d.redactor.Argv}
-	if d.procs.cache != nil {
-		joiner.Processes = d.procs.cache
-	}
+	joiner := d.joiner
 	// The readers stop before what they feed is closed.
 	ctx, stopEvents := context.WithCancel(context.Background())
 	d.onStop(func() {
@@ -285,8 +296,13 @@ func (d *daemon) startReaders(context.Context) error {
 			})
 		})
 	}
-	d.wg.Go(func() { d.procs.emitExecs(ctx, joiner, sessions.Launched, pipe.Emit) })
-	d.wg.Go(func() { watchLoss(ctx, gate, d.procs, d.clock, pipe.Emit, log) })
+	d.wg.Go(func() {
+		d.procs.emitExecs(ctx, joiner, sessions.Launched, func(rec audit.Record) {
+			d.tls.execRecord(rec)
+			pipe.Emit(rec)
+		})
+	})
+	d.wg.Go(func() { watchLoss(ctx, gate, d.procs, d.tls, d.clock, pipe.Emit, log) })
 	d.wg.Go(func() {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
@@ -305,7 +321,7 @@ func (d *daemon) startReaders(context.Context) error {
 // watchLoss turns increases of the kernel's lost-event counters into log
 // lines and gap records, so a reader that fell behind is visible in the
 // trail.
-func watchLoss(ctx context.Context, gate *enforcer.Gate, procs *processes, clock *boottime.Clock, emit func(audit.Record), log *slog.Logger) {
+func watchLoss(ctx context.Context, gate *enforcer.Gate, procs *processes, tls *tlsCalls, clock *boottime.Clock, emit func(audit.Record), log *slog.Logger) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	seen := map[string]uint64{}
@@ -324,6 +340,9 @@ func watchLoss(ctx context.Context, gate *enforcer.Gate, procs *processes, clock
 		}
 		if hs, err := gate.HostStats(); err == nil {
 			counts["kernel_ringbuf:hostname"] = hs.Lost
+		}
+		if n, ok := tls.lost(); ok {
+			counts["kernel_ringbuf:tls"] = n
 		}
 		counts["exec_queue"] = procs.dropped.Load()
 		for src, n := range counts {

@@ -114,7 +114,16 @@ type Probes struct {
 	rd   *ringreader.Reader
 
 	mu    sync.Mutex
-	files map[string][]link.Link // by path
+	files map[fileID]attached
+}
+
+// fileID is a file by identity: a uprobe is placed on the inode, which
+// several paths may name (/lib and /usr/lib, /proc/PID/exe).
+type fileID struct{ dev, ino uint64 }
+
+type attached struct {
+	path  string
+	links []link.Link
 }
 
 // Load loads bpf/tls.c. Nothing is attached until Attach names a file.
@@ -131,7 +140,7 @@ func Load(opts Options) (_ *Probes, err error) {
 		}
 		repl[name] = m
 	}
-	p := &Probes{files: map[string][]link.Link{}}
+	p := &Probes{files: map[fileID]attached{}}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -174,8 +183,13 @@ var ErrNoTLS = errors.New("no OpenSSL symbols (SSL_write, SSL_read)")
 // executable that carries its own OpenSSL, such as node) for every
 // process that maps it, now or later. Attaching a file twice does nothing.
 func (p *Probes) Attach(path string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	id := fileID{st.Dev, st.Ino}
 	p.mu.Lock()
-	_, done := p.files[path]
+	_, done := p.files[id]
 	p.mu.Unlock()
 	if done {
 		return nil
@@ -227,13 +241,13 @@ func (p *Probes) Attach(path string) error {
 		}
 		p.sys = sys
 	}
-	if _, raced := p.files[path]; raced {
+	if _, raced := p.files[id]; raced {
 		for _, l := range links {
 			l.Close()
 		}
 		return nil
 	}
-	p.files[path] = links
+	p.files[id] = attached{path, links}
 	return nil
 }
 
@@ -263,8 +277,8 @@ func (p *Probes) Attached() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]string, 0, len(p.files))
-	for f := range p.files {
-		out = append(out, f)
+	for _, f := range p.files {
+		out = append(out, f.path)
 	}
 	return out
 }
@@ -298,20 +312,26 @@ func (p *Probes) Lost() (uint64, error) {
 	return n, nil
 }
 
-// Close detaches everything and releases the programs and maps.
-func (p *Probes) Close() error {
+// Detach removes every probe; the programs stay loaded for the next
+// Attach.
+func (p *Probes) Detach() {
 	p.mu.Lock()
-	for path, links := range p.files {
-		for _, l := range links {
+	defer p.mu.Unlock()
+	for id, f := range p.files {
+		for _, l := range f.links {
 			l.Close()
 		}
-		delete(p.files, path)
+		delete(p.files, id)
 	}
 	if p.sys != nil {
 		p.sys.Close()
 		p.sys = nil
 	}
-	p.mu.Unlock()
+}
+
+// Close detaches everything and releases the programs and maps.
+func (p *Probes) Close() error {
+	p.Detach()
 	if p.rd != nil {
 		p.rd.Close()
 	}

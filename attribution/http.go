@@ -1,0 +1,185 @@
+package attribution
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/httpwire"
+	"github.com/agentfence/agentfence/sensor/tlsprobe"
+)
+
+// Calls turns the TLS probes' events into http records: the plaintext of
+// each connection (a process's SSL object) goes through its own
+// httpwire.Conn, and every call it completes becomes a record attributed
+// like the connect that opened the socket. Not safe for concurrent use:
+// one reader feeds it.
+type Calls struct {
+	Joiner *Joiner
+	Wire   *httpwire.Options
+	// MaxConns bounds the connections followed at once; past it the one
+	// heard from least recently is closed, its open calls recorded as far
+	// as they were seen (default 4096).
+	MaxConns int
+	// Bundled reports whether an executable carries its own OpenSSL (node)
+	// rather than using libssl (nil: none does).
+	Bundled func(exe string) bool
+
+	conns map[connKey]*tlsConn
+}
+
+type connKey struct {
+	pid uint32
+	ssl uint64
+}
+
+type tlsConn struct {
+	wire   *httpwire.Conn
+	slot   uint32
+	gen    uint64
+	peer   netip.AddrPort
+	last   uint64 // boot ns of the last event
+	pid    uint32
+	comm   string
+	socket bool
+}
+
+// requestStart is how a connection followed from its first request
+// begins: an HTTP/1.x request line or the HTTP/2 preface. One that starts
+// otherwise was joined mid-stream.
+func requestStart(b []byte) bool {
+	if bytes.HasPrefix(b, []byte("PRI * HTTP/2.0\r\n")) {
+		return true
+	}
+	sp := bytes.IndexByte(b, ' ')
+	if sp < 3 || sp > 10 {
+		return false
+	}
+	for _, c := range b[:sp] {
+		if c < 'A' || c > 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+// Handle feeds one probe event to its connection and returns the records
+// of the calls it completed.
+func (c *Calls) Handle(ev tlsprobe.Event) []audit.Record {
+	if c.conns == nil {
+		c.conns = map[connKey]*tlsConn{}
+	}
+	k := connKey{ev.PID, ev.Conn}
+	tc := c.conns[k]
+	at := c.Joiner.Clock.Wall(ev.BootNS)
+	if ev.Op == tlsprobe.OpFree {
+		if tc == nil {
+			return nil
+		}
+		delete(c.conns, k)
+		return c.records(tc, tc.wire.Close(at), ev.BootNS)
+	}
+	var out []audit.Record
+	if tc == nil {
+		if len(c.conns) >= c.maxConns() {
+			out = c.evict()
+		}
+		partial := ev.Op != tlsprobe.OpWrite || !requestStart(ev.Data)
+		tc = &tlsConn{wire: httpwire.NewConn(c.Wire, partial), slot: ev.Slot, gen: ev.Gen, pid: ev.PID}
+		c.conns[k] = tc
+	}
+	tc.last, tc.comm = ev.BootNS, ev.Comm
+	if ev.FD >= 0 && ev.Peer.IsValid() {
+		tc.peer, tc.socket = ev.Peer, true
+	}
+	dir := httpwire.Sent
+	if ev.Op == tlsprobe.OpRead {
+		dir = httpwire.Received
+	}
+	return append(out, c.records(tc, tc.wire.Feed(dir, ev.Data, int(ev.Size), at), ev.BootNS)...)
+}
+
+func (c *Calls) maxConns() int {
+	if c.MaxConns > 0 {
+		return c.MaxConns
+	}
+	return 4096
+}
+
+func (c *Calls) evict() []audit.Record {
+	var oldest connKey
+	var tc *tlsConn
+	for k, v := range c.conns {
+		if tc == nil || v.last < tc.last {
+			oldest, tc = k, v
+		}
+	}
+	delete(c.conns, oldest)
+	return c.records(tc, tc.wire.Close(c.Joiner.Clock.Wall(tc.last)), tc.last)
+}
+
+// Idle closes the connections not heard from for quiet (a process killed
+// before SSL_free) and returns the records of their open calls.
+func (c *Calls) Idle(now uint64, quiet time.Duration) []audit.Record {
+	var out []audit.Record
+	for k, tc := range c.conns {
+		if now-tc.last >= uint64(quiet) {
+			delete(c.conns, k)
+			out = append(out, c.records(tc, tc.wire.Close(c.Joiner.Clock.Wall(tc.last)), tc.last)...)
+		}
+	}
+	return out
+}
+
+// Open is the number of connections followed.
+func (c *Calls) Open() int { return len(c.conns) }
+
+func (c *Calls) records(tc *tlsConn, calls []httpwire.Call, bootNS uint64) []audit.Record {
+	out := make([]audit.Record, 0, len(calls))
+	for _, call := range calls {
+		out = append(out, c.record(tc, call, bootNS))
+	}
+	return out
+}
+
+// record is one call's record. The process is looked up as it was at the
+// event that completed the call.
+func (c *Calls) record(tc *tlsConn, call httpwire.Call, bootNS uint64) audit.Record {
+	j := c.Joiner
+	rec := audit.Record{Schema: audit.SchemaVersion, Time: call.Start, Kind: audit.KindHTTP,
+		Process: &audit.Process{PID: tc.pid, Comm: tc.comm},
+		Outcome: &audit.Outcome{Verdict: audit.VerdictAllowed},
+		HTTP: &audit.HTTP{Method: call.Method, Host: call.Host, Path: call.Path, Query: call.Query, Status: call.Status,
+			Version: call.Version, RequestBytes: call.RequestBytes, ResponseBytes: call.ResponseBytes,
+			DurationMS: call.End.Sub(call.Start).Milliseconds(), Partial: call.Partial},
+		TLS: &audit.TLS{Library: "openssl", Socket: tc.socket}}
+	if rec.Time.IsZero() {
+		rec.Time = j.Clock.Wall(bootNS)
+	}
+	j.fillProcess(rec.Process, tc.pid, bootNS)
+	if c.Bundled != nil && rec.Process.Exe != "" && c.Bundled(rec.Process.Exe) {
+		rec.TLS.Library = "openssl:node"
+	}
+	j.attribute(&rec, tc.slot, tc.gen, -1)
+	dst := &audit.Destination{Protocol: "tcp", Hostname: hostOnly(call.Host)}
+	if tc.socket {
+		dst.IP, dst.Port = tc.peer.Addr().Unmap().String(), tc.peer.Port()
+	}
+	rec.Destination = dst
+	if len(call.Credentials) > 0 {
+		cr := call.Credentials[0]
+		rec.Credential = &audit.Credential{Type: string(cr.Type), Header: cr.Header, Fingerprint: cr.Fingerprint, KeyID: cr.KeyID}
+	}
+	return rec
+}
+
+// hostOnly drops the port from an authority.
+func hostOnly(authority string) string {
+	if host, _, err := net.SplitHostPort(authority); err == nil {
+		return host
+	}
+	return strings.Trim(authority, "[]")
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/agentfence/agentfence/attribution"
+	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/config"
+	"github.com/agentfence/agentfence/httpwire"
+	"github.com/agentfence/agentfence/internal/boottime"
+	"github.com/agentfence/agentfence/sensor/tlsprobe"
+)
+
+// tlsCalls reads members' HTTPS calls at their TLS library: the probes
+// (attached while sessions exist, so that a host without agents pays
+// nothing), and the connections they follow, which become http records.
+// The zero value (probes off or unavailable) does nothing.
+type tlsCalls struct {
+	probes *tlsprobe.Probes
+	log    *slog.Logger
+
+	mu    sync.Mutex // guards calls and idle; never held across an emit
+	calls *attribution.Calls
+	idle  time.Time // since when no session was open; zero while one is
+
+	// bundled are the executables checked for their own OpenSSL, by path
+	// (a bool each). Apart from mu: calls asks it under mu.
+	bundled sync.Map
+}
+
+// tlsIdleDetach is how long the probes stay attached after the last
+// session ended: a host that runs agents one after the other keeps them,
+// one that stopped running agents sheds them.
+const tlsIdleDetach = time.Minute
+
+// startTLS loads the TLS probes; they are attached at the first session.
+// A kernel that refuses them costs the records of HTTP calls only. It runs
+// before the readers start, whose records (an expiry, an exec) it
+// watches.
+func (d *daemon) startTLS(context.Context) error {
+	if d.cfg.TLS.Probes == config.TLSProbesOff {
+		d.log.Info("tls probes off (tls.probes): no http records")
+		return nil
+	}
+	g := d.gate
+	probes, err := tlsprobe.Load(tlsprobe.Options{Sessions: g.Sessions(), CgroupSessions: g.CgroupSessions(),
+		PidSessions: g.PidSessions(), GateEvents: g.Events(), GateStats: g.StatsMap()})
+	if err != nil {
+		d.log.Warn("tls probes unavailable: no http records", "err", err)
+		return nil
+	}
+	key := d.key
+	wire := &httpwire.Options{Fingerprint: key.Fingerprint, CredentialHeaders: d.cfg.TLS.CredentialHeaders}
+	if d.cfg.TLS.Query == config.TLSQueryHash {
+		wire.HashQuery = key.Fingerprint
+	}
+	t := &tlsCalls{probes: probes, log: d.log}
+	t.calls = &attribution.Calls{Joiner: d.joiner, Wire: wire, Bundled: t.isBundled}
+	d.tls = t
+	d.onStop(func() { probes.Close() })
+
+	// Its own wait group: the readers started after it wait for theirs
+	// before this stops.
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	d.onStop(func() {
+		stop()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		err := probes.Run(ctx, func(ev tlsprobe.Event) {
+			t.mu.Lock()
+			recs := t.calls.Handle(ev)
+			t.mu.Unlock()
+			for _, rec := range recs {
+				d.pipe.Emit(rec)
+			}
+		}, func(err error) { d.log.Error("bad tls event", "err", err) })
+		if err != nil && ctx.Err() == nil {
+			d.log.Error("tls probe reader stopped", "err", err)
+		}
+	})
+	wg.Go(func() { t.housekeep(ctx, d.sessions.Len, d.pipe.Emit) })
+	if d.sessions.Len() > 0 {
+		t.attach()
+	}
+	return nil
+}
+
+// attach probes the host's OpenSSL libraries, if not already.
+func (t *tlsCalls) attach() {
+	if t == nil || len(t.probes.Attached()) > 0 {
+		return
+	}
+	for _, lib := range tlsprobe.Libraries() {
+		if err := t.probes.Attach(lib); err != nil {
+			t.log.Warn("tls probe not attached", "file", lib, "err", err)
+			continue
+		}
+		t.log.Info("tls probes attached", "file", lib)
+	}
+}
+
+// sessionRecord attaches the probes when a session opens, before the
+// opener hears back (the registry emits a change's records before it
+// returns), so its agent's first call is seen.
+func (t *tlsCalls) sessionRecord(rec audit.Record) {
+	if t != nil && rec.Kind == audit.KindSession && rec.Event == "opened" {
+		t.attach()
+	}
+}
+
+// execRecord probes a member's executable when it carries its own
+// OpenSSL (node). The exec is seen after it happened: calls the process
+// makes before the probe is placed, within milliseconds of its start,
+// are not seen.
+func (t *tlsCalls) execRecord(rec audit.Record) {
+	if t == nil || rec.Kind != audit.KindExec || rec.Process == nil || rec.Process.Exe == "" {
+		return
+	}
+	exe := rec.Process.Exe
+	if _, checked := t.bundled.Load(exe); checked {
+		return
+	}
+	// Through /proc, the file the process runs is found in its own mount
+	// namespace (a container's).
+	err := t.probes.Attach(fmt.Sprintf("/proc/%d/exe", rec.Process.PID))
+	t.bundled.Store(exe, err == nil)
+	switch {
+	case err == nil:
+		t.log.Info("tls probes attached", "file", exe, "pid", rec.Process.PID)
+	case !errors.Is(err, tlsprobe.ErrNoTLS):
+		t.log.Warn("tls probe not attached", "file", exe, "err", err)
+	}
+}
+
+func (t *tlsCalls) isBundled(exe string) bool {
+	yes, _ := t.bundled.Load(exe)
+	return yes == true
+}
+
+// housekeep closes connections gone quiet (a process killed before
+// SSL_free) and detaches the probes once no session has been open for
+// tlsIdleDetach.
+func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(audit.Record)) {
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			t.mu.Lock()
+			recs := t.calls.Idle(boottime.Now(), 5*time.Minute)
+			detach := false
+			if open() > 0 {
+				t.idle = time.Time{}
+			} else if t.idle.IsZero() {
+				t.idle = now
+			} else if now.Sub(t.idle) >= tlsIdleDetach && len(t.probes.Attached()) > 0 {
+				detach = true
+			}
+			t.mu.Unlock()
+			for _, rec := range recs {
+				emit(rec)
+			}
+			if detach {
+				t.probes.Detach()
+				t.bundled.Clear() // looked at again once probes are wanted
+				t.log.Info("tls probes detached: no session open")
+			}
+		}
+	}
+}
+
+func (t *tlsCalls) lost() (uint64, bool) {
+	if t == nil {
+		return 0, false
+	}
+	n, err := t.probes.Lost()
+	return n, err == nil
+}

@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/agentfence/agentfence/audit"
+)
+
+// seen is what the test server received, the ground truth the records are
+// checked against.
+type seen struct {
+	method, host, path, auth, apiKey string
+}
+
+// httpsServer serves HTTPS on loopback with a test CA (written to a file
+// the agents can read) and logs each request.
+func httpsServer(t *testing.T) (netip.AddrPort, string, func() []seen) {
+	var mu sync.Mutex
+	var log []seen
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		log = append(log, seen{r.Method, r.Host, r.URL.Path, r.Header.Get("Authorization"), r.Header.Get("X-Api-Key")})
+		mu.Unlock()
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintln(w, "ticket 42")
+	}))
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	dir, err := os.MkdirTemp("", "af-ca-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return netip.MustParseAddrPort(srv.Listener.Addr().String()), ca, func() []seen {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]seen(nil), log...)
+	}
+}
+
+// An agent's HTTPS calls through OpenSSL (curl, and Python's urllib, which
+// loads libssl only when it imports ssl) are recorded as http records:
+// method, host, path, status and the credential's fingerprint, attributed
+// to the session and the process, with the socket's peer as destination;
+// the same as the server received. The key appears nowhere.
+func TestHTTPCallsAttributed(t *testing.T) {
+	d := startDaemon(t)
+	addr, ca, received := httpsServer(t)
+	nonce := make([]byte, 12)
+	rand.Read(nonce)
+	bearer := "sk-CANARY" + hex.EncodeToString(nonce)
+	apiKey := "CANARYkey" + hex.EncodeToString(nonce)
+	url := fmt.Sprintf("https://%s/v1/tickets?token=%s", addr, apiKey)
+
+	clients := []struct {
+		name, path string
+		argv       []string
+		cred       string // the credential's type and value
+		typ        string
+	}{
+		{name: "curl", argv: []string{"curl", "-sS", "--http1.1", "--cacert", ca, "-H", "Authorization: Bearer " + bearer, "-d", "x=1", url},
+			cred: bearer, typ: "bearer"},
+		{name: "python3", argv: []string{"python3", "-c", fmt.Sprintf(`import ssl, urllib.request as u; u.urlopen(u.Request(%q, data=b"x=1", headers={"x-api-key": %q}), context=ssl.create_default_context(cafile=%q)).read()`, url, apiKey, ca)},
+			cred: apiKey, typ: "api_key"},
+	}
+	for _, c := range clients {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := exec.LookPath(c.argv[0]); err != nil {
+				t.Skipf("%s is not installed", c.argv[0])
+			}
+			before := len(received())
+			intent := "tickets-" + c.name
+			_, stderr, code := d.cli(t, nil, append([]string{"run", "--intent", intent, "--allow", "tcp://" + addr.String(), "--"}, c.argv...)...)
+			if code != 0 {
+				t.Fatalf("run: exit %d: %s", code, stderr)
+			}
+			got := received()[before:]
+			if len(got) != 1 {
+				t.Fatalf("the server received %d requests, want 1: %+v", len(got), got)
+			}
+			rec := d.waitRecord(t, c.name+"'s http", func(r audit.Record) bool {
+				return r.Kind == audit.KindHTTP && r.Session != nil && r.Session.Intent == intent && r.HTTP.Status != 0
+			})
+			h := rec.HTTP
+			if h.Method != got[0].method || h.Host != got[0].host || h.Path != got[0].path || h.Status != http.StatusCreated ||
+				h.Version != "1.1" || h.Query != "" || h.Partial {
+				t.Errorf("http %+v, the server saw %s %s %s and answered 201", *h, got[0].method, got[0].host, got[0].path)
+			}
+			if h.RequestBytes != 3 || h.ResponseBytes != int64(len("ticket 42\n")) {
+				t.Errorf("body sizes %d and %d, want 3 and %d", h.RequestBytes, h.ResponseBytes, len("ticket 42\n"))
+			}
+			if rec.TLS == nil || rec.TLS.Library != "openssl" || !rec.TLS.Socket {
+				t.Errorf("tls %+v, want openssl with its socket", rec.TLS)
+			}
+			if dst := rec.Destination; dst == nil || dst.IP != addr.Addr().String() || dst.Port != addr.Port() {
+				t.Errorf("destination %+v, want %v", dst, addr)
+			}
+			if cr := rec.Credential; cr == nil || cr.Type != c.typ || cr.Fingerprint != d.fingerprint(t, c.cred) {
+				t.Errorf("credential %+v, want %s with the fingerprint `agentfence credential fingerprint` gives", cr, c.typ)
+			}
+			if rec.Process == nil || filepath.Base(rec.Process.Exe) == "" || rec.Agent == nil && rec.Origin == nil {
+				t.Errorf("process %+v, origin %+v", rec.Process, rec.Origin)
+			}
+			// The same process's connect to the same socket is on record.
+			d.recordOf(t, c.name+"'s connect", audit.KindConnect, rec.Process.PID, func(r audit.Record) bool {
+				return r.Destination.IP == rec.Destination.IP && r.Destination.Port == rec.Destination.Port
+			})
+		})
+	}
+	for name, b := range d.outputs(t) {
+		for _, secret := range []string{bearer, apiKey} {
+			if bytes.Contains(b, []byte(secret)) {
+				t.Errorf("%s contains the planted credential %q", name, secret)
+			}
+		}
+	}
+}
