@@ -50,6 +50,7 @@ const (
 	DefaultMaxPending      = 32
 	maxCredentialsPerCall  = 16
 	partialDetectionChunks = 32
+	maxEarly               = 1024
 )
 
 // Options configure a Conn. One Options may be shared by many Conns; a Conn
@@ -114,6 +115,7 @@ type Conn struct {
 	dead    bool // parsing stopped; no buffers held
 
 	sniff      []byte // first Sent bytes, until the protocol is known
+	early      []byte // Received bytes before the protocol is known
 	sentChunks int    // Sent chunks tried by partial detection
 
 	h1 *h1conn
@@ -220,8 +222,18 @@ func (c *Conn) Close(at time.Time) []Call {
 func (c *Conn) stop() {
 	c.dead = true
 	c.sniff = nil
+	c.early = nil
 	c.h1 = nil
 	c.h2 = nil
+}
+
+// stopH1 is how the HTTP/1.1 parser gives up; notHTTP says the very first
+// request line was not one, so the connection was never HTTP.
+func (c *Conn) stopH1(notHTTP bool) {
+	if notHTTP {
+		c.proto = ProtoNone
+	}
+	c.stop()
 }
 
 // h2Preface is what an HTTP/2 client sends first.
@@ -231,12 +243,19 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // byte at a time, so up to len(h2Preface) of them are held in c.sniff.
 func (c *Conn) detect(dir Direction, data []byte, missing int64, at time.Time) []Call {
 	if dir == Received {
-		if !c.partial && len(data)+int(missing) > 0 {
-			// Clients speak first in HTTP; a server that does not wait
-			// for a request speaks something else.
+		if c.partial {
+			return nil
+		}
+		// Clients speak first in HTTP, but an HTTP/2 server's SETTINGS
+		// may be read before the client's preface is seen; a little
+		// is held for that. More is a protocol where the server talks
+		// first.
+		if missing > 0 || len(c.early)+len(data) > maxEarly {
 			c.proto = ProtoNone
 			c.stop()
+			return nil
 		}
+		c.early = append(c.early, data...)
 		return nil
 	}
 	if c.partial {
@@ -248,18 +267,20 @@ func (c *Conn) detect(dir Direction, data []byte, missing int64, at time.Time) [
 	case ProtoUnknown:
 		return nil
 	case ProtoH2:
-		c.h2 = newH2(&c.opts, c.stop)
-		c.proto = ProtoH2
+		h := newH2(&c.opts, c.stop)
+		c.h2, c.proto = h, ProtoH2
 		rest := data[len(h2Preface)-held:]
-		c.sniff = nil
-		return c.h2.feed(Sent, rest, missing, at)
+		early := c.early
+		c.sniff, c.early = nil, nil
+		calls := h.feed(Received, early, 0, at)
+		return append(calls, h.feed(Sent, rest, missing, at)...)
 	case ProtoHTTP1:
-		c.h1 = newH1(&c.opts, false, c.stop)
-		c.proto = ProtoHTTP1
+		h := newH1(&c.opts, false, c.stopH1)
+		c.h1, c.proto = h, ProtoHTTP1
 		prev := c.sniff[:held]
-		c.sniff = nil
-		calls := c.h1.feed(Sent, prev, 0, at)
-		return append(calls, c.h1.feed(Sent, data, missing, at)...)
+		c.sniff, c.early = nil, nil
+		calls := h.feed(Sent, prev, 0, at)
+		return append(calls, h.feed(Sent, data, missing, at)...)
 	}
 	c.proto = ProtoNone
 	c.stop()
@@ -274,7 +295,7 @@ func (c *Conn) detectPartial(data []byte, missing int64, at time.Time) []Call {
 		c.proto = ProtoH2
 		return c.h2.feed(Sent, data[len(h2Preface):], missing, at)
 	case isRequestLine(data):
-		c.h1 = newH1(&c.opts, true, c.stop)
+		c.h1 = newH1(&c.opts, true, c.stopH1)
 		c.proto = ProtoHTTP1
 		return c.h1.feed(Sent, data, missing, at)
 	}
@@ -289,7 +310,7 @@ func (c *Conn) detectPartial(data []byte, missing int64, at time.Time) []Call {
 // of its bounds: held input, HPACK tables at their allowed size, and the
 // strings of open calls.
 func (c *Conn) buffered() int {
-	b := cap(c.sniff)
+	b := cap(c.sniff) + cap(c.early)
 	if c.h1 != nil {
 		b += c.h1.buffered()
 	}

@@ -44,7 +44,8 @@ type h1side struct {
 type h1conn struct {
 	opts    *options
 	partial bool
-	stop    func()
+	stop    func(notHTTP bool)
+	seen    bool // a request line was parsed
 	dead    bool
 	req     h1side
 	resp    h1side
@@ -52,7 +53,7 @@ type h1conn struct {
 	out     []Call
 }
 
-func newH1(o *options, partial bool, stop func()) *h1conn {
+func newH1(o *options, partial bool, stop func(notHTTP bool)) *h1conn {
 	h := &h1conn{opts: o, partial: partial, stop: stop}
 	h.req.dir, h.resp.dir = Sent, Received
 	if partial {
@@ -69,6 +70,9 @@ func (h *h1conn) side(dir Direction) *h1side {
 }
 
 func (h *h1conn) feed(dir Direction, data []byte, missing int64, at time.Time) []Call {
+	if h.dead {
+		return nil
+	}
 	s := h.side(dir)
 	if s.state == h1AwaitSync && len(data)+int(missing) > 0 {
 		// Joined mid-stream: the first response trusted is one that
@@ -158,6 +162,7 @@ func (h *h1conn) line(s *h1side, line []byte, at time.Time) {
 			h.lose(at)
 			return
 		}
+		h.seen = true
 		s.state = h1Headers
 	case h1Headers:
 		if len(line) == 0 {
@@ -306,7 +311,7 @@ func (h *h1conn) lose(at time.Time) {
 	}
 	h.dead = true
 	h.req, h.resp, h.queue = h1side{}, h1side{}, nil
-	h.stop()
+	h.stop(!h.seen)
 }
 
 // open lists the calls not yet returned, oldest first.
