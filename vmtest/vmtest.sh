@@ -28,7 +28,7 @@ KERNELS=${KERNELS:-5.10 6.1 6.12 host}
 PKGS=${PKGS:-}
 # "./..." is the Makefile's own PKGS (for make test), not a choice made here.
 [ "$PKGS" = "./..." ] && PKGS=
-PKGS=${PKGS:-enforcer enforcer/sockdestroy sensor sensor/proccache internal/ringreader doctor e2e}
+PKGS=${PKGS:-enforcer enforcer/sockdestroy sensor sensor/tlsprobe sensor/proccache internal/ringreader doctor e2e}
 PKGS=$(echo $PKGS | sed 's#\./##g')
 TIMEOUT=${VMTEST_TIMEOUT:-40m}
 COUNT=${VMTEST_COUNT:-1}
