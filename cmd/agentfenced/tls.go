@@ -92,17 +92,23 @@ func (d *daemon) startTLS(context.Context) error {
 	return nil
 }
 
-// attach probes the host's OpenSSL libraries, if not already.
+// attach probes the host's OpenSSL libraries and the executables that
+// carry their own (node), if not already. Those a member runs from
+// elsewhere (a container's node) are probed at its exec (execRecord).
 func (t *tlsCalls) attach() {
 	if t == nil || len(t.probes.Attached()) > 0 {
 		return
 	}
-	for _, lib := range tlsprobe.Libraries() {
-		if err := t.probes.Attach(lib); err != nil {
-			t.log.Warn("tls probe not attached", "file", lib, "err", err)
+	libs, exes := tlsprobe.Libraries(), tlsprobe.Executables()
+	for _, file := range append(libs, exes...) {
+		if err := t.probes.Attach(file); err != nil {
+			t.log.Warn("tls probe not attached", "file", file, "err", err)
 			continue
 		}
-		t.log.Info("tls probes attached", "file", lib)
+		t.log.Info("tls probes attached", "file", file)
+	}
+	for _, exe := range exes {
+		t.bundled.Store(exe, true)
 	}
 }
 

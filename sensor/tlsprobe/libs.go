@@ -15,19 +15,37 @@ var (
 	libNames = []string{"libssl.so.3", "libssl.so.1.1"}
 )
 
+// bundlers are executables that carry their own OpenSSL, exported for
+// their add-ons to link against: node, at the paths distributions and
+// its own installer put it.
+var bundlers = []string{"/usr/bin/node", "/usr/bin/nodejs", "/usr/local/bin/node"}
+
+// Executables lists the executables with their own OpenSSL on this host,
+// each once, as files (see Libraries).
+func Executables() []string { return existing(bundlers) }
+
 // Libraries lists the OpenSSL libraries on this host, each once: the
 // files they resolve to (a uprobe is placed on the file, /lib and /usr/lib
 // are often the same directory).
 func Libraries() []string {
-	var out []string
+	var paths []string
 	for _, dir := range libDirs {
 		for _, name := range libNames {
-			p, err := filepath.EvalSymlinks(filepath.Join(dir, name))
-			if err != nil || slices.Contains(out, p) {
-				continue
-			}
-			out = append(out, p)
+			paths = append(paths, filepath.Join(dir, name))
 		}
+	}
+	return existing(paths)
+}
+
+// existing resolves the paths that exist, each file once.
+func existing(paths []string) []string {
+	var out []string
+	for _, path := range paths {
+		p, err := filepath.EvalSymlinks(path)
+		if err != nil || slices.Contains(out, p) {
+			continue
+		}
+		out = append(out, p)
 	}
 	return out
 }
