@@ -33,6 +33,7 @@ import (
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/enforcer/sockdestroy"
 	"github.com/agentfence/agentfence/internal/procfs"
+	"github.com/agentfence/agentfence/sensor/tlsprobe"
 )
 
 // Status is the outcome of one check.
@@ -64,6 +65,7 @@ const (
 	CheckTPBTF          = "prog/tp_btf"
 	CheckLSM            = "prog/lsm"
 	CheckKprobe         = "prog/kprobe"
+	CheckUprobe         = "uprobe"
 	CheckRingBuf        = "map/ringbuf"
 	CheckLPMTrie        = "map/lpm_trie"
 	CheckHash           = "map/hash"
@@ -412,6 +414,7 @@ func checkProgramTypes(st *run) []Check {
 			"tp_btf/sched_process_exec", "no tp_btf: process events fall back to raw and classic tracepoints; nothing disabled"),
 		checkLSM(),
 		checkKprobe(),
+		checkUprobe(),
 	}
 }
 
@@ -549,6 +552,25 @@ func checkKprobe() Check {
 		return c
 	}
 	c.Detail = "kprobe program loads; kprobe PMU present"
+	return c
+}
+
+// checkUprobe says whether the TLS probes can be placed: uprobes are
+// kprobe-type programs attached through the uprobe PMU.
+func checkUprobe() Check {
+	c := Check{Name: CheckUprobe, Impact: "no uprobes: " + tlsprobe.Fallback}
+	if _, err := os.Stat("/sys/bus/event_source/devices/uprobe/type"); err != nil {
+		c.Status = StatusMissing
+		c.Detail = "no uprobe PMU (/sys/bus/event_source/devices/uprobe): kernel built without CONFIG_UPROBE_EVENTS"
+		return c
+	}
+	c.Status = StatusOK
+	c.Detail = "uprobe PMU present; placing a probe takes CAP_SYS_ADMIN (CAP_PERFMON is not enough for perf-based uprobes)"
+	if libs, exes := tlsprobe.Libraries(), tlsprobe.Executables(); len(libs)+len(exes) > 0 {
+		c.Detail += "; OpenSSL to probe: " + strings.Join(append(libs, exes...), ", ")
+	} else {
+		c.Detail += "; no libssl or node found on this host (members' own are probed at their exec)"
+	}
 	return c
 }
 

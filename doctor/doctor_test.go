@@ -21,6 +21,7 @@ import (
 	"github.com/agentfence/agentfence/enforcer/sockdestroy"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/sensor"
+	"github.com/agentfence/agentfence/sensor/tlsprobe"
 )
 
 // kernelConfig returns the value of CONFIG_name from /proc/config.gz: "y",
@@ -250,6 +251,7 @@ func TestObjectRefused(t *testing.T) {
 		{enforcer.ObjectHostnames, CheckObjectHostnames, "hostname rules are unavailable"},
 		{enforcer.ObjectTaskLister, CheckObjectTaskLister, "pid table walk"},
 		{sensor.ObjectProcess, CheckObjectProcess, "only the pid, uid and comm"},
+		{tlsprobe.Object, CheckObjectTLS, "no http records"},
 	} {
 		var out bytes.Buffer
 		r, err := Run(context.Background(), &out, Options{NoAttach: true, NoSockDestroy: true,
@@ -262,7 +264,7 @@ func TestObjectRefused(t *testing.T) {
 			!strings.Contains(c.Detail, "R9 !read_ok") || !strings.Contains(c.Impact, tc.impact) {
 			t.Errorf("break %s: %+v", tc.object, c)
 		}
-		for _, other := range []string{CheckObjectGate, CheckObjectHostnames, CheckObjectTaskLister, CheckObjectProcess} {
+		for _, other := range []string{CheckObjectGate, CheckObjectHostnames, CheckObjectTaskLister, CheckObjectProcess, CheckObjectTLS} {
 			if o := mustGet(t, r, other); other != tc.check && o.Status != StatusOK {
 				t.Errorf("break %s: %s = %+v", tc.object, other, o)
 			}

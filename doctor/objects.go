@@ -12,6 +12,7 @@ import (
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/enforcer/sockdestroy"
 	"github.com/agentfence/agentfence/sensor"
+	"github.com/agentfence/agentfence/sensor/tlsprobe"
 )
 
 // The object checks load the daemon's own BPF objects, without attaching
@@ -25,6 +26,7 @@ const (
 	CheckObjectProcess    = "object/" + sensor.ObjectProcess
 	CheckObjectSockIter   = "object/socket_iterator"
 	CheckObjectFamilies   = "object/" + enforcer.ObjectSocketFamilies
+	CheckObjectTLS        = "object/" + tlsprobe.Object
 )
 
 func checkObjects(st *run) []Check {
@@ -41,6 +43,14 @@ func checkObjects(st *run) []Check {
 		enforcer.VerifySpec(&proc, spec, nil, cache, vo.Break == sensor.ObjectProcess)
 	}
 	objs = append(objs, proc)
+
+	tls := enforcer.ObjectCheck{Name: tlsprobe.Object, Fallback: tlsprobe.Fallback}
+	if spec, err := tlsprobe.Spec(); err != nil {
+		tls.Err = err
+	} else {
+		enforcer.VerifySpec(&tls, spec, nil, btf.NewCache(), vo.Break == tlsprobe.Object)
+	}
+	objs = append(objs, tls)
 
 	var out []Check
 	for _, o := range objs {
