@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/sensor/tlsprobe"
 )
 
 // seen is what the test server received, the ground truth the records are
@@ -171,6 +172,60 @@ req.end("x=1");`
 			if bytes.Contains(b, []byte(secret)) {
 				t.Errorf("%s contains the planted credential %q", name, secret)
 			}
+		}
+	}
+}
+
+// Route 34 (docs/threat-model.md), open: a copy of libssl that the probes
+// do not know, loaded through LD_LIBRARY_PATH, keeps the call out of the
+// http records. Its connect is recorded and judged as any other.
+func TestHTTPCopiedLibssl(t *testing.T) {
+	d := startDaemon(t)
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("curl is not installed")
+	}
+	libs := tlsprobe.Libraries()
+	if len(libs) == 0 {
+		t.Skip("no libssl on this host")
+	}
+	addr, ca, received := httpsServer(t)
+	dir := filepath.Dir(ca)
+	lib, err := os.ReadFile(libs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, filepath.Base(libs[0])), lib, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("https://%s/v1/copied", addr)
+	_, stderr, code := d.cli(t, nil, "run", "--intent", "copied-libssl", "--allow", "tcp://"+addr.String(), "--",
+		"/usr/bin/env", "LD_LIBRARY_PATH="+dir, curl, "-sS", "--http1.1", "--cacert", ca, url)
+	if code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	if got := received(); len(got) != 1 || got[0].path != "/v1/copied" {
+		t.Fatalf("the server received %+v", got)
+	}
+	conn := d.waitRecord(t, "the copy's connect", func(r audit.Record) bool {
+		return r.Kind == audit.KindConnect && r.Session != nil && r.Session.Intent == "copied-libssl" &&
+			r.Destination.Port == addr.Port()
+	})
+	if conn.Outcome.Verdict != audit.VerdictAllowed {
+		t.Errorf("connect %+v", conn.Outcome)
+	}
+	// The TLS ring is read in order: once a later call through the host's
+	// libssl is on record, a record of the copy's call would be too.
+	if _, stderr, code := d.cli(t, nil, "run", "--intent", "host-libssl", "--allow", "tcp://"+addr.String(), "--",
+		curl, "-sS", "--http1.1", "--cacert", ca, url); code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	d.waitRecord(t, "the host libssl's http", func(r audit.Record) bool {
+		return r.Kind == audit.KindHTTP && r.Session != nil && r.Session.Intent == "host-libssl"
+	})
+	for _, r := range d.records(t) {
+		if r.Kind == audit.KindHTTP && r.Session != nil && r.Session.Intent == "copied-libssl" {
+			t.Errorf("the copied libssl was probed after all: %+v (route 34 is closed: update docs/threat-model.md)", r.HTTP)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -31,6 +32,9 @@ type tlsCalls struct {
 	// bundled are the executables checked for their own OpenSSL, by path
 	// (a bool each). Apart from mu: calls asks it under mu.
 	bundled sync.Map
+	// roots are the mount namespaces whose libraries were looked for (by
+	// /proc/PID/ns/mnt), the daemon's own among them.
+	roots sync.Map
 }
 
 // tlsIdleDetach is how long the probes stay attached after the last
@@ -129,6 +133,7 @@ func (t *tlsCalls) execRecord(rec audit.Record) {
 	if t == nil || rec.Kind != audit.KindExec || rec.Process == nil || rec.Process.Exe == "" {
 		return
 	}
+	t.containerLibraries(rec.Process.PID)
 	exe := rec.Process.Exe
 	if _, checked := t.bundled.Load(exe); checked {
 		return
@@ -142,6 +147,28 @@ func (t *tlsCalls) execRecord(rec audit.Record) {
 		t.log.Info("tls probes attached", "file", exe, "pid", rec.Process.PID)
 	case !errors.Is(err, tlsprobe.ErrNoTLS):
 		t.log.Warn("tls probe not attached", "file", exe, "err", err)
+	}
+}
+
+// containerLibraries probes the OpenSSL of a member's mount namespace
+// (a container's image has its own libssl, another file than the host's),
+// once per namespace.
+func (t *tlsCalls) containerLibraries(pid uint32) {
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+	if err != nil {
+		return // gone already
+	}
+	if _, seen := t.roots.LoadOrStore(ns, true); seen {
+		return
+	}
+	for _, file := range tlsprobe.LibrariesIn(fmt.Sprintf("/proc/%d/root", pid)) {
+		if err := t.probes.Attach(file); err != nil {
+			if !errors.Is(err, tlsprobe.ErrNoTLS) {
+				t.log.Warn("tls probe not attached", "file", file, "mnt_ns", ns, "err", err)
+			}
+			continue
+		}
+		t.log.Info("tls probes attached", "file", file, "mnt_ns", ns)
 	}
 }
 
@@ -178,6 +205,7 @@ func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(aud
 			if detach {
 				t.probes.Detach()
 				t.bundled.Clear() // looked at again once probes are wanted
+				t.roots.Clear()
 				t.log.Info("tls probes detached: no session open")
 			}
 		}

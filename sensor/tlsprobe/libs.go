@@ -3,6 +3,7 @@
 package tlsprobe
 
 import (
+	"os"
 	"path/filepath"
 	"slices"
 )
@@ -27,14 +28,38 @@ func Executables() []string { return existing(bundlers) }
 // Libraries lists the OpenSSL libraries on this host, each once: the
 // files they resolve to (a uprobe is placed on the file, /lib and /usr/lib
 // are often the same directory).
-func Libraries() []string {
+func Libraries() []string { return existing(candidates("")) }
+
+// LibrariesIn lists the OpenSSL libraries and executables with their own
+// under root, a process's root directory as /proc/PID/root shows it (a
+// container's). The paths are not resolved, which would leave root
+// through its magic link; Attach tells files apart by inode.
+func LibrariesIn(root string) []string {
+	var out []string
+	for _, p := range append(candidates(root), rooted(root, bundlers)...) {
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func candidates(root string) []string {
 	var paths []string
 	for _, dir := range libDirs {
 		for _, name := range libNames {
-			paths = append(paths, filepath.Join(dir, name))
+			paths = append(paths, filepath.Join(root, dir, name))
 		}
 	}
-	return existing(paths)
+	return paths
+}
+
+func rooted(root string, paths []string) []string {
+	out := make([]string, len(paths))
+	for i, p := range paths {
+		out[i] = filepath.Join(root, p)
+	}
+	return out
 }
 
 // existing resolves the paths that exist, each file once.
