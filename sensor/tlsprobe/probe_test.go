@@ -60,9 +60,11 @@ type fixture struct {
 	session string // the member cgroup
 	mu      sync.Mutex
 	events  []Event
+	seen    int  // events handled
+	count   bool // count them only (benchmarks)
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	privtest.RequireRoot(t)
 	mnt, err := procfs.Cgroup2Mount()
@@ -113,7 +115,10 @@ func newFixture(t *testing.T) *fixture {
 		defer close(done)
 		p.Run(ctx, func(ev Event) {
 			f.mu.Lock()
-			f.events = append(f.events, ev)
+			f.seen++
+			if !f.count {
+				f.events = append(f.events, ev)
+			}
 			f.mu.Unlock()
 		}, func(err error) { t.Error(err) })
 	}()
@@ -122,7 +127,7 @@ func newFixture(t *testing.T) *fixture {
 }
 
 // take returns the events handled so far (after a Sync) and forgets them.
-func (f *fixture) take(t *testing.T) []Event {
+func (f *fixture) take(t testing.TB) []Event {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	f.probes.Sync(ctx)
@@ -133,8 +138,9 @@ func (f *fixture) take(t *testing.T) []Event {
 	return evs
 }
 
-// run runs a client command to completion, in the session or not.
-func (f *fixture) run(t *testing.T, member bool, name string, args ...string) {
+// run runs a client command to completion, in the session or not, and
+// returns its output.
+func (f *fixture) run(t testing.TB, member bool, name string, args ...string) []byte {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	if member {
@@ -145,14 +151,16 @@ func (f *fixture) run(t *testing.T, member bool, name string, args ...string) {
 		defer dir.Close()
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
 	}
-	if out, err := cmd.CombinedOutput(); err != nil {
+	out, err := cmd.Output()
+	if err != nil {
 		t.Fatalf("%s: %v\n%s", name, err, out)
 	}
+	return out
 }
 
 // tlsServer serves HTTPS on loopback with a test CA, written to a file for
 // the clients.
-func tlsServer(t *testing.T) (netip.AddrPort, string) {
+func tlsServer(t testing.TB) (netip.AddrPort, string) {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		fmt.Fprintf(w, "%s %s\n", r.Method, r.URL.Path)
@@ -166,7 +174,7 @@ func tlsServer(t *testing.T) (netip.AddrPort, string) {
 	return netip.MustParseAddrPort(srv.Listener.Addr().String()), ca
 }
 
-func needClient(t *testing.T, name string) string {
+func needClient(t testing.TB, name string) string {
 	p, err := exec.LookPath(name)
 	if err != nil {
 		t.Skipf("%s is not installed: %v", name, err)
