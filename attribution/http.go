@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/credential"
 	"github.com/agentfence/agentfence/httpwire"
 	"github.com/agentfence/agentfence/sensor/tlsprobe"
 )
@@ -24,6 +25,9 @@ type Calls struct {
 	// heard from least recently is closed, its open calls recorded as far
 	// as they were seen (default 4096).
 	MaxConns int
+	// Holders are the registered credentials (nil: none): a call that
+	// carries one from another executable than its holder's is flagged.
+	Holders *credential.Holders
 	// Bundled reports whether an executable carries its own OpenSSL (node)
 	// rather than using libssl (nil: none does).
 	Bundled func(exe string) bool
@@ -172,6 +176,12 @@ func (c *Calls) record(tc *tlsConn, call httpwire.Call, bootNS uint64) audit.Rec
 	if len(call.Credentials) > 0 {
 		cr := call.Credentials[0]
 		rec.Credential = &audit.Credential{Type: string(cr.Type), Header: cr.Header, Fingerprint: cr.Fingerprint, KeyID: cr.KeyID}
+		// The process's hash counts only when the cache computed it.
+		holder, registered, held := c.Holders.Check(cr.Fingerprint, rec.Process.Exe, rec.Process.SHA256)
+		rec.Credential.Holder = holder
+		if registered && !held {
+			rec.Outcome = &audit.Outcome{Verdict: audit.VerdictFlagged, Reason: audit.ReasonCredentialOutsideHolder}
+		}
 	}
 	return rec
 }

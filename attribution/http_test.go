@@ -1,14 +1,17 @@
 package attribution
 
 import (
+	"context"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/credential"
 	"github.com/agentfence/agentfence/httpwire"
 	"github.com/agentfence/agentfence/internal/boottime"
+	"github.com/agentfence/agentfence/sensor/proccache"
 	"github.com/agentfence/agentfence/sensor/tlsprobe"
 )
 
@@ -135,5 +138,52 @@ func TestHostOnly(t *testing.T) {
 		if got := hostOnly(in); got != want {
 			t.Errorf("hostOnly(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// exes is a process cache that knows each process's executable.
+type exes map[uint32]proccache.Process
+
+func (e exes) LookupWait(_ context.Context, pid uint32, _ uint64) (proccache.Process, bool) {
+	p, ok := e[pid]
+	return p, ok
+}
+func (exes) WaitFor(context.Context, uint64) bool { return true }
+
+// A registered credential sent by its holder's executable is allowed and
+// names the holder; sent by any other process it is flagged
+// credential_outside_holder. An unregistered one is neither.
+func TestCallsCredentialHolder(t *testing.T) {
+	c, _ := newCalls(t)
+	c.Joiner.Processes = exes{
+		40: {ExePath: "/opt/mcp/tickets", HashState: proccache.HashOK, ExeSHA256: "aa"},
+		41: {ExePath: "/usr/bin/curl", HashState: proccache.HashOK, ExeSHA256: "bb"},
+	}
+	c.Joiner.Wait = time.Second
+	c.Holders = credential.NewHolders([]credential.Holder{{Name: "tickets-api", Fingerprint: "fp(S)",
+		Executables: []credential.Executable{{Path: "/opt/mcp/tickets"}}}})
+	call := func(pid uint32, req string) audit.Record {
+		t.Helper()
+		w := ev(tlsprobe.OpWrite, uint64(pid), 1e9, req)
+		w.PID = pid
+		c.Handle(w)
+		r := ev(tlsprobe.OpRead, uint64(pid), 2e9, response)
+		r.PID = pid
+		recs := c.Handle(r)
+		if len(recs) != 1 {
+			t.Fatalf("%d records", len(recs))
+		}
+		return recs[0]
+	}
+	if r := call(40, request); r.Outcome.Verdict != audit.VerdictAllowed || r.Credential.Holder != "tickets-api" {
+		t.Errorf("the holder's call: %+v, credential %+v", r.Outcome, r.Credential)
+	}
+	if r := call(41, request); r.Outcome.Verdict != audit.VerdictFlagged || r.Outcome.Reason != audit.ReasonCredentialOutsideHolder ||
+		r.Credential.Holder != "tickets-api" {
+		t.Errorf("another process's call: %+v, credential %+v", r.Outcome, r.Credential)
+	}
+	other := strings.Replace(request, "Bearer s3cr3t", "Bearer other", 1)
+	if r := call(42, other); r.Outcome.Verdict != audit.VerdictAllowed || r.Credential.Holder != "" {
+		t.Errorf("an unregistered credential: %+v, credential %+v", r.Outcome, r.Credential)
 	}
 }

@@ -51,6 +51,11 @@ const (
 // names the server): the agent tried the direct route around it.
 const ReasonHeldByMCPServer = "held_by_mcp_server"
 
+// ReasonCredentialOutsideHolder is the reason of a flagged http record:
+// the call carried a registered credential (docs/audit.md, "Credential
+// holders") from a process that is not one of its holder's executables.
+const ReasonCredentialOutsideHolder = "credential_outside_holder"
+
 // Reasons of refused escapes (kind escape, what ptrace or socket_receive):
 // the other process is outside the member's session, or the session
 // launches MCP servers, whose members may not ptrace at all nor receive

@@ -136,6 +136,28 @@ type Credentials struct {
 	RedactNames []string `json:"redact_names,omitempty"`
 	// RedactPatterns are Go regular expressions; every match is redacted.
 	RedactPatterns []string `json:"redact_patterns,omitempty"`
+	// Holders are credentials registered by fingerprint with the
+	// executables allowed to send them (an MCP server): any other process
+	// that sends one is flagged (docs/audit.md, "Credential holders").
+	Holders []Holder `json:"holders,omitempty"`
+}
+
+// Holder is a credential and who may use it.
+type Holder struct {
+	// Name names the credential in records (credential.holder).
+	Name string `json:"name"`
+	// Fingerprint is the credential's fingerprint on this node, as
+	// `agentfence credential fingerprint` prints it.
+	Fingerprint string `json:"fingerprint"`
+	// Executables are the files that may send it.
+	Executables []HolderExe `json:"executables"`
+}
+
+// HolderExe is an executable by path and, optionally, content.
+type HolderExe struct {
+	Path string `json:"path"`
+	// SHA256, when set, must be the file's hash too (hex).
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // Audit selects where audit records go.

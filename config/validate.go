@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -149,6 +150,8 @@ func (c Config) Validate() error {
 		}
 	}
 
+	v.holders(c.Credentials.Holders)
+
 	t := c.TLS
 	if t.Probes != TLSProbesAuto && t.Probes != TLSProbesOff {
 		v.add("tls.probes", t.Probes, fmt.Sprintf("must be %q or %q", TLSProbesAuto, TLSProbesOff))
@@ -163,6 +166,56 @@ func (c Config) Validate() error {
 	}
 
 	return errors.Join(v.errs...)
+}
+
+// holders checks the registered credentials: each names its credential
+// by a fingerprint of this node's shape and lists executables that exist.
+func (v *validator) holders(hs []Holder) {
+	names := map[string]bool{}
+	fps := map[string]bool{}
+	for i, h := range hs {
+		at := fmt.Sprintf("credentials.holders[%d]", i)
+		switch {
+		case strings.TrimSpace(h.Name) == "":
+			v.add(at+".name", h.Name, "must not be empty")
+		case names[h.Name]:
+			v.add(at+".name", h.Name, "is another holder's name too")
+		}
+		names[h.Name] = true
+		switch {
+		case !isHex(h.Fingerprint, 16):
+			v.add(at+".fingerprint", h.Fingerprint, "must be 16 lowercase hex digits, as `agentfence credential fingerprint` prints them")
+		case fps[h.Fingerprint]:
+			v.add(at+".fingerprint", h.Fingerprint, "is registered twice")
+		}
+		fps[h.Fingerprint] = true
+		if len(h.Executables) == 0 {
+			v.add(at+".executables", "", "must list the executables that may send the credential")
+		}
+		for j, e := range h.Executables {
+			eat := fmt.Sprintf("%s.executables[%d]", at, j)
+			if !filepath.IsAbs(e.Path) {
+				v.add(eat+".path", e.Path, "must be an absolute path")
+			} else if st, err := os.Stat(e.Path); err != nil || !st.Mode().IsRegular() {
+				v.add(eat+".path", e.Path, "must be an existing file")
+			}
+			if e.SHA256 != "" && !isHex(e.SHA256, 64) {
+				v.add(eat+".sha256", e.SHA256, "must be 64 lowercase hex digits")
+			}
+		}
+	}
+}
+
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // validHeaderName reports whether s is an HTTP field name (RFC 9110's

@@ -7,16 +7,20 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/sensor/tlsprobe"
 )
 
@@ -229,3 +233,83 @@ func TestHTTPCopiedLibssl(t *testing.T) {
 		}
 	}
 }
+
+// Item 4 of issue 16: a credential registered with its holder (here curl
+// stands in for an MCP server) is allowed from the holder's executable and
+// flagged credential_outside_holder from any other process of the same
+// session (python). The key travels in a file, never on a command line.
+func TestHTTPCredentialOutsideHolder(t *testing.T) {
+	privtest.RequireRoot(t)
+	for _, c := range []string{"curl", "python3"} {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Skipf("%s is not installed", c)
+		}
+	}
+	curl, _ := exec.LookPath("curl")
+	curl, err := filepath.EvalSymlinks(curl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	stateDir := filepath.Join(dir, "state")
+	nonce := make([]byte, 12)
+	rand.Read(nonce)
+	key := "CANARYholder" + hex.EncodeToString(nonce)
+	// The node key exists before the daemon: the CLI makes it.
+	cmd := exec.Command(filepath.Join(build(t), "agentfence"), "credential", "fingerprint", "--state-dir", stateDir)
+	cmd.Stdin = strings.NewReader(key + "\n")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := strings.TrimSpace(string(out))
+	cfg := filepath.Join(dir, "agentfence.yaml")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, "credentials:\n  holders:\n    - name: tickets-api\n      fingerprint: %s\n      executables: [{path: %s}]\n", fp, curl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, "--config", cfg, "--state-dir", stateDir)
+	addr, ca, received := httpsServer(t)
+	header := filepath.Join(filepath.Dir(ca), "header")
+	if err := os.WriteFile(header, []byte("x-api-key: "+key+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("https://%s/v1/tickets", addr)
+	script := fmt.Sprintf(`%s -sS --http1.1 --cacert %s -H @%s -d x=1 %s && python3 -c 'import ssl, urllib.request as u; u.urlopen(u.Request(%q, data=b"x=1", headers={"x-api-key": open(%q).read().split(": ")[1].strip()}), context=ssl.create_default_context(cafile=%q)).read()'`,
+		curl, ca, header, url, url, header, ca)
+	if _, stderr, code := d.cli(t, nil, "run", "--intent", "holders", "--allow", "tcp://"+addr.String(), "--", "/bin/sh", "-c", script); code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	if n := len(received()); n != 2 {
+		t.Fatalf("the server received %d requests, want 2", n)
+	}
+	byExe := map[string]audit.Record{}
+	waitFor(t, "two http records", func() bool {
+		for _, r := range d.records(t) {
+			if r.Kind == audit.KindHTTP && r.Session != nil && r.Session.Intent == "holders" {
+				byExe[r.Process.Exe] = r
+			}
+		}
+		return len(byExe) == 2
+	})
+	for exe, r := range byExe {
+		if r.Credential == nil || r.Credential.Fingerprint != fp || r.Credential.Holder != "tickets-api" {
+			t.Errorf("%s: credential %+v, want %s held by tickets-api", exe, r.Credential, fp)
+		}
+		if exe == curl {
+			if r.Outcome.Verdict != audit.VerdictAllowed {
+				t.Errorf("the holder's call: %+v", r.Outcome)
+			}
+		} else if r.Outcome.Verdict != audit.VerdictFlagged || r.Outcome.Reason != audit.ReasonCredentialOutsideHolder {
+			t.Errorf("%s's call: %+v, want flagged %s", exe, r.Outcome, audit.ReasonCredentialOutsideHolder)
+		}
+	}
+	if _, ok := byExe[curl]; !ok {
+		t.Errorf("no record of the holder %s among %v", curl, slices.Collect(maps.Keys(byExe)))
+	}
+	for name, b := range d.outputs(t) {
+		if bytes.Contains(b, []byte(key)) {
+			t.Errorf("%s contains the planted credential", name)
+		}
+	}
+}
+

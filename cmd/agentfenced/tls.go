@@ -12,6 +12,7 @@ import (
 	"github.com/agentfence/agentfence/attribution"
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/config"
+	"github.com/agentfence/agentfence/credential"
 	"github.com/agentfence/agentfence/httpwire"
 	"github.com/agentfence/agentfence/internal/boottime"
 	"github.com/agentfence/agentfence/sensor/tlsprobe"
@@ -64,7 +65,15 @@ func (d *daemon) startTLS(context.Context) error {
 		wire.HashQuery = key.Fingerprint
 	}
 	t := &tlsCalls{probes: probes, log: d.log}
-	t.calls = &attribution.Calls{Joiner: d.joiner, Wire: wire, Bundled: t.isBundled}
+	var holders []credential.Holder
+	for _, h := range d.cfg.Credentials.Holders {
+		r := credential.Holder{Name: h.Name, Fingerprint: h.Fingerprint}
+		for _, e := range h.Executables {
+			r.Executables = append(r.Executables, credential.Executable{Path: e.Path, SHA256: e.SHA256})
+		}
+		holders = append(holders, r)
+	}
+	t.calls = &attribution.Calls{Joiner: d.joiner, Wire: wire, Bundled: t.isBundled, Holders: credential.NewHolders(holders)}
 	d.tls = t
 	d.onStop(func() { probes.Close() })
 
