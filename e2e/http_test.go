@@ -312,4 +312,3 @@ func TestHTTPCredentialOutsideHolder(t *testing.T) {
 		}
 	}
 }
-
