@@ -44,6 +44,10 @@ const (
 	// the TLS library (docs/audit.md "HTTP calls"): http says what was
 	// asked and answered, credential which credential went with it.
 	KindHTTP = "http"
+	// KindTLSUncovered is a member's executable that speaks TLS through a
+	// stack the probes do not read (tls.library, tls.uncovered says why):
+	// its calls have no http records. One per executable and daemon run.
+	KindTLSUncovered = "tls_uncovered"
 )
 
 // ReasonHeldByMCPServer is the reason of a member's denied connect or
@@ -304,6 +308,8 @@ type TLS struct {
 	// Socket is false when the library's I/O was not seen (node's memory
 	// BIOs): destination then comes from the call's host only.
 	Socket bool `json:"socket"`
+	// Uncovered, on kind tls_uncovered, is why the stack is not read.
+	Uncovered string `json:"uncovered,omitempty"`
 }
 
 // Credential is a credential that went with a call, by fingerprint only.

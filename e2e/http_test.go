@@ -312,3 +312,74 @@ func TestHTTPCredentialOutsideHolder(t *testing.T) {
 		}
 	}
 }
+
+// A member's Go client (crypto/tls, not probed), built normally and with
+// -s -w, is named once per executable by a tls_uncovered record that says
+// why; its calls have no http record, and its connect is recorded.
+func TestHTTPUncoveredGo(t *testing.T) {
+	d := startDaemon(t)
+	gotool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no Go toolchain to build the client")
+	}
+	addr, ca, received := httpsServer(t)
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "go.mod"), []byte("module client\ngo 1.21\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "main.go"), []byte(`package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"net/http"
+	"os"
+	"strings"
+)
+
+func main() {
+	pem, _ := os.ReadFile(os.Args[2])
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := c.Post(os.Args[1], "text/plain", strings.NewReader("x=1"))
+	if err != nil {
+		panic(err)
+	}
+	resp.Body.Close()
+}
+`), 0o644)
+	bins := filepath.Dir(ca) // readable by the agent
+	var clients []string
+	for name, flags := range map[string][]string{"goclient": nil, "goclient-stripped": {"-ldflags=-s -w"}} {
+		out := filepath.Join(bins, name)
+		cmd := exec.Command(gotool, append(append([]string{"build", "-o", out}, flags...), ".")...)
+		cmd.Dir, cmd.Env = src, append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build: %v\n%s", err, b)
+		}
+		clients = append(clients, out)
+	}
+	url := fmt.Sprintf("https://%s/v1/go", addr)
+	for _, bin := range clients {
+		if _, stderr, code := d.cli(t, nil, "run", "--intent", "go-client", "--allow", "tcp://"+addr.String(), "--", bin, url, ca); code != 0 {
+			t.Fatalf("run %s: exit %d: %s", bin, code, stderr)
+		}
+	}
+	if n := len(received()); n != len(clients) {
+		t.Fatalf("the server received %d requests, want %d", n, len(clients))
+	}
+	for _, bin := range clients {
+		rec := d.waitRecord(t, filepath.Base(bin)+"'s tls_uncovered", func(r audit.Record) bool {
+			return r.Kind == audit.KindTLSUncovered && r.Process != nil && r.Process.Exe == bin
+		})
+		if rec.TLS == nil || rec.TLS.Library != tlsprobe.StackGo || !strings.Contains(rec.TLS.Uncovered, "crypto/tls") ||
+			rec.Session == nil || rec.Session.Intent != "go-client" {
+			t.Errorf("%s: %+v, tls %+v", bin, rec.Session, rec.TLS)
+		}
+		d.recordOf(t, filepath.Base(bin)+"'s connect", audit.KindConnect, rec.Process.PID, nil)
+	}
+	for _, r := range d.records(t) {
+		if r.Kind == audit.KindHTTP && r.Session != nil && r.Session.Intent == "go-client" {
+			t.Errorf("an http record of a Go client: %+v (route 33 is closed: update docs)", r.HTTP)
+		}
+	}
+}

@@ -298,8 +298,8 @@ func (d *daemon) startReaders(context.Context) error {
 	}
 	d.wg.Go(func() {
 		d.procs.emitExecs(ctx, joiner, sessions.Launched, func(rec audit.Record) {
-			d.tls.execRecord(rec)
 			pipe.Emit(rec)
+			d.tls.execRecord(rec, pipe.Emit)
 		})
 	})
 	d.wg.Go(func() { watchLoss(ctx, gate, d.procs, d.tls, d.clock, pipe.Emit, log) })

@@ -135,10 +135,11 @@ func (t *tlsCalls) sessionRecord(rec audit.Record) {
 }
 
 // execRecord probes a member's executable when it carries its own
-// OpenSSL (node). The exec is seen after it happened: calls the process
-// makes before the probe is placed, within milliseconds of its start,
-// are not seen.
-func (t *tlsCalls) execRecord(rec audit.Record) {
+// OpenSSL (node), and emits a tls_uncovered record when it speaks TLS
+// through a stack the probes do not read. The exec is seen after it
+// happened: calls the process makes before the probe is placed, within
+// milliseconds of its start, are not seen.
+func (t *tlsCalls) execRecord(rec audit.Record, emit func(audit.Record)) {
 	if t == nil || rec.Kind != audit.KindExec || rec.Process == nil || rec.Process.Exe == "" {
 		return
 	}
@@ -149,12 +150,18 @@ func (t *tlsCalls) execRecord(rec audit.Record) {
 	}
 	// Through /proc, the file the process runs is found in its own mount
 	// namespace (a container's).
-	err := t.probes.Attach(fmt.Sprintf("/proc/%d/exe", rec.Process.PID))
+	file := fmt.Sprintf("/proc/%d/exe", rec.Process.PID)
+	err := t.probes.Attach(file)
 	t.bundled.Store(exe, err == nil)
 	switch {
 	case err == nil:
 		t.log.Info("tls probes attached", "file", exe, "pid", rec.Process.PID)
-	case !errors.Is(err, tlsprobe.ErrNoTLS):
+	case errors.Is(err, tlsprobe.ErrNoTLS):
+		if stack, why := tlsprobe.Uncovered(file); stack != "" {
+			emit(audit.Record{Schema: audit.SchemaVersion, Time: rec.Time, Kind: audit.KindTLSUncovered, Session: rec.Session,
+				Agent: rec.Agent, Origin: rec.Origin, MCP: rec.MCP, Process: rec.Process, TLS: &audit.TLS{Library: stack, Uncovered: why}})
+		}
+	default:
 		t.log.Warn("tls probe not attached", "file", exe, "err", err)
 	}
 }
