@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -257,5 +258,62 @@ func TestAttachRefusesFilesWithoutOpenSSL(t *testing.T) {
 	}
 	if got := f.probes.Attached(); len(got) != 0 {
 		t.Errorf("attached after refusals: %v", got)
+	}
+}
+
+// TestPythonLoadedBeforeAttach: a member that loaded libssl (Python's ssl
+// module) before the probes were attached is seen from its next call on:
+// a uprobe is placed in every mapping of the file, existing ones too.
+func TestPythonLoadedBeforeAttach(t *testing.T) {
+	f := newFixture(t)
+	python := needClient(t, "python3")
+	libs := Libraries()
+	if len(libs) == 0 {
+		t.Skip("no libssl on this host")
+	}
+	addr, ca := tlsServer(t)
+	script := fmt.Sprintf(`import ssl, sys, urllib.request as u
+ctx = ssl.create_default_context(cafile=%q)
+print("loaded", flush=True)
+sys.stdin.readline()
+u.urlopen(u.Request("https://%s/v1/late", data=b"x=1"), context=ctx).read()`, ca, addr)
+	dir, err := os.Open(f.session)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	cmd := exec.Command(python, "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	in, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	line := make([]byte, 7)
+	if _, err := io.ReadFull(out, line); err != nil || string(line) != "loaded\n" {
+		t.Fatalf("python said %q, %v", line, err)
+	}
+	maps, _ := os.ReadFile(fmt.Sprintf("/proc/%d/maps", cmd.Process.Pid))
+	if !bytes.Contains(maps, []byte("libssl")) {
+		t.Fatalf("python has not mapped libssl yet:\n%s", maps)
+	}
+	for _, lib := range libs {
+		if err := f.probes.Attach(lib); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in.Write([]byte("go\n"))
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("python: %v", err)
+	}
+	var wrote bool
+	for _, ev := range f.take(t) {
+		if ev.Op == OpWrite && ev.PID == uint32(cmd.Process.Pid) && bytes.HasPrefix(ev.Data, []byte("POST /v1/late HTTP/1.1\r\n")) {
+			wrote = true
+		}
+	}
+	if !wrote {
+		t.Error("the request of a process that loaded libssl before the probes was not seen")
 	}
 }
