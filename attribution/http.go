@@ -167,7 +167,7 @@ func (c *Calls) record(tc *tlsConn, call httpwire.Call, bootNS uint64) audit.Rec
 	if c.Bundled != nil && rec.Process.Exe != "" && c.Bundled(rec.Process.Exe) {
 		rec.TLS.Library = "openssl:node"
 	}
-	j.attribute(&rec, tc.slot, tc.gen, -1)
+	s, _ := j.attribute(&rec, tc.slot, tc.gen, -1)
 	dst := &audit.Destination{Protocol: "tcp", Hostname: hostOnly(call.Host)}
 	if tc.socket {
 		dst.IP, dst.Port = tc.peer.Addr().Unmap().String(), tc.peer.Port()
@@ -179,8 +179,11 @@ func (c *Calls) record(tc *tlsConn, call httpwire.Call, bootNS uint64) audit.Rec
 		// The process's hash counts only when the cache computed it.
 		holder, registered, held := c.Holders.Check(cr.Fingerprint, rec.Process.Exe, rec.Process.SHA256)
 		rec.Credential.Holder = holder
-		if registered && !held {
+		switch {
+		case registered && !held:
 			rec.Outcome = &audit.Outcome{Verdict: audit.VerdictFlagged, Reason: audit.ReasonCredentialOutsideHolder}
+		case !registered && s.Credentials == credential.ModeRegisteredOnly:
+			rec.Outcome = &audit.Outcome{Verdict: audit.VerdictFlagged, Reason: audit.ReasonCredentialUnregistered}
 		}
 	}
 	return rec

@@ -154,7 +154,7 @@ func (exes) WaitFor(context.Context, uint64) bool { return true }
 // names the holder; sent by any other process it is flagged
 // credential_outside_holder. An unregistered one is neither.
 func TestCallsCredentialHolder(t *testing.T) {
-	c, _ := newCalls(t)
+	c, ss := newCalls(t)
 	c.Joiner.Processes = exes{
 		40: {ExePath: "/opt/mcp/tickets", HashState: proccache.HashOK, ExeSHA256: "aa"},
 		41: {ExePath: "/usr/bin/curl", HashState: proccache.HashOK, ExeSHA256: "bb"},
@@ -185,5 +185,17 @@ func TestCallsCredentialHolder(t *testing.T) {
 	other := strings.Replace(request, "Bearer s3cr3t", "Bearer other", 1)
 	if r := call(42, other); r.Outcome.Verdict != audit.VerdictAllowed || r.Credential.Holder != "" {
 		t.Errorf("an unregistered credential: %+v, credential %+v", r.Outcome, r.Credential)
+	}
+
+	// In a registered-only session, a credential no holder owns is
+	// flagged; a registered one from its holder is not.
+	ro := attribution("s-ro", "registered only")
+	ro.Credentials = credential.ModeRegisteredOnly
+	ss.add(t, 2, 9, ro)
+	if r := call(43, other); r.Outcome.Verdict != audit.VerdictFlagged || r.Outcome.Reason != audit.ReasonCredentialUnregistered {
+		t.Errorf("an unregistered credential in a registered-only session: %+v", r.Outcome)
+	}
+	if r := call(40, request); r.Outcome.Verdict != audit.VerdictAllowed {
+		t.Errorf("the holder in a registered-only session: %+v", r.Outcome)
 	}
 }

@@ -60,6 +60,11 @@ const ReasonHeldByMCPServer = "held_by_mcp_server"
 // holders") from a process that is not one of its holder's executables.
 const ReasonCredentialOutsideHolder = "credential_outside_holder"
 
+// ReasonCredentialUnregistered is the reason of a flagged http record of
+// a registered-only session: the call carried a credential no registered
+// holder owns.
+const ReasonCredentialUnregistered = "credential_unregistered"
+
 // Reasons of refused escapes (kind escape, what ptrace or socket_receive):
 // the other process is outside the member's session, or the session
 // launches MCP servers, whose members may not ptrace at all nor receive
@@ -136,6 +141,9 @@ type Session struct {
 	// DNS is the session's dns mode (any, scoped, none); set on
 	// kind=session records.
 	DNS string `json:"dns,omitempty"`
+	// Credentials is the session's credentials mode (any,
+	// registered-only); set on kind=session records.
+	Credentials string `json:"credentials,omitempty"`
 	// GateCaps are the processes bound to the session (by pid or with a
 	// container) that held capabilities of that set when bound; set on
 	// kind=session records.

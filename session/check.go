@@ -9,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/credential"
 	"github.com/agentfence/agentfence/internal/privdrop"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -77,6 +78,7 @@ type opening struct {
 	entries []scope.Entry
 	caps    []string // KeptCaps, canonical and in privdrop.Gate's order
 	dns     scope.DNSMode
+	creds   credential.Mode
 	mcp     []mcpServer
 }
 
@@ -151,6 +153,9 @@ func (r *Registry) check(req v1.OpenRequest, caller Caller) (opening, error) {
 	var err error
 	if o.dns, err = scope.ParseDNSMode(req.DNS); err != nil {
 		return o, invalid("dns", "%v", err)
+	}
+	if o.creds, err = credential.ParseMode(req.Credentials); err != nil {
+		return o, invalid("credentials", "%v", err)
 	}
 	if o.caps, err = keptCaps(req.KeptCaps); err != nil {
 		return o, err

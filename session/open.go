@@ -6,6 +6,7 @@ import (
 
 	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/config"
+	"github.com/agentfence/agentfence/credential"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -67,6 +68,12 @@ func (r *Registry) Open(req v1.OpenRequest, caller Caller) (v1.Session, error) {
 			}
 			o.dns = pd
 		}
+		if pc := parent.credentialsMode(); !o.creds.Within(pc) {
+			if req.Credentials != "" {
+				return v1.Session{}, invalid("credentials", "credentials %s would widen the parent's %s", o.creds, pc)
+			}
+			o.creds = pc
+		}
 		if o.origin.Kind == v1.OriginAgent && o.origin.Principal != parent.ID {
 			return v1.Session{}, invalid("origin.principal", "an agent-originated child names its parent %s", parent.ID)
 		}
@@ -76,7 +83,7 @@ func (r *Registry) Open(req v1.OpenRequest, caller Caller) (v1.Session, error) {
 	}
 	e := &entry{Session: v1.Session{Version: v1.ModelVersion, ID: newID(), Intent: o.intent, Origin: o.origin, Agent: req.Agent,
 		Mode: o.mode, TTL: expires.Sub(now).String(), CreatedAt: now, ExpiresAt: expires,
-		Parent: parentID, Labels: maps.Clone(req.Labels), KeptCaps: o.caps, DNS: string(o.dns), OpenedBy: caller.ID, State: v1.StateActive},
+		Parent: parentID, Labels: maps.Clone(req.Labels), KeptCaps: o.caps, DNS: string(o.dns), Credentials: string(o.creds), OpenedBy: caller.ID, State: v1.StateActive},
 		rules: o.rules, mcp: o.mcp}
 	for _, s := range o.mcp {
 		e.MCP = append(e.MCP, s.decl)
@@ -194,6 +201,15 @@ func (r *Registry) kernelState(e *entry) enforcer.SessionState {
 	return enforcer.SessionState{Gen: e.gen, ExpiresNS: r.clock.Boot(e.ExpiresAt), State: enforcer.StateActive, Mode: mode,
 		Budget: r.cfg.ViolationBudget, QuarantineOnBudget: r.cfg.DriftAction != config.DriftNone,
 		KillOnDrift: r.cfg.DriftAction == config.DriftKill, LaunchesServers: len(e.MCP) > 0, DNS: e.dnsMode()}
+}
+
+// credentialsMode is the session's credentials mode (any when none was
+// recorded: state written before the mode existed).
+func (e *entry) credentialsMode() credential.Mode {
+	if e.Credentials == "" {
+		return credential.ModeAny
+	}
+	return credential.Mode(e.Credentials)
 }
 
 // dnsMode is the session's dns mode; one restored from state written

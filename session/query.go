@@ -8,6 +8,7 @@ import (
 
 	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/credential"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/scope"
 )
@@ -260,6 +261,8 @@ type Attribution struct {
 	// Servers are the MCP servers the session declares, to name the one
 	// whose scope holds what a member was denied.
 	Servers []Server
+	// Credentials is the session's credentials mode.
+	Credentials credential.Mode
 }
 
 // Server is a declared MCP server's session as the joiner needs it.
@@ -274,7 +277,8 @@ type Server struct {
 // entries.
 func (e *entry) attribution() Attribution {
 	a := Attribution{Session: audit.Session{ID: e.ID, Intent: e.Intent, Mode: string(e.Mode), Parent: e.Parent},
-		Origin: &audit.Origin{Kind: string(e.Origin.Kind), Principal: e.Origin.Principal}, Rules: e.rules, MCP: e.server}
+		Origin: &audit.Origin{Kind: string(e.Origin.Kind), Principal: e.Origin.Principal}, Rules: e.rules, MCP: e.server,
+		Credentials: e.credentialsMode()}
 	if e.Agent != nil {
 		a.Agent = &audit.Agent{ID: e.Agent.ID, Name: e.Agent.Name, Version: e.Agent.Version, Owner: e.Agent.Owner}
 	}

@@ -103,6 +103,7 @@ func (r *Registry) lifecycle(e *entry, event, actor, reason string) {
 	rec.Session.KeptCaps = e.KeptCaps // never changed in place
 	rec.Session.GateCaps = auditCaps(e.Binding.GateCaps)
 	rec.Session.DNS = string(e.dnsMode())
+	rec.Session.Credentials = string(e.credentialsMode())
 	if reason != "" {
 		rec.Outcome = &audit.Outcome{Reason: reason}
 	}

@@ -107,10 +107,13 @@ type Session struct {
 	// (docs/hostnames.md, "DNS modes"). A session restored from state
 	// written before dns modes existed reads as any, what it was opened
 	// with.
-	DNS        string `json:"dns,omitempty"`
-	OpenedBy   string `json:"opened_by"`
-	State      State  `json:"state"`
-	Violations uint32 `json:"violations"`
+	DNS string `json:"dns,omitempty"`
+	// Credentials is what credentials members may send: any, or
+	// registered-only (docs/audit.md, "Credential holders").
+	Credentials string `json:"credentials,omitempty"`
+	OpenedBy    string `json:"opened_by"`
+	State       State  `json:"state"`
+	Violations  uint32 `json:"violations"`
 	// MCP are the servers the session's members may launch, as declared
 	// and resolved; each runs in a session of its own, a child of this one
 	// that names it in MCPServer.
@@ -135,6 +138,10 @@ type OpenRequest struct {
 	// may not be wider than its parent's; left out, a child takes the
 	// default or its parent's, whichever is stricter.
 	DNS string `json:"dns,omitempty"`
+	// Credentials is any (the default) or registered-only: a member's
+	// call carrying a credential no registered holder owns is flagged. A
+	// child of a registered-only parent is registered-only.
+	Credentials string `json:"credentials,omitempty"`
 	// MCP declares the MCP servers the session's members may launch, each
 	// with its own scope (docs/mcp.md).
 	MCP []MCPServer `json:"mcp,omitempty"`

@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentfence/agentfence/api/client"
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/credential"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/privdrop"
 	"github.com/agentfence/agentfence/scope"
@@ -42,6 +43,7 @@ func (f *sessionFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.allow, "allow", "scope rule (repeatable): [essential,][exe=PATH,][tcp://|udp://]ADDR[/PREFIX][:PORT[-PORT]]")
 	fs.StringVar((*string)(&f.req.Mode), "mode", string(v1.ModeEnforce), "enforce (deny with EPERM) or audit (allow, record would_deny)")
 	fs.StringVar(&f.req.DNS, "dns", "", "what members may ask a resolver: scoped (default: names the hostname rules cover), none, or any")
+	fs.StringVar(&f.req.Credentials, "credentials", "", "what credentials members may send: any (default) or registered-only (a credential no registered holder owns is flagged)")
 	fs.DurationVar(&f.ttl, "ttl", 0, "session lifetime (default: the daemon's)")
 	fs.StringVar(&f.origin, "origin", "", "what triggered the session: human:PRINCIPAL, schedule:NAME or agent:SESSION")
 	fs.StringVar(&f.agentID, "agent", "", "the agent's SPIFFE ID")
@@ -69,6 +71,9 @@ func (f *sessionFlags) check() error {
 	}
 	if _, err := scope.ParseDNSMode(r.DNS); err != nil {
 		return usageError{"--dns: " + err.Error()}
+	}
+	if _, err := credential.ParseMode(r.Credentials); err != nil {
+		return usageError{"--credentials: " + err.Error()}
 	}
 	if f.ttl > 0 {
 		r.TTL = f.ttl.String()
@@ -117,7 +122,7 @@ func parseRun(args []string, stderr io.Writer) (runOptions, error) {
 	fs := flag.NewFlagSet("agentfence run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: agentfence run [--socket PATH] --intent TEXT --allow RULE ... [--mode enforce|audit] [--dns scoped|none|any] [--ttl DURATION] [--origin KIND:PRINCIPAL] [--agent SPIFFE_ID] [--parent ID] [--keep-cap CAP ...] -- CMD [ARGS...]")
+		fmt.Fprintln(stderr, "usage: agentfence run [--socket PATH] --intent TEXT --allow RULE ... [--mode enforce|audit] [--dns scoped|none|any] [--credentials any|registered-only] [--ttl DURATION] [--origin KIND:PRINCIPAL] [--agent SPIFFE_ID] [--parent ID] [--keep-cap CAP ...] -- CMD [ARGS...]")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.socket, "socket", v1.DefaultSocket, "agentfenced API socket")

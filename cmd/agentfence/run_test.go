@@ -68,3 +68,23 @@ func TestDNSModeBadInput(t *testing.T) {
 		t.Errorf("--dns none: request dns %q, %v", o.sess.req.DNS, err)
 	}
 }
+
+// A bad --credentials is refused before the daemon is asked, naming the
+// flag and the value.
+func TestRunCredentialsMode(t *testing.T) {
+	for _, args := range [][]string{
+		{"run", "--socket", "/nonexistent/api.sock", "--intent", "x", "--credentials", "registered", "--", "true"},
+		{"session", "open", "--socket", "/nonexistent/api.sock", "--intent", "x", "--credentials", "none"},
+	} {
+		mode := args[slices.Index(args, "--credentials")+1]
+		err := run(context.Background(), args, io.Discard, io.Discard)
+		if err == nil || usageOrFailure(err) != 2 || !strings.Contains(err.Error(), "--credentials") ||
+			!strings.Contains(err.Error(), `"`+mode+`"`) {
+			t.Errorf("%q: %v (exit %d); want exit 2 naming the mode", args, err, usageOrFailure(err))
+		}
+	}
+	o, err := parseRun([]string{"--intent", "x", "--credentials", "registered-only", "--", "true"}, io.Discard)
+	if err != nil || o.sess.req.Credentials != "registered-only" {
+		t.Errorf("--credentials registered-only: request %q, %v", o.sess.req.Credentials, err)
+	}
+}
