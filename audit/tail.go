@@ -213,6 +213,18 @@ func FormatHuman(r *Record) string {
 			fmt.Fprintf(&b, " reason=%s", o.Reason)
 		}
 	}
+	if h := r.HTTP; h != nil {
+		fmt.Fprintf(&b, " %s %s%s %d", h.Method, h.Host, h.Path, h.Status)
+	}
+	if c := r.Credential; c != nil {
+		fmt.Fprintf(&b, " credential=%s:%s", c.Type, c.Fingerprint)
+		if c.Holder != "" {
+			fmt.Fprintf(&b, " holder=%s", c.Holder)
+		}
+	}
+	if t := r.TLS; t != nil && t.Uncovered != "" {
+		fmt.Fprintf(&b, " tls=%s uncovered=%q", t.Library, t.Uncovered)
+	}
 	if g := r.Gap; g != nil {
 		fmt.Fprintf(&b, " source=%s lost=%d seq=%d..%d", g.Source, g.Count, g.FirstSeq, g.LastSeq)
 	}

@@ -206,3 +206,20 @@ func follow(t *testing.T, initial string, poll time.Duration, stop string) (stri
 	}()
 	return path, ctx, lines, done
 }
+
+// An http record's line says what was called and with which credential;
+// a tls_uncovered one why its stack is not read.
+func TestFormatHumanHTTP(t *testing.T) {
+	h := FormatHuman(&Record{Seq: 7, Kind: KindHTTP, Outcome: &Outcome{Verdict: VerdictFlagged, Reason: ReasonCredentialOutsideHolder},
+		HTTP:       &HTTP{Method: "POST", Host: "api.example.com", Path: "/v1/tickets", Status: 201},
+		Credential: &Credential{Type: "bearer", Fingerprint: "3f2a9c0d41e7b655", Holder: "tickets-api"}})
+	for _, want := range []string{"#7 http", "flagged", "POST api.example.com/v1/tickets 201", "credential=bearer:3f2a9c0d41e7b655 holder=tickets-api", "reason=credential_outside_holder"} {
+		if !strings.Contains(h, want) {
+			t.Errorf("%q lacks %q", h, want)
+		}
+	}
+	u := FormatHuman(&Record{Kind: KindTLSUncovered, TLS: &TLS{Library: "go", Uncovered: "Go 1.24 crypto/tls is not probed"}})
+	if !strings.Contains(u, `tls=go uncovered="Go 1.24 crypto/tls is not probed"`) {
+		t.Errorf("%q", u)
+	}
+}
