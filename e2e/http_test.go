@@ -171,7 +171,17 @@ req.end("x=1");`
 			})
 		})
 	}
-	for name, b := range d.outputs(t) {
+	outputs := d.outputs(t)
+	metrics := string(outputs["metrics"])
+	for _, want := range []string{`agentfence_kernel_events_lost_total{source="tls"} 0`, "agentfence_tls_probed_files "} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if strings.Contains(metrics, "agentfence_tls_probed_files 0\n") {
+		t.Error("no file probed while a session ran")
+	}
+	for name, b := range outputs {
 		for _, secret := range []string{bearer, apiKey} {
 			if bytes.Contains(b, []byte(secret)) {
 				t.Errorf("%s contains the planted credential %q", name, secret)

@@ -365,7 +365,7 @@ func (d *daemon) startMetrics(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	d.metrics = metricsServer(d.reg, d.gate, d.sessions, d.procs, &d.ready)
+	d.metrics = metricsServer(d.reg, d.gate, d.sessions, d.procs, d.tls, &d.ready)
 	d.wg.Go(func() { d.errc <- serveHTTP(d.metrics, ml) })
 	d.log.Info("metrics listening", "addr", ml.Addr().String())
 	return nil

@@ -26,12 +26,15 @@ type collector struct {
 	gate     *enforcer.Gate
 	sessions *session.Registry
 	procs    *processes
+	tls      *tlsCalls
 
-	decisions, lost, active, cached, violations, entries, capacity, build *prometheus.Desc
+	decisions, lost, active, cached, violations, entries, capacity, build, probed, conns *prometheus.Desc
 }
 
-func newCollector(gate *enforcer.Gate, sessions *session.Registry, procs *processes) *collector {
-	return &collector{gate: gate, sessions: sessions, procs: procs,
+func newCollector(gate *enforcer.Gate, sessions *session.Registry, procs *processes, tls *tlsCalls) *collector {
+	return &collector{gate: gate, sessions: sessions, procs: procs, tls: tls,
+		probed:     prometheus.NewDesc("agentfence_tls_probed_files", "Files whose OpenSSL the TLS probes are attached to (0 while no session is open).", nil, nil),
+		conns:      prometheus.NewDesc("agentfence_tls_connections", "Members' TLS connections followed for http records.", nil, nil),
 		decisions:  prometheus.NewDesc("agentfence_decisions_total", "Gate decisions about session members, by verdict.", []string{"verdict"}, nil),
 		lost:       prometheus.NewDesc("agentfence_kernel_events_lost_total", "Kernel events dropped because a ring buffer was full.", []string{"source"}, nil),
 		active:     prometheus.NewDesc("agentfence_sessions", "Open sessions, by state.", []string{"state"}, nil),
@@ -44,7 +47,7 @@ func newCollector(gate *enforcer.Gate, sessions *session.Registry, procs *proces
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.decisions, c.lost, c.active, c.cached, c.violations, c.entries, c.capacity, c.build} {
+	for _, d := range []*prometheus.Desc{c.decisions, c.lost, c.active, c.cached, c.violations, c.entries, c.capacity, c.build, c.probed, c.conns} {
 		ch <- d
 	}
 }
@@ -70,6 +73,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.lost, hs.Lost, "hostname")
 	}
 	counter(c.lost, c.procs.dropped.Load(), "exec_queue")
+	if n, ok := c.tls.lost(); ok {
+		counter(c.lost, n, "tls")
+		files, conns := c.tls.usage()
+		gauge(c.probed, files)
+		gauge(c.conns, conns)
+	}
 	counts := c.sessions.StateCounts()
 	for _, st := range []v1.State{v1.StateActive, v1.StateQuarantined, v1.StateRevoked, v1.StateExpired} {
 		gauge(c.active, counts[st], string(st))
@@ -86,8 +95,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 // metricsServer serves /metrics from the private registry, /healthz (the
 // process answers) and /readyz (programs attached and sessions adopted).
-func metricsServer(reg *prometheus.Registry, gate *enforcer.Gate, sessions *session.Registry, procs *processes, ready *atomic.Bool) *http.Server {
-	reg.MustRegister(newCollector(gate, sessions, procs), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+func metricsServer(reg *prometheus.Registry, gate *enforcer.Gate, sessions *session.Registry, procs *processes, tls *tlsCalls, ready *atomic.Bool) *http.Server {
+	reg.MustRegister(newCollector(gate, sessions, procs, tls), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })

@@ -228,6 +228,13 @@ func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(aud
 	}
 }
 
+// usage is the number of files probed and of connections followed.
+func (t *tlsCalls) usage() (files, conns int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.probes.Attached()), t.calls.Open()
+}
+
 func (t *tlsCalls) lost() (uint64, bool) {
 	if t == nil {
 		return 0, false
