@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agentfence/agentfence/audit"
@@ -16,8 +17,9 @@ import (
 // Calls turns the TLS probes' events into http records: the plaintext of
 // each connection (a process's SSL object) goes through its own
 // httpwire.Conn, and every call it completes becomes a record attributed
-// like the connect that opened the socket. Not safe for concurrent use:
-// one reader feeds it.
+// like the connect that opened the socket. Safe for concurrent use; the
+// records are made outside its lock, since looking up a process may wait
+// for the process cache.
 type Calls struct {
 	Joiner *Joiner
 	Wire   *httpwire.Options
@@ -32,7 +34,15 @@ type Calls struct {
 	// rather than using libssl (nil: none does).
 	Bundled func(exe string) bool
 
+	mu    sync.Mutex // guards conns and the connections in it
 	conns map[connKey]*tlsConn
+}
+
+// done is a connection's calls that a change completed, for records.
+type done struct {
+	conn   tlsConn // a copy: the connection may change once mu is released
+	calls  []httpwire.Call
+	bootNS uint64
 }
 
 type connKey struct {
@@ -73,6 +83,13 @@ func requestStart(b []byte) bool {
 // Handle feeds one probe event to its connection and returns the records
 // of the calls it completed.
 func (c *Calls) Handle(ev tlsprobe.Event) []audit.Record {
+	c.mu.Lock()
+	fin := c.feed(ev)
+	c.mu.Unlock()
+	return c.records(fin)
+}
+
+func (c *Calls) feed(ev tlsprobe.Event) []done {
 	if c.conns == nil {
 		c.conns = map[connKey]*tlsConn{}
 	}
@@ -84,12 +101,12 @@ func (c *Calls) Handle(ev tlsprobe.Event) []audit.Record {
 			return nil
 		}
 		delete(c.conns, k)
-		return c.records(tc, tc.wire.Close(at), ev.BootNS)
+		return []done{{*tc, tc.wire.Close(at), ev.BootNS}}
 	}
-	var out []audit.Record
+	var out []done
 	if tc == nil {
 		if len(c.conns) >= c.maxConns() {
-			out = c.evict()
+			out = append(out, c.evict())
 		}
 		partial := ev.Op != tlsprobe.OpWrite || !requestStart(ev.Data)
 		tc = &tlsConn{wire: httpwire.NewConn(c.Wire, partial), slot: ev.Slot, gen: ev.Gen, pid: ev.PID}
@@ -103,7 +120,10 @@ func (c *Calls) Handle(ev tlsprobe.Event) []audit.Record {
 	if ev.Op == tlsprobe.OpRead {
 		dir = httpwire.Received
 	}
-	return append(out, c.records(tc, tc.wire.Feed(dir, ev.Data, int(ev.Size), at), ev.BootNS)...)
+	if calls := tc.wire.Feed(dir, ev.Data, int(ev.Size), at); len(calls) > 0 {
+		out = append(out, done{*tc, calls, ev.BootNS})
+	}
+	return out
 }
 
 func (c *Calls) maxConns() int {
@@ -113,7 +133,8 @@ func (c *Calls) maxConns() int {
 	return 4096
 }
 
-func (c *Calls) evict() []audit.Record {
+// evict closes the connection heard from least recently.
+func (c *Calls) evict() done {
 	var oldest connKey
 	var tc *tlsConn
 	for k, v := range c.conns {
@@ -122,29 +143,38 @@ func (c *Calls) evict() []audit.Record {
 		}
 	}
 	delete(c.conns, oldest)
-	return c.records(tc, tc.wire.Close(c.Joiner.Clock.Wall(tc.last)), tc.last)
+	return done{*tc, tc.wire.Close(c.Joiner.Clock.Wall(tc.last)), tc.last}
 }
 
-// Idle closes the connections not heard from for quiet (a process killed
-// before SSL_free) and returns the records of their open calls.
+// Idle closes the connections not heard from for quiet by boot time now
+// (a process killed before SSL_free) and returns the records of their
+// open calls.
 func (c *Calls) Idle(now uint64, quiet time.Duration) []audit.Record {
-	var out []audit.Record
+	var fin []done
+	c.mu.Lock()
 	for k, tc := range c.conns {
-		if now-tc.last >= uint64(quiet) {
+		if now > tc.last && now-tc.last >= uint64(quiet) {
 			delete(c.conns, k)
-			out = append(out, c.records(tc, tc.wire.Close(c.Joiner.Clock.Wall(tc.last)), tc.last)...)
+			fin = append(fin, done{*tc, tc.wire.Close(c.Joiner.Clock.Wall(tc.last)), tc.last})
 		}
 	}
-	return out
+	c.mu.Unlock()
+	return c.records(fin)
 }
 
 // Open is the number of connections followed.
-func (c *Calls) Open() int { return len(c.conns) }
+func (c *Calls) Open() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.conns)
+}
 
-func (c *Calls) records(tc *tlsConn, calls []httpwire.Call, bootNS uint64) []audit.Record {
-	out := make([]audit.Record, 0, len(calls))
-	for _, call := range calls {
-		out = append(out, c.record(tc, call, bootNS))
+func (c *Calls) records(fin []done) []audit.Record {
+	var out []audit.Record
+	for i := range fin {
+		for _, call := range fin[i].calls {
+			out = append(out, c.record(&fin[i].conn, call, fin[i].bootNS))
+		}
 	}
 	return out
 }

@@ -26,12 +26,10 @@ type tlsCalls struct {
 	probes *tlsprobe.Probes
 	log    *slog.Logger
 
-	mu    sync.Mutex // guards calls and idle; never held across an emit
 	calls *attribution.Calls
-	idle  time.Time // since when no session was open; zero while one is
 
 	// bundled are the executables checked for their own OpenSSL, by path
-	// (a bool each). Apart from mu: calls asks it under mu.
+	// (a bool each).
 	bundled sync.Map
 	// roots are the mount namespaces whose libraries were looked for (by
 	// /proc/PID/ns/mnt), the daemon's own among them.
@@ -87,10 +85,7 @@ func (d *daemon) startTLS(context.Context) error {
 	})
 	wg.Go(func() {
 		err := probes.Run(ctx, func(ev tlsprobe.Event) {
-			t.mu.Lock()
-			recs := t.calls.Handle(ev)
-			t.mu.Unlock()
-			for _, rec := range recs {
+			for _, rec := range t.calls.Handle(ev) {
 				d.pipe.Emit(rec)
 			}
 		}, func(err error) { d.log.Error("bad tls event", "err", err) })
@@ -106,22 +101,24 @@ func (d *daemon) startTLS(context.Context) error {
 }
 
 // attach probes the host's OpenSSL libraries and the executables that
-// carry their own (node), if not already. Those a member runs from
+// carry their own (node), those not probed yet. Those a member runs from
 // elsewhere (a container's node) are probed at its exec (execRecord).
 func (t *tlsCalls) attach() {
-	if t == nil || len(t.probes.Attached()) > 0 {
+	if t == nil {
 		return
 	}
+	before := len(t.probes.Attached())
 	libs, exes := tlsprobe.Libraries(), tlsprobe.Executables()
 	for _, file := range append(libs, exes...) {
 		if err := t.probes.Attach(file); err != nil {
 			t.log.Warn("tls probe not attached", "file", file, "err", err)
-			continue
 		}
-		t.log.Info("tls probes attached", "file", file)
 	}
 	for _, exe := range exes {
 		t.bundled.Store(exe, true)
+	}
+	if files := t.probes.Attached(); len(files) > before {
+		t.log.Info("tls probes attached", "files", files)
 	}
 }
 
@@ -199,22 +196,21 @@ func (t *tlsCalls) isBundled(exe string) bool {
 func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(audit.Record)) {
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
+	var idle time.Time // since when no session was open; zero while one is
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			t.mu.Lock()
 			recs := t.calls.Idle(boottime.Now(), 5*time.Minute)
 			detach := false
 			if open() > 0 {
-				t.idle = time.Time{}
-			} else if t.idle.IsZero() {
-				t.idle = now
-			} else if now.Sub(t.idle) >= tlsIdleDetach && len(t.probes.Attached()) > 0 {
+				idle = time.Time{}
+			} else if idle.IsZero() {
+				idle = now
+			} else if now.Sub(idle) >= tlsIdleDetach && len(t.probes.Attached()) > 0 {
 				detach = true
 			}
-			t.mu.Unlock()
 			for _, rec := range recs {
 				emit(rec)
 			}
@@ -223,6 +219,11 @@ func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(aud
 				t.bundled.Clear() // looked at again once probes are wanted
 				t.roots.Clear()
 				t.log.Info("tls probes detached: no session open")
+				// A session opened since open() was asked attached before
+				// the Detach or attaches after it; this covers the first.
+				if open() > 0 {
+					t.attach()
+				}
 			}
 		}
 	}
@@ -230,8 +231,6 @@ func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(aud
 
 // usage is the number of files probed and of connections followed.
 func (t *tlsCalls) usage() (files, conns int) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	return len(t.probes.Attached()), t.calls.Open()
 }
 
