@@ -332,6 +332,9 @@ func TestHTTPUncoveredGo(t *testing.T) {
 	if err != nil {
 		t.Skip("no Go toolchain to build the client")
 	}
+	if privtest.Emulated() {
+		t.Skip("building a Go client from a cold cache under emulation takes minutes; the kernel parts are TestHTTPCallsAttributed's")
+	}
 	addr, ca, received := httpsServer(t)
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "go.mod"), []byte("module client\ngo 1.21\n"), 0o644)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/agentfence/agentfence/internal/privtest"
 )
 
 // Uncovered finds crypto/tls in a Go client built normally and with
@@ -16,6 +18,9 @@ func TestUncovered(t *testing.T) {
 	gotool, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("no Go toolchain to build the clients")
+	}
+	if privtest.Emulated() {
+		t.Skip("building Go clients from a cold cache under emulation takes minutes; nothing here is kernel-specific")
 	}
 	dir := t.TempDir()
 	write := func(name, src string) {
