@@ -327,7 +327,6 @@ func TestHTTPCredentialOutsideHolder(t *testing.T) {
 // -s -w, is named once per executable by a tls_uncovered record that says
 // why; its calls have no http record, and its connect is recorded.
 func TestHTTPUncoveredGo(t *testing.T) {
-	d := startDaemon(t)
 	gotool, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("no Go toolchain to build the client")
@@ -335,6 +334,7 @@ func TestHTTPUncoveredGo(t *testing.T) {
 	if privtest.Emulated() {
 		t.Skip("building a Go client from a cold cache under emulation takes minutes; the kernel parts are TestHTTPCallsAttributed's")
 	}
+	d := startDaemon(t)
 	addr, ca, received := httpsServer(t)
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "go.mod"), []byte("module client\ngo 1.21\n"), 0o644)
