@@ -396,3 +396,37 @@ func main() {
 		}
 	}
 }
+
+// Route 35 (docs/threat-model.md), open: a key in the request body is not
+// recognised; the call is recorded without a credential. The key is in
+// no output either: bodies are counted, never kept.
+func TestHTTPCredentialInBody(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("curl is not installed")
+	}
+	d := startDaemon(t)
+	addr, ca, _ := httpsServer(t)
+	nonce := make([]byte, 12)
+	rand.Read(nonce)
+	key := "CANARYbody" + hex.EncodeToString(nonce)
+	body := filepath.Join(filepath.Dir(ca), "body.json")
+	if err := os.WriteFile(body, []byte(`{"api_key": "`+key+`"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := d.cli(t, nil, "run", "--intent", "body-key", "--allow", "tcp://"+addr.String(), "--",
+		curl, "-sS", "--http1.1", "--cacert", ca, "-d", "@"+body, fmt.Sprintf("https://%s/v1/body", addr)); code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	rec := d.waitRecord(t, "the call's http", func(r audit.Record) bool {
+		return r.Kind == audit.KindHTTP && r.Session != nil && r.Session.Intent == "body-key"
+	})
+	if rec.Credential != nil || rec.HTTP.Path != "/v1/body" || rec.HTTP.RequestBytes != int64(len(key)+15) {
+		t.Errorf("credential %+v, http %+v (route 35 closed? update docs/threat-model.md)", rec.Credential, rec.HTTP)
+	}
+	for name, b := range d.outputs(t) {
+		if bytes.Contains(b, []byte(key)) {
+			t.Errorf("%s contains the key sent in the body", name)
+		}
+	}
+}
