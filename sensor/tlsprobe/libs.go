@@ -4,6 +4,7 @@ package tlsprobe
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 )
@@ -22,8 +23,17 @@ var (
 var bundlers = []string{"/usr/bin/node", "/usr/bin/nodejs", "/usr/local/bin/node"}
 
 // Executables lists the executables with their own OpenSSL on this host,
-// each once, as files (see Libraries).
-func Executables() []string { return existing(bundlers) }
+// each once, as files (see Libraries): node at the usual paths and on the
+// daemon's PATH.
+func Executables() []string {
+	paths := slices.Clone(bundlers)
+	for _, name := range []string{"node", "nodejs"} {
+		if p, err := exec.LookPath(name); err == nil {
+			paths = append(paths, p)
+		}
+	}
+	return existing(paths)
+}
 
 // Libraries lists the OpenSSL libraries on this host, each once: the
 // files they resolve to (a uprobe is placed on the file, /lib and /usr/lib
