@@ -253,6 +253,7 @@ func fullEvent(s string) Event {
 	return Event{
 		ActivityID: -1, ActivityName: "an" + s, CategoryUID: 1 << 40, CategoryName: "cn" + s,
 		ClassUID: 3, ClassName: "cl" + s, TypeUID: 4, TypeName: "tn" + s, Time: -1 << 62,
+		StartTime: -1 << 61, EndTime: 1 << 61, Duration: -7,
 		SeverityID: 5, Severity: "sv" + s, Message: "m" + s, StatusID: -6, Status: "st" + s,
 		StatusCode: "sc" + s, StatusDetail: "sd" + s, ActionID: &one, Action: "ac" + s,
 		DispositionID: &neg, Disposition: "di" + s,
@@ -267,7 +268,11 @@ func fullEvent(s string) Event {
 		DstEndpoint:    &Endpoint{IP: "ip" + s, Port: 1, Hostname: "eh" + s, Name: "en" + s},
 		SrcEndpoint:    &Endpoint{IP: "si" + s, Port: 2, Hostname: "sh" + s, Name: "sn" + s},
 		ConnectionInfo: &ConnectionInfo{DirectionID: 2, Direction: "d" + s, ProtocolName: "pn" + s, ProtocolNum: 17},
-		Query:          &DNSQuery{Hostname: "qh" + s, Type: "qt" + s},
+		HTTPRequest: &HTTPRequest{HTTPMethod: "hm" + s, Version: "hv" + s,
+			URL: &URL{Hostname: "uh" + s, Path: "/up" + s, Port: 3, Scheme: "us" + s, URLString: "uu" + s}},
+		HTTPResponse: &HTTPResponse{Code: -404},
+		Traffic:      &NetworkTraffic{BytesIn: -1 << 62, BytesOut: 1 << 62},
+		Query:        &DNSQuery{Hostname: "qh" + s, Type: "qt" + s},
 		Entity: &ManagedEntity{UID: "eu" + s, Name: "en" + s, Type: "et" + s, Data: &SessionData{Mode: "mo" + s, Parent: "pa" + s, KeptCaps: []string{"kc" + s}, DNS: "dn" + s,
 			GateCaps: []audit.HeldCaps{{PID: 7, Caps: []string{"gc" + s}}, {PID: 8, Caps: []string{"gd" + s, "ge"}}}}},
 		FirewallRule: &Rule{Name: "rn" + s, Desc: "rd" + s},
@@ -283,6 +288,10 @@ func fullEvent(s string) Event {
 			Escape:      &audit.Escape{What: "wh" + s, Cgroup: "cg" + s, CgroupID: 9, ByPID: 10, ChildPID: 11, NetNS: 12, Via: "vi" + s, TargetPID: 13},
 			Socket:      &audit.Socket{Family: "fa" + s, Type: "ty" + s, Protocol: 13, RefusedBy: "rb" + s},
 			MCP:         &audit.MCP{Server: "sv" + s, Session: "se" + s, Serves: "sr" + s, Exe: "ex" + s, Script: "sc" + s, ScriptSHA256: "ss" + s},
+			TLS:         &audit.TLS{Library: "tl" + s, Socket: true},
+			Credential:  &audit.Credential{Type: "ct" + s, Header: "ch" + s, Fingerprint: "cf" + s, KeyID: "ck" + s, Holder: "co" + s},
+			HTTPPartial: true,
+			QueryHash:   "qh" + s,
 		}},
 	}
 }
@@ -345,8 +354,10 @@ func TestAppendEventMatchesEncodingJSON(t *testing.T) {
 		empty.Actor = &Actor{}
 		empty.Process = &Process{File: &File{Hashes: []Fingerprint{{}, {Algorithm: s}}}, User: &User{}, Container: &Container{}, ParentProcess: &Process{}, Lineage: []string{}}
 		empty.DstEndpoint, empty.SrcEndpoint, empty.ConnectionInfo, empty.Query = &Endpoint{}, &Endpoint{}, &ConnectionInfo{}, &DNSQuery{}
+		empty.HTTPRequest, empty.HTTPResponse, empty.Traffic = &HTTPRequest{URL: &URL{}}, &HTTPResponse{}, &NetworkTraffic{}
 		empty.Entity, empty.FirewallRule, empty.Device = &ManagedEntity{Data: &SessionData{KeptCaps: []string{}}}, &Rule{}, &Device{}
-		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}, Escape: &audit.Escape{}, Socket: &audit.Socket{}, MCP: &audit.MCP{}}}
+		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}, Escape: &audit.Escape{}, Socket: &audit.Socket{}, MCP: &audit.MCP{},
+			TLS: &audit.TLS{}, Credential: &audit.Credential{}}}
 		empty.Metadata = Metadata{Profiles: []string{}}
 		variants = append(variants, empty)
 		for i, ev := range variants {
