@@ -34,6 +34,9 @@ func appendEvent(dst []byte, ev *Event) []byte {
 	dst = appendOptString(dst, `,"type_name":`, ev.TypeName)
 	dst = append(dst, `,"time":`...)
 	dst = strconv.AppendInt(dst, ev.Time, 10)
+	dst = appendOptInt(dst, `,"start_time":`, ev.StartTime)
+	dst = appendOptInt(dst, `,"end_time":`, ev.EndTime)
+	dst = appendOptInt(dst, `,"duration":`, ev.Duration)
 	dst = append(dst, `,"severity_id":`...)
 	dst = strconv.AppendInt(dst, int64(ev.SeverityID), 10)
 	dst = appendOptString(dst, `,"severity":`, ev.Severity)
@@ -81,6 +84,33 @@ func appendEvent(dst []byte, ev *Event) []byte {
 		dst = appendOptString(dst, `,"direction":`, c.Direction)
 		dst = appendOptString(dst, `,"protocol_name":`, c.ProtocolName)
 		dst = appendOptInt(dst, `,"protocol_num":`, int64(c.ProtocolNum))
+		dst = append(dst, '}')
+	}
+	if q := ev.HTTPRequest; q != nil {
+		dst = append(dst, `,"http_request":{`...)
+		dst = appendOptString(dst, `,"http_method":`, q.HTTPMethod)
+		if u := q.URL; u != nil {
+			dst = appendKey(dst, `,"url":{`)
+			dst = appendOptString(dst, `,"hostname":`, u.Hostname)
+			dst = appendOptString(dst, `,"path":`, u.Path)
+			dst = appendOptUint(dst, `,"port":`, uint64(u.Port))
+			dst = appendOptString(dst, `,"scheme":`, u.Scheme)
+			dst = appendOptString(dst, `,"url_string":`, u.URLString)
+			dst = append(dst, '}')
+		}
+		dst = appendOptString(dst, `,"version":`, q.Version)
+		dst = append(dst, '}')
+	}
+	if p := ev.HTTPResponse; p != nil {
+		dst = append(dst, `,"http_response":{`...)
+		dst = appendOptInt(dst, `,"code":`, int64(p.Code))
+		dst = append(dst, '}')
+	}
+	if t := ev.Traffic; t != nil {
+		dst = append(dst, `,"traffic":{"bytes_in":`...)
+		dst = strconv.AppendInt(dst, t.BytesIn, 10)
+		dst = append(dst, `,"bytes_out":`...)
+		dst = strconv.AppendInt(dst, t.BytesOut, 10)
 		dst = append(dst, '}')
 	}
 	if q := ev.Query; q != nil {
@@ -294,6 +324,21 @@ func appendAgentfence(dst []byte, u *AgentfenceData) []byte {
 		dst = append(dst, `,"mcp":`...)
 		dst = appendMCP(dst, m)
 	}
+	if t := u.TLS; t != nil {
+		dst = append(dst, `,"tls":{"library":`...)
+		dst = appendString(dst, t.Library)
+		dst = append(dst, `,"socket":`...)
+		dst = strconv.AppendBool(dst, t.Socket)
+		dst = append(dst, '}')
+	}
+	if c := u.Credential; c != nil {
+		dst = append(dst, `,"credential":`...)
+		dst = appendCredential(dst, c)
+	}
+	if u.HTTPPartial {
+		dst = append(dst, `,"http_partial":true`...)
+	}
+	dst = appendOptString(dst, `,"query_hash":`, u.QueryHash)
 	return append(dst, '}')
 }
 
@@ -320,6 +365,17 @@ func appendMCP(dst []byte, m *audit.MCP) []byte {
 	dst = appendOptString(dst, `,"exe":`, m.Exe)
 	dst = appendOptString(dst, `,"script":`, m.Script)
 	dst = appendOptString(dst, `,"script_sha256":`, m.ScriptSHA256)
+	return append(dst, '}')
+}
+
+// appendCredential encodes audit.Credential by its own json tags.
+func appendCredential(dst []byte, c *audit.Credential) []byte {
+	dst = append(dst, `{"type":`...)
+	dst = appendString(dst, c.Type)
+	dst = appendOptString(dst, `,"header":`, c.Header)
+	dst = appendOptString(dst, `,"fingerprint":`, c.Fingerprint)
+	dst = appendOptString(dst, `,"key_id":`, c.KeyID)
+	dst = appendOptString(dst, `,"holder":`, c.Holder)
 	return append(dst, '}')
 }
 

@@ -59,10 +59,11 @@ var awkward = []string{
 }
 
 // fullRecord fills every member of r that the mapping reads, with s in
-// every string.
+// every string. Only http records carry a call: no other kind ever has
+// one, and their golden files stay as they were.
 func fullRecord(kind, verdict, event, s string) audit.Record {
 	exit := -3
-	return audit.Record{
+	r := audit.Record{
 		Schema: "1" + s, Seq: 1 << 40, PrevHash: "ph" + s,
 		Time: time.Date(2026, 3, 1, 12, 0, 0, 987_654_321, time.UTC),
 		Kind: kind, Host: "host" + s,
@@ -86,6 +87,14 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 		MCP:         &audit.MCP{Server: "srv" + s, Session: "ses_srv" + s, Serves: "ses" + s, Exe: "/usr/bin/node" + s, Script: "/opt/" + s + "/index.js", ScriptSHA256: "sha" + s},
 		Event:       event, Actor: "actor" + s,
 	}
+	if kind == audit.KindHTTP {
+		r.HTTP = &audit.HTTP{Method: "POST" + s, Host: "api.example.com" + s + ":8443", Path: "/v1/" + s, Query: "qh" + s,
+			Status: 201, Version: "1.1" + s, RequestBytes: 1 << 33, ResponseBytes: 17, DurationMS: 250, Partial: true}
+		r.TLS = &audit.TLS{Library: "openssl:node" + s, Socket: true}
+		r.Credential = &audit.Credential{Type: "bearer" + s, Header: "authorization" + s, Fingerprint: "3f2a9c" + s,
+			KeyID: "AKIA" + s, Holder: "holder" + s}
+	}
+	return r
 }
 
 // allKinds and allVerdicts are indexed by fuzzRecord: new values go at the
@@ -95,7 +104,7 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 var allKinds = []string{
 	audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy,
 	audit.KindExec, audit.KindSession, audit.KindDNS, audit.KindGap, audit.KindEscape,
-	audit.KindBind, audit.KindInbound, audit.KindMCP,
+	audit.KindBind, audit.KindInbound, audit.KindMCP, audit.KindHTTP,
 }
 
 var allVerdicts = []string{audit.VerdictAllowed, audit.VerdictDenied, audit.VerdictWouldDeny, audit.VerdictDestroyed, audit.VerdictFlagged, "", "other", audit.VerdictDetected}
@@ -167,6 +176,61 @@ var recordDrops = []struct {
 	{"no-mcp", func(r *audit.Record) { r.MCP = nil }},
 	{"mcp-server-only", func(r *audit.Record) {
 		r.MCP.Session, r.MCP.Serves, r.MCP.Exe, r.MCP.Script, r.MCP.ScriptSHA256 = "", "", "", "", ""
+	}},
+	// The http drops take no member of a record of another kind: those
+	// carry no call.
+	{"no-http", func(r *audit.Record) { r.HTTP = nil }},
+	{"http-patch", func(r *audit.Record) {
+		if r.HTTP != nil {
+			r.HTTP.Method = "PATCH"
+		}
+	}},
+	{"http-method-lower-case", func(r *audit.Record) {
+		if r.HTTP != nil {
+			r.HTTP.Method = "get"
+		}
+	}},
+	{"http-no-response", func(r *audit.Record) {
+		if r.HTTP != nil {
+			r.HTTP.Status, r.HTTP.ResponseBytes, r.HTTP.DurationMS, r.HTTP.Partial = 0, 0, 0, true
+		}
+	}},
+	{"http-unseen-request-line", func(r *audit.Record) {
+		if r.HTTP != nil {
+			r.HTTP.Method, r.HTTP.Host, r.HTTP.Path, r.HTTP.Version, r.HTTP.Query = "", "", "", "", ""
+		}
+	}},
+	{"http-path-only-no-destination", func(r *audit.Record) {
+		if r.HTTP != nil {
+			r.HTTP.Host, r.Destination = "", nil
+		}
+	}},
+	{"http-host-no-port-no-path", func(r *audit.Record) {
+		if r.HTTP != nil {
+			r.HTTP.Host, r.HTTP.Path, r.HTTP.Partial, r.HTTP.DurationMS = "api.example.com", "", false, -5
+		}
+	}},
+	{"http-ipv6-host", func(r *audit.Record) {
+		if r.HTTP != nil && r.Destination != nil {
+			r.HTTP.Host, r.Destination.Port = "[2001:db8::1]:8443", 443
+		}
+	}},
+	{"http-bad-port", func(r *audit.Record) {
+		if r.HTTP != nil {
+			r.HTTP.Host = "api.example.com:99999"
+		}
+	}},
+	{"no-tls-no-credential", func(r *audit.Record) { r.TLS, r.Credential = nil, nil }},
+	{"tls-no-socket-credential-key-id", func(r *audit.Record) {
+		if r.TLS != nil {
+			r.TLS.Socket = false
+			r.Credential = &audit.Credential{Type: "aws_sigv4", KeyID: "AKIAEXAMPLE"}
+		}
+	}},
+	{"credential-type-only", func(r *audit.Record) {
+		if r.Credential != nil {
+			r.Credential = &audit.Credential{Type: "other"}
+		}
 	}},
 }
 
@@ -253,6 +317,7 @@ func fullEvent(s string) Event {
 	return Event{
 		ActivityID: -1, ActivityName: "an" + s, CategoryUID: 1 << 40, CategoryName: "cn" + s,
 		ClassUID: 3, ClassName: "cl" + s, TypeUID: 4, TypeName: "tn" + s, Time: -1 << 62,
+		StartTime: -1 << 61, EndTime: 1 << 61, Duration: -7,
 		SeverityID: 5, Severity: "sv" + s, Message: "m" + s, StatusID: -6, Status: "st" + s,
 		StatusCode: "sc" + s, StatusDetail: "sd" + s, ActionID: &one, Action: "ac" + s,
 		DispositionID: &neg, Disposition: "di" + s,
@@ -267,7 +332,11 @@ func fullEvent(s string) Event {
 		DstEndpoint:    &Endpoint{IP: "ip" + s, Port: 1, Hostname: "eh" + s, Name: "en" + s},
 		SrcEndpoint:    &Endpoint{IP: "si" + s, Port: 2, Hostname: "sh" + s, Name: "sn" + s},
 		ConnectionInfo: &ConnectionInfo{DirectionID: 2, Direction: "d" + s, ProtocolName: "pn" + s, ProtocolNum: 17},
-		Query:          &DNSQuery{Hostname: "qh" + s, Type: "qt" + s},
+		HTTPRequest: &HTTPRequest{HTTPMethod: "hm" + s, Version: "hv" + s,
+			URL: &URL{Hostname: "uh" + s, Path: "/up" + s, Port: 3, Scheme: "us" + s, URLString: "uu" + s}},
+		HTTPResponse: &HTTPResponse{Code: -404},
+		Traffic:      &NetworkTraffic{BytesIn: -1 << 62, BytesOut: 1 << 62},
+		Query:        &DNSQuery{Hostname: "qh" + s, Type: "qt" + s},
 		Entity: &ManagedEntity{UID: "eu" + s, Name: "en" + s, Type: "et" + s, Data: &SessionData{Mode: "mo" + s, Parent: "pa" + s, KeptCaps: []string{"kc" + s}, DNS: "dn" + s,
 			GateCaps: []audit.HeldCaps{{PID: 7, Caps: []string{"gc" + s}}, {PID: 8, Caps: []string{"gd" + s, "ge"}}}}},
 		FirewallRule: &Rule{Name: "rn" + s, Desc: "rd" + s},
@@ -283,6 +352,10 @@ func fullEvent(s string) Event {
 			Escape:      &audit.Escape{What: "wh" + s, Cgroup: "cg" + s, CgroupID: 9, ByPID: 10, ChildPID: 11, NetNS: 12, Via: "vi" + s, TargetPID: 13},
 			Socket:      &audit.Socket{Family: "fa" + s, Type: "ty" + s, Protocol: 13, RefusedBy: "rb" + s},
 			MCP:         &audit.MCP{Server: "sv" + s, Session: "se" + s, Serves: "sr" + s, Exe: "ex" + s, Script: "sc" + s, ScriptSHA256: "ss" + s},
+			TLS:         &audit.TLS{Library: "tl" + s, Socket: true},
+			Credential:  &audit.Credential{Type: "ct" + s, Header: "ch" + s, Fingerprint: "cf" + s, KeyID: "ck" + s, Holder: "co" + s},
+			HTTPPartial: true,
+			QueryHash:   "qh" + s,
 		}},
 	}
 }
@@ -345,8 +418,10 @@ func TestAppendEventMatchesEncodingJSON(t *testing.T) {
 		empty.Actor = &Actor{}
 		empty.Process = &Process{File: &File{Hashes: []Fingerprint{{}, {Algorithm: s}}}, User: &User{}, Container: &Container{}, ParentProcess: &Process{}, Lineage: []string{}}
 		empty.DstEndpoint, empty.SrcEndpoint, empty.ConnectionInfo, empty.Query = &Endpoint{}, &Endpoint{}, &ConnectionInfo{}, &DNSQuery{}
+		empty.HTTPRequest, empty.HTTPResponse, empty.Traffic = &HTTPRequest{URL: &URL{}}, &HTTPResponse{}, &NetworkTraffic{}
 		empty.Entity, empty.FirewallRule, empty.Device = &ManagedEntity{Data: &SessionData{KeptCaps: []string{}}}, &Rule{}, &Device{}
-		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}, Escape: &audit.Escape{}, Socket: &audit.Socket{}, MCP: &audit.MCP{}}}
+		empty.Unmapped = &Unmapped{Agentfence: AgentfenceData{Gap: &audit.Gap{}, Destination: &Destination{}, Escape: &audit.Escape{}, Socket: &audit.Socket{}, MCP: &audit.MCP{},
+			TLS: &audit.TLS{}, Credential: &audit.Credential{}}}
 		empty.Metadata = Metadata{Profiles: []string{}}
 		variants = append(variants, empty)
 		for i, ev := range variants {
@@ -492,6 +567,17 @@ func fuzzRecord(kind uint8, flags uint32, a, b, c, d string, n uint64, m uint32,
 	}
 	if bit(24) && r.Outcome != nil {
 		r.Outcome.HeldBy = s()
+	}
+	if bit(25) {
+		methods := []string{"GET", "PATCH", "", s()}
+		r.HTTP = &audit.HTTP{Method: methods[(flags>>9)%4], Host: s(), Path: s(), Query: s(), Status: int(int32(m)), Version: s(),
+			RequestBytes: int64(n), ResponseBytes: int64(m), DurationMS: int64(int16(port)), Partial: bit(22)}
+	}
+	if bit(26) {
+		r.TLS = &audit.TLS{Library: s(), Socket: bit(4)}
+	}
+	if bit(27) {
+		r.Credential = &audit.Credential{Type: s(), Header: s(), Fingerprint: s(), KeyID: s(), Holder: s()}
 	}
 	return r
 }

@@ -70,6 +70,12 @@ var goldenDrops = map[string][]string{
 	"future_kind":     {"no-process", "empty-process-only", "kind-event-actor-only"},
 	audit.KindInbound: {"no-source", "no-destination"},
 	audit.KindSocket:  {"no-socket", "destination-no-address-no-socket"},
+	audit.KindHTTP: {
+		"no-http", "http-patch", "http-method-lower-case", "http-no-response", "http-unseen-request-line",
+		"http-path-only-no-destination", "http-host-no-port-no-path", "http-ipv6-host", "http-bad-port",
+		"no-tls-no-credential", "tls-no-socket-credential-key-id", "credential-type-only",
+		"no-destination", "destination-tcp-no-hostname", "no-outcome", "no-process", "kind-event-actor-only",
+	},
 }
 
 // goldenVerdicts are the verdicts pinned for each kind: all of them where
@@ -81,6 +87,10 @@ func goldenVerdicts(kind string) []string {
 		return allVerdicts
 	case audit.KindSendmsg, audit.KindSocket, audit.KindDestroy, audit.KindBind, audit.KindInbound:
 		return []string{audit.VerdictAllowed, audit.VerdictDenied}
+	case audit.KindHTTP:
+		// A call is seen after it happened: allowed, or flagged (a
+		// credential used outside its holder).
+		return []string{audit.VerdictAllowed, audit.VerdictFlagged}
 	}
 	return []string{audit.VerdictDenied}
 }

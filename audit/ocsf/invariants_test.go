@@ -27,8 +27,11 @@ var (
 	wantCategoryName = map[int]string{1: "System Activity", 3: "Identity & Access Management", 4: "Network Activity"}
 	wantClassName    = map[int]string{
 		1007: "Process Activity", 1008: "Event Log Activity", 3004: "Entity Management",
-		4001: "Network Activity", 4003: "DNS Activity",
+		4001: "Network Activity", 4002: "HTTP Activity", 4003: "DNS Activity",
 	}
+	// wantHTTPActivity is HTTP Activity's activity_id by method; any
+	// other method is 99, named as written, and none 0 Unknown.
+	wantHTTPActivity = map[string]int{"CONNECT": 1, "DELETE": 2, "GET": 3, "HEAD": 4, "OPTIONS": 5, "POST": 6, "PUT": 7, "TRACE": 8}
 	wantSeverityName = map[int]string{1: "Informational", 2: "Low", 3: "Medium", 4: "High"}
 )
 
@@ -37,6 +40,8 @@ func wantClass(kind string) int {
 	switch kind {
 	case audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy, audit.KindBind, audit.KindInbound:
 		return 4001
+	case audit.KindHTTP:
+		return 4002
 	case audit.KindDNS:
 		return 4003
 	case audit.KindExec, audit.KindEscape, audit.KindMCP:
@@ -255,6 +260,26 @@ func (c *eventCheck) checkUnmapped(r *audit.Record, class int) {
 		c.opt(u+"mcp.script", m.Script)
 		c.opt(u+"mcp.script_sha256", m.ScriptSHA256)
 	}
+	isHTTP := r.Kind == audit.KindHTTP
+	c.present(u+"tls", isHTTP && r.TLS != nil)
+	if t := r.TLS; isHTTP && t != nil {
+		c.eq(u+"tls.library", t.Library)
+		c.eq(u+"tls.socket", t.Socket)
+	}
+	c.present(u+"credential", isHTTP && r.Credential != nil)
+	if cr := r.Credential; isHTTP && cr != nil {
+		c.eq(u+"credential.type", cr.Type)
+		c.opt(u+"credential.header", cr.Header)
+		c.opt(u+"credential.fingerprint", cr.Fingerprint)
+		c.opt(u+"credential.key_id", cr.KeyID)
+		c.opt(u+"credential.holder", cr.Holder)
+	}
+	h := orZero(r.HTTP)
+	if !isHTTP {
+		h = audit.HTTP{}
+	}
+	c.opt(u+"http_partial", h.Partial)
+	c.opt(u+"query_hash", h.Query)
 	c.present(u+"socket", class == 4001 && r.Socket != nil)
 	if class == 4001 && r.Socket != nil {
 		c.eq(u+"socket.family", r.Socket.Family)
@@ -274,11 +299,11 @@ func (c *eventCheck) checkControl(r *audit.Record, class int) {
 	if has("container") != container {
 		c.errorf("profile container: %v, want %v", has("container"), container)
 	}
-	host := class == 4001 || class == 4003 || class == 1007
+	host := class == 4001 || class == 4002 || class == 4003 || class == 1007
 	if has("host") != host {
 		c.errorf("profile host: %v, want %v", has("host"), host)
 	}
-	control := class == 4001 || class == 4003 || r.Kind == audit.KindEscape || r.Kind == audit.KindMCP ||
+	control := class == 4001 || class == 4002 || class == 4003 || r.Kind == audit.KindEscape || r.Kind == audit.KindMCP ||
 		(r.Kind == audit.KindExec && r.Outcome != nil)
 	if has("security_control") != control {
 		c.errorf("profile security_control: %v, want %v", has("security_control"), control)
@@ -319,7 +344,7 @@ func (c *eventCheck) checkSubject(r *audit.Record, class int) {
 				c.eq("actor.process.pid", p.PPID)
 			}
 		}
-	case 4001, 4003, 1008:
+	case 4001, 4002, 4003, 1008:
 		if r.Process != nil && r.Kind != audit.KindGap {
 			c.opt("actor.process.pid", p.PID)
 			c.opt("actor.process.file.path", p.Exe)
@@ -344,6 +369,8 @@ func (c *eventCheck) checkSubject(r *audit.Record, class int) {
 			c.opt("src_endpoint.ip", s.IP)
 			c.opt("src_endpoint.port", s.Port)
 		}
+	case 4002:
+		c.checkHTTP(r)
 	case 4003:
 		switch {
 		case r.Query != nil:
@@ -362,5 +389,57 @@ func (c *eventCheck) checkSubject(r *audit.Record, class int) {
 		}
 		c.opt("actor.user.name", r.Actor)
 		c.eq("status", "Success")
+	}
+}
+
+// checkHTTP: an http record's call is the event's activity, request and
+// response; its connection is the dst_endpoint as on a connect.
+func (c *eventCheck) checkHTTP(r *audit.Record) {
+	c.present("dst_endpoint", true)
+	if d := r.Destination; d != nil {
+		c.opt("dst_endpoint.ip", d.IP)
+		c.opt("dst_endpoint.port", d.Port)
+		c.opt("dst_endpoint.hostname", d.Hostname)
+		c.opt("connection_info.protocol_name", d.Protocol)
+		c.eq("connection_info.direction", "Outbound")
+	}
+	c.absent("src_endpoint")
+	c.present("http_request", true)
+	c.present("http_response", true)
+	h := orZero(r.HTTP)
+	switch id, known := wantHTTPActivity[h.Method]; {
+	case known:
+		c.eq("activity_id", id)
+	case h.Method == "":
+		c.eq("activity_id", 0)
+		c.eq("activity_name", "Unknown")
+	default:
+		c.eq("activity_id", 99)
+		c.eq("activity_name", h.Method)
+	}
+	c.opt("http_request.http_method", h.Method)
+	c.opt("http_request.version", h.Version)
+	c.opt("http_request.url.path", h.Path)
+	c.absent("http_request.url.query_string") // a hash is no query
+	if _, ok := lookup(c.m, "http_request.url"); ok {
+		c.eq("http_request.url.scheme", "https")
+		if h.Host != "" {
+			c.eq("http_request.url.url_string", "https://"+h.Host+h.Path)
+		}
+	} else if h.Host != "" || h.Path != "" {
+		c.errorf("http_request.url missing for host %q path %q", h.Host, h.Path)
+	}
+	c.opt("http_response.code", h.Status)
+	c.present("traffic", r.HTTP != nil)
+	if r.HTTP != nil {
+		c.eq("traffic.bytes_out", h.RequestBytes)
+		c.eq("traffic.bytes_in", h.ResponseBytes)
+		d := max(h.DurationMS, 0)
+		c.opt("duration", d)
+		c.opt("start_time", r.Time.UnixMilli())
+		c.opt("end_time", r.Time.UnixMilli()+d)
+	} else {
+		c.absent("start_time")
+		c.absent("duration")
 	}
 }
