@@ -329,6 +329,10 @@ func appendAgentfence(dst []byte, u *AgentfenceData) []byte {
 		dst = appendString(dst, t.Library)
 		dst = append(dst, `,"socket":`...)
 		dst = strconv.AppendBool(dst, t.Socket)
+		if t.Uncovered != "" {
+			dst = append(dst, `,"uncovered":`...)
+			dst = appendString(dst, t.Uncovered)
+		}
 		dst = append(dst, '}')
 	}
 	if c := u.Credential; c != nil {

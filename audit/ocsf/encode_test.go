@@ -104,7 +104,7 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 var allKinds = []string{
 	audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy,
 	audit.KindExec, audit.KindSession, audit.KindDNS, audit.KindGap, audit.KindEscape,
-	audit.KindBind, audit.KindInbound, audit.KindMCP, audit.KindHTTP,
+	audit.KindBind, audit.KindInbound, audit.KindMCP, audit.KindHTTP, audit.KindTLSUncovered,
 }
 
 var allVerdicts = []string{audit.VerdictAllowed, audit.VerdictDenied, audit.VerdictWouldDeny, audit.VerdictDestroyed, audit.VerdictFlagged, "", "other", audit.VerdictDetected}
@@ -352,7 +352,7 @@ func fullEvent(s string) Event {
 			Escape:      &audit.Escape{What: "wh" + s, Cgroup: "cg" + s, CgroupID: 9, ByPID: 10, ChildPID: 11, NetNS: 12, Via: "vi" + s, TargetPID: 13},
 			Socket:      &audit.Socket{Family: "fa" + s, Type: "ty" + s, Protocol: 13, RefusedBy: "rb" + s},
 			MCP:         &audit.MCP{Server: "sv" + s, Session: "se" + s, Serves: "sr" + s, Exe: "ex" + s, Script: "sc" + s, ScriptSHA256: "ss" + s},
-			TLS:         &audit.TLS{Library: "tl" + s, Socket: true},
+			TLS:         &audit.TLS{Library: "tl" + s, Socket: true, Uncovered: "un" + s},
 			Credential:  &audit.Credential{Type: "ct" + s, Header: "ch" + s, Fingerprint: "cf" + s, KeyID: "ck" + s, Holder: "co" + s},
 			HTTPPartial: true,
 			QueryHash:   "qh" + s,

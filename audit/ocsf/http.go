@@ -206,3 +206,17 @@ func appendHTTPMessage(b []byte, h *audit.HTTP, c *audit.Credential) []byte {
 	}
 	return b
 }
+
+// tlsUncovered maps a member's executable whose TLS is not read: OCSF has
+// no class for a sensor's blind spot, so it is an Event Log Activity,
+// with the stack and the reason under unmapped.
+func tlsUncovered(sc *scratch, r *audit.Record) {
+	ev := &sc.ev
+	classify(ev, catSystem, ClassEventLogActivity, activityOther, "Other", sevInformational)
+	ev.Actor = actor(sc, r, processOf(sc, r.Process))
+	if t := r.TLS; t != nil {
+		sc.tls = *t
+		sc.unmapped.Agentfence.TLS = &sc.tls
+	}
+	ev.Message = message(r)
+}

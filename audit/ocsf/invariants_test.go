@@ -261,10 +261,12 @@ func (c *eventCheck) checkUnmapped(r *audit.Record, class int) {
 		c.opt(u+"mcp.script_sha256", m.ScriptSHA256)
 	}
 	isHTTP := r.Kind == audit.KindHTTP
-	c.present(u+"tls", isHTTP && r.TLS != nil)
-	if t := r.TLS; isHTTP && t != nil {
+	hasTLS := (isHTTP || r.Kind == audit.KindTLSUncovered) && r.TLS != nil
+	c.present(u+"tls", hasTLS)
+	if t := r.TLS; hasTLS {
 		c.eq(u+"tls.library", t.Library)
 		c.eq(u+"tls.socket", t.Socket)
+		c.opt(u+"tls.uncovered", t.Uncovered)
 	}
 	c.present(u+"credential", isHTTP && r.Credential != nil)
 	if cr := r.Credential; isHTTP && cr != nil {

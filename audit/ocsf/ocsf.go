@@ -427,6 +427,8 @@ func (e Encoder) fill(sc *scratch, r *audit.Record) {
 		mcp(sc, r)
 	case audit.KindHTTP:
 		http(sc, r)
+	case audit.KindTLSUncovered:
+		tlsUncovered(sc, r)
 	default:
 		// An unknown kind from a newer daemon still reaches the SIEM as
 		// an Event Log Activity "Other" rather than being dropped.
