@@ -39,7 +39,7 @@ type Event struct {
 	Gen      uint64
 	Op       Op
 	// Size is the bytes the call moved; Data the first of them (at most
-	// 8 KiB), a copy the caller may keep.
+	// 8 KiB less one byte), a copy the caller may keep.
 	Size uint32
 	Data []byte
 	// FD and Peer are the socket the connection was seen on (FD -1 and
