@@ -1,7 +1,6 @@
 package attribution
 
 import (
-	"bytes"
 	"net"
 	"net/netip"
 	"strings"
@@ -61,25 +60,6 @@ type tlsConn struct {
 	socket bool
 }
 
-// requestStart is how a connection followed from its first request
-// begins: an HTTP/1.x request line or the HTTP/2 preface. One that starts
-// otherwise was joined mid-stream.
-func requestStart(b []byte) bool {
-	if bytes.HasPrefix(b, []byte("PRI * HTTP/2.0\r\n")) {
-		return true
-	}
-	sp := bytes.IndexByte(b, ' ')
-	if sp < 3 || sp > 10 {
-		return false
-	}
-	for _, c := range b[:sp] {
-		if c < 'A' || c > 'Z' {
-			return false
-		}
-	}
-	return true
-}
-
 // Handle feeds one probe event to its connection and returns the records
 // of the calls it completed.
 func (c *Calls) Handle(ev tlsprobe.Event) []audit.Record {
@@ -108,7 +88,7 @@ func (c *Calls) feed(ev tlsprobe.Event) []done {
 		if len(c.conns) >= c.maxConns() {
 			out = append(out, c.evict())
 		}
-		partial := ev.Op != tlsprobe.OpWrite || !requestStart(ev.Data)
+		partial := ev.Op != tlsprobe.OpWrite || !httpwire.StartsConnection(ev.Data)
 		tc = &tlsConn{wire: httpwire.NewConn(c.Wire, partial), slot: ev.Slot, gen: ev.Gen, pid: ev.PID}
 		c.conns[k] = tc
 	}

@@ -29,6 +29,11 @@ func sniffProtocol(b []byte, final bool) string {
 	return ProtoNone
 }
 
+// StartsConnection reports whether b, the first bytes a client sent on a
+// connection, are its beginning: the HTTP/2 preface or an HTTP/1 request
+// line. Anything else was joined mid-stream (NewConn's partial).
+func StartsConnection(b []byte) bool { return sniffProtocol(b, true) != ProtoNone }
+
 type match uint8
 
 const (
