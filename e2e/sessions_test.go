@@ -18,6 +18,7 @@ import (
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/kerneltest"
+	"github.com/agentfence/agentfence/internal/privtest"
 )
 
 // openSession opens a session through the CLI and returns it.
@@ -120,7 +121,14 @@ func TestExpiryDestroysConnections(t *testing.T) {
 	}
 	defer l.Close()
 	addr := l.Addr().String()
-	s := d.openSession(t, "--intent", "short-lived", "--allow", "tcp://"+addr, "--ttl", "2s")
+	// The member must connect before the session expires: 2 s is ample
+	// natively, but under emulation starting the member alone took longer
+	// (CI's 6.1 guest saw EPERM on the first connect).
+	ttl := "2s"
+	if privtest.Emulated() {
+		ttl = "30s"
+	}
+	s := d.openSession(t, "--intent", "short-lived", "--allow", "tcp://"+addr, "--ttl", ttl)
 	p := kerneltest.Start(t, s.Binding.Cgroup, kerneltest.Options{}, false, kerneltest.Hold{Addr: netip.MustParseAddrPort(addr)})
 	if res := p.Next(); res.Outcome() != kerneltest.OK {
 		t.Fatalf("hold: %s", res)
