@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"syscall"
 	"unsafe"
 )
 
@@ -17,6 +18,14 @@ type ExeID struct {
 // Major and Minor split the kernel's internal device encoding.
 func (e ExeID) Major() uint32 { return e.Dev >> 20 }
 func (e ExeID) Minor() uint32 { return e.Dev & (1<<20 - 1) }
+
+// ExeIDOf is the ExeID of the file st describes: st_dev converted to the
+// encoding BPF reads from super_block.s_dev.
+func ExeIDOf(st *syscall.Stat_t) ExeID {
+	major := uint32((st.Dev>>8)&0xfff | (st.Dev>>32)&^uint64(0xfff))
+	minor := uint32(st.Dev&0xff | (st.Dev>>12)&^uint64(0xff))
+	return ExeID{Ino: st.Ino, Dev: major<<20 | minor}
+}
 
 // Event is one of *ExecEvent, *ForkEvent or *ExitEvent.
 type Event interface {

@@ -28,6 +28,7 @@ import (
 	"github.com/agentfence/agentfence/internal/boottime"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/ringreader"
+	"github.com/agentfence/agentfence/sensor"
 	"github.com/agentfence/agentfence/session"
 )
 
@@ -297,9 +298,8 @@ func (d *daemon) startReaders(context.Context) error {
 		})
 	}
 	d.wg.Go(func() {
-		d.procs.emitExecs(ctx, joiner, sessions.Launched, func(rec audit.Record) {
-			pipe.Emit(rec)
-			d.tls.execRecord(rec, pipe.Emit)
+		d.procs.emitExecs(ctx, joiner, sessions.Launched, pipe.Emit, func(rec audit.Record, exe sensor.ExeID) {
+			d.tls.execRecord(rec, exe, pipe.Emit)
 		})
 	})
 	d.wg.Go(func() { watchLoss(ctx, gate, d.procs, d.tls, d.clock, pipe.Emit, log) })

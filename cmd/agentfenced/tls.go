@@ -15,6 +15,8 @@ import (
 	"github.com/agentfence/agentfence/credential"
 	"github.com/agentfence/agentfence/httpwire"
 	"github.com/agentfence/agentfence/internal/boottime"
+	"github.com/agentfence/agentfence/sensor"
+	"github.com/agentfence/agentfence/sensor/proccache"
 	"github.com/agentfence/agentfence/sensor/tlsprobe"
 )
 
@@ -28,8 +30,11 @@ type tlsCalls struct {
 
 	calls *attribution.Calls
 
-	// bundled are the executables checked for their own OpenSSL, by path
-	// (a bool each).
+	// checked are the executable images looked at for a TLS stack, by
+	// sensor.ExeID: a new file at a known path is looked at again.
+	checked sync.Map
+	// bundled are the paths of the executables that carry their own
+	// OpenSSL, for the records' tls.library.
 	bundled sync.Map
 	// roots are the mount namespaces whose libraries were looked for (by
 	// /proc/PID/ns/mnt), the daemon's own among them.
@@ -135,31 +140,39 @@ func (t *tlsCalls) sessionRecord(rec audit.Record) {
 // OpenSSL (node), and emits a tls_uncovered record when it speaks TLS
 // through a stack the probes do not read. The exec is seen after it
 // happened: calls the process makes before the probe is placed, within
-// milliseconds of its start, are not seen.
-func (t *tlsCalls) execRecord(rec audit.Record, emit func(audit.Record)) {
+// milliseconds of its start, are not seen. A process may even have exited
+// by then (a Go client's one request took 10 ms): its file is then found
+// by the exec path, provided it is still the image exe names.
+func (t *tlsCalls) execRecord(rec audit.Record, exe sensor.ExeID, emit func(audit.Record)) {
 	if t == nil || rec.Kind != audit.KindExec || rec.Process == nil || rec.Process.Exe == "" {
 		return
 	}
 	t.containerLibraries(rec.Process.PID)
-	exe := rec.Process.Exe
-	if _, checked := t.bundled.Load(exe); checked {
+	name := rec.Process.Exe
+	if _, checked := t.checked.LoadOrStore(exe, true); checked {
 		return
 	}
-	// Through /proc, the file the process runs is found in its own mount
-	// namespace (a container's).
-	file := fmt.Sprintf("/proc/%d/exe", rec.Process.PID)
-	err := t.probes.Attach(file)
-	t.bundled.Store(exe, err == nil)
+	// Through /proc while the process lives, the file it runs is found in
+	// its own mount namespace (a container's).
+	f, _, _ := proccache.OpenExe("/proc", rec.Process.PID, name, exe)
+	if f == nil {
+		t.checked.Delete(exe)
+		t.log.Debug("tls: executable gone before it was looked at", "file", name, "pid", rec.Process.PID)
+		return
+	}
+	defer f.Close()
+	err := t.probes.AttachFile(f, name)
 	switch {
 	case err == nil:
-		t.log.Info("tls probes attached", "file", exe, "pid", rec.Process.PID)
+		t.bundled.Store(name, true)
+		t.log.Info("tls probes attached", "file", name, "pid", rec.Process.PID)
 	case errors.Is(err, tlsprobe.ErrNoTLS):
-		if stack, why := tlsprobe.Uncovered(file); stack != "" {
+		if stack, why := tlsprobe.Uncovered(fmt.Sprintf("/proc/self/fd/%d", f.Fd())); stack != "" {
 			emit(audit.Record{Schema: audit.SchemaVersion, Time: rec.Time, Kind: audit.KindTLSUncovered, Session: rec.Session,
 				Agent: rec.Agent, Origin: rec.Origin, MCP: rec.MCP, Process: rec.Process, TLS: &audit.TLS{Library: stack, Uncovered: why}})
 		}
 	default:
-		t.log.Warn("tls probe not attached", "file", exe, "err", err)
+		t.log.Warn("tls probe not attached", "file", name, "err", err)
 	}
 }
 
@@ -216,7 +229,8 @@ func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(aud
 			}
 			if detach {
 				t.probes.Detach()
-				t.bundled.Clear() // looked at again once probes are wanted
+				t.checked.Clear() // looked at again once probes are wanted
+				t.bundled.Clear()
 				t.roots.Clear()
 				t.log.Info("tls probes detached: no session open")
 				// A session opened since open() was asked attached before

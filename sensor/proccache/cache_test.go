@@ -310,7 +310,7 @@ func TestHashViaPathAndCache(t *testing.T) {
 	if err := syscall.Stat(bin, &st); err != nil {
 		t.Fatal(err)
 	}
-	id := sensor.ExeID{Ino: st.Ino, Dev: kernelDev(st.Dev)}
+	id := sensor.ExeIDOf(&st)
 	ev := execEv(77, sec, sec, bin, "tool")
 	ev.Exe = id
 	c.Apply(ev)
@@ -338,7 +338,7 @@ func TestHashLiveProcessExe(t *testing.T) {
 	}
 	pid := uint32(os.Getpid())
 	ev := execEv(pid, sec, sec, "relative/name", "x")
-	ev.Exe = sensor.ExeID{Ino: st.Ino, Dev: kernelDev(st.Dev)}
+	ev.Exe = sensor.ExeIDOf(&st)
 	c.Apply(ev)
 	p := waitHash(t, c, Key{pid, sec})
 	self, _ := os.Executable()

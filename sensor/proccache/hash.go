@@ -91,7 +91,7 @@ func (h *hasher) run() {
 }
 
 func (h *hasher) do(j *hashJob) {
-	f, path, deleted := h.open(j)
+	f, path, deleted := OpenExe(h.procRoot, j.key.TGID, j.path, j.exe)
 	if f == nil {
 		h.c.setHash(j.key, j.exe, "", "", false, HashUnavailable)
 		return
@@ -129,24 +129,26 @@ func (h *hasher) do(j *hashJob) {
 	h.c.setHash(j.key, j.exe, path, sum, deleted, HashOK)
 }
 
-// open finds the executable's bytes: through /proc/<pid>/exe while the
-// process lives (this works even if the file was deleted or replaced), else
-// through the exec path. Either way the inode must match what the kernel
-// reported, or we would hash some other file.
-func (h *hasher) open(j *hashJob) (f *os.File, path string, deleted bool) {
-	link := filepath.Join(h.procRoot, strconv.FormatUint(uint64(j.key.TGID), 10), "exe")
+// OpenExe finds the bytes of the executable a process started: through
+// <procRoot>/<tgid>/exe while the process lives (this works even if the
+// file was deleted or replaced, or lives in another mount namespace), else
+// through the exec path. Either way the inode must be the one the kernel
+// reported, or it would be some other file. path is where the file was
+// found; nil when neither way leads to it.
+func OpenExe(procRoot string, tgid uint32, execPath string, id sensor.ExeID) (f *os.File, path string, deleted bool) {
+	link := filepath.Join(procRoot, strconv.FormatUint(uint64(tgid), 10), "exe")
 	if f, err := os.Open(link); err == nil {
-		if matches(f, j.exe) {
+		if matches(f, id) {
 			p, _ := os.Readlink(link)
 			p, deleted = strings.CutSuffix(p, " (deleted)")
 			return f, p, deleted
 		}
 		f.Close()
 	}
-	if filepath.IsAbs(j.path) {
-		if f, err := os.Open(j.path); err == nil {
-			if matches(f, j.exe) {
-				return f, j.path, false
+	if filepath.IsAbs(execPath) {
+		if f, err := os.Open(execPath); err == nil {
+			if matches(f, id) {
+				return f, execPath, false
 			}
 			f.Close()
 		}
@@ -156,10 +158,7 @@ func (h *hasher) open(j *hashJob) (f *os.File, path string, deleted bool) {
 
 func matches(f *os.File, id sensor.ExeID) bool {
 	var st syscall.Stat_t
-	if syscall.Fstat(int(f.Fd()), &st) != nil {
-		return false
-	}
-	return st.Ino == id.Ino && kernelDev(st.Dev) == id.Dev
+	return syscall.Fstat(int(f.Fd()), &st) == nil && sensor.ExeIDOf(&st) == id
 }
 
 // setHash records a worker result on the entry if it still runs that image.

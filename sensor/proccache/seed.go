@@ -38,7 +38,7 @@ func (c *Cache) procSnapshot(tgid uint32) (*entry, bool) {
 		e.ExePath, e.ExeDeleted = strings.CutSuffix(p, " (deleted)")
 		var s syscall.Stat_t
 		if syscall.Stat(filepath.Join(dir, "exe"), &s) == nil {
-			e.Exe = sensor.ExeID{Ino: s.Ino, Dev: kernelDev(s.Dev)}
+			e.Exe = sensor.ExeIDOf(&s)
 			e.HashState = HashPending
 		}
 	} else {
@@ -51,14 +51,6 @@ func (c *Cache) procSnapshot(tgid uint32) (*entry, bool) {
 		}
 	}
 	return e, true
-}
-
-// kernelDev converts st_dev to the kernel's internal major<<20|minor, the
-// encoding BPF reads from super_block.s_dev.
-func kernelDev(d uint64) uint32 {
-	major := uint32((d>>8)&0xfff | (d>>32)&^uint64(0xfff))
-	minor := uint32(d&0xff | (d>>12)&^uint64(0xff))
-	return major<<20 | minor
 }
 
 func (c *Cache) listProc() []uint32 {

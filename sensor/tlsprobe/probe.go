@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -182,10 +183,20 @@ var ErrNoTLS = errors.New("no OpenSSL symbols (SSL_write, SSL_read)")
 // Attach probes the OpenSSL API in the file at path (libssl, or an
 // executable that carries its own OpenSSL, such as node) for every
 // process that maps it, now or later. Attaching a file twice does nothing.
-func (p *Probes) Attach(path string) error {
+func (p *Probes) Attach(path string) error { return p.attach(path, path) }
+
+// AttachFile is Attach for a file already open, named name in errors and
+// in Attached: an executable found through a process that may exit before
+// the probes are placed.
+func (p *Probes) AttachFile(f *os.File, name string) error {
+	return p.attach(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), name)
+}
+
+// attach opens path and reports it as name.
+func (p *Probes) attach(path, name string) error {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	id := fileID{st.Dev, st.Ino}
 	p.mu.Lock()
@@ -196,21 +207,21 @@ func (p *Probes) Attach(path string) error {
 	}
 	have, err := exported(path)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	if !have["SSL_write"] || !have["SSL_read"] {
-		return fmt.Errorf("%s: %w", path, ErrNoTLS)
+		return fmt.Errorf("%s: %w", name, ErrNoTLS)
 	}
 	ex, err := link.OpenExecutable(path)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	var links []link.Link
 	fail := func(err error) error {
 		for _, l := range links {
 			l.Close()
 		}
-		return fmt.Errorf("%s: %w", path, err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	for sym, prog := range p.symbols() {
 		if !have[sym] {
@@ -247,7 +258,7 @@ func (p *Probes) Attach(path string) error {
 		}
 		return nil
 	}
-	p.files[id] = attached{path, links}
+	p.files[id] = attached{name, links}
 	return nil
 }
 
@@ -261,7 +272,7 @@ func exported(path string) (map[string]bool, error) {
 	defer f.Close()
 	syms, err := f.DynamicSymbols()
 	if err != nil && !errors.Is(err, elf.ErrNoSymbols) {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err
 	}
 	have := map[string]bool{}
 	for _, s := range syms {

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -315,5 +316,44 @@ u.urlopen(u.Request("https://%s/v1/late", data=b"x=1"), context=ctx).read()`, ca
 	}
 	if !wrote {
 		t.Error("the request of a process that loaded libssl before the probes was not seen")
+	}
+}
+
+// TestAttachFileWithoutPath: a file reached only through an open
+// descriptor (an exited member's executable, since deleted) is probed and
+// reported by the name it was given.
+func TestAttachFileWithoutPath(t *testing.T) {
+	f := newFixture(t)
+	libs := Libraries()
+	if len(libs) == 0 {
+		t.Skip("no libssl on this host")
+	}
+	b, err := os.ReadFile(libs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "libssl-copy.so")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lib, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lib.Close()
+	os.Remove(path)
+	if err := f.probes.AttachFile(lib, "/opt/agent/libssl.so"); err != nil {
+		t.Fatalf("attach by descriptor: %v", err)
+	}
+	if got := f.probes.Attached(); len(got) != 1 || got[0] != "/opt/agent/libssl.so" {
+		t.Errorf("attached %v, want the given name", got)
+	}
+	none, err := os.Open("/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer none.Close()
+	if err := f.probes.AttachFile(none, "/bin/true"); !errors.Is(err, ErrNoTLS) || !strings.HasPrefix(err.Error(), "/bin/true: ") {
+		t.Errorf("attach /bin/true by descriptor: %v, want ErrNoTLS under its name", err)
 	}
 }
