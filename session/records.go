@@ -130,6 +130,7 @@ func (e *entry) public() v1.Session {
 	s.KeptCaps = slices.Clone(e.KeptCaps)
 	s.Binding.PIDs = slices.Clone(e.Binding.PIDs)
 	s.Binding.GateCaps = slices.Clone(e.Binding.GateCaps)
+	s.TLSUncovered = slices.Clone(e.TLSUncovered)
 	if e.Agent != nil {
 		a := *e.Agent
 		s.Agent = &a

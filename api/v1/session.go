@@ -119,6 +119,22 @@ type Session struct {
 	// that names it in MCPServer.
 	MCP       []MCPServer `json:"mcp,omitempty"`
 	MCPServer string      `json:"mcp_server,omitempty"`
+	// TLSUncovered are the executables members ran whose TLS the probes
+	// cannot read (docs/audit.md, "tls_uncovered"): their calls have no
+	// http records. At most MaxTLSUncovered; the audit trail has them all.
+	TLSUncovered []TLSUncovered `json:"tls_uncovered,omitempty"`
+}
+
+// MaxTLSUncovered bounds Session.TLSUncovered: a member can run any number
+// of distinct executables.
+const MaxTLSUncovered = 32
+
+// TLSUncovered is an executable whose TLS stack is not probed.
+type TLSUncovered struct {
+	Exe     string    `json:"exe"`
+	Library string    `json:"library"` // the stack: go, gnutls, ...
+	Reason  string    `json:"reason"`
+	Time    time.Time `json:"time"` // its first run in the session
 }
 
 // OpenRequest asks for a new session: the JSON body of the open call.

@@ -299,7 +299,10 @@ func (d *daemon) startReaders(context.Context) error {
 	}
 	d.wg.Go(func() {
 		d.procs.emitExecs(ctx, joiner, sessions.Launched, pipe.Emit, func(rec audit.Record, exe sensor.ExeID) {
-			d.tls.execRecord(rec, exe, pipe.Emit)
+			d.tls.execRecord(rec, exe, func(u audit.Record) {
+				sessions.NoteUncovered(u) // before the trail: what a record says, show says
+				pipe.Emit(u)
+			})
 		})
 	})
 	d.wg.Go(func() { watchLoss(ctx, gate, d.procs, d.tls, d.clock, pipe.Emit, log) })
