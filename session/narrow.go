@@ -185,9 +185,15 @@ func (r *Registry) Quarantined(slot uint32, gen uint64) {
 	if e == nil || e.gen != gen || e.State != v1.StateActive {
 		return
 	}
+	r.quarantined(e, "kernel")
+}
+
+// quarantined applies the drift action to a session the kernel has
+// quarantined, on actor's word.
+func (r *Registry) quarantined(e *entry, actor string) {
 	r.write(func() { e.State = v1.StateQuarantined })
 	r.touch(e)
-	r.lifecycle(e, "quarantined", "kernel", fmt.Sprintf("more than %d violations", r.cfg.ViolationBudget))
+	r.lifecycle(e, "quarantined", actor, fmt.Sprintf("more than %d violations", r.cfg.ViolationBudget))
 	switch r.cfg.DriftAction {
 	case config.DriftKill:
 		for _, cg := range []string{e.Binding.Cgroup, e.Binding.ContainerCgroup} {
@@ -196,7 +202,7 @@ func (r *Registry) Quarantined(slot uint32, gen uint64) {
 			}
 		}
 		r.cgroups.KillPIDs(r.boundPids(e))
-		r.lifecycle(e, "killed", "kernel", "drift action kill")
+		r.lifecycle(e, "killed", actor, "drift action kill")
 	default:
 		var essential []scope.Rule
 		for _, rule := range e.rules {

@@ -123,11 +123,12 @@ func (r *Registry) children(id string) []*entry {
 // counters to be added without the lock.
 type snap struct {
 	v1.Session
-	slot uint32
-	gen  uint64
+	slot    uint32
+	gen     uint64
+	flagged uint32
 }
 
-func (e *entry) snap() snap { return snap{Session: e.public(), slot: e.slot, gen: e.gen} }
+func (e *entry) snap() snap { return snap{Session: e.public(), slot: e.slot, gen: e.gen, flagged: e.flagged} }
 
 // Get returns one session.
 func (r *Registry) Get(id string, caller Caller) (v1.Session, error) {
@@ -228,6 +229,7 @@ func (r *Registry) StateCounts() map[v1.State]int {
 func (r *Registry) live(s snap, now time.Time) v1.Session {
 	out := s.Session
 	out.State, out.Violations = r.liveState(s.slot, s.gen, s.State, s.Violations, s.ExpiresAt, now)
+	out.Violations += s.flagged
 	return out
 }
 

@@ -77,6 +77,9 @@ type entry struct {
 	servers []*entry
 	// server is, for a server's session, the server it runs.
 	server *audit.MCP
+	// flagged counts the violations only user space sees (Drift): the
+	// session's violations are the kernel's count and these.
+	flagged uint32
 }
 
 // Registry owns the sessions.

@@ -20,8 +20,9 @@ import (
 // persisted is a session as the state file keeps it.
 type persisted struct {
 	v1.Session
-	Slot uint32 `json:"slot"`
-	Gen  uint64 `json:"gen"`
+	Slot    uint32 `json:"slot"`
+	Gen     uint64 `json:"gen"`
+	Flagged uint32 `json:"flagged,omitempty"`
 }
 
 type stateFile struct {
@@ -97,7 +98,7 @@ func (r *Registry) persist() {
 func (e *entry) persisted() *persisted {
 	s := e.Session
 	s.Scope = texts(e.rules)
-	return &persisted{Session: s, Slot: e.slot, Gen: e.gen}
+	return &persisted{Session: s, Slot: e.slot, Gen: e.gen, Flagged: e.flagged}
 }
 
 // snapshot writes every session to the snapshot and empties the journal.
@@ -268,7 +269,7 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 			}
 			r.write(func() { r.gens = grown })
 		}
-		e := &entry{Session: p.Session, slot: p.Slot, gen: p.Gen}
+		e := &entry{Session: p.Session, slot: p.Slot, gen: p.Gen, flagged: p.Flagged}
 		var perr error
 		if e.rules, _, perr = parseScope("scope", p.Scope, r.cfg.MaxRules+1); perr != nil {
 			r.log.Warn("state: session scope no longer parses, dropped", "session", p.ID, "err", perr)

@@ -206,6 +206,13 @@ func (d *daemon) startSessions(context.Context) error {
 	return nil
 }
 
+// emitCounted emits a record that may count against its session's
+// violation budget in user space (session.Registry.Drift).
+func (d *daemon) emitCounted(rec audit.Record) {
+	d.pipe.Emit(rec)
+	d.sessions.Drift(rec)
+}
+
 // emitLifecycle is the registry's way to the audit trail.
 func (d *daemon) emitLifecycle(rec audit.Record) {
 	d.tls.sessionRecord(rec)
@@ -278,7 +285,7 @@ func (d *daemon) startReaders(context.Context) error {
 				log.Error("bad gate event", "err", err)
 				return
 			}
-			pipe.Emit(joiner.Record(ev))
+			d.emitCounted(joiner.Record(ev))
 			if ev.QuarantinedNow {
 				sessions.Quarantined(ev.Slot, ev.Gen)
 			}
@@ -293,7 +300,7 @@ func (d *daemon) startReaders(context.Context) error {
 					return
 				}
 				gate.NoteHostEvent(ev)
-				pipe.Emit(joiner.HostRecord(ev))
+				d.emitCounted(joiner.HostRecord(ev))
 			})
 		})
 	}

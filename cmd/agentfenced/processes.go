@@ -93,8 +93,7 @@ func (t tee) ReadEvent() (sensor.Event, error) {
 // emitExecs writes an exec record for every exec of a session member and
 // has launched judge whether it is a declared MCP server. The exec records
 // of the host's other processes go no further than the session lookup.
-// emitExecs emits the exec records of session members; member then sees
-// each with the image the kernel reported.
+// member then sees each exec record with the image the kernel reported.
 func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, launched func(tgid uint32) (session.Launch, bool),
 	emit func(audit.Record), member func(audit.Record, sensor.ExeID)) {
 	if p.execs == nil {

@@ -91,14 +91,14 @@ func (d *daemon) startTLS(context.Context) error {
 	wg.Go(func() {
 		err := probes.Run(ctx, func(ev tlsprobe.Event) {
 			for _, rec := range t.calls.Handle(ev) {
-				d.pipe.Emit(rec)
+				d.emitCounted(rec)
 			}
 		}, func(err error) { d.log.Error("bad tls event", "err", err) })
 		if err != nil && ctx.Err() == nil {
 			d.log.Error("tls probe reader stopped", "err", err)
 		}
 	})
-	wg.Go(func() { t.housekeep(ctx, d.sessions.Len, d.pipe.Emit) })
+	wg.Go(func() { t.housekeep(ctx, d.sessions.Len, d.emitCounted) })
 	if d.sessions.Len() > 0 {
 		t.attach()
 	}
