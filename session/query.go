@@ -128,7 +128,9 @@ type snap struct {
 	flagged uint32
 }
 
-func (e *entry) snap() snap { return snap{Session: e.public(), slot: e.slot, gen: e.gen, flagged: e.flagged} }
+func (e *entry) snap() snap {
+	return snap{Session: e.public(), slot: e.slot, gen: e.gen, flagged: e.flagged}
+}
 
 // Get returns one session.
 func (r *Registry) Get(id string, caller Caller) (v1.Session, error) {
