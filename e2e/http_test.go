@@ -32,7 +32,7 @@ type seen struct {
 
 // httpsServer serves HTTPS on loopback with a test CA (written to a file
 // the agents can read) and logs each request.
-func httpsServer(t *testing.T) (netip.AddrPort, string, func() []seen) {
+func httpsServer(t testing.TB) (netip.AddrPort, string, func() []seen) {
 	var mu sync.Mutex
 	var log []seen
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
