@@ -35,6 +35,11 @@ test: ## run the whole test suite (as root: kernel tests load the real programs)
 bench: ## run the benchmarks (as root); numbers go to docs/benchmarks.md
 	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 60m $(PKGS)
 
+.PHONY: bench-system
+bench-system: ## the whole-system benchmark (issue 17; as root): daemon, member loops, no enforcement and nftables side by side
+	@command -v nft >/dev/null || apt-get install -y -qq --no-install-recommends nftables
+	$(GO) test -run '^$$' -bench 'WholeSystem' -benchtime $(or $(ROUNDS),7)x -count 1 -timeout 30m ./e2e
+
 .PHONY: vmtest
 vmtest: ## kernel tests in qemu on Debian 5.10/6.1/6.12 + this host (as root; KERNELS="6.1 host" PKGS="enforcer e2e")
 	./vmtest/vmtest.sh
