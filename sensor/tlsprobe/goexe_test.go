@@ -1,0 +1,211 @@
+//go:build linux
+
+package tlsprobe
+
+import (
+	"debug/elf"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/agentfence/agentfence/internal/privtest"
+)
+
+// goClientSrc posts x=1 to the URL in its first argument, trusting the CA
+// in the file named by the second, and prints the response's body.
+const goClientSrc = `package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+)
+
+func main() {
+	pem, _ := os.ReadFile(os.Args[2])
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := c.Post(os.Args[1], "text/plain", strings.NewReader("x=1"))
+	if err != nil {
+		panic(err)
+	}
+	io.Copy(os.Stdout, resp.Body)
+	resp.Body.Close()
+}
+`
+
+var goClients struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// goClient builds goClientSrc once per test binary, normally ("client")
+// and stripped ("stripped", -s -w), without cgo, and returns the path of
+// the one named.
+func goClient(t testing.TB, name string) string {
+	t.Helper()
+	gotool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no Go toolchain to build the clients")
+	}
+	if privtest.Emulated() {
+		t.Skip("building Go clients from a cold cache under emulation takes minutes")
+	}
+	goClients.once.Do(func() {
+		dir, err := os.MkdirTemp("", "af-goclient-")
+		if err != nil {
+			goClients.err = err
+			return
+		}
+		os.Chmod(dir, 0o755)
+		goClients.dir = dir
+		os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module client\ngo 1.21\n"), 0o644)
+		os.WriteFile(filepath.Join(dir, "main.go"), []byte(goClientSrc), 0o644)
+		for out, flags := range map[string][]string{"client": nil, "stripped": {"-ldflags=-s -w"}} {
+			cmd := exec.Command(gotool, append(append([]string{"build", "-o", out}, flags...), ".")...)
+			cmd.Dir, cmd.Env = dir, append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=mod")
+			if b, err := cmd.CombinedOutput(); err != nil {
+				goClients.err = errors.New("go build: " + err.Error() + "\n" + string(b))
+				return
+			}
+		}
+	})
+	if goClients.err != nil {
+		t.Fatal(goClients.err)
+	}
+	return filepath.Join(goClients.dir, name)
+}
+
+func TestRetOffsets(t *testing.T) {
+	// amd64: MOVQ AX, 8(SP); RET; INT3; ADDQ $16, SP; RET.
+	x86 := []byte{0x48, 0x89, 0x44, 0x24, 0x08, 0xc3, 0xcc, 0x48, 0x83, 0xc4, 0x10, 0xc3}
+	if got, err := retOffsets(elf.EM_X86_64, x86); err != nil || !slices.Equal(got, []int{5, 11}) {
+		t.Errorf("amd64: %v, %v; want [5 11]", got, err)
+	}
+	// A byte 0xc3 inside an instruction (MOVL $0xc3, AX) is no RET.
+	if got, err := retOffsets(elf.EM_X86_64, []byte{0xb8, 0xc3, 0, 0, 0, 0xc3}); err != nil || !slices.Equal(got, []int{5}) {
+		t.Errorf("amd64 immediate 0xc3: %v, %v; want [5]", got, err)
+	}
+	// A function cut inside an instruction is refused, not guessed at.
+	if _, err := retOffsets(elf.EM_X86_64, []byte{0xc3, 0x48, 0x89}); err == nil {
+		t.Error("amd64: a truncated instruction decoded")
+	}
+	// arm64: MOVD R1, R0; RET; a zero word (padding); RET.
+	arm := []byte{0xe0, 0x03, 0x01, 0xaa, 0xc0, 0x03, 0x5f, 0xd6, 0, 0, 0, 0, 0xc0, 0x03, 0x5f, 0xd6}
+	if got, err := retOffsets(elf.EM_AARCH64, arm); err != nil || !slices.Equal(got, []int{4, 12}) {
+		t.Errorf("arm64: %v, %v; want [4 12]", got, err)
+	}
+}
+
+// TestInspectGo: both clients are probed, the stripped one through its
+// pclntab; the RETs found are where the toolchain's disassembler puts
+// them; a program without crypto/tls and a C program are not Go TLS.
+func TestInspectGo(t *testing.T) {
+	full, err := inspectGo(goClient(t, "client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !full.fromDWARF {
+		t.Error("offsets of an unstripped client not from its DWARF")
+	}
+	stripped, err := inspectGo(goClient(t, "stripped"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stripped.fromDWARF || stripped.offsets != full.offsets || len(stripped.readRets) != len(full.readRets) {
+		t.Errorf("stripped %+v, unstripped %+v", stripped, full)
+	}
+	for _, g := range []*goTLS{full, stripped} {
+		if g.write == 0 || g.read == 0 || g.close == 0 || len(g.readRets) == 0 {
+			t.Errorf("%+v", g)
+		}
+		for _, r := range g.readRets {
+			if r <= g.read {
+				t.Errorf("a RET at %#x, before Read's entry %#x", r, g.read)
+			}
+		}
+	}
+	// The toolchain's disassembler agrees on where Read returns.
+	bin := goClient(t, "client")
+	out, err := exec.Command("go", "tool", "objdump", "-s", `^crypto/tls\.\(\*Conn\)\.Read$`, bin).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var want []uint64
+	for _, line := range strings.Split(string(out), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) >= 4 && fields[3] == "RET" {
+			addr, err := strconv.ParseUint(strings.TrimPrefix(fields[1], "0x"), 16, 64)
+			if err != nil {
+				t.Fatalf("objdump line %q: %v", line, err)
+			}
+			off, err := fileOffset(f, addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, off)
+		}
+	}
+	if len(want) == 0 || !slices.Equal(full.readRets, want) {
+		t.Errorf("RETs at %#x, objdump says %#x", full.readRets, want)
+	}
+	if _, err := inspectGo("/bin/true"); !errors.Is(err, errNotGoTLS) {
+		t.Errorf("/bin/true: %v", err)
+	}
+	if _, err := inspectGo(os.Args[0]); err != nil && !errors.Is(err, errNotGoTLS) {
+		t.Errorf("the test binary: %v", err)
+	}
+}
+
+// TestOffsetsTableMatchesDWARF: the table's entry for the local Go
+// version is what the toolchain's DWARF says.
+func TestOffsetsTableMatchesDWARF(t *testing.T) {
+	f, err := elf.Open(goClient(t, "client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d, err := f.DWARF()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromDWARF, err := dwarfOffsets(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := inspectGo(goClient(t, "client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := goMinor.FindStringSubmatch(g.version)
+	var minor int
+	for _, c := range m[1] {
+		minor = minor*10 + int(c-'0')
+	}
+	table, ok := goLayouts[minor]
+	if !ok {
+		t.Fatalf("%s is not in the table: add it (DWARF says %+v)", g.version, fromDWARF)
+	}
+	if table != fromDWARF {
+		t.Errorf("%s: table %+v, DWARF %+v", g.version, table, fromDWARF)
+	}
+	if _, _, err := connOffsets(&elf.File{}, 16); err == nil {
+		t.Error("offsets for Go 1.16 without DWARF")
+	}
+}
