@@ -1,0 +1,120 @@
+//go:build linux
+
+package tlsprobe
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"testing"
+)
+
+// TestGoClients: a Go HTTPS client (crypto/tls), built normally and
+// stripped, inside the session: its request and the response arrive,
+// flagged Go, tied to the socket it connected; the same client outside
+// any session produces nothing. No return probe is placed, so the client
+// runs to its end unharmed.
+func TestGoClients(t *testing.T) {
+	f := newFixture(t)
+	addr, ca := tlsServer(t)
+	url := fmt.Sprintf("https://%s/v1/tickets?page=2", addr)
+	for _, name := range []string{"client", "stripped"} {
+		t.Run(name, func(t *testing.T) {
+			bin := goClient(t, name)
+			exe, err := os.Open(bin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer exe.Close()
+			stack, err := f.probes.AttachExecutable(exe, bin)
+			if err != nil || stack != StackGo {
+				t.Fatalf("attach %s: %q, %v", name, stack, err)
+			}
+			f.take(t)
+			if out := f.run(t, false, bin, url, ca); string(out) != "POST /v1/tickets\n" {
+				t.Fatalf("client outside the session said %q", out)
+			}
+			if evs := f.take(t); len(evs) != 0 {
+				t.Fatalf("a client outside every session produced %d events, first %+v", len(evs), evs[0])
+			}
+			if out := f.run(t, true, bin, url, ca); string(out) != "POST /v1/tickets\n" {
+				t.Fatalf("client in the session said %q", out)
+			}
+			var wrote, read bool
+			evs := f.take(t)
+			for _, ev := range evs {
+				if !ev.Go || ev.Slot != 1 || ev.Gen != 1 {
+					t.Errorf("event go=%v of session %d/%d, want a Go event of 1/1", ev.Go, ev.Slot, ev.Gen)
+				}
+				if len(ev.Data) > int(ev.Size) {
+					t.Errorf("event carries %d bytes of a %d-byte call", len(ev.Data), ev.Size)
+				}
+				switch {
+				case ev.Op == OpWrite && bytes.HasPrefix(ev.Data, []byte("POST /v1/tickets?page=2 HTTP/1.1\r\n")):
+					wrote = true
+					if !bytes.HasSuffix(ev.Data, []byte("\r\n\r\nx=1")) || ev.Size != uint32(len(ev.Data)) {
+						t.Errorf("request of %d bytes: %q", ev.Size, ev.Data)
+					}
+				case ev.Op == OpRead && bytes.HasPrefix(ev.Data, []byte("HTTP/1.1 200 OK\r\n")):
+					read = true
+					if !bytes.HasSuffix(ev.Data, []byte("\r\n\r\nPOST /v1/tickets\n")) {
+						t.Errorf("response: %q", ev.Data)
+					}
+				default:
+					continue
+				}
+				if ev.Peer != addr || ev.FD < 0 {
+					t.Errorf("op %d on fd %d to %v, want a socket to %v", ev.Op, ev.FD, ev.Peer, addr)
+				}
+			}
+			if !wrote || !read {
+				t.Errorf("request seen %v, response %v; events:", wrote, read)
+				for _, ev := range evs {
+					t.Logf("  op %d size %d fd %d peer %v: %q", ev.Op, ev.Size, ev.FD, ev.Peer, ev.Data[:min(len(ev.Data), 40)])
+				}
+			}
+		})
+	}
+	if got := len(f.probes.Attached()); got != 2 {
+		t.Errorf("%d files attached, want the two clients", got)
+	}
+	f.probes.Detach()
+	if n := mapLen(t, f.probes); n != 0 {
+		t.Errorf("%d executables' offsets left in the kernel after Detach", n)
+	}
+}
+
+// TestAttachGoRefusesUnknownVersion: a stripped client of a Go version
+// past the offsets table is refused as ErrNoTLS, with the reason, and
+// leaves nothing behind.
+func TestAttachGoRefusesUnknownVersion(t *testing.T) {
+	f := newFixture(t)
+	stripped := goClient(t, "stripped")
+	future := withGoVersion(t, stripped, "go1.99"+goVersionTail(t, stripped))
+	err := f.probes.Attach(future)
+	var gerr *GoError
+	if !errors.Is(err, ErrNoTLS) || !errors.As(err, &gerr) {
+		t.Fatalf("attach: %v, want a GoError", err)
+	}
+	if got := f.probes.Attached(); len(got) != 0 {
+		t.Errorf("attached %v", got)
+	}
+	if n := mapLen(t, f.probes); n != 0 {
+		t.Errorf("%d executables' offsets in the kernel", n)
+	}
+}
+
+func mapLen(t *testing.T, p *Probes) int {
+	var k tlsGoExe
+	var v tlsGoOffsets
+	n := 0
+	it := p.objs.GoConnOffsets.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
