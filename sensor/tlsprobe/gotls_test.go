@@ -4,14 +4,43 @@ package tlsprobe
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"strings"
 	"testing"
 )
 
+// selfClient, set in the environment, makes the test binary itself the
+// Go client (goClientSrc's main): a Go program with crypto/tls that needs
+// no build, so the probes are tried under emulation too, where building
+// one takes minutes.
+const selfClient = "AF_TLSPROBE_GO_CLIENT"
+
+func init() {
+	if os.Getenv(selfClient) == "" {
+		return
+	}
+	pem, _ := os.ReadFile(os.Args[2])
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := c.Post(os.Args[1], "text/plain", strings.NewReader("x=1"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	io.Copy(os.Stdout, resp.Body)
+	resp.Body.Close()
+	os.Exit(0)
+}
+
 // TestGoClients: a Go HTTPS client (crypto/tls), built normally and
-// stripped, inside the session: its request and the response arrive,
+// stripped, and the test binary as one, inside the session: its request and the response arrive,
 // flagged Go, tied to the socket it connected; the same client outside
 // any session produces nothing. No return probe is placed, so the client
 // runs to its end unharmed.
@@ -19,9 +48,16 @@ func TestGoClients(t *testing.T) {
 	f := newFixture(t)
 	addr, ca := tlsServer(t)
 	url := fmt.Sprintf("https://%s/v1/tickets?page=2", addr)
-	for _, name := range []string{"client", "stripped"} {
+	attached := 0
+	for _, name := range []string{"self", "client", "stripped"} {
 		t.Run(name, func(t *testing.T) {
-			bin := goClient(t, name)
+			var bin string
+			if name == "self" {
+				bin = os.Args[0]
+				t.Setenv(selfClient, "1")
+			} else {
+				bin = goClient(t, name)
+			}
 			exe, err := os.Open(bin)
 			if err != nil {
 				t.Fatal(err)
@@ -31,6 +67,7 @@ func TestGoClients(t *testing.T) {
 			if err != nil || stack != StackGo {
 				t.Fatalf("attach %s: %q, %v", name, stack, err)
 			}
+			attached++
 			f.take(t)
 			if out := f.run(t, false, bin, url, ca); string(out) != "POST /v1/tickets\n" {
 				t.Fatalf("client outside the session said %q", out)
@@ -76,8 +113,8 @@ func TestGoClients(t *testing.T) {
 			}
 		})
 	}
-	if got := len(f.probes.Attached()); got != 2 {
-		t.Errorf("%d files attached, want the two clients", got)
+	if got := len(f.probes.Attached()); got != attached {
+		t.Errorf("%d files attached, want the %d clients", got, attached)
 	}
 	f.probes.Detach()
 	if n := mapLen(t, f.probes); n != 0 {
