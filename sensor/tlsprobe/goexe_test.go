@@ -50,6 +50,15 @@ var goClients struct {
 	err  error
 }
 
+// TestMain removes the Go clients goClient built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if goClients.dir != "" {
+		os.RemoveAll(goClients.dir)
+	}
+	os.Exit(code)
+}
+
 // goClient builds goClientSrc once per test binary, normally ("client")
 // and stripped ("stripped", -s -w), without cgo, and returns the path of
 // the one named.

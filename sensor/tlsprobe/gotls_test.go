@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // selfClient, set in the environment, makes the test binary itself the
@@ -63,10 +64,12 @@ func TestGoClients(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer exe.Close()
+			start := time.Now()
 			stack, err := f.probes.AttachExecutable(exe, bin)
 			if err != nil || stack != StackGo {
 				t.Fatalf("attach %s: %q, %v", name, stack, err)
 			}
+			t.Logf("inspected and attached in %v", time.Since(start))
 			attached++
 			f.take(t)
 			if out := f.run(t, false, bin, url, ca); string(out) != "POST /v1/tickets\n" {
