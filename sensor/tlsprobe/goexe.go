@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"runtime"
 	"strconv"
+	"strings"
 
 	"golang.org/x/arch/arm64/arm64asm"
 	"golang.org/x/arch/x86/x86asm"
@@ -77,7 +78,7 @@ func inspectGo(path string) (*goTLS, error) {
 		return nil, errNotGoTLS
 	}
 	g := &goTLS{version: bi.GoVersion}
-	version := bi.GoVersion[min(2, len(bi.GoVersion)):]
+	version := strings.TrimPrefix(bi.GoVersion, "go")
 	fail := func(format string, args ...any) error {
 		return &GoError{Version: version, Reason: fmt.Sprintf(format, args...)}
 	}
