@@ -11,9 +11,12 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // selfClient, set in the environment, makes the test binary itself the
@@ -157,4 +160,55 @@ func mapLen(t *testing.T, p *Probes) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestGoClientOnOverlay: a Go client run from an overlay mount (a
+// container's image) is read: the kernel's view of its executable (the
+// inode of exe_file and its superblock's device) is the one stat gives
+// user space, which keys its offsets.
+func TestGoClientOnOverlay(t *testing.T) {
+	f := newFixture(t)
+	addr, ca := tlsServer(t)
+	b, err := os.ReadFile(goClient(t, "stripped"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, d := range []string{"lower", "upper", "work", "merged"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lower", "client"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	merged := filepath.Join(dir, "merged")
+	opts := fmt.Sprintf("lowerdir=%s/lower,upperdir=%s/upper,workdir=%s/work", dir, dir, dir)
+	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		t.Skipf("no overlay mount here: %v", err)
+	}
+	t.Cleanup(func() {
+		f.probes.Detach() // a uprobe holds the file: the mount would be busy
+		if err := unix.Unmount(merged, 0); err != nil {
+			t.Error(err)
+		}
+	})
+	bin := filepath.Join(merged, "client")
+	if err := f.probes.Attach(bin); err != nil {
+		t.Fatal(err)
+	}
+	f.take(t)
+	f.run(t, true, bin, fmt.Sprintf("https://%s/v1/overlay", addr), ca)
+	var wrote bool
+	for _, ev := range f.take(t) {
+		if ev.Op == OpWrite && ev.Go && bytes.HasPrefix(ev.Data, []byte("POST /v1/overlay HTTP/1.1\r\n")) {
+			wrote = true
+			if ev.Peer != addr || ev.FD < 0 {
+				t.Errorf("request on fd %d to %v, want a socket to %v: the offsets were not found by the executable's inode", ev.FD, ev.Peer, addr)
+			}
+		}
+	}
+	if !wrote {
+		t.Error("the request of a client on an overlay mount was not seen")
+	}
 }
