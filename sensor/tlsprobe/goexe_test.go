@@ -77,9 +77,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// goClient builds goClientSrc once per test binary, normally ("client")
-// and stripped ("stripped", -s -w), without cgo, and returns the path of
-// the one named.
+// goClient builds goClientSrc once per test binary, normally ("client"),
+// stripped ("stripped", -s -w) and stripped position-independent ("pie",
+// whose pclntab leaves runtime.text for the loader to fill in), without
+// cgo, and returns the path of the one named.
 func goClient(t testing.TB, name string) string {
 	t.Helper()
 	gotool, err := exec.LookPath("go")
@@ -99,7 +100,8 @@ func goClient(t testing.TB, name string) string {
 		goClients.dir = dir
 		os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module client\ngo 1.21\n"), 0o644)
 		os.WriteFile(filepath.Join(dir, "main.go"), []byte(goClientSrc), 0o644)
-		for out, flags := range map[string][]string{"client": nil, "stripped": {"-ldflags=-s -w"}} {
+		for out, flags := range map[string][]string{"client": nil, "stripped": {"-ldflags=-s -w"},
+			"pie": {"-buildmode=pie", "-ldflags=-s -w"}} {
 			cmd := exec.Command(gotool, append(append([]string{"build", "-o", out}, flags...), ".")...)
 			cmd.Dir, cmd.Env = dir, append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=mod")
 			if b, err := cmd.CombinedOutput(); err != nil {
