@@ -6,8 +6,6 @@ import (
 	"bytes"
 	"debug/buildinfo"
 	"debug/elf"
-	"debug/gosym"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"regexp"
@@ -101,22 +99,9 @@ func inspectGo(path string) (*goTLS, error) {
 	default:
 		return nil, fail("%v executable on %s", f.Machine, runtime.GOARCH)
 	}
-	tab, err := gosym.NewTable(nil, gosym.NewLineTable(pcln, textStart(f, pcln)))
+	fns, err := goFuncs(f, pcln, []string{goWrite, goRead, goClose})
 	if err != nil {
-		return nil, fail("function table: %v", err)
-	}
-	entry := func(name string) (*gosym.Func, error) {
-		fn := tab.LookupFunc(name)
-		if fn == nil || fn.End <= fn.Entry {
-			return nil, fail("no %s", name)
-		}
-		return fn, nil
-	}
-	var fns [3]*gosym.Func
-	for i, name := range []string{goWrite, goRead, goClose} {
-		if fns[i], err = entry(name); err != nil {
-			return nil, err
-		}
+		return nil, fail("%v", err)
 	}
 	offs := make([]uint64, 3)
 	for i, fn := range fns {
@@ -140,40 +125,6 @@ func inspectGo(path string) (*goTLS, error) {
 		return nil, fail("%v", err)
 	}
 	return g, nil
-}
-
-// textStart is the address function offsets in the pclntab count from,
-// runtime.text: the symbol when the binary has one; else the pclntab's
-// own copy (Go 1.18+), which a position-independent binary leaves zero
-// for the loader to fill in; else the start of .text, where the Go
-// linker puts runtime.text (an external linker may put C code first).
-func textStart(f *elf.File, pcln []byte) uint64 {
-	if syms, err := f.Symbols(); err == nil {
-		for _, s := range syms {
-			if s.Name == "runtime.text" {
-				return s.Value
-			}
-		}
-	}
-	if len(pcln) >= 8 {
-		ptr := int(pcln[7])
-		magic := binary.LittleEndian.Uint32(pcln)
-		if (magic == 0xfffffff0 || magic == 0xfffffff1) && (ptr == 8 || ptr == 4) && len(pcln) >= 8+3*ptr {
-			var v uint64
-			if ptr == 8 {
-				v = binary.LittleEndian.Uint64(pcln[8+2*ptr:])
-			} else {
-				v = uint64(binary.LittleEndian.Uint32(pcln[8+2*ptr:]))
-			}
-			if v != 0 {
-				return v
-			}
-		}
-	}
-	if s := f.Section(".text"); s != nil {
-		return s.Addr
-	}
-	return 0
 }
 
 // loadSegment is the loadable segment holding the virtual address addr.

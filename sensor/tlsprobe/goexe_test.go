@@ -80,7 +80,8 @@ func TestMain(m *testing.M) {
 // goClient builds goClientSrc once per test binary, normally ("client"),
 // stripped ("stripped", -s -w) and stripped position-independent ("pie",
 // whose pclntab leaves runtime.text for the loader to fill in), without
-// cgo, and returns the path of the one named.
+// cgo, and where gcc is installed stripped and linked by it ("external",
+// with C code before runtime.text), and returns the path of the one named.
 func goClient(t testing.TB, name string) string {
 	t.Helper()
 	gotool, err := exec.LookPath("go")
@@ -100,10 +101,18 @@ func goClient(t testing.TB, name string) string {
 		goClients.dir = dir
 		os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module client\ngo 1.21\n"), 0o644)
 		os.WriteFile(filepath.Join(dir, "main.go"), []byte(goClientSrc), 0o644)
-		for out, flags := range map[string][]string{"client": nil, "stripped": {"-ldflags=-s -w"},
-			"pie": {"-buildmode=pie", "-ldflags=-s -w"}} {
+		builds := map[string][]string{"client": nil, "stripped": {"-ldflags=-s -w"},
+			"pie": {"-buildmode=pie", "-ldflags=-s -w"}}
+		if _, err := exec.LookPath("gcc"); err == nil {
+			builds["external"] = []string{"-ldflags=-linkmode=external -s -w"}
+		}
+		for out, flags := range builds {
+			cgo := "CGO_ENABLED=0"
+			if out == "external" {
+				cgo = "CGO_ENABLED=1"
+			}
 			cmd := exec.Command(gotool, append(append([]string{"build", "-o", out}, flags...), ".")...)
-			cmd.Dir, cmd.Env = dir, append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=mod")
+			cmd.Dir, cmd.Env = dir, append(os.Environ(), cgo, "GOFLAGS=-mod=mod")
 			if b, err := cmd.CombinedOutput(); err != nil {
 				goClients.err = errors.New("go build: " + err.Error() + "\n" + string(b))
 				return
@@ -113,7 +122,11 @@ func goClient(t testing.TB, name string) string {
 	if goClients.err != nil {
 		t.Fatal(goClients.err)
 	}
-	return filepath.Join(goClients.dir, name)
+	bin := filepath.Join(goClients.dir, name)
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("no %s client: %v", name, err)
+	}
+	return bin
 }
 
 func TestRetOffsets(t *testing.T) {
@@ -236,5 +249,28 @@ func TestOffsetsTableMatchesDWARF(t *testing.T) {
 	}
 	if _, _, err := connOffsets(&elf.File{}, 16); err == nil {
 		t.Error("offsets for Go 1.16 without DWARF")
+	}
+}
+
+// stackCheck knows a Go function's start by its stack-bound check.
+func TestStackCheck(t *testing.T) {
+	for _, c := range []struct {
+		machine elf.Machine
+		code    []byte
+		want    bool
+	}{
+		// CMPQ SP, 16(R14); JLS ...
+		{elf.EM_X86_64, []byte{0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0, 0, 0, 0}, true},
+		// LEAQ -0x28(SP), R12; CMPQ R12, 16(R14)
+		{elf.EM_X86_64, []byte{0x4c, 0x8d, 0x64, 0x24, 0xd8, 0x4d, 0x3b, 0x66, 0x10}, true},
+		// CMPQ SP, 16(R14), entered 0x100 bytes early: C code's NOPs.
+		{elf.EM_X86_64, []byte{0x90, 0x90, 0x90, 0x90, 0x49, 0x3b, 0x66, 0x10}, false},
+		// MOVD 16(R28), R16
+		{elf.EM_AARCH64, []byte{0x90, 0x0b, 0x40, 0xf9}, true},
+		{elf.EM_AARCH64, []byte{0xc0, 0x03, 0x5f, 0xd6}, false},
+	} {
+		if got := stackCheck(c.machine, c.code); got != c.want {
+			t.Errorf("%v % x: %v, want %v", c.machine, c.code, got, c.want)
+		}
 	}
 }

@@ -53,7 +53,7 @@ func TestGoClients(t *testing.T) {
 	addr, ca := tlsServer(t)
 	url := fmt.Sprintf("https://%s/v1/tickets?page=2", addr)
 	attached := 0
-	for _, name := range []string{"self", "client", "stripped", "pie"} {
+	for _, name := range []string{"self", "client", "stripped", "pie", "external"} {
 		t.Run(name, func(t *testing.T) {
 			var bin string
 			if name == "self" {
