@@ -26,9 +26,14 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"time"
 )
 
 func main() {
+	if len(os.Args) > 3 {
+		d, _ := time.ParseDuration(os.Args[3])
+		time.Sleep(d)
+	}
 	pem, _ := os.ReadFile(os.Args[2])
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
@@ -194,5 +199,38 @@ func TestHTTPUncoveredGo(t *testing.T) {
 		if r.Kind == audit.KindHTTP && r.Session != nil && r.Session.Intent == "go-future" {
 			t.Errorf("an http record of a Go client without offsets: %+v (update docs/threat-model.md)", r.HTTP)
 		}
+	}
+}
+
+// A long-lived Go agent is read on its first run: its first call comes
+// after the daemon placed the probes at its exec (here a fresh copy of
+// the client, never seen before, that waits 2 s before its request).
+func TestHTTPGoAgentFirstRun(t *testing.T) {
+	d := startDaemon(t)
+	addr, ca, received := httpsServer(t)
+	dir := filepath.Dir(ca)
+	clients := buildGoClients(t, dir)
+	b, err := os.ReadFile(clients["goclient-stripped"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "goagent")
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("https://%s/v1/agent", addr)
+	if _, stderr, code := d.cli(t, nil, "run", "--intent", "go-agent", "--allow", "tcp://"+addr.String(), "--", bin, url, ca, "2s"); code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	got := received()
+	if len(got) != 1 {
+		t.Fatalf("the server received %d requests, want 1", len(got))
+	}
+	rec := d.waitRecord(t, "the agent's http", func(r audit.Record) bool {
+		return r.Kind == audit.KindHTTP && r.Session != nil && r.Session.Intent == "go-agent"
+	})
+	if h := rec.HTTP; h.Method != got[0].method || h.Path != got[0].path || h.Status != http.StatusCreated || h.Partial ||
+		rec.TLS == nil || rec.TLS.Library != "go" || !rec.TLS.Socket {
+		t.Errorf("http %+v, tls %+v; the server saw %+v", *h, rec.TLS, got[0])
 	}
 }
