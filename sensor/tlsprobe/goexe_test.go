@@ -20,14 +20,17 @@ import (
 // goClientSrc posts x=1 to the URL in its first argument, trusting the CA
 // in the file named by the second, and prints the response's body. Given
 // a third argument n, it posts once more to warm up, then n times on the
-// same connection, and prints the nanoseconds the n took instead.
+// same connection, and prints the nanoseconds the n took instead. With
+// WRAP set in its environment, its TLS runs over a wrapper net.Conn.
 const goClientSrc = `package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -35,11 +38,22 @@ import (
 	"time"
 )
 
+// wrapped is a net.Conn that is not a *net.TCPConn, as a proxy or a
+// metering layer would put under crypto/tls.
+type wrapped struct{ net.Conn }
+
 func main() {
 	pem, _ := os.ReadFile(os.Args[2])
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	if os.Getenv("WRAP") != "" {
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			return wrapped{c}, err
+		}
+	}
+	c := &http.Client{Transport: tr}
 	post := func(out io.Writer) {
 		resp, err := c.Post(os.Args[1], "text/plain", strings.NewReader("x=1"))
 		if err != nil {

@@ -212,3 +212,36 @@ func TestGoClientOnOverlay(t *testing.T) {
 		t.Error("the request of a client on an overlay mount was not seen")
 	}
 }
+
+// TestGoClientOverWrapper: a Go client whose TLS runs over a wrapper
+// net.Conn (not a *net.TCPConn) is still read, but the probes do not
+// find its socket: following the interface as a *net.TCPConn lands on
+// the wrapper's own fields, which name no socket of the process.
+func TestGoClientOverWrapper(t *testing.T) {
+	f := newFixture(t)
+	addr, ca := tlsServer(t)
+	bin := goClient(t, "stripped")
+	if err := f.probes.Attach(bin); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WRAP", "1")
+	f.take(t)
+	f.run(t, true, bin, fmt.Sprintf("https://%s/v1/wrapped", addr), ca)
+	var wrote, read bool
+	for _, ev := range f.take(t) {
+		switch {
+		case ev.Op == OpWrite && bytes.HasPrefix(ev.Data, []byte("POST /v1/wrapped HTTP/1.1\r\n")):
+			wrote = true
+		case ev.Op == OpRead && bytes.HasPrefix(ev.Data, []byte("HTTP/1.1 200 OK\r\n")):
+			read = true
+		default:
+			continue
+		}
+		if ev.FD != -1 || ev.Peer.IsValid() {
+			t.Errorf("op %d over a wrapper: fd %d, peer %v; want no socket", ev.Op, ev.FD, ev.Peer)
+		}
+	}
+	if !wrote || !read {
+		t.Errorf("request seen %v, response %v", wrote, read)
+	}
+}
