@@ -37,7 +37,9 @@ func main() {
 	pem, _ := os.ReadFile(os.Args[2])
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	// H2 in the environment: HTTP/2, which a custom TLS config otherwise
+	// turns off.
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: os.Getenv("H2") != ""}}
 	resp, err := c.Post(os.Args[1], "text/plain", strings.NewReader("x=1"))
 	if err != nil {
 		panic(err)
@@ -73,8 +75,8 @@ func buildGoClients(t *testing.T, dir string) map[string]string {
 	return out
 }
 
-// A member's Go client (crypto/tls), built normally and with -s -w, has
-// its HTTPS calls recorded as http records, tls.library go, matching what
+// A member's Go client (crypto/tls), built normally and with -s -w, over
+// HTTP/1.1 and HTTP/2, has its HTTPS calls recorded as http records, tls.library go, matching what
 // the server received, with the socket's peer as destination.
 //
 // The probes are placed when the daemon sees the member's exec, which a
@@ -85,15 +87,33 @@ func buildGoClients(t *testing.T, dir string) map[string]string {
 func TestHTTPGoClients(t *testing.T) {
 	d := startDaemon(t)
 	addr, ca, received := httpsServer(t)
-	clients := buildGoClients(t, filepath.Dir(ca)) // readable by the agent
+	built := buildGoClients(t, filepath.Dir(ca)) // readable by the agent
+	// The HTTP/2 client is a copy: another file, probed at its own exec.
+	b, err := os.ReadFile(built["goclient-stripped"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2 := filepath.Join(filepath.Dir(ca), "goclient-h2")
+	if err := os.WriteFile(h2, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	clients := []struct {
+		name, bin, version string
+		env                []string
+	}{
+		{"goclient", built["goclient"], "1.1", nil},
+		{"goclient-stripped", built["goclient-stripped"], "1.1", nil},
+		{"goclient-h2", h2, "2", []string{"H2=1"}},
+	}
 	url := fmt.Sprintf("https://%s/v1/go", addr)
-	for name, bin := range clients {
+	for _, c := range clients {
+		name, bin := c.name, c.bin
 		t.Run(name, func(t *testing.T) {
 			for run := 1; run <= 2; run++ {
 				intent := fmt.Sprintf("%s-run%d", name, run)
 				before := len(received())
 				start := time.Now()
-				if _, stderr, code := d.cli(t, nil, "run", "--intent", intent, "--allow", "tcp://"+addr.String(), "--", bin, url, ca); code != 0 {
+				if _, stderr, code := d.cli(t, c.env, "run", "--intent", intent, "--allow", "tcp://"+addr.String(), "--", bin, url, ca); code != 0 {
 					t.Fatalf("run %s: exit %d: %s", name, code, stderr)
 				}
 				took := time.Since(start)
@@ -125,7 +145,7 @@ func TestHTTPGoClients(t *testing.T) {
 				rec := d.waitRecord(t, name+"'s http", match)
 				h := rec.HTTP
 				if h.Method != got[0].method || h.Host != got[0].host || h.Path != got[0].path || h.Status != http.StatusCreated ||
-					h.Version != "1.1" || h.Partial || h.RequestBytes != 3 || h.ResponseBytes != int64(len("ticket 42\n")) {
+					h.Version != c.version || h.Partial || h.RequestBytes != 3 || h.ResponseBytes != int64(len("ticket 42\n")) {
 					t.Errorf("http %+v, the server saw %+v and answered 201 with 10 bytes", *h, got[0])
 				}
 				if rec.TLS == nil || rec.TLS.Library != "go" || !rec.TLS.Socket {
