@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -286,5 +287,82 @@ func TestStackCheck(t *testing.T) {
 		if got := stackCheck(c.machine, c.code); got != c.want {
 			t.Errorf("%v % x: %v, want %v", c.machine, c.code, got, c.want)
 		}
+	}
+}
+
+// TestArm64Functions: on an arm64 build of the client (cross-compiled;
+// nothing is run), the functions are found and confirmed by their stack
+// checks, stripped or not, Read's RETs are where the toolchain's
+// disassembler puts them, and the DWARF offsets are the table's.
+func TestArm64Functions(t *testing.T) {
+	gotool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no Go toolchain")
+	}
+	if privtest.Emulated() {
+		t.Skip("building Go clients from a cold cache under emulation takes minutes")
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module client\ngo 1.21\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "main.go"), []byte(goClientSrc), 0o644)
+	rets := map[string][]uint64{}
+	for out, flags := range map[string][]string{"full": nil, "stripped": {"-ldflags=-s -w"}} {
+		cmd := exec.Command(gotool, append(append([]string{"build", "-o", out}, flags...), ".")...)
+		cmd.Dir, cmd.Env = dir, append(os.Environ(), "CGO_ENABLED=0", "GOARCH=arm64", "GOFLAGS=-mod=mod")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build: %v\n%s", err, b)
+		}
+		f, err := elf.Open(filepath.Join(dir, out))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		pcln, err := f.Section(".gopclntab").Data()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fns, err := goFuncs(f, pcln, []string{goWrite, goRead, goClose})
+		if err != nil {
+			t.Fatalf("%s: %v", out, err)
+		}
+		if d, err := f.DWARF(); err == nil {
+			m := goMinor.FindStringSubmatch(runtime.Version())
+			minor, _ := strconv.Atoi(m[1])
+			if o, err := dwarfOffsets(d); err != nil || o != goLayouts[minor] {
+				t.Errorf("arm64 DWARF offsets %+v, %v; the table has %+v for Go 1.%d", o, err, goLayouts[minor], minor)
+			}
+		}
+		code := make([]byte, fns[1].End-fns[1].Entry)
+		if err := readVirtual(f, fns[1].Entry, code); err != nil {
+			t.Fatal(err)
+		}
+		offs, err := retOffsets(f.Machine, code)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range offs {
+			rets[out] = append(rets[out], fns[1].Entry+uint64(o))
+		}
+	}
+	if !slices.Equal(rets["full"], rets["stripped"]) {
+		t.Errorf("RETs unstripped %#x, stripped %#x", rets["full"], rets["stripped"])
+	}
+	out, err := exec.Command(gotool, "tool", "objdump", "-s", `^crypto/tls\.\(\*Conn\)\.Read$`, filepath.Join(dir, "full")).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []uint64
+	for _, line := range strings.Split(string(out), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) >= 4 && fields[3] == "RET" {
+			addr, err := strconv.ParseUint(strings.TrimPrefix(fields[1], "0x"), 16, 64)
+			if err != nil {
+				t.Fatalf("objdump line %q: %v", line, err)
+			}
+			want = append(want, addr)
+		}
+	}
+	if len(want) == 0 || !slices.Equal(rets["full"], want) {
+		t.Errorf("RETs at %#x, objdump says %#x", rets["full"], want)
 	}
 }
