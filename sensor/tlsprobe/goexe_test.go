@@ -22,7 +22,8 @@ import (
 // in the file named by the second, and prints the response's body. Given
 // a third argument n, it posts once more to warm up, then n times on the
 // same connection, and prints the nanoseconds the n took instead. With
-// WRAP set in its environment, its TLS runs over a wrapper net.Conn.
+// WRAP set in its environment, its TLS runs over a wrapper net.Conn; with
+// PAR=n, n goroutines post 5 times each to URL/par/i at once.
 const goClientSrc = `package main
 
 import (
@@ -36,6 +37,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -62,6 +64,28 @@ func main() {
 		}
 		io.Copy(out, resp.Body)
 		resp.Body.Close()
+	}
+	if par, _ := strconv.Atoi(os.Getenv("PAR")); par > 0 {
+		// par goroutines, each on its own connection, 5 requests each,
+		// at once: Reads park and resume on other threads.
+		var wg sync.WaitGroup
+		for i := 0; i < par; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				c := &http.Client{Transport: &http.Transport{TLSClientConfig: tr.TLSClientConfig.Clone()}}
+				for j := 0; j < 5; j++ {
+					resp, err := c.Post(fmt.Sprintf("%s/par/%d", os.Args[1], i), "text/plain", strings.NewReader("x=1"))
+					if err != nil {
+						panic(err)
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}(i)
+		}
+		wg.Wait()
+		return
 	}
 	if len(os.Args) < 4 {
 		post(os.Stdout)

@@ -245,3 +245,42 @@ func TestGoClientOverWrapper(t *testing.T) {
 		t.Errorf("request seen %v, response %v", wrote, read)
 	}
 }
+
+// TestGoClientConcurrent: 20 goroutines of one client, each on its own
+// connection, 5 requests each at once. Every request and response is
+// seen once, each connection's events carry one socket, and the client
+// is unharmed: Read calls are told apart by goroutine, not by thread.
+func TestGoClientConcurrent(t *testing.T) {
+	f := newFixture(t)
+	addr, ca := tlsServer(t)
+	bin := goClient(t, "stripped")
+	if err := f.probes.Attach(bin); err != nil {
+		t.Fatal(err)
+	}
+	const par = 20
+	t.Setenv("PAR", fmt.Sprint(par))
+	f.take(t)
+	f.run(t, true, bin, fmt.Sprintf("https://%s/v1", addr), ca)
+	writes, reads := 0, 0
+	socks := map[uint64]int32{} // connection: fd
+	for _, ev := range f.take(t) {
+		switch {
+		case ev.Op == OpWrite && bytes.HasPrefix(ev.Data, []byte("POST /v1/par/")):
+			writes++
+		case ev.Op == OpRead && bytes.HasPrefix(ev.Data, []byte("HTTP/1.1 200 OK\r\n")):
+			reads++
+		default:
+			continue
+		}
+		if ev.Peer != addr || ev.FD < 0 {
+			t.Errorf("op %d on fd %d to %v, want a socket to %v", ev.Op, ev.FD, ev.Peer, addr)
+		}
+		if fd, seen := socks[ev.Conn]; seen && fd != ev.FD {
+			t.Errorf("connection %#x on fd %d and %d", ev.Conn, fd, ev.FD)
+		}
+		socks[ev.Conn] = ev.FD
+	}
+	if writes != par*5 || reads != par*5 || len(socks) != par {
+		t.Errorf("%d requests, %d responses on %d connections; want %d, %d on %d", writes, reads, len(socks), par*5, par*5, par)
+	}
+}
