@@ -13,8 +13,15 @@ import (
 	"github.com/agentfence/agentfence/sensor/tlsprobe"
 )
 
+// The TLS libraries an http record names (tls.library).
+const (
+	LibraryOpenSSL        = "openssl"      // libssl
+	LibraryOpenSSLBundled = "openssl:node" // an executable's own OpenSSL
+	LibraryGo             = "go"           // Go's crypto/tls
+)
+
 // Calls turns the TLS probes' events into http records: the plaintext of
-// each connection (a process's SSL object) goes through its own
+// each connection (a process's SSL object or *tls.Conn) goes through its own
 // httpwire.Conn, and every call it completes becomes a record attributed
 // like the connect that opened the socket. Safe for concurrent use; the
 // records are made outside its lock, since looking up a process may wait
@@ -58,6 +65,7 @@ type tlsConn struct {
 	pid    uint32
 	comm   string
 	socket bool
+	goTLS  bool // Go's crypto/tls, not OpenSSL
 }
 
 // Handle feeds one probe event to its connection and returns the records
@@ -89,7 +97,7 @@ func (c *Calls) feed(ev tlsprobe.Event) []done {
 			out = append(out, c.evict())
 		}
 		partial := ev.Op != tlsprobe.OpWrite || !httpwire.StartsConnection(ev.Data)
-		tc = &tlsConn{wire: httpwire.NewConn(c.Wire, partial), slot: ev.Slot, gen: ev.Gen, pid: ev.PID}
+		tc = &tlsConn{wire: httpwire.NewConn(c.Wire, partial), slot: ev.Slot, gen: ev.Gen, pid: ev.PID, goTLS: ev.Go}
 		c.conns[k] = tc
 	}
 	tc.last, tc.comm = ev.BootNS, ev.Comm
@@ -169,13 +177,16 @@ func (c *Calls) record(tc *tlsConn, call httpwire.Call, bootNS uint64) audit.Rec
 		HTTP: &audit.HTTP{Method: call.Method, Host: call.Host, Path: call.Path, Query: call.Query, Status: call.Status,
 			Version: call.Version, RequestBytes: call.RequestBytes, ResponseBytes: call.ResponseBytes,
 			DurationMS: call.End.Sub(call.Start).Milliseconds(), Partial: call.Partial},
-		TLS: &audit.TLS{Library: "openssl", Socket: tc.socket}}
+		TLS: &audit.TLS{Library: LibraryOpenSSL, Socket: tc.socket}}
 	if rec.Time.IsZero() {
 		rec.Time = j.Clock.Wall(bootNS)
 	}
 	j.fillProcess(rec.Process, tc.pid, bootNS)
-	if c.Bundled != nil && rec.Process.Exe != "" && c.Bundled(rec.Process.Exe) {
-		rec.TLS.Library = "openssl:node"
+	switch {
+	case tc.goTLS:
+		rec.TLS.Library = LibraryGo
+	case c.Bundled != nil && rec.Process.Exe != "" && c.Bundled(rec.Process.Exe):
+		rec.TLS.Library = LibraryOpenSSLBundled
 	}
 	s, _ := j.attribute(&rec, tc.slot, tc.gen, -1)
 	dst := &audit.Destination{Protocol: "tcp", Hostname: hostOnly(call.Host)}

@@ -199,3 +199,16 @@ func TestCallsCredentialHolder(t *testing.T) {
 		t.Errorf("the holder in a registered-only session: %+v", r.Outcome)
 	}
 }
+
+// Go's crypto/tls calls are named so, whatever else the executable is.
+func TestCallsGo(t *testing.T) {
+	c, _ := newCalls(t)
+	c.Bundled = func(string) bool { return true }
+	w, r := ev(tlsprobe.OpWrite, 1, 1e9, request), ev(tlsprobe.OpRead, 1, 2e9, response)
+	w.Go, r.Go = true, true
+	c.Handle(w)
+	recs := c.Handle(r)
+	if len(recs) != 1 || recs[0].TLS == nil || recs[0].TLS.Library != LibraryGo || !recs[0].TLS.Socket {
+		t.Fatalf("records %+v", recs)
+	}
+}

@@ -20,6 +20,10 @@
 // task's file table. A library that does its own I/O elsewhere (node's
 // memory BIOs) never shows one: its calls carry no socket, and user space
 // says so.
+//
+// Go's crypto/tls is probed too, differently (tls_go.h): entry probes on
+// (*tls.Conn).Write, Read and Close and probes at Read's RET instructions
+// (Go cannot take return probes), the socket read from the *tls.Conn.
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -50,12 +54,15 @@ enum af_tls_op {
 	AF_TLS_WRITE = 1,
 	AF_TLS_READ = 2,
 	AF_TLS_FREE = 3, // SSL_free: the connection's end; no data
+	// A flag on the op: the call was Go's crypto/tls (tls_go.h), whose
+	// connection is a *tls.Conn rather than an SSL object.
+	AF_TLS_GO = 0x80,
 };
 
 // tls_event is one call, as user space gets it.
 struct tls_event {
 	__u64 ts_ns; // boot clock, at the call's return
-	__u64 ssl;   // the SSL object: the connection, within the process
+	__u64 ssl;   // the SSL object (Go: the *tls.Conn): the connection, within the process
 	__u64 cookie; // the socket's cookie; 0 when none was ever made
 	__u64 session_gen;
 	__u32 session_slot;
@@ -64,7 +71,7 @@ struct tls_event {
 	__u32 size;     // bytes the call moved
 	__u32 captured; // bytes of them in data
 	__s32 fd;       // -1: no socket seen yet for this connection
-	__u8 op;        // enum af_tls_op
+	__u8 op;        // enum af_tls_op, AF_TLS_GO set for Go's crypto/tls
 	__u8 family;    // AF_INET, AF_INET6, or 0 when fd is -1
 	__be16 dport;
 	__u8 daddr[16]; // IPv4: the first four bytes
@@ -138,42 +145,7 @@ struct {
 	__type(value, struct tls_event);
 } tls_scratch SEC(".maps");
 
-// The registers a uprobe sees: the user task's, whose layout is the
-// architecture's ABI (read directly, no CO-RE).
-#if defined(__TARGET_ARCH_x86)
-struct uregs {
-	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
-};
-#define ARG1(r) ((r)->di)
-#define ARG2(r) ((r)->si)
-#define ARG3(r) ((r)->dx)
-#define ARG4(r) ((r)->cx)
-#define RET(r) ((r)->ax)
-// read, write, readv, writev, sendto, recvfrom, sendmsg, recvmsg
-#define IS_IO(nr) ((nr) == 0 || (nr) == 1 || (nr) == 19 || (nr) == 20 || ((nr) >= 44 && (nr) <= 47))
-#define SYSCALL_FD(regs) BPF_CORE_READ((struct pt_regs___tls *)(regs), di)
-struct pt_regs___tls {
-	unsigned long di;
-} __attribute__((preserve_access_index));
-#elif defined(__TARGET_ARCH_arm64)
-struct uregs {
-	__u64 regs[31];
-	__u64 sp, pc, pstate;
-};
-#define ARG1(r) ((r)->regs[0])
-#define ARG2(r) ((r)->regs[1])
-#define ARG3(r) ((r)->regs[2])
-#define ARG4(r) ((r)->regs[3])
-#define RET(r) ((r)->regs[0])
-// read, write, readv, writev, sendto, recvfrom, sendmsg, recvmsg
-#define IS_IO(nr) ((nr) == 63 || (nr) == 64 || (nr) == 65 || (nr) == 66 || (nr) == 206 || (nr) == 207 || (nr) == 211 || (nr) == 212)
-#define SYSCALL_FD(regs) BPF_CORE_READ((struct pt_regs___tls *)(regs), orig_x0)
-struct pt_regs___tls {
-	__u64 orig_x0;
-} __attribute__((preserve_access_index));
-#else
-#error "tls.c: unknown architecture"
-#endif
+#include "uregs.h"
 
 // session_of returns the current task's binding, as the gate would find
 // its session.
@@ -251,7 +223,7 @@ static __always_inline void emit(struct tls_call *c, __u64 id, __u32 size)
 		e->dport = 0;
 		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
 	}
-	if (c->op == AF_TLS_FREE)
+	if ((c->op & ~AF_TLS_GO) == AF_TLS_FREE)
 		bpf_map_delete_elem(&tls_socks, &k);
 
 	__u64 n = size < AF_TLS_DATA ? size : AF_TLS_DATA - 1;
@@ -401,3 +373,5 @@ int af_tls_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	learn(c, id, (int)SYSCALL_FD(ctx->args[0]));
 	return 0;
 }
+
+#include "tls_go.h"

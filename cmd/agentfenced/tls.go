@@ -34,7 +34,8 @@ type tlsCalls struct {
 	// sensor.ExeID: a new file at a known path is looked at again.
 	checked sync.Map
 	// bundled are the paths of the executables that carry their own
-	// OpenSSL, for the records' tls.library.
+	// OpenSSL, for the records' tls.library (Go's calls say so
+	// themselves).
 	bundled sync.Map
 	// roots are the mount namespaces whose libraries were looked for (by
 	// /proc/PID/ns/mnt), the daemon's own among them.
@@ -137,12 +138,15 @@ func (t *tlsCalls) sessionRecord(rec audit.Record) {
 }
 
 // execRecord probes a member's executable when it carries its own
-// OpenSSL (node), and emits a tls_uncovered record when it speaks TLS
-// through a stack the probes do not read. The exec is seen after it
-// happened: calls the process makes before the probe is placed, within
-// milliseconds of its start, are not seen. A process may even have exited
-// by then (a Go client's one request took 10 ms): its file is then found
-// by the exec path, provided it is still the image exe names.
+// OpenSSL (node) or is a Go program with crypto/tls, and emits a
+// tls_uncovered record when it speaks TLS through a stack the probes do
+// not read (another library, a Go version they cannot take). The exec is
+// seen after it happened: calls the process makes before the probe is
+// placed, within milliseconds of its start, are not seen. A process may
+// even have exited by then (a Go client's one request took 10 ms): its
+// file is then found by the exec path, provided it is still the image exe
+// names. A Go program's next run is read from its start: the probes stay
+// on the file.
 func (t *tlsCalls) execRecord(rec audit.Record, exe sensor.ExeID, emit func(audit.Record)) {
 	if t == nil || rec.Kind != audit.KindExec || rec.Process == nil || rec.Process.Exe == "" {
 		return
@@ -161,11 +165,13 @@ func (t *tlsCalls) execRecord(rec audit.Record, exe sensor.ExeID, emit func(audi
 		return
 	}
 	defer f.Close()
-	err := t.probes.AttachFile(f, name)
+	stack, err := t.probes.AttachExecutable(f, name)
 	switch {
 	case err == nil:
-		t.bundled.Store(name, true)
-		t.log.Info("tls probes attached", "file", name, "pid", rec.Process.PID)
+		if stack == tlsprobe.StackOpenSSL {
+			t.bundled.Store(name, true)
+		}
+		t.log.Info("tls probes attached", "file", name, "stack", stack, "pid", rec.Process.PID)
 	case errors.Is(err, tlsprobe.ErrNoTLS):
 		if stack, why := tlsprobe.Uncovered(fmt.Sprintf("/proc/self/fd/%d", f.Fd())); stack != "" {
 			emit(audit.Record{Schema: audit.SchemaVersion, Time: rec.Time, Kind: audit.KindTLSUncovered, Session: rec.Session,

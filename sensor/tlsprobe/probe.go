@@ -5,10 +5,8 @@ package tlsprobe
 import (
 	"context"
 	"debug/elf"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -20,83 +18,6 @@ import (
 
 	"github.com/agentfence/agentfence/internal/ringreader"
 )
-
-// Op is what a probed call did.
-type Op uint8
-
-const (
-	OpWrite = Op(tlsAfTlsOpAF_TLS_WRITE) // SSL_write, SSL_write_ex: the client sent
-	OpRead  = Op(tlsAfTlsOpAF_TLS_READ)  // SSL_read, SSL_read_ex: it received
-	OpFree  = Op(tlsAfTlsOpAF_TLS_FREE)  // SSL_free: the connection ended
-)
-
-// Event is one probed call of a session member.
-type Event struct {
-	BootNS uint64
-	// Conn names the connection within the process (the SSL object).
-	Conn     uint64
-	PID, TID uint32
-	Slot     uint32
-	Gen      uint64
-	Op       Op
-	// Size is the bytes the call moved; Data the first of them (at most
-	// 8 KiB less one byte), a copy the caller may keep.
-	Size uint32
-	Data []byte
-	// FD and Peer are the socket the connection was seen on (FD -1 and
-	// Peer invalid until the library made a system call on it inside a
-	// probed call), Cookie its cookie (0: none was ever made).
-	FD     int32
-	Peer   netip.AddrPort
-	Cookie uint64
-	Comm   string
-}
-
-// headerSize is where tls_event's data starts (layout_test.go pins it to
-// the generated type).
-const headerSize = 92
-
-// decode reads a tls_event as the ring holds it: the header and the
-// captured bytes only.
-func decode(b []byte) (Event, error) {
-	if len(b) < headerSize {
-		return Event{}, fmt.Errorf("tls event of %d bytes, want at least %d", len(b), headerSize)
-	}
-	le := binary.NativeEndian
-	ev := Event{
-		BootNS: le.Uint64(b[0:]),
-		Conn:   le.Uint64(b[8:]),
-		Cookie: le.Uint64(b[16:]),
-		Gen:    le.Uint64(b[24:]),
-		Slot:   le.Uint32(b[32:]),
-		PID:    le.Uint32(b[36:]),
-		TID:    le.Uint32(b[40:]),
-		Size:   le.Uint32(b[44:]),
-		FD:     int32(le.Uint32(b[52:])),
-		Op:     Op(b[56]),
-	}
-	captured := int(le.Uint32(b[48:]))
-	if captured > len(b)-headerSize || uint32(captured) > ev.Size && ev.Op != OpFree {
-		return Event{}, fmt.Errorf("tls event says %d bytes captured of %d, carries %d", captured, ev.Size, len(b)-headerSize)
-	}
-	port := binary.BigEndian.Uint16(b[58:])
-	switch b[57] {
-	case unix.AF_INET:
-		ev.Peer = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[60:64])), port)
-	case unix.AF_INET6:
-		ev.Peer = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[60:76])), port)
-	}
-	comm := b[76:92]
-	for i, c := range comm {
-		if c == 0 {
-			comm = comm[:i]
-			break
-		}
-	}
-	ev.Comm = string(comm)
-	ev.Data = append([]byte(nil), b[headerSize:headerSize+captured]...)
-	return ev, nil
-}
 
 // Options are the gate's maps the probes share, so that membership is
 // exactly the gate's.
@@ -124,7 +45,9 @@ type fileID struct{ dev, ino uint64 }
 
 type attached struct {
 	path  string
+	stack string // StackOpenSSL, StackGo
 	links []link.Link
+	goExe *tlsGoExe // Go: the executable's entry in go_conn_offsets
 }
 
 // Load loads bpf/tls.c. Nothing is attached until Attach names a file.
@@ -177,51 +100,105 @@ func (p *Probes) symbols() map[string]*ebpf.Program {
 	}
 }
 
-// ErrNoTLS is returned by Attach for a file that exports no OpenSSL API.
-var ErrNoTLS = errors.New("no OpenSSL symbols (SSL_write, SSL_read)")
+// ErrNoTLS is returned by Attach for a file with no TLS API the probes
+// read: neither OpenSSL's SSL_write and SSL_read nor Go's crypto/tls.
+var ErrNoTLS = errors.New("no TLS API the probes read (OpenSSL, Go crypto/tls)")
+
+// Stacks the probes read, as AttachExecutable names them.
+const (
+	StackOpenSSL = "openssl"
+	// StackGo (uncovered.go) when the executable is Go's crypto/tls.
+)
 
 // Attach probes the OpenSSL API in the file at path (libssl, or an
-// executable that carries its own OpenSSL, such as node) for every
-// process that maps it, now or later. Attaching a file twice does nothing.
-func (p *Probes) Attach(path string) error { return p.attach(path, path) }
+// executable that carries its own OpenSSL, such as node), or the
+// crypto/tls of a Go executable, for every process that maps it, now or
+// later. Attaching a file twice does nothing.
+func (p *Probes) Attach(path string) error {
+	_, err := p.attach(path, path)
+	return err
+}
 
 // AttachFile is Attach for a file already open, named name in errors and
 // in Attached: an executable found through a process that may exit before
 // the probes are placed.
 func (p *Probes) AttachFile(f *os.File, name string) error {
+	_, err := p.AttachExecutable(f, name)
+	return err
+}
+
+// AttachExecutable is AttachFile that also says which stack was probed:
+// StackOpenSSL or StackGo. A Go executable whose crypto/tls cannot be
+// probed returns a *GoError, which is an ErrNoTLS.
+func (p *Probes) AttachExecutable(f *os.File, name string) (string, error) {
 	return p.attach(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), name)
 }
 
 // attach opens path and reports it as name.
-func (p *Probes) attach(path, name string) error {
+func (p *Probes) attach(path, name string) (string, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+		return "", fmt.Errorf("%s: %w", name, err)
 	}
 	id := fileID{st.Dev, st.Ino}
 	p.mu.Lock()
-	_, done := p.files[id]
+	prev, done := p.files[id]
 	p.mu.Unlock()
 	if done {
-		return nil
+		return prev.stack, nil
 	}
 	have, err := exported(path)
 	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	if !have["SSL_write"] || !have["SSL_read"] {
-		return fmt.Errorf("%s: %w", name, ErrNoTLS)
+		return "", fmt.Errorf("%s: %w", name, err)
 	}
 	ex, err := link.OpenExecutable(path)
 	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+		return "", fmt.Errorf("%s: %w", name, err)
 	}
+	a := attached{path: name, stack: StackOpenSSL}
+	if !have["SSL_write"] || !have["SSL_read"] {
+		g, err := inspectGo(path)
+		if errors.Is(err, errNotGoTLS) {
+			return "", fmt.Errorf("%s: %w", name, ErrNoTLS)
+		}
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", name, err)
+		}
+		a.stack = StackGo
+		if a.links, a.goExe, err = p.attachGo(ex, g, &st); err != nil {
+			return "", fmt.Errorf("%s: %w", name, err)
+		}
+	} else if a.links, err = p.attachOpenSSL(ex, have); err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// Only OpenSSL learns its socket from system calls.
+	if p.sys == nil && a.stack == StackOpenSSL {
+		sys, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_enter", Program: p.objs.AfTlsSysEnter})
+		if err != nil {
+			p.release(a)
+			return "", fmt.Errorf("attach sys_enter: %w", err)
+		}
+		p.sys = sys
+	}
+	if _, raced := p.files[id]; raced {
+		p.release(a)
+		return a.stack, nil
+	}
+	p.files[id] = a
+	return a.stack, nil
+}
+
+// attachOpenSSL places the OpenSSL probes in ex, whose exported functions
+// are have.
+func (p *Probes) attachOpenSSL(ex *link.Executable, have map[string]bool) ([]link.Link, error) {
 	var links []link.Link
-	fail := func(err error) error {
+	fail := func(err error) ([]link.Link, error) {
 		for _, l := range links {
 			l.Close()
 		}
-		return fmt.Errorf("%s: %w", name, err)
+		return nil, err
 	}
 	for sym, prog := range p.symbols() {
 		if !have[sym] {
@@ -240,26 +217,17 @@ func (p *Probes) attach(path, name string) error {
 		}
 		links = append(links, l)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.sys == nil {
-		sys, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sys_enter", Program: p.objs.AfTlsSysEnter})
-		if err != nil {
-			for _, l := range links {
-				l.Close()
-			}
-			return fmt.Errorf("attach sys_enter: %w", err)
-		}
-		p.sys = sys
+	return links, nil
+}
+
+// release undoes what attach placed for a file.
+func (p *Probes) release(a attached) {
+	for _, l := range a.links {
+		l.Close()
 	}
-	if _, raced := p.files[id]; raced {
-		for _, l := range links {
-			l.Close()
-		}
-		return nil
+	if a.goExe != nil {
+		p.objs.GoConnOffsets.Delete(a.goExe)
 	}
-	p.files[id] = attached{name, links}
-	return nil
 }
 
 // exported lists the dynamic symbols a file defines (uprobes need an
@@ -329,9 +297,7 @@ func (p *Probes) Detach() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for id, f := range p.files {
-		for _, l := range f.links {
-			l.Close()
-		}
+		p.release(f)
 		delete(p.files, id)
 	}
 	if p.sys != nil {

@@ -19,6 +19,7 @@ const (
 	tlsAfTlsOpAF_TLS_WRITE tlsAfTlsOp = 1
 	tlsAfTlsOpAF_TLS_READ  tlsAfTlsOp = 2
 	tlsAfTlsOpAF_TLS_FREE  tlsAfTlsOp = 3
+	tlsAfTlsOpAF_TLS_GO    tlsAfTlsOp = 128
 )
 
 type tlsBinding struct {
@@ -26,6 +27,28 @@ type tlsBinding struct {
 	Slot  uint32
 	Netns uint32
 	Gen   uint64
+}
+
+type tlsGoExe struct {
+	_   structs.HostLayout
+	Ino uint64
+	Dev uint32
+	Pad uint32
+}
+
+type tlsGoOffsets struct {
+	_     structs.HostLayout
+	Conn  uint32
+	Fd    uint32
+	Sysfd uint32
+	Pad   uint32
+}
+
+type tlsGoReadKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Pad  uint32
+	G    uint64
 }
 
 type tlsSession struct {
@@ -92,25 +115,31 @@ type tlsTlsSock struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tlsMapCgroupSessions = "cgroup_sessions"
-	tlsMapGateEvents     = "gate_events"
-	tlsMapGateStats      = "gate_stats"
-	tlsMapPidSessions    = "pid_sessions"
-	tlsMapSessions       = "sessions"
-	tlsMapTlsCalls       = "tls_calls"
-	tlsMapTlsEvents      = "tls_events"
-	tlsMapTlsLost        = "tls_lost"
-	tlsMapTlsScratch     = "tls_scratch"
-	tlsMapTlsSocks       = "tls_socks"
-	tlsProgAfSslFree     = "af_ssl_free"
-	tlsProgAfSslRead     = "af_ssl_read"
-	tlsProgAfSslReadEx   = "af_ssl_read_ex"
-	tlsProgAfSslReturn   = "af_ssl_return"
-	tlsProgAfSslWrite    = "af_ssl_write"
-	tlsProgAfSslWriteEx  = "af_ssl_write_ex"
-	tlsProgAfTlsSysEnter = "af_tls_sys_enter"
-	tlsVarUnusedTlsEvent = "unused_tls_event"
-	tlsVarUnusedTlsOp    = "unused_tls_op"
+	tlsMapCgroupSessions  = "cgroup_sessions"
+	tlsMapGateEvents      = "gate_events"
+	tlsMapGateStats       = "gate_stats"
+	tlsMapGoConnOffsets   = "go_conn_offsets"
+	tlsMapGoReads         = "go_reads"
+	tlsMapPidSessions     = "pid_sessions"
+	tlsMapSessions        = "sessions"
+	tlsMapTlsCalls        = "tls_calls"
+	tlsMapTlsEvents       = "tls_events"
+	tlsMapTlsLost         = "tls_lost"
+	tlsMapTlsScratch      = "tls_scratch"
+	tlsMapTlsSocks        = "tls_socks"
+	tlsProgAfGoTlsClose   = "af_go_tls_close"
+	tlsProgAfGoTlsRead    = "af_go_tls_read"
+	tlsProgAfGoTlsReadRet = "af_go_tls_read_ret"
+	tlsProgAfGoTlsWrite   = "af_go_tls_write"
+	tlsProgAfSslFree      = "af_ssl_free"
+	tlsProgAfSslRead      = "af_ssl_read"
+	tlsProgAfSslReadEx    = "af_ssl_read_ex"
+	tlsProgAfSslReturn    = "af_ssl_return"
+	tlsProgAfSslWrite     = "af_ssl_write"
+	tlsProgAfSslWriteEx   = "af_ssl_write_ex"
+	tlsProgAfTlsSysEnter  = "af_tls_sys_enter"
+	tlsVarUnusedTlsEvent  = "unused_tls_event"
+	tlsVarUnusedTlsOp     = "unused_tls_op"
 )
 
 // loadTls returns the embedded CollectionSpec for tls.
@@ -155,13 +184,17 @@ type tlsSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tlsProgramSpecs struct {
-	AfSslFree     *ebpf.ProgramSpec `ebpf:"af_ssl_free"`
-	AfSslRead     *ebpf.ProgramSpec `ebpf:"af_ssl_read"`
-	AfSslReadEx   *ebpf.ProgramSpec `ebpf:"af_ssl_read_ex"`
-	AfSslReturn   *ebpf.ProgramSpec `ebpf:"af_ssl_return"`
-	AfSslWrite    *ebpf.ProgramSpec `ebpf:"af_ssl_write"`
-	AfSslWriteEx  *ebpf.ProgramSpec `ebpf:"af_ssl_write_ex"`
-	AfTlsSysEnter *ebpf.ProgramSpec `ebpf:"af_tls_sys_enter"`
+	AfGoTlsClose   *ebpf.ProgramSpec `ebpf:"af_go_tls_close"`
+	AfGoTlsRead    *ebpf.ProgramSpec `ebpf:"af_go_tls_read"`
+	AfGoTlsReadRet *ebpf.ProgramSpec `ebpf:"af_go_tls_read_ret"`
+	AfGoTlsWrite   *ebpf.ProgramSpec `ebpf:"af_go_tls_write"`
+	AfSslFree      *ebpf.ProgramSpec `ebpf:"af_ssl_free"`
+	AfSslRead      *ebpf.ProgramSpec `ebpf:"af_ssl_read"`
+	AfSslReadEx    *ebpf.ProgramSpec `ebpf:"af_ssl_read_ex"`
+	AfSslReturn    *ebpf.ProgramSpec `ebpf:"af_ssl_return"`
+	AfSslWrite     *ebpf.ProgramSpec `ebpf:"af_ssl_write"`
+	AfSslWriteEx   *ebpf.ProgramSpec `ebpf:"af_ssl_write_ex"`
+	AfTlsSysEnter  *ebpf.ProgramSpec `ebpf:"af_tls_sys_enter"`
 }
 
 // tlsMapSpecs contains maps before they are loaded into the kernel.
@@ -171,6 +204,8 @@ type tlsMapSpecs struct {
 	CgroupSessions *ebpf.MapSpec `ebpf:"cgroup_sessions"`
 	GateEvents     *ebpf.MapSpec `ebpf:"gate_events"`
 	GateStats      *ebpf.MapSpec `ebpf:"gate_stats"`
+	GoConnOffsets  *ebpf.MapSpec `ebpf:"go_conn_offsets"`
+	GoReads        *ebpf.MapSpec `ebpf:"go_reads"`
 	PidSessions    *ebpf.MapSpec `ebpf:"pid_sessions"`
 	Sessions       *ebpf.MapSpec `ebpf:"sessions"`
 	TlsCalls       *ebpf.MapSpec `ebpf:"tls_calls"`
@@ -211,6 +246,8 @@ type tlsMaps struct {
 	CgroupSessions *ebpf.Map `ebpf:"cgroup_sessions"`
 	GateEvents     *ebpf.Map `ebpf:"gate_events"`
 	GateStats      *ebpf.Map `ebpf:"gate_stats"`
+	GoConnOffsets  *ebpf.Map `ebpf:"go_conn_offsets"`
+	GoReads        *ebpf.Map `ebpf:"go_reads"`
 	PidSessions    *ebpf.Map `ebpf:"pid_sessions"`
 	Sessions       *ebpf.Map `ebpf:"sessions"`
 	TlsCalls       *ebpf.Map `ebpf:"tls_calls"`
@@ -225,6 +262,8 @@ func (m *tlsMaps) Close() error {
 		m.CgroupSessions,
 		m.GateEvents,
 		m.GateStats,
+		m.GoConnOffsets,
+		m.GoReads,
 		m.PidSessions,
 		m.Sessions,
 		m.TlsCalls,
@@ -247,17 +286,25 @@ type tlsVariables struct {
 //
 // It can be passed to loadTlsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tlsPrograms struct {
-	AfSslFree     *ebpf.Program `ebpf:"af_ssl_free"`
-	AfSslRead     *ebpf.Program `ebpf:"af_ssl_read"`
-	AfSslReadEx   *ebpf.Program `ebpf:"af_ssl_read_ex"`
-	AfSslReturn   *ebpf.Program `ebpf:"af_ssl_return"`
-	AfSslWrite    *ebpf.Program `ebpf:"af_ssl_write"`
-	AfSslWriteEx  *ebpf.Program `ebpf:"af_ssl_write_ex"`
-	AfTlsSysEnter *ebpf.Program `ebpf:"af_tls_sys_enter"`
+	AfGoTlsClose   *ebpf.Program `ebpf:"af_go_tls_close"`
+	AfGoTlsRead    *ebpf.Program `ebpf:"af_go_tls_read"`
+	AfGoTlsReadRet *ebpf.Program `ebpf:"af_go_tls_read_ret"`
+	AfGoTlsWrite   *ebpf.Program `ebpf:"af_go_tls_write"`
+	AfSslFree      *ebpf.Program `ebpf:"af_ssl_free"`
+	AfSslRead      *ebpf.Program `ebpf:"af_ssl_read"`
+	AfSslReadEx    *ebpf.Program `ebpf:"af_ssl_read_ex"`
+	AfSslReturn    *ebpf.Program `ebpf:"af_ssl_return"`
+	AfSslWrite     *ebpf.Program `ebpf:"af_ssl_write"`
+	AfSslWriteEx   *ebpf.Program `ebpf:"af_ssl_write_ex"`
+	AfTlsSysEnter  *ebpf.Program `ebpf:"af_tls_sys_enter"`
 }
 
 func (p *tlsPrograms) Close() error {
 	return _TlsClose(
+		p.AfGoTlsClose,
+		p.AfGoTlsRead,
+		p.AfGoTlsReadRet,
+		p.AfGoTlsWrite,
 		p.AfSslFree,
 		p.AfSslRead,
 		p.AfSslReadEx,

@@ -3,9 +3,9 @@
 package tlsprobe
 
 import (
-	"bytes"
 	"debug/buildinfo"
 	"debug/elf"
+	"errors"
 	"strings"
 )
 
@@ -26,22 +26,26 @@ var foreignLibs = map[string]string{
 
 // Uncovered says whether the executable at path speaks TLS through a
 // stack the probes do not read, which (stack) and why (reason); "" when
-// it does not, or uses OpenSSL, or cannot be told. It reads the file
-// only: Go's function names are in its pclntab even when the binary is
-// stripped (-s -w).
+// it does not, or uses a stack they read (OpenSSL, a Go crypto/tls that
+// Attach takes), or cannot be told. It reads the file only: Go's function
+// names are in its pclntab even when the binary is stripped (-s -w).
 func Uncovered(path string) (stack, reason string) {
 	f, err := elf.Open(path)
 	if err != nil {
 		return "", ""
 	}
 	defer f.Close()
-	if bi, err := buildinfo.ReadFile(path); err == nil {
-		if s := f.Section(".gopclntab"); s != nil {
-			if data, err := s.Data(); err == nil && bytes.Contains(data, []byte("crypto/tls.(*Conn).Write")) {
-				return StackGo, "Go " + strings.TrimPrefix(bi.GoVersion, "go") + " crypto/tls is not probed"
+	if _, err := buildinfo.ReadFile(path); err == nil {
+		switch _, err := inspectGo(path); {
+		case err == nil, errors.Is(err, errNotGoTLS):
+			return "", ""
+		default:
+			var gerr *GoError
+			if errors.As(err, &gerr) {
+				return StackGo, gerr.Error()
 			}
+			return StackGo, "Go crypto/tls: " + err.Error()
 		}
-		return "", ""
 	}
 	libs, err := f.ImportedLibraries()
 	if err != nil {
