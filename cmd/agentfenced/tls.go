@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -165,6 +166,7 @@ func (t *tlsCalls) execRecord(rec audit.Record, exe sensor.ExeID, emit func(audi
 		return
 	}
 	defer f.Close()
+	before := t.probes.Probed(f)
 	stack, err := t.probes.AttachExecutable(f, name)
 	switch {
 	case err == nil:
@@ -172,6 +174,12 @@ func (t *tlsCalls) execRecord(rec audit.Record, exe sensor.ExeID, emit func(audi
 			t.bundled.Store(name, true)
 		}
 		t.log.Info("tls probes attached", "file", name, "stack", stack, "pid", rec.Process.PID)
+		if why := ""; !before {
+			if why = late(rec.Process.PID, exe); why != "" {
+				emit(audit.Record{Schema: audit.SchemaVersion, Time: rec.Time, Kind: audit.KindTLSUncovered, Session: rec.Session,
+					Agent: rec.Agent, Origin: rec.Origin, MCP: rec.MCP, Process: rec.Process, TLS: &audit.TLS{Library: stack, Uncovered: why}})
+			}
+		}
 	case errors.Is(err, tlsprobe.ErrNoTLS):
 		if stack, why := tlsprobe.Uncovered(fmt.Sprintf("/proc/self/fd/%d", f.Fd())); stack != "" {
 			emit(audit.Record{Schema: audit.SchemaVersion, Time: rec.Time, Kind: audit.KindTLSUncovered, Session: rec.Session,
@@ -180,6 +188,27 @@ func (t *tlsCalls) execRecord(rec audit.Record, exe sensor.ExeID, emit func(audi
 	default:
 		t.log.Warn("tls probe not attached", "file", name, "err", err)
 	}
+}
+
+// late says why calls of a process whose executable was just probed may
+// have gone unread: it exited, or held a socket, before the probes were
+// placed (a one-request client outruns the attach on its first run). The
+// record it makes keeps the gap from being silent; a process that made its
+// calls and closed its sockets before the attach, and is still exiting, is
+// not told.
+func late(pid uint32, exe sensor.ExeID) string {
+	f, _, _ := proccache.OpenExe("/proc", pid, "", exe)
+	if f == nil {
+		return "exited before the probes were placed at its exec: its calls are not read (later runs are)"
+	}
+	f.Close()
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+			return "held a socket before the probes were placed at its exec: its calls until then are not read"
+		}
+	}
+	return ""
 }
 
 // containerLibraries probes the OpenSSL of a member's mount namespace

@@ -134,6 +134,18 @@ func (p *Probes) AttachExecutable(f *os.File, name string) (string, error) {
 	return p.attach(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), name)
 }
 
+// Probed says whether the open file is probed already.
+func (p *Probes) Probed(f *os.File) bool {
+	var st unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &st) != nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, done := p.files[fileID{st.Dev, st.Ino}]
+	return done
+}
+
 // attach opens path and reports it as name.
 func (p *Probes) attach(path, name string) (string, error) {
 	var st unix.Stat_t
