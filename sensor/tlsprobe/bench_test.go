@@ -3,13 +3,18 @@
 package tlsprobe
 
 import (
+	"debug/elf"
 	"fmt"
 	"net"
+	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf/link"
 )
 
 // BenchmarkHTTPS: a member's requests on one keep-alive HTTPS connection,
@@ -159,5 +164,68 @@ func BenchmarkNonMember(b *testing.B) {
 			b.ReportMetric(float64(on.Nanoseconds())/per, "ns/op-attached")
 			b.ReportMetric(float64(on)/float64(off), "ratio")
 		})
+	}
+}
+
+//go:noinline
+func trapTarget(x int) int { return x + 1 }
+
+// BenchmarkUprobeTrap: what one uprobe hit costs a process outside every
+// session on this machine, apart from any TLS library: a Go function of
+// this binary called in a loop, with the SSL_free program (a membership
+// lookup, then nothing for a non-member) attached at its entry and
+// detached, interleaved. The difference is the trap's price, which every
+// probed call pays twice (entry and return) for OpenSSL, and once or more
+// for Go.
+func BenchmarkUprobeTrap(b *testing.B) {
+	f := newFixture(b)
+	self, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ex, err := link.OpenExecutable(self)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The test binary has no symbol table: the function's file offset
+	// from its address (not position-independent).
+	ef, err := elf.Open(self)
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr, err := fileOffset(ef, uint64(reflect.ValueOf(trapTarget).Pointer()))
+	ef.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	const batch = 20000
+	var on, off time.Duration
+	sum := 0
+	for i := 0; i < b.N; i++ {
+		for _, attached := range []bool{false, true} {
+			var l link.Link
+			if attached {
+				if l, err = ex.Uprobe("", f.probes.objs.AfSslFree, &link.UprobeOptions{Address: addr}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			start := time.Now()
+			for j := range batch {
+				sum += trapTarget(j)
+			}
+			if attached {
+				on += time.Since(start)
+				l.Close()
+			} else {
+				off += time.Since(start)
+			}
+		}
+	}
+	per := float64(b.N * batch)
+	b.ReportMetric(float64(off.Nanoseconds())/per, "ns/call-detached")
+	b.ReportMetric(float64(on.Nanoseconds())/per, "ns/call-attached")
+	b.ReportMetric(float64((on-off).Nanoseconds())/per, "ns/trap")
+	if sum == 0 {
+		b.Fatal("the loop did nothing")
 	}
 }
