@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // ExeID identifies an executable as the kernel saw it at exec time. Dev uses
@@ -19,13 +21,12 @@ type ExeID struct {
 func (e ExeID) Major() uint32 { return e.Dev >> 20 }
 func (e ExeID) Minor() uint32 { return e.Dev & (1<<20 - 1) }
 
-// ExeIDOf is the ExeID of the file st describes: st_dev converted to the
-// encoding BPF reads from super_block.s_dev.
-func ExeIDOf(st *syscall.Stat_t) ExeID {
-	major := uint32((st.Dev>>8)&0xfff | (st.Dev>>32)&^uint64(0xfff))
-	minor := uint32(st.Dev&0xff | (st.Dev>>12)&^uint64(0xff))
-	return ExeID{Ino: st.Ino, Dev: major<<20 | minor}
-}
+// ExeIDOf is the ExeID of the file st describes.
+func ExeIDOf(st *syscall.Stat_t) ExeID { return ExeID{Ino: st.Ino, Dev: KernelDev(st.Dev)} }
+
+// KernelDev converts st_dev to the encoding BPF reads from
+// super_block.s_dev.
+func KernelDev(dev uint64) uint32 { return unix.Major(dev)<<20 | unix.Minor(dev) }
 
 // Event is one of *ExecEvent, *ForkEvent or *ExitEvent.
 type Event interface {

@@ -8,6 +8,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/sensor"
 )
 
 // attachGo places the crypto/tls probes in the Go executable ex, which g
@@ -15,7 +17,7 @@ import (
 // offsets, keyed as bpf/tls_go.h finds them: the inode of the task's
 // exe_file and its superblock's device in the kernel's encoding.
 func (p *Probes) attachGo(ex *link.Executable, g *goTLS, st *unix.Stat_t) (_ []link.Link, _ *tlsGoExe, err error) {
-	key := &tlsGoExe{Ino: st.Ino, Dev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev)}
+	key := &tlsGoExe{Ino: st.Ino, Dev: sensor.KernelDev(st.Dev)}
 	val := tlsGoOffsets{Conn: g.offsets.Conn, Fd: g.offsets.FD, Sysfd: g.offsets.Sysfd}
 	if err := p.objs.GoConnOffsets.Put(key, &val); err != nil {
 		return nil, nil, fmt.Errorf("go offsets: %w", err)
