@@ -40,7 +40,7 @@ func (f *fakeSessions) Resolve(slot uint32, gen uint64) (session.Attribution, bo
 	return a, ok
 }
 
-func (f *fakeSessions) SessionOf(tgid uint32, _ string) (session.Attribution, bool) {
+func (f *fakeSessions) SessionOf(tgid uint32, _ string, _, _ uint64) (session.Attribution, bool) {
 	a, ok := f.byPid[tgid]
 	return a, ok
 }

@@ -35,7 +35,7 @@ type Sessions interface {
 	Resolve(slot uint32, gen uint64) (session.Attribution, bool)
 	// SessionOf finds the session of a process by its pid binding or its
 	// cgroup path (relative to the cgroup root).
-	SessionOf(tgid uint32, cgroupPath string) (session.Attribution, bool)
+	SessionOf(tgid uint32, cgroupPath string, cgroupID, at uint64) (session.Attribution, bool)
 	// Escaped is told that a member of the session left its cgroup.
 	Escaped(slot uint32, gen uint64)
 }
@@ -295,7 +295,7 @@ func (j *Joiner) ExecRecord(ev *sensor.ExecEvent) (audit.Record, bool) {
 		Exe: ev.Filename}
 	j.fillProcess(p, ev.TGID, ev.Ktime)
 	p.Comm = filepath.Base(p.Exe)
-	s, ok := j.Sessions.SessionOf(ev.TGID, p.Cgroup)
+	s, ok := j.Sessions.SessionOf(ev.TGID, p.Cgroup, ev.CgroupID, ev.Ktime)
 	if !ok {
 		return audit.Record{}, false
 	}

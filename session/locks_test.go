@@ -275,7 +275,7 @@ func TestConcurrentChangesKeepEachSessionsOrder(t *testing.T) {
 					r.Get(s.ID, admin)
 				}
 				r.MemberOf(int(pids[0]))
-				r.SessionOf(pids[1], "")
+				r.SessionOf(pids[1], "", 0, 0)
 				for slot := uint32(1); slot < 10; slot++ {
 					if a, ok := r.Resolve(slot, 1); ok {
 						for _, x := range a.Rules {

@@ -317,18 +317,46 @@ func (r *Registry) resolve(slot uint32, gen uint64) (Attribution, bool) {
 	return e.attribution(), true
 }
 
-// SessionOf finds the session of a process from its pid binding or its
-// cgroup path (relative to the cgroup root, as the process cache has it).
-func (r *Registry) SessionOf(tgid uint32, cgroupPath string) (Attribution, bool) {
+// SessionOf finds the session of a process from its pid binding, its
+// cgroup path (relative to the cgroup root, as the process cache has it)
+// or, when the path could not be resolved, its cgroup's id, as of boot
+// time at, the event's. A session closed since at still counts, by the
+// cgroup: a member that execs and exits just before its session is closed
+// (`agentfence run` closes it as soon as its command exits) is often read
+// after the close, its pid binding and its cgroup gone with it.
+func (r *Registry) SessionOf(tgid uint32, cgroupPath string, cgroupID, at uint64) (Attribution, bool) {
 	var p place
 	p.slot, p.gen, p.bound = r.kernel.PidBinding(tgid)
 	if cgroupPath != "" {
 		p.cgroup = filepath.Join(r.cfg.CgroupRoot, cgroupPath)
+	}
+	in := func(e *entry) bool {
+		if p.cgroup == "" {
+			return cgroupID != 0 && (cgroupID == e.cgroupID || cgroupID == e.containerCgroups)
+		}
+		return within(p.cgroup, e.Binding.Cgroup) || within(p.cgroup, e.Binding.ContainerCgroup)
 	}
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if e := r.lookup(p); e != nil {
 		return e.attribution(), true
 	}
+	if p.cgroup == "" && cgroupID != 0 {
+		for _, e := range r.bySlot {
+			if in(e) {
+				return e.attribution(), true
+			}
+		}
+	}
+	for i := len(r.recent) - 1; i >= 0; i-- {
+		if e := r.recent[i]; e.closedAt > at && in(e) {
+			return e.attribution(), true
+		}
+	}
 	return Attribution{}, false
+}
+
+// within says whether cgroup is dir or below it.
+func within(cgroup, dir string) bool {
+	return dir != "" && (cgroup == dir || strings.HasPrefix(cgroup, dir+"/"))
 }

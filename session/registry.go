@@ -67,6 +67,7 @@ type entry struct {
 	rules            []scope.Rule
 	hooks            []string // cgroups hooked for its hostname rules
 	closed           bool
+	closedAt         uint64 // boot ns, for late events (SessionOf)
 	// escaped: a member left the session's cgroup (an escape record).
 	// It is still a member, by pid; its packets no longer pass the
 	// session cgroup's hostname hooks.

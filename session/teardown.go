@@ -7,6 +7,7 @@ import (
 
 	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/internal/boottime"
 )
 
 // deletePolicy removes a session's address and hostname rules from the
@@ -128,7 +129,9 @@ func (r *Registry) teardown(e *entry, closed *[]*entry) error {
 	if err := errors.Join(errs...); err != nil {
 		return kernelError(err)
 	}
+	closedAt := boottime.Now()
 	r.write(func() {
+		e.closedAt = closedAt
 		delete(r.byID, e.ID)
 		delete(r.bySlot, e.slot)
 		delete(r.byCgroup, e.Binding.Cgroup)
