@@ -119,15 +119,9 @@ func (p *Probes) Attach(path string) error {
 	return err
 }
 
-// AttachFile is Attach for a file already open, named name in errors and
-// in Attached: an executable found through a process that may exit before
-// the probes are placed.
-func (p *Probes) AttachFile(f *os.File, name string) error {
-	_, err := p.AttachExecutable(f, name)
-	return err
-}
-
-// AttachExecutable is AttachFile that also says which stack was probed:
+// AttachExecutable is Attach for a file already open, named name in errors
+// and in Attached (an executable found through a process that may exit
+// before the probes are placed), and says which stack was probed:
 // StackOpenSSL or StackGo. A Go executable whose crypto/tls cannot be
 // probed returns a *GoError, which is an ErrNoTLS.
 func (p *Probes) AttachExecutable(f *os.File, name string) (string, error) {

@@ -319,10 +319,10 @@ u.urlopen(u.Request("https://%s/v1/late", data=b"x=1"), context=ctx).read()`, ca
 	}
 }
 
-// TestAttachFileWithoutPath: a file reached only through an open
+// TestAttachExecutableWithoutPath: a file reached only through an open
 // descriptor (an exited member's executable, since deleted) is probed and
 // reported by the name it was given.
-func TestAttachFileWithoutPath(t *testing.T) {
+func TestAttachExecutableWithoutPath(t *testing.T) {
 	f := newFixture(t)
 	libs := Libraries()
 	if len(libs) == 0 {
@@ -342,7 +342,7 @@ func TestAttachFileWithoutPath(t *testing.T) {
 	}
 	defer lib.Close()
 	os.Remove(path)
-	if err := f.probes.AttachFile(lib, "/opt/agent/libssl.so"); err != nil {
+	if _, err := f.probes.AttachExecutable(lib, "/opt/agent/libssl.so"); err != nil {
 		t.Fatalf("attach by descriptor: %v", err)
 	}
 	if got := f.probes.Attached(); len(got) != 1 || got[0] != "/opt/agent/libssl.so" {
@@ -353,7 +353,7 @@ func TestAttachFileWithoutPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer none.Close()
-	if err := f.probes.AttachFile(none, "/bin/true"); !errors.Is(err, ErrNoTLS) || !strings.HasPrefix(err.Error(), "/bin/true: ") {
+	if _, err := f.probes.AttachExecutable(none, "/bin/true"); !errors.Is(err, ErrNoTLS) || !strings.HasPrefix(err.Error(), "/bin/true: ") {
 		t.Errorf("attach /bin/true by descriptor: %v, want ErrNoTLS under its name", err)
 	}
 }
