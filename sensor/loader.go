@@ -3,9 +3,11 @@
 package sensor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -69,6 +71,10 @@ type ProcessPrograms struct {
 	rd    *ringbuf.Reader
 	rec   ringbuf.Record
 	poll  time.Duration
+
+	mu      sync.Mutex
+	waiters []chan struct{} // Sync callers, oldest first
+	closed  bool
 }
 
 var _ EventSource = (*ProcessPrograms)(nil)
@@ -140,9 +146,15 @@ func LoadProcessPrograms(opts ProcessOptions) (_ *ProcessPrograms, err error) {
 // with itself; Close unblocks it with ErrClosed.
 func (p *ProcessPrograms) ReadEvent() (Event, error) {
 	for {
+		p.mu.Lock()
+		waiting := len(p.waiters)
+		p.mu.Unlock()
 		p.rd.SetDeadline(time.Now().Add(p.poll))
 		if err := p.rd.ReadInto(&p.rec); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
+			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, ringbuf.ErrFlushed) {
+				// The ring was empty: whoever called Sync before this read
+				// began has had every earlier event returned.
+				p.release(waiting)
 				continue // records submitted without wakeup are read on the next pass
 			}
 			return nil, err
@@ -154,6 +166,37 @@ func (p *ProcessPrograms) ReadEvent() (Event, error) {
 		}
 		return ev, nil
 	}
+}
+
+// Sync returns once ReadEvent has returned every event submitted before the
+// call, or ctx is done, or Close was called.
+func (p *ProcessPrograms) Sync(ctx context.Context) {
+	done := make(chan struct{})
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.waiters = append(p.waiters, done)
+	p.mu.Unlock()
+	p.rd.Flush() // no poll interval's wait for records submitted without wakeup
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// release answers the n oldest Sync callers, or all of them if n < 0.
+func (p *ProcessPrograms) release(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n < 0 {
+		n = len(p.waiters)
+	}
+	for _, c := range p.waiters[:n] {
+		close(c)
+	}
+	p.waiters = p.waiters[n:]
 }
 
 // Lost sums the per-CPU count of events dropped on a full ring buffer.
@@ -181,6 +224,10 @@ func (p *ProcessPrograms) GateEvents() *ebpf.Map     { return p.objs.GateEvents 
 // Replacement maps passed in ProcessOptions stay open; they belong to the
 // caller.
 func (p *ProcessPrograms) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.release(-1)
 	var errs []error
 	for _, l := range p.links {
 		errs = append(errs, l.Close())

@@ -4,6 +4,7 @@ package sensor
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -537,5 +538,31 @@ func TestThreadExecKeepsTgid(t *testing.T) {
 	}
 	if fork == nil || fork.StartTime != ev.StartTime {
 		t.Errorf("start time changed across thread exec: fork %+v exec %d", fork, ev.StartTime)
+	}
+}
+
+// TestSync: with a poll interval no test waits out, an exec is returned
+// before Sync returns only because Sync asked for it.
+func TestSync(t *testing.T) {
+	l := load(t, ProcessOptions{PollInterval: time.Hour})
+	cmd := exec.Command("/bin/true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l.Sync(ctx)
+	if ctx.Err() != nil {
+		t.Fatal("Sync did not return")
+	}
+	for {
+		select {
+		case ev := <-l.events:
+			if e, ok := ev.(*ExecEvent); ok && e.TGID == uint32(cmd.Process.Pid) {
+				return
+			}
+		default:
+			t.Fatal("the exec was not returned before Sync returned")
+		}
 	}
 }

@@ -270,6 +270,8 @@ func (d *daemon) startReaders(context.Context) error {
 		if hostRd != nil {
 			hostRd.Sync(ctx)
 		}
+		d.procs.Sync(ctx)
+		d.tls.sync(ctx)
 	})
 	joiner := d.joiner
 	// The readers stop before what they feed is closed.

@@ -23,8 +23,15 @@ type processes struct {
 	progs    *sensor.ProcessPrograms
 	cache    *proccache.Cache
 	resolver *cgroupmeta.Resolver
-	execs    chan *sensor.ExecEvent
+	execs    chan execItem
 	dropped  atomic.Uint64 // exec records the exec path had no room for
+}
+
+// execItem is an exec event on its way to the trail, or a Sync marker
+// (synced set): the exec path closes it once every earlier exec is emitted.
+type execItem struct {
+	ev     *sensor.ExecEvent
+	synced chan struct{}
 }
 
 // procRingBytes sizes the process events ring buffer. The kernel maps a
@@ -61,7 +68,7 @@ func startProcesses(ctx context.Context, gate *enforcer.Gate, cfg config.Config,
 	p.cache = proccache.New(proccache.Config{MaxEntries: cfg.Process.CacheSize, ExitGrace: cfg.Process.ExitGrace.Std(),
 		AncestryDepth: cfg.Process.AncestryDepth, CgroupPath: resolver.Path, Redact: redact})
 	n := p.cache.Seed()
-	p.execs = make(chan *sensor.ExecEvent, 4096)
+	p.execs = make(chan execItem, 4096)
 	go func() {
 		if err := p.cache.Run(ctx, tee{progs, p.execs, &p.dropped}); err != nil && ctx.Err() == nil {
 			log.Error("process sensor stopped", "err", err)
@@ -74,7 +81,7 @@ func startProcesses(ctx context.Context, gate *enforcer.Gate, cfg config.Config,
 // tee hands exec events to the exec-record path as the cache reads them.
 type tee struct {
 	sensor.EventSource
-	execs   chan<- *sensor.ExecEvent
+	execs   chan<- execItem
 	dropped *atomic.Uint64
 }
 
@@ -82,7 +89,7 @@ func (t tee) ReadEvent() (sensor.Event, error) {
 	ev, err := t.EventSource.ReadEvent()
 	if e, ok := ev.(*sensor.ExecEvent); ok && err == nil {
 		select {
-		case t.execs <- e:
+		case t.execs <- execItem{ev: e}:
 		default: // counted and reported as a gap; connect records still carry identity
 			t.dropped.Add(1)
 		}
@@ -103,7 +110,12 @@ func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, launch
 		select {
 		case <-ctx.Done():
 			return
-		case ev := <-p.execs:
+		case it := <-p.execs:
+			if it.synced != nil {
+				close(it.synced)
+				continue
+			}
+			ev := it.ev
 			rec, ok := j.ExecRecord(ev)
 			if !ok {
 				continue
@@ -119,6 +131,26 @@ func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, launch
 			emit(rec)
 			member(rec, ev.Exe)
 		}
+	}
+}
+
+// Sync returns once every exec the kernel reported before the call has
+// been emitted (or dropped and counted), or ctx is done. A session's closed
+// record waits for it, so that the session's last exec comes before it.
+func (p *processes) Sync(ctx context.Context) {
+	if p.execs == nil {
+		return
+	}
+	p.progs.Sync(ctx)
+	synced := make(chan struct{})
+	select {
+	case p.execs <- execItem{synced: synced}:
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-synced:
+	case <-ctx.Done():
 	}
 }
 

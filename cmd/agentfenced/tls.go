@@ -283,6 +283,13 @@ func (t *tlsCalls) usage() (files, conns int) {
 	return len(t.probes.Attached()), t.calls.Open()
 }
 
+// sync returns once the calls read before it are handled.
+func (t *tlsCalls) sync(ctx context.Context) {
+	if t != nil {
+		t.probes.Sync(ctx)
+	}
+}
+
 func (t *tlsCalls) lost() (uint64, bool) {
 	if t == nil {
 		return 0, false
