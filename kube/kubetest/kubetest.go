@@ -1,0 +1,165 @@
+// Package kubetest runs a real etcd and kube-apiserver for tests
+// (controller-runtime's envtest) with agentfence's CRDs and admission
+// policies from deploy/ installed. `make kube-assets` builds the two from
+// the Go module proxy (tools/apiserver, tools/etcd); KUBEBUILDER_ASSETS
+// points at them.
+package kubetest
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/agentfence/agentfence/kube/v1alpha1"
+)
+
+// RequiredEnv, when 1, turns a missing KUBEBUILDER_ASSETS into a failure
+// (make test-kube sets it).
+const RequiredEnv = "AGENTFENCE_KUBE_TESTS"
+
+// Env is a running control plane.
+type Env struct {
+	env    *envtest.Environment
+	Config *rest.Config // system:masters
+	Client client.Client
+	Scheme *kruntime.Scheme
+}
+
+// Root is the repository's top directory.
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Start runs etcd and kube-apiserver with the CRDs of deploy/crds and the
+// admission policies of deploy/admission, and stops them when the test
+// ends. Without KUBEBUILDER_ASSETS it skips, saying how to get them.
+func Start(t testing.TB) *Env {
+	t.Helper()
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		msg := "KUBEBUILDER_ASSETS is not set: `make test-kube` builds a kube-apiserver and etcd and runs these tests"
+		if os.Getenv(RequiredEnv) == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	scheme := kruntime.NewScheme()
+	if err := errors.Join(clientgoscheme.AddToScheme(scheme), v1alpha1.AddToScheme(scheme)); err != nil {
+		t.Fatal(err)
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join(Root(), "deploy", "crds")},
+		ErrorIfCRDPathMissing: true,
+		Scheme:                scheme,
+	}
+	// A host whose only interface is loopback: kube-apiserver cannot pick
+	// an address to advertise by itself, and its endpoint reconciler
+	// refuses 127.0.0.1.
+	env.ControlPlane.GetAPIServer().Configure().
+		Set("advertise-address", "127.0.0.1").
+		Set("endpoint-reconciler-type", "none")
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("start etcd and kube-apiserver: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stop the control plane: %v", err)
+		}
+	})
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Env{env: env, Config: cfg, Client: c, Scheme: scheme}
+	e.applyAdmission(t)
+	return e
+}
+
+// applyAdmission creates the policies and bindings of deploy/admission.
+func (e *Env) applyAdmission(t testing.TB) {
+	t.Helper()
+	ctx := context.Background()
+	files, err := filepath.Glob(filepath.Join(Root(), "deploy", "admission", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal(data, &meta); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		var obj client.Object
+		switch meta.Kind {
+		case "ValidatingAdmissionPolicy":
+			obj = &admissionv1.ValidatingAdmissionPolicy{}
+		case "ValidatingAdmissionPolicyBinding":
+			obj = &admissionv1.ValidatingAdmissionPolicyBinding{}
+		case "Kustomization":
+			continue
+		default:
+			t.Fatalf("%s: unexpected kind %q", f, meta.Kind)
+		}
+		if err := yaml.UnmarshalStrict(data, obj); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if err := e.Client.Create(ctx, obj); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+	}
+}
+
+// User is a client acting as the named user in the given groups.
+func (e *Env) User(t testing.TB, name string, groups ...string) client.Client {
+	t.Helper()
+	u, err := e.env.AddUser(envtest.User{Name: name, Groups: groups}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(u.Config(), client.Options{Scheme: e.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// Eventually retries try until it returns nil, for up to a minute: the API
+// server starts enforcing a new admission policy or serving a new CRD a
+// moment after it was created, and nothing says when.
+func Eventually(t testing.TB, what string, try func() error) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := try()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Denied says whether err is the API server refusing a request as invalid
+// or forbidden.
+func Denied(err error) bool {
+	return apierrors.IsInvalid(err) || apierrors.IsForbidden(err)
+}
