@@ -1,6 +1,12 @@
 package sink
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agentfence/agentfence/audit/spool"
+)
 
 type metrics struct {
 	queued    *prometheus.GaugeVec
@@ -11,6 +17,7 @@ type metrics struct {
 	tornTails     *prometheus.CounterVec
 	tornBytes     *prometheus.CounterVec
 	replaySkipped *prometheus.CounterVec
+	spools        *spoolCollector
 }
 
 type sinkMetrics struct {
@@ -55,11 +62,46 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "agentfence_sink_file_redelivered_skipped_total",
 			Help: "Records delivered again after a restart that the sink's file already held, not written twice.",
 		}, []string{"sink"}),
+		spools: &spoolCollector{
+			used: prometheus.NewDesc("agentfence_sink_spool_bytes", "Bytes the sink's spool holds on disk.", []string{"sink"}, nil),
+			max: prometheus.NewDesc("agentfence_sink_spool_max_bytes",
+				"The bound of the sink's spool: past it records are dropped (and reported in gap records).", []string{"sink"}, nil),
+			spools: map[string]*spool.Spool{},
+		},
 	}
 	if reg != nil {
-		reg.MustRegister(m.queued, m.delivered, m.retried, m.dropped, m.tornTails, m.tornBytes, m.replaySkipped)
+		reg.MustRegister(m.queued, m.delivered, m.retried, m.dropped, m.tornTails, m.tornBytes, m.replaySkipped, m.spools)
 	}
 	return m
+}
+
+// spoolCollector reads each sink's spool size when scraped, so that an
+// alert can say a spool is filling before records are dropped.
+type spoolCollector struct {
+	used, max *prometheus.Desc
+	mu        sync.Mutex
+	spools    map[string]*spool.Spool
+}
+
+func (c *spoolCollector) add(name string, s *spool.Spool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.spools[name] = s
+}
+
+func (c *spoolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.used; ch <- c.max }
+
+func (c *spoolCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	spools := make(map[string]*spool.Spool, len(c.spools))
+	for name, s := range c.spools {
+		spools[name] = s
+	}
+	c.mu.Unlock()
+	for name, s := range spools {
+		ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, float64(s.Used()), name)
+		ch <- prometheus.MustNewConstMetric(c.max, prometheus.GaugeValue, float64(s.MaxBytes()), name)
+	}
 }
 
 func (m *metrics) forSink(name string) sinkMetrics {

@@ -13,8 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentfence/agentfence/audit"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agentfence/agentfence/audit"
 )
 
 const testToken = "s3cr3t-hec-token"
@@ -143,6 +144,10 @@ func TestOutageDeliversEverythingInOrder(t *testing.T) {
 	})
 	if q := metric(t, reg, "agentfence_sink_records_queued", "splunk"); q != n {
 		t.Fatalf("queued during outage = %v, want %d", q, n)
+	}
+	held := metric(t, reg, "agentfence_sink_spool_bytes", "splunk")
+	if max := metric(t, reg, "agentfence_sink_spool_max_bytes", "splunk"); held < n*100 || max != audit.DefaultSpoolMaxBytes {
+		t.Fatalf("spool during outage: %v bytes of %v, want %d records' worth of %d", held, max, n, audit.DefaultSpoolMaxBytes)
 	}
 	srv.restart(t)
 	eventually(t, 15*time.Second, "all records after restart", func() bool { return rcv.count() == n+1 })

@@ -106,6 +106,7 @@ func newSink(opts Options, c audit.SinkConfig, m *metrics) (*sink, error) {
 	}
 	s.replayLeft = s.spool.Pending()
 	s.m.queued.Set(float64(s.replayLeft))
+	m.spools.add(c.Name, s.spool)
 	return s, nil
 }
 
