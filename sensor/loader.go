@@ -190,7 +190,7 @@ func (p *ProcessPrograms) Sync(ctx context.Context) {
 func (p *ProcessPrograms) release(n int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if n < 0 {
+	if n < 0 || n > len(p.waiters) { // all, or Close took them meanwhile
 		n = len(p.waiters)
 	}
 	for _, c := range p.waiters[:n] {
