@@ -23,9 +23,15 @@ func (r *Registry) Bind(id string, req v1.BindRequest, caller Caller) (v1.Sessio
 	if e.State != v1.StateActive && e.State != v1.StateQuarantined {
 		return v1.Session{}, invalid("id", "session %s is %s", id, e.State)
 	}
+	named := 0
+	for _, set := range []bool{req.PID != 0, req.ContainerID != "", req.PodUID != ""} {
+		if set {
+			named++
+		}
+	}
 	switch {
-	case (req.PID == 0) == (req.ContainerID == ""):
-		return v1.Session{}, invalid("pid", "give exactly one of pid and container_id")
+	case named != 1:
+		return v1.Session{}, invalid("pid", "give exactly one of pid, container_id and pod_uid")
 	case req.PID != 0:
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", req.PID)); err != nil {
 			return v1.Session{}, invalid("pid", "no process %d", req.PID)
@@ -44,30 +50,34 @@ func (r *Registry) Bind(id string, req v1.BindRequest, caller Caller) (v1.Sessio
 			return v1.Session{}, err
 		}
 	default:
-		if r.memberOf(caller) != nil {
-			return v1.Session{}, forbidden("container_id", "session members may not bind containers")
-		}
-		if e.Binding.ContainerID != "" {
-			return v1.Session{}, &v1.Error{Code: v1.CodeConflict, Field: "container_id", Message: "session already has a container"}
-		}
-		if !containerID(req.ContainerID) {
-			return v1.Session{}, invalid("container_id", "%q is not a container id (at least 12 lowercase hex digits)", req.ContainerID)
-		}
-		path, cgid, err := r.cgroups.FindContainer(req.ContainerID)
+		w, err := r.workloadOf(req)
 		if err != nil {
-			return v1.Session{}, invalid("container_id", "%v", err)
+			return v1.Session{}, err
+		}
+		if r.memberOf(caller) != nil {
+			return v1.Session{}, forbidden(w.field, "session members may not bind a %s", w.what)
+		}
+		if e.Binding.ContainerCgroup != "" {
+			return v1.Session{}, &v1.Error{Code: v1.CodeConflict, Field: w.field, Message: "session already has a container or pod"}
+		}
+		path, cgid, err := w.find(w.id)
+		if err != nil {
+			return v1.Session{}, invalid(w.field, "%v", err)
 		}
 		if other := r.byCgroup[path]; other != nil {
-			return v1.Session{}, &v1.Error{Code: v1.CodeConflict, Field: "container_id", Message: fmt.Sprintf("container belongs to session %s", other.ID)}
+			return v1.Session{}, &v1.Error{Code: v1.CodeConflict, Field: w.field, Message: fmt.Sprintf("%s belongs to session %s", w.what, other.ID)}
 		}
 		if err := r.kernel.BindCgroup(cgid, e.slot, e.gen); err != nil {
 			return v1.Session{}, kernelError(err)
 		}
 		r.write(func() {
-			e.Binding.ContainerID, e.Binding.ContainerCgroup, e.containerCgroups = req.ContainerID, path, cgid
+			e.Binding.ContainerID, e.Binding.PodUID = req.ContainerID, req.PodUID
+			e.Binding.ContainerCgroup, e.containerCgroups = path, cgid
 		})
-		if err := r.hook(e, r.hostnameHooks(e)); err != nil { // hostnameHooks reads the container's cgroup
-			r.write(func() { e.Binding.ContainerID, e.Binding.ContainerCgroup, e.containerCgroups = "", "", 0 })
+		if err := r.hook(e, r.hostnameHooks(e)); err != nil { // hostnameHooks reads the workload's cgroup
+			r.write(func() {
+				e.Binding.ContainerID, e.Binding.PodUID, e.Binding.ContainerCgroup, e.containerCgroups = "", "", "", 0
+			})
 			r.hook(e, r.hostnameHooks(e))
 			r.kernel.UnbindCgroup(cgid)
 			return v1.Session{}, kernelError(err)
@@ -101,6 +111,44 @@ func (r *Registry) bindPid(e *entry, pid uint32) error {
 	return nil
 }
 
+// workload is the container or pod a bind request names.
+type workload struct {
+	field, what, id string
+	find            func(string) (string, uint64, error)
+}
+
+// workloadOf checks the container id or pod UID of req before anything
+// looks for it.
+func (r *Registry) workloadOf(req v1.BindRequest) (workload, error) {
+	if req.PodUID != "" {
+		if !podUID(req.PodUID) {
+			return workload{}, invalid("pod_uid", "%q is not a pod UID (a lowercase UUID)", req.PodUID)
+		}
+		return workload{"pod_uid", "pod", req.PodUID, r.cgroups.FindPod}, nil
+	}
+	if !containerID(req.ContainerID) {
+		return workload{}, invalid("container_id", "%q is not a container id (at least 12 lowercase hex digits)", req.ContainerID)
+	}
+	return workload{"container_id", "container", req.ContainerID, r.cgroups.FindContainer}, nil
+}
+
+// podUID reports whether uid is a UUID as the API server writes them.
+func podUID(uid string) bool {
+	if len(uid) != 36 {
+		return false
+	}
+	for i, c := range uid {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			if c != '-' {
+				return false
+			}
+		} else if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // containerID reports whether id can be (a prefix of) a container id, before
 // anything looks for it.
 func containerID(id string) bool {
@@ -118,9 +166,11 @@ func (r *Registry) heldGateCaps(req v1.BindRequest) []v1.HeldCaps {
 	switch {
 	case req.PID != 0:
 		pids = []int{int(req.PID)}
-	case containerID(req.ContainerID):
-		if path, _, err := r.cgroups.FindContainer(req.ContainerID); err == nil {
-			pids, _ = r.cgroups.Procs(path)
+	case req.ContainerID != "" || req.PodUID != "":
+		if w, err := r.workloadOf(req); err == nil {
+			if path, _, err := w.find(w.id); err == nil {
+				pids, _ = r.cgroups.Procs(path)
+			}
 		}
 	}
 	var out []v1.HeldCaps

@@ -60,6 +60,8 @@ type Cgroups interface {
 	// FindContainer returns the cgroup of a container by (a prefix of at
 	// least 12 characters of) its id.
 	FindContainer(id string) (path string, cgroupID uint64, err error)
+	// FindPod returns the cgroup of a Kubernetes pod by its UID.
+	FindPod(uid string) (path string, cgroupID uint64, err error)
 }
 
 // Conn is a connection of a member process, for Sockets.

@@ -73,7 +73,7 @@ func opNames(ops []op) []string {
 
 // readOps are kernel calls that change nothing.
 var readOps = map[string]bool{"Session": true, "PidBinding": true, "PidsOf": true,
-	"cgroups.Of": true, "cgroups.Procs": true, "cgroups.FindContainer": true}
+	"cgroups.Of": true, "cgroups.Procs": true, "cgroups.FindContainer": true, "cgroups.FindPod": true}
 
 // writes filters the ops that change kernel or cgroup state.
 func writes(ops []op) []op {
@@ -441,12 +441,13 @@ type fakeCgroups struct {
 	of         map[int]string
 	procs      map[string][]int
 	containers map[string]container // full container id -> cgroup
+	pods       map[string]container // pod UID -> cgroup
 	fail       map[string]error
 }
 
 func newFakeCgroups(j *journal, base string) *fakeCgroups {
 	return &fakeCgroups{j: j, base: base, owners: map[string]int{}, of: map[int]string{}, procs: map[string][]int{},
-		containers: map[string]container{}, fail: map[string]error{}}
+		containers: map[string]container{}, pods: map[string]container{}, fail: map[string]error{}}
 }
 
 func (c *fakeCgroups) failNext(method string) {
@@ -565,6 +566,18 @@ func (c *fakeCgroups) FindContainer(id string) (string, uint64, error) {
 		}
 	}
 	return "", 0, fmt.Errorf("no container %s", id)
+}
+
+func (c *fakeCgroups) FindPod(uid string) (string, uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.call(op{Name: "cgroups.FindPod", Path: uid}); err != nil {
+		return "", 0, err
+	}
+	if p, ok := c.pods[uid]; ok {
+		return p.path, p.id, nil
+	}
+	return "", 0, fmt.Errorf("no pod %s", uid)
 }
 
 func (c *fakeCgroups) setOf(pid int, path string) {

@@ -508,6 +508,59 @@ func TestBindContainer(t *testing.T) {
 	}
 }
 
+// TestBindPod: a pod's cgroup is bound as a container's is, and every
+// container below it is a member.
+func TestBindPod(t *testing.T) {
+	e := newEnv(t, nil)
+	a := e.open(t, req("a", "10.0.0.0/8"), admin)
+	b := e.open(t, req("b", "10.0.0.0/8"), admin)
+	ea := e.entry(t, a.ID)
+	const uid = "6f1c2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b"
+	podPath := e.cg.base + "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod6f1c2a3b_4d5e_4f60_8a9b_0c1d2e3f4a5b.slice"
+	e.cg.pods[uid] = container{path: podPath, id: 91}
+
+	mark := e.j.len()
+	for _, bad := range []string{"6F1C2A3B-4D5E-4F60-8A9B-0C1D2E3F4A5B", "6f1c2a3b4d5e4f608a9b0c1d2e3f4a5b", "../../6f1c2a3b-4d5e-4f60-8a9b-0c1d2e3f4", "6f1c2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5g"} {
+		_, err := e.r.Bind(a.ID, v1.BindRequest{PodUID: bad}, admin)
+		wantErr(t, err, v1.CodeInvalid, "pod_uid")
+	}
+	_, err := e.r.Bind(a.ID, v1.BindRequest{PodUID: "00000000-0000-4000-8000-000000000000"}, admin) // valid, unknown
+	wantErr(t, err, v1.CodeInvalid, "pod_uid")
+	_, err = e.r.Bind(a.ID, v1.BindRequest{PodUID: uid, ContainerID: "0123456789ab"}, admin)
+	wantErr(t, err, v1.CodeInvalid, "pid")
+	if w := writes(e.j.since(mark)); len(w) != 0 {
+		t.Errorf("rejected binds wrote %v", opNames(w))
+	}
+	m := Caller{ID: "m", PID: 7000, UID: 1000}
+	e.cg.setOf(m.PID, a.Binding.Cgroup)
+	_, err = e.r.Bind(a.ID, v1.BindRequest{PodUID: uid}, m)
+	wantErr(t, err, v1.CodeForbidden, "pod_uid")
+
+	s, err := e.r.Bind(a.ID, v1.BindRequest{PodUID: uid}, admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Binding.PodUID != uid || s.Binding.ContainerCgroup != podPath || s.Binding.ContainerID != "" {
+		t.Errorf("binding = %+v", s.Binding)
+	}
+	if bnd := e.k.cgroups[91]; bnd != (binding{ea.slot, ea.gen}) {
+		t.Errorf("kernel pod binding = %+v", bnd)
+	}
+	// Processes of any container of the pod are members of a.
+	e.cg.setOf(7100, podPath+"/cri-containerd-0123456789abcdef.scope")
+	if id, ok := e.r.MemberOf(7100); !ok || id != a.ID {
+		t.Errorf("pod's container process member of %q", id)
+	}
+	_, err = e.r.Bind(b.ID, v1.BindRequest{PodUID: uid}, admin)
+	wantErr(t, err, v1.CodeConflict, "pod_uid")
+	if err := e.r.Close(a.ID, admin); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.k.cgroups[91]; ok {
+		t.Error("pod binding survives close")
+	}
+}
+
 func TestQuarantined(t *testing.T) {
 	e := newEnv(t, nil)
 	s := e.open(t, req("x", "essential,udp://10.0.0.53:53", "0.0.0.0/0"), admin)

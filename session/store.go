@@ -290,7 +290,7 @@ func (r *Registry) Restore() (adopted, rewritten int, err error) {
 		}
 		if e.Binding.ContainerCgroup != "" {
 			if e.containerCgroups, err = cgroupv2.ID(e.Binding.ContainerCgroup); err != nil {
-				e.Binding.ContainerID, e.Binding.ContainerCgroup = "", ""
+				e.Binding.ContainerID, e.Binding.PodUID, e.Binding.ContainerCgroup = "", "", ""
 			}
 		}
 		if ks, err := r.kernel.Session(e.slot); err == nil && ks.Gen == e.gen && ks.State != enforcer.StateFree {

@@ -77,7 +77,9 @@ type Binding struct {
 	PIDs []uint32 `json:"pids,omitempty"`
 	// ContainerID is a container whose cgroup is bound.
 	ContainerID string `json:"container_id,omitempty"`
-	// ContainerCgroup is the cgroup that container was found in.
+	// PodUID is a Kubernetes pod whose cgroup is bound.
+	PodUID string `json:"pod_uid,omitempty"`
+	// ContainerCgroup is the cgroup that container, or pod, was found in.
 	ContainerCgroup string `json:"container_cgroup,omitempty"`
 	// GateCaps are the bound processes (a bound pid, or those in the
 	// container when it was bound) that held capabilities of the gate set:
@@ -188,6 +190,9 @@ type MCPServer struct {
 type BindRequest struct {
 	PID         uint32 `json:"pid,omitempty"`
 	ContainerID string `json:"container_id,omitempty"`
+	// PodUID binds a Kubernetes pod's cgroup: every container of the pod,
+	// and those it restarts, are members.
+	PodUID string `json:"pod_uid,omitempty"`
 }
 
 // NarrowRequest replaces a session's scope with a narrower one.

@@ -21,7 +21,7 @@ const sessionUsage = `usage: agentfence session COMMAND [--socket PATH] ...
   open   --intent TEXT --allow RULE ... [run's session flags]   open a session, print it
   list   [--state S] [--origin KIND] [--agent ID|NAME] [--parent ID] [--label K=V] [--json]
   show   ID
-  bind   ID (--pid PID | --container ID)
+  bind   ID (--pid PID | --container ID | --pod UID)
   narrow ID --allow RULE ...                                      replace the scope with a narrower one
   revoke ID                                                       deny everything at once, destroy connections
   close  ID                                                       end the session, kill its members`
@@ -37,7 +37,7 @@ func sessionCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var sf sessionFlags
 	var allow listFlag
 	var pid uint
-	var container, state, origin, agent, parent, label string
+	var container, pod, state, origin, agent, parent, label string
 	var asJSON bool
 	switch verb {
 	case "open":
@@ -52,6 +52,7 @@ func sessionCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	case "bind":
 		fs.UintVar(&pid, "pid", 0, "process to bind (it and what it forks afterwards)")
 		fs.StringVar(&container, "container", "", "container id whose cgroup to bind")
+		fs.StringVar(&pod, "pod", "", "Kubernetes pod UID whose cgroup to bind (all its containers)")
 	case "narrow":
 		fs.Var(&allow, "allow", "rule of the new, narrower scope (repeatable)")
 	case "show", "revoke", "close":
@@ -102,10 +103,10 @@ func sessionCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	case "show":
 		s, err = c.Get(ctx, pos[0])
 	case "bind":
-		if (pid == 0) == (container == "") {
-			return usageError{"bind: give exactly one of --pid and --container"}
+		if n := btoi(pid != 0) + btoi(container != "") + btoi(pod != ""); n != 1 {
+			return usageError{"bind: give exactly one of --pid, --container and --pod"}
 		}
-		s, err = c.Bind(ctx, pos[0], v1.BindRequest{PID: uint32(pid), ContainerID: container})
+		s, err = c.Bind(ctx, pos[0], v1.BindRequest{PID: uint32(pid), ContainerID: container, PodUID: pod})
 	case "narrow":
 		if len(allow) == 0 {
 			return usageError{"narrow: give the new scope with --allow (a session with no rules: use revoke)"}
@@ -137,4 +138,11 @@ func printSessions(w io.Writer, ss []v1.Session) error {
 			s.ExpiresAt.Format(time.RFC3339), s.Intent, strings.Join(s.Scope, " "))
 	}
 	return tw.Flush()
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -250,6 +250,22 @@ func (m Manager) Of(pid int) (string, error) {
 // the deepest directory whose name contains it, as runtimes name them
 // (cri-containerd-<id>.scope, crio-<id>.scope, docker-<id>.scope, <id>).
 func (m Manager) FindContainer(id string) (string, uint64, error) {
+	return m.find("container "+id, func(name string) bool { return strings.Contains(name, id) }, true)
+}
+
+// FindPod finds the cgroup of a Kubernetes pod by its UID, as the kubelet
+// names it: pod<uid> (cgroupfs driver) or kubepods[-<qos>]-pod<uid with
+// underscores>.slice (systemd driver). Its containers are below it.
+func (m Manager) FindPod(uid string) (string, uint64, error) {
+	slice := "-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice"
+	return m.find("pod "+uid, func(name string) bool {
+		return name == "pod"+uid || strings.HasPrefix(name, "kubepods") && strings.HasSuffix(name, slice)
+	}, false)
+}
+
+// find walks the hierarchy for the deepest, or the shallowest, directory
+// whose name matches.
+func (m Manager) find(what string, match func(name string) bool, deepest bool) (string, uint64, error) {
 	var found string
 	const maxDirs = 100000
 	seen := 0
@@ -260,7 +276,7 @@ func (m Manager) FindContainer(id string) (string, uint64, error) {
 		if seen++; seen > maxDirs {
 			return filepath.SkipAll
 		}
-		if strings.Contains(d.Name(), id) && len(p) > len(found) {
+		if match(d.Name()) && (found == "" || deepest == (len(p) > len(found))) {
 			found = p
 		}
 		return nil
@@ -269,7 +285,7 @@ func (m Manager) FindContainer(id string) (string, uint64, error) {
 		return "", 0, err
 	}
 	if found == "" {
-		return "", 0, fmt.Errorf("no cgroup for container %s", id)
+		return "", 0, fmt.Errorf("no cgroup for %s", what)
 	}
 	cid, err := ID(found)
 	return found, cid, err
