@@ -105,6 +105,21 @@ type Config struct {
 	// TLS is the reading of members' HTTPS calls at their TLS library
 	// (docs/audit.md, "HTTP calls").
 	TLS TLS `json:"tls"`
+	// Kubernetes is following the cluster's agentfence.io objects
+	// (docs/kubernetes.md).
+	Kubernetes Kubernetes `json:"kubernetes"`
+}
+
+// Kubernetes settings.
+type Kubernetes struct {
+	// Enabled makes the daemon follow the Agents and AgentSessions of the
+	// cluster for the pods of its node (the DaemonSet's config does).
+	Enabled bool `json:"enabled"`
+	// NodeName is this node's name; "" reads $NODE_NAME, which the
+	// DaemonSet sets from the downward API.
+	NodeName string `json:"node_name"`
+	// Kubeconfig is a kubeconfig file; "" uses the pod's service account.
+	Kubeconfig string `json:"kubeconfig"`
 }
 
 // TLS probe settings.

@@ -39,6 +39,10 @@ var overrides = []override{
 		func(c *Config) string { return c.Audit.File }, func(c *Config, v string) { c.Audit.File = v }},
 	{"audit-format", "audit.format", "audit format: json or ocsf",
 		func(c *Config) string { return c.Audit.Format }, func(c *Config, v string) { c.Audit.Format = v }},
+	{"kubeconfig", "kubernetes.kubeconfig", `kubeconfig file for kubernetes.enabled ("" uses the pod's service account)`,
+		func(c *Config) string { return c.Kubernetes.Kubeconfig }, func(c *Config, v string) { c.Kubernetes.Kubeconfig = v }},
+	{"node-name", "kubernetes.node_name", `this node's name for kubernetes.enabled ("" reads $NODE_NAME)`,
+		func(c *Config) string { return c.Kubernetes.NodeName }, func(c *Config, v string) { c.Kubernetes.NodeName = v }},
 	{"drift-action", "sessions.drift_action", "what a session that spent its violation budget gets: quarantine, kill or none",
 		func(c *Config) string { return string(c.Sessions.DriftAction) }, func(c *Config, v string) { c.Sessions.DriftAction = DriftAction(v) }},
 }

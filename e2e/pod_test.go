@@ -2,13 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
-	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
-	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/kerneltest"
 )
 
@@ -18,25 +15,9 @@ import (
 // session's scope.
 func TestBindPod(t *testing.T) {
 	d := startDaemon(t)
-	root, err := cgroupv2.Root()
-	if err != nil {
-		t.Fatal(err)
-	}
 	const uid = "6f1c2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b"
-	top := filepath.Join(root, "kubepods.slice")
-	pod := filepath.Join(top, "kubepods-besteffort.slice", "kubepods-besteffort-pod"+strings.ReplaceAll(uid, "-", "_")+".slice")
-	ctr := filepath.Join(pod, "cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope")
-	if _, err := os.Stat(top); err == nil {
-		t.Skipf("%s exists: this host runs a kubelet, whose cgroups this test will not touch", top)
-	}
-	if err := os.MkdirAll(ctr, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, dir := range []string{ctr, pod, filepath.Dir(pod), top} {
-			os.Remove(dir)
-		}
-	})
+	ctr := kubePods(t, uid)[0]
+	pod := filepath.Dir(ctr)
 	allowed := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	before := kerneltest.Start(t, ctr, kerneltest.Options{}, true, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other})

@@ -105,7 +105,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer d.stop()
 	// Audit first: everything after it is recorded. The readers before
 	// the API: a Close waits for them (Registry.SetEventSync).
-	for _, start := range []func(context.Context) error{d.startAudit(stdout), d.startRedactor, d.startGate, d.startSessions, d.startTLS, d.startReaders, d.startAPI, d.startMetrics} {
+	for _, start := range []func(context.Context) error{d.startAudit(stdout), d.startRedactor, d.startGate, d.startSessions, d.startTLS, d.startReaders, d.startAPI, d.startKubernetes, d.startMetrics} {
 		if err := start(ctx); err != nil {
 			return err
 		}

@@ -15,10 +15,17 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -138,6 +145,96 @@ func (e *Env) User(t testing.TB, name string, groups ...string) client.Client {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// Object is an API object a client writes.
+type Object = client.Object
+
+// Key is the namespace and name of obj.
+func Key(obj client.Object) client.ObjectKey { return client.ObjectKeyFromObject(obj) }
+
+// NodeConfig is a client config for agentfenced on the named node, as the
+// DaemonSet runs it: the agentfence service account, bound by the
+// ClusterRole of deploy/daemonset, with a token bound to its pod on that
+// node (a Node and the pod are created for it).
+func (e *Env) NodeConfig(t testing.TB, node string) *rest.Config {
+	t.Helper()
+	ctx := context.Background()
+	const ns, sa = "agentfence-system", "agentfence"
+	objs := []client.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}},
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: ns}},
+	}
+	for _, f := range []string{"clusterrole.yaml", "clusterrolebinding.yaml"} {
+		objs = append(objs, decodeFile(t, filepath.Join(Root(), "deploy", "daemonset", f)))
+	}
+	for _, o := range objs {
+		if err := e.Client.Create(ctx, o); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "agentfence-" + node, Namespace: ns},
+		Spec: corev1.PodSpec{NodeName: node, ServiceAccountName: sa,
+			Containers: []corev1.Container{{Name: "agentfenced", Image: "agentfence/agentfence:dev"}}}}
+	for _, o := range []client.Object{&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, pod} {
+		if err := e.Client.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cs, err := kubernetes.NewForConfig(e.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}}},
+		metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := rest.AnonymousClientConfig(e.Config)
+	cfg.BearerToken = tr.Status.Token
+	return cfg
+}
+
+// Kubeconfig writes cfg as a kubeconfig file, for a daemon under test.
+func Kubeconfig(t testing.TB, cfg *rest.Config) string {
+	t.Helper()
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.AuthInfos["node"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken, ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData}
+	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "node"}
+	kc.CurrentContext = "test"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// decodeFile reads one RBAC object from a manifest.
+func decodeFile(t testing.TB, file string) client.Object {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta struct{ Kind string }
+	if err := yaml.Unmarshal(data, &meta); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	var obj client.Object
+	switch meta.Kind {
+	case "ClusterRole":
+		obj = &rbacv1.ClusterRole{}
+	case "ClusterRoleBinding":
+		obj = &rbacv1.ClusterRoleBinding{}
+	default:
+		t.Fatalf("%s: unexpected kind %q", file, meta.Kind)
+	}
+	if err := yaml.UnmarshalStrict(data, obj); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	return obj
 }
 
 // Eventually retries try until it returns nil, for up to a minute: the API

@@ -1,0 +1,146 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/internal/cgroupv2"
+	"github.com/agentfence/agentfence/internal/kerneltest"
+	"github.com/agentfence/agentfence/kube/kubetest"
+	"github.com/agentfence/agentfence/kube/v1alpha1"
+)
+
+// kubePods makes the cgroups the kubelet (systemd driver) would make for
+// pods and one container each, and removes them at the end; it returns
+// the containers' cgroups.
+func kubePods(t *testing.T, uids ...string) (containers []string) {
+	t.Helper()
+	root, err := cgroupv2.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := filepath.Join(root, "kubepods.slice")
+	if _, err := os.Stat(top); err == nil {
+		t.Skipf("%s exists: this host runs a kubelet, whose cgroups this test will not touch", top)
+	}
+	qos := filepath.Join(top, "kubepods-besteffort.slice")
+	var dirs []string
+	for _, uid := range uids {
+		pod := filepath.Join(qos, "kubepods-besteffort-pod"+strings.ReplaceAll(uid, "-", "_")+".slice")
+		ctr := filepath.Join(pod, "cri-containerd-"+strings.Repeat(strings.ReplaceAll(uid, "-", "")[:16], 4)+".scope")
+		if err := os.MkdirAll(ctr, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		containers, dirs = append(containers, ctr), append(dirs, ctr, pod)
+	}
+	t.Cleanup(func() {
+		for _, dir := range append(dirs, qos, top) {
+			os.Remove(dir)
+		}
+	})
+	return containers
+}
+
+// podSessions are the daemon's sessions bound to the pod.
+func (d *daemon) podSessions(t *testing.T, uid string) []v1.Session {
+	t.Helper()
+	out, stderr, code := d.cli(t, nil, "session", "list", "--label", "agentfence.io/pod="+uid, "--json")
+	if code != 0 {
+		t.Fatalf("session list: exit %d: %s", code, stderr)
+	}
+	var ss []v1.Session
+	if err := json.Unmarshal([]byte(out), &ss); err != nil {
+		t.Fatalf("session list %q: %v", out, err)
+	}
+	return ss
+}
+
+// TestKubernetesSession: agentfenced with kubernetes.enabled, against a
+// real kube-apiserver, binds a pod of its node to an AgentSession and the
+// kernel judges the pod's connects by its scope; a pod of another node is
+// not its to bind; retiring the Agent revokes the session.
+func TestKubernetesSession(t *testing.T) {
+	e := kubetest.Start(t)
+	ctx := context.Background()
+	admin := e.User(t, "alice", "system:masters")
+	allowed := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	sel := map[string]string{"agent": "triage"}
+	mine := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "agent-a", Namespace: "default", Labels: sel},
+		Spec: corev1.PodSpec{NodeName: "node-a", Containers: []corev1.Container{{Name: "agent", Image: "agent:1"}}}}
+	theirs := mine.DeepCopy()
+	theirs.Name, theirs.Spec.NodeName = "agent-b", "node-b"
+	for _, p := range []*corev1.Pod{mine, theirs} {
+		if err := admin.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctr := kubePods(t, string(mine.UID), string(theirs.UID))[0]
+
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "agentfence.yaml")
+	conf := fmt.Sprintf("kubernetes:\n  enabled: true\n  node_name: node-a\n  kubeconfig: %s\n", kubetest.Kubeconfig(t, e.NodeConfig(t, "node-a")))
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, "--config", cfg)
+
+	port := int32(allowed.Port())
+	agent := &v1alpha1.Agent{ObjectMeta: metav1.ObjectMeta{Name: "triage", Namespace: "default"}, Spec: v1alpha1.AgentSpec{
+		SPIFFEID: "spiffe://example.org/agent/triage", Owner: "team-a", Version: "1.2.0",
+		Ceiling:     []v1alpha1.Rule{{Protocol: v1alpha1.TCP, CIDR: "127.0.0.0/8"}},
+		PodSelector: metav1.LabelSelector{MatchLabels: sel},
+		Lifecycle: v1alpha1.Lifecycle{State: v1alpha1.Operating, Transitions: []v1alpha1.Transition{
+			{State: v1alpha1.Operating, Actor: "alice", Time: metav1.Now()}}}}}
+	if err := admin.Create(ctx, agent); err != nil {
+		t.Fatal(err)
+	}
+	s := &v1alpha1.AgentSession{ObjectMeta: metav1.ObjectMeta{Name: "fix-bug", Namespace: "default"}, Spec: v1alpha1.AgentSessionSpec{
+		Agent: "triage", Intent: "fix bug 7", Origin: v1alpha1.Origin{Kind: v1alpha1.Human, Principal: "alice@example.com"},
+		Scope: []v1alpha1.Rule{{Protocol: v1alpha1.TCP, CIDR: "127.0.0.1/32", Port: port}},
+		Pods:  v1alpha1.Pods{Selector: &metav1.LabelSelector{}}}}
+	kubetest.Eventually(t, "the session policy to admit", func() error { return admin.Create(ctx, s) })
+
+	var local v1.Session
+	kubetest.Eventually(t, "node-a to bind its pod", func() error {
+		ss := d.podSessions(t, string(mine.UID))
+		if len(ss) != 1 || ss[0].State != v1.StateActive || ss[0].Binding.PodUID != string(mine.UID) {
+			return fmt.Errorf("sessions %+v", ss)
+		}
+		local = ss[0]
+		return nil
+	})
+	if local.Intent != "fix bug 7" || local.Agent == nil || local.Agent.ID != agent.Spec.SPIFFEID || local.OpenedBy != "kubernetes" {
+		t.Errorf("local session %+v", local)
+	}
+	expectResults(t, kerneltest.Run(t, ctr, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other},
+		kerneltest.SendUDP{Addr: netip.AddrPortFrom(allowed.Addr(), allowed.Port())}), "ok", "EPERM", "EPERM")
+	if ss := d.podSessions(t, string(theirs.UID)); len(ss) != 0 {
+		t.Errorf("node-a bound node-b's pod: %+v", ss)
+	}
+
+	// Retire the agent: the pod's session is revoked and it reaches nothing.
+	agent.Spec.Lifecycle.State = v1alpha1.Retired
+	agent.Spec.Lifecycle.Transitions = append(agent.Spec.Lifecycle.Transitions,
+		v1alpha1.Transition{State: v1alpha1.Retired, Actor: "alice", Time: metav1.Now()})
+	if err := admin.Update(ctx, agent); err != nil {
+		t.Fatal(err)
+	}
+	kubetest.Eventually(t, "node-a to revoke", func() error {
+		if ss := d.podSessions(t, string(mine.UID)); len(ss) != 1 || ss[0].State != v1.StateRevoked {
+			return fmt.Errorf("sessions %+v", ss)
+		}
+		return nil
+	})
+	expectResults(t, kerneltest.Run(t, ctr, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}), "EPERM")
+}

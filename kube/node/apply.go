@@ -1,0 +1,81 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/kube/v1alpha1"
+	"github.com/agentfence/agentfence/session"
+)
+
+// Reconcile brings the local sessions in line with the cluster once.
+func (c *Controller) Reconcile(ctx context.Context) error {
+	var agents v1alpha1.AgentList
+	var sessions v1alpha1.AgentSessionList
+	var pods corev1.PodList
+	if err := errors.Join(c.cache.List(ctx, &agents), c.cache.List(ctx, &sessions), c.cache.List(ctx, &pods)); err != nil {
+		return err
+	}
+	want, problems := plan(agents.Items, sessions.Items, pods.Items, time.Now())
+	for name, p := range problems {
+		c.cfg.Log.Debug("agentsession not enforced", "agentsession", name, "reason", p.reason, "message", p.message)
+	}
+	return c.apply(want)
+}
+
+// apply opens, narrows and revokes local sessions until they are want.
+func (c *Controller) apply(want map[binding]wanted) error {
+	have := map[binding]v1.Session{}
+	for _, s := range c.sessions.List(session.Filter{Label: labelSource + "=" + sourceKube}) {
+		if s.State == v1.StateRevoked || s.State == v1.StateExpired {
+			continue
+		}
+		have[binding{s.Labels[labelSession], s.Labels[labelPod]}] = s
+	}
+	var errs []error
+	for b, s := range have {
+		w, ok := want[b]
+		switch {
+		case !ok:
+			// The AgentSession is gone, narrowed away from this pod, or
+			// its agent retired: its pod is denied everything from now on
+			// (revoked, not closed: closing would kill the pod's
+			// processes, which the kubelet then restarts).
+			if _, err := c.sessions.Revoke(s.ID, caller); err != nil {
+				errs = append(errs, err)
+			}
+		case !slices.Equal(w.req.Scope, s.Scope):
+			if _, err := c.sessions.Narrow(s.ID, v1.NarrowRequest{Scope: w.req.Scope}, caller); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for b, w := range want {
+		if _, ok := have[b]; ok || !c.cfg.PodCgroup(b.pod) {
+			continue
+		}
+		errs = append(errs, c.open(b, w))
+	}
+	return errors.Join(errs...)
+}
+
+// open opens the local session of a binding and binds its pod.
+func (c *Controller) open(b binding, w wanted) error {
+	s, err := c.sessions.Open(w.req, caller)
+	if err != nil {
+		return err
+	}
+	if _, err := c.sessions.Bind(s.ID, v1.BindRequest{PodUID: b.pod}, caller); err != nil {
+		// The pod's cgroup may not exist yet: revoke this one, and a later
+		// pass opens another.
+		c.sessions.Revoke(s.ID, caller)
+		return err
+	}
+	c.cfg.Log.Info("agentsession bound", "agentsession", b.session, "pod", b.pod, "session", s.ID)
+	return nil
+}

@@ -1,0 +1,143 @@
+// Package node makes one node's agentfenced follow the cluster: it watches
+// the Agents and AgentSessions of every namespace and the pods of its own
+// node (kube/v1alpha1), and keeps a local session (session.Registry) for
+// each session's pod on the node, bound to the pod's cgroup, as the local
+// API would: opened, narrowed, revoked. It reports what it did in a
+// NodeEnforcement per session (docs/kubernetes.md).
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/kube/v1alpha1"
+	"github.com/agentfence/agentfence/session"
+)
+
+// Sessions is what the controller needs of the session registry.
+type Sessions interface {
+	Open(v1.OpenRequest, session.Caller) (v1.Session, error)
+	Bind(id string, req v1.BindRequest, caller session.Caller) (v1.Session, error)
+	Narrow(id string, req v1.NarrowRequest, caller session.Caller) (v1.Session, error)
+	Revoke(id string, caller session.Caller) (v1.Session, error)
+	List(session.Filter) []v1.Session
+}
+
+// Config says which node this is and where the API server is.
+type Config struct {
+	Rest     *rest.Config
+	NodeName string
+	// Resync is how often the node reconciles without a change: it picks
+	// up pod cgroups that appeared after their pod was seen.
+	Resync time.Duration
+	// PodCgroup says whether the pod's cgroup exists yet: the kubelet
+	// makes it when it starts the pod's sandbox, after the pod is seen.
+	PodCgroup func(uid string) bool
+	Log       *slog.Logger
+}
+
+// caller is who the local sessions are opened by.
+var caller = session.Caller{ID: "kubernetes", UID: -1}
+
+// Labels the controller puts on its local sessions, to find them again.
+const (
+	labelSource  = "agentfence.io/source"
+	labelSession = "agentfence.io/agentsession" // namespace/name
+	labelPod     = "agentfence.io/pod"          // the pod's UID
+	sourceKube   = "kubernetes"
+)
+
+// Controller follows the cluster for one node.
+type Controller struct {
+	cfg      Config
+	sessions Sessions
+	cache    cache.Cache
+	client   client.Client
+	kick     chan struct{}
+}
+
+// New sets up the informers; Run starts them.
+func New(cfg Config, sessions Sessions) (*Controller, error) {
+	if cfg.NodeName == "" {
+		return nil, fmt.Errorf("kubernetes: the node name is required (the downward API's spec.nodeName)")
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = 10 * time.Second
+	}
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	c, err := cache.New(cfg.Rest, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
+		// Only this node's pods: a node of a large cluster would otherwise
+		// hold every pod.
+		&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName)},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	cl, err := client.New(cfg.Rest, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, err
+	}
+	return &Controller{cfg: cfg, sessions: sessions, cache: c, client: cl, kick: make(chan struct{}, 1)}, nil
+}
+
+// Run watches and reconciles until ctx is done.
+func (c *Controller) Run(ctx context.Context) error {
+	handler := toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { c.poke() },
+		UpdateFunc: func(any, any) { c.poke() },
+		DeleteFunc: func(any) { c.poke() },
+	}
+	for _, obj := range []client.Object{&corev1.Pod{}, &v1alpha1.Agent{}, &v1alpha1.AgentSession{}} {
+		inf, err := c.cache.GetInformer(ctx, obj)
+		if err != nil {
+			return err
+		}
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return err
+		}
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- c.cache.Start(ctx) }()
+	if !c.cache.WaitForCacheSync(ctx) {
+		return fmt.Errorf("kubernetes: caches did not sync: %w", ctx.Err())
+	}
+	c.cfg.Log.Info("following the cluster", "node", c.cfg.NodeName)
+	t := time.NewTicker(c.cfg.Resync)
+	defer t.Stop()
+	for {
+		if err := c.Reconcile(ctx); err != nil {
+			c.cfg.Log.Warn("kubernetes reconcile", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return <-errc
+		case <-c.kick:
+		case <-t.C:
+		}
+	}
+}
+
+// poke asks for a reconcile; many pokes before it runs make one.
+func (c *Controller) poke() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}

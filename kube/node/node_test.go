@@ -1,0 +1,189 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/kube/kubetest"
+	"github.com/agentfence/agentfence/kube/v1alpha1"
+	"github.com/agentfence/agentfence/session"
+)
+
+// fakeSessions is the session registry's API, in memory.
+type fakeSessions struct {
+	mu   sync.Mutex
+	n    int
+	byID map[string]*v1.Session
+	log  []string
+}
+
+func (f *fakeSessions) Open(req v1.OpenRequest, _ session.Caller) (v1.Session, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n++
+	s := &v1.Session{ID: fmt.Sprintf("s%d", f.n), Intent: req.Intent, Agent: req.Agent, Scope: req.Scope, Labels: req.Labels,
+		TTL: req.TTL, State: v1.StateActive}
+	f.byID[s.ID] = s
+	f.log = append(f.log, "open "+s.ID+" "+req.Labels[labelSession])
+	return *s, nil
+}
+
+func (f *fakeSessions) Bind(id string, req v1.BindRequest, _ session.Caller) (v1.Session, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.byID[id]
+	s.Binding.PodUID = req.PodUID
+	f.log = append(f.log, "bind "+id+" "+req.PodUID)
+	return *s, nil
+}
+
+func (f *fakeSessions) Narrow(id string, req v1.NarrowRequest, _ session.Caller) (v1.Session, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.byID[id]
+	s.Scope = req.Scope
+	f.log = append(f.log, "narrow "+id+" "+strings.Join(req.Scope, " "))
+	return *s, nil
+}
+
+func (f *fakeSessions) Revoke(id string, _ session.Caller) (v1.Session, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.byID[id]
+	s.State = v1.StateRevoked
+	f.log = append(f.log, "revoke "+id)
+	return *s, nil
+}
+
+func (f *fakeSessions) List(flt session.Filter) []v1.Session {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k, v, _ := strings.Cut(flt.Label, "=")
+	var out []v1.Session
+	for _, s := range f.byID {
+		if s.Labels[k] == v {
+			out = append(out, *s)
+		}
+	}
+	return out
+}
+
+func (f *fakeSessions) active() map[string]v1.Session {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]v1.Session{}
+	for _, s := range f.byID {
+		if s.State == v1.StateActive {
+			out[s.Labels[labelSession]+" "+s.Binding.PodUID] = *s
+		}
+	}
+	return out
+}
+
+func pod(name, node string, labels map[string]string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: labels},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "agent", Image: "agent:1"}}}}
+}
+
+// TestTwoNodes: two controllers, each with its own node name and its own
+// identity, against one API server. Each binds only its own node's pods;
+// narrowing the session narrows both; retiring the agent revokes on both.
+func TestTwoNodes(t *testing.T) {
+	e := kubetest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	admin := e.User(t, "alice", "system:masters")
+	sel := map[string]string{"agent": "triage"}
+	ceiling := []v1alpha1.Rule{{Protocol: v1alpha1.TCP, CIDR: "10.0.0.0/8", Port: 443}, {Host: "*.example.com"}}
+	agent := &v1alpha1.Agent{ObjectMeta: metav1.ObjectMeta{Name: "triage", Namespace: "default"}, Spec: v1alpha1.AgentSpec{
+		SPIFFEID: "spiffe://example.org/agent/triage", Owner: "team-a", Version: "1.2.0", Ceiling: ceiling,
+		PodSelector: metav1.LabelSelector{MatchLabels: sel},
+		Lifecycle: v1alpha1.Lifecycle{State: v1alpha1.Operating, Transitions: []v1alpha1.Transition{
+			{State: v1alpha1.Operating, Actor: "alice", Time: metav1.Now()}}}}}
+	pods := []*corev1.Pod{pod("agent-a", "node-a", sel), pod("agent-b", "node-b", sel), pod("other-a", "node-a", nil)}
+	for _, o := range []kubetest.Object{agent, pods[0], pods[1], pods[2]} {
+		if err := admin.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes := map[string]*fakeSessions{}
+	for _, n := range []string{"node-a", "node-b"} {
+		fs := &fakeSessions{byID: map[string]*v1.Session{}}
+		nodes[n] = fs
+		c, err := New(Config{Rest: e.NodeConfig(t, n), NodeName: n, Resync: time.Hour, PodCgroup: func(string) bool { return true },
+			Log: slog.New(slog.DiscardHandler)}, fs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go c.Run(ctx)
+	}
+	s := &v1alpha1.AgentSession{ObjectMeta: metav1.ObjectMeta{Name: "fix-bug", Namespace: "default"}, Spec: v1alpha1.AgentSessionSpec{
+		Agent: "triage", Intent: "fix bug 7", Origin: v1alpha1.Origin{Kind: v1alpha1.Human, Principal: "alice@example.com"},
+		Scope: ceiling, Pods: v1alpha1.Pods{Selector: &metav1.LabelSelector{}}}}
+	kubetest.Eventually(t, "the session policy to admit", func() error { return admin.Create(ctx, s) })
+
+	for n, fs := range nodes {
+		kubetest.Eventually(t, n+" binds its pod", func() error {
+			got := fs.active()
+			p := map[string]*corev1.Pod{"node-a": pods[0], "node-b": pods[1]}[n]
+			b, ok := got["default/fix-bug "+string(p.UID)]
+			if !ok || len(got) != 1 {
+				return fmt.Errorf("sessions %v", got)
+			}
+			if b.Intent != "fix bug 7" || b.Agent.ID != agent.Spec.SPIFFEID || b.Agent.Version != "1.2.0" ||
+				!slices.Equal(b.Scope, []string{"tcp://10.0.0.0/8:443", "*.example.com"}) {
+				return fmt.Errorf("session %+v", b)
+			}
+			return nil
+		})
+	}
+
+	// Narrow: both nodes narrow in place.
+	s.Spec.Scope = ceiling[:1]
+	if err := admin.Update(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	for n, fs := range nodes {
+		kubetest.Eventually(t, n+" narrows", func() error {
+			for _, b := range fs.active() {
+				if !slices.Equal(b.Scope, []string{"tcp://10.0.0.0/8:443"}) {
+					return fmt.Errorf("scope %v", b.Scope)
+				}
+			}
+			return nil
+		})
+	}
+
+	// Retire: both nodes revoke.
+	if err := admin.Get(ctx, kubetest.Key(agent), agent); err != nil {
+		t.Fatal(err)
+	}
+	agent.Spec.Lifecycle.State = v1alpha1.Retired
+	agent.Spec.Lifecycle.Transitions = append(agent.Spec.Lifecycle.Transitions, v1alpha1.Transition{State: v1alpha1.Retired, Actor: "alice", Time: metav1.Now()})
+	if err := admin.Update(ctx, agent); err != nil {
+		t.Fatal(err)
+	}
+	for n, fs := range nodes {
+		kubetest.Eventually(t, n+" revokes", func() error {
+			if got := fs.active(); len(got) != 0 {
+				return fmt.Errorf("still active: %v", got)
+			}
+			return nil
+		})
+	}
+	for n, fs := range nodes {
+		fs.mu.Lock()
+		t.Logf("%s: %v", n, fs.log)
+		fs.mu.Unlock()
+	}
+}

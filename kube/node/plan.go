@@ -1,0 +1,134 @@
+package node
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/kube"
+	"github.com/agentfence/agentfence/kube/v1alpha1"
+	"github.com/agentfence/agentfence/scope"
+)
+
+// binding is one AgentSession's pod on this node.
+type binding struct {
+	session string // namespace/name
+	pod     string // UID
+}
+
+// wanted is the local session a binding should have.
+type wanted struct {
+	req v1.OpenRequest
+}
+
+// problem is why an AgentSession is not enforced on this node, naming the
+// field at fault.
+type problem struct {
+	reason, message string
+}
+
+// plan decides, from what the informers hold, which local sessions this
+// node should have, and which AgentSessions it cannot enforce and why.
+// It checks again what admission checked: an Agent narrowed or retired
+// after its sessions were admitted narrows or ends them here.
+func plan(agents []v1alpha1.Agent, sessions []v1alpha1.AgentSession, pods []corev1.Pod, now time.Time) (map[binding]wanted, map[string]problem) {
+	agentOf := map[string]*v1alpha1.Agent{}
+	for i := range agents {
+		agentOf[agents[i].Namespace+"/"+agents[i].Name] = &agents[i]
+	}
+	want := map[binding]wanted{}
+	problems := map[string]problem{}
+	for i := range sessions {
+		s := &sessions[i]
+		name := s.Namespace + "/" + s.Name
+		a := agentOf[s.Namespace+"/"+s.Spec.Agent]
+		req, prob := openRequest(s, a, now)
+		if prob != nil {
+			problems[name] = *prob
+			continue
+		}
+		for _, p := range selected(s, a, pods) {
+			want[binding{name, string(p.UID)}] = wanted{req: withPod(req, name, p)}
+		}
+	}
+	return want, problems
+}
+
+// openRequest is the local API's request for s, or why there is none.
+func openRequest(s *v1alpha1.AgentSession, a *v1alpha1.Agent, now time.Time) (v1.OpenRequest, *problem) {
+	switch {
+	case a == nil:
+		return v1.OpenRequest{}, &problem{"AgentNotFound", fmt.Sprintf("spec.agent: no Agent %s in namespace %s", s.Spec.Agent, s.Namespace)}
+	case a.Spec.Lifecycle.State == v1alpha1.Retired:
+		return v1.OpenRequest{}, &problem{"AgentRetired", fmt.Sprintf("spec.agent: agent %s is retired", a.Name)}
+	}
+	rules, err := kube.ScopeRules("spec.scope", s.Spec.Scope)
+	if err != nil {
+		return v1.OpenRequest{}, &problem{"InvalidScope", err.Error()}
+	}
+	ceiling, err := kube.ScopeRules("spec.ceiling", a.Spec.Ceiling)
+	if err != nil {
+		return v1.OpenRequest{}, &problem{"InvalidCeiling", fmt.Sprintf("agent %s: %v", a.Name, err)}
+	}
+	if i := scope.Within(rules, ceiling); i >= 0 {
+		return v1.OpenRequest{}, &problem{"OutsideCeiling", fmt.Sprintf("spec.scope[%d]: outside the ceiling of agent %s", i, a.Name)}
+	}
+	ttl, err := time.ParseDuration(s.Spec.TTL)
+	if err != nil || ttl <= 0 {
+		return v1.OpenRequest{}, &problem{"InvalidTTL", fmt.Sprintf("spec.ttl: %q is not a positive duration", s.Spec.TTL)}
+	}
+	left := s.CreationTimestamp.Add(ttl).Sub(now).Truncate(time.Second)
+	if left <= 0 {
+		return v1.OpenRequest{}, &problem{"Expired", fmt.Sprintf("spec.ttl: expired at %s", s.CreationTimestamp.Add(ttl).UTC().Format(time.RFC3339))}
+	}
+	text := make([]string, len(rules))
+	for i, r := range rules {
+		text[i] = r.String()
+	}
+	return v1.OpenRequest{
+		Intent: s.Spec.Intent,
+		Origin: &v1.Origin{Kind: v1.OriginKind(s.Spec.Origin.Kind), Principal: s.Spec.Origin.Principal},
+		Agent:  &v1.Agent{ID: a.Spec.SPIFFEID, Name: a.Name, Version: a.Spec.Version, Owner: a.Spec.Owner},
+		Scope:  text, Mode: v1.Mode(s.Spec.Mode), TTL: left.String(),
+		DNS: s.Spec.DNS, Credentials: s.Spec.Credentials,
+	}, nil
+}
+
+// selected are the pods of the node that s names and its agent selects,
+// and that have not ended.
+func selected(s *v1alpha1.AgentSession, a *v1alpha1.Agent, pods []corev1.Pod) []corev1.Pod {
+	agentSel, err := metav1.LabelSelectorAsSelector(&a.Spec.PodSelector)
+	if err != nil {
+		return nil
+	}
+	sessionSel := labels.Nothing()
+	if s.Spec.Pods.Selector != nil {
+		if sessionSel, err = metav1.LabelSelectorAsSelector(s.Spec.Pods.Selector); err != nil {
+			return nil
+		}
+	}
+	var out []corev1.Pod
+	for _, p := range pods {
+		if p.Namespace != s.Namespace || p.DeletionTimestamp != nil ||
+			p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		set := labels.Set(p.Labels)
+		if agentSel.Matches(set) && (sessionSel.Matches(set) || slices.Contains(s.Spec.Pods.Names, p.Name)) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// withPod labels a request with its AgentSession and pod.
+func withPod(req v1.OpenRequest, session string, p corev1.Pod) v1.OpenRequest {
+	req.Labels = map[string]string{labelSource: sourceKube, labelSession: session, labelPod: string(p.UID),
+		"agentfence.io/pod-name": p.Namespace + "/" + p.Name}
+	return req
+}
