@@ -6,6 +6,7 @@ package daemonset
 import (
 	"bytes"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	kjson "sigs.k8s.io/json"
@@ -65,7 +67,7 @@ func checkMeta(t *testing.T, file string, tm metav1.TypeMeta, om metav1.ObjectMe
 	if tm.APIVersion != apiVersion || tm.Kind != kind {
 		t.Errorf("%s: %s/%s, want %s/%s", file, tm.APIVersion, tm.Kind, apiVersion, kind)
 	}
-	if kind != "Namespace" && om.Namespace != namespace {
+	if kind != "Namespace" && !strings.HasPrefix(kind, "Cluster") && om.Namespace != namespace {
 		t.Errorf("%s: namespace %q, want %q", file, om.Namespace, namespace)
 	}
 	if om.Name == "" {
@@ -157,7 +159,39 @@ func TestNamespaceAndServiceAccount(t *testing.T) {
 	decodeStrict(t, "serviceaccount.yaml", &sa)
 	checkMeta(t, "serviceaccount.yaml", sa.TypeMeta, sa.ObjectMeta, "v1", "ServiceAccount")
 	if sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken {
-		t.Error("service account must not automount its token")
+		t.Error("service account must not automount its token: only the DaemonSet's pod asks for it")
+	}
+}
+
+// TestClusterRole: agentfenced reads pods, Agents and AgentSessions and
+// writes nothing but NodeEnforcements; no wildcard, no secrets.
+func TestClusterRole(t *testing.T) {
+	var cr rbacv1.ClusterRole
+	decodeStrict(t, "clusterrole.yaml", &cr)
+	checkMeta(t, "clusterrole.yaml", cr.TypeMeta, cr.ObjectMeta, "rbac.authorization.k8s.io/v1", "ClusterRole")
+	read := []string{"get", "list", "watch"}
+	writes := map[string]bool{}
+	for _, r := range cr.Rules {
+		for _, res := range r.Resources {
+			for _, v := range r.Verbs {
+				if v == "*" || res == "*" || slices.Contains(r.APIGroups, "*") || res == "secrets" {
+					t.Errorf("rule %+v: wildcards and secrets are not for a node daemon", r)
+				}
+				if !slices.Contains(read, v) {
+					writes[res] = true
+				}
+			}
+		}
+	}
+	if !maps.Equal(writes, map[string]bool{"nodeenforcements": true, "nodeenforcements/status": true}) {
+		t.Errorf("writes %v, want only nodeenforcements", writes)
+	}
+	var crb rbacv1.ClusterRoleBinding
+	decodeStrict(t, "clusterrolebinding.yaml", &crb)
+	checkMeta(t, "clusterrolebinding.yaml", crb.TypeMeta, crb.ObjectMeta, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding")
+	if crb.RoleRef.Name != cr.Name || len(crb.Subjects) != 1 || crb.Subjects[0].Kind != "ServiceAccount" ||
+		crb.Subjects[0].Name != "agentfence" || crb.Subjects[0].Namespace != namespace {
+		t.Errorf("binding %+v", crb)
 	}
 }
 
@@ -172,6 +206,9 @@ func TestConfigMapParses(t *testing.T) {
 	c, err := config.Parse([]byte(data))
 	if err != nil {
 		t.Fatalf("agentfence.yaml in the ConfigMap does not parse: %v", err)
+	}
+	if !c.Kubernetes.Enabled || c.Kubernetes.NodeName != "" || c.Kubernetes.Kubeconfig != "" {
+		t.Errorf("kubernetes %+v: want enabled, the node from $NODE_NAME, the pod's token", c.Kubernetes)
 	}
 	ds := loadDaemonSet(t)
 	// The paths in the config must be inside the volumes that carry them.
@@ -216,6 +253,11 @@ func TestDaemonSet(t *testing.T) {
 
 	if !spec.HostPID {
 		t.Error("hostPID must be true")
+	}
+	// kubernetes.enabled: the pod's bound token is what names its node to
+	// the admission policy.
+	if spec.AutomountServiceAccountToken == nil || !*spec.AutomountServiceAccountToken || spec.ServiceAccountName != "agentfence" {
+		t.Error("the pod must mount the agentfence service account's token")
 	}
 	if spec.HostNetwork {
 		t.Error("hostNetwork is not needed")
