@@ -21,11 +21,8 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	if err := errors.Join(c.cache.List(ctx, &agents), c.cache.List(ctx, &sessions), c.cache.List(ctx, &pods)); err != nil {
 		return err
 	}
-	want, problems := plan(agents.Items, sessions.Items, pods.Items, time.Now())
-	for name, p := range problems {
-		c.cfg.Log.Debug("agentsession not enforced", "agentsession", name, "reason", p.reason, "message", p.message)
-	}
-	return c.apply(want)
+	o := plan(agents.Items, sessions.Items, pods.Items, time.Now())
+	return errors.Join(c.apply(o.want), c.report(ctx, o))
 }
 
 // apply opens, narrows and revokes local sessions until they are want.

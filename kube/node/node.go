@@ -14,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -86,6 +87,8 @@ func New(cfg Config, sessions Sessions) (*Controller, error) {
 		// Only this node's pods: a node of a large cluster would otherwise
 		// hold every pod.
 		&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName)},
+		// Only this node's reports.
+		&v1alpha1.NodeEnforcement{}: {Label: labels.SelectorFromSet(labels.Set{v1alpha1.NodeLabel: cfg.NodeName})},
 	}})
 	if err != nil {
 		return nil, err
@@ -104,7 +107,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		UpdateFunc: func(any, any) { c.poke() },
 		DeleteFunc: func(any) { c.poke() },
 	}
-	for _, obj := range []client.Object{&corev1.Pod{}, &v1alpha1.Agent{}, &v1alpha1.AgentSession{}} {
+	for _, obj := range []client.Object{&corev1.Pod{}, &v1alpha1.Agent{}, &v1alpha1.AgentSession{}, &v1alpha1.NodeEnforcement{}} {
 		inf, err := c.cache.GetInformer(ctx, obj)
 		if err != nil {
 			return err

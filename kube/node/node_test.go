@@ -11,7 +11,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/kube/kubetest"
@@ -148,6 +150,10 @@ func TestTwoNodes(t *testing.T) {
 		})
 	}
 
+	for n := range nodes {
+		waitReport(t, e, n, metav1.ConditionTrue, "Bound", 1)
+	}
+
 	// Narrow: both nodes narrow in place.
 	s.Spec.Scope = ceiling[:1]
 	if err := admin.Update(ctx, s); err != nil {
@@ -181,9 +187,29 @@ func TestTwoNodes(t *testing.T) {
 			return nil
 		})
 	}
+	for n := range nodes {
+		waitReport(t, e, n, metav1.ConditionFalse, "AgentRetired", 0)
+	}
 	for n, fs := range nodes {
 		fs.mu.Lock()
 		t.Logf("%s: %v", n, fs.log)
 		fs.mu.Unlock()
 	}
+}
+
+// waitReport waits for node's NodeEnforcement of default/fix-bug to say
+// what is expected.
+func waitReport(t *testing.T, e *kubetest.Env, node string, status metav1.ConditionStatus, reason string, bound int32) {
+	t.Helper()
+	kubetest.Eventually(t, node+" reports "+reason, func() error {
+		var ne v1alpha1.NodeEnforcement
+		if err := e.Client.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: "fix-bug." + node}, &ne); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(ne.Status.Conditions, v1alpha1.Enforced)
+		if c == nil || c.Status != status || c.Reason != reason || ne.Status.BoundPods != bound || ne.Labels[v1alpha1.NodeLabel] != node {
+			return fmt.Errorf("report %+v %+v", ne.ObjectMeta.Labels, ne.Status)
+		}
+		return nil
+	})
 }

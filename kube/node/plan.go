@@ -32,31 +32,51 @@ type problem struct {
 	reason, message string
 }
 
+// outcome is what a node should do about the cluster's sessions.
+type outcome struct {
+	want map[binding]wanted
+	// pods are, for each AgentSession with pods on this node, their UIDs;
+	// only these get a NodeEnforcement from this node.
+	pods map[string][]string
+	// problems say why an AgentSession with pods here is not enforced.
+	problems map[string]problem
+	sessions map[string]*v1alpha1.AgentSession
+}
+
 // plan decides, from what the informers hold, which local sessions this
 // node should have, and which AgentSessions it cannot enforce and why.
 // It checks again what admission checked: an Agent narrowed or retired
 // after its sessions were admitted narrows or ends them here.
-func plan(agents []v1alpha1.Agent, sessions []v1alpha1.AgentSession, pods []corev1.Pod, now time.Time) (map[binding]wanted, map[string]problem) {
+func plan(agents []v1alpha1.Agent, sessions []v1alpha1.AgentSession, pods []corev1.Pod, now time.Time) outcome {
 	agentOf := map[string]*v1alpha1.Agent{}
 	for i := range agents {
 		agentOf[agents[i].Namespace+"/"+agents[i].Name] = &agents[i]
 	}
-	want := map[binding]wanted{}
-	problems := map[string]problem{}
+	o := outcome{want: map[binding]wanted{}, pods: map[string][]string{}, problems: map[string]problem{},
+		sessions: map[string]*v1alpha1.AgentSession{}}
 	for i := range sessions {
 		s := &sessions[i]
 		name := s.Namespace + "/" + s.Name
+		o.sessions[name] = s
 		a := agentOf[s.Namespace+"/"+s.Spec.Agent]
 		req, prob := openRequest(s, a, now)
-		if prob != nil {
-			problems[name] = *prob
-			continue
+		var here []corev1.Pod
+		if prob == nil {
+			here = selected(s, a, pods)
+		} else {
+			here = selected(s, nil, pods) // the pods it names, to report on
 		}
-		for _, p := range selected(s, a, pods) {
-			want[binding{name, string(p.UID)}] = wanted{req: withPod(req, name, p)}
+		for _, p := range here {
+			o.pods[name] = append(o.pods[name], string(p.UID))
+			if prob == nil {
+				o.want[binding{name, string(p.UID)}] = wanted{req: withPod(req, name, p)}
+			}
+		}
+		if prob != nil && len(here) > 0 {
+			o.problems[name] = *prob
 		}
 	}
-	return want, problems
+	return o
 }
 
 // openRequest is the local API's request for s, or why there is none.
@@ -99,12 +119,15 @@ func openRequest(s *v1alpha1.AgentSession, a *v1alpha1.Agent, now time.Time) (v1
 	}, nil
 }
 
-// selected are the pods of the node that s names and its agent selects,
-// and that have not ended.
+// selected are the pods of the node that s names and its agent (if any)
+// selects, and that have not ended.
 func selected(s *v1alpha1.AgentSession, a *v1alpha1.Agent, pods []corev1.Pod) []corev1.Pod {
-	agentSel, err := metav1.LabelSelectorAsSelector(&a.Spec.PodSelector)
-	if err != nil {
-		return nil
+	agentSel := labels.Everything()
+	var err error
+	if a != nil {
+		if agentSel, err = metav1.LabelSelectorAsSelector(&a.Spec.PodSelector); err != nil {
+			return nil
+		}
 	}
 	sessionSel := labels.Nothing()
 	if s.Spec.Pods.Selector != nil {

@@ -6,7 +6,8 @@ import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 // session's pods run there and whether the kernel enforces it for them.
 // Each node writes only its own (an admission policy holds a node's
 // service-account token to its node name), so no object is written by
-// every node at once. Its name is <session>.<node>.
+// every node at once. Its name is <session>.<node>, and it carries the
+// label agentfence.io/node=<node>, by which a node finds its own.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
@@ -39,6 +40,8 @@ type NodeEnforcementSpec struct {
 
 // Condition types of a NodeEnforcement.
 const (
+	// NodeLabel names the node on its NodeEnforcements.
+	NodeLabel = "agentfence.io/node"
 	// Enforced is true while the kernel holds the session for every pod
 	// of it on the node; its reason says why not otherwise.
 	Enforced = "Enforced"
@@ -46,10 +49,12 @@ const (
 
 // NodeEnforcementStatus is what the node did.
 type NodeEnforcementStatus struct {
-	// LocalSession is the node daemon's session id, which its audit
-	// records carry.
+	// LocalSessions are the node daemon's session ids, one per pod, which
+	// its audit records carry.
+	// +kubebuilder:validation:MaxItems=256
+	// +listType=set
 	// +optional
-	LocalSession string `json:"localSession,omitempty"`
+	LocalSessions []string `json:"localSessions,omitempty"`
 	// BoundPods is how many of the session's pods the node bound.
 	// +optional
 	BoundPods int32 `json:"boundPods,omitempty"`
