@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -129,13 +130,23 @@ func TestKubernetesSession(t *testing.T) {
 		t.Errorf("node-a bound node-b's pod: %+v", ss)
 	}
 
-	// Retire the agent: the pod's session is revoked and it reaches nothing.
+	// Without the API server nothing changes: the node keeps what it saw.
+	stopping := time.Now()
+	e.StopAPIServer(t)
+	t.Logf("kube-apiserver stopped in %v", time.Since(stopping))
+	expectResults(t, kerneltest.Run(t, ctr, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other}), "ok", "EPERM")
+	if ss := d.podSessions(t, string(mine.UID)); len(ss) != 1 || ss[0].ID != local.ID || ss[0].State != v1.StateActive {
+		t.Errorf("sessions while the API server is down: %+v", ss)
+	}
+	e.StartAPIServer(t)
+	admin = e.User(t, "alice", "system:masters")
+
+	// Retire the agent: the pod's session is revoked and it reaches nothing
+	// (the node has caught up with the API server).
 	agent.Spec.Lifecycle.State = v1alpha1.Retired
 	agent.Spec.Lifecycle.Transitions = append(agent.Spec.Lifecycle.Transitions,
 		v1alpha1.Transition{State: v1alpha1.Retired, Actor: "alice", Time: metav1.Now()})
-	if err := admin.Update(ctx, agent); err != nil {
-		t.Fatal(err)
-	}
+	kubetest.Eventually(t, "the API server to take the retirement", func() error { return admin.Update(ctx, agent) })
 	kubetest.Eventually(t, "node-a to revoke", func() error {
 		if ss := d.podSessions(t, string(mine.UID)); len(ss) != 1 || ss[0].State != v1.StateRevoked {
 			return fmt.Errorf("sessions %+v", ss)

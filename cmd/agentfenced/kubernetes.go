@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/kube/node"
@@ -37,8 +40,13 @@ func (d *daemon) startKubernetes(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes: %w", err)
 	}
+	// controller-runtime and client-go log through their own global
+	// loggers; both go to the daemon's.
+	log := d.log.With("component", "kubernetes")
+	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
+	klog.SetSlogLogger(log)
 	cg := cgroupv2.Manager{Root: d.cfg.CgroupRoot}
-	c, err := node.New(node.Config{Rest: rc, NodeName: name, Log: d.log.With("component", "kubernetes"),
+	c, err := node.New(node.Config{Rest: rc, NodeName: name, Log: log,
 		PodCgroup: func(uid string) bool { _, _, err := cg.FindPod(uid); return err == nil }}, d.sessions)
 	if err != nil {
 		return err

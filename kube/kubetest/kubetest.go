@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -28,6 +29,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/yaml"
 
 	"github.com/agentfence/agentfence/kube/v1alpha1"
@@ -63,6 +65,7 @@ func Start(t testing.TB) *Env {
 		}
 		t.Skip(msg)
 	}
+	ctrllog.SetLogger(logr.Discard()) // the control plane's own logs are in its output
 	scheme := kruntime.NewScheme()
 	if err := errors.Join(clientgoscheme.AddToScheme(scheme), v1alpha1.AddToScheme(scheme)); err != nil {
 		t.Fatal(err)
@@ -75,9 +78,14 @@ func Start(t testing.TB) *Env {
 	// A host whose only interface is loopback: kube-apiserver cannot pick
 	// an address to advertise by itself, and its endpoint reconciler
 	// refuses 127.0.0.1.
-	env.ControlPlane.GetAPIServer().Configure().
+	api := env.ControlPlane.GetAPIServer()
+	api.Configure().
 		Set("advertise-address", "127.0.0.1").
 		Set("endpoint-reconciler-type", "none")
+	// A directory of its own keeps the serving and service-account keys
+	// across StopAPIServer and StartAPIServer: tokens stay valid.
+	api.CertDir = t.TempDir()
+	env.ControlPlaneStopTimeout = 2 * time.Minute // watches drain slowly on a busy host
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatalf("start etcd and kube-apiserver: %v", err)
@@ -94,6 +102,23 @@ func Start(t testing.TB) *Env {
 	e := &Env{env: env, Config: cfg, Client: c, Scheme: scheme}
 	e.applyAdmission(t)
 	return e
+}
+
+// StopAPIServer stops kube-apiserver; etcd keeps the objects.
+func (e *Env) StopAPIServer(t testing.TB) {
+	t.Helper()
+	if err := e.env.ControlPlane.APIServer.Stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// StartAPIServer starts it again, on the same address with the same keys.
+// Clients from User must be made again: their certificates are not kept.
+func (e *Env) StartAPIServer(t testing.TB) {
+	t.Helper()
+	if err := e.env.ControlPlane.APIServer.Start(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // applyAdmission creates the policies and bindings of deploy/admission.
