@@ -13,12 +13,8 @@ import (
 	"testing"
 	"time"
 
-	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -345,44 +341,13 @@ func testLifecycle(t *testing.T, e *kubetest.Env) {
 func testNodeEnforcement(t *testing.T, e *kubetest.Env) {
 	ctx := context.Background()
 	c := e.Client
-	const sysNS, sa = "agentfence-system", "agentfence"
-	for _, o := range []client.Object{
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: sysNS}},
-		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: sysNS}},
-		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}},
-		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}},
-		// What the daemon will be granted; here only the writes the policy
-		// narrows.
-		&rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "nodeenforcement-writer"}, Rules: []rbacv1.PolicyRule{{
-			APIGroups: []string{"agentfence.io"}, Resources: []string{"nodeenforcements", "nodeenforcements/status"},
-			Verbs: []string{"create", "update", "delete", "get"}}}},
-		&rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "nodeenforcement-writer"},
-			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "nodeenforcement-writer"},
-			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: sysNS}}},
-	} {
-		if err := c.Create(ctx, o); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The daemon's pod on node-a, and a token bound to it as the kubelet
-	// would mount.
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "agentfence-a", Namespace: sysNS},
-		Spec: corev1.PodSpec{NodeName: "node-a", ServiceAccountName: sa,
-			Containers: []corev1.Container{{Name: "agentfenced", Image: "agentfence/agentfence:dev"}}}}
-	if err := c.Create(ctx, pod); err != nil {
-		t.Fatal(err)
-	}
-	cs := kubernetes.NewForConfigOrDie(e.Config)
-	tr, err := cs.CoreV1().ServiceAccounts(sysNS).CreateToken(ctx, sa, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
-		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}}},
-		metav1.CreateOptions{})
+	// agentfenced on node-a as the DaemonSet runs it: the shipped
+	// ClusterRole, a token bound to its pod.
+	node, err := client.New(e.NodeConfig(t, "node-a"), client.Options{Scheme: e.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := rest.AnonymousClientConfig(e.Config)
-	cfg.BearerToken = tr.Status.Token
-	node, err := client.New(cfg, client.Options{Scheme: e.Scheme})
-	if err != nil {
+	if err := c.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}}); err != nil {
 		t.Fatal(err)
 	}
 	report := func(nodeName string) *v1alpha1.NodeEnforcement {
