@@ -39,10 +39,10 @@ func (c *Controller) apply(want map[binding]wanted) error {
 		w, ok := want[b]
 		switch {
 		case !ok:
-			// The AgentSession is gone, narrowed away from this pod, or
-			// its agent retired: its pod is denied everything from now on
-			// (revoked, not closed: closing would kill the pod's
-			// processes, which the kubelet then restarts).
+			// The AgentSession is gone, no longer names this pod, or its
+			// agent retired: its pod is denied everything from now on
+			// (revoked, not closed: closing would unbind the pod, which
+			// would then reach what any process of the node reaches).
 			if _, err := c.sessions.Revoke(s.ID, caller); err != nil {
 				errs = append(errs, err)
 			}
