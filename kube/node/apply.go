@@ -28,8 +28,13 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 // apply opens, narrows and revokes local sessions until they are want.
 func (c *Controller) apply(want map[binding]wanted) error {
 	have := map[binding]v1.Session{}
+	// held are pods still bound to a revoked or expired session: denied
+	// everything until it ends with the pod. Binding them elsewhere would
+	// mean unbinding them first, an unconfined moment; they wait.
+	held := map[string]bool{}
 	for _, s := range c.sessions.List(session.Filter{Label: labelSource + "=" + sourceKube}) {
 		if s.State == v1.StateRevoked || s.State == v1.StateExpired {
+			held[s.Binding.PodUID] = s.Binding.PodUID != ""
 			continue
 		}
 		have[binding{s.Labels[labelSession], s.Labels[labelPod]}] = s
@@ -53,7 +58,7 @@ func (c *Controller) apply(want map[binding]wanted) error {
 		}
 	}
 	for b, w := range want {
-		if _, ok := have[b]; ok || !c.cfg.PodCgroup(b.pod) {
+		if _, ok := have[b]; ok || held[b.pod] || !c.cfg.PodCgroup(b.pod) {
 			continue
 		}
 		errs = append(errs, c.open(b, w))

@@ -190,6 +190,43 @@ func TestTwoNodes(t *testing.T) {
 	for n := range nodes {
 		waitReport(t, e, n, metav1.ConditionFalse, "AgentRetired", 0)
 	}
+	// A new agent and session for the same pods: the pods stay with their
+	// revoked sessions (denied everything) rather than pass through an
+	// unbound moment, and the nodes say so; nothing is opened again and
+	// again.
+	agent2 := agent.DeepCopy()
+	agent2.ObjectMeta = metav1.ObjectMeta{Name: "triage-2", Namespace: "default"}
+	agent2.Spec.Lifecycle = v1alpha1.Lifecycle{State: v1alpha1.Operating, Transitions: []v1alpha1.Transition{
+		{State: v1alpha1.Operating, Actor: "alice", Time: metav1.Now()}}}
+	if err := admin.Create(ctx, agent2); err != nil {
+		t.Fatal(err)
+	}
+	s2 := &v1alpha1.AgentSession{ObjectMeta: metav1.ObjectMeta{Name: "fix-bug", Namespace: "default"}}
+	if err := admin.Get(ctx, kubetest.Key(s2), s2); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Delete(ctx, s2); err != nil {
+		t.Fatal(err)
+	}
+	s2 = &v1alpha1.AgentSession{ObjectMeta: metav1.ObjectMeta{Name: "fix-bug", Namespace: "default"}, Spec: s.Spec}
+	s2.Spec.Agent = "triage-2"
+	kubetest.Eventually(t, "the second session admitted", func() error { return admin.Create(ctx, s2) })
+	for n := range nodes {
+		waitReport(t, e, n, metav1.ConditionFalse, "Binding", 0)
+	}
+	for n, fs := range nodes {
+		fs.mu.Lock()
+		opens := 0
+		for _, l := range fs.log {
+			if strings.HasPrefix(l, "open ") {
+				opens++
+			}
+		}
+		fs.mu.Unlock()
+		if opens != 1 {
+			t.Errorf("%s opened %d local sessions, want the first only", n, opens)
+		}
+	}
 	for n, fs := range nodes {
 		fs.mu.Lock()
 		t.Logf("%s: %v", n, fs.log)
