@@ -124,35 +124,15 @@ func (e *Env) StartAPIServer(t testing.TB) {
 // applyAdmission creates the policies and bindings of deploy/admission.
 func (e *Env) applyAdmission(t testing.TB) {
 	t.Helper()
-	ctx := context.Background()
 	files, err := filepath.Glob(filepath.Join(Root(), "deploy", "admission", "*.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal(data, &meta); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		var obj client.Object
-		switch meta.Kind {
-		case "ValidatingAdmissionPolicy":
-			obj = &admissionv1.ValidatingAdmissionPolicy{}
-		case "ValidatingAdmissionPolicyBinding":
-			obj = &admissionv1.ValidatingAdmissionPolicyBinding{}
-		case "Kustomization":
+		if filepath.Base(f) == "kustomization.yaml" {
 			continue
-		default:
-			t.Fatalf("%s: unexpected kind %q", f, meta.Kind)
 		}
-		if err := yaml.UnmarshalStrict(data, obj); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		if err := e.Client.Create(ctx, obj); err != nil {
+		if err := e.Client.Create(context.Background(), decodeFile(t, f)); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
 	}
@@ -236,7 +216,7 @@ func Kubeconfig(t testing.TB, cfg *rest.Config) string {
 	return path
 }
 
-// decodeFile reads one RBAC object from a manifest.
+// decodeFile reads the one object of a manifest, strictly.
 func decodeFile(t testing.TB, file string) client.Object {
 	t.Helper()
 	data, err := os.ReadFile(file)
@@ -249,6 +229,10 @@ func decodeFile(t testing.TB, file string) client.Object {
 	}
 	var obj client.Object
 	switch meta.Kind {
+	case "ValidatingAdmissionPolicy":
+		obj = &admissionv1.ValidatingAdmissionPolicy{}
+	case "ValidatingAdmissionPolicyBinding":
+		obj = &admissionv1.ValidatingAdmissionPolicyBinding{}
 	case "ClusterRole":
 		obj = &rbacv1.ClusterRole{}
 	case "ClusterRoleBinding":
