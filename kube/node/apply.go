@@ -26,7 +26,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 }
 
 // apply opens, narrows and revokes local sessions until they are want.
-func (c *Controller) apply(want map[binding]wanted) error {
+func (c *Controller) apply(want map[binding]v1.OpenRequest) error {
 	have := map[binding]v1.Session{}
 	// held are pods still bound to a revoked or expired session: denied
 	// everything until it ends with the pod. Binding them elsewhere would
@@ -34,7 +34,9 @@ func (c *Controller) apply(want map[binding]wanted) error {
 	held := map[string]bool{}
 	for _, s := range c.sessions.List(session.Filter{Label: labelSource + "=" + sourceKube}) {
 		if s.State == v1.StateRevoked || s.State == v1.StateExpired {
-			held[s.Binding.PodUID] = s.Binding.PodUID != ""
+			if s.Binding.PodUID != "" {
+				held[s.Binding.PodUID] = true
+			}
 			continue
 		}
 		have[binding{s.Labels[labelSession], s.Labels[labelPod]}] = s
@@ -51,8 +53,8 @@ func (c *Controller) apply(want map[binding]wanted) error {
 			if _, err := c.sessions.Revoke(s.ID, caller); err != nil {
 				errs = append(errs, err)
 			}
-		case !slices.Equal(w.req.Scope, s.Scope):
-			if _, err := c.sessions.Narrow(s.ID, v1.NarrowRequest{Scope: w.req.Scope}, caller); err != nil {
+		case !slices.Equal(w.Scope, s.Scope):
+			if _, err := c.sessions.Narrow(s.ID, v1.NarrowRequest{Scope: w.Scope}, caller); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -67,8 +69,8 @@ func (c *Controller) apply(want map[binding]wanted) error {
 }
 
 // open opens the local session of a binding and binds its pod.
-func (c *Controller) open(b binding, w wanted) error {
-	s, err := c.sessions.Open(w.req, caller)
+func (c *Controller) open(b binding, req v1.OpenRequest) error {
+	s, err := c.sessions.Open(req, caller)
 	if err != nil {
 		return err
 	}

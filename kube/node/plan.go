@@ -21,11 +21,6 @@ type binding struct {
 	pod     string // UID
 }
 
-// wanted is the local session a binding should have.
-type wanted struct {
-	req v1.OpenRequest
-}
-
 // problem is why an AgentSession is not enforced on this node, naming the
 // field at fault.
 type problem struct {
@@ -34,7 +29,7 @@ type problem struct {
 
 // outcome is what a node should do about the cluster's sessions.
 type outcome struct {
-	want map[binding]wanted
+	want map[binding]v1.OpenRequest // the local session each binding should have
 	// pods are, for each AgentSession with pods on this node, their UIDs;
 	// only these get a NodeEnforcement from this node.
 	pods map[string][]string
@@ -52,7 +47,7 @@ func plan(agents []v1alpha1.Agent, sessions []v1alpha1.AgentSession, pods []core
 	for i := range agents {
 		agentOf[agents[i].Namespace+"/"+agents[i].Name] = &agents[i]
 	}
-	o := outcome{want: map[binding]wanted{}, pods: map[string][]string{}, problems: map[string]problem{},
+	o := outcome{want: map[binding]v1.OpenRequest{}, pods: map[string][]string{}, problems: map[string]problem{},
 		sessions: map[string]*v1alpha1.AgentSession{}}
 	for i := range sessions {
 		s := &sessions[i]
@@ -69,7 +64,7 @@ func plan(agents []v1alpha1.Agent, sessions []v1alpha1.AgentSession, pods []core
 		for _, p := range here {
 			o.pods[name] = append(o.pods[name], string(p.UID))
 			if prob == nil {
-				o.want[binding{name, string(p.UID)}] = wanted{req: withPod(req, name, p)}
+				o.want[binding{name, string(p.UID)}] = withPod(req, name, p)
 			}
 		}
 		if prob != nil && len(here) > 0 {
