@@ -1,7 +1,6 @@
-// Session membership as the tracing and LSM programs see it: CO-RE views
-// of the cgroup structures, the walk up a task's cgroups that finds the
-// session the gate would find by cgroup, and escape reports. Include after
-// declaring the sessions and cgroup_sessions maps (AF_SESSIONS_MAP,
+// Session membership as the tracing and LSM programs see it: the walk up a
+// task's cgroups (task.h) that finds the session the gate would find by
+// cgroup, and escape reports. Include after declaring the sessions and cgroup_sessions maps (AF_SESSIONS_MAP,
 // AF_CGROUP_SESSIONS_MAP), which these functions read, and the gate_events
 // and gate_stats maps, which they write.
 #pragma once
@@ -9,66 +8,7 @@
 #include "common.h"
 #include "gate.h"
 #include "process.h"
-
-// CO-RE views of the cgroup structures the membership programs read, as
-// flavours (the ___af suffix is dropped when matching the kernel's BTF) so
-// they do not clash with core.h's task_struct.
-#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
-
-struct kernfs_node___af {
-	__u64 id; // the cgroup id bpf_get_current_cgroup_id reports (5.5+)
-};
-
-struct cgroup_root___af;
-struct cgroup___af;
-
-struct cgroup_subsys_state___af {
-	struct cgroup___af *cgroup;
-	struct cgroup_subsys_state___af *parent;
-};
-
-struct cgroup___af {
-	struct cgroup_subsys_state___af self; // self.parent is the parent cgroup's
-	int level;                            // the root is 0
-	struct kernfs_node___af *kn;
-	struct cgroup_root___af *root; // the hierarchy
-};
-
-struct css_set___af {
-	struct cgroup___af *dfl_cgrp; // the task's cgroup on the unified hierarchy
-};
-
-struct cred___af {
-	struct {
-		__u32 val;
-	} uid;
-	struct {
-		__u32 val;
-	} gid;
-};
-
-struct ns_common___af {
-	unsigned int inum;
-};
-
-struct net___af {
-	struct ns_common___af ns;
-};
-
-struct nsproxy___af {
-	struct net___af *net_ns;
-};
-
-struct task_struct___af {
-	int pid;
-	int tgid;
-	struct css_set___af *cgroups;
-	const struct cred___af *cred;
-	char comm[16];
-	struct nsproxy___af *nsproxy;
-};
-
-#pragma clang attribute pop
+#include "task.h"
 
 // live returns the session a binding names while its slot still holds the
 // binding's generation: the gate's test (gate.c).

@@ -260,11 +260,17 @@ func unpinLink(path string) error {
 }
 
 // keep holds l and, with pinning, pins it in place of an earlier daemon's
-// link of the same name. Tracing links cannot swap programs, so the old one
-// goes only once the new one is attached: for that moment both run (a
-// refusal may be recorded twice), rather than neither.
+// link of the same name (pinInPlace).
 func (f *families) keep(l link.Link, linkDir, name string) error {
 	f.links = append(f.links, l)
+	return pinInPlace(l, linkDir, name)
+}
+
+// pinInPlace pins l under linkDir (when set) in place of an earlier
+// daemon's link of the same name. Tracing links cannot swap programs, so
+// the old one goes only once the new one is attached: for that moment both
+// run (a refusal may be recorded twice), rather than neither.
+func pinInPlace(l link.Link, linkDir, name string) error {
 	if linkDir == "" {
 		return nil
 	}

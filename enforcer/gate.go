@@ -60,6 +60,10 @@ type Gate struct {
 	// nil, and why in famErr, where the kernel refused its programs.
 	fam    *families
 	famErr error
+	// hold holds new Kubernetes pods at deny (podhold.go); nil, and why
+	// in holdErr, where the kernel refused its programs.
+	hold    *podHold
+	holdErr error
 }
 
 // attachment is one program and where it hooks in.
@@ -175,13 +179,15 @@ func Load(opts Options) (*Gate, error) {
 		g.Close()
 		return nil, err
 	}
-	linkDir := ""
+	linkDir, mapDir := "", ""
 	if opts.PinPath != "" {
-		linkDir = g.linkDir()
+		linkDir, mapDir = g.linkDir(), g.mapDir()
 	}
 	// Optional: without it, `agentfence run`'s seccomp filter and dropped
 	// capabilities still refuse, but nothing records or sees bound members.
 	g.fam, g.famErr = loadFamilies(&g.objs, linkDir, opts.Boundary)
+	// Optional too: only a daemon that follows a cluster holds pods.
+	g.hold, g.holdErr = loadPodHold(&g.objs, mapDir, linkDir)
 	if opts.PinPath != "" && g.host != nil {
 		if err := g.adoptHooks(opts.CgroupRoot); err != nil {
 			g.Close()
@@ -267,7 +273,7 @@ func (g *Gate) Close() error {
 	if g.tasks != nil {
 		err = g.tasks.close()
 	}
-	return errors.Join(err, g.host.close(), g.fam.close(g.pinPath != ""), g.objs.Close())
+	return errors.Join(err, g.host.close(), g.fam.close(g.pinPath != ""), g.hold.close(g.pinPath != ""), g.objs.Close())
 }
 
 // Uninstall removes every pin and detaches the gate: enforcement of all

@@ -4,3 +4,4 @@ package enforcer
 //go:generate go tool bpf2go -tags linux -target amd64,arm64 -type host_event -type af_host_kind -type host_stat hostname ../bpf/dns.c -- -I../bpf -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
 //go:generate go tool bpf2go -tags linux -target amd64,arm64 -type bound_task members ../bpf/members.c -- -I../bpf -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
 //go:generate go tool bpf2go -tags linux -target amd64,arm64 -type af_local_family boundary ../bpf/boundary.c -- -I../bpf -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
+//go:generate go tool bpf2go -tags linux -target amd64,arm64 -type af_hold -type af_hold_stat podhold ../bpf/podhold.c -- -I../bpf -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
