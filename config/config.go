@@ -120,6 +120,21 @@ type Kubernetes struct {
 	NodeName string `json:"node_name"`
 	// Kubeconfig is a kubeconfig file; "" uses the pod's service account.
 	Kubeconfig string `json:"kubeconfig"`
+	// PodCgroups are the cgroups, relative to the cgroup v2 root, that
+	// the kubelet makes pod cgroups in. Every pod cgroup made in one of
+	// them is held at deny from its first moment until this node has
+	// classified the pod (docs/kubernetes.md); those that do not exist
+	// are skipped. The default names the QoS cgroups of both cgroup
+	// drivers; [] holds nothing, and an Agent's pod then runs unconfined
+	// until its session is bound.
+	PodCgroups []string `json:"pod_cgroups"`
+}
+
+// DefaultPodCgroups are the kubelet's QoS cgroups: cgroupfs driver, then
+// systemd driver.
+var DefaultPodCgroups = []string{
+	"kubepods", "kubepods/burstable", "kubepods/besteffort",
+	"kubepods.slice", "kubepods.slice/kubepods-burstable.slice", "kubepods.slice/kubepods-besteffort.slice",
 }
 
 // TLS probe settings.
@@ -279,7 +294,8 @@ func Default() Config {
 			MinTTL: Duration(5 * time.Second),
 			MaxTTL: Duration(time.Hour),
 		},
-		TLS: TLS{Probes: TLSProbesAuto, Query: TLSQueryDrop},
+		TLS:        TLS{Probes: TLSProbesAuto, Query: TLSQueryDrop},
+		Kubernetes: Kubernetes{PodCgroups: slices.Clone(DefaultPodCgroups)},
 		Process: Process{
 			AncestryDepth: 8,
 			CacheSize:     65536,

@@ -165,6 +165,12 @@ func (c Config) Validate() error {
 		}
 	}
 
+	for i, p := range c.Kubernetes.PodCgroups {
+		if !filepath.IsLocal(p) || filepath.Clean(p) != p {
+			v.add(fmt.Sprintf("kubernetes.pod_cgroups[%d]", i), p, "must be a clean path relative to the cgroup v2 root (e.g. kubepods/burstable)")
+		}
+	}
+
 	return errors.Join(v.errs...)
 }
 

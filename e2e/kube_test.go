@@ -26,6 +26,17 @@ import (
 // the containers' cgroups.
 func kubePods(t *testing.T, uids ...string) (containers []string) {
 	t.Helper()
+	qos := kubeQoS(t)
+	for _, uid := range uids {
+		containers = append(containers, kubePod(t, qos, uid))
+	}
+	return containers
+}
+
+// kubeQoS makes the kubelet's (systemd driver) best-effort QoS cgroup, and
+// removes it at the end.
+func kubeQoS(t *testing.T) string {
+	t.Helper()
 	root, err := cgroupv2.Root()
 	if err != nil {
 		t.Fatal(err)
@@ -35,21 +46,24 @@ func kubePods(t *testing.T, uids ...string) (containers []string) {
 		t.Skipf("%s exists: this host runs a kubelet, whose cgroups this test will not touch", top)
 	}
 	qos := filepath.Join(top, "kubepods-besteffort.slice")
-	var dirs []string
-	for _, uid := range uids {
-		pod := filepath.Join(qos, "kubepods-besteffort-pod"+strings.ReplaceAll(uid, "-", "_")+".slice")
-		ctr := filepath.Join(pod, "cri-containerd-"+strings.Repeat(strings.ReplaceAll(uid, "-", "")[:16], 4)+".scope")
-		if err := os.MkdirAll(ctr, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		containers, dirs = append(containers, ctr), append(dirs, ctr, pod)
+	if err := os.MkdirAll(qos, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		for _, dir := range append(dirs, qos, top) {
-			os.Remove(dir)
-		}
-	})
-	return containers
+	t.Cleanup(func() { os.Remove(qos); os.Remove(top) })
+	return qos
+}
+
+// kubePod makes a pod's cgroup in qos and one container's below it, as the
+// kubelet would, removes them at the end, and returns the container's.
+func kubePod(t *testing.T, qos, uid string) string {
+	t.Helper()
+	pod := filepath.Join(qos, "kubepods-besteffort-pod"+strings.ReplaceAll(uid, "-", "_")+".slice")
+	ctr := filepath.Join(pod, "cri-containerd-"+strings.Repeat(strings.ReplaceAll(uid, "-", "")[:16], 4)+".scope")
+	if err := os.MkdirAll(ctr, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(ctr); os.Remove(pod) })
+	return ctr
 }
 
 // podSessions are the daemon's sessions bound to the pod.

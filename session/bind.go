@@ -75,11 +75,11 @@ func (r *Registry) Bind(id string, req v1.BindRequest, caller Caller) (v1.Sessio
 			e.Binding.ContainerCgroup, e.containerCgroups = path, cgid
 		})
 		if err := r.hook(e, r.hostnameHooks(e)); err != nil { // hostnameHooks reads the workload's cgroup
+			r.unbindWorkload(e, cgid)
 			r.write(func() {
 				e.Binding.ContainerID, e.Binding.PodUID, e.Binding.ContainerCgroup, e.containerCgroups = "", "", "", 0
 			})
 			r.hook(e, r.hostnameHooks(e))
-			r.kernel.UnbindCgroup(cgid)
 			return v1.Session{}, kernelError(err)
 		}
 		r.write(func() { r.byCgroup[path] = e })

@@ -28,6 +28,11 @@ type Kernel interface {
 	Hostname(slot uint32, hash uint64) string
 	BindCgroup(cgroupID uint64, slot uint32, gen uint64) error
 	UnbindCgroup(cgroupID uint64) error
+	// HoldCgroup binds a cgroup bound to nothing to the hold
+	// (enforcer.HoldSlot); ReleaseCgroup unbinds one bound to the hold.
+	// Each reports whether it did.
+	HoldCgroup(cgroupID uint64) (bool, error)
+	ReleaseCgroup(cgroupID uint64) (bool, error)
 	BindPid(tgid uint32, slot uint32, gen uint64) error
 	UnbindPid(tgid uint32) error
 	PidBinding(tgid uint32) (slot uint32, gen uint64, ok bool)

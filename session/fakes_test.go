@@ -319,6 +319,32 @@ func (k *fakeKernel) UnbindCgroup(cgroupID uint64) error {
 	return nil
 }
 
+func (k *fakeKernel) HoldCgroup(cgroupID uint64) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.call(op{Name: "HoldCgroup", ID: cgroupID}); err != nil {
+		return false, err
+	}
+	if _, ok := k.cgroups[cgroupID]; ok {
+		return false, nil
+	}
+	k.cgroups[cgroupID] = binding{enforcer.HoldSlot, enforcer.HoldGen}
+	return true, nil
+}
+
+func (k *fakeKernel) ReleaseCgroup(cgroupID uint64) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.call(op{Name: "ReleaseCgroup", ID: cgroupID}); err != nil {
+		return false, err
+	}
+	if k.cgroups[cgroupID] != (binding{enforcer.HoldSlot, enforcer.HoldGen}) {
+		return false, nil
+	}
+	delete(k.cgroups, cgroupID)
+	return true, nil
+}
+
 func (k *fakeKernel) BindPid(tgid uint32, slot uint32, gen uint64) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()

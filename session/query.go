@@ -301,6 +301,9 @@ func (r *Registry) Resolve(slot uint32, gen uint64) (Attribution, bool) {
 }
 
 func (r *Registry) resolve(slot uint32, gen uint64) (Attribution, bool) {
+	if slot == enforcer.HoldSlot && gen == enforcer.HoldGen {
+		return holdAttribution, true
+	}
 	e := r.bySlot[slot]
 	if e == nil || e.gen != gen {
 		e = nil

@@ -128,6 +128,10 @@ type Registry struct {
 
 	rootHooked bool // the hostname programs watch the root (see hostnameHooks); guarded by turn
 
+	// holdingPods says that the kernel holds new pods (hold.go): a pod
+	// whose session ends goes back to the hold. Guarded by turn.
+	holdingPods bool
+
 	out outbox
 }
 

@@ -122,7 +122,7 @@ func (r *Registry) teardown(e *entry, closed *[]*entry) error {
 	}
 	errs = append(errs, r.kernel.UnbindCgroup(e.cgroupID))
 	if e.containerCgroups != 0 {
-		errs = append(errs, r.kernel.UnbindCgroup(e.containerCgroups))
+		errs = append(errs, r.unbindWorkload(e, e.containerCgroups))
 	}
 	errs = append(errs, r.deletePolicy(e))
 	errs = append(errs, r.kernel.PutSession(e.slot, enforcer.SessionState{Gen: e.gen, State: enforcer.StateFree}))

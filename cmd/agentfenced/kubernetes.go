@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
@@ -21,7 +25,9 @@ import (
 func (d *daemon) startKubernetes(ctx context.Context) error {
 	k := d.cfg.Kubernetes
 	if !k.Enabled {
-		return nil
+		// Pods an earlier daemon held would wait for a classification
+		// that no longer comes.
+		return d.gate.Unhold()
 	}
 	name := k.NodeName
 	if name == "" {
@@ -45,8 +51,12 @@ func (d *daemon) startKubernetes(ctx context.Context) error {
 	log := d.log.With("component", "kubernetes")
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 	klog.SetSlogLogger(log)
+	parents, err := d.holdPods(log)
+	if err != nil {
+		return err
+	}
 	cg := cgroupv2.Manager{Root: d.cfg.CgroupRoot}
-	c, err := node.New(node.Config{Rest: rc, NodeName: name, Log: log,
+	c, err := node.New(node.Config{Rest: rc, NodeName: name, Log: log, HoldParents: parents,
 		PodCgroup: func(uid string) bool { _, _, err := cg.FindPod(uid); return err == nil }}, d.sessions)
 	if err != nil {
 		return err
@@ -59,4 +69,52 @@ func (d *daemon) startKubernetes(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// holdPods makes the kernel hold every pod cgroup made from now on in the
+// kubernetes.pod_cgroups that exist, and returns their paths.
+func (d *daemon) holdPods(log *slog.Logger) ([]string, error) {
+	var paths []string
+	var ids []uint64
+	for _, rel := range d.cfg.Kubernetes.PodCgroups {
+		p := filepath.Join(d.cfg.CgroupRoot, rel)
+		id, err := cgroupv2.ID(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes.pod_cgroups: %w", err)
+		}
+		paths, ids = append(paths, p), append(ids, id)
+	}
+	d.sessions.HoldPods(len(ids) > 0)
+	if len(ids) == 0 {
+		if err := d.gate.Unhold(); err != nil {
+			return nil, err
+		}
+		log.Warn("no pod cgroup parent exists: new pods are not held, and an agent's pod runs unconfined until its session is bound",
+			"pod_cgroups", d.cfg.Kubernetes.PodCgroups, "cgroup_root", d.cfg.CgroupRoot)
+		return nil, nil
+	}
+	if err := d.gate.HoldPods(ids); err != nil {
+		return nil, fmt.Errorf("kubernetes.pod_cgroups: %w", err)
+	}
+	// The daemon's own pod, made while an earlier daemon's pinned hold was
+	// on, is held like any other: it could not reach the API server to
+	// classify itself.
+	rel, err := cgroupv2.Of(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	for p := rel; p != "/" && p != "." && p != ""; p = filepath.Dir(p) {
+		if id, err := cgroupv2.ID(filepath.Join(d.cfg.CgroupRoot, p)); err == nil {
+			if released, err := d.gate.ReleaseCgroup(id); err != nil {
+				return nil, err
+			} else if released {
+				log.Info("released this daemon's own pod from the hold", "cgroup", p)
+			}
+		}
+	}
+	log.Info("holding new pods until classified", "in", paths)
+	return paths, nil
 }

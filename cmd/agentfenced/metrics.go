@@ -28,7 +28,7 @@ type collector struct {
 	procs    *processes
 	tls      *tlsCalls
 
-	decisions, lost, active, cached, violations, entries, capacity, build, probed, conns *prometheus.Desc
+	decisions, lost, active, cached, violations, entries, capacity, build, probed, conns, holds *prometheus.Desc
 }
 
 func newCollector(gate *enforcer.Gate, sessions *session.Registry, procs *processes, tls *tlsCalls) *collector {
@@ -43,11 +43,13 @@ func newCollector(gate *enforcer.Gate, sessions *session.Registry, procs *proces
 		entries:    prometheus.NewDesc("agentfence_bpf_map_entries", "Entries in a BPF map.", []string{"map"}, nil),
 		capacity:   prometheus.NewDesc("agentfence_bpf_map_capacity", "Capacity of a BPF map.", []string{"map"}, nil),
 		build:      prometheus.NewDesc("agentfence_build_info", "Build information.", []string{"version", "goversion"}, nil),
+		holds: prometheus.NewDesc("agentfence_pod_holds_total", "New Kubernetes pod cgroups the kernel held at deny (held), could not hold because "+
+			"cgroup_sessions was full (failed: the pod ran unconfined until classified), and held cgroups removed (gone).", []string{"event"}, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.decisions, c.lost, c.active, c.cached, c.violations, c.entries, c.capacity, c.build, c.probed, c.conns} {
+	for _, d := range []*prometheus.Desc{c.decisions, c.lost, c.active, c.cached, c.violations, c.entries, c.capacity, c.build, c.probed, c.conns, c.holds} {
 		ch <- d
 	}
 }
@@ -78,6 +80,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		files, conns := c.tls.usage()
 		gauge(c.probed, files)
 		gauge(c.conns, conns)
+	}
+	if hs, err := c.gate.HoldStats(); err == nil {
+		counter(c.holds, hs.Held, "held")
+		counter(c.holds, hs.Failed, "failed")
+		counter(c.holds, hs.Gone, "gone")
 	}
 	counts := c.sessions.StateCounts()
 	for _, st := range []v1.State{v1.StateActive, v1.StateQuarantined, v1.StateRevoked, v1.StateExpired} {

@@ -22,7 +22,12 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 		return err
 	}
 	o := plan(agents.Items, sessions.Items, pods.Items, time.Now())
-	return errors.Join(c.apply(o.want), c.report(ctx, o))
+	err := c.apply(o.want)
+	if len(c.cfg.HoldParents) > 0 {
+		// After apply: a pod it bound is bound over its hold.
+		err = errors.Join(err, c.hold(agents.Items, pods.Items))
+	}
+	return errors.Join(err, c.report(ctx, o))
 }
 
 // apply opens, narrows and revokes local sessions until they are want.

@@ -32,6 +32,8 @@ type Sessions interface {
 	Bind(id string, req v1.BindRequest, caller session.Caller) (v1.Session, error)
 	Narrow(id string, req v1.NarrowRequest, caller session.Caller) (v1.Session, error)
 	Revoke(id string, caller session.Caller) (v1.Session, error)
+	HoldPod(uid string) (bool, error)
+	ReleasePod(uid string) (bool, error)
 	List(session.Filter) []v1.Session
 }
 
@@ -45,7 +47,11 @@ type Config struct {
 	// PodCgroup says whether the pod's cgroup exists yet: the kubelet
 	// makes it when it starts the pod's sandbox, after the pod is seen.
 	PodCgroup func(uid string) bool
-	Log       *slog.Logger
+	// HoldParents are the cgroups the kernel holds new pods in (the
+	// kubelet's QoS cgroups, enforcer.Gate.HoldPods); with any, the node
+	// classifies every pod of the node as it appears (hold.go).
+	HoldParents []string
+	Log         *slog.Logger
 }
 
 // caller is who the local sessions are opened by.
@@ -66,6 +72,9 @@ type Controller struct {
 	cache    cache.Cache
 	client   client.Client
 	kick     chan struct{}
+	// classified is, for each pod whose hold is settled, whether an Agent
+	// selected it then. Only Reconcile uses it.
+	classified map[string]bool
 }
 
 // New sets up the informers; Run starts them.
@@ -97,7 +106,7 @@ func New(cfg Config, sessions Sessions) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Controller{cfg: cfg, sessions: sessions, cache: c, client: cl, kick: make(chan struct{}, 1)}, nil
+	return &Controller{cfg: cfg, sessions: sessions, cache: c, client: cl, kick: make(chan struct{}, 1), classified: map[string]bool{}}, nil
 }
 
 // Run watches and reconciles until ctx is done.
@@ -115,6 +124,15 @@ func (c *Controller) Run(ctx context.Context) error {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return err
 		}
+	}
+	if len(c.cfg.HoldParents) > 0 {
+		// Before the caches sync: a pod made meanwhile is held by the
+		// kernel, and classified once they have.
+		stop, err := watchDirs(c.cfg.HoldParents, c.poke)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- c.cache.Start(ctx) }()

@@ -67,6 +67,20 @@ func (f *fakeSessions) Revoke(id string, _ session.Caller) (v1.Session, error) {
 	return *s, nil
 }
 
+func (f *fakeSessions) HoldPod(uid string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log = append(f.log, "hold "+uid)
+	return true, nil
+}
+
+func (f *fakeSessions) ReleasePod(uid string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log = append(f.log, "release "+uid)
+	return true, nil
+}
+
 func (f *fakeSessions) List(flt session.Filter) []v1.Session {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -1,0 +1,93 @@
+package node
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/kube/v1alpha1"
+)
+
+// TestHold: an Agent's pods are held (a retired Agent's too), every other
+// pod is released, each once while nothing changes, and again when its
+// Agent's selector changes; a pod whose cgroup is not made yet waits.
+func TestHold(t *testing.T) {
+	fs := &fakeSessions{byID: map[string]*v1.Session{}}
+	made := map[string]bool{"a1": true, "a2": true, "o1": true, "x1": true}
+	c := &Controller{cfg: Config{PodCgroup: func(uid string) bool { return made[uid] }, Log: slog.New(slog.DiscardHandler)},
+		sessions: fs, classified: map[string]bool{}}
+	agent := func(name, ns string, sel map[string]string, state v1alpha1.LifecycleState) v1alpha1.Agent {
+		return v1alpha1.Agent{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: v1alpha1.AgentSpec{PodSelector: metav1.LabelSelector{MatchLabels: sel}, Lifecycle: v1alpha1.Lifecycle{State: state}}}
+	}
+	withUID := func(p *corev1.Pod, uid string) corev1.Pod {
+		p.UID = types.UID(uid)
+		return *p
+	}
+	agents := []v1alpha1.Agent{
+		agent("triage", "default", map[string]string{"agent": "triage"}, v1alpha1.Operating),
+		agent("old", "default", map[string]string{"agent": "old"}, v1alpha1.Retired),
+		agent("elsewhere", "other", map[string]string{"agent": "x"}, v1alpha1.Operating),
+	}
+	pods := []corev1.Pod{
+		withUID(pod("a1", "n", map[string]string{"agent": "triage"}), "a1"),
+		withUID(pod("a2", "n", map[string]string{"agent": "old"}), "a2"),
+		withUID(pod("o1", "n", nil), "o1"),
+		withUID(pod("x1", "n", map[string]string{"agent": "x"}), "x1"), // in default, not in other
+		withUID(pod("late", "n", nil), "late"),
+	}
+	step := func(want ...string) {
+		t.Helper()
+		fs.log = nil
+		if err := c.hold(agents, pods); err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(fs.log)
+		slices.Sort(want)
+		if !slices.Equal(fs.log, want) {
+			t.Errorf("calls %q, want %q", fs.log, want)
+		}
+	}
+	step("hold a1", "hold a2", "release o1", "release x1")
+	step()
+	made["late"] = true
+	step("release late")
+	agents[0].Spec.PodSelector.MatchLabels = map[string]string{"agent": "none"}
+	step("release a1")
+	pods = pods[1:]
+	step()
+	if _, ok := c.classified["a1"]; ok {
+		t.Error("a gone pod is still classified")
+	}
+}
+
+// TestWatchDirs: a directory made in a watched one pokes; stop ends the
+// watch.
+func TestWatchDirs(t *testing.T) {
+	dir := t.TempDir()
+	pokes := make(chan struct{}, 8)
+	stop, err := watchDirs([]string{dir}, func() { pokes <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "pod1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-pokes:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no poke for a new directory")
+	}
+	stop()
+	if _, err := watchDirs([]string{filepath.Join(dir, "missing")}, func() {}); err == nil {
+		t.Error("watching a missing directory succeeded")
+	}
+}
