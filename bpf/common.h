@@ -29,6 +29,17 @@ struct binding {
 	__u64 gen;
 };
 
+// The binding of the hold (podhold.c): a Kubernetes pod's cgroup bound to it
+// is denied everything until the daemon classifies the pod. Slot 0 is never
+// a session's (the registry hands out 1 and up); the daemon writes it as a
+// session with no scope. Its members are judged by cgroup only, never bound
+// by tgid (process.c): binding or releasing the pod's cgroup then takes
+// every process of the pod with it, those that started held included.
+enum af_hold {
+	AF_HOLD_SLOT = 0,
+	AF_HOLD_GEN = 1,
+};
+
 // Identity of an executable captured at exec time. dev is the kernel's
 // internal encoding (major << 20 | minor).
 struct exe_id {

@@ -26,13 +26,6 @@
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
-// The hold's binding. Slot 0 is never a session's (the registry hands out
-// 1 and up); the daemon writes it as a session with no scope.
-enum af_hold {
-	AF_HOLD_SLOT = 0,
-	AF_HOLD_GEN = 1,
-};
-
 enum af_hold_stat {
 	AF_HOLD_HELD = 0,   // a new pod cgroup was bound to the hold
 	AF_HOLD_FAILED = 1, // ... and could not be (cgroup_sessions full)

@@ -132,7 +132,7 @@ static __always_inline struct binding *member_binding(struct task_struct___af *t
 	struct chain c = {};
 
 	walk_cgroup(BPF_CORE_READ(task, cgroups, dfl_cgrp), 0, &c);
-	if (!c.found) {
+	if (!c.found || c.deepest.slot == AF_HOLD_SLOT) {
 		if (b)
 			bpf_map_delete_elem(&pid_sessions, &tgid);
 		return 0;
@@ -306,7 +306,7 @@ int af_sched_fork(struct bpf_raw_tracepoint_args *ctx)
 			bound = 1;
 			report_escape(&pb, AF_ESCAPE_CLONE_INTO_CGROUP, 0, 0, cgroup_id_of(cg), parent_tgid,
 				      (__u32)bpf_get_current_pid_tgid(), 0, child_tgid, 0);
-		} else if (c.found) {
+		} else if (c.found && c.deepest.slot != AF_HOLD_SLOT) {
 			cb = c.deepest;
 			bound = 1;
 		}
@@ -421,7 +421,7 @@ int af_task_cgroup_attach(struct bpf_raw_tracepoint_args *ctx)
 	if (!member) {
 		// Moved into a session (a container's init, say): a member by
 		// tgid from now on, in the namespace it is in.
-		if (c.found) {
+		if (c.found && c.deepest.slot != AF_HOLD_SLOT) {
 			c.deepest.netns = netns_of(task);
 			bpf_map_update_elem(&pid_sessions, &tgid, &c.deepest, BPF_ANY);
 		}

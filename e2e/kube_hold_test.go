@@ -59,8 +59,8 @@ func TestKubernetesHold(t *testing.T) {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: labels},
 			Spec: corev1.PodSpec{NodeName: "node-a", Containers: []corev1.Container{{Name: "c", Image: "c:1"}}}}
 	}
-	agentPod, plain := newPod("agent", sel), newPod("plain", nil)
-	for _, o := range []kubetest.Object{agent, agentPod, plain} {
+	agentPod, plain, relabelled := newPod("agent", sel), newPod("plain", nil), newPod("relabelled", sel)
+	for _, o := range []kubetest.Object{agent, agentPod, plain, relabelled} {
 		if err := admin.Create(ctx, o); err != nil {
 			t.Fatal(err)
 		}
@@ -101,6 +101,32 @@ func TestKubernetesHold(t *testing.T) {
 		}
 	}
 
+	// Processes that started while their pod was held (and so went through
+	// fork, exec and the move into the pod's cgroup held) go with the pod:
+	// into its session when it is bound, out of the hold when it is let go.
+	early := kerneltest.Start(t, agentCtr, kerneltest.Options{}, true, connect, kerneltest.Connect{Addr: other})
+	relabelledCtr := kubePod(t, qos, string(relabelled.UID))
+	late := kerneltest.Start(t, relabelledCtr, kerneltest.Options{}, true, connect)
+	for _, p := range []*kerneltest.Proc{early, late} {
+		if res := p.Next(); res.Outcome() != kerneltest.Ready {
+			t.Fatalf("probe: %s", res)
+		}
+	}
+	relabelled.Labels = nil
+	if err := admin.Update(ctx, relabelled); err != nil {
+		t.Fatal(err)
+	}
+	kubetest.Eventually(t, "the node to let a relabelled pod go", func() error {
+		if res := kerneltest.Run(t, relabelledCtr, kerneltest.Options{}, connect); res[0].Outcome() != "ok" {
+			return fmt.Errorf("connect: %s", res[0].Outcome())
+		}
+		return nil
+	})
+	late.Go()
+	if res := late.Next(); res.Outcome() != "ok" {
+		t.Errorf("a process started while its pod was held, after the pod was let go: %s", res.Outcome())
+	}
+
 	s := &v1alpha1.AgentSession{ObjectMeta: metav1.ObjectMeta{Name: "fix-bug", Namespace: "default"}, Spec: v1alpha1.AgentSessionSpec{
 		Agent: "triage", Intent: "fix bug 7", Origin: v1alpha1.Origin{Kind: v1alpha1.Human, Principal: "alice@example.com"},
 		Scope: []v1alpha1.Rule{{Protocol: v1alpha1.TCP, CIDR: "127.0.0.1/32", Port: int32(target.Port())}},
@@ -113,5 +139,12 @@ func TestKubernetesHold(t *testing.T) {
 		}
 		return nil
 	})
+	early.Go()
+	if res := early.Next(); res.Outcome() != "ok" {
+		t.Errorf("a process started while its pod was held, after the pod was bound: %s", res.Outcome())
+	}
+	if res := early.Next(); res.Outcome() != "EPERM" {
+		t.Errorf("out of the bound session's scope: %s", res.Outcome())
+	}
 	expectResults(t, kerneltest.Run(t, unseen, kerneltest.Options{}, connect), "EPERM")
 }
