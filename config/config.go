@@ -128,6 +128,11 @@ type Kubernetes struct {
 	// drivers; [] holds nothing, and an Agent's pod then runs unconfined
 	// until its session is bound.
 	PodCgroups []string `json:"pod_cgroups"`
+	// HoldControlPlane holds new pods on control-plane nodes too (the
+	// node-role.kubernetes.io/control-plane label). Off by default: the
+	// control plane's static pods would wait for an API server that may be
+	// one of them.
+	HoldControlPlane bool `json:"hold_control_plane"`
 }
 
 // DefaultPodCgroups are the kubelet's QoS cgroups: cgroupfs driver, then

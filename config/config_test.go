@@ -136,6 +136,11 @@ tls:
   probes: "off"
   query: hash
   credential_headers: [x-goog-api-key]
+kubernetes:
+  enabled: true
+  node_name: node-a
+  pod_cgroups: [kubepods.slice/kubepods-burstable.slice]
+  hold_control_plane: true
 `
 
 func TestParseFull(t *testing.T) {
@@ -175,6 +180,8 @@ func TestParseFull(t *testing.T) {
 		DNS:     DNS{MinTTL: 0, MaxTTL: Duration(10 * time.Minute)},
 		Process: Process{AncestryDepth: 16, CacheSize: 1024, ExitGrace: Duration(time.Minute)},
 		TLS:     TLS{Probes: TLSProbesOff, Query: TLSQueryHash, CredentialHeaders: []string{"x-goog-api-key"}},
+		Kubernetes: Kubernetes{Enabled: true, NodeName: "node-a", PodCgroups: []string{"kubepods.slice/kubepods-burstable.slice"},
+			HoldControlPlane: true},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Parse(full):\n got %+v\nwant %+v", c, want)
@@ -270,6 +277,9 @@ func TestParseErrors(t *testing.T) {
 		{"bad tls probes", "tls:\n  probes: always\n", []string{"tls.probes", "auto"}},
 		{"bad tls query", "tls:\n  query: keep\n", []string{"tls.query", "hash"}},
 		{"bad credential header", "tls:\n  credential_headers: [\"x key\"]\n", []string{"tls.credential_headers[0]", "header name"}},
+		{"pod cgroup outside the root", "kubernetes:\n  pod_cgroups: [../kubepods]\n", []string{"kubernetes.pod_cgroups[0]", "relative"}},
+		{"absolute pod cgroup", "kubernetes:\n  pod_cgroups: [kubepods, /sys/fs/cgroup/kubepods]\n", []string{"kubernetes.pod_cgroups[1]", "relative"}},
+		{"unclean pod cgroup", "kubernetes:\n  pod_cgroups: [kubepods//burstable]\n", []string{"kubernetes.pod_cgroups[0]", "relative"}},
 		{"several problems at once", "audit:\n  format: xml\nsessions:\n  drift_action: x\n", []string{"audit.format", "sessions.drift_action"}},
 	}
 	for _, tc := range cases {

@@ -51,12 +51,9 @@ func (d *daemon) startKubernetes(ctx context.Context) error {
 	log := d.log.With("component", "kubernetes")
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 	klog.SetSlogLogger(log)
-	parents, err := d.holdPods(log)
-	if err != nil {
-		return err
-	}
 	cg := cgroupv2.Manager{Root: d.cfg.CgroupRoot}
-	c, err := node.New(node.Config{Rest: rc, NodeName: name, Log: log, HoldParents: parents,
+	hold := func(on bool) ([]string, error) { return d.holdPods(on, log) }
+	c, err := node.New(node.Config{Rest: rc, NodeName: name, Log: log, Hold: hold, HoldControlPlane: k.HoldControlPlane,
 		PodCgroup: func(uid string) bool { _, _, err := cg.FindPod(uid); return err == nil }}, d.sessions)
 	if err != nil {
 		return err
@@ -72,11 +69,15 @@ func (d *daemon) startKubernetes(ctx context.Context) error {
 }
 
 // holdPods makes the kernel hold every pod cgroup made from now on in the
-// kubernetes.pod_cgroups that exist, and returns their paths.
-func (d *daemon) holdPods(log *slog.Logger) ([]string, error) {
-	var paths []string
+// kubernetes.pod_cgroups that exist, and returns their paths; off, it
+// releases every held pod.
+func (d *daemon) holdPods(on bool, log *slog.Logger) ([]string, error) {
+	var paths, rels []string
 	var ids []uint64
-	for _, rel := range d.cfg.Kubernetes.PodCgroups {
+	if on {
+		rels = d.cfg.Kubernetes.PodCgroups
+	}
+	for _, rel := range rels {
 		p := filepath.Join(d.cfg.CgroupRoot, rel)
 		id, err := cgroupv2.ID(p)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -92,8 +93,10 @@ func (d *daemon) holdPods(log *slog.Logger) ([]string, error) {
 		if err := d.gate.Unhold(); err != nil {
 			return nil, err
 		}
-		log.Warn("no pod cgroup parent exists: new pods are not held, and an agent's pod runs unconfined until its session is bound",
-			"pod_cgroups", d.cfg.Kubernetes.PodCgroups, "cgroup_root", d.cfg.CgroupRoot)
+		if on {
+			log.Warn("no pod cgroup parent exists: new pods are not held, and an agent's pod runs unconfined until its session is bound",
+				"pod_cgroups", d.cfg.Kubernetes.PodCgroups, "cgroup_root", d.cfg.CgroupRoot)
+		}
 		return nil, nil
 	}
 	if err := d.gate.HoldPods(ids); err != nil {

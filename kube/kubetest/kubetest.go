@@ -181,10 +181,13 @@ func (e *Env) NodeConfig(t testing.TB, node string) *rest.Config {
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "agentfence-" + node, Namespace: ns},
 		Spec: corev1.PodSpec{NodeName: node, ServiceAccountName: sa,
 			Containers: []corev1.Container{{Name: "agentfenced", Image: "agentfence/agentfence:dev"}}}}
-	for _, o := range []client.Object{&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, pod} {
-		if err := e.Client.Create(ctx, o); err != nil {
-			t.Fatal(err)
-		}
+	// The Node may exist already: a test that gives it labels makes it
+	// first.
+	if err := e.Client.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if err := e.Client.Create(ctx, pod); err != nil {
+		t.Fatal(err)
 	}
 	cs, err := kubernetes.NewForConfig(e.Config)
 	if err != nil {

@@ -23,7 +23,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	}
 	o := plan(agents.Items, sessions.Items, pods.Items, time.Now())
 	err := c.apply(o.want)
-	if len(c.cfg.HoldParents) > 0 {
+	if c.holding {
 		// After apply: a pod it bound is bound over its hold.
 		err = errors.Join(err, c.hold(agents.Items, pods.Items))
 	}

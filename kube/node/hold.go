@@ -1,13 +1,17 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"golang.org/x/sys/unix"
 
@@ -70,6 +74,38 @@ func selectedByAgent(p corev1.Pod, agents []v1alpha1.Agent) bool {
 		}
 	}
 	return false
+}
+
+// Labels of a control-plane node: the current one and the one before
+// Kubernetes 1.24.
+var controlPlaneLabels = []string{"node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master"}
+
+// startHold reads this node's Node, waiting for the API server as long as
+// ctx lasts, and starts the hold unless this is a control-plane node (and
+// HoldControlPlane is off): its static pods, the API server's among them,
+// would wait for mirror pods that API server has to write. A Node that
+// does not exist is no control-plane node.
+func (c *Controller) startHold(ctx context.Context) ([]string, error) {
+	var n corev1.Node
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := c.client.Get(ctx, client.ObjectKey{Name: c.cfg.NodeName}, &n)
+		if err == nil || apierrors.IsNotFound(err) {
+			break
+		}
+		c.cfg.Log.Warn("reading this node's Node to decide on holding new pods", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	for _, l := range controlPlaneLabels {
+		if _, ok := n.Labels[l]; ok && !c.cfg.HoldControlPlane {
+			c.cfg.Log.Info("control-plane node: new pods are not held (kubernetes.hold_control_plane)", "label", l)
+			return c.cfg.Hold(false)
+		}
+	}
+	return c.cfg.Hold(true)
 }
 
 // watchDirs calls poke whenever a directory appears in one of dirs, until

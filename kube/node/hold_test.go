@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -11,8 +12,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/kube/kubetest"
 	"github.com/agentfence/agentfence/kube/v1alpha1"
 )
 
@@ -89,5 +92,44 @@ func TestWatchDirs(t *testing.T) {
 	stop()
 	if _, err := watchDirs([]string{filepath.Join(dir, "missing")}, func() {}); err == nil {
 		t.Error("watching a missing directory succeeded")
+	}
+}
+
+// TestStartHold: a node holds new pods unless it is a control-plane node
+// (and hold_control_plane is off); a node without a Node object holds. Each
+// reads its Node with its own token, through the shipped ClusterRole.
+func TestStartHold(t *testing.T) {
+	e := kubetest.Start(t)
+	ctx := context.Background()
+	admin := e.User(t, "alice", "system:masters")
+	cp := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "cp", Labels: map[string]string{"node-role.kubernetes.io/control-plane": ""}}}
+	if err := admin.Create(ctx, cp); err != nil {
+		t.Fatal(err)
+	}
+	configs := map[string]*rest.Config{}
+	for _, n := range []string{"worker", "cp", "gone"} {
+		configs[n] = e.NodeConfig(t, n)
+	}
+	if err := admin.Delete(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "gone"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		node         string
+		controlPlane bool
+		want         bool
+	}{{"worker", false, true}, {"cp", false, false}, {"cp", true, true}, {"gone", false, true}} {
+		var got []bool
+		c, err := New(Config{Rest: configs[tc.node], NodeName: tc.node, PodCgroup: func(string) bool { return true },
+			HoldControlPlane: tc.controlPlane, Log: slog.New(slog.DiscardHandler),
+			Hold: func(on bool) ([]string, error) { got = append(got, on); return nil, nil }}, &fakeSessions{byID: map[string]*v1.Session{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.startHold(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, []bool{tc.want}) {
+			t.Errorf("node %s, hold_control_plane %v: hold %v, want [%v]", tc.node, tc.controlPlane, got, tc.want)
+		}
 	}
 }

@@ -47,11 +47,15 @@ type Config struct {
 	// PodCgroup says whether the pod's cgroup exists yet: the kubelet
 	// makes it when it starts the pod's sandbox, after the pod is seen.
 	PodCgroup func(uid string) bool
-	// HoldParents are the cgroups the kernel holds new pods in (the
-	// kubelet's QoS cgroups, enforcer.Gate.HoldPods); with any, the node
-	// classifies every pod of the node as it appears (hold.go).
-	HoldParents []string
-	Log         *slog.Logger
+	// Hold starts (true) or stops (false) the kernel's hold on new pods
+	// (enforcer.Gate.HoldPods) and returns the cgroups it holds pods made
+	// in. Run calls it once it knows the node's role; while it holds any,
+	// the node classifies every pod of the node as it appears (hold.go).
+	// nil holds nothing.
+	Hold func(on bool) (parents []string, err error)
+	// HoldControlPlane holds pods on a control-plane node too.
+	HoldControlPlane bool
+	Log              *slog.Logger
 }
 
 // caller is who the local sessions are opened by.
@@ -72,8 +76,10 @@ type Controller struct {
 	cache    cache.Cache
 	client   client.Client
 	kick     chan struct{}
-	// classified is, for each pod whose hold is settled, whether an Agent
-	// selected it then. Only Reconcile uses it.
+	// holding says the kernel holds new pods; classified is, for each pod
+	// whose hold is settled, whether an Agent selected it then. Only Run
+	// and Reconcile use them.
+	holding    bool
 	classified map[string]bool
 }
 
@@ -125,14 +131,20 @@ func (c *Controller) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	if len(c.cfg.HoldParents) > 0 {
+	if c.cfg.Hold != nil {
 		// Before the caches sync: a pod made meanwhile is held by the
 		// kernel, and classified once they have.
-		stop, err := watchDirs(c.cfg.HoldParents, c.poke)
+		parents, err := c.startHold(ctx)
 		if err != nil {
 			return err
 		}
-		defer stop()
+		if c.holding = len(parents) > 0; c.holding {
+			stop, err := watchDirs(parents, c.poke)
+			if err != nil {
+				return err
+			}
+			defer stop()
+		}
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- c.cache.Start(ctx) }()
