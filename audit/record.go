@@ -48,7 +48,15 @@ const (
 	// stack the probes do not read (tls.library, tls.uncovered says why):
 	// its calls have no http records. One per executable and daemon run.
 	KindTLSUncovered = "tls_uncovered"
+	// KindAgent is a step of an agent's lifecycle that changed what this
+	// node enforces: event retired, with the actor who retired it and
+	// outcome.reason the transition's reason (docs/kubernetes.md).
+	KindAgent = "agent"
 )
+
+// Kinds are the kinds of record this build writes.
+var Kinds = []string{KindConnect, KindSendmsg, KindExec, KindSession, KindDNS, KindGap, KindDestroy, KindSocket,
+	KindEscape, KindBind, KindInbound, KindMCP, KindHTTP, KindTLSUncovered, KindAgent}
 
 // ReasonHeldByMCPServer is the reason of a member's denied connect or
 // send that a declared MCP server of its session may make (outcome.held_by

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -66,8 +67,8 @@ type SinkConfig struct {
 // FilterConfig selects records. Gap records always pass: a sink must learn
 // that it (or the kernel) lost records even if it only wants denials.
 type FilterConfig struct {
-	// Kinds lists the record kinds to include (connect, sendmsg, exec,
-	// session, dns); empty means all kinds.
+	// Kinds lists the record kinds to include (audit.Kinds); empty means
+	// all kinds.
 	Kinds []string `json:"kinds,omitempty"`
 	// Verdicts lists the outcome verdicts to include (allowed, denied,
 	// would_deny); empty means all. Records without an outcome (session
@@ -179,9 +180,7 @@ func (c SinkConfig) Validate() error {
 	}
 	if f := c.Filter; f != nil {
 		for i, k := range f.Kinds {
-			switch k {
-			case KindConnect, KindSendmsg, KindExec, KindSession, KindDNS, KindGap, KindBind, KindInbound:
-			default:
+			if !slices.Contains(Kinds, k) {
 				bad(fmt.Sprintf("filter.kinds[%d]", i), "unknown kind %q", k)
 			}
 		}

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/kerneltest"
 	"github.com/agentfence/agentfence/kube/kubetest"
@@ -168,4 +169,21 @@ func TestKubernetesSession(t *testing.T) {
 		return nil
 	})
 	expectResults(t, kerneltest.Run(t, ctr, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}), "EPERM")
+
+	// The node recorded the retirement once, in alice's name, and its local
+	// API refuses the agent from now on.
+	var retired []audit.Record
+	for _, r := range d.records(t) {
+		if r.Kind == audit.KindAgent {
+			retired = append(retired, r)
+		}
+	}
+	if len(retired) != 1 || retired[0].Event != "retired" || retired[0].Actor != "alice" || retired[0].Agent == nil ||
+		retired[0].Agent.ID != agent.Spec.SPIFFEID || retired[0].Agent.Owner != "team-a" {
+		t.Errorf("agent records: %+v", retired)
+	}
+	_, stderr, code := d.cli(t, nil, "run", "--intent", "after retirement", "--agent", agent.Spec.SPIFFEID, "--", "true")
+	if code == 0 || !strings.Contains(stderr, "agent.id") || !strings.Contains(stderr, "retired") {
+		t.Errorf("a session for the retired agent: exit %d: %s", code, stderr)
+	}
 }

@@ -25,6 +25,9 @@ func (r *Registry) Open(req v1.OpenRequest, caller Caller) (v1.Session, error) {
 	}
 	r.begin()
 	defer r.end()
+	if a := req.Agent; a != nil && r.retired[a.ID] {
+		return v1.Session{}, forbidden("agent.id", "agent %s is retired", a.ID)
+	}
 	now := r.now()
 	expires := now.Add(o.ttl)
 	member := r.memberOf(caller)

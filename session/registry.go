@@ -117,6 +117,9 @@ type Registry struct {
 	free     []uint32
 	gens     []uint64
 	recent   []*entry // closed sessions, for late events
+	// retired are the SPIFFE IDs of retired agents (agents.go): Open
+	// refuses their sessions. Written under turn and mu.
+	retired map[string]bool
 
 	// Persistence (store.go): sessions changed or gone since the last
 	// write. Guarded by turn.
@@ -166,7 +169,7 @@ func NewRegistry(cfg Config, d Deps) *Registry {
 		d.Emit = func(audit.Record) {}
 	}
 	r := &Registry{cfg: cfg, kernel: d.Kernel, cgroups: d.Cgroups, sockets: d.Sockets, clock: d.Clock, log: d.Log, out: outbox{emit: d.Emit},
-		byID: map[string]*entry{}, bySlot: map[uint32]*entry{}, byCgroup: map[string]*entry{}, gens: make([]uint64, cfg.MaxSessions+1), dirty: map[string]bool{}}
+		byID: map[string]*entry{}, bySlot: map[uint32]*entry{}, byCgroup: map[string]*entry{}, retired: map[string]bool{}, gens: make([]uint64, cfg.MaxSessions+1), dirty: map[string]bool{}}
 	r.out.delivered.L = &r.out.mu
 	r.rebuildFree()
 	return r

@@ -224,6 +224,9 @@ func writeAtomic(path string, write func(*bufio.Writer) error) error {
 func (r *Registry) Restore() (adopted, rewritten int, err error) {
 	r.begin()
 	defer r.end()
+	if err := r.loadRetired(); err != nil {
+		return 0, 0, fmt.Errorf("retired agents: %w", err)
+	}
 	defer func() {
 		// What no restored session claimed belongs to sessions that are
 		// gone; after a failed restore nothing is touched.

@@ -104,7 +104,7 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 var allKinds = []string{
 	audit.KindConnect, audit.KindSendmsg, audit.KindSocket, audit.KindDestroy,
 	audit.KindExec, audit.KindSession, audit.KindDNS, audit.KindGap, audit.KindEscape,
-	audit.KindBind, audit.KindInbound, audit.KindMCP, audit.KindHTTP, audit.KindTLSUncovered,
+	audit.KindBind, audit.KindInbound, audit.KindMCP, audit.KindHTTP, audit.KindTLSUncovered, audit.KindAgent,
 }
 
 var allVerdicts = []string{audit.VerdictAllowed, audit.VerdictDenied, audit.VerdictWouldDeny, audit.VerdictDestroyed, audit.VerdictFlagged, "", "other", audit.VerdictDetected}

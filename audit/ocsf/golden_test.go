@@ -68,6 +68,7 @@ var goldenDrops = map[string][]string{
 	audit.KindGap:     {"no-gap", "gap-zero", "kind-event-actor-only"},
 	audit.KindEscape:  {"no-escape", "escape-what-only", "no-process", "no-outcome", "no-host-seq-event-actor", "kind-event-actor-only"},
 	"future_kind":     {"no-process", "empty-process-only", "kind-event-actor-only"},
+	audit.KindAgent:   {"no-agent", "no-host-seq-event-actor", "kind-event-actor-only"},
 	audit.KindInbound: {"no-source", "no-destination"},
 	audit.KindSocket:  {"no-socket", "destination-no-address-no-socket"},
 	audit.KindHTTP: {
@@ -120,6 +121,9 @@ func goldenCases(t *testing.T) map[string][]goldenCase {
 			for _, ev := range sessionEvents() {
 				files[k] = append(files[k], goldenCase{"event=" + ev, fullRecord(k, audit.VerdictAllowed, ev, "")})
 			}
+		}
+		if k == audit.KindAgent {
+			files[k] = append(files[k], goldenCase{"event=retired", fullRecord(k, "", "retired", "")})
 		}
 		for _, name := range goldenDrops[k] {
 			drop, ok := drops[name]

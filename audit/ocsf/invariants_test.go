@@ -46,7 +46,7 @@ func wantClass(kind string) int {
 		return 4003
 	case audit.KindExec, audit.KindEscape, audit.KindMCP:
 		return 1007
-	case audit.KindSession:
+	case audit.KindSession, audit.KindAgent:
 		return 3004
 	default: // gap, and kinds this build does not know
 		return 1008
@@ -384,10 +384,19 @@ func (c *eventCheck) checkSubject(r *audit.Record, class int) {
 			c.absent("query")
 		}
 	case 3004:
-		c.eq("entity.type", "Intent Session")
-		if r.Session != nil {
-			c.eq("entity.uid", r.Session.ID)
-			c.opt("entity.name", r.Session.Intent)
+		switch {
+		case r.Kind == audit.KindAgent:
+			c.eq("entity.type", "Agent")
+			if r.Agent != nil {
+				c.eq("entity.uid", r.Agent.ID)
+				c.opt("entity.name", r.Agent.Name)
+			}
+		default:
+			c.eq("entity.type", "Intent Session")
+			if r.Session != nil {
+				c.eq("entity.uid", r.Session.ID)
+				c.opt("entity.name", r.Session.Intent)
+			}
 		}
 		c.opt("actor.user.name", r.Actor)
 		c.eq("status", "Success")

@@ -79,6 +79,10 @@ var sessionActivities = map[string]struct {
 	"closed":      {4, "Delete"},
 }
 
+// agentRetired is the activity of an agent's retirement: its identity
+// disabled, for good.
+var agentRetired = sessionActivities["revoked"]
+
 // Event is an OCSF 1.3.0 event restricted to the attributes agentfence
 // fills. Field order follows no rule but JSON object order is irrelevant
 // to OCSF consumers.
@@ -429,6 +433,8 @@ func (e Encoder) fill(sc *scratch, r *audit.Record) {
 		http(sc, r)
 	case audit.KindTLSUncovered:
 		tlsUncovered(sc, r)
+	case audit.KindAgent:
+		agent(sc, r)
 	default:
 		// An unknown kind from a newer daemon still reaches the SIEM as
 		// an Event Log Activity "Other" rather than being dropped.
@@ -676,6 +682,15 @@ func session(sc *scratch, r *audit.Record) {
 			sc.entity.Data = &sc.entityData
 		}
 	}
+	lifecycleActor(sc, r)
+	ev.StatusID, ev.Status = statusSuccess, "Success"
+	ev.Message = message(r)
+}
+
+// lifecycleActor fills the actor of a lifecycle record: the process, if
+// any, and the user who made the change (record.actor).
+func lifecycleActor(sc *scratch, r *audit.Record) {
+	ev := &sc.ev
 	ev.Actor = actor(sc, r, processOf(sc, r.Process))
 	if r.Actor != "" {
 		if ev.Actor == nil {
@@ -684,6 +699,23 @@ func session(sc *scratch, r *audit.Record) {
 		sc.actorUser = User{Name: r.Actor}
 		ev.Actor.User = &sc.actorUser
 	}
+}
+
+// agent maps a kind agent record, an agent's identity retired, as the
+// Entity Management of an entity of type Agent: its SPIFFE ID and name.
+func agent(sc *scratch, r *audit.Record) {
+	ev := &sc.ev
+	id, name := activityOther, "Other"
+	if r.Event == "retired" {
+		id, name = agentRetired.id, agentRetired.name
+	}
+	classify(ev, catIAM, ClassEntityManagement, id, name, sevMedium)
+	sc.entity = ManagedEntity{Type: "Agent"}
+	if a := r.Agent; a != nil {
+		sc.entity.UID, sc.entity.Name = a.ID, a.Name
+	}
+	ev.Entity = &sc.entity
+	lifecycleActor(sc, r)
 	ev.StatusID, ev.Status = statusSuccess, "Success"
 	ev.Message = message(r)
 }

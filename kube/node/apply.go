@@ -3,12 +3,14 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/kube/v1alpha1"
 	"github.com/agentfence/agentfence/session"
 )
@@ -21,8 +23,11 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	if err := errors.Join(c.cache.List(ctx, &agents), c.cache.List(ctx, &sessions), c.cache.List(ctx, &pods)); err != nil {
 		return err
 	}
+	// Before apply, which would revoke the retired agents' sessions in
+	// its own name: the retirement's actor is who ended them.
+	err := c.retire(agents.Items)
 	o := plan(agents.Items, sessions.Items, pods.Items, time.Now())
-	err := c.apply(o.want)
+	err = errors.Join(err, c.apply(o.want))
 	if c.holding {
 		// After apply: a pod it bound is bound over its hold.
 		err = errors.Join(err, c.hold(agents.Items, pods.Items))
@@ -87,4 +92,29 @@ func (c *Controller) open(b binding, req v1.OpenRequest) error {
 	}
 	c.cfg.Log.Info("agentsession bound", "agentsession", b.session, "pod", b.pod, "session", s.ID)
 	return nil
+}
+
+// retire ends each retired Agent on this node, local sessions included
+// (session.Registry.RetireAgent), in the name of who retired it.
+func (c *Controller) retire(agents []v1alpha1.Agent) error {
+	var errs []error
+	for _, a := range agents {
+		if a.Spec.Lifecycle.State != v1alpha1.Retired || c.retired[string(a.UID)] {
+			continue
+		}
+		var actor, reason string
+		for _, t := range a.Spec.Lifecycle.Transitions {
+			if t.State == v1alpha1.Retired {
+				actor, reason = t.Actor, t.Reason
+			}
+		}
+		n, err := c.sessions.RetireAgent(audit.Agent{ID: a.Spec.SPIFFEID, Name: a.Name, Version: a.Spec.Version, Owner: a.Spec.Owner}, actor, reason)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("agent %s/%s: %w", a.Namespace, a.Name, err))
+			continue
+		}
+		c.retired[string(a.UID)] = true
+		c.cfg.Log.Info("agent retired", "agent", a.Namespace+"/"+a.Name, "actor", actor, "sessions_revoked", n)
+	}
+	return errors.Join(errs...)
 }

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/kube/v1alpha1"
 	"github.com/agentfence/agentfence/session"
 )
@@ -32,6 +33,7 @@ type Sessions interface {
 	Bind(id string, req v1.BindRequest, caller session.Caller) (v1.Session, error)
 	Narrow(id string, req v1.NarrowRequest, caller session.Caller) (v1.Session, error)
 	Revoke(id string, caller session.Caller) (v1.Session, error)
+	RetireAgent(a audit.Agent, actor, reason string) (int, error)
 	HoldPod(uid string) (bool, error)
 	ReleasePod(uid string) (bool, error)
 	List(session.Filter) []v1.Session
@@ -81,6 +83,8 @@ type Controller struct {
 	// and Reconcile use them.
 	holding    bool
 	classified map[string]bool
+	// retired are the Agents (by UID) this node has retired.
+	retired map[string]bool
 }
 
 // New sets up the informers; Run starts them.
@@ -112,7 +116,8 @@ func New(cfg Config, sessions Sessions) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Controller{cfg: cfg, sessions: sessions, cache: c, client: cl, kick: make(chan struct{}, 1), classified: map[string]bool{}}, nil
+	return &Controller{cfg: cfg, sessions: sessions, cache: c, client: cl, kick: make(chan struct{}, 1), classified: map[string]bool{},
+		retired: map[string]bool{}}, nil
 }
 
 // Run watches and reconciles until ctx is done.

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/kube/kubetest"
 	"github.com/agentfence/agentfence/kube/v1alpha1"
 	"github.com/agentfence/agentfence/session"
@@ -65,6 +66,20 @@ func (f *fakeSessions) Revoke(id string, _ session.Caller) (v1.Session, error) {
 	s.State = v1.StateRevoked
 	f.log = append(f.log, "revoke "+id)
 	return *s, nil
+}
+
+func (f *fakeSessions) RetireAgent(a audit.Agent, actor, _ string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, s := range f.byID {
+		if s.Agent != nil && s.Agent.ID == a.ID && s.State == v1.StateActive {
+			s.State = v1.StateRevoked
+			n++
+		}
+	}
+	f.log = append(f.log, "retire "+a.ID+" by "+actor)
+	return n, nil
 }
 
 func (f *fakeSessions) HoldPod(uid string) (bool, error) {
@@ -203,6 +218,24 @@ func TestTwoNodes(t *testing.T) {
 	}
 	for n := range nodes {
 		waitReport(t, e, n, metav1.ConditionFalse, "AgentRetired", 0)
+	}
+	// Each node retired the agent once, in the name of who retired it
+	// (its local sessions of the agent end too: session.TestRetireAgent).
+	for n, fs := range nodes {
+		fs.mu.Lock()
+		retired := 0
+		for _, l := range fs.log {
+			if strings.HasPrefix(l, "retire ") {
+				retired++
+				if l != "retire spiffe://example.org/agent/triage by alice" {
+					t.Errorf("%s: %s", n, l)
+				}
+			}
+		}
+		fs.mu.Unlock()
+		if retired != 1 {
+			t.Errorf("%s retired the agent %d times", n, retired)
+		}
 	}
 	// A new agent and session for the same pods: the pods stay with their
 	// revoked sessions (denied everything) rather than pass through an
