@@ -58,6 +58,9 @@ type Joiner struct {
 	// the process cache (which redacts its own) has not got the process
 	// (nil keeps argv whole).
 	Redact func(args []string) []string
+	// Pods names the Kubernetes pod of a pod UID, nil when the node does
+	// not know it (nil: records carry only the UID).
+	Pods func(uid string) *audit.Pod
 }
 
 // Names is what the joiner asks of the gate's hostname state
@@ -108,7 +111,7 @@ func (j *Joiner) Record(ev enforcer.Event) audit.Record {
 	if ev.Socket != nil {
 		socketOutcome(&rec, ev)
 	}
-	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
+	rec.Pod = j.fillProcess(rec.Process, ev.PID, ev.BootNS)
 	s, ok := j.attribute(&rec, ev.Slot, ev.Gen, ev.Rule)
 	// A denial for want of a rule, to where a declared server may go, is
 	// the agent taking the direct route around its server.
@@ -219,7 +222,7 @@ func (j *Joiner) escapeRecord(ev enforcer.Event) audit.Record {
 	if kind == sensor.EscapeSocketReceive && ev.Dest.IsValid() && !ev.Dest.Addr().IsUnspecified() {
 		rec.Destination = &audit.Destination{IP: ev.Dest.Addr().String(), Port: ev.Dest.Port(), Protocol: protoName(ev.Protocol)}
 	}
-	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
+	rec.Pod = j.fillProcess(rec.Process, ev.PID, ev.BootNS)
 	j.attribute(&rec, ev.Slot, ev.Gen, enforcer.NoRule)
 	if kind == sensor.EscapeCgroupMove || kind == sensor.EscapeCloneIntoCgroup {
 		// Only these leave the session's cgroup.
@@ -283,7 +286,7 @@ func (j *Joiner) HostRecord(ev enforcer.HostEvent) audit.Record {
 		}
 	}
 	rec.Destination = dst
-	j.fillProcess(rec.Process, ev.PID, ev.BootNS)
+	rec.Pod = j.fillProcess(rec.Process, ev.PID, ev.BootNS)
 	j.attribute(&rec, ev.Slot, ev.Gen, ev.Rule)
 	return rec
 }
@@ -293,7 +296,7 @@ func (j *Joiner) HostRecord(ev enforcer.HostEvent) audit.Record {
 func (j *Joiner) ExecRecord(ev *sensor.ExecEvent) (audit.Record, bool) {
 	p := &audit.Process{PID: ev.TGID, TID: ev.PID, PPID: ev.PPID, UID: ev.UID, GID: ev.GID, CgroupID: ev.CgroupID,
 		Exe: ev.Filename}
-	j.fillProcess(p, ev.TGID, ev.Ktime)
+	pod := j.fillProcess(p, ev.TGID, ev.Ktime)
 	p.Comm = filepath.Base(p.Exe)
 	s, ok := j.Sessions.SessionOf(ev.TGID, p.Cgroup, ev.CgroupID, ev.Ktime)
 	if !ok {
@@ -306,7 +309,7 @@ func (j *Joiner) ExecRecord(ev *sensor.ExecEvent) (audit.Record, bool) {
 		}
 	}
 	return audit.Record{Schema: audit.SchemaVersion, Time: j.Clock.Wall(ev.Ktime), Kind: audit.KindExec,
-		Session: &s.Session, Agent: s.Agent, Origin: s.Origin, MCP: s.MCP, Process: p}, true
+		Session: &s.Session, Agent: s.Agent, Origin: s.Origin, MCP: s.MCP, Process: p, Pod: pod}, true
 }
 
 // LaunchRecord is the kind mcp record of a member's exec judged against a
@@ -323,9 +326,11 @@ func LaunchRecord(exec audit.Record, l session.Launch) audit.Record {
 	return rec
 }
 
-func (j *Joiner) fillProcess(p *audit.Process, tgid uint32, at uint64) {
+// fillProcess completes p from the process cache and returns the
+// Kubernetes pod it runs in, if the node knows it.
+func (j *Joiner) fillProcess(p *audit.Process, tgid uint32, at uint64) *audit.Pod {
 	if j.Processes == nil {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), j.Wait)
 	defer cancel()
@@ -337,7 +342,7 @@ func (j *Joiner) fillProcess(p *audit.Process, tgid uint32, at uint64) {
 		pr, ok = j.Processes.LookupWait(ctx, tgid, at)
 	}
 	if !ok {
-		return
+		return nil
 	}
 	p.PPID = pr.PPID
 	if pr.ExePath != "" {
@@ -353,6 +358,10 @@ func (j *Joiner) fillProcess(p *audit.Process, tgid uint32, at uint64) {
 	p.ContainerID = pr.Container.ContainerID
 	p.PodUID = pr.Container.PodUID
 	p.Ancestry = pr.Ancestry
+	if p.PodUID == "" || j.Pods == nil {
+		return nil
+	}
+	return j.Pods(p.PodUID)
 }
 
 func kindOf(h enforcer.Hook) string {

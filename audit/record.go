@@ -130,6 +130,9 @@ type Record struct {
 	HTTP       *HTTP       `json:"http,omitempty"`
 	TLS        *TLS        `json:"tls,omitempty"`
 	Credential *Credential `json:"credential,omitempty"`
+	// Pod is the Kubernetes pod the acting process runs in, where its node
+	// follows the cluster and has the pod (docs/kubernetes.md).
+	Pod *Pod `json:"pod,omitempty"`
 	// Event names the lifecycle step for kind=session records
 	// (opened, bound, narrowed, quarantined, revoked, expired, closed).
 	Event string `json:"event,omitempty"`
@@ -184,6 +187,18 @@ type Agent struct {
 	Name    string `json:"name,omitempty"`
 	Version string `json:"version,omitempty"`
 	Owner   string `json:"owner,omitempty"`
+}
+
+// Pod is a Kubernetes pod as its node's informers have it. Records share
+// one Pod per pod: never modify one.
+type Pod struct {
+	UID            string `json:"uid"`
+	Namespace      string `json:"namespace,omitempty"`
+	Name           string `json:"name,omitempty"`
+	ServiceAccount string `json:"service_account,omitempty"`
+	Node           string `json:"node,omitempty"`
+	// Labels are the pod's labels that kubernetes.record_labels names.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Origin is what triggered the session.

@@ -133,7 +133,14 @@ type Kubernetes struct {
 	// control plane's static pods would wait for an API server that may be
 	// one of them.
 	HoldControlPlane bool `json:"hold_control_plane"`
+	// RecordLabels are the pod label keys that audit records of a pod
+	// carry, besides its name, namespace, service account and node.
+	RecordLabels []string `json:"record_labels"`
 }
+
+// DefaultRecordLabels are the label keys records carry by default: the
+// names Kubernetes recommends for an application.
+var DefaultRecordLabels = []string{"app", "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version"}
 
 // DefaultPodCgroups are the kubelet's QoS cgroups: cgroupfs driver, then
 // systemd driver.
@@ -300,7 +307,7 @@ func Default() Config {
 			MaxTTL: Duration(time.Hour),
 		},
 		TLS:        TLS{Probes: TLSProbesAuto, Query: TLSQueryDrop},
-		Kubernetes: Kubernetes{PodCgroups: slices.Clone(DefaultPodCgroups)},
+		Kubernetes: Kubernetes{PodCgroups: slices.Clone(DefaultPodCgroups), RecordLabels: slices.Clone(DefaultRecordLabels)},
 		Process: Process{
 			AncestryDepth: 8,
 			CacheSize:     65536,

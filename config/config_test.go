@@ -141,6 +141,7 @@ kubernetes:
   node_name: node-a
   pod_cgroups: [kubepods.slice/kubepods-burstable.slice]
   hold_control_plane: true
+  record_labels: [team]
 `
 
 func TestParseFull(t *testing.T) {
@@ -181,7 +182,7 @@ func TestParseFull(t *testing.T) {
 		Process: Process{AncestryDepth: 16, CacheSize: 1024, ExitGrace: Duration(time.Minute)},
 		TLS:     TLS{Probes: TLSProbesOff, Query: TLSQueryHash, CredentialHeaders: []string{"x-goog-api-key"}},
 		Kubernetes: Kubernetes{Enabled: true, NodeName: "node-a", PodCgroups: []string{"kubepods.slice/kubepods-burstable.slice"},
-			HoldControlPlane: true},
+			HoldControlPlane: true, RecordLabels: []string{"team"}},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Parse(full):\n got %+v\nwant %+v", c, want)
@@ -280,6 +281,7 @@ func TestParseErrors(t *testing.T) {
 		{"pod cgroup outside the root", "kubernetes:\n  pod_cgroups: [../kubepods]\n", []string{"kubernetes.pod_cgroups[0]", "relative"}},
 		{"absolute pod cgroup", "kubernetes:\n  pod_cgroups: [kubepods, /sys/fs/cgroup/kubepods]\n", []string{"kubernetes.pod_cgroups[1]", "relative"}},
 		{"unclean pod cgroup", "kubernetes:\n  pod_cgroups: [kubepods//burstable]\n", []string{"kubernetes.pod_cgroups[0]", "relative"}},
+		{"bad record label", "kubernetes:\n  record_labels: [app, \"a b\"]\n", []string{"kubernetes.record_labels[1]", "label key"}},
 		{"several problems at once", "audit:\n  format: xml\nsessions:\n  drift_action: x\n", []string{"audit.format", "sessions.drift_action"}},
 	}
 	for _, tc := range cases {

@@ -165,6 +165,11 @@ func (c Config) Validate() error {
 		}
 	}
 
+	for i, k := range c.Kubernetes.RecordLabels {
+		if k == "" || len(k) > 317 || strings.ContainsAny(k, " \t\n=,") {
+			v.add(fmt.Sprintf("kubernetes.record_labels[%d]", i), k, "must be a label key (e.g. app.kubernetes.io/name)")
+		}
+	}
 	for i, p := range c.Kubernetes.PodCgroups {
 		if !filepath.IsLocal(p) || filepath.Clean(p) != p {
 			v.add(fmt.Sprintf("kubernetes.pod_cgroups[%d]", i), p, "must be a clean path relative to the cgroup v2 root (e.g. kubepods/burstable)")

@@ -3,10 +3,12 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -105,7 +107,8 @@ func TestKubernetesSession(t *testing.T) {
 
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "agentfence.yaml")
-	conf := fmt.Sprintf("kubernetes:\n  enabled: true\n  node_name: node-a\n  kubeconfig: %s\n", kubetest.Kubeconfig(t, e.NodeConfig(t, "node-a")))
+	conf := fmt.Sprintf("kubernetes:\n  enabled: true\n  node_name: node-a\n  kubeconfig: %s\n  record_labels: [agent]\n",
+		kubetest.Kubeconfig(t, e.NodeConfig(t, "node-a")))
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -139,8 +142,23 @@ func TestKubernetesSession(t *testing.T) {
 	if local.Intent != "fix bug 7" || local.Agent == nil || local.Agent.ID != agent.Spec.SPIFFEID || local.OpenedBy != "kubernetes" {
 		t.Errorf("local session %+v", local)
 	}
-	expectResults(t, kerneltest.Run(t, ctr, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other},
-		kerneltest.SendUDP{Addr: netip.AddrPortFrom(allowed.Addr(), allowed.Port())}), "ok", "EPERM", "EPERM")
+	res := kerneltest.Run(t, ctr, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other},
+		kerneltest.SendUDP{Addr: netip.AddrPortFrom(allowed.Addr(), allowed.Port())})
+	expectResults(t, res, "ok", "EPERM", "EPERM")
+	// The records name the pod as the node's informers have it.
+	kubetest.Eventually(t, "the pod's connect on record", func() error {
+		for _, r := range d.records(t) {
+			if r.Kind != audit.KindConnect || r.Process == nil || r.Process.PID != uint32(res[0].PID) {
+				continue
+			}
+			want := audit.Pod{UID: string(mine.UID), Namespace: "default", Name: "agent-a", Node: "node-a", Labels: sel}
+			if r.Pod == nil || !reflect.DeepEqual(*r.Pod, want) || r.Process.PodUID != string(mine.UID) {
+				return fmt.Errorf("record's pod %+v, want %+v", r.Pod, want)
+			}
+			return nil
+		}
+		return errors.New("no record yet")
+	})
 	if ss := d.podSessions(t, string(theirs.UID)); len(ss) != 0 {
 		t.Errorf("node-a bound node-b's pod: %+v", ss)
 	}

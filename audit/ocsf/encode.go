@@ -266,6 +266,11 @@ func appendProcess(dst []byte, p *Process) []byte {
 		dst = appendKey(dst, `,"container":{`)
 		dst = appendOptString(dst, `,"uid":`, c.UID)
 		dst = appendOptString(dst, `,"pod_uuid":`, c.PodUUID)
+		dst = appendOptString(dst, `,"orchestrator":`, c.Orchestrator)
+		if len(c.Labels) > 0 {
+			dst = appendKey(dst, `,"labels":`)
+			dst = appendStrings(dst, c.Labels)
+		}
 		dst = append(dst, '}')
 	}
 	return append(dst, '}')
@@ -297,6 +302,14 @@ func appendAgentfence(dst []byte, u *AgentfenceData) []byte {
 	dst = appendOptUint(dst, `,"ppid":`, uint64(u.PPID))
 	dst = appendOptUint(dst, `,"cgroup_id":`, u.CgroupID)
 	dst = appendOptString(dst, `,"cgroup":`, u.Cgroup)
+	if p := u.Pod; p != nil {
+		dst = append(dst, `,"pod":{`...)
+		dst = appendOptString(dst, `,"namespace":`, p.Namespace)
+		dst = appendOptString(dst, `,"name":`, p.Name)
+		dst = appendOptString(dst, `,"service_account":`, p.ServiceAccount)
+		dst = appendOptString(dst, `,"node":`, p.Node)
+		dst = append(dst, '}')
+	}
 	if u.Gap != nil {
 		dst = append(dst, `,"gap":`...)
 		dst = appendGap(dst, u.Gap)

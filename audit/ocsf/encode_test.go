@@ -87,6 +87,12 @@ func fullRecord(kind, verdict, event, s string) audit.Record {
 		MCP:         &audit.MCP{Server: "srv" + s, Session: "ses_srv" + s, Serves: "ses" + s, Exe: "/usr/bin/node" + s, Script: "/opt/" + s + "/index.js", ScriptSHA256: "sha" + s},
 		Event:       event, Actor: "actor" + s,
 	}
+	if kind == audit.KindConnect || kind == audit.KindExec {
+		// A pod on a network kind and a process kind; the mapping is
+		// the same for every kind, and the others' golden files stay.
+		r.Pod = &audit.Pod{UID: "pod" + s, Namespace: "ns" + s, Name: "agent-0" + s, ServiceAccount: "sa" + s, Node: "node" + s,
+			Labels: map[string]string{"app": "triage" + s, "team": s}}
+	}
 	if kind == audit.KindHTTP {
 		r.HTTP = &audit.HTTP{Method: "POST" + s, Host: "api.example.com" + s + ":8443", Path: "/v1/" + s, Query: "qh" + s,
 			Status: 201, Version: "1.1" + s, RequestBytes: 1 << 33, ResponseBytes: 17, DurationMS: 250, Partial: true}
@@ -232,6 +238,12 @@ var recordDrops = []struct {
 			r.Credential = &audit.Credential{Type: "other"}
 		}
 	}},
+	{"no-pod", func(r *audit.Record) { r.Pod = nil }},
+	{"pod-uid-only", func(r *audit.Record) {
+		if r.Pod != nil {
+			r.Pod = &audit.Pod{UID: r.Pod.UID}
+		}
+	}},
 }
 
 // encodeTable is every kind crossed with every verdict and session event,
@@ -311,7 +323,7 @@ func fullEvent(s string) Event {
 			User:          &User{UID: "u" + s, Name: "un" + s},
 			ParentProcess: &Process{PID: 1, TID: 9, Name: s, ParentProcess: &Process{}},
 			Lineage:       []string{s, "", "x"},
-			Container:     &Container{UID: "cu" + s, PodUUID: "pu" + s},
+			Container:     &Container{UID: "cu" + s, PodUUID: "pu" + s, Orchestrator: "or" + s, Labels: []string{"la" + s, "lb"}},
 		}
 	}
 	return Event{
@@ -347,6 +359,7 @@ func fullEvent(s string) Event {
 			Errno: "er" + s, HeldBy: "hb" + s, Event: "ev" + s, Intent: "in" + s, SessionMode: "sm" + s, ParentSession: "ps" + s,
 			OriginKind: "ok" + s, OriginPrincipal: "op" + s, AgentVersion: "av" + s, AgentOwner: "ao" + s,
 			GID: &gid, PPID: 4, CgroupID: 5, Cgroup: "cg" + s,
+			Pod:         &PodData{Namespace: "pn" + s, Name: "pm" + s, ServiceAccount: "ps" + s, Node: "pd" + s},
 			Gap:         &audit.Gap{Source: "gs" + s, Count: 6, FirstSeq: 7, LastSeq: 8},
 			Destination: &Destination{Protocol: "pr" + s},
 			Escape:      &audit.Escape{What: "wh" + s, Cgroup: "cg" + s, CgroupID: 9, ByPID: 10, ChildPID: 11, NetNS: 12, Via: "vi" + s, TargetPID: 13},

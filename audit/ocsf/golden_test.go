@@ -45,7 +45,7 @@ var goldenDrops = map[string][]string{
 		"no-destination", "no-source", "no-destination-no-source", "no-socket", "socket-not-refused",
 		"destination-no-address-no-socket", "destination-tcp-no-hostname", "destination-hostname-only",
 		"no-outcome", "outcome-verdict-only",
-		"no-process", "process-running-no-parent", "process-no-exe", "process-no-hash-no-container",
+		"no-process", "process-running-no-parent", "process-no-exe", "process-no-hash-no-container", "no-pod", "pod-uid-only",
 		"process-pod-only", "process-container-only-pid-0", "empty-process-only", "kind-event-actor-only",
 		"no-mcp", "mcp-server-only",
 	},

@@ -240,6 +240,13 @@ func (c *eventCheck) checkUnmapped(r *audit.Record, class int) {
 	} else {
 		c.absent(u + "gid")
 	}
+	c.present(u+"pod", r.Pod != nil)
+	if pod := r.Pod; pod != nil {
+		c.opt(u+"pod.namespace", pod.Namespace)
+		c.opt(u+"pod.name", pod.Name)
+		c.opt(u+"pod.service_account", pod.ServiceAccount)
+		c.opt(u+"pod.node", pod.Node)
+	}
 	c.present(u+"gap", r.Kind == audit.KindGap && r.Gap != nil)
 	if r.Kind == audit.KindGap && r.Gap != nil {
 		c.eq(u+"gap.source", r.Gap.Source)

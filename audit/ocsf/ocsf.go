@@ -5,6 +5,7 @@ package ocsf
 
 import (
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -196,8 +197,19 @@ type Fingerprint struct {
 }
 
 type Container struct {
-	UID     string `json:"uid,omitempty"`
-	PodUUID string `json:"pod_uuid,omitempty"`
+	UID          string   `json:"uid,omitempty"`
+	PodUUID      string   `json:"pod_uuid,omitempty"`
+	Orchestrator string   `json:"orchestrator,omitempty"`
+	Labels       []string `json:"labels,omitempty"` // the pod's, as key=value, sorted
+}
+
+// PodData is what OCSF 1.3.0's container has no member for: the pod's
+// name, namespace, service account and node.
+type PodData struct {
+	Namespace      string `json:"namespace,omitempty"`
+	Name           string `json:"name,omitempty"`
+	ServiceAccount string `json:"service_account,omitempty"`
+	Node           string `json:"node,omitempty"`
 }
 
 type Endpoint struct {
@@ -266,6 +278,7 @@ type AgentfenceData struct {
 	PPID            uint32       `json:"ppid,omitempty"`
 	CgroupID        uint64       `json:"cgroup_id,omitempty"`
 	Cgroup          string       `json:"cgroup,omitempty"`
+	Pod             *PodData     `json:"pod,omitempty"`
 	Gap             *audit.Gap   `json:"gap,omitempty"`
 	Destination     *Destination `json:"destination,omitempty"`
 	// Escape is what a member tried to leave its session with (kind
@@ -336,6 +349,8 @@ type scratch struct {
 	procHash     [1]Fingerprint
 	procParent   Process
 	procCtr      Container
+	pod          PodData
+	podLabels    []string
 	execParent   Process // actor.process of an exec, or of an escape made by another process
 	endpoint     Endpoint
 	srcEndpoint  Endpoint // the peer of an inbound record
@@ -444,6 +459,23 @@ func (e Encoder) fill(sc *scratch, r *audit.Record) {
 	if r.Process != nil && (r.Process.ContainerID != "" || r.Process.PodUID != "") {
 		// process.container is defined by the container profile.
 		addProfile(sc, "container")
+		if p := r.Pod; p != nil {
+			// processOf filled sc.procCtr from r.Process, for the actor's
+			// process or the event's.
+			sc.procCtr.Orchestrator = "Kubernetes"
+			sc.podLabels = sc.podLabels[:0]
+			for k, v := range p.Labels {
+				sc.podLabels = append(sc.podLabels, k+"="+v)
+			}
+			if len(sc.podLabels) > 0 {
+				slices.Sort(sc.podLabels)
+				sc.procCtr.Labels = sc.podLabels
+			}
+		}
+	}
+	if p := r.Pod; p != nil {
+		sc.pod = PodData{Namespace: p.Namespace, Name: p.Name, ServiceAccount: p.ServiceAccount, Node: p.Node}
+		sc.unmapped.Agentfence.Pod = &sc.pod
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 	"github.com/agentfence/agentfence/internal/boottime"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/ringreader"
+	"github.com/agentfence/agentfence/kube/node"
 	"github.com/agentfence/agentfence/sensor"
 	"github.com/agentfence/agentfence/session"
 )
@@ -42,6 +43,7 @@ type daemon struct {
 	reg       *prometheus.Registry
 	pipe      *sink.Pipeline
 	gate      *enforcer.Gate
+	pods      *node.Pods // the node's pods for records; nil without kubernetes.enabled
 	clock     *boottime.Clock
 	key       *credential.Key
 	redactor  *credential.Redactor
@@ -192,6 +194,11 @@ func (d *daemon) startSessions(context.Context) error {
 	// while the process reader lags the gate's. 100 ms left 1 of 1,000
 	// short-lived processes unattributed on 5.10 under emulation.
 	d.joiner = &attribution.Joiner{Sessions: d.sessions, Clock: d.clock, Wait: time.Second, Names: d.gate, Redact: d.redactor.Argv}
+	if cfg.Kubernetes.Enabled {
+		// Filled once the node follows the cluster (startKubernetes).
+		d.pods = &node.Pods{Labels: cfg.Kubernetes.RecordLabels}
+		d.joiner.Pods = d.pods.Lookup
+	}
 	if d.procs.cache != nil {
 		d.joiner.Processes = d.procs.cache
 	}

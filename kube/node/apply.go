@@ -23,6 +23,9 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	if err := errors.Join(c.cache.List(ctx, &agents), c.cache.List(ctx, &sessions), c.cache.List(ctx, &pods)); err != nil {
 		return err
 	}
+	if c.cfg.Pods != nil {
+		c.cfg.Pods.update(pods.Items)
+	}
 	// Before apply, which would revoke the retired agents' sessions in
 	// its own name: the retirement's actor is who ended them.
 	err := c.retire(agents.Items)

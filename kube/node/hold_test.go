@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/kube/kubetest"
 	"github.com/agentfence/agentfence/kube/v1alpha1"
 )
@@ -131,5 +133,33 @@ func TestStartHold(t *testing.T) {
 		if !slices.Equal(got, []bool{tc.want}) {
 			t.Errorf("node %s, hold_control_plane %v: hold %v, want [%v]", tc.node, tc.controlPlane, got, tc.want)
 		}
+	}
+}
+
+// TestPods: the node's pods by UID, with only the labels records may carry;
+// a pod gone from the informers is gone from the index.
+func TestPods(t *testing.T) {
+	p := &Pods{Labels: []string{"app", "team"}}
+	if p.Lookup("a") != nil {
+		t.Error("an empty index found a pod")
+	}
+	mk := func(uid, name string, labels map[string]string) corev1.Pod {
+		k := *pod(name, "node-a", labels)
+		k.UID, k.Spec.ServiceAccountName = types.UID(uid), "agent-sa"
+		return k
+	}
+	p.update([]corev1.Pod{mk("a", "agent-0", map[string]string{"app": "triage", "secret-ish": "x"}), mk("b", "plain", nil)})
+	got := p.Lookup("a")
+	want := &audit.Pod{UID: "a", Namespace: "default", Name: "agent-0", ServiceAccount: "agent-sa", Node: "node-a",
+		Labels: map[string]string{"app": "triage"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("pod a: %+v, want %+v", got, want)
+	}
+	if b := p.Lookup("b"); b == nil || b.Labels != nil {
+		t.Errorf("pod b: %+v", b)
+	}
+	p.update([]corev1.Pod{mk("b", "plain", nil)})
+	if p.Lookup("a") != nil {
+		t.Error("a gone pod is still found")
 	}
 }

@@ -57,6 +57,9 @@ type Config struct {
 	Hold func(on bool) (parents []string, err error)
 	// HoldControlPlane holds pods on a control-plane node too.
 	HoldControlPlane bool
+	// Pods, when set, is kept up to date with the node's pods, for
+	// audit records.
+	Pods *Pods
 	Log              *slog.Logger
 }
 
