@@ -60,7 +60,7 @@ type Config struct {
 	// Pods, when set, is kept up to date with the node's pods, for
 	// audit records.
 	Pods *Pods
-	Log              *slog.Logger
+	Log  *slog.Logger
 }
 
 // caller is who the local sessions are opened by.
