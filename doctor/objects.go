@@ -26,6 +26,7 @@ const (
 	CheckObjectProcess    = "object/" + sensor.ObjectProcess
 	CheckObjectSockIter   = "object/socket_iterator"
 	CheckObjectFamilies   = "object/" + enforcer.ObjectSocketFamilies
+	CheckObjectPodHold    = "object/" + enforcer.ObjectPodHold
 	CheckObjectTLS        = "object/" + tlsprobe.Object
 )
 

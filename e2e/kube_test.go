@@ -162,17 +162,37 @@ func TestKubernetesSession(t *testing.T) {
 	if ss := d.podSessions(t, string(theirs.UID)); len(ss) != 0 {
 		t.Errorf("node-a bound node-b's pod: %+v", ss)
 	}
+	d.queriedNotExported(t, func(name string) bool { return strings.HasPrefix(name, kubernetesMetrics) })
 
-	// Without the API server nothing changes: the node keeps what it saw.
+	// Without the API server nothing changes: the node keeps what it saw,
+	// and says it is out of sync.
+	metrics := d.metricsBase(t) + "/metrics"
+	if m := scrape(t, metrics); m["agentfence_kubernetes_connected"] != 1 || m["agentfence_kubernetes_enforce_seconds_count"] != 1 {
+		t.Errorf("sync metrics while following: connected %v, enforced %v", m["agentfence_kubernetes_connected"],
+			m["agentfence_kubernetes_enforce_seconds_count"])
+	}
 	stopping := time.Now()
 	e.StopAPIServer(t)
 	t.Logf("kube-apiserver stopped in %v", time.Since(stopping))
+	kubetest.Eventually(t, "the node to say it is out of sync", func() error {
+		failed := `agentfence_kubernetes_api_requests_total{result="failed"}`
+		if m := scrape(t, metrics); m["agentfence_kubernetes_connected"] != 0 || m[failed] == 0 {
+			return fmt.Errorf("connected %v, failed requests %v", m["agentfence_kubernetes_connected"], m[failed])
+		}
+		return nil
+	})
 	expectResults(t, kerneltest.Run(t, ctr, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other}), "ok", "EPERM")
 	if ss := d.podSessions(t, string(mine.UID)); len(ss) != 1 || ss[0].ID != local.ID || ss[0].State != v1.StateActive {
 		t.Errorf("sessions while the API server is down: %+v", ss)
 	}
 	e.StartAPIServer(t)
 	admin = e.User(t, "alice", "system:masters")
+	kubetest.Eventually(t, "the node to follow the API server again", func() error {
+		if m := scrape(t, metrics); m["agentfence_kubernetes_connected"] != 1 {
+			return fmt.Errorf("connected %v", m["agentfence_kubernetes_connected"])
+		}
+		return nil
+	})
 
 	// Retire the agent: the pod's session is revoked and it reaches nothing
 	// (the node has caught up with the API server).

@@ -27,6 +27,8 @@ const (
 	// ObjectSocketFamilies: bpf/boundary.c (boundary.go).
 	ObjectSocketFamilies = "socket_families"
 	ObjectTaskLister     = "task_lister"
+	// ObjectPodHold: bpf/podhold.c (podhold.go).
+	ObjectPodHold = "pod_hold"
 )
 
 // ObjectCheck is the outcome of loading one BPF object into the kernel
@@ -78,6 +80,7 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 		{Name: ObjectHostnames, Fallback: "hostname rules are unavailable: sessions with them are refused; address rules still work; a session whose dns mode is scoped or none may send nothing to the DNS port (the gate refuses it, no name can be read)"},
 		{Name: ObjectTaskLister, Fallback: "a session's pid-bound processes are found by reading the whole pid binding table (pid table walk)"},
 		{Name: ObjectSocketFamilies, Fallback: "sockets of families no cgroup hook sees (packet, XDP, vsock, ...) are refused only by `agentfence run`'s seccomp filter and dropped capabilities, unrecorded; bound members are not watched"},
+		{Name: ObjectPodHold, Fallback: "new Kubernetes pods cannot be held at deny until classified: a daemon that follows a cluster (kubernetes.enabled) with pod cgroups to hold does not start its Kubernetes side"},
 	}
 	gate, err := gateSpec(opts.MaxCgroupDepth, opts.Hostnames.DNSPort)
 	if err != nil {
@@ -113,6 +116,11 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 		VerifySpec(&checks[2], spec, pick(shared, "pid_sessions"), cache, opts.Break == ObjectTaskLister)
 	}
 	verifyFamilies(&checks[3], shared, cache, opts.Break == ObjectSocketFamilies)
+	if spec, err := loadPodhold(); err != nil {
+		checks[4].Err = err
+	} else {
+		VerifySpec(&checks[4], spec, pick(shared, "cgroup_sessions"), cache, opts.Break == ObjectPodHold)
+	}
 	return checks
 }
 

@@ -17,7 +17,7 @@ func TestVerifyObjects(t *testing.T) {
 	want := map[string]struct {
 		programs int
 		required bool
-	}{ObjectGate: {8, true}, ObjectHostnames: {3, false}, ObjectTaskLister: {1, false}, ObjectSocketFamilies: {1, false}}
+	}{ObjectGate: {8, true}, ObjectHostnames: {3, false}, ObjectTaskLister: {1, false}, ObjectSocketFamilies: {1, false}, ObjectPodHold: {2, false}}
 	checks := VerifyObjects(VerifyOptions{})
 	if len(checks) != len(want) {
 		t.Fatalf("VerifyObjects returned %d checks, want %d: %+v", len(checks), len(want), checks)

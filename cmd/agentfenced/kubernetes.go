@@ -53,7 +53,7 @@ func (d *daemon) startKubernetes(ctx context.Context) error {
 	klog.SetSlogLogger(log)
 	cg := cgroupv2.Manager{Root: d.cfg.CgroupRoot}
 	hold := func(on bool) ([]string, error) { return d.holdPods(on, log) }
-	c, err := node.New(node.Config{Rest: rc, NodeName: name, Log: log, Hold: hold, HoldControlPlane: k.HoldControlPlane, Pods: d.pods,
+	c, err := node.New(node.Config{Rest: rc, NodeName: name, Log: log, Hold: hold, HoldControlPlane: k.HoldControlPlane, Pods: d.pods, Metrics: node.NewMetrics(d.reg),
 		PodCgroup: func(uid string) bool { _, _, err := cg.FindPod(uid); return err == nil }}, d.sessions)
 	if err != nil {
 		return err

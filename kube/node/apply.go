@@ -30,7 +30,7 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	// its own name: the retirement's actor is who ended them.
 	err := c.retire(agents.Items)
 	o := plan(agents.Items, sessions.Items, pods.Items, time.Now())
-	err = errors.Join(err, c.apply(o.want))
+	err = errors.Join(err, c.apply(o))
 	if c.holding {
 		// After apply: a pod it bound is bound over its hold.
 		err = errors.Join(err, c.hold(agents.Items, pods.Items))
@@ -38,8 +38,9 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	return errors.Join(err, c.report(ctx, o))
 }
 
-// apply opens, narrows and revokes local sessions until they are want.
-func (c *Controller) apply(want map[binding]v1.OpenRequest) error {
+// apply opens, narrows and revokes local sessions until they are o.want.
+func (c *Controller) apply(o outcome) error {
+	want := o.want
 	have := map[binding]v1.Session{}
 	// held are pods still bound to a revoked or expired session: denied
 	// everything until it ends with the pod. Binding them elsewhere would
@@ -76,13 +77,14 @@ func (c *Controller) apply(want map[binding]v1.OpenRequest) error {
 		if _, ok := have[b]; ok || held[b.pod] || !c.cfg.PodCgroup(b.pod) {
 			continue
 		}
-		errs = append(errs, c.open(b, w))
+		errs = append(errs, c.open(b, w, o.since[b]))
 	}
 	return errors.Join(errs...)
 }
 
-// open opens the local session of a binding and binds its pod.
-func (c *Controller) open(b binding, req v1.OpenRequest) error {
+// open opens the local session of a binding and binds its pod; since is
+// when the binding could first be enforced.
+func (c *Controller) open(b binding, req v1.OpenRequest, since time.Time) error {
 	s, err := c.sessions.Open(req, caller)
 	if err != nil {
 		return err
@@ -94,6 +96,11 @@ func (c *Controller) open(b binding, req v1.OpenRequest) error {
 		return err
 	}
 	c.cfg.Log.Info("agentsession bound", "agentsession", b.session, "pod", b.pod, "session", s.ID)
+	if !since.Before(c.started.Truncate(time.Second)) {
+		// Only what arrived while the node ran: a restarted node would
+		// count the age of every session it adopts.
+		c.metrics.enforce.Observe(time.Since(since).Seconds())
+	}
 	return nil
 }
 

@@ -10,9 +10,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -60,7 +62,9 @@ type Config struct {
 	// Pods, when set, is kept up to date with the node's pods, for
 	// audit records.
 	Pods *Pods
-	Log  *slog.Logger
+	// Metrics, when set, are the node's sync metrics.
+	Metrics *Metrics
+	Log     *slog.Logger
 }
 
 // caller is who the local sessions are opened by.
@@ -88,6 +92,8 @@ type Controller struct {
 	classified map[string]bool
 	// retired are the Agents (by UID) this node has retired.
 	retired map[string]bool
+	metrics *Metrics
+	started time.Time
 }
 
 // New sets up the informers; Run starts them.
@@ -105,30 +111,53 @@ func New(cfg Config, sessions Sessions) (*Controller, error) {
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
-	c, err := cache.New(cfg.Rest, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
-		// Only this node's pods: a node of a large cluster would otherwise
-		// hold every pod.
-		&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName)},
-		// Only this node's reports.
-		&v1alpha1.NodeEnforcement{}: {Label: labels.SelectorFromSet(labels.Set{v1alpha1.NodeLabel: cfg.NodeName})},
-	}})
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	c := &Controller{cfg: cfg, sessions: sessions, kick: make(chan struct{}, 1), classified: map[string]bool{},
+		retired: map[string]bool{}, metrics: cfg.Metrics, started: time.Now()}
+	// Every request, the informers' included, through observed.
+	rc := rest.CopyConfig(cfg.Rest)
+	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return observed{rt, c.metrics} })
+	var err error
+	c.cache, err = cache.New(rc, cache.Options{Scheme: scheme, DefaultWatchErrorHandler: c.watchError,
+		DefaultTransform: cache.TransformStripManagedFields(), ByObject: map[client.Object]cache.ByObject{
+			// Only this node's pods (a node of a large cluster would otherwise
+			// hold every pod), and of each only what the node reads.
+			&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName), Transform: slimPod},
+			// Only this node's reports.
+			&v1alpha1.NodeEnforcement{}: {Label: labels.SelectorFromSet(labels.Set{v1alpha1.NodeLabel: cfg.NodeName})},
+		}})
 	if err != nil {
 		return nil, err
 	}
-	cl, err := client.New(cfg.Rest, client.Options{Scheme: scheme})
-	if err != nil {
+	if c.client, err = client.New(rc, client.Options{Scheme: scheme}); err != nil {
 		return nil, err
 	}
-	return &Controller{cfg: cfg, sessions: sessions, cache: c, client: cl, kick: make(chan struct{}, 1), classified: map[string]bool{},
-		retired: map[string]bool{}}, nil
+	return c, nil
+}
+
+// slimPod keeps of a pod what the node reads (plan, hold, Pods): 1,000
+// pods with their full specs and statuses would cost the daemon tens of
+// megabytes.
+func slimPod(in any) (any, error) {
+	p, ok := in.(*corev1.Pod)
+	if !ok {
+		return in, nil // a tombstone
+	}
+	return &corev1.Pod{TypeMeta: p.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+			Labels: p.Labels, CreationTimestamp: p.CreationTimestamp, DeletionTimestamp: p.DeletionTimestamp},
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, ServiceAccountName: p.Spec.ServiceAccountName},
+		Status: corev1.PodStatus{Phase: p.Status.Phase}}, nil
 }
 
 // Run watches and reconciles until ctx is done.
 func (c *Controller) Run(ctx context.Context) error {
 	handler := toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { c.poke() },
-		UpdateFunc: func(any, any) { c.poke() },
-		DeleteFunc: func(any) { c.poke() },
+		AddFunc:    func(any) { c.metrics.event(); c.poke() },
+		UpdateFunc: func(any, any) { c.metrics.event(); c.poke() },
+		DeleteFunc: func(any) { c.metrics.event(); c.poke() },
 	}
 	for _, obj := range []client.Object{&corev1.Pod{}, &v1alpha1.Agent{}, &v1alpha1.AgentSession{}, &v1alpha1.NodeEnforcement{}} {
 		inf, err := c.cache.GetInformer(ctx, obj)
@@ -159,11 +188,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	if !c.cache.WaitForCacheSync(ctx) {
 		return fmt.Errorf("kubernetes: caches did not sync: %w", ctx.Err())
 	}
+	c.metrics.event()
 	c.cfg.Log.Info("following the cluster", "node", c.cfg.NodeName)
 	t := time.NewTicker(c.cfg.Resync)
 	defer t.Stop()
 	for {
 		if err := c.Reconcile(ctx); err != nil {
+			c.metrics.reconcileErrors.Inc()
 			c.cfg.Log.Warn("kubernetes reconcile", "err", err)
 		}
 		select {

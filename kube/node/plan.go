@@ -30,6 +30,9 @@ type problem struct {
 // outcome is what a node should do about the cluster's sessions.
 type outcome struct {
 	want map[binding]v1.OpenRequest // the local session each binding should have
+	// since is when each binding could first be enforced: the later of
+	// its AgentSession's and its pod's creation (second resolution).
+	since map[binding]time.Time
 	// pods are, for each AgentSession with pods on this node, their UIDs;
 	// only these get a NodeEnforcement from this node.
 	pods map[string][]string
@@ -47,8 +50,8 @@ func plan(agents []v1alpha1.Agent, sessions []v1alpha1.AgentSession, pods []core
 	for i := range agents {
 		agentOf[agents[i].Namespace+"/"+agents[i].Name] = &agents[i]
 	}
-	o := outcome{want: map[binding]v1.OpenRequest{}, pods: map[string][]string{}, problems: map[string]problem{},
-		sessions: map[string]*v1alpha1.AgentSession{}}
+	o := outcome{want: map[binding]v1.OpenRequest{}, since: map[binding]time.Time{}, pods: map[string][]string{},
+		problems: map[string]problem{}, sessions: map[string]*v1alpha1.AgentSession{}}
 	for i := range sessions {
 		s := &sessions[i]
 		name := s.Namespace + "/" + s.Name
@@ -64,7 +67,12 @@ func plan(agents []v1alpha1.Agent, sessions []v1alpha1.AgentSession, pods []core
 		for _, p := range here {
 			o.pods[name] = append(o.pods[name], string(p.UID))
 			if prob == nil {
-				o.want[binding{name, string(p.UID)}] = withPod(req, name, p)
+				b := binding{name, string(p.UID)}
+				o.want[b] = withPod(req, name, p)
+				o.since[b] = s.CreationTimestamp.Time
+				if p.CreationTimestamp.After(o.since[b]) {
+					o.since[b] = p.CreationTimestamp.Time
+				}
 			}
 		}
 		if prob != nil && len(here) > 0 {
