@@ -64,6 +64,12 @@ bench-system: ## the whole-system benchmark (issue 17; as root): daemon, member 
 	@command -v nft >/dev/null || apt-get install -y -qq --no-install-recommends nftables
 	$(GO) test -run '^$$' -bench 'WholeSystem' -benchtime $(or $(ROUNDS),7)x -count 1 -timeout 30m ./e2e
 
+.PHONY: bench-kube
+bench-kube: kube-assets ## the Kubernetes figures (issue 15; as root): AgentSession to enforced, retirement, daemon memory and API requests at rest
+	KUBEBUILDER_ASSETS=$(abspath $(KUBE_ASSETS)) AGENTFENCE_KUBE_TESTS=1 $(GO) test -run '^$$' -bench 'KubernetesSessionToEnforced' -benchtime 1000x -count 1 -timeout 60m ./kube/node
+	KUBEBUILDER_ASSETS=$(abspath $(KUBE_ASSETS)) AGENTFENCE_KUBE_TESTS=1 $(GO) test -run '^$$' -bench 'KubernetesRetirement' -benchtime 50x -count 1 -timeout 60m ./kube/node
+	KUBEBUILDER_ASSETS=$(abspath $(KUBE_ASSETS)) AGENTFENCE_KUBE_TESTS=1 $(GO) test -run '^$$' -bench 'KubernetesDaemonMemory' -benchtime 1x -count 1 -timeout 60m ./e2e
+
 .PHONY: vmtest
 vmtest: ## kernel tests in qemu on Debian 5.10/6.1/6.12 + this host (as root; KERNELS="6.1 host" PKGS="enforcer e2e")
 	./vmtest/vmtest.sh

@@ -1,6 +1,7 @@
 package attribution
 
 import (
+	"context"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -9,6 +10,8 @@ import (
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/boottime"
+	"github.com/agentfence/agentfence/sensor/cgroupmeta"
+	"github.com/agentfence/agentfence/sensor/proccache"
 	"github.com/agentfence/agentfence/session"
 )
 
@@ -232,5 +235,37 @@ func TestLaunchRecord(t *testing.T) {
 	}
 	if exec.Kind != audit.KindExec || exec.MCP != nil || exec.Outcome != nil {
 		t.Errorf("the exec record changed: %+v", exec)
+	}
+}
+
+// inPod is a process cache whose every process runs in pod uid.
+type inPod string
+
+func (p inPod) LookupWait(context.Context, uint32, uint64) (proccache.Process, bool) {
+	return proccache.Process{Container: cgroupmeta.Meta{PodUID: string(p)}}, true
+}
+func (inPod) WaitFor(context.Context, uint64) bool { return true }
+
+// TestJoinerPod: a record of a process in a pod the node knows names the
+// pod; one the node does not know carries only the pod UID.
+func TestJoinerPod(t *testing.T) {
+	ss := newSessions()
+	ss.add(t, 3, 7, attribution("s-1", "triage"), "tcp://127.0.0.1:8080")
+	known := &audit.Pod{UID: "6f1c2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b", Namespace: "agents", Name: "triage-0", Node: "node-a"}
+	j := &Joiner{Sessions: ss, Clock: boottime.NewClock(), Processes: inPod(known.UID),
+		Pods: func(uid string) *audit.Pod {
+			if uid == known.UID {
+				return known
+			}
+			return nil
+		}}
+	ev := enforcer.Event{BootNS: boottime.Now(), Slot: 3, Gen: 7, PID: 10, Hook: enforcer.HookConnect4, Protocol: 6,
+		Dest: netip.MustParseAddrPort("127.0.0.1:8080"), Verdict: enforcer.VerdictAllowed}
+	if rec := j.Record(ev); rec.Pod != known || rec.Process.PodUID != known.UID {
+		t.Errorf("record in a known pod: pod %+v, process %+v", rec.Pod, rec.Process)
+	}
+	j.Processes = inPod("00000000-0000-4000-8000-000000000000")
+	if rec := j.Record(ev); rec.Pod != nil || rec.Process.PodUID == "" {
+		t.Errorf("record in an unknown pod: pod %+v, process %+v", rec.Pod, rec.Process)
 	}
 }

@@ -101,7 +101,7 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 
 // metricsBase is the daemon's metrics listener, http://ADDR, once its log
 // names it.
-func (d *daemon) metricsBase(t *testing.T) string {
+func (d *daemon) metricsBase(t testing.TB) string {
 	t.Helper()
 	re := regexp.MustCompile(`metrics listening" addr=(\S+)`)
 	var m []string
@@ -187,7 +187,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 }
 
-func scrape(t *testing.T, url string) map[string]float64 {
+func scrape(t testing.TB, url string) map[string]float64 {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {

@@ -52,7 +52,7 @@ func (d *daemon) waitRecord(t *testing.T, what string, match func(audit.Record) 
 }
 
 // waitFor polls cond until it holds, for at most 15 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(15 * time.Second); !cond(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {

@@ -145,7 +145,11 @@ func (e *Env) User(t testing.TB, name string, groups ...string) client.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New(u.Config(), client.Options{Scheme: e.Scheme})
+	cfg := u.Config()
+	// No client-side rate limit: a benchmark writes thousands of objects,
+	// which client-go's default of 5 a second would take minutes over.
+	cfg.QPS = -1
+	c, err := client.New(cfg, client.Options{Scheme: e.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
