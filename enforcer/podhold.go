@@ -93,10 +93,12 @@ func (g *Gate) HoldPods(parents []uint64) error {
 	if g.hold == nil {
 		return g.errNoHold()
 	}
-	// No scope is ever written for the hold's slot: its members match no
-	// rule, DNS included.
-	if err := g.PutSession(HoldSlot, SessionState{Gen: HoldGen, State: StateActive, Mode: ModeEnforce, DNS: scope.DNSNone}); err != nil {
-		return err
+	if len(parents) > 0 {
+		// No scope is ever written for the hold's slot: its members
+		// match no rule, DNS included.
+		if err := g.PutSession(HoldSlot, SessionState{Gen: HoldGen, State: StateActive, Mode: ModeEnforce, DNS: scope.DNSNone}); err != nil {
+			return err
+		}
 	}
 	want := map[uint64]bool{}
 	for _, id := range parents {
