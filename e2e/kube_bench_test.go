@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -36,7 +34,6 @@ func BenchmarkKubernetesDaemonMemory(b *testing.B) {
 	if err := admin.Create(ctx, agent); err != nil {
 		b.Fatal(err)
 	}
-	kubeconfig := kubetest.Kubeconfig(b, e.NodeConfig(b, "node-a"))
 	// Eight writers: one at a time, 11,000 objects take minutes.
 	create := func(n int, obj func(i int) kubetest.Object) {
 		var wg sync.WaitGroup
@@ -89,12 +86,7 @@ func BenchmarkKubernetesDaemonMemory(b *testing.B) {
 		baseRSS, baseHeap := resident(base)
 		base.stop(b)
 
-		cfg := filepath.Join(b.TempDir(), "agentfence.yaml")
-		conf := fmt.Sprintf("kubernetes:\n  enabled: true\n  node_name: node-a\n  kubeconfig: %s\n", kubeconfig)
-		if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-			b.Fatal(err)
-		}
-		d := startDaemon(b, "--config", cfg)
+		d := kubeDaemon(b, e, "")
 		waitFor(b, "the node to follow the cluster", func() bool { return strings.Contains(d.log(), "following the cluster") })
 		requests := func() float64 {
 			m := scrape(b, d.metricsBase(b)+"/metrics")

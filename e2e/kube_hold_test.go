@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -35,12 +33,7 @@ func TestKubernetesHold(t *testing.T) {
 	connect := kerneltest.Connect{Addr: target}
 	qos := kubeQoS(t)
 
-	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
-	conf := fmt.Sprintf("kubernetes:\n  enabled: true\n  node_name: node-a\n  kubeconfig: %s\n", kubetest.Kubeconfig(t, e.NodeConfig(t, "node-a")))
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d := startDaemon(t, "--config", cfg)
+	d := kubeDaemon(t, e, "")
 	kubetest.Eventually(t, "the node to follow the cluster", func() error {
 		if !strings.Contains(d.log(), "following the cluster") {
 			return errors.New("not yet")

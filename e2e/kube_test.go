@@ -83,6 +83,19 @@ func (d *daemon) podSessions(t *testing.T, uid string) []v1.Session {
 	return ss
 }
 
+// kubeDaemon starts agentfenced following the cluster of e as node-a,
+// with more keys of the kubernetes section (indented YAML lines).
+func kubeDaemon(t testing.TB, e *kubetest.Env, more string) *daemon {
+	t.Helper()
+	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
+	conf := fmt.Sprintf("kubernetes:\n  enabled: true\n  node_name: node-a\n  kubeconfig: %s\n%s",
+		kubetest.Kubeconfig(t, e.NodeConfig(t, "node-a")), more)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return startDaemon(t, "--config", cfg)
+}
+
 // TestKubernetesSession: agentfenced with kubernetes.enabled, against a
 // real kube-apiserver, binds a pod of its node to an AgentSession and the
 // kernel judges the pod's connects by its scope; a pod of another node is
@@ -105,14 +118,7 @@ func TestKubernetesSession(t *testing.T) {
 	}
 	ctr := kubePods(t, string(mine.UID), string(theirs.UID))[0]
 
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "agentfence.yaml")
-	conf := fmt.Sprintf("kubernetes:\n  enabled: true\n  node_name: node-a\n  kubeconfig: %s\n  record_labels: [agent]\n",
-		kubetest.Kubeconfig(t, e.NodeConfig(t, "node-a")))
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d := startDaemon(t, "--config", cfg)
+	d := kubeDaemon(t, e, "  record_labels: [agent]\n")
 
 	port := int32(allowed.Port())
 	agent := &v1alpha1.Agent{ObjectMeta: metav1.ObjectMeta{Name: "triage", Namespace: "default"}, Spec: v1alpha1.AgentSpec{

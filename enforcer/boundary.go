@@ -289,17 +289,24 @@ func (f *families) close(pinned bool) error {
 	if f == nil {
 		return nil
 	}
+	err := closeLinks(f.links, pinned)
+	f.links = nil
+	if f.coll != nil {
+		f.coll.Close()
+	}
+	return err
+}
+
+// closeLinks closes this process's handles on links; unpinned, each
+// detaches.
+func closeLinks(links []link.Link, pinned bool) error {
 	var errs []error
-	for _, l := range f.links {
+	for _, l := range links {
 		if pinned {
 			errs = append(errs, l.Close())
 		} else {
 			errs = append(errs, release(l))
 		}
-	}
-	f.links = nil
-	if f.coll != nil {
-		f.coll.Close()
 	}
 	return errors.Join(errs...)
 }

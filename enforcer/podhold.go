@@ -70,15 +70,7 @@ func (h *podHold) close(pinned bool) error {
 	if h == nil {
 		return nil
 	}
-	var errs []error
-	for _, l := range h.links {
-		if pinned {
-			errs = append(errs, l.Close())
-		} else {
-			errs = append(errs, release(l))
-		}
-	}
-	return errors.Join(append(errs, h.objs.Close())...)
+	return errors.Join(closeLinks(h.links, pinned), h.objs.Close())
 }
 
 // errNoHold is returned where the hold programs did not load.

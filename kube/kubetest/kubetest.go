@@ -185,13 +185,12 @@ func (e *Env) NodeConfig(t testing.TB, node string) *rest.Config {
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "agentfence-" + node, Namespace: ns},
 		Spec: corev1.PodSpec{NodeName: node, ServiceAccountName: sa,
 			Containers: []corev1.Container{{Name: "agentfenced", Image: "agentfence/agentfence:dev"}}}}
-	// The Node may exist already: a test that gives it labels makes it
-	// first.
-	if err := e.Client.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	if err := e.Client.Create(ctx, pod); err != nil {
-		t.Fatal(err)
+	// Either may exist already: a test that gives the Node labels makes
+	// it first, and a second daemon of the node takes the first one's pod.
+	for _, o := range []client.Object{&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, pod} {
+		if err := e.Client.Create(ctx, o); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
 	}
 	cs, err := kubernetes.NewForConfig(e.Config)
 	if err != nil {
