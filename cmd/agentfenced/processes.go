@@ -100,19 +100,36 @@ func (t tee) ReadEvent() (sensor.Event, error) {
 // emitExecs writes an exec record for every exec of a session member and
 // has launched judge whether it is a declared MCP server. The exec records
 // of the host's other processes go no further than the session lookup.
-// member then sees each exec record with the image the kernel reported.
+// member then sees each exec record with the image the kernel reported,
+// on a goroutine of its own: it may take long (the TLS probes decode a Go
+// executable), and a launch waits for the judgement of every exec before
+// it. The agent's exec held up the MCP server's it started, whose first
+// calls were then refused as the agent's.
 func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, launched func(tgid uint32) (session.Launch, bool),
 	emit func(audit.Record), member func(audit.Record, sensor.ExeID)) {
 	if p.execs == nil {
 		return
 	}
+	members := make(chan memberItem, cap(p.execs))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for it := range members {
+			if it.synced != nil {
+				close(it.synced) // every earlier exec has been emitted and seen by member
+				continue
+			}
+			member(it.rec, it.exe)
+		}
+	}()
+	defer func() { close(members); <-done }()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case it := <-p.execs:
 			if it.synced != nil {
-				close(it.synced)
+				members <- memberItem{synced: it.synced}
 				continue
 			}
 			ev := it.ev
@@ -129,19 +146,29 @@ func (p *processes) emitExecs(ctx context.Context, j *attribution.Joiner, launch
 				}
 			}
 			emit(rec)
-			member(rec, ev.Exe)
+			members <- memberItem{rec: rec, exe: ev.Exe}
 		}
 	}
 }
 
+// memberItem is an emitted exec record on its way to member, or a Sync
+// marker passed on by the exec path.
+type memberItem struct {
+	rec    audit.Record
+	exe    sensor.ExeID
+	synced chan struct{}
+}
+
 // Sync returns once every exec the kernel reported before the call has
-// been emitted (or dropped and counted), or ctx is done. A session's closed
+// been emitted (or dropped and counted) and seen by member, or ctx is done. A session's closed
 // record waits for it, so that the session's last exec comes before it.
 func (p *processes) Sync(ctx context.Context) {
 	if p.execs == nil {
 		return
 	}
-	p.progs.Sync(ctx)
+	if p.progs != nil {
+		p.progs.Sync(ctx)
+	}
 	synced := make(chan struct{})
 	select {
 	case p.execs <- execItem{synced: synced}:
