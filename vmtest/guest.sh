@@ -73,7 +73,7 @@ for pkg in $PKGS; do
 	if [ -x "$BIN/$name.test" ]; then
 		# The tests read testdata relative to their package directory.
 		(cd "$SRC/$pkg" && timeout -k 10 "$OUTER_TIMEOUT" "$BIN/$name.test" \
-			-test.v -test.count="${COUNT:-1}" -test.timeout="$TIMEOUT" ${RUN:+-test.run="$RUN"}) >"/mnt/$name.log" 2>&1
+			-test.v -test.count="${COUNT:-1}" -test.timeout="$TIMEOUT" ${RUN:+-test.run="$RUN"} ${SKIP:+-test.skip="$SKIP"}) >"/mnt/$name.log" 2>&1
 		rc=$?
 	else
 		echo "no test binary $BIN/$name.test" >"/mnt/$name.log"

@@ -7,6 +7,7 @@
 #   PKGS="enforcer sensor ..."     packages to test (default: the kernel ones)
 #   VMTEST_TIMEOUT=40m             go test timeout per package
 #   VMTEST_RUN=REGEXP              only the tests matching it (go test -run)
+#   VMTEST_SKIP=REGEXP             not the tests matching it (go test -skip)
 #   VMTEST_COUNT=1                 run each test this many times (go test
 #                                  -count), to chase an intermittent failure
 #   VMTEST_LOGLEVEL=4              guest console log level (7: every kernel
@@ -122,6 +123,7 @@ BIN='$BIN'
 PKGS='$PKGS'
 TIMEOUT='$TIMEOUT'
 RUN='${VMTEST_RUN:-}'
+SKIP='${VMTEST_SKIP:-}'
 COUNT='$COUNT'
 OUTER_TIMEOUT='$(outer "$TIMEOUT" 2)'
 EOF
@@ -160,7 +162,8 @@ run_host() {
 		start=$(date +%s)
 		if [ -x "$BIN/$name.test" ]; then
 			(cd "$SRC/$pkg" && CI=true AGENTFENCE_E2E_BIN=$BIN timeout -k 10 "$(outer "$TIMEOUT" 2)" \
-				"$BIN/$name.test" -test.v -test.count="$COUNT" -test.timeout="$TIMEOUT" ${VMTEST_RUN:+-test.run="$VMTEST_RUN"}) >"$run/$name.log" 2>&1
+				"$BIN/$name.test" -test.v -test.count="$COUNT" -test.timeout="$TIMEOUT" ${VMTEST_RUN:+-test.run="$VMTEST_RUN"} \
+				${VMTEST_SKIP:+-test.skip="$VMTEST_SKIP"}) >"$run/$name.log" 2>&1
 			rc=$?
 		else
 			echo "no test binary (build failed: $(head -n1 "$BIN/$name.buildlog"))" >"$run/$name.log"
