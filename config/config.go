@@ -136,7 +136,16 @@ type Kubernetes struct {
 	// RecordLabels are the pod label keys that audit records of a pod
 	// carry, besides its name, namespace, service account and node.
 	RecordLabels []string `json:"record_labels"`
+	// IgnoreNamespaces are namespaces whose Agents and AgentSessions the
+	// node does not follow: their pods are never held or bound, and an
+	// object there that selects a pod of the node gets a warning event.
+	// The daemon's own namespace ($POD_NAMESPACE) is always among them.
+	IgnoreNamespaces []string `json:"ignore_namespaces"`
 }
+
+// DefaultIgnoreNamespaces are the cluster's own namespaces: an Agent
+// there could hold or confine the cluster's DNS, or the API server.
+var DefaultIgnoreNamespaces = []string{"kube-system", "kube-public", "kube-node-lease"}
 
 // DefaultRecordLabels are the label keys records carry by default: the
 // names Kubernetes recommends for an application.
@@ -306,8 +315,9 @@ func Default() Config {
 			MinTTL: Duration(5 * time.Second),
 			MaxTTL: Duration(time.Hour),
 		},
-		TLS:        TLS{Probes: TLSProbesAuto, Query: TLSQueryDrop},
-		Kubernetes: Kubernetes{PodCgroups: slices.Clone(DefaultPodCgroups), RecordLabels: slices.Clone(DefaultRecordLabels)},
+		TLS: TLS{Probes: TLSProbesAuto, Query: TLSQueryDrop},
+		Kubernetes: Kubernetes{PodCgroups: slices.Clone(DefaultPodCgroups), RecordLabels: slices.Clone(DefaultRecordLabels),
+			IgnoreNamespaces: slices.Clone(DefaultIgnoreNamespaces)},
 		Process: Process{
 			AncestryDepth: 8,
 			CacheSize:     65536,

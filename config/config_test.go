@@ -142,6 +142,7 @@ kubernetes:
   pod_cgroups: [kubepods.slice/kubepods-burstable.slice]
   hold_control_plane: true
   record_labels: [team]
+  ignore_namespaces: [platform]
 `
 
 func TestParseFull(t *testing.T) {
@@ -182,7 +183,7 @@ func TestParseFull(t *testing.T) {
 		Process: Process{AncestryDepth: 16, CacheSize: 1024, ExitGrace: Duration(time.Minute)},
 		TLS:     TLS{Probes: TLSProbesOff, Query: TLSQueryHash, CredentialHeaders: []string{"x-goog-api-key"}},
 		Kubernetes: Kubernetes{Enabled: true, NodeName: "node-a", PodCgroups: []string{"kubepods.slice/kubepods-burstable.slice"},
-			HoldControlPlane: true, RecordLabels: []string{"team"}},
+			HoldControlPlane: true, RecordLabels: []string{"team"}, IgnoreNamespaces: []string{"platform"}},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Parse(full):\n got %+v\nwant %+v", c, want)
@@ -282,6 +283,7 @@ func TestParseErrors(t *testing.T) {
 		{"absolute pod cgroup", "kubernetes:\n  pod_cgroups: [kubepods, /sys/fs/cgroup/kubepods]\n", []string{"kubernetes.pod_cgroups[1]", "relative"}},
 		{"unclean pod cgroup", "kubernetes:\n  pod_cgroups: [kubepods//burstable]\n", []string{"kubernetes.pod_cgroups[0]", "relative"}},
 		{"bad record label", "kubernetes:\n  record_labels: [app, \"a b\"]\n", []string{"kubernetes.record_labels[1]", "label key"}},
+		{"bad ignored namespace", "kubernetes:\n  ignore_namespaces: [kube-system, Team_A]\n", []string{"kubernetes.ignore_namespaces[1]", "namespace name"}},
 		{"several problems at once", "audit:\n  format: xml\nsessions:\n  drift_action: x\n", []string{"audit.format", "sessions.drift_action"}},
 	}
 	for _, tc := range cases {

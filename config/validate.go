@@ -170,6 +170,11 @@ func (c Config) Validate() error {
 			v.add(fmt.Sprintf("kubernetes.record_labels[%d]", i), k, "must be a label key (e.g. app.kubernetes.io/name)")
 		}
 	}
+	for i, ns := range c.Kubernetes.IgnoreNamespaces {
+		if !namespaceName(ns) {
+			v.add(fmt.Sprintf("kubernetes.ignore_namespaces[%d]", i), ns, "must be a namespace name (lowercase letters, digits and '-', at most 63)")
+		}
+	}
 	for i, p := range c.Kubernetes.PodCgroups {
 		if !filepath.IsLocal(p) || filepath.Clean(p) != p {
 			v.add(fmt.Sprintf("kubernetes.pod_cgroups[%d]", i), p, "must be a clean path relative to the cgroup v2 root (e.g. kubepods/burstable)")
@@ -354,4 +359,18 @@ func unjoin(err error) []error {
 		return out
 	}
 	return []error{err}
+}
+
+// namespaceName reports whether s is a Kubernetes namespace name (an RFC
+// 1123 label).
+func namespaceName(s string) bool {
+	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, c := range s {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
@@ -53,7 +54,13 @@ func (d *daemon) startKubernetes(ctx context.Context) error {
 	klog.SetSlogLogger(log)
 	cg := cgroupv2.Manager{Root: d.cfg.CgroupRoot}
 	hold := func(on bool) ([]string, error) { return d.holdPods(on, log) }
-	c, err := node.New(node.Config{Rest: rc, NodeName: name, Log: log, Hold: hold, HoldControlPlane: k.HoldControlPlane, Pods: d.pods, Metrics: node.NewMetrics(d.reg),
+	ignore := k.IgnoreNamespaces
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" && !slices.Contains(ignore, ns) {
+		// An Agent beside the daemon could hold or confine the daemon.
+		ignore = append(slices.Clip(ignore), ns)
+	}
+	c, err := node.New(node.Config{Rest: rc, NodeName: name, Log: log, Hold: hold, HoldControlPlane: k.HoldControlPlane, IgnoreNamespaces: ignore,
+		Pods: d.pods, Metrics: node.NewMetrics(d.reg),
 		PodCgroup: func(uid string) bool { _, _, err := cg.FindPod(uid); return err == nil }}, d.sessions)
 	if err != nil {
 		return err

@@ -13,11 +13,13 @@ import (
 	"testing"
 	"time"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"github.com/agentfence/agentfence/config"
 	"github.com/agentfence/agentfence/kube"
 	"github.com/agentfence/agentfence/kube/kubetest"
 	"github.com/agentfence/agentfence/kube/v1alpha1"
@@ -112,6 +114,54 @@ func TestAdmission(t *testing.T) {
 	t.Run("no agent", func(t *testing.T) { testNoAgent(t, c) })
 	t.Run("lifecycle", func(t *testing.T) { testLifecycle(t, e) })
 	t.Run("node enforcement", func(t *testing.T) { testNodeEnforcement(t, e) })
+	t.Run("namespaces", func(t *testing.T) { testNamespaces(t, c) })
+}
+
+// testNamespaces: no Agent or AgentSession in the cluster's own
+// namespaces.
+func testNamespaces(t *testing.T, c client.Client) {
+	ctx := context.Background()
+	a := agent("sys", "alice", v1alpha1.Operating, ceiling...)
+	s := session("sys", ceiling[0])
+	a.Namespace, s.Namespace = "kube-system", "kube-system"
+	for kind, obj := range map[string]client.Object{"Agent": a, "AgentSession": s} {
+		kubetest.Eventually(t, "the namespaces policy to refuse a "+kind, func() error {
+			err := c.Create(ctx, obj)
+			if err == nil {
+				c.Delete(ctx, obj)
+				return fmt.Errorf("admitted")
+			}
+			if want := "metadata.namespace: agentfence follows no " + kind + " in namespace kube-system"; !kubetest.Denied(err) || !strings.Contains(err.Error(), want) {
+				return fmt.Errorf("%v; want a refusal saying %q", err, want)
+			}
+			return nil
+		})
+	}
+}
+
+// TestNamespaceLists: the policy refuses objects in the namespaces the
+// nodes ignore by default, and in agentfence's own.
+func TestNamespaceLists(t *testing.T) {
+	var p admissionv1.ValidatingAdmissionPolicy
+	data, err := os.ReadFile("namespace-policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.UnmarshalStrict(data, &p); err != nil {
+		t.Fatal(err)
+	}
+	var nsObj corev1.Namespace
+	if data, err = os.ReadFile("../daemonset/namespace.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &nsObj); err != nil {
+		t.Fatal(err)
+	}
+	want := append(slices.Clone(config.DefaultIgnoreNamespaces), nsObj.Name)
+	got := p.Spec.MatchConstraints.NamespaceSelector.MatchExpressions[0].Values
+	if !slices.Equal(got, want) {
+		t.Errorf("the policy refuses objects in %v; the nodes ignore %v", got, want)
+	}
 }
 
 // testCeiling: the policy admits a session rule exactly when the scope

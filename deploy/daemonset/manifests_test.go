@@ -178,13 +178,15 @@ func TestClusterRole(t *testing.T) {
 					t.Errorf("rule %+v: wildcards and secrets are not for a node daemon", r)
 				}
 				if !slices.Contains(read, v) {
-					writes[res] = true
+					writes[res+" "+v] = true
 				}
 			}
 		}
 	}
-	if !maps.Equal(writes, map[string]bool{"nodeenforcements": true, "nodeenforcements/status": true}) {
-		t.Errorf("writes %v, want only nodeenforcements", writes)
+	want := map[string]bool{"nodeenforcements create": true, "nodeenforcements update": true, "nodeenforcements delete": true,
+		"nodeenforcements/status update": true, "events create": true}
+	if !maps.Equal(writes, want) {
+		t.Errorf("writes %v, want only its reports and new events", writes)
 	}
 	var crb rbacv1.ClusterRoleBinding
 	decodeStrict(t, "clusterrolebinding.yaml", &crb)

@@ -31,14 +31,15 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	if c.cfg.Pods != nil {
 		c.cfg.Pods.update(pods.Items)
 	}
+	followed, sessionsFollowed, ignored := c.ignored(agents.Items, sessions.Items)
 	// Before apply, which would revoke the retired agents' sessions in
 	// its own name: the retirement's actor is who ended them.
-	err := c.retire(agents.Items)
-	o := plan(agents.Items, sessions.Items, pods.Items, time.Now())
+	err := errors.Join(c.warnIgnored(ctx, ignored, pods.Items), c.retire(followed))
+	o := plan(followed, sessionsFollowed, pods.Items, time.Now())
 	err = errors.Join(err, c.apply(o))
 	if c.holding {
 		// After apply: a pod it bound is bound over its hold.
-		err = errors.Join(err, c.hold(agents.Items, pods.Items))
+		err = errors.Join(err, c.hold(followed, pods.Items))
 	}
 	return errors.Join(err, c.report(ctx, o))
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -59,6 +60,9 @@ type Config struct {
 	Hold func(on bool) (parents []string, err error)
 	// HoldControlPlane holds pods on a control-plane node too.
 	HoldControlPlane bool
+	// IgnoreNamespaces are namespaces whose Agents and AgentSessions the
+	// node does not follow (ignore.go).
+	IgnoreNamespaces []string
 	// Pods, when set, is kept up to date with the node's pods, for
 	// audit records.
 	Pods *Pods
@@ -92,6 +96,9 @@ type Controller struct {
 	classified map[string]bool
 	// retired are the Agents (by UID) this node has retired.
 	retired map[string]bool
+	// warned are the ignored objects (by UID) this node has posted a
+	// warning event on, and the generation it was about.
+	warned  map[string]int64
 	metrics *Metrics
 	started time.Time
 }
@@ -111,11 +118,14 @@ func New(cfg Config, sessions Sessions) (*Controller, error) {
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
+	if err := eventsv1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
 	c := &Controller{cfg: cfg, sessions: sessions, kick: make(chan struct{}, 1), classified: map[string]bool{},
-		retired: map[string]bool{}, metrics: cfg.Metrics, started: time.Now()}
+		retired: map[string]bool{}, warned: map[string]int64{}, metrics: cfg.Metrics, started: time.Now()}
 	// Every request, the informers' included, through observed.
 	rc := rest.CopyConfig(cfg.Rest)
 	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return observed{rt, c.metrics} })

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -281,13 +282,19 @@ func TestTwoNodes(t *testing.T) {
 	}
 }
 
-// waitReport waits for node's NodeEnforcement of default/fix-bug to say
-// what is expected.
+// waitReport waits for node's NodeEnforcement of default/fix-bug.
 func waitReport(t *testing.T, e *kubetest.Env, node string, status metav1.ConditionStatus, reason string, bound int32) {
 	t.Helper()
-	kubetest.Eventually(t, node+" reports "+reason, func() error {
+	waitSessionReport(t, e, "fix-bug", node, status, reason, bound)
+}
+
+// waitSessionReport waits for node's NodeEnforcement of default/session
+// to say what is expected.
+func waitSessionReport(t *testing.T, e *kubetest.Env, session, node string, status metav1.ConditionStatus, reason string, bound int32) {
+	t.Helper()
+	kubetest.Eventually(t, node+" reports "+reason+" on "+session, func() error {
 		var ne v1alpha1.NodeEnforcement
-		if err := e.Client.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: "fix-bug." + node}, &ne); err != nil {
+		if err := e.Client.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: session + "." + node}, &ne); err != nil {
 			return err
 		}
 		c := meta.FindStatusCondition(ne.Status.Conditions, v1alpha1.Enforced)
@@ -296,4 +303,102 @@ func waitReport(t *testing.T, e *kubetest.Env, node string, status metav1.Condit
 		}
 		return nil
 	})
+}
+
+// TestParentAndNamespace: against a real API server, a child session is
+// enforced within its parent and revoked when the parent goes; the
+// Agents and sessions of a namespace the node ignores bind nothing and
+// get one warning event each, from the node whose pod they select.
+func TestParentAndNamespace(t *testing.T) {
+	e := kubetest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	admin := e.User(t, "alice", "system:masters")
+	sel := map[string]string{"agent": "triage"}
+	ceiling := []v1alpha1.Rule{{Protocol: v1alpha1.TCP, CIDR: "10.0.0.0/8", Port: 443}, {Host: "*.example.com"}}
+	agent := func(ns string) *v1alpha1.Agent {
+		return &v1alpha1.Agent{ObjectMeta: metav1.ObjectMeta{Name: "triage", Namespace: ns}, Spec: v1alpha1.AgentSpec{
+			SPIFFEID: "spiffe://example.org/agent/triage", Owner: "team-a", Version: "1.2.0", Ceiling: ceiling,
+			PodSelector: metav1.LabelSelector{MatchLabels: sel},
+			Lifecycle: v1alpha1.Lifecycle{State: v1alpha1.Operating, Transitions: []v1alpha1.Transition{
+				{State: v1alpha1.Operating, Actor: "alice", Time: metav1.Now()}}}}}
+	}
+	session := func(ns, name, parent, pod string, scope ...v1alpha1.Rule) *v1alpha1.AgentSession {
+		return &v1alpha1.AgentSession{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: v1alpha1.AgentSessionSpec{
+			Agent: "triage", Intent: "fix bug 7", Origin: v1alpha1.Origin{Kind: v1alpha1.Human, Principal: "alice@example.com"},
+			Scope: scope, Parent: parent, Pods: v1alpha1.Pods{Names: []string{pod}}}}
+	}
+	ignoredPod := pod("agent-b", "node-a", sel)
+	ignoredPod.Namespace = "team-b"
+	objs := []kubetest.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-b"}}, agent("default"), agent("team-b"),
+		pod("parent", "node-a", sel), pod("child", "node-a", sel), ignoredPod}
+	for _, o := range objs {
+		if err := admin.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fs := &fakeSessions{byID: map[string]*v1.Session{}}
+	c, err := New(Config{Rest: e.NodeConfig(t, "node-a"), NodeName: "node-a", Resync: time.Hour, PodCgroup: func(string) bool { return true },
+		IgnoreNamespaces: []string{"team-b"}, Log: slog.New(slog.DiscardHandler)}, fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go c.Run(ctx)
+	parent := session("default", "parent", "", "parent", ceiling...)
+	ignored := session("team-b", "ignored", "", "agent-b", ceiling...)
+	for _, s := range []*v1alpha1.AgentSession{parent, session("default", "child", "parent", "child", ceiling[0]), ignored,
+		session("default", "stray", "parent", "child", ceiling[1])} {
+		kubetest.Eventually(t, "the session policy to admit", func() error { return admin.Create(ctx, s) })
+	}
+	kubetest.Eventually(t, "the parent and the child bound", func() error {
+		got := fs.active()
+		c, ok := got["default/child "+string(objs[4].GetUID())]
+		if _, p := got["default/parent "+string(objs[3].GetUID())]; !p || !ok || len(got) != 2 {
+			return fmt.Errorf("sessions %v", got)
+		}
+		if c.Labels["agentfence.io/parent"] != "default/parent" || !slices.Equal(c.Scope, []string{"tcp://10.0.0.0/8:443"}) {
+			return fmt.Errorf("child %+v", c)
+		}
+		return nil
+	})
+	waitSessionReport(t, e, "child", "node-a", metav1.ConditionTrue, "Bound", 1)
+	// The second child selects the first one's pod, which stays with the
+	// older session.
+	waitSessionReport(t, e, "stray", "node-a", metav1.ConditionFalse, "PodConflict", 0)
+
+	// The node posts one warning on each object of the ignored namespace.
+	kubetest.Eventually(t, "a warning on the ignored Agent and AgentSession", func() error {
+		var evs eventsv1.EventList
+		if err := admin.List(ctx, &evs, client.InNamespace("team-b")); err != nil {
+			return err
+		}
+		var got []string
+		for _, ev := range evs.Items {
+			if ev.Type != corev1.EventTypeWarning || ev.Reason != "IgnoredNamespace" || ev.ReportingInstance != "agentfence.io/node/node-a" ||
+				!strings.HasPrefix(ev.Note, "metadata.namespace: node node-a does not follow") {
+				return fmt.Errorf("event %+v", ev)
+			}
+			got = append(got, ev.Regarding.Kind+" "+ev.Regarding.Name)
+		}
+		if slices.Sort(got); !slices.Equal(got, []string{"Agent triage", "AgentSession ignored"}) {
+			return fmt.Errorf("events about %v", got)
+		}
+		return nil
+	})
+	var ne v1alpha1.NodeEnforcementList
+	if err := admin.List(ctx, &ne, client.InNamespace("team-b")); err != nil || len(ne.Items) != 0 {
+		t.Errorf("reports on the ignored session: %v %v", ne.Items, err)
+	}
+
+	// The parent goes: its child is revoked with it, and says why.
+	if err := admin.Delete(ctx, parent); err != nil {
+		t.Fatal(err)
+	}
+	kubetest.Eventually(t, "the child revoked with its parent", func() error {
+		if got := fs.active(); len(got) != 0 {
+			return fmt.Errorf("still active: %v", got)
+		}
+		return nil
+	})
+	waitSessionReport(t, e, "child", "node-a", metav1.ConditionFalse, "ParentNotFound", 0)
 }

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
+	"github.com/agentfence/agentfence/credential"
 	"github.com/agentfence/agentfence/kube"
 	"github.com/agentfence/agentfence/kube/v1alpha1"
 	"github.com/agentfence/agentfence/scope"
@@ -44,82 +45,200 @@ type outcome struct {
 // plan decides, from what the informers hold, which local sessions this
 // node should have, and which AgentSessions it cannot enforce and why.
 // It checks again what admission checked: an Agent narrowed or retired
-// after its sessions were admitted narrows or ends them here.
+// after its sessions were admitted narrows or ends them here; and what
+// admission cannot check, a session's parent (params are Agents only).
 func plan(agents []v1alpha1.Agent, sessions []v1alpha1.AgentSession, pods []corev1.Pod, now time.Time) outcome {
-	agentOf := map[string]*v1alpha1.Agent{}
+	p := planner{agents: map[string]*v1alpha1.Agent{}, sessions: map[string]*v1alpha1.AgentSession{},
+		now: now, done: map[string]request{}, visiting: map[string]bool{}}
 	for i := range agents {
-		agentOf[agents[i].Namespace+"/"+agents[i].Name] = &agents[i]
+		p.agents[agents[i].Namespace+"/"+agents[i].Name] = &agents[i]
+	}
+	for i := range sessions {
+		p.sessions[sessions[i].Namespace+"/"+sessions[i].Name] = &sessions[i]
 	}
 	o := outcome{want: map[binding]v1.OpenRequest{}, since: map[binding]time.Time{}, pods: map[string][]string{},
-		problems: map[string]problem{}, sessions: map[string]*v1alpha1.AgentSession{}}
+		problems: map[string]problem{}, sessions: p.sessions}
+	podName := map[string]string{}
 	for i := range sessions {
 		s := &sessions[i]
 		name := s.Namespace + "/" + s.Name
-		o.sessions[name] = s
-		a := agentOf[s.Namespace+"/"+s.Spec.Agent]
-		req, prob := openRequest(s, a, now)
+		r := p.request(name)
 		var here []corev1.Pod
-		if prob == nil {
-			here = selected(s, a, pods)
+		if r.prob == nil {
+			here = selected(s, p.agents[s.Namespace+"/"+s.Spec.Agent], pods)
 		} else {
 			here = selected(s, nil, pods) // the pods it names, to report on
 		}
-		for _, p := range here {
-			o.pods[name] = append(o.pods[name], string(p.UID))
-			if prob == nil {
-				b := binding{name, string(p.UID)}
-				o.want[b] = withPod(req, name, p)
+		for _, pod := range here {
+			o.pods[name] = append(o.pods[name], string(pod.UID))
+			podName[string(pod.UID)] = pod.Namespace + "/" + pod.Name
+			if r.prob == nil {
+				b := binding{name, string(pod.UID)}
+				o.want[b] = withPod(r.req, name, s.Spec.Parent, pod)
 				o.since[b] = s.CreationTimestamp.Time
-				if p.CreationTimestamp.After(o.since[b]) {
-					o.since[b] = p.CreationTimestamp.Time
+				if pod.CreationTimestamp.After(o.since[b]) {
+					o.since[b] = pod.CreationTimestamp.Time
 				}
 			}
 		}
-		if prob != nil && len(here) > 0 {
-			o.problems[name] = *prob
+		if r.prob != nil && len(here) > 0 {
+			o.problems[name] = *r.prob
 		}
 	}
+	o.oneSessionPerPod(podName)
 	return o
 }
 
-// openRequest is the local API's request for s, or why there is none.
-func openRequest(s *v1alpha1.AgentSession, a *v1alpha1.Agent, now time.Time) (v1.OpenRequest, *problem) {
+// oneSessionPerPod leaves each pod to one AgentSession: the oldest that
+// wants it (then the first by name), so a newer session never takes a
+// pod from an older one, nor from its parent. The others report the
+// conflict. Without this the second bind of a pod failed on every pass,
+// each time opening and revoking a local session.
+func (o *outcome) oneSessionPerPod(podName map[string]string) {
+	owner := map[string]binding{}
+	for b := range o.want {
+		if w, ok := owner[b.pod]; !ok || older(o.sessions[b.session], o.sessions[w.session]) {
+			owner[b.pod] = b
+		}
+	}
+	for b := range o.want {
+		w := owner[b.pod]
+		if w == b {
+			continue
+		}
+		delete(o.want, b)
+		delete(o.since, b)
+		msg := fmt.Sprintf("spec.pods: pod %s is bound by AgentSession %s", podName[b.pod], w.session)
+		// The least message, so that the report does not flap between
+		// conflicts from one pass to the next.
+		if prev, ok := o.problems[b.session]; !ok || msg < prev.message {
+			o.problems[b.session] = problem{"PodConflict", msg}
+		}
+	}
+}
+
+// older orders AgentSessions by creation, then namespace/name.
+func older(a, b *v1alpha1.AgentSession) bool {
+	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+		return a.CreationTimestamp.Before(&b.CreationTimestamp)
+	}
+	return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+}
+
+// request is the local API's request for an AgentSession, or why there is
+// none.
+type request struct {
+	req   v1.OpenRequest
+	rules []scope.Rule
+	left  time.Duration // TTL left
+	prob  *problem
+}
+
+// planner resolves AgentSessions, each after its ancestors, once per pass.
+type planner struct {
+	agents   map[string]*v1alpha1.Agent
+	sessions map[string]*v1alpha1.AgentSession
+	now      time.Time
+	done     map[string]request
+	visiting map[string]bool // the chain being resolved, to find cycles
+}
+
+// request resolves the AgentSession name: its agent, then its parent's
+// request, which its own must lie within as a local child's lies within
+// its parent's (session.Registry.Open).
+func (p *planner) request(name string) request {
+	if r, ok := p.done[name]; ok {
+		return r
+	}
+	s := p.sessions[name]
+	if p.visiting[name] {
+		return request{prob: &problem{"ParentCycle", fmt.Sprintf("spec.parent: the parents of AgentSession %s form a cycle", s.Name)}}
+	}
+	r := openRequest(s, p.agents[s.Namespace+"/"+s.Spec.Agent], p.now)
+	if r.prob == nil && s.Spec.Parent != "" {
+		p.visiting[name] = true
+		r = p.underParent(s, r)
+		delete(p.visiting, name)
+	}
+	p.done[name] = r
+	return r
+}
+
+// underParent is r, the request of s, within its parent's, or why not.
+func (p *planner) underParent(s *v1alpha1.AgentSession, r request) request {
+	pname := s.Namespace + "/" + s.Spec.Parent
+	if p.sessions[pname] == nil {
+		return request{prob: &problem{"ParentNotFound", fmt.Sprintf("spec.parent: no AgentSession %s in namespace %s", s.Spec.Parent, s.Namespace)}}
+	}
+	pr := p.request(pname)
+	switch {
+	case pr.prob != nil && pr.prob.reason == "ParentCycle":
+		return request{prob: &problem{"ParentCycle", fmt.Sprintf("spec.parent: the parents of AgentSession %s form a cycle", s.Name)}}
+	case pr.prob != nil:
+		return request{prob: &problem{"ParentNotEnforced", fmt.Sprintf("spec.parent: AgentSession %s is not enforced (%s)", s.Spec.Parent, pr.prob.reason)}}
+	}
+	if i := scope.Within(r.rules, pr.rules); i >= 0 {
+		return request{prob: &problem{"OutsideParent", fmt.Sprintf("spec.scope[%d]: outside the scope of parent %s", i, s.Spec.Parent)}}
+	}
+	if pr.req.Mode != v1.ModeAudit && r.req.Mode == v1.ModeAudit {
+		return request{prob: &problem{"ParentEnforces", fmt.Sprintf("spec.mode: audit would widen parent %s, which enforces", s.Spec.Parent)}}
+	}
+	if pr.left < r.left {
+		r.left, r.req.TTL = pr.left, pr.left.String()
+	}
+	// DNS and credentials take the stricter of the two: the CRD's defaults
+	// make every value explicit, so a child that left them out would
+	// otherwise be refused under a strict parent.
+	if d, pd := scope.DNSMode(r.req.DNS), scope.DNSMode(pr.req.DNS); !d.Within(pd) {
+		r.req.DNS = pr.req.DNS
+	}
+	if c, pc := credential.Mode(r.req.Credentials), credential.Mode(pr.req.Credentials); !c.Within(pc) {
+		r.req.Credentials = pr.req.Credentials
+	}
+	return r
+}
+
+// openRequest is the local API's request for s alone, or why there is none.
+func openRequest(s *v1alpha1.AgentSession, a *v1alpha1.Agent, now time.Time) request {
+	fail := func(reason, format string, args ...any) request {
+		return request{prob: &problem{reason, fmt.Sprintf(format, args...)}}
+	}
 	switch {
 	case a == nil:
-		return v1.OpenRequest{}, &problem{"AgentNotFound", fmt.Sprintf("spec.agent: no Agent %s in namespace %s", s.Spec.Agent, s.Namespace)}
+		return fail("AgentNotFound", "spec.agent: no Agent %s in namespace %s", s.Spec.Agent, s.Namespace)
 	case a.Spec.Lifecycle.State == v1alpha1.Retired:
-		return v1.OpenRequest{}, &problem{"AgentRetired", fmt.Sprintf("spec.agent: agent %s is retired", a.Name)}
+		return fail("AgentRetired", "spec.agent: agent %s is retired", a.Name)
 	}
 	rules, err := kube.ScopeRules("spec.scope", s.Spec.Scope)
 	if err != nil {
-		return v1.OpenRequest{}, &problem{"InvalidScope", err.Error()}
+		return fail("InvalidScope", "%v", err)
 	}
 	ceiling, err := kube.ScopeRules("spec.ceiling", a.Spec.Ceiling)
 	if err != nil {
-		return v1.OpenRequest{}, &problem{"InvalidCeiling", fmt.Sprintf("agent %s: %v", a.Name, err)}
+		return fail("InvalidCeiling", "agent %s: %v", a.Name, err)
 	}
 	if i := scope.Within(rules, ceiling); i >= 0 {
-		return v1.OpenRequest{}, &problem{"OutsideCeiling", fmt.Sprintf("spec.scope[%d]: outside the ceiling of agent %s", i, a.Name)}
+		return fail("OutsideCeiling", "spec.scope[%d]: outside the ceiling of agent %s", i, a.Name)
 	}
 	ttl, err := time.ParseDuration(s.Spec.TTL)
 	if err != nil || ttl <= 0 {
-		return v1.OpenRequest{}, &problem{"InvalidTTL", fmt.Sprintf("spec.ttl: %q is not a positive duration", s.Spec.TTL)}
+		return fail("InvalidTTL", "spec.ttl: %q is not a positive duration", s.Spec.TTL)
 	}
 	left := s.CreationTimestamp.Add(ttl).Sub(now).Truncate(time.Second)
 	if left <= 0 {
-		return v1.OpenRequest{}, &problem{"Expired", fmt.Sprintf("spec.ttl: expired at %s", s.CreationTimestamp.Add(ttl).UTC().Format(time.RFC3339))}
+		return fail("Expired", "spec.ttl: expired at %s", s.CreationTimestamp.Add(ttl).UTC().Format(time.RFC3339))
 	}
 	text := make([]string, len(rules))
 	for i, r := range rules {
 		text[i] = r.String()
 	}
-	return v1.OpenRequest{
+	return request{rules: rules, left: left, req: v1.OpenRequest{
 		Intent: s.Spec.Intent,
 		Origin: &v1.Origin{Kind: v1.OriginKind(s.Spec.Origin.Kind), Principal: s.Spec.Origin.Principal},
 		Agent:  &v1.Agent{ID: a.Spec.SPIFFEID, Name: a.Name, Version: a.Spec.Version, Owner: a.Spec.Owner},
 		Scope:  text, Mode: v1.Mode(s.Spec.Mode), TTL: left.String(),
 		DNS: s.Spec.DNS, Credentials: s.Spec.Credentials,
-	}, nil
+	}}
 }
 
 // selected are the pods of the node that s names and its agent (if any)
@@ -152,9 +271,13 @@ func selected(s *v1alpha1.AgentSession, a *v1alpha1.Agent, pods []corev1.Pod) []
 	return out
 }
 
-// withPod labels a request with its AgentSession and pod.
-func withPod(req v1.OpenRequest, session string, p corev1.Pod) v1.OpenRequest {
+// withPod labels a request with its AgentSession, its parent's name and
+// the pod.
+func withPod(req v1.OpenRequest, session, parent string, p corev1.Pod) v1.OpenRequest {
 	req.Labels = map[string]string{labelSource: sourceKube, labelSession: session, labelPod: string(p.UID),
 		"agentfence.io/pod-name": p.Namespace + "/" + p.Name}
+	if parent != "" {
+		req.Labels["agentfence.io/parent"] = p.Namespace + "/" + parent
+	}
 	return req
 }
