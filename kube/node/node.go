@@ -137,6 +137,10 @@ func New(cfg Config, sessions Sessions) (*Controller, error) {
 			&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName), Transform: slimPod},
 			// Only this node's reports.
 			&v1alpha1.NodeEnforcement{}: {Label: labels.SelectorFromSet(labels.Set{v1alpha1.NodeLabel: cfg.NodeName})},
+			// Every session of the cluster is cached: of each, its spec
+			// and the metadata the node reads.
+			&v1alpha1.Agent{}:        {Transform: slimMeta},
+			&v1alpha1.AgentSession{}: {Transform: slimMeta},
 		}})
 	if err != nil {
 		return nil, err
@@ -160,6 +164,21 @@ func slimPod(in any) (any, error) {
 			Labels: p.Labels, CreationTimestamp: p.CreationTimestamp, DeletionTimestamp: p.DeletionTimestamp},
 		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, ServiceAccountName: p.Spec.ServiceAccountName},
 		Status: corev1.PodStatus{Phase: p.Status.Phase}}, nil
+}
+
+// slimMeta drops the metadata the node never reads from an Agent or
+// AgentSession: annotations above all, where `kubectl apply` keeps a
+// second copy of the whole object (last-applied-configuration), and
+// labels, owners and finalizers. Managed fields go in every informer.
+func slimMeta(in any) (any, error) {
+	if o, ok := in.(metav1.Object); ok {
+		o.SetAnnotations(nil)
+		o.SetLabels(nil)
+		o.SetOwnerReferences(nil)
+		o.SetFinalizers(nil)
+		o.SetManagedFields(nil)
+	}
+	return in, nil
 }
 
 // Run watches and reconciles until ctx is done.
