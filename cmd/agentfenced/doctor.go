@@ -10,6 +10,7 @@ import (
 	"github.com/agentfence/agentfence/config"
 	hostcheck "github.com/agentfence/agentfence/doctor"
 	"github.com/agentfence/agentfence/enforcer"
+	"github.com/agentfence/agentfence/kube/node"
 )
 
 // doctor checks what this host offers and fails when the gate itself
@@ -32,9 +33,20 @@ func doctor(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return err
 		}
 	}
-	rep, err := hostcheck.Run(ctx, stdout, hostcheck.Options{Objects: enforcer.VerifyOptions{
+	rep, err := hostcheck.Run(ctx, nil, hostcheck.Options{Objects: enforcer.VerifyOptions{
 		Hostnames: enforcer.HostnameOptions{TTLMin: cfg.DNS.MinTTL.Std(), TTLMax: cfg.DNS.MaxTTL.Std()}}})
 	if err != nil {
+		return err
+	}
+	if k := cfg.Kubernetes; k.Enabled {
+		// As the daemon would: its kubeconfig or its pod's token.
+		if rc, name, err := kubeClient(k); err != nil {
+			rep.Checks = append(rep.Checks, hostcheck.Check{Name: node.CheckAPIServer, Status: hostcheck.StatusMissing, Detail: err.Error()})
+		} else {
+			rep.Checks = append(rep.Checks, node.Doctor(ctx, rc, name, k.HoldControlPlane)...)
+		}
+	}
+	if err := rep.WriteTable(stdout); err != nil {
 		return err
 	}
 	if !rep.GateCanRun() {

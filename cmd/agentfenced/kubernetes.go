@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/agentfence/agentfence/config"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/kube/node"
 )
@@ -30,22 +31,9 @@ func (d *daemon) startKubernetes(ctx context.Context) error {
 		// that no longer comes.
 		return d.gate.Unhold()
 	}
-	name := k.NodeName
-	if name == "" {
-		name = os.Getenv("NODE_NAME")
-	}
-	if name == "" {
-		return fmt.Errorf("kubernetes.node_name: not set, and $NODE_NAME is empty (the DaemonSet sets it from spec.nodeName)")
-	}
-	var rc *rest.Config
-	var err error
-	if k.Kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", k.Kubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
+	rc, name, err := kubeClient(k)
 	if err != nil {
-		return fmt.Errorf("kubernetes: %w", err)
+		return err
 	}
 	// controller-runtime and client-go log through their own global
 	// loggers; both go to the daemon's.
@@ -73,6 +61,28 @@ func (d *daemon) startKubernetes(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// kubeClient is how this node reaches the API server, and its name.
+func kubeClient(k config.Kubernetes) (*rest.Config, string, error) {
+	name := k.NodeName
+	if name == "" {
+		name = os.Getenv("NODE_NAME")
+	}
+	if name == "" {
+		return nil, "", fmt.Errorf("kubernetes.node_name: not set, and $NODE_NAME is empty (the DaemonSet sets it from spec.nodeName)")
+	}
+	var rc *rest.Config
+	var err error
+	if k.Kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", k.Kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("kubernetes: %w", err)
+	}
+	return rc, name, nil
 }
 
 // holdPods makes the kernel hold every pod cgroup made from now on in the

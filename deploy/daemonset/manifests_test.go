@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/agentfence/agentfence/config"
+	"github.com/agentfence/agentfence/kube/node"
 )
 
 const namespace = "agentfence-system"
@@ -164,24 +165,38 @@ func TestNamespaceAndServiceAccount(t *testing.T) {
 }
 
 // TestClusterRole: agentfenced reads pods, Agents and AgentSessions and
-// writes nothing but NodeEnforcements; no wildcard, no secrets.
+// writes nothing but NodeEnforcements and new events; no wildcard, no
+// secrets.
 func TestClusterRole(t *testing.T) {
 	var cr rbacv1.ClusterRole
 	decodeStrict(t, "clusterrole.yaml", &cr)
 	checkMeta(t, "clusterrole.yaml", cr.TypeMeta, cr.ObjectMeta, "rbac.authorization.k8s.io/v1", "ClusterRole")
 	read := []string{"get", "list", "watch"}
 	writes := map[string]bool{}
+	var granted []string
 	for _, r := range cr.Rules {
-		for _, res := range r.Resources {
-			for _, v := range r.Verbs {
-				if v == "*" || res == "*" || slices.Contains(r.APIGroups, "*") || res == "secrets" {
-					t.Errorf("rule %+v: wildcards and secrets are not for a node daemon", r)
-				}
-				if !slices.Contains(read, v) {
-					writes[res+" "+v] = true
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				for _, v := range r.Verbs {
+					if v == "*" || res == "*" || g == "*" || res == "secrets" {
+						t.Errorf("rule %+v: wildcards and secrets are not for a node daemon", r)
+					}
+					if !slices.Contains(read, v) {
+						writes[res+" "+v] = true
+					}
+					granted = append(granted, node.Permission{Group: g, Resource: res, Verb: v}.String())
 				}
 			}
 		}
+	}
+	// What the node asks for (kube/node.Permissions, which doctor checks)
+	// is what the role grants, no more, no less.
+	var needed []string
+	for _, p := range node.Permissions {
+		needed = append(needed, p.String())
+	}
+	if slices.Sort(granted); !slices.Equal(granted, slices.Sorted(slices.Values(needed))) {
+		t.Errorf("the ClusterRole grants %v; the node needs %v", granted, slices.Sorted(slices.Values(needed)))
 	}
 	want := map[string]bool{"nodeenforcements create": true, "nodeenforcements update": true, "nodeenforcements delete": true,
 		"nodeenforcements/status update": true, "events create": true}

@@ -141,6 +141,16 @@ func (e *Env) applyAdmission(t testing.TB) {
 // User is a client acting as the named user in the given groups.
 func (e *Env) User(t testing.TB, name string, groups ...string) client.Client {
 	t.Helper()
+	c, err := client.New(e.UserConfig(t, name, groups...), client.Options{Scheme: e.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// UserConfig is a client config for the named user in the given groups.
+func (e *Env) UserConfig(t testing.TB, name string, groups ...string) *rest.Config {
+	t.Helper()
 	u, err := e.env.AddUser(envtest.User{Name: name, Groups: groups}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -149,11 +159,7 @@ func (e *Env) User(t testing.TB, name string, groups ...string) client.Client {
 	// No client-side rate limit: a benchmark writes thousands of objects,
 	// which client-go's default of 5 a second would take minutes over.
 	cfg.QPS = -1
-	c, err := client.New(cfg, client.Options{Scheme: e.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return cfg
 }
 
 // Object is an API object a client writes.

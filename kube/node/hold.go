@@ -99,11 +99,9 @@ func (c *Controller) startHold(ctx context.Context) ([]string, error) {
 		case <-time.After(wait):
 		}
 	}
-	for _, l := range controlPlaneLabels {
-		if _, ok := n.Labels[l]; ok && !c.cfg.HoldControlPlane {
-			c.cfg.Log.Info("control-plane node: new pods are not held (kubernetes.hold_control_plane)", "label", l)
-			return c.cfg.Hold(false)
-		}
+	if l := controlPlane(&n); l != "" && !c.cfg.HoldControlPlane {
+		c.cfg.Log.Info("control-plane node: new pods are not held (kubernetes.hold_control_plane)", "label", l)
+		return c.cfg.Hold(false)
 	}
 	return c.cfg.Hold(true)
 }
