@@ -8,7 +8,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
 	"github.com/agentfence/agentfence/audit"
@@ -18,28 +17,24 @@ import (
 
 // Reconcile brings the local sessions in line with the cluster once.
 func (c *Controller) Reconcile(ctx context.Context) error {
-	var agents v1alpha1.AgentList
-	var sessions v1alpha1.AgentSessionList
-	var pods corev1.PodList
-	// The cache's own objects, not copies: nothing below writes to them,
-	// and copying 10,000 AgentSessions at every reconcile doubled the
-	// daemon's heap (docs/benchmarks.md).
-	nocopy := client.UnsafeDisableDeepCopy
-	if err := errors.Join(c.cache.List(ctx, &agents, nocopy), c.cache.List(ctx, &sessions, nocopy), c.cache.List(ctx, &pods, nocopy)); err != nil {
+	agents, err1 := cached[v1alpha1.Agent](ctx, c.cache)
+	sessions, err2 := cached[v1alpha1.AgentSession](ctx, c.cache)
+	pods, err3 := cached[corev1.Pod](ctx, c.cache)
+	if err := errors.Join(err1, err2, err3); err != nil {
 		return err
 	}
 	if c.cfg.Pods != nil {
-		c.cfg.Pods.update(pods.Items)
+		c.cfg.Pods.update(pods)
 	}
-	followed, sessionsFollowed, ignored := c.ignored(agents.Items, sessions.Items)
+	followed, sessionsFollowed, ignored := c.ignored(agents, sessions)
 	// Before apply, which would revoke the retired agents' sessions in
 	// its own name: the retirement's actor is who ended them.
-	err := errors.Join(c.warnIgnored(ctx, ignored, pods.Items), c.retire(followed))
-	o := plan(followed, sessionsFollowed, pods.Items, time.Now())
+	err := errors.Join(c.warnIgnored(ctx, ignored, pods), c.retire(followed))
+	o := plan(followed, sessionsFollowed, pods, time.Now())
 	err = errors.Join(err, c.apply(o))
 	if c.holding {
 		// After apply: a pod it bound is bound over its hold.
-		err = errors.Join(err, c.hold(followed, pods.Items))
+		err = errors.Join(err, c.hold(followed, pods))
 	}
 	return errors.Join(err, c.report(ctx, o))
 }
@@ -112,7 +107,7 @@ func (c *Controller) open(b binding, req v1.OpenRequest, since time.Time) error 
 
 // retire ends each retired Agent on this node, local sessions included
 // (session.Registry.RetireAgent), in the name of who retired it.
-func (c *Controller) retire(agents []v1alpha1.Agent) error {
+func (c *Controller) retire(agents []*v1alpha1.Agent) error {
 	var errs []error
 	for _, a := range agents {
 		if a.Spec.Lifecycle.State != v1alpha1.Retired || c.retired[string(a.UID)] {

@@ -23,7 +23,7 @@ import (
 // stays held until a session binds it (a running one is held now), and
 // every other pod is released. A retired Agent still selects its pods:
 // they stay denied.
-func (c *Controller) hold(agents []v1alpha1.Agent, pods []corev1.Pod) error {
+func (c *Controller) hold(agents []*v1alpha1.Agent, pods []*corev1.Pod) error {
 	seen := map[string]bool{}
 	var errs []error
 	for _, p := range pods {
@@ -60,9 +60,8 @@ func (c *Controller) hold(agents []v1alpha1.Agent, pods []corev1.Pod) error {
 }
 
 // selectedByAgent reports whether an Agent of p's namespace selects p.
-func selectedByAgent(p corev1.Pod, agents []v1alpha1.Agent) bool {
-	for i := range agents {
-		a := &agents[i]
+func selectedByAgent(p *corev1.Pod, agents []*v1alpha1.Agent) bool {
+	for _, a := range agents {
 		if a.Namespace != p.Namespace {
 			continue
 		}

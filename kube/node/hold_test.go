@@ -29,20 +29,20 @@ func TestHold(t *testing.T) {
 	made := map[string]bool{"a1": true, "a2": true, "o1": true, "x1": true}
 	c := &Controller{cfg: Config{PodCgroup: func(uid string) bool { return made[uid] }, Log: slog.New(slog.DiscardHandler)},
 		sessions: fs, classified: map[string]bool{}}
-	agent := func(name, ns string, sel map[string]string, state v1alpha1.LifecycleState) v1alpha1.Agent {
-		return v1alpha1.Agent{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+	agent := func(name, ns string, sel map[string]string, state v1alpha1.LifecycleState) *v1alpha1.Agent {
+		return &v1alpha1.Agent{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 			Spec: v1alpha1.AgentSpec{PodSelector: metav1.LabelSelector{MatchLabels: sel}, Lifecycle: v1alpha1.Lifecycle{State: state}}}
 	}
-	withUID := func(p *corev1.Pod, uid string) corev1.Pod {
+	withUID := func(p *corev1.Pod, uid string) *corev1.Pod {
 		p.UID = types.UID(uid)
-		return *p
+		return p
 	}
-	agents := []v1alpha1.Agent{
+	agents := []*v1alpha1.Agent{
 		agent("triage", "default", map[string]string{"agent": "triage"}, v1alpha1.Operating),
 		agent("old", "default", map[string]string{"agent": "old"}, v1alpha1.Retired),
 		agent("elsewhere", "other", map[string]string{"agent": "x"}, v1alpha1.Operating),
 	}
-	pods := []corev1.Pod{
+	pods := []*corev1.Pod{
 		withUID(pod("a1", "n", map[string]string{"agent": "triage"}), "a1"),
 		withUID(pod("a2", "n", map[string]string{"agent": "old"}), "a2"),
 		withUID(pod("o1", "n", nil), "o1"),
@@ -143,12 +143,12 @@ func TestPods(t *testing.T) {
 	if p.Lookup("a") != nil {
 		t.Error("an empty index found a pod")
 	}
-	mk := func(uid, name string, labels map[string]string) corev1.Pod {
-		k := *pod(name, "node-a", labels)
+	mk := func(uid, name string, labels map[string]string) *corev1.Pod {
+		k := pod(name, "node-a", labels)
 		k.UID, k.Spec.ServiceAccountName = types.UID(uid), "agent-sa"
 		return k
 	}
-	p.update([]corev1.Pod{mk("a", "agent-0", map[string]string{"app": "triage", "secret-ish": "x"}), mk("b", "plain", nil)})
+	p.update([]*corev1.Pod{mk("a", "agent-0", map[string]string{"app": "triage", "secret-ish": "x"}), mk("b", "plain", nil)})
 	got := p.Lookup("a")
 	want := &audit.Pod{UID: "a", Namespace: "default", Name: "agent-0", ServiceAccount: "agent-sa", Node: "node-a",
 		Labels: map[string]string{"app": "triage"}}
@@ -158,8 +158,21 @@ func TestPods(t *testing.T) {
 	if b := p.Lookup("b"); b == nil || b.Labels != nil {
 		t.Errorf("pod b: %+v", b)
 	}
-	p.update([]corev1.Pod{mk("b", "plain", nil)})
+	p.update([]*corev1.Pod{mk("b", "plain", nil)})
 	if p.Lookup("a") != nil {
 		t.Error("a gone pod is still found")
+	}
+	// A pass over the same pods at the same versions keeps the index; a
+	// new version of a pod replaces it.
+	before := p.Lookup("b")
+	p.update([]*corev1.Pod{mk("b", "plain", nil)})
+	if p.Lookup("b") != before {
+		t.Error("an unchanged pass made the index anew")
+	}
+	relabelled := mk("b", "plain", map[string]string{"team": "red"})
+	relabelled.ResourceVersion = "2"
+	p.update([]*corev1.Pod{relabelled})
+	if b := p.Lookup("b"); b == nil || b.Labels["team"] != "red" {
+		t.Errorf("relabelled pod b: %+v", b)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/agentfence/agentfence/kube/v1alpha1"
@@ -26,39 +25,30 @@ const (
 // node does not follow (Config.IgnoreNamespaces): an Agent there could
 // otherwise hold or confine the cluster's own pods, the daemon's among
 // them. They are warned about (warnIgnored) and otherwise not seen.
-func (c *Controller) ignored(agents []v1alpha1.Agent, sessions []v1alpha1.AgentSession) ([]v1alpha1.Agent, []v1alpha1.AgentSession, []client.Object) {
-	if len(c.cfg.IgnoreNamespaces) == 0 {
-		return agents, sessions, nil
-	}
+func (c *Controller) ignored(agents []*v1alpha1.Agent, sessions []*v1alpha1.AgentSession) ([]*v1alpha1.Agent, []*v1alpha1.AgentSession, []client.Object) {
 	var out []client.Object
-	keepA := agents[:0:0]
-	for i := range agents {
-		if slices.Contains(c.cfg.IgnoreNamespaces, agents[i].Namespace) {
-			out = append(out, &agents[i])
-		} else {
-			keepA = append(keepA, agents[i])
+	keep := func(o client.Object) bool {
+		if slices.Contains(c.cfg.IgnoreNamespaces, o.GetNamespace()) {
+			out = append(out, o)
+			return false
 		}
+		return true
 	}
-	keepS := sessions[:0:0]
-	for i := range sessions {
-		if slices.Contains(c.cfg.IgnoreNamespaces, sessions[i].Namespace) {
-			out = append(out, &sessions[i])
-		} else {
-			keepS = append(keepS, sessions[i])
-		}
-	}
-	return keepA, keepS, out
+	agents = slices.DeleteFunc(agents, func(a *v1alpha1.Agent) bool { return !keep(a) })
+	sessions = slices.DeleteFunc(sessions, func(s *v1alpha1.AgentSession) bool { return !keep(s) })
+	return agents, sessions, out
 }
 
 // warnIgnored posts a Warning event on each ignored object that selects a
 // pod of this node, once per generation while the daemon runs: only nodes
 // it concerns write, so an object no pod matches costs no writes, and one
 // matching pods on every node costs one event per such node.
-func (c *Controller) warnIgnored(ctx context.Context, objs []client.Object, pods []corev1.Pod) error {
+func (c *Controller) warnIgnored(ctx context.Context, objs []client.Object, pods []*corev1.Pod) error {
 	var errs []error
+	live := indexPods(pods)
 	for _, obj := range objs {
 		key := string(obj.GetUID())
-		if c.warned[key] == obj.GetGeneration() || !selectsHere(obj, pods) {
+		if c.warned[key] == obj.GetGeneration() || !selectsHere(obj, live) {
 			continue
 		}
 		kind := "Agent"
@@ -86,18 +76,12 @@ func (c *Controller) warnIgnored(ctx context.Context, objs []client.Object, pods
 
 // selectsHere reports whether an ignored object would select a pod of
 // this node, were its namespace followed.
-func selectsHere(obj client.Object, pods []corev1.Pod) bool {
+func selectsHere(obj client.Object, live livePods) bool {
 	switch o := obj.(type) {
 	case *v1alpha1.Agent:
-		sel, err := metav1.LabelSelectorAsSelector(&o.Spec.PodSelector)
-		if err != nil {
-			return false
-		}
-		return slices.ContainsFunc(pods, func(p corev1.Pod) bool {
-			return p.Namespace == o.Namespace && sel.Matches(labels.Set(p.Labels))
-		})
+		return len(selectedBy(o, live.byNS[o.Namespace])) > 0
 	case *v1alpha1.AgentSession:
-		return len(selected(o, nil, pods)) > 0
+		return len(live.named(o)) > 0
 	}
 	return false
 }

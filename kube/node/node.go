@@ -166,6 +166,31 @@ func slimPod(in any) (any, error) {
 		Status: corev1.PodStatus{Phase: p.Status.Phase}}, nil
 }
 
+// cached are the informer's own objects of T's kind, not copies: a typed
+// List copies every object, 7 MiB a pass over 10,000 AgentSessions
+// (docs/benchmarks.md). Nothing may write to them.
+func cached[T any, PT interface {
+	*T
+	client.Object
+}](ctx context.Context, c cache.Cache) ([]PT, error) {
+	inf, err := c.GetInformer(ctx, PT(new(T)))
+	if err != nil {
+		return nil, err
+	}
+	sii, ok := inf.(toolscache.SharedIndexInformer)
+	if !ok {
+		return nil, fmt.Errorf("kubernetes: the informer of %T keeps no store the node can read", new(T))
+	}
+	items := sii.GetStore().List()
+	out := make([]PT, 0, len(items))
+	for _, it := range items {
+		if o, ok := it.(PT); ok {
+			out = append(out, o)
+		}
+	}
+	return out, nil
+}
+
 // slimMeta drops the metadata the node never reads from an Agent or
 // AgentSession: annotations above all, where `kubectl apply` keeps a
 // second copy of the whole object (last-applied-configuration), and

@@ -19,9 +19,9 @@ import (
 func TestPlanParent(t *testing.T) {
 	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
 	created := metav1.NewTime(now.Add(-10 * time.Minute))
-	agent := *benchAgent("coder", map[string]string{"app": "coder"})
-	session := func(name, parent string, rule v1alpha1.Rule, mutate ...func(*v1alpha1.AgentSessionSpec)) v1alpha1.AgentSession {
-		s := *benchSession(name, "coder", name+"-pod")
+	agent := benchAgent("coder", map[string]string{"app": "coder"})
+	session := func(name, parent string, rule v1alpha1.Rule, mutate ...func(*v1alpha1.AgentSessionSpec)) *v1alpha1.AgentSession {
+		s := benchSession(name, "coder", name+"-pod")
 		s.CreationTimestamp, s.Spec.TTL, s.Spec.Parent = created, "1h", parent
 		s.Spec.Mode, s.Spec.DNS, s.Spec.Credentials = v1alpha1.Enforce, "scoped", "any"
 		s.Spec.Scope = []v1alpha1.Rule{rule}
@@ -33,34 +33,34 @@ func TestPlanParent(t *testing.T) {
 	wide := v1alpha1.Rule{Protocol: v1alpha1.TCP, CIDR: "10.1.0.0/16"}
 	narrow := v1alpha1.Rule{Protocol: v1alpha1.TCP, CIDR: "10.1.2.0/24", Port: 443}
 	other := v1alpha1.Rule{Protocol: v1alpha1.TCP, CIDR: "10.2.0.0/16"}
-	podOf := func(name string) corev1.Pod {
-		return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name + "-pod", Namespace: "default", UID: types.UID("uid-" + name),
+	podOf := func(name string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name + "-pod", Namespace: "default", UID: types.UID("uid-" + name),
 			Labels: map[string]string{"app": "coder"}, CreationTimestamp: created}}
 	}
 
 	for _, tc := range []struct {
 		name     string
-		sessions []v1alpha1.AgentSession
+		sessions []*v1alpha1.AgentSession
 		reason   string // of the session "child"; "" = enforced
 		check    func(t *testing.T, req v1.OpenRequest)
 	}{
-		{name: "within", sessions: []v1alpha1.AgentSession{session("parent", "", wide), session("child", "parent", narrow)},
+		{name: "within", sessions: []*v1alpha1.AgentSession{session("parent", "", wide), session("child", "parent", narrow)},
 			check: func(t *testing.T, req v1.OpenRequest) {
 				if req.Labels["agentfence.io/parent"] != "default/parent" {
 					t.Errorf("labels %v: want agentfence.io/parent=default/parent", req.Labels)
 				}
 			}},
-		{name: "no parent", sessions: []v1alpha1.AgentSession{session("child", "parent", narrow)}, reason: "ParentNotFound"},
-		{name: "outside the parent", sessions: []v1alpha1.AgentSession{session("parent", "", wide), session("child", "parent", other)}, reason: "OutsideParent"},
-		{name: "parent not enforced", sessions: []v1alpha1.AgentSession{
+		{name: "no parent", sessions: []*v1alpha1.AgentSession{session("child", "parent", narrow)}, reason: "ParentNotFound"},
+		{name: "outside the parent", sessions: []*v1alpha1.AgentSession{session("parent", "", wide), session("child", "parent", other)}, reason: "OutsideParent"},
+		{name: "parent not enforced", sessions: []*v1alpha1.AgentSession{
 			session("parent", "", v1alpha1.Rule{Protocol: v1alpha1.TCP, CIDR: "192.168.0.0/16"}), // outside the agent's ceiling
 			session("child", "parent", narrow)}, reason:                                          "ParentNotEnforced"},
-		{name: "grandparent gone", sessions: []v1alpha1.AgentSession{session("parent", "gone", wide), session("child", "parent", narrow)}, reason: "ParentNotEnforced"},
-		{name: "cycle", sessions: []v1alpha1.AgentSession{session("parent", "child", wide), session("child", "parent", narrow)}, reason: "ParentCycle"},
-		{name: "own parent", sessions: []v1alpha1.AgentSession{session("child", "child", narrow)}, reason: "ParentCycle"},
-		{name: "audit under enforce", sessions: []v1alpha1.AgentSession{session("parent", "", wide),
+		{name: "grandparent gone", sessions: []*v1alpha1.AgentSession{session("parent", "gone", wide), session("child", "parent", narrow)}, reason: "ParentNotEnforced"},
+		{name: "cycle", sessions: []*v1alpha1.AgentSession{session("parent", "child", wide), session("child", "parent", narrow)}, reason: "ParentCycle"},
+		{name: "own parent", sessions: []*v1alpha1.AgentSession{session("child", "child", narrow)}, reason: "ParentCycle"},
+		{name: "audit under enforce", sessions: []*v1alpha1.AgentSession{session("parent", "", wide),
 			session("child", "parent", narrow, func(s *v1alpha1.AgentSessionSpec) { s.Mode = v1alpha1.Audit })}, reason: "ParentEnforces"},
-		{name: "ttl, dns and credentials narrowed to the parent's", sessions: []v1alpha1.AgentSession{
+		{name: "ttl, dns and credentials narrowed to the parent's", sessions: []*v1alpha1.AgentSession{
 			session("parent", "", wide, func(s *v1alpha1.AgentSessionSpec) { s.TTL, s.DNS, s.Credentials = "20m", "none", "registered-only" }),
 			session("child", "parent", narrow, func(s *v1alpha1.AgentSessionSpec) { s.DNS = "any" })},
 			check: func(t *testing.T, req v1.OpenRequest) {
@@ -70,11 +70,11 @@ func TestPlanParent(t *testing.T) {
 			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var pods []corev1.Pod
+			var pods []*corev1.Pod
 			for _, s := range tc.sessions {
 				pods = append(pods, podOf(s.Name))
 			}
-			o := plan([]v1alpha1.Agent{agent}, tc.sessions, pods, now)
+			o := plan([]*v1alpha1.Agent{agent}, tc.sessions, pods, now)
 			b := binding{"default/child", "uid-child"}
 			req, enforced := o.want[b]
 			p := o.problems["default/child"]
@@ -98,17 +98,17 @@ func TestPlanParent(t *testing.T) {
 // change with the order the informer lists them in.
 func TestPlanOnePodOneSession(t *testing.T) {
 	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
-	agent := *benchAgent("coder", map[string]string{"app": "coder"})
-	mk := func(name string, age time.Duration) v1alpha1.AgentSession {
-		s := *benchSession(name, "coder", "shared")
+	agent := benchAgent("coder", map[string]string{"app": "coder"})
+	mk := func(name string, age time.Duration) *v1alpha1.AgentSession {
+		s := benchSession(name, "coder", "shared")
 		s.CreationTimestamp, s.Spec.TTL = metav1.NewTime(now.Add(-age)), "1h"
 		return s
 	}
-	pod := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "shared", Namespace: "default", UID: "uid-shared",
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "shared", Namespace: "default", UID: "uid-shared",
 		Labels: map[string]string{"app": "coder"}}}
 	old, young := mk("old", 2*time.Minute), mk("young", time.Minute)
-	for _, order := range [][]v1alpha1.AgentSession{{old, young}, {young, old}} {
-		o := plan([]v1alpha1.Agent{agent}, order, []corev1.Pod{pod}, now)
+	for _, order := range [][]*v1alpha1.AgentSession{{old, young}, {young, old}} {
+		o := plan([]*v1alpha1.Agent{agent}, order, []*corev1.Pod{pod}, now)
 		if _, ok := o.want[binding{"default/old", "uid-shared"}]; !ok || len(o.want) != 1 {
 			t.Fatalf("want %v: only default/old should bind the pod", o.want)
 		}

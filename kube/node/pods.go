@@ -16,6 +16,8 @@ type Pods struct {
 	// labels can hold what a SIEM should not.
 	Labels []string
 	byUID  atomic.Pointer[map[string]*audit.Pod]
+	// versions are the resource versions update last indexed, by UID.
+	versions map[string]string
 }
 
 // Lookup returns the pod with UID uid, nil when the node does not have it.
@@ -28,7 +30,14 @@ func (p *Pods) Lookup(uid string) *audit.Pod {
 }
 
 // update replaces the pods with those the informers hold now.
-func (p *Pods) update(pods []corev1.Pod) {
+func (p *Pods) update(pods []*corev1.Pod) {
+	if p.unchanged(pods) {
+		return // every pass would otherwise make 1,000 records' worth anew
+	}
+	p.versions = make(map[string]string, len(pods))
+	for _, k := range pods {
+		p.versions[string(k.UID)] = k.ResourceVersion
+	}
 	m := make(map[string]*audit.Pod, len(pods))
 	for _, k := range pods {
 		ap := &audit.Pod{UID: string(k.UID), Namespace: k.Namespace, Name: k.Name,
@@ -44,4 +53,18 @@ func (p *Pods) update(pods []corev1.Pod) {
 		m[ap.UID] = ap
 	}
 	p.byUID.Store(&m)
+}
+
+// unchanged reports whether pods are those update indexed last, at the
+// same versions.
+func (p *Pods) unchanged(pods []*corev1.Pod) bool {
+	if p.versions == nil || len(pods) != len(p.versions) {
+		return false
+	}
+	for _, k := range pods {
+		if v, ok := p.versions[string(k.UID)]; !ok || v != k.ResourceVersion {
+			return false
+		}
+	}
+	return true
 }
