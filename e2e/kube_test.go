@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -177,6 +179,10 @@ func TestKubernetesSession(t *testing.T) {
 		t.Errorf("sync metrics while following: connected %v, enforced %v", m["agentfence_kubernetes_connected"],
 			m["agentfence_kubernetes_enforce_seconds_count"])
 	}
+	if got := kubeDoctor(t, d); !maps.Equal(got, map[string]string{"kubernetes/api_server": "ok", "kubernetes/crds": "ok",
+		"kubernetes/rbac": "ok", "kubernetes/node": "ok"}) {
+		t.Errorf("doctor while following: %v", got)
+	}
 	stopping := time.Now()
 	e.StopAPIServer(t)
 	t.Logf("kube-apiserver stopped in %v", time.Since(stopping))
@@ -190,6 +196,9 @@ func TestKubernetesSession(t *testing.T) {
 	expectResults(t, kerneltest.Run(t, ctr, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other}), "ok", "EPERM")
 	if ss := d.podSessions(t, string(mine.UID)); len(ss) != 1 || ss[0].ID != local.ID || ss[0].State != v1.StateActive {
 		t.Errorf("sessions while the API server is down: %+v", ss)
+	}
+	if got := kubeDoctor(t, d); !maps.Equal(got, map[string]string{"kubernetes/api_server": "missing"}) {
+		t.Errorf("doctor without the API server: %v", got)
 	}
 	e.StartAPIServer(t)
 	admin = e.User(t, "alice", "system:masters")
@@ -230,4 +239,22 @@ func TestKubernetesSession(t *testing.T) {
 	if code == 0 || !strings.Contains(stderr, "agent.id") || !strings.Contains(stderr, "retired") {
 		t.Errorf("a session for the retired agent: exit %d: %s", code, stderr)
 	}
+}
+
+// kubeDoctor runs `agentfence doctor` with the daemon's config and returns
+// the status of each of its kubernetes/ lines.
+func kubeDoctor(t *testing.T, d *daemon) map[string]string {
+	t.Helper()
+	cfg := d.args[slices.Index(d.args, "--config")+1]
+	stdout, stderr, code := d.cli(t, nil, "doctor", "--config", cfg)
+	if code != 0 {
+		t.Fatalf("doctor exited %d: %s%s", code, stdout, stderr)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(stdout, "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && strings.HasPrefix(f[0], "kubernetes/") {
+			got[f[0]] = f[1]
+		}
+	}
+	return got
 }

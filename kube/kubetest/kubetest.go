@@ -81,7 +81,11 @@ func Start(t testing.TB) *Env {
 	api := env.ControlPlane.GetAPIServer()
 	api.Configure().
 		Set("advertise-address", "127.0.0.1").
-		Set("endpoint-reconciler-type", "none")
+		Set("endpoint-reconciler-type", "none").
+		// Ends open watches when it stops: otherwise a stop waits out the
+		// server's 60 s shutdown timeout for them (TestKubernetesSession
+		// stops it while a daemon watches).
+		Set("shutdown-watch-termination-grace-period", "2s")
 	// A directory of its own keeps the serving and service-account keys
 	// across StopAPIServer and StartAPIServer: tokens stay valid.
 	api.CertDir = t.TempDir()
