@@ -122,6 +122,15 @@ func (f *fakeSessions) active() map[string]v1.Session {
 	return out
 }
 
+// triage is the operating Agent "triage" of namespace ns, as alice made it.
+func triage(ns string, ceiling []v1alpha1.Rule, sel map[string]string) *v1alpha1.Agent {
+	return &v1alpha1.Agent{ObjectMeta: metav1.ObjectMeta{Name: "triage", Namespace: ns}, Spec: v1alpha1.AgentSpec{
+		SPIFFEID: "spiffe://example.org/agent/triage", Owner: "team-a", Version: "1.2.0", Ceiling: ceiling,
+		PodSelector: metav1.LabelSelector{MatchLabels: sel},
+		Lifecycle: v1alpha1.Lifecycle{State: v1alpha1.Operating, Transitions: []v1alpha1.Transition{
+			{State: v1alpha1.Operating, Actor: "alice", Time: metav1.Now()}}}}}
+}
+
 func pod(name, node string, labels map[string]string) *corev1.Pod {
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: labels},
 		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "agent", Image: "agent:1"}}}}
@@ -137,11 +146,7 @@ func TestTwoNodes(t *testing.T) {
 	admin := e.User(t, "alice", "system:masters")
 	sel := map[string]string{"agent": "triage"}
 	ceiling := []v1alpha1.Rule{{Protocol: v1alpha1.TCP, CIDR: "10.0.0.0/8", Port: 443}, {Host: "*.example.com"}}
-	agent := &v1alpha1.Agent{ObjectMeta: metav1.ObjectMeta{Name: "triage", Namespace: "default"}, Spec: v1alpha1.AgentSpec{
-		SPIFFEID: "spiffe://example.org/agent/triage", Owner: "team-a", Version: "1.2.0", Ceiling: ceiling,
-		PodSelector: metav1.LabelSelector{MatchLabels: sel},
-		Lifecycle: v1alpha1.Lifecycle{State: v1alpha1.Operating, Transitions: []v1alpha1.Transition{
-			{State: v1alpha1.Operating, Actor: "alice", Time: metav1.Now()}}}}}
+	agent := triage("default", ceiling, sel)
 	pods := []*corev1.Pod{pod("agent-a", "node-a", sel), pod("agent-b", "node-b", sel), pod("other-a", "node-a", nil)}
 	for _, o := range []kubetest.Object{agent, pods[0], pods[1], pods[2]} {
 		if err := admin.Create(ctx, o); err != nil {
@@ -316,13 +321,6 @@ func TestParentAndNamespace(t *testing.T) {
 	admin := e.User(t, "alice", "system:masters")
 	sel := map[string]string{"agent": "triage"}
 	ceiling := []v1alpha1.Rule{{Protocol: v1alpha1.TCP, CIDR: "10.0.0.0/8", Port: 443}, {Host: "*.example.com"}}
-	agent := func(ns string) *v1alpha1.Agent {
-		return &v1alpha1.Agent{ObjectMeta: metav1.ObjectMeta{Name: "triage", Namespace: ns}, Spec: v1alpha1.AgentSpec{
-			SPIFFEID: "spiffe://example.org/agent/triage", Owner: "team-a", Version: "1.2.0", Ceiling: ceiling,
-			PodSelector: metav1.LabelSelector{MatchLabels: sel},
-			Lifecycle: v1alpha1.Lifecycle{State: v1alpha1.Operating, Transitions: []v1alpha1.Transition{
-				{State: v1alpha1.Operating, Actor: "alice", Time: metav1.Now()}}}}}
-	}
 	session := func(ns, name, parent, pod string, scope ...v1alpha1.Rule) *v1alpha1.AgentSession {
 		return &v1alpha1.AgentSession{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: v1alpha1.AgentSessionSpec{
 			Agent: "triage", Intent: "fix bug 7", Origin: v1alpha1.Origin{Kind: v1alpha1.Human, Principal: "alice@example.com"},
@@ -330,7 +328,7 @@ func TestParentAndNamespace(t *testing.T) {
 	}
 	ignoredPod := pod("agent-b", "node-a", sel)
 	ignoredPod.Namespace = "team-b"
-	objs := []kubetest.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-b"}}, agent("default"), agent("team-b"),
+	objs := []kubetest.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-b"}}, triage("default", ceiling, sel), triage("team-b", ceiling, sel),
 		pod("parent", "node-a", sel), pod("child", "node-a", sel), ignoredPod}
 	for _, o := range objs {
 		if err := admin.Create(ctx, o); err != nil {
