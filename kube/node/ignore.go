@@ -46,8 +46,10 @@ func (c *Controller) ignored(agents []*v1alpha1.Agent, sessions []*v1alpha1.Agen
 func (c *Controller) warnIgnored(ctx context.Context, objs []client.Object, pods []*corev1.Pod) error {
 	var errs []error
 	live := indexPods(pods)
+	seen := map[string]bool{}
 	for _, obj := range objs {
 		key := string(obj.GetUID())
+		seen[key] = true
 		if c.warned[key] == obj.GetGeneration() || !selectsHere(obj, live) {
 			continue
 		}
@@ -70,6 +72,11 @@ func (c *Controller) warnIgnored(ctx context.Context, objs []client.Object, pods
 			continue
 		}
 		c.warned[key] = obj.GetGeneration()
+	}
+	for key := range c.warned {
+		if !seen[key] {
+			delete(c.warned, key) // the object is gone
+		}
 	}
 	return errors.Join(errs...)
 }
