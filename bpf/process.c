@@ -160,6 +160,12 @@ int af_sched_exec(struct bpf_raw_tracepoint_args *ctx)
 	// member that execs in another network namespace than it was bound
 	// in is reported once, and the new one is its namespace from then on.
 	struct binding *m = member_binding((struct task_struct___af *)task, tgid);
+	// An exec in a session that launches MCP servers may be one: until the
+	// daemon has judged it, the launch has only the agent's scope, and a
+	// server calls out ~12 ms after its exec. The reader's poll interval
+	// (10 ms) would take most of that, so this record wakes it at once.
+	struct session *launcher = live(m);
+	__u64 wakeup = launcher && (launcher->flags & AF_SESSION_LAUNCHES_SERVERS) ? BPF_RB_FORCE_WAKEUP : 0;
 
 	if (m) {
 		__u32 ns = netns_of((struct task_struct___af *)task);
@@ -248,7 +254,7 @@ int af_sched_exec(struct bpf_raw_tracepoint_args *ctx)
 			ev->hdr.flags |= AF_FLAG_ARGV_FAULT;
 	}
 
-	bpf_ringbuf_submit(ev, wakeup_flags());
+	bpf_ringbuf_submit(ev, wakeup ? wakeup : wakeup_flags());
 	return 0;
 }
 

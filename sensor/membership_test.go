@@ -154,6 +154,7 @@ type memberFixture struct {
 	g      *enforcer.Gate
 	base   string
 	events chan enforcer.Event
+	proc   *loaded // the process programs
 }
 
 func newMemberFixture(t *testing.T) *memberFixture { return newMemberFixtureAt(t, "") }
@@ -161,6 +162,12 @@ func newMemberFixture(t *testing.T) *memberFixture { return newMemberFixtureAt(t
 // newMemberFixtureAt loads the gate with boundary layer ceiling at most
 // (enforcer.Options.Boundary).
 func newMemberFixtureAt(t *testing.T, ceiling enforcer.FamilyLayer) *memberFixture {
+	return newMemberFixtureWith(t, ceiling, 0)
+}
+
+// newMemberFixtureWith is newMemberFixtureAt with the process reader's
+// poll interval (0: the default).
+func newMemberFixtureWith(t *testing.T, ceiling enforcer.FamilyLayer, poll time.Duration) *memberFixture {
 	t.Helper()
 	mnt, err := procfs.Cgroup2Mount()
 	if err != nil {
@@ -179,8 +186,8 @@ func newMemberFixtureAt(t *testing.T, ceiling enforcer.FamilyLayer) *memberFixtu
 	}
 	t.Cleanup(func() { g.Close() })
 	f.g = g
-	load(t, ProcessOptions{PidSessions: g.PidSessions(), ProcExe: g.ProcExe(), Sessions: g.Sessions(),
-		CgroupSessions: g.CgroupSessions(), GateEvents: g.Events(), GateStats: g.StatsMap()})
+	f.proc = load(t, ProcessOptions{PidSessions: g.PidSessions(), ProcExe: g.ProcExe(), Sessions: g.Sessions(),
+		CgroupSessions: g.CgroupSessions(), GateEvents: g.Events(), GateStats: g.StatsMap(), PollInterval: poll})
 	rd, err := ringreader.New(g.Events(), 10*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -649,4 +656,26 @@ func unixPairFile() (*os.File, error) {
 	}
 	syscall.Close(fds[1])
 	return os.NewFile(uintptr(fds[0]), "pair"), nil
+}
+
+// TestMembershipLaunchWakesReader: an exec in a session that launches MCP
+// servers reaches the reader at once, with a poll interval no test waits
+// out: the daemon must judge a launch before the server calls out, about
+// 12 ms after its exec (docs/mcp.md), and the default poll is 10 ms.
+func TestMembershipLaunchWakesReader(t *testing.T) {
+	f := newMemberFixtureWith(t, "", time.Hour)
+	agent, agentID := f.mkdir(t, "agent")
+	f.openWith(t, 14, enforcer.SessionState{Gen: 2, Budget: 100, LaunchesServers: true}, agentID)
+	p := kerneltest.Start(t, agent, kerneltest.Options{}, true)
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case ev := <-f.proc.events:
+			if e, ok := ev.(*ExecEvent); ok && e.TGID == uint32(p.PID) {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the exec of a member of a session that launches servers waited for the reader's poll")
+		}
+	}
 }
