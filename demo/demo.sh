@@ -59,6 +59,9 @@ set +e
 status=$?
 set -e
 echo "   (agent exit status $status: its direct API calls were refused, by name at DNS, by address at connect)"
+# An agent exits non-zero when a call went otherwise than the scene says.
+failed=()
+((status == 0)) || failed+=("the first scene (agent exit status $status)")
 echo
 echo "== the two TCP connect records (kernel-attributed, from $audit)"
 "$BIN/agentfence" audit show --kind connect --proto tcp "$audit"
@@ -82,6 +85,7 @@ API_KEY=$key "$BIN/agentfence" run --socket "$sock" \
 status=$?
 set -e
 echo "   (agent exit status $status: its server's call went through its own session; the agent's, with the same key, was refused)"
+((status == 0)) || failed+=("the second scene (agent exit status $status)")
 echo
 # Records reach the file asynchronously; the agent's session's close is last.
 for _ in $(seq 1 50); do
@@ -97,3 +101,7 @@ echo "== this scene's trail, one line per record"
 "$BIN/agentfence" audit tail "$work/scene2.jsonl"
 echo
 "$BIN/agentfence" audit verify "$audit"
+if ((${#failed[@]})); then
+	printf 'demo: FAILED: %s did not go as it says; the records above show what happened\n' "${failed[@]}" >&2
+	exit 1
+fi
