@@ -164,7 +164,7 @@ func (p *planner) request(s *v1alpha1.AgentSession) request {
 		return r
 	}
 	if p.visiting[name] {
-		return request{prob: &problem{"ParentCycle", fmt.Sprintf("spec.parent: the parents of AgentSession %s form a cycle", s.Name)}}
+		return parentCycle(s)
 	}
 	r := openRequest(s, p.agents[s.Namespace+"/"+s.Spec.Agent], p.now)
 	if r.prob == nil && s.Spec.Parent != "" {
@@ -176,6 +176,11 @@ func (p *planner) request(s *v1alpha1.AgentSession) request {
 	return r
 }
 
+// parentCycle is why s, whose ancestry loops, has no request.
+func parentCycle(s *v1alpha1.AgentSession) request {
+	return request{prob: &problem{"ParentCycle", fmt.Sprintf("spec.parent: the parents of AgentSession %s form a cycle", s.Name)}}
+}
+
 // underParent is r, the request of s, within its parent's, or why not.
 func (p *planner) underParent(s *v1alpha1.AgentSession, r request) request {
 	parent := p.session(s.Namespace + "/" + s.Spec.Parent)
@@ -185,7 +190,7 @@ func (p *planner) underParent(s *v1alpha1.AgentSession, r request) request {
 	pr := p.request(parent)
 	switch {
 	case pr.prob != nil && pr.prob.reason == "ParentCycle":
-		return request{prob: &problem{"ParentCycle", fmt.Sprintf("spec.parent: the parents of AgentSession %s form a cycle", s.Name)}}
+		return parentCycle(s)
 	case pr.prob != nil:
 		return request{prob: &problem{"ParentNotEnforced", fmt.Sprintf("spec.parent: AgentSession %s is not enforced (%s)", s.Spec.Parent, pr.prob.reason)}}
 	}
