@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -122,6 +123,12 @@ func (f *fakeSessions) active() map[string]v1.Session {
 	return out
 }
 
+// The triage Agent's pod selector and ceiling.
+var (
+	triageSelector = map[string]string{"agent": "triage"}
+	triageCeiling  = []v1alpha1.Rule{{Protocol: v1alpha1.TCP, CIDR: "10.0.0.0/8", Port: 443}, {Host: "*.example.com"}}
+)
+
 // triage is the operating Agent "triage" of namespace ns, as alice made it.
 func triage(ns string, ceiling []v1alpha1.Rule, sel map[string]string) *v1alpha1.Agent {
 	return &v1alpha1.Agent{ObjectMeta: metav1.ObjectMeta{Name: "triage", Namespace: ns}, Spec: v1alpha1.AgentSpec{
@@ -144,8 +151,8 @@ func TestTwoNodes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	admin := e.User(t, "alice", "system:masters")
-	sel := map[string]string{"agent": "triage"}
-	ceiling := []v1alpha1.Rule{{Protocol: v1alpha1.TCP, CIDR: "10.0.0.0/8", Port: 443}, {Host: "*.example.com"}}
+	// Copies: decoding the API server's answers writes into them.
+	sel, ceiling := maps.Clone(triageSelector), slices.Clone(triageCeiling)
 	agent := triage("default", ceiling, sel)
 	pods := []*corev1.Pod{pod("agent-a", "node-a", sel), pod("agent-b", "node-b", sel), pod("other-a", "node-a", nil)}
 	for _, o := range []kubetest.Object{agent, pods[0], pods[1], pods[2]} {
@@ -319,8 +326,8 @@ func TestParentAndNamespace(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	admin := e.User(t, "alice", "system:masters")
-	sel := map[string]string{"agent": "triage"}
-	ceiling := []v1alpha1.Rule{{Protocol: v1alpha1.TCP, CIDR: "10.0.0.0/8", Port: 443}, {Host: "*.example.com"}}
+	// Copies: decoding the API server's answers writes into them.
+	sel, ceiling := maps.Clone(triageSelector), slices.Clone(triageCeiling)
 	session := func(ns, name, parent, pod string, scope ...v1alpha1.Rule) *v1alpha1.AgentSession {
 		return &v1alpha1.AgentSession{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: v1alpha1.AgentSessionSpec{
 			Agent: "triage", Intent: "fix bug 7", Origin: v1alpha1.Origin{Kind: v1alpha1.Human, Principal: "alice@example.com"},
