@@ -72,6 +72,10 @@ func httpsServer(t testing.TB) (netip.AddrPort, string, func() []seen) {
 // the same as the server received. The key appears nowhere.
 func TestHTTPCallsAttributed(t *testing.T) {
 	d := startDaemon(t)
+	// A host with no session holds no probes, nor their ring.
+	if n, err := tlsprobe.RingsHeld(d.cmd.Process.Pid); err != nil || n != 0 {
+		t.Fatalf("the daemon holds %d TLS rings before any session (%v)", n, err)
+	}
 	addr, ca, received := httpsServer(t)
 	nonce := make([]byte, 12)
 	rand.Read(nonce)
@@ -179,6 +183,9 @@ openssl s_client -quiet -connect "$1" -CAfile "$3" >/dev/null`, "sh", addr.Strin
 				return r.Destination.IP == rec.Destination.IP && r.Destination.Port == rec.Destination.Port
 			})
 		})
+	}
+	if n, err := tlsprobe.RingsHeld(d.cmd.Process.Pid); err != nil || n != 1 {
+		t.Errorf("the daemon holds %d TLS rings after its sessions (%v), want 1 until a minute passes without one", n, err)
 	}
 	outputs := d.outputs(t)
 	metrics := string(outputs["metrics"])

@@ -22,14 +22,26 @@ import (
 )
 
 // tlsCalls reads members' HTTPS calls at their TLS library: the probes
-// (attached while sessions exist, so that a host without agents pays
-// nothing), and the connections they follow, which become http records.
-// The zero value (probes off or unavailable) does nothing.
+// (loaded and attached while sessions exist, so that a host without
+// agents pays nothing, not even their 8 MiB ring, which the reader maps
+// twice: 16 MiB of resident memory), and the connections they follow,
+// which become http records. The zero value (probes off or unavailable)
+// does nothing.
 type tlsCalls struct {
-	probes *tlsprobe.Probes
-	log    *slog.Logger
+	opts tlsprobe.Options
+	log  *slog.Logger
+	// handle takes each event the probes read.
+	handle func(tlsprobe.Event)
 
 	calls *attribution.Calls
+
+	// mu guards the loaded probes, their reader's stop and the ring losses
+	// of the probes loaded before them. Nothing is loaded, closed or read
+	// under it.
+	mu         sync.Mutex
+	probes     *tlsprobe.Probes
+	stopReader func()
+	lostBefore uint64
 
 	// checked are the executable images looked at for a TLS stack, by
 	// sensor.ExeID: a new file at a known path is looked at again.
@@ -43,33 +55,37 @@ type tlsCalls struct {
 	roots sync.Map
 }
 
-// tlsIdleDetach is how long the probes stay attached after the last
-// session ended: a host that runs agents one after the other keeps them,
-// one that stopped running agents sheds them.
-const tlsIdleDetach = time.Minute
+// tlsIdleUnload is how long the probes stay loaded after the last session
+// ended: a host that runs agents one after the other keeps them, one that
+// stopped running agents sheds them.
+const tlsIdleUnload = time.Minute
 
-// startTLS loads the TLS probes; they are attached at the first session.
-// A kernel that refuses them costs the records of HTTP calls only. It runs
-// before the readers start, whose records (an expiry, an exec) it
-// watches.
+// startTLS checks that the kernel takes the TLS probes, which are loaded
+// and attached at the first session. A kernel that refuses them costs the
+// records of HTTP calls only. It runs before the readers start, whose
+// records (an expiry, an exec) it watches.
 func (d *daemon) startTLS(context.Context) error {
 	if d.cfg.TLS.Probes == config.TLSProbesOff {
 		d.log.Info("tls probes off (tls.probes): no http records")
 		return nil
 	}
 	g := d.gate
-	probes, err := tlsprobe.Load(tlsprobe.Options{Sessions: g.Sessions(), CgroupSessions: g.CgroupSessions(),
-		PidSessions: g.PidSessions(), GateEvents: g.Events(), GateStats: g.StatsMap()})
+	opts := tlsprobe.Options{Sessions: g.Sessions(), CgroupSessions: g.CgroupSessions(),
+		PidSessions: g.PidSessions(), GateEvents: g.Events(), GateStats: g.StatsMap()}
+	// Loaded once here, so that a refusal is said at start, not at the
+	// first session.
+	probes, err := tlsprobe.Load(opts)
 	if err != nil {
 		d.log.Warn("tls probes unavailable: no http records", "err", err)
 		return nil
 	}
+	probes.Close()
 	key := d.key
 	wire := &httpwire.Options{Fingerprint: key.Fingerprint, CredentialHeaders: d.cfg.TLS.CredentialHeaders}
 	if d.cfg.TLS.Query == config.TLSQueryHash {
 		wire.HashQuery = key.Fingerprint
 	}
-	t := &tlsCalls{probes: probes, log: d.log}
+	t := &tlsCalls{opts: opts, log: d.log}
 	var holders []credential.Holder
 	for _, h := range d.cfg.Credentials.Holders {
 		r := credential.Holder{Name: h.Name, Fingerprint: h.Fingerprint}
@@ -79,32 +95,92 @@ func (d *daemon) startTLS(context.Context) error {
 		holders = append(holders, r)
 	}
 	t.calls = &attribution.Calls{Joiner: d.joiner, Wire: wire, Bundled: t.isBundled, Holders: credential.NewHolders(holders)}
+	t.handle = func(ev tlsprobe.Event) {
+		for _, rec := range t.calls.Handle(ev) {
+			d.emitCounted(rec)
+		}
+	}
 	d.tls = t
-	d.onStop(func() { probes.Close() })
 
-	// Its own wait group: the readers started after it wait for theirs
-	// before this stops.
+	// Its own stop: the readers started after it stop before this does.
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	d.onStop(func() {
 		stop()
 		wg.Wait()
-	})
-	wg.Go(func() {
-		err := probes.Run(ctx, func(ev tlsprobe.Event) {
-			for _, rec := range t.calls.Handle(ev) {
-				d.emitCounted(rec)
-			}
-		}, func(err error) { d.log.Error("bad tls event", "err", err) })
-		if err != nil && ctx.Err() == nil {
-			d.log.Error("tls probe reader stopped", "err", err)
-		}
+		t.unload()
 	})
 	wg.Go(func() { t.housekeep(ctx, d.sessions.Len, d.emitCounted) })
 	if d.sessions.Len() > 0 {
 		t.attach()
 	}
 	return nil
+}
+
+// loaded is the probes loaded now, or nil.
+func (t *tlsCalls) loaded() *tlsprobe.Probes {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.probes
+}
+
+// load loads the probes, unless they are, and starts their reader. Two
+// sessions opening at once may both load; the second copy is closed.
+func (t *tlsCalls) load() (*tlsprobe.Probes, error) {
+	if p := t.loaded(); p != nil {
+		return p, nil
+	}
+	p, err := tlsprobe.Load(t.opts)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	if cur := t.probes; cur != nil {
+		t.mu.Unlock()
+		p.Close()
+		return cur, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.probes, t.stopReader = p, func() {
+		cancel()
+		<-done
+	}
+	t.mu.Unlock()
+	go func() {
+		defer close(done)
+		err := p.Run(ctx, t.handle, func(err error) { t.log.Error("bad tls event", "err", err) })
+		if err != nil && ctx.Err() == nil {
+			t.log.Error("tls probe reader stopped", "err", err)
+		}
+	}()
+	return p, nil
+}
+
+// unload detaches and closes the probes, after their reader has handled
+// what they read. Detached, they lose no more events, so the count they
+// end with is final.
+func (t *tlsCalls) unload() {
+	t.mu.Lock()
+	p, stop := t.probes, t.stopReader
+	t.mu.Unlock()
+	if p == nil {
+		return
+	}
+	p.Detach()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	p.Sync(ctx)
+	cancel()
+	stop()
+	lost, _ := p.Lost()
+	t.mu.Lock()
+	t.probes, t.stopReader = nil, nil
+	t.lostBefore += lost
+	t.mu.Unlock()
+	p.Close()
+	t.checked.Clear() // looked at again once probes are wanted
+	t.bundled.Clear()
+	t.roots.Clear()
 }
 
 // attach probes the host's OpenSSL libraries and the executables that
@@ -114,17 +190,22 @@ func (t *tlsCalls) attach() {
 	if t == nil {
 		return
 	}
-	before := len(t.probes.Attached())
+	p, err := t.load()
+	if err != nil {
+		t.log.Error("tls probes not loaded: no http records", "err", err)
+		return
+	}
+	before := len(p.Attached())
 	libs, exes := tlsprobe.Libraries(), tlsprobe.Executables()
 	for _, file := range append(libs, exes...) {
-		if err := t.probes.Attach(file); err != nil {
+		if err := p.Attach(file); err != nil {
 			t.log.Warn("tls probe not attached", "file", file, "err", err)
 		}
 	}
 	for _, exe := range exes {
 		t.bundled.Store(exe, true)
 	}
-	if files := t.probes.Attached(); len(files) > before {
+	if files := p.Attached(); len(files) > before {
 		t.log.Info("tls probes attached", "files", files)
 	}
 }
@@ -152,7 +233,11 @@ func (t *tlsCalls) execRecord(rec audit.Record, exe sensor.ExeID, emit func(audi
 	if t == nil || rec.Kind != audit.KindExec || rec.Process == nil || rec.Process.Exe == "" {
 		return
 	}
-	t.containerLibraries(rec.Process.PID)
+	p := t.loaded()
+	if p == nil {
+		return // no session open: no member
+	}
+	t.containerLibraries(p, rec.Process.PID)
 	name := rec.Process.Exe
 	if _, checked := t.checked.LoadOrStore(exe, true); checked {
 		return
@@ -166,8 +251,8 @@ func (t *tlsCalls) execRecord(rec audit.Record, exe sensor.ExeID, emit func(audi
 		return
 	}
 	defer f.Close()
-	before := t.probes.Probed(f)
-	stack, err := t.probes.AttachExecutable(f, name)
+	before := p.Probed(f)
+	stack, err := p.AttachExecutable(f, name)
 	switch {
 	case err == nil:
 		if stack == tlsprobe.StackOpenSSL {
@@ -214,7 +299,7 @@ func late(pid uint32, exe sensor.ExeID) string {
 // containerLibraries probes the OpenSSL of a member's mount namespace
 // (a container's image has its own libssl, another file than the host's),
 // once per namespace.
-func (t *tlsCalls) containerLibraries(pid uint32) {
+func (t *tlsCalls) containerLibraries(p *tlsprobe.Probes, pid uint32) {
 	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
 	if err != nil {
 		return // gone already
@@ -223,7 +308,7 @@ func (t *tlsCalls) containerLibraries(pid uint32) {
 		return
 	}
 	for _, file := range tlsprobe.LibrariesIn(fmt.Sprintf("/proc/%d/root", pid)) {
-		if err := t.probes.Attach(file); err != nil {
+		if err := p.Attach(file); err != nil {
 			if !errors.Is(err, tlsprobe.ErrNoTLS) {
 				t.log.Warn("tls probe not attached", "file", file, "mnt_ns", ns, "err", err)
 			}
@@ -239,8 +324,8 @@ func (t *tlsCalls) isBundled(exe string) bool {
 }
 
 // housekeep closes connections gone quiet (a process killed before
-// SSL_free) and detaches the probes once no session has been open for
-// tlsIdleDetach.
+// SSL_free) and unloads the probes once no session has been open for
+// tlsIdleUnload.
 func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(audit.Record)) {
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
@@ -251,25 +336,22 @@ func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(aud
 			return
 		case now := <-tick.C:
 			recs := t.calls.Idle(boottime.Now(), 5*time.Minute)
-			detach := false
+			unload := false
 			if open() > 0 {
 				idle = time.Time{}
 			} else if idle.IsZero() {
 				idle = now
-			} else if now.Sub(idle) >= tlsIdleDetach && len(t.probes.Attached()) > 0 {
-				detach = true
+			} else if now.Sub(idle) >= tlsIdleUnload && t.loaded() != nil {
+				unload = true
 			}
 			for _, rec := range recs {
 				emit(rec)
 			}
-			if detach {
-				t.probes.Detach()
-				t.checked.Clear() // looked at again once probes are wanted
-				t.bundled.Clear()
-				t.roots.Clear()
-				t.log.Info("tls probes detached: no session open")
+			if unload {
+				t.unload()
+				t.log.Info("tls probes unloaded: no session open")
 				// A session opened since open() was asked attached before
-				// the Detach or attaches after it; this covers the first.
+				// the unload or attaches after it; this covers the first.
 				if open() > 0 {
 					t.attach()
 				}
@@ -280,20 +362,34 @@ func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(aud
 
 // usage is the number of files probed and of connections followed.
 func (t *tlsCalls) usage() (files, conns int) {
-	return len(t.probes.Attached()), t.calls.Open()
+	if p := t.loaded(); p != nil {
+		files = len(p.Attached())
+	}
+	return files, t.calls.Open()
 }
 
 // sync returns once the calls read before it are handled.
 func (t *tlsCalls) sync(ctx context.Context) {
-	if t != nil {
-		t.probes.Sync(ctx)
+	if t == nil {
+		return
+	}
+	if p := t.loaded(); p != nil {
+		p.Sync(ctx)
 	}
 }
 
+// lost counts the events the probes' rings had no room for, those of
+// probes unloaded since included.
 func (t *tlsCalls) lost() (uint64, bool) {
 	if t == nil {
 		return 0, false
 	}
-	n, err := t.probes.Lost()
-	return n, err == nil
+	t.mu.Lock()
+	p, before := t.probes, t.lostBefore
+	t.mu.Unlock()
+	if p == nil {
+		return before, true
+	}
+	n, err := p.Lost()
+	return before + n, err == nil
 }

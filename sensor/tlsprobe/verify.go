@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/agentfence/agentfence/internal/procfs"
 )
 
 // Object names the TLS probes in `agentfence doctor`, which loads them
@@ -24,4 +26,25 @@ func Spec() (*ebpf.CollectionSpec, error) {
 	}
 	spec.Maps["gate_events"].MaxEntries = uint32(os.Getpagesize())
 	return spec, nil
+}
+
+// RingsHeld counts the TLS probes' event rings that process pid holds:
+// how a test tells that the probes are loaded there, or freed.
+func RingsHeld(pid int) (int, error) {
+	spec, err := loadTls()
+	if err != nil {
+		return 0, err
+	}
+	ring := spec.Maps["tls_events"]
+	maps, err := procfs.BPFMaps(pid)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range maps {
+		if ebpf.MapType(m.Type) == ring.Type && m.MaxEntries == ring.MaxEntries {
+			n++
+		}
+	}
+	return n, nil
 }
