@@ -46,10 +46,51 @@ struct {
 AF_GATE_EVENTS_MAP;
 AF_GATE_STATS_MAP;
 
+// Two maps of repeats: the programs count into agg_maps[agg_current] while
+// userspace drains the other. Swapping agg_current and then updating
+// agg_maps (which waits for every program running to finish) leaves the
+// drained map untouched by the kernel, so no count is lost.
+struct agg_map {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AF_AGG_ENTRIES);
+	__type(key, struct agg_key);
+	__type(value, struct agg_val);
+} agg_a SEC(".maps"), agg_b SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct agg_map);
+} agg_maps SEC(".maps") = {
+	.values = {&agg_a, &agg_b},
+};
+
+// The key and first value are built here: decide's stack has no room.
+struct agg_scratch {
+	struct agg_key k;
+	struct agg_val v;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct agg_scratch);
+} agg_scratch SEC(".maps");
+
+// Written by the loader: 0 emits every decision (audit.aggregate_window 0).
+volatile const __u8 aggregate = 1;
+
+// The map the programs count into now; written by userspace.
+__u32 agg_current;
+
 // The event travels through the ring buffer untyped, and the enums are
 // only ever stored in plain integer fields; these keep their types in BTF
 // for bpf2go -type, so that Go's constants come from here.
 const struct gate_event *unused_gate_event __attribute__((unused));
+const struct agg_key *unused_agg_key __attribute__((unused));
+const struct agg_val *unused_agg_val __attribute__((unused));
 const enum af_hook *unused_hook __attribute__((unused));
 const enum af_verdict *unused_verdict __attribute__((unused));
 const enum af_reason *unused_reason __attribute__((unused));
@@ -290,6 +331,61 @@ static __always_inline void emit(struct binding *b, __u32 tgid, __u32 tid, __u64
 	bpf_ringbuf_submit(e, flags);
 }
 
+// aggregated counts an allowed connect or send as a repeat of one emitted
+// earlier in the window and returns 1, or remembers it as the first of its
+// key and returns 0: the caller emits it. A full map remembers nothing, so
+// every decision is emitted, as without aggregation.
+static __always_inline int aggregated(struct binding *b, __u32 tid, __u64 now, struct dest *d, __u8 hook,
+				      __u16 rule)
+{
+	if (!aggregate || hook < AF_HOOK_CONNECT4 || hook > AF_HOOK_SENDMSG6)
+		return 0;
+	__u32 idx = agg_current & 1;
+	void *inner = bpf_map_lookup_elem(&agg_maps, &idx);
+	if (!inner)
+		return 0;
+	__u32 zero = 0;
+	struct agg_scratch *sc = bpf_map_lookup_elem(&agg_scratch, &zero);
+	if (!sc)
+		return 0;
+	struct agg_key *k = &sc->k;
+	k->session_gen = b->gen;
+	k->cgroup_id = d->cgid;
+	k->name_hash = d->name_hash;
+	k->session_slot = b->slot;
+	k->pid = d->tgid;
+	__builtin_memcpy(k->addr, d->addr, 16);
+	k->port = d->port;
+	k->rule = rule;
+	k->family = d->family;
+	k->protocol = d->protocol;
+	k->hook = hook;
+	k->_pad = 0;
+	struct agg_val *v = bpf_map_lookup_elem(inner, k);
+	if (v) {
+		// Without the fetch form of atomic add (kernel 5.12) the first
+		// repeat cannot be told exactly; concurrent first repeats all
+		// write their time, nanoseconds apart.
+		__sync_fetch_and_add(&v->count, 1);
+		if (!v->first_ns)
+			v->first_ns = now;
+		if (now > v->last_ns)
+			v->last_ns = now;
+		return 1;
+	}
+	struct agg_val *first = &sc->v;
+	first->count = 0;
+	first->first_ns = 0;
+	first->last_ns = 0;
+	first->tid = tid;
+	first->uid = (__u32)d->ugid;
+	first->gid = d->ugid >> 32;
+	first->name_flags = d->via_name ? AF_EVENT_VIA_NAME : 0;
+	bpf_get_current_comm(first->comm, sizeof(first->comm));
+	bpf_map_update_elem(inner, k, first, BPF_NOEXIST);
+	return 0;
+}
+
 static __always_inline int is_bind(__u8 hook)
 {
 	return hook == AF_HOOK_BIND4 || hook == AF_HOOK_BIND6;
@@ -344,7 +440,8 @@ static __always_inline int decide(struct dest *d, __u8 hook)
 
 	if (reason == AF_REASON_RULE) {
 		count(AF_STAT_ALLOWED);
-		emit(&b, tgid, (__u32)pid_tgid, cgid, now, d, hook, AF_VERDICT_ALLOWED, reason, rule, 0);
+		if (!aggregated(&b, (__u32)pid_tgid, now, d, hook, rule))
+			emit(&b, tgid, (__u32)pid_tgid, cgid, now, d, hook, AF_VERDICT_ALLOWED, reason, rule, 0);
 		return 1;
 	}
 

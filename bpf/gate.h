@@ -212,6 +212,38 @@ struct gate_event {
 	__u32 suppressed;
 };
 
+// Aggregation of repeated allowed decisions (gate.c aggregated): the first
+// decision of a key in a window is emitted at once and remembered here; its
+// repeats are only counted, and userspace flushes them as one record when
+// it swaps the window's map (enforcer/aggregate.go).
+#define AF_AGG_ENTRIES 4096
+
+struct agg_key {
+	__u64 session_gen;
+	__u64 cgroup_id;
+	__u64 name_hash;
+	__u32 session_slot;
+	__u32 pid; // thread group id
+	__u8 addr[16];
+	__u16 port;
+	__u16 rule;
+	__u8 family;
+	__u8 protocol;
+	__u8 hook;
+	__u8 _pad;
+};
+
+struct agg_val {
+	__u64 count;    // repeats since the decision that was emitted
+	__u64 first_ns; // the first repeat (0: none yet)
+	__u64 last_ns;  // the latest repeat
+	__u32 tid;      // of the emitted decision, as are the rest
+	__u32 uid;
+	__u32 gid;
+	__u32 name_flags;
+	char comm[16];
+};
+
 // Socket local storage of every TCP and UDP socket a session member
 // creates (sock_create), for the ingress program, which runs without the
 // task: the session it belongs to and who made it, for records.

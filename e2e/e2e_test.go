@@ -161,7 +161,7 @@ func (d *daemon) stop(t testing.TB) {
 }
 
 // cli runs agentfence and returns stdout, stderr and the exit code.
-func (d *daemon) cli(t *testing.T, env []string, args ...string) (string, string, int) {
+func (d *daemon) cli(t testing.TB, env []string, args ...string) (string, string, int) {
 	t.Helper()
 	if len(args) > 0 && (args[0] == "run" || args[0] == "session") {
 		args = append([]string{args[0], "--socket", d.socket}, args[1:]...)

@@ -104,6 +104,10 @@ func BenchmarkKubernetesDaemonMemory(b *testing.B) {
 		perMinute := requests() - before
 		report(d, "")
 		b.ReportMetric(perMinute, "api-requests/min")
+		// A node that runs an agent holds the TLS probes too, loaded at
+		// its first session.
+		d.openSession(b, "--intent", "bench", "--allow", "tcp://127.0.0.1:9")
+		report(d, "-with-session")
 		d.stop(b)
 	}
 	b.ReportMetric(0, "ns/op")

@@ -22,7 +22,7 @@ import (
 )
 
 // openSession opens a session through the CLI and returns it.
-func (d *daemon) openSession(t *testing.T, args ...string) v1.Session {
+func (d *daemon) openSession(t testing.TB, args ...string) v1.Session {
 	t.Helper()
 	out, stderr, code := d.cli(t, nil, append([]string{"session", "open", "--socket", d.socket}, args...)...)
 	if code != 0 {

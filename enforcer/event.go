@@ -108,6 +108,11 @@ type Event struct {
 	NameHash uint64
 	// Socket is set for HookLSMSocket, HookFmodSocket and HookSysSocket.
 	Socket *SocketAttempt
+	// Count is the number of allowed decisions an Event of FlushRepeats
+	// stands for, timed from BootNS to LastNS; 0 for an Event that is one
+	// decision.
+	Count  uint64
+	LastNS uint64
 }
 
 // SocketAttempt is a member's socket of a family no cgroup hook sees.

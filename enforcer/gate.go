@@ -35,6 +35,10 @@ type Options struct {
 	// kernel whose verifier refuses them: sessions with hostname rules
 	// are then refused, address rules work. For tests of that fallback.
 	NoHostnames bool
+	// Aggregate counts repeats of an allowed connect or send within a
+	// window instead of emitting each (aggregate.go); FlushRepeats ends a
+	// window.
+	Aggregate bool
 	// Boundary is the strongest layer of the boundary programs
 	// (boundary.go) to try, as on a host without the stronger ones: for
 	// tests of each layer. "" is the strongest the host has.
@@ -51,6 +55,10 @@ type Gate struct {
 	links    []link.Link
 	pinPath  string
 	adopted  bool
+	// aggregate: repeats are counted (Options.Aggregate); aggCurrent is
+	// the repeat map the programs count into (agg_current).
+	aggregate  bool
+	aggCurrent uint32
 	// host holds the DNS learning and SNI programs (names.go); nil, and
 	// why in hostErr, where the kernel refused them.
 	host    *hostnames
@@ -96,7 +104,7 @@ func (g *Gate) attachments() []attachment {
 
 // gateSpec is the gate object with its variables set, as Load and
 // VerifyObjects load it.
-func gateSpec(maxDepth uint32, dnsPort uint16) (*ebpf.CollectionSpec, error) {
+func gateSpec(maxDepth uint32, dnsPort uint16, aggregate bool) (*ebpf.CollectionSpec, error) {
 	spec, err := loadGate()
 	if err != nil {
 		return nil, fmt.Errorf("enforcer: load spec: %w", err)
@@ -115,6 +123,11 @@ func gateSpec(maxDepth uint32, dnsPort uint16) (*ebpf.CollectionSpec, error) {
 			return nil, fmt.Errorf("enforcer: set dns_port: %w", err)
 		}
 	}
+	if !aggregate {
+		if err := vars.Aggregate.Set(uint8(0)); err != nil {
+			return nil, fmt.Errorf("enforcer: set aggregate: %w", err)
+		}
+	}
 	return spec, nil
 }
 
@@ -127,11 +140,11 @@ func Load(opts Options) (*Gate, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("enforcer: remove memlock limit: %w", err)
 	}
-	spec, err := gateSpec(opts.MaxCgroupDepth, opts.Hostnames.DNSPort)
+	spec, err := gateSpec(opts.MaxCgroupDepth, opts.Hostnames.DNSPort, opts.Aggregate)
 	if err != nil {
 		return nil, err
 	}
-	g := &Gate{pinPath: opts.PinPath, hooks: hooks{byPath: map[string]*hook{}, adopted: map[uint64]*hook{}}}
+	g := &Gate{pinPath: opts.PinPath, aggregate: opts.Aggregate, hooks: hooks{byPath: map[string]*hook{}, adopted: map[uint64]*hook{}}}
 	var collOpts ebpf.CollectionOptions
 	if opts.PinPath != "" {
 		if err := os.MkdirAll(g.mapDir(), 0o700); err != nil {

@@ -129,6 +129,40 @@ const (
 	gateAfVerdictAF_VERDICT_WOULD_DENY gateAfVerdict = 3
 )
 
+type gateAggKey struct {
+	_           structs.HostLayout
+	SessionGen  uint64
+	CgroupId    uint64
+	NameHash    uint64
+	SessionSlot uint32
+	Pid         uint32
+	Addr        [16]uint8
+	Port        uint16
+	Rule        uint16
+	Family      uint8
+	Protocol    uint8
+	Hook        uint8
+	Pad         uint8
+}
+
+type gateAggScratch struct {
+	_ structs.HostLayout
+	K gateAggKey
+	V gateAggVal
+}
+
+type gateAggVal struct {
+	_         structs.HostLayout
+	Count     uint64
+	FirstNs   uint64
+	LastNs    uint64
+	Tid       uint32
+	Uid       uint32
+	Gid       uint32
+	NameFlags uint32
+	Comm      [16]int8
+}
+
 type gateBinding struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -305,6 +339,10 @@ type gateSockInfo struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	gateMapAggA                = "agg_a"
+	gateMapAggB                = "agg_b"
+	gateMapAggMaps             = "agg_maps"
+	gateMapAggScratch          = "agg_scratch"
 	gateMapBinds               = "binds"
 	gateMapCgroupSessions      = "cgroup_sessions"
 	gateMapExact4              = "exact4"
@@ -329,8 +367,12 @@ const (
 	gateProgGateSendmsg4       = "gate_sendmsg4"
 	gateProgGateSendmsg6       = "gate_sendmsg6"
 	gateProgGateSockCreate     = "gate_sock_create"
+	gateVarAggCurrent          = "agg_current"
+	gateVarAggregate           = "aggregate"
 	gateVarDnsPort             = "dns_port"
 	gateVarMaxCgroupDepth      = "max_cgroup_depth"
+	gateVarUnusedAggKey        = "unused_agg_key"
+	gateVarUnusedAggVal        = "unused_agg_val"
 	gateVarUnusedDnsMode       = "unused_dns_mode"
 	gateVarUnusedEventNameFlag = "unused_event_name_flag"
 	gateVarUnusedGateEvent     = "unused_gate_event"
@@ -402,6 +444,10 @@ type gateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gateMapSpecs struct {
+	AggA           *ebpf.MapSpec `ebpf:"agg_a"`
+	AggB           *ebpf.MapSpec `ebpf:"agg_b"`
+	AggMaps        *ebpf.MapSpec `ebpf:"agg_maps"`
+	AggScratch     *ebpf.MapSpec `ebpf:"agg_scratch"`
 	Binds          *ebpf.MapSpec `ebpf:"binds"`
 	CgroupSessions *ebpf.MapSpec `ebpf:"cgroup_sessions"`
 	Exact4         *ebpf.MapSpec `ebpf:"exact4"`
@@ -424,8 +470,12 @@ type gateMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gateVariableSpecs struct {
+	AggCurrent          *ebpf.VariableSpec `ebpf:"agg_current"`
+	Aggregate           *ebpf.VariableSpec `ebpf:"aggregate"`
 	DnsPort             *ebpf.VariableSpec `ebpf:"dns_port"`
 	MaxCgroupDepth      *ebpf.VariableSpec `ebpf:"max_cgroup_depth"`
+	UnusedAggKey        *ebpf.VariableSpec `ebpf:"unused_agg_key"`
+	UnusedAggVal        *ebpf.VariableSpec `ebpf:"unused_agg_val"`
 	UnusedDnsMode       *ebpf.VariableSpec `ebpf:"unused_dns_mode"`
 	UnusedEventNameFlag *ebpf.VariableSpec `ebpf:"unused_event_name_flag"`
 	UnusedGateEvent     *ebpf.VariableSpec `ebpf:"unused_gate_event"`
@@ -461,6 +511,10 @@ func (o *gateObjects) Close() error {
 //
 // It can be passed to loadGateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gateMaps struct {
+	AggA           *ebpf.Map `ebpf:"agg_a"`
+	AggB           *ebpf.Map `ebpf:"agg_b"`
+	AggMaps        *ebpf.Map `ebpf:"agg_maps"`
+	AggScratch     *ebpf.Map `ebpf:"agg_scratch"`
 	Binds          *ebpf.Map `ebpf:"binds"`
 	CgroupSessions *ebpf.Map `ebpf:"cgroup_sessions"`
 	Exact4         *ebpf.Map `ebpf:"exact4"`
@@ -481,6 +535,10 @@ type gateMaps struct {
 
 func (m *gateMaps) Close() error {
 	return _GateClose(
+		m.AggA,
+		m.AggB,
+		m.AggMaps,
+		m.AggScratch,
 		m.Binds,
 		m.CgroupSessions,
 		m.Exact4,
@@ -504,8 +562,12 @@ func (m *gateMaps) Close() error {
 //
 // It can be passed to loadGateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gateVariables struct {
+	AggCurrent          *ebpf.Variable `ebpf:"agg_current"`
+	Aggregate           *ebpf.Variable `ebpf:"aggregate"`
 	DnsPort             *ebpf.Variable `ebpf:"dns_port"`
 	MaxCgroupDepth      *ebpf.Variable `ebpf:"max_cgroup_depth"`
+	UnusedAggKey        *ebpf.Variable `ebpf:"unused_agg_key"`
+	UnusedAggVal        *ebpf.Variable `ebpf:"unused_agg_val"`
 	UnusedDnsMode       *ebpf.Variable `ebpf:"unused_dns_mode"`
 	UnusedEventNameFlag *ebpf.Variable `ebpf:"unused_event_name_flag"`
 	UnusedGateEvent     *ebpf.Variable `ebpf:"unused_gate_event"`

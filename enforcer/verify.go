@@ -82,7 +82,8 @@ func VerifyObjects(opts VerifyOptions) []ObjectCheck {
 		{Name: ObjectSocketFamilies, Fallback: "sockets of families no cgroup hook sees (packet, XDP, vsock, ...) are refused only by `agentfence run`'s seccomp filter and dropped capabilities, unrecorded; bound members are not watched"},
 		{Name: ObjectPodHold, Fallback: "new Kubernetes pods cannot be held at deny until classified: a daemon that follows a cluster (kubernetes.enabled) with pod cgroups to hold does not start its Kubernetes side"},
 	}
-	gate, err := gateSpec(opts.MaxCgroupDepth, opts.Hostnames.DNSPort)
+	// With aggregation, as the daemon loads it by default.
+	gate, err := gateSpec(opts.MaxCgroupDepth, opts.Hostnames.DNSPort, true)
 	if err != nil {
 		for i := range checks {
 			checks[i].Err = err
@@ -180,11 +181,32 @@ func VerifySpec(c *ObjectCheck, spec *ebpf.CollectionSpec, shared map[string]*eb
 
 // createMaps creates the maps of spec that are not in skip and are not
 // data sections (the collection loader fills those from the variables).
+// A map of maps whose contents name other maps (agg_maps) is made after
+// them, with their descriptors.
 func createMaps(spec *ebpf.CollectionSpec, skip map[string]*ebpf.Map) (map[string]*ebpf.Map, error) {
 	out := map[string]*ebpf.Map{}
+	var outer []string
 	for name, ms := range spec.Maps {
 		if _, ok := skip[name]; ok || strings.HasPrefix(name, ".") {
 			continue
+		}
+		if ms.Type == ebpf.ArrayOfMaps || ms.Type == ebpf.HashOfMaps {
+			outer = append(outer, name)
+			continue
+		}
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			closeMaps(out)
+			return nil, fmt.Errorf("map %s: %w", name, err)
+		}
+		out[name] = m
+	}
+	for _, name := range outer {
+		ms := spec.Maps[name].Copy()
+		for i, kv := range ms.Contents {
+			if inner, ok := kv.Value.(string); ok {
+				ms.Contents[i].Value = out[inner]
+			}
 		}
 		m, err := ebpf.NewMap(ms)
 		if err != nil {

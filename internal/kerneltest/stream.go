@@ -95,6 +95,9 @@ func (o Flood) run(c *child) {
 				time.Sleep(ahead)
 			}
 		}
+		if o.Ports > 1 {
+			sa.Port = int(o.Addr.Port()) + i%o.Ports
+		}
 		if err := unix.Sendto(fd, []byte("x"), 0, sa); err != nil {
 			c.report(result(err))
 			return

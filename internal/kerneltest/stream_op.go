@@ -26,11 +26,13 @@ type Loop struct {
 }
 
 // Flood sends N datagrams to Addr (IPv4) with sendto, flat out or paced to
-// Rate a second; Result.Rate is the rate achieved.
+// Rate a second; Result.Rate is the rate achieved. With Ports above 1,
+// datagram i goes to port Addr.Port()+i%Ports: Ports destinations.
 type Flood struct {
-	Addr netip.AddrPort
-	N    int
-	Rate int
+	Addr  netip.AddrPort
+	N     int
+	Rate  int
+	Ports int
 }
 
 // ListenTCP binds (unless Addr is the zero value) and listens on a TCP socket,
