@@ -92,6 +92,10 @@ func (j *Joiner) Record(ev enforcer.Event) audit.Record {
 			CgroupID: ev.CgroupID},
 		Outcome: &audit.Outcome{Verdict: verdictName(ev.Verdict), Reason: reason(ev.Reason)},
 	}
+	if ev.Count > 0 {
+		first, last := rec.Time, j.Clock.Wall(ev.LastNS)
+		rec.Count, rec.FirstTime, rec.LastTime, rec.Time = ev.Count, &first, &last, last
+	}
 	if ev.Verdict == enforcer.VerdictDenied && !ev.Hook.Inbound() {
 		rec.Outcome.Errno = "EPERM" // a refused inbound packet is dropped: nobody sees an errno
 	}

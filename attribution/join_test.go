@@ -117,6 +117,19 @@ func TestJoinerRecord(t *testing.T) {
 		t.Errorf("socket: kind %q destination %+v outcome %+v", rec.Kind, rec.Destination, rec.Outcome)
 	}
 
+	// Repeats flushed as one event: a record with their count, timed from
+	// the first to the latest.
+	repeats := allowed
+	repeats.Count, repeats.LastNS = 19, allowed.BootNS+uint64(time.Second)
+	rec = j.Record(repeats)
+	if rec.Count != 19 || rec.FirstTime == nil || rec.LastTime == nil || rec.LastTime.Sub(*rec.FirstTime) != time.Second ||
+		!rec.Time.Equal(*rec.LastTime) || rec.Outcome.Rule != "tcp://127.0.0.1:8080" {
+		t.Errorf("repeats: count %d from %v to %v at %v, outcome %+v", rec.Count, rec.FirstTime, rec.LastTime, rec.Time, rec.Outcome)
+	}
+	if one := j.Record(allowed); one.Count != 0 || one.FirstTime != nil || one.LastTime != nil {
+		t.Errorf("a single decision carries count %d from %v to %v", one.Count, one.FirstTime, one.LastTime)
+	}
+
 	// An out-of-range rule index names no rule.
 	bad := allowed
 	bad.Rule = 99

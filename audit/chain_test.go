@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // chainLines stamps n sample records and returns their canonical lines.
@@ -178,4 +179,49 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("problem line out of range: %+v", rep)
 		}
 	})
+}
+
+// TestVerifyAggregates: verify sums what the records stand for and
+// refuses a count where no aggregate can be.
+func TestVerifyAggregates(t *testing.T) {
+	stamp := func(edit func(r *Record, i int)) []byte {
+		c, _ := OpenChain("")
+		var lines [][]byte
+		for i := range 4 {
+			r := sampleRecord(i)
+			edit(&r, i)
+			line, err := c.Stamp(&r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines = append(lines, line)
+		}
+		return join(lines)
+	}
+	first := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	last := first.Add(time.Second)
+	rep, err := Verify(bytes.NewReader(stamp(func(r *Record, i int) {
+		if i == 2 {
+			r.Count, r.FirstTime, r.LastTime = 19, &first, &last
+		}
+	})))
+	if err != nil || !rep.OK() || rep.Decisions != 3+19 || rep.Aggregates != 1 {
+		t.Fatalf("report %+v, %v: want 22 decisions, 1 aggregate", rep, err)
+	}
+	for name, edit := range map[string]func(r *Record){
+		"denied":        func(r *Record) { r.Outcome.Verdict = VerdictDenied },
+		"no times":      func(r *Record) { r.FirstTime, r.LastTime = nil, nil },
+		"times reverse": func(r *Record) { r.FirstTime, r.LastTime = &last, &first },
+		"no outcome":    func(r *Record) { r.Outcome = nil },
+	} {
+		rep, err := Verify(bytes.NewReader(stamp(func(r *Record, i int) {
+			if i == 2 {
+				r.Count, r.FirstTime, r.LastTime = 19, &first, &last
+				edit(r)
+			}
+		})))
+		if err != nil || rep.Problem == nil || rep.Problem.Kind != ProblemAggregate || rep.Problem.Line != 3 {
+			t.Errorf("%s: report %+v, %v: want an aggregate problem on line 3", name, rep.Problem, err)
+		}
+	}
 }

@@ -101,10 +101,18 @@ const (
 // process and the destination. Pointers are nil when the record kind does not
 // carry that part.
 type Record struct {
-	Schema      string       `json:"schema"`
-	Seq         uint64       `json:"seq,omitempty"`
-	PrevHash    string       `json:"prev_hash,omitempty"`
-	Time        time.Time    `json:"time"`
+	Schema   string    `json:"schema"`
+	Seq      uint64    `json:"seq,omitempty"`
+	PrevHash string    `json:"prev_hash,omitempty"`
+	Time     time.Time `json:"time"`
+	// Count, FirstTime and LastTime are set on a record that stands for
+	// several allowed decisions of one session, process, destination,
+	// protocol and rule (audit.aggregate_window): how many, the first and
+	// the latest (Time is LastTime). A record without a count is one
+	// decision.
+	Count       uint64       `json:"count,omitempty"`
+	FirstTime   *time.Time   `json:"first_time,omitempty"`
+	LastTime    *time.Time   `json:"last_time,omitempty"`
 	Kind        string       `json:"kind"`
 	Host        string       `json:"host,omitempty"`
 	Session     *Session     `json:"session,omitempty"`

@@ -213,6 +213,9 @@ func FormatHuman(r *Record) string {
 			fmt.Fprintf(&b, " reason=%s", o.Reason)
 		}
 	}
+	if r.Count > 0 && r.FirstTime != nil && r.LastTime != nil {
+		fmt.Fprintf(&b, " count=%d over=%s", r.Count, r.LastTime.Sub(*r.FirstTime))
+	}
 	if h := r.HTTP; h != nil {
 		fmt.Fprintf(&b, " %s %s%s %d", h.Method, h.Host, h.Path, h.Status)
 	}

@@ -218,6 +218,11 @@ func TestFormatHumanHTTP(t *testing.T) {
 			t.Errorf("%q lacks %q", h, want)
 		}
 	}
+	first := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	last := first.Add(1500 * time.Millisecond)
+	if a := FormatHuman(&Record{Kind: KindConnect, Count: 19, FirstTime: &first, LastTime: &last}); !strings.Contains(a, "count=19 over=1.5s") {
+		t.Errorf("%q lacks the aggregate's count and span", a)
+	}
 	u := FormatHuman(&Record{Kind: KindTLSUncovered, TLS: &TLS{Library: "go", Uncovered: "Go 1.24 crypto/tls is not probed"}})
 	if !strings.Contains(u, `tls=go uncovered="Go 1.24 crypto/tls is not probed"`) {
 		t.Errorf("%q", u)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // Problem kinds reported by Verify.
@@ -16,6 +17,7 @@ const (
 	ProblemGap         = "gap"         // seq jumped and no gap record explains it
 	ProblemReorder     = "reorder"     // seq went backwards to an unseen value
 	ProblemAltered     = "altered"     // a line's hash does not match the next prev_hash
+	ProblemAggregate   = "aggregate"   // a count where no aggregate can be, or its times out of order
 )
 
 // MaxLineBytes bounds one record line; longer lines are malformed.
@@ -51,6 +53,10 @@ type Report struct {
 	FirstSeq   uint64         `json:"first_seq"`
 	LastSeq    uint64         `json:"last_seq"`
 	Gaps       []ExplainedGap `json:"gaps,omitempty"`
+	// Decisions is what the records with an outcome stand for: one each,
+	// or an aggregate's count; Aggregates the records with a count.
+	Decisions  uint64 `json:"decisions"`
+	Aggregates int    `json:"aggregates"`
 	// Partial is the length of an unterminated last line that is not a
 	// record: one still being written, or torn by a crash (the daemon cuts
 	// such a tail off when it starts and delivers its records again). It
@@ -64,10 +70,34 @@ func (r Report) OK() bool { return r.Problem == nil }
 
 // verifyHead is the part of a record Verify needs.
 type verifyHead struct {
-	Seq      uint64 `json:"seq"`
-	PrevHash string `json:"prev_hash"`
-	Kind     string `json:"kind"`
-	Gap      *Gap   `json:"gap"`
+	Seq       uint64     `json:"seq"`
+	PrevHash  string     `json:"prev_hash"`
+	Kind      string     `json:"kind"`
+	Gap       *Gap       `json:"gap"`
+	Count     uint64     `json:"count"`
+	FirstTime *time.Time `json:"first_time"`
+	LastTime  *time.Time `json:"last_time"`
+	Outcome   *struct {
+		Verdict string `json:"verdict"`
+	} `json:"outcome"`
+}
+
+// aggregateProblem says what is wrong with a record's count, if anything:
+// only allowed decisions are aggregated, and an aggregate spans its first
+// to its latest decision.
+func (h *verifyHead) aggregateProblem() string {
+	if h.Count == 0 && h.FirstTime == nil && h.LastTime == nil {
+		return ""
+	}
+	switch {
+	case h.Outcome == nil || h.Outcome.Verdict != VerdictAllowed:
+		return "only allowed decisions are aggregated"
+	case h.Count == 0 || h.FirstTime == nil || h.LastTime == nil:
+		return "an aggregate has count, first_time and last_time"
+	case h.LastTime.Before(*h.FirstTime):
+		return "last_time before first_time"
+	}
+	return ""
 }
 
 // Verify reads native JSON records, one per line, and checks that seqs are
@@ -171,6 +201,15 @@ func Verify(r io.Reader) (Report, error) {
 			}
 		case h.Seq > lastSeq+1 && allowJump == nil:
 			return fail(ProblemGap, n, h.Seq, "seq %d..%d missing before this line", lastSeq+1, h.Seq-1)
+		}
+		if why := h.aggregateProblem(); why != "" {
+			return fail(ProblemAggregate, n, h.Seq, "count %d: %s", h.Count, why)
+		}
+		if h.Outcome != nil {
+			rep.Decisions += max(h.Count, 1)
+		}
+		if h.Count > 0 {
+			rep.Aggregates++
 		}
 		// A gap record vouches for the jump (and the broken hash link) to
 		// the record right after it only.

@@ -219,7 +219,16 @@ type Audit struct {
 	Format string `json:"format"`
 	// Sinks are additional destinations; see docs/audit.md.
 	Sinks []audit.SinkConfig `json:"sinks,omitempty"`
+	// AggregateWindow is how long the kernel counts repeats of an allowed
+	// connect or send (same session, process, destination, protocol and
+	// rule) before they become one record with their count; the first of
+	// a window is recorded at once. 0 records every decision.
+	AggregateWindow Duration `json:"aggregate_window"`
 }
+
+// MaxAggregateWindow bounds audit.aggregate_window: repeats wait up to a
+// window before they are recorded.
+const MaxAggregateWindow = Duration(time.Minute)
 
 // Sessions bounds intent sessions.
 type Sessions struct {
@@ -293,8 +302,9 @@ func Default() Config {
 		CgroupRoot:  "",
 		StateDir:    DefaultStateDir,
 		Audit: Audit{
-			File:   DefaultAuditFile,
-			Format: FormatJSON,
+			File:            DefaultAuditFile,
+			Format:          FormatJSON,
+			AggregateWindow: Duration(time.Second),
 		},
 		Sessions: Sessions{
 			MaxTTL:          Duration(24 * time.Hour),

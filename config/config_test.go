@@ -94,6 +94,7 @@ state_dir: /var/lib/af
 audit:
   file: /var/log/agentfence/audit.jsonl
   format: ocsf
+  aggregate_window: 500ms
   sinks:
     - name: siem
       type: syslog
@@ -157,8 +158,9 @@ func TestParseFull(t *testing.T) {
 		CgroupRoot:  "/sys/fs/cgroup/unified",
 		StateDir:    "/var/lib/af",
 		Audit: Audit{
-			File:   "/var/log/agentfence/audit.jsonl",
-			Format: "ocsf",
+			File:            "/var/log/agentfence/audit.jsonl",
+			Format:          "ocsf",
+			AggregateWindow: Duration(500 * time.Millisecond),
 			Sinks: []audit.SinkConfig{
 				{Name: "siem", Type: "syslog", Format: "ocsf",
 					Filter: &audit.FilterConfig{DenialsOnly: true},
@@ -240,6 +242,9 @@ func TestParseErrors(t *testing.T) {
 		{"max sessions zero", "sessions:\n  max_sessions: 0\n", []string{"sessions.max_sessions", "got 0"}},
 		{"bad audit format", "audit:\n  format: xml\n", []string{"audit.format", `"xml"`}},
 		{"relative audit file", "audit:\n  file: audit.log\n", []string{"audit.file", `"audit.log"`}},
+		{"negative aggregate window", "audit:\n  aggregate_window: -1s\n", []string{"audit.aggregate_window", `"-1s"`, "0 (off) or more"}},
+		{"aggregate window over the cap", "audit:\n  aggregate_window: 2m\n", []string{"audit.aggregate_window", "must not exceed 1m0s"}},
+		{"aggregate window over the default ttl", "audit:\n  aggregate_window: 30s\nsessions:\n  default_ttl: 10s\n", []string{"audit.aggregate_window", "sessions.default_ttl (10s)"}},
 		{"bad sink", "audit:\n  sinks:\n    - name: s\n      type: carrier-pigeon\n", []string{"audit.sinks[0].type", "carrier-pigeon"}},
 		{"duplicate sink names", "audit:\n  sinks:\n    - {name: s, type: stdout}\n    - {name: s, type: stdout}\n", []string{"audit.sinks[1].name", "duplicate"}},
 		{"metrics addr no port", "metrics_addr: localhost\n", []string{"metrics_addr", `"localhost"`}},

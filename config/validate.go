@@ -90,6 +90,16 @@ func (c Config) Validate() error {
 		v.add("sessions.default_ttl", s.DefaultTTL,
 			fmt.Sprintf("must not exceed sessions.max_ttl (%s)", s.MaxTTL))
 	}
+	// A window longer than a session lives would record its repeats after
+	// it ended.
+	switch w := c.Audit.AggregateWindow; {
+	case w < 0:
+		v.add("audit.aggregate_window", w, "must be 0 (off) or more")
+	case w > MaxAggregateWindow:
+		v.add("audit.aggregate_window", w, fmt.Sprintf("must not exceed %s", MaxAggregateWindow))
+	case s.DefaultTTL > 0 && w > s.DefaultTTL:
+		v.add("audit.aggregate_window", w, fmt.Sprintf("must not exceed sessions.default_ttl (%s)", s.DefaultTTL))
+	}
 	if s.ViolationBudget < 0 {
 		v.add("sessions.violation_budget", s.ViolationBudget, "must be 0 or more")
 	}

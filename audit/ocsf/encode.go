@@ -37,6 +37,10 @@ func appendEvent(dst []byte, ev *Event) []byte {
 	dst = appendOptInt(dst, `,"start_time":`, ev.StartTime)
 	dst = appendOptInt(dst, `,"end_time":`, ev.EndTime)
 	dst = appendOptInt(dst, `,"duration":`, ev.Duration)
+	if ev.Count != 0 {
+		dst = append(dst, `,"count":`...)
+		dst = strconv.AppendUint(dst, ev.Count, 10)
+	}
 	dst = append(dst, `,"severity_id":`...)
 	dst = strconv.AppendInt(dst, int64(ev.SeverityID), 10)
 	dst = appendOptString(dst, `,"severity":`, ev.Severity)

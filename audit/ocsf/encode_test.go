@@ -329,7 +329,7 @@ func fullEvent(s string) Event {
 	return Event{
 		ActivityID: -1, ActivityName: "an" + s, CategoryUID: 1 << 40, CategoryName: "cn" + s,
 		ClassUID: 3, ClassName: "cl" + s, TypeUID: 4, TypeName: "tn" + s, Time: -1 << 62,
-		StartTime: -1 << 61, EndTime: 1 << 61, Duration: -7,
+		StartTime: -1 << 61, EndTime: 1 << 61, Duration: -7, Count: 1 << 63,
 		SeverityID: 5, Severity: "sv" + s, Message: "m" + s, StatusID: -6, Status: "st" + s,
 		StatusCode: "sc" + s, StatusDetail: "sd" + s, ActionID: &one, Action: "ac" + s,
 		DispositionID: &neg, Disposition: "di" + s,

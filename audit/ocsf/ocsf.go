@@ -100,6 +100,7 @@ type Event struct {
 	StartTime      int64           `json:"start_time,omitempty"`
 	EndTime        int64           `json:"end_time,omitempty"`
 	Duration       int64           `json:"duration,omitempty"`
+	Count          uint64          `json:"count,omitempty"`
 	SeverityID     int             `json:"severity_id"`
 	Severity       string          `json:"severity,omitempty"`
 	Message        string          `json:"message,omitempty"`
@@ -389,6 +390,9 @@ func addProfile(sc *scratch, p string) {
 func (e Encoder) fill(sc *scratch, r *audit.Record) {
 	ev := &sc.ev
 	ev.Time = r.Time.UnixMilli()
+	if r.Count > 0 && r.FirstTime != nil && r.LastTime != nil {
+		ev.Count, ev.StartTime, ev.EndTime = r.Count, r.FirstTime.UnixMilli(), r.LastTime.UnixMilli()
+	}
 	ev.Metadata = Metadata{
 		Version: SchemaVersion,
 		Product: Product{Name: ProductName, VendorName: VendorName, Version: e.ProductVersion},

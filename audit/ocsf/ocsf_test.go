@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -307,6 +308,27 @@ func TestVerdictMapping(t *testing.T) {
 		if ev.Actor == nil || ev.Actor.Session == nil || ev.Actor.Session.UID != "s1" || ev.Unmapped.Agentfence.Intent != "x" {
 			t.Errorf("%s: session not mapped: %+v", c.verdict, ev.Actor)
 		}
+	}
+}
+
+// An aggregate of repeats carries OCSF's count, start_time and end_time;
+// a single decision none of them.
+func TestAggregateCount(t *testing.T) {
+	first := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	last := first.Add(900 * time.Millisecond)
+	r := audit.Record{Kind: audit.KindConnect, Time: last, Count: 19, FirstTime: &first, LastTime: &last,
+		Outcome: &audit.Outcome{Verdict: audit.VerdictAllowed}, Destination: &audit.Destination{IP: "127.0.0.1", Port: 443, Protocol: "tcp"}}
+	ev := Encoder{}.Event(&r)
+	if ev.Count != 19 || ev.StartTime != first.UnixMilli() || ev.EndTime != last.UnixMilli() || ev.Time != last.UnixMilli() {
+		t.Errorf("count %d from %d to %d at %d", ev.Count, ev.StartTime, ev.EndTime, ev.Time)
+	}
+	b, err := Encoder{}.Append(nil, &r)
+	if err != nil || !strings.Contains(string(b), `"count":19`) {
+		t.Errorf("encoded %s, %v: no count", b, err)
+	}
+	r.Count, r.FirstTime, r.LastTime = 0, nil, nil
+	if ev := (Encoder{}).Event(&r); ev.Count != 0 || ev.StartTime != 0 || ev.EndTime != 0 {
+		t.Errorf("a single decision: count %d from %d to %d", ev.Count, ev.StartTime, ev.EndTime)
 	}
 }
 
