@@ -17,9 +17,11 @@ import (
 // in it to emit, one Event per key with at least one repeat. It swaps the
 // map the programs count into and waits for every program running to
 // finish before it reads the one left, so no count is lost or read twice.
-// Called once per window by one goroutine; it does nothing when the gate
-// was loaded without aggregation.
-func (g *Gate) FlushRepeats(emit func(Event)) error {
+// synced, if not nil, is called between the swap and the reading: a
+// caller that waits there for its ring reader has emitted each key's first
+// decision before its repeats. Called once per window by one goroutine; it
+// does nothing when the gate was loaded without aggregation.
+func (g *Gate) FlushRepeats(synced func(), emit func(Event)) error {
 	if !g.aggregate {
 		return nil
 	}
@@ -36,6 +38,9 @@ func (g *Gate) FlushRepeats(emit func(Event)) error {
 		return fmt.Errorf("enforcer: wait for the programs counting repeats: %w", err)
 	}
 	g.aggCurrent = next
+	if synced != nil {
+		synced()
+	}
 	return drainRepeats(inner[cur], emit)
 }
 

@@ -52,7 +52,7 @@ func (f *fixture) waitEvents(t *testing.T, pid, n int) {
 func (f *fixture) flush(t *testing.T) []Event {
 	t.Helper()
 	var got []Event
-	if err := f.g.FlushRepeats(func(ev Event) { got = append(got, ev) }); err != nil {
+	if err := f.g.FlushRepeats(nil, func(ev Event) { got = append(got, ev) }); err != nil {
 		t.Fatal(err)
 	}
 	f.mu.Lock()

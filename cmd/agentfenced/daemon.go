@@ -131,7 +131,8 @@ func (d *daemon) startRedactor(context.Context) error {
 func (d *daemon) startGate(ctx context.Context) error {
 	cfg, log := d.cfg, d.log
 	gate, err := enforcer.Load(enforcer.Options{CgroupRoot: cfg.CgroupRoot, PinPath: cfg.BPFFSPath,
-		Hostnames: enforcer.HostnameOptions{TTLMin: cfg.DNS.MinTTL.Std(), TTLMax: cfg.DNS.MaxTTL.Std()}})
+		Hostnames: enforcer.HostnameOptions{TTLMin: cfg.DNS.MinTTL.Std(), TTLMax: cfg.DNS.MaxTTL.Std()},
+		Aggregate: cfg.Audit.AggregateWindow > 0})
 	if err != nil {
 		if errors.Is(err, ebpf.ErrNotSupported) {
 			return fmt.Errorf("%w\nthe kernel lacks a BPF feature the gate needs; run `agentfence doctor` to see which", err)
@@ -208,6 +209,9 @@ func (d *daemon) startSessions(context.Context) error {
 			if err := d.sessions.CloseAll(self); err != nil {
 				d.log.Error("close sessions", "err", err)
 			}
+			// The repeats counted until the sessions closed, which go
+			// with the gate.
+			d.flushAllRepeats()
 		})
 	}
 	return nil
@@ -322,6 +326,28 @@ func (d *daemon) startReaders(context.Context) error {
 		})
 	})
 	d.wg.Go(func() { watchLoss(ctx, gate, d.procs, d.tls, d.clock, pipe.Emit, log) })
+	if window := d.cfg.Audit.AggregateWindow.Std(); window > 0 {
+		d.wg.Go(func() {
+			t := time.NewTicker(window)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					d.flushAllRepeats()
+					return
+				case <-t.C:
+				}
+				err := gate.FlushRepeats(func() {
+					sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+					defer cancel()
+					rd.Sync(sctx)
+				}, func(ev enforcer.Event) { d.emitCounted(joiner.Record(ev)) })
+				if err != nil {
+					log.Error("repeats not flushed", "err", err)
+				}
+			}
+		})
+	}
 	d.wg.Go(func() {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
@@ -335,6 +361,18 @@ func (d *daemon) startReaders(context.Context) error {
 		}
 	})
 	return nil
+}
+
+// flushAllRepeats records the repeats of both windows, the closed one
+// and the current: what is left in the kernel when the daemon stops. A
+// pinned gate goes on counting, and the next daemon records that.
+func (d *daemon) flushAllRepeats() {
+	for range 2 {
+		if err := d.gate.FlushRepeats(nil, func(ev enforcer.Event) { d.pipe.Emit(d.joiner.Record(ev)) }); err != nil {
+			d.log.Error("repeats not flushed", "err", err)
+			return
+		}
+	}
 }
 
 // watchLoss turns increases of the kernel's lost-event counters into log
