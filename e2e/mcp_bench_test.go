@@ -287,13 +287,15 @@ func processCPU(tb testing.TB, pid int) time.Duration {
 	return time.Duration(ts.Nano())
 }
 
-// trailTally counts the records the daemon writes, as it writes them, by
-// the process they are about and by that process's parent, so that a
-// benchmark can wait until the daemon is done with a batch.
+// trailTally counts what the records the daemon writes stand for (one
+// each, or an aggregate's count), as it writes them, by the process they
+// are about and by that process's parent, so that a benchmark can wait
+// until the daemon is done with a batch; and the records themselves.
 type trailTally struct {
 	mu      sync.Mutex
 	byPID   map[tallyKey]int
 	byPPID  map[tallyKey]int
+	records map[tallyKey]int // by pid
 	changed chan struct{}
 }
 
@@ -309,12 +311,13 @@ func followTrail(tb testing.TB, path string) *trailTally {
 	if _, err := os.Stat(path); err != nil {
 		tb.Fatal(err)
 	}
-	t := &trailTally{byPID: map[tallyKey]int{}, byPPID: map[tallyKey]int{}, changed: make(chan struct{}, 1)}
+	t := &trailTally{byPID: map[tallyKey]int{}, byPPID: map[tallyKey]int{}, records: map[tallyKey]int{}, changed: make(chan struct{}, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	tb.Cleanup(cancel)
 	go audit.Follow(ctx, path, 5*time.Millisecond, func(line []byte) bool {
 		var r struct {
 			Kind    string `json:"kind"`
+			Count   int    `json:"count"`
 			Session *struct {
 				ID string `json:"id"`
 			} `json:"session"`
@@ -336,8 +339,9 @@ func followTrail(tb testing.TB, path string) *trailTally {
 		}
 		t.mu.Lock()
 		for _, what := range []string{r.Kind, detail} {
-			t.byPID[tallyKey{what, r.Process.PID}]++
-			t.byPPID[tallyKey{what, r.Process.PPID}]++
+			t.byPID[tallyKey{what, r.Process.PID}] += max(r.Count, 1)
+			t.byPPID[tallyKey{what, r.Process.PPID}] += max(r.Count, 1)
+			t.records[tallyKey{what, r.Process.PID}]++
 		}
 		t.mu.Unlock()
 		select {
@@ -349,8 +353,16 @@ func followTrail(tb testing.TB, path string) *trailTally {
 	return t
 }
 
-// count is the number of records of what (a kind, or "kind session verdict
-// reason") about pid, or with parent about pid's children.
+// recordsOf is the number of records of what about pid.
+func (t *trailTally) recordsOf(what string, pid uint32) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.records[tallyKey{what, pid}]
+}
+
+// count is the number of decisions the records of what (a kind, or "kind
+// session verdict reason") about pid stand for, or with parent about pid's
+// children.
 func (t *trailTally) count(parent bool, what string, pid uint32) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -360,7 +372,7 @@ func (t *trailTally) count(parent bool, what string, pid uint32) int {
 	return t.byPID[tallyKey{what, pid}]
 }
 
-// await waits until there are n records as count counts them.
+// await waits until the records stand for n decisions as count counts them.
 func (t *trailTally) await(tb testing.TB, parent bool, what string, pid uint32, n int) {
 	tb.Helper()
 	deadline := time.NewTimer(time.Minute)

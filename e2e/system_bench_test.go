@@ -28,12 +28,34 @@ import (
 // Reports per loop: wall-clock and thread-CPU time per operation and their
 // ratios to no enforcement, the daemon's CPU per decision above its idle
 // rate (daemonCPU), records per operation and what the trail reports lost.
+//
+// Two configurations, each in its own run against its own baselines: the
+// default (repeats aggregated, audit.aggregate_window 1s) and one record per
+// decision (0s).
 func BenchmarkWholeSystem(b *testing.B) {
 	nft, err := exec.LookPath("nft")
 	if err != nil {
 		b.Skip("nft is not installed (Debian: nftables)")
 	}
-	d := startDaemon(b)
+	for _, c := range []struct{ name, config string }{
+		{"aggregated", ""},
+		{"every_decision", "audit:\n  aggregate_window: 0s\n"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var args []string
+			if c.config != "" {
+				cfg := filepath.Join(b.TempDir(), "agentfence.yaml")
+				if err := os.WriteFile(cfg, []byte(c.config), 0o600); err != nil {
+					b.Fatal(err)
+				}
+				args = []string{"--config", cfg}
+			}
+			wholeSystem(b, nft, startDaemon(b, args...))
+		})
+	}
+}
+
+func wholeSystem(b *testing.B, nft string, d *daemon) {
 	tcp := kerneltest.Serve(b, "127.0.0.1:0")
 	udp := kerneltest.ServeUDP(b, "127.0.0.1:0")
 	s, err := client.New(d.socket).Open(context.Background(), v1.OpenRequest{Intent: "bench whole system",
@@ -97,9 +119,10 @@ func BenchmarkWholeSystem(b *testing.B) {
 		pr := byName[loop+"_agentfence"]
 		b.ReportMetric(float64(daemon.perOp(pr.daemon, pr.n).Nanoseconds())/1e3, loop+"_daemon_cpu_us/decision")
 		recorded := trail.count(false, kinds[loop], uint32(pr.p.PID))
-		b.ReportMetric(float64(recorded)/float64(pr.done), loop+"_records/op")
-		if recorded < pr.done {
-			b.Errorf("%s: %d of %d decisions recorded", pr.name, recorded, pr.done)
+		b.ReportMetric(float64(trail.recordsOf(kinds[loop], uint32(pr.p.PID)))/float64(pr.done), loop+"_records/op")
+		b.ReportMetric(float64(recorded)/float64(pr.done), loop+"_decisions_recorded/op")
+		if recorded != pr.done {
+			b.Errorf("%s: the records stand for %d of %d decisions", pr.name, recorded, pr.done)
 		}
 	}
 }
