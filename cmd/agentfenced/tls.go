@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -207,8 +208,18 @@ func (t *tlsCalls) attach() {
 	}
 	if files := p.Attached(); len(files) > before {
 		t.log.Info("tls probes attached", "files", files)
+		shed()
 	}
 }
+
+// shed hands the memory that placing probes took back to the system. Its
+// symbol tables are garbage once the probes are placed, but no collection
+// follows at rest: node's alone left the heap 65 MiB larger (90 MiB in use
+// after a session's first attach on a daemon at 26 MiB before), and the
+// resident memory with it, until the runtime's next forced collection
+// minutes later. A collection of its own, off the caller's path, after a
+// rare event.
+func shed() { go debug.FreeOSMemory() }
 
 // sessionRecord attaches the probes when a session opens, before the
 // opener hears back (the registry emits a change's records before it
@@ -259,6 +270,7 @@ func (t *tlsCalls) execRecord(rec audit.Record, exe sensor.ExeID, emit func(audi
 			t.bundled.Store(name, true)
 		}
 		t.log.Info("tls probes attached", "file", name, "stack", stack, "pid", rec.Process.PID)
+		shed()
 		if why := ""; !before {
 			if why = late(rec.Process.PID, exe); why != "" {
 				emit(audit.Record{Schema: audit.SchemaVersion, Time: rec.Time, Kind: audit.KindTLSUncovered, Session: rec.Session,
@@ -315,6 +327,7 @@ func (t *tlsCalls) containerLibraries(p *tlsprobe.Probes, pid uint32) {
 			continue
 		}
 		t.log.Info("tls probes attached", "file", file, "mnt_ns", ns)
+		shed()
 	}
 }
 

@@ -4,7 +4,6 @@ package tlsprobe
 
 import (
 	"context"
-	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -88,8 +87,12 @@ func Load(opts Options) (_ *Probes, err error) {
 	return p, nil
 }
 
-// symbols are the functions probed in an OpenSSL, with their entry
-// programs; each but SSL_free also gets the shared return probe.
+// opensslFuncs are the functions probed in an OpenSSL.
+var opensslFuncs = []string{"SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex", "SSL_free"}
+
+// symbols are the functions probed in an OpenSSL (opensslFuncs), with
+// their entry programs; each but SSL_free also gets the shared return
+// probe.
 func (p *Probes) symbols() map[string]*ebpf.Program {
 	return map[string]*ebpf.Program{
 		"SSL_write":    p.objs.AfSslWrite,
@@ -153,7 +156,7 @@ func (p *Probes) attach(path, name string) (string, error) {
 	if done {
 		return prev.stack, nil
 	}
-	have, err := exported(path)
+	have, err := exportedFuncs(path, opensslFuncs...)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", name, err)
 	}
@@ -162,7 +165,9 @@ func (p *Probes) attach(path, name string) (string, error) {
 		return "", fmt.Errorf("%s: %w", name, err)
 	}
 	a := attached{path: name, stack: StackOpenSSL}
-	if !have["SSL_write"] || !have["SSL_read"] {
+	_, write := have["SSL_write"]
+	_, read := have["SSL_read"]
+	if !write || !read {
 		g, err := inspectGo(path)
 		if errors.Is(err, errNotGoTLS) {
 			return "", fmt.Errorf("%s: %w", name, ErrNoTLS)
@@ -197,8 +202,9 @@ func (p *Probes) attach(path, name string) (string, error) {
 }
 
 // attachOpenSSL places the OpenSSL probes in ex, whose exported functions
-// are have.
-func (p *Probes) attachOpenSSL(ex *link.Executable, have map[string]bool) ([]link.Link, error) {
+// are have, by file offset: given one, cilium/ebpf does not read the
+// file's symbols again.
+func (p *Probes) attachOpenSSL(ex *link.Executable, have map[string]uint64) ([]link.Link, error) {
 	var links []link.Link
 	fail := func(err error) ([]link.Link, error) {
 		for _, l := range links {
@@ -207,10 +213,12 @@ func (p *Probes) attachOpenSSL(ex *link.Executable, have map[string]bool) ([]lin
 		return nil, err
 	}
 	for sym, prog := range p.symbols() {
-		if !have[sym] {
+		off, ok := have[sym]
+		if !ok {
 			continue // SSL_read_ex and SSL_write_ex came with OpenSSL 1.1.1
 		}
-		l, err := ex.Uprobe(sym, prog, nil)
+		at := &link.UprobeOptions{Address: off}
+		l, err := ex.Uprobe(sym, prog, at)
 		if err != nil {
 			return fail(err)
 		}
@@ -218,7 +226,7 @@ func (p *Probes) attachOpenSSL(ex *link.Executable, have map[string]bool) ([]lin
 		if sym == "SSL_free" {
 			continue
 		}
-		if l, err = ex.Uretprobe(sym, p.objs.AfSslReturn, nil); err != nil {
+		if l, err = ex.Uretprobe(sym, p.objs.AfSslReturn, at); err != nil {
 			return fail(err)
 		}
 		links = append(links, l)
@@ -234,27 +242,6 @@ func (p *Probes) release(a attached) {
 	if a.goExe != nil {
 		p.objs.GoConnOffsets.Delete(a.goExe)
 	}
-}
-
-// exported lists the dynamic symbols a file defines (uprobes need an
-// address in the file, which an import does not have).
-func exported(path string) (map[string]bool, error) {
-	f, err := elf.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	syms, err := f.DynamicSymbols()
-	if err != nil && !errors.Is(err, elf.ErrNoSymbols) {
-		return nil, err
-	}
-	have := map[string]bool{}
-	for _, s := range syms {
-		if s.Section != elf.SHN_UNDEF && elf.ST_TYPE(s.Info) == elf.STT_FUNC {
-			have[s.Name] = true
-		}
-	}
-	return have, nil
 }
 
 // Attached lists the files probed.
