@@ -2,10 +2,14 @@ package enforcer
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/kerneltest"
+	"github.com/agentfence/agentfence/scope"
 )
 
 // decisionsOf sums what the events of pid stand for: one decision each,
@@ -157,5 +161,71 @@ func TestAggregateFullMap(t *testing.T) {
 	st, err := f.g.Stats()
 	if err != nil || st.Lost != 0 {
 		t.Errorf("stats %+v, %v: the ring lost events", st, err)
+	}
+}
+
+// TestRepeatsAdoptedWithThePins: repeats a pinned gate counted after its
+// loader went away (a daemon killed) are flushed by the next loader, both
+// those counted before and those counted while no loader ran.
+func TestRepeatsAdoptedWithThePins(t *testing.T) {
+	root, pins := pinSetup(t)
+	g, err := Load(Options{CgroupRoot: root, PinPath: pins, Aggregate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Uninstall(pins); err != nil {
+			t.Error(err)
+		}
+	})
+	allowed := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
+	cg := filepath.Join(root, "agentfence-test-pin-repeats")
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(cg)
+	id, _ := cgroupv2.ID(cg)
+	r, _ := scope.Parse("tcp://" + allowed.String())
+	entries, _ := scope.Compile([]scope.Rule{r})
+	if err := g.WriteScope(2, 1, entries); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.PutSession(2, SessionState{Gen: 1, State: StateActive}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.BindCgroup(id, 2, 1); err != nil {
+		t.Fatal(err)
+	}
+	connects := func(n int) {
+		var ops []kerneltest.Op
+		for range n {
+			ops = append(ops, kerneltest.Connect{Addr: allowed})
+		}
+		for i, res := range kerneltest.Run(t, cg, kerneltest.Options{}, ops...) {
+			if res.Outcome() != "ok" {
+				t.Fatalf("connect %d: %s", i, res.Outcome())
+			}
+		}
+	}
+	connects(10) // one event, nine repeats
+	g.Close()
+	connects(5) // another process: an event (to the pinned ring) and four repeats, with no loader
+	g2, err := Load(Options{CgroupRoot: root, PinPath: pins, Aggregate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g2.Close()
+	var repeats uint64
+	for range 2 { // both windows
+		if err := g2.FlushRepeats(nil, func(ev Event) {
+			if ev.Dest == allowed {
+				repeats += ev.Count
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if repeats != 9+4 {
+		t.Errorf("the next loader flushed %d repeats, want 13", repeats)
 	}
 }
