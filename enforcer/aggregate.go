@@ -19,12 +19,10 @@ import (
 // finish before it reads the one left, so no count is lost or read twice.
 // synced, if not nil, is called between the swap and the reading: a
 // caller that waits there for its ring reader has emitted each key's first
-// decision before its repeats. Called once per window by one goroutine; it
-// does nothing when the gate was loaded without aggregation.
+// decision before its repeats. Called once per window by one goroutine. A
+// gate loaded without aggregation counts nothing, but pins it adopted may
+// hold what the gate before it counted.
 func (g *Gate) FlushRepeats(synced func(), emit func(Event)) error {
-	if !g.aggregate {
-		return nil
-	}
 	inner := [2]*ebpf.Map{g.objs.AggA, g.objs.AggB}
 	cur := g.aggCurrent
 	next := cur ^ 1

@@ -55,9 +55,7 @@ type Gate struct {
 	links    []link.Link
 	pinPath  string
 	adopted  bool
-	// aggregate: repeats are counted (Options.Aggregate); aggCurrent is
-	// the repeat map the programs count into (agg_current).
-	aggregate  bool
+	// aggCurrent is the repeat map the programs count into (agg_current).
 	aggCurrent uint32
 	// host holds the DNS learning and SNI programs (names.go); nil, and
 	// why in hostErr, where the kernel refused them.
@@ -144,7 +142,7 @@ func Load(opts Options) (*Gate, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Gate{pinPath: opts.PinPath, aggregate: opts.Aggregate, hooks: hooks{byPath: map[string]*hook{}, adopted: map[uint64]*hook{}}}
+	g := &Gate{pinPath: opts.PinPath, hooks: hooks{byPath: map[string]*hook{}, adopted: map[uint64]*hook{}}}
 	var collOpts ebpf.CollectionOptions
 	if opts.PinPath != "" {
 		if err := os.MkdirAll(g.mapDir(), 0o700); err != nil {

@@ -326,7 +326,12 @@ func (d *daemon) startReaders(context.Context) error {
 		})
 	})
 	d.wg.Go(func() { watchLoss(ctx, gate, d.procs, d.tls, d.clock, pipe.Emit, log) })
-	if window := d.cfg.Audit.AggregateWindow.Std(); window > 0 {
+	window := d.cfg.Audit.AggregateWindow.Std()
+	if window == 0 && gate.Adopted() {
+		// Off now, but the gate adopted may have counted repeats before.
+		d.flushAllRepeats()
+	}
+	if window > 0 {
 		d.wg.Go(func() {
 			t := time.NewTicker(window)
 			defer t.Stop()
