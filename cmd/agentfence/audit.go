@@ -53,7 +53,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if !rep.OK() {
 			return fmt.Errorf("%s: %v", path, rep.Problem)
 		}
-		fmt.Fprintf(stdout, "%s: ok: %d records, seq %d..%d, %d duplicates, %d explained gaps; %d decisions (%d records aggregate repeats)\n",
+		fmt.Fprintf(stdout, "%s: ok: %d records, seq %d..%d, %d duplicates, %d explained gaps; %d decisions, %d aggregate records\n",
 			path, rep.Records, rep.FirstSeq, rep.LastSeq, rep.Duplicates, len(rep.Gaps), rep.Decisions, rep.Aggregates)
 		return nil
 	default:
