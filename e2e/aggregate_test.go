@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -45,11 +44,7 @@ func TestAggregatedRepeats(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			var args []string
 			if c.config != "" {
-				cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
-				if err := os.WriteFile(cfg, []byte(c.config), 0o600); err != nil {
-					t.Fatal(err)
-				}
-				args = []string{"--config", cfg}
+				args = []string{"--config", configFile(t, c.config)}
 			}
 			d := startDaemon(t, args...)
 			s := d.openSession(t, "--intent", "repeats", "--allow", "udp://"+allowed.String())

@@ -232,9 +232,7 @@ func (w *resetWatch) wait() (time.Time, error) {
 // BenchmarkDaemonMemory10kSessions: the daemon's RSS with 10,000 open
 // sessions.
 func BenchmarkDaemonMemory10kSessions(b *testing.B) {
-	cfg := filepath.Join(b.TempDir(), "agentfence.yaml")
-	os.WriteFile(cfg, []byte("sessions:\n  max_sessions: 12000\n"), 0o600)
-	d := startDaemon(b, "--config", cfg)
+	d := startDaemon(b, "--config", configFile(b, "sessions:\n  max_sessions: 12000\n"))
 	c := client.New(d.socket)
 	for b.Loop() {
 		var ids []string

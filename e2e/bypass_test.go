@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -104,11 +103,7 @@ func TestBypassPacketSocketFromRun(t *testing.T) {
 // the session's drift action (kill, here) follows before the syscall
 // returns: the member never runs again, and the trail says why.
 func TestBypassPacketSocketFromBoundMember(t *testing.T) {
-	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
-	if err := os.WriteFile(cfg, []byte("sessions:\n  drift_action: kill\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d := startDaemon(t, "--config", cfg)
+	d := startDaemon(t, "--config", configFile(t, "sessions:\n  drift_action: kill\n"))
 	ln := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	s := d.openSession(t, "--intent", "bound packet", "--allow", "tcp://"+ln.String())
 	p := kerneltest.Start(t, "", kerneltest.Options{}, true, kerneltest.PacketSocket, kerneltest.Connect{Addr: ln})

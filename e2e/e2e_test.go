@@ -66,6 +66,17 @@ type daemon struct {
 	stderr      *bytes.Buffer
 }
 
+// configFile writes a daemon config (YAML) for one test and returns its
+// path, for --config.
+func configFile(tb testing.TB, yaml string) string {
+	tb.Helper()
+	cfg := filepath.Join(tb.TempDir(), "agentfence.yaml")
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return cfg
+}
+
 func startDaemon(t testing.TB, extra ...string) *daemon {
 	t.Helper()
 	privtest.RequireRoot(t)

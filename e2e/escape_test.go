@@ -319,11 +319,7 @@ func TestEscapeByUnshareWithoutExec(t *testing.T) {
 // TestEscapeCountsAsDrift: with a violation budget of 0 the escape alone
 // quarantines the session: afterwards only its essential rule matches.
 func TestEscapeCountsAsDrift(t *testing.T) {
-	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
-	if err := os.WriteFile(cfg, []byte("sessions:\n  violation_budget: 0\n  drift_action: quarantine\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d := startDaemon(t, "--config", cfg)
+	d := startDaemon(t, "--config", configFile(t, "sessions:\n  violation_budget: 0\n  drift_action: quarantine\n"))
 	mcp := kerneltest.Serve(t, "127.0.0.1:0")
 	api := kerneltest.Serve(t, "127.0.0.1:0")
 	root, err := cgroupv2.Root()

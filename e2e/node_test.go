@@ -33,9 +33,7 @@ func TestRestartWithoutEnforcementGap(t *testing.T) {
 	before := kerneltest.Attached(t, root)
 
 	// The loop's thousands of denials would use up any violation budget.
-	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
-	os.WriteFile(cfg, []byte("sessions:\n  drift_action: none\n"), 0o600)
-	d := startDaemon(t, "--bpffs-path", pins, "--config", cfg)
+	d := startDaemon(t, "--bpffs-path", pins, "--config", configFile(t, "sessions:\n  drift_action: none\n"))
 	allowed := kerneltest.Serve(t, "127.0.0.1:0")
 	denied := kerneltest.Serve(t, "127.0.0.1:0")
 	s := d.openSession(t, "--intent", "loop through a restart", "--allow", "tcp://"+allowed.String())

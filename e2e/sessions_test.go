@@ -180,11 +180,7 @@ func TestChildSessionWithinParent(t *testing.T) {
 // The daemon quarantines a session that exceeds its violation budget: only
 // essential rules match afterwards, and the trail says so.
 func TestQuarantineRecorded(t *testing.T) {
-	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
-	if err := os.WriteFile(cfg, []byte("sessions:\n  violation_budget: 1\n  drift_action: quarantine\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d := startDaemon(t, "--config", cfg)
+	d := startDaemon(t, "--config", configFile(t, "sessions:\n  violation_budget: 1\n  drift_action: quarantine\n"))
 	mcp := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	api := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")
 	other := kerneltest.Listen(t, "tcp4", "127.0.0.1:0")

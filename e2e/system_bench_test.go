@@ -44,11 +44,7 @@ func BenchmarkWholeSystem(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			var args []string
 			if c.config != "" {
-				cfg := filepath.Join(b.TempDir(), "agentfence.yaml")
-				if err := os.WriteFile(cfg, []byte(c.config), 0o600); err != nil {
-					b.Fatal(err)
-				}
-				args = []string{"--config", cfg}
+				args = []string{"--config", configFile(b, c.config)}
 			}
 			wholeSystem(b, nft, startDaemon(b, args...))
 		})

@@ -1,15 +1,13 @@
 package enforcer
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/kerneltest"
-	"github.com/agentfence/agentfence/scope"
 )
 
 // decisionsOf sums what the events of pid stand for: one decision each,
@@ -30,26 +28,16 @@ func (f *fixture) decisionsOf(pid int) (events, decisions uint64) {
 // waitEvents waits until the ring has brought n events of pid.
 func (f *fixture) waitEvents(t *testing.T, pid, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	timer := time.AfterFunc(10*time.Second, func() { f.mu.Lock(); f.cond.Broadcast(); f.mu.Unlock() })
-	defer timer.Stop()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for {
-		have := 0
+	have := 0
+	f.waitFor(t, func() string { return fmt.Sprintf("%d events from pid %d, want %d", have, pid, n) }, func() bool {
+		have = 0
 		for _, ev := range f.events {
 			if int(ev.PID) == pid {
 				have++
 			}
 		}
-		if have >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d events from pid %d, want %d", have, pid, n)
-		}
-		f.cond.Wait()
-	}
+		return have >= n
+	})
 }
 
 // flush ends the window and keeps the repeats among the fixture's events.
@@ -184,18 +172,7 @@ func TestRepeatsAdoptedWithThePins(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.Remove(cg)
-	id, _ := cgroupv2.ID(cg)
-	r, _ := scope.Parse("tcp://" + allowed.String())
-	entries, _ := scope.Compile([]scope.Rule{r})
-	if err := g.WriteScope(2, 1, entries); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.PutSession(2, SessionState{Gen: 1, State: StateActive}); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.BindCgroup(id, 2, 1); err != nil {
-		t.Fatal(err)
-	}
+	bindCgroupSession(t, g, cg, 2, "tcp://"+allowed.String())
 	connects := func(n int) {
 		var ops []kerneltest.Op
 		for range n {

@@ -166,25 +166,39 @@ func (f *fixture) session(t *testing.T, s sessionSpec) string {
 	return path
 }
 
-// waitEvent waits for an event from pid matching match.
-func (f *fixture) waitEvent(t *testing.T, pid int, match func(Event) bool) Event {
+// waitFor waits until done, called with f.mu held, says so; what says
+// what was missing when it never does.
+func (f *fixture) waitFor(t *testing.T, what func() string, done func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	timer := time.AfterFunc(10*time.Second, func() { f.mu.Lock(); f.cond.Broadcast(); f.mu.Unlock() })
 	defer timer.Stop()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for {
-		for _, ev := range f.events {
-			if int(ev.PID) == pid && match(ev) {
-				return ev
-			}
-		}
+	for !done() {
 		if time.Now().After(deadline) {
-			t.Fatalf("no matching event from pid %d; have %d events: %+v", pid, len(f.events), f.events)
+			t.Fatal(what())
 		}
 		f.cond.Wait()
 	}
+}
+
+// waitEvent waits for an event from pid matching match.
+func (f *fixture) waitEvent(t *testing.T, pid int, match func(Event) bool) Event {
+	t.Helper()
+	var found Event
+	f.waitFor(t, func() string {
+		return fmt.Sprintf("no matching event from pid %d; have %d events: %+v", pid, len(f.events), f.events)
+	}, func() bool {
+		for _, ev := range f.events {
+			if int(ev.PID) == pid && match(ev) {
+				found = ev
+				return true
+			}
+		}
+		return false
+	})
+	return found
 }
 
 func expect(t *testing.T, got []kerneltest.Result, want ...string) {

@@ -36,18 +36,7 @@ func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.Remove(cg)
-	id, _ := cgroupv2.ID(cg)
-	r, _ := scope.Parse(allowed.String())
-	entries, _ := scope.Compile([]scope.Rule{r})
-	if err := g.WriteScope(2, 1, entries); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.PutSession(2, SessionState{Gen: 1, State: StateActive}); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.BindCgroup(id, 2, 1); err != nil {
-		t.Fatal(err)
-	}
+	bindCgroupSession(t, g, cg, 2, allowed.String())
 	probe := func() []kerneltest.Result {
 		return kerneltest.Run(t, cg, kerneltest.Options{}, kerneltest.Connect{Addr: allowed}, kerneltest.Connect{Addr: other})
 	}
@@ -82,6 +71,34 @@ func TestPinnedGateSurvivesAndIsAdopted(t *testing.T) {
 	expect(t, probe(), "ok", "ok")
 	if _, err := os.Stat(pins); !os.IsNotExist(err) {
 		t.Errorf("pins left: %v", err)
+	}
+}
+
+// bindCgroupSession makes slot an active session of generation 1 whose
+// scope is rule, and binds the cgroup cg to it, as a pinned gate's first
+// loader does.
+func bindCgroupSession(t *testing.T, g *Gate, cg string, slot uint32, rule string) {
+	t.Helper()
+	id, err := cgroupv2.ID(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := scope.Parse(rule)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := scope.Compile([]scope.Rule{r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.WriteScope(slot, 1, entries); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.PutSession(slot, SessionState{Gen: 1, State: StateActive}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.BindCgroup(id, slot, 1); err != nil {
+		t.Fatal(err)
 	}
 }
 
