@@ -244,7 +244,7 @@ func BenchmarkDaemonMemory10kSessions(b *testing.B) {
 			}
 			ids = append(ids, s.ID)
 		}
-		b.ReportMetric(float64(rss(b, d.cmd.Process.Pid))/(1<<20), "rss_MiB")
+		b.ReportMetric(float64(memory(b, d.cmd.Process.Pid, "VmRSS"))/(1<<20), "rss_MiB")
 		b.StopTimer()
 		for _, id := range ids {
 			c.Close(context.Background(), id)
@@ -330,16 +330,19 @@ func readTrail(b *testing.B, path string) trail {
 	return t
 }
 
-func rss(b *testing.B, pid int) int {
+// memory reads one of a process's memory figures in /proc/PID/status
+// (VmRSS: resident now, VmHWM: the most it has had), in bytes.
+func memory(b *testing.B, pid int, field string) int {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
 			return kb << 10
 		}
 	}
+	b.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
 }

@@ -81,7 +81,7 @@ func BenchmarkKubernetesDaemonMemory(b *testing.B) {
 	report := func(d *daemon, suffix string) {
 		m := scrape(b, d.metricsBase(b)+"/metrics")
 		b.ReportMetric(m["process_resident_memory_bytes"]/(1<<20), "rss"+suffix+"-MiB")
-		b.ReportMetric(float64(peakRSS(b, d.cmd.Process.Pid))/(1<<20), "rss-peak"+suffix+"-MiB")
+		b.ReportMetric(float64(memory(b, d.cmd.Process.Pid, "VmHWM"))/(1<<20), "rss-peak"+suffix+"-MiB")
 		b.ReportMetric(m["go_memstats_heap_inuse_bytes"]/(1<<20), "heap"+suffix+"-MiB")
 		for kind, kib := range residentByKind(b, d.cmd.Process.Pid) {
 			b.ReportMetric(float64(kib)/1024, kind+suffix+"-MiB")
@@ -112,23 +112,6 @@ func BenchmarkKubernetesDaemonMemory(b *testing.B) {
 		d.stop(b)
 	}
 	b.ReportMetric(0, "ns/op")
-}
-
-// peakRSS is the most resident memory the process has had (VmHWM), in
-// bytes: what a memory limit must allow.
-func peakRSS(b *testing.B, pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return kb << 10
-		}
-	}
-	b.Fatalf("no VmHWM in /proc/%d/status", pid)
-	return 0
 }
 
 // residentByKind splits a process's resident memory (KiB) by what backs
