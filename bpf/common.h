@@ -77,11 +77,15 @@ struct exe_id {
 	} cgroup_sessions SEC(".maps")
 
 // The gate's event ring and its per-CPU counters; the process programs
-// write escape events to the same ring.
+// write escape events to the same ring. 1 MiB is ~7,700 decisions (136
+// bytes with the ring's header): 385 ms of the 20,000 records a second the
+// pipeline must take without loss, against a 50 ms poll and a wakeup at a
+// quarter full (gate.c). The reader maps a ring's data twice, so each MiB
+// here is 2 MiB of the daemon's RSS (docs/benchmarks.md, issue 15).
 #define AF_GATE_EVENTS_MAP                                    \
 	struct {                                              \
 		__uint(type, BPF_MAP_TYPE_RINGBUF);           \
-		__uint(max_entries, 1 << 22);                 \
+		__uint(max_entries, 1 << 20);                 \
 	} gate_events SEC(".maps")
 
 #define AF_GATE_STATS_MAP                                     \

@@ -105,8 +105,8 @@ const enum af_event_name_flag *unused_event_name_flag __attribute__((unused));
 const enum af_name_kind *unused_name_kind __attribute__((unused));
 
 // Allowed decisions are not worth a consumer wakeup each: the reader polls
-// on a short timer and is woken early only when the ring fills up.
-#define WAKEUP_BYTES (1 << 20)
+// on a short timer and is woken early once a quarter of the ring waits.
+#define WAKEUP_BYTES (1 << 18)
 
 // Written by the loader before load: the tail of a bound cgroup walk.
 volatile const __u32 max_cgroup_depth = AF_MAX_CGROUP_DEPTH;

@@ -254,17 +254,18 @@ func BenchmarkDaemonMemory10kSessions(b *testing.B) {
 }
 
 // BenchmarkEndToEnd: a session member sends datagrams, flat out and paced
-// at 20,000/s; every decision becomes a record in the file sink. Reports
-// the rate the member reached, the records written per second end to end,
-// and what was lost in the kernel ring buffer and in the pipeline (its
-// in-memory queue and the spool), all reported in the trail as gap records.
+// at 20,000/s; with aggregation off every decision becomes a record in the
+// file sink. Reports the rate the member reached, the records written per
+// second end to end, and what was lost in the gate's ring buffer and in the
+// pipeline (its in-memory queue and the spool), all reported in the trail
+// as gap records.
 func BenchmarkEndToEnd(b *testing.B) {
 	for _, c := range []struct {
 		name    string
 		n, rate int
 	}{{"flat_out", 200000, 0}, {"20k_per_s", 100000, 20000}} {
 		b.Run(c.name, func(b *testing.B) {
-			d := startDaemon(b)
+			d := startDaemon(b, "--config", configFile(b, "audit:\n  aggregate_window: 0s\n"))
 			cl := client.New(d.socket)
 			s, err := cl.Open(context.Background(), v1.OpenRequest{Intent: "flood", Scope: []string{"udp://127.0.0.1:9"}})
 			if err != nil {
@@ -298,6 +299,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 // trail sums up an audit file and its rotations.
 type trail struct {
 	sendmsg, kernelLost, spoolDropped int
+	learned, hostLost                 int // DNS answers learned, lost in the hostname ring
 	last                              time.Time
 }
 
@@ -315,6 +317,10 @@ func readTrail(b *testing.B, path string) trail {
 				continue
 			}
 			switch {
+			case r.Kind == audit.KindDNS && r.Outcome != nil && r.Outcome.Reason == "learned":
+				t.learned++
+			case r.Kind == audit.KindGap && r.Gap.Source == "kernel_ringbuf:hostname":
+				t.hostLost += int(r.Gap.Count)
 			case r.Kind == audit.KindSendmsg:
 				t.sendmsg += int(max(r.Count, 1)) // an aggregate of repeats stands for count
 			case r.Kind == audit.KindGap && r.Gap.Source == "kernel_ringbuf:gate":

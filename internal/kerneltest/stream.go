@@ -161,7 +161,11 @@ func (o UDPSocket) run(c *child) {
 
 func (s udpSocket) send(o UDPSend) {
 	_, sa := sockaddr(o.To)
-	s.c.report(result(unix.Sendto(s.fd, []byte("ping"), 0, sa)))
+	data := o.Data
+	if len(data) == 0 {
+		data = []byte("ping")
+	}
+	s.c.report(result(unix.Sendto(s.fd, data, 0, sa)))
 }
 
 // recv ends with the error of a read that failed, if one did.

@@ -43,8 +43,11 @@ type ListenTCP struct{ Addr netip.AddrPort }
 // then runs the UDPSend and UDPRecv operations sent to it with Proc.Do.
 type UDPSocket struct{ Addr netip.AddrPort }
 
-// UDPSend, sent to a UDPSocket, sends "ping" to To.
-type UDPSend struct{ To netip.AddrPort }
+// UDPSend, sent to a UDPSocket, sends Data ("ping" if empty) to To.
+type UDPSend struct {
+	To   netip.AddrPort
+	Data []byte
+}
 
 // UDPRecv, sent to a UDPSocket, reads datagrams until one says Until;
 // Result.Got is every one, in order.
