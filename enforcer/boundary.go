@@ -13,6 +13,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/agentfence/agentfence/internal/ringsize"
 )
 
 // Socket families no cgroup hook sees (bpf/boundary.c): a member may
@@ -186,6 +188,7 @@ func attachFamilies(gate *gateObjects, linkDir string, layer FamilyLayer) (_ *fa
 		"gate_events":     gate.GateEvents,
 		"gate_stats":      gate.GateStats,
 	}
+	ringsize.FromReplacements(spec, repl)
 	f := &families{layer: layer}
 	defer func() {
 		if err != nil {

@@ -14,6 +14,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/agentfence/agentfence/internal/ringsize"
 )
 
 // Options configures Load.
@@ -159,6 +161,9 @@ func Load(opts Options) (*Gate, error) {
 			}
 		}
 		collOpts.Maps.PinPath = g.mapDir()
+		if err := ringsize.FromPins(spec, g.mapDir()); err != nil {
+			return nil, fmt.Errorf("enforcer: %w", err)
+		}
 	}
 	if err := spec.LoadAndAssign(&g.objs, &collOpts); err != nil {
 		var ve *ebpf.VerifierError

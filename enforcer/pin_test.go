@@ -260,3 +260,43 @@ func TestBoundaryLayerChangeUnpinsTheOld(t *testing.T) {
 		t.Errorf("after %s then syscall_exit, pinned %v, want [sys_exit]", layer, got)
 	}
 }
+
+// A node upgraded across a change of ring size adopts the ring its running
+// programs write to, pinned at the earlier size, instead of refusing it as
+// incompatible; the programs that share it (the boundary layer, the
+// process and TLS programs) are sized to it too.
+func TestPinnedRingOfAnotherSizeAdopted(t *testing.T) {
+	root, pins := pinSetup(t)
+	fresh, err := Load(Options{CgroupRoot: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, _ := fresh.SocketFamilies()
+	size := fresh.Events().MaxEntries() * 4
+	fresh.Close()
+
+	if err := os.MkdirAll(filepath.Join(pins, "maps"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Uninstall(pins) })
+	earlier, err := ebpf.NewMap(&ebpf.MapSpec{Name: "gate_events", Type: ebpf.RingBuf, MaxEntries: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := earlier.Pin(filepath.Join(pins, "maps", "gate_events")); err != nil {
+		t.Fatal(err)
+	}
+	earlier.Close()
+
+	g, err := Load(Options{CgroupRoot: root, PinPath: pins})
+	if err != nil {
+		t.Fatalf("a pinned ring of %d bytes refused: %v", size, err)
+	}
+	defer g.Close()
+	if got := g.Events().MaxEntries(); got != size {
+		t.Errorf("the gate's ring is %d bytes, want the pinned %d", got, size)
+	}
+	if got, err := g.SocketFamilies(); got != layer {
+		t.Errorf("boundary layer %v (%v) beside the pinned ring, want %v as without pins", got, err, layer)
+	}
+}

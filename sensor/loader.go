@@ -14,6 +14,8 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/agentfence/agentfence/internal/ringsize"
 )
 
 // ErrClosed is returned by ReadEvent after Close.
@@ -94,6 +96,7 @@ func LoadProcessPrograms(opts ProcessOptions) (_ *ProcessPrograms, err error) {
 			repl[name] = m
 		}
 	}
+	ringsize.FromReplacements(spec, repl)
 
 	p := &ProcessPrograms{poll: opts.PollInterval}
 	if p.poll <= 0 {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/agentfence/agentfence/internal/ringreader"
+	"github.com/agentfence/agentfence/internal/ringsize"
 )
 
 // Options are the gate's maps the probes share, so that membership is
@@ -63,6 +64,7 @@ func Load(opts Options) (_ *Probes, err error) {
 		}
 		repl[name] = m
 	}
+	ringsize.FromReplacements(spec, repl)
 	p := &Probes{files: map[fileID]attached{}}
 	defer func() {
 		if err != nil {
