@@ -51,6 +51,7 @@ type Pipeline struct {
 	chain   *audit.Chain
 	sinks   []*sink
 	in      chan *item
+	wake    chan struct{} // the writer's: records wait in in
 	mu      sync.RWMutex // guards closed against Emit racing Close
 	closed  bool
 	emitMu  sync.Mutex
@@ -94,7 +95,7 @@ func New(opts Options, sinks []audit.SinkConfig) (*Pipeline, error) {
 	// (by value, 65,536 items were 13 MiB up front).
 	p := &Pipeline{
 		opts: opts, log: opts.Logger, chain: chain,
-		in: make(chan *item, opts.QueueSize), writerD: make(chan struct{}),
+		in: make(chan *item, opts.QueueSize), wake: make(chan struct{}, 1), writerD: make(chan struct{}),
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	var newest uint64
@@ -149,7 +150,31 @@ func (p *Pipeline) Chain() audit.ChainState { return p.chain.State() }
 // Emit stamps r with the next seq and prev_hash and queues it for every
 // sink whose filter matches. It does no I/O itself, but waits while the
 // in-memory queue is full.
-func (p *Pipeline) Emit(r audit.Record) {
+func (p *Pipeline) Emit(r audit.Record) { p.emit(r, true) }
+
+// EmitBatched is Emit for a caller that emits records in bursts, a ring
+// reader: the writer is woken once wakeBatch records wait, or by the
+// caller's Flush at the end of its burst, and at the latest at the next
+// checkpoint, instead of once a record. Two goroutine hand-offs per record
+// (to the writer, then to each sink) were a large share of the daemon's
+// CPU per record (docs/benchmarks.md, issue 17).
+func (p *Pipeline) EmitBatched(r audit.Record) { p.emit(r, false) }
+
+// Flush wakes the writer for the records EmitBatched queued.
+func (p *Pipeline) Flush() { p.signal() }
+
+// wakeBatch is how many records EmitBatched lets wait before it wakes the
+// writer itself.
+const wakeBatch = 256
+
+func (p *Pipeline) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Pipeline) emit(r audit.Record, wake bool) {
 	if r.Host == "" {
 		r.Host = p.opts.Host
 	}
@@ -171,7 +196,16 @@ func (p *Pipeline) Emit(r audit.Record) {
 	// record (which would leave a hole in the chain): upstream, the kernel
 	// ring buffers absorb the burst, and what they cannot hold is counted
 	// there and reported as a gap record.
-	p.in <- &item{rec: r, line: line}
+	it := &item{rec: r, line: line}
+	select {
+	case p.in <- it:
+	default:
+		p.signal()
+		p.in <- it
+	}
+	if wake || len(p.in) >= wakeBatch {
+		p.signal()
+	}
 }
 
 func (p *Pipeline) writer() {
@@ -179,16 +213,35 @@ func (p *Pipeline) writer() {
 	tick := time.NewTicker(p.opts.CheckpointInterval)
 	defer tick.Stop()
 	for {
+		checkpoint := false
+		select {
+		case <-p.wake:
+		case <-tick.C:
+			checkpoint = true
+		}
+		open := p.spoolQueued()
+		if checkpoint || !open {
+			p.checkpoint()
+		}
+		if !open {
+			return
+		}
+	}
+}
+
+// spoolQueued moves every queued record into the spools; false once the
+// queue is closed and empty.
+func (p *Pipeline) spoolQueued() bool {
+	for {
 		select {
 		case it, ok := <-p.in:
 			if !ok {
-				p.checkpoint()
-				return
+				return false
 			}
 			p.fanout(it)
 			p.chain.MarkSpooled(it.rec.Seq)
-		case <-tick.C:
-			p.checkpoint()
+		default:
+			return true
 		}
 	}
 }
@@ -233,6 +286,7 @@ func (p *Pipeline) Shutdown(ctx context.Context) error {
 	}
 	p.closed = true
 	close(p.in)
+	p.signal()
 	p.mu.Unlock()
 	<-p.writerD
 	for _, s := range p.sinks {

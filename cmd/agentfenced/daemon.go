@@ -224,6 +224,13 @@ func (d *daemon) emitCounted(rec audit.Record) {
 	d.sessions.Drift(rec)
 }
 
+// emitRead is emitCounted for the gate's and hostname ring readers, which
+// end each batch with the pipeline's Flush (OnCaughtUp).
+func (d *daemon) emitRead(rec audit.Record) {
+	d.pipe.EmitBatched(rec)
+	d.sessions.Drift(rec)
+}
+
 // emitLifecycle is the registry's way to the audit trail.
 func (d *daemon) emitLifecycle(rec audit.Record) {
 	d.tls.sessionRecord(rec)
@@ -284,6 +291,12 @@ func (d *daemon) startReaders(context.Context) error {
 		d.procs.Sync(ctx)
 		d.tls.sync(ctx)
 	})
+	// The ring readers batch what they emit; a reader that has caught up
+	// with its ring ends the batch.
+	rd.OnCaughtUp(pipe.Flush)
+	if hostRd != nil {
+		hostRd.OnCaughtUp(pipe.Flush)
+	}
 	joiner := d.joiner
 	// The readers stop before what they feed is closed.
 	ctx, stopEvents := context.WithCancel(context.Background())
@@ -298,7 +311,7 @@ func (d *daemon) startReaders(context.Context) error {
 				log.Error("bad gate event", "err", err)
 				return
 			}
-			d.emitCounted(joiner.Record(ev))
+			d.emitRead(joiner.Record(ev))
 			if ev.QuarantinedNow {
 				sessions.Quarantined(ev.Slot, ev.Gen)
 			}
@@ -313,7 +326,7 @@ func (d *daemon) startReaders(context.Context) error {
 					return
 				}
 				gate.NoteHostEvent(ev)
-				d.emitCounted(joiner.HostRecord(ev))
+				d.emitRead(joiner.HostRecord(ev))
 			})
 		})
 	}

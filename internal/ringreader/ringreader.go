@@ -18,6 +18,7 @@ import (
 type Reader struct {
 	rd       *ringbuf.Reader
 	interval time.Duration
+	caughtUp func()
 
 	mu      sync.Mutex
 	waiters []chan struct{}
@@ -33,6 +34,11 @@ func New(m *ebpf.Map, interval time.Duration) (*Reader, error) {
 	}
 	return &Reader{rd: rd, interval: interval}, nil
 }
+
+// OnCaughtUp sets fn to run whenever the reader has handled every record
+// in the ring, before it waits for more: where a consumer that batches what
+// handle gives it ends a batch. Set it before Run.
+func (r *Reader) OnCaughtUp(fn func()) { r.caughtUp = fn }
 
 // Run calls handle for every record until ctx is done or the reader is
 // closed. The slice passed to handle is only valid during the call.
@@ -80,6 +86,9 @@ func (r *Reader) drain(deadline time.Time, handle func([]byte)) error {
 		switch {
 		case err == nil:
 			handle(rec.RawSample)
+			if r.caughtUp != nil && r.rd.AvailableBytes() == 0 {
+				r.caughtUp()
+			}
 		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
 			return nil
 		default:
