@@ -52,7 +52,7 @@ type Pipeline struct {
 	sinks   []*sink
 	in      chan *item
 	wake    chan struct{} // the writer's: records wait in in
-	mu      sync.RWMutex // guards closed against Emit racing Close
+	mu      sync.RWMutex  // guards closed against Emit racing Close
 	closed  bool
 	emitMu  sync.Mutex
 	writerD chan struct{}
@@ -229,9 +229,14 @@ func (p *Pipeline) writer() {
 	}
 }
 
-// spoolQueued moves every queued record into the spools; false once the
-// queue is closed and empty.
+// spoolQueued moves every queued record into the spools, in one write per
+// spool; false once the queue is closed and empty.
 func (p *Pipeline) spoolQueued() bool {
+	defer func() {
+		for _, s := range p.sinks {
+			s.flushSpool()
+		}
+	}()
 	for {
 		select {
 		case it, ok := <-p.in:

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -42,6 +43,9 @@ type sink struct {
 	// Spool overflow being accumulated into one gap record; owned by the
 	// pipeline's writer goroutine.
 	gapCount, gapFirst, gapLast uint64
+	// Records appended to the spool's buffer and not yet written, by seq;
+	// owned by the writer goroutine too.
+	unflushed, unflushedFirst, unflushedLast uint64
 }
 
 func newSink(opts Options, c audit.SinkConfig, m *metrics) (*sink, error) {
@@ -122,6 +126,7 @@ func orDefault(v, def int) int {
 // record that fits so the receiver learns of the loss in order.
 func (s *sink) enqueue(line []byte, seq uint64) {
 	if s.gapCount > 0 {
+		s.flushSpool() // what is buffered goes before the gap record, or into it
 		gap := s.gapRecord()
 		// Leave room for the gap record itself and the record behind it.
 		if s.spool.Used()+int64(len(gap)+len(line)+32) > s.maxBytes() {
@@ -132,10 +137,19 @@ func (s *sink) enqueue(line []byte, seq uint64) {
 			s.gapCount = 0
 		}
 	}
-	switch err := s.spool.Append(line); err {
-	case nil:
+	var lost *spool.FlushError
+	switch err := s.spool.AppendBuffered(line); {
+	case err == nil:
 		s.m.queued.Inc()
-	case spool.ErrFull:
+		if s.unflushed == 0 {
+			s.unflushedFirst = seq
+		}
+		s.unflushed++
+		s.unflushedLast = seq
+	case err == spool.ErrFull:
+		s.dropped(seq)
+	case errors.As(err, &lost):
+		s.writeFailed(err)
 		s.dropped(seq)
 	default:
 		s.log.Error("audit spool append", "err", err)
@@ -143,16 +157,38 @@ func (s *sink) enqueue(line []byte, seq uint64) {
 	}
 }
 
+// flushSpool writes what enqueue buffered in the spool.
+func (s *sink) flushSpool() {
+	if err := s.spool.Flush(); err != nil {
+		s.writeFailed(err)
+	}
+}
+
+// writeFailed counts the records a failed spool write lost as dropped: a
+// gap record will stand for them. Gap records themselves are appended
+// unbuffered.
+func (s *sink) writeFailed(err error) {
+	s.log.Error("audit spool write", "err", err)
+	var lost *spool.FlushError
+	if errors.As(err, &lost) && s.unflushed > 0 {
+		s.m.queued.Sub(float64(s.unflushed))
+		s.droppedRange(s.unflushedFirst, s.unflushedLast, s.unflushed)
+	}
+	s.unflushed = 0
+}
+
 func (s *sink) maxBytes() int64 { return s.spool.MaxBytes() }
 
-func (s *sink) dropped(seq uint64) {
+func (s *sink) dropped(seq uint64) { s.droppedRange(seq, seq, 1) }
+
+func (s *sink) droppedRange(first, last, n uint64) {
 	if s.gapCount == 0 {
-		s.gapFirst = seq
-		s.log.Warn("audit spool full, dropping records", "first_seq", seq)
+		s.gapFirst = first
+		s.log.Warn("audit spool full, dropping records", "first_seq", first)
 	}
-	s.gapCount++
-	s.gapLast = seq
-	s.m.dropped.Inc()
+	s.gapCount += n
+	s.gapLast = last
+	s.m.dropped.Add(float64(n))
 }
 
 func (s *sink) gapRecord() []byte {
@@ -162,6 +198,7 @@ func (s *sink) gapRecord() []byte {
 // flushGap writes a pending gap record once the spool has room again, so a
 // loss is reported even if no further records arrive.
 func (s *sink) flushGap() {
+	s.flushSpool()
 	if s.gapCount == 0 {
 		return
 	}
@@ -179,6 +216,7 @@ func (s *sink) flushGap() {
 // (queue loss). It is forced past the bound: losing the loss report would
 // make the loss silent.
 func (s *sink) enqueueGap(line []byte) {
+	s.flushSpool()
 	if err := s.spool.AppendForce(line); err != nil {
 		s.log.Error("audit spool append gap", "err", err)
 		return

@@ -58,6 +58,8 @@ type Spool struct {
 	segs    []segment // ascending; the last is the active one
 	w       *os.File
 	next    uint64 // index the next Append gets
+	written uint64 // entries below this index are in the files; the rest in pend
+	pend    []byte // entries appended with AppendBuffered, not yet written
 	lastOff int64  // offset of the newest entry in the active segment, -1 if none
 	ack     uint64 // entries below this index are acknowledged
 	ackF    *os.File
@@ -121,7 +123,7 @@ func (s *Spool) load() error {
 		s.ackOut = s.ack
 	}
 	if len(s.segs) == 0 {
-		s.next = s.ack
+		s.next, s.written = s.ack, s.ack
 		return s.newSegment(s.next)
 	}
 	// Scan the active segment to find its end and cut a torn tail left by
@@ -138,6 +140,7 @@ func (s *Spool) load() error {
 		act.size = end
 	}
 	s.next = act.first + n
+	s.written = s.next
 	s.lastOff = lastOff
 	if s.ack > s.next {
 		s.ack = s.next
@@ -224,13 +227,69 @@ func (s *Spool) newSegment(first uint64) error {
 }
 
 // Append queues p, or returns ErrFull when it does not fit.
-func (s *Spool) Append(p []byte) error { return s.append(p, false) }
+func (s *Spool) Append(p []byte) error { return s.append(p, false, false) }
 
 // AppendForce queues p even past the size bound. It exists for the small
 // gap record that reports what the bound made the spool drop.
-func (s *Spool) AppendForce(p []byte) error { return s.append(p, true) }
+func (s *Spool) AppendForce(p []byte) error { return s.append(p, true, false) }
 
-func (s *Spool) append(p []byte, force bool) error {
+// AppendBuffered is Append without the write: p is counted against the
+// bound at once, but reaches the file, and the reader, with the next Flush
+// (or Append, Sync, Close, or a segment's end). One write for a batch
+// instead of one per entry.
+func (s *Spool) AppendBuffered(p []byte) error { return s.append(p, false, true) }
+
+// FlushError says that the entries buffered since the last write are lost:
+// the write failed. Lost counts them, the entry being appended among them
+// if it was buffered; an append that fails never leaves its entry queued.
+type FlushError struct {
+	Lost uint64
+	Err  error
+}
+
+func (e *FlushError) Error() string {
+	return fmt.Sprintf("spool write of %d entries: %v", e.Lost, e.Err)
+}
+
+func (e *FlushError) Unwrap() error { return e.Err }
+
+// Flush writes the buffered entries; an error is a *FlushError.
+func (s *Spool) Flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return s.flushLocked()
+}
+
+func (s *Spool) flushLocked() error {
+	if len(s.pend) == 0 {
+		return nil
+	}
+	_, err := s.w.Write(s.pend)
+	if err != nil {
+		// A short write leaves a torn tail; the next Open truncates it.
+		// What was buffered is gone: take it out of the accounting.
+		lost := s.next - s.written
+		s.lastOff = -1 // not known any more (Last is for a spool just opened)
+		act := &s.segs[len(s.segs)-1]
+		act.size -= int64(len(s.pend))
+		s.used -= int64(len(s.pend))
+		s.next = s.written
+		s.pend = s.pend[:0]
+		return &FlushError{Lost: lost, Err: err}
+	}
+	s.pend = s.pend[:0]
+	s.written = s.next
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (s *Spool) append(p []byte, force, buffered bool) error {
 	if len(p) > maxEntry {
 		return fmt.Errorf("spool entry of %d bytes exceeds %d", len(p), maxEntry)
 	}
@@ -243,30 +302,36 @@ func (s *Spool) append(p []byte, force bool) error {
 	if !force && s.used+size > s.maxBytes {
 		return ErrFull
 	}
+	// What was buffered goes first, and is not lost with p.
+	if !buffered {
+		if err := s.flushLocked(); err != nil {
+			return err
+		}
+	}
 	if act := s.segs[len(s.segs)-1]; act.size > 0 && act.size+size > s.segBytes {
+		if err := s.flushLocked(); err != nil {
+			return err
+		}
 		if err := s.newSegment(s.next); err != nil {
 			return err
 		}
 	}
-	buf := make([]byte, headerLen, size)
-	binary.BigEndian.PutUint32(buf[:4], uint32(len(p)))
-	binary.BigEndian.PutUint32(buf[4:], crc32.Checksum(p, castagnoli))
-	buf = append(buf, p...)
-	if _, err := s.w.Write(buf); err != nil {
-		// A short write leaves a torn tail; the next Open truncates it.
-		return err
-	}
+	s.pend = binary.BigEndian.AppendUint32(s.pend, uint32(len(p)))
+	s.pend = binary.BigEndian.AppendUint32(s.pend, crc32.Checksum(p, castagnoli))
+	s.pend = append(s.pend, p...)
 	act := &s.segs[len(s.segs)-1]
 	s.lastOff = act.size
 	act.size += size
 	s.used += size
 	s.next++
-	select {
-	case s.notify <- struct{}{}:
-	default:
+	if buffered && len(s.pend) < maxPend {
+		return nil
 	}
-	return nil
+	return s.flushLocked()
 }
+
+// maxPend bounds what AppendBuffered holds before it writes anyway.
+const maxPend = 256 << 10
 
 // Notify is signalled (coalesced) after every Append.
 func (s *Spool) Notify() <-chan struct{} { return s.notify }
@@ -289,7 +354,7 @@ func (s *Spool) Used() int64 {
 func (s *Spool) Last() ([]byte, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.lastOff < 0 {
+	if s.flushLocked() != nil || s.lastOff < 0 {
 		return nil, false
 	}
 	f, err := os.Open(s.segPath(s.segs[len(s.segs)-1].first))
@@ -315,7 +380,7 @@ func (s *Spool) Next(maxN int, maxBytes int) ([]Entry, error) {
 	}
 	var out []Entry
 	total := 0
-	for len(out) < maxN && s.rIdx < s.next && (total < maxBytes || len(out) == 0) {
+	for len(out) < maxN && s.rIdx < s.written && (total < maxBytes || len(out) == 0) {
 		if err := s.positionReader(); err != nil {
 			return out, err
 		}
@@ -439,14 +504,15 @@ func parseAck(b []byte) uint64 {
 	return ack
 }
 
-// Sync flushes the active segment to stable storage.
+// Sync writes what is buffered and flushes the active segment to stable
+// storage.
 func (s *Spool) Sync() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil
 	}
-	return s.w.Sync()
+	return errors.Join(s.flushLocked(), s.w.Sync())
 }
 
 // Close syncs and closes the files; unacknowledged entries stay queued.
@@ -467,7 +533,7 @@ func (s *Spool) Close() error {
 	if s.ackF != nil {
 		errs = append(errs, s.ackF.Close())
 	}
-	errs = append(errs, s.w.Sync(), s.w.Close())
+	errs = append(errs, s.flushLocked(), s.w.Sync(), s.w.Close())
 	return errors.Join(errs...)
 }
 

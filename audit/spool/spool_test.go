@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -141,5 +142,87 @@ func TestParseAck(t *testing.T) {
 		if got := parseAck([]byte(tc.in)); got != tc.want {
 			t.Errorf("parseAck(%q) = %d, want %d", tc.in, got, tc.want)
 		}
+	}
+}
+
+// Buffered entries reach the file, and the reader, at Flush, in order
+// with unbuffered ones (an Append writes what was buffered first); across
+// a segment's end too.
+func TestAppendBuffered(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.segBytes = minSegment // a few entries a segment
+	entry := func(i int) []byte { return []byte(fmt.Sprintf("entry-%04d-%s", i, bytes.Repeat([]byte("x"), 500))) }
+	for i := range 3 {
+		if err := s.AppendBuffered(entry(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := s.Next(100, 1<<20); len(got) != 0 {
+		t.Fatalf("%d buffered entries readable before a flush", len(got))
+	}
+	if err := s.Append(entry(3)); err != nil { // writes the three first
+		t.Fatal(err)
+	}
+	for i := 4; i < 40; i++ {
+		if err := s.AppendBuffered(entry(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.segs) < 2 {
+		t.Fatalf("%d segments: the test wants entries across a segment's end", len(s.segs))
+	}
+	got, err := s.Next(100, 1<<20)
+	if err != nil || len(got) != 40 {
+		t.Fatalf("read %d entries (%v), want 40", len(got), err)
+	}
+	for i, e := range got {
+		if !bytes.Equal(e.Data, entry(i)) || e.Index != uint64(i) {
+			t.Fatalf("entry %d: index %d, %.12q", i, e.Index, e.Data)
+		}
+	}
+	s.Close()
+	s, err = Open(dir, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if last, ok := s.Last(); !ok || !bytes.Equal(last, entry(39)) || s.Pending() != 40 {
+		t.Errorf("reopened: last %.12q, %d pending; want entry 39 and 40", last, s.Pending())
+	}
+}
+
+// A failed write loses what was buffered, says how much, and leaves the
+// accounting as if it had never been appended.
+func TestFlushErrorLosesOnlyTheBuffer(t *testing.T) {
+	s, err := Open(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append([]byte("written")); err != nil {
+		t.Fatal(err)
+	}
+	used := s.Used()
+	for range 3 {
+		if err := s.AppendBuffered([]byte("buffered")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.w.Close() // the next write fails
+	var fe *FlushError
+	if err := s.Flush(); !errors.As(err, &fe) || fe.Lost != 3 {
+		t.Fatalf("flush: %v, want a FlushError losing 3", err)
+	}
+	if s.Used() != used || s.Pending() != 1 {
+		t.Errorf("after the failed write: %d bytes, %d pending; want %d and 1", s.Used(), s.Pending(), used)
+	}
+	if got, _ := s.Next(10, 1<<20); len(got) != 1 || string(got[0].Data) != "written" {
+		t.Errorf("readable after the failed write: %d entries, want the one written", len(got))
 	}
 }
