@@ -229,15 +229,16 @@ func (p *Pipeline) writer() {
 	}
 }
 
-// spoolQueued moves every queued record into the spools, in one write per
-// spool; false once the queue is closed and empty.
+// spoolQueued moves the queued records into the spools, at most
+// spoolBatch of them, in one write per spool; false once the queue is
+// closed and empty.
 func (p *Pipeline) spoolQueued() bool {
 	defer func() {
 		for _, s := range p.sinks {
 			s.flushSpool()
 		}
 	}()
-	for {
+	for range spoolBatch {
 		select {
 		case it, ok := <-p.in:
 			if !ok {
@@ -249,7 +250,13 @@ func (p *Pipeline) spoolQueued() bool {
 			return true
 		}
 	}
+	p.signal() // more wait: come back, after a checkpoint if one is due
+	return true
 }
+
+// spoolBatch bounds a batch, so that checkpoints keep their interval while
+// the queue never empties.
+const spoolBatch = 4096
 
 func (p *Pipeline) fanout(it *item) {
 	for _, s := range p.sinks {
