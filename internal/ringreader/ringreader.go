@@ -86,7 +86,9 @@ func (r *Reader) drain(deadline time.Time, handle func([]byte)) error {
 		switch {
 		case err == nil:
 			handle(rec.RawSample)
-			if r.caughtUp != nil && r.rd.AvailableBytes() == 0 {
+			// Remaining, not AvailableBytes: a reader closed meanwhile (Run's
+			// context done) has no ring to ask.
+			if r.caughtUp != nil && rec.Remaining == 0 {
 				r.caughtUp()
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
