@@ -17,35 +17,57 @@ import (
 // without waiting for the poll interval.
 func TestSync(t *testing.T) {
 	m, prog := submitter(t)
-	// A long poll interval: only Sync can make the records show up quickly.
+	rd, handled := start(t, m, nil)
+	for round := 1; round <= 20; round++ {
+		submit(t, prog)
+		begin := time.Now()
+		syncWithin10s(rd)
+		if got := handled.Load(); got != int64(round) {
+			t.Fatalf("round %d: %d records handled after Sync", round, got)
+		}
+		if d := time.Since(begin); d > 5*time.Second {
+			t.Fatalf("Sync took %s", d)
+		}
+	}
+}
+
+// start runs a reader of m with a poll interval of an hour (only Sync and
+// wakeups make records show up quickly), counting the records handled;
+// caughtUp, if set, is called at its OnCaughtUp with the count so far. The
+// test's end stops it and checks that Run returned no error.
+func start(t *testing.T, m *ebpf.Map, caughtUp func(handled int64)) (*Reader, *atomic.Int64) {
+	t.Helper()
 	rd, err := New(m, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var n atomic.Int64
-	done := make(chan error, 1)
-	go func() { done <- rd.Run(ctx, func([]byte) { n.Add(1) }) }()
-	for round := 1; round <= 20; round++ {
-		if _, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 14)}); err != nil {
-			t.Fatal(err)
-		}
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		start := time.Now()
-		rd.Sync(sctx)
-		scancel()
-		if got := n.Load(); got != int64(round) {
-			t.Fatalf("round %d: %d records handled after Sync", round, got)
-		}
-		if d := time.Since(start); d > 5*time.Second {
-			t.Fatalf("Sync took %s", d)
-		}
+	handled := new(atomic.Int64)
+	if caughtUp != nil {
+		rd.OnCaughtUp(func() { caughtUp(handled.Load()) })
 	}
-	cancel()
-	if err := <-done; err != nil {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rd.Run(ctx, func([]byte) { handled.Add(1) }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return rd, handled
+}
+
+func submit(t *testing.T, prog *ebpf.Program) {
+	t.Helper()
+	if _, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 14)}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func syncWithin10s(rd *Reader) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rd.Sync(ctx)
 }
 
 // submitter makes a ring buffer and a program that submits one 8-byte
@@ -87,34 +109,20 @@ func submitter(t *testing.T) (*ebpf.Map, *ebpf.Program) {
 // after the last of a burst, not after each.
 func TestOnCaughtUp(t *testing.T) {
 	m, prog := submitter(t)
-	rd, err := New(m, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var handled atomic.Int64
 	var caughtUpAt []int64 // records handled at each call; Run's goroutine only until Sync returns
-	rd.OnCaughtUp(func() { caughtUpAt = append(caughtUpAt, handled.Load()) })
-	done := make(chan error, 1)
-	for burst, want := range []int64{5, 8} {
-		for range want - handled.Load() {
-			if _, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 14)}); err != nil {
-				t.Fatal(err)
-			}
+	var rd *Reader
+	var want int64
+	for burst, n := range []int64{5, 3} {
+		for range n {
+			submit(t, prog)
 		}
-		if burst == 0 {
-			go func() { done <- rd.Run(ctx, func([]byte) { handled.Add(1) }) }()
+		want += n
+		if burst == 0 { // the first burst waits in the ring for the reader
+			rd, _ = start(t, m, func(handled int64) { caughtUpAt = append(caughtUpAt, handled) })
 		}
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		rd.Sync(sctx)
-		scancel()
+		syncWithin10s(rd)
 		if len(caughtUpAt) != burst+1 || caughtUpAt[burst] != want {
 			t.Fatalf("burst %d: caught up after %v records, want once more after %d", burst, caughtUpAt, want)
 		}
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
 	}
 }
