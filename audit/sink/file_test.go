@@ -403,7 +403,7 @@ func TestPipelineSurvivesKill9(t *testing.T) {
 		cmd.Wait()
 		if round == 3 {
 			// As a kill in the middle of a write would leave it.
-			f, err := os.OpenFile(audit1, os.O_WRONLY|os.O_APPEND, 0)
+			f, err := os.OpenFile(audit1, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -60,7 +60,8 @@ type Spool struct {
 	next    uint64 // index the next Append gets
 	written uint64 // entries below this index are in the files; the rest in pend
 	pend    []byte // entries appended with AppendBuffered, not yet written
-	lastOff int64  // offset of the newest entry in the active segment, -1 if none
+	lastOff int64  // offset of the newest entry, -1 if none is known
+	lastSeg uint64 // first index of the segment that holds it
 	ack     uint64 // entries below this index are acknowledged
 	ackF    *os.File
 	ackAt   time.Time // when ack was last written to ackF
@@ -141,7 +142,15 @@ func (s *Spool) load() error {
 	}
 	s.next = act.first + n
 	s.written = s.next
-	s.lastOff = lastOff
+	s.lastOff, s.lastSeg = lastOff, act.first
+	if lastOff < 0 && len(s.segs) > 1 {
+		// A crash right after a segment was started: the newest entry is
+		// the previous segment's last (Ack keeps that segment for it).
+		prev := s.segs[len(s.segs)-2].first
+		if _, _, off, err := scan(s.segPath(prev)); err == nil {
+			s.lastOff, s.lastSeg = off, prev
+		}
+	}
 	if s.ack > s.next {
 		s.ack = s.next
 	}
@@ -320,7 +329,7 @@ func (s *Spool) append(p []byte, force, buffered bool) error {
 	s.pend = binary.BigEndian.AppendUint32(s.pend, crc32.Checksum(p, castagnoli))
 	s.pend = append(s.pend, p...)
 	act := &s.segs[len(s.segs)-1]
-	s.lastOff = act.size
+	s.lastOff, s.lastSeg = act.size, act.first
 	act.size += size
 	s.used += size
 	s.next++
@@ -357,7 +366,7 @@ func (s *Spool) Last() ([]byte, bool) {
 	if s.flushLocked() != nil || s.lastOff < 0 {
 		return nil, false
 	}
-	f, err := os.Open(s.segPath(s.segs[len(s.segs)-1].first))
+	f, err := os.Open(s.segPath(s.lastSeg))
 	if err != nil {
 		return nil, false
 	}
@@ -441,7 +450,12 @@ func (s *Spool) Ack(upTo uint64) error {
 	}
 	s.ack = min(upTo, s.next)
 	deleted := false
-	for len(s.segs) > 1 && s.segs[1].first <= s.ack {
+	// A segment goes once every entry in it is acknowledged and the next
+	// one holds an entry on disk: the newest entry written stays, so that a
+	// restart finds it (Last) even when every record was delivered, and
+	// never hands out its sequence numbers again (the chain's checkpoint
+	// may be older).
+	for len(s.segs) > 1 && s.segs[1].first <= s.ack && s.segs[1].first < s.written {
 		deleted = true
 		sg := s.segs[0]
 		if s.rFile != nil && s.rSeg == sg.first {

@@ -226,3 +226,56 @@ func TestFlushErrorLosesOnlyTheBuffer(t *testing.T) {
 		t.Errorf("readable after the failed write: %d entries, want the one written", len(got))
 	}
 }
+
+// A crash just after a segment was started, its first entry still
+// buffered, with every entry before it delivered and acknowledged: the
+// reopened spool still knows its newest entry, which is how the pipeline
+// learns where the hash chain was when its checkpoint is older (a lost
+// newest entry made a restarted daemon hand out the same seqs again).
+func TestNewestEntrySurvivesAcks(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.segBytes = minSegment
+	entry := func(i int) []byte { return []byte(fmt.Sprintf("entry-%04d-%s", i, bytes.Repeat([]byte("x"), 500))) }
+	i := 0
+	for ; len(s.segs) == 1; i++ {
+		if err := s.AppendBuffered(entry(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The segment boundary flushed entries 0..i-2; entry i-1 opened the
+	// new segment and waits in the buffer.
+	got, err := s.Next(100, 1<<20)
+	if err != nil || len(got) != i-1 {
+		t.Fatalf("read %d entries (%v), want %d", len(got), err, i-1)
+	}
+	if err := s.Ack(got[len(got)-1].Index + 1); err != nil {
+		t.Fatal(err)
+	}
+	crashed, err := Open(dir, 1<<20) // s is never closed: its buffer is lost
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer crashed.Close()
+	if last, ok := crashed.Last(); !ok || !bytes.Equal(last, entry(i-2)) {
+		t.Fatalf("after the crash: last %.12q (%v), want entry %d", last, ok, i-2)
+	}
+	// Once the new segment's entry is on disk and delivered, the old
+	// segment goes.
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = s.Next(100, 1<<20); err != nil || len(got) != 1 {
+		t.Fatalf("read %d entries (%v) after the flush, want 1", len(got), err)
+	}
+	if err := s.Ack(got[0].Index + 1); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.segs) != 1 {
+		t.Errorf("%d segments once everything was delivered, want 1", len(s.segs))
+	}
+	s.Close()
+}
