@@ -22,7 +22,7 @@ func newSessions() *fakeSessions {
 }
 
 // add makes a session known in slot/gen with the rules texts.
-func (f *fakeSessions) add(t *testing.T, slot uint32, gen uint64, a session.Attribution, rules ...string) session.Attribution {
+func (f *fakeSessions) add(t testing.TB, slot uint32, gen uint64, a session.Attribution, rules ...string) session.Attribution {
 	t.Helper()
 	for _, text := range rules {
 		r, err := scope.Parse(text)

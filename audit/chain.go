@@ -14,32 +14,11 @@ import (
 
 // Canonical returns the canonical bytes of r: its native JSON encoding as
 // emitted on a line, without the trailing newline. The encoding is
-// encoding/json with HTML escaping off, members in Record's declaration
-// order. PrevHash of the next record is the hex SHA-256 of exactly these
-// bytes, so a receiver verifies the chain over the lines it received
-// without re-encoding anything.
-func Canonical(r *Record) ([]byte, error) {
-	var buf bytes.Buffer
-	if err := AppendCanonical(&buf, r); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
-}
-
-// AppendCanonical writes the canonical bytes of r to buf.
-func AppendCanonical(buf *bytes.Buffer, r *Record) error {
-	enc := json.NewEncoder(buf)
-	enc.SetEscapeHTML(false)
-	start := buf.Len()
-	if err := enc.Encode(r); err != nil {
-		return err
-	}
-	// Encoder always terminates with '\n'; the canonical form has none.
-	if n := buf.Len(); n > start && buf.Bytes()[n-1] == '\n' {
-		buf.Truncate(n - 1)
-	}
-	return nil
-}
+// encoding/json's with HTML escaping off, members in Record's declaration
+// order (written by hand, encode.go). PrevHash of the next record is the
+// hex SHA-256 of exactly these bytes, so a receiver verifies the chain over
+// the lines it received without re-encoding anything.
+func Canonical(r *Record) ([]byte, error) { return AppendCanonical(nil, r) }
 
 // HashLine returns the hex SHA-256 of one canonical line.
 func HashLine(line []byte) string {
@@ -67,7 +46,7 @@ type Chain struct {
 	state     ChainState
 	statePath string
 	saved     ChainState
-	buf       bytes.Buffer
+	buf       []byte // scratch of Stamp
 
 	savedSpooled uint64
 }
@@ -135,12 +114,12 @@ func (c *Chain) Stamp(r *Record) ([]byte, error) {
 	defer c.mu.Unlock()
 	r.Seq = c.state.Seq + 1
 	r.PrevHash = c.state.Hash
-	c.buf.Reset()
-	if err := AppendCanonical(&c.buf, r); err != nil {
+	var err error
+	if c.buf, err = AppendCanonical(c.buf[:0], r); err != nil {
 		r.Seq, r.PrevHash = 0, ""
 		return nil, err
 	}
-	line := bytes.Clone(c.buf.Bytes())
+	line := bytes.Clone(c.buf)
 	c.state = ChainState{Seq: r.Seq, Hash: HashLine(line)}
 	return line, nil
 }

@@ -445,33 +445,6 @@ func TestAppendEventMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
-// TestAppendString checks the string escaper byte by byte against
-// encoding/json for every single byte and for a sweep of runes.
-func TestAppendString(t *testing.T) {
-	check := func(s string) {
-		t.Helper()
-		if got, want := appendString(nil, s), jsonReference(t, s); !bytes.Equal(got, want) {
-			t.Fatalf("%q: got %s want %s", s, got, want)
-		}
-	}
-	plain := []byte("0123456789abcdefghijklmnopqrstu") // crosses the 8-byte fast path
-	for b := range 256 {
-		check(string([]byte{byte(b)}))
-		check("a" + string([]byte{byte(b)}) + "z")
-		for pos := range plain {
-			s := slices.Clone(plain)
-			s[pos] = byte(b)
-			check(string(s))
-		}
-	}
-	for r := rune(0); r < 0x11000; r += 7 {
-		check("x" + string(r))
-	}
-	for _, s := range awkward {
-		check(s)
-	}
-}
-
 // FuzzOCSFMatchesReference builds records from fuzzed strings and numbers
 // and checks Append against encoding/json's encoding of Event byte for
 // byte, twice in a row (the second from a pooled scratch the first used),
