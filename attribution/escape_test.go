@@ -19,6 +19,9 @@ type cgroupNames map[uint64]string
 func (cgroupNames) LookupWait(context.Context, uint32, uint64) (proccache.Process, bool) {
 	return proccache.Process{}, false
 }
+func (c cgroupNames) Lookup(tgid uint32, at uint64) (proccache.Process, bool) {
+	return c.LookupWait(context.Background(), tgid, at)
+}
 func (cgroupNames) WaitFor(context.Context, uint64) bool { return true }
 func (c cgroupNames) CgroupPath(id uint64) (string, bool) {
 	p, ok := c[id]

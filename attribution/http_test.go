@@ -148,6 +148,9 @@ func (e exes) LookupWait(_ context.Context, pid uint32, _ uint64) (proccache.Pro
 	p, ok := e[pid]
 	return p, ok
 }
+func (e exes) Lookup(pid uint32, at uint64) (proccache.Process, bool) {
+	return e.LookupWait(context.Background(), pid, at)
+}
 func (exes) WaitFor(context.Context, uint64) bool { return true }
 
 // A registered credential sent by its holder's executable is allowed and

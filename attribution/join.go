@@ -23,6 +23,8 @@ import (
 
 // Processes resolves a process as it was at a boot-clock time.
 type Processes interface {
+	// Lookup does not wait: the process as the cache has it now.
+	Lookup(tgid uint32, at uint64) (proccache.Process, bool)
 	LookupWait(ctx context.Context, tgid uint32, at uint64) (proccache.Process, bool)
 	WaitFor(ctx context.Context, at uint64) bool
 }
@@ -336,14 +338,21 @@ func (j *Joiner) fillProcess(p *audit.Process, tgid uint32, at uint64) *audit.Po
 	if j.Processes == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), j.Wait)
-	defer cancel()
-	pr, ok := j.Processes.LookupWait(ctx, tgid, at)
-	if ok && pr.Source == proccache.SourceFork && j.Processes.WaitFor(ctx, at) {
-		// Found as forked from its parent, but it may have exec'd since
-		// (a helper that execs, connects and exits within a millisecond):
-		// look again once the cache has every event up to this one.
+	// Nearly always the cache has the process already: no timer then (a
+	// context with a timeout per record was a tenth of the garbage of the
+	// record path, BenchmarkRecordPath).
+	pr, ok := j.Processes.Lookup(tgid, at)
+	if !ok || pr.Source == proccache.SourceFork {
+		ctx, cancel := context.WithTimeout(context.Background(), j.Wait)
+		defer cancel()
 		pr, ok = j.Processes.LookupWait(ctx, tgid, at)
+		if ok && pr.Source == proccache.SourceFork && j.Processes.WaitFor(ctx, at) {
+			// Found as forked from its parent, but it may have exec'd
+			// since (a helper that execs, connects and exits within a
+			// millisecond): look again once the cache has every event up
+			// to this one.
+			pr, ok = j.Processes.LookupWait(ctx, tgid, at)
+		}
 	}
 	if !ok {
 		return nil

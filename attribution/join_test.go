@@ -257,6 +257,9 @@ type inPod string
 func (p inPod) LookupWait(context.Context, uint32, uint64) (proccache.Process, bool) {
 	return proccache.Process{Container: cgroupmeta.Meta{PodUID: string(p)}}, true
 }
+func (p inPod) Lookup(tgid uint32, at uint64) (proccache.Process, bool) {
+	return p.LookupWait(context.Background(), tgid, at)
+}
 func (inPod) WaitFor(context.Context, uint64) bool { return true }
 
 // TestJoinerPod: a record of a process in a pod the node knows names the

@@ -27,7 +27,8 @@ type member struct{ p proccache.Process }
 func (m member) LookupWait(context.Context, uint32, uint64) (proccache.Process, bool) {
 	return m.p, true
 }
-func (member) WaitFor(context.Context, uint64) bool { return true }
+func (m member) Lookup(uint32, uint64) (proccache.Process, bool) { return m.p, true }
+func (member) WaitFor(context.Context, uint64) bool              { return true }
 
 // BenchmarkRecordPath is the daemon's user-space work for one gate
 // decision, everything after the ring buffer hands it over: decoding is

@@ -73,6 +73,9 @@ type Spool struct {
 	rf      *bufio.Reader
 	rFile   *os.File
 	rOff    int64
+	// lastBatch is the data Next returned last time: the next batch's
+	// allocation.
+	lastBatch int
 }
 
 // Open opens or creates the spool in dir. maxBytes bounds the total size
@@ -200,22 +203,33 @@ func scan(path string) (n uint64, end, lastOff int64, err error) {
 }
 
 func readEntry(br *bufio.Reader) ([]byte, error) {
+	data, _, err := readEntryInto(br, nil)
+	return data, err
+}
+
+// readEntryInto reads an entry into slab's spare capacity when it fits
+// (a fresh slice when not) and returns it and what is left of slab.
+func readEntryInto(br *bufio.Reader, slab []byte) (data, rest []byte, err error) {
 	var h [headerLen]byte
 	if _, err := io.ReadFull(br, h[:]); err != nil {
-		return nil, err
+		return nil, slab, err
 	}
-	n := binary.BigEndian.Uint32(h[:4])
+	n := int(binary.BigEndian.Uint32(h[:4]))
 	if n > maxEntry {
-		return nil, errors.New("corrupt entry length")
+		return nil, slab, errors.New("corrupt entry length")
 	}
-	data := make([]byte, n)
+	if cap(slab)-len(slab) >= n {
+		data, rest = slab[len(slab):len(slab)+n:len(slab)+n], slab[:len(slab)+n]
+	} else {
+		data, rest = make([]byte, n), slab
+	}
 	if _, err := io.ReadFull(br, data); err != nil {
-		return nil, err
+		return nil, slab, err
 	}
 	if crc32.Checksum(data, castagnoli) != binary.BigEndian.Uint32(h[4:]) {
-		return nil, errors.New("corrupt entry checksum")
+		return nil, slab, errors.New("corrupt entry checksum")
 	}
-	return data, nil
+	return data, rest, nil
 }
 
 func (s *Spool) newSegment(first uint64) error {
@@ -389,11 +403,17 @@ func (s *Spool) Next(maxN int, maxBytes int) ([]Entry, error) {
 	}
 	var out []Entry
 	total := 0
+	// One allocation for the batch's data, sized by the previous batch,
+	// rather than one per entry.
+	slab := make([]byte, 0, min(s.lastBatch, maxBytes))
+	defer func() { s.lastBatch = total }()
 	for len(out) < maxN && s.rIdx < s.written && (total < maxBytes || len(out) == 0) {
 		if err := s.positionReader(); err != nil {
 			return out, err
 		}
-		data, err := readEntry(s.rf)
+		var data []byte
+		var err error
+		data, slab, err = readEntryInto(s.rf, slab)
 		if err != nil {
 			return out, fmt.Errorf("spool %s: entry %d: %w", s.dir, s.rIdx, err)
 		}
