@@ -39,6 +39,9 @@ type sink struct {
 	// replayLeft counts down the entries that were spooled and not
 	// acknowledged when the sink started (owned by deliver).
 	replayLeft uint64
+	// slab holds the data of the batch being delivered, reused for the
+	// next once it is acknowledged (owned by deliver).
+	slab []byte
 
 	// Spool overflow being accumulated into one gap record; owned by the
 	// pipeline's writer goroutine.
@@ -227,7 +230,8 @@ func (s *sink) enqueueGap(line []byte) {
 // deliver drains the spool through the transport until ctx is done.
 func (s *sink) deliver(ctx context.Context) {
 	for ctx.Err() == nil {
-		batch, err := s.spool.Next(s.batchSize, maxBatchBytes)
+		batch, slab, err := s.spool.NextInto(s.slab[:0], s.batchSize, maxBatchBytes)
+		s.slab = slab
 		if err != nil {
 			s.log.Error("audit spool read", "err", err)
 			if !s.wait(ctx, s.maxWait) {
@@ -248,7 +252,8 @@ func (s *sink) deliver(ctx context.Context) {
 			if !s.wait(ctx, s.flush) {
 				return
 			}
-			more, _ := s.spool.Next(s.batchSize-len(batch), maxBatchBytes)
+			more, slab, _ := s.spool.NextInto(s.slab, s.batchSize-len(batch), maxBatchBytes)
+			s.slab = slab
 			batch = append(batch, more...)
 		}
 		msgs := s.messages(batch)

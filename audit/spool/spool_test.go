@@ -279,3 +279,37 @@ func TestNewestEntrySurvivesAcks(t *testing.T) {
 	}
 	s.Close()
 }
+
+// NextInto reads into the caller's slab; a second call appending to the
+// same slab (a batch topped up) leaves the first call's entries intact,
+// also when the slab runs short and a new one is made.
+func TestNextIntoKeepsEarlierEntries(t *testing.T) {
+	s, err := Open(t.TempDir(), 8<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	entry := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i%26)}, 1000+i) }
+	for i := range 200 {
+		if err := s.Append(entry(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slab := make([]byte, 0, 3000) // room for two entries
+	first, slab, err := s.NextInto(slab, 5, 1<<20)
+	if err != nil || len(first) != 5 {
+		t.Fatalf("%d entries, %v", len(first), err)
+	}
+	more, slab, err := s.NextInto(slab, 195, 1<<20)
+	if err != nil || len(more) != 195 {
+		t.Fatalf("%d more entries, %v", len(more), err)
+	}
+	for i, e := range append(first, more...) {
+		if !bytes.Equal(e.Data, entry(i)) {
+			t.Fatalf("entry %d changed: %d bytes of %q", i, len(e.Data), e.Data[:1])
+		}
+	}
+	if cap(slab) <= 3000 {
+		t.Errorf("the slab did not grow: cap %d", cap(slab))
+	}
+}
