@@ -26,7 +26,7 @@ func BenchmarkChainStamp(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		rr := r
-		if _, err := c.Stamp(&rr); err != nil {
+		if _, err := c.Stamp(nil, &rr); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -46,7 +45,6 @@ type Chain struct {
 	state     ChainState
 	statePath string
 	saved     ChainState
-	buf       []byte // scratch of Stamp
 
 	savedSpooled uint64
 }
@@ -104,9 +102,9 @@ func (c *Chain) Advance(st ChainState) {
 	}
 }
 
-// Stamp sets r.Seq, r.PrevHash (and r.Schema when empty) and returns the
-// canonical bytes of the stamped record. The returned slice is fresh.
-func (c *Chain) Stamp(r *Record) ([]byte, error) {
+// Stamp sets r.Seq, r.PrevHash (and r.Schema when empty) and returns dst
+// with the canonical bytes of the stamped record appended.
+func (c *Chain) Stamp(dst []byte, r *Record) ([]byte, error) {
 	if r.Schema == "" {
 		r.Schema = SchemaVersion
 	}
@@ -114,14 +112,14 @@ func (c *Chain) Stamp(r *Record) ([]byte, error) {
 	defer c.mu.Unlock()
 	r.Seq = c.state.Seq + 1
 	r.PrevHash = c.state.Hash
-	var err error
-	if c.buf, err = AppendCanonical(c.buf[:0], r); err != nil {
+	start := len(dst)
+	dst, err := AppendCanonical(dst, r)
+	if err != nil {
 		r.Seq, r.PrevHash = 0, ""
-		return nil, err
+		return dst[:start], err
 	}
-	line := bytes.Clone(c.buf)
-	c.state = ChainState{Seq: r.Seq, Hash: HashLine(line)}
-	return line, nil
+	c.state = ChainState{Seq: r.Seq, Hash: HashLine(dst[start:])}
+	return dst, nil
 }
 
 // Checkpoint writes the state file atomically (temp file, fsync, rename)

@@ -16,7 +16,7 @@ func chainLines(t testing.TB, c *Chain, n int) [][]byte {
 	var out [][]byte
 	for i := range n {
 		r := sampleRecord(i)
-		line, err := c.Stamp(&r)
+		line, err := c.Stamp(nil, &r)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -190,7 +190,7 @@ func TestVerifyAggregates(t *testing.T) {
 		for i := range 4 {
 			r := sampleRecord(i)
 			edit(&r, i)
-			line, err := c.Stamp(&r)
+			line, err := c.Stamp(nil, &r)
 			if err != nil {
 				t.Fatal(err)
 			}

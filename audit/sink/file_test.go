@@ -27,7 +27,7 @@ func chainedLines(t *testing.T, n int) [][]byte {
 	var out [][]byte
 	for i := range n {
 		r := testRecord(i)
-		line, err := c.Stamp(&r)
+		line, err := c.Stamp(nil, &r)
 		if err != nil {
 			t.Fatal(err)
 		}
