@@ -1,6 +1,10 @@
 package enforcer
 
 import (
+	"bytes"
+	"encoding/binary"
+	"math/rand/v2"
+	"reflect"
 	"testing"
 	"unsafe"
 
@@ -67,6 +71,56 @@ func TestSessionCapacity(t *testing.T) {
 	} {
 		if m.MaxEntries != config.MaxSessionsLimit+1 { // slot 0 is never used
 			t.Errorf("map %s holds %d entries, config.MaxSessionsLimit is %d", name, m.MaxEntries, config.MaxSessionsLimit)
+		}
+	}
+}
+
+// rawStruct must read a kernel record as binary.Read does: the same bytes
+// in every member, for records of random bytes.
+func TestRawStructIsBinaryRead(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 200 {
+		raw := make([]byte, max(EventSize, HostEventSize))
+		for i := range raw {
+			raw[i] = byte(rng.Uint32())
+		}
+		checkRawStruct[gateGateEvent](t, raw)
+		checkRawStruct[hostnameHostEvent](t, raw)
+	}
+}
+
+func checkRawStruct[T any](t *testing.T, raw []byte) {
+	t.Helper()
+	var want T
+	if size := binary.Size(want); size != int(unsafe.Sizeof(want)) {
+		t.Fatalf("%T: binary.Read reads %d bytes, the struct is %d", want, size, unsafe.Sizeof(want))
+	}
+	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &want); err != nil {
+		t.Fatal(err)
+	}
+	// Blank padding members binary.Read skips; compare the rest.
+	got := rawStruct[T](raw)
+	gv, wv := reflect.ValueOf(got), reflect.ValueOf(want)
+	for i := range gv.NumField() {
+		if gv.Type().Field(i).Name == "_" {
+			continue
+		}
+		if !reflect.DeepEqual(gv.Field(i).Interface(), wv.Field(i).Interface()) {
+			t.Fatalf("%T.%s: %v, binary.Read %v", got, gv.Type().Field(i).Name, gv.Field(i), wv.Field(i))
+		}
+	}
+}
+
+// BenchmarkDecodeEvent is the first step of the daemon's record path:
+// a gate event as the ring buffer hands it over, decoded.
+func BenchmarkDecodeEvent(b *testing.B) {
+	raw := make([]byte, EventSize)
+	e := gateGateEvent{Pid: 4242, Tid: 4242, Family: 4, Port: 443, Hook: uint8(HookConnect4)}
+	copy(raw, unsafe.Slice((*byte)(unsafe.Pointer(&e)), EventSize))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := DecodeEvent(raw); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

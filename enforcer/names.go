@@ -1,8 +1,6 @@
 package enforcer
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -536,10 +534,7 @@ func DecodeHostEvent(raw []byte) (HostEvent, error) {
 	if len(raw) < HostEventSize {
 		return HostEvent{}, fmt.Errorf("enforcer: host event is %d bytes, want %d", len(raw), HostEventSize)
 	}
-	var e hostnameHostEvent
-	if err := binary.Read(bytes.NewReader(raw[:HostEventSize]), binary.NativeEndian, &e); err != nil {
-		return HostEvent{}, fmt.Errorf("enforcer: decode host event: %w", err)
-	}
+	e := rawStruct[hostnameHostEvent](raw)
 	n := int(e.NameLen)
 	if n > len(e.Name) {
 		n = len(e.Name)
