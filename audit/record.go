@@ -6,7 +6,7 @@ import "time"
 
 // SchemaVersion is bumped whenever a member is renamed or its meaning changes.
 // Adding members does not bump it.
-const SchemaVersion = "1"
+const SchemaVersion = "2"
 
 // Kinds of record.
 const (

@@ -300,7 +300,10 @@ func BenchmarkEndToEnd(b *testing.B) {
 type trail struct {
 	sendmsg, kernelLost, spoolDropped int
 	learned, hostLost                 int // DNS answers learned, lost in the hostname ring
-	last                              time.Time
+	// decisions and decisionBytes are the connect and sendmsg records and
+	// their size in the file (with the newline).
+	decisions, decisionBytes int
+	last                     time.Time
 }
 
 func readTrail(b *testing.B, path string) trail {
@@ -315,6 +318,10 @@ func readTrail(b *testing.B, path string) trail {
 			var r audit.Record
 			if json.Unmarshal([]byte(line), &r) != nil {
 				continue
+			}
+			if r.Kind == audit.KindConnect || r.Kind == audit.KindSendmsg {
+				t.decisions++
+				t.decisionBytes += len(line) + 1
 			}
 			switch {
 			case r.Kind == audit.KindDNS && r.Outcome != nil && r.Outcome.Reason == "learned":

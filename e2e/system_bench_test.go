@@ -100,6 +100,9 @@ func wholeSystem(b *testing.B, nft string, d *daemon) {
 	lost := readTrail(b, d.audit)
 	b.ReportMetric(float64(lost.kernelLost+lost.spoolDropped), "lost")
 	b.ReportMetric(100*daemon.idleRate(), "daemon_idle_cpu_%")
+	if lost.decisions > 0 {
+		b.ReportMetric(float64(lost.decisionBytes)/float64(lost.decisions), "bytes/record")
+	}
 	for _, loop := range []string{"tcp", "udp"} {
 		base := byName[loop+"_none"]
 		baseWall, _ := percentiles(base.wall)

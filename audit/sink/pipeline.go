@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -60,6 +61,7 @@ type Pipeline struct {
 	mu      sync.RWMutex  // guards closed against Emit racing Close
 	closed  bool
 	emitMu  sync.Mutex
+	seed    maphash.Seed // of process details' hashes (details.go)
 	writerD chan struct{}
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -101,6 +103,7 @@ func New(opts Options, sinks []audit.SinkConfig) (*Pipeline, error) {
 	p := &Pipeline{
 		opts: opts, log: opts.Logger, chain: chain,
 		in: make(chan *item, opts.QueueSize), wake: make(chan struct{}, 1), writerD: make(chan struct{}),
+		seed: maphash.MakeSeed(),
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	var newest uint64
@@ -192,6 +195,7 @@ func (p *Pipeline) emit(r audit.Record, wake bool) {
 	if p.closed {
 		return
 	}
+	p.slim(&r)
 	it := items.Get().(*item)
 	line, err := p.chain.Stamp(it.line[:0], &r)
 	if err != nil {

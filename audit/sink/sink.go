@@ -39,6 +39,8 @@ type sink struct {
 	// replayLeft counts down the entries that were spooled and not
 	// acknowledged when the sink started (owned by deliver).
 	replayLeft uint64
+	// described is what the sink has had of processes' details.
+	described described
 	// slab holds the data of the batch being delivered, reused for the
 	// next once it is acknowledged (owned by deliver).
 	slab []byte
@@ -54,10 +56,10 @@ type sink struct {
 func newSink(opts Options, c audit.SinkConfig, m *metrics) (*sink, error) {
 	s := &sink{
 		name: c.Name, typ: c.Type, format: c.EffectiveFormat(),
-		filter: audit.NewFilter(c.Filter),
-		enc:    ocsf.Encoder{ProductVersion: opts.ProductVersion},
-		log:    opts.Logger.With("sink", c.Name),
-		m:      m.forSink(c.Name), host: opts.Host,
+		filter: audit.NewFilter(c.Filter), described: described{byPID: map[uint32]uint64{}},
+		enc: ocsf.Encoder{ProductVersion: opts.ProductVersion},
+		log: opts.Logger.With("sink", c.Name),
+		m:   m.forSink(c.Name), host: opts.Host,
 		batchSize: 1, initial: audit.DefaultInitialBackoff, maxWait: audit.DefaultMaxBackoff,
 		acked: make(chan struct{}, 1),
 	}
@@ -192,6 +194,7 @@ func (s *sink) droppedRange(first, last, n uint64) {
 	s.gapCount += n
 	s.gapLast = last
 	s.m.dropped.Add(float64(n))
+	s.described.forget.Store(true)
 }
 
 func (s *sink) gapRecord() []byte {
