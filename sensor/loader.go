@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/agentfence/agentfence/internal/ringreader"
 	"github.com/agentfence/agentfence/internal/ringsize"
 )
 
@@ -57,9 +58,10 @@ type ProcessOptions struct {
 	// a power of two and a multiple of the page size.
 	RingBufferSize uint32
 	// PollInterval bounds how long an event may wait in the ring buffer
-	// before ReadEvent returns it (default 10ms). The programs only wake the
-	// reader once a batch has accumulated, so this is the delivery latency
-	// when the host is quiet.
+	// before ReadEvent returns it (default 10ms) while events flow. The
+	// programs only wake the reader once a batch has accumulated, so this is
+	// the delivery latency of a trickle; after a quiet spell it is up to
+	// ringreader.IdleWait.
 	PollInterval time.Duration
 	// KernelTypes supplies BTF for CO-RE on kernels that lack
 	// /sys/kernel/btf/vmlinux.
@@ -73,6 +75,7 @@ type ProcessPrograms struct {
 	rd    *ringbuf.Reader
 	rec   ringbuf.Record
 	poll  time.Duration
+	wait  time.Duration // the poll interval now (ringreader.NextWait)
 
 	mu      sync.Mutex
 	waiters []chan struct{} // Sync callers, oldest first
@@ -152,16 +155,23 @@ func (p *ProcessPrograms) ReadEvent() (Event, error) {
 		p.mu.Lock()
 		waiting := len(p.waiters)
 		p.mu.Unlock()
-		p.rd.SetDeadline(time.Now().Add(p.poll))
+		if p.wait == 0 {
+			p.wait = p.poll
+		}
+		p.rd.SetDeadline(time.Now().Add(p.wait))
 		if err := p.rd.ReadInto(&p.rec); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, ringbuf.ErrFlushed) {
 				// The ring was empty: whoever called Sync before this read
 				// began has had every earlier event returned.
 				p.release(waiting)
-				continue // records submitted without wakeup are read on the next pass
+				// Records submitted without wakeup are read on the next
+				// pass, which waits longer while the ring stays empty.
+				p.wait = ringreader.NextWait(p.wait, p.poll, false)
+				continue
 			}
 			return nil, err
 		}
+		p.wait = p.poll
 		ev, err := Decode(p.rec.RawSample)
 		if err != nil {
 			// A layout mismatch is a build bug; surface it, do not spin.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentfence/agentfence/audit"
@@ -61,6 +62,7 @@ type Pipeline struct {
 	mu      sync.RWMutex  // guards closed against Emit racing Close
 	closed  bool
 	emitMu  sync.Mutex
+	ticking atomic.Bool  // the writer's checkpoints tick (writer)
 	seed    maphash.Seed // of process details' hashes (details.go)
 	writerD chan struct{}
 	ctx     context.Context
@@ -214,36 +216,62 @@ func (p *Pipeline) emit(r audit.Record, wake bool) {
 		p.signal()
 		p.in <- it
 	}
-	if wake || len(p.in) >= wakeBatch {
+	if wake || len(p.in) >= wakeBatch || !p.ticking.Load() {
 		p.signal()
 	}
 }
 
+// The writer's checkpoints tick while records flow and stop after two
+// quiet intervals: an idle daemon woke ten times a second for nothing
+// (docs/benchmarks.md). While they are stopped, EmitBatched wakes the
+// writer as Emit does, so no record waits for a tick that is not coming.
 func (p *Pipeline) writer() {
 	defer close(p.writerD)
 	tick := time.NewTicker(p.opts.CheckpointInterval)
 	defer tick.Stop()
+	p.ticking.Store(true)
+	quiet := 0
 	for {
 		checkpoint := false
 		select {
 		case <-p.wake:
+			if !p.ticking.Load() {
+				tick.Reset(p.opts.CheckpointInterval)
+				p.ticking.Store(true)
+			}
 		case <-tick.C:
 			checkpoint = true
 		}
-		open := p.spoolQueued()
+		n, open := p.spoolQueued()
 		if checkpoint || !open {
 			p.checkpoint()
 		}
 		if !open {
 			return
 		}
+		if !checkpoint {
+			continue
+		}
+		if quiet = quiet + 1; n > 0 || p.gapPending() {
+			quiet = 0
+		}
+		if quiet >= 2 {
+			tick.Stop()
+			p.ticking.Store(false)
+			// A record queued before the store saw the ticks on and did not
+			// wake the writer: look once more.
+			if len(p.in) > 0 {
+				p.signal()
+			}
+			quiet = 0
+		}
 	}
 }
 
 // spoolQueued moves the queued records into the spools, at most
-// spoolBatch of them, in one write per spool; false once the queue is
-// closed and empty.
-func (p *Pipeline) spoolQueued() bool {
+// spoolBatch of them, in one write per spool, and says how many; false
+// once the queue is closed and empty.
+func (p *Pipeline) spoolQueued() (n int, open bool) {
 	var spooled uint64
 	defer func() {
 		for _, s := range p.sinks {
@@ -252,11 +280,11 @@ func (p *Pipeline) spoolQueued() bool {
 		// Once a batch: the chain's lock is the emitters' too.
 		p.chain.MarkSpooled(spooled)
 	}()
-	for range spoolBatch {
+	for ; n < spoolBatch; n++ {
 		select {
 		case it, ok := <-p.in:
 			if !ok {
-				return false
+				return n, false
 			}
 			p.fanout(it)
 			spooled = it.rec.Seq
@@ -265,11 +293,22 @@ func (p *Pipeline) spoolQueued() bool {
 			*it = item{line: it.line[:0]}
 			items.Put(it)
 		default:
-			return true
+			return n, true
 		}
 	}
 	p.signal() // more wait: come back, after a checkpoint if one is due
-	return true
+	return n, true
+}
+
+// gapPending reports a sink's gap record waiting for room in its spool,
+// which a checkpoint writes once there is (writer).
+func (p *Pipeline) gapPending() bool {
+	for _, s := range p.sinks {
+		if s.gapCount > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // spoolBatch bounds a batch, so that checkpoints keep their interval while

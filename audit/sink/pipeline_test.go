@@ -407,3 +407,27 @@ func lines(path string) int {
 	data, _ := os.ReadFile(path)
 	return bytes.Count(data, []byte("\n"))
 }
+
+// An idle pipeline stops its checkpoint ticks once the chain state is
+// written, and a record EmitBatched queues then still reaches the sink
+// without a Flush: it wakes the writer itself.
+func TestIdleWriterStopsTicking(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "audit.jsonl")
+	p, err := New(Options{StateDir: filepath.Join(dir, "state"), Logger: quietLogger(),
+		CheckpointInterval: 20 * time.Millisecond}, []audit.SinkConfig{{Name: "f", Type: audit.SinkFile, File: &audit.FileConfig{Path: out}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for round := 1; round <= 3; round++ {
+		p.EmitBatched(testRecord(round)) // no Flush, as a burst that never ends
+		eventually(t, 10*time.Second, "the record", func() bool { return lines(out) == round })
+		eventually(t, 10*time.Second, "the ticks to stop", func() bool { return !p.ticking.Load() })
+		var st audit.ChainState
+		b, _ := os.ReadFile(filepath.Join(dir, "state", "chain.json"))
+		if err := json.Unmarshal(b, &st); err != nil || st.Seq != uint64(round) {
+			t.Fatalf("round %d: chain state %s (%v) when the ticks stopped", round, b, err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 // Package ringreader drains a BPF ring buffer. Producers submit most records
 // without waking the reader (BPF_RB_NO_WAKEUP), so it also wakes on a short
-// timer and reads whatever has accumulated.
+// timer and reads whatever has accumulated; while the ring stays empty, the
+// timer backs off (NextWait).
 package ringreader
 
 import (
@@ -25,8 +26,25 @@ type Reader struct {
 	stopped bool
 }
 
+// IdleWait is the longest a poll interval grows to while a ring stays
+// empty. An idle daemon polled its four rings every 10 to 50 ms, and those
+// wakeups (and the Go runtime's monitor thread they kept busy) were most of
+// its CPU at rest (docs/benchmarks.md).
+const IdleWait = 500 * time.Millisecond
+
+// NextWait is the poll interval after one of cur: back to base when the
+// poll found records, else twice as long, up to IdleWait (or base, if that
+// is longer). A record submitted without a wakeup then waits at most
+// IdleWait after a quiet spell, base while records flow.
+func NextWait(cur, base time.Duration, found bool) time.Duration {
+	if found {
+		return base
+	}
+	return min(2*cur, max(IdleWait, base))
+}
+
 // New opens a reader. interval bounds how long a record submitted without a
-// wakeup may wait.
+// wakeup may wait while records flow (NextWait after a quiet spell).
 func New(m *ebpf.Map, interval time.Duration) (*Reader, error) {
 	rd, err := ringbuf.NewReader(m)
 	if err != nil {
@@ -51,12 +69,14 @@ func (r *Reader) Run(ctx context.Context, handle func([]byte)) error {
 		r.mu.Unlock()
 		r.release(r.take())
 	}()
+	wait := r.interval
 	for {
 		// Whoever waits in Sync before this read starts is answered when it
 		// returns empty-handed: by then it has drained the ring.
 		waiting := r.take()
-		err := r.drain(time.Now().Add(r.interval), handle)
+		n, err := r.drain(time.Now().Add(wait), handle)
 		r.release(waiting)
+		wait = NextWait(wait, r.interval, n > 0)
 		// Waiters that came during the read get a drain of their own that
 		// does not block, so Sync costs a drain, not a poll interval.
 		for err == nil {
@@ -64,7 +84,7 @@ func (r *Reader) Run(ctx context.Context, handle func([]byte)) error {
 			if len(late) == 0 {
 				break
 			}
-			err = r.drain(time.Now(), handle)
+			_, err = r.drain(time.Now(), handle)
 			r.release(late)
 		}
 		if err != nil {
@@ -77,14 +97,16 @@ func (r *Reader) Run(ctx context.Context, handle func([]byte)) error {
 }
 
 // drain handles records until the ring is empty at the deadline or a
-// flush. It returns nil then, and other errors as they are.
-func (r *Reader) drain(deadline time.Time, handle func([]byte)) error {
+// flush, and says how many. It returns nil then, and other errors as they
+// are.
+func (r *Reader) drain(deadline time.Time, handle func([]byte)) (n int, err error) {
 	r.rd.SetDeadline(deadline)
 	var rec ringbuf.Record
 	for {
 		err := r.rd.ReadInto(&rec)
 		switch {
 		case err == nil:
+			n++
 			handle(rec.RawSample)
 			// Remaining, not AvailableBytes: a reader closed meanwhile (Run's
 			// context done) has no ring to ask.
@@ -92,9 +114,9 @@ func (r *Reader) drain(deadline time.Time, handle func([]byte)) error {
 				r.caughtUp()
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
-			return nil
+			return n, nil
 		default:
-			return err
+			return n, err
 		}
 	}
 }

@@ -126,3 +126,62 @@ func TestOnCaughtUp(t *testing.T) {
 		}
 	}
 }
+
+// The poll interval doubles while polls find nothing, up to IdleWait, and
+// is back at its base after one that found records; a base above IdleWait
+// stays.
+func TestNextWait(t *testing.T) {
+	base := 50 * time.Millisecond
+	var got []time.Duration
+	for w, i := base, 0; i < 6; i++ {
+		w = NextWait(w, base, false)
+		got = append(got, w)
+	}
+	want := []time.Duration{100, 200, 400, 500, 500, 500}
+	for i := range want {
+		if got[i] != want[i]*time.Millisecond {
+			t.Fatalf("after %d empty polls: %v, want %v ms", i+1, got, want)
+		}
+	}
+	if w := NextWait(IdleWait, base, true); w != base {
+		t.Errorf("after records: %v, want %v", w, base)
+	}
+	if w := NextWait(time.Hour, time.Hour, false); w != time.Hour {
+		t.Errorf("a base of an hour became %v", w)
+	}
+}
+
+// A record submitted without a wakeup, after the ring was quiet long
+// enough for the poll to back off, is still read without a Sync.
+func TestQuietRingStillPolled(t *testing.T) {
+	m, prog := submitter(t)
+	rd, err := New(m, 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handled := new(atomic.Int64)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rd.Run(ctx, func([]byte) { handled.Add(1) }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	for round := int64(1); round <= 3; round++ {
+		// Quiet for longer than the backoff takes to reach IdleWait
+		// (10+20+...+320 ms): the scenario, not a wait for the reader.
+		time.Sleep(IdleWait + 700*time.Millisecond)
+		submit(t, prog)
+		// IdleWait, and room for a busy machine: a backoff without its
+		// bound would be past it by the third round.
+		deadline := time.Now().Add(IdleWait + 2500*time.Millisecond)
+		for handled.Load() < round {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: a record submitted without wakeup was not read in %v", round, IdleWait+2500*time.Millisecond)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
