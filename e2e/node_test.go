@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -234,7 +235,8 @@ func TestExeBoundRule(t *testing.T) {
 
 // Every one of 10,000 short-lived processes in a session is attributed
 // with its executable, arguments, parent and session, although each is
-// gone within a millisecond of its connect.
+// gone within a millisecond of its connect. Its arguments are on its
+// record or, since schema 2, on its exec record before it.
 func TestShortLivedProcessesAttributed(t *testing.T) {
 	d := startDaemon(t)
 	dir := t.TempDir()
@@ -260,18 +262,25 @@ int main(int argc, char **argv) {
 	}
 	seen := map[string]bool{}
 	var partial int
+	// A record without argv has it in the latest record of its pid that
+	// does, before it in the trail (audit.md, "Process details").
+	argvOf := map[uint32][]string{}
 	for _, r := range d.records(t) {
+		if r.Process != nil && len(r.Process.Argv) > 0 {
+			argvOf[r.Process.PID] = r.Process.Argv
+		}
 		if r.Kind != audit.KindSendmsg || r.Process == nil || r.Process.Comm != "blip" {
 			continue
 		}
-		if r.Process.Exe != bin || len(r.Process.Argv) != 3 || r.Process.PPID == 0 || r.Session == nil || r.Session.Intent != "many helpers" ||
+		argv := argvOf[r.Process.PID]
+		if r.Process.Exe != bin || len(argv) != 3 || r.Process.PPID == 0 || r.Session == nil || r.Session.Intent != "many helpers" ||
 			r.Outcome.Verdict != "allowed" {
 			if partial++; partial <= 3 {
 				t.Logf("incomplete: %+v %+v %+v", r.Process, r.Session, r.Outcome)
 			}
 			continue
 		}
-		seen[r.Process.Argv[2]] = true
+		seen[argv[2]] = true
 	}
 	if len(seen) != n || partial != 0 {
 		t.Errorf("%d of %d processes fully attributed, %d records incomplete", len(seen), n, partial)
@@ -300,4 +309,58 @@ func loopCounts(t *testing.T, res kerneltest.Result) (a, af, dd, df int) {
 		}
 	}
 	return a, af, dd, df
+}
+
+// A worker forked without an exec (Python's multiprocessing, a pre-forking
+// server) is in the process cache in its forked form, and whether it
+// exec'd since is told by the process ring's watermark. On a quiet host
+// nothing moved the watermark: each of its records waited out the joiner's
+// second, holding up the gate's ring reader meanwhile, until some process
+// somewhere forked, exec'd or exited. Now the joiner wakes the process
+// ring's reader, which says the ring is empty (sensor.Quiet), and the
+// worker's records arrive while it runs.
+func TestForkedWorkerRecordedWhileItRuns(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed")
+	}
+	d := startDaemon(t, "--config", configFile(t, "audit:\n  aggregate_window: 0s\n"))
+	const n = 30
+	script := fmt.Sprintf(`import os, socket, time
+pid = os.fork()
+if pid == 0:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(%d): s.sendto(b"x", ("127.0.0.1", 9))
+    time.sleep(120)
+    os._exit(0)
+os.waitpid(pid, 0)`, n)
+	cmd := exec.Command(filepath.Join(d.bin, "agentfence"), "run", "--socket", d.socket, "--intent", "forked worker",
+		"--allow", "udp://127.0.0.1:9", "--", python, "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	})
+	// Far less than the second a record each that the worker's records
+	// took (all of them came when it exited, 120 s on).
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var got int
+		for _, r := range d.records(t) {
+			if r.Kind == audit.KindSendmsg && r.Session != nil && r.Session.Intent == "forked worker" &&
+				r.Process.Comm == "python3" && r.Outcome.Verdict == audit.VerdictAllowed {
+				got++
+			}
+		}
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the forked worker's %d records after 15 s", got, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -71,6 +71,17 @@ type ExitEvent struct {
 	Status uint32
 }
 
+// Quiet says that the ring was empty at a poll that began at Ktime: every
+// fork, exec and exit before then has been read. A process that connects
+// after its exec committed that exec before it ran, so a Quiet after the
+// connect's time tells a process that did not exec from one whose exec is
+// still to come (proccache's WaitFor), without waiting for another
+// process's event.
+type Quiet struct{ Ktime uint64 }
+
+func (e *Quiet) Process() (uint32, uint64) { return 0, 0 }
+func (e *Quiet) Time() uint64              { return e.Ktime }
+
 func (e *ExecEvent) Process() (uint32, uint64) { return e.TGID, e.StartTime }
 func (e *ForkEvent) Process() (uint32, uint64) { return e.TGID, e.StartTime }
 func (e *ExitEvent) Process() (uint32, uint64) { return e.TGID, e.StartTime }

@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/agentfence/agentfence/internal/boottime"
 	"github.com/agentfence/agentfence/internal/ringreader"
 	"github.com/agentfence/agentfence/internal/ringsize"
 )
@@ -25,9 +26,12 @@ var ErrClosed = os.ErrClosed
 // EventSource is what the process cache consumes; ProcessPrograms implements
 // it against the kernel and tests implement it with canned events.
 type EventSource interface {
-	// ReadEvent blocks until the next event; after Close it returns an error
-	// wrapping ErrClosed.
+	// ReadEvent blocks until the next event, or a Quiet; after Close it
+	// returns an error wrapping ErrClosed.
 	ReadEvent() (Event, error)
+	// Wake makes a ReadEvent that waits for the poll interval return at
+	// once: a Quiet if the ring is empty.
+	Wake()
 	// Lost is the number of events the kernel dropped because the ring
 	// buffer was full.
 	Lost() (uint64, error)
@@ -148,7 +152,8 @@ func LoadProcessPrograms(opts ProcessOptions) (_ *ProcessPrograms, err error) {
 	return p, nil
 }
 
-// ReadEvent blocks for the next event. It must not be called concurrently
+// ReadEvent blocks for the next event, or returns a Quiet when the ring was
+// empty for a poll interval (or Wake). It must not be called concurrently
 // with itself; Close unblocks it with ErrClosed.
 func (p *ProcessPrograms) ReadEvent() (Event, error) {
 	for {
@@ -158,6 +163,7 @@ func (p *ProcessPrograms) ReadEvent() (Event, error) {
 		if p.wait == 0 {
 			p.wait = p.poll
 		}
+		began := boottime.Now()
 		p.rd.SetDeadline(time.Now().Add(p.wait))
 		if err := p.rd.ReadInto(&p.rec); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, ringbuf.ErrFlushed) {
@@ -167,7 +173,7 @@ func (p *ProcessPrograms) ReadEvent() (Event, error) {
 				// Records submitted without wakeup are read on the next
 				// pass, which waits longer while the ring stays empty.
 				p.wait = ringreader.NextWait(p.wait, p.poll, false)
-				continue
+				return &Quiet{Ktime: began}, nil
 			}
 			return nil, err
 		}
@@ -180,6 +186,9 @@ func (p *ProcessPrograms) ReadEvent() (Event, error) {
 		return ev, nil
 	}
 }
+
+// Wake makes a waiting ReadEvent return at once.
+func (p *ProcessPrograms) Wake() { p.rd.Flush() }
 
 // Sync returns once ReadEvent has returned every event submitted before the
 // call, or ctx is done, or Close was called.

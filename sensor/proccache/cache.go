@@ -117,6 +117,10 @@ type Cache struct {
 	stats   Stats
 	mark    uint64        // highest event time applied
 	changed chan struct{} // closed and replaced after each Apply
+	// wake asks the event source (Run's) to return what it has now, a
+	// sensor.Quiet when it has nothing: a waiter's mark then comes without
+	// waiting out the source's poll interval. nil without Run.
+	wake func()
 
 	hasher *hasher
 }
@@ -414,11 +418,21 @@ func (c *Cache) LookupWait(ctx context.Context, tgid uint32, at uint64) (Process
 		if at != 0 && mark >= at {
 			return Process{}, false // events up to at are in: it is unknown
 		}
+		c.wakeSource()
 		select {
 		case <-ch:
 		case <-ctx.Done():
 			return Process{}, false
 		}
+	}
+}
+
+func (c *Cache) wakeSource() {
+	c.mu.RLock()
+	wake := c.wake
+	c.mu.RUnlock()
+	if wake != nil {
+		wake()
 	}
 }
 
@@ -506,6 +520,9 @@ func (c *Cache) Run(ctx context.Context, src sensor.EventSource) error {
 	}()
 	stop := context.AfterFunc(ctx, func() { src.Close() })
 	defer stop()
+	c.mu.Lock()
+	c.wake = src.Wake
+	c.mu.Unlock()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var lost uint64
@@ -542,6 +559,7 @@ func (c *Cache) WaitFor(ctx context.Context, at uint64) bool {
 		if mark >= at {
 			return true
 		}
+		c.wakeSource()
 		select {
 		case <-ch:
 		case <-ctx.Done():
