@@ -230,7 +230,7 @@ func (p *Pipeline) writer() {
 	tick := time.NewTicker(p.opts.CheckpointInterval)
 	defer tick.Stop()
 	p.ticking.Store(true)
-	quiet := 0
+	quiet, spooled := 0, 0 // quiet ticks in a row; records spooled since the last tick
 	for {
 		checkpoint := false
 		select {
@@ -249,12 +249,13 @@ func (p *Pipeline) writer() {
 		if !open {
 			return
 		}
-		if !checkpoint {
+		if spooled += n; !checkpoint {
 			continue
 		}
-		if quiet = quiet + 1; n > 0 || p.gapPending() {
+		if quiet = quiet + 1; spooled > 0 || p.gapPending() {
 			quiet = 0
 		}
+		spooled = 0
 		if quiet >= 2 {
 			tick.Stop()
 			p.ticking.Store(false)
