@@ -71,7 +71,8 @@ type ExitEvent struct {
 	Status uint32
 }
 
-// Quiet says that the ring was empty at a poll that began at Ktime: every
+// Quiet says that the ring was empty at a poll that began at Ktime, when a
+// Wake asked (EventSource.Wake): every
 // fork, exec and exit before then has been read. A process that connects
 // after its exec committed that exec before it ran, so a Quiet after the
 // connect's time tells a process that did not exec from one whose exec is

@@ -152,9 +152,9 @@ func LoadProcessPrograms(opts ProcessOptions) (_ *ProcessPrograms, err error) {
 	return p, nil
 }
 
-// ReadEvent blocks for the next event, or returns a Quiet when the ring was
-// empty for a poll interval (or Wake). It must not be called concurrently
-// with itself; Close unblocks it with ErrClosed.
+// ReadEvent blocks for the next event, or returns a Quiet when Wake (or
+// Sync) found the ring empty. It must not be called concurrently with
+// itself; Close unblocks it with ErrClosed.
 func (p *ProcessPrograms) ReadEvent() (Event, error) {
 	for {
 		p.mu.Lock()
@@ -173,7 +173,13 @@ func (p *ProcessPrograms) ReadEvent() (Event, error) {
 				// Records submitted without wakeup are read on the next
 				// pass, which waits longer while the ring stays empty.
 				p.wait = ringreader.NextWait(p.wait, p.poll, false)
-				return &Quiet{Ktime: began}, nil
+				if errors.Is(err, ringbuf.ErrFlushed) {
+					// Someone asked (Wake, Sync): say the ring is empty. A
+					// Quiet at every poll cost an idle daemon a tenth of
+					// its CPU at rest for nothing.
+					return &Quiet{Ktime: began}, nil
+				}
+				continue
 			}
 			return nil, err
 		}
