@@ -12,13 +12,13 @@ import (
 // fakeSessions stands in for the session registry: the sessions it knows
 // by slot and generation, and by pid binding.
 type fakeSessions struct {
-	bySlot  map[[2]uint64]session.Attribution
+	bySlot  map[[2]uint64]*session.Attribution
 	byPid   map[uint32]session.Attribution
 	escaped [][2]uint64
 }
 
 func newSessions() *fakeSessions {
-	return &fakeSessions{bySlot: map[[2]uint64]session.Attribution{}, byPid: map[uint32]session.Attribution{}}
+	return &fakeSessions{bySlot: map[[2]uint64]*session.Attribution{}, byPid: map[uint32]session.Attribution{}}
 }
 
 // add makes a session known in slot/gen with the rules texts.
@@ -31,11 +31,11 @@ func (f *fakeSessions) add(t testing.TB, slot uint32, gen uint64, a session.Attr
 		}
 		a.Rules = append(a.Rules, r)
 	}
-	f.bySlot[[2]uint64{uint64(slot), gen}] = a
+	f.bySlot[[2]uint64{uint64(slot), gen}] = &a
 	return a
 }
 
-func (f *fakeSessions) Resolve(slot uint32, gen uint64) (session.Attribution, bool) {
+func (f *fakeSessions) Resolve(slot uint32, gen uint64) (*session.Attribution, bool) {
 	a, ok := f.bySlot[[2]uint64{uint64(slot), gen}]
 	return a, ok
 }

@@ -250,9 +250,15 @@ func (p *ProcessPrograms) GateEvents() *ebpf.Map     { return p.objs.GateEvents 
 
 // Close detaches the programs, stops ReadEvent and releases the objects.
 // Replacement maps passed in ProcessOptions stay open; they belong to the
-// caller.
+// caller. Only the first call does anything: the process cache closes its
+// source when its context ends, which may race the owner's Close, and a
+// descriptor closed twice may by then be another file's.
 func (p *ProcessPrograms) Close() error {
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
 	p.closed = true
 	p.mu.Unlock()
 	p.release(-1)

@@ -60,3 +60,28 @@ func TestDelegatedCredentialsMode(t *testing.T) {
 		t.Errorf("wider child: %q", ae.Message)
 	}
 }
+
+// The attribution the joiner gets is built once and shared by the records
+// of a session until the registry changes: a narrow is seen at once.
+func TestResolveSharedUntilChange(t *testing.T) {
+	e := newEnv(t, nil)
+	s := e.open(t, req("shared", "10.0.0.0/8", "api.example.com:443"), admin)
+	en := e.entry(t, s.ID)
+	a1, ok := e.r.Resolve(en.slot, en.gen)
+	if a2, _ := e.r.Resolve(en.slot, en.gen); !ok || a1 != a2 {
+		t.Fatalf("attribution rebuilt with nothing changed (%v)", ok)
+	}
+	if len(a1.Rules) != 2 {
+		t.Fatalf("rules %v", a1.Rules)
+	}
+	if _, err := e.r.Narrow(s.ID, v1.NarrowRequest{Scope: []string{"api.example.com:443"}}, admin); err != nil {
+		t.Fatal(err)
+	}
+	a3, _ := e.r.Resolve(en.slot, en.gen)
+	if len(a3.Rules) != 1 || a3.Rules[0].String() != "api.example.com:443" {
+		t.Errorf("after the narrow: rules %v", a3.Rules)
+	}
+	if len(a1.Rules) != 2 {
+		t.Errorf("an attribution handed out changed: %v", a1.Rules)
+	}
+}

@@ -293,16 +293,23 @@ func (e *entry) attribution() Attribution {
 }
 
 // Resolve finds the session that held slot with generation gen, open or
-// recently closed.
-func (r *Registry) Resolve(slot uint32, gen uint64) (Attribution, bool) {
+// recently closed. The attribution is shared by every record of the
+// session until the registry changes: callers must not modify it.
+func (r *Registry) Resolve(slot uint32, gen uint64) (*Attribution, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.resolve(slot, gen)
 }
 
-func (r *Registry) resolve(slot uint32, gen uint64) (Attribution, bool) {
+// cachedAttribution is an entry's attribution as of a registry version.
+type cachedAttribution struct {
+	version uint64
+	Attribution
+}
+
+func (r *Registry) resolve(slot uint32, gen uint64) (*Attribution, bool) {
 	if slot == enforcer.HoldSlot && gen == enforcer.HoldGen {
-		return holdAttribution, true
+		return &holdAttribution, true
 	}
 	e := r.bySlot[slot]
 	if e == nil || e.gen != gen {
@@ -315,9 +322,16 @@ func (r *Registry) resolve(slot uint32, gen uint64) (Attribution, bool) {
 		}
 	}
 	if e == nil {
-		return Attribution{}, false
+		return nil, false
 	}
-	return e.attribution(), true
+	// Built once per session and change, not per record: it was the
+	// largest allocation of the record path (BenchmarkRecordPath).
+	if c := e.cached.Load(); c != nil && c.version == r.version {
+		return &c.Attribution, true
+	}
+	c := &cachedAttribution{version: r.version, Attribution: e.attribution()}
+	e.cached.Store(c)
+	return &c.Attribution, true
 }
 
 // SessionOf finds the session of a process from its pid binding, its

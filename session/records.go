@@ -86,6 +86,7 @@ func (r *Registry) end() {
 func (r *Registry) write(f func()) {
 	r.mu.Lock()
 	f()
+	r.version++ // the cached attributions are stale (resolve)
 	r.mu.Unlock()
 }
 

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/agentfence/agentfence/api/v1"
@@ -81,6 +82,8 @@ type entry struct {
 	// flagged counts the violations only user space sees (Drift): the
 	// session's violations are the kernel's count and these.
 	flagged uint32
+	// cached is the attribution records share (resolve).
+	cached atomic.Pointer[cachedAttribution]
 }
 
 // Registry owns the sessions.
@@ -117,6 +120,9 @@ type Registry struct {
 	free     []uint32
 	gens     []uint64
 	recent   []*entry // closed sessions, for late events
+	// version counts the writes (write): an entry's cached attribution
+	// (resolve) is good while it has not moved.
+	version uint64
 	// retired are the SPIFFE IDs of retired agents (agents.go): Open
 	// refuses their sessions. Written under turn and mu.
 	retired map[string]bool

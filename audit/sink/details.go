@@ -29,8 +29,9 @@ type described struct {
 const maxDescribed = 1 << 14
 
 // detailed reports whether the details of r's process go on the record,
-// and notes them as had by every sink that takes r.
-func (p *Pipeline) detailed(r *audit.Record) bool {
+// and notes them as had by every sink that takes r (takes, in p.sinks'
+// order).
+func (p *Pipeline) detailed(r *audit.Record, takes []bool) bool {
 	pr := r.Process
 	var h maphash.Hash
 	h.SetSeed(p.seed)
@@ -43,8 +44,8 @@ func (p *Pipeline) detailed(r *audit.Record) bool {
 	}
 	sum := h.Sum64()
 	full := false
-	for _, s := range p.sinks {
-		if !s.filter.Match(r) {
+	for i, s := range p.sinks {
+		if !takes[i] {
 			continue
 		}
 		d := &s.described
@@ -60,12 +61,13 @@ func (p *Pipeline) detailed(r *audit.Record) bool {
 }
 
 // slim leaves r's process details out unless a sink needs them. r's
-// Process may be shared with the caller: it is copied, not changed.
-func (p *Pipeline) slim(r *audit.Record) {
-	if r.Process == nil || len(r.Process.Argv)+len(r.Process.Ancestry) == 0 || p.detailed(r) {
+// Process may be shared with the caller: it is copied into it, not
+// changed.
+func (p *Pipeline) slim(r *audit.Record, it *item) {
+	if r.Process == nil || len(r.Process.Argv)+len(r.Process.Ancestry) == 0 || p.detailed(r, it.takes) {
 		return
 	}
-	pr := *r.Process
-	pr.Argv, pr.Ancestry = nil, nil
-	r.Process = &pr
+	it.proc = *r.Process
+	it.proc.Argv, it.proc.Ancestry = nil, nil
+	r.Process = &it.proc
 }

@@ -44,12 +44,24 @@ type Options struct {
 type item struct {
 	rec  audit.Record
 	line []byte
+	// takes says which sinks' filters take rec, in p.sinks' order: matched
+	// once, before slim, for the details and the fan-out.
+	takes []bool
+	// proc holds rec's process when slim leaves its details out.
+	proc audit.Process
 }
 
 // items recycles what emit queues once the writer has copied it into the
 // spools: a record's line, fresh each time, was the largest allocation of
 // the record path (BenchmarkRecordPath).
 var items = sync.Pool{New: func() any { return new(item) }}
+
+// recycle returns it to items once the spools copied its line; the
+// record's parts belong to whoever made it.
+func (it *item) recycle() {
+	*it = item{line: it.line[:0], takes: it.takes[:0]}
+	items.Put(it)
+}
 
 // Pipeline stamps records into the hash chain and fans them out to sinks.
 type Pipeline struct {
@@ -197,11 +209,15 @@ func (p *Pipeline) emit(r audit.Record, wake bool) {
 	if p.closed {
 		return
 	}
-	p.slim(&r)
 	it := items.Get().(*item)
+	it.takes = it.takes[:0]
+	for _, s := range p.sinks {
+		it.takes = append(it.takes, s.filter.Match(&r))
+	}
+	p.slim(&r, it)
 	line, err := p.chain.Stamp(it.line[:0], &r)
 	if err != nil {
-		items.Put(it)
+		it.recycle()
 		p.log.Error("audit record not encodable", "kind", r.Kind, "err", err)
 		return
 	}
@@ -289,10 +305,7 @@ func (p *Pipeline) spoolQueued() (n int, open bool) {
 			}
 			p.fanout(it)
 			spooled = it.rec.Seq
-			// The spools copied the line; the record's parts belong to
-			// whoever made it.
-			*it = item{line: it.line[:0]}
-			items.Put(it)
+			it.recycle()
 		default:
 			return n, true
 		}
@@ -317,8 +330,8 @@ func (p *Pipeline) gapPending() bool {
 const spoolBatch = 4096
 
 func (p *Pipeline) fanout(it *item) {
-	for _, s := range p.sinks {
-		if s.filter.Match(&it.rec) {
+	for i, s := range p.sinks {
+		if it.takes[i] {
 			s.enqueue(it.line, it.rec.Seq)
 		}
 	}

@@ -41,9 +41,12 @@ type sink struct {
 	replayLeft uint64
 	// described is what the sink has had of processes' details.
 	described described
-	// slab holds the data of the batch being delivered, reused for the
-	// next once it is acknowledged (owned by deliver).
-	slab []byte
+	// slab holds the data of the batch being delivered, batch its entries
+	// and msgs its messages, reused for the next once it is acknowledged
+	// (owned by deliver).
+	slab  []byte
+	batch []spool.Entry
+	msgs  []message
 
 	// Spool overflow being accumulated into one gap record; owned by the
 	// pipeline's writer goroutine.
@@ -233,8 +236,8 @@ func (s *sink) enqueueGap(line []byte) {
 // deliver drains the spool through the transport until ctx is done.
 func (s *sink) deliver(ctx context.Context) {
 	for ctx.Err() == nil {
-		batch, slab, err := s.spool.NextInto(s.slab[:0], s.batchSize, maxBatchBytes)
-		s.slab = slab
+		batch, slab, err := s.spool.NextInto(s.batch[:0], s.slab[:0], s.batchSize, maxBatchBytes)
+		s.batch, s.slab = batch, slab
 		if err != nil {
 			s.log.Error("audit spool read", "err", err)
 			if !s.wait(ctx, s.maxWait) {
@@ -255,11 +258,11 @@ func (s *sink) deliver(ctx context.Context) {
 			if !s.wait(ctx, s.flush) {
 				return
 			}
-			more, slab, _ := s.spool.NextInto(s.slab, s.batchSize-len(batch), maxBatchBytes)
-			s.slab = slab
-			batch = append(batch, more...)
+			batch, s.slab, _ = s.spool.NextInto(batch, s.slab, s.batchSize-len(batch), maxBatchBytes)
+			s.batch = batch
 		}
-		msgs := s.messages(batch)
+		msgs := s.messages(s.msgs[:0], batch)
+		s.msgs = msgs
 		for attempt := 0; ; attempt++ {
 			err := s.t.Send(ctx, msgs)
 			if err == nil {
@@ -299,7 +302,7 @@ func (s *sink) wait(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// messages turns spooled canonical lines into transport messages. An entry
+// messages appends spooled canonical lines to out as transport messages. An entry
 // that no longer decodes (disk corruption the CRC missed) is sent raw in
 // json format rather than dropped.
 //
@@ -307,8 +310,7 @@ func (s *sink) wait(ctx context.Context, d time.Duration) bool {
 // needed: not at all for a json-format file or stdout sink, the record's
 // header (time, host, kind, verdict) for the other transports, the whole
 // record only to re-encode it as OCSF.
-func (s *sink) messages(batch []spool.Entry) []message {
-	out := make([]message, 0, len(batch))
+func (s *sink) messages(out []message, batch []spool.Entry) []message {
 	_, bare := s.t.(headless)
 	for _, e := range batch {
 		replay := s.replayLeft > 0

@@ -296,11 +296,11 @@ func TestNextIntoKeepsEarlierEntries(t *testing.T) {
 		}
 	}
 	slab := make([]byte, 0, 3000) // room for two entries
-	first, slab, err := s.NextInto(slab, 5, 1<<20)
+	first, slab, err := s.NextInto(nil, slab, 5, 1<<20)
 	if err != nil || len(first) != 5 {
 		t.Fatalf("%d entries, %v", len(first), err)
 	}
-	more, slab, err := s.NextInto(slab, 195, 1<<20)
+	more, slab, err := s.NextInto(nil, slab, 195, 1<<20)
 	if err != nil || len(more) != 195 {
 		t.Fatalf("%d more entries, %v", len(more), err)
 	}

@@ -16,8 +16,8 @@ import (
 // everyMember puts every process in one session.
 type everyMember struct{}
 
-func (everyMember) Resolve(uint32, uint64) (session.Attribution, bool) {
-	return session.Attribution{}, false
+func (everyMember) Resolve(uint32, uint64) (*session.Attribution, bool) {
+	return nil, false
 }
 func (everyMember) SessionOf(uint32, string, uint64, uint64) (session.Attribution, bool) {
 	return session.Attribution{Session: audit.Session{ID: "s-1"}}, true

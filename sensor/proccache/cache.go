@@ -12,6 +12,7 @@ import (
 	"context"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentfence/agentfence/sensor"
@@ -103,6 +104,17 @@ type Stats struct {
 type entry struct {
 	Process
 	coarse bool // Start comes from /proc stat, 10 ms resolution
+	// anc is the ancestry snapshot found, as of the cache's epoch.
+	anc atomic.Pointer[ancestry]
+}
+
+// ancestry is an entry's ancestry at an epoch of the cache: it depends on
+// other entries only, so it holds until the cache changes. Walking it for
+// every record was most of the process cache's share of the record path
+// (a profile of the system benchmark, docs/benchmarks.md).
+type ancestry struct {
+	epoch uint64
+	paths []string
 }
 
 // Cache is safe for concurrent use: one goroutine applies events (Run), any
@@ -116,6 +128,7 @@ type Cache struct {
 	exited  []Key // exit order == eviction order
 	stats   Stats
 	mark    uint64        // highest event time applied
+	epoch   uint64        // counts the changes, under mu (ancestry)
 	changed chan struct{} // closed and replaced after each Apply
 	// wake asks the event source (Run's) to return what it has now, a
 	// sensor.Quiet when it has nothing: a waiter's mark then comes without
@@ -235,6 +248,7 @@ func (c *Cache) evictOne() bool {
 func (c *Cache) Sweep(now uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.epoch++
 	c.sweep(now)
 }
 
@@ -271,6 +285,7 @@ func (c *Cache) get(k Key) *entry {
 func (c *Cache) Apply(ev sensor.Event) {
 	var job *hashJob
 	c.mu.Lock()
+	c.epoch++
 	switch e := ev.(type) {
 	case *sensor.ExecEvent:
 		job = c.applyExec(e)
@@ -441,7 +456,11 @@ func (c *Cache) snapshot(e *entry) Process {
 	if p.HashState == HashPending && p.ExeSHA256 != "" {
 		p.ExeSHA256 = "" // provisional hash, not yet verified
 	}
-	anc := make([]string, 0, 4)
+	if a := e.anc.Load(); a != nil && a.epoch == c.epoch {
+		p.Ancestry = a.paths
+		return p
+	}
+	var anc []string
 	cur := e
 	for len(anc) < c.cfg.AncestryDepth && cur.PPID != 0 {
 		// The parent is whoever held ppid when the child started.
@@ -452,9 +471,10 @@ func (c *Cache) snapshot(e *entry) Process {
 		anc = append(anc, parent.ExePath)
 		cur = parent
 	}
-	if len(anc) > 0 {
-		p.Ancestry = anc
-	}
+	// Shared by the snapshots until the next change: nobody may modify
+	// a Process's Ancestry in place.
+	e.anc.Store(&ancestry{epoch: c.epoch, paths: anc})
+	p.Ancestry = anc
 	return p
 }
 

@@ -163,6 +163,35 @@ func TestAncestryDepthAndParentIncarnation(t *testing.T) {
 	}
 }
 
+// TestAncestryFollowsChanges: the ancestry a lookup found is kept for the
+// next, and every change the walk depends on is seen: an ancestor's exec,
+// an ancestor swept, and a hash worker's path.
+func TestAncestryFollowsChanges(t *testing.T) {
+	c, clk := newTest(t, Config{ExitGrace: time.Second})
+	c.Apply(execEv(20, 1*sec, 1*sec, "/launcher"))
+	c.Apply(&sensor.ForkEvent{TGID: 21, ParentTGID: 20, StartTime: 2 * sec, ParentStartTime: 1 * sec, Ktime: 2 * sec})
+	e := execEv(21, 2*sec, 2*sec, "/agent")
+	e.PPID = 20
+	c.Apply(e)
+	check := func(want ...string) {
+		t.Helper()
+		for range 2 { // the walk, then what it kept
+			if p, _ := c.Lookup(21, 0); !slices.Equal(p.Ancestry, want) {
+				t.Fatalf("ancestry %q, want %q", p.Ancestry, want)
+			}
+		}
+	}
+	check("/launcher")
+	c.Apply(execEv(20, 1*sec, 3*sec, "/launcher-v2")) // the parent execs
+	check("/launcher-v2")
+	c.setHash(Key{20, 1 * sec}, sensor.ExeID{Ino: uint64(len("/launcher-v2")), Dev: 1 << 20}, "/opt/launcher-v2", "ab", false, HashOK)
+	check("/opt/launcher-v2")
+	c.Apply(&sensor.ExitEvent{TGID: 20, StartTime: 1 * sec, Ktime: 4 * sec})
+	clk.t = 10 * sec
+	c.Sweep(clk.t)
+	check()
+}
+
 func TestBoundedEvictsExitedFirst(t *testing.T) {
 	c, _ := newTest(t, Config{MaxEntries: 3, ExitGrace: time.Hour})
 	c.Apply(execEv(1, 1*sec, 1*sec, "/1"))

@@ -165,6 +165,7 @@ func matches(f *os.File, id sensor.ExeID) bool {
 func (c *Cache) setHash(k Key, exe sensor.ExeID, path, sum string, deleted bool, state string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.epoch++
 	e := c.get(k)
 	if e == nil || e.Exe != exe {
 		return // gone, or exec'd again; the newer job wins

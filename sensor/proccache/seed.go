@@ -88,6 +88,7 @@ func (c *Cache) scan(retire bool) int {
 	var jobs []*hashJob
 	added := 0
 	c.mu.Lock()
+	c.epoch++
 	if retire {
 		alive := make(map[Key]bool, len(snaps))
 		for _, e := range snaps {
