@@ -31,7 +31,7 @@ func (f *fakeSessions) add(t testing.TB, slot uint32, gen uint64, a session.Attr
 		}
 		a.Rules = append(a.Rules, r)
 	}
-	f.bySlot[[2]uint64{uint64(slot), gen}] = &a
+	f.bySlot[[2]uint64{uint64(slot), gen}] = session.Shared(a) // as the registry resolves it
 	return a
 }
 

@@ -263,7 +263,7 @@ func (j *Joiner) attribute(rec *audit.Record, slot uint32, gen uint64, rule int)
 	}
 	rec.Session, rec.Agent, rec.Origin, rec.MCP = &s.Session, s.Agent, s.Origin, s.MCP
 	if rule >= 0 && rule < len(s.Rules) && rec.Outcome != nil {
-		rec.Outcome.Rule = s.Rules[rule].String()
+		rec.Outcome.Rule = s.RuleName(rule)
 	}
 	return s, true
 }

@@ -78,8 +78,11 @@ func TestResolveSharedUntilChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	a3, _ := e.r.Resolve(en.slot, en.gen)
-	if len(a3.Rules) != 1 || a3.Rules[0].String() != "api.example.com:443" {
+	if len(a3.Rules) != 1 || a3.RuleName(0) != "api.example.com:443" || a3.RuleName(0) != a3.Rules[0].String() {
 		t.Errorf("after the narrow: rules %v", a3.Rules)
+	}
+	if a1.RuleName(0) != a1.Rules[0].String() || a1.RuleName(1) != "api.example.com:443" {
+		t.Errorf("rule names %q %q of %v", a1.RuleName(0), a1.RuleName(1), a1.Rules)
 	}
 	if len(a1.Rules) != 2 {
 		t.Errorf("an attribution handed out changed: %v", a1.Rules)
