@@ -74,6 +74,24 @@ type Spool struct {
 	rf      *bufio.Reader
 	rFile   *os.File
 	rOff    int64
+
+	// hot is what the last writes took (up to maxHot, in one segment),
+	// kept so that a reader that keeps up takes its entries from memory: reading back what was just
+	// written (a read, a copy and a checksum per entry) was a tenth of the
+	// record path (BenchmarkRecordPath). Its entries are hotFirst on, in
+	// segment hotSeg from offset hotOff; hotIdx is the next one to read,
+	// at hot[hotRead:].
+	hot      []byte
+	hotFirst uint64
+	hotSeg   uint64
+	hotOff   int64
+	hotIdx   uint64
+	hotRead  int
+	// rStale says the reader took entries from hot: rf is behind them, and
+	// the next read from the file starts at staleOff in segment staleSeg.
+	rStale   bool
+	staleSeg uint64
+	staleOff int64
 }
 
 // Open opens or creates the spool in dir. maxBytes bounds the total size
@@ -302,7 +320,16 @@ func (s *Spool) flushLocked() error {
 		s.pend = s.pend[:0]
 		return &FlushError{Lost: lost, Err: err}
 	}
-	s.pend = s.pend[:0]
+	act := s.segs[len(s.segs)-1]
+	if s.hotRead < len(s.hot) && s.hotSeg == act.first && len(s.hot)+len(s.pend) <= maxHot {
+		// The reader has not caught up with hot: it follows on.
+		s.hot = append(s.hot, s.pend...)
+		s.pend = s.pend[:0]
+	} else {
+		s.hot, s.pend = s.pend, s.hot[:0]
+		s.hotFirst, s.hotIdx, s.hotRead = s.written, s.written, 0
+		s.hotSeg, s.hotOff = act.first, act.size-int64(len(s.hot))
+	}
 	s.written = s.next
 	select {
 	case s.notify <- struct{}{}:
@@ -352,8 +379,12 @@ func (s *Spool) append(p []byte, force, buffered bool) error {
 	return s.flushLocked()
 }
 
-// maxPend bounds what AppendBuffered holds before it writes anyway.
-const maxPend = 256 << 10
+// maxPend bounds what AppendBuffered holds before it writes anyway, and
+// maxHot what the reader may find in memory (hot).
+const (
+	maxPend = 256 << 10
+	maxHot  = 4 * maxPend
+)
 
 // Notify is signalled (coalesced) after every Append.
 func (s *Spool) Notify() <-chan struct{} { return s.notify }
@@ -412,21 +443,41 @@ func (s *Spool) NextInto(out []Entry, slab []byte, maxN int, maxBytes int) ([]En
 	}
 	had, total := len(out), 0
 	for len(out)-had < maxN && s.rIdx < s.written && (total < maxBytes || len(out) == had) {
-		if err := s.positionReader(); err != nil {
-			return out, slab, err
-		}
 		var data []byte
-		var err error
-		data, slab, err = readEntryInto(s.rf, slab)
-		if err != nil {
-			return out, slab, fmt.Errorf("spool %s: entry %d: %w", s.dir, s.rIdx, err)
+		if s.rIdx == s.hotIdx && s.hotRead < len(s.hot) {
+			data, slab = s.readHot(slab)
+		} else {
+			if err := s.positionReader(); err != nil {
+				return out, slab, err
+			}
+			var err error
+			data, slab, err = readEntryInto(s.rf, slab)
+			if err != nil {
+				return out, slab, fmt.Errorf("spool %s: entry %d: %w", s.dir, s.rIdx, err)
+			}
+			s.rOff += int64(headerLen + len(data))
 		}
 		out = append(out, Entry{Index: s.rIdx, Data: data})
-		s.rOff += int64(headerLen + len(data))
 		s.rIdx++
 		total += len(data)
 	}
 	return out, slab, nil
+}
+
+// readHot copies entry hotIdx from hot into slab, as readEntryInto does
+// from the file (without the checksum: it never left memory).
+func (s *Spool) readHot(slab []byte) (data, rest []byte) {
+	h := s.hot[s.hotRead:]
+	n := int(binary.BigEndian.Uint32(h[:4]))
+	if cap(slab)-len(slab) < n {
+		slab = make([]byte, 0, max(2*cap(slab), n, 64<<10))
+	}
+	rest = append(slab, h[headerLen:headerLen+n]...)
+	data = rest[len(slab):len(rest):len(rest)]
+	s.hotRead += headerLen + n
+	s.hotIdx++
+	s.rStale, s.staleSeg, s.staleOff = true, s.hotSeg, s.hotOff+int64(s.hotRead)
+	return data, rest
 }
 
 // positionReader makes rf read entry rIdx.
@@ -442,6 +493,14 @@ func (s *Spool) positionReader() error {
 		return fmt.Errorf("spool %s: entry %d no longer on disk", s.dir, s.rIdx)
 	}
 	sg := s.segs[i]
+	if s.rStale {
+		s.rStale = false
+		if sg.first == s.staleSeg {
+			// Where the entries taken from hot end.
+			return s.seekReader(sg.first, s.staleOff)
+		}
+		// Past the hot batch's segment: its start, below.
+	}
 	if s.rFile != nil && s.rSeg == sg.first {
 		return nil
 	}
@@ -461,6 +520,31 @@ func (s *Spool) positionReader() error {
 		}
 		s.rOff += int64(headerLen + len(data))
 	}
+	return nil
+}
+
+// seekReader makes rf read segment first from off.
+func (s *Spool) seekReader(first uint64, off int64) error {
+	if s.rFile == nil || s.rSeg != first {
+		if s.rFile != nil {
+			s.rFile.Close()
+			s.rFile, s.rf = nil, nil
+		}
+		f, err := os.Open(s.segPath(first))
+		if err != nil {
+			return err
+		}
+		s.rFile, s.rSeg = f, first
+	}
+	if _, err := s.rFile.Seek(off, io.SeekStart); err != nil {
+		return err
+	}
+	if s.rf == nil {
+		s.rf = bufio.NewReaderSize(s.rFile, 64<<10)
+	} else {
+		s.rf.Reset(s.rFile)
+	}
+	s.rOff = off
 	return nil
 }
 

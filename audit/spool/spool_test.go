@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
@@ -311,5 +312,91 @@ func TestNextIntoKeepsEarlierEntries(t *testing.T) {
 	}
 	if cap(slab) <= 3000 {
 		t.Errorf("the slab did not grow: cap %d", cap(slab))
+	}
+}
+
+// A reader that keeps up takes the newest batch from memory, one that
+// falls behind from the files; either way, and switching between them
+// mid-batch and across segments, it gets every entry once, in order. The
+// interleaving is random (seeded, bounded).
+func TestReaderBetweenMemoryAndFiles(t *testing.T) {
+	for seed := range uint64(20) {
+		rng := rand.New(rand.NewPCG(seed, 1))
+		dir := t.TempDir()
+		s, err := Open(dir, 1<<30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.segBytes = minSegment
+		entry := func(i int) []byte {
+			return []byte(fmt.Sprintf("entry-%05d-%s", i, bytes.Repeat([]byte{'a' + byte(i%26)}, rng.IntN(900))))
+		}
+		var want [][]byte
+		read := 0
+		fromHot := 0
+		for step := 0; step < 400; step++ {
+			switch rng.IntN(4) {
+			case 0, 1: // a burst of buffered appends, sometimes flushed
+				for range rng.IntN(12) + 1 {
+					e := entry(len(want))
+					want = append(want, e)
+					if err := s.AppendBuffered(e); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if rng.IntN(2) == 0 {
+					if err := s.Flush(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			case 2: // an unbuffered append
+				e := entry(len(want))
+				want = append(want, e)
+				if err := s.Append(e); err != nil {
+					t.Fatal(err)
+				}
+			case 3: // the reader takes a few
+				hotBefore := s.hotIdx
+				n := rng.IntN(7) + 1
+				if rng.IntN(3) == 0 {
+					n = 1000 // catch up
+				}
+				got, err := s.Next(n, 1<<20)
+				if err != nil {
+					t.Fatalf("seed %d step %d: %v", seed, step, err)
+				}
+				fromHot += int(s.hotIdx - hotBefore)
+				for _, e := range got {
+					if e.Index != uint64(read) || !bytes.Equal(e.Data, want[read]) {
+						t.Fatalf("seed %d step %d: entry %d is %q, want %d %q", seed, step, e.Index, e.Data[:min(12, len(e.Data))], read, want[read][:12])
+					}
+					read++
+				}
+				if rng.IntN(3) == 0 && read > 0 {
+					if err := s.Ack(uint64(read)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for read < len(want) {
+			got, err := s.Next(50, 1<<20)
+			if err != nil || len(got) == 0 {
+				t.Fatalf("seed %d: %d of %d read: %v", seed, read, len(want), err)
+			}
+			for _, e := range got {
+				if e.Index != uint64(read) || !bytes.Equal(e.Data, want[read]) {
+					t.Fatalf("seed %d: entry %d, want %d", seed, e.Index, read)
+				}
+				read++
+			}
+		}
+		if fromHot == 0 || fromHot == read {
+			t.Errorf("seed %d: %d of %d entries from memory: the test did not mix the two", seed, fromHot, read)
+		}
+		s.Close()
 	}
 }
