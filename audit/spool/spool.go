@@ -320,16 +320,18 @@ func (s *Spool) flushLocked() error {
 		s.pend = s.pend[:0]
 		return &FlushError{Lost: lost, Err: err}
 	}
+	// Copied, not swapped: two buffers that trade places regrow in turn,
+	// and fresh memory's page faults cost more than the copy.
 	act := s.segs[len(s.segs)-1]
 	if s.hotRead < len(s.hot) && s.hotSeg == act.first && len(s.hot)+len(s.pend) <= maxHot {
 		// The reader has not caught up with hot: it follows on.
 		s.hot = append(s.hot, s.pend...)
-		s.pend = s.pend[:0]
 	} else {
-		s.hot, s.pend = s.pend, s.hot[:0]
+		s.hot = append(s.hot[:0], s.pend...)
 		s.hotFirst, s.hotIdx, s.hotRead = s.written, s.written, 0
 		s.hotSeg, s.hotOff = act.first, act.size-int64(len(s.hot))
 	}
+	s.pend = s.pend[:0]
 	s.written = s.next
 	select {
 	case s.notify <- struct{}{}:
