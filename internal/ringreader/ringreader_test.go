@@ -73,6 +73,11 @@ func syncWithin10s(rd *Reader) {
 // submitter makes a ring buffer and a program that submits one 8-byte
 // record to it without waking the reader, each time it runs.
 func submitter(t *testing.T) (*ebpf.Map, *ebpf.Program) {
+	return submitterFlags(t, 1) // BPF_RB_NO_WAKEUP
+}
+
+// submitterFlags is submitter with the submit's flags.
+func submitterFlags(t *testing.T, flags int64) (*ebpf.Map, *ebpf.Program) {
 	t.Helper()
 	privtest.RequireRoot(t)
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -93,7 +98,7 @@ func submitter(t *testing.T) (*ebpf.Map, *ebpf.Program) {
 		asm.Mov.Reg(asm.R1, asm.R0),
 		asm.Mov.Imm(asm.R2, 42),
 		asm.StoreMem(asm.R1, 0, asm.R2, asm.DWord),
-		asm.Mov.Imm(asm.R2, 1), // BPF_RB_NO_WAKEUP
+		asm.Mov.Imm(asm.R2, int32(flags)),
 		asm.FnRingbufSubmit.Call(),
 		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
 		asm.Return(),
@@ -103,6 +108,24 @@ func submitter(t *testing.T) (*ebpf.Map, *ebpf.Program) {
 	}
 	t.Cleanup(func() { prog.Close() })
 	return m, prog
+}
+
+// A record submitted with a wakeup (as the gate submits denials) is read
+// at once, by a reader whose poll interval is an hour: the kernel's wakeup
+// reaches it through the runtime's poller.
+func TestWakeupReadAtOnce(t *testing.T) {
+	m, prog := submitterFlags(t, 2) // BPF_RB_FORCE_WAKEUP
+	_, handled := start(t, m, nil)
+	for round := int64(1); round <= 20; round++ {
+		submit(t, prog)
+		deadline := time.Now().Add(10 * time.Second)
+		for handled.Load() < round {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: a record submitted with a wakeup not read in 10 s", round)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 }
 
 // OnCaughtUp runs once the reader has handled every record in the ring:
