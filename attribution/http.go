@@ -203,7 +203,7 @@ func (c *Calls) record(tc *tlsConn, call httpwire.Call, bootNS uint64) audit.Rec
 		switch {
 		case registered && !held:
 			rec.Outcome = &audit.Outcome{Verdict: audit.VerdictFlagged, Reason: audit.ReasonCredentialOutsideHolder}
-		case !registered && s.Credentials == credential.ModeRegisteredOnly:
+		case !registered && s != nil && s.Credentials == credential.ModeRegisteredOnly:
 			rec.Outcome = &audit.Outcome{Verdict: audit.VerdictFlagged, Reason: audit.ReasonCredentialUnregistered}
 		}
 	}

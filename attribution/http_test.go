@@ -203,6 +203,20 @@ func TestCallsCredentialHolder(t *testing.T) {
 	}
 }
 
+// A call from a session the daemon does not know (its state was lost) is
+// recorded as such, its credential with it.
+func TestCallsUnknownSession(t *testing.T) {
+	c, _ := newCalls(t)
+	w, r := ev(tlsprobe.OpWrite, 1, 1e9, request), ev(tlsprobe.OpRead, 1, 2e9, response)
+	w.Slot, r.Slot = 5, 5
+	c.Handle(w)
+	recs := c.Handle(r)
+	if len(recs) != 1 || recs[0].Session == nil || recs[0].Session.ID != "unknown" ||
+		recs[0].Credential == nil || recs[0].Outcome.Verdict != audit.VerdictAllowed {
+		t.Fatalf("records %+v", recs)
+	}
+}
+
 // Go's crypto/tls calls are named so, whatever else the executable is.
 func TestCallsGo(t *testing.T) {
 	c, _ := newCalls(t)
