@@ -11,6 +11,7 @@ import (
 	"github.com/agentfence/agentfence/credential"
 	"github.com/agentfence/agentfence/httpwire"
 	"github.com/agentfence/agentfence/sensor/tlsprobe"
+	"github.com/agentfence/agentfence/session"
 )
 
 // The TLS libraries an http record names (tls.library).
@@ -66,6 +67,8 @@ type tlsConn struct {
 	comm   string
 	socket bool
 	goTLS  bool // Go's crypto/tls, not OpenSSL
+	// watched: a process outside sessions the config names (tls.processes).
+	watched bool
 }
 
 // Handle feeds one probe event to its connection and returns the records
@@ -97,7 +100,8 @@ func (c *Calls) feed(ev tlsprobe.Event) []done {
 			out = append(out, c.evict())
 		}
 		partial := ev.Op != tlsprobe.OpWrite || !httpwire.StartsConnection(ev.Data)
-		tc = &tlsConn{wire: httpwire.NewConn(c.Wire, partial), slot: ev.Slot, gen: ev.Gen, pid: ev.PID, goTLS: ev.Go}
+		tc = &tlsConn{wire: httpwire.NewConn(c.Wire, partial), slot: ev.Slot, gen: ev.Gen, pid: ev.PID, goTLS: ev.Go,
+			watched: ev.Watched()}
 		c.conns[k] = tc
 	}
 	tc.last, tc.comm = ev.BootNS, ev.Comm
@@ -188,7 +192,10 @@ func (c *Calls) record(tc *tlsConn, call httpwire.Call, bootNS uint64) audit.Rec
 	case c.Bundled != nil && rec.Process.Exe != "" && c.Bundled(rec.Process.Exe):
 		rec.TLS.Library = LibraryOpenSSLBundled
 	}
-	s, _ := j.attribute(&rec, tc.slot, tc.gen, -1)
+	var s *session.Attribution
+	if !tc.watched { // a watched process has no session to name
+		s, _ = j.attribute(&rec, tc.slot, tc.gen, -1)
+	}
 	dst := &audit.Destination{Protocol: "tcp", Hostname: hostOnly(call.Host)}
 	if tc.socket {
 		dst.IP, dst.Port = tc.peer.Addr().Unmap().String(), tc.peer.Port()

@@ -6,11 +6,13 @@
 // that carries its own OpenSSL (node). User space (sensor/tlsprobe) parses
 // the HTTP calls out of it (httpwire).
 //
-// Only members are looked at: the entry probe finds the caller's session
-// as the gate would (member.h) and does nothing for anyone else, so a
-// process outside every session pays the uprobe's trap (about a
-// microsecond per call) and one map lookup. The probes are attached only
-// while sessions exist.
+// Only members, and processes outside sessions that run an executable the
+// config names (tls.processes, in tls_watch by identity), are looked at:
+// the entry probe finds the caller's session as the gate would (member.h),
+// else its executable in tls_watch, and does nothing for anyone else, so
+// another process pays the uprobe's trap and two or three map lookups. The
+// probes are attached only while sessions exist or the config names
+// executables.
 //
 // A connection is named by its SSL object (the pointer, within the
 // process). The socket under it is learned from the system calls the
@@ -41,8 +43,29 @@ AF_CGROUP_SESSIONS_MAP;
 AF_PID_SESSIONS_MAP;
 AF_GATE_EVENTS_MAP;
 AF_GATE_STATS_MAP;
+AF_PROC_EXE_MAP;
 
 #include "member.h"
+
+// The executables, by identity, whose processes outside sessions are
+// probed too (tls.processes). Their events carry this binding, which no
+// session has (slots and generations start at 1; the hold is slot 0,
+// generation 1).
+#define AF_TLS_WATCH_MAX 64
+
+enum af_tls_watched {
+	AF_TLS_WATCHED_SLOT = 0,
+	AF_TLS_WATCHED_GEN = 0,
+	AF_TLS_WATCHED_MAX = AF_TLS_WATCH_MAX,
+};
+const enum af_tls_watched *unused_tls_watched __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AF_TLS_WATCHED_MAX);
+	__type(key, struct exe_id);
+	__type(value, __u8);
+} tls_watch SEC(".maps");
 
 // A call's event carries at most AF_TLS_DATA - 1 bytes of its plaintext:
 // enough for the header block of nearly every request and response; the
@@ -148,7 +171,8 @@ struct {
 #include "uregs.h"
 
 // session_of returns the current task's binding, as the gate would find
-// its session.
+// its session, or a zero binding (slot 0) for a process outside sessions
+// whose executable is in tls_watch; 0 for anyone else.
 static __always_inline int session_of(struct binding *out)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -162,10 +186,17 @@ static __always_inline int session_of(struct binding *out)
 	struct chain c = {};
 
 	walk_cgroup(BPF_CORE_READ(task, cgroups, dfl_cgrp), 0, &c);
-	if (!c.found)
+	if (c.found) {
+		*out = c.deepest;
+		if (live(out))
+			return 1;
+	}
+	// proc_exe has what the process runs since its exec (or its fork).
+	struct exe_id *exe = bpf_map_lookup_elem(&proc_exe, &tgid);
+	if (!exe || !bpf_map_lookup_elem(&tls_watch, exe))
 		return 0;
-	*out = c.deepest;
-	return live(out) != 0;
+	__builtin_memset(out, 0, sizeof(*out)); // AF_TLS_WATCHED_SLOT, _GEN
+	return 1;
 }
 
 static __always_inline void enter(struct uregs *ctx, __u8 op, int ex)

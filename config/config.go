@@ -169,7 +169,17 @@ type TLS struct {
 	// CredentialHeaders are header names, besides Authorization,
 	// x-api-key and api-key, whose value is an API key.
 	CredentialHeaders []string `json:"credential_headers,omitempty"`
+	// Processes are executables (absolute paths, at most
+	// MaxTLSProcesses) whose processes outside sessions have their calls
+	// read too, as http records without a session: a shared MCP server
+	// or another holder of a credential on the node. With any, the probes
+	// stay attached while no session is open.
+	Processes []string `json:"processes,omitempty"`
 }
+
+// MaxTLSProcesses bounds tls.processes (the probes' map of them,
+// bpf/tls.c).
+const MaxTLSProcesses = 64
 
 // TLS probe modes and query handling.
 const (

@@ -137,6 +137,7 @@ tls:
   probes: "off"
   query: hash
   credential_headers: [x-goog-api-key]
+  processes: [/bin/sh]
 kubernetes:
   enabled: true
   node_name: node-a
@@ -183,7 +184,7 @@ func TestParseFull(t *testing.T) {
 		},
 		DNS:     DNS{MinTTL: 0, MaxTTL: Duration(10 * time.Minute)},
 		Process: Process{AncestryDepth: 16, CacheSize: 1024, ExitGrace: Duration(time.Minute)},
-		TLS:     TLS{Probes: TLSProbesOff, Query: TLSQueryHash, CredentialHeaders: []string{"x-goog-api-key"}},
+		TLS:     TLS{Probes: TLSProbesOff, Query: TLSQueryHash, CredentialHeaders: []string{"x-goog-api-key"}, Processes: []string{"/bin/sh"}},
 		Kubernetes: Kubernetes{Enabled: true, NodeName: "node-a", PodCgroups: []string{"kubepods.slice/kubepods-burstable.slice"},
 			HoldControlPlane: true, RecordLabels: []string{"team"}, IgnoreNamespaces: []string{"platform"}},
 	}
@@ -284,6 +285,11 @@ func TestParseErrors(t *testing.T) {
 		{"bad tls probes", "tls:\n  probes: always\n", []string{"tls.probes", "auto"}},
 		{"bad tls query", "tls:\n  query: keep\n", []string{"tls.query", "hash"}},
 		{"bad credential header", "tls:\n  credential_headers: [\"x key\"]\n", []string{"tls.credential_headers[0]", "header name"}},
+		{"relative tls process", "tls:\n  processes: [bin/mcp]\n", []string{"tls.processes[0]", "absolute"}},
+		{"unclean tls process", "tls:\n  processes: [/bin/../bin/sh]\n", []string{"tls.processes[0]", "clean"}},
+		{"missing tls process", "tls:\n  processes: [/bin/sh, /nonexistent/mcp]\n", []string{"tls.processes[1]", "existing file"}},
+		{"tls process twice", "tls:\n  processes: [/bin/sh, /bin/sh]\n", []string{"tls.processes[1]", "twice"}},
+		{"too many tls processes", "tls:\n  processes: [" + strings.Repeat("/bin/sh, ", MaxTLSProcesses) + "/bin/sh]\n", []string{"tls.processes", "at most 64"}},
 		{"pod cgroup outside the root", "kubernetes:\n  pod_cgroups: [../kubepods]\n", []string{"kubernetes.pod_cgroups[0]", "relative"}},
 		{"absolute pod cgroup", "kubernetes:\n  pod_cgroups: [kubepods, /sys/fs/cgroup/kubepods]\n", []string{"kubernetes.pod_cgroups[1]", "relative"}},
 		{"unclean pod cgroup", "kubernetes:\n  pod_cgroups: [kubepods//burstable]\n", []string{"kubernetes.pod_cgroups[0]", "relative"}},

@@ -174,6 +174,22 @@ func (c Config) Validate() error {
 			v.add(fmt.Sprintf("tls.credential_headers[%d]", i), n, "must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
 		}
 	}
+	if len(t.Processes) > MaxTLSProcesses {
+		v.add("tls.processes", len(t.Processes), fmt.Sprintf("must name at most %d executables", MaxTLSProcesses))
+	}
+	seen := map[string]bool{}
+	for i, p := range t.Processes {
+		at := fmt.Sprintf("tls.processes[%d]", i)
+		switch st, err := os.Stat(p); {
+		case !filepath.IsAbs(p) || filepath.Clean(p) != p:
+			v.add(at, p, "must be an absolute, clean path")
+		case err != nil || !st.Mode().IsRegular():
+			v.add(at, p, "must be an existing file")
+		case seen[p]:
+			v.add(at, p, "is named twice")
+		}
+		seen[p] = true
+	}
 
 	for i, k := range c.Kubernetes.RecordLabels {
 		if k == "" || len(k) > 317 || strings.ContainsAny(k, " \t\n=,") {

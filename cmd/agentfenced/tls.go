@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/agentfence/agentfence/attribution"
@@ -54,6 +56,14 @@ type tlsCalls struct {
 	// roots are the mount namespaces whose libraries were looked for (by
 	// /proc/PID/ns/mnt), the daemon's own among them.
 	roots sync.Map
+
+	// watch are tls.processes; watching what the probes loaded now were
+	// told of each (the file's identity as last looked at: a file
+	// replaced since is another). watching is housekeep's and attach's,
+	// under watchMu.
+	watch    []string
+	watchMu  sync.Mutex
+	watching map[string]sensor.ExeID
 }
 
 // tlsIdleUnload is how long the probes stay loaded after the last session
@@ -72,7 +82,7 @@ func (d *daemon) startTLS(context.Context) error {
 	}
 	g := d.gate
 	opts := tlsprobe.Options{Sessions: g.Sessions(), CgroupSessions: g.CgroupSessions(),
-		PidSessions: g.PidSessions(), GateEvents: g.Events(), GateStats: g.StatsMap()}
+		PidSessions: g.PidSessions(), GateEvents: g.Events(), GateStats: g.StatsMap(), ProcExe: g.ProcExe()}
 	// Loaded once here, so that a refusal is said at start, not at the
 	// first session.
 	probes, err := tlsprobe.Load(opts)
@@ -86,7 +96,7 @@ func (d *daemon) startTLS(context.Context) error {
 	if d.cfg.TLS.Query == config.TLSQueryHash {
 		wire.HashQuery = key.Fingerprint
 	}
-	t := &tlsCalls{opts: opts, log: d.log}
+	t := &tlsCalls{opts: opts, log: d.log, watch: d.cfg.TLS.Processes}
 	var holders []credential.Holder
 	for _, h := range d.cfg.Credentials.Holders {
 		r := credential.Holder{Name: h.Name, Fingerprint: h.Fingerprint}
@@ -111,8 +121,11 @@ func (d *daemon) startTLS(context.Context) error {
 		wg.Wait()
 		t.unload()
 	})
-	wg.Go(func() { t.housekeep(ctx, d.sessions.Len, d.emitCounted) })
-	if d.sessions.Len() > 0 {
+	// Executables named in tls.processes keep the probes as a session
+	// does.
+	wanted := func() int { return d.sessions.Len() + len(t.watch) }
+	wg.Go(func() { t.housekeep(ctx, wanted, d.emitCounted) })
+	if wanted() > 0 {
 		t.attach()
 	}
 	return nil
@@ -182,6 +195,9 @@ func (t *tlsCalls) unload() {
 	t.checked.Clear() // looked at again once probes are wanted
 	t.bundled.Clear()
 	t.roots.Clear()
+	t.watchMu.Lock()
+	t.watching = nil
+	t.watchMu.Unlock()
 }
 
 // attach probes the host's OpenSSL libraries and the executables that
@@ -206,10 +222,90 @@ func (t *tlsCalls) attach() {
 	for _, exe := range exes {
 		t.bundled.Store(exe, true)
 	}
+	t.watchFiles(p)
 	if files := p.Attached(); len(files) > before {
 		t.log.Info("tls probes attached", "files", files)
 		shed()
 	}
+}
+
+// watchFiles tells the probes of the files tls.processes names, those
+// new or replaced since they were last looked at: their identity (the
+// probes find the processes by it), their own TLS stack (a Go program, or
+// one that carries OpenSSL; one that uses libssl is probed there), and the
+// processes that already run them.
+func (t *tlsCalls) watchFiles(p *tlsprobe.Probes) {
+	t.watchMu.Lock()
+	defer t.watchMu.Unlock()
+	for _, path := range t.watch {
+		f, err := os.Open(path)
+		if err != nil {
+			t.log.Warn("tls.processes: executable not found", "file", path, "err", err)
+			continue
+		}
+		t.watchFile(p, f, path)
+		f.Close()
+	}
+}
+
+// watchFile is watchFiles for one file, open as f.
+func (t *tlsCalls) watchFile(p *tlsprobe.Probes, f *os.File, path string) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.log.Warn("tls.processes: executable not found", "file", path, "err", err)
+		return
+	}
+	id := sensor.ExeIDOf(&st)
+	old, known := t.watching[path]
+	if known && old == id {
+		return
+	}
+	if known {
+		if err := p.Unwatch(old); err != nil {
+			t.log.Warn("tls.processes: replaced executable still watched", "file", path, "err", err)
+		}
+	}
+	if err := p.Watch(id); err != nil {
+		t.log.Error("tls.processes: executable not watched", "file", path, "err", err)
+		return
+	}
+	if t.watching == nil {
+		t.watching = map[string]sensor.ExeID{}
+	}
+	t.watching[path] = id
+	stack, err := p.AttachExecutable(f, path)
+	switch {
+	case err == nil:
+		if stack == tlsprobe.StackOpenSSL {
+			t.bundled.Store(path, true)
+		}
+	case !errors.Is(err, tlsprobe.ErrNoTLS):
+		t.log.Warn("tls probe not attached", "file", path, "err", err)
+	}
+	adopted := 0
+	for _, pid := range running(id) {
+		if err := p.Adopt(pid, id); err == nil {
+			adopted++
+		}
+	}
+	t.log.Info("tls.processes: executable watched", "file", path, "stack", stack, "running", adopted)
+}
+
+// running lists the processes whose executable is id.
+func running(id sensor.ExeID) []uint32 {
+	dirs, _ := os.ReadDir("/proc")
+	var pids []uint32
+	for _, d := range dirs {
+		pid, err := strconv.ParseUint(d.Name(), 10, 32)
+		if err != nil {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat(fmt.Sprintf("/proc/%d/exe", pid), &st) == nil && sensor.ExeIDOf(&st) == id {
+			pids = append(pids, uint32(pid))
+		}
+	}
+	return pids
 }
 
 // shed hands the memory that placing probes took back to the system. Its
@@ -337,7 +433,8 @@ func (t *tlsCalls) isBundled(exe string) bool {
 }
 
 // housekeep closes connections gone quiet (a process killed before
-// SSL_free) and unloads the probes once no session has been open for
+// SSL_free), looks again at the files tls.processes names, and unloads the
+// probes once no session has been open (and the config names none) for
 // tlsIdleUnload.
 func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(audit.Record)) {
 	tick := time.NewTicker(10 * time.Second)
@@ -349,6 +446,9 @@ func (t *tlsCalls) housekeep(ctx context.Context, open func() int, emit func(aud
 			return
 		case now := <-tick.C:
 			recs := t.calls.Idle(boottime.Now(), 5*time.Minute)
+			if p := t.loaded(); p != nil && len(t.watch) > 0 {
+				t.watchFiles(p) // a file replaced (an upgrade) is another
+			}
 			unload := false
 			if open() > 0 {
 				idle = time.Time{}

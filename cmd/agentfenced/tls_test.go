@@ -56,7 +56,7 @@ func TestTLSProbesLoadedOnDemand(t *testing.T) {
 	t.Cleanup(func() { g.Close() })
 	tc := &tlsCalls{
 		opts: tlsprobe.Options{Sessions: g.Sessions(), CgroupSessions: g.CgroupSessions(), PidSessions: g.PidSessions(),
-			GateEvents: g.Events(), GateStats: g.StatsMap()},
+			GateEvents: g.Events(), GateStats: g.StatsMap(), ProcExe: g.ProcExe()},
 		log:    slog.New(slog.DiscardHandler),
 		handle: func(tlsprobe.Event) {},
 		calls:  &attribution.Calls{Joiner: &attribution.Joiner{Clock: boottime.NewClock()}},

@@ -46,6 +46,12 @@ type Event struct {
 	Comm   string
 }
 
+// Watched reports an event of a process outside every session that runs an
+// executable Probes.Watch named (tls.processes): it has no session.
+func (ev Event) Watched() bool {
+	return ev.Slot == uint32(tlsAfTlsWatchedAF_TLS_WATCHED_SLOT) && ev.Gen == uint64(tlsAfTlsWatchedAF_TLS_WATCHED_GEN)
+}
+
 // headerSize is where tls_event's data starts (layout_test.go pins it to
 // the generated type).
 const headerSize = 92

@@ -17,13 +17,17 @@ import (
 
 	"github.com/agentfence/agentfence/internal/ringreader"
 	"github.com/agentfence/agentfence/internal/ringsize"
+	"github.com/agentfence/agentfence/sensor"
 )
 
 // Options are the gate's maps the probes share, so that membership is
 // exactly the gate's.
 type Options struct {
 	Sessions, CgroupSessions, PidSessions, GateEvents, GateStats *ebpf.Map
-	KernelTypes                                                  *btf.Spec
+	// ProcExe is the gate's tgid → executable map, by which the probes
+	// find the processes Watch names.
+	ProcExe     *ebpf.Map
+	KernelTypes *btf.Spec
 	// PollInterval bounds how long an event waits in the ring (default
 	// 10 ms).
 	PollInterval time.Duration
@@ -31,9 +35,10 @@ type Options struct {
 
 // Probes are the loaded TLS programs and the files they are attached to.
 type Probes struct {
-	objs tlsObjects
-	sys  link.Link
-	rd   *ringreader.Reader
+	objs    tlsObjects
+	sys     link.Link
+	rd      *ringreader.Reader
+	procExe *ebpf.Map
 
 	mu    sync.Mutex
 	files map[fileID]attached
@@ -58,14 +63,14 @@ func Load(opts Options) (_ *Probes, err error) {
 	}
 	repl := map[string]*ebpf.Map{}
 	for name, m := range map[string]*ebpf.Map{"sessions": opts.Sessions, "cgroup_sessions": opts.CgroupSessions,
-		"pid_sessions": opts.PidSessions, "gate_events": opts.GateEvents, "gate_stats": opts.GateStats} {
+		"pid_sessions": opts.PidSessions, "gate_events": opts.GateEvents, "gate_stats": opts.GateStats, "proc_exe": opts.ProcExe} {
 		if m == nil {
 			return nil, fmt.Errorf("tls probes: the gate's %s map is required", name)
 		}
 		repl[name] = m
 	}
 	ringsize.FromReplacements(spec, repl)
-	p := &Probes{files: map[fileID]attached{}}
+	p := &Probes{files: map[fileID]attached{}, procExe: opts.ProcExe}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -87,6 +92,45 @@ func Load(opts Options) (_ *Probes, err error) {
 		return nil, fmt.Errorf("open tls_events reader: %w", err)
 	}
 	return p, nil
+}
+
+// MaxWatched bounds the executables Watch takes at once.
+const MaxWatched = int(tlsAfTlsWatchedAF_TLS_WATCHED_MAX)
+
+// exeKey is bpf/common.h's struct exe_id.
+type exeKey struct {
+	Ino uint64
+	Dev uint32
+	_   uint32
+}
+
+// Watch has the probes read the calls of processes outside sessions that
+// run exe (from their exec on, or their fork of one that did), as they read
+// members'. Their events are Watched.
+func (p *Probes) Watch(exe sensor.ExeID) error {
+	if err := p.objs.TlsWatch.Put(exeKey{Ino: exe.Ino, Dev: exe.Dev}, uint8(1)); err != nil {
+		return fmt.Errorf("tls probes: watch %d:%d: %w", exe.Dev, exe.Ino, err)
+	}
+	return nil
+}
+
+// Adopt enters a process that started before the process programs ran,
+// which they know of only from its next exec or fork, as running exe: so
+// Watch finds it. What the programs entered since stays.
+func (p *Probes) Adopt(tgid uint32, exe sensor.ExeID) error {
+	err := p.procExe.Update(tgid, exeKey{Ino: exe.Ino, Dev: exe.Dev}, ebpf.UpdateNoExist)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return fmt.Errorf("tls probes: adopt %d: %w", tgid, err)
+	}
+	return nil
+}
+
+// Unwatch undoes Watch.
+func (p *Probes) Unwatch(exe sensor.ExeID) error {
+	if err := p.objs.TlsWatch.Delete(exeKey{Ino: exe.Ino, Dev: exe.Dev}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("tls probes: unwatch %d:%d: %w", exe.Dev, exe.Ino, err)
+	}
+	return nil
 }
 
 // opensslFuncs are the functions probed in an OpenSSL.

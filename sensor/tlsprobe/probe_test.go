@@ -26,6 +26,7 @@ import (
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/privtest"
 	"github.com/agentfence/agentfence/internal/procfs"
+	"github.com/agentfence/agentfence/sensor"
 	"github.com/agentfence/agentfence/sensor/cgroupmeta"
 )
 
@@ -106,7 +107,7 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	p, err := Load(Options{Sessions: g.Sessions(), CgroupSessions: g.CgroupSessions(), PidSessions: g.PidSessions(),
-		GateEvents: g.Events(), GateStats: g.StatsMap()})
+		GateEvents: g.Events(), GateStats: g.StatsMap(), ProcExe: g.ProcExe()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,4 +357,125 @@ func TestAttachExecutableWithoutPath(t *testing.T) {
 	if _, err := f.probes.AttachExecutable(none, "/bin/true"); !errors.Is(err, ErrNoTLS) || !strings.HasPrefix(err.Error(), "/bin/true: ") {
 		t.Errorf("attach /bin/true by descriptor: %v, want ErrNoTLS under its name", err)
 	}
+}
+
+// TestWatchedOutsideSessions: a process outside every session whose
+// executable Watch names (tls.processes) has its calls read, as a watched
+// process without a session; one running another executable, or the same
+// one after Unwatch, has none. The process programs are not loaded here,
+// so Adopt enters each client as the executable it is about to exec into
+// (the daemon's process programs do so at the exec itself).
+func TestWatchedOutsideSessions(t *testing.T) {
+	f := newFixture(t)
+	libs := Libraries()
+	if len(libs) == 0 {
+		t.Skip("no libssl on this host")
+	}
+	for _, lib := range libs {
+		if err := f.probes.Attach(lib); err != nil {
+			t.Fatalf("attach %s: %v", lib, err)
+		}
+	}
+	addr, ca := tlsServer(t)
+	url := fmt.Sprintf("https://%s/v1/watched", addr)
+	curl, python := needClient(t, "curl"), needClient(t, "python3")
+	idOf := func(path string) sensor.ExeID {
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return sensor.ExeIDOf(&st)
+	}
+	clients := map[string]string{
+		curl:   fmt.Sprintf("exec %s -sS --http1.1 --cacert %s -d x=1 %s", curl, ca, url),
+		python: fmt.Sprintf(`exec %s -c 'import ssl, urllib.request as u; u.urlopen(u.Request(%q, data=b"x=1"), context=ssl.create_default_context(cafile=%q)).read()'`, python, url, ca),
+	}
+	// run runs a client outside every session, adopted as its executable
+	// before it execs it, and returns its events.
+	run := func(exe string) []Event {
+		t.Helper()
+		f.take(t)
+		cmd := exec.Command("/bin/sh", "-c", "read go; "+clients[exe])
+		in, _ := cmd.StdinPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.probes.Adopt(uint32(cmd.Process.Pid), idOf(exe)); err != nil {
+			t.Fatal(err)
+		}
+		in.Write([]byte("go\n"))
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("%s: %v", exe, err)
+		}
+		f.probes.procExe.Delete(uint32(cmd.Process.Pid)) // as its exit does
+		var evs []Event
+		for _, ev := range f.take(t) {
+			if ev.PID == uint32(cmd.Process.Pid) {
+				evs = append(evs, ev)
+			}
+		}
+		return evs
+	}
+	if evs := run(curl); len(evs) != 0 {
+		t.Fatalf("curl, not watched, outside every session: %d events", len(evs))
+	}
+	if err := f.probes.Watch(idOf(curl)); err != nil {
+		t.Fatal(err)
+	}
+	evs := run(curl)
+	var wrote bool
+	for _, ev := range evs {
+		if !ev.Watched() {
+			t.Errorf("event of session %d/%d, want the watched binding", ev.Slot, ev.Gen)
+		}
+		if ev.Op == OpWrite && bytes.HasPrefix(ev.Data, []byte("POST /v1/watched HTTP/1.1\r\n")) {
+			wrote = true
+		}
+	}
+	if !wrote {
+		t.Errorf("the watched curl's request was not seen (%d events)", len(evs))
+	}
+	if evs := run(python); len(evs) != 0 {
+		t.Errorf("python3, not watched: %d events", len(evs))
+	}
+	if err := f.probes.Unwatch(idOf(curl)); err != nil {
+		t.Fatal(err)
+	}
+	if evs := run(curl); len(evs) != 0 {
+		t.Errorf("curl after Unwatch: %d events", len(evs))
+	}
+	// A member is its session's, whatever it runs.
+	f.probes.Watch(idOf(curl))
+	for _, ev := range f.runMember(t, curl, clients[curl]) {
+		if ev.Slot != 1 || ev.Gen != 1 {
+			t.Errorf("a member running a watched executable: event of %d/%d, want its session 1/1", ev.Slot, ev.Gen)
+		}
+	}
+}
+
+// runMember runs script in the session and returns the events of its
+// process.
+func (f *fixture) runMember(t *testing.T, exe, script string) []Event {
+	t.Helper()
+	f.take(t)
+	dir, err := os.Open(f.session)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", exe, err, out)
+	}
+	var evs []Event
+	for _, ev := range f.take(t) {
+		if ev.PID == uint32(cmd.Process.Pid) {
+			evs = append(evs, ev)
+		}
+	}
+	if len(evs) == 0 {
+		t.Fatalf("the member's %s made no events", exe)
+	}
+	return evs
 }

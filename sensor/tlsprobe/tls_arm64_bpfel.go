@@ -22,11 +22,26 @@ const (
 	tlsAfTlsOpAF_TLS_GO    tlsAfTlsOp = 128
 )
 
+type tlsAfTlsWatched uint32
+
+const (
+	tlsAfTlsWatchedAF_TLS_WATCHED_SLOT tlsAfTlsWatched = 0
+	tlsAfTlsWatchedAF_TLS_WATCHED_GEN  tlsAfTlsWatched = 0
+	tlsAfTlsWatchedAF_TLS_WATCHED_MAX  tlsAfTlsWatched = 64
+)
+
 type tlsBinding struct {
 	_     structs.HostLayout
 	Slot  uint32
 	Netns uint32
 	Gen   uint64
+}
+
+type tlsExeId struct {
+	_   structs.HostLayout
+	Ino uint64
+	Dev uint32
+	Pad uint32
 }
 
 type tlsGoExe struct {
@@ -115,31 +130,34 @@ type tlsTlsSock struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tlsMapCgroupSessions  = "cgroup_sessions"
-	tlsMapGateEvents      = "gate_events"
-	tlsMapGateStats       = "gate_stats"
-	tlsMapGoConnOffsets   = "go_conn_offsets"
-	tlsMapGoReads         = "go_reads"
-	tlsMapPidSessions     = "pid_sessions"
-	tlsMapSessions        = "sessions"
-	tlsMapTlsCalls        = "tls_calls"
-	tlsMapTlsEvents       = "tls_events"
-	tlsMapTlsLost         = "tls_lost"
-	tlsMapTlsScratch      = "tls_scratch"
-	tlsMapTlsSocks        = "tls_socks"
-	tlsProgAfGoTlsClose   = "af_go_tls_close"
-	tlsProgAfGoTlsRead    = "af_go_tls_read"
-	tlsProgAfGoTlsReadRet = "af_go_tls_read_ret"
-	tlsProgAfGoTlsWrite   = "af_go_tls_write"
-	tlsProgAfSslFree      = "af_ssl_free"
-	tlsProgAfSslRead      = "af_ssl_read"
-	tlsProgAfSslReadEx    = "af_ssl_read_ex"
-	tlsProgAfSslReturn    = "af_ssl_return"
-	tlsProgAfSslWrite     = "af_ssl_write"
-	tlsProgAfSslWriteEx   = "af_ssl_write_ex"
-	tlsProgAfTlsSysEnter  = "af_tls_sys_enter"
-	tlsVarUnusedTlsEvent  = "unused_tls_event"
-	tlsVarUnusedTlsOp     = "unused_tls_op"
+	tlsMapCgroupSessions   = "cgroup_sessions"
+	tlsMapGateEvents       = "gate_events"
+	tlsMapGateStats        = "gate_stats"
+	tlsMapGoConnOffsets    = "go_conn_offsets"
+	tlsMapGoReads          = "go_reads"
+	tlsMapPidSessions      = "pid_sessions"
+	tlsMapProcExe          = "proc_exe"
+	tlsMapSessions         = "sessions"
+	tlsMapTlsCalls         = "tls_calls"
+	tlsMapTlsEvents        = "tls_events"
+	tlsMapTlsLost          = "tls_lost"
+	tlsMapTlsScratch       = "tls_scratch"
+	tlsMapTlsSocks         = "tls_socks"
+	tlsMapTlsWatch         = "tls_watch"
+	tlsProgAfGoTlsClose    = "af_go_tls_close"
+	tlsProgAfGoTlsRead     = "af_go_tls_read"
+	tlsProgAfGoTlsReadRet  = "af_go_tls_read_ret"
+	tlsProgAfGoTlsWrite    = "af_go_tls_write"
+	tlsProgAfSslFree       = "af_ssl_free"
+	tlsProgAfSslRead       = "af_ssl_read"
+	tlsProgAfSslReadEx     = "af_ssl_read_ex"
+	tlsProgAfSslReturn     = "af_ssl_return"
+	tlsProgAfSslWrite      = "af_ssl_write"
+	tlsProgAfSslWriteEx    = "af_ssl_write_ex"
+	tlsProgAfTlsSysEnter   = "af_tls_sys_enter"
+	tlsVarUnusedTlsEvent   = "unused_tls_event"
+	tlsVarUnusedTlsOp      = "unused_tls_op"
+	tlsVarUnusedTlsWatched = "unused_tls_watched"
 )
 
 // loadTls returns the embedded CollectionSpec for tls.
@@ -207,20 +225,23 @@ type tlsMapSpecs struct {
 	GoConnOffsets  *ebpf.MapSpec `ebpf:"go_conn_offsets"`
 	GoReads        *ebpf.MapSpec `ebpf:"go_reads"`
 	PidSessions    *ebpf.MapSpec `ebpf:"pid_sessions"`
+	ProcExe        *ebpf.MapSpec `ebpf:"proc_exe"`
 	Sessions       *ebpf.MapSpec `ebpf:"sessions"`
 	TlsCalls       *ebpf.MapSpec `ebpf:"tls_calls"`
 	TlsEvents      *ebpf.MapSpec `ebpf:"tls_events"`
 	TlsLost        *ebpf.MapSpec `ebpf:"tls_lost"`
 	TlsScratch     *ebpf.MapSpec `ebpf:"tls_scratch"`
 	TlsSocks       *ebpf.MapSpec `ebpf:"tls_socks"`
+	TlsWatch       *ebpf.MapSpec `ebpf:"tls_watch"`
 }
 
 // tlsVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tlsVariableSpecs struct {
-	UnusedTlsEvent *ebpf.VariableSpec `ebpf:"unused_tls_event"`
-	UnusedTlsOp    *ebpf.VariableSpec `ebpf:"unused_tls_op"`
+	UnusedTlsEvent   *ebpf.VariableSpec `ebpf:"unused_tls_event"`
+	UnusedTlsOp      *ebpf.VariableSpec `ebpf:"unused_tls_op"`
+	UnusedTlsWatched *ebpf.VariableSpec `ebpf:"unused_tls_watched"`
 }
 
 // tlsObjects contains all objects after they have been loaded into the kernel.
@@ -249,12 +270,14 @@ type tlsMaps struct {
 	GoConnOffsets  *ebpf.Map `ebpf:"go_conn_offsets"`
 	GoReads        *ebpf.Map `ebpf:"go_reads"`
 	PidSessions    *ebpf.Map `ebpf:"pid_sessions"`
+	ProcExe        *ebpf.Map `ebpf:"proc_exe"`
 	Sessions       *ebpf.Map `ebpf:"sessions"`
 	TlsCalls       *ebpf.Map `ebpf:"tls_calls"`
 	TlsEvents      *ebpf.Map `ebpf:"tls_events"`
 	TlsLost        *ebpf.Map `ebpf:"tls_lost"`
 	TlsScratch     *ebpf.Map `ebpf:"tls_scratch"`
 	TlsSocks       *ebpf.Map `ebpf:"tls_socks"`
+	TlsWatch       *ebpf.Map `ebpf:"tls_watch"`
 }
 
 func (m *tlsMaps) Close() error {
@@ -265,12 +288,14 @@ func (m *tlsMaps) Close() error {
 		m.GoConnOffsets,
 		m.GoReads,
 		m.PidSessions,
+		m.ProcExe,
 		m.Sessions,
 		m.TlsCalls,
 		m.TlsEvents,
 		m.TlsLost,
 		m.TlsScratch,
 		m.TlsSocks,
+		m.TlsWatch,
 	)
 }
 
@@ -278,8 +303,9 @@ func (m *tlsMaps) Close() error {
 //
 // It can be passed to loadTlsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tlsVariables struct {
-	UnusedTlsEvent *ebpf.Variable `ebpf:"unused_tls_event"`
-	UnusedTlsOp    *ebpf.Variable `ebpf:"unused_tls_op"`
+	UnusedTlsEvent   *ebpf.Variable `ebpf:"unused_tls_event"`
+	UnusedTlsOp      *ebpf.Variable `ebpf:"unused_tls_op"`
+	UnusedTlsWatched *ebpf.Variable `ebpf:"unused_tls_watched"`
 }
 
 // tlsPrograms contains all programs after they have been loaded into the kernel.
