@@ -372,3 +372,64 @@ func TestHTTPCredentialInBody(t *testing.T) {
 		}
 	}
 }
+
+// A process outside every session that runs an executable tls.processes
+// names (curl here) has its calls recorded, as http records without a
+// session; one that runs another executable (python3) has none. Both are
+// started after the daemon, so the probes see them from their exec.
+func TestHTTPWatchedProcess(t *testing.T) {
+	privtest.RequireRoot(t)
+	for _, c := range []string{"curl", "python3"} {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Skipf("%s is not installed", c)
+		}
+	}
+	curl, _ := exec.LookPath("curl")
+	curl, err := filepath.EvalSymlinks(curl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, "tls:\n  processes: [%s]\n", curl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, "--config", cfg)
+	addr, ca, received := httpsServer(t)
+	url := fmt.Sprintf("https://%s/v1/shared", addr)
+	py := exec.Command("python3", "-c", fmt.Sprintf(`import ssl, urllib.request as u; u.urlopen(u.Request(%q, data=b"x=1"), context=ssl.create_default_context(cafile=%q)).read()`, url, ca))
+	if out, err := py.CombinedOutput(); err != nil {
+		t.Fatalf("python3: %v\n%s", err, out)
+	}
+	// After python3, so that its events, were there any, came first.
+	cu := exec.Command(curl, "-sS", "--http1.1", "--cacert", ca, "-d", "x=1", url)
+	if out, err := cu.CombinedOutput(); err != nil {
+		t.Fatalf("curl: %v\n%s", err, out)
+	}
+	if n := len(received()); n != 2 {
+		t.Fatalf("the server received %d requests, want 2", n)
+	}
+	var rec *audit.Record
+	waitFor(t, "the watched curl's http record", func() bool {
+		for _, r := range d.records(t) {
+			if r.Kind == audit.KindHTTP && r.Process != nil && r.Process.PID == uint32(cu.Process.Pid) {
+				rec = &r
+				return true
+			}
+		}
+		return false
+	})
+	if rec.Session != nil || rec.Agent != nil || rec.Origin != nil {
+		t.Errorf("a process outside sessions: session %+v, agent %+v, origin %+v", rec.Session, rec.Agent, rec.Origin)
+	}
+	if rec.Process.Exe != curl || rec.HTTP == nil || rec.HTTP.Method != "POST" || rec.HTTP.Path != "/v1/shared" || rec.HTTP.Status != 201 {
+		t.Errorf("record: process %+v, http %+v", rec.Process, rec.HTTP)
+	}
+	if dst := rec.Destination; dst == nil || dst.IP != addr.Addr().String() || dst.Port != addr.Port() {
+		t.Errorf("destination %+v, want %s", rec.Destination, addr)
+	}
+	for _, r := range d.records(t) {
+		if r.Kind == audit.KindHTTP && r.Process != nil && r.Process.PID == uint32(py.Process.Pid) {
+			t.Errorf("python3, not named, has an http record: %+v", r.HTTP)
+		}
+	}
+}
