@@ -217,6 +217,32 @@ func TestCallsUnknownSession(t *testing.T) {
 	}
 }
 
+// A call of a process outside sessions that tls.processes names carries
+// no session, and a registered credential it sends outside its holders is
+// flagged as a member's would be.
+func TestCallsWatchedProcess(t *testing.T) {
+	c, _ := newCalls(t)
+	c.Holders = credential.NewHolders([]credential.Holder{{Name: "tickets-api", Fingerprint: "fp(S)",
+		Executables: []credential.Executable{{Path: "/opt/mcp/tickets"}}}})
+	w, r := ev(tlsprobe.OpWrite, 1, 1e9, request), ev(tlsprobe.OpRead, 1, 2e9, response)
+	w.Slot, w.Gen, r.Slot, r.Gen = 0, 0, 0, 0
+	if !w.Watched() {
+		t.Fatal("slot 0, generation 0 is not the watched binding")
+	}
+	c.Handle(w)
+	recs := c.Handle(r)
+	if len(recs) != 1 {
+		t.Fatalf("%d records", len(recs))
+	}
+	rec := recs[0]
+	if rec.Session != nil || rec.Agent != nil || rec.Origin != nil {
+		t.Errorf("session %+v, agent %+v, origin %+v", rec.Session, rec.Agent, rec.Origin)
+	}
+	if rec.Outcome.Verdict != audit.VerdictFlagged || rec.Outcome.Reason != audit.ReasonCredentialOutsideHolder {
+		t.Errorf("outcome %+v", rec.Outcome)
+	}
+}
+
 // Go's crypto/tls calls are named so, whatever else the executable is.
 func TestCallsGo(t *testing.T) {
 	c, _ := newCalls(t)

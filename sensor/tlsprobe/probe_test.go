@@ -22,6 +22,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/agentfence/agentfence/config"
 	"github.com/agentfence/agentfence/enforcer"
 	"github.com/agentfence/agentfence/internal/cgroupv2"
 	"github.com/agentfence/agentfence/internal/privtest"
@@ -34,6 +35,13 @@ func TestEventLayout(t *testing.T) {
 	var ev tlsTlsEvent
 	if off := unsafe.Offsetof(ev.Data); off != headerSize {
 		t.Fatalf("tls_event data at %d, decode reads it at %d", off, headerSize)
+	}
+}
+
+// The config's bound on tls.processes is the probes' map size.
+func TestWatchBoundIsTheConfigs(t *testing.T) {
+	if MaxWatched != config.MaxTLSProcesses {
+		t.Errorf("bpf/tls.c takes %d executables, config.MaxTLSProcesses is %d", MaxWatched, config.MaxTLSProcesses)
 	}
 }
 
