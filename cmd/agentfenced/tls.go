@@ -240,7 +240,12 @@ func (t *tlsCalls) watchFiles(p *tlsprobe.Probes) {
 	for _, path := range t.watch {
 		f, err := os.Open(path)
 		if err != nil {
-			t.log.Warn("tls.processes: executable not found", "file", path, "err", err)
+			// Said once, not every housekeeping round; what runs the file
+			// it named is still read.
+			if _, known := t.watching[path]; !known {
+				t.log.Warn("tls.processes: executable not found", "file", path, "err", err)
+				t.remember(path, sensor.ExeID{})
+			}
 			continue
 		}
 		t.watchFile(p, f, path)
@@ -260,7 +265,7 @@ func (t *tlsCalls) watchFile(p *tlsprobe.Probes, f *os.File, path string) {
 	if known && old == id {
 		return
 	}
-	if known {
+	if known && old != (sensor.ExeID{}) {
 		if err := p.Unwatch(old); err != nil {
 			t.log.Warn("tls.processes: replaced executable still watched", "file", path, "err", err)
 		}
@@ -269,10 +274,7 @@ func (t *tlsCalls) watchFile(p *tlsprobe.Probes, f *os.File, path string) {
 		t.log.Error("tls.processes: executable not watched", "file", path, "err", err)
 		return
 	}
-	if t.watching == nil {
-		t.watching = map[string]sensor.ExeID{}
-	}
-	t.watching[path] = id
+	t.remember(path, id)
 	stack, err := p.AttachExecutable(f, path)
 	switch {
 	case err == nil:
@@ -289,6 +291,15 @@ func (t *tlsCalls) watchFile(p *tlsprobe.Probes, f *os.File, path string) {
 		}
 	}
 	t.log.Info("tls.processes: executable watched", "file", path, "stack", stack, "running", adopted)
+}
+
+// remember notes what path was last found to be (the zero ExeID: not
+// found). Call it with watchMu held.
+func (t *tlsCalls) remember(path string, id sensor.ExeID) {
+	if t.watching == nil {
+		t.watching = map[string]sensor.ExeID{}
+	}
+	t.watching[path] = id
 }
 
 // running lists the processes whose executable is id.

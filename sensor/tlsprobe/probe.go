@@ -125,6 +125,21 @@ func (p *Probes) Adopt(tgid uint32, exe sensor.ExeID) error {
 	return nil
 }
 
+// Watching lists the executables Watch named (and Unwatch did not take
+// back).
+func (p *Probes) Watching() ([]sensor.ExeID, error) {
+	var (
+		k   exeKey
+		v   uint8
+		out []sensor.ExeID
+	)
+	it := p.objs.TlsWatch.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, sensor.ExeID{Ino: k.Ino, Dev: k.Dev})
+	}
+	return out, it.Err()
+}
+
 // Unwatch undoes Watch.
 func (p *Probes) Unwatch(exe sensor.ExeID) error {
 	if err := p.objs.TlsWatch.Delete(exeKey{Ino: exe.Ino, Dev: exe.Dev}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
