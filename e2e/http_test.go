@@ -260,11 +260,10 @@ func TestHTTPCopiedLibssl(t *testing.T) {
 	}
 }
 
-// Item 4 of issue 16: a credential registered with its holder (here curl
-// stands in for an MCP server) is allowed from the holder's executable and
-// flagged credential_outside_holder from any other process of the same
-// session (python). The key travels in a file, never on a command line.
-func TestHTTPCredentialOutsideHolder(t *testing.T) {
+// curlAndPython skips a test without curl and python3 (or root), and
+// returns curl's path, symlinks resolved, as an executable is named.
+func curlAndPython(t *testing.T) string {
+	t.Helper()
 	privtest.RequireRoot(t)
 	for _, c := range []string{"curl", "python3"} {
 		if _, err := exec.LookPath(c); err != nil {
@@ -276,6 +275,15 @@ func TestHTTPCredentialOutsideHolder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return curl
+}
+
+// Item 4 of issue 16: a credential registered with its holder (here curl
+// stands in for an MCP server) is allowed from the holder's executable and
+// flagged credential_outside_holder from any other process of the same
+// session (python). The key travels in a file, never on a command line.
+func TestHTTPCredentialOutsideHolder(t *testing.T) {
+	curl := curlAndPython(t)
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "state")
 	nonce := make([]byte, 12)
@@ -378,17 +386,7 @@ func TestHTTPCredentialInBody(t *testing.T) {
 // session; one that runs another executable (python3) has none. Both are
 // started after the daemon, so the probes see them from their exec.
 func TestHTTPWatchedProcess(t *testing.T) {
-	privtest.RequireRoot(t)
-	for _, c := range []string{"curl", "python3"} {
-		if _, err := exec.LookPath(c); err != nil {
-			t.Skipf("%s is not installed", c)
-		}
-	}
-	curl, _ := exec.LookPath("curl")
-	curl, err := filepath.EvalSymlinks(curl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	curl := curlAndPython(t)
 	cfg := filepath.Join(t.TempDir(), "agentfence.yaml")
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, "tls:\n  processes: [%s]\n", curl), 0o600); err != nil {
 		t.Fatal(err)

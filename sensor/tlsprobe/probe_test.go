@@ -137,6 +137,21 @@ func newFixture(t testing.TB) *fixture {
 	return f
 }
 
+// attachLibraries probes the host's libssl, or skips the test on a host
+// without one.
+func (f *fixture) attachLibraries(t testing.TB) {
+	t.Helper()
+	libs := Libraries()
+	if len(libs) == 0 {
+		t.Skip("no libssl on this host")
+	}
+	for _, lib := range libs {
+		if err := f.probes.Attach(lib); err != nil {
+			t.Fatalf("attach %s: %v", lib, err)
+		}
+	}
+}
+
 // take returns the events handled so far (after a Sync) and forgets them.
 func (f *fixture) take(t testing.TB) []Event {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -199,15 +214,7 @@ func needClient(t testing.TB, name string) string {
 // produce nothing.
 func TestOpenSSLClients(t *testing.T) {
 	f := newFixture(t)
-	libs := Libraries()
-	if len(libs) == 0 {
-		t.Skip("no libssl on this host")
-	}
-	for _, lib := range libs {
-		if err := f.probes.Attach(lib); err != nil {
-			t.Fatalf("attach %s: %v", lib, err)
-		}
-	}
+	f.attachLibraries(t)
 	addr, ca := tlsServer(t)
 	url := fmt.Sprintf("https://%s/v1/tickets?page=2", addr)
 
@@ -375,15 +382,7 @@ func TestAttachExecutableWithoutPath(t *testing.T) {
 // (the daemon's process programs do so at the exec itself).
 func TestWatchedOutsideSessions(t *testing.T) {
 	f := newFixture(t)
-	libs := Libraries()
-	if len(libs) == 0 {
-		t.Skip("no libssl on this host")
-	}
-	for _, lib := range libs {
-		if err := f.probes.Attach(lib); err != nil {
-			t.Fatalf("attach %s: %v", lib, err)
-		}
-	}
+	f.attachLibraries(t)
 	addr, ca := tlsServer(t)
 	url := fmt.Sprintf("https://%s/v1/watched", addr)
 	curl, python := needClient(t, "curl"), needClient(t, "python3")
