@@ -274,7 +274,7 @@ type Attribution struct {
 	names *sync.Map
 }
 
-// Shared makes a an attribution that records share, as Resolve returns
+// Shared makes a into an attribution that records share, as Resolve returns
 // them: it keeps the names of its rules (RuleName).
 func Shared(a Attribution) *Attribution {
 	a.names = new(sync.Map)

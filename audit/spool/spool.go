@@ -76,11 +76,11 @@ type Spool struct {
 	rOff    int64
 
 	// hot is what the last writes took (up to maxHot, in one segment),
-	// kept so that a reader that keeps up takes its entries from memory: reading back what was just
-	// written (a read, a copy and a checksum per entry) was a tenth of the
-	// record path (BenchmarkRecordPath). Its entries are hotFirst on, in
-	// segment hotSeg from offset hotOff; hotIdx is the next one to read,
-	// at hot[hotRead:].
+	// kept so that a reader that keeps up takes its entries from memory:
+	// reading back what was just written (a read, a copy and a checksum
+	// per entry) was a tenth of the record path (BenchmarkRecordPath). Its
+	// entries are hotFirst on, in segment hotSeg from offset hotOff;
+	// hotIdx is the next one to read, at hot[hotRead:].
 	hot      []byte
 	hotFirst uint64
 	hotSeg   uint64
