@@ -78,15 +78,14 @@ type Spool struct {
 	// hot is what the last writes took (up to maxHot, in one segment),
 	// kept so that a reader that keeps up takes its entries from memory:
 	// reading back what was just written (a read, a copy and a checksum
-	// per entry) was a tenth of the record path (BenchmarkRecordPath). Its
-	// entries are hotFirst on, in segment hotSeg from offset hotOff;
-	// hotIdx is the next one to read, at hot[hotRead:].
-	hot      []byte
-	hotFirst uint64
-	hotSeg   uint64
-	hotOff   int64
-	hotIdx   uint64
-	hotRead  int
+	// per entry) was a tenth of the record path (BenchmarkRecordPath). It
+	// starts in segment hotSeg at offset hotOff; hotIdx is the next entry
+	// to read, at hot[hotRead:].
+	hot     []byte
+	hotSeg  uint64
+	hotOff  int64
+	hotIdx  uint64
+	hotRead int
 	// rStale says the reader took entries from hot: rf is behind them, and
 	// the next read from the file starts at staleOff in segment staleSeg.
 	rStale   bool
@@ -328,7 +327,7 @@ func (s *Spool) flushLocked() error {
 		s.hot = append(s.hot, s.pend...)
 	} else {
 		s.hot = append(s.hot[:0], s.pend...)
-		s.hotFirst, s.hotIdx, s.hotRead = s.written, s.written, 0
+		s.hotIdx, s.hotRead = s.written, 0
 		s.hotSeg, s.hotOff = act.first, act.size-int64(len(s.hot))
 	}
 	s.pend = s.pend[:0]
