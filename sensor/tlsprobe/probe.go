@@ -97,18 +97,14 @@ func Load(opts Options) (_ *Probes, err error) {
 // MaxWatched bounds the executables Watch takes at once.
 const MaxWatched = int(tlsAfTlsWatchedAF_TLS_WATCHED_MAX)
 
-// exeKey is bpf/common.h's struct exe_id.
-type exeKey struct {
-	Ino uint64
-	Dev uint32
-	_   uint32
-}
+// exeKey is exe as bpf/common.h's struct exe_id.
+func exeKey(exe sensor.ExeID) tlsExeId { return tlsExeId{Ino: exe.Ino, Dev: exe.Dev} }
 
 // Watch has the probes read the calls of processes outside sessions that
 // run exe (from their exec on, or their fork of one that did), as they read
 // members'. Their events are Watched.
 func (p *Probes) Watch(exe sensor.ExeID) error {
-	if err := p.objs.TlsWatch.Put(exeKey{Ino: exe.Ino, Dev: exe.Dev}, uint8(1)); err != nil {
+	if err := p.objs.TlsWatch.Put(exeKey(exe), uint8(1)); err != nil {
 		return fmt.Errorf("tls probes: watch %d:%d: %w", exe.Dev, exe.Ino, err)
 	}
 	return nil
@@ -118,7 +114,7 @@ func (p *Probes) Watch(exe sensor.ExeID) error {
 // which they know of only from its next exec or fork, as running exe: so
 // Watch finds it. What the programs entered since stays.
 func (p *Probes) Adopt(tgid uint32, exe sensor.ExeID) error {
-	err := p.procExe.Update(tgid, exeKey{Ino: exe.Ino, Dev: exe.Dev}, ebpf.UpdateNoExist)
+	err := p.procExe.Update(tgid, exeKey(exe), ebpf.UpdateNoExist)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 		return fmt.Errorf("tls probes: adopt %d: %w", tgid, err)
 	}
@@ -129,7 +125,7 @@ func (p *Probes) Adopt(tgid uint32, exe sensor.ExeID) error {
 // back).
 func (p *Probes) Watching() ([]sensor.ExeID, error) {
 	var (
-		k   exeKey
+		k   tlsExeId
 		v   uint8
 		out []sensor.ExeID
 	)
@@ -142,7 +138,7 @@ func (p *Probes) Watching() ([]sensor.ExeID, error) {
 
 // Unwatch undoes Watch.
 func (p *Probes) Unwatch(exe sensor.ExeID) error {
-	if err := p.objs.TlsWatch.Delete(exeKey{Ino: exe.Ino, Dev: exe.Dev}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := p.objs.TlsWatch.Delete(exeKey(exe)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("tls probes: unwatch %d:%d: %w", exe.Dev, exe.Ino, err)
 	}
 	return nil
