@@ -162,6 +162,7 @@ func lastLineEnd(f io.ReaderAt, size int64) (int64, error) {
 // record after the seqs they report).
 type replayed struct {
 	upTo uint64
+	hash string // of the line of upTo
 	gaps map[string]bool
 }
 
@@ -254,7 +255,7 @@ func (r *replayed) readTail(path string) (done bool, err error) {
 		}
 		switch {
 		case h.Seq > 0:
-			r.upTo = h.Seq
+			r.upTo, r.hash = h.Seq, audit.HashLine(line)
 			return true, nil
 		case h.Kind == audit.KindGap:
 			r.gaps[string(line)] = true
@@ -353,6 +354,42 @@ func (t *fileTransport) write(buf []byte) error {
 		}
 	}
 	return err
+}
+
+// appendLines appends lines, each ending in '\n', for the pipeline's
+// writer (through.go): at once when no rotation falls within them, else
+// line by line through Send. On an error msgs holds the lines, for the
+// spool.
+func (t *fileTransport) appendLines(lines []byte, msgs *[]message) error {
+	if t.f != nil && t.size+int64(len(lines)) <= t.maxSize {
+		if err := t.write(lines); err == nil {
+			t.seen = nil
+			return nil
+		}
+	}
+	*msgs = (*msgs)[:0]
+	for rest := lines; len(rest) > 0; {
+		i := bytes.IndexByte(rest, '\n')
+		*msgs = append(*msgs, message{payload: rest[:i]})
+		rest = rest[i+1:]
+	}
+	return t.Send(context.Background(), *msgs)
+}
+
+// Sync makes what was written durable (through.go).
+func (t *fileTransport) Sync() error {
+	if t.f == nil {
+		return nil
+	}
+	return t.f.Sync()
+}
+
+// newest is the newest chained record the file held when it was opened.
+func (t *fileTransport) newest() (audit.ChainState, bool) {
+	if t.seen == nil || t.seen.upTo == 0 {
+		return audit.ChainState{}, false
+	}
+	return audit.ChainState{Seq: t.seen.upTo, Hash: t.seen.hash}, true
 }
 
 func (t *fileTransport) Close() error {

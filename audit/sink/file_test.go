@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/audit/spool"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -222,36 +223,36 @@ func TestFileSkipsRedeliveredRecordsItHolds(t *testing.T) {
 	}
 }
 
-// A crash leaves a torn line and acknowledgements that were not written
-// down: the next pipeline cuts the line off, writes the torn record again
-// from the spool, skips what the file already holds, and the trail
-// verifies with every record exactly once.
+// A crash leaves a torn line and records in the spool whose
+// acknowledgement was not written down: the next pipeline cuts the line
+// off, writes the torn record again from the spool, skips what the file
+// already holds, and the trail verifies with every record exactly once.
 func TestPipelineRepairsFileAfterCrash(t *testing.T) {
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	out := filepath.Join(dir, "audit.jsonl")
 	sinks := []audit.SinkConfig{{Name: "f", Type: "file", File: &audit.FileConfig{Path: out}}}
-	ackPath := filepath.Join(state, "spool", "f", "ack")
 
 	p := newPipeline(t, state, nil, sinks...)
-	for i := range 5 {
+	for i := range 10 {
 		p.Emit(testRecord(i))
 	}
 	p.Close()
-	ack5, err := os.ReadFile(ackPath)
+	// The crash: seq 6..10 were in the spool (the writer spools while the
+	// deliverer holds a backlog), all written to the file, none
+	// acknowledged, and the write of seq 9 and 10 was cut short.
+	data, _ := os.ReadFile(out)
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	sp, err := spool.Open(filepath.Join(state, "spool", "f"), audit.DefaultSpoolMaxBytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p = newPipeline(t, state, nil, sinks...)
-	for i := 5; i < 10; i++ {
-		p.Emit(testRecord(i))
+	for _, line := range lines[5:10] {
+		if err := sp.Append(bytes.TrimSuffix(line, []byte("\n"))); err != nil {
+			t.Fatal(err)
+		}
 	}
-	p.Close()
-	// The crash: seq 6..10 were written, but only the acknowledgement of
-	// seq 5 reached the disk, and the write of seq 9 and 10 was cut short.
-	os.WriteFile(ackPath, ack5, 0o600)
-	data, _ := os.ReadFile(out)
-	lines := bytes.SplitAfter(data, []byte("\n"))
+	sp.Close()
 	torn := append(bytes.Join(lines[:8], nil), lines[8][:len(lines[8])/2]...)
 	os.WriteFile(out, torn, 0o640)
 

@@ -139,6 +139,13 @@ func New(opts Options, sinks []audit.SinkConfig) (*Pipeline, error) {
 				newest = max(newest, h.Seq)
 			}
 		}
+		// So may a file the writer wrote through (through.go).
+		if ft, ok := s.t.(*fileTransport); ok {
+			if st, ok := ft.newest(); ok {
+				chain.Advance(st)
+				newest = max(newest, st.Seq)
+			}
+		}
 	}
 	// Records stamped but still in memory when the last process died are
 	// gone; say so in every sink rather than leave a silent hole.
@@ -343,8 +350,11 @@ func (p *Pipeline) checkpoint() {
 		if err := s.spool.Sync(); err != nil {
 			p.log.Warn("audit spool sync", "sink", s.name, "err", err)
 		}
+		if err := s.syncThrough(); err != nil {
+			p.log.Warn("audit file sync", "sink", s.name, "err", err)
+		}
 	}
-	// The chain state is written after the spools so that it never runs
+	// The chain state is written after the spools and files so that it never runs
 	// ahead of what a restart can find on disk.
 	if err := p.chain.Checkpoint(); err != nil {
 		p.log.Error("audit chain checkpoint", "err", err)

@@ -54,6 +54,8 @@ type sink struct {
 	// Records appended to the spool's buffer and not yet written, by seq;
 	// owned by the writer goroutine too.
 	unflushed, unflushedFirst, unflushedLast uint64
+	// th is the writer's way past the spool (through.go).
+	th through
 }
 
 func newSink(opts Options, c audit.SinkConfig, m *metrics) (*sink, error) {
@@ -83,8 +85,12 @@ func newSink(opts Options, c audit.SinkConfig, m *metrics) (*sink, error) {
 		if files == 0 {
 			files = audit.DefaultFileMaxFiles
 		}
-		s.t, err = newFileTransport(c.File.Path, size<<20, files, s.log, s.m)
-		s.batchSize = 512
+		var ft *fileTransport
+		ft, err = newFileTransport(c.File.Path, size<<20, files, s.log, s.m)
+		s.t, s.batchSize = ft, 512
+		if s.format == audit.FormatJSON {
+			s.th.file = ft
+		}
 	case audit.SinkSyslog:
 		s.t, err = newSyslogTransport(c.Syslog)
 		s.batchSize = 256
@@ -129,10 +135,17 @@ func orDefault(v, def int) int {
 	return def
 }
 
-// enqueue spools one stamped record. If the spool is full the record is
-// dropped and folded into a pending gap record, written ahead of the next
-// record that fits so the receiver learns of the loss in order.
+// enqueue spools one stamped record, or keeps it for the file (through).
+// If the spool is full the record is dropped and folded into a pending gap
+// record, written ahead of the next record that fits so the receiver
+// learns of the loss in order.
 func (s *sink) enqueue(line []byte, seq uint64) {
+	if !s.take(line, seq) {
+		s.spoolLine(line, seq)
+	}
+}
+
+func (s *sink) spoolLine(line []byte, seq uint64) {
 	if s.gapCount > 0 {
 		s.flushSpool() // what is buffered goes before the gap record, or into it
 		gap := s.gapRecord()
@@ -146,13 +159,13 @@ func (s *sink) enqueue(line []byte, seq uint64) {
 		}
 	}
 	var lost *spool.FlushError
-	switch err := s.spool.AppendBuffered(line); {
+	buffered, err := s.spool.AppendBuffered(line)
+	switch {
 	case err == nil:
 		s.m.queued.Inc()
-		if s.unflushed == 0 {
+		if s.unflushed = buffered; buffered == 1 {
 			s.unflushedFirst = seq
 		}
-		s.unflushed++
 		s.unflushedLast = seq
 	case err == spool.ErrFull:
 		s.dropped(seq)
@@ -165,11 +178,13 @@ func (s *sink) enqueue(line []byte, seq uint64) {
 	}
 }
 
-// flushSpool writes what enqueue buffered in the spool.
+// flushSpool writes what enqueue kept: into the file or the spool.
 func (s *sink) flushSpool() {
+	s.writeThrough()
 	if err := s.spool.Flush(); err != nil {
 		s.writeFailed(err)
 	}
+	s.unflushed = 0
 }
 
 // writeFailed counts the records a failed spool write lost as dropped: a

@@ -275,8 +275,14 @@ func (s *Spool) AppendForce(p []byte) error { return s.append(p, true, false) }
 // AppendBuffered is Append without the write: p is counted against the
 // bound at once, but reaches the file, and the reader, with the next Flush
 // (or Append, Sync, Close, or a segment's end). One write for a batch
-// instead of one per entry.
-func (s *Spool) AppendBuffered(p []byte) error { return s.append(p, false, true) }
+// instead of one per entry. It returns how many entries, p among them, wait
+// in memory for that write: a write that fails loses them (FlushError).
+func (s *Spool) AppendBuffered(p []byte) (buffered uint64, err error) {
+	err = s.append(p, false, true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.next - s.written, err
+}
 
 // FlushError says that the entries buffered since the last write are lost:
 // the write failed. Lost counts them, the entry being appended among them

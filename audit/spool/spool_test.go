@@ -158,7 +158,7 @@ func TestAppendBuffered(t *testing.T) {
 	s.segBytes = minSegment // a few entries a segment
 	entry := func(i int) []byte { return []byte(fmt.Sprintf("entry-%04d-%s", i, bytes.Repeat([]byte("x"), 500))) }
 	for i := range 3 {
-		if err := s.AppendBuffered(entry(i)); err != nil {
+		if _, err := s.AppendBuffered(entry(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -169,7 +169,7 @@ func TestAppendBuffered(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 4; i < 40; i++ {
-		if err := s.AppendBuffered(entry(i)); err != nil {
+		if _, err := s.AppendBuffered(entry(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -211,7 +211,7 @@ func TestFlushErrorLosesOnlyTheBuffer(t *testing.T) {
 	}
 	used := s.Used()
 	for range 3 {
-		if err := s.AppendBuffered([]byte("buffered")); err != nil {
+		if _, err := s.AppendBuffered([]byte("buffered")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -243,7 +243,7 @@ func TestNewestEntrySurvivesAcks(t *testing.T) {
 	entry := func(i int) []byte { return []byte(fmt.Sprintf("entry-%04d-%s", i, bytes.Repeat([]byte("x"), 500))) }
 	i := 0
 	for ; len(s.segs) == 1; i++ {
-		if err := s.AppendBuffered(entry(i)); err != nil {
+		if _, err := s.AppendBuffered(entry(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -340,7 +340,7 @@ func TestReaderBetweenMemoryAndFiles(t *testing.T) {
 				for range rng.IntN(12) + 1 {
 					e := entry(len(want))
 					want = append(want, e)
-					if err := s.AppendBuffered(e); err != nil {
+					if _, err := s.AppendBuffered(e); err != nil {
 						t.Fatal(err)
 					}
 				}
