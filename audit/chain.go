@@ -22,7 +22,9 @@ func Canonical(r *Record) ([]byte, error) { return AppendCanonical(nil, r) }
 // HashLine returns the hex SHA-256 of one canonical line.
 func HashLine(line []byte) string {
 	sum := sha256.Sum256(line)
-	return hex.EncodeToString(sum[:])
+	var h [2 * sha256.Size]byte
+	hex.Encode(h[:], sum[:])
+	return string(h[:]) // one allocation; EncodeToString made two
 }
 
 // ChainState is what survives a restart: the last stamped sequence number
