@@ -264,16 +264,8 @@ func TestPipelineRepairsFileAfterCrash(t *testing.T) {
 	if !bytes.HasSuffix(data, []byte("\n")) {
 		t.Fatal("the file does not end in a newline")
 	}
-	var got []uint64
-	for _, line := range bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n")) {
-		var r audit.Record
-		if err := json.Unmarshal(line, &r); err != nil {
-			t.Fatalf("line %q: %v", line, err)
-		}
-		got = append(got, r.Seq)
-	}
-	if fmt.Sprint(got) != "[1 2 3 4 5 6 7 8 9 10 11]" {
-		t.Errorf("seqs in the file: %v", got)
+	if got := fileSeqs(t, data); got != "[1 2 3 4 5 6 7 8 9 10 11]" {
+		t.Errorf("seqs in the file: %s", got)
 	}
 	rep, err := audit.Verify(bytes.NewReader(data))
 	if err != nil || !rep.OK() || rep.Duplicates != 0 || rep.Records != 11 {
