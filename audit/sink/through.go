@@ -4,8 +4,7 @@ package sink
 // writer's batch straight into its file instead of spooling it and having
 // the deliverer copy it from the spool into the file: for a local file the
 // spool bought nothing but a second write, its checksum, a hand-off to the
-// deliverer and the acknowledgement (together ~18 % of the daemon's CPU per
-// record, docs/benchmarks.md, issue 17).
+// deliverer and the acknowledgement (docs/benchmarks.md, issue 17).
 //
 // What the spool guaranteed still holds:
 //   - Order: a batch goes through only when the spool is empty and no gap
@@ -43,8 +42,7 @@ func (s *sink) take(line []byte, seq uint64) bool {
 		return false
 	}
 	if !th.decided {
-		th.decided = true
-		th.ok = s.gapCount == 0 && s.unflushed == 0 && s.spool.Pending() == 0
+		th.decided, th.ok = true, s.spoolEmpty()
 	}
 	if !th.ok {
 		return false
@@ -53,10 +51,14 @@ func (s *sink) take(line []byte, seq uint64) bool {
 	th.seqs = append(th.seqs, seq)
 	if len(th.buf) >= throughMax {
 		s.writeThrough()
-		th.decided, th.ok = true, s.unflushed == 0
+		th.decided, th.ok = true, s.spoolEmpty()
 	}
 	return true
 }
+
+// spoolEmpty: nothing in the spool, buffered or written, and no gap record
+// waiting to go in.
+func (s *sink) spoolEmpty() bool { return s.gapCount == 0 && s.spool.Pending() == 0 }
 
 // writeThrough writes the lines take kept, or spools them if the write
 // fails: the deliverer then retries them with backoff, as any spooled

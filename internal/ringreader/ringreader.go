@@ -73,18 +73,16 @@ func New(m *ebpf.Map, interval time.Duration) (*Reader, error) {
 	// Reads never block: the reader waits in park.
 	rd.SetDeadline(time.Unix(1, 0))
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err == nil {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(m.FD())}
+		if err = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, m.FD(), &ev); err == nil {
+			err = unix.SetNonblock(ep, true)
+		}
+		if err != nil {
+			unix.Close(ep)
+		}
+	}
 	if err != nil {
-		rd.Close()
-		return nil, fmt.Errorf("ring reader: epoll: %w", err)
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(m.FD())}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, m.FD(), &ev); err != nil {
-		unix.Close(ep)
-		rd.Close()
-		return nil, fmt.Errorf("ring reader: epoll: %w", err)
-	}
-	if err := unix.SetNonblock(ep, true); err != nil {
-		unix.Close(ep)
 		rd.Close()
 		return nil, fmt.Errorf("ring reader: epoll: %w", err)
 	}
