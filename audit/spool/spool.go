@@ -314,7 +314,6 @@ func (s *Spool) flushLocked() error {
 	}
 	_, err := s.w.Write(s.pend)
 	if err != nil {
-		// A short write leaves a torn tail; the next Open truncates it.
 		// What was buffered is gone: take it out of the accounting.
 		lost := s.next - s.written
 		s.lastOff = -1 // not known any more (Last is for a spool just opened)
@@ -323,6 +322,15 @@ func (s *Spool) flushLocked() error {
 		s.used -= int64(len(s.pend))
 		s.next = s.written
 		s.pend = s.pend[:0]
+		// A short write left part of it in the segment: cut that off, or
+		// the next entries would land behind it, where no offset says they
+		// are (and a restart's scan would stop at it, dropping them). If
+		// the cut fails, they go to a new segment.
+		if terr := s.w.Truncate(act.size); terr != nil {
+			if serr := s.newSegment(s.next); serr != nil {
+				err = errors.Join(err, terr, serr)
+			}
+		}
 		return &FlushError{Lost: lost, Err: err}
 	}
 	// Copied, not swapped: two buffers that trade places regrow in turn,

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -399,4 +402,76 @@ func TestReaderBetweenMemoryAndFiles(t *testing.T) {
 		}
 		s.Close()
 	}
+}
+
+// A write cut short (a full disk, here the file size limit) leaves part of
+// the buffer in the segment. It is cut off, so the entries appended after
+// it are where the spool says they are: readable in this process and after
+// a restart, with nothing lost but the failed write's own.
+func TestShortWriteCutOff(t *testing.T) {
+	dir := os.Getenv("AGENTFENCE_SPOOL_FSIZE_CHILD")
+	if dir == "" {
+		// The limit applies to the whole process: run in a child.
+		cmd := exec.Command(os.Args[0], "-test.run=^TestShortWriteCutOff$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "AGENTFENCE_SPOOL_FSIZE_CHILD="+t.TempDir())
+		if out, err := cmd.CombinedOutput(); err != nil || !bytes.Contains(out, []byte("--- PASS")) {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		return
+	}
+	s, err := Open(dir, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append([]byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	var old syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old)
+	signal.Ignore(syscall.SIGXFSZ) // so that the write fails with EFBIG
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: uint64(s.Used() + 20), Max: old.Max}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AppendBuffered(bytes.Repeat([]byte("x"), 100)); err != nil {
+		t.Fatal(err)
+	}
+	var fe *FlushError
+	if err := s.Flush(); !errors.As(err, &fe) || fe.Lost != 1 {
+		t.Fatalf("flush past the limit: %v, want a FlushError losing 1", err)
+	}
+	syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old)
+	if err := s.Append([]byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	want := "[before after]"
+	if got := readAll(t, s); got != want {
+		t.Errorf("read in this process: %s, want %s", got, want)
+	}
+	s.Close()
+	if s, err = Open(dir, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := readAll(t, s); got != want {
+		t.Errorf("read after a restart: %s, want %s", got, want)
+	}
+}
+
+// readAll reads every entry of s not read yet.
+func readAll(t *testing.T, s *Spool) string {
+	t.Helper()
+	var got []string
+	for range 10 {
+		batch, err := s.Next(10, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(batch) == 0 {
+			break
+		}
+		for _, e := range batch {
+			got = append(got, string(e.Data))
+		}
+	}
+	return fmt.Sprint(got)
 }
