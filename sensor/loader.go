@@ -77,6 +77,7 @@ type ProcessPrograms struct {
 	objs  processObjects
 	links []link.Link
 	rd    *ringbuf.Reader
+	w     *ringreader.Waiter // where ReadEvent waits; reads never block
 	rec   ringbuf.Record
 	poll  time.Duration
 	wait  time.Duration // the poll interval now (ringreader.NextWait)
@@ -131,6 +132,10 @@ func LoadProcessPrograms(opts ProcessOptions) (_ *ProcessPrograms, err error) {
 	if p.rd, err = ringbuf.NewReader(p.objs.ProcEvents); err != nil {
 		return nil, fmt.Errorf("open proc_events reader: %w", err)
 	}
+	p.rd.SetDeadline(time.Unix(1, 0))
+	if p.w, err = ringreader.NewWaiter(p.objs.ProcEvents); err != nil {
+		return nil, fmt.Errorf("open proc_events reader: %w", err)
+	}
 	// Exit before fork before exec: a process forked between two attaches is
 	// then never seen exiting without its fork, only the reverse. The
 	// cgroup move comes last: it needs the bindings fork and exec make.
@@ -163,25 +168,28 @@ func (p *ProcessPrograms) ReadEvent() (Event, error) {
 		if p.wait == 0 {
 			p.wait = p.poll
 		}
+		asked := p.w.Asked()
 		began := boottime.Now()
-		p.rd.SetDeadline(time.Now().Add(p.wait))
 		if err := p.rd.ReadInto(&p.rec); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, ringbuf.ErrFlushed) {
-				// The ring was empty: whoever called Sync before this read
-				// began has had every earlier event returned.
-				p.release(waiting)
-				// Records submitted without wakeup are read on the next
-				// pass, which waits longer while the ring stays empty.
-				p.wait = ringreader.NextWait(p.wait, p.poll, false)
-				if errors.Is(err, ringbuf.ErrFlushed) {
-					// Someone asked (Wake, Sync): say the ring is empty. A
-					// Quiet at every poll cost an idle daemon a tenth of
-					// its CPU at rest for nothing.
-					return &Quiet{Ktime: began}, nil
-				}
-				continue
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil, err
 			}
-			return nil, err
+			// The ring was empty: whoever called Sync before this read
+			// began has had every earlier event returned.
+			p.release(waiting)
+			if asked {
+				// Someone asked (Wake, Sync): say the ring is empty. A
+				// Quiet at every poll cost an idle daemon a tenth of its
+				// CPU at rest for nothing.
+				return &Quiet{Ktime: began}, nil
+			}
+			// Records submitted without wakeup are read after the wait,
+			// which grows while the ring stays empty.
+			if err := p.w.Wait(time.Now().Add(p.wait)); err != nil {
+				return nil, err
+			}
+			p.wait = ringreader.NextWait(p.wait, p.poll, false)
+			continue
 		}
 		p.wait = p.poll
 		ev, err := Decode(p.rec.RawSample)
@@ -194,7 +202,7 @@ func (p *ProcessPrograms) ReadEvent() (Event, error) {
 }
 
 // Wake makes a waiting ReadEvent return at once.
-func (p *ProcessPrograms) Wake() { p.rd.Flush() }
+func (p *ProcessPrograms) Wake() { p.w.Interrupt() }
 
 // Sync returns once ReadEvent has returned every event submitted before the
 // call, or ctx is done, or Close was called.
@@ -207,7 +215,7 @@ func (p *ProcessPrograms) Sync(ctx context.Context) {
 	}
 	p.waiters = append(p.waiters, done)
 	p.mu.Unlock()
-	p.rd.Flush() // no poll interval's wait for records submitted without wakeup
+	p.w.Interrupt() // no poll interval's wait for records submitted without wakeup
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -269,6 +277,9 @@ func (p *ProcessPrograms) Close() error {
 	p.links = nil
 	if p.rd != nil {
 		errs = append(errs, p.rd.Close())
+	}
+	if p.w != nil {
+		errs = append(errs, p.w.Close())
 	}
 	errs = append(errs, p.objs.Close())
 	return errors.Join(errs...)

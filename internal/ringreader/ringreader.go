@@ -3,28 +3,18 @@
 // timer and reads whatever has accumulated; while the ring stays empty, the
 // timer backs off (NextWait).
 //
-// Between reads the reader waits in the Go runtime's poller, not in a
-// blocking epoll_wait: a goroutine blocked in a system call holds its P, and
-// the runtime's monitor thread takes such a P back after 10 ms and then
-// polls every 20 µs for the next millisecond. A reader blocked for its 50 ms
-// interval made that happen 20 times a second per ring while records flowed:
-// more than half of the daemon's context switches under load
-// (docs/benchmarks.md, issue 17).
+// Between reads the reader waits in the Go runtime's poller (Waiter).
 package ringreader
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
-	"golang.org/x/sys/unix"
 )
 
 // Reader reads records from one ring buffer map.
@@ -32,14 +22,7 @@ type Reader struct {
 	rd       *ringbuf.Reader
 	interval time.Duration
 	caughtUp func()
-	// park is an epoll instance that holds the ring edge-triggered (an
-	// event per kernel wakeup, not one per look that finds records), and
-	// that the runtime's poller watches through conn.
-	park *os.File
-	conn syscall.RawConn
-	evs  [1]unix.EpollEvent
-
-	closed atomic.Bool
+	w        *Waiter
 
 	mu      sync.Mutex
 	waiters []chan struct{}
@@ -70,30 +53,13 @@ func New(m *ebpf.Map, interval time.Duration) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Reads never block: the reader waits in park.
-	rd.SetDeadline(time.Unix(1, 0))
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err == nil {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(m.FD())}
-		if err = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, m.FD(), &ev); err == nil {
-			err = unix.SetNonblock(ep, true)
-		}
-		if err != nil {
-			unix.Close(ep)
-		}
-	}
+	rd.SetDeadline(time.Unix(1, 0)) // reads never block: the reader waits in w
+	w, err := NewWaiter(m)
 	if err != nil {
-		rd.Close()
-		return nil, fmt.Errorf("ring reader: epoll: %w", err)
-	}
-	park := os.NewFile(uintptr(ep), "ringbuf-wakeups")
-	conn, err := park.SyscallConn()
-	if err != nil {
-		park.Close()
 		rd.Close()
 		return nil, err
 	}
-	return &Reader{rd: rd, interval: interval, park: park, conn: conn}, nil
+	return &Reader{rd: rd, interval: interval, w: w}, nil
 }
 
 // OnCaughtUp sets fn to run whenever the reader has handled every record
@@ -116,16 +82,17 @@ func (r *Reader) Run(ctx context.Context, handle func([]byte)) error {
 	for {
 		// Whoever waits in Sync before this read starts is answered after
 		// it: by then it has drained the ring.
+		r.w.Asked()
 		waiting := r.take()
 		n, err := r.drain(handle)
 		r.release(waiting)
 		if err == nil {
 			wait = NextWait(wait, r.interval, n > 0)
-			err = r.wait(time.Now().Add(wait))
+			err = r.w.Wait(time.Now().Add(wait))
 		}
 		if err != nil {
-			if r.closed.Load() && ctx.Err() != nil {
-				return nil // whatever the closed files said
+			if errors.Is(err, os.ErrClosed) && ctx.Err() != nil {
+				return nil
 			}
 			return err
 		}
@@ -154,32 +121,6 @@ func (r *Reader) drain(handle func([]byte)) (n int, err error) {
 	}
 }
 
-// wait returns at deadline, when the kernel wakes the ring's reader, or
-// when Sync asks for a read.
-func (r *Reader) wait(deadline time.Time) error {
-	if err := r.park.SetReadDeadline(deadline); err != nil {
-		return err
-	}
-	// A Sync that came before the deadline was set could not cut it short.
-	r.mu.Lock()
-	asked := len(r.waiters) > 0
-	r.mu.Unlock()
-	if asked {
-		return nil
-	}
-	err := r.conn.Read(func(fd uintptr) bool {
-		// Takes the wakeups since the last look: the poller reports only
-		// new ones (edge-triggered), so none is lost between a read and
-		// the next wait.
-		n, err := unix.EpollWait(int(fd), r.evs[:], 0)
-		return n > 0 || (err != nil && err != unix.EINTR)
-	})
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return nil
-	}
-	return err
-}
-
 // Sync returns once every record submitted before the call has been handled
 // (or ctx is done).
 func (r *Reader) Sync(ctx context.Context) {
@@ -191,7 +132,7 @@ func (r *Reader) Sync(ctx context.Context) {
 	}
 	r.waiters = append(r.waiters, done)
 	r.mu.Unlock()
-	r.park.SetReadDeadline(time.Now()) // cuts a wait short
+	r.w.Interrupt()
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -214,10 +155,5 @@ func (r *Reader) release(w []chan struct{}) {
 
 // Close stops Run.
 func (r *Reader) Close() error {
-	r.closed.Store(true)
-	err := r.rd.Close()
-	if perr := r.park.Close(); err == nil && !errors.Is(perr, os.ErrClosed) {
-		err = perr
-	}
-	return err
+	return errors.Join(r.rd.Close(), r.w.Close())
 }
