@@ -113,7 +113,7 @@ func (r *Reader) drain(handle func([]byte)) (n int, err error) {
 			if r.caughtUp != nil && rec.Remaining == 0 {
 				r.caughtUp()
 			}
-		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
+		case errors.Is(err, os.ErrDeadlineExceeded):
 			return n, nil
 		default:
 			return n, err
