@@ -7,17 +7,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/agentfence/agentfence/audit"
 	"github.com/agentfence/agentfence/audit/spool"
+	"github.com/agentfence/agentfence/internal/fsizelimit"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -284,16 +283,11 @@ func TestPipelineRepairsFileAfterCrash(t *testing.T) {
 // A write that fails part-way (here: the file size limit) leaves half a
 // line; it is cut off, so the retry does not glue two records together.
 func TestFileWriteFailureLeavesWholeLines(t *testing.T) {
-	if os.Getenv("AGENTFENCE_FSIZE_CHILD") == "" {
-		// The limit applies to the whole process: run in a child.
-		cmd := exec.Command(os.Args[0], "-test.run=^TestFileWriteFailureLeavesWholeLines$", "-test.count=1")
-		cmd.Env = append(os.Environ(), "AGENTFENCE_FSIZE_CHILD="+t.TempDir())
-		if out, err := cmd.CombinedOutput(); err != nil || !bytes.Contains(out, []byte("PASS")) {
-			t.Fatalf("child: %v\n%s", err, out)
-		}
+	dir, child := fsizelimit.Child(t)
+	if !child {
 		return
 	}
-	path := filepath.Join(os.Getenv("AGENTFENCE_FSIZE_CHILD"), "audit.jsonl")
+	path := filepath.Join(dir, "audit.jsonl")
 	ft, err := newFileTransport(path, 1<<20, 2, quietLogger(), newMetrics(nil).forSink("f"))
 	if err != nil {
 		t.Fatal(err)
@@ -303,13 +297,7 @@ func TestFileWriteFailureLeavesWholeLines(t *testing.T) {
 	if err := ft.Send(context.Background(), []message{{payload: lines[0]}}); err != nil {
 		t.Fatal(err)
 	}
-	limit := int64(len(lines[0]) + 1 + len(lines[1]) + 1 + 10)
-	var old syscall.Rlimit
-	syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old)
-	signal.Ignore(syscall.SIGXFSZ) // so that the write fails with EFBIG
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: uint64(limit), Max: old.Max}); err != nil {
-		t.Fatal(err)
-	}
+	restore := fsizelimit.Set(t, int64(len(lines[0])+1+len(lines[1])+1+10))
 	batch := []message{{payload: lines[1]}, {payload: lines[2]}, {payload: lines[3]}}
 	if err := ft.Send(context.Background(), batch); err == nil {
 		t.Fatal("a write past the file size limit succeeded")
@@ -317,7 +305,7 @@ func TestFileWriteFailureLeavesWholeLines(t *testing.T) {
 	if got, _ := os.ReadFile(path); !bytes.Equal(got, joinLines(lines[:1])) {
 		t.Fatalf("after the failed write: %q", got)
 	}
-	syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old)
+	restore()
 	if err := ft.Send(context.Background(), batch); err != nil {
 		t.Fatal(err)
 	}

@@ -4,30 +4,22 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agentfence/agentfence/audit"
+	"github.com/agentfence/agentfence/internal/fsizelimit"
 )
 
 // A spool write that fails (a full disk, here the file size limit) loses
 // that write's records, and only those: after records that were written
 // fine, the loss counted and the gap record name exactly the failed ones.
 func TestSpoolWriteFailureCountsItsOwnRecords(t *testing.T) {
-	dir := os.Getenv("AGENTFENCE_SINK_FSIZE_CHILD")
-	if dir == "" {
-		// The limit applies to the whole process: run in a child.
-		cmd := exec.Command(os.Args[0], "-test.run=^TestSpoolWriteFailureCountsItsOwnRecords$", "-test.count=1", "-test.v")
-		cmd.Env = append(os.Environ(), "AGENTFENCE_SINK_FSIZE_CHILD="+t.TempDir())
-		if out, err := cmd.CombinedOutput(); err != nil || !bytes.Contains(out, []byte("--- PASS")) {
-			t.Fatalf("child: %v\n%s", err, out)
-		}
+	dir, child := fsizelimit.Child(t)
+	if !child {
 		return
 	}
 	// stdout: a sink that always goes through its spool.
@@ -50,19 +42,14 @@ func TestSpoolWriteFailureCountsItsOwnRecords(t *testing.T) {
 		return metric(t, reg, "agentfence_sink_records_delivered_total", "s") == 5
 	})
 
-	var old syscall.Rlimit
-	syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old)
-	signal.Ignore(syscall.SIGXFSZ) // so that the write fails with EFBIG
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: uint64(s.spool.Used() + 20), Max: old.Max}); err != nil {
-		t.Fatal(err)
-	}
+	restore := fsizelimit.Set(t, s.spool.Used()+20)
 	for i := 5; i < 8; i++ {
 		p.Emit(testRecord(i))
 	}
 	eventually(t, 10*time.Second, "the failed records counted", func() bool {
 		return metric(t, reg, "agentfence_sink_records_dropped_total", "s") >= 3
 	})
-	syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old)
+	restore()
 	p.Emit(testRecord(8))
 	if err := p.Close(); err != nil {
 		t.Fatal(err)

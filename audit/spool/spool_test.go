@@ -6,11 +6,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"testing"
+
+	"github.com/agentfence/agentfence/internal/fsizelimit"
 )
 
 func TestAppendNextAckReopen(t *testing.T) {
@@ -409,14 +408,8 @@ func TestReaderBetweenMemoryAndFiles(t *testing.T) {
 // it are where the spool says they are: readable in this process and after
 // a restart, with nothing lost but the failed write's own.
 func TestShortWriteCutOff(t *testing.T) {
-	dir := os.Getenv("AGENTFENCE_SPOOL_FSIZE_CHILD")
-	if dir == "" {
-		// The limit applies to the whole process: run in a child.
-		cmd := exec.Command(os.Args[0], "-test.run=^TestShortWriteCutOff$", "-test.count=1", "-test.v")
-		cmd.Env = append(os.Environ(), "AGENTFENCE_SPOOL_FSIZE_CHILD="+t.TempDir())
-		if out, err := cmd.CombinedOutput(); err != nil || !bytes.Contains(out, []byte("--- PASS")) {
-			t.Fatalf("child: %v\n%s", err, out)
-		}
+	dir, child := fsizelimit.Child(t)
+	if !child {
 		return
 	}
 	s, err := Open(dir, 1<<20)
@@ -426,12 +419,7 @@ func TestShortWriteCutOff(t *testing.T) {
 	if err := s.Append([]byte("before")); err != nil {
 		t.Fatal(err)
 	}
-	var old syscall.Rlimit
-	syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old)
-	signal.Ignore(syscall.SIGXFSZ) // so that the write fails with EFBIG
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: uint64(s.Used() + 20), Max: old.Max}); err != nil {
-		t.Fatal(err)
-	}
+	restore := fsizelimit.Set(t, s.Used()+20)
 	if _, err := s.AppendBuffered(bytes.Repeat([]byte("x"), 100)); err != nil {
 		t.Fatal(err)
 	}
@@ -439,7 +427,7 @@ func TestShortWriteCutOff(t *testing.T) {
 	if err := s.Flush(); !errors.As(err, &fe) || fe.Lost != 1 {
 		t.Fatalf("flush past the limit: %v, want a FlushError losing 1", err)
 	}
-	syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old)
+	restore()
 	if err := s.Append([]byte("after")); err != nil {
 		t.Fatal(err)
 	}
