@@ -278,9 +278,9 @@ func (s *Spool) AppendForce(p []byte) error { return s.append(p, true, false) }
 // instead of one per entry. It returns how many entries, p among them, wait
 // in memory for that write: a write that fails loses them (FlushError).
 func (s *Spool) AppendBuffered(p []byte) (buffered uint64, err error) {
-	err = s.append(p, false, true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	err = s.appendLocked(p, false, true)
 	return s.next - s.written, err
 }
 
@@ -354,12 +354,16 @@ func (s *Spool) flushLocked() error {
 }
 
 func (s *Spool) append(p []byte, force, buffered bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appendLocked(p, force, buffered)
+}
+
+func (s *Spool) appendLocked(p []byte, force, buffered bool) error {
 	if len(p) > maxEntry {
 		return fmt.Errorf("spool entry of %d bytes exceeds %d", len(p), maxEntry)
 	}
 	size := int64(headerLen + len(p))
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
 		return ErrClosed
 	}

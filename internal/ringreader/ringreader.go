@@ -81,7 +81,8 @@ func (r *Reader) Run(ctx context.Context, handle func([]byte)) error {
 	wait := r.interval
 	for {
 		// Whoever waits in Sync before this read starts is answered after
-		// it: by then it has drained the ring.
+		// it: by then it has drained the ring. Their interrupts are served
+		// by it too.
 		r.w.Asked()
 		waiting := r.take()
 		n, err := r.drain(handle)
