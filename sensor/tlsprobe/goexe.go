@@ -59,7 +59,7 @@ func inspectGo(path string) (*goTLS, error) {
 	if err != nil {
 		return nil, errNotGoTLS
 	}
-	f, err := elf.Open(path)
+	f, err := openELF(path)
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +68,7 @@ func inspectGo(path string) (*goTLS, error) {
 	if sect == nil {
 		return nil, errNotGoTLS
 	}
-	pcln, err := sect.Data()
+	pcln, err := sectionData(sect)
 	if err != nil {
 		return nil, err
 	}

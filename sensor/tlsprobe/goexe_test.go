@@ -239,3 +239,18 @@ func TestArm64Functions(t *testing.T) {
 		t.Errorf("RETs at %#x, objdump says %#x", rets["full"], want)
 	}
 }
+
+// BenchmarkInspectGo: what looking at a member's Go executable costs the
+// daemon, once per file: the test binary (unstripped, with DWARF).
+func BenchmarkInspectGo(b *testing.B) {
+	st, err := os.Stat(os.Args[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := inspectGo(os.Args[0]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(st.Size())/1e6, "file_MB")
+}

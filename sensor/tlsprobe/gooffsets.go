@@ -42,7 +42,7 @@ var goFields = map[string]string{
 // connOffsets returns the offsets from the binary's DWARF, or from the
 // table by version when it has none, and whether DWARF gave them.
 func connOffsets(f *elf.File, minor int) (goOffsets, bool, error) {
-	if d, err := f.DWARF(); err == nil {
+	if d, err := readDWARF(f); err == nil {
 		if o, err := dwarfOffsets(d); err == nil {
 			return o, true, nil
 		}

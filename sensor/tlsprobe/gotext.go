@@ -60,12 +60,14 @@ func textStarts(f *elf.File, pcln []byte) []uint64 {
 			out = append(out, v)
 		}
 	}
-	if syms, err := f.Symbols(); err == nil {
-		for _, s := range syms {
-			if s.Name == "runtime.text" {
-				add(s.Value)
+	if syms := f.Section(".symtab"); syms != nil {
+		scanSymbols(f, syms, func(name []byte, _ byte, _ elf.SectionIndex, value uint64) bool {
+			if string(name) != "runtime.text" {
+				return true
 			}
-		}
+			add(value)
+			return false
+		})
 	}
 	if len(pcln) >= 8+3*8 && pcln[7] == 8 {
 		if magic := binary.LittleEndian.Uint32(pcln); magic == 0xfffffff0 || magic == 0xfffffff1 {
@@ -84,7 +86,7 @@ func textStarts(f *elf.File, pcln []byte) []uint64 {
 		if s == nil || s.Type != elf.SHT_PROGBITS {
 			continue
 		}
-		data, err := s.Data()
+		data, err := sectionData(s)
 		if err != nil {
 			continue
 		}

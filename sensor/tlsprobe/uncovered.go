@@ -4,7 +4,6 @@ package tlsprobe
 
 import (
 	"debug/buildinfo"
-	"debug/elf"
 	"errors"
 	"strings"
 )
@@ -30,7 +29,7 @@ var foreignLibs = map[string]string{
 // Attach takes), or cannot be told. It reads the file only: Go's function
 // names are in its pclntab even when the binary is stripped (-s -w).
 func Uncovered(path string) (stack, reason string) {
-	f, err := elf.Open(path)
+	f, err := openELF(path)
 	if err != nil {
 		return "", ""
 	}
