@@ -138,11 +138,16 @@ func loadSegment(f *elf.File, addr uint64) (*elf.Prog, error) {
 }
 
 // fileOffset converts a virtual address to the file offset a uprobe is
-// placed at.
+// placed at. Offset 0, the ELF header, is no function's, and cilium/ebpf
+// takes a zero address for none: it would read the file's whole symbol
+// table to look for a name.
 func fileOffset(f *elf.File, addr uint64) (uint64, error) {
 	p, err := loadSegment(f, addr)
 	if err != nil {
 		return 0, err
+	}
+	if addr == p.Vaddr && p.Off == 0 {
+		return 0, fmt.Errorf("address %#x is the file's header", addr)
 	}
 	return addr - p.Vaddr + p.Off, nil
 }

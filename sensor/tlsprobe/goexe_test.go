@@ -254,3 +254,15 @@ func BenchmarkInspectGo(b *testing.B) {
 	}
 	b.ReportMetric(float64(st.Size())/1e6, "file_MB")
 }
+
+// TestFileOffsetRefusesHeader: no function starts at offset 0, and a
+// uprobe given address 0 would make cilium/ebpf read the file's symbols.
+func TestFileOffsetRefusesHeader(t *testing.T) {
+	f := &elf.File{Progs: []*elf.Prog{{ProgHeader: elf.ProgHeader{Type: elf.PT_LOAD, Flags: elf.PF_R | elf.PF_X, Vaddr: 0x400000, Filesz: 0x1000}}}}
+	if off, err := fileOffset(f, 0x400000); err == nil {
+		t.Errorf("the header's address: offset %#x", off)
+	}
+	if off, err := fileOffset(f, 0x400010); err != nil || off != 0x10 {
+		t.Errorf("an address in the segment: %#x, %v; want 0x10", off, err)
+	}
+}
