@@ -146,10 +146,11 @@ func fileOffset(f *elf.File, addr uint64) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if addr == p.Vaddr && p.Off == 0 {
+	off := addr - p.Vaddr + p.Off
+	if off == 0 {
 		return 0, fmt.Errorf("address %#x is the file's header", addr)
 	}
-	return addr - p.Vaddr + p.Off, nil
+	return off, nil
 }
 
 func readVirtual(f *elf.File, addr uint64, buf []byte) error {

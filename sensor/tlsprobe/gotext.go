@@ -61,7 +61,8 @@ func textStarts(f *elf.File, pcln []byte) []uint64 {
 		}
 	}
 	if syms := f.Section(".symtab"); syms != nil {
-		scanSymbols(f, syms, func(name []byte, _ byte, _ elf.SectionIndex, value uint64) bool {
+		// A table that cannot be read leaves the other candidates.
+		_ = scanSymbols(f, syms, func(name []byte, _ byte, _ elf.SectionIndex, value uint64) bool {
 			if string(name) != "runtime.text" {
 				return true
 			}
