@@ -84,6 +84,22 @@ func TestScanSymbols(t *testing.T) {
 	}
 }
 
+// TestFunctionTableBounds: a function table that lists more functions
+// than maxFuncs, or is not Go 1.16's or later, is refused before
+// debug/gosym makes its functions Go values.
+func TestFunctionTableBounds(t *testing.T) {
+	client := goClient(t, "client")
+	var many [8]byte
+	binary.LittleEndian.PutUint64(many[:], maxFuncs+1)
+	if _, err := inspectGo(patched(t, client, ".gopclntab", 8, many[:])); err == nil || !strings.Contains(err.Error(), "functions, more than") {
+		t.Errorf("%d functions: %v", maxFuncs+1, err)
+	}
+	old := []byte{0xfb, 0xff, 0xff, 0xff} // Go 1.2's
+	if _, err := inspectGo(patched(t, client, ".gopclntab", 0, old)); err == nil || !strings.Contains(err.Error(), "magic") {
+		t.Errorf("Go 1.2's table: %v", err)
+	}
+}
+
 // zlibBomb is an ELF compressed section's contents (Elf64_Chdr, then the
 // zlib stream) inflating to size zero bytes.
 func zlibBomb(t *testing.T, size uint64) []byte {
@@ -139,6 +155,31 @@ func withSection(t *testing.T, path, name string, data []byte) string {
 	binary.LittleEndian.PutUint64(shdr[24:], uint64(off))
 	binary.LittleEndian.PutUint64(shdr[32:], uint64(len(data)))
 	out := filepath.Join(t.TempDir(), strings.TrimPrefix(name, "."))
+	if err := os.WriteFile(out, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// patched copies the ELF file at path with data written at off in the
+// named section.
+func patched(t *testing.T, path, name string, off int, data []byte) string {
+	t.Helper()
+	f, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := f.Section(name)
+	f.Close()
+	if s == nil {
+		t.Fatalf("%s has no section %s", path, name)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(b[int(s.Offset)+off:], data)
+	out := filepath.Join(t.TempDir(), "patched")
 	if err := os.WriteFile(out, b, 0o755); err != nil {
 		t.Fatal(err)
 	}

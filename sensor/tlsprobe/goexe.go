@@ -110,6 +110,9 @@ func inspectGo(path string) (*goTLS, error) {
 		}
 	}
 	g.write, g.read, g.close = offs[0], offs[1], offs[2]
+	if n := fns[1].End - fns[1].Entry; n > maxFuncSize {
+		return nil, fail("%s: %d bytes long, more than the %d read", goRead, n, maxFuncSize)
+	}
 	code := make([]byte, fns[1].End-fns[1].Entry)
 	if err := readVirtual(f, fns[1].Entry, code); err != nil {
 		return nil, fail("%s: %v", goRead, err)
@@ -126,6 +129,11 @@ func inspectGo(path string) (*goTLS, error) {
 	}
 	return g, nil
 }
+
+// maxFuncSize bounds the code of (*tls.Conn).Read read to find its
+// returns: its length is the function table's word (945 bytes in Go
+// 1.26).
+const maxFuncSize = 64 << 10
 
 // loadSegment is the loadable segment holding the virtual address addr.
 func loadSegment(f *elf.File, addr uint64) (*elf.Prog, error) {

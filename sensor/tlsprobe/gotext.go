@@ -6,6 +6,7 @@ import (
 	"debug/elf"
 	"debug/gosym"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -21,6 +22,9 @@ import (
 // placed off an instruction boundary would corrupt the program, so an
 // address that cannot be confirmed is not used.
 func goFuncs(f *elf.File, pcln []byte, names []string) ([]*gosym.Func, error) {
+	if err := checkFuncCount(pcln); err != nil {
+		return nil, err
+	}
 	for _, start := range textStarts(f, pcln) {
 		tab, err := gosym.NewTable(nil, gosym.NewLineTable(pcln, start))
 		if err != nil {
@@ -45,6 +49,29 @@ func goFuncs(f *elf.File, pcln []byte, names []string) ([]*gosym.Func, error) {
 		}
 	}
 	return nil, fmt.Errorf("the functions' code was not found where the function table says (runtime.text unknown)")
+}
+
+// maxFuncs bounds the functions a table may list: debug/gosym makes each a
+// Go value, some 330 bytes (names included) for 8 in the table, so a
+// crafted table of maxSection could ask for gigabytes. A 68 MB Go test
+// binary lists 62,354.
+const maxFuncs = 1 << 19
+
+// checkFuncCount refuses a function table that is not Go 1.16's or later
+// (the register ABI came with 1.17) or lists more than maxFuncs.
+func checkFuncCount(pcln []byte) error {
+	if len(pcln) < 16 || pcln[7] != 8 {
+		return errors.New("function table: not a 64-bit one")
+	}
+	switch magic := binary.LittleEndian.Uint32(pcln); magic {
+	case 0xfffffffa, 0xfffffff0, 0xfffffff1: // Go 1.16, 1.18, 1.20
+	default:
+		return fmt.Errorf("function table: magic %#x is not Go 1.16's or later", magic)
+	}
+	if n := binary.LittleEndian.Uint64(pcln[8:]); n > maxFuncs {
+		return fmt.Errorf("function table: %d functions, more than the %d read", n, maxFuncs)
+	}
+	return nil
 }
 
 // textStarts are the candidates for runtime.text, best first: the symbol;
