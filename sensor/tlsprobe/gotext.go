@@ -4,9 +4,7 @@ package tlsprobe
 
 import (
 	"debug/elf"
-	"debug/gosym"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -15,31 +13,39 @@ import (
 	"golang.org/x/arch/x86/x86asm"
 )
 
+// goFunc is where a function of a Go executable starts and ends.
+type goFunc struct {
+	Name       string
+	Entry, End uint64
+}
+
 // goFuncs finds the functions named in the pclntab. Its entries count
 // from runtime.text, whose address a stripped binary does not state
 // plainly, so each candidate address is tried and the first under which
 // every function starts with Go's stack-bound check is kept: a uprobe
 // placed off an instruction boundary would corrupt the program, so an
 // address that cannot be confirmed is not used.
-func goFuncs(f *elf.File, pcln []byte, names []string) ([]*gosym.Func, error) {
-	if err := checkFuncCount(pcln); err != nil {
+func goFuncs(f *elf.File, pcln []byte, names []string) ([]goFunc, error) {
+	tab, err := newFuncTable(pcln)
+	if err != nil {
 		return nil, err
 	}
-	for _, start := range textStarts(f, pcln) {
-		tab, err := gosym.NewTable(nil, gosym.NewLineTable(pcln, start))
-		if err != nil {
-			return nil, fmt.Errorf("function table: %v", err)
+	spans, found := tab.find(names)
+	for i, name := range names {
+		if !found[i] || spans[i].end <= spans[i].entry {
+			return nil, fmt.Errorf("no %s", name)
 		}
-		fns := make([]*gosym.Func, len(names))
+	}
+	for _, start := range textStarts(f, pcln) {
+		if tab.abs {
+			start = 0 // the entries are addresses: every candidate gives the same
+		}
+		fns := make([]goFunc, len(names))
 		ok := true
 		for i, name := range names {
-			fn := tab.LookupFunc(name)
-			if fn == nil || fn.End <= fn.Entry {
-				return nil, fmt.Errorf("no %s", name)
-			}
-			fns[i] = fn
-			code := make([]byte, min(16, fn.End-fn.Entry))
-			if readVirtual(f, fn.Entry, code) != nil || !stackCheck(f.Machine, code) {
+			fns[i] = goFunc{Name: name, Entry: start + spans[i].entry, End: start + spans[i].end}
+			code := make([]byte, min(16, spans[i].end-spans[i].entry))
+			if readVirtual(f, fns[i].Entry, code) != nil || !stackCheck(f.Machine, code) {
 				ok = false
 				break
 			}
@@ -47,31 +53,11 @@ func goFuncs(f *elf.File, pcln []byte, names []string) ([]*gosym.Func, error) {
 		if ok {
 			return fns, nil
 		}
+		if tab.abs {
+			break
+		}
 	}
 	return nil, fmt.Errorf("the functions' code was not found where the function table says (runtime.text unknown)")
-}
-
-// maxFuncs bounds the functions a table may list: debug/gosym makes each a
-// Go value, some 330 bytes (names included) for 8 in the table, so a
-// crafted table of maxSection could ask for gigabytes. A 68 MB Go test
-// binary lists 62,354.
-const maxFuncs = 1 << 19
-
-// checkFuncCount refuses a function table that is not Go 1.16's or later
-// (the register ABI came with 1.17) or lists more than maxFuncs.
-func checkFuncCount(pcln []byte) error {
-	if len(pcln) < 16 || pcln[7] != 8 {
-		return errors.New("function table: not a 64-bit one")
-	}
-	switch magic := binary.LittleEndian.Uint32(pcln); magic {
-	case 0xfffffffa, 0xfffffff0, 0xfffffff1: // Go 1.16, 1.18, 1.20
-	default:
-		return fmt.Errorf("function table: magic %#x is not Go 1.16's or later", magic)
-	}
-	if n := binary.LittleEndian.Uint64(pcln[8:]); n > maxFuncs {
-		return fmt.Errorf("function table: %d functions, more than the %d read", n, maxFuncs)
-	}
-	return nil
 }
 
 // textStarts are the candidates for runtime.text, best first: the symbol;
