@@ -7,6 +7,7 @@ import (
 	"compress/zlib"
 	"debug/elf"
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -85,13 +86,21 @@ func TestScanSymbols(t *testing.T) {
 }
 
 // TestFunctionTableBounds: a function table that lists more functions
-// than its bytes hold, or is not Go 1.16's or later, is refused.
+// than its bytes hold, or is not Go 1.16's or later, is refused, as a Go
+// executable the probes cannot take.
 func TestFunctionTableBounds(t *testing.T) {
 	client := goClient(t, "client")
 	var many [8]byte
 	binary.LittleEndian.PutUint64(many[:], 1<<40)
-	if _, err := inspectGo(patched(t, client, ".gopclntab", 8, many[:])); err == nil || !strings.Contains(err.Error(), "do not fit") {
+	_, err := inspectGo(patched(t, client, ".gopclntab", 8, many[:]))
+	if err == nil || !strings.Contains(err.Error(), "do not fit") {
 		t.Errorf("2^40 functions: %v", err)
+	}
+	// A Go executable the probes cannot take: Uncovered names it, and
+	// the daemon writes a tls_uncovered record.
+	var gerr *GoError
+	if !errors.As(err, &gerr) {
+		t.Errorf("2^40 functions: %T, want a *GoError", err)
 	}
 	old := []byte{0xfb, 0xff, 0xff, 0xff} // Go 1.2's
 	if _, err := inspectGo(patched(t, client, ".gopclntab", 0, old)); err == nil || !strings.Contains(err.Error(), "magic") {
