@@ -134,7 +134,7 @@ func LoadProcessPrograms(opts ProcessOptions) (_ *ProcessPrograms, err error) {
 	}
 	p.rd.SetDeadline(time.Unix(1, 0))
 	if p.w, err = ringreader.NewWaiter(p.objs.ProcEvents); err != nil {
-		return nil, fmt.Errorf("open proc_events reader: %w", err)
+		return nil, fmt.Errorf("watch proc_events: %w", err)
 	}
 	// Exit before fork before exec: a process forked between two attaches is
 	// then never seen exiting without its fork, only the reverse. The

@@ -36,26 +36,21 @@ func goFuncs(f *elf.File, pcln []byte, names []string) ([]goFunc, error) {
 			return nil, fmt.Errorf("no %s", name)
 		}
 	}
-	for _, start := range textStarts(f, pcln) {
-		if tab.abs {
-			start = 0 // the entries are addresses: every candidate gives the same
-		}
+	starts := []uint64{0} // Go 1.16 and 1.17: the entries are addresses
+	if !tab.abs {
+		starts = textStarts(f, pcln)
+	}
+candidates:
+	for _, start := range starts {
 		fns := make([]goFunc, len(names))
-		ok := true
 		for i, name := range names {
 			fns[i] = goFunc{Name: name, Entry: start + spans[i].entry, End: start + spans[i].end}
 			code := make([]byte, min(16, spans[i].end-spans[i].entry))
 			if readVirtual(f, fns[i].Entry, code) != nil || !stackCheck(f.Machine, code) {
-				ok = false
-				break
+				continue candidates
 			}
 		}
-		if ok {
-			return fns, nil
-		}
-		if tab.abs {
-			break
-		}
+		return fns, nil
 	}
 	return nil, fmt.Errorf("the functions' code was not found where the function table says (runtime.text unknown)")
 }
